@@ -1,0 +1,98 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Sentinel errors.
+var (
+	// ErrInvalidConfig is wrapped by Config.Validate and New.
+	ErrInvalidConfig = errors.New("client: invalid config")
+	// ErrClosed is returned by calls made after Close.
+	ErrClosed = errors.New("client: closed")
+	// ErrRetriesExhausted matches (errors.Is) an *Error returned after every
+	// allowed attempt failed with a retryable status.
+	ErrRetriesExhausted = errors.New("client: retries exhausted")
+)
+
+// Error is the error of a failed call. It carries the gRPC status of the
+// last attempt, so status.Code and status.FromError see that attempt's code
+// and details.
+type Error struct {
+	// Method is the RPC name, for example "GenerateKey".
+	Method string
+	// Endpoint is the address the last attempt went to.
+	Endpoint string
+	// Attempts is how many attempts were made.
+	Attempts int
+	// Exhausted is true when the client stopped because attempts ran out
+	// (or the caller's context ended between attempts) while the failures
+	// were retryable.
+	Exhausted bool
+	// ctxErr is the caller's context error when the context ended between
+	// attempts.
+	ctxErr error
+	// Err is the last attempt's error, a gRPC status error.
+	Err error
+}
+
+// Error describes the failure; it starts with the method and ends with the
+// last attempt's status message.
+func (e *Error) Error() string {
+	st := status.Convert(e.Err)
+	return fmt.Sprintf("%s: %s: %s", e.Method, st.Code(), e.message())
+}
+
+// message is the status message, with the retry history when the client gave
+// up after retrying.
+func (e *Error) message() string {
+	msg := status.Convert(e.Err).Message()
+	switch {
+	case e.ctxErr != nil:
+		return fmt.Sprintf("%v after %d attempt(s), last to %s: %s", e.ctxErr, e.Attempts, e.Endpoint, msg)
+	case e.Exhausted:
+		return fmt.Sprintf("gave up after %d attempt(s), last to %s: %s", e.Attempts, e.Endpoint, msg)
+	default:
+		return msg
+	}
+}
+
+// Unwrap returns the last attempt's error.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is matches ErrRetriesExhausted when the client gave up after retrying, and
+// the caller's context error when the context ended between attempts.
+func (e *Error) Is(target error) bool {
+	if target == ErrRetriesExhausted {
+		return e.Exhausted
+	}
+	return e.ctxErr != nil && target == e.ctxErr
+}
+
+// GRPCStatus returns the last attempt's status; when the client gave up after
+// retrying, its message also says so. The code and details are unchanged.
+func (e *Error) GRPCStatus() *status.Status {
+	p := status.Convert(e.Err).Proto()
+	p.Message = e.message()
+	return status.FromProto(p)
+}
+
+// Code is a shorthand for the gRPC code of the last attempt.
+func (e *Error) Code() codes.Code { return status.Code(e.Err) }
+
+// toStatusErr makes sure err carries a gRPC status: context errors become
+// Canceled or DeadlineExceeded, anything else without a status Unknown.
+func toStatusErr(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return status.FromContextError(err).Err()
+	}
+	return status.Error(codes.Unknown, err.Error())
+}

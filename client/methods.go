@@ -1,0 +1,102 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// requestIDBytes is the entropy of a generated request id; its URL-safe
+// base64 form is 32 characters, within the API's 64.
+const requestIDBytes = 24
+
+// NewRequestID returns a random request id: 24 bytes from crypto/rand,
+// URL-safe base64 without padding (32 characters).
+func NewRequestID() string {
+	b := make([]byte, requestIDBytes)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// GenerateKey asks the cluster to generate a key. If req.RequestId is empty
+// the call uses a copy of req with a random id, the same on every attempt;
+// req itself is not modified.
+func (c *Client) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
+	if req == nil {
+		return nil, nilRequest("GenerateKey")
+	}
+	if req.GetRequestId() == "" {
+		req = proto.CloneOf(req)
+		req.RequestId = NewRequestID()
+	}
+	return invoke(ctx, c, "GenerateKey", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GenerateKeyResponse, error) {
+		return ep.keys.GenerateKey(ctx, req, opts...)
+	})
+}
+
+// PutKey imports key material. If req.RequestId is empty the call uses a copy
+// of req with a random id, the same on every attempt; req itself is not
+// modified.
+func (c *Client) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
+	if req == nil {
+		return nil, nilRequest("PutKey")
+	}
+	if req.GetRequestId() == "" {
+		req = proto.CloneOf(req)
+		req.RequestId = NewRequestID()
+	}
+	return invoke(ctx, c, "PutKey", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.PutKeyResponse, error) {
+		return ep.keys.PutKey(ctx, req, opts...)
+	})
+}
+
+// GetKey fetches a key's material and metadata.
+func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
+	if req == nil {
+		return nil, nilRequest("GetKey")
+	}
+	return invoke(ctx, c, "GetKey", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetKeyResponse, error) {
+		return ep.keys.GetKey(ctx, req, opts...)
+	})
+}
+
+// DescribeKey fetches a key's metadata.
+func (c *Client) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
+	if req == nil {
+		return nil, nilRequest("DescribeKey")
+	}
+	return invoke(ctx, c, "DescribeKey", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.DescribeKeyResponse, error) {
+		return ep.keys.DescribeKey(ctx, req, opts...)
+	})
+}
+
+// ListKeys fetches one page of key metadata.
+func (c *Client) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
+	if req == nil {
+		return nil, nilRequest("ListKeys")
+	}
+	return invoke(ctx, c, "ListKeys", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.ListKeysResponse, error) {
+		return ep.keys.ListKeys(ctx, req, opts...)
+	})
+}
+
+// ClusterStatus asks one node for the status of every member.
+func (c *Client) ClusterStatus(ctx context.Context, req *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
+	if req == nil {
+		req = &cofferv1.ClusterStatusRequest{}
+	}
+	return invoke(ctx, c, "ClusterStatus", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.ClusterStatusResponse, error) {
+		return ep.cluster.Status(ctx, req, opts...)
+	})
+}
+
+func nilRequest(method string) error {
+	return &Error{Method: method, Err: status.Error(codes.InvalidArgument, "nil request")}
+}

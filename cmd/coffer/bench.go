@@ -1,0 +1,559 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/bits"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/client"
+)
+
+// Bench limits.
+const (
+	maxBenchConcurrency = 1024
+	maxBenchKeys        = 1_000_000
+	maxBenchDuration    = 24 * time.Hour
+)
+
+// Bench operations.
+const (
+	benchGenerate = "generate"
+	benchGet      = "get"
+	benchMix      = "mix"
+)
+
+// opKind indexes per-operation statistics.
+type opKind int
+
+const (
+	opGenerate opKind = iota
+	opGet
+	numOps
+)
+
+func (k opKind) String() string { return [...]string{benchGenerate, benchGet}[k] }
+
+// benchConfig is the bench's flags.
+type benchConfig struct {
+	op          string
+	getRatio    float64
+	concurrency int
+	duration    time.Duration
+	warmup      time.Duration
+	keys        int
+	jsonFile    string
+	policy      string
+	resource    string
+	algorithm   string
+	consistency string
+}
+
+func (b benchConfig) validate() error {
+	switch {
+	case b.op != benchGenerate && b.op != benchGet && b.op != benchMix:
+		return fmt.Errorf("--op %q: want generate, get or mix", b.op)
+	case b.getRatio < 0 || b.getRatio > 1 || math.IsNaN(b.getRatio):
+		return fmt.Errorf("--get-ratio %v: want a value in [0, 1]", b.getRatio)
+	case b.concurrency < 1 || b.concurrency > maxBenchConcurrency:
+		return fmt.Errorf("--concurrency %d: want 1 to %d", b.concurrency, maxBenchConcurrency)
+	case b.duration <= 0 || b.duration > maxBenchDuration:
+		return fmt.Errorf("--duration %v: want more than 0 and at most %v", b.duration, maxBenchDuration)
+	case b.warmup < 0 || b.warmup > maxBenchDuration:
+		return fmt.Errorf("--warmup %v: want 0 to %v", b.warmup, maxBenchDuration)
+	case b.needsKeys() && (b.keys < 1 || b.keys > maxBenchKeys):
+		return fmt.Errorf("--keys %d: want 1 to %d", b.keys, maxBenchKeys)
+	case b.resource == "":
+		return errors.New("--resource must not be empty")
+	}
+	return nil
+}
+
+// needsKeys reports whether the run reads keys, which are generated first.
+func (b benchConfig) needsKeys() bool { return b.op == benchGet || b.op == benchMix }
+
+func (a *app) benchCmd() *cobra.Command {
+	var b benchConfig
+	cmd := &cobra.Command{
+		Use:   "bench [--op generate|get|mix] [--concurrency N] [--duration D]",
+		Short: "Drive a running cluster and report throughput and latency",
+		Long: `Drive a running cluster through the client library and report throughput,
+errors and p50/p95/p99/max latency per operation.
+
+Every worker shares one client, which spreads requests round-robin over all
+--addr nodes. For get and mix, --keys keys are generated first (spread over the
+nodes the same way). Operations during --warmup are not counted. --timeout
+bounds each operation.`,
+		Args: exactArgs(0, "none"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := b.validate(); err != nil {
+				return usageError{err}
+			}
+			return a.bench(cmd.Context(), b)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&b.op, "op", benchGet, "operation: generate, get or mix")
+	f.Float64Var(&b.getRatio, "get-ratio", 0.9, "share of gets in --op mix")
+	f.IntVar(&b.concurrency, "concurrency", 64, "concurrent workers")
+	f.DurationVar(&b.duration, "duration", 10*time.Second, "measured run time")
+	f.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured run time before the measurement")
+	f.IntVar(&b.keys, "keys", 1000, "keys to generate first for get and mix")
+	f.StringVar(&b.jsonFile, "json", "", "also write the report as JSON to this file")
+	f.StringVar(&b.policy, "policy", "", "custody policy of generated keys")
+	f.StringVar(&b.resource, "resource", "bench", "resource of generated keys")
+	f.StringVar(&b.algorithm, "algorithm", "", "algorithm of generated keys")
+	f.StringVar(&b.consistency, "consistency", "linearizable", "consistency of gets: linearizable or stale")
+	return cmd
+}
+
+// bench runs a benchmark against the cluster and prints the report.
+func (a *app) bench(ctx context.Context, b benchConfig) error {
+	alg, err := parseAlgorithm(b.algorithm)
+	if err != nil {
+		return usageError{err}
+	}
+	cons, err := parseConsistency(b.consistency)
+	if err != nil {
+		return usageError{err}
+	}
+	c, err := a.newClient()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	target := &clientTarget{c: c, policy: b.policy, resource: b.resource, alg: alg, cons: cons}
+	r := &benchRun{cfg: b, target: target, opTimeout: a.limit}
+	if b.needsKeys() {
+		fmt.Fprintf(a.err, "coffer bench: generating %d keys\n", b.keys)
+		if r.keys, err = pregenerate(ctx, target, b.keys, b.concurrency, a.limit); err != nil {
+			return fmt.Errorf("generate bench keys: %w", err)
+		}
+	}
+	fmt.Fprintf(a.err, "coffer bench: running %s for %v (warmup %v) with %d workers over %d node(s)\n",
+		b.op, b.duration, b.warmup, b.concurrency, len(c.Endpoints()))
+	rep := r.run(ctx)
+	rep.Endpoints = c.Endpoints()
+	if ctx.Err() != nil {
+		fmt.Fprintln(a.err, "coffer bench: interrupted; the report covers the time run")
+	}
+	if b.jsonFile != "" {
+		if err := writeReportFile(b.jsonFile, rep); err != nil {
+			return err
+		}
+	}
+	if a.format == formatJSON {
+		return writeJSON(a.out, rep)
+	}
+	return rep.writeText(a.out)
+}
+
+func writeReportFile(path string, rep benchReport) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("bench report: %w", err)
+	}
+	if err := writeJSON(f, rep); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("bench report %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("bench report %s: %w", path, err)
+	}
+	return nil
+}
+
+// benchTarget is what a bench drives: the cluster through the client, or a
+// fake in tests.
+type benchTarget interface {
+	generate(ctx context.Context) (gkid string, err error)
+	get(ctx context.Context, gkid string) error
+}
+
+// clientTarget drives the cluster through the shared client.
+type clientTarget struct {
+	c                *client.Client
+	policy, resource string
+	alg              cofferv1.Algorithm
+	cons             cofferv1.Consistency
+}
+
+func (t *clientTarget) generate(ctx context.Context) (string, error) {
+	md, err := t.c.Generate(ctx, t.policy, t.resource, t.alg)
+	if err != nil {
+		return "", err
+	}
+	return md.GetGkid(), nil
+}
+
+func (t *clientTarget) get(ctx context.Context, gkid string) error {
+	resp, err := t.c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gkid, Consistency: t.cons})
+	if err != nil {
+		return err
+	}
+	clear(resp.Material)
+	return nil
+}
+
+// pregenerate generates n keys with up to parallel requests in flight and
+// returns their GKIDs. The first failure stops it.
+func pregenerate(ctx context.Context, t benchTarget, n, parallel int, opTimeout time.Duration) ([]string, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	gkids := make([]string, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(parallel, n) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				octx, ocancel := context.WithTimeout(ctx, opTimeout)
+				gkid, err := t.generate(octx)
+				ocancel()
+				if err != nil {
+					cancel(err)
+					return
+				}
+				gkids[i] = gkid
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	return gkids, nil
+}
+
+// benchRun is one measured run.
+type benchRun struct {
+	cfg       benchConfig
+	target    benchTarget
+	keys      []string
+	opTimeout time.Duration
+}
+
+// opStats are one worker's figures for one operation.
+type opStats struct {
+	hist   latencyHist
+	errors uint64
+}
+
+// workerStats are one worker's figures; workers never share them, and they
+// are merged once the run is over.
+type workerStats struct {
+	ops   [numOps]opStats
+	codes map[string]uint64
+}
+
+func (w *workerStats) record(op opKind, d time.Duration, err error) {
+	if err != nil {
+		w.ops[op].errors++
+		w.codes[status.Code(err).String()]++
+		return
+	}
+	w.ops[op].hist.record(d)
+}
+
+// run drives the target with cfg.concurrency workers for warmup plus
+// duration, or until ctx ends, and returns the figures of the measured part.
+func (r *benchRun) run(ctx context.Context) benchReport {
+	start := time.Now()
+	measureStart := start.Add(r.cfg.warmup)
+	end := measureStart.Add(r.cfg.duration)
+	stats := make([]*workerStats, r.cfg.concurrency)
+	var wg sync.WaitGroup
+	for i := range stats {
+		stats[i] = &workerStats{codes: map[string]uint64{}}
+		wg.Go(func() { r.worker(ctx, measureStart, end, stats[i]) })
+	}
+	wg.Wait()
+	stop := time.Now()
+	if stop.After(end) {
+		stop = end
+	}
+	return r.report(stats, max(stop.Sub(measureStart), 0))
+}
+
+// worker runs operations back to back until end or until ctx ends. An
+// operation is counted if it started after measureStart and ctx was still
+// live when it finished.
+func (r *benchRun) worker(ctx context.Context, measureStart, end time.Time, st *workerStats) {
+	for {
+		t0 := time.Now()
+		if !t0.Before(end) || ctx.Err() != nil {
+			return
+		}
+		op := r.chooseOp()
+		err := r.do(ctx, op)
+		d := time.Since(t0)
+		if ctx.Err() != nil {
+			return
+		}
+		if !t0.Before(measureStart) {
+			st.record(op, d, err)
+		}
+	}
+}
+
+func (r *benchRun) chooseOp() opKind {
+	switch r.cfg.op {
+	case benchGenerate:
+		return opGenerate
+	case benchGet:
+		return opGet
+	}
+	if rand.Float64() < r.cfg.getRatio {
+		return opGet
+	}
+	return opGenerate
+}
+
+func (r *benchRun) do(ctx context.Context, op opKind) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	if op == opGet {
+		return r.target.get(ctx, r.keys[rand.IntN(len(r.keys))])
+	}
+	_, err := r.target.generate(ctx)
+	return err
+}
+
+// benchReport is the outcome of a run, as printed and as written to --json.
+type benchReport struct {
+	Op              string            `json:"op"`
+	GetRatio        float64           `json:"get_ratio,omitempty"`
+	Concurrency     int               `json:"concurrency"`
+	DurationSeconds float64           `json:"duration_seconds"`
+	WarmupSeconds   float64           `json:"warmup_seconds"`
+	Keys            int               `json:"keys"`
+	Endpoints       []string          `json:"endpoints"`
+	Ops             []opReport        `json:"ops"`
+	Total           opReport          `json:"total"`
+	ErrorCodes      map[string]uint64 `json:"error_codes"`
+}
+
+// opReport is the figures of one operation (or all of them, for the total).
+// Count and the latencies cover successful operations; Errors the failed
+// ones.
+type opReport struct {
+	Op        string  `json:"op"`
+	Count     uint64  `json:"count"`
+	Errors    uint64  `json:"errors"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	MeanMs    float64 `json:"mean_ms"`
+	P50Ms     float64 `json:"p50_ms"`
+	P95Ms     float64 `json:"p95_ms"`
+	P99Ms     float64 `json:"p99_ms"`
+	MaxMs     float64 `json:"max_ms"`
+}
+
+func (r *benchRun) report(stats []*workerStats, window time.Duration) benchReport {
+	rep := benchReport{
+		Op:              r.cfg.op,
+		Concurrency:     r.cfg.concurrency,
+		DurationSeconds: window.Seconds(),
+		WarmupSeconds:   r.cfg.warmup.Seconds(),
+		Keys:            len(r.keys),
+		ErrorCodes:      map[string]uint64{},
+	}
+	if r.cfg.op == benchMix {
+		rep.GetRatio = r.cfg.getRatio
+	}
+	var total opStats
+	for op := range numOps {
+		var merged opStats
+		for _, st := range stats {
+			merged.hist.merge(&st.ops[op].hist)
+			merged.errors += st.ops[op].errors
+		}
+		if r.usesOp(op) {
+			rep.Ops = append(rep.Ops, newOpReport(op.String(), &merged, window))
+		}
+		total.hist.merge(&merged.hist)
+		total.errors += merged.errors
+	}
+	rep.Total = newOpReport("total", &total, window)
+	for _, st := range stats {
+		for code, n := range st.codes {
+			rep.ErrorCodes[code] += n
+		}
+	}
+	return rep
+}
+
+func (r *benchRun) usesOp(op opKind) bool {
+	switch r.cfg.op {
+	case benchGenerate:
+		return op == opGenerate
+	case benchGet:
+		return op == opGet
+	}
+	return true
+}
+
+func newOpReport(name string, s *opStats, window time.Duration) opReport {
+	rep := opReport{
+		Op:     name,
+		Count:  s.hist.count,
+		Errors: s.errors,
+		MeanMs: ms(s.hist.mean()),
+		P50Ms:  ms(s.hist.percentile(50)),
+		P95Ms:  ms(s.hist.percentile(95)),
+		P99Ms:  ms(s.hist.percentile(99)),
+		MaxMs:  ms(s.hist.max),
+	}
+	if window > 0 {
+		rep.OpsPerSec = float64(s.hist.count) / window.Seconds()
+	}
+	return rep
+}
+
+// ms is d in milliseconds, rounded to the microsecond.
+func ms(d time.Duration) float64 {
+	return math.Round(float64(d)/float64(time.Microsecond)) / 1000
+}
+
+func (rep benchReport) writeText(w io.Writer) error {
+	fmt.Fprintf(w, "op=%s concurrency=%d duration=%.3gs warmup=%.3gs keys=%d endpoints=%d\n",
+		rep.Op, rep.Concurrency, rep.DurationSeconds, rep.WarmupSeconds, rep.Keys, len(rep.Endpoints))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "OP\tCOUNT\tOPS/S\tERRORS\tMEAN\tP50\tP95\tP99\tMAX\t")
+	for _, o := range append(rep.Ops, rep.Total) {
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.3fms\t%.3fms\t%.3fms\t%.3fms\t%.3fms\t\n",
+			o.Op, o.Count, o.OpsPerSec, o.Errors, o.MeanMs, o.P50Ms, o.P95Ms, o.P99Ms, o.MaxMs)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(rep.ErrorCodes) > 0 {
+		codes := make([]string, 0, len(rep.ErrorCodes))
+		for c := range rep.ErrorCodes {
+			codes = append(codes, c)
+		}
+		sort.Strings(codes)
+		fmt.Fprint(w, "errors:")
+		for _, c := range codes {
+			fmt.Fprintf(w, " %s=%d", c, rep.ErrorCodes[c])
+		}
+		fmt.Fprintln(w)
+	}
+	return nil
+}
+
+// Latency histogram.
+//
+// latencyHist is a fixed-size, HDR-style histogram of durations in
+// microseconds. Values below 2^histSubBits are counted exactly; above, each
+// power-of-two range [2^e, 2^(e+1)) is split into 2^histSubBits equal
+// buckets, so a reported percentile is within 1/64 (1.6%) of the true value.
+// Values are counted up to 2^32 µs (about 71 minutes); larger ones fall in the
+// top bucket. The exact minimum, maximum and sum are kept beside the buckets.
+// It needs 14 KiB whatever the number of values.
+const (
+	histSubBits    = 6
+	histSubBuckets = 1 << histSubBits
+	histMaxBits    = 32
+	histMaxValue   = 1<<histMaxBits - 1
+	histBuckets    = (histMaxBits - histSubBits + 1) * histSubBuckets
+)
+
+type latencyHist struct {
+	counts   [histBuckets]uint64
+	count    uint64
+	sum      time.Duration
+	min, max time.Duration
+}
+
+// histIndex is the bucket of v (in µs, at most histMaxValue).
+func histIndex(v uint64) int {
+	if v < histSubBuckets {
+		return int(v)
+	}
+	shift := bits.Len64(v) - 1 - histSubBits
+	return (shift+1)*histSubBuckets + int(v>>shift) - histSubBuckets
+}
+
+// histUpper is the largest value (in µs) that falls in bucket i.
+func histUpper(i int) uint64 {
+	if i < 2*histSubBuckets {
+		return uint64(i)
+	}
+	shift := i/histSubBuckets - 1
+	sub := uint64(i%histSubBuckets + histSubBuckets)
+	return (sub+1)<<shift - 1
+}
+
+func (h *latencyHist) record(d time.Duration) {
+	d = max(d, 0)
+	us := min(uint64(d/time.Microsecond), histMaxValue)
+	h.counts[histIndex(us)]++
+	if h.count == 0 || d < h.min {
+		h.min = d
+	}
+	h.max = max(h.max, d)
+	h.count++
+	h.sum += d
+}
+
+func (h *latencyHist) merge(o *latencyHist) {
+	if o.count == 0 {
+		return
+	}
+	for i, n := range o.counts {
+		h.counts[i] += n
+	}
+	if h.count == 0 || o.min < h.min {
+		h.min = o.min
+	}
+	h.max = max(h.max, o.max)
+	h.count += o.count
+	h.sum += o.sum
+}
+
+func (h *latencyHist) mean() time.Duration {
+	if h.count == 0 {
+		return 0
+	}
+	return h.sum / time.Duration(h.count)
+}
+
+// percentile returns the value below or at which p percent of the recorded
+// values fall: the upper edge of the bucket holding that rank, clamped to
+// the exact minimum and maximum; the top rank is the exact maximum. It is 0
+// for an empty histogram.
+func (h *latencyHist) percentile(p float64) time.Duration {
+	if h.count == 0 {
+		return 0
+	}
+	rank := uint64(math.Ceil(p / 100 * float64(h.count)))
+	rank = min(max(rank, 1), h.count)
+	if rank == h.count {
+		return h.max
+	}
+	var seen uint64
+	for i, n := range h.counts {
+		seen += n
+		if seen >= rank {
+			v := time.Duration(histUpper(i)) * time.Microsecond
+			return min(max(v, h.min), h.max)
+		}
+	}
+	return h.max
+}

@@ -1,0 +1,314 @@
+// Command coffer is the command-line client of a Coffer cluster.
+//
+// Connection settings come from global flags, each defaulting from the
+// environment (the env file a dev cluster writes exports them):
+//
+//	--addr     COFFER_ADDR     comma-separated node addresses (host:port)
+//	--ca       COFFER_CA       CA certificate (PEM)
+//	--cert     COFFER_CERT     client certificate (PEM)
+//	--key      COFFER_KEY      client private key (PEM)
+//	--output   COFFER_OUTPUT   text or json
+//	--timeout  COFFER_TIMEOUT  bound on each command's requests
+//
+// Errors go to stderr; the exit status is 1 for failures and 2 for usage
+// errors (bad flags or arguments, missing settings).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc/status"
+
+	"github.com/coffer-kms/coffer/client"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// Environment variables that supply flag defaults.
+const (
+	envAddr    = "COFFER_ADDR"
+	envCA      = "COFFER_CA"
+	envCert    = "COFFER_CERT"
+	envKey     = "COFFER_KEY"
+	envOutput  = "COFFER_OUTPUT"
+	envTimeout = "COFFER_TIMEOUT"
+)
+
+const defaultTimeout = 10 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], streams{in: os.Stdin, out: os.Stdout, err: os.Stderr}, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// streams are the standard streams of one invocation.
+type streams struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
+// app is one invocation: its streams, environment and global flags.
+type app struct {
+	streams
+	getenv func(string) string
+
+	// Raw global flag values; read them through the resolve methods, which
+	// apply the environment defaults.
+	flags   *pflag.FlagSet
+	addr    string
+	ca      string
+	cert    string
+	key     string
+	output  string
+	timeout time.Duration
+
+	// Resolved in the root's PersistentPreRunE.
+	format outputFormat
+	// limit is the resolved --timeout.
+	limit time.Duration
+}
+
+// usageError marks an error as a usage error (exit status 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// run executes one command line and returns the exit status.
+func run(ctx context.Context, args []string, s streams, getenv func(string) string) int {
+	a := &app{streams: s, getenv: getenv}
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetIn(s.in)
+	root.SetOut(s.out)
+	root.SetErr(s.err)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	printError(s.err, err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+// printError writes err to w: "coffer: <code>: <message>" for gRPC errors,
+// "coffer: <error>" otherwise.
+func printError(w io.Writer, err error) {
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		st := se.GRPCStatus()
+		fmt.Fprintf(w, "coffer: %s: %s\n", st.Code(), st.Message())
+		return
+	}
+	fmt.Fprintf(w, "coffer: %v\n", err)
+}
+
+func (a *app) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "coffer",
+		Short:         "Command-line client of a Coffer key custody cluster",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		Args:          noSubcommand,
+		RunE:          showHelp,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.resolveCommon()
+		},
+	}
+	root.CompletionOptions.HiddenDefaultCmd = true
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+
+	f := root.PersistentFlags()
+	f.StringVar(&a.addr, "addr", "", "comma-separated node addresses, host:port (env "+envAddr+")")
+	f.StringVar(&a.ca, "ca", "", "CA certificate file, PEM (env "+envCA+")")
+	f.StringVar(&a.cert, "cert", "", "client certificate file, PEM (env "+envCert+")")
+	f.StringVar(&a.key, "key", "", "client private key file, PEM (env "+envKey+")")
+	f.StringVarP(&a.output, "output", "o", string(formatText), "output format: text or json (env "+envOutput+")")
+	f.DurationVar(&a.timeout, "timeout", defaultTimeout, "bound on each command's requests, retries included (env "+envTimeout+")")
+	a.flags = f
+
+	root.AddCommand(a.keyCmd(), a.clusterCmd(), a.benchCmd())
+	return root
+}
+
+// group returns a command that only holds subcommands.
+func group(use, short string, subs ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short, Args: noSubcommand, RunE: showHelp}
+	cmd.AddCommand(subs...)
+	return cmd
+}
+
+// noSubcommand refuses arguments to a command that only holds subcommands:
+// an argument there is a mistyped subcommand.
+func noSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+	}
+	return nil
+}
+
+func showHelp(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+
+// exactArgs is cobra.ExactArgs reporting a usage error.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s takes %d argument(s) (%s), got %d", cmd.CommandPath(), n, what, len(args))
+		}
+		return nil
+	}
+}
+
+// setting returns the value of a string flag: the flag if it was given, else
+// the environment variable if set, else the flag's default.
+func (a *app) setting(flag, env string) string {
+	f := a.flags.Lookup(flag)
+	if f.Changed {
+		return f.Value.String()
+	}
+	if v := strings.TrimSpace(a.getenv(env)); v != "" {
+		return v
+	}
+	return f.DefValue
+}
+
+// resolveCommon resolves the settings every command uses: output format and
+// timeout.
+func (a *app) resolveCommon() error {
+	format, err := parseOutput(a.setting("output", envOutput))
+	if err != nil {
+		return usagef("--output/%s: %w", envOutput, err)
+	}
+	a.format = format
+	a.limit = a.timeout
+	if !a.flags.Lookup("timeout").Changed {
+		if v := strings.TrimSpace(a.getenv(envTimeout)); v != "" {
+			if a.limit, err = time.ParseDuration(v); err != nil {
+				return usagef("%s: %w", envTimeout, err)
+			}
+		}
+	}
+	if a.limit <= 0 {
+		return usagef("--timeout/%s must be positive, got %v", envTimeout, a.limit)
+	}
+	return nil
+}
+
+// connSettings are the resolved connection settings.
+type connSettings struct {
+	addrs []string
+	tls   transport.TLSConfig
+}
+
+// resolveConn resolves the connection settings, naming the flag and the
+// environment variable of any that is missing.
+func (a *app) resolveConn() (connSettings, error) {
+	var cs connSettings
+	raw := a.setting("addr", envAddr)
+	if strings.Trim(raw, ", ") == "" {
+		return cs, usagef("no node address: set --addr or %s", envAddr)
+	}
+	addrs, err := parseAddrs(raw)
+	if err != nil {
+		return cs, usagef("--addr/%s: %w", envAddr, err)
+	}
+	cs.addrs = addrs
+	cs.tls = transport.TLSConfig{
+		CAFile:   a.setting("ca", envCA),
+		CertFile: a.setting("cert", envCert),
+		KeyFile:  a.setting("key", envKey),
+	}
+	for _, m := range []struct{ val, flag, env, what string }{
+		{cs.tls.CAFile, "ca", envCA, "CA certificate"},
+		{cs.tls.CertFile, "cert", envCert, "client certificate"},
+		{cs.tls.KeyFile, "key", envKey, "client key"},
+	} {
+		if m.val == "" {
+			return cs, usagef("no %s: set --%s or %s", m.what, m.flag, m.env)
+		}
+	}
+	return cs, nil
+}
+
+// parseAddrs splits a comma-separated address list, dropping blanks and
+// duplicates; each address must be host:port.
+func parseAddrs(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		addr := strings.TrimSpace(part)
+		if addr == "" || seen[addr] {
+			continue
+		}
+		if i := strings.LastIndexByte(addr, ':'); i <= 0 || i == len(addr)-1 {
+			return nil, fmt.Errorf("address %q is not host:port", addr)
+		}
+		seen[addr] = true
+		out = append(out, addr)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no address")
+	}
+	if len(out) > client.MaxEndpoints {
+		return nil, fmt.Errorf("%d addresses, at most %d", len(out), client.MaxEndpoints)
+	}
+	return out, nil
+}
+
+// newClient builds a client from the global flags.
+func (a *app) newClient() (*client.Client, error) {
+	cs, err := a.resolveConn()
+	if err != nil {
+		return nil, err
+	}
+	tlsConf, err := cs.tls.ClientTLS()
+	if err != nil {
+		return nil, fmt.Errorf("load TLS credentials: %w", err)
+	}
+	cfg := client.DefaultConfig()
+	cfg.Endpoints = cs.addrs
+	cfg.TLS = tlsConf
+	cfg.RequestTimeout = min(cfg.RequestTimeout, a.limit)
+	c, err := client.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create client: %w", err)
+	}
+	return c, nil
+}
+
+// withClient runs fn with a fresh client and a context bounded by --timeout.
+func (a *app) withClient(cmd *cobra.Command, fn func(ctx context.Context, c *client.Client) error) error {
+	c, err := a.newClient()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), a.limit)
+	defer cancel()
+	return fn(ctx, c)
+}

@@ -1,0 +1,351 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// outputFormat is the --output value.
+type outputFormat string
+
+const (
+	formatText outputFormat = "text"
+	formatJSON outputFormat = "json"
+)
+
+func parseOutput(s string) (outputFormat, error) {
+	switch f := outputFormat(strings.ToLower(strings.TrimSpace(s))); f {
+	case formatText, formatJSON:
+		return f, nil
+	}
+	return "", fmt.Errorf("unknown output format %q (want text or json)", s)
+}
+
+// algorithmNames maps the CLI's algorithm names to the API's.
+var algorithmNames = []struct {
+	name string
+	alg  cofferv1.Algorithm
+}{
+	{"aes-128", cofferv1.Algorithm_ALGORITHM_AES_128},
+	{"aes-192", cofferv1.Algorithm_ALGORITHM_AES_192},
+	{"aes-256", cofferv1.Algorithm_ALGORITHM_AES_256},
+	{"hmac-sha256", cofferv1.Algorithm_ALGORITHM_HMAC_SHA256},
+}
+
+// parseAlgorithm parses an --algorithm value; "" leaves the choice to the
+// server (ALGORITHM_UNSPECIFIED). Case and the API's enum names
+// (ALGORITHM_AES_256) are accepted too.
+func parseAlgorithm(s string) (cofferv1.Algorithm, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if s == "" {
+		return cofferv1.Algorithm_ALGORITHM_UNSPECIFIED, nil
+	}
+	for _, a := range algorithmNames {
+		if s == a.name || s == strings.ToLower(a.alg.String()) {
+			return a.alg, nil
+		}
+	}
+	names := make([]string, len(algorithmNames))
+	for i, a := range algorithmNames {
+		names[i] = a.name
+	}
+	return 0, fmt.Errorf("unknown algorithm %q (want %s)", s, strings.Join(names, ", "))
+}
+
+// algorithmName is the CLI name of alg, or the enum name if it has none.
+func algorithmName(alg cofferv1.Algorithm) string {
+	for _, a := range algorithmNames {
+		if a.alg == alg {
+			return a.name
+		}
+	}
+	return enumWord(alg.String(), "ALGORITHM_")
+}
+
+// parseConsistency parses a --consistency value; "" is the server default.
+func parseConsistency(s string) (cofferv1.Consistency, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "":
+		return cofferv1.Consistency_CONSISTENCY_UNSPECIFIED, nil
+	case "linearizable":
+		return cofferv1.Consistency_CONSISTENCY_LINEARIZABLE, nil
+	case "stale":
+		return cofferv1.Consistency_CONSISTENCY_STALE, nil
+	}
+	return 0, fmt.Errorf("unknown consistency %q (want linearizable or stale)", s)
+}
+
+// enumWord turns an enum value name into a lowercase word:
+// ("KEY_STATE_ACTIVE", "KEY_STATE_") → "active".
+func enumWord(name, prefix string) string {
+	w := strings.ToLower(strings.TrimPrefix(name, prefix))
+	if w == "unspecified" {
+		return "unknown"
+	}
+	return strings.ReplaceAll(w, "_", "-")
+}
+
+func stateName(s cofferv1.KeyState) string { return enumWord(s.String(), "KEY_STATE_") }
+
+func roleName(r cofferv1.NodeRole) string { return enumWord(r.String(), "NODE_ROLE_") }
+
+// protoJSON is the JSON form of API messages: proto field names, default
+// values included.
+var protoJSON = protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true}
+
+// marshalProto returns m as indented JSON with a stable layout.
+func marshalProto(m proto.Message) ([]byte, error) {
+	raw, err := protoJSON.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", m.ProtoReflect().Descriptor().Name(), err)
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, raw, "", "  "); err != nil {
+		return nil, fmt.Errorf("indent JSON: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// writeProto writes m as indented JSON and a newline.
+func writeProto(w io.Writer, m proto.Message) error {
+	b, err := marshalProto(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+// writeJSON writes v as indented JSON and a newline.
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode JSON: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+// formatTime is RFC 3339 in UTC, or "-" when unset.
+func formatTime(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return "-"
+	}
+	return ts.AsTime().UTC().Format(time.RFC3339)
+}
+
+// formatUsePolicy summarises a use policy on one line.
+func formatUsePolicy(p *cofferv1.KeyUsePolicy) string {
+	ops := "any"
+	if len(p.GetOperations()) > 0 {
+		ops = strings.Join(p.GetOperations(), ",")
+	}
+	s := "operations=" + ops
+	if p.GetNotBefore() != nil {
+		s += " not_before=" + formatTime(p.GetNotBefore())
+	}
+	if p.GetNotAfter() != nil {
+		s += " not_after=" + formatTime(p.GetNotAfter())
+	}
+	return s
+}
+
+// formatCachePolicy summarises a cache policy on one line.
+func formatCachePolicy(p *cofferv1.KeyCachePolicy) string {
+	if !p.GetCacheable() {
+		return "cacheable=false"
+	}
+	return fmt.Sprintf("cacheable=true ttl=%s max_keys=%d", p.GetTtl().AsDuration(), p.GetMaxKeys())
+}
+
+// writeMetadataText writes key metadata as aligned "name: value" lines.
+func writeMetadataText(w io.Writer, md *cofferv1.KeyMetadata) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	for _, row := range [][2]string{
+		{"gkid", md.GetGkid()},
+		{"policy", md.GetPolicy()},
+		{"resource", md.GetResource()},
+		{"owner", md.GetOwner()},
+		{"algorithm", algorithmName(md.GetAlgorithm())},
+		{"state", stateName(md.GetState())},
+		{"created", formatTime(md.GetCreatedAt())},
+		{"kek version", fmt.Sprint(md.GetKekVersion())},
+		{"revision", fmt.Sprint(md.GetRevision())},
+		{"use policy", formatUsePolicy(md.GetUsePolicy())},
+		{"cache policy", formatCachePolicy(md.GetCachePolicy())},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
+	}
+	return tw.Flush()
+}
+
+// writeKeyText writes fetched key material (base64) with its policies.
+func writeKeyText(w io.Writer, resp *cofferv1.GetKeyResponse) error {
+	md := resp.GetKey()
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	for _, row := range [][2]string{
+		{"gkid", md.GetGkid()},
+		{"algorithm", algorithmName(md.GetAlgorithm())},
+		{"material", base64.StdEncoding.EncodeToString(resp.GetMaterial())},
+		{"use policy", formatUsePolicy(md.GetUsePolicy())},
+		{"cache policy", formatCachePolicy(md.GetCachePolicy())},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
+	}
+	return tw.Flush()
+}
+
+// keyTable writes key metadata as a table, one page at a time.
+type keyTable struct {
+	w      io.Writer
+	header bool
+}
+
+func (t *keyTable) writePage(keys []*cofferv1.KeyMetadata) error {
+	tw := tabwriter.NewWriter(t.w, 0, 0, 2, ' ', 0)
+	if !t.header {
+		fmt.Fprintln(tw, "GKID\tPOLICY\tRESOURCE\tALGORITHM\tSTATE\tCREATED")
+		t.header = true
+	}
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.GetGkid(), k.GetPolicy(), k.GetResource(),
+			algorithmName(k.GetAlgorithm()), stateName(k.GetState()), formatTime(k.GetCreatedAt()))
+	}
+	return tw.Flush()
+}
+
+// keyListJSON streams {"keys": [...], "next_page_token": "..."} so that
+// listing every key needs memory for one page only.
+type keyListJSON struct {
+	w     io.Writer
+	count int
+}
+
+func (l *keyListJSON) writePage(keys []*cofferv1.KeyMetadata) error {
+	for _, k := range keys {
+		b, err := marshalProto(k)
+		if err != nil {
+			return err
+		}
+		sep := ",\n"
+		if l.count == 0 {
+			sep = "{\n  \"keys\": [\n"
+		}
+		l.count++
+		var ind bytes.Buffer
+		if err := json.Indent(&ind, b, "    ", "  "); err != nil {
+			return fmt.Errorf("indent JSON: %w", err)
+		}
+		if _, err := fmt.Fprintf(l.w, "%s    %s", sep, ind.Bytes()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *keyListJSON) finish(nextPageToken string) error {
+	tok, err := json.Marshal(nextPageToken)
+	if err != nil {
+		return fmt.Errorf("encode JSON: %w", err)
+	}
+	open := "\n  ]"
+	if l.count == 0 {
+		open = "{\n  \"keys\": []"
+	}
+	_, err = fmt.Fprintf(l.w, "%s,\n  \"next_page_token\": %s\n}\n", open, tok)
+	return err
+}
+
+// nodeJSON is one node in `cluster status -o json`.
+type nodeJSON struct {
+	ID           string `json:"id"`
+	Site         string `json:"site"`
+	Address      string `json:"address"`
+	RaftAddress  string `json:"raft_address"`
+	Role         string `json:"role"`
+	Term         uint64 `json:"term"`
+	LastLogIndex uint64 `json:"last_log_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	LeaderID     string `json:"leader_id"`
+	Healthy      bool   `json:"healthy"`
+	Error        string `json:"error"`
+	Voter        bool   `json:"voter"`
+}
+
+// clusterJSON is the output of `cluster status -o json`.
+type clusterJSON struct {
+	ClusterID  string     `json:"cluster_id"`
+	ReporterID string     `json:"reporter_id"`
+	Nodes      []nodeJSON `json:"nodes"`
+}
+
+func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
+	out := clusterJSON{
+		ClusterID:  resp.GetClusterId(),
+		ReporterID: resp.GetReporterId(),
+		Nodes:      make([]nodeJSON, 0, len(resp.GetNodes())),
+	}
+	for _, n := range resp.GetNodes() {
+		out.Nodes = append(out.Nodes, nodeJSON{
+			ID:           n.GetId(),
+			Site:         n.GetSite(),
+			Address:      n.GetAddress(),
+			RaftAddress:  n.GetRaftAddress(),
+			Role:         roleName(n.GetRole()),
+			Term:         n.GetTerm(),
+			LastLogIndex: n.GetLastLogIndex(),
+			AppliedIndex: n.GetAppliedIndex(),
+			LeaderID:     n.GetLeaderId(),
+			Healthy:      n.GetHealthy(),
+			Error:        n.GetError(),
+			Voter:        n.GetVoter(),
+		})
+	}
+	return out
+}
+
+// writeClusterTable writes the cluster status table.
+func writeClusterTable(w io.Writer, resp *cofferv1.ClusterStatusResponse) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tTERM\tLAST-INDEX\tAPPLIED\tHEALTH")
+	for _, n := range resp.GetNodes() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
+			roleName(n.GetRole()), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), health(n))
+	}
+	return tw.Flush()
+}
+
+func health(n *cofferv1.NodeStatus) string {
+	switch {
+	case n.GetHealthy():
+		return "ok"
+	case n.GetError() != "":
+		return "unhealthy: " + oneLine(n.GetError())
+	default:
+		return "unhealthy"
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// oneLine keeps a server-supplied message on one table row.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,282 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+func TestParseAlgorithm(t *testing.T) {
+	for in, want := range map[string]cofferv1.Algorithm{
+		"":                  cofferv1.Algorithm_ALGORITHM_UNSPECIFIED,
+		"aes-128":           cofferv1.Algorithm_ALGORITHM_AES_128,
+		"aes-192":           cofferv1.Algorithm_ALGORITHM_AES_192,
+		"AES-256":           cofferv1.Algorithm_ALGORITHM_AES_256,
+		" hmac-sha256 ":     cofferv1.Algorithm_ALGORITHM_HMAC_SHA256,
+		"ALGORITHM_AES_256": cofferv1.Algorithm_ALGORITHM_AES_256,
+	} {
+		got, err := parseAlgorithm(in)
+		if err != nil || got != want {
+			t.Errorf("parseAlgorithm(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"aes", "aes256", "des", "ALGORITHM_UNSPECIFIED", "hmac-sha512"} {
+		if _, err := parseAlgorithm(in); err == nil || !strings.Contains(err.Error(), "aes-128, aes-192, aes-256, hmac-sha256") {
+			t.Errorf("parseAlgorithm(%q) = %v, want an error listing the names", in, err)
+		}
+	}
+	for _, a := range algorithmNames {
+		if got, _ := parseAlgorithm(algorithmName(a.alg)); got != a.alg {
+			t.Errorf("round trip of %v gives %v", a.alg, got)
+		}
+	}
+}
+
+func TestParseConsistencyAndOutput(t *testing.T) {
+	for in, want := range map[string]cofferv1.Consistency{
+		"":             cofferv1.Consistency_CONSISTENCY_UNSPECIFIED,
+		"linearizable": cofferv1.Consistency_CONSISTENCY_LINEARIZABLE,
+		"Stale":        cofferv1.Consistency_CONSISTENCY_STALE,
+	} {
+		if got, err := parseConsistency(in); err != nil || got != want {
+			t.Errorf("parseConsistency(%q) = %v, %v", in, got, err)
+		}
+	}
+	if _, err := parseConsistency("eventual"); err == nil {
+		t.Error("parseConsistency accepted eventual")
+	}
+	if f, err := parseOutput("JSON"); err != nil || f != formatJSON {
+		t.Errorf("parseOutput(JSON) = %q, %v", f, err)
+	}
+	if _, err := parseOutput("yaml"); err == nil {
+		t.Error("parseOutput accepted yaml")
+	}
+}
+
+func TestEnumWords(t *testing.T) {
+	for role, want := range map[cofferv1.NodeRole]string{
+		cofferv1.NodeRole_NODE_ROLE_LEADER:      "leader",
+		cofferv1.NodeRole_NODE_ROLE_FOLLOWER:    "follower",
+		cofferv1.NodeRole_NODE_ROLE_CANDIDATE:   "candidate",
+		cofferv1.NodeRole_NODE_ROLE_SHUTDOWN:    "shutdown",
+		cofferv1.NodeRole_NODE_ROLE_UNREACHABLE: "unreachable",
+		cofferv1.NodeRole_NODE_ROLE_UNSPECIFIED: "unknown",
+	} {
+		if got := roleName(role); got != want {
+			t.Errorf("roleName(%v) = %q, want %q", role, got, want)
+		}
+	}
+	if got := stateName(cofferv1.KeyState_KEY_STATE_ACTIVE); got != "active" {
+		t.Errorf("stateName = %q", got)
+	}
+}
+
+var testCreated = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+
+func testMetadata(gkid string) *cofferv1.KeyMetadata {
+	return &cofferv1.KeyMetadata{
+		Gkid: gkid, Policy: "pay", Resource: "db/orders", Owner: "alice",
+		Algorithm: cofferv1.Algorithm_ALGORITHM_AES_256, State: cofferv1.KeyState_KEY_STATE_ACTIVE,
+		CreatedAt: timestamppb.New(testCreated), KekVersion: 2, Revision: 7,
+		UsePolicy: &cofferv1.KeyUsePolicy{Operations: []string{"get", "encrypt"},
+			NotAfter: timestamppb.New(testCreated.Add(24 * time.Hour))},
+		CachePolicy: &cofferv1.KeyCachePolicy{Cacheable: true, Ttl: durationpb.New(time.Minute), MaxKeys: 10},
+	}
+}
+
+func TestWriteMetadataText(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeMetadataText(&buf, testMetadata("gk1")); err != nil {
+		t.Fatal(err)
+	}
+	want := `gkid:         gk1
+policy:       pay
+resource:     db/orders
+owner:        alice
+algorithm:    aes-256
+state:        active
+created:      2026-03-04T05:06:07Z
+kek version:  2
+revision:     7
+use policy:   operations=get,encrypt not_after=2026-03-05T05:06:07Z
+cache policy: cacheable=true ttl=1m0s max_keys=10
+`
+	if buf.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", buf.String(), want)
+	}
+}
+
+func TestWriteKeyText(t *testing.T) {
+	var buf bytes.Buffer
+	resp := &cofferv1.GetKeyResponse{Key: &cofferv1.KeyMetadata{Gkid: "gk1"}, Material: []byte{0, 1, 2, 0xff}}
+	if err := writeKeyText(&buf, resp); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"material:     AAEC/w==", "use policy:   operations=any", "cache policy: cacheable=false"} {
+		if !strings.Contains(buf.String(), want+"\n") {
+			t.Errorf("output lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+func TestWriteProto_GetKeyJSON(t *testing.T) {
+	var buf bytes.Buffer
+	resp := &cofferv1.GetKeyResponse{Key: testMetadata("gk1"), Material: []byte{0, 1, 2, 0xff}}
+	if err := writeProto(&buf, resp); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Material string         `json:"material"`
+		Key      map[string]any `json:"key"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+		t.Fatalf("invalid JSON %q: %v", buf.String(), err)
+	}
+	if got.Material != "AAEC/w==" {
+		t.Errorf("material = %q", got.Material)
+	}
+	for field, want := range map[string]any{
+		"gkid": "gk1", "kek_version": float64(2), "revision": "7", "algorithm": "ALGORITHM_AES_256",
+		"created_at": "2026-03-04T05:06:07Z",
+	} {
+		if got.Key[field] != want {
+			t.Errorf("key.%s = %#v, want %#v", field, got.Key[field], want)
+		}
+	}
+	if _, ok := got.Key["use_policy"].(map[string]any)["not_after"]; !ok {
+		t.Errorf("use_policy lacks not_after: %v", got.Key["use_policy"])
+	}
+}
+
+func TestKeyTable(t *testing.T) {
+	var buf bytes.Buffer
+	tbl := &keyTable{w: &buf}
+	if err := tbl.writePage([]*cofferv1.KeyMetadata{testMetadata("gk1")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tbl.writePage([]*cofferv1.KeyMetadata{testMetadata("gk2")}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "GKID") {
+		t.Fatalf("table:\n%s", buf.String())
+	}
+	if got := strings.Fields(lines[2]); strings.Join(got, " ") != "gk2 pay db/orders aes-256 active 2026-03-04T05:06:07Z" {
+		t.Errorf("row = %q", got)
+	}
+}
+
+func TestKeyListJSON(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		pages [][]*cofferv1.KeyMetadata
+		next  string
+		want  []string
+	}{
+		{"empty", [][]*cofferv1.KeyMetadata{nil}, "", nil},
+		{"one page with token", [][]*cofferv1.KeyMetadata{{testMetadata("a"), testMetadata("b")}}, "tok", []string{"a", "b"}},
+		{"several pages", [][]*cofferv1.KeyMetadata{{testMetadata("a")}, nil, {testMetadata("b"), testMetadata("c")}}, "", []string{"a", "b", "c"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			l := &keyListJSON{w: &buf}
+			for _, p := range tc.pages {
+				if err := l.writePage(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := l.finish(tc.next); err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				Keys          []struct{ Gkid string }
+				NextPageToken *string `json:"next_page_token"`
+			}
+			if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+				t.Fatalf("invalid JSON %q: %v", buf.String(), err)
+			}
+			if got.Keys == nil || got.NextPageToken == nil || *got.NextPageToken != tc.next {
+				t.Fatalf("missing fields in %s", buf.String())
+			}
+			var gkids []string
+			for _, k := range got.Keys {
+				gkids = append(gkids, k.Gkid)
+			}
+			if strings.Join(gkids, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("keys = %v, want %v", gkids, tc.want)
+			}
+		})
+	}
+}
+
+func testClusterStatus() *cofferv1.ClusterStatusResponse {
+	return &cofferv1.ClusterStatusResponse{ClusterId: "c-1", ReporterId: "n1", Nodes: []*cofferv1.NodeStatus{
+		{Id: "n1", Site: "east", Address: "10.0.0.1:7400", RaftAddress: "10.0.0.1:7401",
+			Role: cofferv1.NodeRole_NODE_ROLE_LEADER, Term: 3, LastLogIndex: 40, AppliedIndex: 39,
+			LeaderId: "n1", Healthy: true, Voter: true},
+		{Id: "n2", Address: "10.0.0.2:7400", Role: cofferv1.NodeRole_NODE_ROLE_UNREACHABLE,
+			Error: "dial: connection\nrefused"},
+	}}
+}
+
+func TestWriteClusterTable(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeClusterTable(&buf, testClusterStatus()); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("table:\n%s", buf.String())
+	}
+	for i, want := range []string{
+		"ID SITE ADDRESS ROLE TERM LAST-INDEX APPLIED HEALTH",
+		"n1 east 10.0.0.1:7400 leader 3 40 39 ok",
+		"n2 - 10.0.0.2:7400 unreachable 0 0 0 unhealthy: dial: connection refused",
+	} {
+		if got := strings.Join(strings.Fields(lines[i]), " "); got != want {
+			t.Errorf("line %d = %q, want %q", i, got, want)
+		}
+	}
+}
+
+func TestClusterStatusJSON(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeJSON(&buf, clusterStatusJSON(testClusterStatus())); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+		t.Fatalf("invalid JSON: %v", err)
+	}
+	if got["cluster_id"] != "c-1" {
+		t.Errorf("cluster_id = %v", got["cluster_id"])
+	}
+	nodes := got["nodes"].([]any)
+	if len(nodes) != 2 {
+		t.Fatalf("nodes = %v", nodes)
+	}
+	n1 := nodes[0].(map[string]any)
+	want := map[string]any{
+		"id": "n1", "site": "east", "address": "10.0.0.1:7400", "raft_address": "10.0.0.1:7401",
+		"role": "leader", "term": float64(3), "last_log_index": float64(40), "applied_index": float64(39),
+		"leader_id": "n1", "healthy": true, "error": "", "voter": true,
+	}
+	if len(n1) != len(want) {
+		t.Errorf("node fields = %v, want %v", n1, want)
+	}
+	for k, v := range want {
+		if n1[k] != v {
+			t.Errorf("nodes[0].%s = %#v, want %#v", k, n1[k], v)
+		}
+	}
+	if r := nodes[1].(map[string]any)["role"]; r != "unreachable" {
+		t.Errorf("nodes[1].role = %v", r)
+	}
+}

@@ -1,0 +1,331 @@
+// Package e2e drives the built binaries exactly as the README tells a user:
+// `cofferd dev` in one process, the `coffer` CLI against it.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type env struct {
+	t    *testing.T
+	bin  string
+	dir  string
+	base int
+	vars []string
+}
+
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	bin := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", bin+"/", "../cmd/cofferd", "../cmd/coffer")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// freeBase finds a port base whose API, Raft and metrics ports are free.
+func freeBase(t *testing.T, nodes int) int {
+	t.Helper()
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for attempt := 0; attempt < 50; attempt++ {
+		base := 20000 + rng.Intn(30000)
+		ok := true
+		for i := 1; i <= nodes && ok; i++ {
+			for _, off := range []int{0, 100, 200} {
+				l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off+i))
+				if err != nil {
+					ok = false
+					break
+				}
+				_ = l.Close()
+			}
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
+}
+
+// devCluster is a running `cofferd dev`.
+type devCluster struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	out    bytes.Buffer
+	upCh   chan struct{}
+	doneCh chan struct{}
+}
+
+func (e *env) startDev() *devCluster {
+	e.t.Helper()
+	d := &devCluster{upCh: make(chan struct{}), doneCh: make(chan struct{})}
+	d.cmd = exec.Command(filepath.Join(e.bin, "cofferd"), "dev", "--nodes", "3", "--dir", e.dir, "--base-port", fmt.Sprint(e.base))
+	stdout, err := d.cmd.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	d.cmd.Stderr = d.cmd.Stdout
+	if err := d.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() {
+		defer close(d.doneCh)
+		sc := bufio.NewScanner(stdout)
+		up := false
+		for sc.Scan() {
+			d.mu.Lock()
+			d.out.WriteString(sc.Text() + "\n")
+			d.mu.Unlock()
+			if !up && strings.Contains(sc.Text(), "cluster is up") {
+				up = true
+				close(d.upCh)
+			}
+		}
+		_ = d.cmd.Wait()
+	}()
+	select {
+	case <-d.upCh:
+	case <-d.doneCh:
+		e.t.Fatalf("cofferd dev exited before the cluster was up:\n%s", d.output())
+	case <-time.After(90 * time.Second):
+		_ = d.cmd.Process.Kill()
+		e.t.Fatalf("cluster not up within 90s:\n%s", d.output())
+	}
+	e.t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			_ = d.cmd.Process.Signal(syscall.SIGINT)
+			select {
+			case <-d.doneCh:
+			case <-time.After(30 * time.Second):
+				_ = d.cmd.Process.Kill()
+			}
+		}
+	})
+	return d
+}
+
+func (d *devCluster) output() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.out.String()
+}
+
+// stop sends Ctrl-C and waits for a clean exit.
+func (e *env) stop(d *devCluster) {
+	e.t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-d.doneCh:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		e.t.Fatalf("cofferd dev did not stop within 30s:\n%s", d.output())
+	}
+	if !d.cmd.ProcessState.Success() {
+		e.t.Fatalf("cofferd dev exited with %v:\n%s", d.cmd.ProcessState, d.output())
+	}
+	if !strings.Contains(d.output(), "Stopped.") {
+		e.t.Fatalf("no clean stop message:\n%s", d.output())
+	}
+}
+
+// loadEnv reads the env file the way `source` would for its exports.
+func (e *env) loadEnv() {
+	e.t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.dir, "env"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.vars = nil
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "export COFFER_"); ok {
+			k, val, _ := strings.Cut(v, "=")
+			e.vars = append(e.vars, "COFFER_"+k+"="+strings.Trim(val, `"`))
+		}
+	}
+	if len(e.vars) != 4 {
+		e.t.Fatalf("env file sets %d COFFER_ variables, want 4:\n%s", len(e.vars), data)
+	}
+}
+
+// coffer runs the CLI and returns stdout, stderr and the exit code.
+func (e *env) coffer(args ...string) (string, string, int) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(e.bin, "coffer"), args...)
+	cmd.Env = append(os.Environ(), e.vars...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("coffer %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func (e *env) mustCoffer(args ...string) string {
+	e.t.Helper()
+	out, errs, code := e.coffer(args...)
+	if code != 0 {
+		e.t.Fatalf("coffer %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errs)
+	}
+	return out
+}
+
+func TestE2E_DevClusterAndCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries and starts processes")
+	}
+	e := &env{t: t, bin: buildBinaries(t), dir: filepath.Join(t.TempDir(), "dev"), base: freeBase(t, 3)}
+	dev := e.startDev()
+	if !strings.Contains(dev.output(), "source "+filepath.Join(e.dir, "env")) {
+		t.Fatalf("banner does not say how to set up the CLI:\n%s", dev.output())
+	}
+	e.loadEnv()
+
+	// cluster status: three nodes on three sites, one leader.
+	var st struct {
+		ClusterID string `json:"cluster_id"`
+		Nodes     []struct {
+			ID, Site, Address, Role string
+			Healthy                 bool
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(e.mustCoffer("cluster", "status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	leaders, sites := 0, map[string]bool{}
+	for _, n := range st.Nodes {
+		sites[n.Site] = true
+		if n.Role == "leader" {
+			leaders++
+		}
+		if !n.Healthy {
+			t.Errorf("node %s unhealthy", n.ID)
+		}
+	}
+	if len(st.Nodes) != 3 || leaders != 1 || len(sites) != 3 || st.ClusterID == "" {
+		t.Fatalf("cluster status: %+v", st)
+	}
+
+	// generate, get (on every node), describe, list.
+	gk := strings.TrimSpace(e.mustCoffer("key", "generate", "--policy", "default", "--resource", "e2e/app", "--algorithm", "aes-256"))
+	if len(gk) != 40 || !strings.HasPrefix(gk, "k1-"+st.ClusterID+"-") {
+		t.Fatalf("generate printed %q", gk)
+	}
+	var secrets [][]byte
+	var first string
+	for i := 1; i <= 3; i++ {
+		out := e.mustCoffer("--addr", fmt.Sprintf("127.0.0.1:%d", e.base+i), "key", "get", gk, "-o", "json")
+		var got struct {
+			Material string `json:"material"`
+		}
+		if err := json.Unmarshal([]byte(out), &got); err != nil || got.Material == "" {
+			t.Fatalf("get on node %d: %v\n%s", i, err, out)
+		}
+		if first == "" {
+			first = got.Material
+		} else if got.Material != first {
+			t.Fatal("nodes disagree on key material")
+		}
+	}
+	m, err := base64.StdEncoding.DecodeString(first)
+	if err != nil || len(m) != 32 {
+		t.Fatalf("material %q: %v", first, err)
+	}
+	secrets = append(secrets, m)
+	desc := e.mustCoffer("key", "describe", gk)
+	for _, want := range []string{"default", "e2e/app", "client:admin", "aes-256", "active"} {
+		if !strings.Contains(desc, want) {
+			t.Errorf("describe lacks %q:\n%s", want, desc)
+		}
+	}
+	if strings.Contains(desc, first) {
+		t.Fatal("describe printed key material")
+	}
+
+	// put: import a key from a file and read it back.
+	imported := bytes.Repeat([]byte("E2E-IMPORTED-KEY"), 2)
+	secrets = append(secrets, imported)
+	matFile := filepath.Join(t.TempDir(), "k.bin")
+	if err := os.WriteFile(matFile, imported, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pk := strings.TrimSpace(e.mustCoffer("key", "put", "--resource", "e2e/app", "--material-file", matFile))
+	if out := e.mustCoffer("key", "get", pk, "-o", "json"); !strings.Contains(out, base64.StdEncoding.EncodeToString(imported)) {
+		t.Fatalf("imported key came back different:\n%s", out)
+	}
+	var list struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal([]byte(e.mustCoffer("key", "list", "--resource", "e2e/app", "-o", "json")), &list); err != nil || len(list.Keys) != 2 {
+		t.Fatalf("list: %d keys, %v", len(list.Keys), err)
+	}
+
+	// Errors: clear message, non-zero exit.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"key", "get", "not-a-gkid"}, "InvalidArgument"},
+		{[]string{"key", "get", "k1-" + st.ClusterID + "-aaaaaaaaaaaaaaaaaaaaaaaaaa"}, "NotFound"},
+		{[]string{"key", "generate", "--resource", "r", "--policy", "nope"}, "NotFound"},
+	} {
+		_, errs, code := e.coffer(c.args...)
+		if code == 0 || !strings.Contains(errs, c.want) {
+			t.Errorf("coffer %v: exit %d, stderr %q; want non-zero and %q", c.args, code, errs, c.want)
+		}
+	}
+
+	// Ctrl-C stops every node; the next start reuses the data.
+	e.stop(dev)
+	dev2 := e.startDev()
+	if !strings.Contains(dev2.output(), "Reusing") {
+		t.Fatalf("second start did not reuse the data:\n%s", dev2.output())
+	}
+	if out := e.mustCoffer("key", "get", gk, "-o", "json"); !strings.Contains(out, first) {
+		t.Fatalf("key lost across restart:\n%s", out)
+	}
+	e.stop(dev2)
+
+	// No plaintext key material anywhere under the data directory.
+	err = filepath.WalkDir(e.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, s := range secrets {
+			if bytes.Contains(data, s) || bytes.Contains(data, []byte(base64.StdEncoding.EncodeToString(s))) {
+				return fmt.Errorf("plaintext key material in %s", path)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

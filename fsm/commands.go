@@ -1,0 +1,167 @@
+package fsm
+
+import (
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// handler applies one decoded command payload to the batch. It returns
+// business failures in Result.Err and panics only on conditions that mean the
+// replica can no longer be trusted (undecodable payload, storage failure).
+type handler func(b *pebble.Batch, payload []byte, index uint64) Result
+
+// handlers is the one dispatch table for command types.
+var handlers = map[cofferv1.CommandType]handler{
+	cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER:  applyInitCluster,
+	cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY:    applyCreateKey,
+	cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY: applyCreatePolicy,
+}
+
+// Encode builds the Raft entry for a command. The payload is marshalled
+// deterministically so that equal commands give equal bytes.
+func Encode(t cofferv1.CommandType, payload proto.Message) ([]byte, error) {
+	if _, ok := handlers[t]; !ok {
+		return nil, fmt.Errorf("%w: unknown command type %v", ErrInvalidCommand, t)
+	}
+	det := proto.MarshalOptions{Deterministic: true}
+	p, err := det.Marshal(payload)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: marshal %v payload: %w", t, err)
+	}
+	return det.Marshal(&cofferv1.Command{Type: t, Version: CommandVersion, Payload: p})
+}
+
+func decode(payload []byte, m proto.Message, index uint64) {
+	if err := proto.Unmarshal(payload, m); err != nil {
+		panic(fmt.Sprintf("fsm: undecodable %T payload at index %d: %v", m, index, err))
+	}
+}
+
+func mustSet(b *pebble.Batch, key []byte, m proto.Message) {
+	v, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		panic(fmt.Sprintf("fsm: marshal %T: %v", m, err))
+	}
+	mustSetRaw(b, key, v)
+}
+
+func mustSetRaw(b *pebble.Batch, key, value []byte) {
+	if err := b.Set(key, value, nil); err != nil {
+		panic(fmt.Sprintf("fsm: batch set %q: %v", key, err))
+	}
+}
+
+func mustHas(b *pebble.Batch, key []byte) bool {
+	ok, err := has(b, key)
+	if err != nil {
+		panic(err.Error())
+	}
+	return ok
+}
+
+func applyInitCluster(b *pebble.Batch, payload []byte, index uint64) Result {
+	var c cofferv1.InitClusterCommand
+	decode(payload, &c, index)
+	var existing cofferv1.ClusterInfo
+	switch err := getProto(b, keyCluster, &existing); err {
+	case nil:
+		return Result{Err: ErrAlreadyInitialized, Cluster: &existing}
+	case ErrNotFound:
+	default:
+		panic(err.Error())
+	}
+	if c.GetInfo().GetClusterId() == "" || c.GetDefaultPolicy().GetName() == "" {
+		return Result{Err: fmt.Errorf("%w: init needs a cluster id and a default policy", ErrInvalidCommand)}
+	}
+	if err := checkPolicy(c.GetDefaultPolicy()); err != nil {
+		return Result{Err: err}
+	}
+	mustSet(b, keyCluster, c.GetInfo())
+	if !mustHas(b, policyKey(c.GetDefaultPolicy().GetName())) {
+		mustSet(b, policyKey(c.GetDefaultPolicy().GetName()), c.GetDefaultPolicy())
+	}
+	return Result{Cluster: c.GetInfo(), Policy: c.GetDefaultPolicy()}
+}
+
+func checkPolicy(p *cofferv1.PolicyRecord) error {
+	if p.GetName() == "" {
+		return fmt.Errorf("%w: policy name is empty", ErrInvalidCommand)
+	}
+	found := false
+	for _, k := range p.GetKeks() {
+		if k.GetVersion() == p.GetKekVersion() && len(k.GetWrapped()) > 0 {
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("%w: policy %q has no wrapped kek for its current version %d", ErrInvalidCommand, p.GetName(), p.GetKekVersion())
+	}
+	return nil
+}
+
+func applyCreatePolicy(b *pebble.Batch, payload []byte, index uint64) Result {
+	var c cofferv1.CreatePolicyCommand
+	decode(payload, &c, index)
+	if err := checkPolicy(c.GetPolicy()); err != nil {
+		return Result{Err: err}
+	}
+	if mustHas(b, policyKey(c.GetPolicy().GetName())) {
+		return Result{Err: fmt.Errorf("%w: %q", ErrPolicyExists, c.GetPolicy().GetName())}
+	}
+	mustSet(b, policyKey(c.GetPolicy().GetName()), c.GetPolicy())
+	return Result{Policy: c.GetPolicy()}
+}
+
+func applyCreateKey(b *pebble.Batch, payload []byte, index uint64) Result {
+	var c cofferv1.CreateKeyCommand
+	decode(payload, &c, index)
+	k := c.GetKey()
+	if k.GetGkid() == "" || k.GetPolicy() == "" || k.GetResource() == "" || len(k.GetWrappedMaterial()) == 0 {
+		return Result{Err: fmt.Errorf("%w: key record needs gkid, policy, resource and material", ErrInvalidCommand)}
+	}
+	if c.GetRequestId() != "" {
+		if gk, err := get(b, requestKey(k.GetOwner(), c.GetRequestId())); err == nil {
+			var first cofferv1.KeyRecord
+			if err := getProto(b, keyKey(string(gk)), &first); err != nil {
+				panic(fmt.Sprintf("fsm: request %q maps to missing key %q: %v", c.GetRequestId(), gk, err))
+			}
+			return Result{Key: &first, Duplicate: true}
+		} else if err != ErrNotFound {
+			panic(err.Error())
+		}
+	}
+	var pol cofferv1.PolicyRecord
+	switch err := getProto(b, policyKey(k.GetPolicy()), &pol); err {
+	case nil:
+	case ErrNotFound:
+		return Result{Err: fmt.Errorf("%w: %q", ErrPolicyNotFound, k.GetPolicy())}
+	default:
+		panic(err.Error())
+	}
+	if !hasKEKVersion(&pol, k.GetKekVersion()) {
+		return Result{Err: fmt.Errorf("%w: policy %q has no kek version %d", ErrKEKVersionUnknown, k.GetPolicy(), k.GetKekVersion())}
+	}
+	if mustHas(b, keyKey(k.GetGkid())) {
+		return Result{Err: fmt.Errorf("%w: %s", ErrKeyExists, k.GetGkid())}
+	}
+	mustSet(b, keyKey(k.GetGkid()), k)
+	mustSetRaw(b, concat(byPolicyPrefix(k.GetPolicy()), []byte(k.GetGkid())), nil)
+	mustSetRaw(b, concat(byResourcePrefix(k.GetResource()), []byte(k.GetGkid())), nil)
+	if c.GetRequestId() != "" {
+		mustSetRaw(b, requestKey(k.GetOwner(), c.GetRequestId()), []byte(k.GetGkid()))
+	}
+	return Result{Key: k}
+}
+
+func hasKEKVersion(p *cofferv1.PolicyRecord, v uint32) bool {
+	for _, k := range p.GetKeks() {
+		if k.GetVersion() == v {
+			return true
+		}
+	}
+	return false
+}

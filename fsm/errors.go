@@ -1,0 +1,20 @@
+package fsm
+
+import "errors"
+
+// Business errors returned as values in Result.Err by Apply, and by the read
+// methods. They never stop the state machine.
+var (
+	ErrNotFound           = errors.New("fsm: not found")
+	ErrPolicyNotFound     = errors.New("fsm: custody policy not found")
+	ErrPolicyExists       = errors.New("fsm: custody policy already exists")
+	ErrKeyExists          = errors.New("fsm: key already exists")
+	ErrKEKVersionUnknown  = errors.New("fsm: kek version unknown to the policy")
+	ErrAlreadyInitialized = errors.New("fsm: cluster already initialized")
+	ErrNotInitialized     = errors.New("fsm: cluster not initialized")
+	ErrInvalidCommand     = errors.New("fsm: invalid command")
+	ErrStaleIndex         = errors.New("fsm: log index already applied")
+	ErrCorrupt            = errors.New("fsm: stored state is corrupt")
+	ErrBadSnapshot        = errors.New("fsm: snapshot is malformed")
+	ErrClosed             = errors.New("fsm: closed")
+)

@@ -1,0 +1,340 @@
+package fsm
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// CommandVersion is the payload schema version this build writes and reads.
+const CommandVersion = 1
+
+// Config configures the state machine.
+type Config struct {
+	// Dir is the Pebble directory (created if missing).
+	Dir string
+	// Logger receives state machine events; nil discards them.
+	Logger *slog.Logger
+	// CacheBytes sizes Pebble's block cache.
+	CacheBytes int64
+}
+
+// DefaultConfig returns a Config with every optional field set.
+func DefaultConfig(dir string) Config {
+	return Config{Dir: dir, CacheBytes: 64 << 20}
+}
+
+// Validate reports a Config that cannot work.
+func (c Config) Validate() error {
+	if c.Dir == "" {
+		return fmt.Errorf("%w: fsm: Dir is required", ErrInvalidCommand)
+	}
+	if c.CacheBytes < 0 {
+		return fmt.Errorf("%w: fsm: CacheBytes must not be negative", ErrInvalidCommand)
+	}
+	return nil
+}
+
+// Result is what Apply returns for every command entry. Business failures are
+// in Err; the state machine itself never fails on them.
+type Result struct {
+	Err error
+	// Key is the created key, or for an idempotent retry the key created by
+	// the first request with the same id.
+	Key *cofferv1.KeyRecord
+	// Duplicate is true when the command repeated an earlier request id and
+	// nothing was written.
+	Duplicate bool
+	Policy    *cofferv1.PolicyRecord
+	Cluster   *cofferv1.ClusterInfo
+}
+
+// FSM is Coffer's replicated state machine over Pebble. It implements
+// raft.BatchingFSM.
+//
+// Contract:
+//   - Apply and ApplyBatch are called by Raft from one goroutine, in log
+//     order. Each call commits one Pebble batch that holds the data and the
+//     applied index, so a restart resumes where it stopped and an index at or
+//     below the applied index is skipped (returns ErrStaleIndex).
+//   - Apply is deterministic: it reads only the command and committed state.
+//     No clock, no randomness, no keystore.
+//   - A committed entry that cannot be decoded, or that names an unknown
+//     command type or a newer payload version, stops the node (panic) rather
+//     than let replicas diverge.
+//   - Read methods may be called concurrently with Apply; each sees a
+//     consistent committed state.
+type FSM struct {
+	db     *pebble.DB
+	logger *slog.Logger
+
+	applied atomic.Uint64
+	term    atomic.Uint64
+
+	waitMu sync.Mutex
+	waitCh chan struct{} // closed and replaced after every applied batch
+
+	closed atomic.Bool
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// Open opens (or creates) the state machine in cfg.Dir.
+func Open(cfg Config) (*FSM, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	opts := &pebble.Options{Logger: quietLogger{logger}}
+	if cfg.CacheBytes > 0 {
+		cache := pebble.NewCache(cfg.CacheBytes)
+		defer cache.Unref()
+		opts.Cache = cache
+	}
+	db, err := pebble.Open(cfg.Dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: open pebble at %s: %w", cfg.Dir, err)
+	}
+	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{})}
+	if _, err := get(db, keyRestoring); err == nil {
+		// A restore was interrupted: the state is a mix of old and new.
+		// Forget it; Raft restores the latest snapshot and replays the log.
+		logger.Warn("fsm: interrupted restore found, discarding local state")
+		if err := f.wipe(); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+	}
+	if v, err := get(db, keyApplied); err == nil {
+		idx, term, ok := decodeApplied(v)
+		if !ok {
+			_ = db.Close()
+			return nil, fmt.Errorf("%w: applied index record has %d bytes", ErrCorrupt, len(v))
+		}
+		f.applied.Store(idx)
+		f.term.Store(term)
+	}
+	return f, nil
+}
+
+// Close closes the store. Pending WaitApplied calls return ErrClosed.
+func (f *FSM) Close() error {
+	if !f.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	f.notify()
+	return f.db.Close()
+}
+
+// AppliedIndex returns the index of the last applied log entry.
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// AppliedTerm returns the term of the last applied log entry.
+func (f *FSM) AppliedTerm() uint64 { return f.term.Load() }
+
+// WaitApplied blocks until the applied index reaches index, ctx ends, or the
+// FSM closes.
+func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		f.waitMu.Lock()
+		ch := f.waitCh
+		f.waitMu.Unlock()
+		if f.applied.Load() >= index {
+			return nil
+		}
+		if f.closed.Load() {
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (f *FSM) notify() {
+	f.waitMu.Lock()
+	close(f.waitCh)
+	f.waitCh = make(chan struct{})
+	f.waitMu.Unlock()
+}
+
+// Apply applies one committed log entry.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies committed entries in one Pebble batch.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	if len(logs) == 0 {
+		return out
+	}
+	start := time.Now()
+	b := f.db.NewIndexedBatch()
+	defer b.Close()
+	applied := f.applied.Load()
+	var lastIdx, lastTerm uint64
+	for i, l := range logs {
+		if l.Index <= applied {
+			out[i] = Result{Err: ErrStaleIndex}
+			continue
+		}
+		lastIdx, lastTerm = l.Index, l.Term
+		if l.Type != raft.LogCommand {
+			out[i] = Result{}
+			continue
+		}
+		out[i] = f.applyCommand(b, l)
+	}
+	if lastIdx == 0 {
+		return out
+	}
+	if err := b.Set(keyApplied, encodeApplied(lastIdx, lastTerm), nil); err != nil {
+		panic(fmt.Sprintf("fsm: set applied index: %v", err))
+	}
+	// The Raft log is the durable record; Pebble is synced at snapshot time.
+	if err := b.Commit(pebble.NoSync); err != nil {
+		panic(fmt.Sprintf("fsm: commit batch at index %d: %v", lastIdx, err))
+	}
+	f.applied.Store(lastIdx)
+	f.term.Store(lastTerm)
+	f.notify()
+	observeBatch(len(logs), time.Since(start))
+	return out
+}
+
+func (f *FSM) applyCommand(b *pebble.Batch, l *raft.Log) Result {
+	var cmd cofferv1.Command
+	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+		panic(fmt.Sprintf("fsm: undecodable command at index %d: %v", l.Index, err))
+	}
+	h, ok := handlers[cmd.GetType()]
+	if !ok {
+		panic(fmt.Sprintf("fsm: unknown command type %v at index %d", cmd.GetType(), l.Index))
+	}
+	if cmd.GetVersion() == 0 || cmd.GetVersion() > CommandVersion {
+		panic(fmt.Sprintf("fsm: command %v version %d at index %d is not supported by this build (max %d)",
+			cmd.GetType(), cmd.GetVersion(), l.Index, CommandVersion))
+	}
+	res := h(b, cmd.GetPayload(), l.Index)
+	observeCommand(cmd.GetType(), res.Err)
+	return res
+}
+
+// StateHash returns a SHA-256 over every key and value in the store, in key
+// order, and the applied index it describes. Replicas at the same applied
+// index must return the same hash.
+func (f *FSM) StateHash() ([32]byte, uint64, error) {
+	snap := f.db.NewSnapshot()
+	defer snap.Close()
+	idx := f.applied.Load()
+	if v, err := get(snap, keyApplied); err == nil {
+		idx, _, _ = decodeApplied(v)
+	}
+	h := sha256.New()
+	it, err := snap.NewIter(nil)
+	if err != nil {
+		return [32]byte{}, 0, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	var lenBuf [binary.MaxVarintLen64]byte
+	for ok := it.First(); ok; ok = it.Next() {
+		for _, part := range [][]byte{it.Key(), it.Value()} {
+			n := binary.PutUvarint(lenBuf[:], uint64(len(part)))
+			h.Write(lenBuf[:n])
+			h.Write(part)
+		}
+	}
+	if err := it.Error(); err != nil {
+		return [32]byte{}, 0, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum, idx, nil
+}
+
+// wipe deletes every key.
+func (f *FSM) wipe() error {
+	if err := f.db.DeleteRange([]byte{0}, bytes.Repeat([]byte{0xff}, 16), pebble.Sync); err != nil {
+		return fmt.Errorf("fsm: wipe: %w", err)
+	}
+	f.applied.Store(0)
+	f.term.Store(0)
+	return nil
+}
+
+// reader is what Pebble's DB, Snapshot and indexed Batch have in common.
+type reader interface {
+	Get(key []byte) ([]byte, io.Closer, error)
+	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
+}
+
+// get returns a copy of the value at key, or ErrNotFound.
+func get(r reader, key []byte) ([]byte, error) {
+	v, closer, err := r.Get(key)
+	if err == pebble.ErrNotFound {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fsm: get %q: %w", key, err)
+	}
+	out := append([]byte(nil), v...)
+	_ = closer.Close()
+	return out, nil
+}
+
+func getProto(r reader, key []byte, m proto.Message) error {
+	v, err := get(r, key)
+	if err != nil {
+		return err
+	}
+	if err := proto.Unmarshal(v, m); err != nil {
+		return fmt.Errorf("%w: record %q: %v", ErrCorrupt, key, err)
+	}
+	return nil
+}
+
+func has(r reader, key []byte) (bool, error) {
+	_, closer, err := r.Get(key)
+	if err == pebble.ErrNotFound {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("fsm: get %q: %w", key, err)
+	}
+	_ = closer.Close()
+	return true, nil
+}
+
+// quietLogger routes Pebble's own messages to slog at debug level, except
+// errors and fatal ones.
+type quietLogger struct{ l *slog.Logger }
+
+func (q quietLogger) Infof(format string, args ...interface{}) {
+	q.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (q quietLogger) Errorf(format string, args ...interface{}) {
+	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (q quietLogger) Fatalf(format string, args ...interface{}) {
+	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	panic(fmt.Sprintf(format, args...))
+}

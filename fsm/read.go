@@ -1,0 +1,133 @@
+package fsm
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// MaxPageSize bounds ListKeys.
+const MaxPageSize = 1000
+
+// Key returns the key record for gkid, or ErrNotFound.
+func (f *FSM) Key(gkid string) (*cofferv1.KeyRecord, error) {
+	var k cofferv1.KeyRecord
+	if err := getProto(f.db, keyKey(gkid), &k); err != nil {
+		return nil, err
+	}
+	return &k, nil
+}
+
+// Policy returns the custody policy record, or ErrPolicyNotFound.
+func (f *FSM) Policy(name string) (*cofferv1.PolicyRecord, error) {
+	var p cofferv1.PolicyRecord
+	if err := getProto(f.db, policyKey(name), &p); err != nil {
+		if err == ErrNotFound {
+			return nil, fmt.Errorf("%w: %q", ErrPolicyNotFound, name)
+		}
+		return nil, err
+	}
+	return &p, nil
+}
+
+// Cluster returns the cluster identity, or ErrNotInitialized.
+func (f *FSM) Cluster() (*cofferv1.ClusterInfo, error) {
+	var c cofferv1.ClusterInfo
+	if err := getProto(f.db, keyCluster, &c); err != nil {
+		if err == ErrNotFound {
+			return nil, ErrNotInitialized
+		}
+		return nil, err
+	}
+	return &c, nil
+}
+
+// RequestKey returns the gkid created earlier by owner's request id.
+func (f *FSM) RequestKey(owner, requestID string) (string, bool, error) {
+	v, err := get(f.db, requestKey(owner, requestID))
+	if err == ErrNotFound {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return string(v), true, nil
+}
+
+// ListFilter selects keys for ListKeys.
+type ListFilter struct {
+	Policy   string
+	Resource string
+}
+
+// ListKeys returns up to limit keys matching filter in gkid order after the
+// position encoded in pageToken, and the token of the next page ("" at the
+// end).
+func (f *FSM) ListKeys(filter ListFilter, pageToken string, limit int) ([]*cofferv1.KeyRecord, string, error) {
+	if limit <= 0 || limit > MaxPageSize {
+		return nil, "", fmt.Errorf("%w: page size must be 1..%d", ErrInvalidCommand, MaxPageSize)
+	}
+	after, err := base64.RawURLEncoding.DecodeString(pageToken)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: malformed page token", ErrInvalidCommand)
+	}
+	snap := f.db.NewSnapshot()
+	defer snap.Close()
+
+	var prefix []byte
+	indexed := true
+	switch {
+	case filter.Policy != "":
+		prefix = byPolicyPrefix(filter.Policy)
+	case filter.Resource != "":
+		prefix = byResourcePrefix(filter.Resource)
+	default:
+		prefix, indexed = prefixKey, false
+	}
+	lower := prefix
+	if len(after) > 0 {
+		lower = append(concat(prefix, after), 0)
+	}
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, "", fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	var out []*cofferv1.KeyRecord
+	var last []byte
+	for ok := it.First(); ok; ok = it.Next() {
+		gk := bytes.Clone(it.Key()[len(prefix):])
+		var rec cofferv1.KeyRecord
+		if indexed {
+			if err := getProto(snap, keyKey(string(gk)), &rec); err != nil {
+				return nil, "", fmt.Errorf("%w: index entry for %s: %v", ErrCorrupt, gk, err)
+			}
+		} else if err := getProtoBytes(it.Value(), &rec, it.Key()); err != nil {
+			return nil, "", err
+		}
+		if filter.Resource != "" && rec.GetResource() != filter.Resource {
+			continue
+		}
+		if len(out) == limit {
+			return out, base64.RawURLEncoding.EncodeToString(last), nil
+		}
+		out = append(out, &rec)
+		last = gk
+	}
+	if err := it.Error(); err != nil {
+		return nil, "", fmt.Errorf("fsm: iterate: %w", err)
+	}
+	return out, "", nil
+}
+
+func getProtoBytes(v []byte, m proto.Message, key []byte) error {
+	if err := proto.Unmarshal(v, m); err != nil {
+		return fmt.Errorf("%w: record %q: %v", ErrCorrupt, key, err)
+	}
+	return nil
+}

@@ -1,0 +1,80 @@
+package fsm
+
+import (
+	"encoding/binary"
+)
+
+// Key layout in Pebble. Every key starts with a one-byte table tag and a '/'.
+//
+//	m/applied                    8-byte big-endian applied index || 8-byte term
+//	m/cluster                    ClusterInfo
+//	m/restoring                  present only while Restore runs
+//	p/<policy>                   PolicyRecord
+//	k/<gkid>                     KeyRecord
+//	x/p/<policy>\x00<gkid>       empty: keys by policy
+//	x/r/<resource>\x00<gkid>     empty: keys by resource
+//	q/<owner>\x00<request id>    gkid: idempotency of create requests
+var (
+	keyApplied   = []byte("m/applied")
+	keyCluster   = []byte("m/cluster")
+	keyRestoring = []byte("m/restoring")
+
+	prefixPolicy   = []byte("p/")
+	prefixKey      = []byte("k/")
+	prefixByPolicy = []byte("x/p/")
+	prefixByRes    = []byte("x/r/")
+	prefixRequest  = []byte("q/")
+)
+
+func concat(parts ...[]byte) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	out := make([]byte, 0, n)
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+func policyKey(name string) []byte { return concat(prefixPolicy, []byte(name)) }
+func keyKey(gkid string) []byte    { return concat(prefixKey, []byte(gkid)) }
+
+func byPolicyPrefix(policy string) []byte {
+	return concat(prefixByPolicy, []byte(policy), []byte{0})
+}
+
+func byResourcePrefix(resource string) []byte {
+	return concat(prefixByRes, []byte(resource), []byte{0})
+}
+
+func requestKey(owner, requestID string) []byte {
+	return concat(prefixRequest, []byte(owner), []byte{0}, []byte(requestID))
+}
+
+// prefixEnd returns the smallest key greater than every key with prefix p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+func encodeApplied(index, term uint64) []byte {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], index)
+	binary.BigEndian.PutUint64(b[8:], term)
+	return b[:]
+}
+
+func decodeApplied(b []byte) (index, term uint64, ok bool) {
+	if len(b) != 16 {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:]), true
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package hsmwrap
+
+const raceEnabled = false

@@ -1,0 +1,142 @@
+package node
+
+import (
+	"context"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// statusTimeout bounds how long Status waits for each member.
+const statusTimeout = 2 * time.Second
+
+type clusterService struct {
+	cofferv1.UnimplementedClusterServiceServer
+	n *Node
+}
+
+// LocalStatus reports this node's own view.
+func (s *clusterService) LocalStatus(ctx context.Context, _ *cofferv1.NodeStatusRequest) (*cofferv1.NodeStatus, error) {
+	if _, err := authenticate(ctx); err != nil {
+		return nil, err
+	}
+	return s.n.localStatus(), nil
+}
+
+func (n *Node) localStatus() *cofferv1.NodeStatus {
+	st := &cofferv1.NodeStatus{
+		Id:           n.cfg.ID,
+		Site:         n.cfg.Site,
+		Address:      n.peerAPIAddrOr(n.cfg.ID, n.APIAddr()),
+		RaftAddress:  n.cfg.RaftAddr,
+		LastLogIndex: n.raft.LastIndex(),
+		AppliedIndex: n.fsm.AppliedIndex(),
+	}
+	stats := n.raft.Stats()
+	st.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
+	switch n.raft.State() {
+	case raft.Leader:
+		st.Role = cofferv1.NodeRole_NODE_ROLE_LEADER
+	case raft.Follower:
+		st.Role = cofferv1.NodeRole_NODE_ROLE_FOLLOWER
+	case raft.Candidate:
+		st.Role = cofferv1.NodeRole_NODE_ROLE_CANDIDATE
+	default:
+		st.Role = cofferv1.NodeRole_NODE_ROLE_SHUTDOWN
+	}
+	_, leader := n.raft.LeaderWithID()
+	st.LeaderId = string(leader)
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			if string(s.ID) == n.cfg.ID {
+				st.Voter = s.Suffrage == raft.Voter
+			}
+		}
+	}
+	switch {
+	case leader == "":
+		st.Error = "no leader known"
+	case n.ks.SelfTest() != nil:
+		st.Error = "keystore self-test failing"
+	default:
+		st.Healthy = true
+	}
+	return st
+}
+
+func (n *Node) peerAPIAddrOr(id, def string) string {
+	if a := n.peerAPIAddr(id); a != "" {
+		return a
+	}
+	return def
+}
+
+// Status asks every member of the Raft configuration for its own view.
+func (s *clusterService) Status(ctx context.Context, _ *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
+	if _, err := authenticate(ctx); err != nil {
+		return nil, err
+	}
+	n := s.n
+	ids := map[string]raft.Server{}
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			ids[string(srv.ID)] = srv
+		}
+	}
+	n.peersMu.RLock()
+	for id, p := range n.peers {
+		if _, ok := ids[id]; !ok {
+			ids[id] = raft.Server{ID: raft.ServerID(id), Address: raft.ServerAddress(p.RaftAddr)}
+		}
+	}
+	n.peersMu.RUnlock()
+
+	out := &cofferv1.ClusterStatusResponse{ReporterId: n.cfg.ID}
+	if c, err := n.fsm.Cluster(); err == nil {
+		out.ClusterId = c.GetClusterId()
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for id, srv := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := n.memberStatus(ctx, id, srv)
+			mu.Lock()
+			out.Nodes = append(out.Nodes, st)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	sort.Slice(out.Nodes, func(i, j int) bool { return out.Nodes[i].Id < out.Nodes[j].Id })
+	return out, nil
+}
+
+func (n *Node) memberStatus(ctx context.Context, id string, srv raft.Server) *cofferv1.NodeStatus {
+	if id == n.cfg.ID {
+		return n.localStatus()
+	}
+	n.peersMu.RLock()
+	p := n.peers[id]
+	n.peersMu.RUnlock()
+	fail := func(msg string) *cofferv1.NodeStatus {
+		return &cofferv1.NodeStatus{Id: id, Site: p.Site, Address: p.APIAddr, RaftAddress: string(srv.Address),
+			Role: cofferv1.NodeRole_NODE_ROLE_UNREACHABLE, Error: msg, Voter: srv.Suffrage == raft.Voter}
+	}
+	conn, err := n.peerConn(id)
+	if err != nil {
+		return fail(err.Error())
+	}
+	cctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	st, err := cofferv1.NewClusterServiceClient(conn).LocalStatus(cctx, &cofferv1.NodeStatusRequest{})
+	if err != nil {
+		return fail(err.Error())
+	}
+	return st
+}

@@ -1,0 +1,148 @@
+package node
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"time"
+
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// Peer is another (or this) member of the cluster as the configuration knows
+// it. The Raft configuration is authoritative for membership; peers supply the
+// client address and site for each Raft server id.
+type Peer struct {
+	ID       string `json:"id"`
+	Site     string `json:"site"`
+	APIAddr  string `json:"api_addr"`
+	RaftAddr string `json:"raft_addr"`
+}
+
+// RaftTimings are Raft's timeouts. The defaults are tuned for a LAN or
+// loopback cluster so that a dead leader is replaced in well under a second:
+// a follower starts an election after HeartbeatTimeout (randomised up to 2x)
+// without contact, and a candidate retries after ElectionTimeout (likewise).
+// Across data centres raise them to a few round trips' worth.
+type RaftTimings struct {
+	HeartbeatTimeout   time.Duration `json:"heartbeat_timeout"`
+	ElectionTimeout    time.Duration `json:"election_timeout"`
+	LeaderLeaseTimeout time.Duration `json:"leader_lease_timeout"`
+	CommitTimeout      time.Duration `json:"commit_timeout"`
+	// SnapshotInterval is how often Raft checks whether to snapshot;
+	// SnapshotThreshold is how many new entries trigger one; TrailingLogs is
+	// how many entries stay in the log after a snapshot so slow followers
+	// catch up without an install.
+	SnapshotInterval  time.Duration `json:"snapshot_interval"`
+	SnapshotThreshold uint64        `json:"snapshot_threshold"`
+	TrailingLogs      uint64        `json:"trailing_logs"`
+	// MaxAppendEntries bounds entries per replication message and per apply
+	// batch.
+	MaxAppendEntries int `json:"max_append_entries"`
+}
+
+// DefaultRaftTimings returns loopback/LAN settings.
+func DefaultRaftTimings() RaftTimings {
+	return RaftTimings{
+		HeartbeatTimeout:   400 * time.Millisecond,
+		ElectionTimeout:    400 * time.Millisecond,
+		LeaderLeaseTimeout: 200 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		SnapshotInterval:   30 * time.Second,
+		SnapshotThreshold:  16384,
+		TrailingLogs:       10240,
+		MaxAppendEntries:   512,
+	}
+}
+
+// Limits are the bounds the request path enforces.
+type Limits struct {
+	// RequestTimeout bounds one request end to end on the server.
+	RequestTimeout time.Duration `json:"request_timeout"`
+	// MaxInflightForwards bounds concurrent writes a follower forwards.
+	MaxInflightForwards int `json:"max_inflight_forwards"`
+}
+
+// DefaultLimits returns the default request bounds.
+func DefaultLimits() Limits {
+	return Limits{RequestTimeout: 10 * time.Second, MaxInflightForwards: 4096}
+}
+
+// Config configures one node.
+type Config struct {
+	ID      string `json:"id"`
+	Site    string `json:"site"`
+	DataDir string `json:"data_dir"`
+	// APIAddr is where the gRPC API listens (clients and other nodes).
+	APIAddr string `json:"api_addr"`
+	// RaftAddr is where Raft listens; it is also the address peers dial.
+	RaftAddr string `json:"raft_addr"`
+	// MetricsAddr serves Prometheus metrics over plain HTTP if set. It serves
+	// metrics only; bind it to loopback or a management network.
+	MetricsAddr string `json:"metrics_addr,omitempty"`
+	// Peers lists every member, this node included.
+	Peers []Peer `json:"peers"`
+	// Bootstrap forms a new cluster from Peers when this node has no Raft
+	// state yet. Every initial member may set it with the same Peers.
+	Bootstrap bool                `json:"bootstrap"`
+	TLS       transport.TLSConfig `json:"tls"`
+	Raft      RaftTimings         `json:"raft"`
+	Limits    Limits              `json:"limits"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"log_level"`
+}
+
+// DefaultConfig returns a Config with every optional field set.
+func DefaultConfig() Config {
+	return Config{Raft: DefaultRaftTimings(), Limits: DefaultLimits(), LogLevel: "info"}
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Validate reports the first problem with the configuration.
+func (c Config) Validate() error {
+	if !nameRE.MatchString(c.ID) {
+		return fmt.Errorf("%w: node id %q must be 1-64 of [A-Za-z0-9._-]", ErrConfig, c.ID)
+	}
+	if c.Site == "" {
+		return fmt.Errorf("%w: site is required", ErrConfig)
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("%w: data_dir is required", ErrConfig)
+	}
+	for name, a := range map[string]string{"api_addr": c.APIAddr, "raft_addr": c.RaftAddr} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("%w: %s %q: %v", ErrConfig, name, a, err)
+		}
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return fmt.Errorf("%w: tls: %w", ErrConfig, err)
+	}
+	self := false
+	seen := map[string]bool{}
+	for _, p := range c.Peers {
+		if !nameRE.MatchString(p.ID) || p.APIAddr == "" || p.RaftAddr == "" {
+			return fmt.Errorf("%w: peer %+v needs id, api_addr and raft_addr", ErrConfig, p)
+		}
+		if seen[p.ID] {
+			return fmt.Errorf("%w: peer %q listed twice", ErrConfig, p.ID)
+		}
+		seen[p.ID] = true
+		self = self || p.ID == c.ID
+	}
+	if c.Bootstrap && !self {
+		return fmt.Errorf("%w: bootstrap needs this node (%q) among peers", ErrConfig, c.ID)
+	}
+	r := c.Raft
+	if r.HeartbeatTimeout < 5*time.Millisecond || r.ElectionTimeout < 5*time.Millisecond ||
+		r.LeaderLeaseTimeout <= 0 || r.LeaderLeaseTimeout > r.HeartbeatTimeout || r.CommitTimeout <= 0 {
+		return fmt.Errorf("%w: raft timeouts must be positive with leader_lease_timeout <= heartbeat_timeout", ErrConfig)
+	}
+	if r.MaxAppendEntries <= 0 || r.MaxAppendEntries > 1024 {
+		return fmt.Errorf("%w: raft max_append_entries must be 1..1024", ErrConfig)
+	}
+	if c.Limits.RequestTimeout <= 0 || c.Limits.MaxInflightForwards <= 0 {
+		return fmt.Errorf("%w: limits must be positive", ErrConfig)
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+package node
+
+import (
+	"context"
+	"fmt"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// internalService is served to other nodes only: the peer certificate must
+// carry a node identity.
+type internalService struct {
+	cofferv1.UnimplementedInternalServiceServer
+	n *Node
+}
+
+func requireNode(ctx context.Context) error {
+	id, err := authenticate(ctx)
+	if err != nil {
+		return err
+	}
+	if id.Kind != transport.KindNode {
+		return fmt.Errorf("%w: %s may not call the internal service", ErrPermission, id)
+	}
+	return nil
+}
+
+// Forward executes a write for a caller that another node authenticated.
+func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+	if err := requireNode(ctx); err != nil {
+		return nil, err
+	}
+	caller, err := transport.ParseIdentity(req.GetCaller().GetIdentity())
+	if err != nil {
+		return nil, fmt.Errorf("%w: forwarded caller: %v", ErrInvalidArgument, err)
+	}
+	if !s.n.IsLeader() {
+		// Leadership moved while the request was in flight; the client
+		// retries (writes carry request ids, so a retry is safe).
+		return nil, s.n.notLeader(fmt.Errorf("forwarded write reached a follower"))
+	}
+	switch op := req.GetOp().(type) {
+	case *cofferv1.ForwardRequest_GenerateKey:
+		r := op.GenerateKey
+		spec, err := newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), nil, false)
+		if err != nil {
+			return nil, err
+		}
+		md, err := s.n.createKey(ctx, caller, spec)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_GenerateKey{GenerateKey: &cofferv1.GenerateKeyResponse{Key: md}}}, nil
+	case *cofferv1.ForwardRequest_PutKey:
+		r := op.PutKey
+		spec, err := newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), r.GetMaterial(), true)
+		if err != nil {
+			return nil, err
+		}
+		md, err := s.n.createKey(ctx, caller, spec)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_PutKey{PutKey: &cofferv1.PutKeyResponse{Key: md}}}, nil
+	}
+	return nil, fmt.Errorf("%w: forward request carries no operation", ErrInvalidArgument)
+}
+
+// ReadIndex confirms leadership and returns the index a follower must apply
+// before it answers a linearizable read.
+func (s *internalService) ReadIndex(ctx context.Context, _ *cofferv1.ReadIndexRequest) (*cofferv1.ReadIndexResponse, error) {
+	if err := requireNode(ctx); err != nil {
+		return nil, err
+	}
+	if !s.n.IsLeader() {
+		return nil, s.n.notLeader(fmt.Errorf("read index asked of a follower"))
+	}
+	idx, err := s.n.reads.Do(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.ReadIndexResponse{Index: idx}, nil
+}

@@ -1,0 +1,423 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/gkid"
+	"github.com/coffer-kms/coffer/hsmwrap"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// Request limits (documented in the API reference).
+const (
+	MaxRequestIDLen = 64
+	MaxResourceLen  = 256
+	MaxPolicyLen    = 64
+	MaxMaterialLen  = 64
+	DefaultPageSize = 100
+)
+
+var (
+	requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)
+	policyRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+)
+
+type keyService struct {
+	cofferv1.UnimplementedKeyServiceServer
+	n *Node
+}
+
+// materialLen returns the key length for an algorithm (generation) and the
+// accepted import range.
+func materialLen(a cofferv1.Algorithm) (gen, minLen, maxLen int, err error) {
+	switch a {
+	case cofferv1.Algorithm_ALGORITHM_AES_128:
+		return 16, 16, 16, nil
+	case cofferv1.Algorithm_ALGORITHM_AES_192:
+		return 24, 24, 24, nil
+	case cofferv1.Algorithm_ALGORITHM_AES_256:
+		return 32, 32, 32, nil
+	case cofferv1.Algorithm_ALGORITHM_HMAC_SHA256:
+		return 32, 32, MaxMaterialLen, nil
+	}
+	return 0, 0, 0, fmt.Errorf("%w: unsupported algorithm %v", ErrInvalidArgument, a)
+}
+
+func validateResource(r string) error {
+	if r == "" {
+		return fmt.Errorf("%w: resource is required", ErrInvalidArgument)
+	}
+	if len(r) > MaxResourceLen || !utf8.ValidString(r) {
+		return fmt.Errorf("%w: resource must be valid UTF-8 of at most %d bytes", ErrInvalidArgument, MaxResourceLen)
+	}
+	for _, c := range r {
+		if c < 0x20 || c == 0x7f {
+			return fmt.Errorf("%w: resource must not contain control characters", ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+func validatePolicyName(p string) error {
+	if !policyRE.MatchString(p) {
+		return fmt.Errorf("%w: policy name %q must be 1-%d of [a-z0-9._-]", ErrInvalidArgument, p, MaxPolicyLen)
+	}
+	return nil
+}
+
+func validateGKID(s string) error {
+	if err := gkid.Validate(s); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+	}
+	return nil
+}
+
+// createSpec is a validated generate or put request.
+type createSpec struct {
+	requestID string
+	policy    string
+	resource  string
+	algorithm cofferv1.Algorithm
+	material  []byte // nil: generate
+}
+
+func newCreateSpec(requestID, policy, resource string, alg cofferv1.Algorithm, material []byte, put bool) (*createSpec, error) {
+	if requestID != "" && !requestIDRE.MatchString(requestID) {
+		return nil, fmt.Errorf("%w: request_id must be 1-%d of [A-Za-z0-9._~-]", ErrInvalidArgument, MaxRequestIDLen)
+	}
+	if policy == "" {
+		policy = DefaultPolicy
+	}
+	if err := validatePolicyName(policy); err != nil {
+		return nil, err
+	}
+	if err := validateResource(resource); err != nil {
+		return nil, err
+	}
+	if alg == cofferv1.Algorithm_ALGORITHM_UNSPECIFIED {
+		alg = cofferv1.Algorithm_ALGORITHM_AES_256
+	}
+	_, minLen, maxLen, err := materialLen(alg)
+	if err != nil {
+		return nil, err
+	}
+	if put && (len(material) < minLen || len(material) > maxLen) {
+		return nil, fmt.Errorf("%w: %v material must be %d..%d bytes, got %d", ErrInvalidArgument, alg, minLen, maxLen, len(material))
+	}
+	if !put && len(material) != 0 {
+		return nil, fmt.Errorf("%w: generate takes no material", ErrInvalidArgument)
+	}
+	return &createSpec{requestID: requestID, policy: policy, resource: resource, algorithm: alg, material: material}, nil
+}
+
+func (s *keyService) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
+	caller, err := authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := newCreateSpec(req.GetRequestId(), req.GetPolicy(), req.GetResource(), req.GetAlgorithm(), nil, false)
+	if err != nil {
+		return nil, err
+	}
+	if !s.n.IsLeader() {
+		resp, err := s.n.forward(ctx, caller, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{GenerateKey: req}})
+		if err != nil {
+			return nil, err
+		}
+		return resp.GetGenerateKey(), nil
+	}
+	md, err := s.n.createKey(ctx, caller, spec)
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.GenerateKeyResponse{Key: md}, nil
+}
+
+func (s *keyService) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
+	caller, err := authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := newCreateSpec(req.GetRequestId(), req.GetPolicy(), req.GetResource(), req.GetAlgorithm(), req.GetMaterial(), true)
+	if err != nil {
+		return nil, err
+	}
+	if !s.n.IsLeader() {
+		resp, err := s.n.forward(ctx, caller, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_PutKey{PutKey: req}})
+		if err != nil {
+			return nil, err
+		}
+		return resp.GetPutKey(), nil
+	}
+	md, err := s.n.createKey(ctx, caller, spec)
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.PutKeyResponse{Key: md}, nil
+}
+
+// createKey runs on the leader: every non-deterministic step (material,
+// GKID, time, wrapping) happens here, before the proposal.
+func (n *Node) createKey(ctx context.Context, caller transport.Identity, spec *createSpec) (*cofferv1.KeyMetadata, error) {
+	owner := caller.String()
+	if err := n.ensureLeaderReady(); err != nil {
+		return nil, err
+	}
+	if spec.requestID != "" {
+		if existing, ok, err := n.fsm.RequestKey(owner, spec.requestID); err != nil {
+			return nil, err
+		} else if ok {
+			rec, err := n.fsm.Key(existing)
+			if err != nil {
+				return nil, err
+			}
+			return keyMetadata(rec), nil
+		}
+	}
+	cluster, err := n.fsm.Cluster()
+	if errors.Is(err, fsm.ErrNotInitialized) {
+		return nil, fmt.Errorf("%w: %v", ErrNotReady, err)
+	} else if err != nil {
+		return nil, err
+	}
+	pol, err := n.fsm.Policy(spec.policy)
+	if err != nil {
+		return nil, err
+	}
+	if !algorithmAllowed(pol, spec.algorithm) {
+		return nil, fmt.Errorf("%w: policy %q does not allow %v", ErrInvalidArgument, pol.GetName(), spec.algorithm)
+	}
+	material := spec.material
+	if material == nil {
+		genLen, _, _, _ := materialLen(spec.algorithm)
+		if material, err = n.ks.Random(genLen); err != nil {
+			return nil, fmt.Errorf("generate key material: %w", err)
+		}
+		defer clear(material)
+	}
+	random, err := n.ks.Random(gkid.RandomBytes)
+	if err != nil {
+		return nil, fmt.Errorf("generate gkid: %w", err)
+	}
+	id, err := gkid.New(cluster.GetClusterId(), random)
+	if err != nil {
+		return nil, err
+	}
+	rec := &cofferv1.KeyRecord{
+		Gkid:            id,
+		Policy:          pol.GetName(),
+		Resource:        spec.resource,
+		Owner:           owner,
+		Algorithm:       spec.algorithm,
+		State:           cofferv1.KeyState_KEY_STATE_ACTIVE,
+		CreatedUnixNano: time.Now().UnixNano(),
+		KekVersion:      pol.GetKekVersion(),
+		Revision:        1,
+		UsePolicy:       pol.GetDefaultUsePolicy(),
+		CachePolicy:     pol.GetCachePolicy(),
+	}
+	if rec.WrappedMaterial, err = n.sealMaterial(pol, rec, material); err != nil {
+		return nil, err
+	}
+	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID})
+	if err != nil {
+		return nil, err
+	}
+	res, err := n.propose(ctx, data)
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return keyMetadata(res.Key), nil
+}
+
+func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {
+	if len(p.GetAllowedAlgorithms()) == 0 {
+		return true
+	}
+	for _, x := range p.GetAllowedAlgorithms() {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// recordAAD binds wrapped material to the record it belongs to, so a wrapped
+// blob moved to another key, policy, KEK version, algorithm or revision no
+// longer opens.
+func recordAAD(rec *cofferv1.KeyRecord) []byte {
+	b := make([]byte, 0, 96)
+	b = append(b, "coffer-key-v1\x00"...)
+	b = append(b, rec.GetGkid()...)
+	b = append(b, 0)
+	b = append(b, rec.GetPolicy()...)
+	b = append(b, 0)
+	b = binary.BigEndian.AppendUint32(b, rec.GetKekVersion())
+	b = binary.BigEndian.AppendUint32(b, uint32(rec.GetAlgorithm()))
+	b = binary.BigEndian.AppendUint64(b, rec.GetRevision())
+	return b
+}
+
+func (n *Node) sealMaterial(pol *cofferv1.PolicyRecord, rec *cofferv1.KeyRecord, material []byte) ([]byte, error) {
+	id := hsmwrap.KEKID{Policy: pol.GetName(), Version: rec.GetKekVersion()}
+	if err := n.keks.ensure(n.ks, id, pol); err != nil {
+		return nil, err
+	}
+	return n.ks.Seal(id, material, recordAAD(rec))
+}
+
+func (n *Node) openMaterial(rec *cofferv1.KeyRecord) ([]byte, error) {
+	id := hsmwrap.KEKID{Policy: rec.GetPolicy(), Version: rec.GetKekVersion()}
+	if !n.keks.loaded(id) {
+		pol, err := n.fsm.Policy(rec.GetPolicy())
+		if err != nil {
+			return nil, fmt.Errorf("%w: key %s names policy %q: %v", fsm.ErrCorrupt, rec.GetGkid(), rec.GetPolicy(), err)
+		}
+		if err := n.keks.ensure(n.ks, id, pol); err != nil {
+			return nil, err
+		}
+	}
+	return n.ks.Open(id, rec.GetWrappedMaterial(), recordAAD(rec))
+}
+
+func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
+	if _, err := authenticate(ctx); err != nil {
+		return nil, err
+	}
+	rec, err := s.n.readKey(ctx, req.GetGkid(), req.GetConsistency())
+	if err != nil {
+		return nil, err
+	}
+	material, err := s.n.openMaterial(rec)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", rec.GetGkid(), err)
+	}
+	return &cofferv1.GetKeyResponse{Key: keyMetadata(rec), Material: material}, nil
+}
+
+func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
+	if _, err := authenticate(ctx); err != nil {
+		return nil, err
+	}
+	rec, err := s.n.readKey(ctx, req.GetGkid(), req.GetConsistency())
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.DescribeKeyResponse{Key: keyMetadata(rec)}, nil
+}
+
+func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (*cofferv1.KeyRecord, error) {
+	if err := validateGKID(id); err != nil {
+		return nil, err
+	}
+	if err := validConsistency(c); err != nil {
+		return nil, err
+	}
+	if err := n.linearize(ctx, c); err != nil {
+		return nil, err
+	}
+	rec, err := n.fsm.Key(id)
+	if errors.Is(err, fsm.ErrNotFound) {
+		return nil, fmt.Errorf("%w: key %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec.GetGkid() != id {
+		// The record stored under this id names another key.
+		return nil, fmt.Errorf("%w: record under %s names %s", fsm.ErrCorrupt, id, rec.GetGkid())
+	}
+	return rec, nil
+}
+
+func validConsistency(c cofferv1.Consistency) error {
+	if _, ok := cofferv1.Consistency_name[int32(c)]; !ok {
+		return fmt.Errorf("%w: unknown consistency %d", ErrInvalidArgument, c)
+	}
+	return nil
+}
+
+func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
+	if _, err := authenticate(ctx); err != nil {
+		return nil, err
+	}
+	if req.GetPolicy() != "" {
+		if err := validatePolicyName(req.GetPolicy()); err != nil {
+			return nil, err
+		}
+	}
+	if req.GetResource() != "" {
+		if err := validateResource(req.GetResource()); err != nil {
+			return nil, err
+		}
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = DefaultPageSize
+	}
+	if size > fsm.MaxPageSize {
+		return nil, fmt.Errorf("%w: page_size must be at most %d", ErrInvalidArgument, fsm.MaxPageSize)
+	}
+	if err := validConsistency(req.GetConsistency()); err != nil {
+		return nil, err
+	}
+	if err := s.n.linearize(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
+	recs, next, err := s.n.fsm.ListKeys(fsm.ListFilter{Policy: req.GetPolicy(), Resource: req.GetResource()}, req.GetPageToken(), size)
+	if err != nil {
+		return nil, err
+	}
+	out := &cofferv1.ListKeysResponse{NextPageToken: next}
+	for _, r := range recs {
+		out.Keys = append(out.Keys, keyMetadata(r))
+	}
+	return out, nil
+}
+
+// keyMetadata converts a stored record to API metadata, without material.
+func keyMetadata(r *cofferv1.KeyRecord) *cofferv1.KeyMetadata {
+	return &cofferv1.KeyMetadata{
+		Gkid:        r.GetGkid(),
+		Policy:      r.GetPolicy(),
+		Resource:    r.GetResource(),
+		Owner:       r.GetOwner(),
+		Algorithm:   r.GetAlgorithm(),
+		State:       r.GetState(),
+		CreatedAt:   timestamppb.New(time.Unix(0, r.GetCreatedUnixNano())),
+		KekVersion:  r.GetKekVersion(),
+		Revision:    r.GetRevision(),
+		UsePolicy:   r.GetUsePolicy(),
+		CachePolicy: cachePolicy(r.GetCachePolicy()),
+	}
+}
+
+func cachePolicy(c *cofferv1.KeyCachePolicy) *cofferv1.KeyCachePolicy {
+	if c == nil {
+		return &cofferv1.KeyCachePolicy{Cacheable: false, Ttl: durationpb.New(0)}
+	}
+	return c
+}
+
+// authenticate returns the caller's identity from its verified certificate.
+func authenticate(ctx context.Context) (transport.Identity, error) {
+	id, err := transport.IdentityFromContext(ctx)
+	if err != nil {
+		return transport.Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+	}
+	return id, nil
+}

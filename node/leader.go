@@ -1,0 +1,152 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/gkid"
+	"github.com/coffer-kms/coffer/hsmwrap"
+)
+
+// DefaultPolicy is the custody policy that exists out of the box.
+const DefaultPolicy = "default"
+
+// leaderLoop initialises the cluster the first time a leader is elected: the
+// cluster id and the default custody policy with its first KEK.
+func (n *Node) leaderLoop() {
+	defer n.wg.Done()
+	obs := make(chan raft.Observation, 16)
+	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(observer)
+	defer n.raft.DeregisterObserver(observer)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		if n.IsLeader() {
+			if err := n.ensureInitialised(); err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+				n.logger.Warn("cluster initialisation failed; will retry", "err", err)
+			}
+		}
+		select {
+		case <-n.stopCh:
+			return
+		case <-obs:
+		case <-tick.C:
+		}
+	}
+}
+
+func (n *Node) ensureInitialised() error {
+	if _, err := n.fsm.Cluster(); err == nil {
+		return nil
+	}
+	// Apply everything earlier leaders committed before deciding.
+	if err := n.raft.Barrier(5 * time.Second).Error(); err != nil {
+		return err
+	}
+	if _, err := n.fsm.Cluster(); err == nil {
+		return nil
+	}
+	idRand, err := n.ks.Random(gkid.ClusterIDRandomBytes)
+	if err != nil {
+		return err
+	}
+	cid, err := gkid.NewClusterID(idRand)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UnixNano()
+	pol, err := n.newPolicy(DefaultPolicy, now)
+	if err != nil {
+		return err
+	}
+	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, &cofferv1.InitClusterCommand{
+		Info:          &cofferv1.ClusterInfo{ClusterId: cid, CreatedUnixNano: now},
+		DefaultPolicy: pol,
+	})
+	if err != nil {
+		return err
+	}
+	res, err := n.propose(context.Background(), data)
+	if err != nil {
+		return err
+	}
+	if res.Err != nil && !errors.Is(res.Err, fsm.ErrAlreadyInitialized) {
+		return res.Err
+	}
+	n.logger.Info("cluster initialised", "cluster_id", res.Cluster.GetClusterId())
+	return nil
+}
+
+// newPolicy builds a policy record with a fresh KEK (version 1) generated in
+// the keystore and wrapped under the master key.
+func (n *Node) newPolicy(name string, now int64) (*cofferv1.PolicyRecord, error) {
+	wrapped, err := n.ks.GenerateKEK(hsmwrap.KEKID{Policy: name, Version: 1})
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.PolicyRecord{
+		Name:       name,
+		KekVersion: 1,
+		Keks:       []*cofferv1.WrappedKEK{{Version: 1, Wrapped: wrapped, CreatedUnixNano: now}},
+		AllowedAlgorithms: []cofferv1.Algorithm{
+			cofferv1.Algorithm_ALGORITHM_AES_128, cofferv1.Algorithm_ALGORITHM_AES_192,
+			cofferv1.Algorithm_ALGORITHM_AES_256, cofferv1.Algorithm_ALGORITHM_HMAC_SHA256,
+		},
+		CachePolicy:     &cofferv1.KeyCachePolicy{Cacheable: false},
+		CreatedUnixNano: now,
+		Revision:        1,
+	}, nil
+}
+
+// propose replicates a command and returns its result once applied here.
+func (n *Node) propose(ctx context.Context, data []byte) (fsm.Result, error) {
+	timeout := n.cfg.Limits.RequestTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		return fsm.Result{}, context.DeadlineExceeded
+	}
+	f := n.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		return fsm.Result{}, n.raftError(err)
+	}
+	res, ok := f.Response().(fsm.Result)
+	if !ok {
+		return fsm.Result{}, fmt.Errorf("node: unexpected apply response %T", f.Response())
+	}
+	return res, nil
+}
+
+// raftError turns Raft's errors into the request path's sentinels, with a
+// leader hint where one is known.
+func (n *Node) raftError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return n.notLeader(err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("%w: %v", ErrShuttingDown, err)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %v", ErrOverloaded, err)
+	}
+	return err
+}
+
+func (n *Node) notLeader(cause error) error {
+	_, id := n.raft.LeaderWithID()
+	if id == "" {
+		return &leaderHint{err: fmt.Errorf("%w: %v", ErrNoLeader, cause)}
+	}
+	return &leaderHint{err: fmt.Errorf("%w: %v", ErrNotLeader, cause), leaderAddr: n.peerAPIAddr(string(id))}
+}

@@ -1,0 +1,41 @@
+package node
+
+import (
+	"context"
+	"path"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/coffer-kms/coffer/fsm"
+)
+
+var (
+	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "requests_total",
+		Help: "gRPC requests served, by method and status code.",
+	}, []string{"method", "code"})
+	metricLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "coffer", Name: "request_seconds",
+		Help:    "gRPC request latency by method.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	}, []string{"method"})
+)
+
+func registerMetrics(reg *prometheus.Registry) {
+	reg.MustRegister(metricRequests, metricLatency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(fsm.Collectors()...)
+}
+
+func (n *Node) metricsInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	method := path.Base(info.FullMethod)
+	metricLatency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	metricRequests.WithLabelValues(method, status.Code(err).String()).Inc()
+	return resp, err
+}

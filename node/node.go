@@ -1,0 +1,325 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/reflection"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/hsmwrap"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// Node is one cluster member: the composition root that wires the state
+// machine, Raft, the keystore and the gRPC services, and owns the request
+// path.
+type Node struct {
+	cfg    Config
+	logger *slog.Logger
+	ks     hsmwrap.Keystore
+
+	fsm       *fsm.FSM
+	raft      *raft.Raft
+	logStore  *raftboltdb.BoltStore
+	raftTrans *raft.NetworkTransport
+	snaps     raft.SnapshotStore
+
+	grpcServer *grpc.Server
+	apiLis     net.Listener
+	metricsSrv *http.Server
+
+	peersMu   sync.RWMutex
+	peers     map[string]Peer // by id
+	conns     map[string]*grpc.ClientConn
+	clientTLS *tls.Config // for calls to other nodes
+
+	reads *coalescer
+	keks  kekCache
+	// readyTerm is the term in which this node, as leader, last completed a
+	// barrier; see ensureLeaderReady.
+	readyTerm atomic.Uint64
+	forwards  chan struct{}
+
+	stopCh   chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+// New opens the node's stores and starts Raft and the gRPC API. The node owns
+// ks from here on and closes it in Close.
+func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if ks == nil {
+		return nil, fmt.Errorf("%w: a keystore is required", ErrConfig)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("node", cfg.ID)
+	n := &Node{
+		cfg:      cfg,
+		logger:   logger,
+		ks:       ks,
+		peers:    map[string]Peer{},
+		conns:    map[string]*grpc.ClientConn{},
+		forwards: make(chan struct{}, cfg.Limits.MaxInflightForwards),
+		stopCh:   make(chan struct{}),
+	}
+	for _, p := range cfg.Peers {
+		n.peers[p.ID] = p
+	}
+	defer func() {
+		if err != nil {
+			n.closeStores()
+		}
+	}()
+	if err := ks.SelfTest(); err != nil {
+		return nil, fmt.Errorf("node: keystore self-test: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("node: data dir: %w", err)
+	}
+	if n.fsm, err = fsm.Open(fsm.Config{Dir: filepath.Join(cfg.DataDir, "state"), Logger: logger, CacheBytes: 64 << 20}); err != nil {
+		return nil, err
+	}
+	if err := n.startRaft(); err != nil {
+		return nil, err
+	}
+	n.reads = newCoalescer(n.readIndexRound)
+	if err := n.startAPI(); err != nil {
+		return nil, err
+	}
+	if cfg.MetricsAddr != "" {
+		if err := n.startMetrics(); err != nil {
+			return nil, err
+		}
+	}
+	n.wg.Add(1)
+	go n.leaderLoop()
+	logger.Info("node started", "site", cfg.Site, "api", n.APIAddr(), "raft", cfg.RaftAddr)
+	return n, nil
+}
+
+func (n *Node) startRaft() error {
+	cfg := n.cfg
+	raftDir := filepath.Join(cfg.DataDir, "raft")
+	if err := os.MkdirAll(raftDir, 0o700); err != nil {
+		return fmt.Errorf("node: raft dir: %w", err)
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("node: open raft log: %w", err)
+	}
+	n.logStore = store
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr,
+		JSONFormat: false}).With("node", cfg.ID)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hlog)
+	if err != nil {
+		return fmt.Errorf("node: snapshot store: %w", err)
+	}
+	n.snaps = snaps
+	serverTLS, err := cfg.TLS.ServerTLS()
+	if err != nil {
+		return fmt.Errorf("node: server tls: %w", err)
+	}
+	clientTLS, err := cfg.TLS.ClientTLS()
+	if err != nil {
+		return fmt.Errorf("node: client tls: %w", err)
+	}
+	n.clientTLS = clientTLS
+	tc := transport.DefaultRaftTransportConfig()
+	tc.BindAddr, tc.Server, tc.Client, tc.Logger = cfg.RaftAddr, serverTLS, clientTLS, hlog
+	if n.raftTrans, err = transport.NewRaftTransport(tc); err != nil {
+		return fmt.Errorf("node: raft transport: %w", err)
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = hlog
+	rc.HeartbeatTimeout = cfg.Raft.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.Raft.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.Raft.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.Raft.CommitTimeout
+	rc.SnapshotInterval = cfg.Raft.SnapshotInterval
+	rc.SnapshotThreshold = cfg.Raft.SnapshotThreshold
+	rc.TrailingLogs = cfg.Raft.TrailingLogs
+	rc.MaxAppendEntries = cfg.Raft.MaxAppendEntries
+	rc.BatchApplyCh = true
+	// Pebble keeps its own applied index, made durable at every snapshot.
+	// Restoring the snapshot at start would only redo that work; restore
+	// only when local state is older than the latest snapshot (or gone).
+	rc.NoSnapshotRestoreOnStart = n.fsm.AppliedIndex() > 0 && n.fsm.AppliedIndex() >= latestSnapshotIndex(snaps)
+
+	hasState, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return fmt.Errorf("node: inspect raft state: %w", err)
+	}
+	if !hasState && cfg.Bootstrap {
+		var servers []raft.Server
+		for _, p := range cfg.Peers {
+			servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr), Suffrage: raft.Voter})
+		}
+		if err := raft.BootstrapCluster(rc, store, store, snaps, n.raftTrans, raft.Configuration{Servers: servers}); err != nil {
+			return fmt.Errorf("node: bootstrap: %w", err)
+		}
+		n.logger.Info("bootstrapped a new cluster", "voters", len(servers))
+	}
+	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, n.raftTrans)
+	if err != nil {
+		return fmt.Errorf("node: start raft: %w", err)
+	}
+	n.raft = r
+	return nil
+}
+
+func latestSnapshotIndex(s raft.SnapshotStore) uint64 {
+	metas, err := s.List()
+	if err != nil || len(metas) == 0 {
+		return 0
+	}
+	return metas[0].Index
+}
+
+func (n *Node) startAPI() error {
+	serverTLS, err := n.cfg.TLS.ServerTLS()
+	if err != nil {
+		return fmt.Errorf("node: server tls: %w", err)
+	}
+	lis, err := net.Listen("tcp", n.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("node: listen %s: %w", n.cfg.APIAddr, err)
+	}
+	n.apiLis = lis
+	opts := transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())
+	opts = append(opts, grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor))
+	s := grpc.NewServer(opts...)
+	cofferv1.RegisterKeyServiceServer(s, &keyService{n: n})
+	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n})
+	cofferv1.RegisterInternalServiceServer(s, &internalService{n: n})
+	reflection.Register(s)
+	n.grpcServer = s
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := s.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			n.logger.Error("grpc server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+func (n *Node) startMetrics() error {
+	reg := prometheus.NewRegistry()
+	registerMetrics(reg)
+	lis, err := net.Listen("tcp", n.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("node: listen metrics %s: %w", n.cfg.MetricsAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	n.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.metricsSrv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.logger.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// APIAddr returns the address the gRPC API listens on.
+func (n *Node) APIAddr() string {
+	if n.apiLis != nil {
+		return n.apiLis.Addr().String()
+	}
+	return n.cfg.APIAddr
+}
+
+// ID returns the node id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// FSM exposes the state machine (tests, tooling).
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// Raft exposes the Raft instance (tests, tooling).
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// IsLeader reports whether this node is the Raft leader.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Close stops the API (letting in-flight requests finish for a moment), then
+// Raft, then the stores and the keystore.
+func (n *Node) Close() error {
+	var err error
+	n.stopOnce.Do(func() {
+		close(n.stopCh)
+		if n.grpcServer != nil {
+			done := make(chan struct{})
+			go func() { n.grpcServer.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(3 * time.Second):
+				n.grpcServer.Stop()
+			}
+		}
+		if n.metricsSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = n.metricsSrv.Shutdown(ctx)
+			cancel()
+		}
+		if n.raft != nil {
+			if e := n.raft.Shutdown().Error(); e != nil {
+				err = fmt.Errorf("node: raft shutdown: %w", e)
+			}
+		}
+		n.wg.Wait()
+		n.peersMu.Lock()
+		for _, c := range n.conns {
+			_ = c.Close()
+		}
+		n.conns = map[string]*grpc.ClientConn{}
+		n.peersMu.Unlock()
+		n.closeStores()
+		n.logger.Info("node stopped")
+	})
+	return err
+}
+
+func (n *Node) closeStores() {
+	if n.raftTrans != nil {
+		_ = n.raftTrans.Close()
+	}
+	if n.logStore != nil {
+		_ = n.logStore.Close()
+	}
+	if n.fsm != nil {
+		_ = n.fsm.Close()
+	}
+	if n.ks != nil {
+		_ = n.ks.Close()
+	}
+}
+
+var _ io.Closer = (*Node)(nil)

@@ -1,0 +1,78 @@
+package node
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// peerAPIAddr returns the client address of a member, or "" if unknown.
+func (n *Node) peerAPIAddr(id string) string {
+	n.peersMu.RLock()
+	defer n.peersMu.RUnlock()
+	return n.peers[id].APIAddr
+}
+
+// peerConn returns a (shared, lazily dialled) connection to a member's API.
+func (n *Node) peerConn(id string) (*grpc.ClientConn, error) {
+	n.peersMu.RLock()
+	c, ok := n.conns[id]
+	p, known := n.peers[id]
+	n.peersMu.RUnlock()
+	if ok {
+		return c, nil
+	}
+	if !known || p.APIAddr == "" {
+		return nil, fmt.Errorf("%w: no client address known for node %q", ErrNoLeader, id)
+	}
+	n.peersMu.Lock()
+	defer n.peersMu.Unlock()
+	if c, ok := n.conns[id]; ok {
+		return c, nil
+	}
+	c, err := transport.Dial(p.APIAddr, n.clientTLS)
+	if err != nil {
+		return nil, err
+	}
+	n.conns[id] = c
+	return c, nil
+}
+
+// leaderClient returns an InternalService client for the current leader, or
+// an ErrNoLeader hint.
+func (n *Node) leaderClient() (cofferv1.InternalServiceClient, string, error) {
+	_, id := n.raft.LeaderWithID()
+	if id == "" {
+		return nil, "", &leaderHint{err: ErrNoLeader}
+	}
+	if string(id) == n.cfg.ID {
+		return nil, string(id), errSelfLeader
+	}
+	c, err := n.peerConn(string(id))
+	if err != nil {
+		return nil, "", err
+	}
+	return cofferv1.NewInternalServiceClient(c), string(id), nil
+}
+
+var errSelfLeader = fmt.Errorf("%w: this node became leader", ErrNotLeader)
+
+// forward sends a write to the leader on behalf of caller.
+func (n *Node) forward(ctx context.Context, caller transport.Identity, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+	select {
+	case n.forwards <- struct{}{}:
+		defer func() { <-n.forwards }()
+	default:
+		return nil, fmt.Errorf("%w: too many forwarded writes in flight", ErrOverloaded)
+	}
+	cl, _, err := n.leaderClient()
+	if err != nil {
+		return nil, err
+	}
+	req.Caller = &cofferv1.Caller{Identity: caller.String()}
+	return cl.Forward(ctx, req)
+}

@@ -1,0 +1,79 @@
+package node
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/hsmwrap"
+)
+
+// LeaderHintKey is the trailer that carries the leader's client address on
+// Unavailable errors, so clients can go straight to it.
+const LeaderHintKey = "coffer-leader-addr"
+
+// codeTable is the one place errors become gRPC codes.
+var codeTable = []struct {
+	err  error
+	code codes.Code
+}{
+	{ErrInvalidArgument, codes.InvalidArgument},
+	{fsm.ErrInvalidCommand, codes.InvalidArgument},
+	{hsmwrap.ErrInvalidArgument, codes.InvalidArgument},
+	{ErrNotFound, codes.NotFound},
+	{fsm.ErrNotFound, codes.NotFound},
+	{fsm.ErrPolicyNotFound, codes.NotFound},
+	{fsm.ErrPolicyExists, codes.AlreadyExists},
+	{fsm.ErrKeyExists, codes.AlreadyExists},
+	{fsm.ErrKEKVersionUnknown, codes.FailedPrecondition},
+	{ErrNoLeader, codes.Unavailable},
+	{ErrNotLeader, codes.Unavailable},
+	{ErrShuttingDown, codes.Unavailable},
+	{ErrNotReady, codes.Unavailable},
+	{ErrOverloaded, codes.ResourceExhausted},
+	{hsmwrap.ErrUnavailable, codes.Unavailable},
+	{hsmwrap.ErrKEKNotLoaded, codes.Unavailable},
+	{fsm.ErrClosed, codes.Unavailable},
+	{ErrUnauthenticated, codes.Unauthenticated},
+	{ErrPermission, codes.PermissionDenied},
+	{hsmwrap.ErrIntegrity, codes.DataLoss},
+	{fsm.ErrCorrupt, codes.DataLoss},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+}
+
+// toStatus converts an error from the request path to a gRPC status error.
+// Errors that already are statuses (from a forwarded call) pass through.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	for _, e := range codeTable {
+		if errors.Is(err, e.err) {
+			return status.Error(e.code, err.Error())
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// statusInterceptor maps errors once for every unary RPC and attaches the
+// leader hint trailer.
+func statusInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	if err == nil {
+		return resp, nil
+	}
+	var hint *leaderHint
+	if errors.As(err, &hint) && hint.leaderAddr != "" {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(LeaderHintKey, hint.leaderAddr))
+	}
+	return nil, toStatus(err)
+}
