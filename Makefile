@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 12m
 FUZZTIME ?= 30s
 BENCH_ARGS ?= --op mix --concurrency 64 --duration 10s --keys 1000
 
-.PHONY: help build run test test-race test-short lint fmt proto deps bench fuzz clean
+.PHONY: help build run test test-short lint fmt proto deps bench chaos fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ proto: ## regenerate the protobuf and gRPC code from api/
 
 bench: build ## benchmark a running cluster (source .coffer-dev/env first); BENCH_ARGS to tune
 	$(BIN)/coffer bench $(BENCH_ARGS)
+
+chaos: ## kill the leader CHAOS_KILLS times (default 20) under load; report failover times to chaos-report.json
+	CHAOS_KILLS=$${CHAOS_KILLS:-20} CHAOS_REPORT=$${CHAOS_REPORT:-$(CURDIR)/chaos-report.json} \
+	  $(GO) test -count=1 -v -run '^TestChaos' -timeout 30m ./chaos/
 
 fuzz: ## run every fuzz target for FUZZTIME each
 	@for pkg in $$($(GO) list ./...); do \

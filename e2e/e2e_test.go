@@ -94,7 +94,7 @@ func (e *env) startDev() *devCluster {
 			d.mu.Lock()
 			d.out.WriteString(sc.Text() + "\n")
 			d.mu.Unlock()
-			if !up && strings.Contains(sc.Text(), "cluster is up") {
+			if !up && strings.Contains(sc.Text(), "Press Ctrl-C to stop") {
 				up = true
 				close(d.upCh)
 			}

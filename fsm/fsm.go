@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
@@ -101,7 +102,12 @@ func Open(cfg Config) (*FSM, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	opts := &pebble.Options{Logger: quietLogger{logger}}
+	opts := &pebble.Options{Logger: quietLogger{logger}, MemTableSize: 32 << 20}
+	// Apply looks up keys that mostly do not exist yet (new GKIDs, new
+	// request ids); bloom filters answer those without reading data blocks.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
 	if cfg.CacheBytes > 0 {
 		cache := pebble.NewCache(cfg.CacheBytes)
 		defer cache.Unref()

@@ -1,17 +1,16 @@
 // Package gkid defines Coffer's Global Key IDs.
 //
-// A GKID names one key across every Coffer cluster and site:
-//
-//	k1-<cluster>-<random>
+// A GKID names one key across every Coffer cluster and site. It has the form
+// "k1-" + cluster + "-" + random, where:
 //
 //   - "k1" is the format version.
-//   - <cluster> is the cluster id: 10 characters of lowercase base32
-//     (RFC 4648 alphabet, no padding), 50 random bits chosen once when the
-//     cluster is initialised. It tells which cluster minted the key.
-//   - <random> is 26 characters of lowercase base32: 128 bits from the
+//   - cluster is the cluster id: 10 characters of lowercase base32 (RFC 4648
+//     alphabet, no padding), 50 random bits chosen once when the cluster is
+//     initialised. It tells which cluster minted the key.
+//   - random is 26 characters of lowercase base32: 128 bits from the
 //     keystore's RNG (the HSM's when one is configured), drawn by the leader
-//     for each key. Collisions are negligible (birthday bound 2^64 per cluster)
-//     and the leader refuses one that exists anyway.
+//     for each key. Collisions are negligible (birthday bound 2^64 per
+//     cluster) and the leader refuses one that exists anyway.
 //
 // A GKID is 40 characters, URL-safe, and carries no secret: the random part is
 // independent of the key material, and nothing about the key's policy,

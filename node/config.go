@@ -44,9 +44,9 @@ type RaftTimings struct {
 // DefaultRaftTimings returns loopback/LAN settings.
 func DefaultRaftTimings() RaftTimings {
 	return RaftTimings{
-		HeartbeatTimeout:   400 * time.Millisecond,
-		ElectionTimeout:    400 * time.Millisecond,
-		LeaderLeaseTimeout: 200 * time.Millisecond,
+		HeartbeatTimeout:   250 * time.Millisecond,
+		ElectionTimeout:    250 * time.Millisecond,
+		LeaderLeaseTimeout: 125 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		SnapshotInterval:   30 * time.Second,
 		SnapshotThreshold:  16384,
@@ -80,6 +80,10 @@ type Config struct {
 	// MetricsAddr serves Prometheus metrics over plain HTTP if set. It serves
 	// metrics only; bind it to loopback or a management network.
 	MetricsAddr string `json:"metrics_addr,omitempty"`
+	// Pprof also serves Go's profiler under /debug/pprof/ on MetricsAddr.
+	// It exposes internals (not key material); enable it only on a
+	// loopback or management address.
+	Pprof bool `json:"pprof,omitempty"`
 	// Peers lists every member, this node included.
 	Peers []Peer `json:"peers"`
 	// Bootstrap forms a new cluster from Peers when this node has no Raft

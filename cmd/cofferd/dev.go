@@ -28,6 +28,7 @@ type devOptions struct {
 	dir      string
 	basePort int
 	host     string
+	initOnly bool
 }
 
 func devCmd() *cobra.Command {
@@ -62,6 +63,7 @@ key file and its key file sits beside it.`,
 	cmd.Flags().StringVar(&o.dir, "dir", "", "directory for the cluster's data and credentials")
 	cmd.Flags().IntVar(&o.basePort, "base-port", 7100, "port base: node i uses BASE+i, BASE+100+i, BASE+200+i")
 	cmd.Flags().StringVar(&o.host, "host", "127.0.0.1", "address every node binds to")
+	cmd.Flags().BoolVar(&o.initOnly, "init-only", false, "create DIR (configs, certificates, keystore) and exit without starting nodes")
 	return cmd
 }
 
@@ -86,6 +88,10 @@ func runDev(o devOptions) error {
 		fmt.Printf("Created a new %d-node dev cluster in %s\n", o.nodes, dir)
 	} else {
 		fmt.Printf("Reusing the dev cluster in %s\n", dir)
+	}
+	if o.initOnly {
+		fmt.Printf("Node configs: %s/n*/config.json; start one with: cofferd serve --config FILE\n", dir)
+		return nil
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -239,6 +245,7 @@ func prepareDev(o devOptions) (*devLayout, bool, error) {
 		cfg := &fileConfig{Config: node.DefaultConfig()}
 		cfg.ID, cfg.Site, cfg.APIAddr, cfg.RaftAddr = p.ID, p.Site, p.APIAddr, p.RaftAddr
 		cfg.MetricsAddr = net.JoinHostPort(o.host, fmt.Sprint(o.basePort+200+i+1))
+		cfg.Pprof = true
 		cfg.DataDir = filepath.Join(nd, "data")
 		cfg.Peers = peers
 		cfg.Bootstrap = true

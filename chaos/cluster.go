@@ -1,0 +1,211 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/client"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// ErrTimeout is returned when the cluster does not reach a state in time.
+var ErrTimeout = errors.New("chaos: timed out")
+
+// Config describes a harness cluster.
+type Config struct {
+	// Cofferd is the path of the cofferd binary.
+	Cofferd string
+	// Dir holds the cluster (created by `cofferd dev --init-only`).
+	Dir string
+	// Nodes is the cluster size.
+	Nodes int
+	// BasePort as in `cofferd dev --base-port`.
+	BasePort int
+}
+
+// Validate reports an unusable Config.
+func (c Config) Validate() error {
+	if c.Cofferd == "" || c.Dir == "" || c.Nodes < 1 || c.BasePort < 1024 {
+		return fmt.Errorf("chaos: config needs cofferd, dir, nodes >= 1 and base port >= 1024: %+v", c)
+	}
+	return nil
+}
+
+// Cluster is a set of real cofferd processes under the harness's control.
+type Cluster struct {
+	cfg   Config
+	mu    sync.Mutex
+	procs []*exec.Cmd
+	done  []chan struct{}
+	tls   transport.TLSConfig
+}
+
+// NewCluster prepares the cluster directory and starts every node.
+func NewCluster(cfg Config) (*Cluster, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	init := exec.Command(cfg.Cofferd, "dev", "--init-only", "--nodes", fmt.Sprint(cfg.Nodes),
+		"--dir", cfg.Dir, "--base-port", fmt.Sprint(cfg.BasePort))
+	if out, err := init.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("chaos: init cluster: %w\n%s", err, out)
+	}
+	c := &Cluster{
+		cfg:   cfg,
+		procs: make([]*exec.Cmd, cfg.Nodes),
+		done:  make([]chan struct{}, cfg.Nodes),
+		tls: transport.TLSConfig{
+			CAFile:   filepath.Join(cfg.Dir, "ca", "ca.pem"),
+			CertFile: filepath.Join(cfg.Dir, "client", "admin.pem"),
+			KeyFile:  filepath.Join(cfg.Dir, "client", "admin-key.pem"),
+		},
+	}
+	for i := 0; i < cfg.Nodes; i++ {
+		if err := c.Start(i); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// ID returns node i's id.
+func (c *Cluster) ID(i int) string { return fmt.Sprintf("n%d", i+1) }
+
+// Addr returns node i's client address.
+func (c *Cluster) Addr(i int) string { return fmt.Sprintf("127.0.0.1:%d", c.cfg.BasePort+i+1) }
+
+// Addrs returns every node's client address.
+func (c *Cluster) Addrs() []string {
+	var out []string
+	for i := 0; i < c.cfg.Nodes; i++ {
+		out = append(out, c.Addr(i))
+	}
+	return out
+}
+
+// Start starts node i (again).
+func (c *Cluster) Start(i int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.procs[i] != nil {
+		return fmt.Errorf("chaos: node %s is running", c.ID(i))
+	}
+	logf, err := os.OpenFile(filepath.Join(c.cfg.Dir, c.ID(i), "cofferd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	p := exec.Command(c.cfg.Cofferd, "serve", "--config", filepath.Join(c.cfg.Dir, c.ID(i), "config.json"))
+	p.Stdout, p.Stderr = logf, logf
+	if err := p.Start(); err != nil {
+		_ = logf.Close()
+		return fmt.Errorf("chaos: start %s: %w", c.ID(i), err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = p.Wait()
+		_ = logf.Close()
+		close(done)
+	}()
+	c.procs[i], c.done[i] = p, done
+	return nil
+}
+
+// Kill sends SIGKILL to node i and waits for it to exit.
+func (c *Cluster) Kill(i int) error { return c.signal(i, syscall.SIGKILL) }
+
+// Stop sends SIGTERM to node i and waits for a clean exit.
+func (c *Cluster) Stop(i int) error { return c.signal(i, syscall.SIGTERM) }
+
+func (c *Cluster) signal(i int, sig syscall.Signal) error {
+	c.mu.Lock()
+	p, done := c.procs[i], c.done[i]
+	c.procs[i] = nil
+	c.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	_ = p.Process.Signal(sig)
+	select {
+	case <-done:
+		return nil
+	case <-time.After(20 * time.Second):
+		_ = p.Process.Kill()
+		<-done
+		return fmt.Errorf("%w: node %s did not exit on %v", ErrTimeout, c.ID(i), sig)
+	}
+}
+
+// Close stops every node.
+func (c *Cluster) Close() {
+	for i := range c.procs {
+		_ = c.Stop(i)
+	}
+}
+
+// Client returns a client over the given nodes (every node if none given).
+func (c *Cluster) Client(timeout time.Duration, nodes ...int) (*client.Client, error) {
+	return c.client(func(cfg *client.Config) { cfg.RequestTimeout = timeout }, nodes...)
+}
+
+// Probe returns a client that makes one attempt per call, with no backoff
+// and no endpoint cool-down, for measuring when the cluster answers again.
+func (c *Cluster) Probe(timeout time.Duration, nodes ...int) (*client.Client, error) {
+	return c.client(func(cfg *client.Config) {
+		cfg.RequestTimeout, cfg.MaxAttempts, cfg.Backoff, cfg.Cooldown = timeout, 1, 0, 0
+	}, nodes...)
+}
+
+func (c *Cluster) client(tweak func(*client.Config), nodes ...int) (*client.Client, error) {
+	tlsConf, err := c.tls.ClientTLS()
+	if err != nil {
+		return nil, err
+	}
+	cfg := client.DefaultConfig()
+	cfg.TLS = tlsConf
+	tweak(&cfg)
+	if len(nodes) == 0 {
+		cfg.Endpoints = c.Addrs()
+	}
+	for _, i := range nodes {
+		cfg.Endpoints = append(cfg.Endpoints, c.Addr(i))
+	}
+	return client.New(cfg)
+}
+
+// Leader asks the running nodes who leads and returns its index, waiting
+// until one is elected and the cluster is initialised.
+func (c *Cluster) Leader(ctx context.Context) (int, error) {
+	cl, err := c.Client(time.Second)
+	if err != nil {
+		return -1, err
+	}
+	defer cl.Close()
+	for {
+		st, err := cl.ClusterStatus(ctx, &cofferv1.ClusterStatusRequest{})
+		if err == nil && st.GetClusterId() != "" {
+			for _, n := range st.GetNodes() {
+				if n.GetRole() == cofferv1.NodeRole_NODE_ROLE_LEADER {
+					var idx int
+					if _, err := fmt.Sscanf(strings.TrimPrefix(n.GetId(), "n"), "%d", &idx); err == nil {
+						return idx - 1, nil
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("%w: no leader: %v", ErrTimeout, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,15 @@
+// Package node is one Coffer cluster member and the composition root: it
+// opens the state machine (fsm), the Raft log and snapshot stores, the Raft
+// transport over mutual TLS (transport), takes a keystore (hsmwrap), and
+// serves the gRPC API (api/coffer/v1).
+//
+// It owns the request path. It authenticates the caller from its
+// certificate and validates the request. A follower forwards a write to the
+// leader. The leader does every non-deterministic step (material, GKID,
+// time, sealing) before it proposes one Raft command and answers once the
+// command is applied. Reads are linearizable through a shared read-index
+// round unless the caller asks for stale reads. Errors become gRPC codes in
+// exactly one place (status.go).
+//
+// DESIGN.md explains why the pieces are arranged this way.
+package node
