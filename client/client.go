@@ -45,6 +45,9 @@ type Client struct {
 
 	// next is the round-robin counter.
 	next atomic.Uint64
+	// leader is the address of the node that last answered a write as (or
+	// for) the leader; writes try it first.
+	leader atomic.Pointer[string]
 	// now is the clock, replaceable in tests.
 	now func() time.Time
 }

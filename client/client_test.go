@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -439,5 +441,46 @@ func TestClient_Backoff(t *testing.T) {
 	}
 	if got := (&Client{}).backoff(3); got != 0 {
 		t.Errorf("zero Backoff: backoff = %v", got)
+	}
+}
+
+func TestClient_WritesGoToLearntLeader(t *testing.T) {
+	p := mustPKI(t)
+	srvs, addrs := mustServers(t, p, 3)
+	// Every node names srvs[1] as the leader on a successful write, as a
+	// Coffer node does.
+	for _, s := range srvs {
+		s.setFail(func(ctx context.Context, method string) error {
+			if method == "GenerateKey" {
+				_ = grpc.SetHeader(ctx, metadata.Pairs(LeaderAddrKey, srvs[1].addr))
+			}
+			return nil
+		})
+	}
+	c := mustClient(t, p, nil, addrs...)
+	ctx := testCtx(t)
+	for range 6 {
+		if _, err := c.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "r"}); err != nil {
+			t.Fatalf("GenerateKey: %v", err)
+		}
+	}
+	// The first write may land anywhere; the other five go to the leader.
+	if got := srvs[1].callCount(); got < 5 {
+		t.Fatalf("leader got %d of 6 writes, want at least 5", got)
+	}
+	// Reads still spread over every node.
+	before := srvs[0].callCount() + srvs[2].callCount()
+	for range 6 {
+		if _, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: "g"}); err != nil {
+			t.Fatalf("GetKey: %v", err)
+		}
+	}
+	if srvs[0].callCount()+srvs[2].callCount()-before < 3 {
+		t.Fatal("reads were not spread over the nodes")
+	}
+	// When the leader fails, writes go elsewhere and the client forgets it.
+	srvs[1].setFail(unavailable)
+	if _, err := c.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "r"}); err != nil {
+		t.Fatalf("GenerateKey after leader loss: %v", err)
 	}
 }

@@ -18,8 +18,12 @@
 //
 // # Load balancing
 //
-// Requests are spread over the endpoints round-robin (an atomic counter picks
-// the starting endpoint of each call). An endpoint whose last attempt failed
+// Reads are spread over the endpoints round-robin (an atomic counter picks
+// the starting endpoint of each call). Writes (GenerateKey, PutKey) go first
+// to the node that the last successful write named as leader in its response
+// header ([LeaderAddrKey]), when that node is one of the endpoints: a follower
+// would forward the write there anyway, so this saves a hop. The remembered
+// leader is dropped when it fails with codes.Unavailable. An endpoint whose last attempt failed
 // with codes.Unavailable is skipped for [Config.Cooldown]; when every endpoint
 // is cooling down the client tries them anyway rather than fail without trying.
 //

@@ -18,9 +18,20 @@ const maxHintLen = 256
 // rpc is one attempt of a call against one endpoint.
 type rpc[T any] func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (T, error)
 
+// callKind tells invoke how to route a call.
+type callKind int
+
+const (
+	// read calls are spread over every endpoint.
+	read callKind = iota
+	// write calls go to the last known leader first: a follower would
+	// forward them there anyway.
+	write
+)
+
 // invoke runs call with the client's load balancing and retry policy (see the
 // package documentation).
-func invoke[T any](ctx context.Context, c *Client, method string, call rpc[T]) (T, error) {
+func invoke[T any](ctx context.Context, c *Client, method string, kind callKind, call rpc[T]) (T, error) {
 	var zero T
 	if c.closed.Load() {
 		return zero, ErrClosed
@@ -30,6 +41,11 @@ func invoke[T any](ctx context.Context, c *Client, method string, call rpc[T]) (
 		hint    string
 		lastErr error
 	)
+	if kind == write {
+		if l := c.leader.Load(); l != nil {
+			hint = *l
+		}
+	}
 	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
 		if attempt > 1 && hint == "" {
 			if err := sleep(ctx, c.backoff(attempt)); err != nil {
@@ -38,10 +54,14 @@ func invoke[T any](ctx context.Context, c *Client, method string, call rpc[T]) (
 			}
 		}
 		ep := c.pick(prev, hint)
-		resp, trailer, err := attemptOnce(ctx, c.cfg.RequestTimeout, ep, call)
+		resp, md, err := attemptOnce(ctx, c.cfg.RequestTimeout, ep, call)
 		if err == nil {
+			if kind == write {
+				c.learnLeader(leaderHint(md))
+			}
 			return resp, nil
 		}
+		trailer := md
 		lastErr = err
 		prev = ep
 		if !retryable(ctx, err) {
@@ -50,6 +70,7 @@ func invoke[T any](ctx context.Context, c *Client, method string, call rpc[T]) (
 		hint = ""
 		if status.Code(err) == codes.Unavailable {
 			c.markDown(ep)
+			c.forgetLeader(ep.addr)
 			if h := leaderHint(trailer); h != ep.addr {
 				hint = h
 			}
@@ -60,8 +81,8 @@ func invoke[T any](ctx context.Context, c *Client, method string, call rpc[T]) (
 }
 
 // attemptOnce makes one attempt with its own deadline and returns the
-// response, the header and trailer metadata merged, and the error as a gRPC
-// status error.
+// response with the header metadata, or the error as a gRPC status error with
+// the header and trailer metadata merged.
 func attemptOnce[T any](ctx context.Context, timeout time.Duration, ep *endpoint, call rpc[T]) (T, metadata.MD, error) {
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -71,7 +92,25 @@ func attemptOnce[T any](ctx context.Context, timeout time.Duration, ep *endpoint
 		var zero T
 		return zero, metadata.Join(header, trailer), toStatusErr(err)
 	}
-	return resp, nil, nil
+	return resp, header, nil
+}
+
+// learnLeader remembers the leader a write response named, if it is one of
+// the endpoints (a hint never adds endpoints on success).
+func (c *Client) learnLeader(addr string) {
+	if addr == "" || find(*c.eps.Load(), addr) == nil {
+		return
+	}
+	if l := c.leader.Load(); l == nil || *l != addr {
+		c.leader.Store(&addr)
+	}
+}
+
+// forgetLeader drops the remembered leader if it is addr.
+func (c *Client) forgetLeader(addr string) {
+	if l := c.leader.Load(); l != nil && *l == addr {
+		c.leader.CompareAndSwap(l, nil)
+	}
 }
 
 // retryable reports whether a failed attempt may be retried: Unavailable, or

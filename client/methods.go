@@ -36,7 +36,7 @@ func (c *Client) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyReque
 		req = proto.CloneOf(req)
 		req.RequestId = NewRequestID()
 	}
-	return invoke(ctx, c, "GenerateKey", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GenerateKeyResponse, error) {
+	return invoke(ctx, c, "GenerateKey", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GenerateKeyResponse, error) {
 		return ep.keys.GenerateKey(ctx, req, opts...)
 	})
 }
@@ -52,7 +52,7 @@ func (c *Client) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*coff
 		req = proto.CloneOf(req)
 		req.RequestId = NewRequestID()
 	}
-	return invoke(ctx, c, "PutKey", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.PutKeyResponse, error) {
+	return invoke(ctx, c, "PutKey", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.PutKeyResponse, error) {
 		return ep.keys.PutKey(ctx, req, opts...)
 	})
 }
@@ -62,7 +62,7 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	if req == nil {
 		return nil, nilRequest("GetKey")
 	}
-	return invoke(ctx, c, "GetKey", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetKeyResponse, error) {
+	return invoke(ctx, c, "GetKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetKeyResponse, error) {
 		return ep.keys.GetKey(ctx, req, opts...)
 	})
 }
@@ -72,7 +72,7 @@ func (c *Client) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyReque
 	if req == nil {
 		return nil, nilRequest("DescribeKey")
 	}
-	return invoke(ctx, c, "DescribeKey", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.DescribeKeyResponse, error) {
+	return invoke(ctx, c, "DescribeKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.DescribeKeyResponse, error) {
 		return ep.keys.DescribeKey(ctx, req, opts...)
 	})
 }
@@ -82,7 +82,7 @@ func (c *Client) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*
 	if req == nil {
 		return nil, nilRequest("ListKeys")
 	}
-	return invoke(ctx, c, "ListKeys", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.ListKeysResponse, error) {
+	return invoke(ctx, c, "ListKeys", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.ListKeysResponse, error) {
 		return ep.keys.ListKeys(ctx, req, opts...)
 	})
 }
@@ -92,7 +92,7 @@ func (c *Client) ClusterStatus(ctx context.Context, req *cofferv1.ClusterStatusR
 	if req == nil {
 		req = &cofferv1.ClusterStatusRequest{}
 	}
-	return invoke(ctx, c, "ClusterStatus", func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.ClusterStatusResponse, error) {
+	return invoke(ctx, c, "ClusterStatus", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.ClusterStatusResponse, error) {
 		return ep.cluster.Status(ctx, req, opts...)
 	})
 }

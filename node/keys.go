@@ -135,12 +135,14 @@ func (s *keyService) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyR
 		if err != nil {
 			return nil, err
 		}
+		s.n.announceLeader(ctx)
 		return resp.GetGenerateKey(), nil
 	}
 	md, err := s.n.createKey(ctx, caller, spec)
 	if err != nil {
 		return nil, err
 	}
+	s.n.announceLeader(ctx)
 	return &cofferv1.GenerateKeyResponse{Key: md}, nil
 }
 
@@ -158,12 +160,14 @@ func (s *keyService) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*
 		if err != nil {
 			return nil, err
 		}
+		s.n.announceLeader(ctx)
 		return resp.GetPutKey(), nil
 	}
 	md, err := s.n.createKey(ctx, caller, spec)
 	if err != nil {
 		return nil, err
 	}
+	s.n.announceLeader(ctx)
 	return &cofferv1.PutKeyResponse{Key: md}, nil
 }
 

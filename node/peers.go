@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/transport"
@@ -75,4 +76,13 @@ func (n *Node) forward(ctx context.Context, caller transport.Identity, req *coff
 	}
 	req.Caller = &cofferv1.Caller{Identity: caller.String()}
 	return cl.Forward(ctx, req)
+}
+
+// announceLeader tells the client, in a response header, which node leads,
+// so that its next writes go there directly instead of being forwarded.
+func (n *Node) announceLeader(ctx context.Context) {
+	_, id := n.raft.LeaderWithID()
+	if addr := n.peerAPIAddr(string(id)); addr != "" {
+		_ = grpc.SetHeader(ctx, metadata.Pairs(LeaderHintKey, addr))
+	}
 }
