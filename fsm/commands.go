@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -12,7 +13,36 @@ import (
 // handler applies one decoded command payload to the batch. It returns
 // business failures in Result.Err and panics only on conditions that mean the
 // replica can no longer be trusted (undecodable payload, storage failure).
-type handler func(b *pebble.Batch, payload []byte, index uint64) Result
+type handler func(a *applyCtx, payload []byte, index uint64) Result
+
+// applyCtx is the state of one ApplyBatch call.
+type applyCtx struct {
+	f *FSM
+	b *pebble.Batch
+	// policiesChanged is set once a command in this batch wrote a policy;
+	// from then on the batch reads policies from itself, not the cache.
+	policiesChanged bool
+}
+
+// policy reads a policy as of this point of the batch.
+func (a *applyCtx) policy(name string) (*cofferv1.PolicyRecord, error) {
+	if !a.policiesChanged {
+		return a.f.Policy(name)
+	}
+	var p cofferv1.PolicyRecord
+	if err := getProto(a.b, policyKey(name), &p); err != nil {
+		if err == ErrNotFound {
+			return nil, fmt.Errorf("%w: %q", ErrPolicyNotFound, name)
+		}
+		return nil, err
+	}
+	return &p, nil
+}
+
+func (a *applyCtx) setPolicy(p *cofferv1.PolicyRecord) {
+	mustSet(a.b, policyKey(p.GetName()), p)
+	a.policiesChanged = true
+}
 
 // handlers is the one dispatch table for command types.
 var handlers = map[cofferv1.CommandType]handler{
@@ -63,7 +93,8 @@ func mustHas(b *pebble.Batch, key []byte) bool {
 	return ok
 }
 
-func applyInitCluster(b *pebble.Batch, payload []byte, index uint64) Result {
+func applyInitCluster(a *applyCtx, payload []byte, index uint64) Result {
+	b := a.b
 	var c cofferv1.InitClusterCommand
 	decode(payload, &c, index)
 	var existing cofferv1.ClusterInfo
@@ -82,7 +113,7 @@ func applyInitCluster(b *pebble.Batch, payload []byte, index uint64) Result {
 	}
 	mustSet(b, keyCluster, c.GetInfo())
 	if !mustHas(b, policyKey(c.GetDefaultPolicy().GetName())) {
-		mustSet(b, policyKey(c.GetDefaultPolicy().GetName()), c.GetDefaultPolicy())
+		a.setPolicy(c.GetDefaultPolicy())
 	}
 	return Result{Cluster: c.GetInfo(), Policy: c.GetDefaultPolicy()}
 }
@@ -103,20 +134,21 @@ func checkPolicy(p *cofferv1.PolicyRecord) error {
 	return nil
 }
 
-func applyCreatePolicy(b *pebble.Batch, payload []byte, index uint64) Result {
+func applyCreatePolicy(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.CreatePolicyCommand
 	decode(payload, &c, index)
 	if err := checkPolicy(c.GetPolicy()); err != nil {
 		return Result{Err: err}
 	}
-	if mustHas(b, policyKey(c.GetPolicy().GetName())) {
+	if mustHas(a.b, policyKey(c.GetPolicy().GetName())) {
 		return Result{Err: fmt.Errorf("%w: %q", ErrPolicyExists, c.GetPolicy().GetName())}
 	}
-	mustSet(b, policyKey(c.GetPolicy().GetName()), c.GetPolicy())
+	a.setPolicy(c.GetPolicy())
 	return Result{Policy: c.GetPolicy()}
 }
 
-func applyCreateKey(b *pebble.Batch, payload []byte, index uint64) Result {
+func applyCreateKey(a *applyCtx, payload []byte, index uint64) Result {
+	b := a.b
 	var c cofferv1.CreateKeyCommand
 	decode(payload, &c, index)
 	k := c.GetKey()
@@ -134,15 +166,13 @@ func applyCreateKey(b *pebble.Batch, payload []byte, index uint64) Result {
 			panic(err.Error())
 		}
 	}
-	var pol cofferv1.PolicyRecord
-	switch err := getProto(b, policyKey(k.GetPolicy()), &pol); err {
-	case nil:
-	case ErrNotFound:
-		return Result{Err: fmt.Errorf("%w: %q", ErrPolicyNotFound, k.GetPolicy())}
-	default:
+	pol, err := a.policy(k.GetPolicy())
+	if errors.Is(err, ErrPolicyNotFound) {
+		return Result{Err: err}
+	} else if err != nil {
 		panic(err.Error())
 	}
-	if !hasKEKVersion(&pol, k.GetKekVersion()) {
+	if !hasKEKVersion(pol, k.GetKekVersion()) {
 		return Result{Err: fmt.Errorf("%w: policy %q has no kek version %d", ErrKEKVersionUnknown, k.GetPolicy(), k.GetKekVersion())}
 	}
 	if mustHas(b, keyKey(k.GetGkid())) {

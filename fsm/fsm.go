@@ -89,6 +89,10 @@ type FSM struct {
 	waitCh chan struct{} // closed and replaced after every applied batch
 
 	closed atomic.Bool
+
+	// cache holds decoded records that change rarely (policies, cluster
+	// info), reset whenever an applied batch or a restore changes them.
+	cache recordCache
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -102,7 +106,7 @@ func Open(cfg Config) (*FSM, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	opts := &pebble.Options{Logger: quietLogger{logger}, MemTableSize: 32 << 20}
+	opts := &pebble.Options{Logger: quietLogger{logger}}
 	// Apply looks up keys that mostly do not exist yet (new GKIDs, new
 	// request ids); bloom filters answer those without reading data blocks.
 	for i := range opts.Levels {
@@ -196,6 +200,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	start := time.Now()
 	b := f.db.NewIndexedBatch()
 	defer b.Close()
+	a := &applyCtx{f: f, b: b}
 	applied := f.applied.Load()
 	var lastIdx, lastTerm uint64
 	for i, l := range logs {
@@ -208,7 +213,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			out[i] = Result{}
 			continue
 		}
-		out[i] = f.applyCommand(b, l)
+		out[i] = f.applyCommand(a, l)
 	}
 	if lastIdx == 0 {
 		return out
@@ -220,6 +225,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		panic(fmt.Sprintf("fsm: commit batch at index %d: %v", lastIdx, err))
 	}
+	if a.policiesChanged {
+		f.cache.reset()
+	}
 	f.applied.Store(lastIdx)
 	f.term.Store(lastTerm)
 	f.notify()
@@ -227,7 +235,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	return out
 }
 
-func (f *FSM) applyCommand(b *pebble.Batch, l *raft.Log) Result {
+func (f *FSM) applyCommand(a *applyCtx, l *raft.Log) Result {
 	var cmd cofferv1.Command
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
 		panic(fmt.Sprintf("fsm: undecodable command at index %d: %v", l.Index, err))
@@ -240,7 +248,7 @@ func (f *FSM) applyCommand(b *pebble.Batch, l *raft.Log) Result {
 		panic(fmt.Sprintf("fsm: command %v version %d at index %d is not supported by this build (max %d)",
 			cmd.GetType(), cmd.GetVersion(), l.Index, CommandVersion))
 	}
-	res := h(b, cmd.GetPayload(), l.Index)
+	res := h(a, cmd.GetPayload(), l.Index)
 	observeCommand(cmd.GetType(), res.Err)
 	return res
 }

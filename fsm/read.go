@@ -23,8 +23,21 @@ func (f *FSM) Key(gkid string) (*cofferv1.KeyRecord, error) {
 	return &k, nil
 }
 
-// Policy returns the custody policy record, or ErrPolicyNotFound.
+// Policy returns the custody policy record, or ErrPolicyNotFound. The record
+// is shared: callers must not modify it.
 func (f *FSM) Policy(name string) (*cofferv1.PolicyRecord, error) {
+	if p, ok := f.cache.policy(name); ok {
+		return p, nil
+	}
+	gen := f.cache.generation()
+	p, err := f.readPolicy(name)
+	if err == nil {
+		f.cache.putPolicy(gen, name, p)
+	}
+	return p, err
+}
+
+func (f *FSM) readPolicy(name string) (*cofferv1.PolicyRecord, error) {
 	var p cofferv1.PolicyRecord
 	if err := getProto(f.db, policyKey(name), &p); err != nil {
 		if err == ErrNotFound {
@@ -35,8 +48,20 @@ func (f *FSM) Policy(name string) (*cofferv1.PolicyRecord, error) {
 	return &p, nil
 }
 
-// Cluster returns the cluster identity, or ErrNotInitialized.
+// Cluster returns the cluster identity, or ErrNotInitialized. The record is
+// shared: callers must not modify it. It never changes once set.
 func (f *FSM) Cluster() (*cofferv1.ClusterInfo, error) {
+	if c := f.cache.cluster.Load(); c != nil {
+		return c, nil
+	}
+	c, err := f.readCluster()
+	if err == nil {
+		f.cache.cluster.Store(c)
+	}
+	return c, err
+}
+
+func (f *FSM) readCluster() (*cofferv1.ClusterInfo, error) {
 	var c cofferv1.ClusterInfo
 	if err := getProto(f.db, keyCluster, &c); err != nil {
 		if err == ErrNotFound {

@@ -144,6 +144,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if v, gerr := get(f.db, keyApplied); gerr == nil {
 		idx, term, _ = decodeApplied(v)
 	}
+	f.cache.reset()
 	f.applied.Store(idx)
 	f.term.Store(term)
 	f.notify()

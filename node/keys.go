@@ -178,17 +178,9 @@ func (n *Node) createKey(ctx context.Context, caller transport.Identity, spec *c
 	if err := n.ensureLeaderReady(); err != nil {
 		return nil, err
 	}
-	if spec.requestID != "" {
-		if existing, ok, err := n.fsm.RequestKey(owner, spec.requestID); err != nil {
-			return nil, err
-		} else if ok {
-			rec, err := n.fsm.Key(existing)
-			if err != nil {
-				return nil, err
-			}
-			return keyMetadata(rec), nil
-		}
-	}
+	// A repeated request id is resolved by Apply, which returns the first
+	// key; checking here as well would cost every create a lookup to save
+	// work only on retries.
 	cluster, err := n.fsm.Cluster()
 	if errors.Is(err, fsm.ErrNotInitialized) {
 		return nil, fmt.Errorf("%w: %v", ErrNotReady, err)
