@@ -32,19 +32,19 @@ const (
 
 // Administrative operations. They have no resource.
 const (
-	OpPolicyCreate   Op = "policy.create"
-	OpPolicyUpdate   Op = "policy.update"
-	OpPolicyRead     Op = "policy.read"
-	OpACLManage      Op = "acl.manage"
-	OpACLRead        Op = "acl.read"
-	OpClientManage   Op = "client.manage"
-	OpClientRead     Op = "client.read"
-	OpEscrowRecover  Op = "escrow.recover"
-	OpAuditRead      Op = "audit.read"
-	OpAuditExport    Op = "audit.export"
-	OpClusterRead    Op = "cluster.read"
-	OpClusterManage  Op = "cluster.manage"
-	OpSnapshotSave   Op = "snapshot.save"
+	OpPolicyCreate  Op = "policy.create"
+	OpPolicyUpdate  Op = "policy.update"
+	OpPolicyRead    Op = "policy.read"
+	OpACLManage     Op = "acl.manage"
+	OpACLRead       Op = "acl.read"
+	OpClientManage  Op = "client.manage"
+	OpClientRead    Op = "client.read"
+	OpEscrowRecover Op = "escrow.recover"
+	OpAuditRead     Op = "audit.read"
+	OpAuditExport   Op = "audit.export"
+	OpClusterRead   Op = "cluster.read"
+	OpClusterManage Op = "cluster.manage"
+	OpSnapshotSave  Op = "snapshot.save"
 )
 
 // OpAll may appear in an ACL rule's operations and stands for every

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"regexp"
@@ -252,22 +251,6 @@ func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {
 	return false
 }
 
-// recordAAD binds wrapped material to the record it belongs to, so a wrapped
-// blob moved to another key, policy, KEK version, algorithm or revision no
-// longer opens.
-func recordAAD(rec *cofferv1.KeyRecord) []byte {
-	b := make([]byte, 0, 96)
-	b = append(b, "coffer-key-v1\x00"...)
-	b = append(b, rec.GetGkid()...)
-	b = append(b, 0)
-	b = append(b, rec.GetPolicy()...)
-	b = append(b, 0)
-	b = binary.BigEndian.AppendUint32(b, rec.GetKekVersion())
-	b = binary.BigEndian.AppendUint32(b, uint32(rec.GetAlgorithm()))
-	b = binary.BigEndian.AppendUint64(b, rec.GetRevision())
-	return b
-}
-
 func (n *Node) sealMaterial(pol *cofferv1.PolicyRecord, rec *cofferv1.KeyRecord, material []byte) ([]byte, error) {
 	id := hsmwrap.KEKID{Policy: pol.GetName(), Version: rec.GetKekVersion()}
 	if err := n.keks.ensure(n.ks, id, pol); err != nil {
@@ -287,7 +270,24 @@ func (n *Node) openMaterial(rec *cofferv1.KeyRecord) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return n.ks.Open(id, rec.GetWrappedMaterial(), recordAAD(rec))
+	m, err := n.ks.Open(id, rec.GetWrappedMaterial(), recordAAD(rec))
+	if errors.Is(err, hsmwrap.ErrIntegrity) {
+		metricIntegrityFailures.Inc()
+		n.logger.Error("stored key record failed its integrity check; refusing to serve it", "gkid", rec.GetGkid())
+		return nil, fmt.Errorf("key %s: stored record failed its integrity check: %w", rec.GetGkid(), err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", rec.GetGkid(), err)
+	}
+	return m, nil
+}
+
+// verifyRecord checks a key record's integrity (see recordAAD) without
+// returning its material, which is wiped at once.
+func (n *Node) verifyRecord(rec *cofferv1.KeyRecord) error {
+	m, err := n.openMaterial(rec)
+	clear(m)
+	return err
 }
 
 func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
@@ -300,7 +300,7 @@ func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*
 	}
 	material, err := s.n.openMaterial(rec)
 	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", rec.GetGkid(), err)
+		return nil, err
 	}
 	return &cofferv1.GetKeyResponse{Key: keyMetadata(rec), Material: material}, nil
 }
@@ -311,6 +311,9 @@ func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyR
 	}
 	rec, err := s.n.readKey(ctx, req.GetGkid(), req.GetConsistency())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.n.verifyRecord(rec); err != nil {
 		return nil, err
 	}
 	return &cofferv1.DescribeKeyResponse{Key: keyMetadata(rec)}, nil
@@ -330,12 +333,18 @@ func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (
 	if errors.Is(err, fsm.ErrNotFound) {
 		return nil, fmt.Errorf("%w: key %s", ErrNotFound, id)
 	}
+	if errors.Is(err, fsm.ErrCorrupt) {
+		metricIntegrityFailures.Inc()
+		n.logger.Error("stored key record does not decode; refusing to serve it", "gkid", id)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if rec.GetGkid() != id {
-		// The record stored under this id names another key.
-		return nil, fmt.Errorf("%w: record under %s names %s", fsm.ErrCorrupt, id, rec.GetGkid())
+		// The record stored under this id names another key: swapped.
+		metricIntegrityFailures.Inc()
+		n.logger.Error("stored key record names another key; refusing to serve it", "gkid", id, "names", rec.GetGkid())
+		return nil, fmt.Errorf("%w: record stored under %s names %s", fsm.ErrCorrupt, id, rec.GetGkid())
 	}
 	return rec, nil
 }
@@ -380,6 +389,9 @@ func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest
 	}
 	out := &cofferv1.ListKeysResponse{NextPageToken: next}
 	for _, r := range recs {
+		if err := s.n.verifyRecord(r); err != nil {
+			return nil, err
+		}
 		out.Keys = append(out.Keys, keyMetadata(r))
 	}
 	return out, nil

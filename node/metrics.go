@@ -14,6 +14,10 @@ import (
 )
 
 var (
+	metricIntegrityFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "integrity_failures_total",
+		Help: "Stored records refused because they failed an integrity check.",
+	})
 	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "requests_total",
 		Help: "gRPC requests served, by method and status code.",
@@ -26,7 +30,7 @@ var (
 )
 
 func registerMetrics(reg *prometheus.Registry) {
-	reg.MustRegister(metricRequests, metricLatency,
+	reg.MustRegister(metricRequests, metricLatency, metricIntegrityFailures,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 }

@@ -513,8 +513,11 @@ type PolicyRecord struct {
 	CachePolicy       *KeyCachePolicy `protobuf:"bytes,6,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
 	CreatedUnixNano   int64           `protobuf:"varint,7,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	Revision          uint64          `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Offline recovery keys: every key created under the policy is also
+	// encrypted to each of them.
+	EscrowKeys    []*EscrowKey `protobuf:"bytes,9,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PolicyRecord) Reset() {
@@ -603,6 +606,13 @@ func (x *PolicyRecord) GetRevision() uint64 {
 	return 0
 }
 
+func (x *PolicyRecord) GetEscrowKeys() []*EscrowKey {
+	if x != nil {
+		return x.EscrowKeys
+	}
+	return nil
+}
+
 type KeyRecord struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Gkid            string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
@@ -618,8 +628,10 @@ type KeyRecord struct {
 	WrappedMaterial []byte          `protobuf:"bytes,10,opt,name=wrapped_material,json=wrappedMaterial,proto3" json:"wrapped_material,omitempty"`
 	UsePolicy       *KeyUsePolicy   `protobuf:"bytes,11,opt,name=use_policy,json=usePolicy,proto3" json:"use_policy,omitempty"`
 	CachePolicy     *KeyCachePolicy `protobuf:"bytes,12,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The material encrypted to each of the policy's escrow keys.
+	Escrow        []*EscrowCopy `protobuf:"bytes,13,rep,name=escrow,proto3" json:"escrow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyRecord) Reset() {
@@ -736,6 +748,139 @@ func (x *KeyRecord) GetCachePolicy() *KeyCachePolicy {
 	return nil
 }
 
+func (x *KeyRecord) GetEscrow() []*EscrowCopy {
+	if x != nil {
+		return x.Escrow
+	}
+	return nil
+}
+
+// EscrowKey is a security officer's offline recovery public key.
+type EscrowKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lowercase hex SHA-256 of public_key.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// RSA public key, PKIX DER, at least 3072 bits.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	Label         string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EscrowKey) Reset() {
+	*x = EscrowKey{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EscrowKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EscrowKey) ProtoMessage() {}
+
+func (x *EscrowKey) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EscrowKey.ProtoReflect.Descriptor instead.
+func (*EscrowKey) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EscrowKey) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EscrowKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *EscrowKey) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+// EscrowCopy is key material encrypted to one escrow key.
+type EscrowCopy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// EscrowKey.id of the key it is encrypted to.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// "rsa-oaep-sha256".
+	Scheme        string `protobuf:"bytes,2,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	Ciphertext    []byte `protobuf:"bytes,3,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EscrowCopy) Reset() {
+	*x = EscrowCopy{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EscrowCopy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EscrowCopy) ProtoMessage() {}
+
+func (x *EscrowCopy) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EscrowCopy.ProtoReflect.Descriptor instead.
+func (*EscrowCopy) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *EscrowCopy) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *EscrowCopy) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *EscrowCopy) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
 type ClusterInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 10 lowercase base32 characters, chosen once at initialisation.
@@ -747,7 +892,7 @@ type ClusterInfo struct {
 
 func (x *ClusterInfo) Reset() {
 	*x = ClusterInfo{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[9]
+	mi := &file_coffer_v1_internal_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +904,7 @@ func (x *ClusterInfo) String() string {
 func (*ClusterInfo) ProtoMessage() {}
 
 func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[9]
+	mi := &file_coffer_v1_internal_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +917,7 @@ func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfo.ProtoReflect.Descriptor instead.
 func (*ClusterInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ClusterInfo) GetClusterId() string {
@@ -799,7 +944,7 @@ type InitClusterCommand struct {
 
 func (x *InitClusterCommand) Reset() {
 	*x = InitClusterCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[10]
+	mi := &file_coffer_v1_internal_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +956,7 @@ func (x *InitClusterCommand) String() string {
 func (*InitClusterCommand) ProtoMessage() {}
 
 func (x *InitClusterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[10]
+	mi := &file_coffer_v1_internal_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +969,7 @@ func (x *InitClusterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitClusterCommand.ProtoReflect.Descriptor instead.
 func (*InitClusterCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *InitClusterCommand) GetInfo() *ClusterInfo {
@@ -852,7 +997,7 @@ type CreateKeyCommand struct {
 
 func (x *CreateKeyCommand) Reset() {
 	*x = CreateKeyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[11]
+	mi := &file_coffer_v1_internal_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +1009,7 @@ func (x *CreateKeyCommand) String() string {
 func (*CreateKeyCommand) ProtoMessage() {}
 
 func (x *CreateKeyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[11]
+	mi := &file_coffer_v1_internal_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +1022,7 @@ func (x *CreateKeyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyCommand.ProtoReflect.Descriptor instead.
 func (*CreateKeyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateKeyCommand) GetKey() *KeyRecord {
@@ -903,7 +1048,7 @@ type CreatePolicyCommand struct {
 
 func (x *CreatePolicyCommand) Reset() {
 	*x = CreatePolicyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[12]
+	mi := &file_coffer_v1_internal_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1060,7 @@ func (x *CreatePolicyCommand) String() string {
 func (*CreatePolicyCommand) ProtoMessage() {}
 
 func (x *CreatePolicyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[12]
+	mi := &file_coffer_v1_internal_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1073,7 @@ func (x *CreatePolicyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyCommand.ProtoReflect.Descriptor instead.
 func (*CreatePolicyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreatePolicyCommand) GetPolicy() *PolicyRecord {
@@ -965,7 +1110,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"WrappedKEK\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x18\n" +
 	"\awrapped\x18\x02 \x01(\fR\awrapped\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\x80\x03\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\xb7\x03\n" +
 	"\fPolicyRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vkek_version\x18\x02 \x01(\rR\n" +
@@ -975,7 +1120,9 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x12default_use_policy\x18\x05 \x01(\v2\x17.coffer.v1.KeyUsePolicyR\x10defaultUsePolicy\x12<\n" +
 	"\fcache_policy\x18\x06 \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x12*\n" +
 	"\x11created_unix_nano\x18\a \x01(\x03R\x0fcreatedUnixNano\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x04R\brevision\"\xd2\x03\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\x125\n" +
+	"\vescrow_keys\x18\t \x03(\v2\x14.coffer.v1.EscrowKeyR\n" +
+	"escrowKeys\"\x81\x04\n" +
 	"\tKeyRecord\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -991,7 +1138,20 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	" \x01(\fR\x0fwrappedMaterial\x126\n" +
 	"\n" +
 	"use_policy\x18\v \x01(\v2\x17.coffer.v1.KeyUsePolicyR\tusePolicy\x12<\n" +
-	"\fcache_policy\x18\f \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\"X\n" +
+	"\fcache_policy\x18\f \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x12-\n" +
+	"\x06escrow\x18\r \x03(\v2\x15.coffer.v1.EscrowCopyR\x06escrow\"P\n" +
+	"\tEscrowKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x14\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\"[\n" +
+	"\n" +
+	"EscrowCopy\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x16\n" +
+	"\x06scheme\x18\x02 \x01(\tR\x06scheme\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x03 \x01(\fR\n" +
+	"ciphertext\"X\n" +
 	"\vClusterInfo\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12*\n" +
@@ -1027,7 +1187,7 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),            // 0: coffer.v1.CommandType
 	(*Caller)(nil),              // 1: coffer.v1.Caller
@@ -1039,47 +1199,51 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*WrappedKEK)(nil),          // 7: coffer.v1.WrappedKEK
 	(*PolicyRecord)(nil),        // 8: coffer.v1.PolicyRecord
 	(*KeyRecord)(nil),           // 9: coffer.v1.KeyRecord
-	(*ClusterInfo)(nil),         // 10: coffer.v1.ClusterInfo
-	(*InitClusterCommand)(nil),  // 11: coffer.v1.InitClusterCommand
-	(*CreateKeyCommand)(nil),    // 12: coffer.v1.CreateKeyCommand
-	(*CreatePolicyCommand)(nil), // 13: coffer.v1.CreatePolicyCommand
-	(*GenerateKeyRequest)(nil),  // 14: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),       // 15: coffer.v1.PutKeyRequest
-	(*GenerateKeyResponse)(nil), // 16: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),      // 17: coffer.v1.PutKeyResponse
-	(Algorithm)(0),              // 18: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),        // 19: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),      // 20: coffer.v1.KeyCachePolicy
-	(KeyState)(0),               // 21: coffer.v1.KeyState
+	(*EscrowKey)(nil),           // 10: coffer.v1.EscrowKey
+	(*EscrowCopy)(nil),          // 11: coffer.v1.EscrowCopy
+	(*ClusterInfo)(nil),         // 12: coffer.v1.ClusterInfo
+	(*InitClusterCommand)(nil),  // 13: coffer.v1.InitClusterCommand
+	(*CreateKeyCommand)(nil),    // 14: coffer.v1.CreateKeyCommand
+	(*CreatePolicyCommand)(nil), // 15: coffer.v1.CreatePolicyCommand
+	(*GenerateKeyRequest)(nil),  // 16: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),       // 17: coffer.v1.PutKeyRequest
+	(*GenerateKeyResponse)(nil), // 18: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),      // 19: coffer.v1.PutKeyResponse
+	(Algorithm)(0),              // 20: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),        // 21: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),      // 22: coffer.v1.KeyCachePolicy
+	(KeyState)(0),               // 23: coffer.v1.KeyState
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	1,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	14, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	15, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	16, // 3: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	17, // 4: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	16, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	17, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	18, // 3: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	19, // 4: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
 	0,  // 5: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
 	7,  // 6: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	18, // 7: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	19, // 8: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	20, // 9: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	18, // 10: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	21, // 11: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	19, // 12: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	20, // 13: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	10, // 14: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	8,  // 15: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	9,  // 16: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	8,  // 17: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	2,  // 18: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	4,  // 19: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	3,  // 20: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	5,  // 21: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	20, // [20:22] is the sub-list for method output_type
-	18, // [18:20] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	20, // 7: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	21, // 8: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	22, // 9: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	10, // 10: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	20, // 11: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	23, // 12: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	21, // 13: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	22, // 14: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 15: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	12, // 16: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	8,  // 17: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	9,  // 18: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	8,  // 19: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	2,  // 20: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	4,  // 21: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	3,  // 22: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	5,  // 23: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	22, // [22:24] is the sub-list for method output_type
+	20, // [20:22] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -1102,7 +1266,7 @@ func file_coffer_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,116 @@
+package node
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// TestNode_TamperedRecordsRefused edits key records inside a stopped node's
+// real Pebble store (a changed field, a flipped bit in the material, a record
+// swapped with another, a truncated record, material pasted from another
+// key) and proves the node refuses each with DataLoss while still serving the
+// untouched key, and while the other nodes still serve every key.
+func TestNode_TamperedRecordsRefused(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	var gkids []string
+	materials := map[string][]byte{}
+	for i := 0; i < 6; i++ {
+		md := tc.mustGenerate(tc.waitLeader(), "tamper", "")
+		gkids = append(gkids, md.GetGkid())
+		materials[md.GetGkid()] = tc.mustGet(0, md.GetGkid())
+	}
+	f := tc.follower()
+	tc.mustGet(f, gkids[5]) // the follower has applied everything
+	tc.stop(f)
+
+	db, err := pebble.Open(filepath.Join(tc.cfgs[f].DataDir, "state"), &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := func(gk string) []byte {
+		v, closer, err := db.Get([]byte("k/" + gk))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closer.Close()
+		return append([]byte(nil), v...)
+	}
+	rec := func(gk string) *cofferv1.KeyRecord {
+		var r cofferv1.KeyRecord
+		if err := proto.Unmarshal(raw(gk), &r); err != nil {
+			t.Fatal(err)
+		}
+		return &r
+	}
+	put := func(gk string, v []byte) {
+		if err := db.Set([]byte("k/"+gk), v, pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	marshal := func(r *cofferv1.KeyRecord) []byte {
+		b, err := proto.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cases := map[string]string{}
+	// 0: a metadata field changed (the key moved to another resource).
+	r0 := rec(gkids[0])
+	r0.Resource = "other"
+	put(gkids[0], marshal(r0))
+	cases[gkids[0]] = "changed resource"
+	// 1: one bit of the wrapped material flipped.
+	r1 := rec(gkids[1])
+	r1.WrappedMaterial[len(r1.WrappedMaterial)/2] ^= 0x01
+	put(gkids[1], marshal(r1))
+	cases[gkids[1]] = "flipped material bit"
+	// 2: another key's whole record stored under this GKID.
+	put(gkids[2], raw(gkids[3]))
+	cases[gkids[2]] = "swapped record"
+	// 3: the record truncated.
+	b3 := raw(gkids[3])
+	put(gkids[3], b3[:len(b3)*2/3])
+	cases[gkids[3]] = "truncated record"
+	// 4: another key's wrapped material pasted into this record.
+	r4 := rec(gkids[4])
+	r4.WrappedMaterial = rec(gkids[5]).WrappedMaterial
+	put(gkids[4], marshal(r4))
+	cases[gkids[4]] = "pasted material"
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	tc.start(f)
+	tc.mustGet(f, gkids[5]) // untouched key still served (waits for the node)
+	ctx := ctxT(t)
+	for gk, what := range cases {
+		_, err := tc.keys(f).GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gk})
+		if status.Code(err) != codes.DataLoss {
+			t.Errorf("%s: get = %v, want DataLoss", what, err)
+		}
+		_, err = tc.keys(f).DescribeKey(ctx, &cofferv1.DescribeKeyRequest{Gkid: gk})
+		if status.Code(err) != codes.DataLoss {
+			t.Errorf("%s: describe = %v, want DataLoss", what, err)
+		}
+		// The untampered replicas still serve the key.
+		for i := range tc.nodes {
+			if i != f {
+				if got := tc.mustGet(i, gk); string(got) != string(materials[gk]) {
+					t.Fatalf("%s: node %d lost the key", what, i)
+				}
+			}
+		}
+	}
+	_, err = tc.keys(f).ListKeys(ctx, &cofferv1.ListKeysRequest{Resource: "tamper"})
+	if status.Code(err) != codes.DataLoss {
+		t.Errorf("list over tampered records = %v, want DataLoss", err)
+	}
+}
