@@ -93,8 +93,7 @@ type compiledRule struct {
 
 // ruleList is the rules of one subject, in input order.
 type ruleList struct {
-	subject string
-	rules   []*compiledRule
+	rules []*compiledRule
 }
 
 type clientEntry struct {
@@ -155,7 +154,7 @@ func NewSnapshot(clients []*cofferv1.ClientRecord, rules []*cofferv1.AclRule, re
 		ids[cr.id] = struct{}{}
 		l := s.subjects[cr.subject]
 		if l == nil {
-			l = &ruleList{subject: cr.subject}
+			l = &ruleList{}
 			s.subjects[cr.subject] = l
 		}
 		l.rules = append(l.rules, cr)

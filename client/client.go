@@ -54,10 +54,11 @@ type Client struct {
 
 // endpoint is one node and the connection to it.
 type endpoint struct {
-	addr    string
-	conn    *grpc.ClientConn
-	keys    cofferv1.KeyServiceClient
-	cluster cofferv1.ClusterServiceClient
+	addr     string
+	conn     *grpc.ClientConn
+	keys     cofferv1.KeyServiceClient
+	cluster  cofferv1.ClusterServiceClient
+	policies cofferv1.PolicyServiceClient
 	// downUntil is the end of the endpoint's cool-down in Unix nanoseconds;
 	// zero when it is not cooling down.
 	downUntil atomic.Int64
@@ -92,10 +93,11 @@ func (c *Client) dial(addr string) (*endpoint, error) {
 		return nil, fmt.Errorf("client: dial %s: %w", addr, err)
 	}
 	return &endpoint{
-		addr:    addr,
-		conn:    conn,
-		keys:    cofferv1.NewKeyServiceClient(conn),
-		cluster: cofferv1.NewClusterServiceClient(conn),
+		addr:     addr,
+		conn:     conn,
+		keys:     cofferv1.NewKeyServiceClient(conn),
+		cluster:  cofferv1.NewClusterServiceClient(conn),
+		policies: cofferv1.NewPolicyServiceClient(conn),
 	}, nil
 }
 

@@ -156,3 +156,21 @@ func getProtoBytes(v []byte, m proto.Message, key []byte) error {
 	}
 	return nil
 }
+
+// Policies returns every custody policy in name order.
+func (f *FSM) Policies() ([]*cofferv1.PolicyRecord, error) {
+	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: prefixPolicy, UpperBound: prefixEnd(prefixPolicy)})
+	if err != nil {
+		return nil, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	var out []*cofferv1.PolicyRecord
+	for ok := it.First(); ok; ok = it.Next() {
+		var p cofferv1.PolicyRecord
+		if err := getProtoBytes(it.Value(), &p, it.Key()); err != nil {
+			return nil, err
+		}
+		out = append(out, &p)
+	}
+	return out, it.Error()
+}

@@ -140,3 +140,60 @@ func (n *Node) memberStatus(ctx context.Context, id string, srv raft.Server) *co
 	}
 	return st
 }
+
+// snapshotChunk is the size of one Snapshot stream message.
+const snapshotChunk = 256 << 10
+
+// Snapshot streams a consistent snapshot of the state (wrapped material
+// only), taken once every write acknowledged before the call is applied.
+func (s *clusterService) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.ClusterService_SnapshotServer) error {
+	ctx := stream.Context()
+	if _, err := authenticate(ctx); err != nil {
+		return toStatus(err)
+	}
+	if err := s.n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+		return toStatus(err)
+	}
+	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.SnapshotChunk{Data: b}) }}
+	idx, err := s.n.fsm.SnapshotTo(w)
+	if err == nil {
+		err = w.flush()
+	}
+	if err != nil {
+		return toStatus(err)
+	}
+	s.n.logger.Info("snapshot streamed", "applied_index", idx, "bytes", w.total)
+	return stream.Send(&cofferv1.SnapshotChunk{AppliedIndex: idx})
+}
+
+// chunkWriter turns a byte stream into bounded messages.
+type chunkWriter struct {
+	buf   []byte
+	total int
+	send  func([]byte) error
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		take := min(snapshotChunk-len(w.buf), len(p))
+		w.buf = append(w.buf, p[:take]...)
+		p = p[take:]
+		if len(w.buf) == snapshotChunk {
+			if err := w.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (w *chunkWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.send(w.buf)
+	w.total += len(w.buf)
+	w.buf = nil
+	return err
+}

@@ -63,6 +63,12 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 			return nil, err
 		}
 		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_PutKey{PutKey: &cofferv1.PutKeyResponse{Key: md}}}, nil
+	case *cofferv1.ForwardRequest_CreatePolicy:
+		resp, err := s.n.createPolicy(ctx, caller, op.CreatePolicy)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_CreatePolicy{CreatePolicy: resp}}, nil
 	}
 	return nil, fmt.Errorf("%w: forward request carries no operation", ErrInvalidArgument)
 }

@@ -222,6 +222,9 @@ func (n *Node) createKey(ctx context.Context, caller transport.Identity, spec *c
 		UsePolicy:       pol.GetDefaultUsePolicy(),
 		CachePolicy:     pol.GetCachePolicy(),
 	}
+	if rec.Escrow, err = escrowCopies(pol, id, material); err != nil {
+		return nil, err
+	}
 	if rec.WrappedMaterial, err = n.sealMaterial(pol, rec, material); err != nil {
 		return nil, err
 	}

@@ -217,6 +217,7 @@ func (n *Node) startAPI() error {
 	s := grpc.NewServer(opts...)
 	cofferv1.RegisterKeyServiceServer(s, &keyService{n: n})
 	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n})
+	cofferv1.RegisterPolicyServiceServer(s, &policyService{n: n})
 	cofferv1.RegisterInternalServiceServer(s, &internalService{n: n})
 	reflection.Register(s)
 	n.grpcServer = s

@@ -1336,6 +1336,542 @@ func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
 	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
 }
 
+// EscrowKeyInfo is an offline recovery public key of a custody policy.
+type EscrowKeyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lowercase hex SHA-256 of public_key (set by the server).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// RSA public key, PKIX DER, at least 3072 bits.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	Label         string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EscrowKeyInfo) Reset() {
+	*x = EscrowKeyInfo{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EscrowKeyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EscrowKeyInfo) ProtoMessage() {}
+
+func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EscrowKeyInfo.ProtoReflect.Descriptor instead.
+func (*EscrowKeyInfo) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *EscrowKeyInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EscrowKeyInfo) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *EscrowKeyInfo) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+// Policy is a custody policy: a confidentiality domain with its own KEK.
+type Policy struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Name              string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	KekVersion        uint32                 `protobuf:"varint,2,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
+	AllowedAlgorithms []Algorithm            `protobuf:"varint,3,rep,packed,name=allowed_algorithms,json=allowedAlgorithms,proto3,enum=coffer.v1.Algorithm" json:"allowed_algorithms,omitempty"`
+	EscrowKeys        []*EscrowKeyInfo       `protobuf:"bytes,4,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
+	DefaultUsePolicy  *KeyUsePolicy          `protobuf:"bytes,5,opt,name=default_use_policy,json=defaultUsePolicy,proto3" json:"default_use_policy,omitempty"`
+	CachePolicy       *KeyCachePolicy        `protobuf:"bytes,6,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
+	CreatedAt         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Policy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Policy) GetKekVersion() uint32 {
+	if x != nil {
+		return x.KekVersion
+	}
+	return 0
+}
+
+func (x *Policy) GetAllowedAlgorithms() []Algorithm {
+	if x != nil {
+		return x.AllowedAlgorithms
+	}
+	return nil
+}
+
+func (x *Policy) GetEscrowKeys() []*EscrowKeyInfo {
+	if x != nil {
+		return x.EscrowKeys
+	}
+	return nil
+}
+
+func (x *Policy) GetDefaultUsePolicy() *KeyUsePolicy {
+	if x != nil {
+		return x.DefaultUsePolicy
+	}
+	return nil
+}
+
+func (x *Policy) GetCachePolicy() *KeyCachePolicy {
+	if x != nil {
+		return x.CachePolicy
+	}
+	return nil
+}
+
+func (x *Policy) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+type CreatePolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Empty allows every algorithm.
+	AllowedAlgorithms []Algorithm      `protobuf:"varint,2,rep,packed,name=allowed_algorithms,json=allowedAlgorithms,proto3,enum=coffer.v1.Algorithm" json:"allowed_algorithms,omitempty"`
+	EscrowKeys        []*EscrowKeyInfo `protobuf:"bytes,3,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CreatePolicyRequest) Reset() {
+	*x = CreatePolicyRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreatePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreatePolicyRequest) ProtoMessage() {}
+
+func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreatePolicyRequest.ProtoReflect.Descriptor instead.
+func (*CreatePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CreatePolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreatePolicyRequest) GetAllowedAlgorithms() []Algorithm {
+	if x != nil {
+		return x.AllowedAlgorithms
+	}
+	return nil
+}
+
+func (x *CreatePolicyRequest) GetEscrowKeys() []*EscrowKeyInfo {
+	if x != nil {
+		return x.EscrowKeys
+	}
+	return nil
+}
+
+type CreatePolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *Policy                `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreatePolicyResponse) Reset() {
+	*x = CreatePolicyResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreatePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreatePolicyResponse) ProtoMessage() {}
+
+func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreatePolicyResponse.ProtoReflect.Descriptor instead.
+func (*CreatePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CreatePolicyResponse) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type GetPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetPolicyRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type GetPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *Policy                `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyResponse) Reset() {
+	*x = GetPolicyResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyResponse) ProtoMessage() {}
+
+func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetPolicyResponse) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type ListPoliciesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consistency   Consistency            `protobuf:"varint,1,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesRequest) Reset() {
+	*x = ListPoliciesRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesRequest) ProtoMessage() {}
+
+func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListPoliciesRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type ListPoliciesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policies      []*Policy              `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesResponse) Reset() {
+	*x = ListPoliciesResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesResponse) ProtoMessage() {}
+
+func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListPoliciesResponse) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
+}
+
+// SnapshotChunk is a piece of a state snapshot stream (the fsm snapshot
+// format: wrapped material only). The last message carries the applied
+// index the snapshot describes and no data.
+type SnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	AppliedIndex  uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 var File_coffer_v1_coffer_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_coffer_proto_rawDesc = "" +
@@ -1428,7 +1964,43 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x1f\n" +
 	"\vreporter_id\x18\x03 \x01(\tR\n" +
 	"reporterId\"\x13\n" +
-	"\x11NodeStatusRequest*\x86\x01\n" +
+	"\x11NodeStatusRequest\"T\n" +
+	"\rEscrowKeyInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x14\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\"\xfd\x02\n" +
+	"\x06Policy\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vkek_version\x18\x02 \x01(\rR\n" +
+	"kekVersion\x12C\n" +
+	"\x12allowed_algorithms\x18\x03 \x03(\x0e2\x14.coffer.v1.AlgorithmR\x11allowedAlgorithms\x129\n" +
+	"\vescrow_keys\x18\x04 \x03(\v2\x18.coffer.v1.EscrowKeyInfoR\n" +
+	"escrowKeys\x12E\n" +
+	"\x12default_use_policy\x18\x05 \x01(\v2\x17.coffer.v1.KeyUsePolicyR\x10defaultUsePolicy\x12<\n" +
+	"\fcache_policy\x18\x06 \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x129\n" +
+	"\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xa9\x01\n" +
+	"\x13CreatePolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
+	"\x12allowed_algorithms\x18\x02 \x03(\x0e2\x14.coffer.v1.AlgorithmR\x11allowedAlgorithms\x129\n" +
+	"\vescrow_keys\x18\x03 \x03(\v2\x18.coffer.v1.EscrowKeyInfoR\n" +
+	"escrowKeys\"A\n" +
+	"\x14CreatePolicyResponse\x12)\n" +
+	"\x06policy\x18\x01 \x01(\v2\x11.coffer.v1.PolicyR\x06policy\"`\n" +
+	"\x10GetPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x128\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\">\n" +
+	"\x11GetPolicyResponse\x12)\n" +
+	"\x06policy\x18\x01 \x01(\v2\x11.coffer.v1.PolicyR\x06policy\"O\n" +
+	"\x13ListPoliciesRequest\x128\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"E\n" +
+	"\x14ListPoliciesResponse\x12-\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x11.coffer.v1.PolicyR\bpolicies\"\x11\n" +
+	"\x0fSnapshotRequest\"H\n" +
+	"\rSnapshotChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex*\x86\x01\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ALGORITHM_AES_128\x10\x01\x12\x15\n" +
@@ -1455,8 +2027,13 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x06PutKey\x12\x18.coffer.v1.PutKeyRequest\x1a\x19.coffer.v1.PutKeyResponse\x12=\n" +
 	"\x06GetKey\x12\x18.coffer.v1.GetKeyRequest\x1a\x19.coffer.v1.GetKeyResponse\x12L\n" +
 	"\vDescribeKey\x12\x1d.coffer.v1.DescribeKeyRequest\x1a\x1e.coffer.v1.DescribeKeyResponse\x12C\n" +
-	"\bListKeys\x12\x1a.coffer.v1.ListKeysRequest\x1a\x1b.coffer.v1.ListKeysResponse2\xa1\x01\n" +
-	"\x0eClusterService\x12K\n" +
+	"\bListKeys\x12\x1a.coffer.v1.ListKeysRequest\x1a\x1b.coffer.v1.ListKeysResponse2\xf9\x01\n" +
+	"\rPolicyService\x12O\n" +
+	"\fCreatePolicy\x12\x1e.coffer.v1.CreatePolicyRequest\x1a\x1f.coffer.v1.CreatePolicyResponse\x12F\n" +
+	"\tGetPolicy\x12\x1b.coffer.v1.GetPolicyRequest\x1a\x1c.coffer.v1.GetPolicyResponse\x12O\n" +
+	"\fListPolicies\x12\x1e.coffer.v1.ListPoliciesRequest\x1a\x1f.coffer.v1.ListPoliciesResponse2\xe5\x01\n" +
+	"\x0eClusterService\x12B\n" +
+	"\bSnapshot\x12\x1a.coffer.v1.SnapshotRequest\x1a\x18.coffer.v1.SnapshotChunk0\x01\x12K\n" +
 	"\x06Status\x12\x1f.coffer.v1.ClusterStatusRequest\x1a .coffer.v1.ClusterStatusResponse\x12B\n" +
 	"\vLocalStatus\x12\x1c.coffer.v1.NodeStatusRequest\x1a\x15.coffer.v1.NodeStatusB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
@@ -1473,7 +2050,7 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_coffer_v1_coffer_proto_goTypes = []any{
 	(Algorithm)(0),                // 0: coffer.v1.Algorithm
 	(KeyState)(0),                 // 1: coffer.v1.KeyState
@@ -1496,16 +2073,26 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*ClusterStatusRequest)(nil),  // 18: coffer.v1.ClusterStatusRequest
 	(*ClusterStatusResponse)(nil), // 19: coffer.v1.ClusterStatusResponse
 	(*NodeStatusRequest)(nil),     // 20: coffer.v1.NodeStatusRequest
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(*EscrowKeyInfo)(nil),         // 21: coffer.v1.EscrowKeyInfo
+	(*Policy)(nil),                // 22: coffer.v1.Policy
+	(*CreatePolicyRequest)(nil),   // 23: coffer.v1.CreatePolicyRequest
+	(*CreatePolicyResponse)(nil),  // 24: coffer.v1.CreatePolicyResponse
+	(*GetPolicyRequest)(nil),      // 25: coffer.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 26: coffer.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),   // 27: coffer.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),  // 28: coffer.v1.ListPoliciesResponse
+	(*SnapshotRequest)(nil),       // 29: coffer.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),         // 30: coffer.v1.SnapshotChunk
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	21, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	21, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	22, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	31, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	31, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	32, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,  // 3: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,  // 4: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	21, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	31, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 6: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 7: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	0,  // 8: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
@@ -1520,25 +2107,45 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	6,  // 17: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
 	3,  // 18: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
 	17, // 19: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
-	7,  // 20: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	9,  // 21: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	11, // 22: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	13, // 23: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	15, // 24: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	18, // 25: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	20, // 26: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	8,  // 27: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	10, // 28: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	12, // 29: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	14, // 30: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	16, // 31: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	19, // 32: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	17, // 33: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	27, // [27:34] is the sub-list for method output_type
-	20, // [20:27] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	0,  // 20: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	21, // 21: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,  // 22: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	5,  // 23: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	31, // 24: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 25: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	21, // 26: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	22, // 27: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 28: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
+	22, // 29: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 30: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
+	22, // 31: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
+	7,  // 32: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	9,  // 33: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	11, // 34: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	13, // 35: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	15, // 36: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	23, // 37: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	25, // 38: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	27, // 39: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	29, // 40: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	18, // 41: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	20, // 42: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	8,  // 43: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	10, // 44: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	12, // 45: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	14, // 46: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	16, // 47: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	24, // 48: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	26, // 49: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	28, // 50: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	30, // 51: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	19, // 52: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	17, // 53: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	43, // [43:54] is the sub-list for method output_type
+	32, // [32:43] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -1552,9 +2159,9 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   17,
+			NumMessages:   27,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_coffer_v1_coffer_proto_goTypes,
 		DependencyIndexes: file_coffer_v1_coffer_proto_depIdxs,

@@ -132,6 +132,7 @@ type ForwardRequest struct {
 	//
 	//	*ForwardRequest_GenerateKey
 	//	*ForwardRequest_PutKey
+	//	*ForwardRequest_CreatePolicy
 	Op            isForwardRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -199,6 +200,15 @@ func (x *ForwardRequest) GetPutKey() *PutKeyRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetCreatePolicy() *CreatePolicyRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_CreatePolicy); ok {
+			return x.CreatePolicy
+		}
+	}
+	return nil
+}
+
 type isForwardRequest_Op interface {
 	isForwardRequest_Op()
 }
@@ -211,9 +221,15 @@ type ForwardRequest_PutKey struct {
 	PutKey *PutKeyRequest `protobuf:"bytes,3,opt,name=put_key,json=putKey,proto3,oneof"`
 }
 
+type ForwardRequest_CreatePolicy struct {
+	CreatePolicy *CreatePolicyRequest `protobuf:"bytes,4,opt,name=create_policy,json=createPolicy,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
+
+func (*ForwardRequest_CreatePolicy) isForwardRequest_Op() {}
 
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -221,6 +237,7 @@ type ForwardResponse struct {
 	//
 	//	*ForwardResponse_GenerateKey
 	//	*ForwardResponse_PutKey
+	//	*ForwardResponse_CreatePolicy
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -281,6 +298,15 @@ func (x *ForwardResponse) GetPutKey() *PutKeyResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetCreatePolicy() *CreatePolicyResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_CreatePolicy); ok {
+			return x.CreatePolicy
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -293,9 +319,15 @@ type ForwardResponse_PutKey struct {
 	PutKey *PutKeyResponse `protobuf:"bytes,2,opt,name=put_key,json=putKey,proto3,oneof"`
 }
 
+type ForwardResponse_CreatePolicy struct {
+	CreatePolicy *CreatePolicyResponse `protobuf:"bytes,3,opt,name=create_policy,json=createPolicy,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
+
+func (*ForwardResponse_CreatePolicy) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1089,15 +1121,17 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\n" +
 	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\"$\n" +
 	"\x06Caller\x12\x1a\n" +
-	"\bidentity\x18\x01 \x01(\tR\bidentity\"\xba\x01\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\"\x81\x02\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
-	"\aput_key\x18\x03 \x01(\v2\x18.coffer.v1.PutKeyRequestH\x00R\x06putKeyB\x04\n" +
-	"\x02op\"\x96\x01\n" +
+	"\aput_key\x18\x03 \x01(\v2\x18.coffer.v1.PutKeyRequestH\x00R\x06putKey\x12E\n" +
+	"\rcreate_policy\x18\x04 \x01(\v2\x1e.coffer.v1.CreatePolicyRequestH\x00R\fcreatePolicyB\x04\n" +
+	"\x02op\"\xde\x01\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
-	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKeyB\b\n" +
+	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
+	"\rcreate_policy\x18\x03 \x01(\v2\x1f.coffer.v1.CreatePolicyResponseH\x00R\fcreatePolicyB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -1189,61 +1223,65 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_coffer_v1_internal_proto_goTypes = []any{
-	(CommandType)(0),            // 0: coffer.v1.CommandType
-	(*Caller)(nil),              // 1: coffer.v1.Caller
-	(*ForwardRequest)(nil),      // 2: coffer.v1.ForwardRequest
-	(*ForwardResponse)(nil),     // 3: coffer.v1.ForwardResponse
-	(*ReadIndexRequest)(nil),    // 4: coffer.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),   // 5: coffer.v1.ReadIndexResponse
-	(*Command)(nil),             // 6: coffer.v1.Command
-	(*WrappedKEK)(nil),          // 7: coffer.v1.WrappedKEK
-	(*PolicyRecord)(nil),        // 8: coffer.v1.PolicyRecord
-	(*KeyRecord)(nil),           // 9: coffer.v1.KeyRecord
-	(*EscrowKey)(nil),           // 10: coffer.v1.EscrowKey
-	(*EscrowCopy)(nil),          // 11: coffer.v1.EscrowCopy
-	(*ClusterInfo)(nil),         // 12: coffer.v1.ClusterInfo
-	(*InitClusterCommand)(nil),  // 13: coffer.v1.InitClusterCommand
-	(*CreateKeyCommand)(nil),    // 14: coffer.v1.CreateKeyCommand
-	(*CreatePolicyCommand)(nil), // 15: coffer.v1.CreatePolicyCommand
-	(*GenerateKeyRequest)(nil),  // 16: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),       // 17: coffer.v1.PutKeyRequest
-	(*GenerateKeyResponse)(nil), // 18: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),      // 19: coffer.v1.PutKeyResponse
-	(Algorithm)(0),              // 20: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),        // 21: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),      // 22: coffer.v1.KeyCachePolicy
-	(KeyState)(0),               // 23: coffer.v1.KeyState
+	(CommandType)(0),             // 0: coffer.v1.CommandType
+	(*Caller)(nil),               // 1: coffer.v1.Caller
+	(*ForwardRequest)(nil),       // 2: coffer.v1.ForwardRequest
+	(*ForwardResponse)(nil),      // 3: coffer.v1.ForwardResponse
+	(*ReadIndexRequest)(nil),     // 4: coffer.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),    // 5: coffer.v1.ReadIndexResponse
+	(*Command)(nil),              // 6: coffer.v1.Command
+	(*WrappedKEK)(nil),           // 7: coffer.v1.WrappedKEK
+	(*PolicyRecord)(nil),         // 8: coffer.v1.PolicyRecord
+	(*KeyRecord)(nil),            // 9: coffer.v1.KeyRecord
+	(*EscrowKey)(nil),            // 10: coffer.v1.EscrowKey
+	(*EscrowCopy)(nil),           // 11: coffer.v1.EscrowCopy
+	(*ClusterInfo)(nil),          // 12: coffer.v1.ClusterInfo
+	(*InitClusterCommand)(nil),   // 13: coffer.v1.InitClusterCommand
+	(*CreateKeyCommand)(nil),     // 14: coffer.v1.CreateKeyCommand
+	(*CreatePolicyCommand)(nil),  // 15: coffer.v1.CreatePolicyCommand
+	(*GenerateKeyRequest)(nil),   // 16: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),        // 17: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),  // 18: coffer.v1.CreatePolicyRequest
+	(*GenerateKeyResponse)(nil),  // 19: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),       // 20: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil), // 21: coffer.v1.CreatePolicyResponse
+	(Algorithm)(0),               // 22: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),         // 23: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),       // 24: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                // 25: coffer.v1.KeyState
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	1,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
 	16, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
 	17, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	18, // 3: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	19, // 4: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	0,  // 5: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	7,  // 6: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	20, // 7: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	21, // 8: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	22, // 9: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	10, // 10: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	20, // 11: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	23, // 12: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	21, // 13: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	22, // 14: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 15: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	12, // 16: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	8,  // 17: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	9,  // 18: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	8,  // 19: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	2,  // 20: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	4,  // 21: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	3,  // 22: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	5,  // 23: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	22, // [22:24] is the sub-list for method output_type
-	20, // [20:22] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	18, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	19, // 4: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	20, // 5: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	21, // 6: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	0,  // 7: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	7,  // 8: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	22, // 9: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	23, // 10: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	24, // 11: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	10, // 12: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	22, // 13: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	25, // 14: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	23, // 15: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	24, // 16: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 17: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	12, // 18: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	8,  // 19: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	9,  // 20: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	8,  // 21: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	2,  // 22: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	4,  // 23: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	3,  // 24: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	5,  // 25: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	24, // [24:26] is the sub-list for method output_type
+	22, // [22:24] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -1255,10 +1293,12 @@ func file_coffer_v1_internal_proto_init() {
 	file_coffer_v1_internal_proto_msgTypes[1].OneofWrappers = []any{
 		(*ForwardRequest_GenerateKey)(nil),
 		(*ForwardRequest_PutKey)(nil),
+		(*ForwardRequest_CreatePolicy)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
 		(*ForwardResponse_PutKey)(nil),
+		(*ForwardResponse_CreatePolicy)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
