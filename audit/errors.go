@@ -21,7 +21,7 @@ var (
 	ErrBadSignature = errors.New("audit: bad checkpoint signature")
 	// ErrChain: the chain is broken (gap, reorder, duplicate, bad link or
 	// hash, a checkpoint whose head does not match, a tail left uncovered
-	// under StrictTail).
+	// under StrictTail, a contradicted or unreached pinned checkpoint).
 	ErrChain = errors.New("audit: chain does not verify")
 	// ErrMalformed: an export line that is not a valid item.
 	ErrMalformed = errors.New("audit: malformed export")

@@ -37,6 +37,12 @@ const (
 	// KindUncoveredTail: with StrictTail, entries after the last checkpoint;
 	// Seq is the first of them.
 	KindUncoveredTail = "uncovered-tail"
+	// KindPinned: the chain contradicts a checkpoint the auditor kept from an
+	// earlier export (VerifyOptions.Pinned); Seq is the pinned seq.
+	KindPinned = "pinned"
+	// KindTruncated: the log ends before a pinned checkpoint's seq; Seq is
+	// the first missing entry.
+	KindTruncated = "truncated"
 )
 
 // VerifyError reports the first problem the Verifier found. It unwraps to
@@ -82,6 +88,8 @@ const (
 	DefaultMaxLineLen = 128 << 10
 	// MaxMaxLineLen bounds MaxLineLen.
 	MaxMaxLineLen = 64 << 20
+	// MaxPinned bounds len(VerifyOptions.Pinned).
+	MaxPinned = 1 << 20
 )
 
 // VerifyOptions tune a Verifier and VerifyJSONL. Zero fields take their
@@ -100,6 +108,14 @@ type VerifyOptions struct {
 	// MaxLineLen is the longest line VerifyJSONL accepts
 	// (DefaultMaxLineLen if 0).
 	MaxLineLen int
+	// Pinned are checkpoints the auditor kept from earlier exports. The
+	// chain must reproduce each one's head at its seq (KindPinned), and must
+	// reach the highest pinned seq (KindTruncated). Pinned checkpoints
+	// before a prune marker's first_seq-1 cannot be checked and are ignored.
+	// Their signatures are not checked again: they were verified when they
+	// were kept. This is what stops a rewrite of history signed with a
+	// stolen key (see DESIGN.md). At most MaxPinned.
+	Pinned []*cofferv1.AuditCheckpoint
 }
 
 // DefaultVerifyOptions returns the defaults: StrictTail off, DefaultWindow,
@@ -109,13 +125,27 @@ func DefaultVerifyOptions() VerifyOptions {
 }
 
 // Validate checks the bounds: 0 <= Window <= MaxWindow, 0 <= MaxLineLen <=
-// MaxMaxLineLen.
+// MaxMaxLineLen, at most MaxPinned pinned checkpoints, each with seq >= 1
+// and a HashLen head, no two disagreeing about the same seq.
 func (o VerifyOptions) Validate() error {
 	if o.Window < 0 || o.Window > MaxWindow {
 		return fmt.Errorf("%w: window %d outside 0..%d", ErrInvalidOptions, o.Window, MaxWindow)
 	}
 	if o.MaxLineLen < 0 || o.MaxLineLen > MaxMaxLineLen {
 		return fmt.Errorf("%w: max line length %d outside 0..%d", ErrInvalidOptions, o.MaxLineLen, MaxMaxLineLen)
+	}
+	if len(o.Pinned) > MaxPinned {
+		return fmt.Errorf("%w: %d pinned checkpoints, limit %d", ErrInvalidOptions, len(o.Pinned), MaxPinned)
+	}
+	seen := make(map[uint64][]byte, len(o.Pinned))
+	for _, cp := range o.Pinned {
+		if cp.GetSeq() == 0 || len(cp.GetHead()) != HashLen {
+			return fmt.Errorf("%w: pinned checkpoint %d has no valid seq and head", ErrInvalidOptions, cp.GetSeq())
+		}
+		if h, ok := seen[cp.GetSeq()]; ok && !bytes.Equal(h, cp.GetHead()) {
+			return fmt.Errorf("%w: two pinned checkpoints for seq %d disagree", ErrInvalidOptions, cp.GetSeq())
+		}
+		seen[cp.GetSeq()] = cp.GetHead()
 	}
 	return nil
 }
@@ -181,11 +211,14 @@ type Report struct {
 //     is trusted (KindUntrustedKey) and its signature verifies
 //     (KindBadSignature). Checkpoints come after the entries they cover,
 //     not necessarily right after.
-//  5. Finish reports the entries after the highest covered seq as
+//  5. An entry (or the marker's prev_hash) at the seq of a pinned
+//     checkpoint must have the pinned head (KindPinned).
+//  6. Finish fails with KindTruncated if the log ends before the highest
+//     pinned seq, and reports the entries after the highest covered seq as
 //     Report.Uncovered, or fails with KindUncoveredTail under StrictTail.
 //
 // Memory is bounded: the last Window hashes (32 bytes each), one held-back
-// entry, and one fingerprint per trusted key. After the first error every
+// entry, the pinned heads, and one fingerprint per trusted key. After the first error every
 // call returns that error.
 //
 // A Verifier is not safe for concurrent use.
@@ -214,6 +247,9 @@ type Verifier struct {
 	checkpoints int
 	covered     uint64
 	signers     map[string]struct{}
+
+	pinned    map[uint64][HashLen]byte
+	maxPinned uint64
 }
 
 // NewVerifier returns a Verifier that accepts checkpoints signed by keys in
@@ -222,12 +258,28 @@ func NewVerifier(trusted TrustedKeys, opts VerifyOptions) (*Verifier, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	return &Verifier{
+	v := &Verifier{
 		trusted: trusted,
 		opts:    opts.withDefaults(),
 		next:    1,
 		signers: make(map[string]struct{}),
-	}, nil
+		pinned:  make(map[uint64][HashLen]byte, len(opts.Pinned)),
+	}
+	for _, cp := range opts.Pinned {
+		var h [HashLen]byte
+		copy(h[:], cp.GetHead())
+		v.pinned[cp.GetSeq()] = h
+		v.maxPinned = max(v.maxPinned, cp.GetSeq())
+	}
+	return v, nil
+}
+
+// checkPinned compares the hash of seq with a pinned head, if there is one.
+func (v *Verifier) checkPinned(seq uint64, h [HashLen]byte) error {
+	if p, ok := v.pinned[seq]; ok && p != h {
+		return v.fail(seq, KindPinned, "hash %x, but a kept checkpoint says %x: history was rewritten", h[:], p[:])
+	}
+	return nil
 }
 
 var errFinished = errors.New("audit: verifier already finished")
@@ -272,6 +324,11 @@ func (v *Verifier) AddMarker(m *cofferv1.AuditPruneMarker) error {
 	if err := v.checkSignature(cp); err != nil {
 		return err
 	}
+	var anchor [HashLen]byte
+	copy(anchor[:], m.GetPrevHash())
+	if err := v.checkPinned(cp.GetSeq(), anchor); err != nil {
+		return err
+	}
 	v.hasMarker = true
 	v.anchorSeq = cp.GetSeq()
 	copy(v.anchorHash[:], m.GetPrevHash())
@@ -314,6 +371,9 @@ func (v *Verifier) AddEntry(e *cofferv1.AuditEntry) error {
 	sum := chainSum(e)
 	if !bytes.Equal(e.GetHash(), sum[:]) {
 		return v.fail(seq, KindBadHash, "hash %x, recomputed %x: the entry was altered", e.GetHash(), sum[:])
+	}
+	if err := v.checkPinned(seq, sum); err != nil {
+		return err
 	}
 	v.remember(seq, sum)
 	v.lastHash = sum
@@ -427,6 +487,10 @@ func (v *Verifier) Finish() (Report, error) {
 	v.finished = true
 	r := v.report()
 	if v.err != nil {
+		return r, v.err
+	}
+	if end := v.next - 1; v.maxPinned > end {
+		v.fail(end+1, KindTruncated, "the log ends at %d, but a kept checkpoint covers %d", end, v.maxPinned)
 		return r, v.err
 	}
 	if v.opts.StrictTail && r.Uncovered > 0 {

@@ -375,9 +375,9 @@ func TestVerifier_PrunedPrefix(t *testing.T) {
 	_, err = verifyLines(t, prunedLines(t, f, bad), f.trusted, VerifyOptions{})
 	wantVerifyError(t, err, 300, KindBadSignature)
 
-	// A marker anywhere but first.
+	// A marker anywhere but first (here: a second one).
 	lines = prunedLines(t, f, m)
-	lines = append(lines[1:3], append([]string{lines[0]}, lines[3:]...)...)
+	lines = append([]string{lines[0]}, lines...)
 	_, err = verifyLines(t, lines, f.trusted, VerifyOptions{})
 	wantVerifyError(t, err, 301, KindBadMarker)
 
@@ -388,8 +388,8 @@ func TestVerifier_PrunedPrefix(t *testing.T) {
 
 func TestVerifier_Window(t *testing.T) {
 	f := newChainFixture(t)
-	// Checkpoints arrive 3 entries late; a window of 3 hashes still holds
-	// the covered entry, a window of 2 does not.
+	// Checkpoints arrive 3 entries late: the window must hold the covered
+	// entry and the 3 after it. 4 hashes do, 3 do not.
 	if _, err := verifyLines(t, f.lines, f.trusted, VerifyOptions{Window: 4}); err != nil {
 		t.Fatalf("window 4: %v", err)
 	}
@@ -426,5 +426,66 @@ func TestVerifier_ErrorIsSticky(t *testing.T) {
 	}
 	if _, err3 := v.Finish(); err3 != err {
 		t.Fatalf("Finish: %v", err3)
+	}
+}
+
+// An attacker with a trusted signing key and write access rewrites history
+// from entry 500 on and re-signs every later checkpoint. The export alone
+// verifies; a checkpoint the auditor kept from before does not agree.
+func TestVerifier_PinnedCheckpoints(t *testing.T) {
+	f := newChainFixture(t)
+	items := append([]Item(nil), f.items...)
+	var prev []byte
+	hashes := map[uint64][]byte{}
+	for k, it := range items {
+		switch {
+		case it.Entry != nil && it.Entry.Seq >= 500:
+			ne := proto.Clone(it.Entry).(*cofferv1.AuditEntry)
+			if ne.Seq == 500 {
+				ne.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED
+			}
+			Link(prev, ne.Seq, ne)
+			items[k] = Item{Entry: ne}
+			prev, hashes[ne.Seq] = ne.Hash, ne.Hash
+		case it.Entry != nil:
+			prev, hashes[it.Entry.Seq] = it.Entry.Hash, it.Entry.Hash
+		case it.Checkpoint != nil && it.Checkpoint.Seq >= 500:
+			items[k] = Item{Checkpoint: signedCheckpoint(t, it.Checkpoint.Seq, hashes[it.Checkpoint.Seq], f.signers[0])}
+		}
+	}
+	lines := exportLines(t, items)
+	if _, err := verifyLines(t, lines, f.trusted, VerifyOptions{StrictTail: true}); err != nil {
+		t.Fatalf("the rewritten export should verify on its own: %v", err)
+	}
+	kept := func(seq uint64) *cofferv1.AuditCheckpoint { return f.items[f.checkpointLine(t, seq)].Checkpoint }
+
+	_, err := verifyLines(t, lines, f.trusted, VerifyOptions{Pinned: []*cofferv1.AuditCheckpoint{kept(400), kept(600)}})
+	wantVerifyError(t, err, 600, KindPinned)
+	_, err = verifyLines(t, lines, f.trusted, VerifyOptions{Pinned: []*cofferv1.AuditCheckpoint{kept(500)}})
+	wantVerifyError(t, err, 500, KindPinned)
+	if _, err := verifyLines(t, lines, f.trusted, VerifyOptions{Pinned: []*cofferv1.AuditCheckpoint{kept(400)}}); err != nil {
+		t.Fatalf("pinned before the rewrite: %v", err)
+	}
+
+	// The original export, cut short of a kept checkpoint.
+	cut := f.copyLines()[:f.entryLine(t, 950)+1]
+	_, err = verifyLines(t, cut, f.trusted, VerifyOptions{Pinned: []*cofferv1.AuditCheckpoint{kept(1000)}})
+	wantVerifyError(t, err, 951, KindTruncated)
+
+	// A pruned export checks a pinned checkpoint at the marker and ignores
+	// older ones.
+	m, _ := NewPruneMarker(kept(300))
+	pruned := prunedLines(t, f, m)
+	if _, err := verifyLines(t, pruned, f.trusted, VerifyOptions{Pinned: []*cofferv1.AuditCheckpoint{kept(100), kept(300), kept(1000)}}); err != nil {
+		t.Fatalf("pruned with pins: %v", err)
+	}
+	wrong := proto.Clone(kept(300)).(*cofferv1.AuditCheckpoint)
+	wrong.Head = f.entries[0].Hash
+	_, err = verifyLines(t, pruned, f.trusted, VerifyOptions{Pinned: []*cofferv1.AuditCheckpoint{wrong}})
+	wantVerifyError(t, err, 300, KindPinned)
+
+	bad := []*cofferv1.AuditCheckpoint{kept(300), wrong}
+	if _, err := NewVerifier(f.trusted, VerifyOptions{Pinned: bad}); !errors.Is(err, ErrInvalidOptions) {
+		t.Fatalf("disagreeing pins: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 )
 
 // handler applies one decoded command payload to the batch. It returns
@@ -22,6 +23,9 @@ type applyCtx struct {
 	// policiesChanged is set once a command in this batch wrote a policy;
 	// from then on the batch reads policies from itself, not the cache.
 	policiesChanged bool
+	// accessChanged is set once a command wrote a client, rule or
+	// revocation: the authorisation snapshot is rebuilt after the commit.
+	accessChanged bool
 }
 
 // policy reads a policy as of this point of the batch.
@@ -46,9 +50,13 @@ func (a *applyCtx) setPolicy(p *cofferv1.PolicyRecord) {
 
 // handlers is the one dispatch table for command types.
 var handlers = map[cofferv1.CommandType]handler{
-	cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER:  applyInitCluster,
-	cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY:    applyCreateKey,
-	cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY: applyCreatePolicy,
+	cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER:       applyInitCluster,
+	cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY:         applyCreateKey,
+	cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY:      applyCreatePolicy,
+	cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT:         applyPutClient,
+	cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE:       applyPutAclRule,
+	cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE:    applyDeleteAclRule,
+	cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE: applyRevokeCertificate,
 }
 
 // Encode builds the Raft entry for a command. The payload is marshalled
@@ -111,9 +119,27 @@ func applyInitCluster(a *applyCtx, payload []byte, index uint64) Result {
 	if err := checkPolicy(c.GetDefaultPolicy()); err != nil {
 		return Result{Err: err}
 	}
+	for _, cl := range c.GetBootstrapClients() {
+		if err := authz.ValidateClient(cl); err != nil {
+			return Result{Err: fmt.Errorf("%w: bootstrap client: %v", ErrInvalidCommand, err)}
+		}
+	}
+	for _, r := range c.GetBootstrapRules() {
+		if err := authz.ValidateRule(r); err != nil {
+			return Result{Err: fmt.Errorf("%w: bootstrap rule: %v", ErrInvalidCommand, err)}
+		}
+	}
 	mustSet(b, keyCluster, c.GetInfo())
 	if !mustHas(b, policyKey(c.GetDefaultPolicy().GetName())) {
 		a.setPolicy(c.GetDefaultPolicy())
+	}
+	for _, cl := range c.GetBootstrapClients() {
+		mustSet(b, clientKey(cl.GetName()), cl)
+		a.accessChanged = true
+	}
+	for _, r := range c.GetBootstrapRules() {
+		mustSet(b, ruleKey(r.GetId()), r)
+		a.accessChanged = true
 	}
 	return Result{Cluster: c.GetInfo(), Policy: c.GetDefaultPolicy()}
 }
@@ -194,4 +220,71 @@ func hasKEKVersion(p *cofferv1.PolicyRecord, v uint32) bool {
 		}
 	}
 	return false
+}
+
+func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.PutClientCommand
+	decode(payload, &c, index)
+	cl := c.GetClient()
+	if err := authz.ValidateClient(cl); err != nil {
+		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
+	}
+	var cur cofferv1.ClientRecord
+	switch err := getProto(a.b, clientKey(cl.GetName()), &cur); {
+	case err == ErrNotFound:
+		if c.GetExpectedRevision() != 0 {
+			return Result{Err: fmt.Errorf("%w: client %q", ErrClientNotFound, cl.GetName())}
+		}
+	case err != nil:
+		panic(err.Error())
+	case c.GetExpectedRevision() == 0:
+		return Result{Err: fmt.Errorf("%w: %q", ErrClientExists, cl.GetName())}
+	case c.GetExpectedRevision() != cur.GetRevision():
+		return Result{Err: fmt.Errorf("%w: client %q is at revision %d, not %d", ErrConflict, cl.GetName(), cur.GetRevision(), c.GetExpectedRevision())}
+	}
+	if cl.GetRevision() != c.GetExpectedRevision()+1 {
+		return Result{Err: fmt.Errorf("%w: client revision must be %d", ErrInvalidCommand, c.GetExpectedRevision()+1)}
+	}
+	mustSet(a.b, clientKey(cl.GetName()), cl)
+	a.accessChanged = true
+	return Result{Client: cl}
+}
+
+func applyPutAclRule(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.PutAclRuleCommand
+	decode(payload, &c, index)
+	if err := authz.ValidateRule(c.GetRule()); err != nil {
+		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
+	}
+	if mustHas(a.b, ruleKey(c.GetRule().GetId())) {
+		return Result{Err: fmt.Errorf("%w: %q", ErrRuleExists, c.GetRule().GetId())}
+	}
+	mustSet(a.b, ruleKey(c.GetRule().GetId()), c.GetRule())
+	a.accessChanged = true
+	return Result{Rule: c.GetRule()}
+}
+
+func applyDeleteAclRule(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.DeleteAclRuleCommand
+	decode(payload, &c, index)
+	if !mustHas(a.b, ruleKey(c.GetId())) {
+		return Result{Err: fmt.Errorf("%w: %q", ErrRuleNotFound, c.GetId())}
+	}
+	if err := a.b.Delete(ruleKey(c.GetId()), nil); err != nil {
+		panic(fmt.Sprintf("fsm: batch delete: %v", err))
+	}
+	a.accessChanged = true
+	return Result{}
+}
+
+func applyRevokeCertificate(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.RevokeCertificateCommand
+	decode(payload, &c, index)
+	serial, err := authz.CanonicalSerial(c.GetCertificate().GetSerial())
+	if err != nil || serial != c.GetCertificate().GetSerial() {
+		return Result{Err: fmt.Errorf("%w: certificate serial must be canonical lowercase hex", ErrInvalidCommand)}
+	}
+	mustSet(a.b, revokedKey(serial), c.GetCertificate())
+	a.accessChanged = true
+	return Result{}
 }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 )
 
 // CommandVersion is the payload schema version this build writes and reads.
@@ -61,6 +62,8 @@ type Result struct {
 	Duplicate bool
 	Policy    *cofferv1.PolicyRecord
 	Cluster   *cofferv1.ClusterInfo
+	Client    *cofferv1.ClientRecord
+	Rule      *cofferv1.AclRule
 }
 
 // FSM is Coffer's replicated state machine over Pebble. It implements
@@ -93,6 +96,11 @@ type FSM struct {
 	// cache holds decoded records that change rarely (policies, cluster
 	// info), reset whenever an applied batch or a restore changes them.
 	cache recordCache
+
+	// authz is the authorisation snapshot of the committed clients, rules
+	// and revocations, rebuilt and swapped before Apply returns for any
+	// batch that changed them.
+	authz atomic.Pointer[authz.Snapshot]
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -140,6 +148,7 @@ func Open(cfg Config) (*FSM, error) {
 		f.applied.Store(idx)
 		f.term.Store(term)
 	}
+	f.rebuildAuthz()
 	return f, nil
 }
 
@@ -227,6 +236,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	if a.policiesChanged {
 		f.cache.reset()
+	}
+	if a.accessChanged {
+		f.rebuildAuthz()
 	}
 	f.applied.Store(lastIdx)
 	f.term.Store(lastTerm)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 )
 
 func mustOpen(t *testing.T) *FSM {
@@ -61,6 +62,19 @@ func (g *cmdGen) next(t testing.TB) []byte {
 	case r == 0:
 		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{
 			Policy: policy(fmt.Sprintf("p%d", g.rng.Intn(4)))})
+	case r == 2:
+		// Access-control changes, some of which must fail (duplicates,
+		// stale revisions): the authorisation state must match too.
+		name := fmt.Sprintf("c%d", g.rng.Intn(3))
+		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{
+			Client:           &cofferv1.ClientRecord{Name: name, Active: g.rng.Intn(2) == 0, Groups: []string{"g"}, Revision: uint64(g.rng.Intn(2) + 1)},
+			ExpectedRevision: uint64(g.rng.Intn(2)),
+		})
+	case r == 3:
+		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{
+			Rule: &cofferv1.AclRule{Id: fmt.Sprintf("r%d", g.rng.Intn(5)), Subject: "group:g", Operations: []string{"get"}, ResourcePattern: "res/**"}})
+	case r == 4:
+		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: fmt.Sprintf("r%d", g.rng.Intn(5))})
 	case r == 1 && len(g.gkids) > 0:
 		// Same gkid again: must fail with ErrKeyExists on every replica.
 		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
@@ -128,6 +142,12 @@ func TestFSM_DeterministicAcrossReplicas(t *testing.T) {
 		}
 		if ha, hb := mustHash(t, a), mustHash(t, b); ha != hb {
 			t.Fatalf("seed %d: replicas diverged", seed)
+		}
+		for _, name := range []string{"c0", "c1", "c2"} {
+			req := authz.Request{Identity: "client:" + name, CertSerial: "1", Op: authz.OpGet, Resource: "res/x"}
+			if da, db := a.Authz().Decide(req), b.Authz().Decide(req); da != db {
+				t.Fatalf("seed %d: authorisation differs for %s: %+v vs %+v", seed, name, da, db)
+			}
 		}
 		if a.AppliedIndex() != uint64(len(entries)) {
 			t.Fatalf("applied %d, want %d", a.AppliedIndex(), len(entries))

@@ -14,6 +14,9 @@ import (
 //	x/p/<policy>\x00<gkid>       empty: keys by policy
 //	x/r/<resource>\x00<gkid>     empty: keys by resource
 //	q/<owner>\x00<request id>    gkid: idempotency of create requests
+//	c/<client name>              ClientRecord
+//	a/<rule id>                  AclRule
+//	r/<certificate serial>       RevokedCertificate
 var (
 	keyApplied   = []byte("m/applied")
 	keyCluster   = []byte("m/cluster")
@@ -24,6 +27,9 @@ var (
 	prefixByPolicy = []byte("x/p/")
 	prefixByRes    = []byte("x/r/")
 	prefixRequest  = []byte("q/")
+	prefixClient   = []byte("c/")
+	prefixRule     = []byte("a/")
+	prefixRevoked  = []byte("r/")
 )
 
 func concat(parts ...[]byte) []byte {
@@ -48,6 +54,10 @@ func byPolicyPrefix(policy string) []byte {
 func byResourcePrefix(resource string) []byte {
 	return concat(prefixByRes, []byte(resource), []byte{0})
 }
+
+func clientKey(name string) []byte    { return concat(prefixClient, []byte(name)) }
+func ruleKey(id string) []byte        { return concat(prefixRule, []byte(id)) }
+func revokedKey(serial string) []byte { return concat(prefixRevoked, []byte(serial)) }
 
 func requestKey(owner, requestID string) []byte {
 	return concat(prefixRequest, []byte(owner), []byte{0}, []byte(requestID))

@@ -145,6 +145,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		idx, term, _ = decodeApplied(v)
 	}
 	f.cache.reset()
+	f.rebuildAuthz()
 	f.applied.Store(idx)
 	f.term.Store(term)
 	f.notify()

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 )
 
 // statusTimeout bounds how long Status waits for each member.
@@ -22,7 +23,11 @@ type clusterService struct {
 
 // LocalStatus reports this node's own view.
 func (s *clusterService) LocalStatus(ctx context.Context, _ *cofferv1.NodeStatusRequest) (*cofferv1.NodeStatus, error) {
-	if _, err := authenticate(ctx); err != nil {
+	c, err := authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.n.authorize(c, authz.OpClusterRead, ""); err != nil {
 		return nil, err
 	}
 	return s.n.localStatus(), nil
@@ -78,7 +83,11 @@ func (n *Node) peerAPIAddrOr(id, def string) string {
 
 // Status asks every member of the Raft configuration for its own view.
 func (s *clusterService) Status(ctx context.Context, _ *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
-	if _, err := authenticate(ctx); err != nil {
+	c, err := authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.n.authorize(c, authz.OpClusterRead, ""); err != nil {
 		return nil, err
 	}
 	n := s.n
@@ -148,10 +157,14 @@ const snapshotChunk = 256 << 10
 // only), taken once every write acknowledged before the call is applied.
 func (s *clusterService) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.ClusterService_SnapshotServer) error {
 	ctx := stream.Context()
-	if _, err := authenticate(ctx); err != nil {
+	c, err := authenticate(ctx)
+	if err != nil {
 		return toStatus(err)
 	}
 	if err := s.n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+		return toStatus(err)
+	}
+	if err := s.n.authorize(c, authz.OpSnapshotSave, ""); err != nil {
 		return toStatus(err)
 	}
 	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.SnapshotChunk{Data: b}) }}

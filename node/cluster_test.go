@@ -34,6 +34,8 @@ type testCluster struct {
 	cfgs      []Config
 	nodes     []*Node // nil when stopped
 	clientTLS *tls.Config
+	// issue writes a key pair for an identity, signed by the cluster CA.
+	issue func(id transport.Identity) transport.TLSConfig
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
@@ -60,18 +62,21 @@ func mustCluster(t *testing.T, size int, tweak func(*Config)) *testCluster {
 	if err := ca.WriteFiles(caPath, filepath.Join(dir, "ca-key.pem")); err != nil {
 		t.Fatal(err)
 	}
+	issued := 0
 	issue := func(id transport.Identity) transport.TLSConfig {
 		certPEM, keyPEM, err := ca.Issue(transport.IssueRequest{Identity: id, IPs: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}, Validity: 24 * time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := transport.TLSConfig{CAFile: caPath, CertFile: filepath.Join(dir, id.Name+".pem"), KeyFile: filepath.Join(dir, id.Name+"-key.pem")}
+		issued++
+		base := fmt.Sprintf("%s-%d", id.Name, issued)
+		c := transport.TLSConfig{CAFile: caPath, CertFile: filepath.Join(dir, base+".pem"), KeyFile: filepath.Join(dir, base+"-key.pem")}
 		if err := transport.WriteKeyPair(c.CertFile, c.KeyFile, certPEM, keyPEM); err != nil {
 			t.Fatal(err)
 		}
 		return c
 	}
-	tc := &testCluster{t: t, dir: dir, masterKey: make([]byte, 32), conns: map[string]*grpc.ClientConn{}}
+	tc := &testCluster{t: t, dir: dir, masterKey: make([]byte, 32), conns: map[string]*grpc.ClientConn{}, issue: issue}
 	_, _ = rand.Read(tc.masterKey)
 	var peers []Peer
 	sites := []string{"a", "b", "c"}
@@ -84,6 +89,7 @@ func mustCluster(t *testing.T, size int, tweak func(*Config)) *testCluster {
 		cfg.DataDir = filepath.Join(dir, p.ID)
 		cfg.Peers = peers
 		cfg.Bootstrap = true
+		cfg.BootstrapAdmins = []string{"app"}
 		cfg.TLS = issue(transport.Identity{Kind: transport.KindNode, Name: p.ID})
 		if tweak != nil {
 			tweak(&cfg)

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -88,10 +89,15 @@ type Config struct {
 	Peers []Peer `json:"peers"`
 	// Bootstrap forms a new cluster from Peers when this node has no Raft
 	// state yet. Every initial member may set it with the same Peers.
-	Bootstrap bool                `json:"bootstrap"`
-	TLS       transport.TLSConfig `json:"tls"`
-	Raft      RaftTimings         `json:"raft"`
-	Limits    Limits              `json:"limits"`
+	Bootstrap bool `json:"bootstrap"`
+	// BootstrapAdmins are client names registered with every role and a
+	// grant of every operation on every resource when the cluster is first
+	// initialised. Dev mode sets "admin"; a production cluster normally
+	// names one officer here and lets that officer grant the rest, or none.
+	BootstrapAdmins []string            `json:"bootstrap_admins,omitempty"`
+	TLS             transport.TLSConfig `json:"tls"`
+	Raft            RaftTimings         `json:"raft"`
+	Limits          Limits              `json:"limits"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 }
@@ -133,6 +139,11 @@ func (c Config) Validate() error {
 		}
 		seen[p.ID] = true
 		self = self || p.ID == c.ID
+	}
+	for _, a := range c.BootstrapAdmins {
+		if err := authz.ValidateClientName(a); err != nil {
+			return fmt.Errorf("%w: bootstrap_admins: %v", ErrConfig, err)
+		}
 	}
 	if c.Bootstrap && !self {
 		return fmt.Errorf("%w: bootstrap needs this node (%q) among peers", ErrConfig, c.ID)

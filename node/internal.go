@@ -15,25 +15,28 @@ type internalService struct {
 	n *Node
 }
 
-func requireNode(ctx context.Context) error {
-	id, err := authenticate(ctx)
+func (s *internalService) requireNode(ctx context.Context) error {
+	c, err := authenticate(ctx)
 	if err != nil {
 		return err
 	}
-	if id.Kind != transport.KindNode {
-		return fmt.Errorf("%w: %s may not call the internal service", ErrPermission, id)
+	if c.id.Kind != transport.KindNode {
+		return fmt.Errorf("%w: %s may not call the internal service", ErrPermission, c)
+	}
+	if d := s.n.fsm.Authz().DecideNode(c.String(), c.serial); !d.Allowed {
+		return fmt.Errorf("%w: %s", ErrUnauthenticated, d.Reason)
 	}
 	return nil
 }
 
 // Forward executes a write for a caller that another node authenticated.
 func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
-	if err := requireNode(ctx); err != nil {
+	if err := s.requireNode(ctx); err != nil {
 		return nil, err
 	}
-	caller, err := transport.ParseIdentity(req.GetCaller().GetIdentity())
+	caller, err := callerFromProto(req.GetCaller())
 	if err != nil {
-		return nil, fmt.Errorf("%w: forwarded caller: %v", ErrInvalidArgument, err)
+		return nil, err
 	}
 	if !s.n.IsLeader() {
 		// Leadership moved while the request was in flight; the client
@@ -63,6 +66,9 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 			return nil, err
 		}
 		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_PutKey{PutKey: &cofferv1.PutKeyResponse{Key: md}}}, nil
+	case *cofferv1.ForwardRequest_RegisterClient, *cofferv1.ForwardRequest_SetClientActive,
+		*cofferv1.ForwardRequest_RevokeCertificate, *cofferv1.ForwardRequest_Grant, *cofferv1.ForwardRequest_RevokeGrant:
+		return s.n.executeAccess(ctx, caller, req)
 	case *cofferv1.ForwardRequest_CreatePolicy:
 		resp, err := s.n.createPolicy(ctx, caller, op.CreatePolicy)
 		if err != nil {
@@ -76,7 +82,7 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 // ReadIndex confirms leadership and returns the index a follower must apply
 // before it answers a linearizable read.
 func (s *internalService) ReadIndex(ctx context.Context, _ *cofferv1.ReadIndexRequest) (*cofferv1.ReadIndexResponse, error) {
-	if err := requireNode(ctx); err != nil {
+	if err := s.requireNode(ctx); err != nil {
 		return nil, err
 	}
 	if !s.n.IsLeader() {

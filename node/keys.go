@@ -12,10 +12,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/gkid"
 	"github.com/coffer-kms/coffer/hsmwrap"
-	"github.com/coffer-kms/coffer/transport"
 )
 
 // Request limits (documented in the API reference).
@@ -172,9 +172,16 @@ func (s *keyService) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*
 
 // createKey runs on the leader: every non-deterministic step (material,
 // GKID, time, wrapping) happens here, before the proposal.
-func (n *Node) createKey(ctx context.Context, caller transport.Identity, spec *createSpec) (*cofferv1.KeyMetadata, error) {
-	owner := caller.String()
+func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*cofferv1.KeyMetadata, error) {
+	owner := c.String()
 	if err := n.ensureLeaderReady(); err != nil {
+		return nil, err
+	}
+	op := authz.OpGenerate
+	if spec.material != nil {
+		op = authz.OpPut
+	}
+	if err := n.authorize(c, op, spec.resource); err != nil {
 		return nil, err
 	}
 	// A repeated request id is resolved by Apply, which returns the first
@@ -294,11 +301,15 @@ func (n *Node) verifyRecord(rec *cofferv1.KeyRecord) error {
 }
 
 func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	if _, err := authenticate(ctx); err != nil {
+	c, err := authenticate(ctx)
+	if err != nil {
 		return nil, err
 	}
 	rec, err := s.n.readKey(ctx, req.GetGkid(), req.GetConsistency())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.n.authorize(c, authz.OpGet, rec.GetResource()); err != nil {
 		return nil, err
 	}
 	material, err := s.n.openMaterial(rec)
@@ -309,11 +320,15 @@ func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*
 }
 
 func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
-	if _, err := authenticate(ctx); err != nil {
+	c, err := authenticate(ctx)
+	if err != nil {
 		return nil, err
 	}
 	rec, err := s.n.readKey(ctx, req.GetGkid(), req.GetConsistency())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.n.authorize(c, authz.OpDescribe, rec.GetResource()); err != nil {
 		return nil, err
 	}
 	if err := s.n.verifyRecord(rec); err != nil {
@@ -360,7 +375,8 @@ func validConsistency(c cofferv1.Consistency) error {
 }
 
 func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
-	if _, err := authenticate(ctx); err != nil {
+	c, err := authenticate(ctx)
+	if err != nil {
 		return nil, err
 	}
 	if req.GetPolicy() != "" {
@@ -386,12 +402,22 @@ func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest
 	if err := s.n.linearize(ctx, req.GetConsistency()); err != nil {
 		return nil, err
 	}
+	// With a resource filter the caller needs the list grant on it; without
+	// one, the page holds only the keys whose resource the caller may list.
+	if req.GetResource() != "" {
+		if err := s.n.authorize(c, authz.OpList, req.GetResource()); err != nil {
+			return nil, err
+		}
+	}
 	recs, next, err := s.n.fsm.ListKeys(fsm.ListFilter{Policy: req.GetPolicy(), Resource: req.GetResource()}, req.GetPageToken(), size)
 	if err != nil {
 		return nil, err
 	}
 	out := &cofferv1.ListKeysResponse{NextPageToken: next}
 	for _, r := range recs {
+		if req.GetResource() == "" && s.n.authorize(c, authz.OpList, r.GetResource()) != nil {
+			continue
+		}
 		if err := s.n.verifyRecord(r); err != nil {
 			return nil, err
 		}
@@ -422,13 +448,4 @@ func cachePolicy(c *cofferv1.KeyCachePolicy) *cofferv1.KeyCachePolicy {
 		return &cofferv1.KeyCachePolicy{Cacheable: false, Ttl: durationpb.New(0)}
 	}
 	return c
-}
-
-// authenticate returns the caller's identity from its verified certificate.
-func authenticate(ctx context.Context) (transport.Identity, error) {
-	id, err := transport.IdentityFromContext(ctx)
-	if err != nil {
-		return transport.Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
-	}
-	return id, nil
 }

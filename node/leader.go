@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/gkid"
 	"github.com/coffer-kms/coffer/hsmwrap"
@@ -69,10 +70,17 @@ func (n *Node) ensureInitialised() error {
 	if err != nil {
 		return err
 	}
-	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, &cofferv1.InitClusterCommand{
+	initCmd := &cofferv1.InitClusterCommand{
 		Info:          &cofferv1.ClusterInfo{ClusterId: cid, CreatedUnixNano: now},
 		DefaultPolicy: pol,
-	})
+	}
+	for _, name := range n.cfg.BootstrapAdmins {
+		cl, rule := authz.BootstrapAdmin(name)
+		cl.CreatedUnixNano, rule.CreatedUnixNano = now, now
+		initCmd.BootstrapClients = append(initCmd.BootstrapClients, cl)
+		initCmd.BootstrapRules = append(initCmd.BootstrapRules, rule)
+	}
+	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, initCmd)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,10 @@ var (
 		Namespace: "coffer", Name: "integrity_failures_total",
 		Help: "Stored records refused because they failed an integrity check.",
 	})
+	metricDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "authz_denied_total",
+		Help: "Requests refused by authorisation, by operation.",
+	}, []string{"op"})
 	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "requests_total",
 		Help: "gRPC requests served, by method and status code.",
@@ -30,7 +34,7 @@ var (
 )
 
 func registerMetrics(reg *prometheus.Registry) {
-	reg.MustRegister(metricRequests, metricLatency, metricIntegrityFailures,
+	reg.MustRegister(metricRequests, metricLatency, metricIntegrityFailures, metricDenied,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 }

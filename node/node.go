@@ -218,6 +218,7 @@ func (n *Node) startAPI() error {
 	cofferv1.RegisterKeyServiceServer(s, &keyService{n: n})
 	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n})
 	cofferv1.RegisterPolicyServiceServer(s, &policyService{n: n})
+	cofferv1.RegisterAccessServiceServer(s, &accessService{n: n})
 	cofferv1.RegisterInternalServiceServer(s, &internalService{n: n})
 	reflection.Register(s)
 	n.grpcServer = s

@@ -63,7 +63,7 @@ func (n *Node) leaderClient() (cofferv1.InternalServiceClient, string, error) {
 var errSelfLeader = fmt.Errorf("%w: this node became leader", ErrNotLeader)
 
 // forward sends a write to the leader on behalf of caller.
-func (n *Node) forward(ctx context.Context, caller transport.Identity, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
 	select {
 	case n.forwards <- struct{}{}:
 		defer func() { <-n.forwards }()
@@ -74,7 +74,7 @@ func (n *Node) forward(ctx context.Context, caller transport.Identity, req *coff
 	if err != nil {
 		return nil, err
 	}
-	req.Caller = &cofferv1.Caller{Identity: caller.String()}
+	req.Caller = c.proto()
 	return cl.Forward(ctx, req)
 }
 

@@ -8,9 +8,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/escrow"
 	"github.com/coffer-kms/coffer/fsm"
-	"github.com/coffer-kms/coffer/transport"
 )
 
 // MaxEscrowKeys bounds the escrow keys of one policy.
@@ -73,12 +73,15 @@ func (s *policyService) CreatePolicy(ctx context.Context, req *cofferv1.CreatePo
 
 // createPolicy runs on the leader: it generates the policy's KEK in the
 // keystore and proposes the record.
-func (n *Node) createPolicy(ctx context.Context, _ transport.Identity, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
+func (n *Node) createPolicy(ctx context.Context, c caller, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
 	keys, err := validatePolicyRequest(req)
 	if err != nil {
 		return nil, err
 	}
 	if err := n.ensureLeaderReady(); err != nil {
+		return nil, err
+	}
+	if err := n.authorize(c, authz.OpPolicyCreate, ""); err != nil {
 		return nil, err
 	}
 	if _, err := n.fsm.Policy(req.GetName()); err == nil {
@@ -107,7 +110,8 @@ func (n *Node) createPolicy(ctx context.Context, _ transport.Identity, req *coff
 }
 
 func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRequest) (*cofferv1.GetPolicyResponse, error) {
-	if _, err := authenticate(ctx); err != nil {
+	c, err := authenticate(ctx)
+	if err != nil {
 		return nil, err
 	}
 	if err := validatePolicyName(req.GetName()); err != nil {
@@ -119,6 +123,9 @@ func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRe
 	if err := s.n.linearize(ctx, req.GetConsistency()); err != nil {
 		return nil, err
 	}
+	if err := s.n.authorize(c, authz.OpPolicyRead, ""); err != nil {
+		return nil, err
+	}
 	p, err := s.n.fsm.Policy(req.GetName())
 	if err != nil {
 		return nil, err
@@ -127,13 +134,17 @@ func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRe
 }
 
 func (s *policyService) ListPolicies(ctx context.Context, req *cofferv1.ListPoliciesRequest) (*cofferv1.ListPoliciesResponse, error) {
-	if _, err := authenticate(ctx); err != nil {
+	c, err := authenticate(ctx)
+	if err != nil {
 		return nil, err
 	}
 	if err := validConsistency(req.GetConsistency()); err != nil {
 		return nil, err
 	}
 	if err := s.n.linearize(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
+	if err := s.n.authorize(c, authz.OpPolicyRead, ""); err != nil {
 		return nil, err
 	}
 	ps, err := s.n.fsm.Policies()

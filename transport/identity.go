@@ -145,9 +145,16 @@ func IdentityFromCert(c *x509.Certificate) (Identity, error) {
 // from the leaf of its verified TLS chain. It returns ErrNoIdentity when the
 // connection is not TLS or the peer presented no verified certificate.
 func IdentityFromContext(ctx context.Context) (Identity, error) {
+	_, id, err := PeerFromContext(ctx)
+	return id, err
+}
+
+// PeerFromContext returns the verified leaf certificate of the gRPC peer and
+// the identity it carries.
+func PeerFromContext(ctx context.Context) (*x509.Certificate, Identity, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p == nil {
-		return Identity{}, fmt.Errorf("%w: no peer in context", ErrNoIdentity)
+		return nil, Identity{}, fmt.Errorf("%w: no peer in context", ErrNoIdentity)
 	}
 	var info credentials.TLSInfo
 	switch ai := p.AuthInfo.(type) {
@@ -155,13 +162,17 @@ func IdentityFromContext(ctx context.Context) (Identity, error) {
 		info = ai
 	case *credentials.TLSInfo:
 		if ai == nil {
-			return Identity{}, fmt.Errorf("%w: peer is not using TLS", ErrNoIdentity)
+			return nil, Identity{}, fmt.Errorf("%w: peer is not using TLS", ErrNoIdentity)
 		}
 		info = *ai
 	default:
-		return Identity{}, fmt.Errorf("%w: peer is not using TLS", ErrNoIdentity)
+		return nil, Identity{}, fmt.Errorf("%w: peer is not using TLS", ErrNoIdentity)
 	}
-	return identityFromState(info.State.VerifiedChains)
+	id, err := identityFromState(info.State.VerifiedChains)
+	if err != nil {
+		return nil, Identity{}, err
+	}
+	return info.State.VerifiedChains[0][0], id, nil
 }
 
 // identityFromState takes the identity from the leaf of the first verified

@@ -1872,6 +1872,940 @@ func (x *SnapshotChunk) GetAppliedIndex() uint64 {
 	return 0
 }
 
+// ClientInfo is a registered client.
+type ClientInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Active bool                   `protobuf:"varint,2,opt,name=active,proto3" json:"active,omitempty"`
+	Groups []string               `protobuf:"bytes,3,rep,name=groups,proto3" json:"groups,omitempty"`
+	// "security-officer", "operator", "application".
+	Roles         []string               `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Revision      uint64                 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientInfo) Reset() {
+	*x = ClientInfo{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientInfo) ProtoMessage() {}
+
+func (x *ClientInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
+func (*ClientInfo) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ClientInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClientInfo) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *ClientInfo) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *ClientInfo) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *ClientInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *ClientInfo) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type RegisterClientRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Groups []string               `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	Roles  []string               `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	// Registering an existing client replaces its groups and roles only when
+	// update is set; otherwise it fails with AlreadyExists.
+	Update        bool `protobuf:"varint,4,opt,name=update,proto3" json:"update,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterClientRequest) Reset() {
+	*x = RegisterClientRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterClientRequest) ProtoMessage() {}
+
+func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterClientRequest.ProtoReflect.Descriptor instead.
+func (*RegisterClientRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RegisterClientRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RegisterClientRequest) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *RegisterClientRequest) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *RegisterClientRequest) GetUpdate() bool {
+	if x != nil {
+		return x.Update
+	}
+	return false
+}
+
+type SetClientActiveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Active        bool                   `protobuf:"varint,2,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClientActiveRequest) Reset() {
+	*x = SetClientActiveRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClientActiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClientActiveRequest) ProtoMessage() {}
+
+func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClientActiveRequest.ProtoReflect.Descriptor instead.
+func (*SetClientActiveRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SetClientActiveRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetClientActiveRequest) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+type GetClientRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetClientRequest) Reset() {
+	*x = GetClientRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetClientRequest) ProtoMessage() {}
+
+func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetClientRequest.ProtoReflect.Descriptor instead.
+func (*GetClientRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetClientRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetClientRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type ListClientsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consistency   Consistency            `protobuf:"varint,1,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClientsRequest) Reset() {
+	*x = ListClientsRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClientsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClientsRequest) ProtoMessage() {}
+
+func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
+func (*ListClientsRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListClientsRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type ListClientsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Clients       []*ClientInfo          `protobuf:"bytes,1,rep,name=clients,proto3" json:"clients,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClientsResponse) Reset() {
+	*x = ListClientsResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClientsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClientsResponse) ProtoMessage() {}
+
+func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
+func (*ListClientsResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListClientsResponse) GetClients() []*ClientInfo {
+	if x != nil {
+		return x.Clients
+	}
+	return nil
+}
+
+type RevokeCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Certificate serial number in hex.
+	Serial        string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateRequest) Reset() {
+	*x = RevokeCertificateRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateRequest) ProtoMessage() {}
+
+func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RevokeCertificateRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Serial        string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateResponse) Reset() {
+	*x = RevokeCertificateResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateResponse) ProtoMessage() {}
+
+func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RevokeCertificateResponse) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+// AclRuleInfo grants operations on resources matching a pattern.
+type AclRuleInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// "client:<name>" or "group:<name>".
+	Subject         string                 `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	Operations      []string               `protobuf:"bytes,3,rep,name=operations,proto3" json:"operations,omitempty"`
+	ResourcePattern string                 `protobuf:"bytes,4,opt,name=resource_pattern,json=resourcePattern,proto3" json:"resource_pattern,omitempty"`
+	CreatedAt       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedBy       string                 `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AclRuleInfo) Reset() {
+	*x = AclRuleInfo{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AclRuleInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AclRuleInfo) ProtoMessage() {}
+
+func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AclRuleInfo.ProtoReflect.Descriptor instead.
+func (*AclRuleInfo) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *AclRuleInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AclRuleInfo) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *AclRuleInfo) GetOperations() []string {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+func (x *AclRuleInfo) GetResourcePattern() string {
+	if x != nil {
+		return x.ResourcePattern
+	}
+	return ""
+}
+
+func (x *AclRuleInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *AclRuleInfo) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+type GrantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "client:<name>" or "group:<name>".
+	Subject         string   `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	Operations      []string `protobuf:"bytes,2,rep,name=operations,proto3" json:"operations,omitempty"`
+	ResourcePattern string   `protobuf:"bytes,3,opt,name=resource_pattern,json=resourcePattern,proto3" json:"resource_pattern,omitempty"`
+	// Optional rule id; generated when empty.
+	Id            string `protobuf:"bytes,4,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrantRequest) Reset() {
+	*x = GrantRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantRequest) ProtoMessage() {}
+
+func (x *GrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
+func (*GrantRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GrantRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *GrantRequest) GetOperations() []string {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+func (x *GrantRequest) GetResourcePattern() string {
+	if x != nil {
+		return x.ResourcePattern
+	}
+	return ""
+}
+
+func (x *GrantRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeGrantRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGrantRequest) Reset() {
+	*x = RevokeGrantRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGrantRequest) ProtoMessage() {}
+
+func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
+func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RevokeGrantRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeGrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGrantResponse) Reset() {
+	*x = RevokeGrantResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGrantResponse) ProtoMessage() {}
+
+func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
+func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *RevokeGrantResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListGrantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only rules of this subject, when set.
+	Subject       string      `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	Consistency   Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGrantsRequest) Reset() {
+	*x = ListGrantsRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGrantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGrantsRequest) ProtoMessage() {}
+
+func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
+func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListGrantsRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *ListGrantsRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type ListGrantsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rules         []*AclRuleInfo         `protobuf:"bytes,1,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGrantsResponse) Reset() {
+	*x = ListGrantsResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGrantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGrantsResponse) ProtoMessage() {}
+
+func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
+func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListGrantsResponse) GetRules() []*AclRuleInfo {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+type CheckRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Client      string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Operation   string                 `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	Resource    string                 `protobuf:"bytes,3,opt,name=resource,proto3" json:"resource,omitempty"`
+	Consistency Consistency            `protobuf:"varint,4,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	// Also check this certificate serial (hex) against the deny list; empty
+	// checks the grants only.
+	CertSerial    string `protobuf:"bytes,5,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckRequest) Reset() {
+	*x = CheckRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckRequest) ProtoMessage() {}
+
+func (x *CheckRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
+func (*CheckRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *CheckRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *CheckRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *CheckRequest) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *CheckRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+func (x *CheckRequest) GetCertSerial() string {
+	if x != nil {
+		return x.CertSerial
+	}
+	return ""
+}
+
+type CheckResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Allowed bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Reason  string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The rule or role that decided.
+	Rule string `protobuf:"bytes,3,opt,name=rule,proto3" json:"rule,omitempty"`
+	// Every rule considered and why it did or did not match.
+	Explanation   string `protobuf:"bytes,4,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckResponse) Reset() {
+	*x = CheckResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckResponse) ProtoMessage() {}
+
+func (x *CheckResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
+func (*CheckResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *CheckResponse) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *CheckResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CheckResponse) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *CheckResponse) GetExplanation() string {
+	if x != nil {
+		return x.Explanation
+	}
+	return ""
+}
+
 var File_coffer_v1_coffer_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_coffer_proto_rawDesc = "" +
@@ -2000,7 +2934,75 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x0fSnapshotRequest\"H\n" +
 	"\rSnapshotChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex*\x86\x01\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\xbd\x01\n" +
+	"\n" +
+	"ClientInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06active\x18\x02 \x01(\bR\x06active\x12\x16\n" +
+	"\x06groups\x18\x03 \x03(\tR\x06groups\x12\x14\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\"q\n" +
+	"\x15RegisterClientRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06groups\x18\x02 \x03(\tR\x06groups\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\x16\n" +
+	"\x06update\x18\x04 \x01(\bR\x06update\"D\n" +
+	"\x16SetClientActiveRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06active\x18\x02 \x01(\bR\x06active\"`\n" +
+	"\x10GetClientRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x128\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"N\n" +
+	"\x12ListClientsRequest\x128\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"F\n" +
+	"\x13ListClientsResponse\x12/\n" +
+	"\aclients\x18\x01 \x03(\v2\x15.coffer.v1.ClientInfoR\aclients\"J\n" +
+	"\x18RevokeCertificateRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"3\n" +
+	"\x19RevokeCertificateResponse\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\"\xdc\x01\n" +
+	"\vAclRuleInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1e\n" +
+	"\n" +
+	"operations\x18\x03 \x03(\tR\n" +
+	"operations\x12)\n" +
+	"\x10resource_pattern\x18\x04 \x01(\tR\x0fresourcePattern\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x06 \x01(\tR\tcreatedBy\"\x83\x01\n" +
+	"\fGrantRequest\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12\x1e\n" +
+	"\n" +
+	"operations\x18\x02 \x03(\tR\n" +
+	"operations\x12)\n" +
+	"\x10resource_pattern\x18\x03 \x01(\tR\x0fresourcePattern\x12\x0e\n" +
+	"\x02id\x18\x04 \x01(\tR\x02id\"$\n" +
+	"\x12RevokeGrantRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"%\n" +
+	"\x13RevokeGrantResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"g\n" +
+	"\x11ListGrantsRequest\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x128\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"B\n" +
+	"\x12ListGrantsResponse\x12,\n" +
+	"\x05rules\x18\x01 \x03(\v2\x16.coffer.v1.AclRuleInfoR\x05rules\"\xbb\x01\n" +
+	"\fCheckRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x1c\n" +
+	"\toperation\x18\x02 \x01(\tR\toperation\x12\x1a\n" +
+	"\bresource\x18\x03 \x01(\tR\bresource\x128\n" +
+	"\vconsistency\x18\x04 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x12\x1f\n" +
+	"\vcert_serial\x18\x05 \x01(\tR\n" +
+	"certSerial\"w\n" +
+	"\rCheckResponse\x12\x18\n" +
+	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04rule\x18\x03 \x01(\tR\x04rule\x12 \n" +
+	"\vexplanation\x18\x04 \x01(\tR\vexplanation*\x86\x01\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ALGORITHM_AES_128\x10\x01\x12\x15\n" +
@@ -2035,7 +3037,18 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x0eClusterService\x12B\n" +
 	"\bSnapshot\x12\x1a.coffer.v1.SnapshotRequest\x1a\x18.coffer.v1.SnapshotChunk0\x01\x12K\n" +
 	"\x06Status\x12\x1f.coffer.v1.ClusterStatusRequest\x1a .coffer.v1.ClusterStatusResponse\x12B\n" +
-	"\vLocalStatus\x12\x1c.coffer.v1.NodeStatusRequest\x1a\x15.coffer.v1.NodeStatusB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
+	"\vLocalStatus\x12\x1c.coffer.v1.NodeStatusRequest\x1a\x15.coffer.v1.NodeStatus2\xa5\x05\n" +
+	"\rAccessService\x12I\n" +
+	"\x0eRegisterClient\x12 .coffer.v1.RegisterClientRequest\x1a\x15.coffer.v1.ClientInfo\x12K\n" +
+	"\x0fSetClientActive\x12!.coffer.v1.SetClientActiveRequest\x1a\x15.coffer.v1.ClientInfo\x12?\n" +
+	"\tGetClient\x12\x1b.coffer.v1.GetClientRequest\x1a\x15.coffer.v1.ClientInfo\x12L\n" +
+	"\vListClients\x12\x1d.coffer.v1.ListClientsRequest\x1a\x1e.coffer.v1.ListClientsResponse\x12^\n" +
+	"\x11RevokeCertificate\x12#.coffer.v1.RevokeCertificateRequest\x1a$.coffer.v1.RevokeCertificateResponse\x128\n" +
+	"\x05Grant\x12\x17.coffer.v1.GrantRequest\x1a\x16.coffer.v1.AclRuleInfo\x12L\n" +
+	"\vRevokeGrant\x12\x1d.coffer.v1.RevokeGrantRequest\x1a\x1e.coffer.v1.RevokeGrantResponse\x12I\n" +
+	"\n" +
+	"ListGrants\x12\x1c.coffer.v1.ListGrantsRequest\x1a\x1d.coffer.v1.ListGrantsResponse\x12:\n" +
+	"\x05Check\x12\x17.coffer.v1.CheckRequest\x1a\x18.coffer.v1.CheckResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
 var (
 	file_coffer_v1_coffer_proto_rawDescOnce sync.Once
@@ -2050,49 +3063,65 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_coffer_v1_coffer_proto_goTypes = []any{
-	(Algorithm)(0),                // 0: coffer.v1.Algorithm
-	(KeyState)(0),                 // 1: coffer.v1.KeyState
-	(Consistency)(0),              // 2: coffer.v1.Consistency
-	(NodeRole)(0),                 // 3: coffer.v1.NodeRole
-	(*KeyUsePolicy)(nil),          // 4: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),        // 5: coffer.v1.KeyCachePolicy
-	(*KeyMetadata)(nil),           // 6: coffer.v1.KeyMetadata
-	(*GenerateKeyRequest)(nil),    // 7: coffer.v1.GenerateKeyRequest
-	(*GenerateKeyResponse)(nil),   // 8: coffer.v1.GenerateKeyResponse
-	(*PutKeyRequest)(nil),         // 9: coffer.v1.PutKeyRequest
-	(*PutKeyResponse)(nil),        // 10: coffer.v1.PutKeyResponse
-	(*GetKeyRequest)(nil),         // 11: coffer.v1.GetKeyRequest
-	(*GetKeyResponse)(nil),        // 12: coffer.v1.GetKeyResponse
-	(*DescribeKeyRequest)(nil),    // 13: coffer.v1.DescribeKeyRequest
-	(*DescribeKeyResponse)(nil),   // 14: coffer.v1.DescribeKeyResponse
-	(*ListKeysRequest)(nil),       // 15: coffer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),      // 16: coffer.v1.ListKeysResponse
-	(*NodeStatus)(nil),            // 17: coffer.v1.NodeStatus
-	(*ClusterStatusRequest)(nil),  // 18: coffer.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil), // 19: coffer.v1.ClusterStatusResponse
-	(*NodeStatusRequest)(nil),     // 20: coffer.v1.NodeStatusRequest
-	(*EscrowKeyInfo)(nil),         // 21: coffer.v1.EscrowKeyInfo
-	(*Policy)(nil),                // 22: coffer.v1.Policy
-	(*CreatePolicyRequest)(nil),   // 23: coffer.v1.CreatePolicyRequest
-	(*CreatePolicyResponse)(nil),  // 24: coffer.v1.CreatePolicyResponse
-	(*GetPolicyRequest)(nil),      // 25: coffer.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 26: coffer.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),   // 27: coffer.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),  // 28: coffer.v1.ListPoliciesResponse
-	(*SnapshotRequest)(nil),       // 29: coffer.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),         // 30: coffer.v1.SnapshotChunk
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(Algorithm)(0),                    // 0: coffer.v1.Algorithm
+	(KeyState)(0),                     // 1: coffer.v1.KeyState
+	(Consistency)(0),                  // 2: coffer.v1.Consistency
+	(NodeRole)(0),                     // 3: coffer.v1.NodeRole
+	(*KeyUsePolicy)(nil),              // 4: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),            // 5: coffer.v1.KeyCachePolicy
+	(*KeyMetadata)(nil),               // 6: coffer.v1.KeyMetadata
+	(*GenerateKeyRequest)(nil),        // 7: coffer.v1.GenerateKeyRequest
+	(*GenerateKeyResponse)(nil),       // 8: coffer.v1.GenerateKeyResponse
+	(*PutKeyRequest)(nil),             // 9: coffer.v1.PutKeyRequest
+	(*PutKeyResponse)(nil),            // 10: coffer.v1.PutKeyResponse
+	(*GetKeyRequest)(nil),             // 11: coffer.v1.GetKeyRequest
+	(*GetKeyResponse)(nil),            // 12: coffer.v1.GetKeyResponse
+	(*DescribeKeyRequest)(nil),        // 13: coffer.v1.DescribeKeyRequest
+	(*DescribeKeyResponse)(nil),       // 14: coffer.v1.DescribeKeyResponse
+	(*ListKeysRequest)(nil),           // 15: coffer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),          // 16: coffer.v1.ListKeysResponse
+	(*NodeStatus)(nil),                // 17: coffer.v1.NodeStatus
+	(*ClusterStatusRequest)(nil),      // 18: coffer.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),     // 19: coffer.v1.ClusterStatusResponse
+	(*NodeStatusRequest)(nil),         // 20: coffer.v1.NodeStatusRequest
+	(*EscrowKeyInfo)(nil),             // 21: coffer.v1.EscrowKeyInfo
+	(*Policy)(nil),                    // 22: coffer.v1.Policy
+	(*CreatePolicyRequest)(nil),       // 23: coffer.v1.CreatePolicyRequest
+	(*CreatePolicyResponse)(nil),      // 24: coffer.v1.CreatePolicyResponse
+	(*GetPolicyRequest)(nil),          // 25: coffer.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),         // 26: coffer.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),       // 27: coffer.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),      // 28: coffer.v1.ListPoliciesResponse
+	(*SnapshotRequest)(nil),           // 29: coffer.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),             // 30: coffer.v1.SnapshotChunk
+	(*ClientInfo)(nil),                // 31: coffer.v1.ClientInfo
+	(*RegisterClientRequest)(nil),     // 32: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 33: coffer.v1.SetClientActiveRequest
+	(*GetClientRequest)(nil),          // 34: coffer.v1.GetClientRequest
+	(*ListClientsRequest)(nil),        // 35: coffer.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),       // 36: coffer.v1.ListClientsResponse
+	(*RevokeCertificateRequest)(nil),  // 37: coffer.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil), // 38: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 39: coffer.v1.AclRuleInfo
+	(*GrantRequest)(nil),              // 40: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 41: coffer.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),       // 42: coffer.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),         // 43: coffer.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),        // 44: coffer.v1.ListGrantsResponse
+	(*CheckRequest)(nil),              // 45: coffer.v1.CheckRequest
+	(*CheckResponse)(nil),             // 46: coffer.v1.CheckResponse
+	(*timestamppb.Timestamp)(nil),     // 47: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 48: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	31, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	31, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	32, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	47, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	47, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	48, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,  // 3: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,  // 4: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	31, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	47, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 6: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 7: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	0,  // 8: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
@@ -2111,7 +3140,7 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	21, // 21: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	4,  // 22: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 23: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	31, // 24: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	47, // 24: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 25: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
 	21, // 26: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	22, // 27: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
@@ -2119,33 +3148,59 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	22, // 29: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
 	2,  // 30: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
 	22, // 31: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	7,  // 32: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	9,  // 33: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	11, // 34: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	13, // 35: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	15, // 36: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	23, // 37: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	25, // 38: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	27, // 39: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	29, // 40: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	18, // 41: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	20, // 42: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	8,  // 43: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	10, // 44: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	12, // 45: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	14, // 46: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	16, // 47: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	24, // 48: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	26, // 49: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	28, // 50: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	30, // 51: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	19, // 52: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	17, // 53: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	43, // [43:54] is the sub-list for method output_type
-	32, // [32:43] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	47, // 32: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 33: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
+	2,  // 34: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
+	31, // 35: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	47, // 36: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 37: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
+	39, // 38: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	2,  // 39: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
+	7,  // 40: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	9,  // 41: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	11, // 42: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	13, // 43: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	15, // 44: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	23, // 45: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	25, // 46: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	27, // 47: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	29, // 48: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	18, // 49: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	20, // 50: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	32, // 51: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	33, // 52: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	34, // 53: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	35, // 54: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	37, // 55: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	40, // 56: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	41, // 57: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	43, // 58: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	45, // 59: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	8,  // 60: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	10, // 61: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	12, // 62: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	14, // 63: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	16, // 64: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	24, // 65: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	26, // 66: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	28, // 67: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	30, // 68: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	19, // 69: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	17, // 70: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	31, // 71: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	31, // 72: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	31, // 73: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	36, // 74: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	38, // 75: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	39, // 76: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	42, // 77: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	44, // 78: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	46, // 79: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	60, // [60:80] is the sub-list for method output_type
+	40, // [40:60] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -2159,9 +3214,9 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   27,
+			NumMessages:   43,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_coffer_v1_coffer_proto_goTypes,
 		DependencyIndexes: file_coffer_v1_coffer_proto_depIdxs,

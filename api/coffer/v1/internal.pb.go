@@ -29,10 +29,14 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED   CommandType = 0
-	CommandType_COMMAND_TYPE_INIT_CLUSTER  CommandType = 1
-	CommandType_COMMAND_TYPE_CREATE_KEY    CommandType = 2
-	CommandType_COMMAND_TYPE_CREATE_POLICY CommandType = 3
+	CommandType_COMMAND_TYPE_UNSPECIFIED        CommandType = 0
+	CommandType_COMMAND_TYPE_INIT_CLUSTER       CommandType = 1
+	CommandType_COMMAND_TYPE_CREATE_KEY         CommandType = 2
+	CommandType_COMMAND_TYPE_CREATE_POLICY      CommandType = 3
+	CommandType_COMMAND_TYPE_PUT_CLIENT         CommandType = 4
+	CommandType_COMMAND_TYPE_PUT_ACL_RULE       CommandType = 5
+	CommandType_COMMAND_TYPE_DELETE_ACL_RULE    CommandType = 6
+	CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE CommandType = 7
 )
 
 // Enum value maps for CommandType.
@@ -42,12 +46,20 @@ var (
 		1: "COMMAND_TYPE_INIT_CLUSTER",
 		2: "COMMAND_TYPE_CREATE_KEY",
 		3: "COMMAND_TYPE_CREATE_POLICY",
+		4: "COMMAND_TYPE_PUT_CLIENT",
+		5: "COMMAND_TYPE_PUT_ACL_RULE",
+		6: "COMMAND_TYPE_DELETE_ACL_RULE",
+		7: "COMMAND_TYPE_REVOKE_CERTIFICATE",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":   0,
-		"COMMAND_TYPE_INIT_CLUSTER":  1,
-		"COMMAND_TYPE_CREATE_KEY":    2,
-		"COMMAND_TYPE_CREATE_POLICY": 3,
+		"COMMAND_TYPE_UNSPECIFIED":        0,
+		"COMMAND_TYPE_INIT_CLUSTER":       1,
+		"COMMAND_TYPE_CREATE_KEY":         2,
+		"COMMAND_TYPE_CREATE_POLICY":      3,
+		"COMMAND_TYPE_PUT_CLIENT":         4,
+		"COMMAND_TYPE_PUT_ACL_RULE":       5,
+		"COMMAND_TYPE_DELETE_ACL_RULE":    6,
+		"COMMAND_TYPE_REVOKE_CERTIFICATE": 7,
 	}
 )
 
@@ -83,7 +95,9 @@ func (CommandType) EnumDescriptor() ([]byte, []int) {
 type Caller struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identity, e.g. "client:admin" or "node:n1".
-	Identity      string `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Identity string `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	// Serial of the certificate the caller presented, lowercase hex.
+	CertSerial    string `protobuf:"bytes,2,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -125,6 +139,13 @@ func (x *Caller) GetIdentity() string {
 	return ""
 }
 
+func (x *Caller) GetCertSerial() string {
+	if x != nil {
+		return x.CertSerial
+	}
+	return ""
+}
+
 type ForwardRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Caller *Caller                `protobuf:"bytes,1,opt,name=caller,proto3" json:"caller,omitempty"`
@@ -133,6 +154,11 @@ type ForwardRequest struct {
 	//	*ForwardRequest_GenerateKey
 	//	*ForwardRequest_PutKey
 	//	*ForwardRequest_CreatePolicy
+	//	*ForwardRequest_RegisterClient
+	//	*ForwardRequest_SetClientActive
+	//	*ForwardRequest_RevokeCertificate
+	//	*ForwardRequest_Grant
+	//	*ForwardRequest_RevokeGrant
 	Op            isForwardRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -209,6 +235,51 @@ func (x *ForwardRequest) GetCreatePolicy() *CreatePolicyRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetRegisterClient() *RegisterClientRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_RegisterClient); ok {
+			return x.RegisterClient
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetSetClientActive() *SetClientActiveRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_SetClientActive); ok {
+			return x.SetClientActive
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetRevokeCertificate() *RevokeCertificateRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_RevokeCertificate); ok {
+			return x.RevokeCertificate
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetGrant() *GrantRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_Grant); ok {
+			return x.Grant
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetRevokeGrant() *RevokeGrantRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_RevokeGrant); ok {
+			return x.RevokeGrant
+		}
+	}
+	return nil
+}
+
 type isForwardRequest_Op interface {
 	isForwardRequest_Op()
 }
@@ -225,11 +296,41 @@ type ForwardRequest_CreatePolicy struct {
 	CreatePolicy *CreatePolicyRequest `protobuf:"bytes,4,opt,name=create_policy,json=createPolicy,proto3,oneof"`
 }
 
+type ForwardRequest_RegisterClient struct {
+	RegisterClient *RegisterClientRequest `protobuf:"bytes,5,opt,name=register_client,json=registerClient,proto3,oneof"`
+}
+
+type ForwardRequest_SetClientActive struct {
+	SetClientActive *SetClientActiveRequest `protobuf:"bytes,6,opt,name=set_client_active,json=setClientActive,proto3,oneof"`
+}
+
+type ForwardRequest_RevokeCertificate struct {
+	RevokeCertificate *RevokeCertificateRequest `protobuf:"bytes,7,opt,name=revoke_certificate,json=revokeCertificate,proto3,oneof"`
+}
+
+type ForwardRequest_Grant struct {
+	Grant *GrantRequest `protobuf:"bytes,8,opt,name=grant,proto3,oneof"`
+}
+
+type ForwardRequest_RevokeGrant struct {
+	RevokeGrant *RevokeGrantRequest `protobuf:"bytes,9,opt,name=revoke_grant,json=revokeGrant,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_CreatePolicy) isForwardRequest_Op() {}
+
+func (*ForwardRequest_RegisterClient) isForwardRequest_Op() {}
+
+func (*ForwardRequest_SetClientActive) isForwardRequest_Op() {}
+
+func (*ForwardRequest_RevokeCertificate) isForwardRequest_Op() {}
+
+func (*ForwardRequest_Grant) isForwardRequest_Op() {}
+
+func (*ForwardRequest_RevokeGrant) isForwardRequest_Op() {}
 
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -238,6 +339,10 @@ type ForwardResponse struct {
 	//	*ForwardResponse_GenerateKey
 	//	*ForwardResponse_PutKey
 	//	*ForwardResponse_CreatePolicy
+	//	*ForwardResponse_Client
+	//	*ForwardResponse_RevokeCertificate
+	//	*ForwardResponse_Rule
+	//	*ForwardResponse_RevokeGrant
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -307,6 +412,42 @@ func (x *ForwardResponse) GetCreatePolicy() *CreatePolicyResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetClient() *ClientInfo {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_Client); ok {
+			return x.Client
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResponse) GetRevokeCertificate() *RevokeCertificateResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_RevokeCertificate); ok {
+			return x.RevokeCertificate
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResponse) GetRule() *AclRuleInfo {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_Rule); ok {
+			return x.Rule
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResponse) GetRevokeGrant() *RevokeGrantResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_RevokeGrant); ok {
+			return x.RevokeGrant
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -323,11 +464,35 @@ type ForwardResponse_CreatePolicy struct {
 	CreatePolicy *CreatePolicyResponse `protobuf:"bytes,3,opt,name=create_policy,json=createPolicy,proto3,oneof"`
 }
 
+type ForwardResponse_Client struct {
+	Client *ClientInfo `protobuf:"bytes,4,opt,name=client,proto3,oneof"`
+}
+
+type ForwardResponse_RevokeCertificate struct {
+	RevokeCertificate *RevokeCertificateResponse `protobuf:"bytes,5,opt,name=revoke_certificate,json=revokeCertificate,proto3,oneof"`
+}
+
+type ForwardResponse_Rule struct {
+	Rule *AclRuleInfo `protobuf:"bytes,6,opt,name=rule,proto3,oneof"`
+}
+
+type ForwardResponse_RevokeGrant struct {
+	RevokeGrant *RevokeGrantResponse `protobuf:"bytes,7,opt,name=revoke_grant,json=revokeGrant,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_CreatePolicy) isForwardResponse_Result() {}
+
+func (*ForwardResponse_Client) isForwardResponse_Result() {}
+
+func (*ForwardResponse_RevokeCertificate) isForwardResponse_Result() {}
+
+func (*ForwardResponse_Rule) isForwardResponse_Result() {}
+
+func (*ForwardResponse_RevokeGrant) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -970,8 +1135,12 @@ type InitClusterCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Info          *ClusterInfo           `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
 	DefaultPolicy *PolicyRecord          `protobuf:"bytes,2,opt,name=default_policy,json=defaultPolicy,proto3" json:"default_policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Clients and rules to start with (dev mode's admin; empty in production
+	// unless configured).
+	BootstrapClients []*ClientRecord `protobuf:"bytes,3,rep,name=bootstrap_clients,json=bootstrapClients,proto3" json:"bootstrap_clients,omitempty"`
+	BootstrapRules   []*AclRule      `protobuf:"bytes,4,rep,name=bootstrap_rules,json=bootstrapRules,proto3" json:"bootstrap_rules,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *InitClusterCommand) Reset() {
@@ -1018,6 +1187,205 @@ func (x *InitClusterCommand) GetDefaultPolicy() *PolicyRecord {
 	return nil
 }
 
+func (x *InitClusterCommand) GetBootstrapClients() []*ClientRecord {
+	if x != nil {
+		return x.BootstrapClients
+	}
+	return nil
+}
+
+func (x *InitClusterCommand) GetBootstrapRules() []*AclRule {
+	if x != nil {
+		return x.BootstrapRules
+	}
+	return nil
+}
+
+// PutClientCommand creates (expected_revision 0) or replaces a client record.
+type PutClientCommand struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Client           *ClientRecord          `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	ExpectedRevision uint64                 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PutClientCommand) Reset() {
+	*x = PutClientCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutClientCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutClientCommand) ProtoMessage() {}
+
+func (x *PutClientCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutClientCommand.ProtoReflect.Descriptor instead.
+func (*PutClientCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PutClientCommand) GetClient() *ClientRecord {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
+func (x *PutClientCommand) GetExpectedRevision() uint64 {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return 0
+}
+
+type PutAclRuleCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rule          *AclRule               `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAclRuleCommand) Reset() {
+	*x = PutAclRuleCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAclRuleCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAclRuleCommand) ProtoMessage() {}
+
+func (x *PutAclRuleCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAclRuleCommand.ProtoReflect.Descriptor instead.
+func (*PutAclRuleCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PutAclRuleCommand) GetRule() *AclRule {
+	if x != nil {
+		return x.Rule
+	}
+	return nil
+}
+
+type DeleteAclRuleCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAclRuleCommand) Reset() {
+	*x = DeleteAclRuleCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAclRuleCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAclRuleCommand) ProtoMessage() {}
+
+func (x *DeleteAclRuleCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAclRuleCommand.ProtoReflect.Descriptor instead.
+func (*DeleteAclRuleCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteAclRuleCommand) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeCertificateCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   *RevokedCertificate    `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateCommand) Reset() {
+	*x = RevokeCertificateCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateCommand) ProtoMessage() {}
+
+func (x *RevokeCertificateCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateCommand.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RevokeCertificateCommand) GetCertificate() *RevokedCertificate {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 type CreateKeyCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   *KeyRecord             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1029,7 +1397,7 @@ type CreateKeyCommand struct {
 
 func (x *CreateKeyCommand) Reset() {
 	*x = CreateKeyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[13]
+	mi := &file_coffer_v1_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1409,7 @@ func (x *CreateKeyCommand) String() string {
 func (*CreateKeyCommand) ProtoMessage() {}
 
 func (x *CreateKeyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[13]
+	mi := &file_coffer_v1_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1422,7 @@ func (x *CreateKeyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyCommand.ProtoReflect.Descriptor instead.
 func (*CreateKeyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateKeyCommand) GetKey() *KeyRecord {
@@ -1080,7 +1448,7 @@ type CreatePolicyCommand struct {
 
 func (x *CreatePolicyCommand) Reset() {
 	*x = CreatePolicyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[14]
+	mi := &file_coffer_v1_internal_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1460,7 @@ func (x *CreatePolicyCommand) String() string {
 func (*CreatePolicyCommand) ProtoMessage() {}
 
 func (x *CreatePolicyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[14]
+	mi := &file_coffer_v1_internal_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1473,7 @@ func (x *CreatePolicyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyCommand.ProtoReflect.Descriptor instead.
 func (*CreatePolicyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreatePolicyCommand) GetPolicy() *PolicyRecord {
@@ -1119,19 +1487,30 @@ var File_coffer_v1_internal_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\"$\n" +
+	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\x1a\x17coffer/v1/records.proto\"E\n" +
 	"\x06Caller\x12\x1a\n" +
-	"\bidentity\x18\x01 \x01(\tR\bidentity\"\x81\x02\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
+	"\vcert_serial\x18\x02 \x01(\tR\n" +
+	"certSerial\"\xea\x04\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
 	"\aput_key\x18\x03 \x01(\v2\x18.coffer.v1.PutKeyRequestH\x00R\x06putKey\x12E\n" +
-	"\rcreate_policy\x18\x04 \x01(\v2\x1e.coffer.v1.CreatePolicyRequestH\x00R\fcreatePolicyB\x04\n" +
-	"\x02op\"\xde\x01\n" +
+	"\rcreate_policy\x18\x04 \x01(\v2\x1e.coffer.v1.CreatePolicyRequestH\x00R\fcreatePolicy\x12K\n" +
+	"\x0fregister_client\x18\x05 \x01(\v2 .coffer.v1.RegisterClientRequestH\x00R\x0eregisterClient\x12O\n" +
+	"\x11set_client_active\x18\x06 \x01(\v2!.coffer.v1.SetClientActiveRequestH\x00R\x0fsetClientActive\x12T\n" +
+	"\x12revoke_certificate\x18\a \x01(\v2#.coffer.v1.RevokeCertificateRequestH\x00R\x11revokeCertificate\x12/\n" +
+	"\x05grant\x18\b \x01(\v2\x17.coffer.v1.GrantRequestH\x00R\x05grant\x12B\n" +
+	"\frevoke_grant\x18\t \x01(\v2\x1d.coffer.v1.RevokeGrantRequestH\x00R\vrevokeGrantB\x04\n" +
+	"\x02op\"\xd9\x03\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
-	"\rcreate_policy\x18\x03 \x01(\v2\x1f.coffer.v1.CreatePolicyResponseH\x00R\fcreatePolicyB\b\n" +
+	"\rcreate_policy\x18\x03 \x01(\v2\x1f.coffer.v1.CreatePolicyResponseH\x00R\fcreatePolicy\x12/\n" +
+	"\x06client\x18\x04 \x01(\v2\x15.coffer.v1.ClientInfoH\x00R\x06client\x12U\n" +
+	"\x12revoke_certificate\x18\x05 \x01(\v2$.coffer.v1.RevokeCertificateResponseH\x00R\x11revokeCertificate\x12,\n" +
+	"\x04rule\x18\x06 \x01(\v2\x16.coffer.v1.AclRuleInfoH\x00R\x04rule\x12C\n" +
+	"\frevoke_grant\x18\a \x01(\v2\x1e.coffer.v1.RevokeGrantResponseH\x00R\vrevokeGrantB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -1189,21 +1568,36 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\vClusterInfo\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12*\n" +
-	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\"\x80\x01\n" +
+	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\"\x83\x02\n" +
 	"\x12InitClusterCommand\x12*\n" +
 	"\x04info\x18\x01 \x01(\v2\x16.coffer.v1.ClusterInfoR\x04info\x12>\n" +
-	"\x0edefault_policy\x18\x02 \x01(\v2\x17.coffer.v1.PolicyRecordR\rdefaultPolicy\"Y\n" +
+	"\x0edefault_policy\x18\x02 \x01(\v2\x17.coffer.v1.PolicyRecordR\rdefaultPolicy\x12D\n" +
+	"\x11bootstrap_clients\x18\x03 \x03(\v2\x17.coffer.v1.ClientRecordR\x10bootstrapClients\x12;\n" +
+	"\x0fbootstrap_rules\x18\x04 \x03(\v2\x12.coffer.v1.AclRuleR\x0ebootstrapRules\"p\n" +
+	"\x10PutClientCommand\x12/\n" +
+	"\x06client\x18\x01 \x01(\v2\x17.coffer.v1.ClientRecordR\x06client\x12+\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\";\n" +
+	"\x11PutAclRuleCommand\x12&\n" +
+	"\x04rule\x18\x01 \x01(\v2\x12.coffer.v1.AclRuleR\x04rule\"&\n" +
+	"\x14DeleteAclRuleCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"[\n" +
+	"\x18RevokeCertificateCommand\x12?\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1d.coffer.v1.RevokedCertificateR\vcertificate\"Y\n" +
 	"\x10CreateKeyCommand\x12&\n" +
 	"\x03key\x18\x01 \x01(\v2\x14.coffer.v1.KeyRecordR\x03key\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"F\n" +
 	"\x13CreatePolicyCommand\x12/\n" +
-	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy*\x87\x01\n" +
+	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy*\x8a\x02\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1b\n" +
 	"\x17COMMAND_TYPE_CREATE_KEY\x10\x02\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_CREATE_POLICY\x10\x032\x9b\x01\n" +
+	"\x1aCOMMAND_TYPE_CREATE_POLICY\x10\x03\x12\x1b\n" +
+	"\x17COMMAND_TYPE_PUT_CLIENT\x10\x04\x12\x1d\n" +
+	"\x19COMMAND_TYPE_PUT_ACL_RULE\x10\x05\x12 \n" +
+	"\x1cCOMMAND_TYPE_DELETE_ACL_RULE\x10\x06\x12#\n" +
+	"\x1fCOMMAND_TYPE_REVOKE_CERTIFICATE\x10\a2\x9b\x01\n" +
 	"\x0fInternalService\x12@\n" +
 	"\aForward\x12\x19.coffer.v1.ForwardRequest\x1a\x1a.coffer.v1.ForwardResponse\x12F\n" +
 	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
@@ -1221,67 +1615,97 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_coffer_v1_internal_proto_goTypes = []any{
-	(CommandType)(0),             // 0: coffer.v1.CommandType
-	(*Caller)(nil),               // 1: coffer.v1.Caller
-	(*ForwardRequest)(nil),       // 2: coffer.v1.ForwardRequest
-	(*ForwardResponse)(nil),      // 3: coffer.v1.ForwardResponse
-	(*ReadIndexRequest)(nil),     // 4: coffer.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),    // 5: coffer.v1.ReadIndexResponse
-	(*Command)(nil),              // 6: coffer.v1.Command
-	(*WrappedKEK)(nil),           // 7: coffer.v1.WrappedKEK
-	(*PolicyRecord)(nil),         // 8: coffer.v1.PolicyRecord
-	(*KeyRecord)(nil),            // 9: coffer.v1.KeyRecord
-	(*EscrowKey)(nil),            // 10: coffer.v1.EscrowKey
-	(*EscrowCopy)(nil),           // 11: coffer.v1.EscrowCopy
-	(*ClusterInfo)(nil),          // 12: coffer.v1.ClusterInfo
-	(*InitClusterCommand)(nil),   // 13: coffer.v1.InitClusterCommand
-	(*CreateKeyCommand)(nil),     // 14: coffer.v1.CreateKeyCommand
-	(*CreatePolicyCommand)(nil),  // 15: coffer.v1.CreatePolicyCommand
-	(*GenerateKeyRequest)(nil),   // 16: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),        // 17: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),  // 18: coffer.v1.CreatePolicyRequest
-	(*GenerateKeyResponse)(nil),  // 19: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),       // 20: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil), // 21: coffer.v1.CreatePolicyResponse
-	(Algorithm)(0),               // 22: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),         // 23: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),       // 24: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                // 25: coffer.v1.KeyState
+	(CommandType)(0),                  // 0: coffer.v1.CommandType
+	(*Caller)(nil),                    // 1: coffer.v1.Caller
+	(*ForwardRequest)(nil),            // 2: coffer.v1.ForwardRequest
+	(*ForwardResponse)(nil),           // 3: coffer.v1.ForwardResponse
+	(*ReadIndexRequest)(nil),          // 4: coffer.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 5: coffer.v1.ReadIndexResponse
+	(*Command)(nil),                   // 6: coffer.v1.Command
+	(*WrappedKEK)(nil),                // 7: coffer.v1.WrappedKEK
+	(*PolicyRecord)(nil),              // 8: coffer.v1.PolicyRecord
+	(*KeyRecord)(nil),                 // 9: coffer.v1.KeyRecord
+	(*EscrowKey)(nil),                 // 10: coffer.v1.EscrowKey
+	(*EscrowCopy)(nil),                // 11: coffer.v1.EscrowCopy
+	(*ClusterInfo)(nil),               // 12: coffer.v1.ClusterInfo
+	(*InitClusterCommand)(nil),        // 13: coffer.v1.InitClusterCommand
+	(*PutClientCommand)(nil),          // 14: coffer.v1.PutClientCommand
+	(*PutAclRuleCommand)(nil),         // 15: coffer.v1.PutAclRuleCommand
+	(*DeleteAclRuleCommand)(nil),      // 16: coffer.v1.DeleteAclRuleCommand
+	(*RevokeCertificateCommand)(nil),  // 17: coffer.v1.RevokeCertificateCommand
+	(*CreateKeyCommand)(nil),          // 18: coffer.v1.CreateKeyCommand
+	(*CreatePolicyCommand)(nil),       // 19: coffer.v1.CreatePolicyCommand
+	(*GenerateKeyRequest)(nil),        // 20: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),             // 21: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),       // 22: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),     // 23: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 24: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),  // 25: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),              // 26: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 27: coffer.v1.RevokeGrantRequest
+	(*GenerateKeyResponse)(nil),       // 28: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),            // 29: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),      // 30: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                // 31: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil), // 32: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 33: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),       // 34: coffer.v1.RevokeGrantResponse
+	(Algorithm)(0),                    // 35: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),              // 36: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),            // 37: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                     // 38: coffer.v1.KeyState
+	(*ClientRecord)(nil),              // 39: coffer.v1.ClientRecord
+	(*AclRule)(nil),                   // 40: coffer.v1.AclRule
+	(*RevokedCertificate)(nil),        // 41: coffer.v1.RevokedCertificate
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	1,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	16, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	17, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	18, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	19, // 4: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	20, // 5: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	21, // 6: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	0,  // 7: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	7,  // 8: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	22, // 9: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	23, // 10: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	24, // 11: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	10, // 12: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	22, // 13: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	25, // 14: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	23, // 15: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	24, // 16: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 17: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	12, // 18: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	8,  // 19: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	9,  // 20: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	8,  // 21: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	2,  // 22: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	4,  // 23: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	3,  // 24: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	5,  // 25: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	24, // [24:26] is the sub-list for method output_type
-	22, // [22:24] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	20, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	21, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	22, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	23, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	24, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	25, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	26, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	27, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	28, // 9: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	29, // 10: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	30, // 11: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	31, // 12: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	32, // 13: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	33, // 14: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	34, // 15: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	0,  // 16: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	7,  // 17: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	35, // 18: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	36, // 19: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	37, // 20: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	10, // 21: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	35, // 22: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	38, // 23: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	36, // 24: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	37, // 25: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 26: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	12, // 27: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	8,  // 28: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	39, // 29: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	40, // 30: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	39, // 31: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	40, // 32: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	41, // 33: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	9,  // 34: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	8,  // 35: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	2,  // 36: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	4,  // 37: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	3,  // 38: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	5,  // 39: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	38, // [38:40] is the sub-list for method output_type
+	36, // [36:38] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -1290,15 +1714,25 @@ func file_coffer_v1_internal_proto_init() {
 		return
 	}
 	file_coffer_v1_coffer_proto_init()
+	file_coffer_v1_records_proto_init()
 	file_coffer_v1_internal_proto_msgTypes[1].OneofWrappers = []any{
 		(*ForwardRequest_GenerateKey)(nil),
 		(*ForwardRequest_PutKey)(nil),
 		(*ForwardRequest_CreatePolicy)(nil),
+		(*ForwardRequest_RegisterClient)(nil),
+		(*ForwardRequest_SetClientActive)(nil),
+		(*ForwardRequest_RevokeCertificate)(nil),
+		(*ForwardRequest_Grant)(nil),
+		(*ForwardRequest_RevokeGrant)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
 		(*ForwardResponse_PutKey)(nil),
 		(*ForwardResponse_CreatePolicy)(nil),
+		(*ForwardResponse_Client)(nil),
+		(*ForwardResponse_RevokeCertificate)(nil),
+		(*ForwardResponse_Rule)(nil),
+		(*ForwardResponse_RevokeGrant)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1306,7 +1740,7 @@ func file_coffer_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

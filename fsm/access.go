@@ -1,0 +1,95 @@
+package fsm
+
+import (
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
+)
+
+// Authz returns the authorisation snapshot of the committed state. It is
+// never nil after Open; a snapshot that could not be built denies every
+// request (fail closed).
+func (f *FSM) Authz() *authz.Snapshot { return f.authz.Load() }
+
+// rebuildAuthz builds the authorisation snapshot from every client, rule and
+// revocation and swaps it in. On failure it installs an empty snapshot,
+// which denies everything, rather than keep one that may miss a change.
+func (f *FSM) rebuildAuthz() {
+	clients, err := f.Clients()
+	var rules []*cofferv1.AclRule
+	var revoked []*cofferv1.RevokedCertificate
+	if err == nil {
+		rules, err = f.Rules()
+	}
+	if err == nil {
+		revoked, err = scanAll[cofferv1.RevokedCertificate](f.db, prefixRevoked)
+	}
+	var snap *authz.Snapshot
+	if err == nil {
+		snap, err = authz.NewSnapshot(clients, rules, revoked)
+	}
+	if err != nil {
+		f.logger.Error("fsm: cannot build the authorisation snapshot; denying every request", "err", err)
+		snap, _ = authz.NewSnapshot(nil, nil, nil)
+	}
+	f.authz.Store(snap)
+}
+
+// Client returns a registered client, or ErrClientNotFound.
+func (f *FSM) Client(name string) (*cofferv1.ClientRecord, error) {
+	var c cofferv1.ClientRecord
+	if err := getProto(f.db, clientKey(name), &c); err != nil {
+		if err == ErrNotFound {
+			return nil, fmt.Errorf("%w: %q", ErrClientNotFound, name)
+		}
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Clients returns every registered client in name order.
+func (f *FSM) Clients() ([]*cofferv1.ClientRecord, error) {
+	return scanAll[cofferv1.ClientRecord](f.db, prefixClient)
+}
+
+// Rules returns every ACL rule in id order.
+func (f *FSM) Rules() ([]*cofferv1.AclRule, error) {
+	return scanAll[cofferv1.AclRule](f.db, prefixRule)
+}
+
+// Rule returns one ACL rule, or ErrRuleNotFound.
+func (f *FSM) Rule(id string) (*cofferv1.AclRule, error) {
+	var r cofferv1.AclRule
+	if err := getProto(f.db, ruleKey(id), &r); err != nil {
+		if err == ErrNotFound {
+			return nil, fmt.Errorf("%w: %q", ErrRuleNotFound, id)
+		}
+		return nil, err
+	}
+	return &r, nil
+}
+
+// scanAll decodes every record under prefix.
+func scanAll[T any, P interface {
+	*T
+	proto.Message
+}](r reader, prefix []byte) ([]*T, error) {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	var out []*T
+	for ok := it.First(); ok; ok = it.Next() {
+		m := P(new(T))
+		if err := getProtoBytes(it.Value(), m, it.Key()); err != nil {
+			return nil, err
+		}
+		out = append(out, (*T)(m))
+	}
+	return out, it.Error()
+}
