@@ -249,6 +249,7 @@ func prepareDev(o devOptions) (*devLayout, bool, error) {
 		cfg.DataDir = filepath.Join(nd, "data")
 		cfg.Peers = peers
 		cfg.Bootstrap = true
+		cfg.BootstrapAdmins = []string{"admin"}
 		cfg.TLS = tlsc
 		cfg.Keystore = keystoreConfig{Kind: "software", MasterKeyFile: sealed, KeyFile: keyFile}
 		if err := writeConfig(lay.configs[i], cfg); err != nil {
