@@ -59,6 +59,7 @@ type endpoint struct {
 	keys     cofferv1.KeyServiceClient
 	cluster  cofferv1.ClusterServiceClient
 	policies cofferv1.PolicyServiceClient
+	access   cofferv1.AccessServiceClient
 	// downUntil is the end of the endpoint's cool-down in Unix nanoseconds;
 	// zero when it is not cooling down.
 	downUntil atomic.Int64
@@ -98,6 +99,7 @@ func (c *Client) dial(addr string) (*endpoint, error) {
 		keys:     cofferv1.NewKeyServiceClient(conn),
 		cluster:  cofferv1.NewClusterServiceClient(conn),
 		policies: cofferv1.NewPolicyServiceClient(conn),
+		access:   cofferv1.NewAccessServiceClient(conn),
 	}, nil
 }
 

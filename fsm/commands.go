@@ -26,6 +26,12 @@ type applyCtx struct {
 	// accessChanged is set once a command wrote a client, rule or
 	// revocation: the authorisation snapshot is rebuilt after the commit.
 	accessChanged bool
+
+	// cmdAudit is the audit entry of the command being applied.
+	cmdAudit *cofferv1.AuditEntry
+	// auditHead is the chain head as of this point of the batch (loaded on
+	// first use).
+	auditHead *auditHead
 }
 
 // policy reads a policy as of this point of the batch.
@@ -57,6 +63,7 @@ var handlers = map[cofferv1.CommandType]handler{
 	cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE:       applyPutAclRule,
 	cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE:    applyDeleteAclRule,
 	cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE: applyRevokeCertificate,
+	cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH:        applyAuditBatch,
 }
 
 // Encode builds the Raft entry for a command. The payload is marshalled
@@ -73,9 +80,15 @@ func Encode(t cofferv1.CommandType, payload proto.Message) ([]byte, error) {
 	return det.Marshal(&cofferv1.Command{Type: t, Version: CommandVersion, Payload: p})
 }
 
-func decode(payload []byte, m proto.Message, index uint64) {
+// decode unmarshals a payload (a committed payload that does not decode
+// stops the node) and remembers the audit entry it carries, which
+// applyCommand links into the chain once the handler has decided.
+func (a *applyCtx) decode(payload []byte, m proto.Message, index uint64) {
 	if err := proto.Unmarshal(payload, m); err != nil {
 		panic(fmt.Sprintf("fsm: undecodable %T payload at index %d: %v", m, index, err))
+	}
+	if ae, ok := m.(interface{ GetAudit() *cofferv1.AuditEntry }); ok {
+		a.cmdAudit = ae.GetAudit()
 	}
 }
 
@@ -104,7 +117,7 @@ func mustHas(b *pebble.Batch, key []byte) bool {
 func applyInitCluster(a *applyCtx, payload []byte, index uint64) Result {
 	b := a.b
 	var c cofferv1.InitClusterCommand
-	decode(payload, &c, index)
+	a.decode(payload, &c, index)
 	var existing cofferv1.ClusterInfo
 	switch err := getProto(b, keyCluster, &existing); err {
 	case nil:
@@ -162,7 +175,7 @@ func checkPolicy(p *cofferv1.PolicyRecord) error {
 
 func applyCreatePolicy(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.CreatePolicyCommand
-	decode(payload, &c, index)
+	a.decode(payload, &c, index)
 	if err := checkPolicy(c.GetPolicy()); err != nil {
 		return Result{Err: err}
 	}
@@ -176,7 +189,7 @@ func applyCreatePolicy(a *applyCtx, payload []byte, index uint64) Result {
 func applyCreateKey(a *applyCtx, payload []byte, index uint64) Result {
 	b := a.b
 	var c cofferv1.CreateKeyCommand
-	decode(payload, &c, index)
+	a.decode(payload, &c, index)
 	k := c.GetKey()
 	if k.GetGkid() == "" || k.GetPolicy() == "" || k.GetResource() == "" || len(k.GetWrappedMaterial()) == 0 {
 		return Result{Err: fmt.Errorf("%w: key record needs gkid, policy, resource and material", ErrInvalidCommand)}
@@ -224,7 +237,7 @@ func hasKEKVersion(p *cofferv1.PolicyRecord, v uint32) bool {
 
 func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.PutClientCommand
-	decode(payload, &c, index)
+	a.decode(payload, &c, index)
 	cl := c.GetClient()
 	if err := authz.ValidateClient(cl); err != nil {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
@@ -252,7 +265,7 @@ func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
 
 func applyPutAclRule(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.PutAclRuleCommand
-	decode(payload, &c, index)
+	a.decode(payload, &c, index)
 	if err := authz.ValidateRule(c.GetRule()); err != nil {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
 	}
@@ -266,7 +279,7 @@ func applyPutAclRule(a *applyCtx, payload []byte, index uint64) Result {
 
 func applyDeleteAclRule(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.DeleteAclRuleCommand
-	decode(payload, &c, index)
+	a.decode(payload, &c, index)
 	if !mustHas(a.b, ruleKey(c.GetId())) {
 		return Result{Err: fmt.Errorf("%w: %q", ErrRuleNotFound, c.GetId())}
 	}
@@ -279,7 +292,7 @@ func applyDeleteAclRule(a *applyCtx, payload []byte, index uint64) Result {
 
 func applyRevokeCertificate(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.RevokeCertificateCommand
-	decode(payload, &c, index)
+	a.decode(payload, &c, index)
 	serial, err := authz.CanonicalSerial(c.GetCertificate().GetSerial())
 	if err != nil || serial != c.GetCertificate().GetSerial() {
 		return Result{Err: fmt.Errorf("%w: certificate serial must be canonical lowercase hex", ErrInvalidCommand)}

@@ -101,6 +101,9 @@ type FSM struct {
 	// and revocations, rebuilt and swapped before Apply returns for any
 	// batch that changed them.
 	authz atomic.Pointer[authz.Snapshot]
+
+	// auditSeq is the sequence number of the newest audit entry.
+	auditSeq atomic.Uint64
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -149,6 +152,7 @@ func Open(cfg Config) (*FSM, error) {
 		f.term.Store(term)
 	}
 	f.rebuildAuthz()
+	f.loadAuditSeq()
 	return f, nil
 }
 
@@ -240,6 +244,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if a.accessChanged {
 		f.rebuildAuthz()
 	}
+	if a.auditHead != nil {
+		f.auditSeq.Store(a.auditHead.seq)
+	}
 	f.applied.Store(lastIdx)
 	f.term.Store(lastTerm)
 	f.notify()
@@ -260,7 +267,12 @@ func (f *FSM) applyCommand(a *applyCtx, l *raft.Log) Result {
 		panic(fmt.Sprintf("fsm: command %v version %d at index %d is not supported by this build (max %d)",
 			cmd.GetType(), cmd.GetVersion(), l.Index, CommandVersion))
 	}
+	a.cmdAudit = nil
 	res := h(a, cmd.GetPayload(), l.Index)
+	if a.cmdAudit != nil {
+		a.appendAudit(a.cmdAudit, res)
+		a.cmdAudit = nil
+	}
 	observeCommand(cmd.GetType(), res.Err)
 	return res
 }

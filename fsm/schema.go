@@ -17,6 +17,8 @@ import (
 //	c/<client name>              ClientRecord
 //	a/<rule id>                  AclRule
 //	r/<certificate serial>       RevokedCertificate
+//	m/audit                      audit chain head: 8-byte seq || 32-byte hash
+//	l/<8-byte big-endian seq>    AuditEntry, linked into the chain
 var (
 	keyApplied   = []byte("m/applied")
 	keyCluster   = []byte("m/cluster")
@@ -30,7 +32,15 @@ var (
 	prefixClient   = []byte("c/")
 	prefixRule     = []byte("a/")
 	prefixRevoked  = []byte("r/")
+	prefixAudit    = []byte("l/")
+	keyAuditHead   = []byte("m/audit")
 )
+
+func auditKey(seq uint64) []byte {
+	k := make([]byte, 0, len(prefixAudit)+8)
+	k = append(k, prefixAudit...)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
 
 func concat(parts ...[]byte) []byte {
 	n := 0

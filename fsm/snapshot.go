@@ -146,6 +146,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.cache.reset()
 	f.rebuildAuthz()
+	f.loadAuditSeq()
 	f.applied.Store(idx)
 	f.term.Store(term)
 	f.notify()

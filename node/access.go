@@ -203,15 +203,7 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 }
 
 func (n *Node) proposeAccess(ctx context.Context, t cofferv1.CommandType, payload proto.Message) (fsm.Result, error) {
-	data, err := fsm.Encode(t, payload)
-	if err != nil {
-		return fsm.Result{}, err
-	}
-	res, err := n.propose(ctx, data)
-	if err != nil {
-		return fsm.Result{}, err
-	}
-	return res, res.Err
+	return n.proposeCommand(ctx, t, payload)
 }
 
 func (s *accessService) read(ctx context.Context, op authz.Op, cons cofferv1.Consistency) error {

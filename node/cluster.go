@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strconv"
 	"sync"
@@ -164,8 +165,16 @@ func (s *clusterService) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.C
 	if err := s.n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
 		return toStatus(err)
 	}
+	e := s.n.newAuditEntry(ctx, "Snapshot")
 	if err := s.n.authorize(c, authz.OpSnapshotSave, ""); err != nil {
+		setOutcome(e, err)
+		_ = s.n.commitAudit(ctx, e)
 		return toStatus(err)
+	}
+	setOutcome(e, nil)
+	if err := s.n.commitAudit(ctx, e); err != nil {
+		metricAuditFailures.Inc()
+		return toStatus(fmt.Errorf("%w: the snapshot's audit entry could not be committed: %v", ErrNoLeader, err))
 	}
 	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.SnapshotChunk{Data: b}) }}
 	idx, err := s.n.fsm.SnapshotTo(w)

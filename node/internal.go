@@ -3,6 +3,10 @@ package node
 import (
 	"context"
 	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/transport"
@@ -38,6 +42,58 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 	if err != nil {
 		return nil, err
 	}
+	rec := &auditRec{e: &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: clip(req.GetCaller().GetNode(), 64),
+		Caller: caller.String(), Operation: forwardedOp(req)}}
+	if r, ok := forwardedRequest(req).(interface{ GetRequestId() string }); ok {
+		rec.e.RequestId = r.GetRequestId()
+	}
+	ctx = context.WithValue(ctx, auditRecKey{}, rec)
+	resp, err := s.forward(ctx, caller, req)
+	if !rec.done {
+		setOutcome(rec.e, err)
+		if cerr := s.n.commitAudit(ctx, rec.e); cerr != nil {
+			s.n.logger.Error("audit entry of a forwarded request not committed", "op", rec.e.GetOperation(), "err", cerr)
+			metricAuditFailures.Inc()
+			if err == nil {
+				return nil, fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, cerr)
+			}
+		}
+	}
+	return resp, err
+}
+
+// forwardedRequest returns the request a ForwardRequest carries.
+func forwardedRequest(req *cofferv1.ForwardRequest) any {
+	switch op := req.GetOp().(type) {
+	case *cofferv1.ForwardRequest_GenerateKey:
+		return op.GenerateKey
+	case *cofferv1.ForwardRequest_PutKey:
+		return op.PutKey
+	case *cofferv1.ForwardRequest_CreatePolicy:
+		return op.CreatePolicy
+	case *cofferv1.ForwardRequest_RegisterClient:
+		return op.RegisterClient
+	case *cofferv1.ForwardRequest_SetClientActive:
+		return op.SetClientActive
+	case *cofferv1.ForwardRequest_RevokeCertificate:
+		return op.RevokeCertificate
+	case *cofferv1.ForwardRequest_Grant:
+		return op.Grant
+	case *cofferv1.ForwardRequest_RevokeGrant:
+		return op.RevokeGrant
+	}
+	return nil
+}
+
+func forwardedOp(req *cofferv1.ForwardRequest) string {
+	if r := forwardedRequest(req); r != nil {
+		name := string(r.(interface{ ProtoReflect() protoreflect.Message }).ProtoReflect().Descriptor().Name())
+		return opNames[strings.TrimSuffix(name, "Request")]
+	}
+	return "forward"
+}
+
+func (s *internalService) forward(ctx context.Context, caller caller, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
 	if !s.n.IsLeader() {
 		// Leadership moved while the request was in flight; the client
 		// retries (writes carry request ids, so a retry is safe).

@@ -235,16 +235,11 @@ func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*coff
 	if rec.WrappedMaterial, err = n.sealMaterial(pol, rec, material); err != nil {
 		return nil, err
 	}
-	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID})
+	e := auditEntry(ctx)
+	e.Gkid, e.Resource, e.Policy = rec.GetGkid(), rec.GetResource(), rec.GetPolicy()
+	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID})
 	if err != nil {
 		return nil, err
-	}
-	res, err := n.propose(ctx, data)
-	if err != nil {
-		return nil, err
-	}
-	if res.Err != nil {
-		return nil, res.Err
 	}
 	return keyMetadata(res.Key), nil
 }

@@ -22,6 +22,10 @@ var (
 		Namespace: "coffer", Name: "authz_denied_total",
 		Help: "Requests refused by authorisation, by operation.",
 	}, []string{"op"})
+	metricAuditFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "audit_commit_failures_total",
+		Help: "Requests whose audit entry could not be committed (their response was withheld).",
+	})
 	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "requests_total",
 		Help: "gRPC requests served, by method and status code.",
@@ -34,7 +38,7 @@ var (
 )
 
 func registerMetrics(reg *prometheus.Registry) {
-	reg.MustRegister(metricRequests, metricLatency, metricIntegrityFailures, metricDenied,
+	reg.MustRegister(metricRequests, metricLatency, metricIntegrityFailures, metricDenied, metricAuditFailures,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 }

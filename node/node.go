@@ -55,6 +55,8 @@ type Node struct {
 
 	reads *coalescer
 	keks  kekCache
+	// auditor batches audit entries into Raft.
+	auditor auditor
 	// readyTerm is the term in which this node, as leader, last completed a
 	// barrier; see ensureLeaderReady.
 	readyTerm atomic.Uint64
@@ -108,6 +110,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		return nil, err
 	}
 	n.reads = newCoalescer(n.readIndexRound)
+	n.auditor.n = n
 	if err := n.startAPI(); err != nil {
 		return nil, err
 	}
@@ -213,12 +216,13 @@ func (n *Node) startAPI() error {
 	}
 	n.apiLis = lis
 	opts := transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())
-	opts = append(opts, grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor))
+	opts = append(opts, grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, n.auditInterceptor))
 	s := grpc.NewServer(opts...)
 	cofferv1.RegisterKeyServiceServer(s, &keyService{n: n})
 	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n})
 	cofferv1.RegisterPolicyServiceServer(s, &policyService{n: n})
 	cofferv1.RegisterAccessServiceServer(s, &accessService{n: n})
+	cofferv1.RegisterAuditServiceServer(s, &auditService{n: n})
 	cofferv1.RegisterInternalServiceServer(s, &internalService{n: n})
 	reflection.Register(s)
 	n.grpcServer = s

@@ -5,7 +5,9 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/transport"
@@ -75,7 +77,12 @@ func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardReque
 		return nil, err
 	}
 	req.Caller = c.proto()
-	return cl.Forward(ctx, req)
+	req.Caller.Node = n.cfg.ID
+	resp, err := cl.Forward(ctx, req)
+	// The leader records the entry of a request it handled (answered or
+	// refused); if the leader could not be reached, this node records it.
+	setAuditCarried(ctx, status.Code(err) != codes.Unavailable && status.Code(err) != codes.DeadlineExceeded)
+	return resp, err
 }
 
 // announceLeader tells the client, in a response header, which node leads,

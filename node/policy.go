@@ -95,16 +95,10 @@ func (n *Node) createPolicy(ctx context.Context, c caller, req *cofferv1.CreateP
 		pol.AllowedAlgorithms = req.GetAllowedAlgorithms()
 	}
 	pol.EscrowKeys = keys
-	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol})
+	auditEntry(ctx).Policy = pol.GetName()
+	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol})
 	if err != nil {
 		return nil, err
-	}
-	res, err := n.propose(ctx, data)
-	if err != nil {
-		return nil, err
-	}
-	if res.Err != nil {
-		return nil, res.Err
 	}
 	return &cofferv1.CreatePolicyResponse{Policy: policyInfo(res.Policy)}, nil
 }

@@ -37,6 +37,7 @@ const (
 	CommandType_COMMAND_TYPE_PUT_ACL_RULE       CommandType = 5
 	CommandType_COMMAND_TYPE_DELETE_ACL_RULE    CommandType = 6
 	CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE CommandType = 7
+	CommandType_COMMAND_TYPE_AUDIT_BATCH        CommandType = 8
 )
 
 // Enum value maps for CommandType.
@@ -50,6 +51,7 @@ var (
 		5: "COMMAND_TYPE_PUT_ACL_RULE",
 		6: "COMMAND_TYPE_DELETE_ACL_RULE",
 		7: "COMMAND_TYPE_REVOKE_CERTIFICATE",
+		8: "COMMAND_TYPE_AUDIT_BATCH",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -60,6 +62,7 @@ var (
 		"COMMAND_TYPE_PUT_ACL_RULE":       5,
 		"COMMAND_TYPE_DELETE_ACL_RULE":    6,
 		"COMMAND_TYPE_REVOKE_CERTIFICATE": 7,
+		"COMMAND_TYPE_AUDIT_BATCH":        8,
 	}
 )
 
@@ -97,7 +100,9 @@ type Caller struct {
 	// Identity, e.g. "client:admin" or "node:n1".
 	Identity string `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
 	// Serial of the certificate the caller presented, lowercase hex.
-	CertSerial    string `protobuf:"bytes,2,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	CertSerial string `protobuf:"bytes,2,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	// Node that accepted the request (recorded in its audit entry).
+	Node          string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -142,6 +147,13 @@ func (x *Caller) GetIdentity() string {
 func (x *Caller) GetCertSerial() string {
 	if x != nil {
 		return x.CertSerial
+	}
+	return ""
+}
+
+func (x *Caller) GetNode() string {
+	if x != nil {
+		return x.Node
 	}
 	return ""
 }
@@ -1206,8 +1218,11 @@ type PutClientCommand struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Client           *ClientRecord          `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
 	ExpectedRevision uint64                 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The request's audit entry; Apply sets its outcome and links it into
+	// the chain in the same batch as the change.
+	Audit         *AuditEntry `protobuf:"bytes,3,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutClientCommand) Reset() {
@@ -1254,9 +1269,19 @@ func (x *PutClientCommand) GetExpectedRevision() uint64 {
 	return 0
 }
 
+func (x *PutClientCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 type PutAclRuleCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rule          *AclRule               `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Rule  *AclRule               `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	// The request's audit entry; Apply sets its outcome and links it into
+	// the chain in the same batch as the change.
+	Audit         *AuditEntry `protobuf:"bytes,2,opt,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1298,9 +1323,19 @@ func (x *PutAclRuleCommand) GetRule() *AclRule {
 	return nil
 }
 
+func (x *PutAclRuleCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 type DeleteAclRuleCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The request's audit entry; Apply sets its outcome and links it into
+	// the chain in the same batch as the change.
+	Audit         *AuditEntry `protobuf:"bytes,2,opt,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1342,9 +1377,19 @@ func (x *DeleteAclRuleCommand) GetId() string {
 	return ""
 }
 
+func (x *DeleteAclRuleCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 type RevokeCertificateCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Certificate   *RevokedCertificate    `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Certificate *RevokedCertificate    `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// The request's audit entry; Apply sets its outcome and links it into
+	// the chain in the same batch as the change.
+	Audit         *AuditEntry `protobuf:"bytes,2,opt,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1386,11 +1431,21 @@ func (x *RevokeCertificateCommand) GetCertificate() *RevokedCertificate {
 	return nil
 }
 
+func (x *RevokeCertificateCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 type CreateKeyCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   *KeyRecord             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// Idempotency id, scoped to the owner; may be empty.
-	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The request's audit entry; Apply sets its outcome and links it into
+	// the chain in the same batch as the change.
+	Audit         *AuditEntry `protobuf:"bytes,3,opt,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1439,9 +1494,19 @@ func (x *CreateKeyCommand) GetRequestId() string {
 	return ""
 }
 
+func (x *CreateKeyCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 type CreatePolicyCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Policy        *PolicyRecord          `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Policy *PolicyRecord          `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// The request's audit entry; Apply sets its outcome and links it into
+	// the chain in the same batch as the change.
+	Audit         *AuditEntry `protobuf:"bytes,2,opt,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1483,15 +1548,158 @@ func (x *CreatePolicyCommand) GetPolicy() *PolicyRecord {
 	return nil
 }
 
+func (x *CreatePolicyCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
+// AuditBatchCommand appends audit entries of requests that change nothing
+// (reads, refusals).
+type AuditBatchCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditBatchCommand) Reset() {
+	*x = AuditBatchCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditBatchCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditBatchCommand) ProtoMessage() {}
+
+func (x *AuditBatchCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditBatchCommand.ProtoReflect.Descriptor instead.
+func (*AuditBatchCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AuditBatchCommand) GetEntries() []*AuditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type AppendAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendAuditRequest) Reset() {
+	*x = AppendAuditRequest{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendAuditRequest) ProtoMessage() {}
+
+func (x *AppendAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendAuditRequest.ProtoReflect.Descriptor instead.
+func (*AppendAuditRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AppendAuditRequest) GetEntries() []*AuditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type AppendAuditResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Log index of the batch that holds the entries.
+	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendAuditResponse) Reset() {
+	*x = AppendAuditResponse{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendAuditResponse) ProtoMessage() {}
+
+func (x *AppendAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendAuditResponse.ProtoReflect.Descriptor instead.
+func (*AppendAuditResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AppendAuditResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_coffer_v1_internal_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\x1a\x17coffer/v1/records.proto\"E\n" +
+	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\x1a\x17coffer/v1/records.proto\"Y\n" +
 	"\x06Caller\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
-	"certSerial\"\xea\x04\n" +
+	"certSerial\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xea\x04\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -1573,22 +1781,34 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x04info\x18\x01 \x01(\v2\x16.coffer.v1.ClusterInfoR\x04info\x12>\n" +
 	"\x0edefault_policy\x18\x02 \x01(\v2\x17.coffer.v1.PolicyRecordR\rdefaultPolicy\x12D\n" +
 	"\x11bootstrap_clients\x18\x03 \x03(\v2\x17.coffer.v1.ClientRecordR\x10bootstrapClients\x12;\n" +
-	"\x0fbootstrap_rules\x18\x04 \x03(\v2\x12.coffer.v1.AclRuleR\x0ebootstrapRules\"p\n" +
+	"\x0fbootstrap_rules\x18\x04 \x03(\v2\x12.coffer.v1.AclRuleR\x0ebootstrapRules\"\x9d\x01\n" +
 	"\x10PutClientCommand\x12/\n" +
 	"\x06client\x18\x01 \x01(\v2\x17.coffer.v1.ClientRecordR\x06client\x12+\n" +
-	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\";\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"h\n" +
 	"\x11PutAclRuleCommand\x12&\n" +
-	"\x04rule\x18\x01 \x01(\v2\x12.coffer.v1.AclRuleR\x04rule\"&\n" +
+	"\x04rule\x18\x01 \x01(\v2\x12.coffer.v1.AclRuleR\x04rule\x12+\n" +
+	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"S\n" +
 	"\x14DeleteAclRuleCommand\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"[\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
+	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\x88\x01\n" +
 	"\x18RevokeCertificateCommand\x12?\n" +
-	"\vcertificate\x18\x01 \x01(\v2\x1d.coffer.v1.RevokedCertificateR\vcertificate\"Y\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1d.coffer.v1.RevokedCertificateR\vcertificate\x12+\n" +
+	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\x86\x01\n" +
 	"\x10CreateKeyCommand\x12&\n" +
 	"\x03key\x18\x01 \x01(\v2\x14.coffer.v1.KeyRecordR\x03key\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"F\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12+\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"s\n" +
 	"\x13CreatePolicyCommand\x12/\n" +
-	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy*\x8a\x02\n" +
+	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
+	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"D\n" +
+	"\x11AuditBatchCommand\x12/\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\"E\n" +
+	"\x12AppendAuditRequest\x12/\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\"+\n" +
+	"\x13AppendAuditResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index*\xa8\x02\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1b\n" +
@@ -1597,10 +1817,12 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x17COMMAND_TYPE_PUT_CLIENT\x10\x04\x12\x1d\n" +
 	"\x19COMMAND_TYPE_PUT_ACL_RULE\x10\x05\x12 \n" +
 	"\x1cCOMMAND_TYPE_DELETE_ACL_RULE\x10\x06\x12#\n" +
-	"\x1fCOMMAND_TYPE_REVOKE_CERTIFICATE\x10\a2\x9b\x01\n" +
+	"\x1fCOMMAND_TYPE_REVOKE_CERTIFICATE\x10\a\x12\x1c\n" +
+	"\x18COMMAND_TYPE_AUDIT_BATCH\x10\b2\xe9\x01\n" +
 	"\x0fInternalService\x12@\n" +
 	"\aForward\x12\x19.coffer.v1.ForwardRequest\x1a\x1a.coffer.v1.ForwardResponse\x12F\n" +
-	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
+	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponse\x12L\n" +
+	"\vAppendAudit\x12\x1d.coffer.v1.AppendAuditRequest\x1a\x1e.coffer.v1.AppendAuditResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
 var (
 	file_coffer_v1_internal_proto_rawDescOnce sync.Once
@@ -1615,7 +1837,7 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),                  // 0: coffer.v1.CommandType
 	(*Caller)(nil),                    // 1: coffer.v1.Caller
@@ -1637,75 +1859,89 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*RevokeCertificateCommand)(nil),  // 17: coffer.v1.RevokeCertificateCommand
 	(*CreateKeyCommand)(nil),          // 18: coffer.v1.CreateKeyCommand
 	(*CreatePolicyCommand)(nil),       // 19: coffer.v1.CreatePolicyCommand
-	(*GenerateKeyRequest)(nil),        // 20: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),             // 21: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),       // 22: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),     // 23: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 24: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),  // 25: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),              // 26: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 27: coffer.v1.RevokeGrantRequest
-	(*GenerateKeyResponse)(nil),       // 28: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),            // 29: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),      // 30: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                // 31: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil), // 32: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 33: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),       // 34: coffer.v1.RevokeGrantResponse
-	(Algorithm)(0),                    // 35: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),              // 36: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),            // 37: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                     // 38: coffer.v1.KeyState
-	(*ClientRecord)(nil),              // 39: coffer.v1.ClientRecord
-	(*AclRule)(nil),                   // 40: coffer.v1.AclRule
-	(*RevokedCertificate)(nil),        // 41: coffer.v1.RevokedCertificate
+	(*AuditBatchCommand)(nil),         // 20: coffer.v1.AuditBatchCommand
+	(*AppendAuditRequest)(nil),        // 21: coffer.v1.AppendAuditRequest
+	(*AppendAuditResponse)(nil),       // 22: coffer.v1.AppendAuditResponse
+	(*GenerateKeyRequest)(nil),        // 23: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),             // 24: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),       // 25: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),     // 26: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 27: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),  // 28: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),              // 29: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 30: coffer.v1.RevokeGrantRequest
+	(*GenerateKeyResponse)(nil),       // 31: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),            // 32: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),      // 33: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                // 34: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil), // 35: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 36: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),       // 37: coffer.v1.RevokeGrantResponse
+	(Algorithm)(0),                    // 38: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),              // 39: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),            // 40: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                     // 41: coffer.v1.KeyState
+	(*ClientRecord)(nil),              // 42: coffer.v1.ClientRecord
+	(*AclRule)(nil),                   // 43: coffer.v1.AclRule
+	(*AuditEntry)(nil),                // 44: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),        // 45: coffer.v1.RevokedCertificate
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	1,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	20, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	21, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	22, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	23, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
-	24, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
-	25, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
-	26, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
-	27, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
-	28, // 9: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	29, // 10: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	30, // 11: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	31, // 12: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	32, // 13: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	33, // 14: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	34, // 15: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	23, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	24, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	25, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	26, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	27, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	28, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	29, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	30, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	31, // 9: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	32, // 10: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	33, // 11: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	34, // 12: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	35, // 13: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	36, // 14: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	37, // 15: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
 	0,  // 16: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
 	7,  // 17: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	35, // 18: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	36, // 19: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	37, // 20: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	38, // 18: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	39, // 19: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	40, // 20: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	10, // 21: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	35, // 22: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	38, // 23: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	36, // 24: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	37, // 25: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	38, // 22: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	41, // 23: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	39, // 24: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	40, // 25: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	11, // 26: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
 	12, // 27: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
 	8,  // 28: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	39, // 29: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	40, // 30: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	39, // 31: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	40, // 32: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	41, // 33: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	9,  // 34: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	8,  // 35: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	2,  // 36: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	4,  // 37: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	3,  // 38: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	5,  // 39: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	38, // [38:40] is the sub-list for method output_type
-	36, // [36:38] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	42, // 29: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	43, // 30: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	42, // 31: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	44, // 32: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	43, // 33: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	44, // 34: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	44, // 35: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	45, // 36: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	44, // 37: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 38: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	44, // 39: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	8,  // 40: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	44, // 41: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	44, // 42: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	44, // 43: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	2,  // 44: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	4,  // 45: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	21, // 46: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	3,  // 47: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	5,  // 48: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	22, // 49: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	47, // [47:50] is the sub-list for method output_type
+	44, // [44:47] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -1740,7 +1976,7 @@ func file_coffer_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,8 +23,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	InternalService_Forward_FullMethodName   = "/coffer.v1.InternalService/Forward"
-	InternalService_ReadIndex_FullMethodName = "/coffer.v1.InternalService/ReadIndex"
+	InternalService_Forward_FullMethodName     = "/coffer.v1.InternalService/Forward"
+	InternalService_ReadIndex_FullMethodName   = "/coffer.v1.InternalService/ReadIndex"
+	InternalService_AppendAudit_FullMethodName = "/coffer.v1.InternalService/AppendAudit"
 )
 
 // InternalServiceClient is the client API for InternalService service.
@@ -37,6 +38,8 @@ type InternalServiceClient interface {
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
 	// ReadIndex confirms leadership and returns an index to wait for.
 	ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error)
+	// AppendAudit commits audit entries through the leader.
+	AppendAudit(ctx context.Context, in *AppendAuditRequest, opts ...grpc.CallOption) (*AppendAuditResponse, error)
 }
 
 type internalServiceClient struct {
@@ -67,6 +70,16 @@ func (c *internalServiceClient) ReadIndex(ctx context.Context, in *ReadIndexRequ
 	return out, nil
 }
 
+func (c *internalServiceClient) AppendAudit(ctx context.Context, in *AppendAuditRequest, opts ...grpc.CallOption) (*AppendAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AppendAuditResponse)
+	err := c.cc.Invoke(ctx, InternalService_AppendAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServiceServer is the server API for InternalService service.
 // All implementations must embed UnimplementedInternalServiceServer
 // for forward compatibility.
@@ -77,6 +90,8 @@ type InternalServiceServer interface {
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
 	// ReadIndex confirms leadership and returns an index to wait for.
 	ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error)
+	// AppendAudit commits audit entries through the leader.
+	AppendAudit(context.Context, *AppendAuditRequest) (*AppendAuditResponse, error)
 	mustEmbedUnimplementedInternalServiceServer()
 }
 
@@ -92,6 +107,9 @@ func (UnimplementedInternalServiceServer) Forward(context.Context, *ForwardReque
 }
 func (UnimplementedInternalServiceServer) ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReadIndex not implemented")
+}
+func (UnimplementedInternalServiceServer) AppendAudit(context.Context, *AppendAuditRequest) (*AppendAuditResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AppendAudit not implemented")
 }
 func (UnimplementedInternalServiceServer) mustEmbedUnimplementedInternalServiceServer() {}
 func (UnimplementedInternalServiceServer) testEmbeddedByValue()                         {}
@@ -150,6 +168,24 @@ func _InternalService_ReadIndex_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InternalService_AppendAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AppendAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServiceServer).AppendAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InternalService_AppendAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServiceServer).AppendAudit(ctx, req.(*AppendAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InternalService_ServiceDesc is the grpc.ServiceDesc for InternalService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,6 +200,10 @@ var InternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReadIndex",
 			Handler:    _InternalService_ReadIndex_Handler,
+		},
+		{
+			MethodName: "AppendAudit",
+			Handler:    _InternalService_AppendAudit_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,204 @@
+package fsm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/audit"
+)
+
+// The audit log lives in the replicated state: every entry is linked into
+// the hash chain (audit.Link) by Apply, on every replica, in the same batch
+// as the change it records, so the chain is deterministic and no change
+// commits without its entry.
+
+type auditHead struct {
+	seq  uint64
+	hash []byte
+}
+
+func decodeAuditHead(v []byte) (auditHead, error) {
+	if len(v) != 8+audit.HashLen {
+		return auditHead{}, fmt.Errorf("%w: audit head has %d bytes", ErrCorrupt, len(v))
+	}
+	return auditHead{seq: binary.BigEndian.Uint64(v[:8]), hash: bytes.Clone(v[8:])}, nil
+}
+
+func (h auditHead) encode() []byte {
+	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(h.hash)), h.seq), h.hash...)
+}
+
+func readAuditHead(r reader) (auditHead, error) {
+	v, err := get(r, keyAuditHead)
+	if err == ErrNotFound {
+		return auditHead{hash: audit.GenesisHash()}, nil
+	}
+	if err != nil {
+		return auditHead{}, err
+	}
+	return decodeAuditHead(v)
+}
+
+// appendAudit links e into the chain. For an entry carried by a command, the
+// command's result decides the outcome (the proposer's authorisation already
+// passed, so a failure here is a business failure); entries of an audit batch
+// keep the outcome their node recorded.
+func (a *applyCtx) appendAudit(e *cofferv1.AuditEntry, res Result) {
+	if a.auditHead == nil {
+		h, err := readAuditHead(a.b)
+		if err != nil {
+			panic(err.Error())
+		}
+		a.auditHead = &h
+	}
+	if a.cmdAudit == e {
+		switch {
+		case res.Err != nil:
+			e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED
+			e.Reason = clipReason(res.Err.Error())
+		case res.Duplicate:
+			e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED
+			e.Reason = "repeated request id: the first key was returned"
+			e.Gkid = res.Key.GetGkid()
+		default:
+			e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED
+		}
+	}
+	audit.Link(a.auditHead.hash, a.auditHead.seq+1, e)
+	a.auditHead.seq, a.auditHead.hash = e.GetSeq(), e.GetHash()
+	mustSet(a.b, auditKey(e.GetSeq()), e)
+	mustSetRaw(a.b, keyAuditHead, a.auditHead.encode())
+}
+
+func clipReason(s string) string {
+	if len(s) > audit.MaxFieldLen {
+		return s[:audit.MaxFieldLen]
+	}
+	return s
+}
+
+func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.AuditBatchCommand
+	a.decode(payload, &c, index)
+	for _, e := range c.GetEntries() {
+		e.Seq, e.PrevHash, e.Hash = 0, nil, nil
+		a.appendAudit(e, Result{})
+	}
+	return Result{}
+}
+
+func (f *FSM) loadAuditSeq() {
+	h, err := readAuditHead(f.db)
+	if err != nil {
+		f.logger.Error("fsm: audit head unreadable", "err", err)
+		return
+	}
+	f.auditSeq.Store(h.seq)
+}
+
+// AuditHeadSeq returns the sequence number of the newest audit entry.
+func (f *FSM) AuditHeadSeq() uint64 { return f.auditSeq.Load() }
+
+// AuditFilter selects entries for AuditEntries. Zero fields match all.
+type AuditFilter struct {
+	SinceUnixNano, UntilUnixNano int64
+	Caller, GKID, Operation      string
+	Outcome                      cofferv1.AuditOutcome
+}
+
+func (flt AuditFilter) match(e *cofferv1.AuditEntry) bool {
+	return (flt.SinceUnixNano == 0 || e.GetTimeUnixNano() >= flt.SinceUnixNano) &&
+		(flt.UntilUnixNano == 0 || e.GetTimeUnixNano() < flt.UntilUnixNano) &&
+		(flt.Caller == "" || e.GetCaller() == flt.Caller) &&
+		(flt.GKID == "" || e.GetGkid() == flt.GKID) &&
+		(flt.Operation == "" || e.GetOperation() == flt.Operation) &&
+		(flt.Outcome == 0 || e.GetOutcome() == flt.Outcome)
+}
+
+// MaxAuditScan bounds how many entries one AuditEntries call reads.
+const MaxAuditScan = 100000
+
+// AuditEntries returns up to limit entries after seq afterSeq that match
+// the filter, scanning at most MaxAuditScan entries, and the last seq it
+// scanned (resume from there).
+func (f *FSM) AuditEntries(afterSeq uint64, limit int, flt AuditFilter) ([]*cofferv1.AuditEntry, uint64, error) {
+	var out []*cofferv1.AuditEntry
+	last := afterSeq
+	scanned := 0
+	err := f.ScanAudit(afterSeq, func(e *cofferv1.AuditEntry) error {
+		last = e.GetSeq()
+		scanned++
+		if flt.match(e) {
+			out = append(out, e)
+		}
+		if len(out) >= limit || scanned >= MaxAuditScan {
+			return errStopScan
+		}
+		return nil
+	})
+	return out, last, err
+}
+
+var errStopScan = errors.New("stop")
+
+// ScanAudit calls fn for every entry after afterSeq in order, from a
+// consistent view of the store. fn may return errStopScan-like sentinel
+// errors to stop; ScanAudit returns nil for the internal stop sentinel.
+func (f *FSM) ScanAudit(afterSeq uint64, fn func(*cofferv1.AuditEntry) error) error {
+	snap := f.db.NewSnapshot()
+	defer snap.Close()
+	return scanAudit(snap, afterSeq, fn)
+}
+
+func scanAudit(r reader, afterSeq uint64, fn func(*cofferv1.AuditEntry) error) error {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: auditKey(afterSeq + 1), UpperBound: prefixEnd(prefixAudit)})
+	if err != nil {
+		return fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		var e cofferv1.AuditEntry
+		if err := proto.Unmarshal(it.Value(), &e); err != nil {
+			return fmt.Errorf("%w: audit entry %x: %v", ErrCorrupt, it.Key(), err)
+		}
+		if err := fn(&e); err != nil {
+			if err == errStopScan {
+				return nil
+			}
+			return err
+		}
+	}
+	return it.Error()
+}
+
+// ExportAudit writes every entry after afterSeq to w as JSON Lines
+// (audit.Writer), from a consistent view.
+func (f *FSM) ExportAudit(afterSeq uint64, w io.Writer) error {
+	aw := audit.NewWriter(w)
+	if err := f.ScanAudit(afterSeq, aw.WriteEntry); err != nil {
+		return err
+	}
+	return aw.Flush()
+}
+
+// ForEachAuditEntryInDir calls fn for every audit entry in a stopped node's
+// data directory, opened read-only.
+func ForEachAuditEntryInDir(dataDir string, fn func(*cofferv1.AuditEntry) error) error {
+	dir, err := StateDir(dataDir)
+	if err != nil {
+		return err
+	}
+	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: quietLogger{discardLogger()}})
+	if err != nil {
+		return fmt.Errorf("fsm: open %s read-only (is the node still running?): %w", dir, err)
+	}
+	defer db.Close()
+	return scanAudit(db, 0, fn)
+}

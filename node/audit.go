@@ -1,0 +1,285 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/audit"
+	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// Audit on the request path.
+//
+// Every public RPC gets exactly one audit entry. The unary interceptor puts
+// an auditRec in the request context; handlers fill in what they learn (GKID,
+// resource, policy). A write carries its entry inside its Raft command, so the
+// change and its entry commit together (the handler marks the record done).
+// Everything else — reads, refusals, failures before a proposal — is committed
+// by the interceptor through the batching auditor AFTER the handler has built
+// its response and BEFORE the response leaves the node: if the entry cannot
+// be committed, the caller gets Unavailable instead of the response (fail
+// closed), so no key material is released without its entry.
+
+const (
+	// maxAuditBatch bounds the entries of one AUDIT_BATCH command.
+	maxAuditBatch = 2048
+	// auditTimeout bounds how long a request waits for its entry.
+	auditTimeout = 5 * time.Second
+)
+
+type auditRecKey struct{}
+
+// auditRec is one request's entry, filled in as the request proceeds.
+type auditRec struct {
+	e *cofferv1.AuditEntry
+	// done is set once the entry is part of a proposed command (or the
+	// request is exempt); the interceptor then leaves it alone.
+	done bool
+}
+
+// auditEntry returns the request's audit entry for handlers to fill in; a
+// throwaway entry outside an audited request.
+func auditEntry(ctx context.Context) *cofferv1.AuditEntry {
+	if r, ok := ctx.Value(auditRecKey{}).(*auditRec); ok {
+		return r.e
+	}
+	return &cofferv1.AuditEntry{}
+}
+
+// setAuditCarried marks the request's entry as carried by a proposed
+// command (or by the leader, for a forwarded write), or hands it back.
+func setAuditCarried(ctx context.Context, carried bool) {
+	if r, ok := ctx.Value(auditRecKey{}).(*auditRec); ok {
+		r.done = carried
+	}
+}
+
+// opNames maps RPC methods to the operation names audit entries use (the
+// authorisation catalogue's names).
+var opNames = map[string]string{
+	"GenerateKey": "generate", "PutKey": "put", "GetKey": "get", "DescribeKey": "describe", "ListKeys": "list",
+	"CreatePolicy": "policy.create", "GetPolicy": "policy.read", "ListPolicies": "policy.read",
+	"Status": "cluster.read", "LocalStatus": "cluster.read", "Snapshot": "snapshot.save",
+	"RegisterClient": "client.manage", "SetClientActive": "client.manage", "RevokeCertificate": "client.manage",
+	"GetClient": "client.read", "ListClients": "client.read",
+	"Grant": "acl.manage", "RevokeGrant": "acl.manage", "ListGrants": "acl.read", "Check": "acl.read",
+	"Query": "audit.read", "Export": "audit.export",
+}
+
+// newAuditEntry starts an entry for a request on this node.
+func (n *Node) newAuditEntry(ctx context.Context, method string) *cofferv1.AuditEntry {
+	e := &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID, Operation: opNames[method]}
+	if e.Operation == "" {
+		e.Operation = method
+	}
+	if c, err := authenticate(ctx); err == nil {
+		e.Caller = c.String()
+	} else {
+		e.Caller = "unauthenticated"
+	}
+	return e
+}
+
+// auditInterceptor gives every public unary RPC its audit entry.
+func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if isInternal(info.FullMethod) {
+		return handler(ctx, req)
+	}
+	method := path.Base(info.FullMethod)
+	if method == "LocalStatus" {
+		// Members asking each other for status are part of another
+		// request (Status), which is audited.
+		if id, err := transport.IdentityFromContext(ctx); err == nil && id.Kind == transport.KindNode {
+			return handler(ctx, req)
+		}
+	}
+	rec := &auditRec{e: n.newAuditEntry(ctx, method)}
+	if c, ok := req.(interface{ GetConsistency() cofferv1.Consistency }); ok {
+		rec.e.Consistency = c.GetConsistency()
+	}
+	if r, ok := req.(interface{ GetRequestId() string }); ok {
+		rec.e.RequestId = r.GetRequestId()
+	}
+	resp, err := handler(context.WithValue(ctx, auditRecKey{}, rec), req)
+	if rec.done {
+		return resp, err
+	}
+	setOutcome(rec.e, err)
+	if cerr := n.commitAudit(ctx, rec.e); cerr != nil {
+		n.logger.Error("audit entry not committed; response withheld", "op", rec.e.GetOperation(), "err", cerr)
+		metricAuditFailures.Inc()
+		if err == nil {
+			return nil, fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, cerr)
+		}
+	}
+	return resp, err
+}
+
+func isInternal(fullMethod string) bool {
+	return path.Dir(fullMethod) == "/"+cofferv1.InternalService_ServiceDesc.ServiceName
+}
+
+// setOutcome records how a request ended.
+func setOutcome(e *cofferv1.AuditEntry, err error) {
+	if err == nil {
+		e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED
+		return
+	}
+	st := status.Convert(toStatus(err))
+	switch st.Code() {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED
+	default:
+		e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED
+	}
+	e.Reason = clip(st.Code().String()+": "+st.Message(), audit.MaxFieldLen)
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// commitAudit commits one entry through the batching auditor and waits
+// until it is committed.
+func (n *Node) commitAudit(ctx context.Context, e *cofferv1.AuditEntry) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	_, err := n.auditor.commit(ctx, []*cofferv1.AuditEntry{e})
+	return err
+}
+
+// auditor batches entries from concurrent requests into one Raft entry per
+// round: while one round is in flight, the next collects.
+type auditor struct {
+	n       *Node
+	mu      sync.Mutex
+	pending []*auditWaiter
+	queued  int
+	running bool
+}
+
+type auditWaiter struct {
+	entries []*cofferv1.AuditEntry
+	done    chan auditResult
+}
+
+type auditResult struct {
+	index uint64
+	err   error
+}
+
+// maxAuditQueue bounds entries waiting for a round.
+const maxAuditQueue = 65536
+
+func (a *auditor) commit(ctx context.Context, entries []*cofferv1.AuditEntry) (uint64, error) {
+	for _, e := range entries {
+		if err := audit.Validate(e); err != nil {
+			return 0, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+		}
+	}
+	w := &auditWaiter{entries: entries, done: make(chan auditResult, 1)}
+	a.mu.Lock()
+	if a.queued+len(entries) > maxAuditQueue {
+		a.mu.Unlock()
+		return 0, fmt.Errorf("%w: audit queue full", ErrOverloaded)
+	}
+	a.pending = append(a.pending, w)
+	a.queued += len(entries)
+	if !a.running {
+		a.running = true
+		go a.loop()
+	}
+	a.mu.Unlock()
+	select {
+	case r := <-w.done:
+		return r.index, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (a *auditor) loop() {
+	for {
+		a.mu.Lock()
+		var round []*auditWaiter
+		var entries []*cofferv1.AuditEntry
+		for len(a.pending) > 0 && (len(entries) == 0 || len(entries)+len(a.pending[0].entries) <= maxAuditBatch) {
+			w := a.pending[0]
+			a.pending = a.pending[1:]
+			round = append(round, w)
+			entries = append(entries, w.entries...)
+		}
+		a.queued -= len(entries)
+		if len(round) == 0 {
+			a.running = false
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), auditTimeout)
+		idx, err := a.n.appendAudit(ctx, entries)
+		cancel()
+		for _, w := range round {
+			w.done <- auditResult{index: idx, err: err}
+		}
+	}
+}
+
+// appendAudit commits entries: as an AUDIT_BATCH command on the leader, or
+// through the leader's AppendAudit from a follower.
+func (n *Node) appendAudit(ctx context.Context, entries []*cofferv1.AuditEntry) (uint64, error) {
+	if n.IsLeader() {
+		data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, &cofferv1.AuditBatchCommand{Entries: entries})
+		if err != nil {
+			return 0, err
+		}
+		f := n.raft.Apply(data, auditTimeout)
+		if err := f.Error(); err != nil {
+			return 0, n.raftError(err)
+		}
+		return f.Index(), nil
+	}
+	cl, _, err := n.leaderClient()
+	if errors.Is(err, errSelfLeader) {
+		return n.appendAudit(ctx, entries)
+	}
+	if err != nil {
+		return 0, err
+	}
+	resp, err := cl.AppendAudit(ctx, &cofferv1.AppendAuditRequest{Entries: entries})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetIndex(), nil
+}
+
+// AppendAudit commits entries that a follower collected.
+func (s *internalService) AppendAudit(ctx context.Context, req *cofferv1.AppendAuditRequest) (*cofferv1.AppendAuditResponse, error) {
+	if err := s.requireNode(ctx); err != nil {
+		return nil, err
+	}
+	if len(req.GetEntries()) == 0 || len(req.GetEntries()) > maxAuditBatch {
+		return nil, fmt.Errorf("%w: 1..%d entries per call", ErrInvalidArgument, maxAuditBatch)
+	}
+	if !s.n.IsLeader() {
+		return nil, s.n.notLeader(fmt.Errorf("audit entries reached a follower"))
+	}
+	idx, err := s.n.auditor.commit(ctx, req.GetEntries())
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.AppendAuditResponse{Index: idx}, nil
+}
