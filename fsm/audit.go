@@ -178,14 +178,13 @@ func scanAudit(r reader, afterSeq uint64, fn func(*cofferv1.AuditEntry) error) e
 	return it.Error()
 }
 
-// ExportAudit writes every entry after afterSeq to w as JSON Lines
-// (audit.Writer), from a consistent view.
+// ExportAudit writes the log after afterSeq to w as JSON Lines
+// (audit.Writer), from a consistent view: the prune marker first when
+// exporting from the start, then entries, each followed by its checkpoints.
 func (f *FSM) ExportAudit(afterSeq uint64, w io.Writer) error {
-	aw := audit.NewWriter(w)
-	if err := f.ScanAudit(afterSeq, aw.WriteEntry); err != nil {
-		return err
-	}
-	return aw.Flush()
+	snap := f.db.NewSnapshot()
+	defer snap.Close()
+	return exportAudit(snap, afterSeq, w)
 }
 
 // ForEachAuditEntryInDir calls fn for every audit entry in a stopped node's
@@ -201,4 +200,143 @@ func ForEachAuditEntryInDir(dataDir string, fn func(*cofferv1.AuditEntry) error)
 	}
 	defer db.Close()
 	return scanAudit(db, 0, fn)
+}
+
+func applyAuditCheckpoint(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.AuditCheckpointCommand
+	a.decode(payload, &c, index)
+	cp := c.GetCheckpoint()
+	if err := audit.ValidateCheckpoint(cp); err != nil {
+		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
+	}
+	var e cofferv1.AuditEntry
+	switch err := getProto(a.b, auditKey(cp.GetSeq()), &e); {
+	case err == ErrNotFound:
+		return Result{Err: fmt.Errorf("%w: checkpoint names entry %d, which this replica does not hold", ErrInvalidCommand, cp.GetSeq())}
+	case err != nil:
+		panic(err.Error())
+	}
+	if !bytes.Equal(e.GetHash(), cp.GetHead()) {
+		// This replica's chain differs from the leader's: record it and
+		// stop serving (the node checks Diverged on every request).
+		mustSetRaw(a.b, keyDiverged, binary.BigEndian.AppendUint64(nil, cp.GetSeq()))
+		a.diverged = true
+		return Result{Err: fmt.Errorf("%w at seq %d", ErrDiverged, cp.GetSeq())}
+	}
+	mustSet(a.b, checkpointKey(cp.GetSeq()), cp)
+	return Result{}
+}
+
+func applyAuditPrune(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.AuditPruneCommand
+	a.decode(payload, &c, index)
+	// The newest checkpoint at or below up_to_seq.
+	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: prefixCheckpoint, UpperBound: checkpointKey(c.GetUpToSeq() + 1)})
+	if err != nil {
+		panic(err.Error())
+	}
+	var cp *cofferv1.AuditCheckpoint
+	if it.Last() {
+		cp = &cofferv1.AuditCheckpoint{}
+		if err := proto.Unmarshal(it.Value(), cp); err != nil {
+			panic(fmt.Sprintf("fsm: checkpoint %x: %v", it.Key(), err))
+		}
+	}
+	_ = it.Close()
+	if cp == nil {
+		return Result{Err: fmt.Errorf("%w: %d", ErrNoCheckpoint, c.GetUpToSeq())}
+	}
+	marker, err := audit.NewPruneMarker(cp)
+	if err != nil {
+		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
+	}
+	if err := a.b.DeleteRange(auditKey(0), auditKey(cp.GetSeq()+1), nil); err != nil {
+		panic(err.Error())
+	}
+	if err := a.b.DeleteRange(checkpointKey(0), checkpointKey(cp.GetSeq()), nil); err != nil {
+		panic(err.Error())
+	}
+	mustSet(a.b, keyAuditMarker, marker)
+	return Result{Marker: marker}
+}
+
+// Diverged reports whether a checkpoint disagreed with this replica's chain.
+func (f *FSM) Diverged() bool { return f.diverged.Load() }
+
+func (f *FSM) loadDiverged() {
+	ok, err := has(f.db, keyDiverged)
+	f.diverged.Store(err == nil && ok)
+}
+
+// AuditCheckpoint returns the newest checkpoint, if any.
+func (f *FSM) AuditCheckpoint() (*cofferv1.AuditCheckpoint, error) {
+	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: prefixCheckpoint, UpperBound: prefixEnd(prefixCheckpoint)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	if !it.Last() {
+		return nil, it.Error()
+	}
+	var cp cofferv1.AuditCheckpoint
+	if err := proto.Unmarshal(it.Value(), &cp); err != nil {
+		return nil, fmt.Errorf("%w: checkpoint: %v", ErrCorrupt, err)
+	}
+	return &cp, nil
+}
+
+// AuditHead returns the newest entry's seq and hash.
+func (f *FSM) AuditHead() (uint64, []byte, error) {
+	h, err := readAuditHead(f.db)
+	return h.seq, h.hash, err
+}
+
+// exportAudit writes, in order, the prune marker (if any), then every entry
+// after afterSeq, each followed by the checkpoints that cover it.
+func exportAudit(r reader, afterSeq uint64, w io.Writer) error {
+	aw := audit.NewWriter(w)
+	if afterSeq == 0 {
+		var m cofferv1.AuditPruneMarker
+		switch err := getProto(r, keyAuditMarker, &m); err {
+		case nil:
+			if err := aw.WriteMarker(&m); err != nil {
+				return err
+			}
+		case ErrNotFound:
+		default:
+			return err
+		}
+	}
+	err := scanAudit(r, afterSeq, func(e *cofferv1.AuditEntry) error {
+		if err := aw.WriteEntry(e); err != nil {
+			return err
+		}
+		var cp cofferv1.AuditCheckpoint
+		switch err := getProto(r, checkpointKey(e.GetSeq()), &cp); err {
+		case nil:
+			return aw.WriteCheckpoint(&cp)
+		case ErrNotFound:
+			return nil
+		default:
+			return err
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return aw.Flush()
+}
+
+// ExportAuditDir exports the audit log of a stopped node's data directory.
+func ExportAuditDir(dataDir string, w io.Writer) error {
+	dir, err := StateDir(dataDir)
+	if err != nil {
+		return err
+	}
+	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: quietLogger{discardLogger()}})
+	if err != nil {
+		return fmt.Errorf("fsm: open %s read-only (is the node still running?): %w", dir, err)
+	}
+	defer db.Close()
+	return exportAudit(db, 0, w)
 }

@@ -27,6 +27,8 @@ type applyCtx struct {
 	// revocation: the authorisation snapshot is rebuilt after the commit.
 	accessChanged bool
 
+	// diverged is set when a checkpoint disagreed with this replica.
+	diverged bool
 	// cmdAudit is the audit entry of the command being applied.
 	cmdAudit *cofferv1.AuditEntry
 	// auditHead is the chain head as of this point of the batch (loaded on
@@ -64,6 +66,8 @@ var handlers = map[cofferv1.CommandType]handler{
 	cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE:    applyDeleteAclRule,
 	cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE: applyRevokeCertificate,
 	cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH:        applyAuditBatch,
+	cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT:   applyAuditCheckpoint,
+	cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE:        applyAuditPrune,
 }
 
 // Encode builds the Raft entry for a command. The payload is marshalled

@@ -22,4 +22,6 @@ var (
 	ErrRuleNotFound       = errors.New("fsm: acl rule not found")
 	ErrRuleExists         = errors.New("fsm: acl rule already exists")
 	ErrConflict           = errors.New("fsm: record changed concurrently; retry")
+	ErrDiverged           = errors.New("fsm: this replica's audit chain differs from the checkpoint; it has diverged")
+	ErrNoCheckpoint       = errors.New("fsm: no audit checkpoint at or below that sequence number")
 )

@@ -62,6 +62,7 @@ type Result struct {
 	Duplicate bool
 	Policy    *cofferv1.PolicyRecord
 	Cluster   *cofferv1.ClusterInfo
+	Marker    *cofferv1.AuditPruneMarker
 	Client    *cofferv1.ClientRecord
 	Rule      *cofferv1.AclRule
 }
@@ -104,6 +105,8 @@ type FSM struct {
 
 	// auditSeq is the sequence number of the newest audit entry.
 	auditSeq atomic.Uint64
+	// diverged is set once a checkpoint disagreed with this replica.
+	diverged atomic.Bool
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -153,6 +156,7 @@ func Open(cfg Config) (*FSM, error) {
 	}
 	f.rebuildAuthz()
 	f.loadAuditSeq()
+	f.loadDiverged()
 	return f, nil
 }
 
@@ -246,6 +250,10 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	if a.auditHead != nil {
 		f.auditSeq.Store(a.auditHead.seq)
+	}
+	if a.diverged {
+		f.diverged.Store(true)
+		f.logger.Error("fsm: an audit checkpoint disagrees with this replica's chain: the replica has diverged and stops serving")
 	}
 	f.applied.Store(lastIdx)
 	f.term.Store(lastTerm)

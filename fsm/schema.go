@@ -19,21 +19,27 @@ import (
 //	r/<certificate serial>       RevokedCertificate
 //	m/audit                      audit chain head: 8-byte seq || 32-byte hash
 //	l/<8-byte big-endian seq>    AuditEntry, linked into the chain
+//	o/<8-byte big-endian seq>    AuditCheckpoint covering the entry at seq
+//	m/audit_marker               AuditPruneMarker for the pruned prefix
+//	m/diverged                   present once a checkpoint disagreed with this replica's chain
 var (
 	keyApplied   = []byte("m/applied")
 	keyCluster   = []byte("m/cluster")
 	keyRestoring = []byte("m/restoring")
 
-	prefixPolicy   = []byte("p/")
-	prefixKey      = []byte("k/")
-	prefixByPolicy = []byte("x/p/")
-	prefixByRes    = []byte("x/r/")
-	prefixRequest  = []byte("q/")
-	prefixClient   = []byte("c/")
-	prefixRule     = []byte("a/")
-	prefixRevoked  = []byte("r/")
-	prefixAudit    = []byte("l/")
-	keyAuditHead   = []byte("m/audit")
+	prefixPolicy     = []byte("p/")
+	prefixKey        = []byte("k/")
+	prefixByPolicy   = []byte("x/p/")
+	prefixByRes      = []byte("x/r/")
+	prefixRequest    = []byte("q/")
+	prefixClient     = []byte("c/")
+	prefixRule       = []byte("a/")
+	prefixRevoked    = []byte("r/")
+	prefixAudit      = []byte("l/")
+	keyAuditHead     = []byte("m/audit")
+	prefixCheckpoint = []byte("o/")
+	keyAuditMarker   = []byte("m/audit_marker")
+	keyDiverged      = []byte("m/diverged")
 )
 
 func auditKey(seq uint64) []byte {
@@ -97,4 +103,10 @@ func decodeApplied(b []byte) (index, term uint64, ok bool) {
 		return 0, 0, false
 	}
 	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:]), true
+}
+
+func checkpointKey(seq uint64) []byte {
+	k := make([]byte, 0, len(prefixCheckpoint)+8)
+	k = append(k, prefixCheckpoint...)
+	return binary.BigEndian.AppendUint64(k, seq)
 }

@@ -147,6 +147,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.cache.reset()
 	f.rebuildAuthz()
 	f.loadAuditSeq()
+	f.loadDiverged()
 	f.applied.Store(idx)
 	f.term.Store(term)
 	f.notify()

@@ -5,6 +5,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"os"
 	"strings"
 	"sync"
+
+	"golang.org/x/crypto/hkdf"
 )
 
 // KindSoftware is the Kind of the software keystore.
@@ -160,6 +163,9 @@ type Software struct {
 	// instance is immutable and safe for concurrent use, so it is shared by
 	// all callers; the key schedule is computed once, at load.
 	keks map[KEKID]cipher.AEAD
+	// signPRK is an HKDF pseudorandom key derived from the master key, from
+	// which Signer derives named signing keys (never the master key itself).
+	signPRK []byte
 }
 
 var _ Keystore = (*Software)(nil)
@@ -201,7 +207,8 @@ func newSoftware(masterKey []byte) (*Software, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Software{master: master, keks: make(map[KEKID]cipher.AEAD)}
+	prk := hkdf.Extract(sha256.New, masterKey, []byte(signingSalt))
+	s := &Software{master: master, keks: make(map[KEKID]cipher.AEAD), signPRK: prk}
 	if err := s.SelfTest(); err != nil {
 		s.Close()
 		return nil, err
@@ -336,6 +343,8 @@ func (s *Software) Close() error {
 	}
 	s.closed = true
 	s.master = nil
+	clear(s.signPRK)
+	s.signPRK = nil
 	clear(s.keks)
 	s.keks = nil
 	return nil

@@ -2,6 +2,8 @@ package hsmwrap
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -811,4 +813,37 @@ func FuzzSoftwareOpen(f *testing.F) {
 			t.Fatal("Open accepted input that Seal did not produce")
 		}
 	})
+}
+
+func TestSoftware_SignerDerivation(t *testing.T) {
+	key := bytes.Repeat([]byte{9}, 32)
+	a, _ := NewSoftwareFromKey(key)
+	b, _ := NewSoftwareFromKey(key)
+	other, _ := NewSoftwareFromKey(bytes.Repeat([]byte{8}, 32))
+	sa, err := a.Signer("audit/n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, _ := b.Signer("audit/n1")
+	s2, _ := a.Signer("audit/n2")
+	so, _ := other.Signer("audit/n1")
+	pub := func(s crypto.Signer) []byte { return s.Public().(ed25519.PublicKey) }
+	if !bytes.Equal(pub(sa), pub(sb)) {
+		t.Fatal("same master key and label gave different keys")
+	}
+	if bytes.Equal(pub(sa), pub(s2)) || bytes.Equal(pub(sa), pub(so)) {
+		t.Fatal("different labels or master keys gave the same key")
+	}
+	msg := []byte("digest")
+	sig, err := sa.Sign(nil, msg, crypto.Hash(0))
+	if err != nil || !ed25519.Verify(pub(sb), msg, sig) {
+		t.Fatalf("signature does not verify: %v", err)
+	}
+	if _, err := a.Signer(""); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("empty label: %v", err)
+	}
+	_ = a.Close()
+	if _, err := a.Signer("audit/n1"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("closed: %v", err)
+	}
 }

@@ -95,6 +95,9 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	if isInternal(info.FullMethod) {
 		return handler(ctx, req)
 	}
+	if n.fsm.Diverged() {
+		return nil, fmt.Errorf("%w: this replica's audit chain disagrees with a signed checkpoint; it stopped serving (see the logs)", ErrDiverged)
+	}
 	method := path.Base(info.FullMethod)
 	if method == "LocalStatus" {
 		// Members asking each other for status are part of another
@@ -162,14 +165,19 @@ func (n *Node) commitAudit(ctx context.Context, e *cofferv1.AuditEntry) error {
 }
 
 // auditor batches entries from concurrent requests into one Raft entry per
-// round: while one round is in flight, the next collects.
+// round. Up to maxAuditRounds rounds are in flight at once (Raft pipelines
+// them); entries that arrive meanwhile collect into the next round.
 type auditor struct {
-	n       *Node
-	mu      sync.Mutex
-	pending []*auditWaiter
-	queued  int
-	running bool
+	n        *Node
+	mu       sync.Mutex
+	pending  []*auditWaiter
+	queued   int
+	running  bool
+	inflight chan struct{}
 }
+
+// maxAuditRounds bounds audit rounds in flight per node.
+const maxAuditRounds = 4
 
 type auditWaiter struct {
 	entries []*cofferv1.AuditEntry
@@ -213,6 +221,7 @@ func (a *auditor) commit(ctx context.Context, entries []*cofferv1.AuditEntry) (u
 
 func (a *auditor) loop() {
 	for {
+		a.inflight <- struct{}{} // a round slot; released when the round ends
 		a.mu.Lock()
 		var round []*auditWaiter
 		var entries []*cofferv1.AuditEntry
@@ -226,15 +235,19 @@ func (a *auditor) loop() {
 		if len(round) == 0 {
 			a.running = false
 			a.mu.Unlock()
+			<-a.inflight
 			return
 		}
 		a.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), auditTimeout)
-		idx, err := a.n.appendAudit(ctx, entries)
-		cancel()
-		for _, w := range round {
-			w.done <- auditResult{index: idx, err: err}
-		}
+		go func() {
+			defer func() { <-a.inflight }()
+			ctx, cancel := context.WithTimeout(context.Background(), auditTimeout)
+			idx, err := a.n.appendAudit(ctx, entries)
+			cancel()
+			for _, w := range round {
+				w.done <- auditResult{index: idx, err: err}
+			}
+		}()
 	}
 }
 

@@ -56,6 +56,19 @@ func DefaultRaftTimings() RaftTimings {
 	}
 }
 
+// AuditConfig sets how often the leader signs a checkpoint of the audit
+// chain: after CheckpointInterval or CheckpointEvery new entries, whichever
+// comes first (and only when there are new entries).
+type AuditConfig struct {
+	CheckpointInterval time.Duration `json:"checkpoint_interval"`
+	CheckpointEvery    uint64        `json:"checkpoint_every"`
+}
+
+// DefaultAuditConfig returns a checkpoint every 10 s or 10,000 entries.
+func DefaultAuditConfig() AuditConfig {
+	return AuditConfig{CheckpointInterval: 10 * time.Second, CheckpointEvery: 10000}
+}
+
 // Limits are the bounds the request path enforces.
 type Limits struct {
 	// RequestTimeout bounds one request end to end on the server.
@@ -98,13 +111,14 @@ type Config struct {
 	TLS             transport.TLSConfig `json:"tls"`
 	Raft            RaftTimings         `json:"raft"`
 	Limits          Limits              `json:"limits"`
+	Audit           AuditConfig         `json:"audit"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 }
 
 // DefaultConfig returns a Config with every optional field set.
 func DefaultConfig() Config {
-	return Config{Raft: DefaultRaftTimings(), Limits: DefaultLimits(), LogLevel: "info"}
+	return Config{Raft: DefaultRaftTimings(), Limits: DefaultLimits(), Audit: DefaultAuditConfig(), LogLevel: "info"}
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -155,6 +169,9 @@ func (c Config) Validate() error {
 	}
 	if r.MaxAppendEntries <= 0 || r.MaxAppendEntries > 1024 {
 		return fmt.Errorf("%w: raft max_append_entries must be 1..1024", ErrConfig)
+	}
+	if c.Audit.CheckpointInterval < 100*time.Millisecond || c.Audit.CheckpointEvery == 0 {
+		return fmt.Errorf("%w: audit checkpoint_interval must be >= 100ms and checkpoint_every > 0", ErrConfig)
 	}
 	if c.Limits.RequestTimeout <= 0 || c.Limits.MaxInflightForwards <= 0 {
 		return fmt.Errorf("%w: limits must be positive", ErrConfig)

@@ -15,6 +15,7 @@ var (
 	ErrPermission      = errors.New("permission denied")
 	ErrNotReady        = errors.New("cluster is not initialised yet")
 	ErrOverloaded      = errors.New("node is overloaded")
+	ErrDiverged        = errors.New("replica diverged")
 )
 
 // leaderHint is an error that knows where the leader's client API is.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -57,6 +58,8 @@ type Node struct {
 	keks  kekCache
 	// auditor batches audit entries into Raft.
 	auditor auditor
+	// auditSigner signs audit checkpoints (nil: the keystore cannot sign).
+	auditSigner crypto.Signer
 	// readyTerm is the term in which this node, as leader, last completed a
 	// barrier; see ensureLeaderReady.
 	readyTerm atomic.Uint64
@@ -109,8 +112,10 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	if err := n.startRaft(); err != nil {
 		return nil, err
 	}
+	n.setupAuditSigner()
 	n.reads = newCoalescer(n.readIndexRound)
 	n.auditor.n = n
+	n.auditor.inflight = make(chan struct{}, maxAuditRounds)
 	if err := n.startAPI(); err != nil {
 		return nil, err
 	}

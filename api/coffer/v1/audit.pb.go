@@ -287,6 +287,96 @@ func (x *AuditExportChunk) GetData() []byte {
 	return nil
 }
 
+type AuditPruneRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Prune every entry up to the newest checkpoint at or below this seq.
+	UpToSeq       uint64 `protobuf:"varint,1,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditPruneRequest) Reset() {
+	*x = AuditPruneRequest{}
+	mi := &file_coffer_v1_audit_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditPruneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditPruneRequest) ProtoMessage() {}
+
+func (x *AuditPruneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_audit_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditPruneRequest.ProtoReflect.Descriptor instead.
+func (*AuditPruneRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AuditPruneRequest) GetUpToSeq() uint64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
+
+type AuditPruneResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The marker that now stands for the pruned entries.
+	Marker        *AuditPruneMarker `protobuf:"bytes,1,opt,name=marker,proto3" json:"marker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditPruneResponse) Reset() {
+	*x = AuditPruneResponse{}
+	mi := &file_coffer_v1_audit_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditPruneResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditPruneResponse) ProtoMessage() {}
+
+func (x *AuditPruneResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_audit_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditPruneResponse.ProtoReflect.Descriptor instead.
+func (*AuditPruneResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AuditPruneResponse) GetMarker() *AuditPruneMarker {
+	if x != nil {
+		return x.Marker
+	}
+	return nil
+}
+
 var File_coffer_v1_audit_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_audit_proto_rawDesc = "" +
@@ -309,8 +399,13 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\x12AuditExportRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"&\n" +
 	"\x10AuditExportChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\x9c\x01\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"/\n" +
+	"\x11AuditPruneRequest\x12\x1a\n" +
+	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"I\n" +
+	"\x12AuditPruneResponse\x123\n" +
+	"\x06marker\x18\x01 \x01(\v2\x1b.coffer.v1.AuditPruneMarkerR\x06marker2\xe2\x01\n" +
 	"\fAuditService\x12D\n" +
+	"\x05Prune\x12\x1c.coffer.v1.AuditPruneRequest\x1a\x1d.coffer.v1.AuditPruneResponse\x12D\n" +
 	"\x05Query\x12\x1c.coffer.v1.AuditQueryRequest\x1a\x1d.coffer.v1.AuditQueryResponse\x12F\n" +
 	"\x06Export\x12\x1d.coffer.v1.AuditExportRequest\x1a\x1b.coffer.v1.AuditExportChunk0\x01B5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
@@ -326,30 +421,36 @@ func file_coffer_v1_audit_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_audit_proto_rawDescData
 }
 
-var file_coffer_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_coffer_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_coffer_v1_audit_proto_goTypes = []any{
 	(*AuditQueryRequest)(nil),     // 0: coffer.v1.AuditQueryRequest
 	(*AuditQueryResponse)(nil),    // 1: coffer.v1.AuditQueryResponse
 	(*AuditExportRequest)(nil),    // 2: coffer.v1.AuditExportRequest
 	(*AuditExportChunk)(nil),      // 3: coffer.v1.AuditExportChunk
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(Consistency)(0),              // 5: coffer.v1.Consistency
-	(*AuditEntry)(nil),            // 6: coffer.v1.AuditEntry
+	(*AuditPruneRequest)(nil),     // 4: coffer.v1.AuditPruneRequest
+	(*AuditPruneResponse)(nil),    // 5: coffer.v1.AuditPruneResponse
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(Consistency)(0),              // 7: coffer.v1.Consistency
+	(*AuditEntry)(nil),            // 8: coffer.v1.AuditEntry
+	(*AuditPruneMarker)(nil),      // 9: coffer.v1.AuditPruneMarker
 }
 var file_coffer_v1_audit_proto_depIdxs = []int32{
-	4, // 0: coffer.v1.AuditQueryRequest.since:type_name -> google.protobuf.Timestamp
-	4, // 1: coffer.v1.AuditQueryRequest.until:type_name -> google.protobuf.Timestamp
-	5, // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
-	6, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
-	0, // 4: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
-	2, // 5: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
-	1, // 6: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
-	3, // 7: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 0: coffer.v1.AuditQueryRequest.since:type_name -> google.protobuf.Timestamp
+	6, // 1: coffer.v1.AuditQueryRequest.until:type_name -> google.protobuf.Timestamp
+	7, // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
+	8, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
+	9, // 4: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
+	4, // 5: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
+	0, // 6: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
+	2, // 7: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
+	5, // 8: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
+	1, // 9: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
+	3, // 10: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_audit_proto_init() }
@@ -365,7 +466,7 @@ func file_coffer_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_audit_proto_rawDesc), len(file_coffer_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	AuditService_Prune_FullMethodName  = "/coffer.v1.AuditService/Prune"
 	AuditService_Query_FullMethodName  = "/coffer.v1.AuditService/Query"
 	AuditService_Export_FullMethodName = "/coffer.v1.AuditService/Export"
 )
@@ -31,6 +32,9 @@ const (
 //
 // AuditService reads the replicated, hash-chained audit log.
 type AuditServiceClient interface {
+	// Prune deletes exported entries up to a checkpoint, leaving a signed
+	// marker so the rest of the chain still verifies.
+	Prune(ctx context.Context, in *AuditPruneRequest, opts ...grpc.CallOption) (*AuditPruneResponse, error)
 	Query(ctx context.Context, in *AuditQueryRequest, opts ...grpc.CallOption) (*AuditQueryResponse, error)
 	Export(ctx context.Context, in *AuditExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditExportChunk], error)
 }
@@ -41,6 +45,16 @@ type auditServiceClient struct {
 
 func NewAuditServiceClient(cc grpc.ClientConnInterface) AuditServiceClient {
 	return &auditServiceClient{cc}
+}
+
+func (c *auditServiceClient) Prune(ctx context.Context, in *AuditPruneRequest, opts ...grpc.CallOption) (*AuditPruneResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuditPruneResponse)
+	err := c.cc.Invoke(ctx, AuditService_Prune_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *auditServiceClient) Query(ctx context.Context, in *AuditQueryRequest, opts ...grpc.CallOption) (*AuditQueryResponse, error) {
@@ -78,6 +92,9 @@ type AuditService_ExportClient = grpc.ServerStreamingClient[AuditExportChunk]
 //
 // AuditService reads the replicated, hash-chained audit log.
 type AuditServiceServer interface {
+	// Prune deletes exported entries up to a checkpoint, leaving a signed
+	// marker so the rest of the chain still verifies.
+	Prune(context.Context, *AuditPruneRequest) (*AuditPruneResponse, error)
 	Query(context.Context, *AuditQueryRequest) (*AuditQueryResponse, error)
 	Export(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportChunk]) error
 	mustEmbedUnimplementedAuditServiceServer()
@@ -90,6 +107,9 @@ type AuditServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedAuditServiceServer struct{}
 
+func (UnimplementedAuditServiceServer) Prune(context.Context, *AuditPruneRequest) (*AuditPruneResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Prune not implemented")
+}
 func (UnimplementedAuditServiceServer) Query(context.Context, *AuditQueryRequest) (*AuditQueryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Query not implemented")
 }
@@ -115,6 +135,24 @@ func RegisterAuditServiceServer(s grpc.ServiceRegistrar, srv AuditServiceServer)
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&AuditService_ServiceDesc, srv)
+}
+
+func _AuditService_Prune_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuditPruneRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).Prune(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_Prune_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).Prune(ctx, req.(*AuditPruneRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _AuditService_Query_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -153,6 +191,10 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "coffer.v1.AuditService",
 	HandlerType: (*AuditServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Prune",
+			Handler:    _AuditService_Prune_Handler,
+		},
 		{
 			MethodName: "Query",
 			Handler:    _AuditService_Query_Handler,

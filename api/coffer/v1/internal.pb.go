@@ -38,20 +38,24 @@ const (
 	CommandType_COMMAND_TYPE_DELETE_ACL_RULE    CommandType = 6
 	CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE CommandType = 7
 	CommandType_COMMAND_TYPE_AUDIT_BATCH        CommandType = 8
+	CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT   CommandType = 9
+	CommandType_COMMAND_TYPE_AUDIT_PRUNE        CommandType = 10
 )
 
 // Enum value maps for CommandType.
 var (
 	CommandType_name = map[int32]string{
-		0: "COMMAND_TYPE_UNSPECIFIED",
-		1: "COMMAND_TYPE_INIT_CLUSTER",
-		2: "COMMAND_TYPE_CREATE_KEY",
-		3: "COMMAND_TYPE_CREATE_POLICY",
-		4: "COMMAND_TYPE_PUT_CLIENT",
-		5: "COMMAND_TYPE_PUT_ACL_RULE",
-		6: "COMMAND_TYPE_DELETE_ACL_RULE",
-		7: "COMMAND_TYPE_REVOKE_CERTIFICATE",
-		8: "COMMAND_TYPE_AUDIT_BATCH",
+		0:  "COMMAND_TYPE_UNSPECIFIED",
+		1:  "COMMAND_TYPE_INIT_CLUSTER",
+		2:  "COMMAND_TYPE_CREATE_KEY",
+		3:  "COMMAND_TYPE_CREATE_POLICY",
+		4:  "COMMAND_TYPE_PUT_CLIENT",
+		5:  "COMMAND_TYPE_PUT_ACL_RULE",
+		6:  "COMMAND_TYPE_DELETE_ACL_RULE",
+		7:  "COMMAND_TYPE_REVOKE_CERTIFICATE",
+		8:  "COMMAND_TYPE_AUDIT_BATCH",
+		9:  "COMMAND_TYPE_AUDIT_CHECKPOINT",
+		10: "COMMAND_TYPE_AUDIT_PRUNE",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -63,6 +67,8 @@ var (
 		"COMMAND_TYPE_DELETE_ACL_RULE":    6,
 		"COMMAND_TYPE_REVOKE_CERTIFICATE": 7,
 		"COMMAND_TYPE_AUDIT_BATCH":        8,
+		"COMMAND_TYPE_AUDIT_CHECKPOINT":   9,
+		"COMMAND_TYPE_AUDIT_PRUNE":        10,
 	}
 )
 
@@ -1690,6 +1696,106 @@ func (x *AppendAuditResponse) GetIndex() uint64 {
 	return 0
 }
 
+// AuditCheckpointCommand commits a signed checkpoint of the chain head.
+type AuditCheckpointCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint    *AuditCheckpoint       `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditCheckpointCommand) Reset() {
+	*x = AuditCheckpointCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditCheckpointCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditCheckpointCommand) ProtoMessage() {}
+
+func (x *AuditCheckpointCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditCheckpointCommand.ProtoReflect.Descriptor instead.
+func (*AuditCheckpointCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AuditCheckpointCommand) GetCheckpoint() *AuditCheckpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+// AuditPruneCommand deletes the entries up to a checkpoint and leaves a
+// marker in their place.
+type AuditPruneCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Prune up to the newest checkpoint at or below this seq.
+	UpToSeq       uint64      `protobuf:"varint,1,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	Audit         *AuditEntry `protobuf:"bytes,2,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditPruneCommand) Reset() {
+	*x = AuditPruneCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditPruneCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditPruneCommand) ProtoMessage() {}
+
+func (x *AuditPruneCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditPruneCommand.ProtoReflect.Descriptor instead.
+func (*AuditPruneCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AuditPruneCommand) GetUpToSeq() uint64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
+
+func (x *AuditPruneCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 var File_coffer_v1_internal_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_internal_proto_rawDesc = "" +
@@ -1808,7 +1914,14 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x12AppendAuditRequest\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\"+\n" +
 	"\x13AppendAuditResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index*\xa8\x02\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"T\n" +
+	"\x16AuditCheckpointCommand\x12:\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\v2\x1a.coffer.v1.AuditCheckpointR\n" +
+	"checkpoint\"\\\n" +
+	"\x11AuditPruneCommand\x12\x1a\n" +
+	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\x12+\n" +
+	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit*\xe9\x02\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1b\n" +
@@ -1818,7 +1931,10 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_PUT_ACL_RULE\x10\x05\x12 \n" +
 	"\x1cCOMMAND_TYPE_DELETE_ACL_RULE\x10\x06\x12#\n" +
 	"\x1fCOMMAND_TYPE_REVOKE_CERTIFICATE\x10\a\x12\x1c\n" +
-	"\x18COMMAND_TYPE_AUDIT_BATCH\x10\b2\xe9\x01\n" +
+	"\x18COMMAND_TYPE_AUDIT_BATCH\x10\b\x12!\n" +
+	"\x1dCOMMAND_TYPE_AUDIT_CHECKPOINT\x10\t\x12\x1c\n" +
+	"\x18COMMAND_TYPE_AUDIT_PRUNE\x10\n" +
+	"2\xe9\x01\n" +
 	"\x0fInternalService\x12@\n" +
 	"\aForward\x12\x19.coffer.v1.ForwardRequest\x1a\x1a.coffer.v1.ForwardResponse\x12F\n" +
 	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponse\x12L\n" +
@@ -1837,7 +1953,7 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),                  // 0: coffer.v1.CommandType
 	(*Caller)(nil),                    // 1: coffer.v1.Caller
@@ -1862,86 +1978,91 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*AuditBatchCommand)(nil),         // 20: coffer.v1.AuditBatchCommand
 	(*AppendAuditRequest)(nil),        // 21: coffer.v1.AppendAuditRequest
 	(*AppendAuditResponse)(nil),       // 22: coffer.v1.AppendAuditResponse
-	(*GenerateKeyRequest)(nil),        // 23: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),             // 24: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),       // 25: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),     // 26: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 27: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),  // 28: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),              // 29: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 30: coffer.v1.RevokeGrantRequest
-	(*GenerateKeyResponse)(nil),       // 31: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),            // 32: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),      // 33: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                // 34: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil), // 35: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 36: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),       // 37: coffer.v1.RevokeGrantResponse
-	(Algorithm)(0),                    // 38: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),              // 39: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),            // 40: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                     // 41: coffer.v1.KeyState
-	(*ClientRecord)(nil),              // 42: coffer.v1.ClientRecord
-	(*AclRule)(nil),                   // 43: coffer.v1.AclRule
-	(*AuditEntry)(nil),                // 44: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),        // 45: coffer.v1.RevokedCertificate
+	(*AuditCheckpointCommand)(nil),    // 23: coffer.v1.AuditCheckpointCommand
+	(*AuditPruneCommand)(nil),         // 24: coffer.v1.AuditPruneCommand
+	(*GenerateKeyRequest)(nil),        // 25: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),             // 26: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),       // 27: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),     // 28: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 29: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),  // 30: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),              // 31: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 32: coffer.v1.RevokeGrantRequest
+	(*GenerateKeyResponse)(nil),       // 33: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),            // 34: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),      // 35: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                // 36: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil), // 37: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 38: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),       // 39: coffer.v1.RevokeGrantResponse
+	(Algorithm)(0),                    // 40: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),              // 41: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),            // 42: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                     // 43: coffer.v1.KeyState
+	(*ClientRecord)(nil),              // 44: coffer.v1.ClientRecord
+	(*AclRule)(nil),                   // 45: coffer.v1.AclRule
+	(*AuditEntry)(nil),                // 46: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),        // 47: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),           // 48: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	1,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	23, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	24, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	25, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	26, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
-	27, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
-	28, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
-	29, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
-	30, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
-	31, // 9: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	32, // 10: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	33, // 11: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	34, // 12: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	35, // 13: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	36, // 14: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	37, // 15: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	25, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	26, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	27, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	28, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	29, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	30, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	31, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	32, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	33, // 9: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	34, // 10: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	35, // 11: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	36, // 12: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	37, // 13: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	38, // 14: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	39, // 15: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
 	0,  // 16: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
 	7,  // 17: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	38, // 18: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	39, // 19: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	40, // 20: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	40, // 18: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	41, // 19: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	42, // 20: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	10, // 21: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	38, // 22: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	41, // 23: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	39, // 24: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	40, // 25: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	40, // 22: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	43, // 23: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	41, // 24: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	42, // 25: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	11, // 26: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
 	12, // 27: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
 	8,  // 28: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	42, // 29: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	43, // 30: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	42, // 31: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	44, // 32: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	43, // 33: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	44, // 34: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	44, // 35: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	45, // 36: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	44, // 37: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	44, // 29: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	45, // 30: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	44, // 31: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	46, // 32: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	45, // 33: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	46, // 34: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	46, // 35: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	47, // 36: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	46, // 37: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
 	9,  // 38: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	44, // 39: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	46, // 39: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
 	8,  // 40: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	44, // 41: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	44, // 42: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	44, // 43: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	2,  // 44: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	4,  // 45: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	21, // 46: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	3,  // 47: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	5,  // 48: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	22, // 49: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	47, // [47:50] is the sub-list for method output_type
-	44, // [44:47] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	46, // 41: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	46, // 42: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	46, // 43: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	48, // 44: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	46, // 45: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	2,  // 46: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	4,  // 47: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	21, // 48: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	3,  // 49: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	5,  // 50: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	22, // 51: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	49, // [49:52] is the sub-list for method output_type
+	46, // [46:49] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -1976,7 +2097,7 @@ func file_coffer_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,119 @@
+package node
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/audit"
+	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/hsmwrap"
+)
+
+// AuditKeyFile is the file in a node's data directory that holds the public
+// key its audit checkpoints are signed with (PEM), for auditors.
+const AuditKeyFile = "audit-signing.pub"
+
+// setupAuditSigner takes the node's checkpoint signing key from the keystore
+// and publishes its public key in the data directory.
+func (n *Node) setupAuditSigner() {
+	s, ok := n.ks.(hsmwrap.Signer)
+	if !ok {
+		n.logger.Warn("the keystore cannot sign: audit checkpoints are disabled on this node", "keystore", n.ks.Kind())
+		return
+	}
+	signer, err := s.Signer("audit/" + n.cfg.ID)
+	if err != nil {
+		n.logger.Warn("no audit signing key: audit checkpoints are disabled on this node", "err", err)
+		return
+	}
+	der, err := x509.MarshalPKIXPublicKey(signer.Public())
+	if err == nil {
+		err = os.WriteFile(filepath.Join(n.cfg.DataDir, AuditKeyFile), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+	}
+	if err != nil {
+		n.logger.Warn("cannot publish the audit signing key", "err", err)
+	}
+	n.auditSigner = signer
+}
+
+// maybeCheckpoint signs and proposes a checkpoint of the chain head when
+// enough time or entries have passed since the last one. Leader only.
+func (n *Node) maybeCheckpoint() error {
+	if n.auditSigner == nil || !n.IsLeader() {
+		return nil
+	}
+	seq, head, err := n.fsm.AuditHead()
+	if err != nil || seq == 0 {
+		return err
+	}
+	last, err := n.fsm.AuditCheckpoint()
+	if err != nil {
+		return err
+	}
+	if last != nil {
+		if last.GetSeq() >= seq {
+			return nil
+		}
+		age := time.Since(time.Unix(0, last.GetTimeUnixNano()))
+		if age < n.cfg.Audit.CheckpointInterval && seq-last.GetSeq() < n.cfg.Audit.CheckpointEvery {
+			return nil
+		}
+	}
+	return n.checkpoint(seq, head, n.auditSigner)
+}
+
+func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
+	cp := &cofferv1.AuditCheckpoint{Seq: seq, Head: head, TimeUnixNano: time.Now().UnixNano(), Signer: n.cfg.ID}
+	if err := audit.Sign(cp, signer); err != nil {
+		return fmt.Errorf("sign checkpoint: %w", err)
+	}
+	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT, &cofferv1.AuditCheckpointCommand{Checkpoint: cp})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), auditTimeout)
+	defer cancel()
+	res, err := n.propose(ctx, data)
+	if err != nil {
+		return err
+	}
+	if errors.Is(res.Err, fsm.ErrDiverged) {
+		n.logger.Error("this leader's own chain disagrees with its checkpoint", "seq", seq)
+	}
+	return res.Err
+}
+
+// Prune deletes entries up to a checkpoint, leaving a marker.
+func (s *auditService) Prune(ctx context.Context, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
+	c, err := authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetUpToSeq() == 0 {
+		return nil, fmt.Errorf("%w: up_to_seq is required", ErrInvalidArgument)
+	}
+	if !s.n.IsLeader() {
+		// Pruning is rare: the caller is told where the leader is.
+		return nil, s.n.notLeader(errors.New("prune must be sent to the leader"))
+	}
+	if err := s.n.ensureLeaderReady(); err != nil {
+		return nil, err
+	}
+	if err := s.n.authorize(c, authz.OpAuditExport, ""); err != nil {
+		return nil, err
+	}
+	res, err := s.n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: req.GetUpToSeq()})
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.AuditPruneResponse{Marker: res.Marker}, nil
+}
