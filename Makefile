@@ -10,6 +10,10 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 12m
 FUZZTIME ?= 30s
 BENCH_ARGS ?= --op mix --concurrency 64 --duration 10s --keys 1000
+SOFTHSM2_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
+export SOFTHSM2_MODULE
+SOFTHSM_DIR := $(CURDIR)/.softhsm
+SOFTHSM_TOKEN ?= coffer-dev
 
 .PHONY: help build run test test-short lint fmt proto deps bench chaos fuzz clean
 
@@ -22,7 +26,7 @@ build: ## build cofferd and coffer into ./bin
 run: build ## start a local 3-node cluster (data in .coffer-dev, reused across runs)
 	$(BIN)/cofferd dev --nodes $(NODES) --dir $(DEV_DIR)
 
-test: lint ## vet, format check, and every test with the race detector (what CI runs)
+test: lint softhsm ## vet, format check, and every test with the race detector (what CI runs)
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
 test-short: ## unit tests without the race detector and without the slow ones
@@ -61,6 +65,31 @@ fuzz: ## run every fuzz target for FUZZTIME each
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; done
+
+.PHONY: softhsm softhsm-init
+
+softhsm: ## install SoftHSM2 (Debian package softhsm2) if softhsm2-util is missing; the PKCS#11 tests need it
+	@command -v softhsm2-util >/dev/null || { echo "installing softhsm2"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y softhsm2; \
+	  else sudo apt-get update && sudo apt-get install -y softhsm2; fi; }
+
+softhsm-init: softhsm ## create a throwaway SoftHSM2 token in .softhsm/ for manual use (then: source .softhsm/env)
+	@mkdir -p $(SOFTHSM_DIR)/tokens && chmod 700 $(SOFTHSM_DIR)
+	@echo '*' > $(SOFTHSM_DIR)/.gitignore
+	@printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' \
+	  "$(SOFTHSM_DIR)/tokens" > $(SOFTHSM_DIR)/softhsm2.conf
+	@printf 'export SOFTHSM2_CONF=%s\n' "$(SOFTHSM_DIR)/softhsm2.conf" > $(SOFTHSM_DIR)/env
+	@export SOFTHSM2_CONF=$(SOFTHSM_DIR)/softhsm2.conf; \
+	  if softhsm2-util --show-slots | grep -q "Label: *$(SOFTHSM_TOKEN) *$$"; then \
+	    echo "token $(SOFTHSM_TOKEN) already exists in $(SOFTHSM_DIR)"; \
+	  else \
+	    umask 077; head -c 12 /dev/urandom | base64 | tr -d '+/=' > $(SOFTHSM_DIR)/pin; \
+	    head -c 12 /dev/urandom | base64 | tr -d '+/=' > $(SOFTHSM_DIR)/so-pin; \
+	    softhsm2-util --init-token --free --label $(SOFTHSM_TOKEN) \
+	      --pin "$$(cat $(SOFTHSM_DIR)/pin)" --so-pin "$$(cat $(SOFTHSM_DIR)/so-pin)" >/dev/null && \
+	    echo "token $(SOFTHSM_TOKEN) created in $(SOFTHSM_DIR) (PIN in $(SOFTHSM_DIR)/pin, SO PIN in $(SOFTHSM_DIR)/so-pin)"; \
+	  fi
+	@echo "next: source $(SOFTHSM_DIR)/env && $(BIN)/cofferd keystore init-master --module $(SOFTHSM2_MODULE) --token $(SOFTHSM_TOKEN) --pin-file $(SOFTHSM_DIR)/pin"
 
 clean: ## remove build output (not the dev cluster's data)
 	rm -rf $(BIN)

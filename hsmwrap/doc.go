@@ -59,4 +59,27 @@
 //
 // Nonces are random 96-bit values, so one KEK must not seal 2^32 times or
 // more over its life; rotate KEKs (a new Version) well before that.
+//
+// # The PKCS#11 keystore
+//
+// PKCS11 (OpenPKCS11, configured by PKCS11Config) keeps the master key as an
+// AES-256 token object in an HSM (CKA_SENSITIVE, wrappable only under a key
+// the security officer marked trusted, usable only for key wrap and CMAC)
+// and does every operation inside the HSM through a bounded pool of
+// logged-in sessions: KEKs are unwrapped into sensitive, non-extractable
+// session objects, Seal and Open are CKM_AES_GCM with nonces from the HSM's
+// RNG, in the software keystore's output format. A wrapped KEK is an RFC
+// 5649 key wrap under the master key plus an AES-CMAC tag, also under the
+// master key, over the KEKID and the wrap, verified in the HSM before
+// anything is unwrapped. Lost sessions, a logged-out token or a re-inserted
+// device are re-established transparently (KEKs are reloaded from the blobs
+// kept for them); what cannot be repaired fails with ErrUnavailable, and
+// Healthy reports it. The PIN comes from a file or an environment variable
+// and is the one secret the process holds: key bytes never enter it.
+//
+// The same master key reaches every node's HSM through the key ceremony
+// (InitMasterKey, NewTransportKey, ExportMasterKey, ImportMasterKey,
+// MasterKeyKCV; `cofferd keystore` runs each step): the master key travels
+// wrapped under an RSA-3072 transport key generated in the receiving HSM.
+// DESIGN.md has the formats, the runbook and the trade-offs.
 package hsmwrap
