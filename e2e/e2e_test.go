@@ -321,6 +321,38 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 		t.Fatalf("snapshot save: %s", out)
 	}
 
+	// Access control: two clients and a policy, one client allowed and
+	// one refused; then the allowed one deactivated and refused on every
+	// node.
+	caKey := filepath.Join(e.dir, "ca", "ca-key.pem")
+	for _, name := range []string{"alice", "mallory"} {
+		e.mustCoffer("client", "issue", name, "--out", filepath.Join(work, name), "--ca-key", caKey, "--role", "application")
+	}
+	e.mustCoffer("policy", "create", "--name", "team")
+	e.mustCoffer("acl", "grant", "--client", "alice", "--ops", "generate,get", "--resource", "team/**")
+	as := func(name string, args ...string) (string, string, int) {
+		dir := filepath.Join(work, name)
+		return e.coffer(append([]string{"--cert", filepath.Join(dir, name+".pem"), "--key", filepath.Join(dir, name+"-key.pem")}, args...)...)
+	}
+	out, errs, code := as("alice", "key", "generate", "--policy", "team", "--resource", "team/a")
+	if code != 0 {
+		t.Fatalf("alice refused: %s", errs)
+	}
+	aliceKey := strings.TrimSpace(out)
+	if _, errs, code := as("mallory", "key", "generate", "--policy", "team", "--resource", "team/a"); code == 0 || !strings.Contains(errs, "PermissionDenied") {
+		t.Fatalf("mallory allowed (exit %d): %s", code, errs)
+	}
+	if _, errs, code := as("alice", "key", "generate", "--policy", "team", "--resource", "other/a"); code == 0 || !strings.Contains(errs, "PermissionDenied") {
+		t.Fatalf("alice allowed outside her resource (exit %d): %s", code, errs)
+	}
+	e.mustCoffer("client", "deactivate", "alice")
+	for i := 1; i <= 3; i++ {
+		_, errs, code := as("alice", "--addr", fmt.Sprintf("127.0.0.1:%d", e.base+i), "key", "get", aliceKey)
+		if code == 0 || !strings.Contains(errs, "deactivated") {
+			t.Fatalf("deactivated alice served by node %d (exit %d): %s", i, code, errs)
+		}
+	}
+
 	// Ctrl-C stops every node; the next start reuses the data.
 	e.stop(dev)
 	dev2 := e.startDev()
