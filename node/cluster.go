@@ -67,8 +67,8 @@ func (n *Node) localStatus() *cofferv1.NodeStatus {
 	switch {
 	case leader == "":
 		st.Error = "no leader known"
-	case n.ks.SelfTest() != nil:
-		st.Error = "keystore self-test failing"
+	case n.keystoreReady() != nil:
+		st.Error = n.keystoreReady().Error()
 	default:
 		st.Healthy = true
 	}

@@ -36,6 +36,8 @@ type testCluster struct {
 	clientTLS *tls.Config
 	// issue writes a key pair for an identity, signed by the cluster CA.
 	issue func(id transport.Identity) transport.TLSConfig
+	// wrapKeystore, when set, wraps node i's keystore (fault injection).
+	wrapKeystore func(i int, ks hsmwrap.Keystore) hsmwrap.Keystore
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
@@ -52,6 +54,11 @@ func freeAddr(t *testing.T) string {
 }
 
 func mustCluster(t *testing.T, size int, tweak func(*Config)) *testCluster {
+	t.Helper()
+	return mustClusterWith(t, size, tweak, nil)
+}
+
+func mustClusterWith(t *testing.T, size int, tweak func(*Config), wrap func(int, hsmwrap.Keystore) hsmwrap.Keystore) *testCluster {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := transport.CreateCA("coffer test CA", 48*time.Hour)
@@ -76,7 +83,7 @@ func mustCluster(t *testing.T, size int, tweak func(*Config)) *testCluster {
 		}
 		return c
 	}
-	tc := &testCluster{t: t, dir: dir, masterKey: make([]byte, 32), conns: map[string]*grpc.ClientConn{}, issue: issue}
+	tc := &testCluster{t: t, dir: dir, masterKey: make([]byte, 32), conns: map[string]*grpc.ClientConn{}, issue: issue, wrapKeystore: wrap}
 	_, _ = rand.Read(tc.masterKey)
 	var peers []Peer
 	sites := []string{"a", "b", "c"}
@@ -117,7 +124,11 @@ func (tc *testCluster) start(i int) {
 	if err != nil {
 		tc.t.Fatal(err)
 	}
-	n, err := New(tc.cfgs[i], ks, nil)
+	var k hsmwrap.Keystore = ks
+	if tc.wrapKeystore != nil {
+		k = tc.wrapKeystore(i, ks)
+	}
+	n, err := New(tc.cfgs[i], k, nil)
 	if err != nil {
 		tc.t.Fatalf("start %s: %v", tc.cfgs[i].ID, err)
 	}

@@ -16,6 +16,7 @@ var (
 	ErrNotReady        = errors.New("cluster is not initialised yet")
 	ErrOverloaded      = errors.New("node is overloaded")
 	ErrDiverged        = errors.New("replica diverged")
+	ErrKeystore        = errors.New("keystore unavailable")
 )
 
 // leaderHint is an error that knows where the leader's client API is.

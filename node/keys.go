@@ -257,14 +257,22 @@ func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {
 }
 
 func (n *Node) sealMaterial(pol *cofferv1.PolicyRecord, rec *cofferv1.KeyRecord, material []byte) ([]byte, error) {
+	if err := n.keystoreReady(); err != nil {
+		return nil, err
+	}
 	id := hsmwrap.KEKID{Policy: pol.GetName(), Version: rec.GetKekVersion()}
 	if err := n.keks.ensure(n.ks, id, pol); err != nil {
 		return nil, err
 	}
-	return n.ks.Seal(id, material, recordAAD(rec))
+	out, err := n.ks.Seal(id, material, recordAAD(rec))
+	n.keystoreFailed(err)
+	return out, err
 }
 
 func (n *Node) openMaterial(rec *cofferv1.KeyRecord) ([]byte, error) {
+	if err := n.keystoreReady(); err != nil {
+		return nil, err
+	}
 	id := hsmwrap.KEKID{Policy: rec.GetPolicy(), Version: rec.GetKekVersion()}
 	if !n.keks.loaded(id) {
 		pol, err := n.fsm.Policy(rec.GetPolicy())
@@ -276,6 +284,7 @@ func (n *Node) openMaterial(rec *cofferv1.KeyRecord) ([]byte, error) {
 		}
 	}
 	m, err := n.ks.Open(id, rec.GetWrappedMaterial(), recordAAD(rec))
+	n.keystoreFailed(err)
 	if errors.Is(err, hsmwrap.ErrIntegrity) {
 		metricIntegrityFailures.Inc()
 		n.logger.Error("stored key record failed its integrity check; refusing to serve it", "gkid", rec.GetGkid())

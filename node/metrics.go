@@ -38,7 +38,7 @@ var (
 )
 
 func registerMetrics(reg *prometheus.Registry) {
-	reg.MustRegister(metricRequests, metricLatency, metricIntegrityFailures, metricDenied, metricAuditFailures,
+	reg.MustRegister(metricRequests, metricLatency, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 }

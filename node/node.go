@@ -60,6 +60,10 @@ type Node struct {
 	auditor auditor
 	// auditSigner signs audit checkpoints (nil: the keystore cannot sign).
 	auditSigner crypto.Signer
+	// ksErr is the keystore's last self-test failure (nil: healthy).
+	ksErr atomic.Pointer[error]
+	// ksProbe asks the health loop for an immediate self-test.
+	ksProbe chan struct{}
 	// readyTerm is the term in which this node, as leader, last completed a
 	// barrier; see ensureLeaderReady.
 	readyTerm atomic.Uint64
@@ -91,6 +95,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		conns:    map[string]*grpc.ClientConn{},
 		forwards: make(chan struct{}, cfg.Limits.MaxInflightForwards),
 		stopCh:   make(chan struct{}),
+		ksProbe:  make(chan struct{}, 1),
 	}
 	for _, p := range cfg.Peers {
 		n.peers[p.ID] = p
@@ -124,8 +129,9 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 			return nil, err
 		}
 	}
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.leaderLoop()
+	go n.keystoreHealthLoop()
 	logger.Info("node started", "site", cfg.Site, "api", n.APIAddr(), "raft", cfg.RaftAddr)
 	return n, nil
 }

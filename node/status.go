@@ -42,6 +42,7 @@ var codeTable = []struct {
 	{ErrNotReady, codes.Unavailable},
 	{ErrOverloaded, codes.ResourceExhausted},
 	{ErrDiverged, codes.Unavailable},
+	{ErrKeystore, codes.Unavailable},
 	{fsm.ErrDiverged, codes.Internal},
 	{fsm.ErrNoCheckpoint, codes.FailedPrecondition},
 	{hsmwrap.ErrUnavailable, codes.Unavailable},
