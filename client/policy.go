@@ -24,6 +24,19 @@ func (c *Client) CreatePolicy(ctx context.Context, req *cofferv1.CreatePolicyReq
 	})
 }
 
+// UpdatePolicy changes a custody policy (see UpdatePolicyRequest). Like
+// CreatePolicy it is a write: a retry after an attempt that reached the
+// leader may fail with Aborted (the revision moved on) even though the
+// change was made.
+func (c *Client) UpdatePolicy(ctx context.Context, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
+	if req == nil {
+		return nil, nilRequest("UpdatePolicy")
+	}
+	return invoke(ctx, c, "UpdatePolicy", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.UpdatePolicyResponse, error) {
+		return ep.policies.UpdatePolicy(ctx, req, opts...)
+	})
+}
+
 // GetPolicy fetches a custody policy (never its KEK).
 func (c *Client) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRequest) (*cofferv1.GetPolicyResponse, error) {
 	if req == nil {

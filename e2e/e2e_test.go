@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -316,6 +317,13 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	}
 	escrowed, _ := base64.StdEncoding.DecodeString(ekGot.Material)
 	secrets = append(secrets, escrowed)
+	// Rotating the policy's KEK keeps old keys readable.
+	if out := e.mustCoffer("policy", "update", "--name", "payments", "--rotate-kek", "--max-lifetime", "8760h"); !regexp.MustCompile(`kek version:\s+2\n`).MatchString(out) {
+		t.Fatalf("policy update:\n%s", out)
+	}
+	if out := e.mustCoffer("key", "get", ek, "-o", "json"); !strings.Contains(out, ekGot.Material) {
+		t.Fatalf("key under the old KEK lost after rotation:\n%s", out)
+	}
 	snapFile := filepath.Join(work, "cluster.snap")
 	if out := e.mustCoffer("snapshot", "save", snapFile); !strings.Contains(out, "applied index") {
 		t.Fatalf("snapshot save: %s", out)

@@ -61,6 +61,7 @@ var handlers = map[cofferv1.CommandType]handler{
 	cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER:       applyInitCluster,
 	cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY:         applyCreateKey,
 	cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY:      applyCreatePolicy,
+	cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY:      applyUpdatePolicy,
 	cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT:         applyPutClient,
 	cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE:       applyPutAclRule,
 	cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE:    applyDeleteAclRule,
@@ -304,4 +305,31 @@ func applyRevokeCertificate(a *applyCtx, payload []byte, index uint64) Result {
 	mustSet(a.b, revokedKey(serial), c.GetCertificate())
 	a.accessChanged = true
 	return Result{}
+}
+
+func applyUpdatePolicy(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.UpdatePolicyCommand
+	a.decode(payload, &c, index)
+	p := c.GetPolicy()
+	if err := checkPolicy(p); err != nil {
+		return Result{Err: err}
+	}
+	cur, err := a.policy(p.GetName())
+	if errors.Is(err, ErrPolicyNotFound) {
+		return Result{Err: err}
+	} else if err != nil {
+		panic(err.Error())
+	}
+	if cur.GetRevision() != c.GetExpectedRevision() || p.GetRevision() != cur.GetRevision()+1 {
+		return Result{Err: fmt.Errorf("%w: policy %q is at revision %d", ErrConflict, p.GetName(), cur.GetRevision())}
+	}
+	// Every KEK version the policy had must still be there: old keys need
+	// them.
+	for _, k := range cur.GetKeks() {
+		if !hasKEKVersion(p, k.GetVersion()) {
+			return Result{Err: fmt.Errorf("%w: update drops kek version %d of policy %q", ErrInvalidCommand, k.GetVersion(), p.GetName())}
+		}
+	}
+	a.setPolicy(p)
+	return Result{Policy: p}
 }

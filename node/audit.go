@@ -68,7 +68,7 @@ func setAuditCarried(ctx context.Context, carried bool) {
 // authorisation catalogue's names).
 var opNames = map[string]string{
 	"GenerateKey": "generate", "PutKey": "put", "GetKey": "get", "DescribeKey": "describe", "ListKeys": "list",
-	"CreatePolicy": "policy.create", "GetPolicy": "policy.read", "ListPolicies": "policy.read",
+	"CreatePolicy": "policy.create", "UpdatePolicy": "policy.update", "GetPolicy": "policy.read", "ListPolicies": "policy.read",
 	"Status": "cluster.read", "LocalStatus": "cluster.read", "Snapshot": "snapshot.save",
 	"RegisterClient": "client.manage", "SetClientActive": "client.manage", "RevokeCertificate": "client.manage",
 	"GetClient": "client.read", "ListClients": "client.read",

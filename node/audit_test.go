@@ -89,7 +89,7 @@ func TestNode_AuditLog(t *testing.T) {
 		if err := tc.nodes[i].FSM().ExportAudit(0, &buf); err != nil {
 			t.Fatal(err)
 		}
-		rep, err := audit.VerifyJSONL(&buf, audit.TrustedKeys{}, audit.DefaultVerifyOptions())
+		rep, err := audit.VerifyJSONL(&buf, tc.trustedKeys(), audit.DefaultVerifyOptions())
 		if err != nil {
 			t.Fatalf("node %d: chain does not verify: %v", i, err)
 		}

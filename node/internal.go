@@ -71,6 +71,8 @@ func forwardedRequest(req *cofferv1.ForwardRequest) any {
 		return op.PutKey
 	case *cofferv1.ForwardRequest_CreatePolicy:
 		return op.CreatePolicy
+	case *cofferv1.ForwardRequest_UpdatePolicy:
+		return op.UpdatePolicy
 	case *cofferv1.ForwardRequest_RegisterClient:
 		return op.RegisterClient
 	case *cofferv1.ForwardRequest_SetClientActive:
@@ -125,6 +127,12 @@ func (s *internalService) forward(ctx context.Context, caller caller, req *coffe
 	case *cofferv1.ForwardRequest_RegisterClient, *cofferv1.ForwardRequest_SetClientActive,
 		*cofferv1.ForwardRequest_RevokeCertificate, *cofferv1.ForwardRequest_Grant, *cofferv1.ForwardRequest_RevokeGrant:
 		return s.n.executeAccess(ctx, caller, req)
+	case *cofferv1.ForwardRequest_UpdatePolicy:
+		resp, err := s.n.updatePolicy(ctx, caller, op.UpdatePolicy)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_UpdatePolicy{UpdatePolicy: resp}}, nil
 	case *cofferv1.ForwardRequest_CreatePolicy:
 		resp, err := s.n.createPolicy(ctx, caller, op.CreatePolicy)
 		if err != nil {

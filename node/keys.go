@@ -216,6 +216,7 @@ func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*coff
 	if err != nil {
 		return nil, err
 	}
+	now := time.Now()
 	rec := &cofferv1.KeyRecord{
 		Gkid:            id,
 		Policy:          pol.GetName(),
@@ -223,10 +224,10 @@ func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*coff
 		Owner:           owner,
 		Algorithm:       spec.algorithm,
 		State:           cofferv1.KeyState_KEY_STATE_ACTIVE,
-		CreatedUnixNano: time.Now().UnixNano(),
+		CreatedUnixNano: now.UnixNano(),
 		KekVersion:      pol.GetKekVersion(),
 		Revision:        1,
-		UsePolicy:       pol.GetDefaultUsePolicy(),
+		UsePolicy:       keyUsePolicy(pol, now),
 		CachePolicy:     pol.GetCachePolicy(),
 	}
 	if rec.Escrow, err = escrowCopies(pol, id, material); err != nil {
@@ -314,6 +315,9 @@ func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*
 		return nil, err
 	}
 	if err := s.n.authorize(c, authz.OpGet, rec.GetResource()); err != nil {
+		return nil, err
+	}
+	if err := checkUse(rec, authz.OpGet, time.Now()); err != nil {
 		return nil, err
 	}
 	material, err := s.n.openMaterial(rec)

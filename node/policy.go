@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -30,6 +31,15 @@ func validatePolicyRequest(req *cofferv1.CreatePolicyRequest) ([]*cofferv1.Escro
 		if _, _, _, err := materialLen(a); err != nil {
 			return nil, err
 		}
+	}
+	if err := validateUsePolicy(req.GetDefaultUsePolicy()); err != nil {
+		return nil, err
+	}
+	if err := validateCachePolicy(req.GetCachePolicy()); err != nil {
+		return nil, err
+	}
+	if err := validateLifetime(req.GetMaxLifetime()); err != nil {
+		return nil, err
 	}
 	if len(req.GetEscrowKeys()) > MaxEscrowKeys {
 		return nil, fmt.Errorf("%w: at most %d escrow keys", ErrInvalidArgument, MaxEscrowKeys)
@@ -95,6 +105,13 @@ func (n *Node) createPolicy(ctx context.Context, c caller, req *cofferv1.CreateP
 		pol.AllowedAlgorithms = req.GetAllowedAlgorithms()
 	}
 	pol.EscrowKeys = keys
+	pol.DefaultUsePolicy = req.GetDefaultUsePolicy()
+	if req.GetCachePolicy() != nil {
+		pol.CachePolicy = req.GetCachePolicy()
+	}
+	if req.GetMaxLifetime() != nil {
+		pol.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
+	}
 	auditEntry(ctx).Policy = pol.GetName()
 	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol})
 	if err != nil {
@@ -161,6 +178,10 @@ func policyInfo(p *cofferv1.PolicyRecord) *cofferv1.Policy {
 		DefaultUsePolicy:  p.GetDefaultUsePolicy(),
 		CachePolicy:       p.GetCachePolicy(),
 		CreatedAt:         timestamppb.New(time.Unix(0, p.GetCreatedUnixNano())),
+		Revision:          p.GetRevision(),
+	}
+	if p.GetMaxLifetimeNanos() > 0 {
+		out.MaxLifetime = durationpb.New(time.Duration(p.GetMaxLifetimeNanos()))
 	}
 	for _, k := range p.GetEscrowKeys() {
 		out.EscrowKeys = append(out.EscrowKeys, &cofferv1.EscrowKeyInfo{Id: k.GetId(), PublicKey: k.GetPublicKey(), Label: k.GetLabel()})

@@ -43,6 +43,8 @@ var codeTable = []struct {
 	{ErrOverloaded, codes.ResourceExhausted},
 	{ErrDiverged, codes.Unavailable},
 	{ErrKeystore, codes.Unavailable},
+	{ErrKeyNotYetValid, codes.FailedPrecondition},
+	{ErrKeyExpired, codes.FailedPrecondition},
 	{fsm.ErrDiverged, codes.Internal},
 	{fsm.ErrNoCheckpoint, codes.FailedPrecondition},
 	{hsmwrap.ErrUnavailable, codes.Unavailable},

@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/client"
@@ -14,12 +18,13 @@ import (
 )
 
 func (a *app) policyCmd() *cobra.Command {
-	return group("policy", "Create and inspect custody policies", a.policyCreateCmd(), a.policyGetCmd(), a.policyListCmd())
+	return group("policy", "Create, change and inspect custody policies", a.policyCreateCmd(), a.policyUpdateCmd(), a.policyGetCmd(), a.policyListCmd())
 }
 
 func (a *app) policyCreateCmd() *cobra.Command {
 	var name string
 	var escrowKeys, algorithms []string
+	var uf useFlags
 	cmd := &cobra.Command{
 		Use:   "create --name P [--escrow-key PUBFILE]... [--algorithm A]...",
 		Short: "Create a custody policy with its own KEK and optional escrow keys",
@@ -29,6 +34,10 @@ func (a *app) policyCreateCmd() *cobra.Command {
 				return usagef("--name is required")
 			}
 			req := &cofferv1.CreatePolicyRequest{Name: name}
+			var err error
+			if req.DefaultUsePolicy, req.MaxLifetime, req.CachePolicy, err = uf.build(cmd); err != nil {
+				return err
+			}
 			for _, s := range algorithms {
 				alg, err := parseAlgorithm(s)
 				if err != nil {
@@ -56,6 +65,109 @@ func (a *app) policyCreateCmd() *cobra.Command {
 	f.StringVar(&name, "name", "", "policy name, 1-64 of [a-z0-9._-] (required)")
 	f.StringArrayVar(&escrowKeys, "escrow-key", nil, "escrow public key file (PEM, RSA >= 3072 bits); repeatable")
 	f.StringArrayVar(&algorithms, "algorithm", nil, "allowed algorithm; repeatable (default: all)")
+	uf.register(f)
+	return cmd
+}
+
+// useFlags are the key use and cache policy flags of policy create/update.
+type useFlags struct {
+	ops                 []string
+	notBefore, notAfter string
+	maxLifetime         time.Duration
+	cacheable           bool
+	cacheTTL            time.Duration
+	cacheMax            uint32
+}
+
+func (u *useFlags) register(f *pflag.FlagSet) {
+	f.StringSliceVar(&u.ops, "ops", nil, "key use policy: operations keys may be used for, e.g. get,encrypt (default: any granted)")
+	f.StringVar(&u.notBefore, "not-before", "", "key use policy: keys may not be used before this time (RFC 3339)")
+	f.StringVar(&u.notAfter, "not-after", "", "key use policy: keys may not be used after this time (RFC 3339)")
+	f.DurationVar(&u.maxLifetime, "max-lifetime", 0, "keys expire this long after creation, e.g. 8760h (at least 1m)")
+	f.BoolVar(&u.cacheable, "cacheable", false, "cache policy: clients may cache keys")
+	f.DurationVar(&u.cacheTTL, "cache-ttl", 0, "cache policy: how long a client may cache a key")
+	f.Uint32Var(&u.cacheMax, "cache-max-keys", 0, "cache policy: how many keys a client may cache")
+}
+
+// build returns the use policy, lifetime and cache policy the flags set (nil
+// for what no flag touched).
+func (u *useFlags) build(cmd *cobra.Command) (*cofferv1.KeyUsePolicy, *durationpb.Duration, *cofferv1.KeyCachePolicy, error) {
+	f := cmd.Flags()
+	var use *cofferv1.KeyUsePolicy
+	if f.Changed("ops") || f.Changed("not-before") || f.Changed("not-after") {
+		use = &cofferv1.KeyUsePolicy{Operations: u.ops}
+		for _, t := range []struct {
+			flag, val string
+			dst       **timestamppb.Timestamp
+		}{{"not-before", u.notBefore, &use.NotBefore}, {"not-after", u.notAfter, &use.NotAfter}} {
+			if t.val == "" {
+				continue
+			}
+			ts, err := time.Parse(time.RFC3339, t.val)
+			if err != nil {
+				return nil, nil, nil, usagef("--%s: %v", t.flag, err)
+			}
+			*t.dst = timestamppb.New(ts)
+		}
+	}
+	var lifetime *durationpb.Duration
+	if f.Changed("max-lifetime") {
+		lifetime = durationpb.New(u.maxLifetime)
+	}
+	var cache *cofferv1.KeyCachePolicy
+	if f.Changed("cacheable") || f.Changed("cache-ttl") || f.Changed("cache-max-keys") {
+		cache = &cofferv1.KeyCachePolicy{Cacheable: u.cacheable, Ttl: durationpb.New(u.cacheTTL), MaxKeys: u.cacheMax}
+	}
+	return use, lifetime, cache, nil
+}
+
+func (a *app) policyUpdateCmd() *cobra.Command {
+	var name string
+	var escrowKeys, algorithms []string
+	var rotate bool
+	var uf useFlags
+	cmd := &cobra.Command{
+		Use:   "update --name P [--rotate-kek] [--escrow-key PUBFILE]... [--algorithm A]... [use and cache policy flags]",
+		Short: "Change a custody policy; --rotate-kek gives new keys a new KEK (old keys keep theirs)",
+		Args:  exactArgs(0, "none"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if name == "" {
+				return usagef("--name is required")
+			}
+			req := &cofferv1.UpdatePolicyRequest{Name: name, RotateKek: rotate}
+			var err error
+			if req.DefaultUsePolicy, req.MaxLifetime, req.CachePolicy, err = uf.build(cmd); err != nil {
+				return err
+			}
+			for _, s := range algorithms {
+				alg, err := parseAlgorithm(s)
+				if err != nil {
+					return usageError{err}
+				}
+				req.AllowedAlgorithms = append(req.AllowedAlgorithms, alg)
+			}
+			for _, path := range escrowKeys {
+				der, err := escrow.ReadPublicKey(path)
+				if err != nil {
+					return err
+				}
+				req.AddEscrowKeys = append(req.AddEscrowKeys, &cofferv1.EscrowKeyInfo{PublicKey: der, Label: path})
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.UpdatePolicy(ctx, req)
+				if err != nil {
+					return err
+				}
+				return a.printPolicy(resp.GetPolicy())
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "", "policy name (required)")
+	f.BoolVar(&rotate, "rotate-kek", false, "generate a new KEK version for new keys")
+	f.StringArrayVar(&escrowKeys, "escrow-key", nil, "add an escrow public key (PEM); repeatable")
+	f.StringArrayVar(&algorithms, "algorithm", nil, "replace the allowed algorithms; repeatable")
+	uf.register(f)
 	return cmd
 }
 
@@ -121,7 +233,12 @@ func (a *app) printPolicy(p *cofferv1.Policy) error {
 	fmt.Fprintf(tw, "name:\t%s\n", p.GetName())
 	fmt.Fprintf(tw, "kek version:\t%d\n", p.GetKekVersion())
 	fmt.Fprintf(tw, "algorithms:\t%s\n", algorithmList(p.GetAllowedAlgorithms()))
+	fmt.Fprintf(tw, "use policy:\t%s\n", formatUsePolicy(p.GetDefaultUsePolicy()))
+	if p.GetMaxLifetime() != nil {
+		fmt.Fprintf(tw, "max lifetime:\t%s\n", p.GetMaxLifetime().AsDuration())
+	}
 	fmt.Fprintf(tw, "cache policy:\t%s\n", formatCachePolicy(p.GetCachePolicy()))
+	fmt.Fprintf(tw, "revision:\t%d\n", p.GetRevision())
 	fmt.Fprintf(tw, "created:\t%s\n", formatTime(p.GetCreatedAt()))
 	for _, k := range p.GetEscrowKeys() {
 		fmt.Fprintf(tw, "escrow key:\t%s (%s)\n", k.GetId(), k.GetLabel())

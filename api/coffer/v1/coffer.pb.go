@@ -1409,6 +1409,8 @@ type Policy struct {
 	DefaultUsePolicy  *KeyUsePolicy          `protobuf:"bytes,5,opt,name=default_use_policy,json=defaultUsePolicy,proto3" json:"default_use_policy,omitempty"`
 	CachePolicy       *KeyCachePolicy        `protobuf:"bytes,6,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
 	CreatedAt         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	MaxLifetime       *durationpb.Duration   `protobuf:"bytes,8,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
+	Revision          uint64                 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1492,14 +1494,33 @@ func (x *Policy) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Policy) GetMaxLifetime() *durationpb.Duration {
+	if x != nil {
+		return x.MaxLifetime
+	}
+	return nil
+}
+
+func (x *Policy) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type CreatePolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Empty allows every algorithm.
 	AllowedAlgorithms []Algorithm      `protobuf:"varint,2,rep,packed,name=allowed_algorithms,json=allowedAlgorithms,proto3,enum=coffer.v1.Algorithm" json:"allowed_algorithms,omitempty"`
 	EscrowKeys        []*EscrowKeyInfo `protobuf:"bytes,3,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The use policy every key created under the policy gets.
+	DefaultUsePolicy *KeyUsePolicy `protobuf:"bytes,4,opt,name=default_use_policy,json=defaultUsePolicy,proto3" json:"default_use_policy,omitempty"`
+	// Keys expire this long after creation (their not_after); unset: never.
+	MaxLifetime   *durationpb.Duration `protobuf:"bytes,5,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
+	CachePolicy   *KeyCachePolicy      `protobuf:"bytes,6,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreatePolicyRequest) Reset() {
@@ -1553,6 +1574,176 @@ func (x *CreatePolicyRequest) GetEscrowKeys() []*EscrowKeyInfo {
 	return nil
 }
 
+func (x *CreatePolicyRequest) GetDefaultUsePolicy() *KeyUsePolicy {
+	if x != nil {
+		return x.DefaultUsePolicy
+	}
+	return nil
+}
+
+func (x *CreatePolicyRequest) GetMaxLifetime() *durationpb.Duration {
+	if x != nil {
+		return x.MaxLifetime
+	}
+	return nil
+}
+
+func (x *CreatePolicyRequest) GetCachePolicy() *KeyCachePolicy {
+	if x != nil {
+		return x.CachePolicy
+	}
+	return nil
+}
+
+// UpdatePolicyRequest changes a policy. Unset fields keep their value.
+type UpdatePolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Replace the allowed algorithms (set replace_algorithms to clear).
+	AllowedAlgorithms []Algorithm          `protobuf:"varint,2,rep,packed,name=allowed_algorithms,json=allowedAlgorithms,proto3,enum=coffer.v1.Algorithm" json:"allowed_algorithms,omitempty"`
+	ReplaceAlgorithms bool                 `protobuf:"varint,3,opt,name=replace_algorithms,json=replaceAlgorithms,proto3" json:"replace_algorithms,omitempty"`
+	DefaultUsePolicy  *KeyUsePolicy        `protobuf:"bytes,4,opt,name=default_use_policy,json=defaultUsePolicy,proto3" json:"default_use_policy,omitempty"`
+	MaxLifetime       *durationpb.Duration `protobuf:"bytes,5,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
+	CachePolicy       *KeyCachePolicy      `protobuf:"bytes,6,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
+	// Add escrow keys (existing ones stay).
+	AddEscrowKeys []*EscrowKeyInfo `protobuf:"bytes,7,rep,name=add_escrow_keys,json=addEscrowKeys,proto3" json:"add_escrow_keys,omitempty"`
+	// Generate a new KEK version for new keys; old versions still unwrap
+	// old keys.
+	RotateKek     bool `protobuf:"varint,8,opt,name=rotate_kek,json=rotateKek,proto3" json:"rotate_kek,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdatePolicyRequest) Reset() {
+	*x = UpdatePolicyRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePolicyRequest) ProtoMessage() {}
+
+func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePolicyRequest.ProtoReflect.Descriptor instead.
+func (*UpdatePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *UpdatePolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdatePolicyRequest) GetAllowedAlgorithms() []Algorithm {
+	if x != nil {
+		return x.AllowedAlgorithms
+	}
+	return nil
+}
+
+func (x *UpdatePolicyRequest) GetReplaceAlgorithms() bool {
+	if x != nil {
+		return x.ReplaceAlgorithms
+	}
+	return false
+}
+
+func (x *UpdatePolicyRequest) GetDefaultUsePolicy() *KeyUsePolicy {
+	if x != nil {
+		return x.DefaultUsePolicy
+	}
+	return nil
+}
+
+func (x *UpdatePolicyRequest) GetMaxLifetime() *durationpb.Duration {
+	if x != nil {
+		return x.MaxLifetime
+	}
+	return nil
+}
+
+func (x *UpdatePolicyRequest) GetCachePolicy() *KeyCachePolicy {
+	if x != nil {
+		return x.CachePolicy
+	}
+	return nil
+}
+
+func (x *UpdatePolicyRequest) GetAddEscrowKeys() []*EscrowKeyInfo {
+	if x != nil {
+		return x.AddEscrowKeys
+	}
+	return nil
+}
+
+func (x *UpdatePolicyRequest) GetRotateKek() bool {
+	if x != nil {
+		return x.RotateKek
+	}
+	return false
+}
+
+type UpdatePolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *Policy                `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdatePolicyResponse) Reset() {
+	*x = UpdatePolicyResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePolicyResponse) ProtoMessage() {}
+
+func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePolicyResponse.ProtoReflect.Descriptor instead.
+func (*UpdatePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *UpdatePolicyResponse) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 type CreatePolicyResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Policy        *Policy                `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
@@ -1562,7 +1753,7 @@ type CreatePolicyResponse struct {
 
 func (x *CreatePolicyResponse) Reset() {
 	*x = CreatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1765,7 @@ func (x *CreatePolicyResponse) String() string {
 func (*CreatePolicyResponse) ProtoMessage() {}
 
 func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1778,7 @@ func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*CreatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreatePolicyResponse) GetPolicy() *Policy {
@@ -1607,7 +1798,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +1810,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +1823,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetPolicyRequest) GetName() string {
@@ -1658,7 +1849,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +1861,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +1874,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetPolicyResponse) GetPolicy() *Policy {
@@ -1702,7 +1893,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1905,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1918,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListPoliciesRequest) GetConsistency() Consistency {
@@ -1746,7 +1937,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1949,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1962,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -1789,7 +1980,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1801,7 +1992,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1814,7 +2005,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
 }
 
 // SnapshotChunk is a piece of a state snapshot stream (the fsm snapshot
@@ -1830,7 +2021,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2033,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2046,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -1888,7 +2079,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2091,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2104,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -1972,7 +2163,7 @@ type RegisterClientRequest struct {
 
 func (x *RegisterClientRequest) Reset() {
 	*x = RegisterClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2175,7 @@ func (x *RegisterClientRequest) String() string {
 func (*RegisterClientRequest) ProtoMessage() {}
 
 func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2188,7 @@ func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClientRequest.ProtoReflect.Descriptor instead.
 func (*RegisterClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RegisterClientRequest) GetName() string {
@@ -2038,7 +2229,7 @@ type SetClientActiveRequest struct {
 
 func (x *SetClientActiveRequest) Reset() {
 	*x = SetClientActiveRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2241,7 @@ func (x *SetClientActiveRequest) String() string {
 func (*SetClientActiveRequest) ProtoMessage() {}
 
 func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2254,7 @@ func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClientActiveRequest.ProtoReflect.Descriptor instead.
 func (*SetClientActiveRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetClientActiveRequest) GetName() string {
@@ -2090,7 +2281,7 @@ type GetClientRequest struct {
 
 func (x *GetClientRequest) Reset() {
 	*x = GetClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2293,7 @@ func (x *GetClientRequest) String() string {
 func (*GetClientRequest) ProtoMessage() {}
 
 func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2306,7 @@ func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientRequest.ProtoReflect.Descriptor instead.
 func (*GetClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetClientRequest) GetName() string {
@@ -2141,7 +2332,7 @@ type ListClientsRequest struct {
 
 func (x *ListClientsRequest) Reset() {
 	*x = ListClientsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2153,7 +2344,7 @@ func (x *ListClientsRequest) String() string {
 func (*ListClientsRequest) ProtoMessage() {}
 
 func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2166,7 +2357,7 @@ func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
 func (*ListClientsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListClientsRequest) GetConsistency() Consistency {
@@ -2185,7 +2376,7 @@ type ListClientsResponse struct {
 
 func (x *ListClientsResponse) Reset() {
 	*x = ListClientsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2388,7 @@ func (x *ListClientsResponse) String() string {
 func (*ListClientsResponse) ProtoMessage() {}
 
 func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2401,7 @@ func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
 func (*ListClientsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListClientsResponse) GetClients() []*ClientInfo {
@@ -2231,7 +2422,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2434,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2447,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -2282,7 +2473,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2485,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2498,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RevokeCertificateResponse) GetSerial() string {
@@ -2333,7 +2524,7 @@ type AclRuleInfo struct {
 
 func (x *AclRuleInfo) Reset() {
 	*x = AclRuleInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2536,7 @@ func (x *AclRuleInfo) String() string {
 func (*AclRuleInfo) ProtoMessage() {}
 
 func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2549,7 @@ func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AclRuleInfo.ProtoReflect.Descriptor instead.
 func (*AclRuleInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AclRuleInfo) GetId() string {
@@ -2417,7 +2608,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2620,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2633,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GrantRequest) GetSubject() string {
@@ -2482,7 +2673,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2494,7 +2685,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2507,7 +2698,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RevokeGrantRequest) GetId() string {
@@ -2526,7 +2717,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2729,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2742,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RevokeGrantResponse) GetId() string {
@@ -2572,7 +2763,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2584,7 +2775,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2597,7 +2788,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListGrantsRequest) GetSubject() string {
@@ -2623,7 +2814,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2635,7 +2826,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2648,7 +2839,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListGrantsResponse) GetRules() []*AclRuleInfo {
@@ -2673,7 +2864,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2685,7 +2876,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2698,7 +2889,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CheckRequest) GetClient() string {
@@ -2750,7 +2941,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +2953,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +2966,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CheckResponse) GetAllowed() bool {
@@ -2903,7 +3094,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x14\n" +
-	"\x05label\x18\x03 \x01(\tR\x05label\"\xfd\x02\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\"\xd7\x03\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vkek_version\x18\x02 \x01(\rR\n" +
@@ -2914,12 +3105,29 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x12default_use_policy\x18\x05 \x01(\v2\x17.coffer.v1.KeyUsePolicyR\x10defaultUsePolicy\x12<\n" +
 	"\fcache_policy\x18\x06 \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x129\n" +
 	"\n" +
-	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xa9\x01\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12<\n" +
+	"\fmax_lifetime\x18\b \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12\x1a\n" +
+	"\brevision\x18\t \x01(\x04R\brevision\"\xec\x02\n" +
 	"\x13CreatePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
 	"\x12allowed_algorithms\x18\x02 \x03(\x0e2\x14.coffer.v1.AlgorithmR\x11allowedAlgorithms\x129\n" +
 	"\vescrow_keys\x18\x03 \x03(\v2\x18.coffer.v1.EscrowKeyInfoR\n" +
-	"escrowKeys\"A\n" +
+	"escrowKeys\x12E\n" +
+	"\x12default_use_policy\x18\x04 \x01(\v2\x17.coffer.v1.KeyUsePolicyR\x10defaultUsePolicy\x12<\n" +
+	"\fmax_lifetime\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12<\n" +
+	"\fcache_policy\x18\x06 \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\"\xc1\x03\n" +
+	"\x13UpdatePolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
+	"\x12allowed_algorithms\x18\x02 \x03(\x0e2\x14.coffer.v1.AlgorithmR\x11allowedAlgorithms\x12-\n" +
+	"\x12replace_algorithms\x18\x03 \x01(\bR\x11replaceAlgorithms\x12E\n" +
+	"\x12default_use_policy\x18\x04 \x01(\v2\x17.coffer.v1.KeyUsePolicyR\x10defaultUsePolicy\x12<\n" +
+	"\fmax_lifetime\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12<\n" +
+	"\fcache_policy\x18\x06 \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x12@\n" +
+	"\x0fadd_escrow_keys\x18\a \x03(\v2\x18.coffer.v1.EscrowKeyInfoR\raddEscrowKeys\x12\x1d\n" +
+	"\n" +
+	"rotate_kek\x18\b \x01(\bR\trotateKek\"A\n" +
+	"\x14UpdatePolicyResponse\x12)\n" +
+	"\x06policy\x18\x01 \x01(\v2\x11.coffer.v1.PolicyR\x06policy\"A\n" +
 	"\x14CreatePolicyResponse\x12)\n" +
 	"\x06policy\x18\x01 \x01(\v2\x11.coffer.v1.PolicyR\x06policy\"`\n" +
 	"\x10GetPolicyRequest\x12\x12\n" +
@@ -3029,9 +3237,10 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x06PutKey\x12\x18.coffer.v1.PutKeyRequest\x1a\x19.coffer.v1.PutKeyResponse\x12=\n" +
 	"\x06GetKey\x12\x18.coffer.v1.GetKeyRequest\x1a\x19.coffer.v1.GetKeyResponse\x12L\n" +
 	"\vDescribeKey\x12\x1d.coffer.v1.DescribeKeyRequest\x1a\x1e.coffer.v1.DescribeKeyResponse\x12C\n" +
-	"\bListKeys\x12\x1a.coffer.v1.ListKeysRequest\x1a\x1b.coffer.v1.ListKeysResponse2\xf9\x01\n" +
+	"\bListKeys\x12\x1a.coffer.v1.ListKeysRequest\x1a\x1b.coffer.v1.ListKeysResponse2\xca\x02\n" +
 	"\rPolicyService\x12O\n" +
-	"\fCreatePolicy\x12\x1e.coffer.v1.CreatePolicyRequest\x1a\x1f.coffer.v1.CreatePolicyResponse\x12F\n" +
+	"\fCreatePolicy\x12\x1e.coffer.v1.CreatePolicyRequest\x1a\x1f.coffer.v1.CreatePolicyResponse\x12O\n" +
+	"\fUpdatePolicy\x12\x1e.coffer.v1.UpdatePolicyRequest\x1a\x1f.coffer.v1.UpdatePolicyResponse\x12F\n" +
 	"\tGetPolicy\x12\x1b.coffer.v1.GetPolicyRequest\x1a\x1c.coffer.v1.GetPolicyResponse\x12O\n" +
 	"\fListPolicies\x12\x1e.coffer.v1.ListPoliciesRequest\x1a\x1f.coffer.v1.ListPoliciesResponse2\xe5\x01\n" +
 	"\x0eClusterService\x12B\n" +
@@ -3063,7 +3272,7 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_coffer_v1_coffer_proto_goTypes = []any{
 	(Algorithm)(0),                    // 0: coffer.v1.Algorithm
 	(KeyState)(0),                     // 1: coffer.v1.KeyState
@@ -3089,39 +3298,41 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*EscrowKeyInfo)(nil),             // 21: coffer.v1.EscrowKeyInfo
 	(*Policy)(nil),                    // 22: coffer.v1.Policy
 	(*CreatePolicyRequest)(nil),       // 23: coffer.v1.CreatePolicyRequest
-	(*CreatePolicyResponse)(nil),      // 24: coffer.v1.CreatePolicyResponse
-	(*GetPolicyRequest)(nil),          // 25: coffer.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),         // 26: coffer.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),       // 27: coffer.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),      // 28: coffer.v1.ListPoliciesResponse
-	(*SnapshotRequest)(nil),           // 29: coffer.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),             // 30: coffer.v1.SnapshotChunk
-	(*ClientInfo)(nil),                // 31: coffer.v1.ClientInfo
-	(*RegisterClientRequest)(nil),     // 32: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 33: coffer.v1.SetClientActiveRequest
-	(*GetClientRequest)(nil),          // 34: coffer.v1.GetClientRequest
-	(*ListClientsRequest)(nil),        // 35: coffer.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),       // 36: coffer.v1.ListClientsResponse
-	(*RevokeCertificateRequest)(nil),  // 37: coffer.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil), // 38: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 39: coffer.v1.AclRuleInfo
-	(*GrantRequest)(nil),              // 40: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 41: coffer.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),       // 42: coffer.v1.RevokeGrantResponse
-	(*ListGrantsRequest)(nil),         // 43: coffer.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),        // 44: coffer.v1.ListGrantsResponse
-	(*CheckRequest)(nil),              // 45: coffer.v1.CheckRequest
-	(*CheckResponse)(nil),             // 46: coffer.v1.CheckResponse
-	(*timestamppb.Timestamp)(nil),     // 47: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 48: google.protobuf.Duration
+	(*UpdatePolicyRequest)(nil),       // 24: coffer.v1.UpdatePolicyRequest
+	(*UpdatePolicyResponse)(nil),      // 25: coffer.v1.UpdatePolicyResponse
+	(*CreatePolicyResponse)(nil),      // 26: coffer.v1.CreatePolicyResponse
+	(*GetPolicyRequest)(nil),          // 27: coffer.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),         // 28: coffer.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),       // 29: coffer.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),      // 30: coffer.v1.ListPoliciesResponse
+	(*SnapshotRequest)(nil),           // 31: coffer.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),             // 32: coffer.v1.SnapshotChunk
+	(*ClientInfo)(nil),                // 33: coffer.v1.ClientInfo
+	(*RegisterClientRequest)(nil),     // 34: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 35: coffer.v1.SetClientActiveRequest
+	(*GetClientRequest)(nil),          // 36: coffer.v1.GetClientRequest
+	(*ListClientsRequest)(nil),        // 37: coffer.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),       // 38: coffer.v1.ListClientsResponse
+	(*RevokeCertificateRequest)(nil),  // 39: coffer.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil), // 40: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 41: coffer.v1.AclRuleInfo
+	(*GrantRequest)(nil),              // 42: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 43: coffer.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),       // 44: coffer.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),         // 45: coffer.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),        // 46: coffer.v1.ListGrantsResponse
+	(*CheckRequest)(nil),              // 47: coffer.v1.CheckRequest
+	(*CheckResponse)(nil),             // 48: coffer.v1.CheckResponse
+	(*timestamppb.Timestamp)(nil),     // 49: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 50: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	47, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	47, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	48, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	49, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	49, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	50, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,  // 3: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,  // 4: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	47, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	49, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 6: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 7: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	0,  // 8: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
@@ -3140,67 +3351,79 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	21, // 21: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	4,  // 22: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 23: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	47, // 24: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 25: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	21, // 26: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	22, // 27: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 28: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
-	22, // 29: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 30: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
-	22, // 31: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	47, // 32: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 33: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
-	2,  // 34: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
-	31, // 35: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	47, // 36: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 37: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
-	39, // 38: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
-	2,  // 39: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
-	7,  // 40: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	9,  // 41: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	11, // 42: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	13, // 43: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	15, // 44: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	23, // 45: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	25, // 46: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	27, // 47: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	29, // 48: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	18, // 49: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	20, // 50: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	32, // 51: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	33, // 52: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	34, // 53: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	35, // 54: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	37, // 55: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	40, // 56: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	41, // 57: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	43, // 58: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	45, // 59: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	8,  // 60: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	10, // 61: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	12, // 62: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	14, // 63: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	16, // 64: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	24, // 65: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	26, // 66: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	28, // 67: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	30, // 68: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	19, // 69: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	17, // 70: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	31, // 71: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	31, // 72: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	31, // 73: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	36, // 74: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	38, // 75: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	39, // 76: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	42, // 77: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	44, // 78: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	46, // 79: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	60, // [60:80] is the sub-list for method output_type
-	40, // [40:60] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	49, // 24: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	50, // 25: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	0,  // 26: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	21, // 27: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,  // 28: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	50, // 29: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,  // 30: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	0,  // 31: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	4,  // 32: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	50, // 33: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,  // 34: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	21, // 35: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	22, // 36: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	22, // 37: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 38: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
+	22, // 39: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 40: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
+	22, // 41: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
+	49, // 42: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 43: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
+	2,  // 44: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
+	33, // 45: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	49, // 46: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 47: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
+	41, // 48: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	2,  // 49: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
+	7,  // 50: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	9,  // 51: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	11, // 52: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	13, // 53: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	15, // 54: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	23, // 55: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	24, // 56: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
+	27, // 57: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	29, // 58: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	31, // 59: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	18, // 60: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	20, // 61: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	34, // 62: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	35, // 63: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	36, // 64: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	37, // 65: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	39, // 66: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	42, // 67: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	43, // 68: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	45, // 69: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	47, // 70: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	8,  // 71: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	10, // 72: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	12, // 73: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	14, // 74: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	16, // 75: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	26, // 76: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	25, // 77: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	28, // 78: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	30, // 79: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	32, // 80: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	19, // 81: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	17, // 82: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	33, // 83: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	33, // 84: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	33, // 85: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	38, // 86: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	40, // 87: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	41, // 88: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	44, // 89: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	46, // 90: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	48, // 91: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	71, // [71:92] is the sub-list for method output_type
+	50, // [50:71] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -3214,7 +3437,7 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   43,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

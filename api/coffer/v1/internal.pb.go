@@ -40,6 +40,7 @@ const (
 	CommandType_COMMAND_TYPE_AUDIT_BATCH        CommandType = 8
 	CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT   CommandType = 9
 	CommandType_COMMAND_TYPE_AUDIT_PRUNE        CommandType = 10
+	CommandType_COMMAND_TYPE_UPDATE_POLICY      CommandType = 11
 )
 
 // Enum value maps for CommandType.
@@ -56,6 +57,7 @@ var (
 		8:  "COMMAND_TYPE_AUDIT_BATCH",
 		9:  "COMMAND_TYPE_AUDIT_CHECKPOINT",
 		10: "COMMAND_TYPE_AUDIT_PRUNE",
+		11: "COMMAND_TYPE_UPDATE_POLICY",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -69,6 +71,7 @@ var (
 		"COMMAND_TYPE_AUDIT_BATCH":        8,
 		"COMMAND_TYPE_AUDIT_CHECKPOINT":   9,
 		"COMMAND_TYPE_AUDIT_PRUNE":        10,
+		"COMMAND_TYPE_UPDATE_POLICY":      11,
 	}
 )
 
@@ -177,6 +180,7 @@ type ForwardRequest struct {
 	//	*ForwardRequest_RevokeCertificate
 	//	*ForwardRequest_Grant
 	//	*ForwardRequest_RevokeGrant
+	//	*ForwardRequest_UpdatePolicy
 	Op            isForwardRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -298,6 +302,15 @@ func (x *ForwardRequest) GetRevokeGrant() *RevokeGrantRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetUpdatePolicy() *UpdatePolicyRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_UpdatePolicy); ok {
+			return x.UpdatePolicy
+		}
+	}
+	return nil
+}
+
 type isForwardRequest_Op interface {
 	isForwardRequest_Op()
 }
@@ -334,6 +347,10 @@ type ForwardRequest_RevokeGrant struct {
 	RevokeGrant *RevokeGrantRequest `protobuf:"bytes,9,opt,name=revoke_grant,json=revokeGrant,proto3,oneof"`
 }
 
+type ForwardRequest_UpdatePolicy struct {
+	UpdatePolicy *UpdatePolicyRequest `protobuf:"bytes,10,opt,name=update_policy,json=updatePolicy,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
@@ -350,6 +367,8 @@ func (*ForwardRequest_Grant) isForwardRequest_Op() {}
 
 func (*ForwardRequest_RevokeGrant) isForwardRequest_Op() {}
 
+func (*ForwardRequest_UpdatePolicy) isForwardRequest_Op() {}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
@@ -361,6 +380,7 @@ type ForwardResponse struct {
 	//	*ForwardResponse_RevokeCertificate
 	//	*ForwardResponse_Rule
 	//	*ForwardResponse_RevokeGrant
+	//	*ForwardResponse_UpdatePolicy
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -466,6 +486,15 @@ func (x *ForwardResponse) GetRevokeGrant() *RevokeGrantResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetUpdatePolicy() *UpdatePolicyResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_UpdatePolicy); ok {
+			return x.UpdatePolicy
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -498,6 +527,10 @@ type ForwardResponse_RevokeGrant struct {
 	RevokeGrant *RevokeGrantResponse `protobuf:"bytes,7,opt,name=revoke_grant,json=revokeGrant,proto3,oneof"`
 }
 
+type ForwardResponse_UpdatePolicy struct {
+	UpdatePolicy *UpdatePolicyResponse `protobuf:"bytes,8,opt,name=update_policy,json=updatePolicy,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
@@ -511,6 +544,8 @@ func (*ForwardResponse_RevokeCertificate) isForwardResponse_Result() {}
 func (*ForwardResponse_Rule) isForwardResponse_Result() {}
 
 func (*ForwardResponse_RevokeGrant) isForwardResponse_Result() {}
+
+func (*ForwardResponse_UpdatePolicy) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -730,9 +765,11 @@ type PolicyRecord struct {
 	Revision          uint64          `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Offline recovery keys: every key created under the policy is also
 	// encrypted to each of them.
-	EscrowKeys    []*EscrowKey `protobuf:"bytes,9,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	EscrowKeys []*EscrowKey `protobuf:"bytes,9,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
+	// Keys expire this long after creation; 0: never.
+	MaxLifetimeNanos int64 `protobuf:"varint,10,opt,name=max_lifetime_nanos,json=maxLifetimeNanos,proto3" json:"max_lifetime_nanos,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PolicyRecord) Reset() {
@@ -826,6 +863,13 @@ func (x *PolicyRecord) GetEscrowKeys() []*EscrowKey {
 		return x.EscrowKeys
 	}
 	return nil
+}
+
+func (x *PolicyRecord) GetMaxLifetimeNanos() int64 {
+	if x != nil {
+		return x.MaxLifetimeNanos
+	}
+	return 0
 }
 
 type KeyRecord struct {
@@ -1796,6 +1840,67 @@ func (x *AuditPruneCommand) GetAudit() *AuditEntry {
 	return nil
 }
 
+// UpdatePolicyCommand replaces a policy record at the expected revision.
+type UpdatePolicyCommand struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Policy           *PolicyRecord          `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	ExpectedRevision uint64                 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	Audit            *AuditEntry            `protobuf:"bytes,3,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *UpdatePolicyCommand) Reset() {
+	*x = UpdatePolicyCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePolicyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePolicyCommand) ProtoMessage() {}
+
+func (x *UpdatePolicyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePolicyCommand.ProtoReflect.Descriptor instead.
+func (*UpdatePolicyCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UpdatePolicyCommand) GetPolicy() *PolicyRecord {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *UpdatePolicyCommand) GetExpectedRevision() uint64 {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return 0
+}
+
+func (x *UpdatePolicyCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 var File_coffer_v1_internal_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_internal_proto_rawDesc = "" +
@@ -1805,7 +1910,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\xea\x04\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xb1\x05\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -1815,8 +1920,10 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x11set_client_active\x18\x06 \x01(\v2!.coffer.v1.SetClientActiveRequestH\x00R\x0fsetClientActive\x12T\n" +
 	"\x12revoke_certificate\x18\a \x01(\v2#.coffer.v1.RevokeCertificateRequestH\x00R\x11revokeCertificate\x12/\n" +
 	"\x05grant\x18\b \x01(\v2\x17.coffer.v1.GrantRequestH\x00R\x05grant\x12B\n" +
-	"\frevoke_grant\x18\t \x01(\v2\x1d.coffer.v1.RevokeGrantRequestH\x00R\vrevokeGrantB\x04\n" +
-	"\x02op\"\xd9\x03\n" +
+	"\frevoke_grant\x18\t \x01(\v2\x1d.coffer.v1.RevokeGrantRequestH\x00R\vrevokeGrant\x12E\n" +
+	"\rupdate_policy\x18\n" +
+	" \x01(\v2\x1e.coffer.v1.UpdatePolicyRequestH\x00R\fupdatePolicyB\x04\n" +
+	"\x02op\"\xa1\x04\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
@@ -1824,7 +1931,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x06client\x18\x04 \x01(\v2\x15.coffer.v1.ClientInfoH\x00R\x06client\x12U\n" +
 	"\x12revoke_certificate\x18\x05 \x01(\v2$.coffer.v1.RevokeCertificateResponseH\x00R\x11revokeCertificate\x12,\n" +
 	"\x04rule\x18\x06 \x01(\v2\x16.coffer.v1.AclRuleInfoH\x00R\x04rule\x12C\n" +
-	"\frevoke_grant\x18\a \x01(\v2\x1e.coffer.v1.RevokeGrantResponseH\x00R\vrevokeGrantB\b\n" +
+	"\frevoke_grant\x18\a \x01(\v2\x1e.coffer.v1.RevokeGrantResponseH\x00R\vrevokeGrant\x12F\n" +
+	"\rupdate_policy\x18\b \x01(\v2\x1f.coffer.v1.UpdatePolicyResponseH\x00R\fupdatePolicyB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -1837,7 +1945,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"WrappedKEK\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x18\n" +
 	"\awrapped\x18\x02 \x01(\fR\awrapped\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\xb7\x03\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\xe5\x03\n" +
 	"\fPolicyRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vkek_version\x18\x02 \x01(\rR\n" +
@@ -1849,7 +1957,9 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x11created_unix_nano\x18\a \x01(\x03R\x0fcreatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x04R\brevision\x125\n" +
 	"\vescrow_keys\x18\t \x03(\v2\x14.coffer.v1.EscrowKeyR\n" +
-	"escrowKeys\"\x81\x04\n" +
+	"escrowKeys\x12,\n" +
+	"\x12max_lifetime_nanos\x18\n" +
+	" \x01(\x03R\x10maxLifetimeNanos\"\x81\x04\n" +
 	"\tKeyRecord\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -1921,7 +2031,11 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"checkpoint\"\\\n" +
 	"\x11AuditPruneCommand\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\x12+\n" +
-	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit*\xe9\x02\n" +
+	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\xa0\x01\n" +
+	"\x13UpdatePolicyCommand\x12/\n" +
+	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit*\x89\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1b\n" +
@@ -1934,7 +2048,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x18COMMAND_TYPE_AUDIT_BATCH\x10\b\x12!\n" +
 	"\x1dCOMMAND_TYPE_AUDIT_CHECKPOINT\x10\t\x12\x1c\n" +
 	"\x18COMMAND_TYPE_AUDIT_PRUNE\x10\n" +
-	"2\xe9\x01\n" +
+	"\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v2\xe9\x01\n" +
 	"\x0fInternalService\x12@\n" +
 	"\aForward\x12\x19.coffer.v1.ForwardRequest\x1a\x1a.coffer.v1.ForwardResponse\x12F\n" +
 	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponse\x12L\n" +
@@ -1953,7 +2068,7 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),                  // 0: coffer.v1.CommandType
 	(*Caller)(nil),                    // 1: coffer.v1.Caller
@@ -1980,89 +2095,96 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*AppendAuditResponse)(nil),       // 22: coffer.v1.AppendAuditResponse
 	(*AuditCheckpointCommand)(nil),    // 23: coffer.v1.AuditCheckpointCommand
 	(*AuditPruneCommand)(nil),         // 24: coffer.v1.AuditPruneCommand
-	(*GenerateKeyRequest)(nil),        // 25: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),             // 26: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),       // 27: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),     // 28: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 29: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),  // 30: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),              // 31: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 32: coffer.v1.RevokeGrantRequest
-	(*GenerateKeyResponse)(nil),       // 33: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),            // 34: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),      // 35: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                // 36: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil), // 37: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 38: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),       // 39: coffer.v1.RevokeGrantResponse
-	(Algorithm)(0),                    // 40: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),              // 41: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),            // 42: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                     // 43: coffer.v1.KeyState
-	(*ClientRecord)(nil),              // 44: coffer.v1.ClientRecord
-	(*AclRule)(nil),                   // 45: coffer.v1.AclRule
-	(*AuditEntry)(nil),                // 46: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),        // 47: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),           // 48: coffer.v1.AuditCheckpoint
+	(*UpdatePolicyCommand)(nil),       // 25: coffer.v1.UpdatePolicyCommand
+	(*GenerateKeyRequest)(nil),        // 26: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),             // 27: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),       // 28: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),     // 29: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 30: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),  // 31: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),              // 32: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 33: coffer.v1.RevokeGrantRequest
+	(*UpdatePolicyRequest)(nil),       // 34: coffer.v1.UpdatePolicyRequest
+	(*GenerateKeyResponse)(nil),       // 35: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),            // 36: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),      // 37: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                // 38: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil), // 39: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 40: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),       // 41: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),      // 42: coffer.v1.UpdatePolicyResponse
+	(Algorithm)(0),                    // 43: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),              // 44: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),            // 45: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                     // 46: coffer.v1.KeyState
+	(*ClientRecord)(nil),              // 47: coffer.v1.ClientRecord
+	(*AclRule)(nil),                   // 48: coffer.v1.AclRule
+	(*AuditEntry)(nil),                // 49: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),        // 50: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),           // 51: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	1,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	25, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	26, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	27, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	28, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
-	29, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
-	30, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
-	31, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
-	32, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
-	33, // 9: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	34, // 10: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	35, // 11: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	36, // 12: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	37, // 13: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	38, // 14: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	39, // 15: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	0,  // 16: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	7,  // 17: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	40, // 18: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	41, // 19: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	42, // 20: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	10, // 21: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	40, // 22: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	43, // 23: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	41, // 24: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	42, // 25: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 26: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	12, // 27: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	8,  // 28: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	44, // 29: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	45, // 30: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	44, // 31: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	46, // 32: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	45, // 33: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	46, // 34: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	46, // 35: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	47, // 36: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	46, // 37: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 38: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	46, // 39: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	8,  // 40: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	46, // 41: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	46, // 42: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	46, // 43: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	48, // 44: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	46, // 45: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	2,  // 46: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	4,  // 47: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	21, // 48: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	3,  // 49: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	5,  // 50: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	22, // 51: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	49, // [49:52] is the sub-list for method output_type
-	46, // [46:49] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	26, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	27, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	28, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	29, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	30, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	31, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	32, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	33, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	34, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
+	35, // 10: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	36, // 11: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	37, // 12: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	38, // 13: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	39, // 14: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	40, // 15: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	41, // 16: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	42, // 17: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	0,  // 18: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	7,  // 19: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	43, // 20: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	44, // 21: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	45, // 22: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	10, // 23: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	43, // 24: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	46, // 25: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	44, // 26: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	45, // 27: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 28: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	12, // 29: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	8,  // 30: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	47, // 31: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	48, // 32: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	47, // 33: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	49, // 34: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	48, // 35: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	49, // 36: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	49, // 37: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	50, // 38: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	49, // 39: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 40: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	49, // 41: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	8,  // 42: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	49, // 43: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	49, // 44: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	49, // 45: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	51, // 46: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	49, // 47: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	8,  // 48: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	49, // 49: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	2,  // 50: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	4,  // 51: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	21, // 52: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	3,  // 53: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	5,  // 54: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	22, // 55: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	53, // [53:56] is the sub-list for method output_type
+	50, // [50:53] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -2081,6 +2203,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardRequest_RevokeCertificate)(nil),
 		(*ForwardRequest_Grant)(nil),
 		(*ForwardRequest_RevokeGrant)(nil),
+		(*ForwardRequest_UpdatePolicy)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
@@ -2090,6 +2213,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardResponse_RevokeCertificate)(nil),
 		(*ForwardResponse_Rule)(nil),
 		(*ForwardResponse_RevokeGrant)(nil),
+		(*ForwardResponse_UpdatePolicy)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2097,7 +2221,7 @@ func file_coffer_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,209 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/hsmwrap"
+)
+
+// Bounds of use and cache policies.
+const (
+	minLifetime      = time.Minute
+	maxCacheTTL      = 30 * 24 * time.Hour
+	maxCacheKeys     = 1_000_000
+	maxUseOperations = 16
+)
+
+// Sentinel errors of key use.
+var (
+	ErrKeyNotYetValid = errors.New("key is not valid yet")
+	ErrKeyExpired     = errors.New("key has expired")
+)
+
+func validateUsePolicy(u *cofferv1.KeyUsePolicy) error {
+	if u == nil {
+		return nil
+	}
+	if len(u.GetOperations()) > maxUseOperations {
+		return fmt.Errorf("%w: at most %d operations in a use policy", ErrInvalidArgument, maxUseOperations)
+	}
+	for _, op := range u.GetOperations() {
+		o, err := authz.ParseOp(op)
+		if err != nil || !o.IsKey() {
+			return fmt.Errorf("%w: use policy operation %q is not a key operation", ErrInvalidArgument, op)
+		}
+	}
+	if u.GetNotBefore() != nil && u.GetNotAfter() != nil && !u.GetNotBefore().AsTime().Before(u.GetNotAfter().AsTime()) {
+		return fmt.Errorf("%w: use policy not_before must be before not_after", ErrInvalidArgument)
+	}
+	return nil
+}
+
+func validateCachePolicy(c *cofferv1.KeyCachePolicy) error {
+	if c == nil {
+		return nil
+	}
+	if c.GetTtl().AsDuration() < 0 || c.GetTtl().AsDuration() > maxCacheTTL {
+		return fmt.Errorf("%w: cache ttl must be 0..%v", ErrInvalidArgument, maxCacheTTL)
+	}
+	if c.GetMaxKeys() > maxCacheKeys {
+		return fmt.Errorf("%w: cache max_keys must be at most %d", ErrInvalidArgument, maxCacheKeys)
+	}
+	return nil
+}
+
+func validateLifetime(d *durationpb.Duration) error {
+	if d != nil && d.AsDuration() < minLifetime {
+		return fmt.Errorf("%w: max lifetime must be at least %v", ErrInvalidArgument, minLifetime)
+	}
+	return nil
+}
+
+// keyUsePolicy is the use policy a key created now under pol gets: the
+// policy's default, with not_after brought forward to the end of the
+// policy's maximum lifetime.
+func keyUsePolicy(pol *cofferv1.PolicyRecord, created time.Time) *cofferv1.KeyUsePolicy {
+	u := proto.CloneOf(pol.GetDefaultUsePolicy())
+	if lt := time.Duration(pol.GetMaxLifetimeNanos()); lt > 0 {
+		if u == nil {
+			u = &cofferv1.KeyUsePolicy{}
+		}
+		end := created.Add(lt)
+		if u.GetNotAfter() == nil || end.Before(u.GetNotAfter().AsTime()) {
+			u.NotAfter = timestamppb.New(end)
+		}
+	}
+	return u
+}
+
+// checkUse enforces a key's use policy for one operation at now.
+func checkUse(rec *cofferv1.KeyRecord, op authz.Op, now time.Time) error {
+	u := rec.GetUsePolicy()
+	if u == nil {
+		return nil
+	}
+	if ops := u.GetOperations(); len(ops) > 0 {
+		ok := false
+		for _, o := range ops {
+			ok = ok || o == string(op)
+		}
+		if !ok {
+			return fmt.Errorf("%w: the use policy of key %s does not allow %s (allowed: %v)", ErrPermission, rec.GetGkid(), op, ops)
+		}
+	}
+	if nb := u.GetNotBefore(); nb != nil && now.Before(nb.AsTime()) {
+		return fmt.Errorf("%w: key %s may be used from %s", ErrKeyNotYetValid, rec.GetGkid(), nb.AsTime().UTC().Format(time.RFC3339))
+	}
+	if na := u.GetNotAfter(); na != nil && !now.Before(na.AsTime()) {
+		return fmt.Errorf("%w: key %s could be used until %s", ErrKeyExpired, rec.GetGkid(), na.AsTime().UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+func (s *policyService) UpdatePolicy(ctx context.Context, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
+	c, err := authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateUpdate(req); err != nil {
+		return nil, err
+	}
+	if !s.n.IsLeader() {
+		resp, err := s.n.forward(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_UpdatePolicy{UpdatePolicy: req}})
+		if err != nil {
+			return nil, err
+		}
+		return resp.GetUpdatePolicy(), nil
+	}
+	return s.n.updatePolicy(ctx, c, req)
+}
+
+func validateUpdate(req *cofferv1.UpdatePolicyRequest) error {
+	if err := validatePolicyName(req.GetName()); err != nil {
+		return err
+	}
+	for _, a := range req.GetAllowedAlgorithms() {
+		if _, _, _, err := materialLen(a); err != nil {
+			return err
+		}
+	}
+	if err := validateUsePolicy(req.GetDefaultUsePolicy()); err != nil {
+		return err
+	}
+	if err := validateCachePolicy(req.GetCachePolicy()); err != nil {
+		return err
+	}
+	if err := validateLifetime(req.GetMaxLifetime()); err != nil {
+		return err
+	}
+	_, err := validatePolicyRequest(&cofferv1.CreatePolicyRequest{Name: req.GetName(), EscrowKeys: req.GetAddEscrowKeys()})
+	return err
+}
+
+// updatePolicy runs on the leader.
+func (n *Node) updatePolicy(ctx context.Context, c caller, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
+	if err := validateUpdate(req); err != nil {
+		return nil, err
+	}
+	if err := n.ensureLeaderReady(); err != nil {
+		return nil, err
+	}
+	if err := n.authorize(c, authz.OpPolicyUpdate, ""); err != nil {
+		return nil, err
+	}
+	cur, err := n.fsm.Policy(req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	auditEntry(ctx).Policy = cur.GetName()
+	p := proto.CloneOf(cur)
+	p.Revision = cur.GetRevision() + 1
+	if len(req.GetAllowedAlgorithms()) > 0 || req.GetReplaceAlgorithms() {
+		p.AllowedAlgorithms = req.GetAllowedAlgorithms()
+	}
+	if req.GetDefaultUsePolicy() != nil {
+		p.DefaultUsePolicy = req.GetDefaultUsePolicy()
+	}
+	if req.GetMaxLifetime() != nil {
+		p.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
+	}
+	if req.GetCachePolicy() != nil {
+		p.CachePolicy = req.GetCachePolicy()
+	}
+	keys, _ := validatePolicyRequest(&cofferv1.CreatePolicyRequest{Name: req.GetName(), EscrowKeys: req.GetAddEscrowKeys()})
+	for _, k := range keys {
+		dup := false
+		for _, e := range p.GetEscrowKeys() {
+			dup = dup || e.GetId() == k.GetId()
+		}
+		if !dup {
+			p.EscrowKeys = append(p.EscrowKeys, k)
+		}
+	}
+	if len(p.GetEscrowKeys()) > MaxEscrowKeys {
+		return nil, fmt.Errorf("%w: at most %d escrow keys", ErrInvalidArgument, MaxEscrowKeys)
+	}
+	if req.GetRotateKek() {
+		v := cur.GetKekVersion() + 1
+		wrapped, err := n.ks.GenerateKEK(hsmwrap.KEKID{Policy: p.GetName(), Version: v})
+		if err != nil {
+			return nil, err
+		}
+		p.Keks = append(p.Keks, &cofferv1.WrappedKEK{Version: v, Wrapped: wrapped, CreatedUnixNano: time.Now().UnixNano()})
+		p.KekVersion = v
+	}
+	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY, &cofferv1.UpdatePolicyCommand{Policy: p, ExpectedRevision: cur.GetRevision()})
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.UpdatePolicyResponse{Policy: policyInfo(res.Policy)}, nil
+}
