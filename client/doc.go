@@ -2,7 +2,8 @@
 //
 // A [Client] talks to a set of Coffer nodes over mutual TLS, one gRPC
 // connection per node, and offers one method per RPC of the public API
-// (coffer.v1.KeyService and coffer.v1.ClusterService). Every node serves every
+// (coffer.v1.KeyService, PolicyService, AccessService, AuditService and
+// ClusterService). Every node serves every
 // RPC: writes are forwarded to the Raft leader by the node that receives them,
 // reads are answered locally.
 //
