@@ -60,6 +60,7 @@ type endpoint struct {
 	cluster  cofferv1.ClusterServiceClient
 	policies cofferv1.PolicyServiceClient
 	access   cofferv1.AccessServiceClient
+	audit    cofferv1.AuditServiceClient
 	// downUntil is the end of the endpoint's cool-down in Unix nanoseconds;
 	// zero when it is not cooling down.
 	downUntil atomic.Int64
@@ -100,6 +101,7 @@ func (c *Client) dial(addr string) (*endpoint, error) {
 		cluster:  cofferv1.NewClusterServiceClient(conn),
 		policies: cofferv1.NewPolicyServiceClient(conn),
 		access:   cofferv1.NewAccessServiceClient(conn),
+		audit:    cofferv1.NewAuditServiceClient(conn),
 	}, nil
 }
 

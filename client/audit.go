@@ -1,0 +1,106 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// AuditQuery returns one page of audit entries after req.AfterSeq that match
+// req's filters. Resume with AfterSeq = resp.LastSeq; the log holds entries
+// up to resp.HeadSeq. Every query is itself a request and gets its own audit
+// entry.
+func (c *Client) AuditQuery(ctx context.Context, req *cofferv1.AuditQueryRequest) (*cofferv1.AuditQueryResponse, error) {
+	if req == nil {
+		return nil, nilRequest("AuditQuery")
+	}
+	return invoke(ctx, c, "AuditQuery", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.AuditQueryResponse, error) {
+		return ep.audit.Query(ctx, req, opts...)
+	})
+}
+
+// AuditPrune deletes the entries up to the newest checkpoint at or below
+// req.UpToSeq and returns the prune marker that now stands for them. Only
+// the leader prunes; a follower answers Unavailable naming the leader, and
+// the call follows that hint. Pruning up to the same seq again returns the
+// same marker, so a retry after a lost response is harmless.
+func (c *Client) AuditPrune(ctx context.Context, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
+	if req == nil {
+		return nil, nilRequest("AuditPrune")
+	}
+	return invoke(ctx, c, "AuditPrune", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.AuditPruneResponse, error) {
+		return ep.audit.Prune(ctx, req, opts...)
+	})
+}
+
+// AuditExport streams the audit log after seq after into w as JSON Lines
+// (the export format of package audit: a prune marker first when exporting
+// from the start of a pruned log, then entries and checkpoints in apply
+// order). The caller's context bounds the whole transfer (there is no
+// per-attempt timeout: a long log takes a while). A failure before the first
+// byte is written is retried on another node; once data has been written the
+// call fails instead, since w cannot be rewound. A nil error means the node
+// ended the stream normally, so w holds the complete export.
+func (c *Client) AuditExport(ctx context.Context, after uint64, w io.Writer) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	if w == nil {
+		return &Error{Method: "AuditExport", Err: status.Error(codes.InvalidArgument, "nil writer")}
+	}
+	var prev *endpoint
+	var lastErr error
+	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
+		if attempt > 1 {
+			if err := sleep(ctx, c.backoff(attempt)); err != nil {
+				return &Error{Method: "AuditExport", Endpoint: prev.addr, Attempts: attempt - 1, Exhausted: true, ctxErr: err, Err: lastErr}
+			}
+		}
+		ep := c.pick(prev, "")
+		prev = ep
+		written, err := auditExportFrom(ctx, ep, after, w)
+		if err == nil {
+			return nil
+		}
+		lastErr = toStatusErr(err)
+		if written || !retryable(ctx, lastErr) {
+			return &Error{Method: "AuditExport", Endpoint: ep.addr, Attempts: attempt, Err: lastErr}
+		}
+		c.markDown(ep)
+	}
+	return &Error{Method: "AuditExport", Endpoint: prev.addr, Attempts: c.cfg.MaxAttempts, Exhausted: true, Err: lastErr}
+}
+
+// auditExportFrom runs one export attempt against ep and reports whether any
+// byte reached w.
+func auditExportFrom(ctx context.Context, ep *endpoint, after uint64, w io.Writer) (written bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := ep.audit.Export(ctx, &cofferv1.AuditExportRequest{AfterSeq: after})
+	if err != nil {
+		return false, err
+	}
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return written, nil
+		}
+		if err != nil {
+			return written, err
+		}
+		if len(chunk.GetData()) == 0 {
+			continue
+		}
+		written = true
+		if _, err := w.Write(chunk.GetData()); err != nil {
+			return true, fmt.Errorf("client: write audit export: %w", err)
+		}
+	}
+}
