@@ -361,6 +361,27 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 		}
 	}
 
+	// Audit: mallory's refusal is in the log, and an export verifies
+	// offline against the nodes' published checkpoint keys.
+	if out := e.mustCoffer("audit", "query", "--client", "mallory", "--outcome", "denied", "--all"); !strings.Contains(out, "generate") {
+		t.Fatalf("audit query lacks mallory's refused generate:\n%s", out)
+	}
+	exportFile := filepath.Join(work, "audit.jsonl")
+	e.mustCoffer("audit", "export", "--out", exportFile)
+	verifyArgs := []string{"audit", "verify", "--file", exportFile}
+	for i := 1; i <= 3; i++ {
+		verifyArgs = append(verifyArgs, "--trusted-key", filepath.Join(e.dir, fmt.Sprintf("n%d", i), "data", "audit-signing.pub"))
+	}
+	e.mustCoffer(verifyArgs...)
+	edited, _ := os.ReadFile(exportFile)
+	edited = bytes.Replace(edited, []byte(`"client:mallory"`), []byte(`"client:alice"`), 1)
+	tampered := filepath.Join(work, "tampered.jsonl")
+	_ = os.WriteFile(tampered, edited, 0o600)
+	verifyArgs[3] = tampered
+	if out, errs, code := e.coffer(verifyArgs...); code != 1 || !strings.Contains(out+errs, "chain broken") {
+		t.Fatalf("edited export verified (exit %d): %s %s", code, out, errs)
+	}
+
 	// Ctrl-C stops every node; the next start reuses the data.
 	e.stop(dev)
 	dev2 := e.startDev()
