@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -29,7 +32,20 @@ type devOptions struct {
 	basePort int
 	host     string
 	initOnly bool
+	// keystore is the keystore kind of a new cluster: keystoreSoftware or
+	// keystorePKCS11. keystoreSet says it was given on the command line,
+	// so that an existing DIR of another kind is an error rather than
+	// silently reused.
+	keystore    string
+	keystoreSet bool
+	// pkcs11Module is the SoftHSM2 library for --keystore pkcs11.
+	pkcs11Module    string
+	pkcs11ModuleSet bool
 }
+
+// defaultSoftHSM2Module is where Debian's softhsm2 package installs the
+// library.
+const defaultSoftHSM2Module = "/usr/lib/softhsm/libsofthsm2.so"
 
 func devCmd() *cobra.Command {
 	o := devOptions{}
@@ -37,17 +53,27 @@ func devCmd() *cobra.Command {
 		Use:   "dev --nodes 3 --dir DIR",
 		Short: "Start a local cluster (one process a node) for development",
 		Long: `Start a local cluster on one machine, one cofferd process a node, nodes placed
-on sites a, b, c in turn, on the software keystore.
+on sites a, b, c in turn, on the software keystore (default) or, with
+--keystore pkcs11, on one SoftHSM2 token per node.
 
-The first start creates DIR: a CA, node and admin client certificates, a key
-file and the master key sealed under it, and each node's config. Later starts
-reuse DIR, so keys survive restarts. DIR/env sets up the coffer CLI.
+The first start creates DIR: a CA, node and admin client certificates, each
+node's config, and the keystore:
+  software  a key file and the master key sealed under it (DIR/keystore)
+  pkcs11    a SoftHSM2 token directory (DIR/softhsm, with its softhsm2.conf),
+            a token per node labelled coffer-nN with random PINs in
+            DIR/nN/hsm/, the master key generated on n1's token and given to
+            every other token through the key ceremony (transport key,
+            export, import, check values compared), so it never exists in
+            plaintext outside a token
+Later starts reuse DIR, so keys survive restarts; DIR keeps the keystore it
+was created with. DIR/env sets up the coffer CLI.
 
 Node i (1-based) listens on BASE+i (gRPC API), BASE+100+i (Raft) and
 BASE+200+i (metrics, plain HTTP). Ctrl-C stops every node.
 
-The dev layout is for development only: every node shares one sealed master
-key file and its key file sits beside it.`,
+The dev layout is for development only: with the software keystore every
+node shares one sealed master key file and its key file sits beside it; with
+pkcs11 the tokens' PINs sit beside them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.nodes < 1 || o.nodes > 9 {
@@ -56,6 +82,11 @@ key file and its key file sits beside it.`,
 			if o.dir == "" {
 				return usageError{fmt.Errorf("--dir is required")}
 			}
+			if o.keystore != keystoreSoftware && o.keystore != keystorePKCS11 {
+				return usageError{fmt.Errorf("--keystore must be %s or %s", keystoreSoftware, keystorePKCS11)}
+			}
+			o.keystoreSet = cmd.Flags().Changed("keystore")
+			o.pkcs11ModuleSet = cmd.Flags().Changed("pkcs11-module")
 			return runDev(o)
 		},
 	}
@@ -64,6 +95,8 @@ key file and its key file sits beside it.`,
 	cmd.Flags().IntVar(&o.basePort, "base-port", 7100, "port base: node i uses BASE+i, BASE+100+i, BASE+200+i")
 	cmd.Flags().StringVar(&o.host, "host", "127.0.0.1", "address every node binds to")
 	cmd.Flags().BoolVar(&o.initOnly, "init-only", false, "create DIR (configs, certificates, keystore) and exit without starting nodes")
+	cmd.Flags().StringVar(&o.keystore, "keystore", keystoreSoftware, "keystore of a new cluster: software (sealed master key file) or pkcs11 (a SoftHSM2 token per node)")
+	cmd.Flags().StringVar(&o.pkcs11Module, "pkcs11-module", defaultSoftHSM2Module, "SoftHSM2's PKCS#11 library, for --keystore pkcs11")
 	return cmd
 }
 
@@ -72,6 +105,14 @@ type devLayout struct {
 	configs []string
 	env     string
 	client  transport.TLSConfig
+	// keystore is the kind every node's config names.
+	keystore string
+	// With the pkcs11 keystore: SoftHSM2's config file, which every node
+	// process gets as SOFTHSM2_CONF, and, on the start that created DIR,
+	// the master key's check value on every token.
+	softhsmConf string
+	module      string
+	kcv         string
 }
 
 func runDev(o devOptions) error {
@@ -86,11 +127,18 @@ func runDev(o devOptions) error {
 	}
 	if created {
 		fmt.Printf("Created a new %d-node dev cluster in %s\n", o.nodes, dir)
+		if lay.kcv != "" {
+			fmt.Printf("Master key generated on token coffer-n1 and imported into every other node's token through the key ceremony; KCV %s on every token\n", lay.kcv)
+		}
 	} else {
 		fmt.Printf("Reusing the dev cluster in %s\n", dir)
 	}
 	if o.initOnly {
-		fmt.Printf("Node configs: %s/n*/config.json; start one with: cofferd serve --config FILE\n", dir)
+		serve := "cofferd serve --config FILE"
+		if lay.softhsmConf != "" {
+			serve = "SOFTHSM2_CONF=" + lay.softhsmConf + " " + serve
+		}
+		fmt.Printf("Node configs: %s/n*/config.json; start one with: %s\n", dir, serve)
 		return nil
 	}
 	self, err := os.Executable()
@@ -112,6 +160,11 @@ func runDev(o devOptions) error {
 		p := exec.Command(self, "serve", "--config", c)
 		p.Stdout, p.Stderr = logf, logf
 		p.Env = os.Environ()
+		if lay.softhsmConf != "" {
+			// SoftHSM2 finds its tokens through this variable, read once
+			// when the node loads the library.
+			p.Env = setEnv(p.Env, "SOFTHSM2_CONF", lay.softhsmConf)
+		}
 		// Children do not get the terminal's Ctrl-C directly: the parent
 		// stops them in order.
 		p.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -180,8 +233,8 @@ func devPeers(o devOptions) []node.Peer {
 }
 
 // prepareDev creates the dev directory on first use and returns its layout.
-func prepareDev(o devOptions) (*devLayout, bool, error) {
-	lay := &devLayout{dir: o.dir, env: filepath.Join(o.dir, "env")}
+func prepareDev(o devOptions) (lay *devLayout, created bool, err error) {
+	lay = &devLayout{dir: o.dir, env: filepath.Join(o.dir, "env")}
 	caCert, caKey := filepath.Join(o.dir, "ca", "ca.pem"), filepath.Join(o.dir, "ca", "ca-key.pem")
 	lay.client = transport.TLSConfig{CAFile: caCert,
 		CertFile: filepath.Join(o.dir, "client", "admin.pem"), KeyFile: filepath.Join(o.dir, "client", "admin-key.pem")}
@@ -194,12 +247,49 @@ func prepareDev(o devOptions) (*devLayout, bool, error) {
 				return nil, false, fmt.Errorf("%s exists but has no %s: was it made with another --nodes? (%w)", o.dir, c, err)
 			}
 		}
+		if err := reuseKeystore(lay, o); err != nil {
+			return nil, false, err
+		}
 		if err := writeEnv(lay, o); err != nil {
 			return nil, false, err
 		}
 		return lay, false, nil
 	}
-	for _, d := range []string{"ca", "client", "keystore"} {
+	lay.keystore = o.keystore
+	if o.pkcs11ModuleSet && o.keystore != keystorePKCS11 {
+		return nil, false, usageError{fmt.Errorf("--pkcs11-module goes with --keystore pkcs11")}
+	}
+	if o.keystore == keystorePKCS11 {
+		// Before anything is created, so a missing SoftHSM2 leaves no
+		// half-made DIR behind.
+		if err := checkSoftHSM(o.pkcs11Module, true); err != nil {
+			return nil, false, err
+		}
+	}
+	// If DIR is new (or empty) and creating the cluster fails half way,
+	// remove what was made, so that the next start does not take the
+	// remains for a cluster.
+	if entries, err := os.ReadDir(o.dir); errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0) {
+		existed := err == nil
+		defer func() {
+			if created {
+				return
+			}
+			if !existed {
+				_ = os.RemoveAll(o.dir)
+				return
+			}
+			made, _ := os.ReadDir(o.dir)
+			for _, e := range made {
+				_ = os.RemoveAll(filepath.Join(o.dir, e.Name()))
+			}
+		}()
+	}
+	dirs := []string{"ca", "client", "keystore"}
+	if o.keystore == keystorePKCS11 {
+		dirs = []string{"ca", "client"}
+	}
+	for _, d := range dirs {
 		if err := os.MkdirAll(filepath.Join(o.dir, d), 0o700); err != nil {
 			return nil, false, err
 		}
@@ -225,14 +315,24 @@ func prepareDev(o devOptions) (*devLayout, bool, error) {
 	if err := issue(transport.Identity{Kind: transport.KindClient, Name: "admin"}, lay.client.CertFile, lay.client.KeyFile); err != nil {
 		return nil, false, err
 	}
-	keyFile, sealed := filepath.Join(o.dir, "keystore", "master.keyfile"), filepath.Join(o.dir, "keystore", "master.sealed")
-	if err := hsmwrap.GenerateKeyFile(keyFile); err != nil {
-		return nil, false, err
-	}
-	if err := hsmwrap.CreateMasterKeyFile(sealed, hsmwrap.SealOptions{KeyFile: keyFile}); err != nil {
-		return nil, false, err
-	}
 	peers := devPeers(o)
+	var keystores []keystoreConfig
+	if o.keystore == keystorePKCS11 {
+		if keystores, err = createSoftHSMKeystores(lay, o, peers); err != nil {
+			return nil, false, err
+		}
+	} else {
+		keyFile, sealed := filepath.Join(o.dir, "keystore", "master.keyfile"), filepath.Join(o.dir, "keystore", "master.sealed")
+		if err := hsmwrap.GenerateKeyFile(keyFile); err != nil {
+			return nil, false, err
+		}
+		if err := hsmwrap.CreateMasterKeyFile(sealed, hsmwrap.SealOptions{KeyFile: keyFile}); err != nil {
+			return nil, false, err
+		}
+		for range peers {
+			keystores = append(keystores, keystoreConfig{Kind: keystoreSoftware, MasterKeyFile: sealed, KeyFile: keyFile})
+		}
+	}
 	for i, p := range peers {
 		nd := filepath.Join(o.dir, p.ID)
 		if err := os.MkdirAll(filepath.Join(nd, "tls"), 0o700); err != nil {
@@ -251,7 +351,7 @@ func prepareDev(o devOptions) (*devLayout, bool, error) {
 		cfg.Bootstrap = true
 		cfg.BootstrapAdmins = []string{"admin"}
 		cfg.TLS = tlsc
-		cfg.Keystore = keystoreConfig{Kind: "software", MasterKeyFile: sealed, KeyFile: keyFile}
+		cfg.Keystore = keystores[i]
 		if err := writeConfig(lay.configs[i], cfg); err != nil {
 			return nil, false, err
 		}
@@ -323,10 +423,21 @@ func waitReady(ctx context.Context, lay *devLayout, o devOptions) error {
 }
 
 func printDevBanner(lay *devLayout, o devOptions) {
-	fmt.Printf("\nCoffer dev cluster is up: %d nodes, software keystore, data in %s\n\n", o.nodes, lay.dir)
+	ks := "software keystore"
+	if lay.keystore == keystorePKCS11 {
+		ks = "pkcs11 keystore (SoftHSM2, a token per node)"
+	}
+	fmt.Printf("\nCoffer dev cluster is up: %d nodes, %s, data in %s\n\n", o.nodes, ks, lay.dir)
 	for i, p := range devPeers(o) {
 		fmt.Printf("  %-3s site %-2s api %-16s raft %-16s metrics http://%s:%d/metrics\n",
 			p.ID, p.Site, p.APIAddr, p.RaftAddr, o.host, o.basePort+200+i+1)
+	}
+	if lay.softhsmConf != "" {
+		fmt.Printf(`
+Keystore: node nN uses SoftHSM2 token coffer-nN (PINs in %s/nN/hsm/).
+Check a token's master key with:
+  SOFTHSM2_CONF=%s cofferd keystore kcv --module %s --token coffer-n1 --pin-file %s/n1/hsm/pin
+`, lay.dir, lay.softhsmConf, lay.module, lay.dir)
 	}
 	fmt.Printf(`
 Logs: %s/n*/cofferd.log
@@ -340,4 +451,199 @@ In another shell, set up the CLI and try it:
 
 Press Ctrl-C to stop every node; the next start reuses the data.
 `, lay.dir, lay.env)
+}
+
+// ---- the pkcs11 dev keystore: SoftHSM2 tokens and the key ceremony ----
+
+// softhsmDir is where the pkcs11 dev keystore keeps SoftHSM2's config and
+// token directory, under DIR.
+const softhsmDir = "softhsm"
+
+// devTokenLabel is node id's SoftHSM2 token label.
+func devTokenLabel(id string) string { return "coffer-" + id }
+
+// devPINFiles are node id's user and SO PIN files.
+func devPINFiles(dir, id string) (pin, soPIN string) {
+	return filepath.Join(dir, id, "hsm", "pin"), filepath.Join(dir, id, "hsm", "so-pin")
+}
+
+// checkSoftHSM checks that SoftHSM2 is installed: the module, and
+// softhsm2-util when tokens are to be created.
+func checkSoftHSM(module string, util bool) error {
+	var missing []string
+	if util {
+		if _, err := exec.LookPath("softhsm2-util"); err != nil {
+			missing = append(missing, "no softhsm2-util in PATH")
+		}
+	}
+	if _, err := os.Stat(module); err != nil {
+		missing = append(missing, fmt.Sprintf("no PKCS#11 module at %s", module))
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the pkcs11 dev keystore needs SoftHSM2: %s; run make softhsm (or point --pkcs11-module at the library)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// reuseKeystore finds which keystore an existing DIR was created with and
+// checks that it can run: a DIR keeps its keystore, so asking for another
+// one is an error rather than a silent switch.
+func reuseKeystore(lay *devLayout, o devOptions) error {
+	cfg, err := loadConfig(lay.configs[0])
+	if err != nil {
+		return err
+	}
+	ks := cfg.Keystore
+	lay.keystore = ks.Kind
+	if lay.keystore == "" {
+		lay.keystore = keystoreSoftware
+	}
+	if o.keystoreSet && o.keystore != lay.keystore {
+		return usageError{fmt.Errorf("%s was created with the %s keystore, not %s: omit --keystore to reuse it, or choose another --dir", o.dir, lay.keystore, o.keystore)}
+	}
+	if lay.keystore != keystorePKCS11 {
+		return nil
+	}
+	if o.pkcs11ModuleSet && o.pkcs11Module != ks.Module {
+		return usageError{fmt.Errorf("%s uses the PKCS#11 module %s (set in its node configs), not %s", o.dir, ks.Module, o.pkcs11Module)}
+	}
+	lay.module = ks.Module
+	lay.softhsmConf = filepath.Join(o.dir, softhsmDir, "softhsm2.conf")
+	if _, err := os.Stat(lay.softhsmConf); err != nil {
+		return fmt.Errorf("%s uses the pkcs11 keystore but its SoftHSM2 config is missing: %w", o.dir, err)
+	}
+	return checkSoftHSM(ks.Module, false)
+}
+
+// createSoftHSMKeystores sets up the pkcs11 dev keystore of a new DIR: a
+// SoftHSM2 token directory of its own, a token per node with random PINs,
+// and one master key on every token by way of the key ceremony. It returns
+// each node's keystore config.
+func createSoftHSMKeystores(lay *devLayout, o devOptions, peers []node.Peer) ([]keystoreConfig, error) {
+	hsmDir := filepath.Join(o.dir, softhsmDir)
+	tokens := filepath.Join(hsmDir, "tokens")
+	if err := os.MkdirAll(tokens, 0o700); err != nil {
+		return nil, err
+	}
+	lay.module = o.pkcs11Module
+	lay.softhsmConf = filepath.Join(hsmDir, "softhsm2.conf")
+	conf := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", tokens)
+	if err := os.WriteFile(lay.softhsmConf, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	// SoftHSM2 reads SOFTHSM2_CONF when the library is initialised, which
+	// for this process happens in the ceremony below.
+	if err := os.Setenv("SOFTHSM2_CONF", lay.softhsmConf); err != nil {
+		return nil, err
+	}
+
+	cfgs := make([]hsmwrap.PKCS11Config, len(peers))
+	var out []keystoreConfig
+	for i, p := range peers {
+		pinFile, soPINFile := devPINFiles(o.dir, p.ID)
+		if err := os.MkdirAll(filepath.Dir(pinFile), 0o700); err != nil {
+			return nil, err
+		}
+		pin, err := randomPIN()
+		if err != nil {
+			return nil, err
+		}
+		soPIN, err := randomPIN()
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(pinFile, []byte(pin+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(soPINFile, []byte(soPIN+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		label := devTokenLabel(p.ID)
+		// The PINs are on softhsm2-util's command line for the moment it
+		// runs (visible to local users in the process list): acceptable
+		// for throwaway dev tokens only.
+		cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", soPIN)
+		cmd.Env = setEnv(os.Environ(), "SOFTHSM2_CONF", lay.softhsmConf)
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("creating SoftHSM2 token %s: softhsm2-util: %v: %s", label, err, strings.TrimSpace(string(msg)))
+		}
+		cfg := hsmwrap.DefaultPKCS11Config()
+		cfg.Module, cfg.TokenLabel = o.pkcs11Module, label
+		cfg.PINFile, cfg.PINEnv = pinFile, ""
+		cfgs[i] = cfg
+		out = append(out, keystoreConfig{Kind: keystorePKCS11, Module: cfg.Module, TokenLabel: label, PINFile: pinFile, MasterKeyLabel: cfg.MasterKeyLabel})
+	}
+
+	_, srcSOPINFile := devPINFiles(o.dir, peers[0].ID)
+	kcv, err := devKeyCeremony(cfgs, srcSOPINFile)
+	if err != nil {
+		return nil, fmt.Errorf("dev key ceremony: %w", err)
+	}
+	lay.kcv = kcv
+	return out, nil
+}
+
+// devKeyCeremony runs the key ceremony of hsmwrap/DESIGN.md across the dev
+// tokens, with every step in this process: the master key is generated on
+// the first token, and for each other token a transport key is made there,
+// the master key is exported from the first token under it (with the first
+// token's SO PIN) and imported, and the two tokens are checked to hold the
+// same key. The export is only ever in memory, and it is wrapped. It
+// returns the master key's check value.
+func devKeyCeremony(cfgs []hsmwrap.PKCS11Config, srcSOPINFile string) (string, error) {
+	src := cfgs[0]
+	if err := hsmwrap.InitMasterKey(src); err != nil {
+		return "", fmt.Errorf("%s: %w", src.TokenLabel, err)
+	}
+	kcv, err := hsmwrap.MasterKeyKCV(src)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", src.TokenLabel, err)
+	}
+	exporter := src
+	exporter.SOPINFile = srcSOPINFile
+	for _, dst := range cfgs[1:] {
+		pub, err := hsmwrap.NewTransportKey(dst)
+		if err != nil {
+			return "", fmt.Errorf("transport key on %s: %w", dst.TokenLabel, err)
+		}
+		exp, err := hsmwrap.ExportMasterKey(exporter, pub)
+		if err != nil {
+			return "", fmt.Errorf("export from %s to %s: %w", src.TokenLabel, dst.TokenLabel, err)
+		}
+		if err := hsmwrap.ImportMasterKey(dst, exp); err != nil {
+			return "", fmt.Errorf("import into %s: %w", dst.TokenLabel, err)
+		}
+		same, err := hsmwrap.SameMasterKey(src, dst)
+		if err != nil {
+			return "", fmt.Errorf("comparing %s and %s: %w", src.TokenLabel, dst.TokenLabel, err)
+		}
+		got, err := hsmwrap.MasterKeyKCV(dst)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", dst.TokenLabel, err)
+		}
+		if !same || got != kcv {
+			return "", fmt.Errorf("%s (KCV %s) does not hold the master key of %s (KCV %s)", dst.TokenLabel, got, src.TokenLabel, kcv)
+		}
+	}
+	return kcv, nil
+}
+
+// randomPIN returns 32 random hex digits.
+func randomPIN() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// setEnv returns env with key set to value, replacing any earlier setting.
+func setEnv(env []string, key, value string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, key+"="+value)
 }
