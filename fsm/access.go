@@ -28,6 +28,9 @@ func (f *FSM) rebuildAuthz() {
 	if err == nil {
 		revoked, err = scanAll[cofferv1.RevokedCertificate](f.db, prefixRevoked)
 	}
+	if err == nil && f.verify != nil {
+		clients, rules = f.verifiedAccess(clients, rules)
+	}
 	var snap *authz.Snapshot
 	if err == nil {
 		snap, err = authz.NewSnapshot(clients, rules, revoked)
@@ -92,4 +95,28 @@ func scanAll[T any, P interface {
 		out = append(out, (*T)(m))
 	}
 	return out, it.Error()
+}
+
+// verifiedAccess keeps the clients and rules whose integrity tag verifies.
+func (f *FSM) verifiedAccess(clients []*cofferv1.ClientRecord, rules []*cofferv1.AclRule) ([]*cofferv1.ClientRecord, []*cofferv1.AclRule) {
+	cluster, err := f.readCluster()
+	if err != nil {
+		if len(clients) > 0 || len(rules) > 0 {
+			f.logger.Error("fsm: cluster info unreadable; access records cannot be verified", "err", err)
+		}
+		return nil, nil
+	}
+	okClients := clients[:0:0]
+	for _, c := range clients {
+		if f.verify(clientKey(c.GetName()), c, cluster) == nil {
+			okClients = append(okClients, c)
+		}
+	}
+	okRules := rules[:0:0]
+	for _, r := range rules {
+		if f.verify(ruleKey(r.GetId()), r, cluster) == nil {
+			okRules = append(okRules, r)
+		}
+	}
+	return okClients, okRules
 }

@@ -32,6 +32,11 @@ type Config struct {
 	Logger *slog.Logger
 	// CacheBytes sizes Pebble's block cache.
 	CacheBytes int64
+	// VerifyRecord, when set, checks the integrity of a client or rule
+	// record before it enters the authorisation snapshot; records it
+	// refuses grant nothing. It is never used by Apply, whose results must
+	// not depend on anything but committed state.
+	VerifyRecord func(path []byte, m proto.Message, cluster *cofferv1.ClusterInfo) error
 }
 
 // DefaultConfig returns a Config with every optional field set.
@@ -107,6 +112,8 @@ type FSM struct {
 	auditSeq atomic.Uint64
 	// diverged is set once a checkpoint disagreed with this replica.
 	diverged atomic.Bool
+
+	verify func(path []byte, m proto.Message, cluster *cofferv1.ClusterInfo) error
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -135,7 +142,7 @@ func Open(cfg Config) (*FSM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: open pebble at %s: %w", cfg.Dir, err)
 	}
-	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{})}
+	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{}), verify: cfg.VerifyRecord}
 	if _, err := get(db, keyRestoring); err == nil {
 		// A restore was interrupted: the state is a mix of old and new.
 		// Forget it; Raft restores the latest snapshot and replays the log.

@@ -3,6 +3,7 @@ package node
 import (
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/grpc/codes"
@@ -112,5 +113,97 @@ func TestNode_TamperedRecordsRefused(t *testing.T) {
 	_, err = tc.keys(f).ListKeys(ctx, &cofferv1.ListKeysRequest{Resource: "tamper"})
 	if status.Code(err) != codes.DataLoss {
 		t.Errorf("list over tampered records = %v, want DataLoss", err)
+	}
+}
+
+// TestNode_TamperedAccessRecordsRefused edits access-governing records in a
+// stopped follower's store, keeping their old integrity tags: a deactivated
+// client switched back to active, an ACL rule widened, and a policy given
+// an attacker's escrow key. The follower refuses each: the client and rule
+// grant nothing, and the policy reads fail with DataLoss.
+func TestNode_TamperedAccessRecordsRefused(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l := tc.waitLeader()
+	if _, err := admin.access[l].RegisterClient(ctx, &cofferv1.RegisterClientRequest{Name: "bob", Roles: []string{"application"}}); err != nil {
+		t.Fatal(err)
+	}
+	rule, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:bob", Operations: []string{"get"}, ResourcePattern: "bob/**"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.access[l].RegisterClient(ctx, &cofferv1.RegisterClientRequest{Name: "carol", Roles: []string{"application"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.access[l].SetClientActive(ctx, &cofferv1.SetClientActiveRequest{Name: "carol", Active: false}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:carol", Operations: []string{"get"}, ResourcePattern: "**"}); err != nil {
+		t.Fatal(err)
+	}
+	bobKey := tc.mustGenerate(l, "bob/a", "")
+	otherKey := tc.mustGenerate(l, "other/a", "")
+	bob, carol := tc.identity("bob"), tc.identity("carol")
+	f := tc.follower()
+	if _, err := bob.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: bobKey.GetGkid()}); err != nil {
+		t.Fatalf("bob before tampering: %v", err)
+	}
+	tc.stop(f)
+
+	db, err := pebble.Open(filepath.Join(tc.cfgs[f].DataDir, "state"), &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit := func(key string, m proto.Message, change func()) {
+		t.Helper()
+		v, closer, err := db.Get([]byte(key))
+		if err != nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+		if err := proto.Unmarshal(v, m); err != nil {
+			t.Fatal(err)
+		}
+		closer.Close()
+		change()
+		b, _ := proto.Marshal(m)
+		if err := db.Set([]byte(key), b, pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var carolRec cofferv1.ClientRecord
+	edit("c/carol", &carolRec, func() { carolRec.Active = true })
+	var r cofferv1.AclRule
+	edit("a/"+rule.GetId(), &r, func() { r.ResourcePattern = "**" })
+	var pol cofferv1.PolicyRecord
+	edit("p/default", &pol, func() {
+		pol.EscrowKeys = append(pol.EscrowKeys, &cofferv1.EscrowKey{Id: "attacker", PublicKey: []byte("x")})
+	})
+	_ = db.Close()
+	tc.start(f)
+	l = tc.waitLeader()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, id := tc.nodes[f].Raft().LeaderWithID()
+		if id != "" && tc.nodes[f].FSM().AppliedIndex() >= tc.nodes[l].FSM().AppliedIndex() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("restarted follower did not catch up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	_, err = carol.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: bobKey.GetGkid()})
+	wantCode(t, "re-activated client", err, codes.PermissionDenied, "")
+	_, err = bob.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: otherKey.GetGkid()})
+	wantCode(t, "widened rule", err, codes.PermissionDenied, "")
+	_, err = admin.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: otherKey.GetGkid()})
+	wantCode(t, "policy with an added escrow key", err, codes.DataLoss, "integrity")
+	_, err = admin.policy[f].GetPolicy(ctx, &cofferv1.GetPolicyRequest{Name: "default"})
+	wantCode(t, "policy read", err, codes.DataLoss, "integrity")
+	// The untouched replicas are unaffected.
+	if _, err := admin.keys[l].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: otherKey.GetGkid()}); err != nil {
+		t.Fatalf("leader: %v", err)
 	}
 }

@@ -24,6 +24,23 @@ func (c *kekCache) loaded(id hsmwrap.KEKID) bool {
 	return c.set[id]
 }
 
+// load loads a wrapped KEK under id (once).
+func (c *kekCache) load(ks hsmwrap.Keystore, id hsmwrap.KEKID, wrapped []byte) error {
+	if c.loaded(id) {
+		return nil
+	}
+	if err := ks.LoadKEK(id, wrapped); err != nil {
+		return fmt.Errorf("load kek %s: %w", id, err)
+	}
+	c.mu.Lock()
+	if c.set == nil {
+		c.set = map[hsmwrap.KEKID]bool{}
+	}
+	c.set[id] = true
+	c.mu.Unlock()
+	return nil
+}
+
 func (c *kekCache) ensure(ks hsmwrap.Keystore, id hsmwrap.KEKID, pol *cofferv1.PolicyRecord) error {
 	if c.loaded(id) {
 		return nil

@@ -193,7 +193,7 @@ func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*coff
 	} else if err != nil {
 		return nil, err
 	}
-	pol, err := n.fsm.Policy(spec.policy)
+	pol, err := n.policy(spec.policy)
 	if err != nil {
 		return nil, err
 	}
@@ -276,7 +276,7 @@ func (n *Node) openMaterial(rec *cofferv1.KeyRecord) ([]byte, error) {
 	}
 	id := hsmwrap.KEKID{Policy: rec.GetPolicy(), Version: rec.GetKekVersion()}
 	if !n.keks.loaded(id) {
-		pol, err := n.fsm.Policy(rec.GetPolicy())
+		pol, err := n.policy(rec.GetPolicy())
 		if err != nil {
 			return nil, fmt.Errorf("%w: key %s names policy %q: %v", fsm.ErrCorrupt, rec.GetGkid(), rec.GetPolicy(), err)
 		}

@@ -75,13 +75,23 @@ func (n *Node) ensureInitialised() error {
 	if err != nil {
 		return err
 	}
-	initCmd := &cofferv1.InitClusterCommand{
-		Info:          &cofferv1.ClusterInfo{ClusterId: cid, CreatedUnixNano: now},
-		DefaultPolicy: pol,
+	info := &cofferv1.ClusterInfo{ClusterId: cid, CreatedUnixNano: now}
+	if info.IntegrityKek, err = n.ks.GenerateKEK(integrityKEK(info)); err != nil {
+		return err
+	}
+	initCmd := &cofferv1.InitClusterCommand{Info: info, DefaultPolicy: pol}
+	if err := n.tagRecord("p/"+pol.GetName(), pol, info); err != nil {
+		return err
 	}
 	for _, name := range n.cfg.BootstrapAdmins {
 		cl, rule := authz.BootstrapAdmin(name)
 		cl.CreatedUnixNano, rule.CreatedUnixNano = now, now
+		if err := n.tagRecord("c/"+cl.GetName(), cl, info); err != nil {
+			return err
+		}
+		if err := n.tagRecord("a/"+rule.GetId(), rule, info); err != nil {
+			return err
+		}
 		initCmd.BootstrapClients = append(initCmd.BootstrapClients, cl)
 		initCmd.BootstrapRules = append(initCmd.BootstrapRules, rule)
 	}

@@ -64,6 +64,9 @@ type Node struct {
 	ksErr atomic.Pointer[error]
 	// ksProbe asks the health loop for an immediate self-test.
 	ksProbe chan struct{}
+	// verifiedPolicies remembers the policy tags already verified.
+	verifiedMu       sync.Mutex
+	verifiedPolicies map[string]string
 	// readyTerm is the term in which this node, as leader, last completed a
 	// barrier; see ensureLeaderReady.
 	readyTerm atomic.Uint64
@@ -111,7 +114,8 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
-	if n.fsm, err = fsm.Open(fsm.Config{Dir: filepath.Join(cfg.DataDir, "state"), Logger: logger, CacheBytes: 64 << 20}); err != nil {
+	if n.fsm, err = fsm.Open(fsm.Config{Dir: filepath.Join(cfg.DataDir, "state"), Logger: logger, CacheBytes: 64 << 20,
+		VerifyRecord: n.verifyRecordTag}); err != nil {
 		return nil, err
 	}
 	if err := n.startRaft(); err != nil {

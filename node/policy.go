@@ -113,6 +113,9 @@ func (n *Node) createPolicy(ctx context.Context, c caller, req *cofferv1.CreateP
 		pol.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
 	}
 	auditEntry(ctx).Policy = pol.GetName()
+	if err := n.tagRecord("p/"+pol.GetName(), pol, nil); err != nil {
+		return nil, err
+	}
 	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol})
 	if err != nil {
 		return nil, err
@@ -137,7 +140,7 @@ func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRe
 	if err := s.n.authorize(c, authz.OpPolicyRead, ""); err != nil {
 		return nil, err
 	}
-	p, err := s.n.fsm.Policy(req.GetName())
+	p, err := s.n.policy(req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +164,11 @@ func (s *policyService) ListPolicies(ctx context.Context, req *cofferv1.ListPoli
 	ps, err := s.n.fsm.Policies()
 	if err != nil {
 		return nil, err
+	}
+	for _, p := range ps {
+		if err := s.n.checkPolicy(p); err != nil {
+			return nil, err
+		}
 	}
 	out := &cofferv1.ListPoliciesResponse{}
 	for _, p := range ps {

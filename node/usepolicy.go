@@ -160,7 +160,7 @@ func (n *Node) updatePolicy(ctx context.Context, c caller, req *cofferv1.UpdateP
 	if err := n.authorize(c, authz.OpPolicyUpdate, ""); err != nil {
 		return nil, err
 	}
-	cur, err := n.fsm.Policy(req.GetName())
+	cur, err := n.policy(req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -200,6 +200,9 @@ func (n *Node) updatePolicy(ctx context.Context, c caller, req *cofferv1.UpdateP
 		}
 		p.Keks = append(p.Keks, &cofferv1.WrappedKEK{Version: v, Wrapped: wrapped, CreatedUnixNano: time.Now().UnixNano()})
 		p.KekVersion = v
+	}
+	if err := n.tagRecord("p/"+p.GetName(), p, nil); err != nil {
+		return nil, err
 	}
 	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY, &cofferv1.UpdatePolicyCommand{Policy: p, ExpectedRevision: cur.GetRevision()})
 	if err != nil {

@@ -768,8 +768,10 @@ type PolicyRecord struct {
 	EscrowKeys []*EscrowKey `protobuf:"bytes,9,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
 	// Keys expire this long after creation; 0: never.
 	MaxLifetimeNanos int64 `protobuf:"varint,10,opt,name=max_lifetime_nanos,json=maxLifetimeNanos,proto3" json:"max_lifetime_nanos,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Integrity tag over the record and its path (see node/integrity.go).
+	IntegrityTag  []byte `protobuf:"bytes,11,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PolicyRecord) Reset() {
@@ -870,6 +872,13 @@ func (x *PolicyRecord) GetMaxLifetimeNanos() int64 {
 		return x.MaxLifetimeNanos
 	}
 	return 0
+}
+
+func (x *PolicyRecord) GetIntegrityTag() []byte {
+	if x != nil {
+		return x.IntegrityTag
+	}
+	return nil
 }
 
 type KeyRecord struct {
@@ -1145,8 +1154,10 @@ type ClusterInfo struct {
 	// 10 lowercase base32 characters, chosen once at initialisation.
 	ClusterId       string `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	CreatedUnixNano int64  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The record integrity key, wrapped under the master key.
+	IntegrityKek  []byte `protobuf:"bytes,3,opt,name=integrity_kek,json=integrityKek,proto3" json:"integrity_kek,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterInfo) Reset() {
@@ -1191,6 +1202,13 @@ func (x *ClusterInfo) GetCreatedUnixNano() int64 {
 		return x.CreatedUnixNano
 	}
 	return 0
+}
+
+func (x *ClusterInfo) GetIntegrityKek() []byte {
+	if x != nil {
+		return x.IntegrityKek
+	}
+	return nil
 }
 
 type InitClusterCommand struct {
@@ -1945,7 +1963,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"WrappedKEK\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x18\n" +
 	"\awrapped\x18\x02 \x01(\fR\awrapped\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\xe5\x03\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\x8a\x04\n" +
 	"\fPolicyRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vkek_version\x18\x02 \x01(\rR\n" +
@@ -1959,7 +1977,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\vescrow_keys\x18\t \x03(\v2\x14.coffer.v1.EscrowKeyR\n" +
 	"escrowKeys\x12,\n" +
 	"\x12max_lifetime_nanos\x18\n" +
-	" \x01(\x03R\x10maxLifetimeNanos\"\x81\x04\n" +
+	" \x01(\x03R\x10maxLifetimeNanos\x12#\n" +
+	"\rintegrity_tag\x18\v \x01(\fR\fintegrityTag\"\x81\x04\n" +
 	"\tKeyRecord\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -1988,11 +2007,12 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x06scheme\x18\x02 \x01(\tR\x06scheme\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\x03 \x01(\fR\n" +
-	"ciphertext\"X\n" +
+	"ciphertext\"}\n" +
 	"\vClusterInfo\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12*\n" +
-	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\"\x83\x02\n" +
+	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12#\n" +
+	"\rintegrity_kek\x18\x03 \x01(\fR\fintegrityKek\"\x83\x02\n" +
 	"\x12InitClusterCommand\x12*\n" +
 	"\x04info\x18\x01 \x01(\v2\x16.coffer.v1.ClusterInfoR\x04info\x12>\n" +
 	"\x0edefault_policy\x18\x02 \x01(\v2\x17.coffer.v1.PolicyRecordR\rdefaultPolicy\x12D\n" +

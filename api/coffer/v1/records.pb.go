@@ -88,8 +88,10 @@ type ClientRecord struct {
 	Roles           []string `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
 	CreatedUnixNano int64    `protobuf:"varint,5,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	Revision        uint64   `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Integrity tag over the record and its path.
+	IntegrityTag  []byte `protobuf:"bytes,7,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClientRecord) Reset() {
@@ -164,6 +166,13 @@ func (x *ClientRecord) GetRevision() uint64 {
 	return 0
 }
 
+func (x *ClientRecord) GetIntegrityTag() []byte {
+	if x != nil {
+		return x.IntegrityTag
+	}
+	return nil
+}
+
 // AclRule grants operations on resources matching a pattern to a subject.
 type AclRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -175,8 +184,10 @@ type AclRule struct {
 	ResourcePattern string   `protobuf:"bytes,4,opt,name=resource_pattern,json=resourcePattern,proto3" json:"resource_pattern,omitempty"`
 	CreatedUnixNano int64    `protobuf:"varint,5,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	CreatedBy       string   `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Integrity tag over the record and its path.
+	IntegrityTag  []byte `protobuf:"bytes,7,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AclRule) Reset() {
@@ -249,6 +260,13 @@ func (x *AclRule) GetCreatedBy() string {
 		return x.CreatedBy
 	}
 	return ""
+}
+
+func (x *AclRule) GetIntegrityTag() []byte {
+	if x != nil {
+		return x.IntegrityTag
+	}
+	return nil
 }
 
 // RevokedCertificate is an entry of the replicated deny list.
@@ -640,14 +658,15 @@ var File_coffer_v1_records_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_records_proto_rawDesc = "" +
 	"\n" +
-	"\x17coffer/v1/records.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\"\xb0\x01\n" +
+	"\x17coffer/v1/records.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\"\xd5\x01\n" +
 	"\fClientRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06active\x18\x02 \x01(\bR\x06active\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\tR\x06groups\x12\x14\n" +
 	"\x05roles\x18\x04 \x03(\tR\x05roles\x12*\n" +
 	"\x11created_unix_nano\x18\x05 \x01(\x03R\x0fcreatedUnixNano\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x04R\brevision\"\xc9\x01\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\x12#\n" +
+	"\rintegrity_tag\x18\a \x01(\fR\fintegrityTag\"\xee\x01\n" +
 	"\aAclRule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1e\n" +
@@ -657,7 +676,8 @@ const file_coffer_v1_records_proto_rawDesc = "" +
 	"\x10resource_pattern\x18\x04 \x01(\tR\x0fresourcePattern\x12*\n" +
 	"\x11created_unix_nano\x18\x05 \x01(\x03R\x0fcreatedUnixNano\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\x06 \x01(\tR\tcreatedBy\"p\n" +
+	"created_by\x18\x06 \x01(\tR\tcreatedBy\x12#\n" +
+	"\rintegrity_tag\x18\a \x01(\fR\fintegrityTag\"p\n" +
 	"\x12RevokedCertificate\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
