@@ -190,13 +190,9 @@ func (f *FSM) ExportAudit(afterSeq uint64, w io.Writer) error {
 // ForEachAuditEntryInDir calls fn for every audit entry in a stopped node's
 // data directory, opened read-only.
 func ForEachAuditEntryInDir(dataDir string, fn func(*cofferv1.AuditEntry) error) error {
-	dir, err := StateDir(dataDir)
+	db, err := openReadOnly(dataDir)
 	if err != nil {
 		return err
-	}
-	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: quietLogger{discardLogger()}})
-	if err != nil {
-		return fmt.Errorf("fsm: open %s read-only (is the node still running?): %w", dir, err)
 	}
 	defer db.Close()
 	return scanAudit(db, 0, fn)
@@ -329,13 +325,9 @@ func exportAudit(r reader, afterSeq uint64, w io.Writer) error {
 
 // ExportAuditDir exports the audit log of a stopped node's data directory.
 func ExportAuditDir(dataDir string, w io.Writer) error {
-	dir, err := StateDir(dataDir)
+	db, err := openReadOnly(dataDir)
 	if err != nil {
 		return err
-	}
-	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: quietLogger{discardLogger()}})
-	if err != nil {
-		return fmt.Errorf("fsm: open %s read-only (is the node still running?): %w", dir, err)
 	}
 	defer db.Close()
 	return exportAudit(db, 0, w)

@@ -57,13 +57,9 @@ func StateDir(dataDir string) (string, error) {
 // ForEachKeyRecordInDir calls fn for every key record in a stopped node's
 // data directory, opened read-only.
 func ForEachKeyRecordInDir(dataDir string, fn func(*cofferv1.KeyRecord) error) error {
-	dir, err := StateDir(dataDir)
+	db, err := openReadOnly(dataDir)
 	if err != nil {
 		return err
-	}
-	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: quietLogger{discardLogger()}})
-	if err != nil {
-		return fmt.Errorf("fsm: open %s read-only (is the node still running?): %w", dir, err)
 	}
 	defer db.Close()
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefixKey, UpperBound: prefixEnd(prefixKey)})
@@ -96,3 +92,17 @@ func (f *FSM) SnapshotTo(w io.Writer) (uint64, error) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// openReadOnly opens the state store inside a stopped node's data directory
+// without changing it.
+func openReadOnly(dataDir string) (*pebble.DB, error) {
+	dir, err := StateDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: quietLogger{discardLogger()}})
+	if err != nil {
+		return nil, fmt.Errorf("fsm: open %s read-only (is the node still running?): %w", dir, err)
+	}
+	return db, nil
+}

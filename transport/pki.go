@@ -165,23 +165,43 @@ func (ca *CA) WriteFiles(certPath, keyPath string) error {
 // usages; client certificates ClientAuth only, so they can never serve. The
 // returned key is PKCS#8 PEM.
 func (ca *CA) Issue(req IssueRequest) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("transport: generate key: %w", err)
+	}
+	certPEM, err = ca.Sign(req, &key.PublicKey, time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("transport: marshal key: %w", err)
+	}
+	return certPEM, pem.EncodeToMemory(&pem.Block{Type: pemTypeKey, Bytes: keyDER}), nil
+}
+
+// Sign issues a certificate for a public key generated elsewhere (a CSR's,
+// say), with the same profile as Issue: one coffer:// URI SAN for
+// req.Identity, the node or client key usages, a 128-bit random serial, and
+// a validity (from now) that may not outlive the CA. A zero req.Validity
+// means DefaultCertValidity.
+func (ca *CA) Sign(req IssueRequest, pub crypto.PublicKey, now time.Time) (certPEM []byte, err error) {
 	if ca == nil || ca.Cert == nil || ca.Key == nil {
-		return nil, nil, fmt.Errorf("%w: incomplete CA", ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: incomplete CA", ErrInvalidConfig)
 	}
 	if err := req.Identity.Validate(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	validity := req.Validity
 	if validity == 0 {
 		validity = DefaultCertValidity
 	}
 	if validity < 0 {
-		return nil, nil, fmt.Errorf("%w: %s", ErrValidity, validity)
+		return nil, fmt.Errorf("%w: %s", ErrValidity, validity)
 	}
-	now := time.Now()
 	notAfter := now.Add(validity)
 	if notAfter.After(ca.Cert.NotAfter) {
-		return nil, nil, fmt.Errorf("%w: certificate would expire at %s, after the CA (%s)",
+		return nil, fmt.Errorf("%w: certificate would expire at %s, after the CA (%s)",
 			ErrValidity, notAfter.UTC().Format(time.RFC3339), ca.Cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	notBefore := now.Add(-clockSkew)
@@ -196,18 +216,13 @@ func (ca *CA) Issue(req IssueRequest) (certPEM, keyPEM []byte, err error) {
 	case KindClient:
 		eku = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	}
-
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("transport: generate key: %w", err)
-	}
 	serial, err := newSerial()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ski, err := subjectKeyID(&key.PublicKey)
+	ski, err := subjectKeyID(pub)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
@@ -228,16 +243,11 @@ func (ca *CA) Issue(req IssueRequest) (certPEM, keyPEM []byte, err error) {
 		URIs:                  []*url.URL{req.Identity.URI()},
 		SignatureAlgorithm:    x509.ECDSAWithSHA256,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("transport: sign certificate for %s: %w", req.Identity, err)
+		return nil, fmt.Errorf("transport: sign certificate for %s: %w", req.Identity, err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("transport: marshal key: %w", err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: pemTypeCert, Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: pemTypeKey, Bytes: keyDER}), nil
+	return pem.EncodeToMemory(&pem.Block{Type: pemTypeCert, Bytes: der}), nil
 }
 
 // WriteKeyPair writes certPEM (mode 0644) and keyPEM (mode 0600). It refuses

@@ -3,16 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -20,8 +16,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,9 +44,6 @@ const (
 	defaultCertDays = int(transport.DefaultCertValidity / (24 * time.Hour))
 	// maxDays bounds every --days flag (100 years).
 	maxDays = 36500
-	// clockSkew backdates NotBefore so that a fresh certificate verifies on
-	// peers whose clocks are slightly behind (as transport does).
-	clockSkew = 5 * time.Minute
 	// maxPEMInput bounds a CSR or certificate file read by the CLI.
 	maxPEMInput = 64 << 10
 	// certFileMode is the mode of certificate files; private keys are 0600.
@@ -639,9 +630,6 @@ func extraNames(csr *x509.CertificateRequest) string {
 // which may not outlive the CA. The certificate is checked to chain to the
 // CA for client authentication and to carry id before it is returned.
 func signClientCSR(ca *transport.CA, csr *x509.CertificateRequest, id transport.Identity, validity time.Duration, now time.Time) ([]byte, *x509.Certificate, error) {
-	if ca == nil || ca.Cert == nil || ca.Key == nil {
-		return nil, nil, errors.New("sign certificate: incomplete CA")
-	}
 	if id.Kind != transport.KindClient {
 		return nil, nil, fmt.Errorf("%w: %s is not a client identity", errBadCSR, id)
 	}
@@ -651,45 +639,11 @@ func signClientCSR(ca *transport.CA, csr *x509.CertificateRequest, id transport.
 	if validity <= 0 {
 		return nil, nil, fmt.Errorf("%w: %s", transport.ErrValidity, validity)
 	}
-	notAfter := now.Add(validity)
-	if notAfter.After(ca.Cert.NotAfter) {
-		return nil, nil, fmt.Errorf("%w: certificate would expire at %s, after the CA (%s)",
-			transport.ErrValidity, notAfter.UTC().Format(time.RFC3339), ca.Cert.NotAfter.UTC().Format(time.RFC3339))
-	}
-	notBefore := now.Add(-clockSkew)
-	if notBefore.Before(ca.Cert.NotBefore) {
-		notBefore = ca.Cert.NotBefore
-	}
-	serial, err := newSerial()
+	certPEM, err := ca.Sign(transport.IssueRequest{Identity: id, Validity: validity}, csr.PublicKey, now)
 	if err != nil {
 		return nil, nil, err
 	}
-	ski, err := subjectKeyID(csr.PublicKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject: pkix.Name{
-			CommonName:         id.Name,
-			Organization:       []string{"Coffer"},
-			OrganizationalUnit: []string{string(transport.KindClient)},
-		},
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  false,
-		SubjectKeyId:          ski,
-		URIs:                  []*url.URL{id.URI()},
-		SignatureAlgorithm:    x509.ECDSAWithSHA256,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("sign certificate for %s: %w", id, err)
-	}
-	cert, err := x509.ParseCertificate(der)
+	cert, err := parseCertPEM(certPEM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse signed certificate: %w", err)
 	}
@@ -702,39 +656,7 @@ func signClientCSR(ca *transport.CA, csr *x509.CertificateRequest, id transport.
 	if got, err := transport.IdentityFromCert(cert); err != nil || got != id {
 		return nil, nil, fmt.Errorf("signed certificate carries identity %v (%v), want %s", got, err, id)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), cert, nil
-}
-
-// newSerial returns a positive random serial of at most 128 bits.
-func newSerial() (*big.Int, error) {
-	limit := new(big.Int).Lsh(big.NewInt(1), 128)
-	for {
-		n, err := rand.Int(rand.Reader, limit)
-		if err != nil {
-			return nil, fmt.Errorf("serial number: %w", err)
-		}
-		if n.Sign() > 0 {
-			return n, nil
-		}
-	}
-}
-
-// subjectKeyID follows RFC 7093 method 1: the leftmost 160 bits of the
-// SHA-256 of the subject public key (the BIT STRING's contents).
-func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return nil, fmt.Errorf("marshal public key: %w", err)
-	}
-	var spki struct {
-		Algorithm pkix.AlgorithmIdentifier
-		PublicKey asn1.BitString
-	}
-	if _, err := asn1.Unmarshal(der, &spki); err != nil {
-		return nil, fmt.Errorf("parse public key: %w", err)
-	}
-	sum := sha256.Sum256(spki.PublicKey.Bytes)
-	return sum[:20], nil
+	return certPEM, cert, nil
 }
 
 // parseCertPEM decodes a single PEM certificate.
