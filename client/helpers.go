@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"time"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
@@ -27,10 +28,15 @@ func (c *Client) Generate(ctx context.Context, policy, resource string, alg coff
 }
 
 // Get fetches a key by GKID with linearizable consistency and returns its
-// material and metadata.
+// material and metadata, after checking the key's use policy locally too
+// (CheckUse with "get").
 func (c *Client) Get(ctx context.Context, gkid string) ([]byte, *cofferv1.KeyMetadata, error) {
 	resp, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gkid})
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := CheckUse(resp.GetKey(), "get", time.Now()); err != nil {
+		clear(resp.GetMaterial())
 		return nil, nil, err
 	}
 	return resp.GetMaterial(), resp.GetKey(), nil

@@ -200,19 +200,23 @@ func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*coff
 	if !algorithmAllowed(pol, spec.algorithm) {
 		return nil, fmt.Errorf("%w: policy %q does not allow %v", ErrInvalidArgument, pol.GetName(), spec.algorithm)
 	}
+	// One draw from the keystore's RNG (one HSM round trip) gives the GKID's
+	// random part and, for generate, the key material.
+	genLen := 0
+	if spec.material == nil {
+		genLen, _, _, _ = materialLen(spec.algorithm)
+	}
+	random, err := n.ks.Random(gkid.RandomBytes + genLen)
+	if err != nil {
+		n.keystoreFailed(err)
+		return nil, fmt.Errorf("draw random bytes: %w", err)
+	}
+	defer clear(random)
 	material := spec.material
 	if material == nil {
-		genLen, _, _, _ := materialLen(spec.algorithm)
-		if material, err = n.ks.Random(genLen); err != nil {
-			return nil, fmt.Errorf("generate key material: %w", err)
-		}
-		defer clear(material)
+		material = random[gkid.RandomBytes:]
 	}
-	random, err := n.ks.Random(gkid.RandomBytes)
-	if err != nil {
-		return nil, fmt.Errorf("generate gkid: %w", err)
-	}
-	id, err := gkid.New(cluster.GetClusterId(), random)
+	id, err := gkid.New(cluster.GetClusterId(), random[:gkid.RandomBytes])
 	if err != nil {
 		return nil, err
 	}
