@@ -75,6 +75,9 @@ func TestNode_AuditLog(t *testing.T) {
 	if e := entries[0]; e.GetGkid() != gk || e.GetResource() != "audit/r" || e.GetRequestId() != "req-audit-1" || e.GetNode() != tc.cfgs[f].ID {
 		t.Errorf("generate entry lacks its target: %+v", e)
 	}
+	if e := entries[1]; e.GetGkid() != gk || e.GetResource() != "audit/r" || e.GetPolicy() != "default" {
+		t.Errorf("get entry lacks its target: %+v", e)
+	}
 	if entries[6].GetReason() == "" {
 		t.Error("denied entry has no reason")
 	}

@@ -353,6 +353,8 @@ func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (
 	if err := validateGKID(id); err != nil {
 		return nil, err
 	}
+	e := auditEntry(ctx)
+	e.Gkid = id
 	if err := validConsistency(c); err != nil {
 		return nil, err
 	}
@@ -370,6 +372,7 @@ func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (
 	if err != nil {
 		return nil, err
 	}
+	e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
 	if rec.GetGkid() != id {
 		// The record stored under this id names another key: swapped.
 		metricIntegrityFailures.Inc()
