@@ -50,6 +50,8 @@ type Client struct {
 	leader atomic.Pointer[string]
 	// now is the clock, replaceable in tests.
 	now func() time.Time
+	// cache holds keys whose cache policy allows caching (nil: disabled).
+	cache *keyCache
 }
 
 // endpoint is one node and the connection to it.
@@ -74,6 +76,13 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.Endpoints = slices.Clone(cfg.Endpoints)
 	c := &Client{cfg: cfg, now: time.Now}
+	if !cfg.DisableKeyCache {
+		cache, err := newKeyCache(func() time.Time { return c.now() })
+		if err != nil {
+			return nil, fmt.Errorf("client: key cache: %w", err)
+		}
+		c.cache = cache
+	}
 	eps := make([]*endpoint, 0, len(cfg.Endpoints))
 	for _, addr := range cfg.Endpoints {
 		ep, err := c.dial(addr)

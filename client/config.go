@@ -46,6 +46,9 @@ type Config struct {
 	// DialOptions are extra gRPC dial options, appended after the client's
 	// own.
 	DialOptions []grpc.DialOption
+	// DisableKeyCache turns off caching of keys whose cache policy allows
+	// it (see GetKey).
+	DisableKeyCache bool
 }
 
 // DefaultConfig returns a Config with the default timeouts and retry policy;

@@ -74,6 +74,18 @@
 // retrying. Misuse that never reaches a node returns [ErrClosed] or
 // [ErrInvalidConfig] (wrapped).
 //
+// # Key cache and use policies
+//
+// Every key comes with its cache policy and use policy. GetKey keeps a key
+// whose cache policy allows it, for the policy's TTL (or until the key's
+// not_after, if sooner), up to the policy's max_keys, and serves it from
+// memory until then: encrypted under a per-process random AES-256-GCM key,
+// with the GKID and metadata as associated data, so a tampered or moved
+// entry is dropped and fetched again. Keys are not cached unless their
+// policy says so (the default policy does not); Config.DisableKeyCache
+// turns caching off, and Forget empties the cache. Get and CheckUse enforce
+// the use policy locally.
+//
 // # Concurrency
 //
 // A Client is safe for concurrent use by many goroutines; share one per

@@ -57,14 +57,27 @@ func (c *Client) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*coff
 	})
 }
 
-// GetKey fetches a key's material and metadata.
+// GetKey fetches a key's material and metadata. A key whose cache policy
+// (returned with it) allows caching is kept, encrypted, for the policy's TTL
+// and served from the cache until then without asking a node; see keyCache.
+// Config.DisableKeyCache turns this off.
 func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
 	if req == nil {
 		return nil, nilRequest("GetKey")
 	}
-	return invoke(ctx, c, "GetKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetKeyResponse, error) {
+	if c.cache != nil {
+		// A damaged entry has been dropped: fetch the key again.
+		if resp, err := c.cache.get(req.GetGkid()); err == nil && resp != nil {
+			return resp, nil
+		}
+	}
+	resp, err := invoke(ctx, c, "GetKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetKeyResponse, error) {
 		return ep.keys.GetKey(ctx, req, opts...)
 	})
+	if err == nil && c.cache != nil {
+		c.cache.put(resp)
+	}
+	return resp, err
 }
 
 // DescribeKey fetches a key's metadata.

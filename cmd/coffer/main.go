@@ -291,6 +291,9 @@ func (a *app) newClient() (*client.Client, error) {
 		return nil, fmt.Errorf("load TLS credentials: %w", err)
 	}
 	cfg := client.DefaultConfig()
+	// The CLI always asks the cluster (and `bench` measures the cluster),
+	// so it never serves keys from the client-side cache.
+	cfg.DisableKeyCache = true
 	cfg.Endpoints = cs.addrs
 	cfg.TLS = tlsConf
 	cfg.RequestTimeout = min(cfg.RequestTimeout, a.limit)
