@@ -3,8 +3,10 @@ package node
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -37,7 +39,7 @@ func (n *Node) peerConn(id string) (*grpc.ClientConn, error) {
 	if c, ok := n.conns[id]; ok {
 		return c, nil
 	}
-	c, err := transport.Dial(p.APIAddr, n.clientTLS)
+	c, err := transport.Dial(p.APIAddr, n.clientTLS, grpc.WithConnectParams(peerReconnect))
 	if err != nil {
 		return nil, err
 	}
@@ -92,4 +94,17 @@ func (n *Node) announceLeader(ctx context.Context) {
 	if addr := n.peerAPIAddr(string(id)); addr != "" {
 		_ = grpc.SetHeader(ctx, metadata.Pairs(LeaderHintKey, addr))
 	}
+}
+
+// peerReconnect keeps the reconnect backoff to a member short: a restarted
+// leader must be reachable for forwarding, read index and audit within a
+// second, not after gRPC's default backoff of up to two minutes.
+var peerReconnect = grpc.ConnectParams{
+	Backoff: backoff.Config{
+		BaseDelay:  50 * time.Millisecond,
+		Multiplier: 1.6,
+		Jitter:     0.2,
+		MaxDelay:   time.Second,
+	},
+	MinConnectTimeout: 2 * time.Second,
 }
