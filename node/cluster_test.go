@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -496,4 +495,3 @@ func retryable(err error) bool {
 	return c == codes.Unavailable || c == codes.DeadlineExceeded
 }
 
-var _ = errors.Is
