@@ -4,11 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"math/rand"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -20,40 +16,15 @@ import (
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/internal/testenv"
 )
 
 func buildCofferd(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "cofferd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/cofferd").CombinedOutput(); err != nil {
-		t.Fatalf("build cofferd: %v\n%s", err, out)
-	}
-	return bin
+	return filepath.Join(testenv.Build(t, "../cmd/cofferd"), "cofferd")
 }
 
-func freeBase(t *testing.T, nodes int) int {
-	t.Helper()
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-	for attempt := 0; attempt < 50; attempt++ {
-		base := 20000 + rng.Intn(30000)
-		ok := true
-		for i := 1; i <= nodes && ok; i++ {
-			for _, off := range []int{0, 100, 200} {
-				l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off+i))
-				if err != nil {
-					ok = false
-					break
-				}
-				_ = l.Close()
-			}
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
-}
+func freeBase(t *testing.T, nodes int) int { return testenv.FreeBase(t, nodes) }
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {

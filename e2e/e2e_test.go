@@ -10,8 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
-	"math/rand"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coffer-kms/coffer/internal/testenv"
 )
 
 type env struct {
@@ -33,38 +33,10 @@ type env struct {
 
 func buildBinaries(t *testing.T) string {
 	t.Helper()
-	bin := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", bin+"/", "../cmd/cofferd", "../cmd/coffer")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	return bin
+	return testenv.Build(t, "../cmd/cofferd", "../cmd/coffer")
 }
 
-// freeBase finds a port base whose API, Raft and metrics ports are free.
-func freeBase(t *testing.T, nodes int) int {
-	t.Helper()
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-	for attempt := 0; attempt < 50; attempt++ {
-		base := 20000 + rng.Intn(30000)
-		ok := true
-		for i := 1; i <= nodes && ok; i++ {
-			for _, off := range []int{0, 100, 200} {
-				l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off+i))
-				if err != nil {
-					ok = false
-					break
-				}
-				_ = l.Close()
-			}
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
-}
+func freeBase(t *testing.T, nodes int) int { return testenv.FreeBase(t, nodes) }
 
 // devCluster is a running `cofferd dev`.
 type devCluster struct {
