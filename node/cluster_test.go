@@ -494,4 +494,3 @@ func retryable(err error) bool {
 	c := status.Code(err)
 	return c == codes.Unavailable || c == codes.DeadlineExceeded
 }
-
