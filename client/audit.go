@@ -26,6 +26,17 @@ func (c *Client) AuditQuery(ctx context.Context, req *cofferv1.AuditQueryRequest
 	})
 }
 
+// AuditMatch asks whether the audit entry req.Seq, which created a key,
+// recorded exactly req.Material (the log holds only an HMAC of it).
+func (c *Client) AuditMatch(ctx context.Context, req *cofferv1.AuditMatchRequest) (*cofferv1.AuditMatchResponse, error) {
+	if req == nil {
+		return nil, nilRequest("AuditMatch")
+	}
+	return invoke(ctx, c, "AuditMatch", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.AuditMatchResponse, error) {
+		return ep.audit.Match(ctx, req, opts...)
+	})
+}
+
 // AuditPrune deletes the entries up to the newest checkpoint at or below
 // req.UpToSeq and returns the prune marker that now stands for them. Only
 // the leader prunes; a follower answers Unavailable naming the leader, and

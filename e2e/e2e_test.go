@@ -338,6 +338,20 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	if out := e.mustCoffer("audit", "query", "--client", "mallory", "--outcome", "denied", "--all"); !strings.Contains(out, "generate") {
 		t.Fatalf("audit query lacks mallory's refused generate:\n%s", out)
 	}
+	// The log holds no key material, only an HMAC that `audit match` tests.
+	var q struct {
+		Entries []struct {
+			Seq string `json:"seq"`
+		} `json:"entries"`
+	}
+	if err := json.Unmarshal([]byte(e.mustCoffer("audit", "query", "--gkid", ek, "--op", "generate", "-o", "json")), &q); err != nil || len(q.Entries) != 1 {
+		t.Fatalf("audit query for the generate of %s: %v %+v", ek, err, q)
+	}
+	matFile2 := filepath.Join(work, "ek.bin")
+	_ = os.WriteFile(matFile2, escrowed, 0o600)
+	if out := e.mustCoffer("audit", "match", "--seq", q.Entries[0].Seq, "--material-file", matFile2); !strings.Contains(out, "recorded this key material") || strings.Contains(out, "did not") {
+		t.Fatalf("audit match: %s", out)
+	}
 	exportFile := filepath.Join(work, "audit.jsonl")
 	e.mustCoffer("audit", "export", "--out", exportFile)
 	verifyArgs := []string{"audit", "verify", "--file", exportFile}

@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/fsm"
@@ -100,6 +103,30 @@ func TestNode_AuditLog(t *testing.T) {
 			t.Fatalf("node %d: chain ends at %d", i, rep.LastSeq)
 		}
 	}
+	// The generate entry holds an HMAC of the material, which Match tests.
+	if len(entries[0].GetDetailHmac()) == 0 {
+		t.Fatal("generate entry has no detail_hmac")
+	}
+	g, err := admin.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac := cofferv1.NewAuditServiceClient(tc.connTo(f))
+	if m, err := ac.Match(ctx, &cofferv1.AuditMatchRequest{Seq: entries[0].GetSeq(), Material: g.GetMaterial()}); err != nil || !m.GetMatch() {
+		t.Fatalf("match with the real material: %v %v", m, err)
+	}
+	other := bytes.Clone(g.GetMaterial())
+	other[0] ^= 1
+	if m, err := ac.Match(ctx, &cofferv1.AuditMatchRequest{Seq: entries[0].GetSeq(), Material: other}); err != nil || m.GetMatch() {
+		t.Fatalf("match with other material: %v %v", m, err)
+	}
+	if _, err := ac.Match(ctx, &cofferv1.AuditMatchRequest{Seq: entries[1].GetSeq(), Material: other}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("match on a get entry: %v", err)
+	}
+	if _, err := cofferv1.NewAuditServiceClient(tc.connTo(l)).Match(ctx, &cofferv1.AuditMatchRequest{Seq: 1 << 40, Material: other}); status.Code(err) != codes.NotFound {
+		t.Fatalf("match on a missing entry: %v", err)
+	}
+
 	// No key material in any entry.
 	m, _ := admin.keys[l].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gk})
 	var all bytes.Buffer

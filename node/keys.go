@@ -242,6 +242,9 @@ func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*coff
 	}
 	e := auditEntry(ctx)
 	e.Gkid, e.Resource, e.Policy = rec.GetGkid(), rec.GetResource(), rec.GetPolicy()
+	if e.DetailHmac, err = n.materialDetail(material); err != nil {
+		return nil, err
+	}
 	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID})
 	if err != nil {
 		return nil, err

@@ -79,6 +79,9 @@ func (n *Node) ensureInitialised() error {
 	if info.IntegrityKek, err = n.ks.GenerateKEK(integrityKEK(info)); err != nil {
 		return err
 	}
+	if info.AuditHmacKey, err = n.newAuditHMACKey(info); err != nil {
+		return err
+	}
 	initCmd := &cofferv1.InitClusterCommand{Info: info, DefaultPolicy: pol}
 	if err := n.tagRecord("p/"+pol.GetName(), pol, info); err != nil {
 		return err

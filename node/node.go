@@ -64,6 +64,8 @@ type Node struct {
 	ksErr atomic.Pointer[error]
 	// ksProbe asks the health loop for an immediate self-test.
 	ksProbe chan struct{}
+	// hmacKey caches the unsealed audit detail HMAC key.
+	hmacKey hmacKey
 	// verifiedPolicies remembers the policy tags already verified.
 	verifiedMu       sync.Mutex
 	verifiedPolicies map[string]string

@@ -377,6 +377,105 @@ func (x *AuditPruneResponse) GetMarker() *AuditPruneMarker {
 	return nil
 }
 
+type AuditMatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entry to test.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The candidate key material.
+	Material      []byte `protobuf:"bytes,2,opt,name=material,proto3" json:"material,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditMatchRequest) Reset() {
+	*x = AuditMatchRequest{}
+	mi := &file_coffer_v1_audit_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditMatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditMatchRequest) ProtoMessage() {}
+
+func (x *AuditMatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_audit_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditMatchRequest.ProtoReflect.Descriptor instead.
+func (*AuditMatchRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AuditMatchRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditMatchRequest) GetMaterial() []byte {
+	if x != nil {
+		return x.Material
+	}
+	return nil
+}
+
+type AuditMatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the entry's detail_hmac is the HMAC of this material.
+	Match         bool `protobuf:"varint,1,opt,name=match,proto3" json:"match,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditMatchResponse) Reset() {
+	*x = AuditMatchResponse{}
+	mi := &file_coffer_v1_audit_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditMatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditMatchResponse) ProtoMessage() {}
+
+func (x *AuditMatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_audit_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditMatchResponse.ProtoReflect.Descriptor instead.
+func (*AuditMatchResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AuditMatchResponse) GetMatch() bool {
+	if x != nil {
+		return x.Match
+	}
+	return false
+}
+
 var File_coffer_v1_audit_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_audit_proto_rawDesc = "" +
@@ -403,8 +502,14 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\x11AuditPruneRequest\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"I\n" +
 	"\x12AuditPruneResponse\x123\n" +
-	"\x06marker\x18\x01 \x01(\v2\x1b.coffer.v1.AuditPruneMarkerR\x06marker2\xe2\x01\n" +
+	"\x06marker\x18\x01 \x01(\v2\x1b.coffer.v1.AuditPruneMarkerR\x06marker\"A\n" +
+	"\x11AuditMatchRequest\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
+	"\bmaterial\x18\x02 \x01(\fR\bmaterial\"*\n" +
+	"\x12AuditMatchResponse\x12\x14\n" +
+	"\x05match\x18\x01 \x01(\bR\x05match2\xa8\x02\n" +
 	"\fAuditService\x12D\n" +
+	"\x05Match\x12\x1c.coffer.v1.AuditMatchRequest\x1a\x1d.coffer.v1.AuditMatchResponse\x12D\n" +
 	"\x05Prune\x12\x1c.coffer.v1.AuditPruneRequest\x1a\x1d.coffer.v1.AuditPruneResponse\x12D\n" +
 	"\x05Query\x12\x1c.coffer.v1.AuditQueryRequest\x1a\x1d.coffer.v1.AuditQueryResponse\x12F\n" +
 	"\x06Export\x12\x1d.coffer.v1.AuditExportRequest\x1a\x1b.coffer.v1.AuditExportChunk0\x01B5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
@@ -421,7 +526,7 @@ func file_coffer_v1_audit_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_audit_proto_rawDescData
 }
 
-var file_coffer_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_coffer_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_coffer_v1_audit_proto_goTypes = []any{
 	(*AuditQueryRequest)(nil),     // 0: coffer.v1.AuditQueryRequest
 	(*AuditQueryResponse)(nil),    // 1: coffer.v1.AuditQueryResponse
@@ -429,28 +534,32 @@ var file_coffer_v1_audit_proto_goTypes = []any{
 	(*AuditExportChunk)(nil),      // 3: coffer.v1.AuditExportChunk
 	(*AuditPruneRequest)(nil),     // 4: coffer.v1.AuditPruneRequest
 	(*AuditPruneResponse)(nil),    // 5: coffer.v1.AuditPruneResponse
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(Consistency)(0),              // 7: coffer.v1.Consistency
-	(*AuditEntry)(nil),            // 8: coffer.v1.AuditEntry
-	(*AuditPruneMarker)(nil),      // 9: coffer.v1.AuditPruneMarker
+	(*AuditMatchRequest)(nil),     // 6: coffer.v1.AuditMatchRequest
+	(*AuditMatchResponse)(nil),    // 7: coffer.v1.AuditMatchResponse
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(Consistency)(0),              // 9: coffer.v1.Consistency
+	(*AuditEntry)(nil),            // 10: coffer.v1.AuditEntry
+	(*AuditPruneMarker)(nil),      // 11: coffer.v1.AuditPruneMarker
 }
 var file_coffer_v1_audit_proto_depIdxs = []int32{
-	6, // 0: coffer.v1.AuditQueryRequest.since:type_name -> google.protobuf.Timestamp
-	6, // 1: coffer.v1.AuditQueryRequest.until:type_name -> google.protobuf.Timestamp
-	7, // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
-	8, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
-	9, // 4: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
-	4, // 5: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
-	0, // 6: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
-	2, // 7: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
-	5, // 8: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
-	1, // 9: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
-	3, // 10: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
-	8, // [8:11] is the sub-list for method output_type
-	5, // [5:8] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	8,  // 0: coffer.v1.AuditQueryRequest.since:type_name -> google.protobuf.Timestamp
+	8,  // 1: coffer.v1.AuditQueryRequest.until:type_name -> google.protobuf.Timestamp
+	9,  // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
+	10, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
+	11, // 4: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
+	6,  // 5: coffer.v1.AuditService.Match:input_type -> coffer.v1.AuditMatchRequest
+	4,  // 6: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
+	0,  // 7: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
+	2,  // 8: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
+	7,  // 9: coffer.v1.AuditService.Match:output_type -> coffer.v1.AuditMatchResponse
+	5,  // 10: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
+	1,  // 11: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
+	3,  // 12: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
+	9,  // [9:13] is the sub-list for method output_type
+	5,  // [5:9] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_audit_proto_init() }
@@ -466,7 +575,7 @@ func file_coffer_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_audit_proto_rawDesc), len(file_coffer_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

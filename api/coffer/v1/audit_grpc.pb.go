@@ -21,6 +21,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	AuditService_Match_FullMethodName  = "/coffer.v1.AuditService/Match"
 	AuditService_Prune_FullMethodName  = "/coffer.v1.AuditService/Prune"
 	AuditService_Query_FullMethodName  = "/coffer.v1.AuditService/Query"
 	AuditService_Export_FullMethodName = "/coffer.v1.AuditService/Export"
@@ -32,6 +33,11 @@ const (
 //
 // AuditService reads the replicated, hash-chained audit log.
 type AuditServiceClient interface {
+	// Match tells whether an entry that created a key (generate, put)
+	// recorded exactly this key material. The log holds only an HMAC of the
+	// material under a key the cluster keeps, so the log alone reveals
+	// nothing.
+	Match(ctx context.Context, in *AuditMatchRequest, opts ...grpc.CallOption) (*AuditMatchResponse, error)
 	// Prune deletes exported entries up to a checkpoint, leaving a signed
 	// marker so the rest of the chain still verifies.
 	Prune(ctx context.Context, in *AuditPruneRequest, opts ...grpc.CallOption) (*AuditPruneResponse, error)
@@ -45,6 +51,16 @@ type auditServiceClient struct {
 
 func NewAuditServiceClient(cc grpc.ClientConnInterface) AuditServiceClient {
 	return &auditServiceClient{cc}
+}
+
+func (c *auditServiceClient) Match(ctx context.Context, in *AuditMatchRequest, opts ...grpc.CallOption) (*AuditMatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuditMatchResponse)
+	err := c.cc.Invoke(ctx, AuditService_Match_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *auditServiceClient) Prune(ctx context.Context, in *AuditPruneRequest, opts ...grpc.CallOption) (*AuditPruneResponse, error) {
@@ -92,6 +108,11 @@ type AuditService_ExportClient = grpc.ServerStreamingClient[AuditExportChunk]
 //
 // AuditService reads the replicated, hash-chained audit log.
 type AuditServiceServer interface {
+	// Match tells whether an entry that created a key (generate, put)
+	// recorded exactly this key material. The log holds only an HMAC of the
+	// material under a key the cluster keeps, so the log alone reveals
+	// nothing.
+	Match(context.Context, *AuditMatchRequest) (*AuditMatchResponse, error)
 	// Prune deletes exported entries up to a checkpoint, leaving a signed
 	// marker so the rest of the chain still verifies.
 	Prune(context.Context, *AuditPruneRequest) (*AuditPruneResponse, error)
@@ -107,6 +128,9 @@ type AuditServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedAuditServiceServer struct{}
 
+func (UnimplementedAuditServiceServer) Match(context.Context, *AuditMatchRequest) (*AuditMatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Match not implemented")
+}
 func (UnimplementedAuditServiceServer) Prune(context.Context, *AuditPruneRequest) (*AuditPruneResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Prune not implemented")
 }
@@ -135,6 +159,24 @@ func RegisterAuditServiceServer(s grpc.ServiceRegistrar, srv AuditServiceServer)
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&AuditService_ServiceDesc, srv)
+}
+
+func _AuditService_Match_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuditMatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).Match(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_Match_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).Match(ctx, req.(*AuditMatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _AuditService_Prune_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -191,6 +233,10 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "coffer.v1.AuditService",
 	HandlerType: (*AuditServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Match",
+			Handler:    _AuditService_Match_Handler,
+		},
 		{
 			MethodName: "Prune",
 			Handler:    _AuditService_Prune_Handler,

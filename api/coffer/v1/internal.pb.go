@@ -1155,7 +1155,9 @@ type ClusterInfo struct {
 	ClusterId       string `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	CreatedUnixNano int64  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	// The record integrity key, wrapped under the master key.
-	IntegrityKek  []byte `protobuf:"bytes,3,opt,name=integrity_kek,json=integrityKek,proto3" json:"integrity_kek,omitempty"`
+	IntegrityKek []byte `protobuf:"bytes,3,opt,name=integrity_kek,json=integrityKek,proto3" json:"integrity_kek,omitempty"`
+	// The audit detail HMAC key, sealed under the record integrity key.
+	AuditHmacKey  []byte `protobuf:"bytes,4,opt,name=audit_hmac_key,json=auditHmacKey,proto3" json:"audit_hmac_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1207,6 +1209,13 @@ func (x *ClusterInfo) GetCreatedUnixNano() int64 {
 func (x *ClusterInfo) GetIntegrityKek() []byte {
 	if x != nil {
 		return x.IntegrityKek
+	}
+	return nil
+}
+
+func (x *ClusterInfo) GetAuditHmacKey() []byte {
+	if x != nil {
+		return x.AuditHmacKey
 	}
 	return nil
 }
@@ -2007,12 +2016,13 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x06scheme\x18\x02 \x01(\tR\x06scheme\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\x03 \x01(\fR\n" +
-	"ciphertext\"}\n" +
+	"ciphertext\"\xa3\x01\n" +
 	"\vClusterInfo\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12#\n" +
-	"\rintegrity_kek\x18\x03 \x01(\fR\fintegrityKek\"\x83\x02\n" +
+	"\rintegrity_kek\x18\x03 \x01(\fR\fintegrityKek\x12$\n" +
+	"\x0eaudit_hmac_key\x18\x04 \x01(\fR\fauditHmacKey\"\x83\x02\n" +
 	"\x12InitClusterCommand\x12*\n" +
 	"\x04info\x18\x01 \x01(\v2\x16.coffer.v1.ClusterInfoR\x04info\x12>\n" +
 	"\x0edefault_policy\x18\x02 \x01(\v2\x17.coffer.v1.PolicyRecordR\rdefaultPolicy\x12D\n" +
