@@ -77,7 +77,7 @@ func (n *Node) materialDetail(material []byte) ([]byte, error) {
 	return audit.DetailHMAC(k, "material", string(material)), nil
 }
 
-// MaxMatchScan bounds the entries Match looks at to find seq.
+// maxMatchMaterial bounds the candidate material of one Match.
 const maxMatchMaterial = MaxMaterialLen
 
 // Match tells whether entry seq recorded the given key material.
