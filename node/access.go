@@ -35,10 +35,7 @@ func (s *accessService) write(ctx context.Context, op *cofferv1.ForwardRequest) 
 	if err != nil {
 		return nil, err
 	}
-	if !s.n.IsLeader() {
-		return s.n.forward(ctx, c, op)
-	}
-	return s.n.executeAccess(ctx, c, op)
+	return s.n.write(ctx, c, op)
 }
 
 func (s *accessService) RegisterClient(ctx context.Context, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
@@ -147,7 +144,7 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 		if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
 			return nil, err
 		}
-		res, err := n.proposeAccess(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: expected})
+		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: expected})
 		if err != nil {
 			return nil, err
 		}
@@ -165,7 +162,7 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 		if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
 			return nil, err
 		}
-		res, err := n.proposeAccess(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: cur.GetRevision()})
+		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: cur.GetRevision()})
 		if err != nil {
 			return nil, err
 		}
@@ -178,7 +175,7 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 		if err != nil {
 			return nil, err
 		}
-		if _, err := n.proposeAccess(ctx, cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE, &cofferv1.RevokeCertificateCommand{
+		if _, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE, &cofferv1.RevokeCertificateCommand{
 			Certificate: &cofferv1.RevokedCertificate{Serial: serial, Reason: o.RevokeCertificate.GetReason(), RevokedUnixNano: now}}); err != nil {
 			return nil, err
 		}
@@ -194,7 +191,7 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 		if err := n.tagRecord("a/"+rule.GetId(), rule, nil); err != nil {
 			return nil, err
 		}
-		res, err := n.proposeAccess(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{Rule: rule})
+		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{Rule: rule})
 		if err != nil {
 			return nil, err
 		}
@@ -203,16 +200,12 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 		if err := n.authorize(c, authz.OpACLManage, ""); err != nil {
 			return nil, err
 		}
-		if _, err := n.proposeAccess(ctx, cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: o.RevokeGrant.GetId()}); err != nil {
+		if _, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: o.RevokeGrant.GetId()}); err != nil {
 			return nil, err
 		}
 		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RevokeGrant{RevokeGrant: &cofferv1.RevokeGrantResponse{Id: o.RevokeGrant.GetId()}}}, nil
 	}
 	return nil, fmt.Errorf("%w: not an access-control operation", ErrInvalidArgument)
-}
-
-func (n *Node) proposeAccess(ctx context.Context, t cofferv1.CommandType, payload proto.Message) (fsm.Result, error) {
-	return n.proposeCommand(ctx, t, payload)
 }
 
 func (s *accessService) read(ctx context.Context, op authz.Op, cons cofferv1.Consistency) error {

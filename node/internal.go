@@ -101,46 +101,7 @@ func (s *internalService) forward(ctx context.Context, caller caller, req *coffe
 		// retries (writes carry request ids, so a retry is safe).
 		return nil, s.n.notLeader(fmt.Errorf("forwarded write reached a follower"))
 	}
-	switch op := req.GetOp().(type) {
-	case *cofferv1.ForwardRequest_GenerateKey:
-		r := op.GenerateKey
-		spec, err := newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), nil, false)
-		if err != nil {
-			return nil, err
-		}
-		md, err := s.n.createKey(ctx, caller, spec)
-		if err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_GenerateKey{GenerateKey: &cofferv1.GenerateKeyResponse{Key: md}}}, nil
-	case *cofferv1.ForwardRequest_PutKey:
-		r := op.PutKey
-		spec, err := newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), r.GetMaterial(), true)
-		if err != nil {
-			return nil, err
-		}
-		md, err := s.n.createKey(ctx, caller, spec)
-		if err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_PutKey{PutKey: &cofferv1.PutKeyResponse{Key: md}}}, nil
-	case *cofferv1.ForwardRequest_RegisterClient, *cofferv1.ForwardRequest_SetClientActive,
-		*cofferv1.ForwardRequest_RevokeCertificate, *cofferv1.ForwardRequest_Grant, *cofferv1.ForwardRequest_RevokeGrant:
-		return s.n.executeAccess(ctx, caller, req)
-	case *cofferv1.ForwardRequest_UpdatePolicy:
-		resp, err := s.n.updatePolicy(ctx, caller, op.UpdatePolicy)
-		if err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_UpdatePolicy{UpdatePolicy: resp}}, nil
-	case *cofferv1.ForwardRequest_CreatePolicy:
-		resp, err := s.n.createPolicy(ctx, caller, op.CreatePolicy)
-		if err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_CreatePolicy{CreatePolicy: resp}}, nil
-	}
-	return nil, fmt.Errorf("%w: forward request carries no operation", ErrInvalidArgument)
+	return s.n.execute(ctx, caller, req)
 }
 
 // ReadIndex confirms leadership and returns the index a follower must apply

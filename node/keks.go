@@ -41,6 +41,7 @@ func (c *kekCache) load(ks hsmwrap.Keystore, id hsmwrap.KEKID, wrapped []byte) e
 	return nil
 }
 
+// ensure loads the policy's wrapped KEK of id's version (once).
 func (c *kekCache) ensure(ks hsmwrap.Keystore, id hsmwrap.KEKID, pol *cofferv1.PolicyRecord) error {
 	if c.loaded(id) {
 		return nil
@@ -54,14 +55,5 @@ func (c *kekCache) ensure(ks hsmwrap.Keystore, id hsmwrap.KEKID, pol *cofferv1.P
 	if wrapped == nil {
 		return fmt.Errorf("%w: policy %q has no kek version %d", fsm.ErrKEKVersionUnknown, pol.GetName(), id.Version)
 	}
-	if err := ks.LoadKEK(id, wrapped); err != nil {
-		return fmt.Errorf("load kek %s: %w", id, err)
-	}
-	c.mu.Lock()
-	if c.set == nil {
-		c.set = map[hsmwrap.KEKID]bool{}
-	}
-	c.set[id] = true
-	c.mu.Unlock()
-	return nil
+	return c.load(ks, id, wrapped)
 }

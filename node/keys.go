@@ -121,53 +121,45 @@ func newCreateSpec(requestID, policy, resource string, alg cofferv1.Algorithm, m
 }
 
 func (s *keyService) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
-	caller, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	spec, err := newCreateSpec(req.GetRequestId(), req.GetPolicy(), req.GetResource(), req.GetAlgorithm(), nil, false)
-	if err != nil {
-		return nil, err
-	}
-	if !s.n.IsLeader() {
-		resp, err := s.n.forward(ctx, caller, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{GenerateKey: req}})
-		if err != nil {
-			return nil, err
-		}
-		s.n.announceLeader(ctx)
-		return resp.GetGenerateKey(), nil
-	}
-	md, err := s.n.createKey(ctx, caller, spec)
-	if err != nil {
-		return nil, err
-	}
-	s.n.announceLeader(ctx)
-	return &cofferv1.GenerateKeyResponse{Key: md}, nil
+	resp, err := s.create(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{GenerateKey: req}})
+	return resp.GetGenerateKey(), err
 }
 
 func (s *keyService) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
-	caller, err := authenticate(ctx)
+	resp, err := s.create(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_PutKey{PutKey: req}})
+	return resp.GetPutKey(), err
+}
+
+// create validates a generate or put here (malformed requests never leave
+// the node), runs it through the leader, and tells the client which node
+// leads so its next writes go there directly.
+func (s *keyService) create(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
-	spec, err := newCreateSpec(req.GetRequestId(), req.GetPolicy(), req.GetResource(), req.GetAlgorithm(), req.GetMaterial(), true)
-	if err != nil {
+	if _, err := createSpecOf(req); err != nil {
 		return nil, err
 	}
-	if !s.n.IsLeader() {
-		resp, err := s.n.forward(ctx, caller, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_PutKey{PutKey: req}})
-		if err != nil {
-			return nil, err
-		}
-		s.n.announceLeader(ctx)
-		return resp.GetPutKey(), nil
-	}
-	md, err := s.n.createKey(ctx, caller, spec)
+	resp, err := s.n.write(ctx, c, req)
 	if err != nil {
 		return nil, err
 	}
 	s.n.announceLeader(ctx)
-	return &cofferv1.PutKeyResponse{Key: md}, nil
+	return resp, nil
+}
+
+// createSpecOf validates the generate or put a write request carries.
+func createSpecOf(req *cofferv1.ForwardRequest) (*createSpec, error) {
+	switch op := req.GetOp().(type) {
+	case *cofferv1.ForwardRequest_GenerateKey:
+		r := op.GenerateKey
+		return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), nil, false)
+	case *cofferv1.ForwardRequest_PutKey:
+		r := op.PutKey
+		return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), r.GetMaterial(), true)
+	}
+	return nil, fmt.Errorf("%w: not a key creation", ErrInvalidArgument)
 }
 
 // createKey runs on the leader: every non-deterministic step (material,
@@ -313,15 +305,8 @@ func (n *Node) verifyRecord(rec *cofferv1.KeyRecord) error {
 }
 
 func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	c, err := authenticate(ctx)
+	rec, err := s.n.authorizedKey(ctx, req.GetGkid(), req.GetConsistency(), authz.OpGet)
 	if err != nil {
-		return nil, err
-	}
-	rec, err := s.n.readKey(ctx, req.GetGkid(), req.GetConsistency())
-	if err != nil {
-		return nil, err
-	}
-	if err := s.n.authorize(c, authz.OpGet, rec.GetResource()); err != nil {
 		return nil, err
 	}
 	if err := checkUse(rec, authz.OpGet, time.Now()); err != nil {
@@ -335,21 +320,32 @@ func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*
 }
 
 func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
-	c, err := authenticate(ctx)
+	rec, err := s.n.authorizedKey(ctx, req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
 	if err != nil {
-		return nil, err
-	}
-	rec, err := s.n.readKey(ctx, req.GetGkid(), req.GetConsistency())
-	if err != nil {
-		return nil, err
-	}
-	if err := s.n.authorize(c, authz.OpDescribe, rec.GetResource()); err != nil {
 		return nil, err
 	}
 	if err := s.n.verifyRecord(rec); err != nil {
 		return nil, err
 	}
 	return &cofferv1.DescribeKeyResponse{Key: keyMetadata(rec)}, nil
+}
+
+// authorizedKey reads a key record for op: the caller is authenticated, the
+// read linearized, and the grant checked against the stored record's
+// resource.
+func (n *Node) authorizedKey(ctx context.Context, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, error) {
+	c, err := authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := n.readKey(ctx, id, cons)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.authorize(c, op, rec.GetResource()); err != nil {
+		return nil, err
+	}
+	return rec, nil
 }
 
 func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (*cofferv1.KeyRecord, error) {

@@ -71,14 +71,8 @@ func (s *policyService) CreatePolicy(ctx context.Context, req *cofferv1.CreatePo
 	if _, err := validatePolicyRequest(req); err != nil {
 		return nil, err
 	}
-	if !s.n.IsLeader() {
-		resp, err := s.n.forward(ctx, caller, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_CreatePolicy{CreatePolicy: req}})
-		if err != nil {
-			return nil, err
-		}
-		return resp.GetCreatePolicy(), nil
-	}
-	return s.n.createPolicy(ctx, caller, req)
+	resp, err := s.n.write(ctx, caller, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_CreatePolicy{CreatePolicy: req}})
+	return resp.GetCreatePolicy(), err
 }
 
 // createPolicy runs on the leader: it generates the policy's KEK in the

@@ -117,14 +117,8 @@ func (s *policyService) UpdatePolicy(ctx context.Context, req *cofferv1.UpdatePo
 	if err := validateUpdate(req); err != nil {
 		return nil, err
 	}
-	if !s.n.IsLeader() {
-		resp, err := s.n.forward(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_UpdatePolicy{UpdatePolicy: req}})
-		if err != nil {
-			return nil, err
-		}
-		return resp.GetUpdatePolicy(), nil
-	}
-	return s.n.updatePolicy(ctx, c, req)
+	resp, err := s.n.write(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_UpdatePolicy{UpdatePolicy: req}})
+	return resp.GetUpdatePolicy(), err
 }
 
 func validateUpdate(req *cofferv1.UpdatePolicyRequest) error {
