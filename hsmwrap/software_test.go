@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -627,94 +626,7 @@ func TestSoftware_Concurrent(t *testing.T) {
 		}
 	}
 
-	const workers, rounds = 8, 200
-	var wg sync.WaitGroup
-	errc := make(chan error, workers+2)
-	for w := range workers {
-		wg.Go(func() {
-			for i := range rounds {
-				id := ids[(w+i)%len(ids)]
-				pt := []byte(fmt.Sprintf("worker %d round %d", w, i))
-				aad := []byte(id.String())
-				ct, err := s.Seal(id, pt, aad)
-				if err != nil {
-					errc <- err
-					return
-				}
-				// Open on the peer as well: same KEK, loaded from the wrapped copy.
-				for _, ks := range []*Software{s, peer} {
-					got, err := ks.Open(id, ct, aad)
-					if err != nil || !bytes.Equal(got, pt) {
-						errc <- fmt.Errorf("open %s: %v", id, err)
-						return
-					}
-				}
-			}
-		})
-	}
-	wg.Go(func() {
-		for i := range 50 {
-			id := KEKID{Policy: fmt.Sprintf("p%d", i), Version: 1}
-			w, err := peer.GenerateKEK(id)
-			if err == nil {
-				err = s.LoadKEK(id, w)
-			}
-			if err == nil {
-				err = s.LoadKEK(id, w) // no-op
-			}
-			if err != nil {
-				errc <- err
-				return
-			}
-		}
-	})
-	wg.Go(func() {
-		for range 20 {
-			if err := s.SelfTest(); err != nil {
-				errc <- err
-				return
-			}
-		}
-	})
-	wg.Wait()
-	close(errc)
-	for err := range errc {
-		t.Fatal(err)
-	}
-
-	// Close while callers are busy: each call either succeeds or fails with
-	// ErrClosed; nothing else, no race.
-	stop := make(chan struct{})
-	var busy, warm sync.WaitGroup
-	warm.Add(workers)
-	for range workers {
-		busy.Go(func() {
-			var once sync.Once
-			defer once.Do(warm.Done)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ct, err := s.Seal(kekA, []byte("m"), nil)
-				if err == nil {
-					_, err = s.Open(kekA, ct, nil)
-				}
-				if err != nil && !errors.Is(err, ErrClosed) {
-					t.Errorf("during Close: %v", err)
-					return
-				}
-				once.Do(warm.Done)
-			}
-		})
-	}
-	warm.Wait() // every worker is in its loop
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	close(stop)
-	busy.Wait()
+	exerciseConcurrently(t, s, peer, ids, 200, 50, 20)
 }
 
 // TestSoftware_HotPathAllocations checks that Seal and Open allocate only
