@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -893,12 +894,14 @@ func TestPKCS11_KeyCeremonyRefusals(t *testing.T) {
 	}
 	// A damaged wrapped key, or a check value that does not match, leaves
 	// no master key behind, and the transport key for another try.
-	w := []byte(e["wrapped"].(string))
-	w[10] ^= 1
-	if w[10] == '+' || w[10] == '/' || w[10] == '=' || w[10] > 'z' {
-		w[10] = 'A'
+	// Damage the wrapped bytes themselves (not the base64 text, whose
+	// flipped character might simply stop being base64).
+	w, err := base64.StdEncoding.DecodeString(e["wrapped"].(string))
+	if err != nil {
+		t.Fatal(err)
 	}
-	wantErr(t, ImportMasterKey(dst.config(), edit("wrapped", string(w))), ErrIntegrity, "import of a damaged wrapped key")
+	w[len(w)/2] ^= 1
+	wantErr(t, ImportMasterKey(dst.config(), edit("wrapped", base64.StdEncoding.EncodeToString(w))), ErrIntegrity, "import of a damaged wrapped key")
 	wantErr(t, ImportMasterKey(dst.config(), edit("kcv", "000000")), ErrIntegrity, "import with a wrong check value")
 	_, err = MasterKeyKCV(dst.config())
 	wantErr(t, err, ErrUnavailable, "MasterKeyKCV after failed imports")
