@@ -84,44 +84,71 @@ func mustClusterWith(t *testing.T, size int, tweak func(*Config), wrap func(int,
 	}
 	tc := &testCluster{t: t, dir: dir, masterKey: make([]byte, 32), conns: map[string]*grpc.ClientConn{}, issue: issue, wrapKeystore: wrap}
 	_, _ = rand.Read(tc.masterKey)
-	var peers []Peer
-	sites := []string{"a", "b", "c"}
-	for i := 0; i < size; i++ {
-		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i+1), Site: sites[i%3], APIAddr: freeAddr(t), RaftAddr: freeAddr(t)})
-	}
-	for i, p := range peers {
-		cfg := DefaultConfig()
-		cfg.ID, cfg.Site, cfg.APIAddr, cfg.RaftAddr = p.ID, p.Site, p.APIAddr, p.RaftAddr
-		cfg.DataDir = filepath.Join(dir, p.ID)
-		cfg.Peers = peers
-		cfg.Bootstrap = true
-		cfg.BootstrapAdmins = []string{"app"}
-		cfg.TLS = issue(transport.Identity{Kind: transport.KindNode, Name: p.ID})
-		if tweak != nil {
-			tweak(&cfg)
-		}
-		tc.cfgs = append(tc.cfgs, cfg)
-		_ = i
-	}
 	ctls, err := issue(transport.Identity{Kind: transport.KindClient, Name: "app"}).ClientTLS()
 	if err != nil {
 		t.Fatal(err)
 	}
 	tc.clientTLS = ctls
-	tc.nodes = make([]*Node, size)
-	for i := range peers {
-		tc.start(i)
+	// Free ports are found by binding and closing, so another process can
+	// take one before a node binds it; start over on fresh ports then.
+	for attempt := 1; ; attempt++ {
+		err := tc.boot(size, filepath.Join(dir, fmt.Sprintf("boot%d", attempt)), tweak)
+		if err == nil {
+			break
+		}
+		tc.stopAll()
+		if !strings.Contains(err.Error(), "address already in use") || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("port taken while starting (%v); starting over on fresh ports", err)
 	}
 	t.Cleanup(tc.stopAll)
 	tc.waitLeader()
 	return tc
 }
 
+// boot configures size nodes on fresh ports with data under dir and starts
+// them.
+func (tc *testCluster) boot(size int, dir string, tweak func(*Config)) error {
+	var peers []Peer
+	sites := []string{"a", "b", "c"}
+	for i := 0; i < size; i++ {
+		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i+1), Site: sites[i%3], APIAddr: freeAddr(tc.t), RaftAddr: freeAddr(tc.t)})
+	}
+	tc.cfgs = nil
+	for _, p := range peers {
+		cfg := DefaultConfig()
+		cfg.ID, cfg.Site, cfg.APIAddr, cfg.RaftAddr = p.ID, p.Site, p.APIAddr, p.RaftAddr
+		cfg.DataDir = filepath.Join(dir, p.ID)
+		cfg.Peers = peers
+		cfg.Bootstrap = true
+		cfg.BootstrapAdmins = []string{"app"}
+		cfg.TLS = tc.issue(transport.Identity{Kind: transport.KindNode, Name: p.ID})
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		tc.cfgs = append(tc.cfgs, cfg)
+	}
+	tc.nodes = make([]*Node, size)
+	for i := range peers {
+		if err := tc.tryStart(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (tc *testCluster) start(i int) {
 	tc.t.Helper()
+	if err := tc.tryStart(i); err != nil {
+		tc.t.Fatal(err)
+	}
+}
+
+func (tc *testCluster) tryStart(i int) error {
 	ks, err := hsmwrap.NewSoftwareFromKey(tc.masterKey)
 	if err != nil {
-		tc.t.Fatal(err)
+		return err
 	}
 	var k hsmwrap.Keystore = ks
 	if tc.wrapKeystore != nil {
@@ -129,9 +156,10 @@ func (tc *testCluster) start(i int) {
 	}
 	n, err := New(tc.cfgs[i], k, nil)
 	if err != nil {
-		tc.t.Fatalf("start %s: %v", tc.cfgs[i].ID, err)
+		return fmt.Errorf("start %s: %w", tc.cfgs[i].ID, err)
 	}
 	tc.nodes[i] = n
+	return nil
 }
 
 func (tc *testCluster) stop(i int) {
