@@ -15,7 +15,7 @@ export SOFTHSM2_MODULE
 SOFTHSM_DIR := $(CURDIR)/.softhsm
 SOFTHSM_TOKEN ?= coffer-dev
 
-.PHONY: help build run test test-short lint fmt proto deps bench chaos fuzz clean
+.PHONY: help build run run-noaudit test test-short lint fmt proto deps bench chaos fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ proto: ## regenerate the protobuf and gRPC code from api/
 
 bench: build ## benchmark a running cluster (source .coffer-dev/env first); BENCH_ARGS to tune
 	$(BIN)/coffer bench $(BENCH_ARGS)
+
+run-noaudit: ## like run, but with a cofferd built without read audit, to measure what audit costs (never deploy it)
+	$(GO) build -tags coffer_noaudit -o $(BIN)/noaudit/cofferd ./cmd/cofferd
+	$(BIN)/noaudit/cofferd dev --nodes $(NODES) --dir $(DEV_DIR)
 
 chaos: ## kill the leader CHAOS_KILLS times (default 20) under load; report failover times to chaos-report.json
 	CHAOS_KILLS=$${CHAOS_KILLS:-20} CHAOS_REPORT=$${CHAOS_REPORT:-$(CURDIR)/chaos-report.json} \

@@ -15,20 +15,30 @@ import (
 // request (fail closed).
 func (f *FSM) Authz() *authz.Snapshot { return f.authz.Load() }
 
-// rebuildAuthz builds the authorisation snapshot from every client, rule and
-// revocation and swaps it in. On failure it installs an empty snapshot,
-// which denies everything, rather than keep one that may miss a change.
+// rebuildAuthz builds the authorisation snapshots from every client, rule
+// and revocation and swaps them in: the request path's, from the records
+// whose integrity tag verifies, and Apply's (FSM.decisions), from the
+// records as stored, so that a decision made in Apply depends on nothing
+// but the log.
 func (f *FSM) rebuildAuthz() {
-	clients, err := f.Clients()
+	f.authz.Store(f.buildSnapshot(f.db, true))
+	f.decisions.Store(f.buildSnapshot(f.db, false))
+}
+
+// buildSnapshot builds a snapshot from r; if verified, only from the
+// clients and rules whose tag verifies. On failure it returns an empty
+// snapshot, which denies everything, rather than one that may miss a change.
+func (f *FSM) buildSnapshot(r reader, verified bool) *authz.Snapshot {
+	clients, err := scanAll[cofferv1.ClientRecord](r, prefixClient)
 	var rules []*cofferv1.AclRule
 	var revoked []*cofferv1.RevokedCertificate
 	if err == nil {
-		rules, err = f.Rules()
+		rules, err = scanAll[cofferv1.AclRule](r, prefixRule)
 	}
 	if err == nil {
-		revoked, err = scanAll[cofferv1.RevokedCertificate](f.db, prefixRevoked)
+		revoked, err = scanAll[cofferv1.RevokedCertificate](r, prefixRevoked)
 	}
-	if err == nil && f.verify != nil {
+	if err == nil && verified && f.verify != nil {
 		clients, rules = f.verifiedAccess(clients, rules)
 	}
 	var snap *authz.Snapshot
@@ -39,7 +49,7 @@ func (f *FSM) rebuildAuthz() {
 		f.logger.Error("fsm: cannot build the authorisation snapshot; denying every request", "err", err)
 		snap, _ = authz.NewSnapshot(nil, nil, nil)
 	}
-	f.authz.Store(snap)
+	return snap
 }
 
 // Client returns a registered client, or ErrClientNotFound.

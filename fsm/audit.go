@@ -87,11 +87,30 @@ func clipReason(s string) string {
 func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.AuditBatchCommand
 	a.decode(payload, &c, index)
-	for _, e := range c.GetEntries() {
-		e.Seq, e.PrevHash, e.Hash = 0, nil, nil
-		a.appendAudit(e, Result{})
+	entries := c.GetEntries()
+	decide := make(map[uint32]int, len(c.GetDecide()))
+	var res Result
+	if err := ValidateDecisions(entries, c.GetDecide()); err != nil {
+		// The leader checks the list before it proposes; a bad one that is
+		// committed anyway decides nothing, alike on every replica.
+		res.Err = err
+	} else {
+		res.Reads = make([]ReadResult, len(c.GetDecide()))
+		for i, d := range c.GetDecide() {
+			decide[d.GetEntry()] = i
+		}
 	}
-	return Result{}
+	for i, e := range entries {
+		e.Seq, e.PrevHash, e.Hash = 0, nil, nil
+		if k, ok := decide[uint32(i)]; ok {
+			res.Reads[k] = a.decideRead(e, c.GetDecide()[k].GetCertSerial())
+		}
+		a.appendAudit(e, Result{})
+		if k, ok := decide[uint32(i)]; ok {
+			res.Reads[k].Seq = e.GetSeq()
+		}
+	}
+	return res
 }
 
 func (f *FSM) loadAuditSeq() {

@@ -26,6 +26,9 @@ type applyCtx struct {
 	// accessChanged is set once a command wrote a client, rule or
 	// revocation: the authorisation snapshot is rebuilt after the commit.
 	accessChanged bool
+	// batchDecisions is the decision snapshot as of this point of the
+	// batch, once an access change made the FSM's own one stale.
+	batchDecisions *authz.Snapshot
 
 	// diverged is set when a checkpoint disagreed with this replica.
 	diverged bool
@@ -34,6 +37,12 @@ type applyCtx struct {
 	// auditHead is the chain head as of this point of the batch (loaded on
 	// first use).
 	auditHead *auditHead
+}
+
+// noteAccessChange records that a client, rule or revocation changed.
+func (a *applyCtx) noteAccessChange() {
+	a.accessChanged = true
+	a.batchDecisions = nil
 }
 
 // policy reads a policy as of this point of the batch.
@@ -153,11 +162,11 @@ func applyInitCluster(a *applyCtx, payload []byte, index uint64) Result {
 	}
 	for _, cl := range c.GetBootstrapClients() {
 		mustSet(b, clientKey(cl.GetName()), cl)
-		a.accessChanged = true
+		a.noteAccessChange()
 	}
 	for _, r := range c.GetBootstrapRules() {
 		mustSet(b, ruleKey(r.GetId()), r)
-		a.accessChanged = true
+		a.noteAccessChange()
 	}
 	return Result{Cluster: c.GetInfo(), Policy: c.GetDefaultPolicy()}
 }
@@ -264,7 +273,7 @@ func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
 		return Result{Err: fmt.Errorf("%w: client revision must be %d", ErrInvalidCommand, c.GetExpectedRevision()+1)}
 	}
 	mustSet(a.b, clientKey(cl.GetName()), cl)
-	a.accessChanged = true
+	a.noteAccessChange()
 	return Result{Client: cl}
 }
 
@@ -278,7 +287,7 @@ func applyPutAclRule(a *applyCtx, payload []byte, index uint64) Result {
 		return Result{Err: fmt.Errorf("%w: %q", ErrRuleExists, c.GetRule().GetId())}
 	}
 	mustSet(a.b, ruleKey(c.GetRule().GetId()), c.GetRule())
-	a.accessChanged = true
+	a.noteAccessChange()
 	return Result{Rule: c.GetRule()}
 }
 
@@ -291,7 +300,7 @@ func applyDeleteAclRule(a *applyCtx, payload []byte, index uint64) Result {
 	if err := a.b.Delete(ruleKey(c.GetId()), nil); err != nil {
 		panic(fmt.Sprintf("fsm: batch delete: %v", err))
 	}
-	a.accessChanged = true
+	a.noteAccessChange()
 	return Result{}
 }
 
@@ -303,7 +312,7 @@ func applyRevokeCertificate(a *applyCtx, payload []byte, index uint64) Result {
 		return Result{Err: fmt.Errorf("%w: certificate serial must be canonical lowercase hex", ErrInvalidCommand)}
 	}
 	mustSet(a.b, revokedKey(serial), c.GetCertificate())
-	a.accessChanged = true
+	a.noteAccessChange()
 	return Result{}
 }
 

@@ -70,6 +70,9 @@ type Result struct {
 	Marker    *cofferv1.AuditPruneMarker
 	Client    *cofferv1.ClientRecord
 	Rule      *cofferv1.AclRule
+	// Reads are the decisions on an audit batch's decided reads, in the
+	// order of its decide list.
+	Reads []ReadResult
 }
 
 // FSM is Coffer's replicated state machine over Pebble. It implements
@@ -107,6 +110,10 @@ type FSM struct {
 	// and revocations, rebuilt and swapped before Apply returns for any
 	// batch that changed them.
 	authz atomic.Pointer[authz.Snapshot]
+	// decisions is the snapshot Apply decides reads with: built from the
+	// records as stored, without the keystore, so that every replica
+	// decides alike (see reads.go).
+	decisions atomic.Pointer[authz.Snapshot]
 
 	// auditSeq is the sequence number of the newest audit entry.
 	auditSeq atomic.Uint64

@@ -16,6 +16,7 @@ import (
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/gkid"
 	"github.com/coffer-kms/coffer/hsmwrap"
+	"github.com/coffer-kms/coffer/transport"
 )
 
 // Request limits (documented in the API reference).
@@ -309,9 +310,6 @@ func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	if err := checkUse(rec, authz.OpGet, time.Now()); err != nil {
-		return nil, err
-	}
 	material, err := s.n.openMaterial(rec)
 	if err != nil {
 		return nil, err
@@ -331,12 +329,23 @@ func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyR
 }
 
 // authorizedKey reads a key record for op: the caller is authenticated, the
-// read linearized, and the grant checked against the stored record's
-// resource.
+// read linearized, and the grant (and for get, the key's use policy) checked
+// against the stored record.
+//
+// A linearizable read by a client is decided in Apply (decidedKey): one
+// Raft round commits its audit entry, orders it after every acknowledged
+// write and decides it. A stale read, or a node's, is decided here on this
+// node's state, and its entry is committed afterwards by the interceptor.
 func (n *Node) authorizedKey(ctx context.Context, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if err := validConsistency(cons); err != nil {
+		return nil, err
+	}
+	if auditEnabled && cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient {
+		return n.decidedKey(ctx, c, id, op)
 	}
 	rec, err := n.readKey(ctx, id, cons)
 	if err != nil {
@@ -345,7 +354,83 @@ func (n *Node) authorizedKey(ctx context.Context, id string, cons cofferv1.Consi
 	if err := n.authorize(c, op, rec.GetResource()); err != nil {
 		return nil, err
 	}
+	if op == authz.OpGet {
+		if err := checkUse(rec, op, time.Now()); err != nil {
+			return nil, err
+		}
+	}
 	return rec, nil
+}
+
+// decidedKey commits the read's audit entry with its outcome left to Apply
+// (see fsm/reads.go), and once Apply granted it and this node has applied
+// the entry, reads the record from this node's state.
+func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op) (*cofferv1.KeyRecord, error) {
+	if err := validateGKID(id); err != nil {
+		return nil, err
+	}
+	e := auditEntry(ctx)
+	e.Gkid = id
+	// Apply replaces the outcome; this one stands only if it never decides.
+	e.Outcome, e.Reason = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "Internal: the read was not decided"
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	start := time.Now()
+	idx, reads, err := n.auditor.submit(actx, []*cofferv1.AuditEntry{e}, []*cofferv1.ReadDecision{{Entry: 0, CertSerial: c.serial}})
+	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
+	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
+		return nil, err // not queued: the interceptor records the refusal
+	}
+	setAuditCarried(ctx, true)
+	if err != nil {
+		metricAuditFailures.Inc()
+		n.logger.Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
+		return nil, fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, err)
+	}
+	if err := n.readRefusal(op, id, reads[0]); err != nil {
+		return nil, err
+	}
+	if err := n.fsm.WaitApplied(actx, idx); err != nil {
+		return nil, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
+	}
+	rec, err := n.storedKey(id)
+	if err != nil {
+		return nil, err
+	}
+	// Apply decided on the records as stored; release nothing unless this
+	// node's integrity-checked view of the access records agrees.
+	if err := n.authorize(c, op, rec.GetResource()); err != nil {
+		n.logger.Warn("a read granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "seq", reads[0].Seq, "err", err)
+		return nil, err
+	}
+	return rec, nil
+}
+
+// readRefusal turns Apply's refusal of a decided read into the error the
+// caller gets (the same as when this node decides).
+func (n *Node) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
+	var sentinel error
+	switch r.Refusal {
+	case cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED:
+		return nil
+	case cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND:
+		sentinel = ErrNotFound
+	case cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED:
+		sentinel = ErrUnauthenticated
+		metricDenied.WithLabelValues(string(op)).Inc()
+	case cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED:
+		sentinel = ErrPermission
+		metricDenied.WithLabelValues(string(op)).Inc()
+	case cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID:
+		sentinel = ErrKeyNotYetValid
+	case cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:
+		sentinel = ErrKeyExpired
+	default:
+		metricIntegrityFailures.Inc()
+		n.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
+		sentinel = fsm.ErrCorrupt
+	}
+	return fmt.Errorf("%w: %s", sentinel, r.Detail)
 }
 
 func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (*cofferv1.KeyRecord, error) {
@@ -354,12 +439,19 @@ func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (
 	}
 	e := auditEntry(ctx)
 	e.Gkid = id
-	if err := validConsistency(c); err != nil {
-		return nil, err
-	}
 	if err := n.linearize(ctx, c); err != nil {
 		return nil, err
 	}
+	rec, err := n.storedKey(id)
+	if err != nil {
+		return nil, err
+	}
+	e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
+	return rec, nil
+}
+
+// storedKey reads a key record from this node's state.
+func (n *Node) storedKey(id string) (*cofferv1.KeyRecord, error) {
 	rec, err := n.fsm.Key(id)
 	if errors.Is(err, fsm.ErrNotFound) {
 		return nil, fmt.Errorf("%w: key %s", ErrNotFound, id)
@@ -371,7 +463,6 @@ func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (
 	if err != nil {
 		return nil, err
 	}
-	e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
 	if rec.GetGkid() != id {
 		// The record stored under this id names another key: swapped.
 		metricIntegrityFailures.Inc()

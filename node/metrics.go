@@ -35,10 +35,15 @@ var (
 		Help:    "gRPC request latency by method.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	}, []string{"method"})
+	metricStage = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "coffer", Name: "stage_seconds",
+		Help:    "Time spent in the stages of a request that wait on the cluster: read_index (a linearizable read's leadership round), wait_applied (catching up to it), audit_commit (committing the request's audit entry), audit_round (one auditor round to the leader).",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	}, []string{"stage"})
 )
 
 func registerMetrics(reg *prometheus.Registry) {
-	reg.MustRegister(metricRequests, metricLatency, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,
+	reg.MustRegister(metricRequests, metricLatency, metricStage, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 }

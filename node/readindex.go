@@ -114,13 +114,17 @@ func (n *Node) linearize(ctx context.Context, c cofferv1.Consistency) error {
 	if c == cofferv1.Consistency_CONSISTENCY_STALE {
 		return nil
 	}
+	start := time.Now()
 	idx, err := n.reads.Do(ctx)
 	if err != nil {
 		return err
 	}
+	mid := time.Now()
+	metricStage.WithLabelValues("read_index").Observe(mid.Sub(start).Seconds())
 	if err := n.fsm.WaitApplied(ctx, idx); err != nil {
 		return fmt.Errorf("waiting to apply index %d: %w", idx, err)
 	}
+	metricStage.WithLabelValues("wait_applied").Observe(time.Since(mid).Seconds())
 	return nil
 }
 

@@ -87,26 +87,16 @@ func keyUsePolicy(pol *cofferv1.PolicyRecord, created time.Time) *cofferv1.KeyUs
 
 // checkUse enforces a key's use policy for one operation at now.
 func checkUse(rec *cofferv1.KeyRecord, op authz.Op, now time.Time) error {
-	u := rec.GetUsePolicy()
-	if u == nil {
+	switch r, why := authz.CheckUse(rec, op, now); r {
+	case authz.UseAllowed:
 		return nil
+	case authz.UseNotYetValid:
+		return fmt.Errorf("%w: %s", ErrKeyNotYetValid, why)
+	case authz.UseExpired:
+		return fmt.Errorf("%w: %s", ErrKeyExpired, why)
+	default:
+		return fmt.Errorf("%w: %s", ErrPermission, why)
 	}
-	if ops := u.GetOperations(); len(ops) > 0 {
-		ok := false
-		for _, o := range ops {
-			ok = ok || o == string(op)
-		}
-		if !ok {
-			return fmt.Errorf("%w: the use policy of key %s does not allow %s (allowed: %v)", ErrPermission, rec.GetGkid(), op, ops)
-		}
-	}
-	if nb := u.GetNotBefore(); nb != nil && now.Before(nb.AsTime()) {
-		return fmt.Errorf("%w: key %s may be used from %s", ErrKeyNotYetValid, rec.GetGkid(), nb.AsTime().UTC().Format(time.RFC3339))
-	}
-	if na := u.GetNotAfter(); na != nil && !now.Before(na.AsTime()) {
-		return fmt.Errorf("%w: key %s could be used until %s", ErrKeyExpired, rec.GetGkid(), na.AsTime().UTC().Format(time.RFC3339))
-	}
-	return nil
 }
 
 func (s *policyService) UpdatePolicy(ctx context.Context, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {

@@ -102,6 +102,68 @@ func (CommandType) EnumDescriptor() ([]byte, []int) {
 	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{0}
 }
 
+// ReadRefusal says why Apply refused a decided read.
+type ReadRefusal int32
+
+const (
+	ReadRefusal_READ_REFUSAL_UNSPECIFIED       ReadRefusal = 0 // not refused: granted
+	ReadRefusal_READ_REFUSAL_NOT_FOUND         ReadRefusal = 1
+	ReadRefusal_READ_REFUSAL_CORRUPT           ReadRefusal = 2
+	ReadRefusal_READ_REFUSAL_UNAUTHENTICATED   ReadRefusal = 3
+	ReadRefusal_READ_REFUSAL_PERMISSION_DENIED ReadRefusal = 4
+	ReadRefusal_READ_REFUSAL_NOT_YET_VALID     ReadRefusal = 5
+	ReadRefusal_READ_REFUSAL_EXPIRED           ReadRefusal = 6
+)
+
+// Enum value maps for ReadRefusal.
+var (
+	ReadRefusal_name = map[int32]string{
+		0: "READ_REFUSAL_UNSPECIFIED",
+		1: "READ_REFUSAL_NOT_FOUND",
+		2: "READ_REFUSAL_CORRUPT",
+		3: "READ_REFUSAL_UNAUTHENTICATED",
+		4: "READ_REFUSAL_PERMISSION_DENIED",
+		5: "READ_REFUSAL_NOT_YET_VALID",
+		6: "READ_REFUSAL_EXPIRED",
+	}
+	ReadRefusal_value = map[string]int32{
+		"READ_REFUSAL_UNSPECIFIED":       0,
+		"READ_REFUSAL_NOT_FOUND":         1,
+		"READ_REFUSAL_CORRUPT":           2,
+		"READ_REFUSAL_UNAUTHENTICATED":   3,
+		"READ_REFUSAL_PERMISSION_DENIED": 4,
+		"READ_REFUSAL_NOT_YET_VALID":     5,
+		"READ_REFUSAL_EXPIRED":           6,
+	}
+)
+
+func (x ReadRefusal) Enum() *ReadRefusal {
+	p := new(ReadRefusal)
+	*p = x
+	return p
+}
+
+func (x ReadRefusal) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReadRefusal) Descriptor() protoreflect.EnumDescriptor {
+	return file_coffer_v1_internal_proto_enumTypes[1].Descriptor()
+}
+
+func (ReadRefusal) Type() protoreflect.EnumType {
+	return &file_coffer_v1_internal_proto_enumTypes[1]
+}
+
+func (x ReadRefusal) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReadRefusal.Descriptor instead.
+func (ReadRefusal) EnumDescriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{1}
+}
+
 // Caller is an authenticated identity carried from the node that accepted a
 // request to the leader that executes it.
 type Caller struct {
@@ -1635,8 +1697,10 @@ func (x *CreatePolicyCommand) GetAudit() *AuditEntry {
 // AuditBatchCommand appends audit entries of requests that change nothing
 // (reads, refusals).
 type AuditBatchCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// Key reads whose outcome Apply decides at this point of the log.
+	Decide        []*ReadDecision `protobuf:"bytes,2,rep,name=decide,proto3" json:"decide,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1678,16 +1742,83 @@ func (x *AuditBatchCommand) GetEntries() []*AuditEntry {
 	return nil
 }
 
+func (x *AuditBatchCommand) GetDecide() []*ReadDecision {
+	if x != nil {
+		return x.Decide
+	}
+	return nil
+}
+
+// ReadDecision asks Apply to decide the key read that entries[entry]
+// records: Apply fills in the key's resource and policy, checks the caller's
+// grants and the key's use policy against the state at that point of the log
+// (the same on every replica), and records the outcome. The node serves the
+// read only once that entry is committed and applied, which also makes the
+// read linearizable: the entry was appended after the request arrived.
+type ReadDecision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Entry uint32                 `protobuf:"varint,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	// Serial of the caller's certificate, checked against the deny list.
+	CertSerial    string `protobuf:"bytes,2,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadDecision) Reset() {
+	*x = ReadDecision{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadDecision) ProtoMessage() {}
+
+func (x *ReadDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadDecision.ProtoReflect.Descriptor instead.
+func (*ReadDecision) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ReadDecision) GetEntry() uint32 {
+	if x != nil {
+		return x.Entry
+	}
+	return 0
+}
+
+func (x *ReadDecision) GetCertSerial() string {
+	if x != nil {
+		return x.CertSerial
+	}
+	return ""
+}
+
 type AppendAuditRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Decide        []*ReadDecision        `protobuf:"bytes,2,rep,name=decide,proto3" json:"decide,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppendAuditRequest) Reset() {
 	*x = AppendAuditRequest{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	mi := &file_coffer_v1_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1830,7 @@ func (x *AppendAuditRequest) String() string {
 func (*AppendAuditRequest) ProtoMessage() {}
 
 func (x *AppendAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	mi := &file_coffer_v1_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1843,7 @@ func (x *AppendAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendAuditRequest.ProtoReflect.Descriptor instead.
 func (*AppendAuditRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{20}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AppendAuditRequest) GetEntries() []*AuditEntry {
@@ -1722,17 +1853,26 @@ func (x *AppendAuditRequest) GetEntries() []*AuditEntry {
 	return nil
 }
 
+func (x *AppendAuditRequest) GetDecide() []*ReadDecision {
+	if x != nil {
+		return x.Decide
+	}
+	return nil
+}
+
 type AppendAuditResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Log index of the batch that holds the entries.
-	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// Apply's decisions, in the order of the request's decide list.
+	Reads         []*ReadOutcome `protobuf:"bytes,2,rep,name=reads,proto3" json:"reads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppendAuditResponse) Reset() {
 	*x = AppendAuditResponse{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[21]
+	mi := &file_coffer_v1_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +1884,7 @@ func (x *AppendAuditResponse) String() string {
 func (*AppendAuditResponse) ProtoMessage() {}
 
 func (x *AppendAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[21]
+	mi := &file_coffer_v1_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,12 +1897,82 @@ func (x *AppendAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendAuditResponse.ProtoReflect.Descriptor instead.
 func (*AppendAuditResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{21}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AppendAuditResponse) GetIndex() uint64 {
 	if x != nil {
 		return x.Index
+	}
+	return 0
+}
+
+func (x *AppendAuditResponse) GetReads() []*ReadOutcome {
+	if x != nil {
+		return x.Reads
+	}
+	return nil
+}
+
+// ReadOutcome is Apply's decision on one decided read.
+type ReadOutcome struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Refusal ReadRefusal            `protobuf:"varint,1,opt,name=refusal,proto3,enum=coffer.v1.ReadRefusal" json:"refusal,omitempty"`
+	// What the caller is told after the refusal's own words.
+	Detail string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Sequence number of the read's audit entry.
+	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadOutcome) Reset() {
+	*x = ReadOutcome{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadOutcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadOutcome) ProtoMessage() {}
+
+func (x *ReadOutcome) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadOutcome.ProtoReflect.Descriptor instead.
+func (*ReadOutcome) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReadOutcome) GetRefusal() ReadRefusal {
+	if x != nil {
+		return x.Refusal
+	}
+	return ReadRefusal_READ_REFUSAL_UNSPECIFIED
+}
+
+func (x *ReadOutcome) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *ReadOutcome) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
 	}
 	return 0
 }
@@ -1777,7 +1987,7 @@ type AuditCheckpointCommand struct {
 
 func (x *AuditCheckpointCommand) Reset() {
 	*x = AuditCheckpointCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[22]
+	mi := &file_coffer_v1_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +1999,7 @@ func (x *AuditCheckpointCommand) String() string {
 func (*AuditCheckpointCommand) ProtoMessage() {}
 
 func (x *AuditCheckpointCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[22]
+	mi := &file_coffer_v1_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +2012,7 @@ func (x *AuditCheckpointCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditCheckpointCommand.ProtoReflect.Descriptor instead.
 func (*AuditCheckpointCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{22}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AuditCheckpointCommand) GetCheckpoint() *AuditCheckpoint {
@@ -1825,7 +2035,7 @@ type AuditPruneCommand struct {
 
 func (x *AuditPruneCommand) Reset() {
 	*x = AuditPruneCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	mi := &file_coffer_v1_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2047,7 @@ func (x *AuditPruneCommand) String() string {
 func (*AuditPruneCommand) ProtoMessage() {}
 
 func (x *AuditPruneCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	mi := &file_coffer_v1_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2060,7 @@ func (x *AuditPruneCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditPruneCommand.ProtoReflect.Descriptor instead.
 func (*AuditPruneCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{23}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AuditPruneCommand) GetUpToSeq() uint64 {
@@ -1879,7 +2089,7 @@ type UpdatePolicyCommand struct {
 
 func (x *UpdatePolicyCommand) Reset() {
 	*x = UpdatePolicyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[24]
+	mi := &file_coffer_v1_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +2101,7 @@ func (x *UpdatePolicyCommand) String() string {
 func (*UpdatePolicyCommand) ProtoMessage() {}
 
 func (x *UpdatePolicyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[24]
+	mi := &file_coffer_v1_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2114,7 @@ func (x *UpdatePolicyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyCommand.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{24}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdatePolicyCommand) GetPolicy() *PolicyRecord {
@@ -2048,13 +2258,24 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"s\n" +
 	"\x13CreatePolicyCommand\x12/\n" +
 	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
-	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"D\n" +
+	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"u\n" +
 	"\x11AuditBatchCommand\x12/\n" +
-	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\"E\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12/\n" +
+	"\x06decide\x18\x02 \x03(\v2\x17.coffer.v1.ReadDecisionR\x06decide\"E\n" +
+	"\fReadDecision\x12\x14\n" +
+	"\x05entry\x18\x01 \x01(\rR\x05entry\x12\x1f\n" +
+	"\vcert_serial\x18\x02 \x01(\tR\n" +
+	"certSerial\"v\n" +
 	"\x12AppendAuditRequest\x12/\n" +
-	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\"+\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12/\n" +
+	"\x06decide\x18\x02 \x03(\v2\x17.coffer.v1.ReadDecisionR\x06decide\"Y\n" +
 	"\x13AppendAuditResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"T\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12,\n" +
+	"\x05reads\x18\x02 \x03(\v2\x16.coffer.v1.ReadOutcomeR\x05reads\"i\n" +
+	"\vReadOutcome\x120\n" +
+	"\arefusal\x18\x01 \x01(\x0e2\x16.coffer.v1.ReadRefusalR\arefusal\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"T\n" +
 	"\x16AuditCheckpointCommand\x12:\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x1a.coffer.v1.AuditCheckpointR\n" +
@@ -2079,7 +2300,15 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x1dCOMMAND_TYPE_AUDIT_CHECKPOINT\x10\t\x12\x1c\n" +
 	"\x18COMMAND_TYPE_AUDIT_PRUNE\x10\n" +
 	"\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v2\xe9\x01\n" +
+	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v*\xe1\x01\n" +
+	"\vReadRefusal\x12\x1c\n" +
+	"\x18READ_REFUSAL_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16READ_REFUSAL_NOT_FOUND\x10\x01\x12\x18\n" +
+	"\x14READ_REFUSAL_CORRUPT\x10\x02\x12 \n" +
+	"\x1cREAD_REFUSAL_UNAUTHENTICATED\x10\x03\x12\"\n" +
+	"\x1eREAD_REFUSAL_PERMISSION_DENIED\x10\x04\x12\x1e\n" +
+	"\x1aREAD_REFUSAL_NOT_YET_VALID\x10\x05\x12\x18\n" +
+	"\x14READ_REFUSAL_EXPIRED\x10\x062\xe9\x01\n" +
 	"\x0fInternalService\x12@\n" +
 	"\aForward\x12\x19.coffer.v1.ForwardRequest\x1a\x1a.coffer.v1.ForwardResponse\x12F\n" +
 	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponse\x12L\n" +
@@ -2097,124 +2326,131 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_internal_proto_rawDescData
 }
 
-var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),                  // 0: coffer.v1.CommandType
-	(*Caller)(nil),                    // 1: coffer.v1.Caller
-	(*ForwardRequest)(nil),            // 2: coffer.v1.ForwardRequest
-	(*ForwardResponse)(nil),           // 3: coffer.v1.ForwardResponse
-	(*ReadIndexRequest)(nil),          // 4: coffer.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 5: coffer.v1.ReadIndexResponse
-	(*Command)(nil),                   // 6: coffer.v1.Command
-	(*WrappedKEK)(nil),                // 7: coffer.v1.WrappedKEK
-	(*PolicyRecord)(nil),              // 8: coffer.v1.PolicyRecord
-	(*KeyRecord)(nil),                 // 9: coffer.v1.KeyRecord
-	(*EscrowKey)(nil),                 // 10: coffer.v1.EscrowKey
-	(*EscrowCopy)(nil),                // 11: coffer.v1.EscrowCopy
-	(*ClusterInfo)(nil),               // 12: coffer.v1.ClusterInfo
-	(*InitClusterCommand)(nil),        // 13: coffer.v1.InitClusterCommand
-	(*PutClientCommand)(nil),          // 14: coffer.v1.PutClientCommand
-	(*PutAclRuleCommand)(nil),         // 15: coffer.v1.PutAclRuleCommand
-	(*DeleteAclRuleCommand)(nil),      // 16: coffer.v1.DeleteAclRuleCommand
-	(*RevokeCertificateCommand)(nil),  // 17: coffer.v1.RevokeCertificateCommand
-	(*CreateKeyCommand)(nil),          // 18: coffer.v1.CreateKeyCommand
-	(*CreatePolicyCommand)(nil),       // 19: coffer.v1.CreatePolicyCommand
-	(*AuditBatchCommand)(nil),         // 20: coffer.v1.AuditBatchCommand
-	(*AppendAuditRequest)(nil),        // 21: coffer.v1.AppendAuditRequest
-	(*AppendAuditResponse)(nil),       // 22: coffer.v1.AppendAuditResponse
-	(*AuditCheckpointCommand)(nil),    // 23: coffer.v1.AuditCheckpointCommand
-	(*AuditPruneCommand)(nil),         // 24: coffer.v1.AuditPruneCommand
-	(*UpdatePolicyCommand)(nil),       // 25: coffer.v1.UpdatePolicyCommand
-	(*GenerateKeyRequest)(nil),        // 26: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),             // 27: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),       // 28: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),     // 29: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 30: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),  // 31: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),              // 32: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 33: coffer.v1.RevokeGrantRequest
-	(*UpdatePolicyRequest)(nil),       // 34: coffer.v1.UpdatePolicyRequest
-	(*GenerateKeyResponse)(nil),       // 35: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),            // 36: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),      // 37: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                // 38: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil), // 39: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 40: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),       // 41: coffer.v1.RevokeGrantResponse
-	(*UpdatePolicyResponse)(nil),      // 42: coffer.v1.UpdatePolicyResponse
-	(Algorithm)(0),                    // 43: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),              // 44: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),            // 45: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                     // 46: coffer.v1.KeyState
-	(*ClientRecord)(nil),              // 47: coffer.v1.ClientRecord
-	(*AclRule)(nil),                   // 48: coffer.v1.AclRule
-	(*AuditEntry)(nil),                // 49: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),        // 50: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),           // 51: coffer.v1.AuditCheckpoint
+	(ReadRefusal)(0),                  // 1: coffer.v1.ReadRefusal
+	(*Caller)(nil),                    // 2: coffer.v1.Caller
+	(*ForwardRequest)(nil),            // 3: coffer.v1.ForwardRequest
+	(*ForwardResponse)(nil),           // 4: coffer.v1.ForwardResponse
+	(*ReadIndexRequest)(nil),          // 5: coffer.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),         // 6: coffer.v1.ReadIndexResponse
+	(*Command)(nil),                   // 7: coffer.v1.Command
+	(*WrappedKEK)(nil),                // 8: coffer.v1.WrappedKEK
+	(*PolicyRecord)(nil),              // 9: coffer.v1.PolicyRecord
+	(*KeyRecord)(nil),                 // 10: coffer.v1.KeyRecord
+	(*EscrowKey)(nil),                 // 11: coffer.v1.EscrowKey
+	(*EscrowCopy)(nil),                // 12: coffer.v1.EscrowCopy
+	(*ClusterInfo)(nil),               // 13: coffer.v1.ClusterInfo
+	(*InitClusterCommand)(nil),        // 14: coffer.v1.InitClusterCommand
+	(*PutClientCommand)(nil),          // 15: coffer.v1.PutClientCommand
+	(*PutAclRuleCommand)(nil),         // 16: coffer.v1.PutAclRuleCommand
+	(*DeleteAclRuleCommand)(nil),      // 17: coffer.v1.DeleteAclRuleCommand
+	(*RevokeCertificateCommand)(nil),  // 18: coffer.v1.RevokeCertificateCommand
+	(*CreateKeyCommand)(nil),          // 19: coffer.v1.CreateKeyCommand
+	(*CreatePolicyCommand)(nil),       // 20: coffer.v1.CreatePolicyCommand
+	(*AuditBatchCommand)(nil),         // 21: coffer.v1.AuditBatchCommand
+	(*ReadDecision)(nil),              // 22: coffer.v1.ReadDecision
+	(*AppendAuditRequest)(nil),        // 23: coffer.v1.AppendAuditRequest
+	(*AppendAuditResponse)(nil),       // 24: coffer.v1.AppendAuditResponse
+	(*ReadOutcome)(nil),               // 25: coffer.v1.ReadOutcome
+	(*AuditCheckpointCommand)(nil),    // 26: coffer.v1.AuditCheckpointCommand
+	(*AuditPruneCommand)(nil),         // 27: coffer.v1.AuditPruneCommand
+	(*UpdatePolicyCommand)(nil),       // 28: coffer.v1.UpdatePolicyCommand
+	(*GenerateKeyRequest)(nil),        // 29: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),             // 30: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),       // 31: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),     // 32: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 33: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),  // 34: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),              // 35: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 36: coffer.v1.RevokeGrantRequest
+	(*UpdatePolicyRequest)(nil),       // 37: coffer.v1.UpdatePolicyRequest
+	(*GenerateKeyResponse)(nil),       // 38: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),            // 39: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),      // 40: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                // 41: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil), // 42: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 43: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),       // 44: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),      // 45: coffer.v1.UpdatePolicyResponse
+	(Algorithm)(0),                    // 46: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),              // 47: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),            // 48: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                     // 49: coffer.v1.KeyState
+	(*ClientRecord)(nil),              // 50: coffer.v1.ClientRecord
+	(*AclRule)(nil),                   // 51: coffer.v1.AclRule
+	(*AuditEntry)(nil),                // 52: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),        // 53: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),           // 54: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
-	1,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	26, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	27, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	28, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	29, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
-	30, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
-	31, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
-	32, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
-	33, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
-	34, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
-	35, // 10: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	36, // 11: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	37, // 12: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	38, // 13: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	39, // 14: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	40, // 15: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	41, // 16: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	42, // 17: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	2,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
+	29, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	30, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	31, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	32, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	33, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	34, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	35, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	36, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	37, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
+	38, // 10: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	39, // 11: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	40, // 12: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	41, // 13: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	42, // 14: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	43, // 15: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	44, // 16: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	45, // 17: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
 	0,  // 18: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	7,  // 19: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	43, // 20: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	44, // 21: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	45, // 22: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	10, // 23: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	43, // 24: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	46, // 25: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	44, // 26: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	45, // 27: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 28: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	12, // 29: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	8,  // 30: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	47, // 31: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	48, // 32: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	47, // 33: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	49, // 34: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	48, // 35: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	49, // 36: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	49, // 37: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	50, // 38: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	49, // 39: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 40: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	49, // 41: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	8,  // 42: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	49, // 43: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	49, // 44: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	49, // 45: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	51, // 46: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	49, // 47: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	8,  // 48: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	49, // 49: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	2,  // 50: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	4,  // 51: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	21, // 52: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	3,  // 53: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	5,  // 54: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	22, // 55: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	53, // [53:56] is the sub-list for method output_type
-	50, // [50:53] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	8,  // 19: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	46, // 20: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	47, // 21: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	48, // 22: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 23: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	46, // 24: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	49, // 25: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	47, // 26: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	48, // 27: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	12, // 28: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	13, // 29: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	9,  // 30: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	50, // 31: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	51, // 32: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	50, // 33: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	52, // 34: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	51, // 35: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	52, // 36: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	52, // 37: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	53, // 38: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	52, // 39: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 40: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	52, // 41: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 42: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	52, // 43: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	52, // 44: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	22, // 45: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	52, // 46: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	22, // 47: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	25, // 48: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 49: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	54, // 50: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	52, // 51: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 52: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	52, // 53: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	3,  // 54: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	5,  // 55: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	23, // 56: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	4,  // 57: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	6,  // 58: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	24, // 59: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	57, // [57:60] is the sub-list for method output_type
+	54, // [54:57] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -2250,8 +2486,8 @@ func file_coffer_v1_internal_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   25,
+			NumEnums:      2,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

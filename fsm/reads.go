@@ -1,0 +1,144 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
+)
+
+// Decided reads.
+//
+// A linearizable key read (get, describe) is decided by Apply, at the point
+// of the log where its audit entry lands, instead of by the serving node
+// before it commits the entry. The node proposes the entry with the caller
+// and the request time; Apply looks up the key, checks the caller's grants
+// and the key's use policy against the state at that point, and writes the
+// outcome into the entry before linking it into the chain. Every replica
+// decides alike, because every input is in the log or in the state the log
+// built. The serving node then waits until it has applied that entry and
+// serves the read from its own state, so one Raft round both commits the
+// audit entry and orders the read after every write acknowledged before it
+// arrived.
+//
+// Apply decides on the committed records as they are stored. The serving
+// node still checks the key record's integrity (the keystore opens it) and
+// its own verified authorisation snapshot before it releases anything.
+
+// ReadResult is Apply's decision on one decided read.
+type ReadResult struct {
+	Refusal cofferv1.ReadRefusal
+	// Detail is what the caller is told after the refusal's own words.
+	Detail string
+	// Seq is the sequence number of the read's audit entry.
+	Seq uint64
+}
+
+// refusals gives each refusal the status code name and the words the audit
+// entry's reason starts with; they match what the request path reports for
+// the same refusal when it decides itself (see node.toStatus).
+var refusals = map[cofferv1.ReadRefusal]struct {
+	outcome     cofferv1.AuditOutcome
+	code, words string
+}{
+	cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED:       {cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED, "", ""},
+	cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND:         {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "NotFound", "not found"},
+	cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "DataLoss", ErrCorrupt.Error()},
+	cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED:   {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, "Unauthenticated", "unauthenticated"},
+	cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED: {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, "PermissionDenied", "permission denied"},
+	cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID:     {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "FailedPrecondition", "key is not valid yet"},
+	cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "FailedPrecondition", "key has expired"},
+}
+
+// RefusalReason is the reason an audit entry records for a refused read:
+// the same text the request path records when it refuses the read itself.
+func RefusalReason(r cofferv1.ReadRefusal, detail string) string {
+	if r == cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
+		return ""
+	}
+	info := refusals[r]
+	return clipReason(info.code + ": " + info.words + ": " + detail)
+}
+
+// IsDecidedRead reports whether op is a key read that Apply can decide.
+func IsDecidedRead(op string) bool {
+	return op == string(authz.OpGet) || op == string(authz.OpDescribe)
+}
+
+// ValidateDecisions checks the decide list of an audit batch: each names a
+// distinct entry of a decided-read operation that carries a GKID.
+func ValidateDecisions(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecision) error {
+	seen := make(map[uint32]bool, len(decide))
+	for _, d := range decide {
+		i := d.GetEntry()
+		if int(i) >= len(entries) || seen[i] {
+			return fmt.Errorf("%w: read decision names entry %d of %d (or names it twice)", ErrInvalidCommand, i, len(entries))
+		}
+		seen[i] = true
+		if e := entries[i]; !IsDecidedRead(e.GetOperation()) || e.GetGkid() == "" {
+			return fmt.Errorf("%w: entry %d (%q) is not a key read", ErrInvalidCommand, i, e.GetOperation())
+		}
+	}
+	return nil
+}
+
+// decideRead decides the read that e records, at this point of the batch,
+// and writes the outcome into e.
+func (a *applyCtx) decideRead(e *cofferv1.AuditEntry, serial string) ReadResult {
+	r := a.decide(e, serial)
+	e.Outcome, e.Reason = refusals[r.Refusal].outcome, RefusalReason(r.Refusal, r.Detail)
+	return r
+}
+
+func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
+	refuse := func(r cofferv1.ReadRefusal, detail string) ReadResult {
+		return ReadResult{Refusal: r, Detail: detail}
+	}
+	id := e.GetGkid()
+	var rec cofferv1.KeyRecord
+	if err := getProto(a.b, keyKey(id), &rec); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return refuse(cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key "+id)
+		}
+		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, "stored record of key "+id+" does not decode")
+	}
+	if rec.GetGkid() != id {
+		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, fmt.Sprintf("record stored under %s names %s", id, rec.GetGkid()))
+	}
+	e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
+	op := authz.Op(e.GetOperation())
+	d := a.decisionSnapshot().Decide(authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: op, Resource: rec.GetResource()})
+	if !d.Allowed {
+		if d.Code == authz.Unauthenticated {
+			return refuse(cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, d.Reason)
+		}
+		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, d.Reason)
+	}
+	if op != authz.OpGet {
+		return ReadResult{}
+	}
+	switch u, why := authz.CheckUse(&rec, op, time.Unix(0, e.GetTimeUnixNano())); u {
+	case authz.UseAllowed:
+		return ReadResult{}
+	case authz.UseNotYetValid:
+		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID, why)
+	case authz.UseExpired:
+		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED, why)
+	default:
+		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why)
+	}
+}
+
+// decisionSnapshot is the authorisation snapshot as of this point of the
+// batch, built from the records as stored (see FSM.decisions).
+func (a *applyCtx) decisionSnapshot() *authz.Snapshot {
+	if !a.accessChanged {
+		return a.f.decisions.Load()
+	}
+	if a.batchDecisions == nil {
+		a.batchDecisions = a.f.buildSnapshot(a.b, false)
+	}
+	return a.batchDecisions
+}
