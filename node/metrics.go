@@ -37,7 +37,7 @@ var (
 	}, []string{"method"})
 	metricStage = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "coffer", Name: "stage_seconds",
-		Help:    "Time spent in the stages of a request that wait on the cluster: read_index (a linearizable read's leadership round), wait_applied (catching up to it), audit_commit (committing the request's audit entry), audit_round (one auditor round to the leader).",
+		Help:    "Time spent in the stages of a request that wait on the cluster: read_index (a linearizable read's leadership round), wait_applied (catching up to it), audit_commit (committing the request's audit entry), audit_decide (a decided read's entry, committed and decided in Apply), audit_round (one auditor round to the leader).",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	}, []string{"stage"})
 )
