@@ -4,20 +4,69 @@ import (
 	"sync"
 	"sync/atomic"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
+
+// keyCacheSize bounds the decoded key records kept in memory (a record is
+// well under 2 KiB, escrow copies included).
+const keyCacheSize = 16384
 
 // recordCache keeps decoded policy and cluster records, which every create
 // and many reads need and which change rarely. A batch that writes a policy
 // resets it after the commit; a reader that decoded a record before a reset
 // does not store it afterwards (the generation check), so the cache never
 // holds a record older than committed state.
+//
+// It also keeps recently read key records. A key record never changes once
+// created, so only a restore, which replaces the whole state, drops them.
+// Every read of a key (the serving node's, and Apply's for a decided read)
+// would otherwise decode it from Pebble; the key's integrity is still
+// checked by the keystore at every use.
 type recordCache struct {
 	cluster atomic.Pointer[cofferv1.ClusterInfo]
 
 	mu       sync.RWMutex
 	gen      uint64
 	policies map[string]*cofferv1.PolicyRecord
+
+	keyGen atomic.Uint64
+	keys   *lru.Cache[string, *cofferv1.KeyRecord]
+}
+
+func newRecordCache() *recordCache {
+	keys, err := lru.New[string, *cofferv1.KeyRecord](keyCacheSize)
+	if err != nil {
+		panic(err) // only for a size below 1
+	}
+	return &recordCache{keys: keys}
+}
+
+func (c *recordCache) key(gkid string) (*cofferv1.KeyRecord, bool) {
+	return c.keys.Get(gkid)
+}
+
+// keyGeneration is read before a key is decoded and passed to putKey, which
+// drops the record if the state was replaced in between.
+func (c *recordCache) keyGeneration() uint64 { return c.keyGen.Load() }
+
+// putKey keeps rec, read under gkid. A record that names another key (a
+// swapped record) is not kept: its reader refuses it.
+func (c *recordCache) putKey(gen uint64, gkid string, rec *cofferv1.KeyRecord) {
+	if rec.GetGkid() != gkid {
+		return
+	}
+	c.keys.Add(gkid, rec)
+	if c.keyGen.Load() != gen {
+		c.keys.Remove(gkid)
+	}
+}
+
+// resetKeys drops every key record: the state is being replaced.
+func (c *recordCache) resetKeys() {
+	c.keyGen.Add(1)
+	c.keys.Purge()
 }
 
 func (c *recordCache) policy(name string) (*cofferv1.PolicyRecord, bool) {

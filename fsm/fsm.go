@@ -104,7 +104,7 @@ type FSM struct {
 
 	// cache holds decoded records that change rarely (policies, cluster
 	// info), reset whenever an applied batch or a restore changes them.
-	cache recordCache
+	cache *recordCache
 
 	// authz is the authorisation snapshot of the committed clients, rules
 	// and revocations, rebuilt and swapped before Apply returns for any
@@ -149,7 +149,7 @@ func Open(cfg Config) (*FSM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: open pebble at %s: %w", cfg.Dir, err)
 	}
-	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{}), verify: cfg.VerifyRecord}
+	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{}), verify: cfg.VerifyRecord, cache: newRecordCache()}
 	if _, err := get(db, keyRestoring); err == nil {
 		// A restore was interrupted: the state is a mix of old and new.
 		// Forget it; Raft restores the latest snapshot and replays the log.

@@ -14,12 +14,18 @@ import (
 // MaxPageSize bounds ListKeys.
 const MaxPageSize = 1000
 
-// Key returns the key record for gkid, or ErrNotFound.
+// Key returns the key record for gkid, or ErrNotFound. The record may be
+// shared with other readers: callers must not modify it.
 func (f *FSM) Key(gkid string) (*cofferv1.KeyRecord, error) {
+	if k, ok := f.cache.key(gkid); ok {
+		return k, nil
+	}
+	gen := f.cache.keyGeneration()
 	var k cofferv1.KeyRecord
 	if err := getProto(f.db, keyKey(gkid), &k); err != nil {
 		return nil, err
 	}
+	f.cache.putKey(gen, gkid, &k)
 	return &k, nil
 }
 

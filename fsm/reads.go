@@ -97,8 +97,8 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
 		return ReadResult{Refusal: r, Detail: detail}
 	}
 	id := e.GetGkid()
-	var rec cofferv1.KeyRecord
-	if err := getProto(a.b, keyKey(id), &rec); err != nil {
+	rec, err := a.key(id)
+	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return refuse(cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key "+id)
 		}
@@ -119,7 +119,7 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
 	if op != authz.OpGet {
 		return ReadResult{}
 	}
-	switch u, why := authz.CheckUse(&rec, op, time.Unix(0, e.GetTimeUnixNano())); u {
+	switch u, why := authz.CheckUse(rec, op, time.Unix(0, e.GetTimeUnixNano())); u {
 	case authz.UseAllowed:
 		return ReadResult{}
 	case authz.UseNotYetValid:
@@ -129,6 +129,23 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
 	default:
 		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why)
 	}
+}
+
+// key reads a key record as of this point of the batch. Key records never
+// change once written, so a cached one is the batch's too.
+func (a *applyCtx) key(gkid string) (*cofferv1.KeyRecord, error) {
+	if k, ok := a.f.cache.key(gkid); ok {
+		return k, nil
+	}
+	gen := a.f.cache.keyGeneration()
+	var k cofferv1.KeyRecord
+	if err := getProto(a.b, keyKey(gkid), &k); err != nil {
+		return nil, err
+	}
+	// A record this batch wrote is committed with the batch (or the
+	// replica stops), so it may be kept already.
+	a.f.cache.putKey(gen, gkid, &k)
+	return &k, nil
 }
 
 // decisionSnapshot is the authorisation snapshot as of this point of the

@@ -107,6 +107,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.db.Set(keyRestoring, []byte{1}, pebble.Sync); err != nil {
 		return fmt.Errorf("fsm: mark restore: %w", err)
 	}
+	f.cache.resetKeys()
 	if err := f.db.DeleteRange([]byte{0}, keyRestoring, pebble.NoSync); err != nil {
 		return fmt.Errorf("fsm: clear state: %w", err)
 	}
@@ -145,6 +146,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		idx, term, _ = decodeApplied(v)
 	}
 	f.cache.reset()
+	f.cache.resetKeys()
 	f.rebuildAuthz()
 	f.loadAuditSeq()
 	f.loadDiverged()
