@@ -45,3 +45,43 @@ func BenchmarkApplyCreateKey(b *testing.B) {
 		idx += batch
 	}
 }
+
+// BenchmarkApplyDecidedReads applies audit batches of 16 decided reads, as
+// a node's auditor sends them under load, and reports the cost per read.
+func BenchmarkApplyDecidedReads(b *testing.B) {
+	f, err := Open(DefaultConfig(b.TempDir()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	var setup [][]byte
+	for _, c := range readSetupCommands() {
+		d, err := Encode(c.t, c.m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		setup = append(setup, d)
+	}
+	f.ApplyBatch(logs(1, setup...))
+	const batch = 16
+	idx := uint64(len(setup) + 1)
+	b.ResetTimer()
+	for i := 0; i < b.N; i += batch {
+		c := &cofferv1.AuditBatchCommand{}
+		for j := 0; j < batch; j++ {
+			e := readEntry("client:c0", "get", readK1)
+			e.RequestId = fmt.Sprintf("req-%d-%d", i, j)
+			c.Entries = append(c.Entries, e)
+			c.Decide = append(c.Decide, &cofferv1.ReadDecision{Entry: uint32(j), CertSerial: "1f"})
+		}
+		d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		res := f.Apply(logs(idx, d)[0]).(Result)
+		if res.Err != nil || res.Reads[0].Refusal != cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
+			b.Fatalf("%+v", res)
+		}
+		idx++
+	}
+}

@@ -24,28 +24,37 @@ const (
 // (expired), k3 (use policy allows describe only), k4 (elsewhere: other/1).
 func readSetup(t *testing.T) [][]byte {
 	t.Helper()
-	enc := func(ct cofferv1.CommandType, m proto.Message) []byte {
-		t.Helper()
-		d, err := Encode(ct, m)
+	var out [][]byte
+	for _, c := range readSetupCommands() {
+		d, err := Encode(c.t, c.m)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return d
+		out = append(out, d)
 	}
+	return out
+}
+
+type setupCommand struct {
+	t cofferv1.CommandType
+	m proto.Message
+}
+
+func readSetupCommands() []setupCommand {
 	k2, k3 := keyRec(readK2, "default", "res/2"), keyRec(readK3, "default", "res/3")
 	k2.UsePolicy = &cofferv1.KeyUsePolicy{NotAfter: timestamppb.New(time.Unix(1000, 0))}
 	k3.UsePolicy = &cofferv1.KeyUsePolicy{Operations: []string{"describe"}}
-	return [][]byte{
-		enc(cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, &cofferv1.InitClusterCommand{
-			Info: &cofferv1.ClusterInfo{ClusterId: "abcdefghij", CreatedUnixNano: 1}, DefaultPolicy: policy("default")}),
-		enc(cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{
-			Client: &cofferv1.ClientRecord{Name: "c0", Active: true, Groups: []string{"g"}, Revision: 1}}),
-		enc(cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{
-			Rule: &cofferv1.AclRule{Id: "r0", Subject: "group:g", Operations: []string{"get", "describe"}, ResourcePattern: "res/**"}}),
-		enc(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: keyRec(readK1, "default", "res/1")}),
-		enc(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: k2}),
-		enc(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: k3}),
-		enc(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: keyRec(readK4, "default", "other/1")}),
+	return []setupCommand{
+		{cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, &cofferv1.InitClusterCommand{
+			Info: &cofferv1.ClusterInfo{ClusterId: "abcdefghij", CreatedUnixNano: 1}, DefaultPolicy: policy("default")}},
+		{cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{
+			Client: &cofferv1.ClientRecord{Name: "c0", Active: true, Groups: []string{"g"}, Revision: 1}}},
+		{cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{
+			Rule: &cofferv1.AclRule{Id: "r0", Subject: "group:g", Operations: []string{"get", "describe"}, ResourcePattern: "res/**"}}},
+		{cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: keyRec(readK1, "default", "res/1")}},
+		{cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: k2}},
+		{cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: k3}},
+		{cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: keyRec(readK4, "default", "other/1")}},
 	}
 }
 
