@@ -91,7 +91,16 @@ func Encode(t cofferv1.CommandType, payload proto.Message) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: marshal %v payload: %w", t, err)
 	}
-	return det.Marshal(&cofferv1.Command{Type: t, Version: CommandVersion, Payload: p})
+	return det.Marshal(&cofferv1.Command{Type: t, Version: commandVersion(payload), Payload: p})
+}
+
+// commandVersion is the oldest schema version that can apply payload (see
+// CommandVersion).
+func commandVersion(payload proto.Message) uint32 {
+	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok && len(c.GetDecide()) > 0 {
+		return 2
+	}
+	return 1
 }
 
 // decode unmarshals a payload (a committed payload that does not decode

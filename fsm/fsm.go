@@ -21,8 +21,12 @@ import (
 	"github.com/coffer-kms/coffer/authz"
 )
 
-// CommandVersion is the payload schema version this build writes and reads.
-const CommandVersion = 1
+// CommandVersion is the newest payload schema version this build reads.
+// Version 2 is an AUDIT_BATCH with a decide list (decided reads): a replica
+// that predates it would link those entries undecided and diverge, so it
+// stops instead. Every other command is still written as version 1, so
+// older replicas keep applying them during a rolling upgrade.
+const CommandVersion = 2
 
 // Config configures the state machine.
 type Config struct {

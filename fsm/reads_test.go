@@ -213,3 +213,31 @@ func TestFSM_InvalidReadDecisions(t *testing.T) {
 		})
 	}
 }
+
+// A batch with decided reads needs a replica that can decide them; every
+// other command stays readable by replicas of the previous version.
+func TestFSM_DecidedReadsNeedVersion2(t *testing.T) {
+	for _, c := range []struct {
+		payload *cofferv1.AuditBatchCommand
+		want    uint32
+	}{
+		{&cofferv1.AuditBatchCommand{Entries: []*cofferv1.AuditEntry{readEntry("client:c0", "get", readK1)}}, 1},
+		{&cofferv1.AuditBatchCommand{Entries: []*cofferv1.AuditEntry{readEntry("client:c0", "get", readK1)},
+			Decide: []*cofferv1.ReadDecision{{Entry: 0}}}, 2},
+	} {
+		d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, c.payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cmd cofferv1.Command
+		if err := proto.Unmarshal(d, &cmd); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.GetVersion() != c.want {
+			t.Errorf("%d decisions: version %d, want %d", len(c.payload.GetDecide()), cmd.GetVersion(), c.want)
+		}
+	}
+	if CommandVersion < 2 {
+		t.Fatalf("this build reads up to version %d", CommandVersion)
+	}
+}
