@@ -54,14 +54,7 @@ func BenchmarkApplyDecidedReads(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	var setup [][]byte
-	for _, c := range readSetupCommands() {
-		d, err := Encode(c.t, c.m)
-		if err != nil {
-			b.Fatal(err)
-		}
-		setup = append(setup, d)
-	}
+	setup := readSetup(b)
 	f.ApplyBatch(logs(1, setup...))
 	const batch = 16
 	idx := uint64(len(setup) + 1)

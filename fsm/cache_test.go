@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"bytes"
 	"io"
 	"testing"
 
@@ -39,16 +38,7 @@ func TestFSM_KeyCacheDroppedByRestore(t *testing.T) {
 	if k, err := a.Key(readK1); err != nil || k.GetResource() != "res/old" {
 		t.Fatalf("before restore: %v, %v", k, err)
 	}
-	snap, err := b.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := WriteSnapshot(snap.(*snapshot).snap, &buf); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
-	if err := a.Restore(io.NopCloser(&buf)); err != nil {
+	if err := a.Restore(io.NopCloser(snapshotBytes(t, b))); err != nil {
 		t.Fatal(err)
 	}
 	if k, err := a.Key(readK1); err != nil || k.GetResource() != "res/new" {

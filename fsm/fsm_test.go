@@ -110,6 +110,22 @@ func logs(start uint64, data ...[]byte) []*raft.Log {
 	return out
 }
 
+// snapshotBytes takes a snapshot of f the way Raft does and returns its
+// stream.
+func snapshotBytes(t *testing.T, f *FSM) *bytes.Buffer {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	var buf bytes.Buffer
+	if err := WriteSnapshot(snap.(*snapshot).snap, &buf); err != nil {
+		t.Fatal(err)
+	}
+	return &buf
+}
+
 func mustHash(t *testing.T, f *FSM) [32]byte {
 	t.Helper()
 	h, _, err := f.StateHash()
@@ -164,15 +180,7 @@ func TestFSM_SnapshotRestoreMidway(t *testing.T) {
 	cut := 1 + rand.New(rand.NewSource(3)).Intn(len(entries)-1)
 	a := mustOpen(t)
 	a.ApplyBatch(logs(1, entries[:cut]...))
-	snap, err := a.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := WriteSnapshot(snap.(*snapshot).snap, &buf); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	buf := snapshotBytes(t, a)
 	a.ApplyBatch(logs(uint64(cut+1), entries[cut:]...))
 
 	b := mustOpen(t)

@@ -22,7 +22,7 @@ const (
 // readSetup returns the commands of a small state: client c0 (group g),
 // rule r0 granting get and describe on res/**, and keys k1 (res/1), k2
 // (expired), k3 (use policy allows describe only), k4 (elsewhere: other/1).
-func readSetup(t *testing.T) [][]byte {
+func readSetup(t testing.TB) [][]byte {
 	t.Helper()
 	var out [][]byte
 	for _, c := range readSetupCommands() {
