@@ -2,6 +2,7 @@ package node
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/fsm"
 )
 
 // TestNode_TamperedRecordsRefused edits key records inside a stopped node's
@@ -92,6 +94,7 @@ func TestNode_TamperedRecordsRefused(t *testing.T) {
 	tc.start(f)
 	tc.mustGet(f, gkids[5]) // untouched key still served (waits for the node)
 	ctx := ctxT(t)
+	start := tc.nodes[tc.waitLeader()].FSM().AuditHeadSeq()
 	for gk, what := range cases {
 		_, err := tc.keys(f).GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gk})
 		if status.Code(err) != codes.DataLoss {
@@ -113,6 +116,28 @@ func TestNode_TamperedRecordsRefused(t *testing.T) {
 	_, err = tc.keys(f).ListKeys(ctx, &cofferv1.ListKeysRequest{Resource: "tamper"})
 	if status.Code(err) != codes.DataLoss {
 		t.Errorf("list over tampered records = %v, want DataLoss", err)
+	}
+	// The log records those reads as what they were: failures on that node.
+	// (The leader has applied every entry it acknowledged.)
+	l := tc.waitLeader()
+	for gk, what := range cases {
+		entries, _, err := tc.nodes[l].FSM().AuditEntries(start, 100000, fsm.AuditFilter{GKID: gk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := 0
+		for _, e := range entries {
+			if e.GetNode() != tc.cfgs[f].ID || (e.GetOperation() != "get" && e.GetOperation() != "describe") {
+				continue
+			}
+			seen++
+			if e.GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED || !strings.HasPrefix(e.GetReason(), "DataLoss") {
+				t.Errorf("%s: %s on the tampered node logged as %v %q", what, e.GetOperation(), e.GetOutcome(), e.GetReason())
+			}
+		}
+		if seen != 2 {
+			t.Errorf("%s: %d entries for the tampered node's reads, want 2", what, seen)
+		}
 	}
 }
 

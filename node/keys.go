@@ -306,11 +306,7 @@ func (n *Node) verifyRecord(rec *cofferv1.KeyRecord) error {
 }
 
 func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	rec, err := s.n.authorizedKey(ctx, req.GetGkid(), req.GetConsistency(), authz.OpGet)
-	if err != nil {
-		return nil, err
-	}
-	material, err := s.n.openMaterial(rec)
+	rec, material, err := s.n.authorizedKey(ctx, req.GetGkid(), req.GetConsistency(), authz.OpGet)
 	if err != nil {
 		return nil, err
 	}
@@ -318,59 +314,99 @@ func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*
 }
 
 func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
-	rec, err := s.n.authorizedKey(ctx, req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
+	rec, _, err := s.n.authorizedKey(ctx, req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
 	if err != nil {
-		return nil, err
-	}
-	if err := s.n.verifyRecord(rec); err != nil {
 		return nil, err
 	}
 	return &cofferv1.DescribeKeyResponse{Key: keyMetadata(rec)}, nil
 }
 
 // authorizedKey reads a key record for op: the caller is authenticated, the
-// read linearized, and the grant (and for get, the key's use policy) checked
-// against the stored record.
+// read linearized, the grant (and for get, the key's use policy) checked
+// against the stored record, and the record verified by the keystore. For
+// get it returns the unwrapped material too.
 //
 // A linearizable read by a client is decided in Apply (decidedKey): one
 // Raft round commits its audit entry, orders it after every acknowledged
 // write and decides it. A stale read, or a node's, is decided here on this
 // node's state, and its entry is committed afterwards by the interceptor.
-func (n *Node) authorizedKey(ctx context.Context, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, error) {
+func (n *Node) authorizedKey(ctx context.Context, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := validConsistency(cons); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if auditEnabled && cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient {
 		return n.decidedKey(ctx, c, id, op)
 	}
 	rec, err := n.readKey(ctx, id, cons)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := n.authorize(c, op, rec.GetResource()); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if op == authz.OpGet {
 		if err := checkUse(rec, op, time.Now()); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return rec, nil
+	material, err := n.checkedMaterial(rec, op)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, material, nil
+}
+
+// checkedMaterial verifies rec through the keystore (see recordAAD): for
+// get it returns the unwrapped material, for other operations it wipes it.
+func (n *Node) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
+	m, err := n.openMaterial(rec)
+	if err != nil || op != authz.OpGet {
+		clear(m)
+		return nil, err
+	}
+	return m, nil
 }
 
 // decidedKey commits the read's audit entry with its outcome left to Apply
 // (see fsm/reads.go), and once Apply granted it and this node has applied
 // the entry, reads the record from this node's state.
-func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op) (*cofferv1.KeyRecord, error) {
+//
+// A record this node already holds, for a caller this node's own state
+// grants, is verified by the keystore before the entry is proposed, so a
+// damaged record or a keystore outage is recorded as this request's failure
+// rather than after a grant. Key records never change once created, so the
+// record Apply decides on is the same one.
+func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
 	if err := validateGKID(id); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	e := auditEntry(ctx)
 	e.Gkid = id
+	pre, err := n.storedKey(id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, nil, err // a damaged record: the interceptor records the failure
+	}
+	if pre != nil && !n.fsm.Authz().Decide(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op, Resource: pre.GetResource()}).Allowed {
+		// Likely refused: do not unwrap for a caller without a grant here
+		// (Apply decides; if it grants, the record is checked after).
+		pre = nil
+	}
+	var material []byte
+	if pre != nil {
+		if material, err = n.checkedMaterial(pre, op); err != nil {
+			return nil, nil, err // not proposed: the interceptor records the failure
+		}
+	}
+	released := false
+	defer func() {
+		if !released {
+			clear(material)
+		}
+	}()
 	// Apply replaces the outcome; this one stands only if it never decides.
 	e.Outcome, e.Reason = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "Internal: the read was not decided"
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
@@ -379,31 +415,40 @@ func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op)
 	idx, reads, err := n.auditor.submit(actx, []*cofferv1.AuditEntry{e}, []*cofferv1.ReadDecision{{Entry: 0, CertSerial: c.serial}})
 	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
 	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
-		return nil, err // not queued: the interceptor records the refusal
+		return nil, nil, err // not queued: the interceptor records the refusal
 	}
 	setAuditCarried(ctx, true)
 	if err != nil {
 		metricAuditFailures.Inc()
 		n.logger.Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
-		return nil, fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, err)
+		return nil, nil, fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, err)
 	}
 	if err := n.readRefusal(op, id, reads[0]); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := n.fsm.WaitApplied(actx, idx); err != nil {
-		return nil, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
+		return nil, nil, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
 	}
-	rec, err := n.storedKey(id)
-	if err != nil {
-		return nil, err
+	rec := pre
+	if rec == nil {
+		if rec, err = n.storedKey(id); err != nil {
+			return nil, nil, err
+		}
 	}
 	// Apply decided on the records as stored; release nothing unless this
 	// node's integrity-checked view of the access records agrees.
 	if err := n.authorize(c, op, rec.GetResource()); err != nil {
 		n.logger.Warn("a read granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "seq", reads[0].Seq, "err", err)
-		return nil, err
+		return nil, nil, err
 	}
-	return rec, nil
+	if pre == nil {
+		if material, err = n.checkedMaterial(rec, op); err != nil {
+			n.logger.Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", reads[0].Seq, "err", err)
+			return nil, nil, err
+		}
+	}
+	released = true
+	return rec, material, nil
 }
 
 // readRefusal turns Apply's refusal of a decided read into the error the
