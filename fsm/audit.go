@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
@@ -71,6 +72,9 @@ func (a *applyCtx) appendAudit(e *cofferv1.AuditEntry, res Result) {
 			e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED
 		}
 	}
+	if a.cmdAudit == e {
+		mustSetRaw(a.b, changeKey(e), nil)
+	}
 	audit.Link(a.auditHead.hash, a.auditHead.seq+1, e)
 	a.auditHead.seq, a.auditHead.hash = e.GetSeq(), e.GetHash()
 	mustSet(a.b, auditKey(e.GetSeq()), e)
@@ -89,19 +93,34 @@ func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {
 	a.decode(payload, &c, index)
 	entries := c.GetEntries()
 	decide := make(map[uint32]int, len(c.GetDecide()))
+	fallback := make(map[uint32]bool, len(c.GetFallback()))
 	var res Result
-	if err := ValidateDecisions(entries, c.GetDecide()); err != nil {
-		// The leader checks the list before it proposes; a bad one that is
-		// committed anyway decides nothing, alike on every replica.
+	if err := ValidateBatch(entries, c.GetDecide(), c.GetFallback()); err != nil {
+		// The leader checks the lists before it proposes; bad ones that are
+		// committed anyway decide and skip nothing, alike on every replica.
 		res.Err = err
 	} else {
 		res.Reads = make([]ReadResult, len(c.GetDecide()))
 		for i, d := range c.GetDecide() {
 			decide[d.GetEntry()] = i
 		}
+		for _, i := range c.GetFallback() {
+			fallback[i] = true
+		}
 	}
 	for i, e := range entries {
 		e.Seq, e.PrevHash, e.Hash = 0, nil, nil
+		if fallback[uint32(i)] {
+			k := changeKey(e)
+			if mustHas(a.b, k) {
+				// The change this entry stands in for was applied with its
+				// own entry (or another node's fallback for the same
+				// request was linked): the request has its one entry.
+				res.Skipped++
+				continue
+			}
+			mustSetRaw(a.b, k, nil)
+		}
 		if k, ok := decide[uint32(i)]; ok {
 			res.Reads[k] = a.decideRead(e, c.GetDecide()[k].GetCertSerial())
 		}
@@ -111,6 +130,18 @@ func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {
 		}
 	}
 	return res
+}
+
+// changeRetention is how long Apply remembers that a change's entry was
+// linked: far longer than a fallback entry can take to follow it (the node
+// proposes it at once, bounded by the audit timeout).
+const changeRetention = time.Hour
+
+// pruneChanged forgets changes older than changeRetention before t.
+func (a *applyCtx) pruneChanged(t int64) {
+	if err := a.b.DeleteRange(prefixChanged, changedBefore(t-int64(changeRetention)), nil); err != nil {
+		panic(fmt.Sprintf("fsm: prune changed-entry index: %v", err))
+	}
 }
 
 func (f *FSM) loadAuditSeq() {
@@ -239,6 +270,7 @@ func applyAuditCheckpoint(a *applyCtx, payload []byte, index uint64) Result {
 		return Result{Err: fmt.Errorf("%w at seq %d", ErrDiverged, cp.GetSeq())}
 	}
 	mustSet(a.b, checkpointKey(cp.GetSeq()), cp)
+	a.pruneChanged(cp.GetTimeUnixNano())
 	return Result{}
 }
 

@@ -97,7 +97,7 @@ func Encode(t cofferv1.CommandType, payload proto.Message) ([]byte, error) {
 // commandVersion is the oldest schema version that can apply payload (see
 // CommandVersion).
 func commandVersion(payload proto.Message) uint32 {
-	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok && len(c.GetDecide()) > 0 {
+	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok && (len(c.GetDecide()) > 0 || len(c.GetFallback()) > 0) {
 		return 2
 	}
 	return 1

@@ -22,9 +22,9 @@ import (
 )
 
 // CommandVersion is the newest payload schema version this build reads.
-// Version 2 is an AUDIT_BATCH with a decide list (decided reads): a replica
-// that predates it would link those entries undecided and diverge, so it
-// stops instead. Every other command is still written as version 1, so
+// Version 2 is an AUDIT_BATCH with a decide or fallback list: a replica
+// that predates it would link those entries undecided or twice and diverge,
+// so it stops instead. Every other command is still written as version 1, so
 // older replicas keep applying them during a rolling upgrade.
 const CommandVersion = 2
 
@@ -77,6 +77,9 @@ type Result struct {
 	// Reads are the decisions on an audit batch's decided reads, in the
 	// order of its decide list.
 	Reads []ReadResult
+	// Skipped counts an audit batch's fallback entries that were not
+	// linked because the change they stand in for was.
+	Skipped int
 }
 
 // FSM is Coffer's replicated state machine over Pebble. It implements

@@ -70,7 +70,14 @@ func IsDecidedRead(op string) bool {
 // ValidateDecisions checks the decide list of an audit batch: each names a
 // distinct entry of a decided-read operation that carries a GKID.
 func ValidateDecisions(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecision) error {
-	seen := make(map[uint32]bool, len(decide))
+	return ValidateBatch(entries, decide, nil)
+}
+
+// ValidateBatch checks the decide and fallback lists of an audit batch:
+// each names a distinct entry, decided reads are key reads with a GKID, and
+// no entry is both.
+func ValidateBatch(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecision, fallback []uint32) error {
+	seen := make(map[uint32]bool, len(decide)+len(fallback))
 	for _, d := range decide {
 		i := d.GetEntry()
 		if int(i) >= len(entries) || seen[i] {
@@ -80,6 +87,12 @@ func ValidateDecisions(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDe
 		if e := entries[i]; !IsDecidedRead(e.GetOperation()) || e.GetGkid() == "" {
 			return fmt.Errorf("%w: entry %d (%q) is not a key read", ErrInvalidCommand, i, e.GetOperation())
 		}
+	}
+	for _, i := range fallback {
+		if int(i) >= len(entries) || seen[i] {
+			return fmt.Errorf("%w: fallback names entry %d of %d (or names it twice, or a decided read)", ErrInvalidCommand, i, len(entries))
+		}
+		seen[i] = true
 	}
 	return nil
 }

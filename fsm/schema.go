@@ -1,7 +1,10 @@
 package fsm
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
 
 // Key layout in Pebble. Every key starts with a one-byte table tag and a '/'.
@@ -22,6 +25,7 @@ import (
 //	o/<8-byte big-endian seq>    AuditCheckpoint covering the entry at seq
 //	m/audit_marker               AuditPruneMarker for the pruned prefix
 //	m/diverged                   present once a checkpoint disagreed with this replica's chain
+//	w/<8-byte time>/<16 bytes>   empty: a change's audit entry was linked (see changeKey)
 var (
 	keyApplied   = []byte("m/applied")
 	keyCluster   = []byte("m/cluster")
@@ -39,6 +43,7 @@ var (
 	keyAuditHead     = []byte("m/audit")
 	prefixCheckpoint = []byte("o/")
 	keyAuditMarker   = []byte("m/audit_marker")
+	prefixChanged    = []byte("w/")
 	keyDiverged      = []byte("m/diverged")
 )
 
@@ -109,4 +114,30 @@ func checkpointKey(seq uint64) []byte {
 	k := make([]byte, 0, len(prefixCheckpoint)+8)
 	k = append(k, prefixCheckpoint...)
 	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// changeKey names the request an audit entry records, for entries carried
+// by a change: the entry's time, then a digest of its node, caller,
+// operation and request id. An entry recorded for the same request after a
+// failed proposal (a fallback) has the same key, so Apply can tell whether
+// the change's own entry was linked already. Keys sort by time, so old ones
+// are deleted by range (pruneChanged).
+func changeKey(e *cofferv1.AuditEntry) []byte {
+	h := sha256.New()
+	for _, f := range []string{e.GetNode(), e.GetCaller(), e.GetOperation(), e.GetRequestId()} {
+		h.Write([]byte(f))
+		h.Write([]byte{0})
+	}
+	k := make([]byte, 0, len(prefixChanged)+8+1+16)
+	k = append(k, prefixChanged...)
+	k = binary.BigEndian.AppendUint64(k, uint64(e.GetTimeUnixNano()))
+	k = append(k, '/')
+	return h.Sum(k)[:len(k)+16]
+}
+
+// changedBefore is the first key after every changeKey older than t.
+func changedBefore(t int64) []byte {
+	k := make([]byte, 0, len(prefixChanged)+8)
+	k = append(k, prefixChanged...)
+	return binary.BigEndian.AppendUint64(k, uint64(t))
 }

@@ -45,6 +45,11 @@ type auditRec struct {
 	// done is set once the entry is part of a proposed command (or the
 	// request is exempt); the interceptor then leaves it alone.
 	done bool
+	// attempted is set once the entry went into a proposal or a forward
+	// that may have committed even though it reported failure. The entry
+	// the interceptor then records is a fallback: Apply links it only if
+	// the change's own entry was not linked (AuditBatchCommand.fallback).
+	attempted bool
 }
 
 // auditEntry returns the request's audit entry for handlers to fill in; a
@@ -61,6 +66,14 @@ func auditEntry(ctx context.Context) *cofferv1.AuditEntry {
 func setAuditCarried(ctx context.Context, carried bool) {
 	if r, ok := ctx.Value(auditRecKey{}).(*auditRec); ok {
 		r.done = carried
+	}
+}
+
+// setAuditAttempted records that the request's entry went into a proposal
+// or a forward (see auditRec.attempted).
+func setAuditAttempted(ctx context.Context) {
+	if r, ok := ctx.Value(auditRecKey{}).(*auditRec); ok {
+		r.attempted = true
 	}
 }
 
@@ -118,7 +131,7 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 		return resp, err
 	}
 	setOutcome(rec.e, err)
-	if cerr := n.commitAudit(ctx, rec.e); cerr != nil {
+	if cerr := n.commitRequestAudit(ctx, rec); cerr != nil {
 		n.logger.Error("audit entry not committed; response withheld", "op", rec.e.GetOperation(), "err", cerr)
 		metricAuditFailures.Inc()
 		if err == nil {
@@ -158,12 +171,47 @@ func clip(s string, n int) string {
 // commitAudit commits one entry through the batching auditor and waits
 // until it is committed.
 func (n *Node) commitAudit(ctx context.Context, e *cofferv1.AuditEntry) error {
+	return n.commitBatch(ctx, auditBatch{entries: []*cofferv1.AuditEntry{e}})
+}
+
+// commitRequestAudit commits a request's entry, as a fallback if the
+// request's change may have committed with its own entry.
+func (n *Node) commitRequestAudit(ctx context.Context, rec *auditRec) error {
+	b := auditBatch{entries: []*cofferv1.AuditEntry{rec.e}}
+	if rec.attempted {
+		b.fallback = []uint32{0}
+	}
+	return n.commitBatch(ctx, b)
+}
+
+func (n *Node) commitBatch(ctx context.Context, b auditBatch) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
 	start := time.Now()
-	_, err := n.auditor.commit(ctx, []*cofferv1.AuditEntry{e})
+	_, _, err := n.auditor.submit(ctx, b)
 	metricStage.WithLabelValues("audit_commit").Observe(time.Since(start).Seconds())
 	return err
+}
+
+// auditBatch is what the auditor commits for one request, or for one round
+// of many: entries, the reads among them Apply decides, and the fallbacks
+// among them (see cofferv1.AuditBatchCommand).
+type auditBatch struct {
+	entries  []*cofferv1.AuditEntry
+	decide   []*cofferv1.ReadDecision
+	fallback []uint32
+}
+
+// add appends o to b, renumbering o's lists.
+func (b *auditBatch) add(o auditBatch) {
+	base := uint32(len(b.entries))
+	for _, d := range o.decide {
+		b.decide = append(b.decide, &cofferv1.ReadDecision{Entry: base + d.GetEntry(), CertSerial: d.GetCertSerial()})
+	}
+	for _, i := range o.fallback {
+		b.fallback = append(b.fallback, base+i)
+	}
+	b.entries = append(b.entries, o.entries...)
 }
 
 // auditor batches entries from concurrent requests into one Raft entry per
@@ -186,9 +234,8 @@ type auditor struct {
 const maxAuditRounds = 2
 
 type auditWaiter struct {
-	entries []*cofferv1.AuditEntry
-	decide  []*cofferv1.ReadDecision
-	done    chan auditResult
+	batch auditBatch
+	done  chan auditResult
 }
 
 type auditResult struct {
@@ -201,30 +248,29 @@ type auditResult struct {
 const maxAuditQueue = 65536
 
 func (a *auditor) commit(ctx context.Context, entries []*cofferv1.AuditEntry) (uint64, error) {
-	idx, _, err := a.submit(ctx, entries, nil)
+	idx, _, err := a.submit(ctx, auditBatch{entries: entries})
 	return idx, err
 }
 
-// submit commits entries, with Apply deciding the reads that decide names
-// (indexes into entries), and returns the log index that holds them and
-// Apply's decisions in the order of decide.
-func (a *auditor) submit(ctx context.Context, entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecision) (uint64, []fsm.ReadResult, error) {
-	for _, e := range entries {
+// submit commits b and returns the log index that holds it and Apply's
+// decisions on its decided reads, in the order of b.decide.
+func (a *auditor) submit(ctx context.Context, b auditBatch) (uint64, []fsm.ReadResult, error) {
+	for _, e := range b.entries {
 		if err := audit.Validate(e); err != nil {
 			return 0, nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 		}
 	}
-	if err := fsm.ValidateDecisions(entries, decide); err != nil {
+	if err := fsm.ValidateBatch(b.entries, b.decide, b.fallback); err != nil {
 		return 0, nil, err
 	}
-	w := &auditWaiter{entries: entries, decide: decide, done: make(chan auditResult, 1)}
+	w := &auditWaiter{batch: b, done: make(chan auditResult, 1)}
 	a.mu.Lock()
-	if a.queued+len(entries) > maxAuditQueue {
+	if a.queued+len(b.entries) > maxAuditQueue {
 		a.mu.Unlock()
 		return 0, nil, fmt.Errorf("%w: audit queue full", ErrOverloaded)
 	}
 	a.pending = append(a.pending, w)
-	a.queued += len(entries)
+	a.queued += len(b.entries)
 	if !a.running {
 		a.running = true
 		go a.loop()
@@ -243,18 +289,14 @@ func (a *auditor) loop() {
 		a.inflight <- struct{}{} // a round slot; released when the round ends
 		a.mu.Lock()
 		var round []*auditWaiter
-		var entries []*cofferv1.AuditEntry
-		var decide []*cofferv1.ReadDecision
-		for len(a.pending) > 0 && (len(entries) == 0 || len(entries)+len(a.pending[0].entries) <= maxAuditBatch) {
+		var b auditBatch
+		for len(a.pending) > 0 && (len(b.entries) == 0 || len(b.entries)+len(a.pending[0].batch.entries) <= maxAuditBatch) {
 			w := a.pending[0]
 			a.pending = a.pending[1:]
 			round = append(round, w)
-			for _, d := range w.decide {
-				decide = append(decide, &cofferv1.ReadDecision{Entry: uint32(len(entries)) + d.GetEntry(), CertSerial: d.GetCertSerial()})
-			}
-			entries = append(entries, w.entries...)
+			b.add(w.batch)
 		}
-		a.queued -= len(entries)
+		a.queued -= len(b.entries)
 		if len(round) == 0 {
 			a.running = false
 			a.mu.Unlock()
@@ -266,16 +308,17 @@ func (a *auditor) loop() {
 			defer func() { <-a.inflight }()
 			ctx, cancel := context.WithTimeout(context.Background(), auditTimeout)
 			start := time.Now()
-			idx, reads, err := a.n.appendAudit(ctx, entries, decide)
+			idx, reads, err := a.n.appendAudit(ctx, b)
 			metricStage.WithLabelValues("audit_round").Observe(time.Since(start).Seconds())
 			cancel()
-			if err == nil && len(reads) != len(decide) {
-				err = fmt.Errorf("audit round: %d decisions for %d reads", len(reads), len(decide))
+			if err == nil && len(reads) != len(b.decide) {
+				err = fmt.Errorf("audit round: %d decisions for %d reads", len(reads), len(b.decide))
 			}
 			for _, w := range round {
 				r := auditResult{index: idx, err: err}
 				if err == nil {
-					r.reads, reads = reads[:len(w.decide)], reads[len(w.decide):]
+					n := len(w.batch.decide)
+					r.reads, reads = reads[:n], reads[n:]
 				}
 				w.done <- r
 			}
@@ -283,12 +326,11 @@ func (a *auditor) loop() {
 	}
 }
 
-// appendAudit commits entries (with Apply deciding the reads that decide
-// names): as an AUDIT_BATCH command on the leader, or through the leader's
-// AppendAudit from a follower.
-func (n *Node) appendAudit(ctx context.Context, entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecision) (uint64, []fsm.ReadResult, error) {
+// appendAudit commits b: as an AUDIT_BATCH command on the leader, or
+// through the leader's AppendAudit from a follower.
+func (n *Node) appendAudit(ctx context.Context, b auditBatch) (uint64, []fsm.ReadResult, error) {
 	if n.IsLeader() {
-		data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, &cofferv1.AuditBatchCommand{Entries: entries, Decide: decide})
+		data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, &cofferv1.AuditBatchCommand{Entries: b.entries, Decide: b.decide, Fallback: b.fallback})
 		if err != nil {
 			return 0, nil, err
 		}
@@ -304,12 +346,12 @@ func (n *Node) appendAudit(ctx context.Context, entries []*cofferv1.AuditEntry, 
 	}
 	cl, _, err := n.leaderClient()
 	if errors.Is(err, errSelfLeader) {
-		return n.appendAudit(ctx, entries, decide)
+		return n.appendAudit(ctx, b)
 	}
 	if err != nil {
 		return 0, nil, err
 	}
-	resp, err := cl.AppendAudit(ctx, &cofferv1.AppendAuditRequest{Entries: entries, Decide: decide})
+	resp, err := cl.AppendAudit(ctx, &cofferv1.AppendAuditRequest{Entries: b.entries, Decide: b.decide, Fallback: b.fallback})
 	if err != nil {
 		return 0, nil, err
 	}
@@ -336,11 +378,11 @@ func (s *internalService) AppendAudit(ctx context.Context, req *cofferv1.AppendA
 			return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 		}
 	}
-	if err := fsm.ValidateDecisions(req.GetEntries(), req.GetDecide()); err != nil {
+	if err := fsm.ValidateBatch(req.GetEntries(), req.GetDecide(), req.GetFallback()); err != nil {
 		return nil, err
 	}
 	// The follower batched already: propose the batch as it is.
-	idx, reads, err := s.n.appendAudit(ctx, req.GetEntries(), req.GetDecide())
+	idx, reads, err := s.n.appendAudit(ctx, auditBatch{entries: req.GetEntries(), decide: req.GetDecide(), fallback: req.GetFallback()})
 	if err != nil {
 		return nil, err
 	}

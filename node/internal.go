@@ -42,8 +42,17 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 	if err != nil {
 		return nil, err
 	}
-	rec := &auditRec{e: &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: clip(req.GetCaller().GetNode(), 64),
-		Caller: caller.String(), Operation: forwardedOp(req)}}
+	// The entry names the accepting node and its time, so that the entry
+	// that node records if this forward fails is known for the same request.
+	at := req.GetTimeUnixNano()
+	if at <= 0 {
+		at = time.Now().UnixNano()
+	}
+	// Whatever this node records is a fallback: the accepting node may
+	// record one too if the answer does not reach it, and the request must
+	// end up with one entry.
+	rec := &auditRec{e: &cofferv1.AuditEntry{TimeUnixNano: at, Node: clip(req.GetCaller().GetNode(), 64),
+		Caller: caller.String(), Operation: forwardedOp(req)}, attempted: true}
 	if r, ok := forwardedRequest(req).(interface{ GetRequestId() string }); ok {
 		rec.e.RequestId = r.GetRequestId()
 	}
@@ -51,7 +60,7 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 	resp, err := s.forward(ctx, caller, req)
 	if !rec.done {
 		setOutcome(rec.e, err)
-		if cerr := s.n.commitAudit(ctx, rec.e); cerr != nil {
+		if cerr := s.n.commitRequestAudit(ctx, rec); cerr != nil {
 			s.n.logger.Error("audit entry of a forwarded request not committed", "op", rec.e.GetOperation(), "err", cerr)
 			metricAuditFailures.Inc()
 			if err == nil {

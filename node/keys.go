@@ -412,7 +412,7 @@ func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op)
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
 	start := time.Now()
-	idx, reads, err := n.auditor.submit(actx, []*cofferv1.AuditEntry{e}, []*cofferv1.ReadDecision{{Entry: 0, CertSerial: c.serial}})
+	idx, reads, err := n.auditor.submit(actx, auditBatch{entries: []*cofferv1.AuditEntry{e}, decide: []*cofferv1.ReadDecision{{Entry: 0, CertSerial: c.serial}}})
 	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
 	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
 		return nil, nil, err // not queued: the interceptor records the refusal

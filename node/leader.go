@@ -149,6 +149,7 @@ func (n *Node) proposeCommand(ctx context.Context, t cofferv1.CommandType, paylo
 		return fsm.Result{}, err
 	}
 	setAuditCarried(ctx, true)
+	setAuditAttempted(ctx)
 	res, err := n.propose(ctx, data)
 	if err != nil {
 		setAuditCarried(ctx, false)

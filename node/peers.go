@@ -80,6 +80,8 @@ func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardReque
 	}
 	req.Caller = c.proto()
 	req.Caller.Node = n.cfg.ID
+	req.TimeUnixNano = auditEntry(ctx).GetTimeUnixNano()
+	setAuditAttempted(ctx)
 	resp, err := cl.Forward(ctx, req)
 	// The leader records the entry of a request it handled (answered or
 	// refused); if the leader could not be reached, this node records it.

@@ -243,7 +243,12 @@ type ForwardRequest struct {
 	//	*ForwardRequest_Grant
 	//	*ForwardRequest_RevokeGrant
 	//	*ForwardRequest_UpdatePolicy
-	Op            isForwardRequest_Op `protobuf_oneof:"op"`
+	Op isForwardRequest_Op `protobuf_oneof:"op"`
+	// Time of the accepting node's audit entry for the request. The leader
+	// gives its entry the same time, so that an entry the accepting node
+	// records after a failed forward names the same request (see
+	// AuditBatchCommand.fallback).
+	TimeUnixNano  int64 `protobuf:"varint,11,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -371,6 +376,13 @@ func (x *ForwardRequest) GetUpdatePolicy() *UpdatePolicyRequest {
 		}
 	}
 	return nil
+}
+
+func (x *ForwardRequest) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
 }
 
 type isForwardRequest_Op interface {
@@ -1700,7 +1712,12 @@ type AuditBatchCommand struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Entries []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	// Key reads whose outcome Apply decides at this point of the log.
-	Decide        []*ReadDecision `protobuf:"bytes,2,rep,name=decide,proto3" json:"decide,omitempty"`
+	Decide []*ReadDecision `protobuf:"bytes,2,rep,name=decide,proto3" json:"decide,omitempty"`
+	// Entries (indexes into entries) recorded for a change whose proposal
+	// failed in a way that leaves open whether it committed. Apply links such
+	// an entry only if no change carrying an entry for the same request (same
+	// node, time, caller and operation) was applied before it.
+	Fallback      []uint32 `protobuf:"varint,3,rep,packed,name=fallback,proto3" json:"fallback,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1745,6 +1762,13 @@ func (x *AuditBatchCommand) GetEntries() []*AuditEntry {
 func (x *AuditBatchCommand) GetDecide() []*ReadDecision {
 	if x != nil {
 		return x.Decide
+	}
+	return nil
+}
+
+func (x *AuditBatchCommand) GetFallback() []uint32 {
+	if x != nil {
+		return x.Fallback
 	}
 	return nil
 }
@@ -1812,6 +1836,7 @@ type AppendAuditRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	Decide        []*ReadDecision        `protobuf:"bytes,2,rep,name=decide,proto3" json:"decide,omitempty"`
+	Fallback      []uint32               `protobuf:"varint,3,rep,packed,name=fallback,proto3" json:"fallback,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1856,6 +1881,13 @@ func (x *AppendAuditRequest) GetEntries() []*AuditEntry {
 func (x *AppendAuditRequest) GetDecide() []*ReadDecision {
 	if x != nil {
 		return x.Decide
+	}
+	return nil
+}
+
+func (x *AppendAuditRequest) GetFallback() []uint32 {
+	if x != nil {
+		return x.Fallback
 	}
 	return nil
 }
@@ -2147,7 +2179,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\xb1\x05\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xd7\x05\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -2159,7 +2191,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x05grant\x18\b \x01(\v2\x17.coffer.v1.GrantRequestH\x00R\x05grant\x12B\n" +
 	"\frevoke_grant\x18\t \x01(\v2\x1d.coffer.v1.RevokeGrantRequestH\x00R\vrevokeGrant\x12E\n" +
 	"\rupdate_policy\x18\n" +
-	" \x01(\v2\x1e.coffer.v1.UpdatePolicyRequestH\x00R\fupdatePolicyB\x04\n" +
+	" \x01(\v2\x1e.coffer.v1.UpdatePolicyRequestH\x00R\fupdatePolicy\x12$\n" +
+	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNanoB\x04\n" +
 	"\x02op\"\xa1\x04\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
@@ -2258,17 +2291,19 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"s\n" +
 	"\x13CreatePolicyCommand\x12/\n" +
 	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
-	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"u\n" +
+	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\x91\x01\n" +
 	"\x11AuditBatchCommand\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12/\n" +
-	"\x06decide\x18\x02 \x03(\v2\x17.coffer.v1.ReadDecisionR\x06decide\"E\n" +
+	"\x06decide\x18\x02 \x03(\v2\x17.coffer.v1.ReadDecisionR\x06decide\x12\x1a\n" +
+	"\bfallback\x18\x03 \x03(\rR\bfallback\"E\n" +
 	"\fReadDecision\x12\x14\n" +
 	"\x05entry\x18\x01 \x01(\rR\x05entry\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
-	"certSerial\"v\n" +
+	"certSerial\"\x92\x01\n" +
 	"\x12AppendAuditRequest\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12/\n" +
-	"\x06decide\x18\x02 \x03(\v2\x17.coffer.v1.ReadDecisionR\x06decide\"Y\n" +
+	"\x06decide\x18\x02 \x03(\v2\x17.coffer.v1.ReadDecisionR\x06decide\x12\x1a\n" +
+	"\bfallback\x18\x03 \x03(\rR\bfallback\"Y\n" +
 	"\x13AppendAuditResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12,\n" +
 	"\x05reads\x18\x02 \x03(\v2\x16.coffer.v1.ReadOutcomeR\x05reads\"i\n" +

@@ -1,0 +1,134 @@
+package fsm
+
+import (
+	"testing"
+	"time"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+func writeEntry(node string, at int64, requestID string) *cofferv1.AuditEntry {
+	return &cofferv1.AuditEntry{TimeUnixNano: at, Node: node, Caller: "client:c0", Operation: "generate",
+		RequestId: requestID, Outcome: cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED}
+}
+
+func fallbackBatch(t *testing.T, entries ...*cofferv1.AuditEntry) []byte {
+	t.Helper()
+	c := &cofferv1.AuditBatchCommand{Entries: entries}
+	for i := range entries {
+		c.Fallback = append(c.Fallback, uint32(i))
+	}
+	d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func failed(e *cofferv1.AuditEntry) *cofferv1.AuditEntry {
+	e.Outcome, e.Reason = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "Unavailable: leadership lost"
+	return e
+}
+
+// A node that cannot tell whether its change committed records a fallback
+// entry; Apply links it only if the change's own entry (or another
+// fallback for the same request) was not linked before it, so the request
+// has exactly one entry either way.
+func TestFSM_FallbackEntries(t *testing.T) {
+	f := mustOpen(t)
+	setup := readSetup(t)
+	f.ApplyBatch(logs(1, setup...))
+	idx := uint64(len(setup) + 1)
+	apply := func(d []byte) Result {
+		t.Helper()
+		r := f.Apply(logs(idx, d)[0]).(Result)
+		idx++
+		return r
+	}
+	count := func(requestID string) int {
+		t.Helper()
+		entries, _, err := f.AuditEntries(0, 1000, AuditFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range entries {
+			if e.GetRequestId() == requestID {
+				n++
+			}
+		}
+		return n
+	}
+	at := time.Unix(5000, 0).UnixNano()
+
+	// The change committed (its entry linked); the fallbacks from the
+	// leader and from the accepting node are both dropped.
+	create, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
+		Key: keyRec("k1-abcdefghij-00000000000000000000000042", "default", "res/9"), RequestId: "r1", Audit: writeEntry("n2", at, "r1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := apply(create); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r := apply(fallbackBatch(t, failed(writeEntry("n2", at, "r1")), failed(writeEntry("n2", at, "r1")))); r.Skipped != 2 {
+		t.Fatalf("skipped %d fallbacks of a committed change, want 2", r.Skipped)
+	}
+	if n := count("r1"); n != 1 {
+		t.Fatalf("request r1 has %d entries, want 1", n)
+	}
+
+	// The change never committed: the first fallback is its one entry.
+	if r := apply(fallbackBatch(t, failed(writeEntry("n2", at+1, "r2")))); r.Skipped != 0 {
+		t.Fatal("the only entry of a request was dropped")
+	}
+	if r := apply(fallbackBatch(t, failed(writeEntry("n3", at+1, "r2")), failed(writeEntry("n2", at+1, "r2")))); r.Skipped != 1 {
+		t.Fatalf("skipped %d, want 1 (another node's entry is another request)", r.Skipped)
+	}
+	if n := count("r2"); n != 2 {
+		t.Fatalf("request r2 (from n2 and n3) has %d entries, want 2", n)
+	}
+
+	// The same within one Raft batch.
+	create3, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
+		Key: keyRec("k1-abcdefghij-00000000000000000000000043", "default", "res/9"), RequestId: "r3", Audit: writeEntry("n2", at+2, "r3")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := f.ApplyBatch(logs(idx, create3, fallbackBatch(t, failed(writeEntry("n2", at+2, "r3")))))
+	idx += 2
+	if r := out[1].(Result); r.Skipped != 1 {
+		t.Fatalf("skipped %d fallbacks of a change in the same batch, want 1", r.Skipped)
+	}
+
+	// Entries that are not fallbacks are always linked.
+	plain, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, &cofferv1.AuditBatchCommand{
+		Entries: []*cofferv1.AuditEntry{failed(writeEntry("n2", at, "r1"))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(plain)
+	if n := count("r1"); n != 2 {
+		t.Fatalf("a plain entry was dropped: r1 has %d entries", n)
+	}
+
+	// A checkpoint an hour and more later forgets r1's change, so a
+	// fallback that late is linked again.
+	entries, _, err := f.AuditEntries(0, 1000, AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := entries[len(entries)-1]
+	cp, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT, &cofferv1.AuditCheckpointCommand{Checkpoint: &cofferv1.AuditCheckpoint{
+		Seq: last.GetSeq(), Head: last.GetHash(), TimeUnixNano: at + int64(2*time.Hour), Signer: "n1",
+		Signature: []byte("signature"), PublicKey: []byte("public key")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := apply(cp); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r := apply(fallbackBatch(t, failed(writeEntry("n2", at, "r1")))); r.Skipped != 0 {
+		t.Fatal("a change older than the retention is still remembered")
+	}
+}

@@ -1,0 +1,69 @@
+package node
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// TestNode_ForwardWithLostAnswerHasOneEntry forwards a write through a
+// follower over the real internal channel: the leader commits the key with
+// its entry. Then, as if the answer had been lost on the way back, the
+// follower records the request's entry itself, as it does after any
+// forward that failed without an answer. The log must still hold exactly
+// one entry for the request: the leader's. A request the leader never saw
+// keeps the follower's entry.
+func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	l, f := tc.waitLeader(), tc.follower()
+	n := tc.nodes[f]
+	c := caller{id: transport.Identity{Kind: transport.KindClient, Name: "app"}, serial: "1"}
+	entry := func(requestID string) *auditRec {
+		return &auditRec{e: &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID,
+			Caller: c.String(), Operation: "generate", RequestId: requestID}}
+	}
+	lost := func(rec *auditRec) {
+		t.Helper()
+		setOutcome(rec.e, status.Error(codes.Unavailable, "connection reset before the answer arrived"))
+		if err := n.commitRequestAudit(context.WithValue(ctx, auditRecKey{}, rec), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	answered := entry("lost-answer-1")
+	actx := context.WithValue(ctx, auditRecKey{}, answered)
+	if _, err := n.forward(actx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{
+		GenerateKey: &cofferv1.GenerateKeyRequest{Resource: "fallback/1", RequestId: "lost-answer-1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if !answered.done || !answered.attempted {
+		t.Fatalf("after the forward: done=%v attempted=%v", answered.done, answered.attempted)
+	}
+	lost(answered)
+	unseen := entry("lost-answer-2")
+	unseen.attempted = true
+	lost(unseen)
+
+	got := map[string][]*cofferv1.AuditEntry{}
+	entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{Operation: "generate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		got[e.GetRequestId()] = append(got[e.GetRequestId()], e)
+	}
+	if es := got["lost-answer-1"]; len(es) != 1 || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED || es[0].GetNode() != n.cfg.ID {
+		t.Fatalf("answered request: %v, want the leader's one granted entry naming %s", es, n.cfg.ID)
+	}
+	if es := got["lost-answer-2"]; len(es) != 1 || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED {
+		t.Fatalf("unseen request: %v, want the follower's failed entry", es)
+	}
+}
