@@ -49,8 +49,15 @@ type devCluster struct {
 
 func (e *env) startDev() *devCluster {
 	e.t.Helper()
+	return e.startDevWith()
+}
+
+// startDevWith is startDev with further `cofferd dev` flags.
+func (e *env) startDevWith(extra ...string) *devCluster {
+	e.t.Helper()
 	d := &devCluster{upCh: make(chan struct{}), doneCh: make(chan struct{})}
-	d.cmd = exec.Command(filepath.Join(e.bin, "cofferd"), "dev", "--nodes", "3", "--dir", e.dir, "--base-port", fmt.Sprint(e.base))
+	args := append([]string{"dev", "--nodes", "3", "--dir", e.dir, "--base-port", fmt.Sprint(e.base)}, extra...)
+	d.cmd = exec.Command(filepath.Join(e.bin, "cofferd"), args...)
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {
 		e.t.Fatal(err)

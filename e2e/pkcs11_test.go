@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,56 +46,6 @@ func softhsmModule(t *testing.T) string {
 		t.Skip(msg)
 	}
 	return module
-}
-
-// startDevWith is startDev with further `cofferd dev` flags.
-func (e *env) startDevWith(extra ...string) *devCluster {
-	e.t.Helper()
-	d := &devCluster{upCh: make(chan struct{}), doneCh: make(chan struct{})}
-	args := append([]string{"dev", "--nodes", "3", "--dir", e.dir, "--base-port", fmt.Sprint(e.base)}, extra...)
-	d.cmd = exec.Command(filepath.Join(e.bin, "cofferd"), args...)
-	stdout, err := d.cmd.StdoutPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	d.cmd.Stderr = d.cmd.Stdout
-	if err := d.cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	go func() {
-		defer close(d.doneCh)
-		sc := bufio.NewScanner(stdout)
-		up := false
-		for sc.Scan() {
-			d.mu.Lock()
-			d.out.WriteString(sc.Text() + "\n")
-			d.mu.Unlock()
-			if !up && strings.Contains(sc.Text(), "Press Ctrl-C to stop") {
-				up = true
-				close(d.upCh)
-			}
-		}
-		_ = d.cmd.Wait()
-	}()
-	select {
-	case <-d.upCh:
-	case <-d.doneCh:
-		e.t.Fatalf("cofferd dev exited before the cluster was up:\n%s", d.output())
-	case <-time.After(90 * time.Second):
-		_ = d.cmd.Process.Kill()
-		e.t.Fatalf("cluster not up within 90s:\n%s", d.output())
-	}
-	e.t.Cleanup(func() {
-		if d.cmd.ProcessState == nil {
-			_ = d.cmd.Process.Signal(syscall.SIGINT)
-			select {
-			case <-d.doneCh:
-			case <-time.After(30 * time.Second):
-				_ = d.cmd.Process.Kill()
-			}
-		}
-	})
-	return d
 }
 
 // mustHealthyCluster checks `coffer cluster status`: three nodes, one

@@ -67,12 +67,6 @@ func IsDecidedRead(op string) bool {
 	return op == string(authz.OpGet) || op == string(authz.OpDescribe)
 }
 
-// ValidateDecisions checks the decide list of an audit batch: each names a
-// distinct entry of a decided-read operation that carries a GKID.
-func ValidateDecisions(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecision) error {
-	return ValidateBatch(entries, decide, nil)
-}
-
 // ValidateBatch checks the decide and fallback lists of an audit batch:
 // each names a distinct entry, decided reads are key reads with a GKID, and
 // no entry is both.

@@ -190,8 +190,8 @@ func TestFSM_InvalidReadDecisions(t *testing.T) {
 			Outcome: cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED}}, Decide: []*cofferv1.ReadDecision{{Entry: 0}}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if err := ValidateDecisions(c.GetEntries(), c.GetDecide()); !errors.Is(err, ErrInvalidCommand) {
-				t.Fatalf("ValidateDecisions: %v", err)
+			if err := ValidateBatch(c.GetEntries(), c.GetDecide(), nil); !errors.Is(err, ErrInvalidCommand) {
+				t.Fatalf("ValidateBatch: %v", err)
 			}
 			f := mustOpen(t)
 			setup := readSetup(t)

@@ -1,7 +1,6 @@
 package hsmwrap
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -275,23 +274,7 @@ func findSlot(ctx *pkcs11.Ctx, cfg PKCS11Config) (uint, error) {
 func readPIN(file, env, what string) ([]byte, error) {
 	switch {
 	case file != "":
-		p, err := readLimited(file, maxPINSize)
-		if err != nil {
-			return nil, fmt.Errorf("%w: reading %s file: %w", ErrSealed, what, err)
-		}
-		n := len(p)
-		switch {
-		case bytes.HasSuffix(p, []byte("\r\n")):
-			n -= 2
-		case bytes.HasSuffix(p, []byte("\n")):
-			n--
-		}
-		clear(p[n:])
-		p = p[:n]
-		if len(p) == 0 {
-			return nil, fmt.Errorf("%w: %s file %s is empty", ErrSealed, what, file)
-		}
-		return p, nil
+		return readSecretFile(file, maxPINSize, what)
 	case env != "":
 		v, ok := os.LookupEnv(env)
 		if !ok || v == "" {

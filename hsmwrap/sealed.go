@@ -480,6 +480,29 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 }
 
 // readLimited reads a whole regular file of at most limit bytes.
+// readSecretFile reads a passphrase or PIN file (what names it in errors),
+// without one trailing newline; the secret never appears in an error, and
+// an empty one is refused. Errors wrap ErrSealed.
+func readSecretFile(path string, limit int64, what string) ([]byte, error) {
+	p, err := readLimited(path, limit)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading %s file: %w", ErrSealed, what, err)
+	}
+	n := len(p)
+	switch {
+	case bytes.HasSuffix(p, []byte("\r\n")):
+		n -= 2
+	case bytes.HasSuffix(p, []byte("\n")):
+		n--
+	}
+	clear(p[n:])
+	p = p[:n]
+	if len(p) == 0 {
+		return nil, fmt.Errorf("%w: %s file %s is empty", ErrSealed, what, path)
+	}
+	return p, nil
+}
+
 func readLimited(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {

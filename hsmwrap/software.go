@@ -119,21 +119,9 @@ func (c SoftwareConfig) SealOptions() (SealOptions, error) {
 	case c.KeyFile != "":
 		return SealOptions{KeyFile: c.KeyFile}, nil
 	case c.PassphraseFile != "":
-		p, err := readLimited(c.PassphraseFile, maxPassphraseSize)
+		p, err := readSecretFile(c.PassphraseFile, maxPassphraseSize, "passphrase")
 		if err != nil {
-			return SealOptions{}, fmt.Errorf("%w: reading passphrase file: %w", ErrSealed, err)
-		}
-		n := len(p)
-		switch {
-		case bytes.HasSuffix(p, []byte("\r\n")):
-			n -= 2
-		case bytes.HasSuffix(p, []byte("\n")):
-			n--
-		}
-		clear(p[n:])
-		p = p[:n]
-		if len(p) == 0 {
-			return SealOptions{}, fmt.Errorf("%w: passphrase file %s is empty", ErrSealed, c.PassphraseFile)
+			return SealOptions{}, err
 		}
 		return SealOptions{Passphrase: p}, nil
 	default:

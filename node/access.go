@@ -213,13 +213,7 @@ func (s *accessService) read(ctx context.Context, op authz.Op, cons cofferv1.Con
 	if err != nil {
 		return err
 	}
-	if err := validConsistency(cons); err != nil {
-		return err
-	}
-	if err := s.n.linearize(ctx, cons); err != nil {
-		return err
-	}
-	return s.n.authorize(c, op, "")
+	return s.n.authorizedRead(ctx, c, op, cons)
 }
 
 func (s *accessService) GetClient(ctx context.Context, req *cofferv1.GetClientRequest) (*cofferv1.ClientInfo, error) {

@@ -24,11 +24,15 @@ import (
 // an auditRec in the request context; handlers fill in what they learn (GKID,
 // resource, policy). A write carries its entry inside its Raft command, so the
 // change and its entry commit together (the handler marks the record done).
-// Everything else — reads, refusals, failures before a proposal — is committed
-// by the interceptor through the batching auditor AFTER the handler has built
-// its response and BEFORE the response leaves the node: if the entry cannot
-// be committed, the caller gets Unavailable instead of the response (fail
-// closed), so no key material is released without its entry.
+// A linearizable key read commits its entry itself, undecided, and Apply
+// decides it (decidedKey, fsm/reads.go); the handler marks it done.
+// Everything else — stale and administrative reads, refusals, failures
+// before a proposal — is committed by the interceptor through the batching
+// auditor AFTER the handler has built its response and BEFORE the response
+// leaves the node: if the entry cannot be committed, the caller gets
+// Unavailable instead of the response (fail closed), so no key material is
+// released without its entry. An entry recorded after a proposal or forward
+// that may have committed anyway is a fallback (auditRec.attempted).
 
 const (
 	// maxAuditBatch bounds the entries of one AUDIT_BATCH command.
@@ -246,11 +250,6 @@ type auditResult struct {
 
 // maxAuditQueue bounds entries waiting for a round.
 const maxAuditQueue = 65536
-
-func (a *auditor) commit(ctx context.Context, entries []*cofferv1.AuditEntry) (uint64, error) {
-	idx, _, err := a.submit(ctx, auditBatch{entries: entries})
-	return idx, err
-}
 
 // submit commits b and returns the log index that holds it and Apply's
 // decisions on its decided reads, in the order of b.decide.

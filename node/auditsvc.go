@@ -49,13 +49,7 @@ func (s *auditService) Query(ctx context.Context, req *cofferv1.AuditQueryReques
 	if req.GetUntil() != nil {
 		flt.UntilUnixNano = req.GetUntil().AsTime().UnixNano()
 	}
-	if err := validConsistency(req.GetConsistency()); err != nil {
-		return nil, err
-	}
-	if err := s.n.linearize(ctx, req.GetConsistency()); err != nil {
-		return nil, err
-	}
-	if err := s.n.authorize(c, authz.OpAuditRead, ""); err != nil {
+	if err := s.n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
 	entries, last, err := s.n.fsm.AuditEntries(req.GetAfterSeq(), limit, flt)

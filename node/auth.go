@@ -44,20 +44,21 @@ func callerFromProto(p *cofferv1.Caller) (caller, error) {
 	return caller{id: id, serial: serial}, nil
 }
 
-// authorize is the one place the request path asks for a decision: the
-// caller, the operation and (for key operations) the key's resource,
-// against this node's committed state. Nodes pass only for what a node
-// legitimately asks of another (cluster status), after the deny list.
+// authorize is where the request path asks for a decision: the caller, the
+// operation and (for key operations) the key's resource, against this
+// node's committed state. Nodes pass only for what a node legitimately asks
+// of another (cluster status), after the deny list. (A linearizable key read
+// is decided by Apply, with the same authz.Snapshot.Decide, at its place in
+// the log: fsm/reads.go; the node then checks it here too.)
 func (n *Node) authorize(c caller, op authz.Op, resource string) error {
-	snap := n.fsm.Authz()
 	var d authz.Decision
 	if c.id.Kind == transport.KindNode {
-		d = snap.DecideNode(c.id.String(), c.serial)
+		d = n.fsm.Authz().DecideNode(c.id.String(), c.serial)
 		if d.Allowed && op != authz.OpClusterRead {
 			return fmt.Errorf("%w: node identities may not call %s", ErrPermission, op)
 		}
 	} else {
-		d = snap.Decide(authz.Request{Identity: c.id.String(), CertSerial: c.serial, Op: op, Resource: resource})
+		d = n.decideClient(c, op, resource)
 	}
 	if d.Allowed {
 		return nil
@@ -67,4 +68,21 @@ func (n *Node) authorize(c caller, op authz.Op, resource string) error {
 		return fmt.Errorf("%w: %s", ErrUnauthenticated, d.Reason)
 	}
 	return fmt.Errorf("%w: %s", ErrPermission, d.Reason)
+}
+
+// decideClient is this node's decision on a client's request.
+func (n *Node) decideClient(c caller, op authz.Op, resource string) authz.Decision {
+	return n.fsm.Authz().Decide(authz.Request{Identity: c.id.String(), CertSerial: c.serial, Op: op, Resource: resource})
+}
+
+// authorizedRead checks an administrative read: the consistency asked for,
+// the read linearized, then the caller's grant for op.
+func (n *Node) authorizedRead(ctx context.Context, c caller, op authz.Op, cons cofferv1.Consistency) error {
+	if err := validConsistency(cons); err != nil {
+		return err
+	}
+	if err := n.linearize(ctx, cons); err != nil {
+		return err
+	}
+	return n.authorize(c, op, "")
 }

@@ -363,12 +363,10 @@ func (n *Node) authorizedKey(ctx context.Context, id string, cons cofferv1.Consi
 // checkedMaterial verifies rec through the keystore (see recordAAD): for
 // get it returns the unwrapped material, for other operations it wipes it.
 func (n *Node) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
-	m, err := n.openMaterial(rec)
-	if err != nil || op != authz.OpGet {
-		clear(m)
-		return nil, err
+	if op != authz.OpGet {
+		return nil, n.verifyRecord(rec)
 	}
-	return m, nil
+	return n.openMaterial(rec)
 }
 
 // decidedKey commits the read's audit entry with its outcome left to Apply
@@ -390,7 +388,7 @@ func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, nil, err // a damaged record: the interceptor records the failure
 	}
-	if pre != nil && !n.fsm.Authz().Decide(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op, Resource: pre.GetResource()}).Allowed {
+	if pre != nil && !n.decideClient(c, op, pre.GetResource()).Allowed {
 		// Likely refused: do not unwrap for a caller without a grant here
 		// (Apply decides; if it grants, the record is checked after).
 		pre = nil

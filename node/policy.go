@@ -125,13 +125,7 @@ func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRe
 	if err := validatePolicyName(req.GetName()); err != nil {
 		return nil, err
 	}
-	if err := validConsistency(req.GetConsistency()); err != nil {
-		return nil, err
-	}
-	if err := s.n.linearize(ctx, req.GetConsistency()); err != nil {
-		return nil, err
-	}
-	if err := s.n.authorize(c, authz.OpPolicyRead, ""); err != nil {
+	if err := s.n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
 	p, err := s.n.policy(req.GetName())
@@ -146,13 +140,7 @@ func (s *policyService) ListPolicies(ctx context.Context, req *cofferv1.ListPoli
 	if err != nil {
 		return nil, err
 	}
-	if err := validConsistency(req.GetConsistency()); err != nil {
-		return nil, err
-	}
-	if err := s.n.linearize(ctx, req.GetConsistency()); err != nil {
-		return nil, err
-	}
-	if err := s.n.authorize(c, authz.OpPolicyRead, ""); err != nil {
+	if err := s.n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
 	ps, err := s.n.fsm.Policies()

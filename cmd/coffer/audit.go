@@ -268,7 +268,7 @@ type auditPageWriter interface {
 // first page reported. req is advanced page by page.
 func (a *app) auditQuery(ctx context.Context, c *client.Client, req *cofferv1.AuditQueryRequest, all bool) error {
 	var pw auditPageWriter = &auditTable{w: a.out}
-	js := &auditListJSON{w: a.out}
+	js := newAuditListJSON(a.out)
 	if a.format == formatJSON {
 		pw = js
 	}
@@ -382,40 +382,18 @@ func cell(s string) string {
 // {"entries": [...], "last_seq": "N", "head_seq": "H"} (uint64 as strings,
 // as protojson writes them), so that following every page needs memory
 // for one page only. last_seq is the --after that continues the listing.
-type auditListJSON struct {
-	w     io.Writer
-	count int
+type auditListJSON struct{ jsonList }
+
+func newAuditListJSON(w io.Writer) *auditListJSON {
+	return &auditListJSON{jsonList{w: w, field: "entries"}}
 }
 
 func (l *auditListJSON) writePage(entries []*cofferv1.AuditEntry) error {
-	for _, e := range entries {
-		b, err := marshalProto(e)
-		if err != nil {
-			return err
-		}
-		sep := ",\n"
-		if l.count == 0 {
-			sep = "{\n  \"entries\": [\n"
-		}
-		l.count++
-		var ind bytes.Buffer
-		if err := json.Indent(&ind, b, "    ", "  "); err != nil {
-			return fmt.Errorf("indent JSON: %w", err)
-		}
-		if _, err := fmt.Fprintf(l.w, "%s    %s", sep, ind.Bytes()); err != nil {
-			return err
-		}
-	}
-	return nil
+	return writeJSONItems(&l.jsonList, entries)
 }
 
 func (l *auditListJSON) finish(lastSeq, headSeq uint64) error {
-	open := "\n  ]"
-	if l.count == 0 {
-		open = "{\n  \"entries\": []"
-	}
-	_, err := fmt.Fprintf(l.w, "%s,\n  \"last_seq\": \"%d\",\n  \"head_seq\": \"%d\"\n}\n", open, lastSeq, headSeq)
-	return err
+	return l.jsonList.finish(fmt.Sprintf("  \"last_seq\": \"%d\",\n  \"head_seq\": \"%d\"", lastSeq, headSeq))
 }
 
 // auditLines writes entries as JSON Lines, one compact protojson object per

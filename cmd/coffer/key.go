@@ -292,7 +292,7 @@ type pageWriter interface {
 // listKeys prints one page, or with all every page.
 func (a *app) listKeys(ctx context.Context, c *client.Client, req *cofferv1.ListKeysRequest, all bool) error {
 	var pw pageWriter = &keyTable{w: a.out}
-	js := &keyListJSON{w: a.out}
+	js := newKeyListJSON(a.out)
 	if a.format == formatJSON {
 		pw = js
 	}

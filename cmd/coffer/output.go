@@ -226,22 +226,24 @@ func (t *keyTable) writePage(keys []*cofferv1.KeyMetadata) error {
 	return tw.Flush()
 }
 
-// keyListJSON streams {"keys": [...], "next_page_token": "..."} so that
-// listing every key needs memory for one page only.
-type keyListJSON struct {
+// jsonList streams {"<field>": [...], <trailing fields>} page by page, so
+// that listing everything needs memory for one page only.
+type jsonList struct {
 	w     io.Writer
+	field string
 	count int
 }
 
-func (l *keyListJSON) writePage(keys []*cofferv1.KeyMetadata) error {
-	for _, k := range keys {
-		b, err := marshalProto(k)
+// writeJSONItems appends items to l's array.
+func writeJSONItems[T proto.Message](l *jsonList, items []T) error {
+	for _, it := range items {
+		b, err := marshalProto(it)
 		if err != nil {
 			return err
 		}
 		sep := ",\n"
 		if l.count == 0 {
-			sep = "{\n  \"keys\": [\n"
+			sep = "{\n  \"" + l.field + "\": [\n"
 		}
 		l.count++
 		var ind bytes.Buffer
@@ -255,17 +257,34 @@ func (l *keyListJSON) writePage(keys []*cofferv1.KeyMetadata) error {
 	return nil
 }
 
+// finish closes the array and the object; trailer holds the trailing
+// fields, already JSON ("name": value, one per line, indented).
+func (l *jsonList) finish(trailer string) error {
+	open := "\n  ]"
+	if l.count == 0 {
+		open = "{\n  \"" + l.field + "\": []"
+	}
+	_, err := fmt.Fprintf(l.w, "%s,\n%s\n}\n", open, trailer)
+	return err
+}
+
+// keyListJSON streams {"keys": [...], "next_page_token": "..."}.
+type keyListJSON struct{ jsonList }
+
+func newKeyListJSON(w io.Writer) *keyListJSON {
+	return &keyListJSON{jsonList{w: w, field: "keys"}}
+}
+
+func (l *keyListJSON) writePage(keys []*cofferv1.KeyMetadata) error {
+	return writeJSONItems(&l.jsonList, keys)
+}
+
 func (l *keyListJSON) finish(nextPageToken string) error {
 	tok, err := json.Marshal(nextPageToken)
 	if err != nil {
 		return fmt.Errorf("encode JSON: %w", err)
 	}
-	open := "\n  ]"
-	if l.count == 0 {
-		open = "{\n  \"keys\": []"
-	}
-	_, err = fmt.Fprintf(l.w, "%s,\n  \"next_page_token\": %s\n}\n", open, tok)
-	return err
+	return l.jsonList.finish(fmt.Sprintf("  \"next_page_token\": %s", tok))
 }
 
 // nodeJSON is one node in `cluster status -o json`.

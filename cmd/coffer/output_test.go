@@ -186,7 +186,7 @@ func TestKeyListJSON(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			l := &keyListJSON{w: &buf}
+			l := newKeyListJSON(&buf)
 			for _, p := range tc.pages {
 				if err := l.writePage(p); err != nil {
 					t.Fatal(err)

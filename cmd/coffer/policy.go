@@ -38,19 +38,11 @@ func (a *app) policyCreateCmd() *cobra.Command {
 			if req.DefaultUsePolicy, req.MaxLifetime, req.CachePolicy, err = uf.build(cmd); err != nil {
 				return err
 			}
-			for _, s := range algorithms {
-				alg, err := parseAlgorithm(s)
-				if err != nil {
-					return usageError{err}
-				}
-				req.AllowedAlgorithms = append(req.AllowedAlgorithms, alg)
+			if req.AllowedAlgorithms, err = parseAlgorithms(algorithms); err != nil {
+				return err
 			}
-			for _, path := range escrowKeys {
-				der, err := escrow.ReadPublicKey(path)
-				if err != nil {
-					return err
-				}
-				req.EscrowKeys = append(req.EscrowKeys, &cofferv1.EscrowKeyInfo{PublicKey: der, Label: path})
+			if req.EscrowKeys, err = readEscrowKeys(escrowKeys); err != nil {
+				return err
 			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.CreatePolicy(ctx, req)
@@ -139,19 +131,11 @@ func (a *app) policyUpdateCmd() *cobra.Command {
 			if req.DefaultUsePolicy, req.MaxLifetime, req.CachePolicy, err = uf.build(cmd); err != nil {
 				return err
 			}
-			for _, s := range algorithms {
-				alg, err := parseAlgorithm(s)
-				if err != nil {
-					return usageError{err}
-				}
-				req.AllowedAlgorithms = append(req.AllowedAlgorithms, alg)
+			if req.AllowedAlgorithms, err = parseAlgorithms(algorithms); err != nil {
+				return err
 			}
-			for _, path := range escrowKeys {
-				der, err := escrow.ReadPublicKey(path)
-				if err != nil {
-					return err
-				}
-				req.AddEscrowKeys = append(req.AddEscrowKeys, &cofferv1.EscrowKeyInfo{PublicKey: der, Label: path})
+			if req.AddEscrowKeys, err = readEscrowKeys(escrowKeys); err != nil {
+				return err
 			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.UpdatePolicy(ctx, req)
@@ -244,4 +228,30 @@ func (a *app) printPolicy(p *cofferv1.Policy) error {
 		fmt.Fprintf(tw, "escrow key:\t%s (%s)\n", k.GetId(), k.GetLabel())
 	}
 	return tw.Flush()
+}
+
+// parseAlgorithms parses --algorithm values.
+func parseAlgorithms(names []string) ([]cofferv1.Algorithm, error) {
+	var out []cofferv1.Algorithm
+	for _, s := range names {
+		alg, err := parseAlgorithm(s)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		out = append(out, alg)
+	}
+	return out, nil
+}
+
+// readEscrowKeys reads --escrow-key files, each labelled with its path.
+func readEscrowKeys(paths []string) ([]*cofferv1.EscrowKeyInfo, error) {
+	var out []*cofferv1.EscrowKeyInfo
+	for _, path := range paths {
+		der, err := escrow.ReadPublicKey(path)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &cofferv1.EscrowKeyInfo{PublicKey: der, Label: path})
+	}
+	return out, nil
 }
