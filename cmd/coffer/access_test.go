@@ -51,28 +51,8 @@ type accessNode struct {
 // commands work with it; dir holds ca.pem and ca-key.pem.
 func mustAccessNode(t *testing.T) (*accessNode, envMap, string) {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := transport.CreateCA("access-test-ca", 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
-	if err := ca.WriteFiles(caFile, caKey); err != nil {
-		t.Fatal(err)
-	}
-	issue := func(id transport.Identity) transport.TLSConfig {
-		certPEM, keyPEM, err := ca.Issue(transport.IssueRequest{Identity: id,
-			IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Validity: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
-		conf := transport.TLSConfig{CAFile: caFile, CertFile: filepath.Join(dir, id.Name+".pem"),
-			KeyFile: filepath.Join(dir, id.Name+"-key.pem")}
-		if err := transport.WriteKeyPair(conf.CertFile, conf.KeyFile, certPEM, keyPEM); err != nil {
-			t.Fatal(err)
-		}
-		return conf
-	}
+	pki := newTestPKI(t, "access-test-ca")
+	dir, caFile, caKey, issue := pki.dir, pki.caFile, pki.caKey, pki.issue
 	serverTLS, err := issue(transport.Identity{Kind: transport.KindNode, Name: "n1"}).ServerTLS()
 	if err != nil {
 		t.Fatal(err)

@@ -639,28 +639,8 @@ func (l *auditLog) lastQuery() *cofferv1.AuditQueryRequest {
 // mTLS and returns it with the environment that reaches it.
 func mustAuditNode(t *testing.T, n uint64, cpAt ...uint64) (*auditLog, envMap) {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := transport.CreateCA("audit-test-ca", 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := ca.WriteFiles(caFile, filepath.Join(dir, "ca-key.pem")); err != nil {
-		t.Fatal(err)
-	}
-	issue := func(id transport.Identity) transport.TLSConfig {
-		certPEM, keyPEM, err := ca.Issue(transport.IssueRequest{Identity: id,
-			IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Validity: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
-		conf := transport.TLSConfig{CAFile: caFile, CertFile: filepath.Join(dir, id.Name+".pem"),
-			KeyFile: filepath.Join(dir, id.Name+"-key.pem")}
-		if err := transport.WriteKeyPair(conf.CertFile, conf.KeyFile, certPEM, keyPEM); err != nil {
-			t.Fatal(err)
-		}
-		return conf
-	}
+	pki := newTestPKI(t, "audit-test-ca")
+	caFile, issue := pki.caFile, pki.issue
 	serverTLS, err := issue(transport.Identity{Kind: transport.KindNode, Name: "n1"}).ServerTLS()
 	if err != nil {
 		t.Fatal(err)

@@ -30,32 +30,46 @@ type memStore struct {
 	addrs []string
 }
 
-// mustCluster starts n in-memory nodes sharing one key store over mTLS and
-// returns their addresses and the environment a client needs.
-func mustCluster(t *testing.T, n int) ([]string, envMap) {
+// testPKI is a throwaway CA in a temporary directory, and a function that
+// issues loopback certificates from it into the same directory.
+type testPKI struct {
+	dir, caFile, caKey string
+	issue              func(transport.Identity) transport.TLSConfig
+}
+
+func newTestPKI(t *testing.T, name string) testPKI {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := transport.CreateCA("cli-test-ca", 24*time.Hour)
+	p := testPKI{dir: t.TempDir()}
+	ca, err := transport.CreateCA(name, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := ca.WriteFiles(caFile, filepath.Join(dir, "ca-key.pem")); err != nil {
+	p.caFile, p.caKey = filepath.Join(p.dir, "ca.pem"), filepath.Join(p.dir, "ca-key.pem")
+	if err := ca.WriteFiles(p.caFile, p.caKey); err != nil {
 		t.Fatal(err)
 	}
-	issue := func(id transport.Identity) transport.TLSConfig {
+	p.issue = func(id transport.Identity) transport.TLSConfig {
 		certPEM, keyPEM, err := ca.Issue(transport.IssueRequest{Identity: id,
 			IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Validity: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
-		conf := transport.TLSConfig{CAFile: caFile, CertFile: filepath.Join(dir, id.Name+".pem"),
-			KeyFile: filepath.Join(dir, id.Name+"-key.pem")}
+		conf := transport.TLSConfig{CAFile: p.caFile, CertFile: filepath.Join(p.dir, id.Name+".pem"),
+			KeyFile: filepath.Join(p.dir, id.Name+"-key.pem")}
 		if err := transport.WriteKeyPair(conf.CertFile, conf.KeyFile, certPEM, keyPEM); err != nil {
 			t.Fatal(err)
 		}
 		return conf
 	}
+	return p
+}
+
+// mustCluster starts n in-memory nodes sharing one key store over mTLS and
+// returns their addresses and the environment a client needs.
+func mustCluster(t *testing.T, n int) ([]string, envMap) {
+	t.Helper()
+	pki := newTestPKI(t, "cli-test-ca")
+	issue := pki.issue
 	shared := &memStore{keys: map[string]*cofferv1.GetKeyResponse{}, byReqID: map[string]string{}}
 	var addrs []string
 	for i := range n {
