@@ -71,14 +71,12 @@ func (a *applyCtx) appendAudit(e *cofferv1.AuditEntry, res Result) {
 		default:
 			e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED
 		}
-	}
-	if a.cmdAudit == e {
 		mustSetRaw(a.b, changeKey(e), nil)
 	}
 	audit.Link(a.auditHead.hash, a.auditHead.seq+1, e)
 	a.auditHead.seq, a.auditHead.hash = e.GetSeq(), e.GetHash()
 	mustSet(a.b, auditKey(e.GetSeq()), e)
-	mustSetRaw(a.b, keyAuditHead, a.auditHead.encode())
+	// The head is stored once per batch, by ApplyBatch.
 }
 
 func clipReason(s string) string {
@@ -121,11 +119,12 @@ func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {
 			}
 			mustSetRaw(a.b, k, nil)
 		}
-		if k, ok := decide[uint32(i)]; ok {
+		k, decided := decide[uint32(i)]
+		if decided {
 			res.Reads[k] = a.decideRead(e, c.GetDecide()[k].GetCertSerial())
 		}
 		a.appendAudit(e, Result{})
-		if k, ok := decide[uint32(i)]; ok {
+		if decided {
 			res.Reads[k].Seq = e.GetSeq()
 		}
 	}

@@ -259,6 +259,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if err := b.Set(keyApplied, encodeApplied(lastIdx, lastTerm), nil); err != nil {
 		panic(fmt.Sprintf("fsm: set applied index: %v", err))
 	}
+	if a.auditHead != nil {
+		mustSetRaw(b, keyAuditHead, a.auditHead.encode())
+	}
 	// The Raft log is the durable record; Pebble is synced at snapshot time.
 	if err := b.Commit(pebble.NoSync); err != nil {
 		panic(fmt.Sprintf("fsm: commit batch at index %d: %v", lastIdx, err))

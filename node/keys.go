@@ -406,7 +406,7 @@ func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op)
 		}
 	}()
 	// Apply replaces the outcome; this one stands only if it never decides.
-	e.Outcome, e.Reason = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "Internal: the read was not decided"
+	e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
 	start := time.Now()
