@@ -88,7 +88,9 @@ func clipReason(s string) string {
 
 func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.AuditBatchCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	entries := c.GetEntries()
 	decide := make(map[uint32]int, len(c.GetDecide()))
 	fallback := make(map[uint32]bool, len(c.GetFallback()))
@@ -249,7 +251,9 @@ func ForEachAuditEntryInDir(dataDir string, fn func(*cofferv1.AuditEntry) error)
 
 func applyAuditCheckpoint(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.AuditCheckpointCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	cp := c.GetCheckpoint()
 	if err := audit.ValidateCheckpoint(cp); err != nil {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
@@ -275,7 +279,9 @@ func applyAuditCheckpoint(a *applyCtx, payload []byte, index uint64) Result {
 
 func applyAuditPrune(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.AuditPruneCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	// The newest checkpoint at or below up_to_seq.
 	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: prefixCheckpoint, UpperBound: checkpointKey(c.GetUpToSeq() + 1)})
 	if err != nil {

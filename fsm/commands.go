@@ -32,8 +32,10 @@ type applyCtx struct {
 
 	// diverged is set when a checkpoint disagreed with this replica.
 	diverged bool
-	// cmdAudit is the audit entry of the command being applied.
+	// cmdAudit is the audit entry of the command being applied, and
+	// version its payload version.
 	cmdAudit *cofferv1.AuditEntry
+	version  uint32
 	// auditHead is the chain head as of this point of the batch (loaded on
 	// first use).
 	auditHead *auditHead
@@ -100,19 +102,35 @@ func commandVersion(payload proto.Message) uint32 {
 	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok && (len(c.GetDecide()) > 0 || len(c.GetFallback()) > 0) {
 		return 2
 	}
+	if ae, ok := payload.(interface{ GetAudit() *cofferv1.AuditEntry }); ok && ae.GetAudit() != nil {
+		return 3
+	}
 	return 1
 }
 
 // decode unmarshals a payload (a committed payload that does not decode
 // stops the node) and remembers the audit entry it carries, which
 // applyCommand links into the chain once the handler has decided.
-func (a *applyCtx) decode(payload []byte, m proto.Message, index uint64) {
+//
+// From payload version 3 on, it returns ErrAbandoned, before the handler
+// changes anything, when the request already has its entry: a fallback recorded by the node that gave
+// up on it (or the same command applied before) was linked first. The
+// change is then not applied and no second entry is linked, so the one
+// entry, which says the request failed, stays true.
+func (a *applyCtx) decode(payload []byte, m proto.Message, index uint64) error {
 	if err := proto.Unmarshal(payload, m); err != nil {
 		panic(fmt.Sprintf("fsm: undecodable %T payload at index %d: %v", m, index, err))
 	}
-	if ae, ok := m.(interface{ GetAudit() *cofferv1.AuditEntry }); ok {
-		a.cmdAudit = ae.GetAudit()
+	ae, ok := m.(interface{ GetAudit() *cofferv1.AuditEntry })
+	if !ok || ae.GetAudit() == nil {
+		return nil
 	}
+	if a.version >= 3 && mustHas(a.b, changeKey(ae.GetAudit())) {
+		e := ae.GetAudit()
+		return fmt.Errorf("%w (request %q of %s on %s)", ErrAbandoned, e.GetRequestId(), e.GetCaller(), e.GetNode())
+	}
+	a.cmdAudit = ae.GetAudit()
+	return nil
 }
 
 func mustSet(b *pebble.Batch, key []byte, m proto.Message) {
@@ -140,7 +158,9 @@ func mustHas(b *pebble.Batch, key []byte) bool {
 func applyInitCluster(a *applyCtx, payload []byte, index uint64) Result {
 	b := a.b
 	var c cofferv1.InitClusterCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	var existing cofferv1.ClusterInfo
 	switch err := getProto(b, keyCluster, &existing); err {
 	case nil:
@@ -198,7 +218,9 @@ func checkPolicy(p *cofferv1.PolicyRecord) error {
 
 func applyCreatePolicy(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.CreatePolicyCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	if err := checkPolicy(c.GetPolicy()); err != nil {
 		return Result{Err: err}
 	}
@@ -212,7 +234,9 @@ func applyCreatePolicy(a *applyCtx, payload []byte, index uint64) Result {
 func applyCreateKey(a *applyCtx, payload []byte, index uint64) Result {
 	b := a.b
 	var c cofferv1.CreateKeyCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	k := c.GetKey()
 	if k.GetGkid() == "" || k.GetPolicy() == "" || k.GetResource() == "" || len(k.GetWrappedMaterial()) == 0 {
 		return Result{Err: fmt.Errorf("%w: key record needs gkid, policy, resource and material", ErrInvalidCommand)}
@@ -260,7 +284,9 @@ func hasKEKVersion(p *cofferv1.PolicyRecord, v uint32) bool {
 
 func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.PutClientCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	cl := c.GetClient()
 	if err := authz.ValidateClient(cl); err != nil {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
@@ -288,7 +314,9 @@ func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
 
 func applyPutAclRule(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.PutAclRuleCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	if err := authz.ValidateRule(c.GetRule()); err != nil {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
 	}
@@ -302,7 +330,9 @@ func applyPutAclRule(a *applyCtx, payload []byte, index uint64) Result {
 
 func applyDeleteAclRule(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.DeleteAclRuleCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	if !mustHas(a.b, ruleKey(c.GetId())) {
 		return Result{Err: fmt.Errorf("%w: %q", ErrRuleNotFound, c.GetId())}
 	}
@@ -315,7 +345,9 @@ func applyDeleteAclRule(a *applyCtx, payload []byte, index uint64) Result {
 
 func applyRevokeCertificate(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.RevokeCertificateCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	serial, err := authz.CanonicalSerial(c.GetCertificate().GetSerial())
 	if err != nil || serial != c.GetCertificate().GetSerial() {
 		return Result{Err: fmt.Errorf("%w: certificate serial must be canonical lowercase hex", ErrInvalidCommand)}
@@ -327,7 +359,9 @@ func applyRevokeCertificate(a *applyCtx, payload []byte, index uint64) Result {
 
 func applyUpdatePolicy(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.UpdatePolicyCommand
-	a.decode(payload, &c, index)
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
 	p := c.GetPolicy()
 	if err := checkPolicy(p); err != nil {
 		return Result{Err: err}

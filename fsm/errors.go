@@ -24,4 +24,8 @@ var (
 	ErrConflict           = errors.New("fsm: record changed concurrently; retry")
 	ErrDiverged           = errors.New("fsm: this replica's audit chain differs from the checkpoint; it has diverged")
 	ErrNoCheckpoint       = errors.New("fsm: no audit checkpoint at or below that sequence number")
+	// ErrAbandoned refuses a change whose request already has its audit
+	// entry: the node that accepted it recorded it as failed (a fallback)
+	// before the change committed, so the change is not applied.
+	ErrAbandoned = errors.New("fsm: request abandoned by the node that accepted it; the change was not applied")
 )

@@ -1,8 +1,11 @@
 package fsm
 
 import (
+	"errors"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
@@ -101,6 +104,57 @@ func TestFSM_FallbackEntries(t *testing.T) {
 		t.Fatalf("skipped %d fallbacks of a change in the same batch, want 1", r.Skipped)
 	}
 
+	// The accepting node gave up first: its fallback is linked, and the
+	// change, committed after it, is refused without a second entry, so
+	// the one entry (failed) is true.
+	if r := apply(fallbackBatch(t, failed(writeEntry("n2", at+3, "r4")))); r.Skipped != 0 {
+		t.Fatal("the only entry of a request was dropped")
+	}
+	gkid4 := "k1-abcdefghij-00000000000000000000000044"
+	create4, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
+		Key: keyRec(gkid4, "default", "res/9"), RequestId: "r4", Audit: writeEntry("n2", at+3, "r4")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := apply(create4); !errors.Is(r.Err, ErrAbandoned) {
+		t.Fatalf("a change committed after its request's fallback: err %v, want ErrAbandoned", r.Err)
+	}
+	if _, err := f.Key(gkid4); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the abandoned change was applied: %v", err)
+	}
+	if n := count("r4"); n != 1 {
+		t.Fatalf("request r4 has %d entries, want 1", n)
+	}
+	// The same command committed twice changes nothing the second time.
+	if r := apply(create); !errors.Is(r.Err, ErrAbandoned) {
+		t.Fatalf("a repeated command: err %v, want ErrAbandoned", r.Err)
+	}
+	if n := count("r1"); n != 1 {
+		t.Fatalf("request r1 has %d entries after its command repeated, want 1", n)
+	}
+
+	// A version 1 change, written by a build without that rule, is applied
+	// as that build applied it, so replaying an old log gives the same
+	// state.
+	if r := apply(fallbackBatch(t, failed(writeEntry("n2", at+4, "r5")))); r.Skipped != 0 {
+		t.Fatal("the only entry of a request was dropped")
+	}
+	gkid5 := "k1-abcdefghij-00000000000000000000000045"
+	create5, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
+		Key: keyRec(gkid5, "default", "res/9"), RequestId: "r5", Audit: writeEntry("n2", at+4, "r5")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := commandOf(t, create5).GetVersion(); v != 3 {
+		t.Fatalf("a change carrying its entry is version %d, want 3", v)
+	}
+	if r := apply(withVersion(t, create5, 1)); r.Err != nil {
+		t.Fatalf("version 1 change after a fallback: %v, want applied", r.Err)
+	}
+	if _, err := f.Key(gkid5); err != nil {
+		t.Fatalf("version 1 change after a fallback was not applied: %v", err)
+	}
+
 	// Entries that are not fallbacks are always linked.
 	plain, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, &cofferv1.AuditBatchCommand{
 		Entries: []*cofferv1.AuditEntry{failed(writeEntry("n2", at, "r1"))}})
@@ -131,4 +185,25 @@ func TestFSM_FallbackEntries(t *testing.T) {
 	if r := apply(fallbackBatch(t, failed(writeEntry("n2", at, "r1")))); r.Skipped != 0 {
 		t.Fatal("a change older than the retention is still remembered")
 	}
+}
+
+func commandOf(t *testing.T, d []byte) *cofferv1.Command {
+	t.Helper()
+	var cmd cofferv1.Command
+	if err := proto.Unmarshal(d, &cmd); err != nil {
+		t.Fatal(err)
+	}
+	return &cmd
+}
+
+// withVersion re-encodes a command as an older build would have written it.
+func withVersion(t *testing.T, d []byte, v uint32) []byte {
+	t.Helper()
+	cmd := commandOf(t, d)
+	cmd.Version = v
+	out, err := proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

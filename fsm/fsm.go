@@ -24,9 +24,12 @@ import (
 // CommandVersion is the newest payload schema version this build reads.
 // Version 2 is an AUDIT_BATCH with a decide or fallback list: a replica
 // that predates it would link those entries undecided or twice and diverge,
-// so it stops instead. Every other command is still written as version 1, so
-// older replicas keep applying them during a rolling upgrade.
-const CommandVersion = 2
+// so it stops instead. Version 3 is a change carrying its request's audit
+// entry, which Apply refuses once that request already has an entry
+// (ErrAbandoned); version 1 and 2 changes are applied without that rule, as
+// the builds that wrote them did. Other commands are still written as
+// version 1, so older replicas keep applying them during a rolling upgrade.
+const CommandVersion = 3
 
 // Config configures the state machine.
 type Config struct {
@@ -299,7 +302,7 @@ func (f *FSM) applyCommand(a *applyCtx, l *raft.Log) Result {
 		panic(fmt.Sprintf("fsm: command %v version %d at index %d is not supported by this build (max %d)",
 			cmd.GetType(), cmd.GetVersion(), l.Index, CommandVersion))
 	}
-	a.cmdAudit = nil
+	a.cmdAudit, a.version = nil, cmd.GetVersion()
 	res := h(a, cmd.GetPayload(), l.Index)
 	if a.cmdAudit != nil {
 		a.appendAudit(a.cmdAudit, res)

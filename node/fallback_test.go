@@ -52,6 +52,18 @@ func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 	unseen.attempted = true
 	lost(unseen)
 
+	// The follower gave up first and its entry was linked; the leader
+	// proposes the change only afterwards. The change is refused, so the
+	// follower's failed entry stays the request's one, true entry.
+	late := entry("lost-answer-3")
+	late.attempted = true
+	lost(late)
+	_, err := n.forward(context.WithValue(ctx, auditRecKey{}, late), c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{
+		GenerateKey: &cofferv1.GenerateKeyRequest{Resource: "fallback/3", RequestId: "lost-answer-3"}}})
+	if status.Code(err) != codes.Aborted {
+		t.Fatalf("a change proposed after its request's entry was linked: %v, want Aborted", err)
+	}
+
 	got := map[string][]*cofferv1.AuditEntry{}
 	entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{Operation: "generate"})
 	if err != nil {
@@ -65,5 +77,15 @@ func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 	}
 	if es := got["lost-answer-2"]; len(es) != 1 || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED {
 		t.Fatalf("unseen request: %v, want the follower's failed entry", es)
+	}
+	if es := got["lost-answer-3"]; len(es) != 1 || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED {
+		t.Fatalf("request given up before the leader proposed it: %v, want the follower's one failed entry", es)
+	}
+	keys, _, err := tc.nodes[l].FSM().ListKeys(fsm.ListFilter{Resource: "fallback/3"}, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 0 {
+		t.Fatalf("the abandoned change was applied: %s", keys[0].GetGkid())
 	}
 }

@@ -36,6 +36,7 @@ var codeTable = []struct {
 	{fsm.ErrClientExists, codes.AlreadyExists},
 	{fsm.ErrRuleExists, codes.AlreadyExists},
 	{fsm.ErrConflict, codes.Aborted},
+	{fsm.ErrAbandoned, codes.Aborted},
 	{ErrNoLeader, codes.Unavailable},
 	{ErrNotLeader, codes.Unavailable},
 	{ErrShuttingDown, codes.Unavailable},
