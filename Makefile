@@ -28,6 +28,7 @@ run: build ## start a local 3-node cluster (data in .coffer-dev, reused across r
 
 test: lint softhsm ## vet, format check, and every test with the race detector (what CI runs)
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -tags coffer_noaudit -run TestNoAudit ./node
 
 test-short: ## unit tests without the race detector and without the slow ones
 	$(GO) test -short ./...

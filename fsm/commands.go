@@ -125,12 +125,19 @@ func (a *applyCtx) decode(payload []byte, m proto.Message, index uint64) error {
 	if !ok || ae.GetAudit() == nil {
 		return nil
 	}
-	if a.version >= 3 && mustHas(a.b, changeKey(ae.GetAudit())) {
+	if e := ae.GetAudit(); a.version >= 3 && namesRequest(e) && mustHas(a.b, changeKey(e)) {
 		e := ae.GetAudit()
 		return fmt.Errorf("%w (request %q of %s on %s)", ErrAbandoned, e.GetRequestId(), e.GetCaller(), e.GetNode())
 	}
 	a.cmdAudit = ae.GetAudit()
 	return nil
+}
+
+// namesRequest reports whether e identifies one request: an entry a node
+// started for a request always has its node and time. A command proposed
+// outside an audited request carries an empty entry, which names none.
+func namesRequest(e *cofferv1.AuditEntry) bool {
+	return e.GetNode() != "" && e.GetTimeUnixNano() != 0
 }
 
 func mustSet(b *pebble.Batch, key []byte, m proto.Message) {

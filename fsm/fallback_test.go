@@ -155,6 +155,19 @@ func TestFSM_FallbackEntries(t *testing.T) {
 		t.Fatalf("version 1 change after a fallback was not applied: %v", err)
 	}
 
+	// Commands proposed outside an audited request carry an empty entry,
+	// which names no request: each is applied.
+	for i, gk := range []string{"k1-abcdefghij-00000000000000000000000046", "k1-abcdefghij-00000000000000000000000047"} {
+		d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
+			Key: keyRec(gk, "default", "res/9"), Audit: &cofferv1.AuditEntry{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := apply(d); r.Err != nil {
+			t.Fatalf("command %d with an empty entry: %v", i, r.Err)
+		}
+	}
+
 	// Entries that are not fallbacks are always linked.
 	plain, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, &cofferv1.AuditBatchCommand{
 		Entries: []*cofferv1.AuditEntry{failed(writeEntry("n2", at, "r1"))}})

@@ -48,7 +48,7 @@ func DefaultRaftTimings() RaftTimings {
 		HeartbeatTimeout:   250 * time.Millisecond,
 		ElectionTimeout:    250 * time.Millisecond,
 		LeaderLeaseTimeout: 125 * time.Millisecond,
-		CommitTimeout:      time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
 		SnapshotInterval:   30 * time.Second,
 		SnapshotThreshold:  16384,
 		TrailingLogs:       10240,
