@@ -220,7 +220,8 @@ func (b *auditBatch) add(o auditBatch) {
 
 // auditor batches entries from concurrent requests into one Raft entry per
 // round. Up to maxAuditRounds rounds are in flight at once; entries that
-// arrive meanwhile collect into the next round.
+// arrive meanwhile collect into the next round. On the leader, the batches
+// followers send (AppendAudit) queue here too.
 type auditor struct {
 	n        *Node
 	mu       sync.Mutex
@@ -230,12 +231,14 @@ type auditor struct {
 	inflight chan struct{}
 }
 
-// maxAuditRounds bounds audit rounds in flight per node. Few rounds make
-// big batches, and every Raft entry costs each replica a log write and an
-// fsync: measured on the dev cluster (64 clients), 1 or 2 rounds gave 2,750-
-// 2,800 gets/s, 4 gave 2,500 and 32 gave 2,350. Two keep one slow round from
-// stalling the node.
-const maxAuditRounds = 2
+// maxAuditRounds bounds audit rounds in flight per node. The leader merges
+// the batches followers send it into its own rounds (AppendAudit), so the
+// whole cluster has at most this many AUDIT_BATCH proposals in flight. Few
+// rounds make big batches, and every Raft entry costs each replica a log
+// write, an fsync and a chain of goroutine wake-ups: measured on the dev
+// cluster (NOTES.md), one merged round gave 3,800-3,900 gets/s at 64
+// clients, two 3,400-3,600, and unmerged rounds (two per node) 2,700-2,900.
+const maxAuditRounds = 1
 
 type auditWaiter struct {
 	batch auditBatch
@@ -372,16 +375,9 @@ func (s *internalService) AppendAudit(ctx context.Context, req *cofferv1.AppendA
 	if !s.n.IsLeader() {
 		return nil, s.n.notLeader(fmt.Errorf("audit entries reached a follower"))
 	}
-	for _, e := range req.GetEntries() {
-		if err := audit.Validate(e); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
-		}
-	}
-	if err := fsm.ValidateBatch(req.GetEntries(), req.GetDecide(), req.GetFallback()); err != nil {
-		return nil, err
-	}
-	// The follower batched already: propose the batch as it is.
-	idx, reads, err := s.n.appendAudit(ctx, auditBatch{entries: req.GetEntries(), decide: req.GetDecide(), fallback: req.GetFallback()})
+	// The follower's batch joins this node's next round (submit validates
+	// it), so followers' rounds add no Raft entries of their own.
+	idx, reads, err := s.n.auditor.submit(ctx, auditBatch{entries: req.GetEntries(), decide: req.GetDecide(), fallback: req.GetFallback()})
 	if err != nil {
 		return nil, err
 	}
