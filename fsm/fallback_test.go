@@ -66,11 +66,7 @@ func TestFSM_FallbackEntries(t *testing.T) {
 
 	// The change committed (its entry linked); the fallbacks from the
 	// leader and from the accepting node are both dropped.
-	create, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
-		Key: keyRec("k1-abcdefghij-00000000000000000000000042", "default", "res/9"), RequestId: "r1", Audit: writeEntry("n2", at, "r1")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	create := createCommand(t, "k1-abcdefghij-00000000000000000000000042", "r1", writeEntry("n2", at, "r1"))
 	if r := apply(create); r.Err != nil {
 		t.Fatal(r.Err)
 	}
@@ -93,11 +89,7 @@ func TestFSM_FallbackEntries(t *testing.T) {
 	}
 
 	// The same within one Raft batch.
-	create3, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
-		Key: keyRec("k1-abcdefghij-00000000000000000000000043", "default", "res/9"), RequestId: "r3", Audit: writeEntry("n2", at+2, "r3")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	create3 := createCommand(t, "k1-abcdefghij-00000000000000000000000043", "r3", writeEntry("n2", at+2, "r3"))
 	out := f.ApplyBatch(logs(idx, create3, fallbackBatch(t, failed(writeEntry("n2", at+2, "r3")))))
 	idx += 2
 	if r := out[1].(Result); r.Skipped != 1 {
@@ -111,11 +103,7 @@ func TestFSM_FallbackEntries(t *testing.T) {
 		t.Fatal("the only entry of a request was dropped")
 	}
 	gkid4 := "k1-abcdefghij-00000000000000000000000044"
-	create4, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
-		Key: keyRec(gkid4, "default", "res/9"), RequestId: "r4", Audit: writeEntry("n2", at+3, "r4")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	create4 := createCommand(t, gkid4, "r4", writeEntry("n2", at+3, "r4"))
 	if r := apply(create4); !errors.Is(r.Err, ErrAbandoned) {
 		t.Fatalf("a change committed after its request's fallback: err %v, want ErrAbandoned", r.Err)
 	}
@@ -140,11 +128,7 @@ func TestFSM_FallbackEntries(t *testing.T) {
 		t.Fatal("the only entry of a request was dropped")
 	}
 	gkid5 := "k1-abcdefghij-00000000000000000000000045"
-	create5, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
-		Key: keyRec(gkid5, "default", "res/9"), RequestId: "r5", Audit: writeEntry("n2", at+4, "r5")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	create5 := createCommand(t, gkid5, "r5", writeEntry("n2", at+4, "r5"))
 	if v := commandOf(t, create5).GetVersion(); v != 3 {
 		t.Fatalf("a change carrying its entry is version %d, want 3", v)
 	}
@@ -158,11 +142,7 @@ func TestFSM_FallbackEntries(t *testing.T) {
 	// Commands proposed outside an audited request carry an empty entry,
 	// which names no request: each is applied.
 	for i, gk := range []string{"k1-abcdefghij-00000000000000000000000046", "k1-abcdefghij-00000000000000000000000047"} {
-		d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
-			Key: keyRec(gk, "default", "res/9"), Audit: &cofferv1.AuditEntry{}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := createCommand(t, gk, "", &cofferv1.AuditEntry{})
 		if r := apply(d); r.Err != nil {
 			t.Fatalf("command %d with an empty entry: %v", i, r.Err)
 		}
@@ -219,4 +199,14 @@ func withVersion(t *testing.T, d []byte, v uint32) []byte {
 		t.Fatal(err)
 	}
 	return out
+}
+
+func createCommand(t *testing.T, gkid, requestID string, e *cofferv1.AuditEntry) []byte {
+	t.Helper()
+	d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{
+		Key: keyRec(gkid, "default", "res/9"), RequestId: requestID, Audit: e})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
