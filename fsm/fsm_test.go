@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/klauspost/compress/zstd"
 	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -202,23 +203,69 @@ func TestFSM_RestoreRejectsDamagedSnapshot(t *testing.T) {
 	g := &cmdGen{rng: rand.New(rand.NewSource(5))}
 	a := mustOpen(t)
 	a.ApplyBatch(logs(1, g.next(t), g.next(t), g.next(t)))
-	var buf bytes.Buffer
+	var buf, v1 bytes.Buffer
 	if err := WriteSnapshot(a.db, &buf); err != nil {
 		t.Fatal(err)
 	}
-	good := buf.Bytes()
-	cases := map[string][]byte{
-		"truncated":  good[:len(good)/2],
-		"bit flip":   flip(good, len(good)/2),
-		"bad magic":  flip(good, 0),
-		"no trailer": good[:len(good)-sha256Size],
-		"empty":      nil,
+	if err := writeSnapshotV1(a.db, &v1); err != nil {
+		t.Fatal(err)
 	}
+	cases := map[string][]byte{"empty": nil}
+	for version, good := range map[string][]byte{"v2": buf.Bytes(), "v1": v1.Bytes()} {
+		cases[version+" truncated"] = good[:len(good)/2]
+		cases[version+" bit flip"] = flip(good, len(good)/2)
+		cases[version+" bad magic"] = flip(good, 0)
+		cases[version+" no trailer"] = good[:len(good)-sha256Size]
+	}
+	// A version 2 stream whose compressed content goes on after the
+	// checksum.
+	var long bytes.Buffer
+	long.Write(snapMagicZstd)
+	zw, err := zstd.NewWriter(&long)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw.Write(v1.Bytes())
+	zw.Write([]byte("trailing"))
+	zw.Close()
+	cases["v2 data after the checksum"] = long.Bytes()
 	for name, data := range cases {
 		b := mustOpen(t)
 		err := b.Restore(io.NopCloser(bytes.NewReader(data)))
 		if !errors.Is(err, ErrBadSnapshot) {
 			t.Errorf("%s: err = %v, want ErrBadSnapshot", name, err)
+		}
+	}
+}
+
+// Snapshots are written compressed (version 2); a replica still restores a
+// version 1 stream, which earlier builds wrote and backups may hold.
+func TestFSM_SnapshotVersions(t *testing.T) {
+	g := &cmdGen{rng: rand.New(rand.NewSource(9))}
+	a := mustOpen(t)
+	var cmds [][]byte
+	for range 200 {
+		cmds = append(cmds, g.next(t))
+	}
+	a.ApplyBatch(logs(1, cmds...))
+	var v1, v2 bytes.Buffer
+	if err := writeSnapshotV1(a.db, &v1); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteSnapshot(a.db, &v2); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(v2.Bytes(), snapMagicZstd) || v2.Len() >= v1.Len() {
+		t.Fatalf("WriteSnapshot wrote %d bytes (prefix %q) for a %d-byte version 1 stream, want a smaller version 2 stream",
+			v2.Len(), v2.Bytes()[:len(snapMagicZstd)], v1.Len())
+	}
+	for name, stream := range map[string][]byte{"v1": v1.Bytes(), "v2": v2.Bytes()} {
+		b := mustOpen(t)
+		if err := b.Restore(io.NopCloser(bytes.NewReader(stream))); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if mustHash(t, a) != mustHash(t, b) {
+			t.Fatalf("%s: the restored replica differs", name)
 		}
 	}
 }
