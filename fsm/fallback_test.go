@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -209,4 +210,13 @@ func createCommand(t *testing.T, gkid, requestID string, e *cofferv1.AuditEntry)
 		t.Fatal(err)
 	}
 	return d
+}
+
+// An abandoned change is counted under its own outcome in
+// coffer_fsm_commands_total, not as an unnamed error.
+func TestErrorLabelNamesAbandoned(t *testing.T) {
+	err := fmt.Errorf("%w (request %q)", ErrAbandoned, "r1")
+	if got := errorLabel(err); got != ErrAbandoned.Error() {
+		t.Fatalf("label %q, want %q", got, ErrAbandoned.Error())
+	}
 }

@@ -46,7 +46,8 @@ func observeBatch(n int, d time.Duration) {
 
 func errorLabel(err error) string {
 	for _, e := range []error{ErrPolicyNotFound, ErrPolicyExists, ErrKeyExists, ErrKEKVersionUnknown,
-		ErrAlreadyInitialized, ErrInvalidCommand, ErrStaleIndex} {
+		ErrAlreadyInitialized, ErrInvalidCommand, ErrStaleIndex, ErrConflict, ErrAbandoned, ErrClientExists,
+		ErrClientNotFound, ErrRuleExists, ErrRuleNotFound, ErrNoCheckpoint} {
 		if errors.Is(err, e) {
 			return e.Error()
 		}
