@@ -3,9 +3,11 @@ package node
 import (
 	"fmt"
 	"log/slog"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
@@ -91,5 +93,98 @@ func TestNode_DecidedReadsFollowAcknowledgedAccessChanges(t *testing.T) {
 		if e.GetOutcome() != want[i] || e.GetGkid() != gkid || e.GetResource() != "lin/1" {
 			t.Errorf("entry %d: %v %s %s, want %v for %s on lin/1", i, e.GetOutcome(), e.GetGkid(), e.GetResource(), want[i], gkid)
 		}
+	}
+}
+
+// TestNode_MergedRoundsKeepEachReadsDecision sends many gets at once
+// through every node, from a client granted one resource and not the
+// other, so that the leader merges followers' batches and its own entries
+// into shared rounds. Every caller must get its own read's decision back,
+// and the log must record, per key, exactly the grants and refusals the
+// callers saw.
+func TestNode_MergedRoundsKeepEachReadsDecision(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l := tc.waitLeader()
+	if _, err := admin.access[l].RegisterClient(ctx, &cofferv1.RegisterClientRequest{Name: "dave", Roles: []string{"application"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:dave", Operations: []string{"get"}, ResourcePattern: "open/**"}); err != nil {
+		t.Fatal(err)
+	}
+	open, closed := tc.mustGenerate(l, "open/1", ""), tc.mustGenerate(l, "closed/1", "")
+	dave := tc.identity("dave")
+	start := tc.nodes[l].FSM().AuditHeadSeq()
+
+	const perNode = 40
+	type result struct {
+		gkid    string
+		granted bool
+		err     error
+	}
+	results := make(chan result, perNode*len(tc.nodes))
+	var wg sync.WaitGroup
+	for i := range tc.nodes {
+		for j := range perNode {
+			gkid := open.GetGkid()
+			if j%2 == 1 {
+				gkid = closed.GetGkid()
+			}
+			wg.Go(func() {
+				resp, err := dave.keys[i].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gkid})
+				switch {
+				case err == nil && len(resp.GetMaterial()) > 0:
+					results <- result{gkid: gkid, granted: true}
+				case status.Code(err) == codes.PermissionDenied:
+					results <- result{gkid: gkid}
+				default:
+					results <- result{gkid: gkid, err: fmt.Errorf("node %d: %v", i, err)}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(results)
+	seen := map[string][2]int{} // per gkid: granted, denied
+	for r := range results {
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.granted != (r.gkid == open.GetGkid()) {
+			t.Fatalf("get of %s: granted=%v, want the grant to follow the resource", r.gkid, r.granted)
+		}
+		c := seen[r.gkid]
+		if r.granted {
+			c[0]++
+		} else {
+			c[1]++
+		}
+		seen[r.gkid] = c
+	}
+	entries, _, err := tc.nodes[l].FSM().AuditEntries(start, 10000, fsm.AuditFilter{Caller: "client:dave", Operation: "get"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logged := map[string][2]int{}
+	for _, e := range entries {
+		c := logged[e.GetGkid()]
+		switch e.GetOutcome() {
+		case cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED:
+			c[0]++
+		case cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED:
+			c[1]++
+		default:
+			t.Fatalf("entry %d: outcome %v", e.GetSeq(), e.GetOutcome())
+		}
+		logged[e.GetGkid()] = c
+	}
+	for gkid, c := range seen {
+		if logged[gkid] != c {
+			t.Errorf("%s: callers saw %d granted and %d refused, the log says %d and %d", gkid, c[0], c[1], logged[gkid][0], logged[gkid][1])
+		}
+	}
+	if len(entries) != perNode*len(tc.nodes) {
+		t.Errorf("%d entries for %d gets", len(entries), perNode*len(tc.nodes))
 	}
 }
