@@ -112,6 +112,9 @@ type FSM struct {
 
 	closed atomic.Bool
 
+	// snapStore, when set, makes snapshots Pebble checkpoints.
+	snapStore *SnapshotStore
+
 	// cache holds decoded records that change rarely (policies, cluster
 	// info), reset whenever an applied batch or a restore changes them.
 	cache *recordCache

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/hashicorp/raft"
@@ -50,13 +51,27 @@ type snapshot struct {
 
 // Snapshot captures the committed state at this point. It first makes every
 // applied batch durable in Pebble, since Raft may compact the log up to the
-// snapshot's index once it is persisted.
+// snapshot's index once it is persisted. With a SnapshotStore (see
+// UseSnapshotStore) the snapshot is a Pebble checkpoint, taken here while
+// Apply waits; otherwise a Pebble snapshot that Persist writes as a stream.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	if s := f.snapStore; s != nil {
+		dir := s.scratch()
+		if err := f.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, fmt.Errorf("fsm: checkpoint: %w", err)
+		}
+		return &checkpointSnapshot{dir: dir}, nil
+	}
 	if err := f.db.LogData(nil, pebble.Sync); err != nil {
 		return nil, fmt.Errorf("fsm: sync before snapshot: %w", err)
 	}
 	return &snapshot{snap: f.db.NewSnapshot()}, nil
 }
+
+// UseSnapshotStore makes Snapshot take Pebble checkpoints for s. Call it
+// before Raft starts.
+func (f *FSM) UseSnapshotStore(s *SnapshotStore) { f.snapStore = s }
 
 // Persist writes the snapshot stream to sink.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {

@@ -156,11 +156,12 @@ func (n *Node) startRaft() error {
 	n.logStore = store
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr,
 		JSONFormat: false}).With("node", cfg.ID)
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hlog)
+	snaps, err := fsm.NewSnapshotStore(raftDir, 2, hlog)
 	if err != nil {
 		return fmt.Errorf("node: snapshot store: %w", err)
 	}
 	n.snaps = snaps
+	n.fsm.UseSnapshotStore(snaps)
 	serverTLS, err := cfg.TLS.ServerTLS()
 	if err != nil {
 		return fmt.Errorf("node: server tls: %w", err)
