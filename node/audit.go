@@ -299,6 +299,9 @@ func (a *auditor) loop() {
 			b.add(w.batch)
 		}
 		a.queued -= len(b.entries)
+		if len(b.entries) > 0 {
+			metricRoundEntries.Observe(float64(len(b.entries)))
+		}
 		if len(round) == 0 {
 			a.running = false
 			a.mu.Unlock()

@@ -40,10 +40,15 @@ var (
 		Help:    "Time spent in the stages of a request that wait on the cluster: read_index (a linearizable read's leadership round), wait_applied (catching up to it), audit_commit (committing the request's audit entry), audit_decide (a decided read's entry, committed and decided in Apply), audit_round (one auditor round to the leader).",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	}, []string{"stage"})
+	metricRoundEntries = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "coffer", Subsystem: "audit", Name: "round_entries",
+		Help:    "Audit entries per auditor round on this node; on the leader, followers' batches included. Larger rounds cost less per entry.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+	})
 )
 
 func registerMetrics(reg *prometheus.Registry) {
-	reg.MustRegister(metricRequests, metricLatency, metricStage, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,
+	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 }

@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	dto "github.com/prometheus/client_model/go"
+
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
@@ -117,6 +119,15 @@ func TestNode_MergedRoundsKeepEachReadsDecision(t *testing.T) {
 	dave := tc.identity("dave")
 	start := tc.nodes[l].FSM().AuditHeadSeq()
 
+	roundEntries := func() float64 {
+		var m dto.Metric
+		if err := metricRoundEntries.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleSum()
+	}
+	entriesBefore := roundEntries()
+
 	const perNode = 40
 	type result struct {
 		gkid    string
@@ -186,5 +197,10 @@ func TestNode_MergedRoundsKeepEachReadsDecision(t *testing.T) {
 	}
 	if len(entries) != perNode*len(tc.nodes) {
 		t.Errorf("%d entries for %d gets", len(entries), perNode*len(tc.nodes))
+	}
+	// Every entry went through a round on its own node (and followers'
+	// again on the leader): coffer_audit_round_entries counts them.
+	if got := roundEntries() - entriesBefore; got < float64(perNode*len(tc.nodes)) {
+		t.Errorf("coffer_audit_round_entries grew by %v for %d audited gets", got, perNode*len(tc.nodes))
 	}
 }
