@@ -59,6 +59,15 @@ func (tc *testCluster) identityFrom(conf transport.TLSConfig, tlsConf *tls.Confi
 	return id
 }
 
+// mustRegisterApp has admin register an application client called name
+// through node i.
+func (tc *testCluster) mustRegisterApp(admin *identity, i int, name string) {
+	tc.t.Helper()
+	if _, err := admin.access[i].RegisterClient(ctxT(tc.t), &cofferv1.RegisterClientRequest{Name: name, Roles: []string{"application"}}); err != nil {
+		tc.t.Fatalf("register %s: %v", name, err)
+	}
+}
+
 func wantCode(t *testing.T, what string, err error, code codes.Code, msg string) {
 	t.Helper()
 	if status.Code(err) != code {

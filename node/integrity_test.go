@@ -151,16 +151,12 @@ func TestNode_TamperedAccessRecordsRefused(t *testing.T) {
 	ctx := ctxT(t)
 	admin := tc.identity("app")
 	l := tc.waitLeader()
-	if _, err := admin.access[l].RegisterClient(ctx, &cofferv1.RegisterClientRequest{Name: "bob", Roles: []string{"application"}}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustRegisterApp(admin, l, "bob")
 	rule, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:bob", Operations: []string{"get"}, ResourcePattern: "bob/**"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.access[l].RegisterClient(ctx, &cofferv1.RegisterClientRequest{Name: "carol", Roles: []string{"application"}}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustRegisterApp(admin, l, "carol")
 	if _, err := admin.access[l].SetClientActive(ctx, &cofferv1.SetClientActiveRequest{Name: "carol", Active: false}); err != nil {
 		t.Fatal(err)
 	}

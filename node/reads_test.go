@@ -48,9 +48,7 @@ func TestNode_DecidedReadsFollowAcknowledgedAccessChanges(t *testing.T) {
 	ctx := ctxT(t)
 	admin := tc.identity("app")
 	l := tc.waitLeader()
-	if _, err := admin.access[l].RegisterClient(ctx, &cofferv1.RegisterClientRequest{Name: "carol", Roles: []string{"application"}}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustRegisterApp(admin, l, "carol")
 	carol := tc.identity("carol")
 	key, err := admin.keys[l].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "lin/1"})
 	if err != nil {
@@ -109,9 +107,7 @@ func TestNode_MergedRoundsKeepEachReadsDecision(t *testing.T) {
 	ctx := ctxT(t)
 	admin := tc.identity("app")
 	l := tc.waitLeader()
-	if _, err := admin.access[l].RegisterClient(ctx, &cofferv1.RegisterClientRequest{Name: "dave", Roles: []string{"application"}}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustRegisterApp(admin, l, "dave")
 	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:dave", Operations: []string{"get"}, ResourcePattern: "open/**"}); err != nil {
 		t.Fatal(err)
 	}
