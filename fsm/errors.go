@@ -13,6 +13,7 @@ var (
 	ErrAlreadyInitialized = errors.New("fsm: cluster already initialized")
 	ErrNotInitialized     = errors.New("fsm: cluster not initialized")
 	ErrInvalidCommand     = errors.New("fsm: invalid command")
+	ErrInvalidConfig      = errors.New("fsm: invalid configuration")
 	ErrStaleIndex         = errors.New("fsm: log index already applied")
 	ErrCorrupt            = errors.New("fsm: stored state is corrupt")
 	ErrBadSnapshot        = errors.New("fsm: snapshot is malformed")

@@ -54,10 +54,10 @@ func DefaultConfig(dir string) Config {
 // Validate reports a Config that cannot work.
 func (c Config) Validate() error {
 	if c.Dir == "" {
-		return fmt.Errorf("%w: fsm: Dir is required", ErrInvalidCommand)
+		return fmt.Errorf("%w: Dir is required", ErrInvalidConfig)
 	}
 	if c.CacheBytes < 0 {
-		return fmt.Errorf("%w: fsm: CacheBytes must not be negative", ErrInvalidCommand)
+		return fmt.Errorf("%w: CacheBytes must not be negative", ErrInvalidConfig)
 	}
 	return nil
 }

@@ -58,7 +58,7 @@ const (
 // newest retain checkpoints (and, separately, retain received streams).
 func NewSnapshotStore(raftDir string, retain int, logger hclog.Logger) (*SnapshotStore, error) {
 	if retain < 1 {
-		return nil, fmt.Errorf("fsm: snapshot store: retain %d, want at least 1", retain)
+		return nil, fmt.Errorf("%w: snapshot store: retain %d, want at least 1", ErrInvalidConfig, retain)
 	}
 	files, err := raft.NewFileSnapshotStoreWithLogger(raftDir, retain, logger)
 	if err != nil {
@@ -95,7 +95,7 @@ func (s *SnapshotStore) scratch() string {
 func (s *SnapshotStore) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
 	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
 	if version != 1 {
-		return nil, fmt.Errorf("fsm: snapshot version %d not supported", version)
+		return nil, fmt.Errorf("%w: snapshot version %d not supported", ErrBadSnapshot, version)
 	}
 	id := fmt.Sprintf("%d-%d-%d", term, index, time.Now().UnixMilli())
 	return &snapshotSink{s: s, id: id, meta: raft.SnapshotMeta{Version: version, ID: id, Index: index, Term: term,
@@ -159,7 +159,7 @@ func (s *SnapshotStore) readMeta(id string) (*raft.SnapshotMeta, error) {
 		return nil, err
 	}
 	if m.ID != id {
-		return nil, fmt.Errorf("metadata names %q", m.ID)
+		return nil, fmt.Errorf("%w: metadata names %q", ErrBadSnapshot, m.ID)
 	}
 	if st, err := os.Stat(filepath.Join(s.dir, id, checkpointStream)); err == nil {
 		m.Size = st.Size()
@@ -171,7 +171,7 @@ func (s *SnapshotStore) readMeta(id string) (*raft.SnapshotMeta, error) {
 // the first time (version 2 format), and the stream kept for later opens.
 func (s *SnapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	if id == "" || strings.ContainsAny(id, `/\`) || strings.HasPrefix(id, ".") {
-		return nil, nil, fmt.Errorf("fsm: bad snapshot id %q", id)
+		return nil, nil, fmt.Errorf("%w: bad snapshot id %q", ErrBadSnapshot, id)
 	}
 	if _, err := os.Stat(filepath.Join(s.dir, id, checkpointMeta)); err != nil {
 		return s.files.Open(id)
@@ -240,6 +240,10 @@ func (s *SnapshotStore) reap() {
 	}
 }
 
+// errSinkInUse refuses a second snapshot into one sink: a checkpoint after
+// bytes, or bytes after a checkpoint.
+var errSinkInUse = errors.New("fsm: snapshot sink already holds a snapshot")
+
 // snapshotSink is the sink Raft writes a snapshot into: a checkpoint the
 // FSM adopts, or a stream kept by the FileSnapshotStore.
 type snapshotSink struct {
@@ -262,7 +266,7 @@ func (k *snapshotSink) ID() string {
 
 func (k *snapshotSink) Write(p []byte) (int, error) {
 	if k.tmp != "" {
-		return 0, errors.New("fsm: snapshot sink holds a checkpoint; it takes no bytes")
+		return 0, errSinkInUse
 	}
 	if k.stream == nil {
 		st, err := k.s.files.Create(k.meta.Version, k.meta.Index, k.meta.Term, k.meta.Configuration, k.meta.ConfigurationIndex, k.trans)
@@ -277,7 +281,7 @@ func (k *snapshotSink) Write(p []byte) (int, error) {
 // adopt moves the checkpoint in dir into this snapshot.
 func (k *snapshotSink) adopt(dir string) error {
 	if k.stream != nil || k.tmp != "" {
-		return errors.New("fsm: snapshot sink already holds a snapshot")
+		return errSinkInUse
 	}
 	tmp := filepath.Join(k.s.dir, k.id+tmpSuffix)
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
