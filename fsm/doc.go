@@ -10,6 +10,8 @@
 //
 // The applied index is written in the same Pebble batch as the data, so a
 // restarted node resumes where it stopped and ignores entries it has already
-// applied. Snapshot and Restore stream every key with a checksum. DESIGN.md
-// explains the schema and the durability model.
+// applied. With a SnapshotStore, Snapshot takes a Pebble checkpoint, which
+// becomes a stream only when Raft opens it; Restore reads a stream of every
+// key, compressed and checksummed. DESIGN.md explains the schema, the
+// snapshot store and the durability model.
 package fsm
