@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -64,6 +65,11 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 	l := tc.waitLeader()
 	head := tc.nodes[l].FSM().AuditHeadSeq()
 	cp := tc.waitCheckpoint(head)
+	g := auditGauges(t, tc.nodes[l])
+	if g["coffer_audit_head_seq"] < float64(head) || g["coffer_audit_checkpoint_seq"] < float64(cp.GetSeq()) ||
+		g["coffer_audit_checkpoint_age_seconds"] <= 0 || g["coffer_audit_diverged"] != 0 {
+		t.Fatalf("audit gauges %v after a checkpoint at seq %d, head %d", g, cp.GetSeq(), head)
+	}
 	trusted := tc.trustedKeys()
 	var buf bytes.Buffer
 	if err := tc.nodes[l].FSM().ExportAudit(0, &buf); err != nil {
@@ -174,6 +180,12 @@ func TestNode_AuditDivergenceStopsReplica(t *testing.T) {
 	}
 	_, err = admin.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: "k1-aaaaaaaaaa-aaaaaaaaaaaaaaaaaaaaaaaaaa"})
 	wantCode(t, "diverged replica", err, codes.Unavailable, "diverged")
+	if g := auditGauges(t, tc.nodes[f]); g["coffer_audit_diverged"] != 1 {
+		t.Fatalf("the diverged replica's coffer_audit_diverged is %v, want 1", g["coffer_audit_diverged"])
+	}
+	if g := auditGauges(t, tc.nodes[tc.waitLeader()]); g["coffer_audit_diverged"] != 0 {
+		t.Fatalf("a healthy replica's coffer_audit_diverged is %v, want 0", g["coffer_audit_diverged"])
+	}
 	if _, err := admin.keys[tc.waitLeader()].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "div"}); err != nil {
 		t.Fatalf("healthy replicas stopped serving: %v", err)
 	}
@@ -203,4 +215,20 @@ func beUint64(v uint64) []byte {
 		v >>= 8
 	}
 	return b
+}
+
+// auditGauges gathers a node's audit gauges by name.
+func auditGauges(t *testing.T, n *Node) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(n.auditCollectors()...)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/fsm"
 )
 
@@ -46,6 +47,45 @@ var (
 		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 	})
 )
+
+// auditCollectors exports this node's view of the audit log: whether its
+// chain disagreed with a signed checkpoint (the alarm to page on), its head,
+// and its newest checkpoint and how old that is (checkpoints stop when
+// there is no leader).
+func (n *Node) auditCollectors() []prometheus.Collector {
+	checkpoint := func() *cofferv1.AuditCheckpoint {
+		cp, err := n.fsm.AuditCheckpoint()
+		if err != nil {
+			return nil
+		}
+		return cp
+	}
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "coffer", Subsystem: "audit", Name: "diverged",
+			Help: "1 if this replica's audit chain disagreed with a signed checkpoint; it then stops serving."},
+			func() float64 {
+				if n.fsm.Diverged() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "coffer", Subsystem: "audit", Name: "head_seq",
+			Help: "Sequence number of the newest audit entry this replica applied."},
+			func() float64 { return float64(n.fsm.AuditHeadSeq()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "coffer", Subsystem: "audit", Name: "checkpoint_seq",
+			Help: "Sequence number covered by the newest signed checkpoint (0: none yet)."},
+			func() float64 { return float64(checkpoint().GetSeq()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "coffer", Subsystem: "audit", Name: "checkpoint_age_seconds",
+			Help: "Age of the newest signed checkpoint by this node's clock (0: none yet)."},
+			func() float64 {
+				cp := checkpoint()
+				if cp.GetTimeUnixNano() == 0 {
+					return 0
+				}
+				return time.Since(time.Unix(0, cp.GetTimeUnixNano())).Seconds()
+			}),
+	}
+}
 
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,

@@ -261,6 +261,7 @@ func (n *Node) startAPI() error {
 func (n *Node) startMetrics() error {
 	reg := prometheus.NewRegistry()
 	registerMetrics(reg)
+	reg.MustRegister(n.auditCollectors()...)
 	lis, err := net.Listen("tcp", n.cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("node: listen metrics %s: %w", n.cfg.MetricsAddr, err)
