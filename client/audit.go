@@ -26,6 +26,17 @@ func (c *Client) AuditQuery(ctx context.Context, req *cofferv1.AuditQueryRequest
 	})
 }
 
+// AuditHead returns where the log stands on the node that answers: its
+// newest entry, newest signed checkpoint and prune marker.
+func (c *Client) AuditHead(ctx context.Context, req *cofferv1.AuditHeadRequest) (*cofferv1.AuditHeadResponse, error) {
+	if req == nil {
+		return nil, nilRequest("AuditHead")
+	}
+	return invoke(ctx, c, "AuditHead", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.AuditHeadResponse, error) {
+		return ep.audit.Head(ctx, req, opts...)
+	})
+}
+
 // AuditMatch asks whether the audit entry req.Seq, which created a key,
 // recorded exactly req.Material (the log holds only an HMAC of it).
 func (c *Client) AuditMatch(ctx context.Context, req *cofferv1.AuditMatchRequest) (*cofferv1.AuditMatchResponse, error) {

@@ -359,9 +359,26 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	if out := e.mustCoffer("audit", "match", "--seq", q.Entries[0].Seq, "--material-file", matFile2); !strings.Contains(out, "recorded this key material") || strings.Contains(out, "did not") {
 		t.Fatalf("audit match: %s", out)
 	}
+	// An auditor pins the newest signed checkpoint (one is signed within
+	// 10 s), then checks the export against it.
+	pinFile := filepath.Join(work, "pins.jsonl")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, errs, code := e.coffer("audit", "head", "--pin", pinFile)
+		if code == 0 {
+			if !strings.Contains(out, "checkpoint seq:") || !strings.Contains(out, "head seq:") {
+				t.Fatalf("audit head:\n%s", out)
+			}
+			break
+		}
+		if !strings.Contains(errs, "no signed checkpoint yet") || time.Now().After(deadline) {
+			t.Fatalf("audit head --pin (exit %d): %s", code, errs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	exportFile := filepath.Join(work, "audit.jsonl")
 	e.mustCoffer("audit", "export", "--out", exportFile)
-	verifyArgs := []string{"audit", "verify", "--file", exportFile}
+	verifyArgs := []string{"audit", "verify", "--file", exportFile, "--pinned", pinFile}
 	for i := 1; i <= 3; i++ {
 		verifyArgs = append(verifyArgs, "--trusted-key", filepath.Join(e.dir, fmt.Sprintf("n%d", i), "data", "audit-signing.pub"))
 	}
@@ -370,7 +387,29 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	edited = bytes.Replace(edited, []byte(`"client:mallory"`), []byte(`"client:alice"`), 1)
 	tampered := filepath.Join(work, "tampered.jsonl")
 	_ = os.WriteFile(tampered, edited, 0o600)
-	verifyArgs[3] = tampered
+	// A pinned checkpoint the chain does not reproduce (its head changed:
+	// history was rewritten since it was kept) fails verification.
+	pins, _ := os.ReadFile(pinFile)
+	var pin map[string]any
+	if err := json.Unmarshal(pins, &pin); err != nil {
+		t.Fatalf("pin file %q: %v", pins, err)
+	}
+	h := []byte(pin["head"].(string))
+	if h[0] == '0' {
+		h[0] = '1'
+	} else {
+		h[0] = '0'
+	}
+	pin["head"] = string(h)
+	badPin, _ := json.Marshal(pin)
+	badPinFile := filepath.Join(work, "badpin.jsonl")
+	_ = os.WriteFile(badPinFile, append(badPin, '\n'), 0o600)
+	verifyArgs[5] = badPinFile // --pinned
+	if out, errs, code := e.coffer(verifyArgs...); code != 1 {
+		t.Fatalf("export verified against a pinned checkpoint it does not reproduce (exit %d): %s %s", code, out, errs)
+	}
+	verifyArgs[5] = pinFile
+	verifyArgs[3] = tampered // --file
 	if out, errs, code := e.coffer(verifyArgs...); code != 1 || !strings.Contains(out+errs, "chain broken") {
 		t.Fatalf("edited export verified (exit %d): %s %s", code, out, errs)
 	}

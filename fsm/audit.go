@@ -337,6 +337,20 @@ func (f *FSM) AuditCheckpoint() (*cofferv1.AuditCheckpoint, error) {
 	return &cp, nil
 }
 
+// AuditPruneMarker returns the marker that stands for pruned entries, or
+// nil if the log was never pruned.
+func (f *FSM) AuditPruneMarker() (*cofferv1.AuditPruneMarker, error) {
+	var m cofferv1.AuditPruneMarker
+	switch err := getProto(f.db, keyAuditMarker, &m); err {
+	case nil:
+		return &m, nil
+	case ErrNotFound:
+		return nil, nil
+	default:
+		return nil, err
+	}
+}
+
 // AuditHead returns the newest entry's seq and hash.
 func (f *FSM) AuditHead() (uint64, []byte, error) {
 	h, err := readAuditHead(f.db)

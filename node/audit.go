@@ -90,7 +90,7 @@ var opNames = map[string]string{
 	"RegisterClient": "client.manage", "SetClientActive": "client.manage", "RevokeCertificate": "client.manage",
 	"GetClient": "client.read", "ListClients": "client.read",
 	"Grant": "acl.manage", "RevokeGrant": "acl.manage", "ListGrants": "acl.read", "Check": "acl.read",
-	"Query": "audit.read", "Export": "audit.export", "Match": "audit.read",
+	"Query": "audit.read", "Export": "audit.export", "Match": "audit.read", "Head": "audit.read",
 }
 
 // newAuditEntry starts an entry for a request on this node.

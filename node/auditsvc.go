@@ -59,6 +59,29 @@ func (s *auditService) Query(ctx context.Context, req *cofferv1.AuditQueryReques
 	return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: last, HeadSeq: s.n.fsm.AuditHeadSeq()}, nil
 }
 
+// Head tells where the log stands on this node: its newest entry, newest
+// signed checkpoint and prune marker.
+func (s *auditService) Head(ctx context.Context, req *cofferv1.AuditHeadRequest) (*cofferv1.AuditHeadResponse, error) {
+	c, err := authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
+		return nil, err
+	}
+	resp := &cofferv1.AuditHeadResponse{Node: s.n.cfg.ID, AppliedIndex: s.n.fsm.AppliedIndex()}
+	if resp.HeadSeq, resp.HeadHash, err = s.n.fsm.AuditHead(); err != nil {
+		return nil, err
+	}
+	if resp.Checkpoint, err = s.n.fsm.AuditCheckpoint(); err != nil {
+		return nil, err
+	}
+	if resp.Pruned, err = s.n.fsm.AuditPruneMarker(); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
 // Export streams the log as JSON Lines (see audit/DESIGN.md). The export's
 // own audit entry is committed before the first byte is sent.
 func (s *auditService) Export(req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer) error {

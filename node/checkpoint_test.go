@@ -107,6 +107,23 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 	if _, err := audit.VerifyJSONL(bytes.NewReader(buf.Bytes()), trusted, opts); err != nil {
 		t.Fatalf("pruned export does not verify: %v", err)
 	}
+
+	// Head, through a follower, tells where the log stands.
+	// (Its own entry is committed after it answers: the head it reports is
+	// at least the leader's before the call.)
+	f := tc.follower()
+	lseq, lhash, err := tc.nodes[l].FSM().AuditHead()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hd, err := cofferv1.NewAuditServiceClient(tc.connTo(f)).Head(ctx, &cofferv1.AuditHeadRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hd.GetNode() != tc.cfgs[f].ID || hd.GetHeadSeq() < lseq || (hd.GetHeadSeq() == lseq && !bytes.Equal(hd.GetHeadHash(), lhash)) ||
+		hd.GetCheckpoint().GetSeq() < cp.GetSeq() || hd.GetPruned().GetFirstSeq() != cp.GetSeq()+1 {
+		t.Fatalf("head %+v; leader head %d, checkpoint %d, pruned before %d", hd, lseq, cp.GetSeq(), cp.GetSeq()+1)
+	}
 }
 
 func (tc *testCluster) connTo(i int) *grpc.ClientConn {

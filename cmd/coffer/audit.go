@@ -48,7 +48,87 @@ const (
 
 func (a *app) auditCmd() *cobra.Command {
 	return group("audit", "Query, follow, export, verify and prune the audit log",
-		a.auditQueryCmd(), a.auditTailCmd(), a.auditExportCmd(), a.auditVerifyCmd(), a.auditPruneCmd(), a.auditMatchCmd())
+		a.auditHeadCmd(), a.auditQueryCmd(), a.auditTailCmd(), a.auditExportCmd(), a.auditVerifyCmd(), a.auditPruneCmd(), a.auditMatchCmd())
+}
+
+func (a *app) auditHeadCmd() *cobra.Command {
+	var consistency, pin string
+	cmd := &cobra.Command{
+		Use:   "head [--consistency linearizable|stale] [--pin FILE]",
+		Short: "Show where the audit log stands: newest entry, newest signed checkpoint, prune marker",
+		Long: `Show the newest entry's sequence number and hash, the newest signed
+checkpoint (the sequence number it covers, when and by which node it was
+signed) and, if the log was pruned, the first sequence number left.
+
+--pin FILE appends the newest checkpoint to FILE (created 0600 if missing)
+as a line of the export format. Keep that file where the cluster's operators
+cannot write, and later check exports against it with
+audit verify --pinned FILE: a rewrite of the history it covers then fails,
+even one signed with a node's key. It needs the audit.read grant.`,
+		Args: exactArgs(0, "none"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cons, err := parseConsistency(consistency)
+			if err != nil {
+				return usageError{err}
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.AuditHead(ctx, &cofferv1.AuditHeadRequest{Consistency: cons})
+				if err != nil {
+					return err
+				}
+				if pin != "" {
+					if err := appendPin(pin, resp.GetCheckpoint()); err != nil {
+						return err
+					}
+				}
+				if a.format == formatJSON {
+					return writeProto(a.out, resp)
+				}
+				tw := tabwriter.NewWriter(a.out, 0, 0, 1, ' ', 0)
+				fmt.Fprintf(tw, "node:\t%s (applied index %d)\n", resp.GetNode(), resp.GetAppliedIndex())
+				fmt.Fprintf(tw, "head seq:\t%d\n", resp.GetHeadSeq())
+				fmt.Fprintf(tw, "head hash:\t%x\n", resp.GetHeadHash())
+				if cp := resp.GetCheckpoint(); cp != nil {
+					fmt.Fprintf(tw, "checkpoint seq:\t%d\n", cp.GetSeq())
+					fmt.Fprintf(tw, "checkpoint head:\t%x\n", cp.GetHead())
+					fmt.Fprintf(tw, "checkpoint signer:\t%s\n", cell(cp.GetSigner()))
+					fmt.Fprintf(tw, "checkpoint time:\t%s\n", auditTime(cp.GetTimeUnixNano()))
+				} else {
+					fmt.Fprintf(tw, "checkpoint:\tnone yet\n")
+				}
+				if m := resp.GetPruned(); m != nil {
+					fmt.Fprintf(tw, "pruned before seq:\t%d\n", m.GetFirstSeq())
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
+	cmd.Flags().StringVar(&pin, "pin", "", "append the newest checkpoint to this file, for audit verify --pinned")
+	return cmd
+}
+
+// appendPin appends cp to path as an export-format checkpoint line.
+func appendPin(path string, cp *cofferv1.AuditCheckpoint) error {
+	if cp == nil {
+		return fmt.Errorf("--pin: the log has no signed checkpoint yet")
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("--pin: %w", err)
+	}
+	w := audit.NewWriter(f)
+	err = w.WriteCheckpoint(cp)
+	if err == nil {
+		err = w.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("--pin %s: %w", path, err)
+	}
+	return nil
 }
 
 func (a *app) auditMatchCmd() *cobra.Command {

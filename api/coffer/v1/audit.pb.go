@@ -476,6 +476,138 @@ func (x *AuditMatchResponse) GetMatch() bool {
 	return false
 }
 
+type AuditHeadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consistency   Consistency            `protobuf:"varint,1,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditHeadRequest) Reset() {
+	*x = AuditHeadRequest{}
+	mi := &file_coffer_v1_audit_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditHeadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditHeadRequest) ProtoMessage() {}
+
+func (x *AuditHeadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_audit_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditHeadRequest.ProtoReflect.Descriptor instead.
+func (*AuditHeadRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AuditHeadRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type AuditHeadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node that answered, and the Raft index its answer reflects.
+	Node         string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// The newest entry.
+	HeadSeq  uint64 `protobuf:"varint,3,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	HeadHash []byte `protobuf:"bytes,4,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	// The newest signed checkpoint, if any.
+	Checkpoint *AuditCheckpoint `protobuf:"bytes,5,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The marker standing for pruned entries, if the log was pruned.
+	Pruned        *AuditPruneMarker `protobuf:"bytes,6,opt,name=pruned,proto3" json:"pruned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditHeadResponse) Reset() {
+	*x = AuditHeadResponse{}
+	mi := &file_coffer_v1_audit_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditHeadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditHeadResponse) ProtoMessage() {}
+
+func (x *AuditHeadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_audit_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditHeadResponse.ProtoReflect.Descriptor instead.
+func (*AuditHeadResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AuditHeadResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AuditHeadResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *AuditHeadResponse) GetHeadSeq() uint64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
+func (x *AuditHeadResponse) GetHeadHash() []byte {
+	if x != nil {
+		return x.HeadHash
+	}
+	return nil
+}
+
+func (x *AuditHeadResponse) GetCheckpoint() *AuditCheckpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+func (x *AuditHeadResponse) GetPruned() *AuditPruneMarker {
+	if x != nil {
+		return x.Pruned
+	}
+	return nil
+}
+
 var File_coffer_v1_audit_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_audit_proto_rawDesc = "" +
@@ -507,11 +639,23 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\bmaterial\x18\x02 \x01(\fR\bmaterial\"*\n" +
 	"\x12AuditMatchResponse\x12\x14\n" +
-	"\x05match\x18\x01 \x01(\bR\x05match2\xa8\x02\n" +
+	"\x05match\x18\x01 \x01(\bR\x05match\"L\n" +
+	"\x10AuditHeadRequest\x128\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"\xf5\x01\n" +
+	"\x11AuditHeadResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x19\n" +
+	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\x12\x1b\n" +
+	"\thead_hash\x18\x04 \x01(\fR\bheadHash\x12:\n" +
+	"\n" +
+	"checkpoint\x18\x05 \x01(\v2\x1a.coffer.v1.AuditCheckpointR\n" +
+	"checkpoint\x123\n" +
+	"\x06pruned\x18\x06 \x01(\v2\x1b.coffer.v1.AuditPruneMarkerR\x06pruned2\xeb\x02\n" +
 	"\fAuditService\x12D\n" +
 	"\x05Match\x12\x1c.coffer.v1.AuditMatchRequest\x1a\x1d.coffer.v1.AuditMatchResponse\x12D\n" +
 	"\x05Prune\x12\x1c.coffer.v1.AuditPruneRequest\x1a\x1d.coffer.v1.AuditPruneResponse\x12D\n" +
-	"\x05Query\x12\x1c.coffer.v1.AuditQueryRequest\x1a\x1d.coffer.v1.AuditQueryResponse\x12F\n" +
+	"\x05Query\x12\x1c.coffer.v1.AuditQueryRequest\x1a\x1d.coffer.v1.AuditQueryResponse\x12A\n" +
+	"\x04Head\x12\x1b.coffer.v1.AuditHeadRequest\x1a\x1c.coffer.v1.AuditHeadResponse\x12F\n" +
 	"\x06Export\x12\x1d.coffer.v1.AuditExportRequest\x1a\x1b.coffer.v1.AuditExportChunk0\x01B5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
 var (
@@ -526,7 +670,7 @@ func file_coffer_v1_audit_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_audit_proto_rawDescData
 }
 
-var file_coffer_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_coffer_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_coffer_v1_audit_proto_goTypes = []any{
 	(*AuditQueryRequest)(nil),     // 0: coffer.v1.AuditQueryRequest
 	(*AuditQueryResponse)(nil),    // 1: coffer.v1.AuditQueryResponse
@@ -536,30 +680,38 @@ var file_coffer_v1_audit_proto_goTypes = []any{
 	(*AuditPruneResponse)(nil),    // 5: coffer.v1.AuditPruneResponse
 	(*AuditMatchRequest)(nil),     // 6: coffer.v1.AuditMatchRequest
 	(*AuditMatchResponse)(nil),    // 7: coffer.v1.AuditMatchResponse
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(Consistency)(0),              // 9: coffer.v1.Consistency
-	(*AuditEntry)(nil),            // 10: coffer.v1.AuditEntry
-	(*AuditPruneMarker)(nil),      // 11: coffer.v1.AuditPruneMarker
+	(*AuditHeadRequest)(nil),      // 8: coffer.v1.AuditHeadRequest
+	(*AuditHeadResponse)(nil),     // 9: coffer.v1.AuditHeadResponse
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(Consistency)(0),              // 11: coffer.v1.Consistency
+	(*AuditEntry)(nil),            // 12: coffer.v1.AuditEntry
+	(*AuditPruneMarker)(nil),      // 13: coffer.v1.AuditPruneMarker
+	(*AuditCheckpoint)(nil),       // 14: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_audit_proto_depIdxs = []int32{
-	8,  // 0: coffer.v1.AuditQueryRequest.since:type_name -> google.protobuf.Timestamp
-	8,  // 1: coffer.v1.AuditQueryRequest.until:type_name -> google.protobuf.Timestamp
-	9,  // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
-	10, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
-	11, // 4: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
-	6,  // 5: coffer.v1.AuditService.Match:input_type -> coffer.v1.AuditMatchRequest
-	4,  // 6: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
-	0,  // 7: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
-	2,  // 8: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
-	7,  // 9: coffer.v1.AuditService.Match:output_type -> coffer.v1.AuditMatchResponse
-	5,  // 10: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
-	1,  // 11: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
-	3,  // 12: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	10, // 0: coffer.v1.AuditQueryRequest.since:type_name -> google.protobuf.Timestamp
+	10, // 1: coffer.v1.AuditQueryRequest.until:type_name -> google.protobuf.Timestamp
+	11, // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
+	12, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
+	13, // 4: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
+	11, // 5: coffer.v1.AuditHeadRequest.consistency:type_name -> coffer.v1.Consistency
+	14, // 6: coffer.v1.AuditHeadResponse.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	13, // 7: coffer.v1.AuditHeadResponse.pruned:type_name -> coffer.v1.AuditPruneMarker
+	6,  // 8: coffer.v1.AuditService.Match:input_type -> coffer.v1.AuditMatchRequest
+	4,  // 9: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
+	0,  // 10: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
+	8,  // 11: coffer.v1.AuditService.Head:input_type -> coffer.v1.AuditHeadRequest
+	2,  // 12: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
+	7,  // 13: coffer.v1.AuditService.Match:output_type -> coffer.v1.AuditMatchResponse
+	5,  // 14: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
+	1,  // 15: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
+	9,  // 16: coffer.v1.AuditService.Head:output_type -> coffer.v1.AuditHeadResponse
+	3,  // 17: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
+	13, // [13:18] is the sub-list for method output_type
+	8,  // [8:13] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_audit_proto_init() }
@@ -575,7 +727,7 @@ func file_coffer_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_audit_proto_rawDesc), len(file_coffer_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	AuditService_Match_FullMethodName  = "/coffer.v1.AuditService/Match"
 	AuditService_Prune_FullMethodName  = "/coffer.v1.AuditService/Prune"
 	AuditService_Query_FullMethodName  = "/coffer.v1.AuditService/Query"
+	AuditService_Head_FullMethodName   = "/coffer.v1.AuditService/Head"
 	AuditService_Export_FullMethodName = "/coffer.v1.AuditService/Export"
 )
 
@@ -42,6 +43,9 @@ type AuditServiceClient interface {
 	// marker so the rest of the chain still verifies.
 	Prune(ctx context.Context, in *AuditPruneRequest, opts ...grpc.CallOption) (*AuditPruneResponse, error)
 	Query(ctx context.Context, in *AuditQueryRequest, opts ...grpc.CallOption) (*AuditQueryResponse, error)
+	// Head tells where the log stands: its newest entry, newest signed
+	// checkpoint and prune marker.
+	Head(ctx context.Context, in *AuditHeadRequest, opts ...grpc.CallOption) (*AuditHeadResponse, error)
 	Export(ctx context.Context, in *AuditExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditExportChunk], error)
 }
 
@@ -83,6 +87,16 @@ func (c *auditServiceClient) Query(ctx context.Context, in *AuditQueryRequest, o
 	return out, nil
 }
 
+func (c *auditServiceClient) Head(ctx context.Context, in *AuditHeadRequest, opts ...grpc.CallOption) (*AuditHeadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuditHeadResponse)
+	err := c.cc.Invoke(ctx, AuditService_Head_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *auditServiceClient) Export(ctx context.Context, in *AuditExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditExportChunk], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &AuditService_ServiceDesc.Streams[0], AuditService_Export_FullMethodName, cOpts...)
@@ -117,6 +131,9 @@ type AuditServiceServer interface {
 	// marker so the rest of the chain still verifies.
 	Prune(context.Context, *AuditPruneRequest) (*AuditPruneResponse, error)
 	Query(context.Context, *AuditQueryRequest) (*AuditQueryResponse, error)
+	// Head tells where the log stands: its newest entry, newest signed
+	// checkpoint and prune marker.
+	Head(context.Context, *AuditHeadRequest) (*AuditHeadResponse, error)
 	Export(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportChunk]) error
 	mustEmbedUnimplementedAuditServiceServer()
 }
@@ -136,6 +153,9 @@ func (UnimplementedAuditServiceServer) Prune(context.Context, *AuditPruneRequest
 }
 func (UnimplementedAuditServiceServer) Query(context.Context, *AuditQueryRequest) (*AuditQueryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Query not implemented")
+}
+func (UnimplementedAuditServiceServer) Head(context.Context, *AuditHeadRequest) (*AuditHeadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Head not implemented")
 }
 func (UnimplementedAuditServiceServer) Export(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportChunk]) error {
 	return status.Error(codes.Unimplemented, "method Export not implemented")
@@ -215,6 +235,24 @@ func _AuditService_Query_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_Head_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuditHeadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).Head(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_Head_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).Head(ctx, req.(*AuditHeadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AuditService_Export_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(AuditExportRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -244,6 +282,10 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Query",
 			Handler:    _AuditService_Query_Handler,
+		},
+		{
+			MethodName: "Head",
+			Handler:    _AuditService_Head_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
