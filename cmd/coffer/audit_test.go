@@ -146,6 +146,8 @@ func TestCLI_AuditUsageErrors(t *testing.T) {
 		args    []string
 		wantErr string
 	}{
+		{"head bad consistency", []string{"audit", "head", "--consistency", "eventual"}, "consistency"},
+		{"head extra argument", []string{"audit", "head", "now"}, "none"},
 		{"query bad since", []string{"audit", "query", "--since", "yesterday"}, "--since"},
 		{"query negative since", []string{"audit", "query", "--since", "-1h"}, "--since"},
 		{"query zero days", []string{"audit", "query", "--since", "0d"}, "--since"},
