@@ -359,6 +359,22 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	if out := e.mustCoffer("audit", "match", "--seq", q.Entries[0].Seq, "--material-file", matFile2); !strings.Contains(out, "recorded this key material") || strings.Contains(out, "did not") {
 		t.Fatalf("audit match: %s", out)
 	}
+	// Every member reports how far it has applied the audit log.
+	var ast struct {
+		Nodes []struct {
+			ID       string `json:"id"`
+			AuditSeq uint64 `json:"audit_seq"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(e.mustCoffer("cluster", "status", "-o", "json")), &ast); err != nil || len(ast.Nodes) != 3 {
+		t.Fatalf("cluster status: %v %+v", err, ast)
+	}
+	for _, n := range ast.Nodes {
+		if n.AuditSeq == 0 {
+			t.Errorf("node %s reports no audit entries applied", n.ID)
+		}
+	}
+
 	// An auditor pins the newest signed checkpoint (one is signed within
 	// 10 s), then checks the export against it.
 	pinFile := filepath.Join(work, "pins.jsonl")

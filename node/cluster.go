@@ -42,6 +42,7 @@ func (n *Node) localStatus() *cofferv1.NodeStatus {
 		RaftAddress:  n.cfg.RaftAddr,
 		LastLogIndex: n.raft.LastIndex(),
 		AppliedIndex: n.fsm.AppliedIndex(),
+		AuditSeq:     n.fsm.AuditHeadSeq(),
 	}
 	stats := n.raft.Stats()
 	st.Term, _ = strconv.ParseUint(stats["term"], 10, 64)

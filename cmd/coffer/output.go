@@ -297,6 +297,7 @@ type nodeJSON struct {
 	Term         uint64 `json:"term"`
 	LastLogIndex uint64 `json:"last_log_index"`
 	AppliedIndex uint64 `json:"applied_index"`
+	AuditSeq     uint64 `json:"audit_seq"`
 	LeaderID     string `json:"leader_id"`
 	Healthy      bool   `json:"healthy"`
 	Error        string `json:"error"`
@@ -326,6 +327,7 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 			Term:         n.GetTerm(),
 			LastLogIndex: n.GetLastLogIndex(),
 			AppliedIndex: n.GetAppliedIndex(),
+			AuditSeq:     n.GetAuditSeq(),
 			LeaderID:     n.GetLeaderId(),
 			Healthy:      n.GetHealthy(),
 			Error:        n.GetError(),
@@ -338,10 +340,10 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 // writeClusterTable writes the cluster status table.
 func writeClusterTable(w io.Writer, resp *cofferv1.ClusterStatusResponse) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tTERM\tLAST-INDEX\tAPPLIED\tHEALTH")
+	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tTERM\tLAST-INDEX\tAPPLIED\tAUDIT-SEQ\tHEALTH")
 	for _, n := range resp.GetNodes() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
-			roleName(n.GetRole()), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), health(n))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
+			roleName(n.GetRole()), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), n.GetAuditSeq(), health(n))
 	}
 	return tw.Flush()
 }

@@ -1083,8 +1083,10 @@ type NodeStatus struct {
 	LeaderId string `protobuf:"bytes,9,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
 	Healthy  bool   `protobuf:"varint,10,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	// Why the node is unhealthy or unreachable.
-	Error         string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
-	Voter         bool   `protobuf:"varint,12,opt,name=voter,proto3" json:"voter,omitempty"`
+	Error string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	Voter bool   `protobuf:"varint,12,opt,name=voter,proto3" json:"voter,omitempty"`
+	// Sequence number of the newest audit entry this node applied.
+	AuditSeq      uint64 `protobuf:"varint,13,opt,name=audit_seq,json=auditSeq,proto3" json:"audit_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1201,6 +1203,13 @@ func (x *NodeStatus) GetVoter() bool {
 		return x.Voter
 	}
 	return false
+}
+
+func (x *NodeStatus) GetAuditSeq() uint64 {
+	if x != nil {
+		return x.AuditSeq
+	}
+	return 0
 }
 
 type ClusterStatusRequest struct {
@@ -3066,7 +3075,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vconsistency\x18\x05 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"f\n" +
 	"\x10ListKeysResponse\x12*\n" +
 	"\x04keys\x18\x01 \x03(\v2\x16.coffer.v1.KeyMetadataR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd8\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf5\x02\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -3081,7 +3090,8 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\ahealthy\x18\n" +
 	" \x01(\bR\ahealthy\x12\x14\n" +
 	"\x05error\x18\v \x01(\tR\x05error\x12\x14\n" +
-	"\x05voter\x18\f \x01(\bR\x05voter\"\x16\n" +
+	"\x05voter\x18\f \x01(\bR\x05voter\x12\x1b\n" +
+	"\taudit_seq\x18\r \x01(\x04R\bauditSeq\"\x16\n" +
 	"\x14ClusterStatusRequest\"\x84\x01\n" +
 	"\x15ClusterStatusResponse\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.coffer.v1.NodeStatusR\x05nodes\x12\x1d\n" +
