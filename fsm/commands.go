@@ -113,8 +113,9 @@ func commandVersion(payload proto.Message) uint32 {
 // applyCommand links into the chain once the handler has decided.
 //
 // From payload version 3 on, it returns ErrAbandoned, before the handler
-// changes anything, when the request already has its entry: a fallback recorded by the node that gave
-// up on it (or the same command applied before) was linked first. The
+// changes anything, when the request already has its entry: a fallback
+// recorded by the node that gave up on it (or the same command applied
+// before) was linked first. The
 // change is then not applied and no second entry is linked, so the one
 // entry, which says the request failed, stays true.
 func (a *applyCtx) decode(payload []byte, m proto.Message, index uint64) error {
@@ -125,11 +126,11 @@ func (a *applyCtx) decode(payload []byte, m proto.Message, index uint64) error {
 	if !ok || ae.GetAudit() == nil {
 		return nil
 	}
-	if e := ae.GetAudit(); a.version >= 3 && namesRequest(e) && mustHas(a.b, changeKey(e)) {
-		e := ae.GetAudit()
+	e := ae.GetAudit()
+	if a.version >= 3 && namesRequest(e) && mustHas(a.b, changeKey(e)) {
 		return fmt.Errorf("%w (request %q of %s on %s)", ErrAbandoned, e.GetRequestId(), e.GetCaller(), e.GetNode())
 	}
-	a.cmdAudit = ae.GetAudit()
+	a.cmdAudit = e
 	return nil
 }
 

@@ -17,12 +17,19 @@ const MaxPageSize = 1000
 // Key returns the key record for gkid, or ErrNotFound. The record may be
 // shared with other readers: callers must not modify it.
 func (f *FSM) Key(gkid string) (*cofferv1.KeyRecord, error) {
+	return f.cachedKey(f.db, gkid)
+}
+
+// cachedKey reads a key record from r through the key cache. Key records
+// never change once written, so a cached one is r's too; one that r (a
+// batch) wrote is committed with it, or the replica stops.
+func (f *FSM) cachedKey(r reader, gkid string) (*cofferv1.KeyRecord, error) {
 	if k, ok := f.cache.key(gkid); ok {
 		return k, nil
 	}
 	gen := f.cache.keyGeneration()
 	var k cofferv1.KeyRecord
-	if err := getProto(f.db, keyKey(gkid), &k); err != nil {
+	if err := getProto(r, keyKey(gkid), &k); err != nil {
 		return nil, err
 	}
 	f.cache.putKey(gen, gkid, &k)

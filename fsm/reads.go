@@ -18,10 +18,10 @@ import (
 // and the key's use policy against the state at that point, and writes the
 // outcome into the entry before linking it into the chain. Every replica
 // decides alike, because every input is in the log or in the state the log
-// built. The serving node then waits until it has applied that entry and
-// serves the read from its own state, so one Raft round both commits the
-// audit entry and orders the read after every write acknowledged before it
-// arrived.
+// built. The serving node releases the read only once that entry is
+// committed and granted, so one Raft round both commits the audit entry and
+// orders the read after every write acknowledged before it arrived (see
+// node.decidedKey for when it also waits to apply the entry itself).
 //
 // Apply decides on the committed records as they are stored. The serving
 // node still checks the key record's integrity (the keystore opens it) and
@@ -104,7 +104,7 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
 		return ReadResult{Refusal: r, Detail: detail}
 	}
 	id := e.GetGkid()
-	rec, err := a.key(id)
+	rec, err := a.f.cachedKey(a.b, id)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return refuse(cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key "+id)
@@ -136,23 +136,6 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
 	default:
 		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why)
 	}
-}
-
-// key reads a key record as of this point of the batch. Key records never
-// change once written, so a cached one is the batch's too.
-func (a *applyCtx) key(gkid string) (*cofferv1.KeyRecord, error) {
-	if k, ok := a.f.cache.key(gkid); ok {
-		return k, nil
-	}
-	gen := a.f.cache.keyGeneration()
-	var k cofferv1.KeyRecord
-	if err := getProto(a.b, keyKey(gkid), &k); err != nil {
-		return nil, err
-	}
-	// A record this batch wrote is committed with the batch (or the
-	// replica stops), so it may be kept already.
-	a.f.cache.putKey(gen, gkid, &k)
-	return &k, nil
 }
 
 // decisionSnapshot is the authorisation snapshot as of this point of the

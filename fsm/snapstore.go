@@ -198,30 +198,17 @@ func (s *SnapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, erro
 // writeCheckpointStream writes the snapshot stream of the checkpoint in dir
 // to path, atomically.
 func writeCheckpointStream(dir, path string) error {
+	return writeFileSynced(path, func(w io.Writer) error { return streamCheckpoint(dir, w) })
+}
+
+// streamCheckpoint writes the checkpoint in dir to w as a snapshot stream.
+func streamCheckpoint(dir string, w io.Writer) error {
 	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: discardPebbleLogger})
 	if err != nil {
 		return fmt.Errorf("open checkpoint: %w", err)
 	}
 	defer db.Close()
-	tmp := path + tmpSuffix
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	err = WriteSnapshot(db, f)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-	}
-	return err
+	return WriteSnapshot(db, w)
 }
 
 // reap removes checkpoints beyond the newest retain.
@@ -319,7 +306,10 @@ func (k *snapshotSink) Close() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(filepath.Join(k.tmp, checkpointMeta), b); err != nil {
+	if err := writeFileSynced(filepath.Join(k.tmp, checkpointMeta), func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	}); err != nil {
 		_ = os.RemoveAll(k.tmp)
 		return err
 	}
@@ -335,17 +325,26 @@ func (k *snapshotSink) Close() error {
 	return nil
 }
 
-func writeFileSync(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+// writeFileSynced writes path through fill: into a temporary file that is
+// synced, then renamed, so path holds either nothing or all of it.
+func writeFileSynced(path string, fill func(io.Writer) error) error {
+	tmp := path + tmpSuffix
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(b)
+	err = fill(f)
 	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
 	}
 	return err
 }
@@ -377,16 +376,9 @@ func (c *checkpointSnapshot) Persist(sink raft.SnapshotSink) error {
 		}
 		return sink.Close()
 	}
-	db, err := pebble.Open(c.dir, &pebble.Options{ReadOnly: true, Logger: discardPebbleLogger})
-	if err != nil {
+	if err := streamCheckpoint(c.dir, sink); err != nil {
 		_ = sink.Cancel()
-		return fmt.Errorf("fsm: open checkpoint: %w", err)
-	}
-	err = WriteSnapshot(db, sink)
-	_ = db.Close()
-	if err != nil {
-		_ = sink.Cancel()
-		return err
+		return fmt.Errorf("fsm: %w", err)
 	}
 	return sink.Close()
 }

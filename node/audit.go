@@ -339,15 +339,14 @@ func (n *Node) appendAudit(ctx context.Context, b auditBatch) (uint64, []fsm.Rea
 		if err != nil {
 			return 0, nil, err
 		}
-		f := n.raft.Apply(data, auditTimeout)
-		if err := f.Error(); err != nil {
-			return 0, nil, n.raftError(err)
+		res, idx, err := n.proposeIndexed(ctx, data)
+		if err != nil {
+			return 0, nil, err
 		}
-		res, _ := f.Response().(fsm.Result)
 		if res.Err != nil {
 			return 0, nil, res.Err
 		}
-		return f.Index(), res.Reads, nil
+		return idx, res.Reads, nil
 	}
 	cl, _, err := n.leaderClient()
 	if errors.Is(err, errSelfLeader) {

@@ -370,8 +370,10 @@ func (n *Node) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, er
 }
 
 // decidedKey commits the read's audit entry with its outcome left to Apply
-// (see fsm/reads.go), and once Apply granted it and this node has applied
-// the entry, reads the record from this node's state.
+// (see fsm/reads.go) and releases the read once Apply granted it: at once
+// if this node verified the record beforehand and its own verified access
+// records grant the caller, otherwise after it has applied the entry and
+// checked again on its own state.
 //
 // A record this node already holds, for a caller this node's own state
 // grants, is verified by the keystore before the entry is proposed, so a

@@ -160,22 +160,28 @@ func (n *Node) proposeCommand(ctx context.Context, t cofferv1.CommandType, paylo
 
 // propose replicates a command and returns its result once applied here.
 func (n *Node) propose(ctx context.Context, data []byte) (fsm.Result, error) {
+	res, _, err := n.proposeIndexed(ctx, data)
+	return res, err
+}
+
+// proposeIndexed is propose that also returns the command's log index.
+func (n *Node) proposeIndexed(ctx context.Context, data []byte) (fsm.Result, uint64, error) {
 	timeout := n.cfg.Limits.RequestTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
 	if timeout <= 0 {
-		return fsm.Result{}, context.DeadlineExceeded
+		return fsm.Result{}, 0, context.DeadlineExceeded
 	}
 	f := n.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {
-		return fsm.Result{}, n.raftError(err)
+		return fsm.Result{}, 0, n.raftError(err)
 	}
 	res, ok := f.Response().(fsm.Result)
 	if !ok {
-		return fsm.Result{}, fmt.Errorf("node: unexpected apply response %T", f.Response())
+		return fsm.Result{}, 0, fmt.Errorf("node: unexpected apply response %T", f.Response())
 	}
-	return res, nil
+	return res, f.Index(), nil
 }
 
 // raftError turns Raft's errors into the request path's sentinels, with a

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/fsm"
 )
 
@@ -53,38 +52,43 @@ var (
 // and its newest checkpoint and how old that is (checkpoints stop when
 // there is no leader).
 func (n *Node) auditCollectors() []prometheus.Collector {
-	checkpoint := func() *cofferv1.AuditCheckpoint {
-		cp, err := n.fsm.AuditCheckpoint()
-		if err != nil {
-			return nil
-		}
-		return cp
+	return []prometheus.Collector{auditCollector{n: n}}
+}
+
+var (
+	descAuditDiverged = prometheus.NewDesc("coffer_audit_diverged",
+		"1 if this replica's audit chain disagreed with a signed checkpoint; it then stops serving.", nil, nil)
+	descAuditHead = prometheus.NewDesc("coffer_audit_head_seq",
+		"Sequence number of the newest audit entry this replica applied.", nil, nil)
+	descAuditCheckpoint = prometheus.NewDesc("coffer_audit_checkpoint_seq",
+		"Sequence number covered by the newest signed checkpoint (0: none yet).", nil, nil)
+	descAuditCheckpointAge = prometheus.NewDesc("coffer_audit_checkpoint_age_seconds",
+		"Age of the newest signed checkpoint by this node's clock (0: none yet).", nil, nil)
+)
+
+// auditCollector reads the node's audit state once per scrape.
+type auditCollector struct{ n *Node }
+
+func (c auditCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAuditDiverged, descAuditHead, descAuditCheckpoint, descAuditCheckpointAge} {
+		ch <- d
 	}
-	return []prometheus.Collector{
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "coffer", Subsystem: "audit", Name: "diverged",
-			Help: "1 if this replica's audit chain disagreed with a signed checkpoint; it then stops serving."},
-			func() float64 {
-				if n.fsm.Diverged() {
-					return 1
-				}
-				return 0
-			}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "coffer", Subsystem: "audit", Name: "head_seq",
-			Help: "Sequence number of the newest audit entry this replica applied."},
-			func() float64 { return float64(n.fsm.AuditHeadSeq()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "coffer", Subsystem: "audit", Name: "checkpoint_seq",
-			Help: "Sequence number covered by the newest signed checkpoint (0: none yet)."},
-			func() float64 { return float64(checkpoint().GetSeq()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "coffer", Subsystem: "audit", Name: "checkpoint_age_seconds",
-			Help: "Age of the newest signed checkpoint by this node's clock (0: none yet)."},
-			func() float64 {
-				cp := checkpoint()
-				if cp.GetTimeUnixNano() == 0 {
-					return 0
-				}
-				return time.Since(time.Unix(0, cp.GetTimeUnixNano())).Seconds()
-			}),
+}
+
+func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
+	diverged := 0.0
+	if c.n.fsm.Diverged() {
+		diverged = 1
 	}
+	ch <- prometheus.MustNewConstMetric(descAuditDiverged, prometheus.GaugeValue, diverged)
+	ch <- prometheus.MustNewConstMetric(descAuditHead, prometheus.GaugeValue, float64(c.n.fsm.AuditHeadSeq()))
+	cp, _ := c.n.fsm.AuditCheckpoint() // unreadable: reported as none
+	age := 0.0
+	if cp.GetTimeUnixNano() != 0 {
+		age = time.Since(time.Unix(0, cp.GetTimeUnixNano())).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(descAuditCheckpoint, prometheus.GaugeValue, float64(cp.GetSeq()))
+	ch <- prometheus.MustNewConstMetric(descAuditCheckpointAge, prometheus.GaugeValue, age)
 }
 
 func registerMetrics(reg *prometheus.Registry) {

@@ -89,10 +89,7 @@ even one signed with a node's key. It needs the audit.read grant.`,
 				fmt.Fprintf(tw, "head seq:\t%d\n", resp.GetHeadSeq())
 				fmt.Fprintf(tw, "head hash:\t%x\n", resp.GetHeadHash())
 				if cp := resp.GetCheckpoint(); cp != nil {
-					fmt.Fprintf(tw, "checkpoint seq:\t%d\n", cp.GetSeq())
-					fmt.Fprintf(tw, "checkpoint head:\t%x\n", cp.GetHead())
-					fmt.Fprintf(tw, "checkpoint signer:\t%s\n", cell(cp.GetSigner()))
-					fmt.Fprintf(tw, "checkpoint time:\t%s\n", auditTime(cp.GetTimeUnixNano()))
+					writeCheckpointRows(tw, cp, true)
 				} else {
 					fmt.Fprintf(tw, "checkpoint:\tnone yet\n")
 				}
@@ -106,6 +103,17 @@ even one signed with a node's key. It needs the audit.read grant.`,
 	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
 	cmd.Flags().StringVar(&pin, "pin", "", "append the newest checkpoint to this file, for audit verify --pinned")
 	return cmd
+}
+
+// writeCheckpointRows writes a checkpoint's fields as "name:\tvalue" rows,
+// its head hash too when withHead is set.
+func writeCheckpointRows(w io.Writer, cp *cofferv1.AuditCheckpoint, withHead bool) {
+	fmt.Fprintf(w, "checkpoint seq:\t%d\n", cp.GetSeq())
+	if withHead {
+		fmt.Fprintf(w, "checkpoint head:\t%x\n", cp.GetHead())
+	}
+	fmt.Fprintf(w, "checkpoint signer:\t%s\n", cell(cp.GetSigner()))
+	fmt.Fprintf(w, "checkpoint time:\t%s\n", auditTime(cp.GetTimeUnixNano()))
 }
 
 // appendPin appends cp to path as an export-format checkpoint line.
@@ -1028,9 +1036,7 @@ before pruning: the deleted entries cannot be brought back.`,
 				cp := m.GetCheckpoint()
 				tw := tabwriter.NewWriter(a.out, 0, 0, 1, ' ', 0)
 				fmt.Fprintf(tw, "first remaining seq:\t%d\n", m.GetFirstSeq())
-				fmt.Fprintf(tw, "checkpoint seq:\t%d\n", cp.GetSeq())
-				fmt.Fprintf(tw, "checkpoint signer:\t%s\n", cell(cp.GetSigner()))
-				fmt.Fprintf(tw, "checkpoint time:\t%s\n", auditTime(cp.GetTimeUnixNano()))
+				writeCheckpointRows(tw, cp, false)
 				fmt.Fprintf(tw, "prev hash:\t%x\n", m.GetPrevHash())
 				return tw.Flush()
 			})
