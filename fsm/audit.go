@@ -3,7 +3,6 @@ package fsm
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -52,13 +51,7 @@ func readAuditHead(r reader) (auditHead, error) {
 // passed, so a failure here is a business failure); entries of an audit batch
 // keep the outcome their node recorded.
 func (a *applyCtx) appendAudit(e *cofferv1.AuditEntry, res Result) {
-	if a.auditHead == nil {
-		h, err := readAuditHead(a.b)
-		if err != nil {
-			panic(err.Error())
-		}
-		a.auditHead = &h
-	}
+	a.loadAudit()
 	if a.cmdAudit == e {
 		switch {
 		case res.Err != nil:
@@ -73,10 +66,12 @@ func (a *applyCtx) appendAudit(e *cofferv1.AuditEntry, res Result) {
 		}
 		mustSetRaw(a.b, changeKey(e), nil)
 	}
+	a.indexTime(a.auditHead.seq+1, e)
 	audit.Link(a.auditHead.hash, a.auditHead.seq+1, e)
 	a.auditHead.seq, a.auditHead.hash = e.GetSeq(), e.GetHash()
 	mustSet(a.b, auditKey(e.GetSeq()), e)
-	// The head is stored once per batch, by ApplyBatch.
+	// The head and the time index state are stored once per batch, by
+	// ApplyBatch.
 }
 
 func clipReason(s string) string {
@@ -178,30 +173,49 @@ const MaxAuditScan = 100000
 
 // AuditEntries returns up to limit entries after seq afterSeq that match
 // the filter, scanning at most MaxAuditScan entries, and the last seq it
-// scanned (resume from there).
+// scanned (resume from there). With a since time it skips, by the time
+// index, the entries that are all older (they are not counted as scanned).
 func (f *FSM) AuditEntries(afterSeq uint64, limit int, flt AuditFilter) ([]*cofferv1.AuditEntry, uint64, error) {
+	snap := f.db.NewSnapshot()
+	defer snap.Close()
+	skipFrom, skipTo, err := timeSkip(snap, flt.SinceUnixNano)
+	if err != nil {
+		return nil, afterSeq, err
+	}
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: auditKey(afterSeq + 1), UpperBound: prefixEnd(prefixAudit)})
+	if err != nil {
+		return nil, afterSeq, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
 	var out []*cofferv1.AuditEntry
 	last := afterSeq
 	scanned := 0
-	err := f.ScanAudit(afterSeq, func(e *cofferv1.AuditEntry) error {
+	for ok := it.First(); ok && len(out) < limit && scanned < MaxAuditScan; {
+		k := it.Key()
+		if len(k) != len(prefixAudit)+8 {
+			return nil, afterSeq, fmt.Errorf("%w: audit entry key %x", ErrCorrupt, k)
+		}
+		if seq := binary.BigEndian.Uint64(k[len(prefixAudit):]); seq >= skipFrom && seq < skipTo {
+			last = max(last, skipTo-1)
+			ok = it.SeekGE(auditKey(skipTo))
+			continue
+		}
+		var e cofferv1.AuditEntry
+		if err := proto.Unmarshal(it.Value(), &e); err != nil {
+			return nil, afterSeq, fmt.Errorf("%w: audit entry %x: %v", ErrCorrupt, k, err)
+		}
 		last = e.GetSeq()
 		scanned++
-		if flt.match(e) {
-			out = append(out, e)
+		if flt.match(&e) {
+			out = append(out, &e)
 		}
-		if len(out) >= limit || scanned >= MaxAuditScan {
-			return errStopScan
-		}
-		return nil
-	})
-	return out, last, err
+		ok = it.Next()
+	}
+	return out, last, it.Error()
 }
 
-var errStopScan = errors.New("stop")
-
 // ScanAudit calls fn for every entry after afterSeq in order, from a
-// consistent view of the store. fn may return errStopScan-like sentinel
-// errors to stop; ScanAudit returns nil for the internal stop sentinel.
+// consistent view of the store, until fn returns an error, which it returns.
 func (f *FSM) ScanAudit(afterSeq uint64, fn func(*cofferv1.AuditEntry) error) error {
 	snap := f.db.NewSnapshot()
 	defer snap.Close()
@@ -220,9 +234,6 @@ func scanAudit(r reader, afterSeq uint64, fn func(*cofferv1.AuditEntry) error) e
 			return fmt.Errorf("%w: audit entry %x: %v", ErrCorrupt, it.Key(), err)
 		}
 		if err := fn(&e); err != nil {
-			if err == errStopScan {
-				return nil
-			}
 			return err
 		}
 	}
@@ -253,6 +264,10 @@ func applyAuditCheckpoint(a *applyCtx, payload []byte, index uint64) Result {
 	var c cofferv1.AuditCheckpointCommand
 	if err := a.decode(payload, &c, index); err != nil {
 		return Result{Err: err}
+	}
+	if a.version >= 4 && c.GetStartTimeIndex() {
+		// Before the checks, so that every replica starts it alike.
+		a.startTimeIndex()
 	}
 	cp := c.GetCheckpoint()
 	if err := audit.ValidateCheckpoint(cp); err != nil {
@@ -308,6 +323,7 @@ func applyAuditPrune(a *applyCtx, payload []byte, index uint64) Result {
 	if err := a.b.DeleteRange(checkpointKey(0), checkpointKey(cp.GetSeq()), nil); err != nil {
 		panic(err.Error())
 	}
+	a.pruneTimeIndex(cp.GetSeq() + 1)
 	mustSet(a.b, keyAuditMarker, marker)
 	return Result{Marker: marker}
 }

@@ -36,9 +36,12 @@ type applyCtx struct {
 	// version its payload version.
 	cmdAudit *cofferv1.AuditEntry
 	version  uint32
-	// auditHead is the chain head as of this point of the batch (loaded on
-	// first use).
-	auditHead *auditHead
+	// auditHead is the chain head as of this point of the batch, and
+	// timeIdx the time index state (both loaded on first use, by
+	// loadAudit); timeIdxDirty is set once timeIdx changed.
+	auditHead    *auditHead
+	timeIdx      *timeIndex
+	timeIdxDirty bool
 }
 
 // noteAccessChange records that a client, rule or revocation changed.
@@ -104,6 +107,9 @@ func commandVersion(payload proto.Message) uint32 {
 	}
 	if ae, ok := payload.(interface{ GetAudit() *cofferv1.AuditEntry }); ok && ae.GetAudit() != nil {
 		return 3
+	}
+	if c, ok := payload.(*cofferv1.AuditCheckpointCommand); ok && c.GetStartTimeIndex() {
+		return 4
 	}
 	return 1
 }

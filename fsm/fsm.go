@@ -27,9 +27,11 @@ import (
 // so it stops instead. Version 3 is a change carrying its request's audit
 // entry, which Apply refuses once that request already has an entry
 // (ErrAbandoned); version 1 and 2 changes are applied without that rule, as
-// the builds that wrote them did. Other commands are still written as
-// version 1, so older replicas keep applying them during a rolling upgrade.
-const CommandVersion = 3
+// the builds that wrote them did. Version 4 is an AUDIT_CHECKPOINT that
+// starts the audit time index (timeindex.go). Other commands are still
+// written as version 1, so older replicas keep applying them during a
+// rolling upgrade.
+const CommandVersion = 4
 
 // Config configures the state machine.
 type Config struct {
@@ -267,6 +269,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	if a.auditHead != nil {
 		mustSetRaw(b, keyAuditHead, a.auditHead.encode())
+	}
+	if a.timeIdxDirty {
+		mustSetRaw(b, keyAuditTime, a.timeIdx.encode())
 	}
 	// The Raft log is the durable record; Pebble is synced at snapshot time.
 	if err := b.Commit(pebble.NoSync); err != nil {

@@ -60,6 +60,20 @@ func (g *cmdGen) next(t testing.TB) []byte {
 	case g.n == 1:
 		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, &cofferv1.InitClusterCommand{
 			Info: &cofferv1.ClusterInfo{ClusterId: "abcdefghij", CreatedUnixNano: 1}, DefaultPolicy: policy("default")})
+	case g.n == 60:
+		// Starts the audit time index midway (the checkpoint itself names
+		// an entry that may not exist: refused alike everywhere).
+		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT, &cofferv1.AuditCheckpointCommand{
+			Checkpoint: &cofferv1.AuditCheckpoint{Seq: 1, Head: make([]byte, 32), TimeUnixNano: 1, Signer: "n1",
+				Signature: []byte("s"), PublicKey: []byte("k")},
+			StartTimeIndex: true})
+	case r == 5:
+		// Audit entries with times from clocks that disagree.
+		c := &cofferv1.AuditBatchCommand{}
+		for i := 0; i <= g.rng.Intn(4); i++ {
+			c.Entries = append(c.Entries, writeEntry("n1", 1e18+g.rng.Int63n(1e12)+int64(g.n)*1e10, fmt.Sprintf("req-%d-%d", g.n, i)))
+		}
+		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, c)
 	case r == 0:
 		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{
 			Policy: policy(fmt.Sprintf("p%d", g.rng.Intn(4)))})

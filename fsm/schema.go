@@ -26,6 +26,8 @@ import (
 //	m/audit_marker               AuditPruneMarker for the pruned prefix
 //	m/diverged                   present once a checkpoint disagreed with this replica's chain
 //	w/<8-byte time>/<16 bytes>   empty: a change's audit entry was linked (see changeKey)
+//	m/audit_time                 time index state: first indexed seq || running max time || last key's time
+//	t/<8-byte time>/<8-byte seq> empty: entries from the first indexed seq up to seq-1 are no later than time
 var (
 	keyApplied   = []byte("m/applied")
 	keyCluster   = []byte("m/cluster")
@@ -45,11 +47,22 @@ var (
 	keyAuditMarker   = []byte("m/audit_marker")
 	prefixChanged    = []byte("w/")
 	keyDiverged      = []byte("m/diverged")
+	keyAuditTime     = []byte("m/audit_time")
+	prefixAuditTime  = []byte("t/")
 )
 
 func auditKey(seq uint64) []byte {
 	k := make([]byte, 0, len(prefixAudit)+8)
 	k = append(k, prefixAudit...)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// auditTimeKey is the time index key saying that every indexed entry before
+// seq has a time no later than maxTime (see timeIndex).
+func auditTimeKey(maxTime, seq uint64) []byte {
+	k := make([]byte, 0, len(prefixAuditTime)+16)
+	k = append(k, prefixAuditTime...)
+	k = binary.BigEndian.AppendUint64(k, maxTime)
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 

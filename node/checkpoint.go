@@ -76,7 +76,8 @@ func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
 	if err := audit.Sign(cp, signer); err != nil {
 		return fmt.Errorf("sign checkpoint: %w", err)
 	}
-	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT, &cofferv1.AuditCheckpointCommand{Checkpoint: cp})
+	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT, &cofferv1.AuditCheckpointCommand{
+		Checkpoint: cp, StartTimeIndex: !n.fsm.AuditTimeIndexStarted()})
 	if err != nil {
 		return err
 	}

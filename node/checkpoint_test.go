@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
@@ -70,6 +71,32 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 		g["coffer_audit_checkpoint_age_seconds"] <= 0 || g["coffer_audit_diverged"] != 0 {
 		t.Fatalf("audit gauges %v after a checkpoint at seq %d, head %d", g, cp.GetSeq(), head)
 	}
+	// The first checkpoint started the audit time index on every replica,
+	// and a query by time through a follower uses it.
+	deadline := time.Now().Add(10 * time.Second)
+	for i := range tc.nodes {
+		for !tc.nodes[i].FSM().AuditTimeIndexStarted() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !tc.nodes[i].FSM().AuditTimeIndexStarted() {
+			t.Fatalf("node %d has no audit time index after the checkpoint at %d", i, cp.GetSeq())
+		}
+	}
+	mark := time.Now()
+	time.Sleep(2 * time.Millisecond) // entry times are the nodes' clocks: strictly after mark
+	late, err := admin.keys[1].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "cp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := cofferv1.NewAuditServiceClient(tc.connTo(tc.follower())).Query(ctx, &cofferv1.AuditQueryRequest{
+		Since: timestamppb.New(mark), Operation: "generate", Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(q.GetEntries()) != 1 || q.GetEntries()[0].GetGkid() != late.GetKey().GetGkid() {
+		t.Fatalf("since query found %d generate entries, want only %s", len(q.GetEntries()), late.GetKey().GetGkid())
+	}
+
 	trusted := tc.trustedKeys()
 	var buf bytes.Buffer
 	if err := tc.nodes[l].FSM().ExportAudit(0, &buf); err != nil {

@@ -2011,10 +2011,14 @@ func (x *ReadOutcome) GetSeq() uint64 {
 
 // AuditCheckpointCommand commits a signed checkpoint of the chain head.
 type AuditCheckpointCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Checkpoint    *AuditCheckpoint       `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint *AuditCheckpoint       `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// Starts the audit time index (fsm/DESIGN.md, "Time index") if this
+	// replica's state has none yet: entries linked from then on are indexed.
+	// Written with payload version 4.
+	StartTimeIndex bool `protobuf:"varint,2,opt,name=start_time_index,json=startTimeIndex,proto3" json:"start_time_index,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AuditCheckpointCommand) Reset() {
@@ -2052,6 +2056,13 @@ func (x *AuditCheckpointCommand) GetCheckpoint() *AuditCheckpoint {
 		return x.Checkpoint
 	}
 	return nil
+}
+
+func (x *AuditCheckpointCommand) GetStartTimeIndex() bool {
+	if x != nil {
+		return x.StartTimeIndex
+	}
+	return false
 }
 
 // AuditPruneCommand deletes the entries up to a checkpoint and leaves a
@@ -2310,11 +2321,12 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\vReadOutcome\x120\n" +
 	"\arefusal\x18\x01 \x01(\x0e2\x16.coffer.v1.ReadRefusalR\arefusal\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"T\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"~\n" +
 	"\x16AuditCheckpointCommand\x12:\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x1a.coffer.v1.AuditCheckpointR\n" +
-	"checkpoint\"\\\n" +
+	"checkpoint\x12(\n" +
+	"\x10start_time_index\x18\x02 \x01(\bR\x0estartTimeIndex\"\\\n" +
 	"\x11AuditPruneCommand\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\x12+\n" +
 	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\xa0\x01\n" +
