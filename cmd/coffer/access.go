@@ -118,7 +118,7 @@ func (a *app) clientActiveCmd(active bool) *cobra.Command {
 }
 
 func (a *app) clientGetCmd() *cobra.Command {
-	var consistency string
+	var cons consistencyFlag
 	cmd := &cobra.Command{
 		Use:   "get NAME",
 		Short: "Show a registered client",
@@ -127,12 +127,8 @@ func (a *app) clientGetCmd() *cobra.Command {
 			if err := clientNameArg(args[0]); err != nil {
 				return err
 			}
-			cons, err := parseConsistency(consistency)
-			if err != nil {
-				return usageError{err}
-			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				info, err := c.GetClient(ctx, &cofferv1.GetClientRequest{Name: args[0], Consistency: cons})
+				info, err := c.GetClient(ctx, &cofferv1.GetClientRequest{Name: args[0], Consistency: cons.v})
 				if err != nil {
 					return err
 				}
@@ -140,23 +136,19 @@ func (a *app) clientGetCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
+	addConsistencyFlag(cmd.Flags(), &cons, "linearizable or stale")
 	return cmd
 }
 
 func (a *app) clientListCmd() *cobra.Command {
-	var consistency string
+	var cons consistencyFlag
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List registered clients",
 		Args:  exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cons, err := parseConsistency(consistency)
-			if err != nil {
-				return usageError{err}
-			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.ListClients(ctx, &cofferv1.ListClientsRequest{Consistency: cons})
+				resp, err := c.ListClients(ctx, &cofferv1.ListClientsRequest{Consistency: cons.v})
 				if err != nil {
 					return err
 				}
@@ -167,7 +159,7 @@ func (a *app) clientListCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
+	addConsistencyFlag(cmd.Flags(), &cons, "linearizable or stale")
 	return cmd
 }
 
@@ -415,7 +407,7 @@ func (a *app) aclRevokeCmd() *cobra.Command {
 
 func (a *app) aclListCmd() *cobra.Command {
 	var s subjectFlags
-	var consistency string
+	var cons consistencyFlag
 	cmd := &cobra.Command{
 		Use:   "list [--client C | --group G]",
 		Short: "List ACL rules, all or those of one client or group",
@@ -425,12 +417,8 @@ func (a *app) aclListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cons, err := parseConsistency(consistency)
-			if err != nil {
-				return usageError{err}
-			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.ListGrants(ctx, &cofferv1.ListGrantsRequest{Subject: subject, Consistency: cons})
+				resp, err := c.ListGrants(ctx, &cofferv1.ListGrantsRequest{Subject: subject, Consistency: cons.v})
 				if err != nil {
 					return err
 				}
@@ -442,7 +430,7 @@ func (a *app) aclListCmd() *cobra.Command {
 		},
 	}
 	s.addFlags(cmd, "only the rules")
-	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
+	addConsistencyFlag(cmd.Flags(), &cons, "linearizable or stale")
 	return cmd
 }
 
@@ -457,7 +445,8 @@ func writeRuleTable(w io.Writer, rules []*cofferv1.AclRuleInfo) error {
 }
 
 func (a *app) aclCheckCmd() *cobra.Command {
-	var name, op, resource, consistency string
+	var name, op, resource string
+	var cons consistencyFlag
 	cmd := &cobra.Command{
 		Use:   "check --client C --op OP [--resource R]",
 		Short: "Ask whether a client may perform an operation on a resource, and why",
@@ -485,11 +474,7 @@ filter).`,
 			if parsed == authz.OpAll {
 				return usagef("--op: * may appear in rules only; check one operation at a time")
 			}
-			cons, err := parseConsistency(consistency)
-			if err != nil {
-				return usageError{err}
-			}
-			req := &cofferv1.CheckRequest{Client: name, Operation: op, Resource: resource, Consistency: cons}
+			req := &cofferv1.CheckRequest{Client: name, Operation: op, Resource: resource, Consistency: cons.v}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.Check(ctx, req)
 				if err != nil {
@@ -506,7 +491,7 @@ filter).`,
 	f.StringVar(&name, "client", "", "client name (required)")
 	f.StringVar(&op, "op", "", "operation, e.g. get or acl.manage (required)")
 	f.StringVar(&resource, "resource", "", "resource of the key operation")
-	f.StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
+	addConsistencyFlag(f, &cons, "linearizable or stale")
 	return cmd
 }
 

@@ -52,7 +52,8 @@ func (a *app) auditCmd() *cobra.Command {
 }
 
 func (a *app) auditHeadCmd() *cobra.Command {
-	var consistency, pin string
+	var pin string
+	var cons consistencyFlag
 	cmd := &cobra.Command{
 		Use:   "head [--consistency linearizable|stale] [--pin FILE]",
 		Short: "Show where the audit log stands: newest entry, newest signed checkpoint, prune marker",
@@ -67,12 +68,8 @@ audit verify --pinned FILE: a rewrite of the history it covers then fails,
 even one signed with a node's key. It needs the audit.read grant.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cons, err := parseConsistency(consistency)
-			if err != nil {
-				return usageError{err}
-			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.AuditHead(ctx, &cofferv1.AuditHeadRequest{Consistency: cons})
+				resp, err := c.AuditHead(ctx, &cofferv1.AuditHeadRequest{Consistency: cons.v})
 				if err != nil {
 					return err
 				}
@@ -100,7 +97,7 @@ even one signed with a node's key. It needs the audit.read grant.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
+	addConsistencyFlag(cmd.Flags(), &cons, "linearizable or stale")
 	cmd.Flags().StringVar(&pin, "pin", "", "append the newest checkpoint to this file, for audit verify --pinned")
 	return cmd
 }

@@ -59,7 +59,7 @@ type benchConfig struct {
 	policy      string
 	resource    string
 	algorithm   string
-	consistency string
+	consistency consistencyFlag
 }
 
 func (b benchConfig) validate() error {
@@ -116,7 +116,7 @@ bounds each operation.`,
 	f.StringVar(&b.policy, "policy", "", "custody policy of generated keys")
 	f.StringVar(&b.resource, "resource", "bench", "resource of generated keys")
 	f.StringVar(&b.algorithm, "algorithm", "", "algorithm of generated keys")
-	f.StringVar(&b.consistency, "consistency", "linearizable", "consistency of gets: linearizable or stale")
+	addConsistencyFlag(f, &b.consistency, "consistency of gets: linearizable or stale")
 	return cmd
 }
 
@@ -126,16 +126,12 @@ func (a *app) bench(ctx context.Context, b benchConfig) error {
 	if err != nil {
 		return usageError{err}
 	}
-	cons, err := parseConsistency(b.consistency)
-	if err != nil {
-		return usageError{err}
-	}
 	c, err := a.newClient()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	target := &clientTarget{c: c, policy: b.policy, resource: b.resource, alg: alg, cons: cons}
+	target := &clientTarget{c: c, policy: b.policy, resource: b.resource, alg: alg, cons: b.consistency.v}
 	r := &benchRun{cfg: b, target: target, opTimeout: a.limit}
 	if b.needsKeys() {
 		fmt.Fprintf(a.err, "coffer bench: generating %d keys\n", b.keys)

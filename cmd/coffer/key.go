@@ -192,18 +192,14 @@ func decodeBase64(b []byte) ([]byte, error) {
 }
 
 func (a *app) keyGetCmd() *cobra.Command {
-	var consistency string
+	var cons consistencyFlag
 	cmd := &cobra.Command{
 		Use:   "get GKID",
 		Short: "Fetch a key's material (base64) and policies",
 		Args:  exactArgs(1, "GKID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cons, err := parseConsistency(consistency)
-			if err != nil {
-				return usageError{err}
-			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: args[0], Consistency: cons})
+				resp, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: args[0], Consistency: cons.v})
 				if err != nil {
 					return err
 				}
@@ -215,23 +211,19 @@ func (a *app) keyGetCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
+	addConsistencyFlag(cmd.Flags(), &cons, "linearizable or stale")
 	return cmd
 }
 
 func (a *app) keyDescribeCmd() *cobra.Command {
-	var consistency string
+	var cons consistencyFlag
 	cmd := &cobra.Command{
 		Use:   "describe GKID",
 		Short: "Show a key's metadata",
 		Args:  exactArgs(1, "GKID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cons, err := parseConsistency(consistency)
-			if err != nil {
-				return usageError{err}
-			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.DescribeKey(ctx, &cofferv1.DescribeKeyRequest{Gkid: args[0], Consistency: cons})
+				resp, err := c.DescribeKey(ctx, &cofferv1.DescribeKeyRequest{Gkid: args[0], Consistency: cons.v})
 				if err != nil {
 					return err
 				}
@@ -242,15 +234,16 @@ func (a *app) keyDescribeCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
+	addConsistencyFlag(cmd.Flags(), &cons, "linearizable or stale")
 	return cmd
 }
 
 // listOptions are the flags of `key list`.
 type listOptions struct {
-	policy, resource, pageToken, consistency string
-	pageSize                                 uint32
-	all                                      bool
+	policy, resource, pageToken string
+	consistency                 consistencyFlag
+	pageSize                    uint32
+	all                         bool
 }
 
 func (a *app) keyListCmd() *cobra.Command {
@@ -263,12 +256,8 @@ func (a *app) keyListCmd() *cobra.Command {
 			if o.pageSize > maxPageSize {
 				return usagef("--page-size %d is above %d", o.pageSize, maxPageSize)
 			}
-			cons, err := parseConsistency(o.consistency)
-			if err != nil {
-				return usageError{err}
-			}
 			req := &cofferv1.ListKeysRequest{Policy: o.policy, Resource: o.resource,
-				PageSize: o.pageSize, PageToken: o.pageToken, Consistency: cons}
+				PageSize: o.pageSize, PageToken: o.pageToken, Consistency: o.consistency.v}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				return a.listKeys(ctx, c, req, o.all)
 			})
@@ -279,7 +268,7 @@ func (a *app) keyListCmd() *cobra.Command {
 	f.StringVar(&o.resource, "resource", "", "only keys bound to this resource")
 	f.Uint32Var(&o.pageSize, "page-size", 0, "keys per page, at most 1000 (default 100)")
 	f.StringVar(&o.pageToken, "page-token", "", "continue from this page token")
-	f.StringVar(&o.consistency, "consistency", "linearizable", "linearizable or stale")
+	addConsistencyFlag(f, &o.consistency, "linearizable or stale")
 	f.BoolVar(&o.all, "all", false, "follow page tokens and list every matching key")
 	return cmd
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/spf13/pflag"
+
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -73,6 +75,34 @@ func algorithmName(alg cofferv1.Algorithm) string {
 	}
 	return enumWord(alg.String(), "ALGORITHM_")
 }
+
+// consistencyFlag is the value of a --consistency flag. It is checked when
+// the flags are parsed, so a bad value is a usage error (exit status 2).
+type consistencyFlag struct{ v cofferv1.Consistency }
+
+// addConsistencyFlag registers c as --consistency, linearizable by default.
+func addConsistencyFlag(fs *pflag.FlagSet, c *consistencyFlag, usage string) {
+	c.v = cofferv1.Consistency_CONSISTENCY_LINEARIZABLE
+	fs.Var(c, "consistency", usage)
+}
+
+func (c *consistencyFlag) Set(s string) error {
+	v, err := parseConsistency(s)
+	if err != nil {
+		return err
+	}
+	c.v = v
+	return nil
+}
+
+func (c *consistencyFlag) String() string {
+	if c == nil || c.v == cofferv1.Consistency_CONSISTENCY_UNSPECIFIED {
+		return ""
+	}
+	return enumWord(c.v.String(), "CONSISTENCY_")
+}
+
+func (c *consistencyFlag) Type() string { return "string" }
 
 // parseConsistency parses a --consistency value; "" is the server default.
 func parseConsistency(s string) (cofferv1.Consistency, error) {

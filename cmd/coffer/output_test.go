@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -51,6 +52,18 @@ func TestParseConsistencyAndOutput(t *testing.T) {
 	}
 	if _, err := parseConsistency("eventual"); err == nil {
 		t.Error("parseConsistency accepted eventual")
+	}
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	var cons consistencyFlag
+	addConsistencyFlag(fs, &cons, "")
+	if cons.v != cofferv1.Consistency_CONSISTENCY_LINEARIZABLE || fs.Lookup("consistency").DefValue != "linearizable" {
+		t.Errorf("--consistency defaults to %v (shown as %q)", cons.v, fs.Lookup("consistency").DefValue)
+	}
+	if err := fs.Parse([]string{"--consistency", "stale"}); err != nil || cons.v != cofferv1.Consistency_CONSISTENCY_STALE {
+		t.Errorf("--consistency stale: %v, %v", cons.v, err)
+	}
+	if err := fs.Parse([]string{"--consistency", "eventual"}); err == nil || cons.v != cofferv1.Consistency_CONSISTENCY_STALE {
+		t.Errorf("--consistency eventual: %v, %v", cons.v, err)
 	}
 	if f, err := parseOutput("JSON"); err != nil || f != formatJSON {
 		t.Errorf("parseOutput(JSON) = %q, %v", f, err)
