@@ -42,6 +42,7 @@ const (
 	OpEscrowRecover Op = "escrow.recover"
 	OpAuditRead     Op = "audit.read"
 	OpAuditExport   Op = "audit.export"
+	OpAuditPrune    Op = "audit.prune" // delete exported entries up to a checkpoint
 	OpClusterRead   Op = "cluster.read"
 	OpClusterManage Op = "cluster.manage"
 	OpSnapshotSave  Op = "snapshot.save"
@@ -69,7 +70,7 @@ var adminOps = [...]Op{
 	OpACLManage, OpACLRead,
 	OpClientManage, OpClientRead,
 	OpEscrowRecover,
-	OpAuditRead, OpAuditExport,
+	OpAuditRead, OpAuditExport, OpAuditPrune,
 	OpClusterRead, OpClusterManage,
 	OpSnapshotSave,
 }

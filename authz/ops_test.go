@@ -98,7 +98,7 @@ func TestRoles(t *testing.T) {
 	}
 	want := map[Role][]Op{
 		RoleSecurityOfficer: {OpPolicyCreate, OpPolicyUpdate, OpPolicyRead, OpACLManage, OpACLRead,
-			OpClientManage, OpClientRead, OpEscrowRecover, OpAuditRead, OpAuditExport},
+			OpClientManage, OpClientRead, OpEscrowRecover, OpAuditRead, OpAuditExport, OpAuditPrune},
 		RoleOperator:    {OpPolicyRead, OpClientRead, OpAuditRead, OpClusterRead, OpClusterManage, OpSnapshotSave},
 		RoleApplication: nil,
 	}

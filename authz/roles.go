@@ -14,8 +14,9 @@ type Role string
 // Roles of the catalogue.
 const (
 	// RoleSecurityOfficer manages custody policies, ACL rules and clients,
-	// recovers escrowed keys and reads and exports the audit trail:
-	// policy.*, acl.*, client.*, escrow.recover, audit.read, audit.export.
+	// recovers escrowed keys and reads, exports and prunes the audit trail:
+	// policy.*, acl.*, client.*, escrow.recover, audit.read, audit.export,
+	// audit.prune.
 	RoleSecurityOfficer Role = "security-officer"
 	// RoleOperator runs the cluster: cluster.*, snapshot.save, audit.read,
 	// policy.read, client.read. It can neither change who may do what nor
@@ -34,7 +35,7 @@ var roleOpSets = map[Role]opSet{
 		OpACLManage, OpACLRead,
 		OpClientManage, OpClientRead,
 		OpEscrowRecover,
-		OpAuditRead, OpAuditExport,
+		OpAuditRead, OpAuditExport, OpAuditPrune,
 	),
 	RoleOperator: setOf(
 		OpClusterRead, OpClusterManage,

@@ -22,6 +22,7 @@ type identity struct {
 	keys   []cofferv1.KeyServiceClient
 	access []cofferv1.AccessServiceClient
 	policy []cofferv1.PolicyServiceClient
+	audit  []cofferv1.AuditServiceClient
 }
 
 func (tc *testCluster) identity(name string) *identity {
@@ -55,6 +56,7 @@ func (tc *testCluster) identityFrom(conf transport.TLSConfig, tlsConf *tls.Confi
 		id.keys = append(id.keys, cofferv1.NewKeyServiceClient(conn))
 		id.access = append(id.access, cofferv1.NewAccessServiceClient(conn))
 		id.policy = append(id.policy, cofferv1.NewPolicyServiceClient(conn))
+		id.audit = append(id.audit, cofferv1.NewAuditServiceClient(conn))
 	}
 	return id
 }

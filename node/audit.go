@@ -91,6 +91,7 @@ var opNames = map[string]string{
 	"GetClient": "client.read", "ListClients": "client.read",
 	"Grant": "acl.manage", "RevokeGrant": "acl.manage", "ListGrants": "acl.read", "Check": "acl.read",
 	"Query": "audit.read", "Export": "audit.export", "Match": "audit.read", "Head": "audit.read",
+	"Prune": "audit.prune",
 }
 
 // newAuditEntry starts an entry for a request on this node.

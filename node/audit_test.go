@@ -5,11 +5,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
+	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
 )
 
@@ -133,5 +135,31 @@ func TestNode_AuditLog(t *testing.T) {
 	_ = tc.nodes[l].FSM().ExportAudit(0, &all)
 	if bytes.Contains(all.Bytes(), m.GetMaterial()) {
 		t.Fatal("audit log holds key material")
+	}
+}
+
+// TestAuditOpNames checks that every method of every public service records
+// its entries under an operation of the authorisation catalogue, not under
+// its bare method name.
+func TestAuditOpNames(t *testing.T) {
+	for _, sd := range []grpc.ServiceDesc{cofferv1.KeyService_ServiceDesc, cofferv1.PolicyService_ServiceDesc,
+		cofferv1.ClusterService_ServiceDesc, cofferv1.AccessService_ServiceDesc, cofferv1.AuditService_ServiceDesc} {
+		var names []string
+		for _, m := range sd.Methods {
+			names = append(names, m.MethodName)
+		}
+		for _, s := range sd.Streams {
+			names = append(names, s.StreamName)
+		}
+		for _, name := range names {
+			op, ok := opNames[name]
+			if !ok {
+				t.Errorf("%s/%s has no audit operation name", sd.ServiceName, name)
+				continue
+			}
+			if _, err := authz.ParseOp(op); err != nil {
+				t.Errorf("%s/%s is recorded as %q, which is not in the catalogue: %v", sd.ServiceName, name, op, err)
+			}
+		}
 	}
 }

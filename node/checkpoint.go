@@ -109,7 +109,7 @@ func (s *auditService) Prune(ctx context.Context, req *cofferv1.AuditPruneReques
 	if err := s.n.ensureLeaderReady(); err != nil {
 		return nil, err
 	}
-	if err := s.n.authorize(c, authz.OpAuditExport, ""); err != nil {
+	if err := s.n.authorize(c, authz.OpAuditPrune, ""); err != nil {
 		return nil, err
 	}
 	res, err := s.n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: req.GetUpToSeq()})

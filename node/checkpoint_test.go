@@ -116,6 +116,25 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 		t.Fatal("export verified against the wrong node's key")
 	}
 
+	// Exporting does not give the right to delete: a client granted
+	// audit.export is refused a prune, and the refusal is recorded under
+	// the operation it asked for.
+	tc.mustRegisterApp(admin, l, "siem")
+	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:siem", Operations: []string{"audit.read", "audit.export"}, ResourcePattern: "**"}); err != nil {
+		t.Fatal(err)
+	}
+	siem := tc.identity("siem")
+	_, err = siem.audit[l].Prune(ctx, &cofferv1.AuditPruneRequest{UpToSeq: cp.GetSeq()})
+	wantCode(t, "prune with audit.export only", err, codes.PermissionDenied, "audit.prune")
+	denied, err := siem.audit[l].Query(ctx, &cofferv1.AuditQueryRequest{Caller: "client:siem", Operation: "audit.prune",
+		Outcome: "denied", Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(denied.GetEntries()) != 1 {
+		t.Fatalf("%d denied audit.prune entries for siem, want 1", len(denied.GetEntries()))
+	}
+
 	// Prune up to the checkpoint; the rest still verifies from the marker.
 	res, err := cofferv1.NewAuditServiceClient(tc.connTo(l)).Prune(ctx, &cofferv1.AuditPruneRequest{UpToSeq: cp.GetSeq()})
 	if err != nil {

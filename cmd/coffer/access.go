@@ -318,7 +318,8 @@ both the operation and the resource.
 Operations: generate, put, get, describe, list, encrypt, decrypt, datakey,
 state, destroy (key operations); policy.create, policy.update, policy.read,
 acl.manage, acl.read, client.manage, client.read, escrow.recover,
-audit.read, audit.export, cluster.read, cluster.manage, snapshot.save
+audit.read, audit.export, audit.prune, cluster.read, cluster.manage,
+snapshot.save
 (administrative, only on the pattern **); * for every operation.
 
 Patterns are '/'-separated paths; a segment * matches one segment and **

@@ -1017,7 +1017,9 @@ func (a *app) auditPruneCmd() *cobra.Command {
 		Long: `Delete the entries up to the newest checkpoint at or below --up-to, on every
 node. A signed prune marker takes their place, so the rest of the chain
 still verifies. Export the log (coffer audit export) and keep the export
-before pruning: the deleted entries cannot be brought back.`,
+before pruning: the deleted entries cannot be brought back. It needs the
+audit.prune grant (the security-officer role has it), which audit.export
+does not give: a client that ships the log to a SIEM cannot delete it.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if upTo == 0 {
