@@ -265,7 +265,7 @@ func applyAuditCheckpoint(a *applyCtx, payload []byte, index uint64) Result {
 	if err := a.decode(payload, &c, index); err != nil {
 		return Result{Err: err}
 	}
-	if a.version >= 4 && c.GetStartTimeIndex() {
+	if a.version >= TimeIndexVersion && c.GetStartTimeIndex() {
 		// Before the checks, so that every replica starts it alike.
 		a.startTimeIndex()
 	}

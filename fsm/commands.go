@@ -109,7 +109,7 @@ func commandVersion(payload proto.Message) uint32 {
 		return 3
 	}
 	if c, ok := payload.(*cofferv1.AuditCheckpointCommand); ok && c.GetStartTimeIndex() {
-		return 4
+		return TimeIndexVersion
 	}
 	return 1
 }

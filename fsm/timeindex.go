@@ -20,6 +20,10 @@ import (
 // seq, none of which can match. A clock that runs ahead only makes the index
 // less useful (M stays high), never wrong. See fsm/DESIGN.md, "Time index".
 
+// TimeIndexVersion is the command version of a checkpoint that starts the
+// index: replicas whose build predates it stop rather than skip it.
+const TimeIndexVersion = 4
+
 // timeIndexGranule is how far M must have moved past the newest key before
 // Apply writes another: at most one key per second of entry time.
 const timeIndexGranule = uint64(time.Second)

@@ -72,12 +72,15 @@ func (n *Node) maybeCheckpoint() error {
 }
 
 func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
+	// Until the state has a time index, ask this checkpoint to start it,
+	// once every member's build can apply that (an older one would stop).
+	start := !n.fsm.AuditTimeIndexStarted() && n.membersApply(fsm.TimeIndexVersion)
 	cp := &cofferv1.AuditCheckpoint{Seq: seq, Head: head, TimeUnixNano: time.Now().UnixNano(), Signer: n.cfg.ID}
 	if err := audit.Sign(cp, signer); err != nil {
 		return fmt.Errorf("sign checkpoint: %w", err)
 	}
 	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT, &cofferv1.AuditCheckpointCommand{
-		Checkpoint: cp, StartTimeIndex: !n.fsm.AuditTimeIndexStarted()})
+		Checkpoint: cp, StartTimeIndex: start})
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
+	"github.com/coffer-kms/coffer/fsm"
 )
 
 func fastCheckpoints(c *Config) {
@@ -294,4 +295,54 @@ func auditGauges(t *testing.T, n *Node) map[string]float64 {
 		out[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
 	}
 	return out
+}
+
+// TestNode_TimeIndexWaitsForEveryMember: the leader asks a checkpoint to
+// start the audit time index (a version 4 command) only once every member
+// reports a build that applies it; a member standing for an older build
+// holds it back, and nothing stops.
+func TestNode_TimeIndexWaitsForEveryMember(t *testing.T) {
+	tc := mustCluster(t, 3, fastCheckpoints)
+	ctx := ctxT(t)
+	old := tc.follower()
+	tc.nodes[old].commandVersion.Store(fsm.TimeIndexVersion - 1)
+	admin := tc.identity("app")
+	if _, err := admin.keys[0].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "ti"}); err != nil {
+		t.Fatal(err)
+	}
+	l := tc.waitLeader()
+	cp := tc.waitCheckpoint(tc.nodes[l].FSM().AuditHeadSeq())
+	st, err := cofferv1.NewClusterServiceClient(tc.connTo(l)).Status(ctx, &cofferv1.ClusterStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.GetNodes() {
+		want := uint32(fsm.CommandVersion)
+		if s.GetId() == tc.cfgs[old].ID {
+			want = fsm.TimeIndexVersion - 1
+		}
+		if s.GetCommandVersion() != want {
+			t.Fatalf("%s reports command version %d, want %d", s.GetId(), s.GetCommandVersion(), want)
+		}
+	}
+	for i := range tc.nodes {
+		if tc.nodes[i].FSM().AuditTimeIndexStarted() {
+			t.Fatalf("node %d started the time index (checkpoint %d) while a member reads only version %d", i, cp.GetSeq(), fsm.TimeIndexVersion-1)
+		}
+	}
+
+	// The member is upgraded: the next checkpoint starts it everywhere.
+	tc.nodes[old].commandVersion.Store(fsm.CommandVersion)
+	if _, err := admin.keys[0].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "ti"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for i := range tc.nodes {
+		for !tc.nodes[i].FSM().AuditTimeIndexStarted() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !tc.nodes[i].FSM().AuditTimeIndexStarted() {
+			t.Fatalf("node %d has no time index after every member reads version %d", i, fsm.TimeIndexVersion)
+		}
+	}
 }

@@ -36,13 +36,14 @@ func (s *clusterService) LocalStatus(ctx context.Context, _ *cofferv1.NodeStatus
 
 func (n *Node) localStatus() *cofferv1.NodeStatus {
 	st := &cofferv1.NodeStatus{
-		Id:           n.cfg.ID,
-		Site:         n.cfg.Site,
-		Address:      n.peerAPIAddrOr(n.cfg.ID, n.APIAddr()),
-		RaftAddress:  n.cfg.RaftAddr,
-		LastLogIndex: n.raft.LastIndex(),
-		AppliedIndex: n.fsm.AppliedIndex(),
-		AuditSeq:     n.fsm.AuditHeadSeq(),
+		Id:             n.cfg.ID,
+		Site:           n.cfg.Site,
+		Address:        n.peerAPIAddrOr(n.cfg.ID, n.APIAddr()),
+		RaftAddress:    n.cfg.RaftAddr,
+		LastLogIndex:   n.raft.LastIndex(),
+		AppliedIndex:   n.fsm.AppliedIndex(),
+		AuditSeq:       n.fsm.AuditHeadSeq(),
+		CommandVersion: n.commandVersion.Load(),
 	}
 	stats := n.raft.Stats()
 	st.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
@@ -150,6 +151,25 @@ func (n *Node) memberStatus(ctx context.Context, id string, srv raft.Server) *co
 		return fail(err.Error())
 	}
 	return st
+}
+
+// membersApply reports whether every member of the Raft configuration says
+// it applies command version v, so that the leader can write one without
+// stopping a replica that runs an older build. A member that cannot be
+// asked counts as not ready.
+func (n *Node) membersApply(v uint32) bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	defer cancel()
+	for _, srv := range f.Configuration().Servers {
+		if st := n.memberStatus(ctx, string(srv.ID), srv); st.GetCommandVersion() < v {
+			return false
+		}
+	}
+	return true
 }
 
 // snapshotChunk is the size of one Snapshot stream message.

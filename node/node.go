@@ -74,6 +74,10 @@ type Node struct {
 	// barrier; see ensureLeaderReady.
 	readyTerm atomic.Uint64
 	forwards  chan struct{}
+	// commandVersion is the newest command version this node reports it
+	// applies (fsm.CommandVersion; tests lower it to stand for an older
+	// build).
+	commandVersion atomic.Uint32
 
 	stopCh   chan struct{}
 	stopOnce sync.Once
@@ -103,6 +107,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		stopCh:   make(chan struct{}),
 		ksProbe:  make(chan struct{}, 1),
 	}
+	n.commandVersion.Store(fsm.CommandVersion)
 	for _, p := range cfg.Peers {
 		n.peers[p.ID] = p
 	}

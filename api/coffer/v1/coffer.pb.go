@@ -1086,9 +1086,13 @@ type NodeStatus struct {
 	Error string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
 	Voter bool   `protobuf:"varint,12,opt,name=voter,proto3" json:"voter,omitempty"`
 	// Sequence number of the newest audit entry this node applied.
-	AuditSeq      uint64 `protobuf:"varint,13,opt,name=audit_seq,json=auditSeq,proto3" json:"audit_seq,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AuditSeq uint64 `protobuf:"varint,13,opt,name=audit_seq,json=auditSeq,proto3" json:"audit_seq,omitempty"`
+	// Newest Raft command payload version this node's build applies. The
+	// leader writes a command that needs a newer one only once every member
+	// reports it (see fsm/DESIGN.md).
+	CommandVersion uint32 `protobuf:"varint,14,opt,name=command_version,json=commandVersion,proto3" json:"command_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -1208,6 +1212,13 @@ func (x *NodeStatus) GetVoter() bool {
 func (x *NodeStatus) GetAuditSeq() uint64 {
 	if x != nil {
 		return x.AuditSeq
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetCommandVersion() uint32 {
+	if x != nil {
+		return x.CommandVersion
 	}
 	return 0
 }
@@ -3075,7 +3086,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vconsistency\x18\x05 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"f\n" +
 	"\x10ListKeysResponse\x12*\n" +
 	"\x04keys\x18\x01 \x03(\v2\x16.coffer.v1.KeyMetadataR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf5\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9e\x03\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -3091,7 +3102,8 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	" \x01(\bR\ahealthy\x12\x14\n" +
 	"\x05error\x18\v \x01(\tR\x05error\x12\x14\n" +
 	"\x05voter\x18\f \x01(\bR\x05voter\x12\x1b\n" +
-	"\taudit_seq\x18\r \x01(\x04R\bauditSeq\"\x16\n" +
+	"\taudit_seq\x18\r \x01(\x04R\bauditSeq\x12'\n" +
+	"\x0fcommand_version\x18\x0e \x01(\rR\x0ecommandVersion\"\x16\n" +
 	"\x14ClusterStatusRequest\"\x84\x01\n" +
 	"\x15ClusterStatusResponse\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.coffer.v1.NodeStatusR\x05nodes\x12\x1d\n" +
