@@ -74,7 +74,17 @@ func (n *Node) maybeCheckpoint() error {
 func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
 	// Until the state has a time index, ask this checkpoint to start it,
 	// once every member's build can apply that (an older one would stop).
-	start := !n.fsm.AuditTimeIndexStarted() && n.membersApply(fsm.TimeIndexVersion)
+	// Members are asked at most every sixth checkpoint interval: each
+	// question is an audited cluster.read, and a member that is down
+	// would hold up every checkpoint by the status timeout.
+	start := false
+	if !n.fsm.AuditTimeIndexStarted() {
+		now := time.Now()
+		if last := n.versionPoll.Load(); last == 0 || now.Sub(time.Unix(0, last)) >= 6*n.cfg.Audit.CheckpointInterval {
+			n.versionPoll.Store(now.UnixNano())
+			start = n.membersApply(fsm.TimeIndexVersion)
+		}
+	}
 	cp := &cofferv1.AuditCheckpoint{Seq: seq, Head: head, TimeUnixNano: time.Now().UnixNano(), Signer: n.cfg.ID}
 	if err := audit.Sign(cp, signer); err != nil {
 		return fmt.Errorf("sign checkpoint: %w", err)

@@ -78,6 +78,9 @@ type Node struct {
 	// applies (fsm.CommandVersion; tests lower it to stand for an older
 	// build).
 	commandVersion atomic.Uint32
+	// versionPoll is when this node, as leader, last asked the members
+	// which command version they apply (Unix nanoseconds; see checkpoint).
+	versionPoll atomic.Int64
 
 	stopCh   chan struct{}
 	stopOnce sync.Once
