@@ -174,11 +174,17 @@ const MaxAuditScan = 100000
 // AuditEntries returns up to limit entries after seq afterSeq that match
 // the filter, scanning at most MaxAuditScan entries, and the last seq it
 // scanned (resume from there). With a since time it skips, by the time
-// index, the entries that are all older (they are not counted as scanned).
+// index, the entries that are all older (they are not counted as scanned);
+// with an until time it stops where the entries left are all later, and
+// then returns the head's seq as the last scanned.
 func (f *FSM) AuditEntries(afterSeq uint64, limit int, flt AuditFilter) ([]*cofferv1.AuditEntry, uint64, error) {
 	snap := f.db.NewSnapshot()
 	defer snap.Close()
 	skipFrom, skipTo, err := timeSkip(snap, flt.SinceUnixNano)
+	if err != nil {
+		return nil, afterSeq, err
+	}
+	stop, err := timeStop(snap, flt.UntilUnixNano)
 	if err != nil {
 		return nil, afterSeq, err
 	}
@@ -195,7 +201,16 @@ func (f *FSM) AuditEntries(afterSeq uint64, limit int, flt AuditFilter) ([]*coff
 		if len(k) != len(prefixAudit)+8 {
 			return nil, afterSeq, fmt.Errorf("%w: audit entry key %x", ErrCorrupt, k)
 		}
-		if seq := binary.BigEndian.Uint64(k[len(prefixAudit):]); seq >= skipFrom && seq < skipTo {
+		seq := binary.BigEndian.Uint64(k[len(prefixAudit):])
+		if stop != 0 && seq >= stop {
+			h, err := readAuditHead(snap)
+			if err != nil {
+				return nil, afterSeq, err
+			}
+			last = max(last, h.seq)
+			break
+		}
+		if seq >= skipFrom && seq < skipTo {
 			last = max(last, skipTo-1)
 			ok = it.SeekGE(auditKey(skipTo))
 			continue

@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -18,7 +19,14 @@ import (
 // before seq has a time no later than M. A query for entries at or after T
 // takes the last key with M < T and skips the indexed entries before its
 // seq, none of which can match. A clock that runs ahead only makes the index
-// less useful (M stays high), never wrong. See fsm/DESIGN.md, "Time index".
+// less useful (M stays high), never wrong.
+//
+// Each key's value is the earliest time among the entries it closes: those
+// linked since the key before it (the state keeps the same minimum for the
+// entries after the newest key). A query for entries before U walks the
+// keys back from the newest while those minimums are at or after U: the
+// entries from there on are all too late, so the scan stops there. A clock
+// that runs behind only makes it stop later. See fsm/DESIGN.md, "Time index".
 
 // TimeIndexVersion is the command version of a checkpoint that starts the
 // index: replicas whose build predates it stop rather than skip it.
@@ -37,13 +45,20 @@ type timeIndex struct {
 	maxTime uint64
 	// lastKey is the M of the newest t/ key, 0 before the first.
 	lastKey uint64
+	// blockMin is the earliest time of the entries linked since the newest
+	// key (since from before the first), noBlockMin when there are none.
+	blockMin uint64
 }
 
+// noBlockMin is blockMin for a block without entries.
+const noBlockMin = math.MaxUint64
+
 func (ti timeIndex) encode() []byte {
-	b := make([]byte, 0, 24)
+	b := make([]byte, 0, 32)
 	b = binary.BigEndian.AppendUint64(b, ti.from)
 	b = binary.BigEndian.AppendUint64(b, ti.maxTime)
-	return binary.BigEndian.AppendUint64(b, ti.lastKey)
+	b = binary.BigEndian.AppendUint64(b, ti.lastKey)
+	return binary.BigEndian.AppendUint64(b, ti.blockMin)
 }
 
 func readTimeIndex(r reader) (timeIndex, error) {
@@ -54,13 +69,14 @@ func readTimeIndex(r reader) (timeIndex, error) {
 	if err != nil {
 		return timeIndex{}, err
 	}
-	if len(v) != 24 {
+	if len(v) != 32 {
 		return timeIndex{}, fmt.Errorf("%w: audit time index state has %d bytes", ErrCorrupt, len(v))
 	}
 	return timeIndex{
-		from:    binary.BigEndian.Uint64(v[0:8]),
-		maxTime: binary.BigEndian.Uint64(v[8:16]),
-		lastKey: binary.BigEndian.Uint64(v[16:24]),
+		from:     binary.BigEndian.Uint64(v[0:8]),
+		maxTime:  binary.BigEndian.Uint64(v[8:16]),
+		lastKey:  binary.BigEndian.Uint64(v[16:24]),
+		blockMin: binary.BigEndian.Uint64(v[24:32]),
 	}, nil
 }
 
@@ -85,7 +101,7 @@ func (a *applyCtx) loadAudit() {
 func (a *applyCtx) startTimeIndex() {
 	a.loadAudit()
 	if a.timeIdx.from == 0 {
-		*a.timeIdx = timeIndex{from: a.auditHead.seq + 1}
+		*a.timeIdx = timeIndex{from: a.auditHead.seq + 1, blockMin: noBlockMin}
 		a.timeIdxDirty = true
 	}
 }
@@ -97,10 +113,12 @@ func (a *applyCtx) indexTime(seq uint64, e *cofferv1.AuditEntry) {
 		return
 	}
 	if ti.maxTime >= ti.lastKey+timeIndexGranule && seq > ti.from {
-		mustSetRaw(a.b, auditTimeKey(ti.maxTime, seq), nil)
-		ti.lastKey = ti.maxTime
+		mustSetRaw(a.b, auditTimeKey(ti.maxTime, seq), binary.BigEndian.AppendUint64(nil, ti.blockMin))
+		ti.lastKey, ti.blockMin = ti.maxTime, noBlockMin
 	}
-	ti.maxTime = max(ti.maxTime, uint64(max(e.GetTimeUnixNano(), 0)))
+	t := uint64(max(e.GetTimeUnixNano(), 0))
+	ti.maxTime = max(ti.maxTime, t)
+	ti.blockMin = min(ti.blockMin, t)
 	a.timeIdxDirty = true
 }
 
@@ -160,6 +178,42 @@ func timeSkip(r reader, since int64) (from, to uint64, err error) {
 		return 0, 0, err
 	}
 	return ti.from, seq, nil
+}
+
+// timeStop returns a seq from which every entry has a time at or after
+// until, by the time index, or 0 when until is not set, the index has not
+// started or the newest entries include earlier ones.
+func timeStop(r reader, until int64) (uint64, error) {
+	if until <= 0 {
+		return 0, nil
+	}
+	ti, err := readTimeIndex(r)
+	if err != nil || ti.from == 0 || ti.blockMin < uint64(until) {
+		return 0, err
+	}
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefixAuditTime, UpperBound: prefixEnd(prefixAuditTime)})
+	if err != nil {
+		return 0, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	for ok := it.Last(); ok; ok = it.Prev() {
+		_, seq, err := decodeTimeKey(it.Key())
+		if err != nil {
+			return 0, err
+		}
+		v := it.Value()
+		if len(v) != 8 {
+			return 0, fmt.Errorf("%w: audit time index key %x has a %d-byte value", ErrCorrupt, it.Key(), len(v))
+		}
+		if binary.BigEndian.Uint64(v) < uint64(until) {
+			// The entries before seq include one earlier than until.
+			return seq, nil
+		}
+	}
+	if err := it.Error(); err != nil {
+		return 0, err
+	}
+	return ti.from, nil
 }
 
 // AuditTimeIndexStarted reports whether this replica's state has the audit

@@ -71,13 +71,15 @@ func (l *timeLog) checkpoint(start bool) []byte {
 	return d
 }
 
-// query follows every page of a since query and returns the seqs found and
-// the entries scanned (decoded) on the way.
-func (l *timeLog) query(since int64) ([]uint64, error) {
+// query follows every page of a since query and returns the seqs found.
+func (l *timeLog) query(since int64) ([]uint64, error) { return l.window(since, 0) }
+
+// window follows every page of a query from since to until.
+func (l *timeLog) window(since, until int64) ([]uint64, error) {
 	var got []uint64
 	after := uint64(0)
 	for {
-		entries, last, err := l.f.AuditEntries(after, 7, AuditFilter{SinceUnixNano: since})
+		entries, last, err := l.f.AuditEntries(after, 7, AuditFilter{SinceUnixNano: since, UntilUnixNano: until})
 		if err != nil {
 			return got, err
 		}
@@ -92,10 +94,12 @@ func (l *timeLog) query(since int64) ([]uint64, error) {
 }
 
 // want filters the remembered entries from seq first on.
-func (l *timeLog) want(since int64, first uint64) []uint64 {
+func (l *timeLog) want(since int64, first uint64) []uint64 { return l.wantWindow(since, 0, first) }
+
+func (l *timeLog) wantWindow(since, until int64, first uint64) []uint64 {
 	var out []uint64
 	for s := first; s <= l.seq; s++ {
-		if l.times[s] >= since {
+		if l.times[s] >= since && (until == 0 || l.times[s] < until) {
 			out = append(out, s)
 		}
 	}
@@ -168,6 +172,19 @@ func TestFSM_AuditTimeIndex(t *testing.T) {
 		}
 	}
 
+	for i, since := range sinces {
+		until := sinces[(i*7+3)%len(sinces)]
+		for _, u := range []int64{until, since + 20*sec, base + 3600*sec} {
+			got, err := l.window(since, u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := l.wantWindow(since, u, 1); !slices.Equal(got, want) {
+				t.Fatalf("since %d until %d: got %d entries, want %d", since-base, u-base, len(got), len(want))
+			}
+		}
+	}
+
 	// The index lets the query skip entries rather than read them: damage
 	// an indexed entry well before a late since time; a query from there
 	// does not touch it, a full one does.
@@ -190,6 +207,61 @@ func TestFSM_AuditTimeIndex(t *testing.T) {
 	// query for an earlier time must read it.
 	if _, err := l.query(base + 110*sec); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("a query from before the damaged entry: %v, want ErrCorrupt", err)
+	}
+	// Entries an hour late are linked all along, so a window that ends
+	// before the damaged entry still reads on past it: one of them could
+	// fall in the window.
+	if _, err := l.window(base+100*sec, base+120*sec); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a window that late entries may fall in: %v, want ErrCorrupt", err)
+	}
+	// A window before every indexed entry stops where the index starts.
+	got, err = l.window(0, base-7200*sec)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("a window before every entry: %d entries, %v", len(got), err)
+	}
+}
+
+// TestFSM_AuditTimeIndexUntil: on a log whose clocks agree, a query with an
+// until time stops reading where every later entry is too late.
+func TestFSM_AuditTimeIndexUntil(t *testing.T) {
+	l := newTimeLog(t)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	sec := int64(time.Second)
+	l.batch(base)
+	if r := l.apply(l.checkpoint(true)); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	for i := 1; i < 1000; i += 10 {
+		var times []int64
+		for j := i; j < i+10; j++ {
+			times = append(times, base+int64(j)*sec/4)
+		}
+		l.batch(times...)
+	}
+	damaged := uint64(800)
+	if err := l.f.db.Set(auditKey(damaged), []byte("\xff\xff not protobuf"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range [][2]int64{{base + 25*sec, base + 75*sec}, {0, base + 150*sec}, {base + 199*sec, base + 199*sec + sec/2}} {
+		got, err := l.window(w[0], w[1])
+		if err != nil {
+			t.Fatalf("window %v: read past its end: %v", w, err)
+		}
+		if want := l.wantWindow(w[0], w[1], 1); !slices.Equal(got, want) || len(want) == 0 {
+			t.Fatalf("window %v: got %d entries, want %d", w, len(got), len(want))
+		}
+	}
+	// The last page reports the head as scanned, so a caller following
+	// pages stops there.
+	_, last, err := l.f.AuditEntries(0, 1000, AuditFilter{UntilUnixNano: base + 10*sec})
+	if err != nil || last != l.seq {
+		t.Fatalf("until query: last %d, %v; want the head %d", last, err, l.seq)
+	}
+	// Windows that reach the damaged entry (time +200 s) read it.
+	for _, w := range [][2]int64{{base + 150*sec, base + 201*sec}, {0, 0}, {base + 200*sec, 0}} {
+		if _, err := l.window(w[0], w[1]); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("window %v over the damaged entry: %v, want ErrCorrupt", w, err)
+		}
 	}
 }
 

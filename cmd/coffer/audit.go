@@ -313,8 +313,9 @@ func (a *app) auditQueryCmd() *cobra.Command {
 --since and --until take an RFC 3339 time or how long ago (90m, 1h, 7d);
 --since is inclusive, --until exclusive. An entry's time is the clock
 reading of the node that accepted the request: sequence numbers, not times,
-give the order. With --since the node skips, by its time index, the entries
-that are all older, so a recent --since is quick however long the log is.
+give the order. By its time index, the node skips the entries that are all
+older than --since and stops where the rest are all at or after --until, so
+a window is quick however long the log is.
 
 One page is at most --limit entries (1000; default 100), and a page stops
 early after scanning 100,000 entries, so a page with few or no matches does
