@@ -126,3 +126,86 @@ func auditExportFrom(ctx context.Context, ep *endpoint, after uint64, w io.Write
 		}
 	}
 }
+
+// AuditFollow streams the audit log after seq after: every entry already
+// there, then each new one as the node applies it, calling fn with each
+// message in seq order. It returns when ctx ends (with ctx's error), when fn
+// returns an error (that error), or when the cluster cannot be reached:
+// MaxAttempts failures in a row without a message between them. A node that
+// fails or stops is left for another, resuming after the last entry fn was
+// given, so fn sees every entry once, in order (a node that has pruned
+// entries the stream had not reached yet starts after its prune marker).
+func (c *Client) AuditFollow(ctx context.Context, after uint64, fn func(*cofferv1.AuditFollowResponse) error) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	if fn == nil {
+		return &Error{Method: "AuditFollow", Err: status.Error(codes.InvalidArgument, "nil callback")}
+	}
+	var prev *endpoint
+	var lastErr error
+	for failures := 0; ; {
+		if failures > 0 {
+			if err := sleep(ctx, c.backoff(failures+1)); err != nil {
+				return err
+			}
+		}
+		ep := c.pick(prev, "")
+		prev = ep
+		progressed, err := auditFollowFrom(ctx, ep, &after, fn)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var cbErr callbackError
+		if errors.As(err, &cbErr) {
+			return cbErr.err
+		}
+		lastErr = toStatusErr(err)
+		if !retryable(ctx, lastErr) {
+			return &Error{Method: "AuditFollow", Endpoint: ep.addr, Attempts: failures + 1, Err: lastErr}
+		}
+		if progressed {
+			failures = 0
+		}
+		failures++
+		if failures >= c.cfg.MaxAttempts {
+			return &Error{Method: "AuditFollow", Endpoint: ep.addr, Attempts: failures, Exhausted: true, Err: lastErr}
+		}
+		c.markDown(ep)
+	}
+}
+
+// callbackError carries an error returned by AuditFollow's callback.
+type callbackError struct{ err error }
+
+func (e callbackError) Error() string { return e.err.Error() }
+
+// auditFollowFrom runs one Follow stream against ep, advancing *after past
+// each message handed to fn, and reports whether any message arrived. A
+// stream the node ends normally is reported as Unavailable, to resume.
+func auditFollowFrom(ctx context.Context, ep *endpoint, after *uint64, fn func(*cofferv1.AuditFollowResponse) error) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := ep.audit.Follow(ctx, &cofferv1.AuditFollowRequest{AfterSeq: *after})
+	if err != nil {
+		return false, err
+	}
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return progressed, status.Error(codes.Unavailable, "the node ended the follow stream")
+		}
+		if err != nil {
+			return progressed, err
+		}
+		es := msg.GetEntries()
+		if len(es) == 0 {
+			continue
+		}
+		progressed = true
+		if err := fn(msg); err != nil {
+			return true, callbackError{err}
+		}
+		*after = max(*after, es[len(es)-1].GetSeq())
+	}
+}

@@ -225,6 +225,27 @@ func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
 	}
 }
 
+// WaitAudit blocks until the newest audit entry is past seq, ctx ends, or
+// the FSM closes.
+func (f *FSM) WaitAudit(ctx context.Context, seq uint64) error {
+	for {
+		f.waitMu.Lock()
+		ch := f.waitCh
+		f.waitMu.Unlock()
+		if f.auditSeq.Load() > seq {
+			return nil
+		}
+		if f.closed.Load() {
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 func (f *FSM) notify() {
 	f.waitMu.Lock()
 	close(f.waitCh)

@@ -91,7 +91,7 @@ var opNames = map[string]string{
 	"GetClient": "client.read", "ListClients": "client.read",
 	"Grant": "acl.manage", "RevokeGrant": "acl.manage", "ListGrants": "acl.read", "Check": "acl.read",
 	"Query": "audit.read", "Export": "audit.export", "Match": "audit.read", "Head": "audit.read",
-	"Prune": "audit.prune",
+	"Prune": "audit.prune", "Follow": "audit.read",
 }
 
 // newAuditEntry starts an entry for a request on this node.
@@ -108,13 +108,19 @@ func (n *Node) newAuditEntry(ctx context.Context, method string) *cofferv1.Audit
 	return e
 }
 
+// errReplicaDiverged is the refusal of a replica whose chain disagreed with
+// a signed checkpoint.
+func errReplicaDiverged() error {
+	return fmt.Errorf("%w: this replica's audit chain disagrees with a signed checkpoint; it stopped serving (see the logs)", ErrDiverged)
+}
+
 // auditInterceptor gives every public unary RPC its audit entry.
 func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if isInternal(info.FullMethod) || !auditEnabled {
 		return handler(ctx, req)
 	}
 	if n.fsm.Diverged() {
-		return nil, fmt.Errorf("%w: this replica's audit chain disagrees with a signed checkpoint; it stopped serving (see the logs)", ErrDiverged)
+		return nil, errReplicaDiverged()
 	}
 	method := path.Base(info.FullMethod)
 	if method == "LocalStatus" {

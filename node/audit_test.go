@@ -2,6 +2,8 @@ package node
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -161,5 +163,108 @@ func TestAuditOpNames(t *testing.T) {
 				t.Errorf("%s/%s is recorded as %q, which is not in the catalogue: %v", sd.ServiceName, name, op, err)
 			}
 		}
+	}
+}
+
+// TestNode_AuditFollow: a Follow stream through a follower is one request
+// with one entry, delivers every later entry once and in order as it is
+// applied, and ends with Unavailable (not a hang) when its node stops. A
+// caller without audit.read is refused, and the refusal is recorded.
+func TestNode_AuditFollow(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l, f := tc.waitLeader(), tc.follower()
+	tc.mustGenerate(l, "follow", "before")
+	start := tc.nodes[l].FSM().AuditHeadSeq()
+	for tc.nodes[f].FSM().AuditHeadSeq() < start {
+		if ctx.Err() != nil {
+			t.Fatal("follower did not catch up")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := admin.audit[f].Follow(sctx, &cofferv1.AuditFollowRequest{AfterSeq: start})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *cofferv1.AuditEntry, 100)
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				ended <- err
+				return
+			}
+			for _, e := range m.GetEntries() {
+				got <- e
+			}
+		}
+	}()
+	// The stream's own entry is committed before it sends anything, so it
+	// comes first; then the keys generated from here on.
+	var seen []*cofferv1.AuditEntry
+	select {
+	case e := <-got:
+		seen = append(seen, e)
+	case err := <-ended:
+		t.Fatalf("stream ended: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the stream sent nothing")
+	}
+	var want []string
+	for i := 0; i < 3; i++ {
+		want = append(want, tc.mustGenerate(l, "follow", fmt.Sprintf("req-%d", i)).GetGkid())
+	}
+	for len(seen) < 4 {
+		select {
+		case e := <-got:
+			seen = append(seen, e)
+		case err := <-ended:
+			t.Fatalf("stream ended after %d entries: %v", len(seen), err)
+		case <-ctx.Done():
+			t.Fatalf("only %d entries arrived", len(seen))
+		}
+	}
+	for i, e := range seen {
+		if e.GetSeq() != start+uint64(i)+1 {
+			t.Fatalf("entry %d has seq %d, want %d", i, e.GetSeq(), start+uint64(i)+1)
+		}
+	}
+	if e := seen[0]; e.GetOperation() != "audit.read" || e.GetCaller() != "client:app" || e.GetNode() != tc.cfgs[f].ID ||
+		e.GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED {
+		t.Fatalf("the stream's own entry: %+v", e)
+	}
+	for i, gk := range want {
+		if e := seen[i+1]; e.GetOperation() != "generate" || e.GetGkid() != gk {
+			t.Fatalf("entry %d: %s %s, want generate %s", i+1, e.GetOperation(), e.GetGkid(), gk)
+		}
+	}
+
+	tc.stop(f)
+	select {
+	case err := <-ended:
+		wantCode(t, "stream of a stopped node", err, codes.Unavailable, "")
+	case <-ctx.Done():
+		t.Fatal("the stream did not end when its node stopped")
+	}
+
+	tc.mustRegisterApp(admin, l, "nosy")
+	nosy := tc.identity("nosy")
+	s2, err := nosy.audit[l].Follow(ctx, &cofferv1.AuditFollowRequest{})
+	if err == nil {
+		_, err = s2.Recv()
+	}
+	wantCode(t, "follow without audit.read", err, codes.PermissionDenied, "audit.read")
+	q, err := admin.audit[l].Query(ctx, &cofferv1.AuditQueryRequest{Caller: "client:nosy", Operation: "audit.read", Outcome: "denied",
+		Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(q.GetEntries()) != 1 {
+		t.Fatalf("%d denied audit.read entries for nosy, want 1", len(q.GetEntries()))
 	}
 }

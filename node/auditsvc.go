@@ -2,7 +2,9 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
@@ -80,6 +82,107 @@ func (s *auditService) Head(ctx context.Context, req *cofferv1.AuditHeadRequest)
 		return nil, err
 	}
 	return resp, nil
+}
+
+// followPace is the shortest time between two messages of a Follow stream
+// once it has caught up: on a busy log a message carries the entries of
+// many rounds instead of one each.
+const followPace = 100 * time.Millisecond
+
+// Follow streams the entries after req.after_seq, then each new one as this
+// node applies them. The stream's own audit entry is committed before the
+// first message; it ends when the caller cancels, or with Unavailable when
+// the node stops, so the caller resumes elsewhere.
+func (s *auditService) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
+	ctx := stream.Context()
+	e := s.n.newAuditEntry(ctx, "Follow")
+	started, err := s.follow(ctx, req, stream, e)
+	if err != nil && !started {
+		setOutcome(e, err)
+		if cerr := s.n.commitAudit(ctx, e); cerr != nil {
+			s.n.logger.Error("audit entry of a refused follow not committed", "err", cerr)
+		}
+	}
+	if started && ctx.Err() != nil {
+		return nil // the caller went away: a normal end
+	}
+	return toStatus(err)
+}
+
+// follow runs a Follow stream; started reports whether its entry was
+// committed as granted.
+func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer, e *cofferv1.AuditEntry) (started bool, err error) {
+	if s.n.fsm.Diverged() {
+		return false, errReplicaDiverged()
+	}
+	c, err := authenticate(ctx)
+	if err != nil {
+		return false, err
+	}
+	if err := s.n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+		return false, err
+	}
+	if err := s.n.authorize(c, authz.OpAuditRead, ""); err != nil {
+		return false, err
+	}
+	setOutcome(e, nil)
+	if err := s.n.commitAudit(ctx, e); err != nil {
+		metricAuditFailures.Inc()
+		return false, fmt.Errorf("%w: the follow's audit entry could not be committed: %v", ErrNoLeader, err)
+	}
+	// End the stream when the node stops, so that Close does not wait.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.n.stopCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	after := req.GetAfterSeq()
+	for {
+		entries, last, err := s.n.fsm.AuditEntries(after, MaxAuditPage, fsm.AuditFilter{})
+		if err != nil {
+			return true, err
+		}
+		if len(entries) > 0 {
+			if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.n.fsm.AuditHeadSeq()}); err != nil {
+				return true, err
+			}
+		}
+		if last > after {
+			after = last
+			continue // there may be more pages
+		}
+		if s.n.fsm.Diverged() {
+			return true, errReplicaDiverged()
+		}
+		if err := s.n.fsm.WaitAudit(ctx, after); err != nil {
+			return true, s.followEnded(err)
+		}
+		t := time.NewTimer(followPace)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return true, s.followEnded(ctx.Err())
+		}
+	}
+}
+
+// followEnded says why a Follow stream stopped waiting: the node is
+// stopping (Unavailable, resume elsewhere) or the caller went away.
+func (s *auditService) followEnded(err error) error {
+	select {
+	case <-s.n.stopCh:
+		return fmt.Errorf("%w: the node is stopping; resume on another node", ErrShuttingDown)
+	default:
+	}
+	if errors.Is(err, fsm.ErrClosed) {
+		return fmt.Errorf("%w: the node is stopping; resume on another node", ErrShuttingDown)
+	}
+	return err
 }
 
 // Export streams the log as JSON Lines (see audit/DESIGN.md). The export's

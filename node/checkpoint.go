@@ -74,9 +74,8 @@ func (n *Node) maybeCheckpoint() error {
 func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
 	// Until the state has a time index, ask this checkpoint to start it,
 	// once every member's build can apply that (an older one would stop).
-	// Members are asked at most every sixth checkpoint interval: each
-	// question is an audited cluster.read, and a member that is down
-	// would hold up every checkpoint by the status timeout.
+	// Members are asked at most every sixth checkpoint interval: a member
+	// that is down would hold up every checkpoint by the status timeout.
 	start := false
 	if !n.fsm.AuditTimeIndexStarted() {
 		now := time.Now()

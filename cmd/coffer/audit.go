@@ -18,6 +18,8 @@ import (
 	"unicode"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -515,13 +517,14 @@ func (a *app) auditTailCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "tail [-n 20] [-f] [--interval 1s]",
 		Short: "Show the newest audit entries, and with -f follow new ones",
-		Long: `Show the newest -n entries of the audit log. With -f, keep polling every
---interval and print new entries as they are committed, until interrupted
-(Ctrl-C ends it with status 0). With -o json, entries are printed as JSON
-Lines, one object per entry.
+		Long: `Show the newest -n entries of the audit log. With -f, keep printing new
+entries as nodes apply them, until interrupted (Ctrl-C ends it with status
+0). With -o json, entries are printed as JSON Lines, one object per entry.
 
-Every poll is itself a request and gets an audit entry (operation
-audit.read), so a follower sees its own polls in the log.`,
+-f opens one stream (AuditService.Follow), which is one request with one
+audit entry (audit.read); when its node fails the stream resumes on another
+after the last entry printed. Against a node too old to stream, -f polls
+every --interval instead, and every poll is a request with its own entry.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if n < 0 || n > maxAuditPage {
@@ -543,7 +546,7 @@ audit.read), so a follower sees its own polls in the log.`,
 	f := cmd.Flags()
 	f.IntVarP(&n, "lines", "n", defaultTailLines, "how many of the newest entries to show (0-1000)")
 	f.BoolVarP(&follow, "follow", "f", false, "keep printing new entries until interrupted")
-	f.DurationVar(&interval, "interval", time.Second, "with -f, how often to poll (100ms-5m)")
+	f.DurationVar(&interval, "interval", time.Second, "with -f against a node that cannot stream, how often to poll (100ms-5m)")
 	return cmd
 }
 
@@ -573,6 +576,14 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, follow boo
 	if !follow {
 		return nil
 	}
+	err = c.AuditFollow(ctx, last, func(m *cofferv1.AuditFollowResponse) error {
+		last = max(last, m.GetEntries()[len(m.GetEntries())-1].GetSeq())
+		return pw.writePage(m.GetEntries())
+	})
+	if status.Code(err) != codes.Unimplemented {
+		return err
+	}
+	fmt.Fprintf(a.err, "coffer: this node cannot stream the log; polling every %v\n", interval)
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {

@@ -523,6 +523,53 @@ type auditLog struct {
 	cps     map[uint64]*cofferv1.AuditCheckpoint
 	queries []*cofferv1.AuditQueryRequest
 	prunes  []uint64
+	// streaming makes Follow work (else it is Unimplemented, as on an old
+	// node); dropOnce ends the first stream after its first message, as a
+	// failing node would; follows records each stream's after_seq.
+	streaming, dropOnce bool
+	follows             []uint64
+}
+
+// Follow sends the entries after after_seq, then new ones as add appends
+// them, until the caller goes away.
+func (l *auditLog) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
+	l.mu.Lock()
+	if !l.streaming {
+		l.mu.Unlock()
+		return status.Error(codes.Unimplemented, "unknown method Follow")
+	}
+	l.follows = append(l.follows, req.GetAfterSeq())
+	l.mu.Unlock()
+	after := req.GetAfterSeq()
+	for {
+		l.mu.Lock()
+		var out []*cofferv1.AuditEntry
+		for _, e := range l.entries {
+			if e.GetSeq() > after {
+				out = append(out, e)
+			}
+		}
+		drop := l.dropOnce && len(out) > 0
+		if drop {
+			l.dropOnce = false
+		}
+		head := uint64(len(l.entries))
+		l.mu.Unlock()
+		if len(out) > 0 {
+			if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: out, HeadSeq: head}); err != nil {
+				return err
+			}
+			after = out[len(out)-1].GetSeq()
+		}
+		if drop {
+			return status.Error(codes.Unavailable, "node stopping")
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // add appends entries up to seq n, signing a checkpoint after every entry
@@ -802,6 +849,53 @@ func TestCLI_AuditTail(t *testing.T) {
 	}
 	if got := strings.Join(tableSeqs(t, w.String()), ","); got != "9,10,11,12" {
 		t.Fatalf("tail -f printed %s:\n%s", got, w.String())
+	}
+	if !strings.Contains(errOut.String(), "polling every 100ms") {
+		t.Fatalf("tail -f against a node that cannot stream does not say it polls: %q", errOut.String())
+	}
+}
+
+// TestCLI_AuditTailStreams: tail -f follows one stream, and when the node
+// drops it, resumes after the last entry printed: nothing twice, nothing
+// lost, and no polling.
+func TestCLI_AuditTailStreams(t *testing.T) {
+	l, env := mustAuditNode(t, 10)
+	l.mu.Lock()
+	l.streaming, l.dropOnce = true, true
+	l.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &syncBuffer{}
+	var errOut bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"audit", "tail", "-n", "2", "-f"}, streams{in: strings.NewReader(""), out: w, err: &errOut}, env.get)
+	}()
+	waitFor(t, func() bool { return strings.Contains(w.String(), "k10") })
+	l.add(12)
+	waitFor(t, func() bool { return strings.Contains(w.String(), "k12") })
+	l.add(13)
+	waitFor(t, func() bool { return strings.Contains(w.String(), "k13") })
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Fatalf("tail -f ended with %d, stderr %q", code, errOut.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("tail -f did not stop when interrupted")
+	}
+	if got := strings.Join(tableSeqs(t, w.String()), ","); got != "9,10,11,12,13" {
+		t.Fatalf("tail -f printed %s:\n%s", got, w.String())
+	}
+	l.mu.Lock()
+	follows, queries := fmt.Sprint(l.follows), len(l.queries)
+	l.mu.Unlock()
+	if follows != "[10 12]" {
+		t.Fatalf("follow streams started after %s, want [10 12]", follows)
+	}
+	if queries != 2 || errOut.Len() != 0 {
+		t.Fatalf("%d queries (want the 2 before following), stderr %q", queries, errOut.String())
 	}
 }
 

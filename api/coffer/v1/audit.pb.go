@@ -287,6 +287,106 @@ func (x *AuditExportChunk) GetData() []byte {
 	return nil
 }
 
+// AuditFollowRequest starts a stream of the entries after after_seq.
+type AuditFollowRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AfterSeq      uint64                 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditFollowRequest) Reset() {
+	*x = AuditFollowRequest{}
+	mi := &file_coffer_v1_audit_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditFollowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditFollowRequest) ProtoMessage() {}
+
+func (x *AuditFollowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_audit_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditFollowRequest.ProtoReflect.Descriptor instead.
+func (*AuditFollowRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AuditFollowRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+// AuditFollowResponse carries the next entries in seq order, as the node
+// applies them.
+type AuditFollowResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// The node's newest entry when this message was sent.
+	HeadSeq       uint64 `protobuf:"varint,2,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditFollowResponse) Reset() {
+	*x = AuditFollowResponse{}
+	mi := &file_coffer_v1_audit_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditFollowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditFollowResponse) ProtoMessage() {}
+
+func (x *AuditFollowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_audit_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditFollowResponse.ProtoReflect.Descriptor instead.
+func (*AuditFollowResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AuditFollowResponse) GetEntries() []*AuditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *AuditFollowResponse) GetHeadSeq() uint64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
 type AuditPruneRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Prune every entry up to the newest checkpoint at or below this seq.
@@ -297,7 +397,7 @@ type AuditPruneRequest struct {
 
 func (x *AuditPruneRequest) Reset() {
 	*x = AuditPruneRequest{}
-	mi := &file_coffer_v1_audit_proto_msgTypes[4]
+	mi := &file_coffer_v1_audit_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +409,7 @@ func (x *AuditPruneRequest) String() string {
 func (*AuditPruneRequest) ProtoMessage() {}
 
 func (x *AuditPruneRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_audit_proto_msgTypes[4]
+	mi := &file_coffer_v1_audit_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +422,7 @@ func (x *AuditPruneRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditPruneRequest.ProtoReflect.Descriptor instead.
 func (*AuditPruneRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{4}
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AuditPruneRequest) GetUpToSeq() uint64 {
@@ -342,7 +442,7 @@ type AuditPruneResponse struct {
 
 func (x *AuditPruneResponse) Reset() {
 	*x = AuditPruneResponse{}
-	mi := &file_coffer_v1_audit_proto_msgTypes[5]
+	mi := &file_coffer_v1_audit_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +454,7 @@ func (x *AuditPruneResponse) String() string {
 func (*AuditPruneResponse) ProtoMessage() {}
 
 func (x *AuditPruneResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_audit_proto_msgTypes[5]
+	mi := &file_coffer_v1_audit_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +467,7 @@ func (x *AuditPruneResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditPruneResponse.ProtoReflect.Descriptor instead.
 func (*AuditPruneResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{5}
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AuditPruneResponse) GetMarker() *AuditPruneMarker {
@@ -389,7 +489,7 @@ type AuditMatchRequest struct {
 
 func (x *AuditMatchRequest) Reset() {
 	*x = AuditMatchRequest{}
-	mi := &file_coffer_v1_audit_proto_msgTypes[6]
+	mi := &file_coffer_v1_audit_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +501,7 @@ func (x *AuditMatchRequest) String() string {
 func (*AuditMatchRequest) ProtoMessage() {}
 
 func (x *AuditMatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_audit_proto_msgTypes[6]
+	mi := &file_coffer_v1_audit_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +514,7 @@ func (x *AuditMatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditMatchRequest.ProtoReflect.Descriptor instead.
 func (*AuditMatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AuditMatchRequest) GetSeq() uint64 {
@@ -441,7 +541,7 @@ type AuditMatchResponse struct {
 
 func (x *AuditMatchResponse) Reset() {
 	*x = AuditMatchResponse{}
-	mi := &file_coffer_v1_audit_proto_msgTypes[7]
+	mi := &file_coffer_v1_audit_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +553,7 @@ func (x *AuditMatchResponse) String() string {
 func (*AuditMatchResponse) ProtoMessage() {}
 
 func (x *AuditMatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_audit_proto_msgTypes[7]
+	mi := &file_coffer_v1_audit_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +566,7 @@ func (x *AuditMatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditMatchResponse.ProtoReflect.Descriptor instead.
 func (*AuditMatchResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AuditMatchResponse) GetMatch() bool {
@@ -485,7 +585,7 @@ type AuditHeadRequest struct {
 
 func (x *AuditHeadRequest) Reset() {
 	*x = AuditHeadRequest{}
-	mi := &file_coffer_v1_audit_proto_msgTypes[8]
+	mi := &file_coffer_v1_audit_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +597,7 @@ func (x *AuditHeadRequest) String() string {
 func (*AuditHeadRequest) ProtoMessage() {}
 
 func (x *AuditHeadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_audit_proto_msgTypes[8]
+	mi := &file_coffer_v1_audit_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +610,7 @@ func (x *AuditHeadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHeadRequest.ProtoReflect.Descriptor instead.
 func (*AuditHeadRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuditHeadRequest) GetConsistency() Consistency {
@@ -538,7 +638,7 @@ type AuditHeadResponse struct {
 
 func (x *AuditHeadResponse) Reset() {
 	*x = AuditHeadResponse{}
-	mi := &file_coffer_v1_audit_proto_msgTypes[9]
+	mi := &file_coffer_v1_audit_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +650,7 @@ func (x *AuditHeadResponse) String() string {
 func (*AuditHeadResponse) ProtoMessage() {}
 
 func (x *AuditHeadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_audit_proto_msgTypes[9]
+	mi := &file_coffer_v1_audit_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +663,7 @@ func (x *AuditHeadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHeadResponse.ProtoReflect.Descriptor instead.
 func (*AuditHeadResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_audit_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AuditHeadResponse) GetNode() string {
@@ -630,7 +730,12 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\x12AuditExportRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"&\n" +
 	"\x10AuditExportChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"/\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"1\n" +
+	"\x12AuditFollowRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"a\n" +
+	"\x13AuditFollowResponse\x12/\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12\x19\n" +
+	"\bhead_seq\x18\x02 \x01(\x04R\aheadSeq\"/\n" +
 	"\x11AuditPruneRequest\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"I\n" +
 	"\x12AuditPruneResponse\x123\n" +
@@ -650,13 +755,14 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x05 \x01(\v2\x1a.coffer.v1.AuditCheckpointR\n" +
 	"checkpoint\x123\n" +
-	"\x06pruned\x18\x06 \x01(\v2\x1b.coffer.v1.AuditPruneMarkerR\x06pruned2\xeb\x02\n" +
+	"\x06pruned\x18\x06 \x01(\v2\x1b.coffer.v1.AuditPruneMarkerR\x06pruned2\xb6\x03\n" +
 	"\fAuditService\x12D\n" +
 	"\x05Match\x12\x1c.coffer.v1.AuditMatchRequest\x1a\x1d.coffer.v1.AuditMatchResponse\x12D\n" +
 	"\x05Prune\x12\x1c.coffer.v1.AuditPruneRequest\x1a\x1d.coffer.v1.AuditPruneResponse\x12D\n" +
 	"\x05Query\x12\x1c.coffer.v1.AuditQueryRequest\x1a\x1d.coffer.v1.AuditQueryResponse\x12A\n" +
 	"\x04Head\x12\x1b.coffer.v1.AuditHeadRequest\x1a\x1c.coffer.v1.AuditHeadResponse\x12F\n" +
-	"\x06Export\x12\x1d.coffer.v1.AuditExportRequest\x1a\x1b.coffer.v1.AuditExportChunk0\x01B5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
+	"\x06Export\x12\x1d.coffer.v1.AuditExportRequest\x1a\x1b.coffer.v1.AuditExportChunk0\x01\x12I\n" +
+	"\x06Follow\x12\x1d.coffer.v1.AuditFollowRequest\x1a\x1e.coffer.v1.AuditFollowResponse0\x01B5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
 var (
 	file_coffer_v1_audit_proto_rawDescOnce sync.Once
@@ -670,48 +776,53 @@ func file_coffer_v1_audit_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_audit_proto_rawDescData
 }
 
-var file_coffer_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_coffer_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_coffer_v1_audit_proto_goTypes = []any{
 	(*AuditQueryRequest)(nil),     // 0: coffer.v1.AuditQueryRequest
 	(*AuditQueryResponse)(nil),    // 1: coffer.v1.AuditQueryResponse
 	(*AuditExportRequest)(nil),    // 2: coffer.v1.AuditExportRequest
 	(*AuditExportChunk)(nil),      // 3: coffer.v1.AuditExportChunk
-	(*AuditPruneRequest)(nil),     // 4: coffer.v1.AuditPruneRequest
-	(*AuditPruneResponse)(nil),    // 5: coffer.v1.AuditPruneResponse
-	(*AuditMatchRequest)(nil),     // 6: coffer.v1.AuditMatchRequest
-	(*AuditMatchResponse)(nil),    // 7: coffer.v1.AuditMatchResponse
-	(*AuditHeadRequest)(nil),      // 8: coffer.v1.AuditHeadRequest
-	(*AuditHeadResponse)(nil),     // 9: coffer.v1.AuditHeadResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(Consistency)(0),              // 11: coffer.v1.Consistency
-	(*AuditEntry)(nil),            // 12: coffer.v1.AuditEntry
-	(*AuditPruneMarker)(nil),      // 13: coffer.v1.AuditPruneMarker
-	(*AuditCheckpoint)(nil),       // 14: coffer.v1.AuditCheckpoint
+	(*AuditFollowRequest)(nil),    // 4: coffer.v1.AuditFollowRequest
+	(*AuditFollowResponse)(nil),   // 5: coffer.v1.AuditFollowResponse
+	(*AuditPruneRequest)(nil),     // 6: coffer.v1.AuditPruneRequest
+	(*AuditPruneResponse)(nil),    // 7: coffer.v1.AuditPruneResponse
+	(*AuditMatchRequest)(nil),     // 8: coffer.v1.AuditMatchRequest
+	(*AuditMatchResponse)(nil),    // 9: coffer.v1.AuditMatchResponse
+	(*AuditHeadRequest)(nil),      // 10: coffer.v1.AuditHeadRequest
+	(*AuditHeadResponse)(nil),     // 11: coffer.v1.AuditHeadResponse
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(Consistency)(0),              // 13: coffer.v1.Consistency
+	(*AuditEntry)(nil),            // 14: coffer.v1.AuditEntry
+	(*AuditPruneMarker)(nil),      // 15: coffer.v1.AuditPruneMarker
+	(*AuditCheckpoint)(nil),       // 16: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_audit_proto_depIdxs = []int32{
-	10, // 0: coffer.v1.AuditQueryRequest.since:type_name -> google.protobuf.Timestamp
-	10, // 1: coffer.v1.AuditQueryRequest.until:type_name -> google.protobuf.Timestamp
-	11, // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
-	12, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
-	13, // 4: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
-	11, // 5: coffer.v1.AuditHeadRequest.consistency:type_name -> coffer.v1.Consistency
-	14, // 6: coffer.v1.AuditHeadResponse.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	13, // 7: coffer.v1.AuditHeadResponse.pruned:type_name -> coffer.v1.AuditPruneMarker
-	6,  // 8: coffer.v1.AuditService.Match:input_type -> coffer.v1.AuditMatchRequest
-	4,  // 9: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
-	0,  // 10: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
-	8,  // 11: coffer.v1.AuditService.Head:input_type -> coffer.v1.AuditHeadRequest
-	2,  // 12: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
-	7,  // 13: coffer.v1.AuditService.Match:output_type -> coffer.v1.AuditMatchResponse
-	5,  // 14: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
-	1,  // 15: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
-	9,  // 16: coffer.v1.AuditService.Head:output_type -> coffer.v1.AuditHeadResponse
-	3,  // 17: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	12, // 0: coffer.v1.AuditQueryRequest.since:type_name -> google.protobuf.Timestamp
+	12, // 1: coffer.v1.AuditQueryRequest.until:type_name -> google.protobuf.Timestamp
+	13, // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
+	14, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
+	14, // 4: coffer.v1.AuditFollowResponse.entries:type_name -> coffer.v1.AuditEntry
+	15, // 5: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
+	13, // 6: coffer.v1.AuditHeadRequest.consistency:type_name -> coffer.v1.Consistency
+	16, // 7: coffer.v1.AuditHeadResponse.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	15, // 8: coffer.v1.AuditHeadResponse.pruned:type_name -> coffer.v1.AuditPruneMarker
+	8,  // 9: coffer.v1.AuditService.Match:input_type -> coffer.v1.AuditMatchRequest
+	6,  // 10: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
+	0,  // 11: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
+	10, // 12: coffer.v1.AuditService.Head:input_type -> coffer.v1.AuditHeadRequest
+	2,  // 13: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
+	4,  // 14: coffer.v1.AuditService.Follow:input_type -> coffer.v1.AuditFollowRequest
+	9,  // 15: coffer.v1.AuditService.Match:output_type -> coffer.v1.AuditMatchResponse
+	7,  // 16: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
+	1,  // 17: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
+	11, // 18: coffer.v1.AuditService.Head:output_type -> coffer.v1.AuditHeadResponse
+	3,  // 19: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
+	5,  // 20: coffer.v1.AuditService.Follow:output_type -> coffer.v1.AuditFollowResponse
+	15, // [15:21] is the sub-list for method output_type
+	9,  // [9:15] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_audit_proto_init() }
@@ -727,7 +838,7 @@ func file_coffer_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_audit_proto_rawDesc), len(file_coffer_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

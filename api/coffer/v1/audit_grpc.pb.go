@@ -26,6 +26,7 @@ const (
 	AuditService_Query_FullMethodName  = "/coffer.v1.AuditService/Query"
 	AuditService_Head_FullMethodName   = "/coffer.v1.AuditService/Head"
 	AuditService_Export_FullMethodName = "/coffer.v1.AuditService/Export"
+	AuditService_Follow_FullMethodName = "/coffer.v1.AuditService/Follow"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -47,6 +48,12 @@ type AuditServiceClient interface {
 	// checkpoint and prune marker.
 	Head(ctx context.Context, in *AuditHeadRequest, opts ...grpc.CallOption) (*AuditHeadResponse, error)
 	Export(ctx context.Context, in *AuditExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditExportChunk], error)
+	// Follow streams every entry after after_seq, then each new one as the
+	// node applies it, until the caller cancels or the node stops. The
+	// stream is one request with one audit entry (audit.read), committed
+	// before the first entry is sent; a caller that loses the node resumes
+	// on another after the last seq it received.
+	Follow(ctx context.Context, in *AuditFollowRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditFollowResponse], error)
 }
 
 type auditServiceClient struct {
@@ -116,6 +123,25 @@ func (c *auditServiceClient) Export(ctx context.Context, in *AuditExportRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AuditService_ExportClient = grpc.ServerStreamingClient[AuditExportChunk]
 
+func (c *auditServiceClient) Follow(ctx context.Context, in *AuditFollowRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditFollowResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AuditService_ServiceDesc.Streams[1], AuditService_Follow_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AuditFollowRequest, AuditFollowResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AuditService_FollowClient = grpc.ServerStreamingClient[AuditFollowResponse]
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -135,6 +161,12 @@ type AuditServiceServer interface {
 	// checkpoint and prune marker.
 	Head(context.Context, *AuditHeadRequest) (*AuditHeadResponse, error)
 	Export(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportChunk]) error
+	// Follow streams every entry after after_seq, then each new one as the
+	// node applies it, until the caller cancels or the node stops. The
+	// stream is one request with one audit entry (audit.read), committed
+	// before the first entry is sent; a caller that loses the node resumes
+	// on another after the last seq it received.
+	Follow(*AuditFollowRequest, grpc.ServerStreamingServer[AuditFollowResponse]) error
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -159,6 +191,9 @@ func (UnimplementedAuditServiceServer) Head(context.Context, *AuditHeadRequest) 
 }
 func (UnimplementedAuditServiceServer) Export(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportChunk]) error {
 	return status.Error(codes.Unimplemented, "method Export not implemented")
+}
+func (UnimplementedAuditServiceServer) Follow(*AuditFollowRequest, grpc.ServerStreamingServer[AuditFollowResponse]) error {
+	return status.Error(codes.Unimplemented, "method Follow not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -264,6 +299,17 @@ func _AuditService_Export_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AuditService_ExportServer = grpc.ServerStreamingServer[AuditExportChunk]
 
+func _AuditService_Follow_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AuditFollowRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AuditServiceServer).Follow(m, &grpc.GenericServerStream[AuditFollowRequest, AuditFollowResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AuditService_FollowServer = grpc.ServerStreamingServer[AuditFollowResponse]
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -292,6 +338,11 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Export",
 			Handler:       _AuditService_Export_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Follow",
+			Handler:       _AuditService_Follow_Handler,
 			ServerStreams: true,
 		},
 	},
