@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
@@ -127,21 +128,27 @@ func auditExportFrom(ctx context.Context, ep *endpoint, after uint64, w io.Write
 	}
 }
 
-// AuditFollow streams the audit log after seq after: every entry already
-// there, then each new one as the node applies it, calling fn with each
-// message in seq order. It returns when ctx ends (with ctx's error), when fn
+// AuditFollow streams the audit log from where req says (after
+// req.AfterSeq, or with req.FromNewest the newest req.Newest entries):
+// every entry already there, then each new one as the node applies it,
+// calling fn with each message in seq order. It returns when ctx ends (with ctx's error), when fn
 // returns an error (that error), or when the cluster cannot be reached:
 // MaxAttempts failures in a row without a message between them. A node that
 // fails or stops is left for another, resuming after the last entry fn was
 // given, so fn sees every entry once, in order (a node that has pruned
 // entries the stream had not reached yet starts after its prune marker).
-func (c *Client) AuditFollow(ctx context.Context, after uint64, fn func(*cofferv1.AuditFollowResponse) error) error {
+func (c *Client) AuditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest, fn func(*cofferv1.AuditFollowResponse) error) error {
 	if c.closed.Load() {
 		return ErrClosed
+	}
+	if req == nil {
+		return nilRequest("AuditFollow")
 	}
 	if fn == nil {
 		return &Error{Method: "AuditFollow", Err: status.Error(codes.InvalidArgument, "nil callback")}
 	}
+	// Resumed streams start after the last entry fn was given.
+	req = proto.Clone(req).(*cofferv1.AuditFollowRequest)
 	var prev *endpoint
 	var lastErr error
 	for failures := 0; ; {
@@ -152,7 +159,7 @@ func (c *Client) AuditFollow(ctx context.Context, after uint64, fn func(*cofferv
 		}
 		ep := c.pick(prev, "")
 		prev = ep
-		progressed, err := auditFollowFrom(ctx, ep, &after, fn)
+		progressed, err := auditFollowFrom(ctx, ep, req, fn)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -180,13 +187,14 @@ type callbackError struct{ err error }
 
 func (e callbackError) Error() string { return e.err.Error() }
 
-// auditFollowFrom runs one Follow stream against ep, advancing *after past
-// each message handed to fn, and reports whether any message arrived. A
-// stream the node ends normally is reported as Unavailable, to resume.
-func auditFollowFrom(ctx context.Context, ep *endpoint, after *uint64, fn func(*cofferv1.AuditFollowResponse) error) (progressed bool, err error) {
+// auditFollowFrom runs one Follow stream against ep. Once a message has
+// been handed to fn, req asks for what follows it (AfterSeq, not
+// FromNewest). It reports whether any message arrived; a stream the node
+// ends normally is reported as Unavailable, to resume.
+func auditFollowFrom(ctx context.Context, ep *endpoint, req *cofferv1.AuditFollowRequest, fn func(*cofferv1.AuditFollowResponse) error) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := ep.audit.Follow(ctx, &cofferv1.AuditFollowRequest{AfterSeq: *after})
+	stream, err := ep.audit.Follow(ctx, req)
 	if err != nil {
 		return false, err
 	}
@@ -206,6 +214,8 @@ func auditFollowFrom(ctx context.Context, ep *endpoint, after *uint64, fn func(*
 		if err := fn(msg); err != nil {
 			return true, callbackError{err}
 		}
-		*after = max(*after, es[len(es)-1].GetSeq())
+		if last := es[len(es)-1].GetSeq(); req.GetFromNewest() || last > req.GetAfterSeq() {
+			req.AfterSeq, req.FromNewest, req.Newest = last, false, 0
+		}
 	}
 }

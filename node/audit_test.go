@@ -244,6 +244,29 @@ func TestNode_AuditFollow(t *testing.T) {
 		}
 	}
 
+	// From the newest: the 2 entries before the stream's own, then its own.
+	head := tc.nodes[l].FSM().AuditHeadSeq()
+	s3, err := admin.audit[l].Follow(sctx, &cofferv1.AuditFollowRequest{FromNewest: true, Newest: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tail []*cofferv1.AuditEntry
+	for len(tail) < 3 {
+		m, err := s3.Recv()
+		if err != nil {
+			t.Fatalf("newest stream: %v", err)
+		}
+		tail = append(tail, m.GetEntries()...)
+	}
+	if tail[0].GetSeq() != head-1 || tail[1].GetSeq() != head || tail[2].GetSeq() != head+1 || tail[2].GetOperation() != "audit.read" {
+		t.Fatalf("newest 2 then its own: seqs %d %d %d (%s), head was %d", tail[0].GetSeq(), tail[1].GetSeq(), tail[2].GetSeq(), tail[2].GetOperation(), head)
+	}
+	bad, err := admin.audit[l].Follow(ctx, &cofferv1.AuditFollowRequest{FromNewest: true, Newest: 1001})
+	if err == nil {
+		_, err = bad.Recv()
+	}
+	wantCode(t, "newest above the page size", err, codes.InvalidArgument, "newest")
+
 	tc.stop(f)
 	select {
 	case err := <-ended:

@@ -125,6 +125,14 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	if err := s.n.authorize(c, authz.OpAuditRead, ""); err != nil {
 		return false, err
 	}
+	if req.GetNewest() > MaxAuditPage {
+		return false, fmt.Errorf("%w: newest must be at most %d", ErrInvalidArgument, MaxAuditPage)
+	}
+	after := req.GetAfterSeq()
+	if req.GetFromNewest() {
+		head := s.n.fsm.AuditHeadSeq()
+		after = head - min(head, uint64(req.GetNewest()))
+	}
 	setOutcome(e, nil)
 	if err := s.n.commitAudit(ctx, e); err != nil {
 		metricAuditFailures.Inc()
@@ -140,7 +148,6 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 		case <-ctx.Done():
 		}
 	}()
-	after := req.GetAfterSeq()
 	for {
 		entries, last, err := s.n.fsm.AuditEntries(after, MaxAuditPage, fsm.AuditFilter{})
 		if err != nil {

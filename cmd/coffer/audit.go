@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -398,26 +399,48 @@ func (a *app) auditQuery(ctx context.Context, c *client.Client, req *cofferv1.Au
 }
 
 // auditTable writes entries as a table, one page at a time.
+//
+// Columns are as wide as the widest cell so far, so later pages line up
+// with the header and the rows before them (widening when a cell needs it).
 type auditTable struct {
 	w      io.Writer
 	header bool
+	widths []int
 }
 
 func (t *auditTable) writePage(entries []*cofferv1.AuditEntry) error {
 	if t.header && len(entries) == 0 {
 		return nil
 	}
-	tw := tabwriter.NewWriter(t.w, 0, 0, 2, ' ', 0)
+	var rows [][]string
 	if !t.header {
-		fmt.Fprintln(tw, "SEQ\tTIME\tNODE\tCALLER\tOP\tOUTCOME\tTARGET\tREASON")
+		rows = append(rows, []string{"SEQ", "TIME", "NODE", "CALLER", "OP", "OUTCOME", "TARGET", "REASON"})
 		t.header = true
 	}
 	for _, e := range entries {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.GetSeq(), auditTime(e.GetTimeUnixNano()),
+		rows = append(rows, []string{strconv.FormatUint(e.GetSeq(), 10), auditTime(e.GetTimeUnixNano()),
 			cell(e.GetNode()), cell(e.GetCaller()), cell(e.GetOperation()), outcomeName(e.GetOutcome()),
-			cell(auditTarget(e)), cell(e.GetReason()))
+			cell(auditTarget(e)), cell(e.GetReason())})
 	}
-	return tw.Flush()
+	for _, r := range rows {
+		for i, c := range r[:len(r)-1] {
+			if i >= len(t.widths) {
+				t.widths = append(t.widths, 0)
+			}
+			t.widths[i] = max(t.widths[i], utf8.RuneCountInString(c))
+		}
+	}
+	var b strings.Builder
+	for _, r := range rows {
+		for i, c := range r[:len(r)-1] {
+			b.WriteString(c)
+			b.WriteString(strings.Repeat(" ", t.widths[i]-utf8.RuneCountInString(c)+2))
+		}
+		b.WriteString(r[len(r)-1])
+		b.WriteByte('\n')
+	}
+	_, err := io.WriteString(t.w, b.String())
+	return err
 }
 
 // auditTarget is what an entry concerned: its key, else its resource,
@@ -521,9 +544,10 @@ func (a *app) auditTailCmd() *cobra.Command {
 entries as nodes apply them, until interrupted (Ctrl-C ends it with status
 0). With -o json, entries are printed as JSON Lines, one object per entry.
 
--f opens one stream (AuditService.Follow), which is one request with one
-audit entry (audit.read); when its node fails the stream resumes on another
-after the last entry printed. Against a node too old to stream, -f polls
+-f opens one stream (AuditService.Follow) that starts with the newest -n
+entries: one request with one audit entry (audit.read), whose own entry
+follows them. When its node fails the stream resumes on another after the
+last entry printed. Against a node too old to stream, -f polls
 every --interval instead, and every poll is a request with its own entry.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -555,6 +579,18 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, follow boo
 	if a.format == formatJSON {
 		pw = auditLines{w: a.out}
 	}
+	if follow {
+		// One stream, which starts with the newest n entries.
+		started := false
+		err := c.AuditFollow(ctx, &cofferv1.AuditFollowRequest{FromNewest: true, Newest: uint32(n)}, func(m *cofferv1.AuditFollowResponse) error {
+			started = true
+			return pw.writePage(m.GetEntries())
+		})
+		if started || status.Code(err) != codes.Unimplemented {
+			return err
+		}
+		fmt.Fprintf(a.err, "coffer: this node cannot stream the log; polling every %v\n", interval)
+	}
 	head, err := a.auditPage(ctx, c, &cofferv1.AuditQueryRequest{Limit: 1})
 	if err != nil {
 		return err
@@ -576,14 +612,6 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, follow boo
 	if !follow {
 		return nil
 	}
-	err = c.AuditFollow(ctx, last, func(m *cofferv1.AuditFollowResponse) error {
-		last = max(last, m.GetEntries()[len(m.GetEntries())-1].GetSeq())
-		return pw.writePage(m.GetEntries())
-	})
-	if status.Code(err) != codes.Unimplemented {
-		return err
-	}
-	fmt.Fprintf(a.err, "coffer: this node cannot stream the log; polling every %v\n", interval)
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -538,9 +539,12 @@ func (l *auditLog) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.Audi
 		l.mu.Unlock()
 		return status.Error(codes.Unimplemented, "unknown method Follow")
 	}
-	l.follows = append(l.follows, req.GetAfterSeq())
-	l.mu.Unlock()
 	after := req.GetAfterSeq()
+	if req.GetFromNewest() {
+		after = uint64(len(l.entries)) - min(uint64(len(l.entries)), uint64(req.GetNewest()))
+	}
+	l.follows = append(l.follows, after)
+	l.mu.Unlock()
 	for {
 		l.mu.Lock()
 		var out []*cofferv1.AuditEntry
@@ -888,14 +892,26 @@ func TestCLI_AuditTailStreams(t *testing.T) {
 	if got := strings.Join(tableSeqs(t, w.String()), ","); got != "9,10,11,12,13" {
 		t.Fatalf("tail -f printed %s:\n%s", got, w.String())
 	}
+	// Rows printed as they arrive line up with the header.
+	for _, col := range []string{"TIME", "OP", "TARGET"} {
+		lines := strings.Split(strings.TrimRight(w.String(), "\n"), "\n")
+		at := strings.Index(lines[0], col)
+		field := slices.Index(strings.Fields(lines[0]), col)
+		for _, line := range lines[1:] {
+			f := strings.Fields(line)
+			if field >= len(f) || !strings.HasPrefix(line[at:], f[field]) {
+				t.Fatalf("column %s is not at %d in %q:\n%s", col, at, line, w.String())
+			}
+		}
+	}
 	l.mu.Lock()
 	follows, queries := fmt.Sprint(l.follows), len(l.queries)
 	l.mu.Unlock()
-	if follows != "[10 12]" {
-		t.Fatalf("follow streams started after %s, want [10 12]", follows)
+	if follows != "[8 10]" {
+		t.Fatalf("follow streams started after %s, want [8 10] (the newest 2, then a resume after the dropped first message)", follows)
 	}
-	if queries != 2 || errOut.Len() != 0 {
-		t.Fatalf("%d queries (want the 2 before following), stderr %q", queries, errOut.String())
+	if queries != 0 || errOut.Len() != 0 {
+		t.Fatalf("%d queries (want none: the stream starts with the newest entries), stderr %q", queries, errOut.String())
 	}
 }
 

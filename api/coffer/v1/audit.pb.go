@@ -289,8 +289,13 @@ func (x *AuditExportChunk) GetData() []byte {
 
 // AuditFollowRequest starts a stream of the entries after after_seq.
 type AuditFollowRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AfterSeq      uint64                 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	AfterSeq uint64                 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// With from_newest, after_seq is ignored: the stream starts with the
+	// newest `newest` entries before its own (at most 1000; 0 for none), as
+	// tail -n does.
+	FromNewest    bool   `protobuf:"varint,2,opt,name=from_newest,json=fromNewest,proto3" json:"from_newest,omitempty"`
+	Newest        uint32 `protobuf:"varint,3,opt,name=newest,proto3" json:"newest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -328,6 +333,20 @@ func (*AuditFollowRequest) Descriptor() ([]byte, []int) {
 func (x *AuditFollowRequest) GetAfterSeq() uint64 {
 	if x != nil {
 		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *AuditFollowRequest) GetFromNewest() bool {
+	if x != nil {
+		return x.FromNewest
+	}
+	return false
+}
+
+func (x *AuditFollowRequest) GetNewest() uint32 {
+	if x != nil {
+		return x.Newest
 	}
 	return 0
 }
@@ -730,9 +749,12 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\x12AuditExportRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"&\n" +
 	"\x10AuditExportChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"1\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"j\n" +
 	"\x12AuditFollowRequest\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"a\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x1f\n" +
+	"\vfrom_newest\x18\x02 \x01(\bR\n" +
+	"fromNewest\x12\x16\n" +
+	"\x06newest\x18\x03 \x01(\rR\x06newest\"a\n" +
 	"\x13AuditFollowResponse\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12\x19\n" +
 	"\bhead_seq\x18\x02 \x01(\x04R\aheadSeq\"/\n" +
