@@ -207,32 +207,23 @@ func (f *FSM) AppliedTerm() uint64 { return f.term.Load() }
 // WaitApplied blocks until the applied index reaches index, ctx ends, or the
 // FSM closes.
 func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
-	for {
-		f.waitMu.Lock()
-		ch := f.waitCh
-		f.waitMu.Unlock()
-		if f.applied.Load() >= index {
-			return nil
-		}
-		if f.closed.Load() {
-			return ErrClosed
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return f.waitFor(ctx, func() bool { return f.applied.Load() >= index })
 }
 
 // WaitAudit blocks until the newest audit entry is past seq, ctx ends, or
 // the FSM closes.
 func (f *FSM) WaitAudit(ctx context.Context, seq uint64) error {
+	return f.waitFor(ctx, func() bool { return f.auditSeq.Load() > seq })
+}
+
+// waitFor blocks until done holds after a batch was applied, ctx ends, or
+// the FSM closes.
+func (f *FSM) waitFor(ctx context.Context, done func() bool) error {
 	for {
 		f.waitMu.Lock()
 		ch := f.waitCh
 		f.waitMu.Unlock()
-		if f.auditSeq.Load() > seq {
+		if done() {
 			return nil
 		}
 		if f.closed.Load() {

@@ -830,18 +830,36 @@ func TestCLI_AuditTail(t *testing.T) {
 		t.Fatalf("tail -o json:\n%s", out)
 	}
 
-	// -f prints new entries until interrupted, then exits 0.
+	// -f prints new entries until interrupted, then exits 0. This node
+	// cannot stream, so it polls.
+	out, errOut := followTail(t, env, []string{"-n", "2", "--interval", "100ms"}, func() { l.add(12) }, "k10", "k12")
+	if got := strings.Join(tableSeqs(t, out), ","); got != "9,10,11,12" {
+		t.Fatalf("tail -f printed %s:\n%s", got, out)
+	}
+	if !strings.Contains(errOut, "polling every 100ms") {
+		t.Fatalf("tail -f against a node that cannot stream does not say it polls: %q", errOut)
+	}
+}
+
+// followTail runs audit tail -f with args until each of marks has been
+// printed, calling next after each but the last (to add entries), then
+// interrupts it, checks that it exits 0, and returns its output and stderr.
+func followTail(t *testing.T, env envMap, args []string, next func(), marks ...string) (string, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := &syncBuffer{}
-	var errOut bytes.Buffer
+	var errOut syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"audit", "tail", "-n", "2", "-f", "--interval", "100ms"}, streams{in: strings.NewReader(""), out: w, err: &errOut}, env.get)
+		done <- run(ctx, append([]string{"audit", "tail", "-f"}, args...), streams{in: strings.NewReader(""), out: w, err: &errOut}, env.get)
 	}()
-	waitFor(t, func() bool { return strings.Contains(w.String(), "k10") })
-	l.add(12)
-	waitFor(t, func() bool { return strings.Contains(w.String(), "k12") })
+	for i, m := range marks {
+		waitFor(t, func() bool { return strings.Contains(w.String(), m) })
+		if i < len(marks)-1 {
+			next()
+		}
+	}
 	cancel()
 	select {
 	case code := <-done:
@@ -851,12 +869,7 @@ func TestCLI_AuditTail(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("tail -f did not stop when interrupted")
 	}
-	if got := strings.Join(tableSeqs(t, w.String()), ","); got != "9,10,11,12" {
-		t.Fatalf("tail -f printed %s:\n%s", got, w.String())
-	}
-	if !strings.Contains(errOut.String(), "polling every 100ms") {
-		t.Fatalf("tail -f against a node that cannot stream does not say it polls: %q", errOut.String())
-	}
+	return w.String(), errOut.String()
 }
 
 // TestCLI_AuditTailStreams: tail -f follows one stream, and when the node
@@ -867,40 +880,20 @@ func TestCLI_AuditTailStreams(t *testing.T) {
 	l.mu.Lock()
 	l.streaming, l.dropOnce = true, true
 	l.mu.Unlock()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	w := &syncBuffer{}
-	var errOut bytes.Buffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"audit", "tail", "-n", "2", "-f"}, streams{in: strings.NewReader(""), out: w, err: &errOut}, env.get)
-	}()
-	waitFor(t, func() bool { return strings.Contains(w.String(), "k10") })
-	l.add(12)
-	waitFor(t, func() bool { return strings.Contains(w.String(), "k12") })
-	l.add(13)
-	waitFor(t, func() bool { return strings.Contains(w.String(), "k13") })
-	cancel()
-	select {
-	case code := <-done:
-		if code != exitOK {
-			t.Fatalf("tail -f ended with %d, stderr %q", code, errOut.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("tail -f did not stop when interrupted")
-	}
-	if got := strings.Join(tableSeqs(t, w.String()), ","); got != "9,10,11,12,13" {
-		t.Fatalf("tail -f printed %s:\n%s", got, w.String())
+	n := uint64(11)
+	out, errOut := followTail(t, env, []string{"-n", "2"}, func() { n++; l.add(n) }, "k10", "k12", "k13")
+	if got := strings.Join(tableSeqs(t, out), ","); got != "9,10,11,12,13" {
+		t.Fatalf("tail -f printed %s:\n%s", got, out)
 	}
 	// Rows printed as they arrive line up with the header.
 	for _, col := range []string{"TIME", "OP", "TARGET"} {
-		lines := strings.Split(strings.TrimRight(w.String(), "\n"), "\n")
+		lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
 		at := strings.Index(lines[0], col)
 		field := slices.Index(strings.Fields(lines[0]), col)
 		for _, line := range lines[1:] {
 			f := strings.Fields(line)
 			if field >= len(f) || !strings.HasPrefix(line[at:], f[field]) {
-				t.Fatalf("column %s is not at %d in %q:\n%s", col, at, line, w.String())
+				t.Fatalf("column %s is not at %d in %q:\n%s", col, at, line, out)
 			}
 		}
 	}
@@ -910,8 +903,8 @@ func TestCLI_AuditTailStreams(t *testing.T) {
 	if follows != "[8 10]" {
 		t.Fatalf("follow streams started after %s, want [8 10] (the newest 2, then a resume after the dropped first message)", follows)
 	}
-	if queries != 0 || errOut.Len() != 0 {
-		t.Fatalf("%d queries (want none: the stream starts with the newest entries), stderr %q", queries, errOut.String())
+	if queries != 0 || errOut != "" {
+		t.Fatalf("%d queries (want none: the stream starts with the newest entries), stderr %q", queries, errOut)
 	}
 }
 
