@@ -277,6 +277,12 @@ func TestNode_AuditFollow(t *testing.T) {
 
 	tc.mustRegisterApp(admin, l, "nosy")
 	nosy := tc.identity("nosy")
+	// A stream of refusals only: it sends nosy's refused follow below, not
+	// its own (granted) entry nor the registration.
+	denials, err := admin.audit[l].Follow(ctx, &cofferv1.AuditFollowRequest{AfterSeq: tc.nodes[l].FSM().AuditHeadSeq(), Outcome: "denied"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s2, err := nosy.audit[l].Follow(ctx, &cofferv1.AuditFollowRequest{})
 	if err == nil {
 		_, err = s2.Recv()
@@ -290,4 +296,16 @@ func TestNode_AuditFollow(t *testing.T) {
 	if len(q.GetEntries()) != 1 {
 		t.Fatalf("%d denied audit.read entries for nosy, want 1", len(q.GetEntries()))
 	}
+	m, err := denials.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.GetEntries()) != 1 || m.GetEntries()[0].GetSeq() != q.GetEntries()[0].GetSeq() {
+		t.Fatalf("the denied-only stream sent %v, want nosy's refusal at seq %d", m.GetEntries(), q.GetEntries()[0].GetSeq())
+	}
+	bad, err = admin.audit[l].Follow(ctx, &cofferv1.AuditFollowRequest{Outcome: "maybe"})
+	if err == nil {
+		_, err = bad.Recv()
+	}
+	wantCode(t, "follow with an unknown outcome", err, codes.InvalidArgument, "outcome")
 }

@@ -37,13 +37,9 @@ func (s *auditService) Query(ctx context.Context, req *cofferv1.AuditQueryReques
 	if limit > MaxAuditPage {
 		return nil, fmt.Errorf("%w: limit must be at most %d", ErrInvalidArgument, MaxAuditPage)
 	}
-	flt := fsm.AuditFilter{Caller: req.GetCaller(), GKID: req.GetGkid(), Operation: req.GetOperation()}
-	if req.GetOutcome() != "" {
-		o, ok := outcomeNames[req.GetOutcome()]
-		if !ok {
-			return nil, fmt.Errorf("%w: outcome must be granted, denied or failed", ErrInvalidArgument)
-		}
-		flt.Outcome = o
+	flt, err := auditFilter(req.GetCaller(), req.GetGkid(), req.GetOperation(), req.GetOutcome())
+	if err != nil {
+		return nil, err
 	}
 	if req.GetSince() != nil {
 		flt.SinceUnixNano = req.GetSince().AsTime().UnixNano()
@@ -59,6 +55,19 @@ func (s *auditService) Query(ctx context.Context, req *cofferv1.AuditQueryReques
 		return nil, err
 	}
 	return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: last, HeadSeq: s.n.fsm.AuditHeadSeq()}, nil
+}
+
+// auditFilter builds the filter of a Query or Follow request.
+func auditFilter(caller, gkid, operation, outcome string) (fsm.AuditFilter, error) {
+	flt := fsm.AuditFilter{Caller: caller, GKID: gkid, Operation: operation}
+	if outcome != "" {
+		o, ok := outcomeNames[outcome]
+		if !ok {
+			return flt, fmt.Errorf("%w: outcome must be granted, denied or failed", ErrInvalidArgument)
+		}
+		flt.Outcome = o
+	}
+	return flt, nil
 }
 
 // Head tells where the log stands on this node: its newest entry, newest
@@ -128,6 +137,10 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	if req.GetNewest() > MaxAuditPage {
 		return false, fmt.Errorf("%w: newest must be at most %d", ErrInvalidArgument, MaxAuditPage)
 	}
+	flt, err := auditFilter(req.GetCaller(), req.GetGkid(), req.GetOperation(), req.GetOutcome())
+	if err != nil {
+		return false, err
+	}
 	after := req.GetAfterSeq()
 	if req.GetFromNewest() {
 		head := s.n.fsm.AuditHeadSeq()
@@ -149,7 +162,7 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 		}
 	}()
 	for {
-		entries, last, err := s.n.fsm.AuditEntries(after, MaxAuditPage, fsm.AuditFilter{})
+		entries, last, err := s.n.fsm.AuditEntries(after, MaxAuditPage, flt)
 		if err != nil {
 			return true, err
 		}

@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -208,22 +209,80 @@ func (a *app) auditPage(ctx context.Context, c *client.Client, req *cofferv1.Aud
 
 // auditQueryOptions are the flags of `audit query`.
 type auditQueryOptions struct {
-	since, until       string
+	since, until string
+	filter       auditFilterFlags
+	after        uint64
+	limit        uint32
+	all          bool
+}
+
+// auditFilterFlags are the entry filters of audit query and audit tail.
+type auditFilterFlags struct {
 	clientName, caller string
 	gkid, op, outcome  string
-	after              uint64
-	limit              uint32
-	all                bool
+}
+
+func (o *auditFilterFlags) add(f *pflag.FlagSet) {
+	f.StringVar(&o.clientName, "client", "", "only requests by this client (caller client:NAME)")
+	f.StringVar(&o.caller, "caller", "", "only requests by this caller identity, e.g. client:app or node:n1")
+	f.StringVar(&o.gkid, "gkid", "", "only entries about this key")
+	f.StringVar(&o.op, "op", "", "only this operation, e.g. get, generate, acl.manage, audit.export")
+	f.StringVar(&o.outcome, "outcome", "", "only granted, denied or failed requests")
+}
+
+// auditFilter is what a query or a follow stream matches.
+type auditFilter struct{ caller, gkid, op, outcome string }
+
+// query sets the filter on a query request and returns it.
+func (v auditFilter) query(req *cofferv1.AuditQueryRequest) *cofferv1.AuditQueryRequest {
+	req.Caller, req.Gkid, req.Operation, req.Outcome = v.caller, v.gkid, v.op, v.outcome
+	return req
+}
+
+// values validates the flags.
+func (o auditFilterFlags) values() (auditFilter, error) {
+	v := auditFilter{gkid: o.gkid, op: o.op}
+	switch {
+	case o.clientName != "" && o.caller != "":
+		return v, usagef("give --client or --caller, not both")
+	case o.clientName != "":
+		if err := authz.ValidateClientName(o.clientName); err != nil {
+			return v, usageError{fmt.Errorf("--client: %w", err)}
+		}
+		v.caller = transport.Identity{Kind: transport.KindClient, Name: o.clientName}.String()
+	case o.caller != "":
+		v.caller = strings.TrimSpace(o.caller)
+		if v.caller == "" {
+			return v, usagef("--caller is blank")
+		}
+	}
+	if o.outcome != "" {
+		v.outcome = strings.ToLower(strings.TrimSpace(o.outcome))
+		switch v.outcome {
+		case "granted", "denied", "failed":
+		default:
+			return v, usagef("unknown --outcome %q (want granted, denied or failed)", o.outcome)
+		}
+	}
+	for _, f := range []struct{ name, val string }{{"caller", v.caller}, {"gkid", v.gkid}, {"op", v.op}} {
+		if len(f.val) > audit.MaxFieldLen {
+			return v, usagef("--%s is %d bytes, at most %d", f.name, len(f.val), audit.MaxFieldLen)
+		}
+	}
+	return v, nil
 }
 
 // request validates the flags and builds the first page's request; now is
 // the reference for relative times.
 func (o auditQueryOptions) request(now time.Time) (*cofferv1.AuditQueryRequest, error) {
-	req := &cofferv1.AuditQueryRequest{AfterSeq: o.after, Limit: o.limit, Gkid: o.gkid, Operation: o.op}
+	flt, err := o.filter.values()
+	if err != nil {
+		return nil, err
+	}
+	req := flt.query(&cofferv1.AuditQueryRequest{AfterSeq: o.after, Limit: o.limit})
 	if o.limit > maxAuditPage {
 		return nil, usagef("--limit %d is above %d", o.limit, maxAuditPage)
 	}
-	var err error
 	if req.Since, err = parseAuditTime("since", o.since, now); err != nil {
 		return nil, err
 	}
@@ -232,33 +291,6 @@ func (o auditQueryOptions) request(now time.Time) (*cofferv1.AuditQueryRequest, 
 	}
 	if req.Since != nil && req.Until != nil && !req.Since.AsTime().Before(req.Until.AsTime()) {
 		return nil, usagef("--since (%s) must be before --until (%s)", req.Since.AsTime().Format(time.RFC3339), req.Until.AsTime().Format(time.RFC3339))
-	}
-	switch {
-	case o.clientName != "" && o.caller != "":
-		return nil, usagef("give --client or --caller, not both")
-	case o.clientName != "":
-		if err := authz.ValidateClientName(o.clientName); err != nil {
-			return nil, usageError{fmt.Errorf("--client: %w", err)}
-		}
-		req.Caller = transport.Identity{Kind: transport.KindClient, Name: o.clientName}.String()
-	case o.caller != "":
-		req.Caller = strings.TrimSpace(o.caller)
-		if req.Caller == "" {
-			return nil, usagef("--caller is blank")
-		}
-	}
-	if o.outcome != "" {
-		req.Outcome = strings.ToLower(strings.TrimSpace(o.outcome))
-		switch req.Outcome {
-		case "granted", "denied", "failed":
-		default:
-			return nil, usagef("unknown --outcome %q (want granted, denied or failed)", o.outcome)
-		}
-	}
-	for _, f := range []struct{ name, val string }{{"caller", req.Caller}, {"gkid", req.Gkid}, {"op", req.Operation}} {
-		if len(f.val) > audit.MaxFieldLen {
-			return nil, usagef("--%s is %d bytes, at most %d", f.name, len(f.val), audit.MaxFieldLen)
-		}
 	}
 	return req, nil
 }
@@ -339,11 +371,7 @@ as it was at the first page. Each page is bounded by --timeout.`,
 	f := cmd.Flags()
 	f.StringVar(&o.since, "since", "", "only entries at or after this time (RFC 3339, or how long ago: 1h, 7d)")
 	f.StringVar(&o.until, "until", "", "only entries before this time (RFC 3339, or how long ago)")
-	f.StringVar(&o.clientName, "client", "", "only requests by this client (caller client:NAME)")
-	f.StringVar(&o.caller, "caller", "", "only requests by this caller identity, e.g. client:app or node:n1")
-	f.StringVar(&o.gkid, "gkid", "", "only entries about this key")
-	f.StringVar(&o.op, "op", "", "only this operation, e.g. get, generate, acl.manage, audit.export")
-	f.StringVar(&o.outcome, "outcome", "", "only granted, denied or failed requests")
+	o.filter.add(f)
 	f.Uint64Var(&o.after, "after", 0, "start after this sequence number")
 	f.Uint32Var(&o.limit, "limit", 0, "entries per page, at most 1000 (default 100)")
 	f.BoolVar(&o.all, "all", false, "follow pages up to the head of the log")
@@ -537,8 +565,9 @@ func (a *app) auditTailCmd() *cobra.Command {
 	var n int
 	var follow bool
 	var interval time.Duration
+	var filter auditFilterFlags
 	cmd := &cobra.Command{
-		Use:   "tail [-n 20] [-f] [--interval 1s]",
+		Use:   "tail [-n 20] [-f] [--interval 1s] [--client NAME | --caller ID] [--gkid G] [--op O] [--outcome X]",
 		Short: "Show the newest audit entries, and with -f follow new ones",
 		Long: `Show the newest -n entries of the audit log. With -f, keep printing new
 entries as nodes apply them, until interrupted (Ctrl-C ends it with status
@@ -548,7 +577,11 @@ entries as nodes apply them, until interrupted (Ctrl-C ends it with status
 entries: one request with one audit entry (audit.read), whose own entry
 follows them. When its node fails the stream resumes on another after the
 last entry printed. Against a node too old to stream, -f polls
-every --interval instead, and every poll is a request with its own entry.`,
+every --interval instead, and every poll is a request with its own entry.
+
+The filters keep only matching entries, as in audit query; -n still counts
+entries, not matches. For example, watch refusals as they happen:
+  coffer audit tail -n 0 -f --outcome denied`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if n < 0 || n > maxAuditPage {
@@ -557,8 +590,12 @@ every --interval instead, and every poll is a request with its own entry.`,
 			if interval < minTailInterval || interval > maxTailInterval {
 				return usagef("--interval must be between %v and %v, got %v", minTailInterval, maxTailInterval, interval)
 			}
+			flt, err := filter.values()
+			if err != nil {
+				return err
+			}
 			return a.withLongClient(cmd, func(ctx context.Context, c *client.Client) error {
-				err := a.auditTail(ctx, c, n, follow, interval)
+				err := a.auditTail(ctx, c, n, flt, follow, interval)
 				if follow && ctx.Err() != nil {
 					// Interrupted: the normal way to stop following.
 					return nil
@@ -571,10 +608,11 @@ every --interval instead, and every poll is a request with its own entry.`,
 	f.IntVarP(&n, "lines", "n", defaultTailLines, "how many of the newest entries to show (0-1000)")
 	f.BoolVarP(&follow, "follow", "f", false, "keep printing new entries until interrupted")
 	f.DurationVar(&interval, "interval", time.Second, "with -f against a node that cannot stream, how often to poll (100ms-5m)")
+	filter.add(f)
 	return cmd
 }
 
-func (a *app) auditTail(ctx context.Context, c *client.Client, n int, follow bool, interval time.Duration) error {
+func (a *app) auditTail(ctx context.Context, c *client.Client, n int, flt auditFilter, follow bool, interval time.Duration) error {
 	var pw auditPageWriter = &auditTable{w: a.out}
 	if a.format == formatJSON {
 		pw = auditLines{w: a.out}
@@ -582,7 +620,9 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, follow boo
 	if follow {
 		// One stream, which starts with the newest n entries.
 		started := false
-		err := c.AuditFollow(ctx, &cofferv1.AuditFollowRequest{FromNewest: true, Newest: uint32(n)}, func(m *cofferv1.AuditFollowResponse) error {
+		req := &cofferv1.AuditFollowRequest{FromNewest: true, Newest: uint32(n),
+			Caller: flt.caller, Gkid: flt.gkid, Operation: flt.op, Outcome: flt.outcome}
+		err := c.AuditFollow(ctx, req, func(m *cofferv1.AuditFollowResponse) error {
 			started = true
 			return pw.writePage(m.GetEntries())
 		})
@@ -599,7 +639,7 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, follow boo
 	var entries []*cofferv1.AuditEntry
 	if n > 0 && last > 0 {
 		after := last - min(uint64(n), last)
-		resp, err := a.auditPage(ctx, c, &cofferv1.AuditQueryRequest{AfterSeq: after, Limit: uint32(n)})
+		resp, err := a.auditPage(ctx, c, flt.query(&cofferv1.AuditQueryRequest{AfterSeq: after, Limit: uint32(n)}))
 		if err != nil {
 			return err
 		}
@@ -622,7 +662,7 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, follow boo
 		}
 		// Catch up page by page, then wait again.
 		for {
-			resp, err := a.auditPage(ctx, c, &cofferv1.AuditQueryRequest{AfterSeq: last, Limit: maxAuditPage})
+			resp, err := a.auditPage(ctx, c, flt.query(&cofferv1.AuditQueryRequest{AfterSeq: last, Limit: maxAuditPage}))
 			if err != nil {
 				return err
 			}

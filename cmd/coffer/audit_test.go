@@ -165,6 +165,8 @@ func TestCLI_AuditUsageErrors(t *testing.T) {
 		{"tail too many", []string{"audit", "tail", "-n", "5000"}, "-n must be"},
 		{"tail fast interval", []string{"audit", "tail", "-f", "--interval", "1ms"}, "--interval"},
 		{"tail slow interval", []string{"audit", "tail", "-f", "--interval", "1h"}, "--interval"},
+		{"tail bad outcome", []string{"audit", "tail", "-f", "--outcome", "maybe"}, "--outcome"},
+		{"tail client and caller", []string{"audit", "tail", "--client", "a", "--caller", "client:a"}, "not both"},
 		{"export csv", []string{"audit", "export", "--format", "csv"}, "only jsonl"},
 		{"export argument", []string{"audit", "export", "out.jsonl"}, "takes 0 argument"},
 		{"verify without key", []string{"audit", "verify", "--file", exp}, "--trusted-key is required"},
@@ -529,6 +531,7 @@ type auditLog struct {
 	// failing node would; follows records each stream's after_seq.
 	streaming, dropOnce bool
 	follows             []uint64
+	followReqs          []*cofferv1.AuditFollowRequest
 }
 
 // Follow sends the entries after after_seq, then new ones as add appends
@@ -544,14 +547,18 @@ func (l *auditLog) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.Audi
 		after = uint64(len(l.entries)) - min(uint64(len(l.entries)), uint64(req.GetNewest()))
 	}
 	l.follows = append(l.follows, after)
+	l.followReqs = append(l.followReqs, req)
 	l.mu.Unlock()
 	for {
 		l.mu.Lock()
 		var out []*cofferv1.AuditEntry
 		for _, e := range l.entries {
-			if e.GetSeq() > after {
+			if e.GetSeq() > after && matches(e, req) {
 				out = append(out, e)
 			}
+		}
+		if n := len(l.entries); n > 0 && len(out) == 0 {
+			after = max(after, uint64(n)) // scanned, none matched
 		}
 		drop := l.dropOnce && len(out) > 0
 		if drop {
@@ -602,6 +609,19 @@ func (l *auditLog) add(n uint64, cpAt ...uint64) {
 	}
 }
 
+// matches applies a query's or a follow's filters to e.
+func matches(e *cofferv1.AuditEntry, req interface {
+	GetCaller() string
+	GetOutcome() string
+	GetOperation() string
+	GetGkid() string
+}) bool {
+	return (req.GetCaller() == "" || e.GetCaller() == req.GetCaller()) &&
+		(req.GetOutcome() == "" || outcomeName(e.GetOutcome()) == req.GetOutcome()) &&
+		(req.GetOperation() == "" || e.GetOperation() == req.GetOperation()) &&
+		(req.GetGkid() == "" || e.GetGkid() == req.GetGkid())
+}
+
 // Query follows fsm.AuditEntries: entries after after_seq matching the
 // filters, at most limit, and the last seq scanned.
 func (l *auditLog) Query(_ context.Context, req *cofferv1.AuditQueryRequest) (*cofferv1.AuditQueryResponse, error) {
@@ -621,10 +641,7 @@ func (l *auditLog) Query(_ context.Context, req *cofferv1.AuditQueryRequest) (*c
 			continue
 		}
 		resp.LastSeq = e.GetSeq()
-		if (req.GetCaller() == "" || e.GetCaller() == req.GetCaller()) &&
-			(req.GetOutcome() == "" || outcomeName(e.GetOutcome()) == req.GetOutcome()) &&
-			(req.GetOperation() == "" || e.GetOperation() == req.GetOperation()) &&
-			(req.GetGkid() == "" || e.GetGkid() == req.GetGkid()) {
+		if matches(e, req) {
 			resp.Entries = append(resp.Entries, e)
 		}
 		if len(resp.Entries) >= limit {
@@ -838,6 +855,26 @@ func TestCLI_AuditTail(t *testing.T) {
 	}
 	if !strings.Contains(errOut, "polling every 100ms") {
 		t.Fatalf("tail -f against a node that cannot stream does not say it polls: %q", errOut)
+	}
+}
+
+// TestCLI_AuditTailFilters: tail -f passes its filters to the stream, which
+// sends only matching entries.
+func TestCLI_AuditTailFilters(t *testing.T) {
+	l, env := mustAuditNode(t, 14)
+	l.mu.Lock()
+	l.streaming = true
+	l.mu.Unlock()
+	// Of the newest 5 (10 to 14), only 12 is a refusal of client ops.
+	out, _ := followTail(t, env, []string{"-n", "5", "--outcome", "Denied", "--client", "ops", "--op", "get"}, nil, "k12")
+	if got := strings.Join(tableSeqs(t, out), ","); got != "12" {
+		t.Fatalf("tail -f --outcome denied --client ops printed %s:\n%s", got, out)
+	}
+	l.mu.Lock()
+	req := l.followReqs[0]
+	l.mu.Unlock()
+	if req.GetOutcome() != "denied" || req.GetCaller() != "client:ops" || req.GetOperation() != "get" || !req.GetFromNewest() || req.GetNewest() != 5 {
+		t.Fatalf("follow request %v", req)
 	}
 }
 

@@ -294,8 +294,14 @@ type AuditFollowRequest struct {
 	// With from_newest, after_seq is ignored: the stream starts with the
 	// newest `newest` entries before its own (at most 1000; 0 for none), as
 	// tail -n does.
-	FromNewest    bool   `protobuf:"varint,2,opt,name=from_newest,json=fromNewest,proto3" json:"from_newest,omitempty"`
-	Newest        uint32 `protobuf:"varint,3,opt,name=newest,proto3" json:"newest,omitempty"`
+	FromNewest bool   `protobuf:"varint,2,opt,name=from_newest,json=fromNewest,proto3" json:"from_newest,omitempty"`
+	Newest     uint32 `protobuf:"varint,3,opt,name=newest,proto3" json:"newest,omitempty"`
+	// Filters, as in AuditQueryRequest; unset matches everything. The stream
+	// sends only matching entries (newest counts entries, not matches).
+	Caller        string `protobuf:"bytes,4,opt,name=caller,proto3" json:"caller,omitempty"`
+	Gkid          string `protobuf:"bytes,5,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	Operation     string `protobuf:"bytes,6,opt,name=operation,proto3" json:"operation,omitempty"`
+	Outcome       string `protobuf:"bytes,7,opt,name=outcome,proto3" json:"outcome,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -349,6 +355,34 @@ func (x *AuditFollowRequest) GetNewest() uint32 {
 		return x.Newest
 	}
 	return 0
+}
+
+func (x *AuditFollowRequest) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *AuditFollowRequest) GetGkid() string {
+	if x != nil {
+		return x.Gkid
+	}
+	return ""
+}
+
+func (x *AuditFollowRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *AuditFollowRequest) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
 }
 
 // AuditFollowResponse carries the next entries in seq order, as the node
@@ -749,12 +783,16 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\x12AuditExportRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"&\n" +
 	"\x10AuditExportChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"j\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xce\x01\n" +
 	"\x12AuditFollowRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x1f\n" +
 	"\vfrom_newest\x18\x02 \x01(\bR\n" +
 	"fromNewest\x12\x16\n" +
-	"\x06newest\x18\x03 \x01(\rR\x06newest\"a\n" +
+	"\x06newest\x18\x03 \x01(\rR\x06newest\x12\x16\n" +
+	"\x06caller\x18\x04 \x01(\tR\x06caller\x12\x12\n" +
+	"\x04gkid\x18\x05 \x01(\tR\x04gkid\x12\x1c\n" +
+	"\toperation\x18\x06 \x01(\tR\toperation\x12\x18\n" +
+	"\aoutcome\x18\a \x01(\tR\aoutcome\"a\n" +
 	"\x13AuditFollowResponse\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12\x19\n" +
 	"\bhead_seq\x18\x02 \x01(\x04R\aheadSeq\"/\n" +
