@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -215,6 +216,9 @@ func TestNode_AuditFollow(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the stream sent nothing")
 	}
+	if n := testutil.ToFloat64(metricFollowStreams); n != 1 {
+		t.Fatalf("coffer_audit_follow_streams is %v with one stream open", n)
+	}
 	var want []string
 	for i := 0; i < 3; i++ {
 		want = append(want, tc.mustGenerate(l, "follow", fmt.Sprintf("req-%d", i)).GetGkid())
@@ -273,6 +277,10 @@ func TestNode_AuditFollow(t *testing.T) {
 		wantCode(t, "stream of a stopped node", err, codes.Unavailable, "")
 	case <-ctx.Done():
 		t.Fatal("the stream did not end when its node stopped")
+	}
+	// s3 is still open on the leader.
+	if n := testutil.ToFloat64(metricFollowStreams); n != 1 {
+		t.Fatalf("coffer_audit_follow_streams is %v after one of two streams ended", n)
 	}
 
 	tc.mustRegisterApp(admin, l, "nosy")

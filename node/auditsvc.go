@@ -151,6 +151,8 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 		metricAuditFailures.Inc()
 		return false, fmt.Errorf("%w: the follow's audit entry could not be committed: %v", ErrNoLeader, err)
 	}
+	metricFollowStreams.Inc()
+	defer metricFollowStreams.Dec()
 	// End the stream when the node stops, so that Close does not wait.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -170,6 +172,7 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 			if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.n.fsm.AuditHeadSeq()}); err != nil {
 				return true, err
 			}
+			metricFollowEntries.Add(float64(len(entries)))
 		}
 		if last > after {
 			after = last

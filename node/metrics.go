@@ -26,6 +26,14 @@ var (
 		Namespace: "coffer", Name: "audit_commit_failures_total",
 		Help: "Requests whose audit entry could not be committed (their response was withheld).",
 	})
+	metricFollowStreams = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "coffer", Name: "audit_follow_streams",
+		Help: "AuditService.Follow streams open on this node (audit tail -f, SIEM feeds).",
+	})
+	metricFollowEntries = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "audit_follow_entries_total",
+		Help: "Audit entries sent to Follow streams.",
+	})
 	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "requests_total",
 		Help: "gRPC requests served, by method and status code.",
@@ -93,6 +101,7 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,
+		metricFollowStreams, metricFollowEntries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 }
