@@ -278,9 +278,12 @@ func TestNode_AuditFollow(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the stream did not end when its node stopped")
 	}
-	// s3 is still open on the leader.
+	// s3 is still open on the leader; the ended stream was counted.
 	if n := testutil.ToFloat64(metricFollowStreams); n != 1 {
 		t.Fatalf("coffer_audit_follow_streams is %v after one of two streams ended", n)
+	}
+	if n := testutil.ToFloat64(metricRequests.WithLabelValues("Follow", "Unavailable")); n < 1 {
+		t.Fatalf("coffer_requests_total{method=Follow,code=Unavailable} is %v after a stream ended that way", n)
 	}
 
 	tc.mustRegisterApp(admin, l, "nosy")

@@ -106,6 +106,16 @@ func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(fsm.Collectors()...)
 }
 
+// streamMetricsInterceptor counts streaming RPCs (Export, Follow, Snapshot)
+// in coffer_requests_total when they end. Their length is the caller's
+// business (a Follow stream lasts as long as the tail), so it is not
+// observed in coffer_request_seconds.
+func streamMetricsInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	err := handler(srv, ss)
+	metricRequests.WithLabelValues(path.Base(info.FullMethod), status.Code(err).String()).Inc()
+	return err
+}
+
 func (n *Node) metricsInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := handler(ctx, req)

@@ -246,7 +246,8 @@ func (n *Node) startAPI() error {
 	}
 	n.apiLis = lis
 	opts := transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())
-	opts = append(opts, grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, n.auditInterceptor))
+	opts = append(opts, grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, n.auditInterceptor),
+		grpc.ChainStreamInterceptor(streamMetricsInterceptor))
 	s := grpc.NewServer(opts...)
 	cofferv1.RegisterKeyServiceServer(s, &keyService{n: n})
 	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n})
