@@ -129,14 +129,15 @@ func auditExportFrom(ctx context.Context, ep *endpoint, after uint64, w io.Write
 }
 
 // AuditFollow streams the audit log from where req says (after
-// req.AfterSeq, or with req.FromNewest the newest req.Newest entries):
-// every entry already there, then each new one as the node applies it,
-// calling fn with each message in seq order. It returns when ctx ends (with ctx's error), when fn
-// returns an error (that error), or when the cluster cannot be reached:
-// MaxAttempts failures in a row without a message between them. A node that
-// fails or stops is left for another, resuming after the last entry fn was
-// given, so fn sees every entry once, in order (a node that has pruned
-// entries the stream had not reached yet starts after its prune marker).
+// req.AfterSeq, or with req.FromNewest the newest req.Newest entries),
+// keeping the entries that match req's filters: every entry already there,
+// then each new one as the node applies it, calling fn with each message in
+// seq order. It returns when ctx ends (with ctx's error), when fn returns an
+// error (that error), or when the cluster cannot be reached: MaxAttempts
+// failures in a row without a message between them. A node that fails or
+// stops is left for another, resuming after the last entry fn was given, so
+// fn sees every entry once, in order (a node that has pruned entries the
+// stream had not reached yet starts after its prune marker).
 func (c *Client) AuditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest, fn func(*cofferv1.AuditFollowResponse) error) error {
 	if c.closed.Load() {
 		return ErrClosed
