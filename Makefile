@@ -15,7 +15,7 @@ export SOFTHSM2_MODULE
 SOFTHSM_DIR := $(CURDIR)/.softhsm
 SOFTHSM_TOKEN ?= coffer-dev
 
-.PHONY: help build run run-noaudit test test-short lint fmt proto deps bench chaos fuzz clean
+.PHONY: help build run run-noaudit bench-audit test test-short lint fmt proto deps bench chaos fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ proto: ## regenerate the protobuf and gRPC code from api/
 
 bench: build ## benchmark a running cluster (source .coffer-dev/env first); BENCH_ARGS to tune
 	$(BIN)/coffer bench $(BENCH_ARGS)
+
+bench-audit: ## measure what audit costs on get: both builds alternately on fresh clusters (ROUNDS, CONC, DURATION)
+	./scripts/audit-cost.sh
 
 run-noaudit: ## like run, but with a cofferd built without read audit, to measure what audit costs (never deploy it)
 	$(GO) build -tags coffer_noaudit -o $(BIN)/noaudit/cofferd ./cmd/cofferd
