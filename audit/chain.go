@@ -198,6 +198,19 @@ func Validate(e *cofferv1.AuditEntry) error {
 	return nil
 }
 
+// Clip shortens s to at most n bytes without splitting a UTF-8 sequence, so
+// that a clipped field stays valid (ValidateEntry refuses invalid UTF-8, and
+// protobuf will not marshal it).
+func Clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
 func checkString(name, v string) error {
 	if len(v) > MaxFieldLen {
 		return fmt.Errorf("%s is %d bytes, limit %d", name, len(v), MaxFieldLen)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"google.golang.org/protobuf/proto"
@@ -224,6 +225,26 @@ func BenchmarkVerifierAddEntry(b *testing.B) {
 		}
 		if err := v.AddEntry(entries[i%n]); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestClip(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"abc", 5, "abc"},
+		{"abcdef", 3, "abc"},
+		{"aé", 2, "a"},  // é is 2 bytes: never half of it
+		{"aé", 3, "aé"}, // fits
+		{"€€", 5, "€"},  // € is 3 bytes
+		{"€", 0, ""},
+	} {
+		got := Clip(tc.in, tc.n)
+		if got != tc.want || !utf8.ValidString(got) {
+			t.Errorf("Clip(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
 		}
 	}
 }

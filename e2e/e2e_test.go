@@ -345,6 +345,37 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	if out := e.mustCoffer("audit", "query", "--client", "mallory", "--outcome", "denied", "--all"); !strings.Contains(out, "generate") {
 		t.Fatalf("audit query lacks mallory's refused generate:\n%s", out)
 	}
+	// A watch on refusals (one Follow stream) sees the next one as it
+	// happens, and Ctrl-C ends it with status 0.
+	watch := exec.Command(filepath.Join(e.bin, "coffer"), "audit", "tail", "-n", "0", "-f", "--outcome", "denied", "-o", "json")
+	watch.Env = append(os.Environ(), e.vars...)
+	watched := &lockedBuffer{}
+	watchErr := &lockedBuffer{}
+	watch.Stdout, watch.Stderr = watched, watchErr
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = watch.Process.Kill() }()
+	watchDeadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(watched.String(), `"resource":"team/b"`) {
+		// Refused until the watch, started asynchronously, sees one.
+		if time.Now().After(watchDeadline) {
+			t.Fatalf("tail -f --outcome denied saw no refusal in 30 s:\n%s\nstderr: %s", watched.String(), watchErr.String())
+		}
+		if _, _, code := as("mallory", "key", "generate", "--policy", "team", "--resource", "team/b"); code == 0 {
+			t.Fatal("mallory allowed")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	_ = watch.Process.Signal(syscall.SIGINT)
+	if err := watch.Wait(); err != nil {
+		t.Fatalf("tail -f after Ctrl-C: %v, stderr %s", err, watchErr.String())
+	}
+	for _, line := range strings.Split(strings.TrimSpace(watched.String()), "\n") {
+		if !strings.Contains(line, `"outcome":"AUDIT_OUTCOME_DENIED"`) || !strings.Contains(line, `"caller":"client:mallory"`) {
+			t.Fatalf("tail -f --outcome denied printed %s", line)
+		}
+	}
 	// The log holds no key material, only an HMAC that `audit match` tests.
 	var q struct {
 		Entries []struct {
@@ -469,4 +500,22 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer that a process writes while the test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -75,10 +75,7 @@ func (a *applyCtx) appendAudit(e *cofferv1.AuditEntry, res Result) {
 }
 
 func clipReason(s string) string {
-	if len(s) > audit.MaxFieldLen {
-		return s[:audit.MaxFieldLen]
-	}
-	return s
+	return audit.Clip(s, audit.MaxFieldLen)
 }
 
 func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {

@@ -14,6 +14,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
+	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/transport"
 )
@@ -108,6 +109,44 @@ func (n *Node) newAuditEntry(ctx context.Context, method string) *cofferv1.Audit
 	return e
 }
 
+// requestTarget records the target a request names (key, resource, policy,
+// client) before its handler runs, so that the entry of a request refused or
+// failed early still says what was asked for. Handlers overwrite it with
+// what they find: a key's stored resource and policy, for example.
+func requestTarget(e *cofferv1.AuditEntry, req any) {
+	set := func(field *string, v string) {
+		if v != "" {
+			*field = clip(v, audit.MaxFieldLen)
+		}
+	}
+	if r, ok := req.(interface{ GetGkid() string }); ok {
+		set(&e.Gkid, r.GetGkid())
+	}
+	if r, ok := req.(interface{ GetResource() string }); ok {
+		set(&e.Resource, r.GetResource())
+	}
+	if r, ok := req.(interface{ GetResourcePattern() string }); ok {
+		set(&e.Resource, r.GetResourcePattern())
+	}
+	if r, ok := req.(interface{ GetPolicy() string }); ok {
+		set(&e.Policy, r.GetPolicy())
+	}
+	if r, ok := req.(interface{ GetClient() string }); ok {
+		set(&e.Client, r.GetClient())
+	}
+	if r, ok := req.(interface{ GetSubject() string }); ok {
+		set(&e.Client, r.GetSubject())
+	}
+	if r, ok := req.(interface{ GetName() string }); ok {
+		switch e.GetOperation() {
+		case string(authz.OpPolicyCreate), string(authz.OpPolicyUpdate), string(authz.OpPolicyRead):
+			set(&e.Policy, r.GetName())
+		case string(authz.OpClientManage), string(authz.OpClientRead):
+			set(&e.Client, r.GetName())
+		}
+	}
+}
+
 // errReplicaDiverged is the refusal of a replica whose chain disagreed with
 // a signed checkpoint.
 func errReplicaDiverged() error {
@@ -135,8 +174,9 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 		rec.e.Consistency = c.GetConsistency()
 	}
 	if r, ok := req.(interface{ GetRequestId() string }); ok {
-		rec.e.RequestId = r.GetRequestId()
+		rec.e.RequestId = clip(r.GetRequestId(), audit.MaxFieldLen)
 	}
+	requestTarget(rec.e, req)
 	resp, err := handler(context.WithValue(ctx, auditRecKey{}, rec), req)
 	if rec.done {
 		return resp, err
@@ -172,12 +212,7 @@ func setOutcome(e *cofferv1.AuditEntry, err error) {
 	e.Reason = clip(st.Code().String()+": "+st.Message(), audit.MaxFieldLen)
 }
 
-func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
-}
+func clip(s string, n int) string { return audit.Clip(s, n) }
 
 // commitAudit commits one entry through the batching auditor and waits
 // until it is committed.

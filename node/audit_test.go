@@ -89,6 +89,14 @@ func TestNode_AuditLog(t *testing.T) {
 	if entries[6].GetReason() == "" {
 		t.Error("denied entry has no reason")
 	}
+	// Refused or failed before anything was looked up, an entry still
+	// names what was asked for.
+	if e := entries[6]; e.GetResource() != "audit/r" {
+		t.Errorf("refused generate does not name its resource: %+v", e)
+	}
+	if e := entries[8]; e.GetResource() != "audit/r" || e.GetPolicy() != "missing" {
+		t.Errorf("failed generate does not name its resource and policy: %+v", e)
+	}
 
 	// Identical chain on every node, and it verifies.
 	deadline := time.Now().Add(10 * time.Second)

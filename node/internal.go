@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -54,8 +55,9 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 	rec := &auditRec{e: &cofferv1.AuditEntry{TimeUnixNano: at, Node: clip(req.GetCaller().GetNode(), 64),
 		Caller: caller.String(), Operation: forwardedOp(req)}, attempted: true}
 	if r, ok := forwardedRequest(req).(interface{ GetRequestId() string }); ok {
-		rec.e.RequestId = r.GetRequestId()
+		rec.e.RequestId = clip(r.GetRequestId(), audit.MaxFieldLen)
 	}
+	requestTarget(rec.e, forwardedRequest(req))
 	ctx = context.WithValue(ctx, auditRecKey{}, rec)
 	resp, err := s.forward(ctx, caller, req)
 	if !rec.done {
