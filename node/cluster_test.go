@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -521,4 +522,29 @@ func TestNode_NoPlaintextOnDisk(t *testing.T) {
 func retryable(err error) bool {
 	c := status.Code(err)
 	return c == codes.Unavailable || c == codes.DeadlineExceeded
+}
+
+// blockedFuture is a Raft future that is never answered, as one left in
+// Raft's apply buffer when Raft shuts down.
+type blockedFuture struct{ block chan struct{} }
+
+func (f blockedFuture) Error() error { <-f.block; return nil }
+
+// TestApplyErrorStopsWithTheNode: waiting for a command's outcome ends
+// when the node closes, even if Raft never answers, so Close cannot hang.
+func TestApplyErrorStopsWithTheNode(t *testing.T) {
+	n := &Node{stopCh: make(chan struct{})}
+	f := blockedFuture{block: make(chan struct{})}
+	defer close(f.block)
+	got := make(chan error, 1)
+	go func() { got <- n.applyError(f) }()
+	close(n.stopCh)
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrShuttingDown) {
+			t.Fatalf("applyError after stop: %v, want ErrShuttingDown", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("applyError still waiting 10 s after the node stopped")
+	}
 }

@@ -137,7 +137,7 @@ func (n *Node) ensureLeaderReady() error {
 	if n.readyTerm.Load() == term {
 		return nil
 	}
-	if err := n.raft.Barrier(readRoundTimeout).Error(); err != nil {
+	if err := n.applyError(n.raft.Barrier(readRoundTimeout)); err != nil {
 		return n.raftError(err)
 	}
 	n.readyTerm.Store(term)
