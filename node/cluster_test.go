@@ -530,21 +530,21 @@ type blockedFuture struct{ block chan struct{} }
 
 func (f blockedFuture) Error() error { <-f.block; return nil }
 
-// TestApplyErrorStopsWithTheNode: waiting for a command's outcome ends
+// TestFutureErrorStopsWithTheNode: waiting for a command's outcome ends
 // when the node closes, even if Raft never answers, so Close cannot hang.
-func TestApplyErrorStopsWithTheNode(t *testing.T) {
+func TestFutureErrorStopsWithTheNode(t *testing.T) {
 	n := &Node{stopCh: make(chan struct{})}
 	f := blockedFuture{block: make(chan struct{})}
 	defer close(f.block)
 	got := make(chan error, 1)
-	go func() { got <- n.applyError(f) }()
+	go func() { got <- n.futureError(f) }()
 	close(n.stopCh)
 	select {
 	case err := <-got:
 		if !errors.Is(err, ErrShuttingDown) {
-			t.Fatalf("applyError after stop: %v, want ErrShuttingDown", err)
+			t.Fatalf("futureError after stop: %v, want ErrShuttingDown", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("applyError still waiting 10 s after the node stopped")
+		t.Fatal("futureError still waiting 10 s after the node stopped")
 	}
 }

@@ -56,7 +56,7 @@ func (n *Node) ensureInitialised() error {
 		return nil
 	}
 	// Apply everything earlier leaders committed before deciding.
-	if err := n.applyError(n.raft.Barrier(5 * time.Second)); err != nil {
+	if err := n.futureError(n.raft.Barrier(5 * time.Second)); err != nil {
 		return err
 	}
 	if _, err := n.fsm.Cluster(); err == nil {
@@ -174,7 +174,7 @@ func (n *Node) proposeIndexed(ctx context.Context, data []byte) (fsm.Result, uin
 		return fsm.Result{}, 0, context.DeadlineExceeded
 	}
 	f := n.raft.Apply(data, timeout)
-	if err := n.applyError(f); err != nil {
+	if err := n.futureError(f); err != nil {
 		return fsm.Result{}, 0, n.raftError(err)
 	}
 	res, ok := f.Response().(fsm.Result)
@@ -184,11 +184,12 @@ func (n *Node) proposeIndexed(ctx context.Context, data []byte) (fsm.Result, uin
 	return res, f.Index(), nil
 }
 
-// applyError waits for f's outcome. It stops waiting when the node closes:
-// with BatchApplyCh, a command or barrier still in Raft's apply buffer when
-// Raft shuts down is never answered, and its future would block forever
-// (and Close with it, waiting for the goroutine that proposed).
-func (n *Node) applyError(f raft.Future) error {
+// futureError waits for f's outcome. It stops waiting when the node closes:
+// a command or barrier still in Raft's apply buffer (BatchApplyCh), or a
+// leadership check still in its buffered verify channel, when Raft shuts
+// down is never answered, and its future would block forever (and Close
+// with it, when the leader loop is the one waiting).
+func (n *Node) futureError(f raft.Future) error {
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
 	select {
