@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/internal/testenv"
 )
 
@@ -390,11 +391,13 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	if out := e.mustCoffer("audit", "match", "--seq", q.Entries[0].Seq, "--material-file", matFile2); !strings.Contains(out, "recorded this key material") || strings.Contains(out, "did not") {
 		t.Fatalf("audit match: %s", out)
 	}
-	// Every member reports how far it has applied the audit log.
+	// Every member reports how far it has applied the audit log, and the
+	// newest command version its build applies.
 	var ast struct {
 		Nodes []struct {
-			ID       string `json:"id"`
-			AuditSeq uint64 `json:"audit_seq"`
+			ID             string `json:"id"`
+			AuditSeq       uint64 `json:"audit_seq"`
+			CommandVersion uint32 `json:"command_version"`
 		} `json:"nodes"`
 	}
 	if err := json.Unmarshal([]byte(e.mustCoffer("cluster", "status", "-o", "json")), &ast); err != nil || len(ast.Nodes) != 3 {
@@ -403,6 +406,9 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	for _, n := range ast.Nodes {
 		if n.AuditSeq == 0 {
 			t.Errorf("node %s reports no audit entries applied", n.ID)
+		}
+		if n.CommandVersion != fsm.CommandVersion {
+			t.Errorf("node %s reports command version %d, want %d", n.ID, n.CommandVersion, fsm.CommandVersion)
 		}
 	}
 

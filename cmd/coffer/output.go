@@ -328,10 +328,13 @@ type nodeJSON struct {
 	LastLogIndex uint64 `json:"last_log_index"`
 	AppliedIndex uint64 `json:"applied_index"`
 	AuditSeq     uint64 `json:"audit_seq"`
-	LeaderID     string `json:"leader_id"`
-	Healthy      bool   `json:"healthy"`
-	Error        string `json:"error"`
-	Voter        bool   `json:"voter"`
+	// CommandVersion is the newest Raft command version the node's build
+	// applies (0 from a build that predates the field).
+	CommandVersion uint32 `json:"command_version"`
+	LeaderID       string `json:"leader_id"`
+	Healthy        bool   `json:"healthy"`
+	Error          string `json:"error"`
+	Voter          bool   `json:"voter"`
 }
 
 // clusterJSON is the output of `cluster status -o json`.
@@ -349,19 +352,20 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 	}
 	for _, n := range resp.GetNodes() {
 		out.Nodes = append(out.Nodes, nodeJSON{
-			ID:           n.GetId(),
-			Site:         n.GetSite(),
-			Address:      n.GetAddress(),
-			RaftAddress:  n.GetRaftAddress(),
-			Role:         roleName(n.GetRole()),
-			Term:         n.GetTerm(),
-			LastLogIndex: n.GetLastLogIndex(),
-			AppliedIndex: n.GetAppliedIndex(),
-			AuditSeq:     n.GetAuditSeq(),
-			LeaderID:     n.GetLeaderId(),
-			Healthy:      n.GetHealthy(),
-			Error:        n.GetError(),
-			Voter:        n.GetVoter(),
+			ID:             n.GetId(),
+			Site:           n.GetSite(),
+			Address:        n.GetAddress(),
+			RaftAddress:    n.GetRaftAddress(),
+			Role:           roleName(n.GetRole()),
+			Term:           n.GetTerm(),
+			LastLogIndex:   n.GetLastLogIndex(),
+			AppliedIndex:   n.GetAppliedIndex(),
+			AuditSeq:       n.GetAuditSeq(),
+			CommandVersion: n.GetCommandVersion(),
+			LeaderID:       n.GetLeaderId(),
+			Healthy:        n.GetHealthy(),
+			Error:          n.GetError(),
+			Voter:          n.GetVoter(),
 		})
 	}
 	return out

@@ -233,7 +233,7 @@ func testClusterStatus() *cofferv1.ClusterStatusResponse {
 	return &cofferv1.ClusterStatusResponse{ClusterId: "c-1", ReporterId: "n1", Nodes: []*cofferv1.NodeStatus{
 		{Id: "n1", Site: "east", Address: "10.0.0.1:7400", RaftAddress: "10.0.0.1:7401",
 			Role: cofferv1.NodeRole_NODE_ROLE_LEADER, Term: 3, LastLogIndex: 40, AppliedIndex: 39,
-			AuditSeq: 117, LeaderId: "n1", Healthy: true, Voter: true},
+			AuditSeq: 117, CommandVersion: 4, LeaderId: "n1", Healthy: true, Voter: true},
 		{Id: "n2", Address: "10.0.0.2:7400", Role: cofferv1.NodeRole_NODE_ROLE_UNREACHABLE,
 			Error: "dial: connection\nrefused"},
 	}}
@@ -279,7 +279,7 @@ func TestClusterStatusJSON(t *testing.T) {
 	want := map[string]any{
 		"id": "n1", "site": "east", "address": "10.0.0.1:7400", "raft_address": "10.0.0.1:7401",
 		"role": "leader", "term": float64(3), "last_log_index": float64(40), "applied_index": float64(39),
-		"audit_seq": float64(117), "leader_id": "n1", "healthy": true, "error": "", "voter": true,
+		"audit_seq": float64(117), "command_version": float64(4), "leader_id": "n1", "healthy": true, "error": "", "voter": true,
 	}
 	if len(n1) != len(want) {
 		t.Errorf("node fields = %v, want %v", n1, want)
