@@ -185,9 +185,9 @@ func (f *FSM) AuditEntries(afterSeq uint64, limit int, flt AuditFilter) ([]*coff
 	if err != nil {
 		return nil, afterSeq, err
 	}
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: auditKey(afterSeq + 1), UpperBound: prefixEnd(prefixAudit)})
+	it, err := auditIter(snap, afterSeq)
 	if err != nil {
-		return nil, afterSeq, fmt.Errorf("fsm: iterate: %w", err)
+		return nil, afterSeq, err
 	}
 	defer it.Close()
 	var out []*cofferv1.AuditEntry
@@ -212,14 +212,14 @@ func (f *FSM) AuditEntries(afterSeq uint64, limit int, flt AuditFilter) ([]*coff
 			ok = it.SeekGE(auditKey(skipTo))
 			continue
 		}
-		var e cofferv1.AuditEntry
-		if err := proto.Unmarshal(it.Value(), &e); err != nil {
-			return nil, afterSeq, fmt.Errorf("%w: audit entry %x: %v", ErrCorrupt, k, err)
+		e, err := decodeAuditEntry(it)
+		if err != nil {
+			return nil, afterSeq, err
 		}
 		last = e.GetSeq()
 		scanned++
-		if flt.match(&e) {
-			out = append(out, &e)
+		if flt.match(e) {
+			out = append(out, e)
 		}
 		ok = it.Next()
 	}
@@ -235,21 +235,39 @@ func (f *FSM) ScanAudit(afterSeq uint64, fn func(*cofferv1.AuditEntry) error) er
 }
 
 func scanAudit(r reader, afterSeq uint64, fn func(*cofferv1.AuditEntry) error) error {
-	it, err := r.NewIter(&pebble.IterOptions{LowerBound: auditKey(afterSeq + 1), UpperBound: prefixEnd(prefixAudit)})
+	it, err := auditIter(r, afterSeq)
 	if err != nil {
-		return fmt.Errorf("fsm: iterate: %w", err)
+		return err
 	}
 	defer it.Close()
 	for ok := it.First(); ok; ok = it.Next() {
-		var e cofferv1.AuditEntry
-		if err := proto.Unmarshal(it.Value(), &e); err != nil {
-			return fmt.Errorf("%w: audit entry %x: %v", ErrCorrupt, it.Key(), err)
+		e, err := decodeAuditEntry(it)
+		if err != nil {
+			return err
 		}
-		if err := fn(&e); err != nil {
+		if err := fn(e); err != nil {
 			return err
 		}
 	}
 	return it.Error()
+}
+
+// auditIter iterates over the entries after afterSeq.
+func auditIter(r reader, afterSeq uint64) (*pebble.Iterator, error) {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: auditKey(afterSeq + 1), UpperBound: prefixEnd(prefixAudit)})
+	if err != nil {
+		return nil, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	return it, nil
+}
+
+// decodeAuditEntry decodes the entry under it.
+func decodeAuditEntry(it *pebble.Iterator) (*cofferv1.AuditEntry, error) {
+	var e cofferv1.AuditEntry
+	if err := proto.Unmarshal(it.Value(), &e); err != nil {
+		return nil, fmt.Errorf("%w: audit entry %x: %v", ErrCorrupt, it.Key(), err)
+	}
+	return &e, nil
 }
 
 // ExportAudit writes the log after afterSeq to w as JSON Lines

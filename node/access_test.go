@@ -70,6 +70,17 @@ func (tc *testCluster) mustRegisterApp(admin *identity, i int, name string) {
 	}
 }
 
+// mustGrant has admin grant subject ops on pattern through node i and
+// returns the rule's id.
+func (tc *testCluster) mustGrant(admin *identity, i int, subject, pattern string, ops ...string) string {
+	tc.t.Helper()
+	rule, err := admin.access[i].Grant(ctxT(tc.t), &cofferv1.GrantRequest{Subject: subject, Operations: ops, ResourcePattern: pattern})
+	if err != nil {
+		tc.t.Fatalf("grant %v on %s to %s: %v", ops, pattern, subject, err)
+	}
+	return rule.GetId()
+}
+
 func wantCode(t *testing.T, what string, err error, code codes.Code, msg string) {
 	t.Helper()
 	if status.Code(err) != code {
@@ -94,9 +105,7 @@ func TestNode_AccessControl(t *testing.T) {
 	if _, err := admin.access[f].RegisterClient(ctx, &cofferv1.RegisterClientRequest{Name: "bob", Groups: []string{"payments"}, Roles: []string{"application"}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "group:payments", Operations: []string{"generate", "get"}, ResourcePattern: "pay/**"}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustGrant(admin, l, "group:payments", "pay/**", "generate", "get")
 	bob := tc.identity("bob")
 	eve := tc.identity("eve") // valid certificate, never registered
 
@@ -217,9 +226,7 @@ func TestNode_AccessControl(t *testing.T) {
 		t.Fatalf("check: %+v %v", chk, err)
 	}
 	// Listing without a filter shows only what the caller may list.
-	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:bob", Operations: []string{"list"}, ResourcePattern: "pay/**"}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustGrant(admin, l, "client:bob", "pay/**", "list")
 	list, err := bob2.keys[f].ListKeys(ctx, &cofferv1.ListKeysRequest{})
 	if err != nil {
 		t.Fatal(err)

@@ -154,15 +154,8 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	metricFollowStreams.Inc()
 	defer metricFollowStreams.Dec()
 	// End the stream when the node stops, so that Close does not wait.
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := s.n.stopContext(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-s.n.stopCh:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for {
 		entries, last, err := s.n.fsm.AuditEntries(after, MaxAuditPage, flt)
 		if err != nil {

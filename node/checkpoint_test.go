@@ -121,9 +121,7 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 	// audit.export is refused a prune, and the refusal is recorded under
 	// the operation it asked for.
 	tc.mustRegisterApp(admin, l, "siem")
-	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:siem", Operations: []string{"audit.read", "audit.export"}, ResourcePattern: "**"}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustGrant(admin, l, "client:siem", "**", "audit.read", "audit.export")
 	siem := tc.identity("siem")
 	_, err = siem.audit[l].Prune(ctx, &cofferv1.AuditPruneRequest{UpToSeq: cp.GetSeq()})
 	wantCode(t, "prune with audit.export only", err, codes.PermissionDenied, "audit.prune")

@@ -164,14 +164,8 @@ func (n *Node) membersApply(v uint32) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
 	defer cancel()
-	go func() {
-		// Do not hold Close up for the status timeout.
-		select {
-		case <-n.stopCh:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx, stop := n.stopContext(ctx) // do not hold Close up for the status timeout
+	defer stop()
 	for _, srv := range f.Configuration().Servers {
 		if st := n.memberStatus(ctx, string(srv.ID), srv); st.GetCommandVersion() < v {
 			return false

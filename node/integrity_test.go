@@ -152,17 +152,12 @@ func TestNode_TamperedAccessRecordsRefused(t *testing.T) {
 	admin := tc.identity("app")
 	l := tc.waitLeader()
 	tc.mustRegisterApp(admin, l, "bob")
-	rule, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:bob", Operations: []string{"get"}, ResourcePattern: "bob/**"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ruleID := tc.mustGrant(admin, l, "client:bob", "bob/**", "get")
 	tc.mustRegisterApp(admin, l, "carol")
 	if _, err := admin.access[l].SetClientActive(ctx, &cofferv1.SetClientActiveRequest{Name: "carol", Active: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:carol", Operations: []string{"get"}, ResourcePattern: "**"}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustGrant(admin, l, "client:carol", "**", "get")
 	bobKey := tc.mustGenerate(l, "bob/a", "")
 	otherKey := tc.mustGenerate(l, "other/a", "")
 	bob, carol := tc.identity("bob"), tc.identity("carol")
@@ -195,7 +190,7 @@ func TestNode_TamperedAccessRecordsRefused(t *testing.T) {
 	var carolRec cofferv1.ClientRecord
 	edit("c/carol", &carolRec, func() { carolRec.Active = true })
 	var r cofferv1.AclRule
-	edit("a/"+rule.GetId(), &r, func() { r.ResourcePattern = "**" })
+	edit("a/"+ruleID, &r, func() { r.ResourcePattern = "**" })
 	var pol cofferv1.PolicyRecord
 	edit("p/default", &pol, func() {
 		pol.EscrowKeys = append(pol.EscrowKeys, &cofferv1.EscrowKey{Id: "attacker", PublicKey: []byte("x")})

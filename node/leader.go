@@ -184,6 +184,19 @@ func (n *Node) proposeIndexed(ctx context.Context, data []byte) (fsm.Result, uin
 	return res, f.Index(), nil
 }
 
+// stopContext returns a context that also ends when the node stops.
+func (n *Node) stopContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-n.stopCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // futureError waits for f's outcome. It stops waiting when the node closes:
 // a command or barrier still in Raft's apply buffer (BatchApplyCh), or a
 // leadership check still in its buffered verify channel, when Raft shuts

@@ -108,9 +108,7 @@ func TestNode_MergedRoundsKeepEachReadsDecision(t *testing.T) {
 	admin := tc.identity("app")
 	l := tc.waitLeader()
 	tc.mustRegisterApp(admin, l, "dave")
-	if _, err := admin.access[l].Grant(ctx, &cofferv1.GrantRequest{Subject: "client:dave", Operations: []string{"get"}, ResourcePattern: "open/**"}); err != nil {
-		t.Fatal(err)
-	}
+	tc.mustGrant(admin, l, "client:dave", "open/**", "get")
 	open, closed := tc.mustGenerate(l, "open/1", ""), tc.mustGenerate(l, "closed/1", "")
 	dave := tc.identity("dave")
 	start := tc.nodes[l].FSM().AuditHeadSeq()
