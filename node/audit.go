@@ -214,6 +214,37 @@ func setOutcome(e *cofferv1.AuditEntry, err error) {
 
 func clip(s string, n int) string { return audit.Clip(s, n) }
 
+// auditedStream gives a streaming RPC its one audit entry, as the
+// interceptor does for unary ones. body checks the request and calls grant
+// before it sends anything: grant commits the entry as granted, and an error
+// from it means nothing may be sent (fail closed). If body fails before
+// grant succeeded, the entry records that refusal or failure; a stream that
+// fails or is abandoned later keeps its granted entry as its only one.
+func (n *Node) auditedStream(ctx context.Context, method string, body func(grant func() error) error) error {
+	if n.fsm.Diverged() {
+		return errReplicaDiverged()
+	}
+	e := n.newAuditEntry(ctx, method)
+	granted := false
+	grant := func() error {
+		setOutcome(e, nil)
+		if err := n.commitAudit(ctx, e); err != nil {
+			metricAuditFailures.Inc()
+			return fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, err)
+		}
+		granted = true
+		return nil
+	}
+	err := body(grant)
+	if err != nil && !granted {
+		setOutcome(e, err)
+		if cerr := n.commitAudit(ctx, e); cerr != nil {
+			n.logger.Error("audit entry of a refused stream not committed", "op", e.GetOperation(), "err", cerr)
+		}
+	}
+	return err
+}
+
 // commitAudit commits one entry through the batching auditor and waits
 // until it is committed.
 func (n *Node) commitAudit(ctx context.Context, e *cofferv1.AuditEntry) error {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -327,4 +328,61 @@ func TestNode_AuditFollow(t *testing.T) {
 		_, err = bad.Recv()
 	}
 	wantCode(t, "follow with an unknown outcome", err, codes.InvalidArgument, "outcome")
+}
+
+// TestNode_AuditedStreamsHaveOneEntry: a stream's entry is committed before
+// it sends anything; a caller that goes away in the middle of an export
+// leaves that one entry, not a second one saying it failed.
+func TestNode_AuditedStreamsHaveOneEntry(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l := tc.waitLeader()
+	gk := tc.mustGenerate(l, "streams", "").GetGkid()
+	// Enough entries for an export of several chunks.
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 150; i++ {
+				if _, err := admin.keys[l].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gk}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	ended := func() float64 {
+		var n float64
+		for _, code := range []codes.Code{codes.OK, codes.Canceled, codes.Unavailable, codes.Unknown} {
+			n += testutil.ToFloat64(metricRequests.WithLabelValues("Export", code.String()))
+		}
+		return n
+	}
+	before := ended()
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := cofferv1.NewAuditServiceClient(tc.connTo(l)).Export(sctx, &cofferv1.AuditExportRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	for ended() == before {
+		if ctx.Err() != nil {
+			t.Fatal("the export's handler did not end after its caller went away")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	q, err := admin.audit[l].Query(ctx, &cofferv1.AuditQueryRequest{Operation: "audit.export", Limit: 1000,
+		Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(q.GetEntries()) != 1 || q.GetEntries()[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED {
+		t.Fatalf("an export abandoned by its caller has %d entries, want its one granted entry: %v", len(q.GetEntries()), q.GetEntries())
+	}
 }

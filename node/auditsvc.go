@@ -104,52 +104,40 @@ const followPace = 100 * time.Millisecond
 // the node stops, so the caller resumes elsewhere.
 func (s *auditService) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
 	ctx := stream.Context()
-	e := s.n.newAuditEntry(ctx, "Follow")
-	started, err := s.follow(ctx, req, stream, e)
-	if err != nil && !started {
-		setOutcome(e, err)
-		if cerr := s.n.commitAudit(ctx, e); cerr != nil {
-			s.n.logger.Error("audit entry of a refused follow not committed", "err", cerr)
-		}
-	}
-	if started && ctx.Err() != nil {
+	err := s.n.auditedStream(ctx, "Follow", func(grant func() error) error {
+		return s.follow(ctx, req, stream, grant)
+	})
+	if err != nil && ctx.Err() != nil {
 		return nil // the caller went away: a normal end
 	}
 	return toStatus(err)
 }
 
-// follow runs a Follow stream; started reports whether its entry was
-// committed as granted.
-func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer, e *cofferv1.AuditEntry) (started bool, err error) {
-	if s.n.fsm.Diverged() {
-		return false, errReplicaDiverged()
-	}
+func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer, grant func() error) error {
 	c, err := authenticate(ctx)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if err := s.n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
-		return false, err
+		return err
 	}
 	if err := s.n.authorize(c, authz.OpAuditRead, ""); err != nil {
-		return false, err
+		return err
 	}
 	if req.GetNewest() > MaxAuditPage {
-		return false, fmt.Errorf("%w: newest must be at most %d", ErrInvalidArgument, MaxAuditPage)
+		return fmt.Errorf("%w: newest must be at most %d", ErrInvalidArgument, MaxAuditPage)
 	}
 	flt, err := auditFilter(req.GetCaller(), req.GetGkid(), req.GetOperation(), req.GetOutcome())
 	if err != nil {
-		return false, err
+		return err
 	}
 	after := req.GetAfterSeq()
 	if req.GetFromNewest() {
 		head := s.n.fsm.AuditHeadSeq()
 		after = head - min(head, uint64(req.GetNewest()))
 	}
-	setOutcome(e, nil)
-	if err := s.n.commitAudit(ctx, e); err != nil {
-		metricAuditFailures.Inc()
-		return false, fmt.Errorf("%w: the follow's audit entry could not be committed: %v", ErrNoLeader, err)
+	if err := grant(); err != nil {
+		return err
 	}
 	metricFollowStreams.Inc()
 	defer metricFollowStreams.Dec()
@@ -159,11 +147,11 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	for {
 		entries, last, err := s.n.fsm.AuditEntries(after, MaxAuditPage, flt)
 		if err != nil {
-			return true, err
+			return err
 		}
 		if len(entries) > 0 {
 			if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.n.fsm.AuditHeadSeq()}); err != nil {
-				return true, err
+				return err
 			}
 			metricFollowEntries.Add(float64(len(entries)))
 		}
@@ -172,17 +160,17 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 			continue // there may be more pages
 		}
 		if s.n.fsm.Diverged() {
-			return true, errReplicaDiverged()
+			return errReplicaDiverged()
 		}
 		if err := s.n.fsm.WaitAudit(ctx, after); err != nil {
-			return true, s.followEnded(err)
+			return s.followEnded(err)
 		}
 		t := time.NewTimer(followPace)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return true, s.followEnded(ctx.Err())
+			return s.followEnded(ctx.Err())
 		}
 	}
 }
@@ -205,18 +193,12 @@ func (s *auditService) followEnded(err error) error {
 // own audit entry is committed before the first byte is sent.
 func (s *auditService) Export(req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer) error {
 	ctx := stream.Context()
-	e := s.n.newAuditEntry(ctx, "Export")
-	err := s.export(ctx, req, stream, e)
-	if err != nil {
-		setOutcome(e, err)
-		if cerr := s.n.commitAudit(ctx, e); cerr != nil {
-			s.n.logger.Error("audit entry of a refused export not committed", "err", cerr)
-		}
-	}
-	return toStatus(err)
+	return toStatus(s.n.auditedStream(ctx, "Export", func(grant func() error) error {
+		return s.export(ctx, req, stream, grant)
+	}))
 }
 
-func (s *auditService) export(ctx context.Context, req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer, e *cofferv1.AuditEntry) error {
+func (s *auditService) export(ctx context.Context, req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer, grant func() error) error {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return err
@@ -227,10 +209,8 @@ func (s *auditService) export(ctx context.Context, req *cofferv1.AuditExportRequ
 	if err := s.n.authorize(c, authz.OpAuditExport, ""); err != nil {
 		return err
 	}
-	setOutcome(e, nil)
-	if err := s.n.commitAudit(ctx, e); err != nil {
-		metricAuditFailures.Inc()
-		return fmt.Errorf("%w: the export's audit entry could not be committed: %v", ErrNoLeader, err)
+	if err := grant(); err != nil {
+		return err
 	}
 	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.AuditExportChunk{Data: b}) }}
 	if err := s.n.fsm.ExportAudit(req.GetAfterSeq(), w); err != nil {

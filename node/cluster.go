@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"fmt"
 	"sort"
 	"strconv"
 	"sync"
@@ -181,34 +180,31 @@ const snapshotChunk = 256 << 10
 // only), taken once every write acknowledged before the call is applied.
 func (s *clusterService) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.ClusterService_SnapshotServer) error {
 	ctx := stream.Context()
-	c, err := authenticate(ctx)
-	if err != nil {
-		return toStatus(err)
-	}
-	if err := s.n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
-		return toStatus(err)
-	}
-	e := s.n.newAuditEntry(ctx, "Snapshot")
-	if err := s.n.authorize(c, authz.OpSnapshotSave, ""); err != nil {
-		setOutcome(e, err)
-		_ = s.n.commitAudit(ctx, e)
-		return toStatus(err)
-	}
-	setOutcome(e, nil)
-	if err := s.n.commitAudit(ctx, e); err != nil {
-		metricAuditFailures.Inc()
-		return toStatus(fmt.Errorf("%w: the snapshot's audit entry could not be committed: %v", ErrNoLeader, err))
-	}
-	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.SnapshotChunk{Data: b}) }}
-	idx, err := s.n.fsm.SnapshotTo(w)
-	if err == nil {
-		err = w.flush()
-	}
-	if err != nil {
-		return toStatus(err)
-	}
-	s.n.logger.Info("snapshot streamed", "applied_index", idx, "bytes", w.total)
-	return stream.Send(&cofferv1.SnapshotChunk{AppliedIndex: idx})
+	return toStatus(s.n.auditedStream(ctx, "Snapshot", func(grant func() error) error {
+		c, err := authenticate(ctx)
+		if err != nil {
+			return err
+		}
+		if err := s.n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+			return err
+		}
+		if err := s.n.authorize(c, authz.OpSnapshotSave, ""); err != nil {
+			return err
+		}
+		if err := grant(); err != nil {
+			return err
+		}
+		w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.SnapshotChunk{Data: b}) }}
+		idx, err := s.n.fsm.SnapshotTo(w)
+		if err == nil {
+			err = w.flush()
+		}
+		if err != nil {
+			return err
+		}
+		s.n.logger.Info("snapshot streamed", "applied_index", idx, "bytes", w.total)
+		return stream.Send(&cofferv1.SnapshotChunk{AppliedIndex: idx})
+	}))
 }
 
 // chunkWriter turns a byte stream into bounded messages.
