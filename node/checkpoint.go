@@ -95,7 +95,7 @@ func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), auditTimeout)
 	defer cancel()
-	res, err := n.propose(ctx, data)
+	res, _, err := n.proposeWait(ctx, data, n.futureError)
 	if err != nil {
 		return err
 	}

@@ -102,7 +102,7 @@ func (n *Node) ensureInitialised() error {
 	if err != nil {
 		return err
 	}
-	res, err := n.propose(context.Background(), data)
+	res, _, err := n.proposeWait(context.Background(), data, n.futureError)
 	if err != nil {
 		return err
 	}
@@ -166,6 +166,13 @@ func (n *Node) propose(ctx context.Context, data []byte) (fsm.Result, error) {
 
 // proposeIndexed is propose that also returns the command's log index.
 func (n *Node) proposeIndexed(ctx context.Context, data []byte) (fsm.Result, uint64, error) {
+	return n.proposeWait(ctx, data, raft.Future.Error)
+}
+
+// proposeWait is proposeIndexed with its wait for the outcome: the leader
+// loop, which Close waits for, passes futureError; requests wait on the
+// future itself, without a goroutine per proposal.
+func (n *Node) proposeWait(ctx context.Context, data []byte, wait func(raft.Future) error) (fsm.Result, uint64, error) {
 	timeout := n.cfg.Limits.RequestTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -174,7 +181,7 @@ func (n *Node) proposeIndexed(ctx context.Context, data []byte) (fsm.Result, uin
 		return fsm.Result{}, 0, context.DeadlineExceeded
 	}
 	f := n.raft.Apply(data, timeout)
-	if err := n.futureError(f); err != nil {
+	if err := wait(f); err != nil {
 		return fsm.Result{}, 0, n.raftError(err)
 	}
 	res, ok := f.Response().(fsm.Result)
@@ -197,11 +204,11 @@ func (n *Node) stopContext(ctx context.Context) (context.Context, context.Cancel
 	return ctx, cancel
 }
 
-// futureError waits for f's outcome. It stops waiting when the node closes:
-// a command or barrier still in Raft's apply buffer (BatchApplyCh), or a
-// leadership check still in its buffered verify channel, when Raft shuts
-// down is never answered, and its future would block forever (and Close
-// with it, when the leader loop is the one waiting).
+// futureError waits for f's outcome, for the leader loop. It stops waiting
+// when the node closes: a command or barrier still in Raft's apply buffer
+// (BatchApplyCh) when Raft shuts down is never answered, and its future
+// would block the leader loop, and Close waiting for it, forever. Request
+// handlers wait on their futures directly: Close does not wait for them.
 func (n *Node) futureError(f raft.Future) error {
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()

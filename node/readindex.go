@@ -102,7 +102,7 @@ func (n *Node) leaderReadIndex() (uint64, error) {
 		return 0, err
 	}
 	idx := n.fsm.AppliedIndex()
-	if err := n.futureError(n.raft.VerifyLeader()); err != nil {
+	if err := n.raft.VerifyLeader().Error(); err != nil {
 		return 0, n.raftError(err)
 	}
 	return idx, nil
@@ -137,7 +137,7 @@ func (n *Node) ensureLeaderReady() error {
 	if n.readyTerm.Load() == term {
 		return nil
 	}
-	if err := n.futureError(n.raft.Barrier(readRoundTimeout)); err != nil {
+	if err := n.raft.Barrier(readRoundTimeout).Error(); err != nil {
 		return n.raftError(err)
 	}
 	n.readyTerm.Store(term)
