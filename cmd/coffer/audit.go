@@ -239,6 +239,12 @@ func (v auditFilter) query(req *cofferv1.AuditQueryRequest) *cofferv1.AuditQuery
 	return req
 }
 
+// follow sets the filter on a follow request and returns it.
+func (v auditFilter) follow(req *cofferv1.AuditFollowRequest) *cofferv1.AuditFollowRequest {
+	req.Caller, req.Gkid, req.Operation, req.Outcome = v.caller, v.gkid, v.op, v.outcome
+	return req
+}
+
 // values validates the flags.
 func (o auditFilterFlags) values() (auditFilter, error) {
 	v := auditFilter{gkid: o.gkid, op: o.op}
@@ -620,8 +626,7 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, flt auditF
 	if follow {
 		// One stream, which starts with the newest n entries.
 		started := false
-		req := &cofferv1.AuditFollowRequest{FromNewest: true, Newest: uint32(n),
-			Caller: flt.caller, Gkid: flt.gkid, Operation: flt.op, Outcome: flt.outcome}
+		req := flt.follow(&cofferv1.AuditFollowRequest{FromNewest: true, Newest: uint32(n)})
 		err := c.AuditFollow(ctx, req, func(m *cofferv1.AuditFollowResponse) error {
 			started = true
 			return pw.writePage(m.GetEntries())
