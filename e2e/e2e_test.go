@@ -350,8 +350,8 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	// happens, and Ctrl-C ends it with status 0.
 	watch := exec.Command(filepath.Join(e.bin, "coffer"), "audit", "tail", "-n", "0", "-f", "--outcome", "denied", "-o", "json")
 	watch.Env = append(os.Environ(), e.vars...)
-	watched := &lockedBuffer{}
-	watchErr := &lockedBuffer{}
+	watched := &testenv.Buffer{}
+	watchErr := &testenv.Buffer{}
 	watch.Stdout, watch.Stderr = watched, watchErr
 	if err := watch.Start(); err != nil {
 		t.Fatal(err)
@@ -506,22 +506,4 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer that a process writes while the test reads.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

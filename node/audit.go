@@ -215,12 +215,14 @@ func setOutcome(e *cofferv1.AuditEntry, err error) {
 func clip(s string, n int) string { return audit.Clip(s, n) }
 
 // auditedStream gives a streaming RPC its one audit entry, as the
-// interceptor does for unary ones. body checks the request and calls grant
-// before it sends anything: grant commits the entry as granted, and an error
-// from it means nothing may be sent (fail closed). If body fails before
-// grant succeeded, the entry records that refusal or failure; a stream that
-// fails or is abandoned later keeps its granted entry as its only one.
-func (n *Node) auditedStream(ctx context.Context, method string, body func(grant func() error) error) error {
+// interceptor does for unary ones. It authenticates the caller, linearizes
+// and checks the op grant, then runs body, which checks the request and
+// calls grant before it sends anything: grant commits the entry as granted,
+// and an error from it means nothing may be sent (fail closed). If the
+// stream fails before grant succeeded, the entry records that refusal or
+// failure; a stream that fails or is abandoned later keeps its granted entry
+// as its only one.
+func (n *Node) auditedStream(ctx context.Context, method string, op authz.Op, body func(grant func() error) error) error {
 	if n.fsm.Diverged() {
 		return errReplicaDiverged()
 	}
@@ -235,7 +237,19 @@ func (n *Node) auditedStream(ctx context.Context, method string, body func(grant
 		granted = true
 		return nil
 	}
-	err := body(grant)
+	err := func() error {
+		c, err := authenticate(ctx)
+		if err != nil {
+			return err
+		}
+		if err := n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+			return err
+		}
+		if err := n.authorize(c, op, ""); err != nil {
+			return err
+		}
+		return body(grant)
+	}()
 	if err != nil && !granted {
 		setOutcome(e, err)
 		if cerr := n.commitAudit(ctx, e); cerr != nil {

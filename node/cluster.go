@@ -180,17 +180,7 @@ const snapshotChunk = 256 << 10
 // only), taken once every write acknowledged before the call is applied.
 func (s *clusterService) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.ClusterService_SnapshotServer) error {
 	ctx := stream.Context()
-	return toStatus(s.n.auditedStream(ctx, "Snapshot", func(grant func() error) error {
-		c, err := authenticate(ctx)
-		if err != nil {
-			return err
-		}
-		if err := s.n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
-			return err
-		}
-		if err := s.n.authorize(c, authz.OpSnapshotSave, ""); err != nil {
-			return err
-		}
+	return toStatus(s.n.auditedStream(ctx, "Snapshot", authz.OpSnapshotSave, func(grant func() error) error {
 		if err := grant(); err != nil {
 			return err
 		}

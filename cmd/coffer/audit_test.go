@@ -24,6 +24,7 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -885,8 +886,8 @@ func followTail(t *testing.T, env envMap, args []string, next func(), marks ...s
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	w := &syncBuffer{}
-	var errOut syncBuffer
+	w := &testenv.Buffer{}
+	var errOut testenv.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, append([]string{"audit", "tail", "-f"}, args...), streams{in: strings.NewReader(""), out: w, err: &errOut}, env.get)
@@ -943,24 +944,6 @@ func TestCLI_AuditTailStreams(t *testing.T) {
 	if queries != 0 || errOut != "" {
 		t.Fatalf("%d queries (want none: the stream starts with the newest entries), stderr %q", queries, errOut)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func waitFor(t *testing.T, cond func() bool) {
