@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -224,6 +225,72 @@ func (f *FSM) AuditEntries(afterSeq uint64, limit int, flt AuditFilter) ([]*coff
 		ok = it.Next()
 	}
 	return out, last, it.Error()
+}
+
+// NewestAuditEntries returns the newest n entries at or below seq upTo (0:
+// the head) that match the filter, in seq order, scanning back at most
+// MaxAuditScan entries, and the head's seq in the view it read. With a since
+// time it skips, by the time index, the entries that are all older (they are
+// not counted as scanned); with an until time it starts below the entries
+// that are all later. Fewer than n come back when the scan reaches the start
+// of the log or its bound first.
+func (f *FSM) NewestAuditEntries(upTo uint64, n int, flt AuditFilter) ([]*cofferv1.AuditEntry, uint64, error) {
+	snap := f.db.NewSnapshot()
+	defer snap.Close()
+	h, err := readAuditHead(snap)
+	if err != nil {
+		return nil, 0, err
+	}
+	if upTo == 0 || upTo > h.seq {
+		upTo = h.seq
+	}
+	if n <= 0 || upTo == 0 {
+		return nil, h.seq, nil
+	}
+	skipFrom, skipTo, err := timeSkip(snap, flt.SinceUnixNano)
+	if err != nil {
+		return nil, 0, err
+	}
+	if stop, err := timeStop(snap, flt.UntilUnixNano); err != nil {
+		return nil, 0, err
+	} else if stop != 0 && stop <= upTo {
+		if stop == 1 {
+			return nil, h.seq, nil
+		}
+		upTo = stop - 1
+	}
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: auditKey(1), UpperBound: auditKey(upTo + 1)})
+	if err != nil {
+		return nil, 0, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	var out []*cofferv1.AuditEntry
+	scanned := 0
+	for ok := it.Last(); ok && len(out) < n && scanned < MaxAuditScan; {
+		k := it.Key()
+		if len(k) != len(prefixAudit)+8 {
+			return nil, 0, fmt.Errorf("%w: audit entry key %x", ErrCorrupt, k)
+		}
+		if seq := binary.BigEndian.Uint64(k[len(prefixAudit):]); seq >= skipFrom && seq < skipTo {
+			// Every entry from skipFrom up to here is older than since.
+			ok = it.SeekLT(auditKey(skipFrom))
+			continue
+		}
+		e, err := decodeAuditEntry(it)
+		if err != nil {
+			return nil, 0, err
+		}
+		scanned++
+		if flt.match(e) {
+			out = append(out, e)
+		}
+		ok = it.Prev()
+	}
+	if err := it.Error(); err != nil {
+		return nil, 0, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	slices.Reverse(out)
+	return out, h.seq, nil
 }
 
 // ScanAudit calls fn for every entry after afterSeq in order, from a

@@ -93,6 +93,14 @@ func (l *timeLog) window(since, until int64) ([]uint64, error) {
 	}
 }
 
+func seqsOf(entries []*cofferv1.AuditEntry) []uint64 {
+	out := make([]uint64, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, e.GetSeq())
+	}
+	return out
+}
+
 // want filters the remembered entries from seq first on.
 func (l *timeLog) want(since int64, first uint64) []uint64 { return l.wantWindow(since, 0, first) }
 
@@ -179,8 +187,19 @@ func TestFSM_AuditTimeIndex(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := l.wantWindow(since, u, 1); !slices.Equal(got, want) {
+			want := l.wantWindow(since, u, 1)
+			if !slices.Equal(got, want) {
 				t.Fatalf("since %d until %d: got %d entries, want %d", since-base, u-base, len(got), len(want))
+			}
+			// The newest matches, read backwards, are the end of the same list.
+			for _, n := range []int{1, 7, 1000} {
+				newest, head, err := l.f.NewestAuditEntries(0, n, AuditFilter{SinceUnixNano: since, UntilUnixNano: u})
+				if err != nil || head != l.seq {
+					t.Fatalf("newest %d since %d until %d: head %d, %v", n, since-base, u-base, head, err)
+				}
+				if w := want[max(0, len(want)-n):]; !slices.Equal(seqsOf(newest), w) {
+					t.Fatalf("newest %d since %d until %d: got %v, want %v", n, since-base, u-base, seqsOf(newest), w)
+				}
 			}
 		}
 	}
@@ -202,6 +221,12 @@ func TestFSM_AuditTimeIndex(t *testing.T) {
 	}
 	if _, err := l.query(0); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("a full query over a damaged entry: %v, want ErrCorrupt", err)
+	}
+	if _, _, err := l.f.NewestAuditEntries(0, 5, AuditFilter{SinceUnixNano: since}); err != nil {
+		t.Fatalf("the newest entries from a later time read a skipped entry: %v", err)
+	}
+	if _, _, err := l.f.NewestAuditEntries(0, 1000000, AuditFilter{}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a backward scan over a damaged entry: %v, want ErrCorrupt", err)
 	}
 	// The damaged entry's time was an hour late or not: either way a
 	// query for an earlier time must read it.
@@ -317,6 +342,55 @@ func TestFSM_AuditTimeIndexAfterPrune(t *testing.T) {
 		}
 		if want := l.want(since, 401); !slices.Equal(got, want) {
 			t.Fatalf("since +%ds after prune: got %d entries, want %d", (since-base)/int64(time.Second), len(got), len(want))
+		}
+	}
+}
+
+// TestFSM_NewestAuditEntries: the newest matches at or below a seq, in seq
+// order, however far back the scan must go for them.
+func TestFSM_NewestAuditEntries(t *testing.T) {
+	l := newTimeLog(t)
+	for i := 0; i < 50; i++ {
+		c := &cofferv1.AuditBatchCommand{}
+		for j := 0; j < 10; j++ {
+			e := writeEntry("n1", int64(1+i*10+j), fmt.Sprintf("req-%d-%d", i, j))
+			if (i*10+j)%45 == 0 {
+				e.Caller = "client:rare"
+				e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED
+			}
+			c.Entries = append(c.Entries, e)
+		}
+		d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := l.apply(d); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	// seqs 1, 46, 91, ..., 496 are the rare caller's.
+	rare := AuditFilter{Caller: "client:rare", Outcome: cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED}
+	for _, tc := range []struct {
+		upTo uint64
+		n    int
+		flt  AuditFilter
+		want []uint64
+	}{
+		{0, 3, rare, []uint64{406, 451, 496}},
+		{495, 2, rare, []uint64{406, 451}},
+		{0, 100, rare, []uint64{1, 46, 91, 136, 181, 226, 271, 316, 361, 406, 451, 496}},
+		{0, 3, AuditFilter{}, []uint64{498, 499, 500}},
+		{2, 5, AuditFilter{}, []uint64{1, 2}},
+		{9999, 1, AuditFilter{}, []uint64{500}},
+		{0, 0, AuditFilter{}, nil},
+		{0, 3, AuditFilter{Caller: "client:nobody"}, nil},
+	} {
+		got, head, err := l.f.NewestAuditEntries(tc.upTo, tc.n, tc.flt)
+		if err != nil || head != 500 {
+			t.Fatalf("up to %d, n %d: head %d, %v", tc.upTo, tc.n, head, err)
+		}
+		if !slices.Equal(seqsOf(got), tc.want) {
+			t.Fatalf("up to %d, n %d, %+v: got %v, want %v", tc.upTo, tc.n, tc.flt, seqsOf(got), tc.want)
 		}
 	}
 }

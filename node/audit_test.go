@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -279,6 +280,28 @@ func TestNode_AuditFollow(t *testing.T) {
 		_, err = bad.Recv()
 	}
 	wantCode(t, "newest above the page size", err, codes.InvalidArgument, "newest")
+	// Filtered, newest counts matches: the three generates, although
+	// streams' own entries came after them.
+	s4, err := admin.audit[l].Follow(sctx, &cofferv1.AuditFollowRequest{FromNewest: true, Newest: 3, Operation: "generate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s4.Recv()
+	if err != nil {
+		t.Fatalf("filtered newest stream: %v", err)
+	}
+	if got := gkidsOf(m.GetEntries()); !slices.Equal(got, want) {
+		t.Fatalf("filtered newest stream began with %v, want the generates %v", got, want)
+	}
+	q, err := admin.audit[l].Query(ctx, &cofferv1.AuditQueryRequest{Newest: 2, Operation: "generate", AfterSeq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := gkidsOf(q.GetEntries()); !slices.Equal(got, want[1:]) || q.GetLastSeq() != q.GetHeadSeq() || q.GetHeadSeq() <= head {
+		t.Fatalf("query of the newest 2 generates: %v (last %d, head %d), want %v", got, q.GetLastSeq(), q.GetHeadSeq(), want[1:])
+	}
+	_, err = admin.audit[l].Query(ctx, &cofferv1.AuditQueryRequest{Newest: 1001})
+	wantCode(t, "query of more than a page of the newest", err, codes.InvalidArgument, "newest")
 
 	tc.stop(f)
 	select {
@@ -287,9 +310,9 @@ func TestNode_AuditFollow(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the stream did not end when its node stopped")
 	}
-	// s3 is still open on the leader; the ended stream was counted.
-	if n := testutil.ToFloat64(metricFollowStreams); n != 1 {
-		t.Fatalf("coffer_audit_follow_streams is %v after one of two streams ended", n)
+	// s3 and s4 are still open on the leader; the ended stream was counted.
+	if n := testutil.ToFloat64(metricFollowStreams); n != 2 {
+		t.Fatalf("coffer_audit_follow_streams is %v after one of three streams ended", n)
 	}
 	if n := testutil.ToFloat64(metricRequests.WithLabelValues("Follow", "Unavailable")); n < 1 {
 		t.Fatalf("coffer_requests_total{method=Follow,code=Unavailable} is %v after a stream ended that way", n)
@@ -308,7 +331,7 @@ func TestNode_AuditFollow(t *testing.T) {
 		_, err = s2.Recv()
 	}
 	wantCode(t, "follow without audit.read", err, codes.PermissionDenied, "audit.read")
-	q, err := admin.audit[l].Query(ctx, &cofferv1.AuditQueryRequest{Caller: "client:nosy", Operation: "audit.read", Outcome: "denied",
+	q, err = admin.audit[l].Query(ctx, &cofferv1.AuditQueryRequest{Caller: "client:nosy", Operation: "audit.read", Outcome: "denied",
 		Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
 	if err != nil {
 		t.Fatal(err)
@@ -316,7 +339,7 @@ func TestNode_AuditFollow(t *testing.T) {
 	if len(q.GetEntries()) != 1 {
 		t.Fatalf("%d denied audit.read entries for nosy, want 1", len(q.GetEntries()))
 	}
-	m, err := denials.Recv()
+	m, err = denials.Recv()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,4 +408,12 @@ func TestNode_AuditedStreamsHaveOneEntry(t *testing.T) {
 	if len(q.GetEntries()) != 1 || q.GetEntries()[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED {
 		t.Fatalf("an export abandoned by its caller has %d entries, want its one granted entry: %v", len(q.GetEntries()), q.GetEntries())
 	}
+}
+
+func gkidsOf(entries []*cofferv1.AuditEntry) []string {
+	out := make([]string, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, e.GetGkid())
+	}
+	return out
 }

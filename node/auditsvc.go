@@ -37,6 +37,9 @@ func (s *auditService) Query(ctx context.Context, req *cofferv1.AuditQueryReques
 	if limit > MaxAuditPage {
 		return nil, fmt.Errorf("%w: limit must be at most %d", ErrInvalidArgument, MaxAuditPage)
 	}
+	if req.GetNewest() > MaxAuditPage {
+		return nil, fmt.Errorf("%w: newest must be at most %d", ErrInvalidArgument, MaxAuditPage)
+	}
 	flt, err := auditFilter(req.GetCaller(), req.GetGkid(), req.GetOperation(), req.GetOutcome())
 	if err != nil {
 		return nil, err
@@ -49,6 +52,13 @@ func (s *auditService) Query(ctx context.Context, req *cofferv1.AuditQueryReques
 	}
 	if err := s.n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
 		return nil, err
+	}
+	if n := req.GetNewest(); n > 0 {
+		entries, head, err := s.n.fsm.NewestAuditEntries(0, int(n), flt)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: head, HeadSeq: head}, nil
 	}
 	entries, last, err := s.n.fsm.AuditEntries(req.GetAfterSeq(), limit, flt)
 	if err != nil {
@@ -123,8 +133,9 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	}
 	after := req.GetAfterSeq()
 	if req.GetFromNewest() {
-		head := s.n.fsm.AuditHeadSeq()
-		after = head - min(head, uint64(req.GetNewest()))
+		// The newest matches before the stream's own entry, which grant
+		// commits.
+		after = s.n.fsm.AuditHeadSeq()
 	}
 	if err := grant(); err != nil {
 		return err
@@ -134,6 +145,18 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	// End the stream when the node stops, so that Close does not wait.
 	ctx, cancel := s.n.stopContext(ctx)
 	defer cancel()
+	if req.GetFromNewest() && req.GetNewest() > 0 && after > 0 {
+		entries, _, err := s.n.fsm.NewestAuditEntries(after, int(req.GetNewest()), flt)
+		if err != nil {
+			return err
+		}
+		if len(entries) > 0 {
+			if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.n.fsm.AuditHeadSeq()}); err != nil {
+				return err
+			}
+			metricFollowEntries.Add(float64(len(entries)))
+		}
+	}
 	for {
 		entries, last, err := s.n.fsm.AuditEntries(after, MaxAuditPage, flt)
 		if err != nil {

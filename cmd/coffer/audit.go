@@ -585,9 +585,11 @@ follows them. When its node fails the stream resumes on another after the
 last entry printed. Against a node too old to stream, -f polls
 every --interval instead, and every poll is a request with its own entry.
 
-The filters keep only matching entries, as in audit query; -n still counts
-entries, not matches. For example, watch refusals as they happen:
-  coffer audit tail -n 0 -f --outcome denied`,
+The filters keep only matching entries, as in audit query, and -n counts
+matches: the node reads back from the newest entry until it has found n, or
+has read 100,000 entries. For example, the last 20 refusals of one client,
+then its refusals as they happen:
+  coffer audit tail -n 20 -f --client app --outcome denied`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if n < 0 || n > maxAuditPage {
@@ -636,20 +638,9 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, flt auditF
 		}
 		fmt.Fprintf(a.err, "coffer: this node cannot stream the log; polling every %v\n", interval)
 	}
-	head, err := a.auditPage(ctx, c, &cofferv1.AuditQueryRequest{Limit: 1})
+	entries, last, err := a.auditNewest(ctx, c, n, flt)
 	if err != nil {
 		return err
-	}
-	last := head.GetHeadSeq()
-	var entries []*cofferv1.AuditEntry
-	if n > 0 && last > 0 {
-		after := last - min(uint64(n), last)
-		resp, err := a.auditPage(ctx, c, flt.query(&cofferv1.AuditQueryRequest{AfterSeq: after, Limit: uint32(n)}))
-		if err != nil {
-			return err
-		}
-		entries = resp.GetEntries()
-		last = max(resp.GetLastSeq(), after)
 	}
 	if err := pw.writePage(entries); err != nil {
 		return err
@@ -684,6 +675,30 @@ func (a *app) auditTail(ctx context.Context, c *client.Client, n int, flt auditF
 		}
 		t.Reset(interval)
 	}
+}
+
+// auditNewest returns the newest n entries that match flt, and the head
+// seq to follow on from.
+func (a *app) auditNewest(ctx context.Context, c *client.Client, n int, flt auditFilter) ([]*cofferv1.AuditEntry, uint64, error) {
+	if n == 0 {
+		head, err := a.auditPage(ctx, c, &cofferv1.AuditQueryRequest{Limit: 1})
+		return nil, head.GetHeadSeq(), err
+	}
+	resp, err := a.auditPage(ctx, c, flt.query(&cofferv1.AuditQueryRequest{Newest: uint32(n), Limit: uint32(n)}))
+	if err != nil || resp.GetLastSeq() >= resp.GetHeadSeq() {
+		// A node that reads back from the head answers up to it. A node
+		// older than newest answers from the start of the log, and that is
+		// the same answer when it read up to the head.
+		return resp.GetEntries(), resp.GetHeadSeq(), err
+	}
+	// An older node: the matches among the newest n entries.
+	head := resp.GetHeadSeq()
+	after := head - min(uint64(n), head)
+	resp, err = a.auditPage(ctx, c, flt.query(&cofferv1.AuditQueryRequest{AfterSeq: after, Limit: uint32(n)}))
+	if err != nil {
+		return nil, 0, err
+	}
+	return resp.GetEntries(), max(resp.GetLastSeq(), after), nil
 }
 
 // ---- export ----

@@ -532,7 +532,9 @@ type auditLog struct {
 	// failing node would; follows records each stream's after_seq.
 	streaming, dropOnce bool
 	follows             []uint64
-	followReqs          []*cofferv1.AuditFollowRequest
+	// oldQuery answers queries as a node older than newest: it ignores it.
+	oldQuery   bool
+	followReqs []*cofferv1.AuditFollowRequest
 }
 
 // Follow sends the entries after after_seq, then new ones as add appends
@@ -545,7 +547,10 @@ func (l *auditLog) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.Audi
 	}
 	after := req.GetAfterSeq()
 	if req.GetFromNewest() {
-		after = uint64(len(l.entries)) - min(uint64(len(l.entries)), uint64(req.GetNewest()))
+		after = uint64(len(l.entries))
+		if newest := l.newest(int(req.GetNewest()), req); len(newest) > 0 {
+			after = newest[0].GetSeq() - 1
+		}
 	}
 	l.follows = append(l.follows, after)
 	l.followReqs = append(l.followReqs, req)
@@ -636,6 +641,10 @@ func (l *auditLog) Query(_ context.Context, req *cofferv1.AuditQueryRequest) (*c
 	if limit > maxAuditPage {
 		return nil, status.Error(codes.InvalidArgument, "limit must be at most 1000")
 	}
+	if n := req.GetNewest(); n > 0 && !l.oldQuery {
+		head := uint64(len(l.entries))
+		return &cofferv1.AuditQueryResponse{Entries: l.newest(int(n), req), LastSeq: head, HeadSeq: head}, nil
+	}
 	resp := &cofferv1.AuditQueryResponse{LastSeq: req.GetAfterSeq(), HeadSeq: uint64(len(l.entries))}
 	for _, e := range l.entries {
 		if e.GetSeq() <= req.GetAfterSeq() {
@@ -650,6 +659,24 @@ func (l *auditLog) Query(_ context.Context, req *cofferv1.AuditQueryRequest) (*c
 		}
 	}
 	return resp, nil
+}
+
+// newest returns the newest n entries that match req, in seq order, as
+// fsm.NewestAuditEntries does. Call with l.mu held.
+func (l *auditLog) newest(n int, req interface {
+	GetCaller() string
+	GetOutcome() string
+	GetOperation() string
+	GetGkid() string
+}) []*cofferv1.AuditEntry {
+	var out []*cofferv1.AuditEntry
+	for i := len(l.entries) - 1; i >= 0 && len(out) < n; i-- {
+		if matches(l.entries[i], req) {
+			out = append(out, l.entries[i])
+		}
+	}
+	slices.Reverse(out)
+	return out
 }
 
 type chunkSender struct {
@@ -848,6 +875,34 @@ func TestCLI_AuditTail(t *testing.T) {
 		t.Fatalf("tail -o json:\n%s", out)
 	}
 
+	// Filtered, -n counts matches (denied: every third entry), in one query.
+	l.mu.Lock()
+	l.queries = nil
+	l.mu.Unlock()
+	out = mustRun(t, env, "audit", "tail", "-n", "2", "--outcome", "denied")
+	if got := strings.Join(tableSeqs(t, out), ","); got != "6,9" {
+		t.Fatalf("tail -n 2 --outcome denied: %s\n%s", got, out)
+	}
+	// A node older than newest: the matches among the newest n entries.
+	l.mu.Lock()
+	nq := len(l.queries)
+	l.oldQuery = true
+	l.mu.Unlock()
+	if nq != 1 {
+		t.Fatalf("tail -n 2 --outcome denied sent %d queries, want 1", nq)
+	}
+	out = mustRun(t, env, "audit", "tail", "-n", "3", "--outcome", "denied")
+	if got := strings.Join(tableSeqs(t, out), ","); got != "9" {
+		t.Fatalf("tail -n 3 --outcome denied against an older node: %s\n%s", got, out)
+	}
+	out = mustRun(t, env, "audit", "tail", "-n", "30", "--outcome", "denied")
+	if got := strings.Join(tableSeqs(t, out), ","); got != "3,6,9" {
+		t.Fatalf("tail -n 30 --outcome denied against an older node: %s\n%s", got, out)
+	}
+	l.mu.Lock()
+	l.oldQuery = false
+	l.mu.Unlock()
+
 	// -f prints new entries until interrupted, then exits 0. This node
 	// cannot stream, so it polls.
 	out, errOut := followTail(t, env, []string{"-n", "2", "--interval", "100ms"}, func() { l.add(12) }, "k10", "k12")
@@ -866,9 +921,9 @@ func TestCLI_AuditTailFilters(t *testing.T) {
 	l.mu.Lock()
 	l.streaming = true
 	l.mu.Unlock()
-	// Of the newest 5 (10 to 14), only 12 is a refusal of client ops.
+	// Every third entry is a refusal of client ops: there are only four.
 	out, _ := followTail(t, env, []string{"-n", "5", "--outcome", "Denied", "--client", "ops", "--op", "get"}, nil, "k12")
-	if got := strings.Join(tableSeqs(t, out), ","); got != "12" {
+	if got := strings.Join(tableSeqs(t, out), ","); got != "3,6,9,12" {
 		t.Fatalf("tail -f --outcome denied --client ops printed %s:\n%s", got, out)
 	}
 	l.mu.Lock()

@@ -37,8 +37,15 @@ type AuditQueryRequest struct {
 	Gkid      string                 `protobuf:"bytes,6,opt,name=gkid,proto3" json:"gkid,omitempty"`
 	Operation string                 `protobuf:"bytes,7,opt,name=operation,proto3" json:"operation,omitempty"`
 	// "granted", "denied", "failed".
-	Outcome       string      `protobuf:"bytes,8,opt,name=outcome,proto3" json:"outcome,omitempty"`
-	Consistency   Consistency `protobuf:"varint,9,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	Outcome     string      `protobuf:"bytes,8,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Consistency Consistency `protobuf:"varint,9,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	// With newest > 0 (at most 1000; limit is then ignored), after_seq is
+	// ignored too: the response holds the newest `newest` matching entries, in
+	// seq order, found by reading back from the head (at most 100,000 entries,
+	// and including the query's own entry when it matches), and last_seq is
+	// the head, to follow on from. Nodes older than this field ignore it and
+	// answer as to after_seq and limit.
+	Newest        uint32 `protobuf:"varint,10,opt,name=newest,proto3" json:"newest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -134,6 +141,13 @@ func (x *AuditQueryRequest) GetConsistency() Consistency {
 		return x.Consistency
 	}
 	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+func (x *AuditQueryRequest) GetNewest() uint32 {
+	if x != nil {
+		return x.Newest
+	}
+	return 0
 }
 
 type AuditQueryResponse struct {
@@ -292,12 +306,13 @@ type AuditFollowRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	AfterSeq uint64                 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
 	// With from_newest, after_seq is ignored: the stream starts with the
-	// newest `newest` entries before its own (at most 1000; 0 for none), as
+	// newest `newest` matching entries before its own (at most 1000; 0 for
+	// none), read back from the head as AuditQueryRequest.newest does, as
 	// tail -n does.
 	FromNewest bool   `protobuf:"varint,2,opt,name=from_newest,json=fromNewest,proto3" json:"from_newest,omitempty"`
 	Newest     uint32 `protobuf:"varint,3,opt,name=newest,proto3" json:"newest,omitempty"`
 	// Filters, as in AuditQueryRequest; unset matches everything. The stream
-	// sends only matching entries (newest counts entries, not matches).
+	// sends only matching entries.
 	Caller        string `protobuf:"bytes,4,opt,name=caller,proto3" json:"caller,omitempty"`
 	Gkid          string `protobuf:"bytes,5,opt,name=gkid,proto3" json:"gkid,omitempty"`
 	Operation     string `protobuf:"bytes,6,opt,name=operation,proto3" json:"operation,omitempty"`
@@ -765,7 +780,7 @@ var File_coffer_v1_audit_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x15coffer/v1/audit.proto\x12\tcoffer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16coffer/v1/coffer.proto\x1a\x17coffer/v1/records.proto\"\xc8\x02\n" +
+	"\x15coffer/v1/audit.proto\x12\tcoffer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16coffer/v1/coffer.proto\x1a\x17coffer/v1/records.proto\"\xe0\x02\n" +
 	"\x11AuditQueryRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x120\n" +
@@ -775,7 +790,9 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\x04gkid\x18\x06 \x01(\tR\x04gkid\x12\x1c\n" +
 	"\toperation\x18\a \x01(\tR\toperation\x12\x18\n" +
 	"\aoutcome\x18\b \x01(\tR\aoutcome\x128\n" +
-	"\vconsistency\x18\t \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"{\n" +
+	"\vconsistency\x18\t \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x12\x16\n" +
+	"\x06newest\x18\n" +
+	" \x01(\rR\x06newest\"{\n" +
 	"\x12AuditQueryResponse\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12\x19\n" +
 	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\x12\x19\n" +
