@@ -289,6 +289,9 @@ func (s *accessService) Check(ctx context.Context, req *cofferv1.CheckRequest) (
 		return nil, err
 	}
 	e := s.n.fsm.Authz().Explain(authz.Request{Identity: authz.ClientSubject(req.GetClient()), CertSerial: serial, Op: op, Resource: req.GetResource()})
+	if req.GetCertSerial() == "" && len(e.Steps) > 0 && e.Steps[0].Name == "certificate" && e.Steps[0].Passed {
+		e.Steps[0].Detail = "no certificate named: taken as not revoked (name one with its serial to check it)"
+	}
 	return &cofferv1.CheckResponse{Allowed: e.Decision.Allowed, Reason: e.Decision.Reason, Rule: e.Decision.Rule, Explanation: e.String()}, nil
 }
 

@@ -222,8 +222,13 @@ func TestNode_AccessControl(t *testing.T) {
 	}
 	// acl check explains a decision.
 	chk, err := admin.access[f].Check(ctx, &cofferv1.CheckRequest{Client: "bob", Operation: "describe", Resource: "pay/eu"})
-	if err != nil || chk.GetAllowed() || chk.GetExplanation() == "" {
+	if err != nil || chk.GetAllowed() || !strings.Contains(chk.GetExplanation(), "no certificate named") {
 		t.Fatalf("check: %+v %v", chk, err)
+	}
+	// Naming bob's revoked certificate checks it against the deny list.
+	chk, err = admin.access[f].Check(ctx, &cofferv1.CheckRequest{Client: "bob", Operation: "get", Resource: "pay/eu", CertSerial: bob.serial})
+	if err != nil || chk.GetAllowed() || !strings.Contains(chk.GetExplanation(), "is revoked") {
+		t.Fatalf("check of a revoked certificate: %+v %v", chk, err)
 	}
 	// Listing without a filter shows only what the caller may list.
 	tc.mustGrant(admin, l, "client:bob", "pay/**", "list")

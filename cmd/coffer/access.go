@@ -446,17 +446,18 @@ func writeRuleTable(w io.Writer, rules []*cofferv1.AclRuleInfo) error {
 }
 
 func (a *app) aclCheckCmd() *cobra.Command {
-	var name, op, resource string
+	var name, op, resource, serial string
 	var cons consistencyFlag
 	cmd := &cobra.Command{
-		Use:   "check --client C --op OP [--resource R]",
+		Use:   "check --client C --op OP [--resource R] [--cert-serial HEX]",
 		Short: "Ask whether a client may perform an operation on a resource, and why",
 		Long: `Evaluate the committed access rules for a client, an operation and a
 resource, without performing anything, and show the decision with every
 check and rule considered. The exit status is 0 whether the answer is
 ALLOWED or DENIED. Administrative operations take no --resource; for key
 operations an empty resource means every resource (as a list without a
-filter).`,
+filter). --cert-serial also checks one of the client's certificates against
+the deny list; without it the certificate is taken as not revoked.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if name == "" {
@@ -475,7 +476,7 @@ filter).`,
 			if parsed == authz.OpAll {
 				return usagef("--op: * may appear in rules only; check one operation at a time")
 			}
-			req := &cofferv1.CheckRequest{Client: name, Operation: op, Resource: resource, Consistency: cons.v}
+			req := &cofferv1.CheckRequest{Client: name, Operation: op, Resource: resource, CertSerial: serial, Consistency: cons.v}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.Check(ctx, req)
 				if err != nil {
@@ -492,6 +493,7 @@ filter).`,
 	f.StringVar(&name, "client", "", "client name (required)")
 	f.StringVar(&op, "op", "", "operation, e.g. get or acl.manage (required)")
 	f.StringVar(&resource, "resource", "", "resource of the key operation")
+	f.StringVar(&serial, "cert-serial", "", "also check this certificate serial (hex) against the deny list")
 	addConsistencyFlag(f, &cons, "linearizable or stale")
 	return cmd
 }

@@ -184,12 +184,20 @@ func (n *accessNode) Check(_ context.Context, req *cofferv1.CheckRequest) (*coff
 	for _, r := range n.rules {
 		rules = append(rules, &cofferv1.AclRule{Id: r.GetId(), Subject: r.GetSubject(), Operations: r.GetOperations(), ResourcePattern: r.GetResourcePattern()})
 	}
+	var revoked []*cofferv1.RevokedCertificate
+	for _, r := range n.revoked {
+		revoked = append(revoked, &cofferv1.RevokedCertificate{Serial: r.GetSerial()})
+	}
 	n.mu.Unlock()
-	snap, err := authz.NewSnapshot(clients, rules, nil)
+	snap, err := authz.NewSnapshot(clients, rules, revoked)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	e := snap.Explain(authz.Request{Identity: authz.ClientSubject(req.GetClient()), CertSerial: "1",
+	serial := "1"
+	if req.GetCertSerial() != "" {
+		serial = req.GetCertSerial()
+	}
+	e := snap.Explain(authz.Request{Identity: authz.ClientSubject(req.GetClient()), CertSerial: serial,
 		Op: authz.Op(req.GetOperation()), Resource: req.GetResource()})
 	return &cofferv1.CheckResponse{Allowed: e.Decision.Allowed, Reason: e.Decision.Reason, Rule: e.Decision.Rule,
 		Explanation: e.String()}, nil
@@ -701,6 +709,10 @@ func TestCLI_AccessCommands(t *testing.T) {
 	out = mustRun(t, env, "client", "revoke-cert", "--serial", "0x00:AB:cd", "--reason", "key lost")
 	if out != "revoked certificate abcd\n" {
 		t.Fatalf("revoke-cert printed %q", out)
+	}
+	out = mustRun(t, env, "acl", "check", "--client", "app", "--op", "get", "--resource", "payments/eu/cards", "--cert-serial", "abcd")
+	if !strings.HasPrefix(out, "DENIED\n") || !strings.Contains(out, "certificate abcd is revoked") {
+		t.Fatalf("check of a revoked certificate:\n%s", out)
 	}
 	appCert := filepath.Join(pki, "cli.pem")
 	serial := authz.FormatSerial(mustReadCert(t, appCert).SerialNumber)
