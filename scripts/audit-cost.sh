@@ -9,8 +9,13 @@
 # shared machine. It prints every run, then the mean per build and the cost:
 # 1 - audited / unaudited.
 #
-# Settings (environment): ROUNDS (2), CONC ("1 64 1024"), DURATION (10s),
-# KEYS (1000), BASE_PORT (17100, away from make run's 7100).
+# It also reads the CPU time the three nodes use (utime + stime from
+# /proc/<pid>/stat) over the middle of each measured run, and prints it per
+# get: what audit adds in CPU, whatever the throughput.
+#
+# Settings (environment): ROUNDS (2), CONC ("1 64 1024"), DURATION (10s,
+# whole seconds, at least 4s), KEYS (1000), BASE_PORT (17100, away from make
+# run's 7100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +25,19 @@ DURATION=${DURATION:-10s}
 KEYS=${KEYS:-1000}
 BASE_PORT=${BASE_PORT:-17100}
 GO=${GO:-go}
+
+secs=${DURATION%s}
+case $secs in
+'' | *[!0-9]*)
+	echo "audit-cost: DURATION must be whole seconds, like 10s; got $DURATION" >&2
+	exit 2
+	;;
+esac
+if [ "$secs" -lt 4 ]; then
+	echo "audit-cost: DURATION must be at least 4s; got $DURATION" >&2
+	exit 2
+fi
+tck=$(getconf CLK_TCK)
 
 work=$(mktemp -d)
 dev_pid=""
@@ -35,6 +53,18 @@ trap cleanup EXIT
 $GO build -o "$work/audit/cofferd" ./cmd/cofferd
 $GO build -tags coffer_noaudit -o "$work/noaudit/cofferd" ./cmd/cofferd
 $GO build -o "$work/coffer" ./cmd/coffer
+
+# node_cpu PID...: the CPU time the processes have used, in clock ticks.
+node_cpu() {
+	local total=0 p f
+	for p in "$@"; do
+		# Fields after the command name (which may hold spaces): utime is
+		# the 12th, stime the 13th.
+		read -r -a f <<<"$(sed 's/^.*) //' "/proc/$p/stat")"
+		total=$((total + f[11] + f[12]))
+	done
+	echo "$total"
+}
 
 # run BUILD ROUND: one fresh cluster of BUILD, one bench per concurrency.
 run() {
@@ -57,20 +87,45 @@ run() {
 		cat "$dir.log" >&2
 		exit 1
 	fi
+	local nodes
+	nodes=$(pgrep -P "$dev_pid" | tr '\n' ' ')
+	if [ "$(echo "$nodes" | wc -w)" -ne 3 ]; then
+		echo "audit-cost: expected the 3 node processes of the $build cluster, found: $nodes" >&2
+		exit 1
+	fi
 	for c in $CONC; do
-		local ops
-		ops=$(
+		local ops bench_pid cpu0 cpu1 t0 t1
+		(
 			# shellcheck disable=SC1091
 			. "$dir/env" &&
-				"$work/coffer" bench --op get --concurrency "$c" --duration "$DURATION" --keys "$KEYS" 2>/dev/null |
-				awk '$1 == "total" { print $3 }'
-		)
+				exec "$work/coffer" bench --op get --concurrency "$c" --duration "$DURATION" --keys "$KEYS" \
+					>"$dir.bench" 2>"$dir.bench-err"
+		) &
+		bench_pid=$!
+		# The measured run starts a warm-up second after bench says it runs;
+		# read the nodes' CPU from a second into it to a second before its end.
+		for _ in $(seq 600); do
+			grep -q running "$dir.bench-err" 2>/dev/null && break
+			sleep 0.1
+		done
+		sleep 2
+		cpu0=$(node_cpu $nodes)
+		t0=$(date +%s.%N)
+		sleep $((secs - 2))
+		cpu1=$(node_cpu $nodes)
+		t1=$(date +%s.%N)
+		wait "$bench_pid" || true
+		ops=$(awk '$1 == "total" { print $3 }' "$dir.bench")
 		if [ -z "$ops" ]; then
-			echo "audit-cost: bench at $c clients against the $build cluster printed no total" >&2
+			echo "audit-cost: bench at $c clients against the $build cluster printed no total:" >&2
+			cat "$dir.bench-err" >&2
 			exit 1
 		fi
-		printf '%-8s round %d  %5d clients  %10.1f gets/s\n' "$build" "$round" "$c" "$ops"
-		echo "$build $c $ops" >>"$work/results"
+		local us
+		us=$(awk -v c0="$cpu0" -v c1="$cpu1" -v t0="$t0" -v t1="$t1" -v tck="$tck" -v ops="$ops" \
+			'BEGIN { printf "%.1f", (c1 - c0) / tck / ((t1 - t0) * ops) * 1e6 }')
+		printf '%-8s round %d  %5d clients  %10.1f gets/s  %7.1f us node CPU per get\n' "$build" "$round" "$c" "$ops" "$us"
+		echo "$build $c $ops $us" >>"$work/results"
 	done
 	kill -INT "$dev_pid"
 	wait "$dev_pid" 2>/dev/null || true
@@ -84,14 +139,16 @@ done
 
 echo
 awk -v conc="$CONC" '
-	{ sum[$1, $2] += $3; n[$1, $2]++ }
+	{ sum[$1, $2] += $3; cpu[$1, $2] += $4; n[$1, $2]++ }
 	END {
-		printf "%8s  %14s  %14s  %6s\n", "clients", "with audit", "without audit", "cost"
+		printf "%8s  %14s  %14s  %6s  %22s\n", "clients", "with audit", "without audit", "cost", "node CPU per get (us)"
 		split(conc, cs, " ")
 		for (i = 1; i in cs; i++) {
 			c = cs[i]
 			a = sum["audit", c] / n["audit", c]
 			u = sum["noaudit", c] / n["noaudit", c]
-			printf "%8d  %12.0f/s  %12.0f/s  %5.0f%%\n", c, a, u, 100 * (1 - a / u)
+			ca = cpu["audit", c] / n["audit", c]
+			cu = cpu["noaudit", c] / n["noaudit", c]
+			printf "%8d  %12.0f/s  %12.0f/s  %5.0f%%  %7.1f vs %5.1f (+%.1f)\n", c, a, u, 100 * (1 - a / u), ca, cu, ca - cu
 		}
 	}' "$work/results"
