@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -408,11 +409,19 @@ func applyAuditPrune(a *applyCtx, payload []byte, index uint64) Result {
 	}
 	_ = it.Close()
 	if cp == nil {
-		return Result{Err: fmt.Errorf("%w: %d", ErrNoCheckpoint, c.GetUpToSeq())}
+		return Result{Err: fmt.Errorf("%w: none at or below seq %d", ErrNoCheckpoint, c.GetUpToSeq())}
 	}
 	marker, err := audit.NewPruneMarker(cp)
 	if err != nil {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
+	}
+	firstBefore := uint64(1)
+	var old cofferv1.AuditPruneMarker
+	switch err := getProto(a.b, keyAuditMarker, &old); {
+	case err == nil:
+		firstBefore = old.GetFirstSeq()
+	case !errors.Is(err, ErrNotFound):
+		panic(err.Error())
 	}
 	if err := a.b.DeleteRange(auditKey(0), auditKey(cp.GetSeq()+1), nil); err != nil {
 		panic(err.Error())
@@ -422,7 +431,7 @@ func applyAuditPrune(a *applyCtx, payload []byte, index uint64) Result {
 	}
 	a.pruneTimeIndex(cp.GetSeq() + 1)
 	mustSet(a.b, keyAuditMarker, marker)
-	return Result{Marker: marker}
+	return Result{Marker: marker, Pruned: marker.GetFirstSeq() - min(marker.GetFirstSeq(), firstBefore)}
 }
 
 // Diverged reports whether a checkpoint disagreed with this replica's chain.
@@ -448,6 +457,36 @@ func (f *FSM) AuditCheckpoint() (*cofferv1.AuditCheckpoint, error) {
 		return nil, fmt.Errorf("%w: checkpoint: %v", ErrCorrupt, err)
 	}
 	return &cp, nil
+}
+
+// CheckpointBefore returns the checkpoint an age-based prune goes up to:
+// reading checkpoints oldest first, the last one before the first signed at
+// or after before (Unix nanoseconds). It returns ErrNoCheckpoint when the
+// oldest was not signed before it.
+func (f *FSM) CheckpointBefore(before int64) (*cofferv1.AuditCheckpoint, error) {
+	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: prefixCheckpoint, UpperBound: prefixEnd(prefixCheckpoint)})
+	if err != nil {
+		return nil, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	var last *cofferv1.AuditCheckpoint
+	for ok := it.First(); ok; ok = it.Next() {
+		cp := &cofferv1.AuditCheckpoint{}
+		if err := proto.Unmarshal(it.Value(), cp); err != nil {
+			return nil, fmt.Errorf("%w: checkpoint %x: %v", ErrCorrupt, it.Key(), err)
+		}
+		if cp.GetTimeUnixNano() >= before {
+			break
+		}
+		last = cp
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	if last == nil {
+		return nil, fmt.Errorf("%w: none signed before %s", ErrNoCheckpoint, time.Unix(0, before).UTC().Format(time.RFC3339))
+	}
+	return last, nil
 }
 
 // AuditPruneMarker returns the marker that stands for pruned entries, or

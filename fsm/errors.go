@@ -24,7 +24,7 @@ var (
 	ErrRuleExists         = errors.New("fsm: acl rule already exists")
 	ErrConflict           = errors.New("fsm: record changed concurrently; retry")
 	ErrDiverged           = errors.New("fsm: this replica's audit chain differs from the checkpoint; it has diverged")
-	ErrNoCheckpoint       = errors.New("fsm: no audit checkpoint at or below that sequence number")
+	ErrNoCheckpoint       = errors.New("fsm: no audit checkpoint to prune up to")
 	// ErrAbandoned refuses a change whose request already has its audit
 	// entry: the node that accepted it recorded it as failed (a fallback)
 	// before the change committed, so the change is not applied.

@@ -77,8 +77,11 @@ type Result struct {
 	Policy    *cofferv1.PolicyRecord
 	Cluster   *cofferv1.ClusterInfo
 	Marker    *cofferv1.AuditPruneMarker
-	Client    *cofferv1.ClientRecord
-	Rule      *cofferv1.AclRule
+	// Pruned counts the entries an audit prune deleted (0 when the log
+	// already started after its checkpoint).
+	Pruned uint64
+	Client *cofferv1.ClientRecord
+	Rule   *cofferv1.AclRule
 	// Reads are the decisions on an audit batch's decided reads, in the
 	// order of its decide list.
 	Reads []ReadResult

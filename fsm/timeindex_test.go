@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
@@ -392,5 +393,68 @@ func TestFSM_NewestAuditEntries(t *testing.T) {
 		if !slices.Equal(seqsOf(got), tc.want) {
 			t.Fatalf("up to %d, n %d, %+v: got %v, want %v", tc.upTo, tc.n, tc.flt, seqsOf(got), tc.want)
 		}
+	}
+}
+
+// TestFSM_CheckpointBeforeAndPruneCount: an age-based prune goes up to the
+// last checkpoint before the first signed at or after the time, even when a
+// signer's clock ran behind; Pruned counts what each prune deleted.
+func TestFSM_CheckpointBeforeAndPruneCount(t *testing.T) {
+	l := newTimeLog(t)
+	if _, err := l.f.CheckpointBefore(100); !errors.Is(err, ErrNoCheckpoint) {
+		t.Fatalf("no checkpoints: %v, want ErrNoCheckpoint", err)
+	}
+	// Checkpoints at seqs 2, 4, 6, 8, signed at 10, 20, 15 (a clock behind)
+	// and 30.
+	for _, at := range []int64{10, 20, 15, 30} {
+		l.batch(1, 2)
+		d := l.checkpoint(false)
+		c := commandOf(t, d)
+		var cc cofferv1.AuditCheckpointCommand
+		if err := proto.Unmarshal(c.GetPayload(), &cc); err != nil {
+			t.Fatal(err)
+		}
+		cc.Checkpoint.TimeUnixNano = at
+		d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT, &cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := l.apply(d); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	for _, tc := range []struct {
+		before int64
+		seq    uint64
+	}{{11, 2}, {18, 2}, {20, 2}, {21, 6}, {25, 6}, {31, 8}} {
+		cp, err := l.f.CheckpointBefore(tc.before)
+		if err != nil || cp.GetSeq() != tc.seq {
+			t.Fatalf("before %d: checkpoint %d, %v; want seq %d", tc.before, cp.GetSeq(), err, tc.seq)
+		}
+	}
+	if _, err := l.f.CheckpointBefore(10); !errors.Is(err, ErrNoCheckpoint) {
+		t.Fatalf("before the oldest: %v, want ErrNoCheckpoint", err)
+	}
+	prune := func(upTo uint64) Result {
+		t.Helper()
+		d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := l.apply(d)
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		return r
+	}
+	for _, step := range []struct{ upTo, pruned, first uint64 }{{3, 2, 3}, {3, 0, 3}, {7, 4, 7}, {6, 0, 7}} {
+		r := prune(step.upTo)
+		if r.Pruned != step.pruned || r.Marker.GetFirstSeq() != step.first {
+			t.Fatalf("prune up to %d: pruned %d, first %d; want %d, %d", step.upTo, r.Pruned, r.Marker.GetFirstSeq(), step.pruned, step.first)
+		}
+	}
+	// The pruned checkpoints are gone: the oldest left is seq 6's (time 15).
+	if cp, err := l.f.CheckpointBefore(16); err != nil || cp.GetSeq() != 6 {
+		t.Fatalf("after pruning: checkpoint %d, %v; want 6", cp.GetSeq(), err)
 	}
 }

@@ -111,8 +111,14 @@ func (s *auditService) Prune(ctx context.Context, req *cofferv1.AuditPruneReques
 	if err != nil {
 		return nil, err
 	}
-	if req.GetUpToSeq() == 0 {
-		return nil, fmt.Errorf("%w: up_to_seq is required", ErrInvalidArgument)
+	upTo, before := req.GetUpToSeq(), req.GetBefore()
+	switch {
+	case upTo == 0 && before == nil:
+		return nil, fmt.Errorf("%w: up_to_seq or before is required", ErrInvalidArgument)
+	case upTo != 0 && before != nil:
+		return nil, fmt.Errorf("%w: give up_to_seq or before, not both", ErrInvalidArgument)
+	case before != nil && before.CheckValid() != nil:
+		return nil, fmt.Errorf("%w: before: %v", ErrInvalidArgument, before.CheckValid())
 	}
 	if !s.n.IsLeader() {
 		// Pruning is rare: the caller is told where the leader is.
@@ -124,9 +130,24 @@ func (s *auditService) Prune(ctx context.Context, req *cofferv1.AuditPruneReques
 	if err := s.n.authorize(c, authz.OpAuditPrune, ""); err != nil {
 		return nil, err
 	}
-	res, err := s.n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: req.GetUpToSeq()})
+	if before != nil {
+		// The leader has applied every committed checkpoint; one committed
+		// after this read comes after all those it saw, so missing it only
+		// prunes less.
+		cp, err := s.n.fsm.CheckpointBefore(before.AsTime().UnixNano())
+		if errors.Is(err, fsm.ErrNoCheckpoint) {
+			// Nothing that old is left: not an error for a retention job.
+			m, err := s.n.fsm.AuditPruneMarker()
+			return &cofferv1.AuditPruneResponse{Marker: m}, err
+		}
+		if err != nil {
+			return nil, err
+		}
+		upTo = cp.GetSeq()
+	}
+	res, err := s.n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo})
 	if err != nil {
 		return nil, err
 	}
-	return &cofferv1.AuditPruneResponse{Marker: res.Marker}, nil
+	return &cofferv1.AuditPruneResponse{Marker: res.Marker, Pruned: res.Pruned}, nil
 }

@@ -134,13 +134,25 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 		t.Fatalf("%d denied audit.prune entries for siem, want 1", len(denied.GetEntries()))
 	}
 
+	// A prune by age with nothing that old: no marker, nothing pruned, no
+	// error (a retention job runs it on a young cluster too).
+	auditL := cofferv1.NewAuditServiceClient(tc.connTo(l))
+	young, err := auditL.Prune(ctx, &cofferv1.AuditPruneRequest{Before: timestamppb.New(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC))})
+	if err != nil || young.GetMarker() != nil || young.GetPruned() != 0 {
+		t.Fatalf("prune before 2000: %+v, %v", young, err)
+	}
+	_, err = auditL.Prune(ctx, &cofferv1.AuditPruneRequest{})
+	wantCode(t, "prune without a bound", err, codes.InvalidArgument, "up_to_seq or before")
+	_, err = auditL.Prune(ctx, &cofferv1.AuditPruneRequest{UpToSeq: 1, Before: timestamppb.Now()})
+	wantCode(t, "prune with two bounds", err, codes.InvalidArgument, "not both")
+
 	// Prune up to the checkpoint; the rest still verifies from the marker.
-	res, err := cofferv1.NewAuditServiceClient(tc.connTo(l)).Prune(ctx, &cofferv1.AuditPruneRequest{UpToSeq: cp.GetSeq()})
+	res, err := auditL.Prune(ctx, &cofferv1.AuditPruneRequest{UpToSeq: cp.GetSeq()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.GetMarker().GetFirstSeq() != cp.GetSeq()+1 {
-		t.Fatalf("marker %+v", res.GetMarker())
+	if res.GetMarker().GetFirstSeq() != cp.GetSeq()+1 || res.GetPruned() != cp.GetSeq() {
+		t.Fatalf("marker %+v, %d entries pruned; want entries 1 to %d", res.GetMarker(), res.GetPruned(), cp.GetSeq())
 	}
 	buf.Reset()
 	if err := tc.nodes[l].FSM().ExportAudit(0, &buf); err != nil {
@@ -168,6 +180,24 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 	if hd.GetNode() != tc.cfgs[f].ID || hd.GetHeadSeq() < lseq || (hd.GetHeadSeq() == lseq && !bytes.Equal(hd.GetHeadHash(), lhash)) ||
 		hd.GetCheckpoint().GetSeq() < cp.GetSeq() || hd.GetPruned().GetFirstSeq() != cp.GetSeq()+1 {
 		t.Fatalf("head %+v; leader head %d, checkpoint %d, pruned before %d", hd, lseq, cp.GetSeq(), cp.GetSeq()+1)
+	}
+
+	// By age: up to the newest checkpoint signed before now, which is at
+	// least one taken after the first prune; the same time again prunes
+	// nothing more.
+	cp2 := tc.waitCheckpoint(tc.nodes[l].FSM().AuditHeadSeq())
+	before := time.Now()
+	byAge, err := auditL.Prune(ctx, &cofferv1.AuditPruneRequest{Before: timestamppb.New(before)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := byAge.GetMarker()
+	if m.GetFirstSeq() < cp2.GetSeq()+1 || byAge.GetPruned() != m.GetFirstSeq()-(cp.GetSeq()+1) || m.GetCheckpoint().GetTimeUnixNano() >= before.UnixNano() {
+		t.Fatalf("prune before now: marker %+v, %d pruned; checkpoint %d was signed before", m, byAge.GetPruned(), cp2.GetSeq())
+	}
+	again, err := auditL.Prune(ctx, &cofferv1.AuditPruneRequest{Before: timestamppb.New(before)})
+	if err != nil || again.GetPruned() != 0 || again.GetMarker().GetFirstSeq() != m.GetFirstSeq() {
+		t.Fatalf("the same prune again: %+v, %v", again, err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -174,7 +175,9 @@ func TestCLI_AuditUsageErrors(t *testing.T) {
 		{"verify blank key", []string{"audit", "verify", "--file", exp, "--trusted-key", ""}, "--trusted-key is blank"},
 		{"verify without source", []string{"audit", "verify", "--trusted-key", key}, "exactly one of --file or --data-dir"},
 		{"verify two sources", []string{"audit", "verify", "--file", exp, "--data-dir", dir, "--trusted-key", key}, "exactly one"},
-		{"prune without up-to", []string{"audit", "prune"}, "--up-to is required"},
+		{"prune without a bound", []string{"audit", "prune"}, "--up-to SEQ (1 or more) or --before TIME is required"},
+		{"prune with two bounds", []string{"audit", "prune", "--up-to", "4", "--before", "90d"}, "not both"},
+		{"prune before a bad time", []string{"audit", "prune", "--before", "last tuesday"}, "--before"},
 		{"unknown audit command", []string{"audit", "delete"}, "unknown command"},
 	}
 	for _, tc := range tests {
@@ -532,6 +535,7 @@ type auditLog struct {
 	// failing node would; follows records each stream's after_seq.
 	streaming, dropOnce bool
 	follows             []uint64
+	pruneReqs           []*cofferv1.AuditPruneRequest
 	// oldQuery answers queries as a node older than newest: it ignores it.
 	oldQuery   bool
 	followReqs []*cofferv1.AuditFollowRequest
@@ -715,16 +719,32 @@ func (l *auditLog) Prune(_ context.Context, req *cofferv1.AuditPruneRequest) (*c
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.prunes = append(l.prunes, req.GetUpToSeq())
-	for seq := req.GetUpToSeq(); seq > 0; seq-- {
+	l.pruneReqs = append(l.pruneReqs, req)
+	upTo := req.GetUpToSeq()
+	if req.GetBefore() != nil {
+		// As fsm.CheckpointBefore: oldest first, up to the first signed at
+		// or after the time.
+		seqs := slices.Sorted(maps.Keys(l.cps))
+		for _, seq := range seqs {
+			if l.cps[seq].GetTimeUnixNano() >= req.GetBefore().AsTime().UnixNano() {
+				break
+			}
+			upTo = seq
+		}
+		if upTo == 0 {
+			return &cofferv1.AuditPruneResponse{}, nil
+		}
+	}
+	for seq := upTo; seq > 0; seq-- {
 		if cp, ok := l.cps[seq]; ok {
 			m, err := audit.NewPruneMarker(cp)
 			if err != nil {
 				return nil, status.Error(codes.Internal, err.Error())
 			}
-			return &cofferv1.AuditPruneResponse{Marker: m}, nil
+			return &cofferv1.AuditPruneResponse{Marker: m, Pruned: m.GetFirstSeq() - 1}, nil
 		}
 	}
-	return nil, status.Errorf(codes.FailedPrecondition, "no checkpoint at or below %d", req.GetUpToSeq())
+	return nil, status.Errorf(codes.FailedPrecondition, "no checkpoint at or below %d", upTo)
 }
 
 func (l *auditLog) lastQuery() *cofferv1.AuditQueryRequest {
@@ -1082,7 +1102,7 @@ func TestCLI_AuditExportAndVerify(t *testing.T) {
 func TestCLI_AuditPrune(t *testing.T) {
 	l, env := mustAuditNode(t, 9, 4, 8)
 	out := mustRun(t, env, "audit", "prune", "--up-to", "7")
-	for _, want := range []string{"first remaining seq: 5", "checkpoint seq:      4", "checkpoint signer:   n1"} {
+	for _, want := range []string{"pruned entries:      4", "first remaining seq: 5", "checkpoint seq:      4", "checkpoint signer:   n1"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -1097,8 +1117,24 @@ func TestCLI_AuditPrune(t *testing.T) {
 		t.Fatalf("prune below every checkpoint: exit %d, stderr %q", code, stderr)
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if len(l.prunes) != 3 || l.prunes[0] != 7 {
 		t.Fatalf("prunes %v", l.prunes)
+	}
+	l.mu.Unlock()
+
+	// By age: entry n and its checkpoint are n seconds after 12:00.
+	out = mustRun(t, env, "audit", "prune", "--before", "2024-05-01T12:00:06Z")
+	if !strings.Contains(out, "first remaining seq: 5") {
+		t.Fatalf("prune --before: %s", out)
+	}
+	l.mu.Lock()
+	req := l.pruneReqs[len(l.pruneReqs)-1]
+	l.mu.Unlock()
+	if req.GetUpToSeq() != 0 || !req.GetBefore().AsTime().Equal(time.Date(2024, 5, 1, 12, 0, 6, 0, time.UTC)) {
+		t.Fatalf("prune --before sent %v", req)
+	}
+	out = mustRun(t, env, "audit", "prune", "--before", "2000-01-01T00:00:00Z")
+	if !strings.Contains(out, "nothing to prune") {
+		t.Fatalf("prune --before 2000: %q", out)
 	}
 }

@@ -458,7 +458,13 @@ func (x *AuditFollowResponse) GetHeadSeq() uint64 {
 type AuditPruneRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Prune every entry up to the newest checkpoint at or below this seq.
-	UpToSeq       uint64 `protobuf:"varint,1,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	UpToSeq uint64 `protobuf:"varint,1,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	// Or, instead of up_to_seq: prune up to the newest of the checkpoints
+	// signed before this time, read oldest first up to the first signed at or
+	// after it (a signer's clock running behind never lets a prune reach past
+	// an earlier checkpoint signed later). Every entry pruned was then linked
+	// before a checkpoint signed before this time.
+	Before        *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=before,proto3" json:"before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -500,10 +506,21 @@ func (x *AuditPruneRequest) GetUpToSeq() uint64 {
 	return 0
 }
 
+func (x *AuditPruneRequest) GetBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Before
+	}
+	return nil
+}
+
 type AuditPruneResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The marker that now stands for the pruned entries.
-	Marker        *AuditPruneMarker `protobuf:"bytes,1,opt,name=marker,proto3" json:"marker,omitempty"`
+	// The marker that now stands for the pruned entries (none when the log
+	// was never pruned and a prune by time found nothing to prune).
+	Marker *AuditPruneMarker `protobuf:"bytes,1,opt,name=marker,proto3" json:"marker,omitempty"`
+	// How many entries this request deleted: 0 when the log already started
+	// after its checkpoint.
+	Pruned        uint64 `protobuf:"varint,2,opt,name=pruned,proto3" json:"pruned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -543,6 +560,13 @@ func (x *AuditPruneResponse) GetMarker() *AuditPruneMarker {
 		return x.Marker
 	}
 	return nil
+}
+
+func (x *AuditPruneResponse) GetPruned() uint64 {
+	if x != nil {
+		return x.Pruned
+	}
+	return 0
 }
 
 type AuditMatchRequest struct {
@@ -812,11 +836,13 @@ const file_coffer_v1_audit_proto_rawDesc = "" +
 	"\aoutcome\x18\a \x01(\tR\aoutcome\"a\n" +
 	"\x13AuditFollowResponse\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.coffer.v1.AuditEntryR\aentries\x12\x19\n" +
-	"\bhead_seq\x18\x02 \x01(\x04R\aheadSeq\"/\n" +
+	"\bhead_seq\x18\x02 \x01(\x04R\aheadSeq\"c\n" +
 	"\x11AuditPruneRequest\x12\x1a\n" +
-	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"I\n" +
+	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\x122\n" +
+	"\x06before\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06before\"a\n" +
 	"\x12AuditPruneResponse\x123\n" +
-	"\x06marker\x18\x01 \x01(\v2\x1b.coffer.v1.AuditPruneMarkerR\x06marker\"A\n" +
+	"\x06marker\x18\x01 \x01(\v2\x1b.coffer.v1.AuditPruneMarkerR\x06marker\x12\x16\n" +
+	"\x06pruned\x18\x02 \x01(\x04R\x06pruned\"A\n" +
 	"\x11AuditMatchRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\bmaterial\x18\x02 \x01(\fR\bmaterial\"*\n" +
@@ -879,27 +905,28 @@ var file_coffer_v1_audit_proto_depIdxs = []int32{
 	13, // 2: coffer.v1.AuditQueryRequest.consistency:type_name -> coffer.v1.Consistency
 	14, // 3: coffer.v1.AuditQueryResponse.entries:type_name -> coffer.v1.AuditEntry
 	14, // 4: coffer.v1.AuditFollowResponse.entries:type_name -> coffer.v1.AuditEntry
-	15, // 5: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
-	13, // 6: coffer.v1.AuditHeadRequest.consistency:type_name -> coffer.v1.Consistency
-	16, // 7: coffer.v1.AuditHeadResponse.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	15, // 8: coffer.v1.AuditHeadResponse.pruned:type_name -> coffer.v1.AuditPruneMarker
-	8,  // 9: coffer.v1.AuditService.Match:input_type -> coffer.v1.AuditMatchRequest
-	6,  // 10: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
-	0,  // 11: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
-	10, // 12: coffer.v1.AuditService.Head:input_type -> coffer.v1.AuditHeadRequest
-	2,  // 13: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
-	4,  // 14: coffer.v1.AuditService.Follow:input_type -> coffer.v1.AuditFollowRequest
-	9,  // 15: coffer.v1.AuditService.Match:output_type -> coffer.v1.AuditMatchResponse
-	7,  // 16: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
-	1,  // 17: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
-	11, // 18: coffer.v1.AuditService.Head:output_type -> coffer.v1.AuditHeadResponse
-	3,  // 19: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
-	5,  // 20: coffer.v1.AuditService.Follow:output_type -> coffer.v1.AuditFollowResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	12, // 5: coffer.v1.AuditPruneRequest.before:type_name -> google.protobuf.Timestamp
+	15, // 6: coffer.v1.AuditPruneResponse.marker:type_name -> coffer.v1.AuditPruneMarker
+	13, // 7: coffer.v1.AuditHeadRequest.consistency:type_name -> coffer.v1.Consistency
+	16, // 8: coffer.v1.AuditHeadResponse.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	15, // 9: coffer.v1.AuditHeadResponse.pruned:type_name -> coffer.v1.AuditPruneMarker
+	8,  // 10: coffer.v1.AuditService.Match:input_type -> coffer.v1.AuditMatchRequest
+	6,  // 11: coffer.v1.AuditService.Prune:input_type -> coffer.v1.AuditPruneRequest
+	0,  // 12: coffer.v1.AuditService.Query:input_type -> coffer.v1.AuditQueryRequest
+	10, // 13: coffer.v1.AuditService.Head:input_type -> coffer.v1.AuditHeadRequest
+	2,  // 14: coffer.v1.AuditService.Export:input_type -> coffer.v1.AuditExportRequest
+	4,  // 15: coffer.v1.AuditService.Follow:input_type -> coffer.v1.AuditFollowRequest
+	9,  // 16: coffer.v1.AuditService.Match:output_type -> coffer.v1.AuditMatchResponse
+	7,  // 17: coffer.v1.AuditService.Prune:output_type -> coffer.v1.AuditPruneResponse
+	1,  // 18: coffer.v1.AuditService.Query:output_type -> coffer.v1.AuditQueryResponse
+	11, // 19: coffer.v1.AuditService.Head:output_type -> coffer.v1.AuditHeadResponse
+	3,  // 20: coffer.v1.AuditService.Export:output_type -> coffer.v1.AuditExportChunk
+	5,  // 21: coffer.v1.AuditService.Follow:output_type -> coffer.v1.AuditFollowResponse
+	16, // [16:22] is the sub-list for method output_type
+	10, // [10:16] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_audit_proto_init() }
