@@ -145,16 +145,23 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	// End the stream when the node stops, so that Close does not wait.
 	ctx, cancel := s.n.stopContext(ctx)
 	defer cancel()
+	send := func(entries []*cofferv1.AuditEntry) error {
+		if len(entries) == 0 {
+			return nil
+		}
+		if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.n.fsm.AuditHeadSeq()}); err != nil {
+			return err
+		}
+		metricFollowEntries.Add(float64(len(entries)))
+		return nil
+	}
 	if req.GetFromNewest() && req.GetNewest() > 0 && after > 0 {
 		entries, _, err := s.n.fsm.NewestAuditEntries(after, int(req.GetNewest()), flt)
 		if err != nil {
 			return err
 		}
-		if len(entries) > 0 {
-			if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.n.fsm.AuditHeadSeq()}); err != nil {
-				return err
-			}
-			metricFollowEntries.Add(float64(len(entries)))
+		if err := send(entries); err != nil {
+			return err
 		}
 	}
 	for {
@@ -162,11 +169,8 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 		if err != nil {
 			return err
 		}
-		if len(entries) > 0 {
-			if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.n.fsm.AuditHeadSeq()}); err != nil {
-				return err
-			}
-			metricFollowEntries.Add(float64(len(entries)))
+		if err := send(entries); err != nil {
+			return err
 		}
 		if last > after {
 			after = last
