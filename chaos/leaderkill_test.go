@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,7 +17,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/internal/testenv"
+	"github.com/coffer-kms/coffer/node"
 )
 
 func buildCofferd(t *testing.T) string {
@@ -170,7 +173,73 @@ func TestChaos_LeaderKill(t *testing.T) {
 		}
 		_ = cl.Close()
 	}
+	checkAuditLog(ctx, t, c, acks.keys)
 	report(t, failovers, len(acks.keys))
+}
+
+// checkAuditLog proves the audit log came through the kills whole: an
+// export verifies against the nodes' signing keys, every acknowledged key's
+// creation has its granted entry (no change without its entry), and no
+// request has two entries.
+func checkAuditLog(ctx context.Context, t *testing.T, c *Cluster, acked map[string][]byte) {
+	t.Helper()
+	cl, err := c.Client(30 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var export bytes.Buffer
+	if err := cl.AuditExport(ctx, 0, &export); err != nil {
+		t.Fatalf("audit export after the kills: %v", err)
+	}
+	var keyFiles []string
+	for i := 0; i < c.cfg.Nodes; i++ {
+		keyFiles = append(keyFiles, filepath.Join(c.cfg.Dir, c.ID(i), "data", node.AuditKeyFile))
+	}
+	trusted, err := audit.LoadTrustedKeys(keyFiles...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.VerifyJSONL(bytes.NewReader(export.Bytes()), trusted, audit.DefaultVerifyOptions())
+	if err != nil {
+		t.Fatalf("the audit log after the kills does not verify: %v", err)
+	}
+	type request struct {
+		node, caller, op, id string
+		at                   int64
+	}
+	seen := map[request]uint64{}
+	created := map[string]bool{}
+	r := audit.NewReader(bytes.NewReader(export.Bytes()))
+	for {
+		it, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := it.Entry
+		if e == nil {
+			continue
+		}
+		if e.GetRequestId() != "" {
+			k := request{e.GetNode(), e.GetCaller(), e.GetOperation(), e.GetRequestId(), e.GetTimeUnixNano()}
+			if first, dup := seen[k]; dup {
+				t.Fatalf("request %+v has two audit entries: seq %d and %d", k, first, e.GetSeq())
+			}
+			seen[k] = e.GetSeq()
+		}
+		if e.GetOperation() == "generate" && e.GetOutcome() == cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED {
+			created[e.GetGkid()] = true
+		}
+	}
+	for gk := range acked {
+		if !created[gk] {
+			t.Fatalf("acknowledged key %s has no granted generate entry in the audit log", gk)
+		}
+	}
+	t.Logf("audit log: %d entries verified, %d checkpoints, every acknowledged key's creation recorded", rep.Entries, rep.Checkpoints)
 }
 
 func report(t *testing.T, ds []time.Duration, acked int) {
