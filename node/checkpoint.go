@@ -105,39 +105,53 @@ func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
 	return res.Err
 }
 
-// Prune deletes entries up to a checkpoint, leaving a marker.
+// Prune deletes entries up to a checkpoint, leaving a marker. A follower
+// forwards it to the leader, as every write.
 func (s *auditService) Prune(ctx context.Context, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
+	if err := validatePrune(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.n.write(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_AuditPrune{AuditPrune: req}})
+	return resp.GetAuditPrune(), err
+}
+
+func validatePrune(req *cofferv1.AuditPruneRequest) error {
 	upTo, before := req.GetUpToSeq(), req.GetBefore()
 	switch {
 	case upTo == 0 && before == nil:
-		return nil, fmt.Errorf("%w: up_to_seq or before is required", ErrInvalidArgument)
+		return fmt.Errorf("%w: up_to_seq or before is required", ErrInvalidArgument)
 	case upTo != 0 && before != nil:
-		return nil, fmt.Errorf("%w: give up_to_seq or before, not both", ErrInvalidArgument)
+		return fmt.Errorf("%w: give up_to_seq or before, not both", ErrInvalidArgument)
 	case before != nil && before.CheckValid() != nil:
-		return nil, fmt.Errorf("%w: before: %v", ErrInvalidArgument, before.CheckValid())
+		return fmt.Errorf("%w: before: %v", ErrInvalidArgument, before.CheckValid())
 	}
-	if !s.n.IsLeader() {
-		// Pruning is rare: the caller is told where the leader is.
-		return nil, s.n.notLeader(errors.New("prune must be sent to the leader"))
-	}
-	if err := s.n.ensureLeaderReady(); err != nil {
+	return nil
+}
+
+// pruneAudit runs a prune on the leader.
+func (n *Node) pruneAudit(ctx context.Context, c caller, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
+	if err := validatePrune(req); err != nil {
 		return nil, err
 	}
-	if err := s.n.authorize(c, authz.OpAuditPrune, ""); err != nil {
+	if err := n.ensureLeaderReady(); err != nil {
 		return nil, err
 	}
-	if before != nil {
+	if err := n.authorize(c, authz.OpAuditPrune, ""); err != nil {
+		return nil, err
+	}
+	upTo := req.GetUpToSeq()
+	if before := req.GetBefore(); before != nil {
 		// The leader has applied every committed checkpoint; one committed
 		// after this read comes after all those it saw, so missing it only
 		// prunes less.
-		cp, err := s.n.fsm.CheckpointBefore(before.AsTime().UnixNano())
+		cp, err := n.fsm.CheckpointBefore(before.AsTime().UnixNano())
 		if errors.Is(err, fsm.ErrNoCheckpoint) {
 			// Nothing that old is left: not an error for a retention job.
-			m, err := s.n.fsm.AuditPruneMarker()
+			m, err := n.fsm.AuditPruneMarker()
 			return &cofferv1.AuditPruneResponse{Marker: m}, err
 		}
 		if err != nil {
@@ -145,7 +159,7 @@ func (s *auditService) Prune(ctx context.Context, req *cofferv1.AuditPruneReques
 		}
 		upTo = cp.GetSeq()
 	}
-	res, err := s.n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo})
+	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo})
 	if err != nil {
 		return nil, err
 	}

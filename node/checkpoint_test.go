@@ -123,7 +123,7 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 	tc.mustRegisterApp(admin, l, "siem")
 	tc.mustGrant(admin, l, "client:siem", "**", "audit.read", "audit.export")
 	siem := tc.identity("siem")
-	_, err = siem.audit[l].Prune(ctx, &cofferv1.AuditPruneRequest{UpToSeq: cp.GetSeq()})
+	_, err = siem.audit[tc.follower()].Prune(ctx, &cofferv1.AuditPruneRequest{UpToSeq: cp.GetSeq()}) // forwarded to the leader
 	wantCode(t, "prune with audit.export only", err, codes.PermissionDenied, "audit.prune")
 	denied, err := siem.audit[l].Query(ctx, &cofferv1.AuditQueryRequest{Caller: "client:siem", Operation: "audit.prune",
 		Outcome: "denied", Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
@@ -195,9 +195,19 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 	if m.GetFirstSeq() < cp2.GetSeq()+1 || byAge.GetPruned() != m.GetFirstSeq()-(cp.GetSeq()+1) || m.GetCheckpoint().GetTimeUnixNano() >= before.UnixNano() {
 		t.Fatalf("prune before now: marker %+v, %d pruned; checkpoint %d was signed before", m, byAge.GetPruned(), cp2.GetSeq())
 	}
-	again, err := auditL.Prune(ctx, &cofferv1.AuditPruneRequest{Before: timestamppb.New(before)})
+	// Again, through a follower, which forwards it like every write: one
+	// request, one entry.
+	pruneMark := tc.nodes[l].FSM().AuditHeadSeq()
+	again, err := cofferv1.NewAuditServiceClient(tc.connTo(f)).Prune(ctx, &cofferv1.AuditPruneRequest{Before: timestamppb.New(before)})
 	if err != nil || again.GetPruned() != 0 || again.GetMarker().GetFirstSeq() != m.GetFirstSeq() {
-		t.Fatalf("the same prune again: %+v, %v", again, err)
+		t.Fatalf("the same prune again, through a follower: %+v, %v", again, err)
+	}
+	pq, err := auditL.Query(ctx, &cofferv1.AuditQueryRequest{AfterSeq: pruneMark, Operation: "audit.prune", Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if es := pq.GetEntries(); len(es) != 1 || es[0].GetNode() != tc.cfgs[f].ID || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED {
+		t.Fatalf("a prune through a follower left %d audit.prune entries: %v", len(es), es)
 	}
 }
 

@@ -94,14 +94,23 @@ func forwardedRequest(req *cofferv1.ForwardRequest) any {
 		return op.Grant
 	case *cofferv1.ForwardRequest_RevokeGrant:
 		return op.RevokeGrant
+	case *cofferv1.ForwardRequest_AuditPrune:
+		return op.AuditPrune
 	}
 	return nil
 }
 
+// forwardedMethods names the method of a forwarded request whose message
+// is not named after it.
+var forwardedMethods = map[string]string{"AuditPrune": "Prune"}
+
 func forwardedOp(req *cofferv1.ForwardRequest) string {
 	if r := forwardedRequest(req); r != nil {
-		name := string(r.(interface{ ProtoReflect() protoreflect.Message }).ProtoReflect().Descriptor().Name())
-		return opNames[strings.TrimSuffix(name, "Request")]
+		name := strings.TrimSuffix(string(r.(interface{ ProtoReflect() protoreflect.Message }).ProtoReflect().Descriptor().Name()), "Request")
+		if m, ok := forwardedMethods[name]; ok {
+			name = m
+		}
+		return opNames[name]
 	}
 	return "forward"
 }

@@ -45,6 +45,12 @@ func (n *Node) execute(ctx context.Context, c caller, req *cofferv1.ForwardReque
 			return nil, err
 		}
 		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_UpdatePolicy{UpdatePolicy: resp}}, nil
+	case *cofferv1.ForwardRequest_AuditPrune:
+		resp, err := n.pruneAudit(ctx, c, op.AuditPrune)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_AuditPrune{AuditPrune: resp}}, nil
 	case *cofferv1.ForwardRequest_RegisterClient, *cofferv1.ForwardRequest_SetClientActive,
 		*cofferv1.ForwardRequest_RevokeCertificate, *cofferv1.ForwardRequest_Grant, *cofferv1.ForwardRequest_RevokeGrant:
 		return n.executeAccess(ctx, c, req)

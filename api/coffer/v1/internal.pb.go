@@ -243,6 +243,7 @@ type ForwardRequest struct {
 	//	*ForwardRequest_Grant
 	//	*ForwardRequest_RevokeGrant
 	//	*ForwardRequest_UpdatePolicy
+	//	*ForwardRequest_AuditPrune
 	Op isForwardRequest_Op `protobuf_oneof:"op"`
 	// Time of the accepting node's audit entry for the request. The leader
 	// gives its entry the same time, so that an entry the accepting node
@@ -378,6 +379,15 @@ func (x *ForwardRequest) GetUpdatePolicy() *UpdatePolicyRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetAuditPrune() *AuditPruneRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_AuditPrune); ok {
+			return x.AuditPrune
+		}
+	}
+	return nil
+}
+
 func (x *ForwardRequest) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
@@ -425,6 +435,10 @@ type ForwardRequest_UpdatePolicy struct {
 	UpdatePolicy *UpdatePolicyRequest `protobuf:"bytes,10,opt,name=update_policy,json=updatePolicy,proto3,oneof"`
 }
 
+type ForwardRequest_AuditPrune struct {
+	AuditPrune *AuditPruneRequest `protobuf:"bytes,12,opt,name=audit_prune,json=auditPrune,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
@@ -443,6 +457,8 @@ func (*ForwardRequest_RevokeGrant) isForwardRequest_Op() {}
 
 func (*ForwardRequest_UpdatePolicy) isForwardRequest_Op() {}
 
+func (*ForwardRequest_AuditPrune) isForwardRequest_Op() {}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
@@ -455,6 +471,7 @@ type ForwardResponse struct {
 	//	*ForwardResponse_Rule
 	//	*ForwardResponse_RevokeGrant
 	//	*ForwardResponse_UpdatePolicy
+	//	*ForwardResponse_AuditPrune
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -569,6 +586,15 @@ func (x *ForwardResponse) GetUpdatePolicy() *UpdatePolicyResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetAuditPrune() *AuditPruneResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_AuditPrune); ok {
+			return x.AuditPrune
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -605,6 +631,10 @@ type ForwardResponse_UpdatePolicy struct {
 	UpdatePolicy *UpdatePolicyResponse `protobuf:"bytes,8,opt,name=update_policy,json=updatePolicy,proto3,oneof"`
 }
 
+type ForwardResponse_AuditPrune struct {
+	AuditPrune *AuditPruneResponse `protobuf:"bytes,9,opt,name=audit_prune,json=auditPrune,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
@@ -620,6 +650,8 @@ func (*ForwardResponse_Rule) isForwardResponse_Result() {}
 func (*ForwardResponse_RevokeGrant) isForwardResponse_Result() {}
 
 func (*ForwardResponse_UpdatePolicy) isForwardResponse_Result() {}
+
+func (*ForwardResponse_AuditPrune) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2185,12 +2217,12 @@ var File_coffer_v1_internal_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\x1a\x17coffer/v1/records.proto\"Y\n" +
+	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x15coffer/v1/audit.proto\x1a\x16coffer/v1/coffer.proto\x1a\x17coffer/v1/records.proto\"Y\n" +
 	"\x06Caller\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\xd7\x05\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\x98\x06\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -2202,9 +2234,11 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x05grant\x18\b \x01(\v2\x17.coffer.v1.GrantRequestH\x00R\x05grant\x12B\n" +
 	"\frevoke_grant\x18\t \x01(\v2\x1d.coffer.v1.RevokeGrantRequestH\x00R\vrevokeGrant\x12E\n" +
 	"\rupdate_policy\x18\n" +
-	" \x01(\v2\x1e.coffer.v1.UpdatePolicyRequestH\x00R\fupdatePolicy\x12$\n" +
+	" \x01(\v2\x1e.coffer.v1.UpdatePolicyRequestH\x00R\fupdatePolicy\x12?\n" +
+	"\vaudit_prune\x18\f \x01(\v2\x1c.coffer.v1.AuditPruneRequestH\x00R\n" +
+	"auditPrune\x12$\n" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNanoB\x04\n" +
-	"\x02op\"\xa1\x04\n" +
+	"\x02op\"\xe3\x04\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
@@ -2213,7 +2247,9 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x12revoke_certificate\x18\x05 \x01(\v2$.coffer.v1.RevokeCertificateResponseH\x00R\x11revokeCertificate\x12,\n" +
 	"\x04rule\x18\x06 \x01(\v2\x16.coffer.v1.AclRuleInfoH\x00R\x04rule\x12C\n" +
 	"\frevoke_grant\x18\a \x01(\v2\x1e.coffer.v1.RevokeGrantResponseH\x00R\vrevokeGrant\x12F\n" +
-	"\rupdate_policy\x18\b \x01(\v2\x1f.coffer.v1.UpdatePolicyResponseH\x00R\fupdatePolicyB\b\n" +
+	"\rupdate_policy\x18\b \x01(\v2\x1f.coffer.v1.UpdatePolicyResponseH\x00R\fupdatePolicy\x12@\n" +
+	"\vaudit_prune\x18\t \x01(\v2\x1d.coffer.v1.AuditPruneResponseH\x00R\n" +
+	"auditPruneB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -2414,23 +2450,25 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*GrantRequest)(nil),              // 35: coffer.v1.GrantRequest
 	(*RevokeGrantRequest)(nil),        // 36: coffer.v1.RevokeGrantRequest
 	(*UpdatePolicyRequest)(nil),       // 37: coffer.v1.UpdatePolicyRequest
-	(*GenerateKeyResponse)(nil),       // 38: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),            // 39: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),      // 40: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                // 41: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil), // 42: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 43: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),       // 44: coffer.v1.RevokeGrantResponse
-	(*UpdatePolicyResponse)(nil),      // 45: coffer.v1.UpdatePolicyResponse
-	(Algorithm)(0),                    // 46: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),              // 47: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),            // 48: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                     // 49: coffer.v1.KeyState
-	(*ClientRecord)(nil),              // 50: coffer.v1.ClientRecord
-	(*AclRule)(nil),                   // 51: coffer.v1.AclRule
-	(*AuditEntry)(nil),                // 52: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),        // 53: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),           // 54: coffer.v1.AuditCheckpoint
+	(*AuditPruneRequest)(nil),         // 38: coffer.v1.AuditPruneRequest
+	(*GenerateKeyResponse)(nil),       // 39: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),            // 40: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),      // 41: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                // 42: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil), // 43: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 44: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),       // 45: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),      // 46: coffer.v1.UpdatePolicyResponse
+	(*AuditPruneResponse)(nil),        // 47: coffer.v1.AuditPruneResponse
+	(Algorithm)(0),                    // 48: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),              // 49: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),            // 50: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                     // 51: coffer.v1.KeyState
+	(*ClientRecord)(nil),              // 52: coffer.v1.ClientRecord
+	(*AclRule)(nil),                   // 53: coffer.v1.AclRule
+	(*AuditEntry)(nil),                // 54: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),        // 55: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),           // 56: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	2,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
@@ -2443,61 +2481,63 @@ var file_coffer_v1_internal_proto_depIdxs = []int32{
 	35, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
 	36, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
 	37, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
-	38, // 10: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	39, // 11: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	40, // 12: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	41, // 13: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	42, // 14: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	43, // 15: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	44, // 16: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	45, // 17: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
-	0,  // 18: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	8,  // 19: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	46, // 20: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	47, // 21: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	48, // 22: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 23: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	46, // 24: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	49, // 25: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	47, // 26: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	48, // 27: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	12, // 28: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	13, // 29: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	9,  // 30: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	50, // 31: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	51, // 32: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	50, // 33: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	52, // 34: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	51, // 35: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	52, // 36: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	52, // 37: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	53, // 38: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	52, // 39: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 40: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	52, // 41: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 42: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	52, // 43: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	52, // 44: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	22, // 45: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
-	52, // 46: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	22, // 47: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
-	25, // 48: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
-	1,  // 49: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
-	54, // 50: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	52, // 51: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 52: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	52, // 53: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	3,  // 54: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	5,  // 55: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	23, // 56: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	4,  // 57: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	6,  // 58: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	24, // 59: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	57, // [57:60] is the sub-list for method output_type
-	54, // [54:57] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	38, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
+	39, // 11: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	40, // 12: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	41, // 13: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	42, // 14: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	43, // 15: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	44, // 16: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	45, // 17: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	46, // 18: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	47, // 19: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
+	0,  // 20: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	8,  // 21: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	48, // 22: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	49, // 23: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	50, // 24: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 25: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	48, // 26: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	51, // 27: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	49, // 28: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	50, // 29: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	12, // 30: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	13, // 31: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	9,  // 32: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	52, // 33: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	53, // 34: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	52, // 35: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	54, // 36: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	53, // 37: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	54, // 38: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	54, // 39: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	55, // 40: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	54, // 41: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 42: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	54, // 43: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 44: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	54, // 45: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	54, // 46: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	22, // 47: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	54, // 48: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	22, // 49: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	25, // 50: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 51: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	56, // 52: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	54, // 53: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 54: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	54, // 55: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	3,  // 56: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	5,  // 57: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	23, // 58: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	4,  // 59: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	6,  // 60: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	24, // 61: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	59, // [59:62] is the sub-list for method output_type
+	56, // [56:59] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -2505,6 +2545,7 @@ func file_coffer_v1_internal_proto_init() {
 	if File_coffer_v1_internal_proto != nil {
 		return
 	}
+	file_coffer_v1_audit_proto_init()
 	file_coffer_v1_coffer_proto_init()
 	file_coffer_v1_records_proto_init()
 	file_coffer_v1_internal_proto_msgTypes[1].OneofWrappers = []any{
@@ -2517,6 +2558,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardRequest_Grant)(nil),
 		(*ForwardRequest_RevokeGrant)(nil),
 		(*ForwardRequest_UpdatePolicy)(nil),
+		(*ForwardRequest_AuditPrune)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
@@ -2527,6 +2569,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardResponse_Rule)(nil),
 		(*ForwardResponse_RevokeGrant)(nil),
 		(*ForwardResponse_UpdatePolicy)(nil),
+		(*ForwardResponse_AuditPrune)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
