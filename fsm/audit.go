@@ -196,11 +196,10 @@ func (f *FSM) AuditEntries(afterSeq uint64, limit int, flt AuditFilter) ([]*coff
 	last := afterSeq
 	scanned := 0
 	for ok := it.First(); ok && len(out) < limit && scanned < MaxAuditScan; {
-		k := it.Key()
-		if len(k) != len(prefixAudit)+8 {
-			return nil, afterSeq, fmt.Errorf("%w: audit entry key %x", ErrCorrupt, k)
+		seq, err := auditSeq(it)
+		if err != nil {
+			return nil, afterSeq, err
 		}
-		seq := binary.BigEndian.Uint64(k[len(prefixAudit):])
 		if stop != 0 && seq >= stop {
 			h, err := readAuditHead(snap)
 			if err != nil {
@@ -268,11 +267,11 @@ func (f *FSM) NewestAuditEntries(upTo uint64, n int, flt AuditFilter) ([]*coffer
 	var out []*cofferv1.AuditEntry
 	scanned := 0
 	for ok := it.Last(); ok && len(out) < n && scanned < MaxAuditScan; {
-		k := it.Key()
-		if len(k) != len(prefixAudit)+8 {
-			return nil, 0, fmt.Errorf("%w: audit entry key %x", ErrCorrupt, k)
+		seq, err := auditSeq(it)
+		if err != nil {
+			return nil, 0, err
 		}
-		if seq := binary.BigEndian.Uint64(k[len(prefixAudit):]); seq >= skipFrom && seq < skipTo {
+		if seq >= skipFrom && seq < skipTo {
 			// Every entry from skipFrom up to here is older than since.
 			ok = it.SeekLT(auditKey(skipFrom))
 			continue
@@ -327,6 +326,15 @@ func auditIter(r reader, afterSeq uint64) (*pebble.Iterator, error) {
 		return nil, fmt.Errorf("fsm: iterate: %w", err)
 	}
 	return it, nil
+}
+
+// auditSeq returns the seq of the entry under it, from its key.
+func auditSeq(it *pebble.Iterator) (uint64, error) {
+	k := it.Key()
+	if len(k) != len(prefixAudit)+8 {
+		return 0, fmt.Errorf("%w: audit entry key %x", ErrCorrupt, k)
+	}
+	return binary.BigEndian.Uint64(k[len(prefixAudit):]), nil
 }
 
 // decodeAuditEntry decodes the entry under it.
@@ -416,12 +424,10 @@ func applyAuditPrune(a *applyCtx, payload []byte, index uint64) Result {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
 	}
 	firstBefore := uint64(1)
-	var old cofferv1.AuditPruneMarker
-	switch err := getProto(a.b, keyAuditMarker, &old); {
-	case err == nil:
-		firstBefore = old.GetFirstSeq()
-	case !errors.Is(err, ErrNotFound):
+	if old, err := readPruneMarker(a.b); err != nil {
 		panic(err.Error())
+	} else if old != nil {
+		firstBefore = old.GetFirstSeq()
 	}
 	if err := a.b.DeleteRange(auditKey(0), auditKey(cp.GetSeq()+1), nil); err != nil {
 		panic(err.Error())
@@ -492,11 +498,16 @@ func (f *FSM) CheckpointBefore(before int64) (*cofferv1.AuditCheckpoint, error) 
 // AuditPruneMarker returns the marker that stands for pruned entries, or
 // nil if the log was never pruned.
 func (f *FSM) AuditPruneMarker() (*cofferv1.AuditPruneMarker, error) {
+	return readPruneMarker(f.db)
+}
+
+// readPruneMarker reads the prune marker from r, nil if there is none.
+func readPruneMarker(r reader) (*cofferv1.AuditPruneMarker, error) {
 	var m cofferv1.AuditPruneMarker
-	switch err := getProto(f.db, keyAuditMarker, &m); err {
-	case nil:
+	switch err := getProto(r, keyAuditMarker, &m); {
+	case err == nil:
 		return &m, nil
-	case ErrNotFound:
+	case errors.Is(err, ErrNotFound):
 		return nil, nil
 	default:
 		return nil, err
@@ -514,15 +525,14 @@ func (f *FSM) AuditHead() (uint64, []byte, error) {
 func exportAudit(r reader, afterSeq uint64, w io.Writer) error {
 	aw := audit.NewWriter(w)
 	if afterSeq == 0 {
-		var m cofferv1.AuditPruneMarker
-		switch err := getProto(r, keyAuditMarker, &m); err {
-		case nil:
-			if err := aw.WriteMarker(&m); err != nil {
+		m, err := readPruneMarker(r)
+		if err != nil {
+			return err
+		}
+		if m != nil {
+			if err := aw.WriteMarker(m); err != nil {
 				return err
 			}
-		case ErrNotFound:
-		default:
-			return err
 		}
 	}
 	err := scanAudit(r, afterSeq, func(e *cofferv1.AuditEntry) error {

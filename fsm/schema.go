@@ -26,8 +26,8 @@ import (
 //	m/audit_marker               AuditPruneMarker for the pruned prefix
 //	m/diverged                   present once a checkpoint disagreed with this replica's chain
 //	w/<8-byte time>/<16 bytes>   empty: a change's audit entry was linked (see changeKey)
-//	m/audit_time                 time index state: first indexed seq || running max time || last key's time
-//	t/<8-byte time>/<8-byte seq> empty: entries from the first indexed seq up to seq-1 are no later than time
+//	m/audit_time                 time index state: first indexed seq || running max time || last key's time || earliest time since that key
+//	t/<8-byte time>/<8-byte seq> earliest time since the key before: entries from the first indexed seq up to seq-1 are no later than time
 var (
 	keyApplied   = []byte("m/applied")
 	keyCluster   = []byte("m/cluster")

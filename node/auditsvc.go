@@ -195,12 +195,13 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 // followEnded says why a Follow stream stopped waiting: the node is
 // stopping (Unavailable, resume elsewhere) or the caller went away.
 func (s *auditService) followEnded(err error) error {
+	stopping := errors.Is(err, fsm.ErrClosed)
 	select {
 	case <-s.n.stopCh:
-		return fmt.Errorf("%w: the node is stopping; resume on another node", ErrShuttingDown)
+		stopping = true
 	default:
 	}
-	if errors.Is(err, fsm.ErrClosed) {
+	if stopping {
 		return fmt.Errorf("%w: the node is stopping; resume on another node", ErrShuttingDown)
 	}
 	return err
