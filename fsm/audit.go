@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"time"
 
@@ -403,21 +404,12 @@ func applyAuditPrune(a *applyCtx, payload []byte, index uint64) Result {
 	if err := a.decode(payload, &c, index); err != nil {
 		return Result{Err: err}
 	}
-	// The newest checkpoint at or below up_to_seq.
-	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: prefixCheckpoint, UpperBound: checkpointKey(c.GetUpToSeq() + 1)})
+	cp, err := checkpointAtOrBelow(a.b, c.GetUpToSeq())
+	if errors.Is(err, ErrNoCheckpoint) {
+		return Result{Err: err}
+	}
 	if err != nil {
 		panic(err.Error())
-	}
-	var cp *cofferv1.AuditCheckpoint
-	if it.Last() {
-		cp = &cofferv1.AuditCheckpoint{}
-		if err := proto.Unmarshal(it.Value(), cp); err != nil {
-			panic(fmt.Sprintf("fsm: checkpoint %x: %v", it.Key(), err))
-		}
-	}
-	_ = it.Close()
-	if cp == nil {
-		return Result{Err: fmt.Errorf("%w: none at or below seq %d", ErrNoCheckpoint, c.GetUpToSeq())}
 	}
 	marker, err := audit.NewPruneMarker(cp)
 	if err != nil {
@@ -463,6 +455,35 @@ func (f *FSM) AuditCheckpoint() (*cofferv1.AuditCheckpoint, error) {
 		return nil, fmt.Errorf("%w: checkpoint: %v", ErrCorrupt, err)
 	}
 	return &cp, nil
+}
+
+// CheckpointAtOrBelow returns the checkpoint a prune up to seq goes up to:
+// the newest at or below seq. It returns ErrNoCheckpoint when there is none.
+func (f *FSM) CheckpointAtOrBelow(seq uint64) (*cofferv1.AuditCheckpoint, error) {
+	return checkpointAtOrBelow(f.db, seq)
+}
+
+func checkpointAtOrBelow(r reader, seq uint64) (*cofferv1.AuditCheckpoint, error) {
+	upper := prefixEnd(prefixCheckpoint)
+	if seq < math.MaxUint64 {
+		upper = checkpointKey(seq + 1)
+	}
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefixCheckpoint, UpperBound: upper})
+	if err != nil {
+		return nil, fmt.Errorf("fsm: iterate: %w", err)
+	}
+	defer it.Close()
+	if !it.Last() {
+		if err := it.Error(); err != nil {
+			return nil, fmt.Errorf("fsm: iterate: %w", err)
+		}
+		return nil, fmt.Errorf("%w: none at or below seq %d", ErrNoCheckpoint, seq)
+	}
+	cp := &cofferv1.AuditCheckpoint{}
+	if err := proto.Unmarshal(it.Value(), cp); err != nil {
+		return nil, fmt.Errorf("%w: checkpoint %x: %v", ErrCorrupt, it.Key(), err)
+	}
+	return cp, nil
 }
 
 // CheckpointBefore returns the checkpoint an age-based prune goes up to:

@@ -143,25 +143,47 @@ func (n *Node) pruneAudit(ctx context.Context, c caller, req *cofferv1.AuditPrun
 	if err := n.authorize(c, authz.OpAuditPrune, ""); err != nil {
 		return nil, err
 	}
+	// The leader has applied every committed checkpoint; one committed after
+	// this read has a higher seq than all those it saw, so Apply prunes up to
+	// the checkpoint found here, and an age-based prune that misses the new
+	// one only prunes less.
 	upTo := req.GetUpToSeq()
+	var cp *cofferv1.AuditCheckpoint
+	var err error
 	if before := req.GetBefore(); before != nil {
-		// The leader has applied every committed checkpoint; one committed
-		// after this read comes after all those it saw, so missing it only
-		// prunes less.
-		cp, err := n.fsm.CheckpointBefore(before.AsTime().UnixNano())
+		cp, err = n.fsm.CheckpointBefore(before.AsTime().UnixNano())
 		if errors.Is(err, fsm.ErrNoCheckpoint) {
 			// Nothing that old is left: not an error for a retention job.
+			auditEntry(ctx).Reason = "no checkpoint signed before " + before.AsTime().UTC().Format(time.RFC3339Nano) + ": nothing pruned"
 			m, err := n.fsm.AuditPruneMarker()
 			return &cofferv1.AuditPruneResponse{Marker: m}, err
 		}
-		if err != nil {
-			return nil, err
+	} else {
+		cp, err = n.fsm.CheckpointAtOrBelow(upTo)
+		if errors.Is(err, fsm.ErrNoCheckpoint) {
+			// Apply refuses it with the same error, in the prune's entry.
+			cp, err = nil, nil
 		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if cp != nil {
 		upTo = cp.GetSeq()
+		// The entry names the range, which the log keeps no other record of
+		// once a later prune replaces the marker.
+		auditEntry(ctx).Reason = pruneReason(cp)
 	}
 	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo})
 	if err != nil {
 		return nil, err
 	}
 	return &cofferv1.AuditPruneResponse{Marker: res.Marker, Pruned: res.Pruned}, nil
+}
+
+// pruneReason is the reason recorded in a prune's entry: the checkpoint it
+// goes up to.
+func pruneReason(cp *cofferv1.AuditCheckpoint) string {
+	return fmt.Sprintf("entries up to seq %d (checkpoint signed %s)",
+		cp.GetSeq(), time.Unix(0, cp.GetTimeUnixNano()).UTC().Format(time.RFC3339Nano))
 }

@@ -2,7 +2,9 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -154,6 +156,8 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 	if res.GetMarker().GetFirstSeq() != cp.GetSeq()+1 || res.GetPruned() != cp.GetSeq() {
 		t.Fatalf("marker %+v, %d entries pruned; want entries 1 to %d", res.GetMarker(), res.GetPruned(), cp.GetSeq())
 	}
+	wantPruneReasons(ctx, t, auditL, "no checkpoint signed before 2000-01-01T00:00:00Z: nothing pruned",
+		"entries up to seq "+strconv.FormatUint(cp.GetSeq(), 10)+" (checkpoint signed 20")
 	buf.Reset()
 	if err := tc.nodes[l].FSM().ExportAudit(0, &buf); err != nil {
 		t.Fatal(err)
@@ -208,6 +212,33 @@ func TestNode_AuditCheckpointsAndPrune(t *testing.T) {
 	}
 	if es := pq.GetEntries(); len(es) != 1 || es[0].GetNode() != tc.cfgs[f].ID || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED {
 		t.Fatalf("a prune through a follower left %d audit.prune entries: %v", len(es), es)
+	}
+	// Each granted prune's entry names the checkpoint it went up to, which
+	// the log keeps no other record of once a later prune moves the marker.
+	// (The first prune's entry was itself pruned by the one by age.)
+	byAgeReason := "entries up to seq " + strconv.FormatUint(m.GetCheckpoint().GetSeq(), 10) + " (checkpoint signed 20"
+	wantPruneReasons(ctx, t, auditL, byAgeReason, byAgeReason)
+}
+
+// wantPruneReasons checks that the log holds one granted prune entry for
+// each of want, oldest first, each reason starting with its want.
+func wantPruneReasons(ctx context.Context, t *testing.T, c cofferv1.AuditServiceClient, want ...string) {
+	t.Helper()
+	res, err := c.Query(ctx, &cofferv1.AuditQueryRequest{Operation: "audit.prune", Outcome: "granted", Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range res.GetEntries() {
+		got = append(got, e.GetReason())
+	}
+	if len(got) != len(want) {
+		t.Fatalf("granted prune entries give reasons %q; want %d", got, len(want))
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Fatalf("granted prune entry %d gives reason %q; want it to start %q", i, got[i], want[i])
+		}
 	}
 }
 
