@@ -400,6 +400,24 @@ func TestNode_BadInputCodes(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("client called internal service: %v", err)
 	}
+
+	// A forward whose operation this build does not know (one added in a
+	// newer build arrives as an empty oneof) is refused with a message that
+	// points at a rolling upgrade.
+	l := tc.waitLeader()
+	peer := tc.issue(transport.Identity{Kind: transport.KindNode, Name: tc.cfgs[(l+1)%len(tc.cfgs)].ID})
+	peerTLS, err := peer.ClientTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerConn, err := transport.Dial(tc.cfgs[l].APIAddr, peerTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerConn.Close()
+	_, err = cofferv1.NewInternalServiceClient(peerConn).Forward(ctx, &cofferv1.ForwardRequest{
+		Caller: &cofferv1.Caller{Identity: transport.Identity{Kind: transport.KindClient, Name: "admin"}.String(), CertSerial: "01"}})
+	wantCode(t, "forward of an unknown operation", err, codes.InvalidArgument, "may run an older build")
 }
 
 func TestNode_LeaderKill(t *testing.T) {

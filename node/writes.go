@@ -55,5 +55,7 @@ func (n *Node) execute(ctx context.Context, c caller, req *cofferv1.ForwardReque
 		*cofferv1.ForwardRequest_RevokeCertificate, *cofferv1.ForwardRequest_Grant, *cofferv1.ForwardRequest_RevokeGrant:
 		return n.executeAccess(ctx, c, req)
 	}
-	return nil, fmt.Errorf("%w: write request carries no operation", ErrInvalidArgument)
+	// An operation added after this build reaches it as an empty oneof,
+	// forwarded by a node already upgraded.
+	return nil, fmt.Errorf("%w: write request carries no operation this node knows; if the cluster is being upgraded, the leader (%s) may run an older build than the node that forwarded it", ErrInvalidArgument, n.cfg.ID)
 }
