@@ -15,7 +15,7 @@ export SOFTHSM2_MODULE
 SOFTHSM_DIR := $(CURDIR)/.softhsm
 SOFTHSM_TOKEN ?= coffer-dev
 
-.PHONY: help build run run-noaudit bench-audit test test-short lint fmt proto deps bench chaos fuzz clean
+.PHONY: help build run bench-compare test test-short lint fmt proto deps bench chaos fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,6 @@ run: build ## start a local 3-node cluster (data in .coffer-dev, reused across r
 
 test: lint softhsm ## vet, format check, and every test with the race detector (what CI runs)
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
-	$(GO) test -race -tags coffer_noaudit -run TestNoAudit ./node
 
 test-short: ## unit tests without the race detector and without the slow ones
 	$(GO) test -short ./...
@@ -57,12 +56,8 @@ proto: ## regenerate the protobuf and gRPC code from api/
 bench: build ## benchmark a running cluster (source .coffer-dev/env first); BENCH_ARGS to tune
 	$(BIN)/coffer bench $(BENCH_ARGS)
 
-bench-audit: ## measure what audit costs on get: both builds alternately on fresh clusters (ROUNDS, CONC, DURATION)
-	./scripts/audit-cost.sh
-
-run-noaudit: ## like run, but with a cofferd built without read audit, to measure what audit costs (never deploy it)
-	$(GO) build -tags coffer_noaudit -o $(BIN)/noaudit/cofferd ./cmd/cofferd
-	$(BIN)/noaudit/cofferd dev --nodes $(NODES) --dir $(DEV_DIR)
+bench-compare: ## compare the working tree with BASE (default HEAD~1) on OP (default get): alternating fresh clusters (ROUNDS, CONC, DURATION)
+	./scripts/bench-compare.sh
 
 chaos: ## kill the leader CHAOS_KILLS times (default 20) under load; report failover times to chaos-report.json
 	CHAOS_KILLS=$${CHAOS_KILLS:-20} CHAOS_REPORT=$${CHAOS_REPORT:-$(CURDIR)/chaos-report.json} \

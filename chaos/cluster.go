@@ -64,7 +64,7 @@ func NewCluster(cfg Config) (*Cluster, error) {
 		procs: make([]*exec.Cmd, cfg.Nodes),
 		done:  make([]chan struct{}, cfg.Nodes),
 		tls: transport.TLSConfig{
-			CAFile:   filepath.Join(cfg.Dir, "ca", "ca.pem"),
+			CAFile:   filepath.Join(cfg.Dir, "ca", "node-ca.pem"),
 			CertFile: filepath.Join(cfg.Dir, "client", "admin.pem"),
 			KeyFile:  filepath.Join(cfg.Dir, "client", "admin-key.pem"),
 		},

@@ -17,26 +17,37 @@ import (
 	"github.com/coffer-kms/coffer/transport"
 )
 
-// testPKI is a CA plus the client TLS configuration of one client identity.
+// testPKI is a node CA and a client CA plus the client TLS configuration
+// of one client identity.
 type testPKI struct {
-	dir       string
-	ca        *transport.CA
-	caFile    string
-	clientTLS *tls.Config
+	dir                  string
+	cas                  map[transport.Kind]*transport.CA
+	caFile, clientCAFile string
+	clientTLS            *tls.Config
 }
 
 func mustPKI(t *testing.T) *testPKI {
 	t.Helper()
 	dir := t.TempDir()
-	ca, err := transport.CreateCA("coffer-test-ca", 24*time.Hour)
-	if err != nil {
-		t.Fatalf("CreateCA: %v", err)
-	}
-	p := &testPKI{dir: dir, ca: ca, caFile: filepath.Join(dir, "ca.pem")}
-	if err := ca.WriteFiles(p.caFile, filepath.Join(dir, "ca-key.pem")); err != nil {
-		t.Fatalf("WriteFiles: %v", err)
+	p := &testPKI{dir: dir, cas: map[transport.Kind]*transport.CA{}}
+	for _, k := range []transport.Kind{transport.KindNode, transport.KindClient} {
+		ca, err := transport.CreateCA("coffer-test-"+string(k)+"-ca", k, 24*time.Hour)
+		if err != nil {
+			t.Fatalf("CreateCA: %v", err)
+		}
+		file := filepath.Join(dir, string(k)+"-ca.pem")
+		if err := ca.WriteFiles(file, filepath.Join(dir, string(k)+"-ca-key.pem")); err != nil {
+			t.Fatalf("WriteFiles: %v", err)
+		}
+		p.cas[k] = ca
+		if k == transport.KindNode {
+			p.caFile = file
+		} else {
+			p.clientCAFile = file
+		}
 	}
 	conf := p.issue(t, transport.Identity{Kind: transport.KindClient, Name: "tester"})
+	var err error
 	p.clientTLS, err = conf.ClientTLS()
 	if err != nil {
 		t.Fatalf("ClientTLS: %v", err)
@@ -44,10 +55,11 @@ func mustPKI(t *testing.T) *testPKI {
 	return p
 }
 
-// issue writes a key pair for id, valid for localhost, and returns its files.
+// issue writes a key pair for id from the CA of its kind, valid for
+// localhost, and returns its files.
 func (p *testPKI) issue(t *testing.T, id transport.Identity) transport.TLSConfig {
 	t.Helper()
-	certPEM, keyPEM, err := p.ca.Issue(transport.IssueRequest{
+	certPEM, keyPEM, err := p.cas[id.Kind].Issue(transport.IssueRequest{
 		Identity: id,
 		DNSNames: []string{"localhost"},
 		IPs:      []net.IP{net.IPv4(127, 0, 0, 1)},
@@ -57,9 +69,10 @@ func (p *testPKI) issue(t *testing.T, id transport.Identity) transport.TLSConfig
 		t.Fatalf("Issue %s: %v", id, err)
 	}
 	conf := transport.TLSConfig{
-		CAFile:   p.caFile,
-		CertFile: filepath.Join(p.dir, id.Name+".pem"),
-		KeyFile:  filepath.Join(p.dir, id.Name+"-key.pem"),
+		CAFile:       p.caFile,
+		ClientCAFile: p.clientCAFile,
+		CertFile:     filepath.Join(p.dir, id.Name+".pem"),
+		KeyFile:      filepath.Join(p.dir, id.Name+"-key.pem"),
 	}
 	if err := transport.WriteKeyPair(conf.CertFile, conf.KeyFile, certPEM, keyPEM); err != nil {
 		t.Fatalf("WriteKeyPair: %v", err)

@@ -110,6 +110,18 @@ func (c *Client) ClusterStatus(ctx context.Context, req *cofferv1.ClusterStatusR
 	})
 }
 
+// PinNode replaces the certificate pinned for a cluster member, after the
+// member's certificate was renewed (cluster.manage). The call is a write:
+// any node forwards it to the leader.
+func (c *Client) PinNode(ctx context.Context, req *cofferv1.PinNodeRequest) (*cofferv1.PinNodeResponse, error) {
+	if req == nil {
+		return nil, nilRequest("PinNode")
+	}
+	return invoke(ctx, c, "PinNode", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.PinNodeResponse, error) {
+		return ep.cluster.PinNode(ctx, req, opts...)
+	})
+}
+
 func nilRequest(method string) error {
 	return &Error{Method: method, Err: status.Error(codes.InvalidArgument, "nil request")}
 }

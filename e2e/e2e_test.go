@@ -141,8 +141,8 @@ func (e *env) loadEnv() {
 			e.vars = append(e.vars, "COFFER_"+k+"="+strings.Trim(val, `"`))
 		}
 	}
-	if len(e.vars) != 4 {
-		e.t.Fatalf("env file sets %d COFFER_ variables, want 4:\n%s", len(e.vars), data)
+	if len(e.vars) != 5 {
+		e.t.Fatalf("env file sets %d COFFER_ variables, want 5:\n%s", len(e.vars), data)
 	}
 }
 
@@ -312,7 +312,7 @@ func TestE2E_DevClusterAndCLI(t *testing.T) {
 	// Access control: two clients and a policy, one client allowed and
 	// one refused; then the allowed one deactivated and refused on every
 	// node.
-	caKey := filepath.Join(e.dir, "ca", "ca-key.pem")
+	caKey := filepath.Join(e.dir, "ca", "client-ca-key.pem")
 	for _, name := range []string{"alice", "mallory"} {
 		e.mustCoffer("client", "issue", name, "--out", filepath.Join(work, name), "--ca-key", caKey, "--role", "application")
 	}

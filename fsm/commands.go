@@ -26,6 +26,9 @@ type applyCtx struct {
 	// accessChanged is set once a command wrote a client, rule or
 	// revocation: the authorisation snapshot is rebuilt after the commit.
 	accessChanged bool
+	// membersChanged is set once a command wrote a node pin: the members
+	// view is rebuilt after the commit.
+	membersChanged bool
 	// batchDecisions is the decision snapshot as of this point of the
 	// batch, once an access change made the FSM's own one stale.
 	batchDecisions *authz.Snapshot
@@ -83,6 +86,7 @@ var handlers = map[cofferv1.CommandType]handler{
 	cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH:        applyAuditBatch,
 	cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT:   applyAuditCheckpoint,
 	cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE:        applyAuditPrune,
+	cofferv1.CommandType_COMMAND_TYPE_PIN_NODE:           applyPinNode,
 }
 
 // Encode builds the Raft entry for a command. The payload is marshalled
@@ -102,6 +106,9 @@ func Encode(t cofferv1.CommandType, payload proto.Message) ([]byte, error) {
 // commandVersion is the oldest schema version that can apply payload (see
 // CommandVersion).
 func commandVersion(payload proto.Message) uint32 {
+	if _, ok := payload.(*cofferv1.PinNodeCommand); ok {
+		return NodePinVersion
+	}
 	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok && (len(c.GetDecide()) > 0 || len(c.GetFallback()) > 0) {
 		return 2
 	}

@@ -28,10 +28,11 @@ import (
 // entry, which Apply refuses once that request already has an entry
 // (ErrAbandoned); version 1 and 2 changes are applied without that rule, as
 // the builds that wrote them did. Version 4 is an AUDIT_CHECKPOINT that
-// starts the audit time index (timeindex.go). Other commands are still
+// starts the audit time index (timeindex.go). Version 5 is PIN_NODE
+// (nodes.go). Other commands are still
 // written as version 1, so older replicas keep applying them during a
 // rolling upgrade.
-const CommandVersion = 4
+const CommandVersion = NodePinVersion
 
 // Config configures the state machine.
 type Config struct {
@@ -46,6 +47,12 @@ type Config struct {
 	// refuses grant nothing. It is never used by Apply, whose results must
 	// not depend on anything but committed state.
 	VerifyRecord func(path []byte, m proto.Message, cluster *cofferv1.ClusterInfo) error
+	// OnAccessChange, when set, is called after a batch that changed
+	// clients, rules, revocations or member pins is applied and the views
+	// (Authz, NodePins) are swapped, on Raft's apply goroutine and before
+	// the change is acknowledged: the node closes connections the change
+	// no longer allows. It must not block.
+	OnAccessChange func()
 }
 
 // DefaultConfig returns a Config with every optional field set.
@@ -77,6 +84,8 @@ type Result struct {
 	Policy    *cofferv1.PolicyRecord
 	Cluster   *cofferv1.ClusterInfo
 	Marker    *cofferv1.AuditPruneMarker
+	// Node is the pin a PIN_NODE command left in force.
+	Node *cofferv1.NodeRecord
 	// Pruned counts the entries an audit prune deleted (0 when the log
 	// already started after its checkpoint).
 	Pruned uint64
@@ -132,6 +141,10 @@ type FSM struct {
 	// records as stored, without the keystore, so that every replica
 	// decides alike (see reads.go).
 	decisions atomic.Pointer[authz.Snapshot]
+	// members is the verified view of the member pins (nodes.go).
+	members atomic.Pointer[Members]
+	// onAccessChange is Config.OnAccessChange.
+	onAccessChange func()
 
 	// auditSeq is the sequence number of the newest audit entry.
 	auditSeq atomic.Uint64
@@ -167,7 +180,7 @@ func Open(cfg Config) (*FSM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: open pebble at %s: %w", cfg.Dir, err)
 	}
-	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{}), verify: cfg.VerifyRecord, cache: newRecordCache()}
+	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{}), verify: cfg.VerifyRecord, onAccessChange: cfg.OnAccessChange, cache: newRecordCache()}
 	if _, err := get(db, keyRestoring); err == nil {
 		// A restore was interrupted: the state is a mix of old and new.
 		// Forget it; Raft restores the latest snapshot and replays the log.
@@ -187,6 +200,7 @@ func Open(cfg Config) (*FSM, error) {
 		f.term.Store(term)
 	}
 	f.rebuildAuthz()
+	f.rebuildMembers()
 	f.loadAuditSeq()
 	f.loadDiverged()
 	return f, nil
@@ -297,6 +311,12 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	if a.accessChanged {
 		f.rebuildAuthz()
+	}
+	if a.membersChanged {
+		f.rebuildMembers()
+	}
+	if (a.accessChanged || a.membersChanged) && f.onAccessChange != nil {
+		f.onAccessChange()
 	}
 	if a.auditHead != nil {
 		f.auditSeq.Store(a.auditHead.seq)

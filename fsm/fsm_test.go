@@ -88,6 +88,13 @@ func (g *cmdGen) next(t testing.TB) []byte {
 	case r == 3:
 		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{
 			Rule: &cofferv1.AclRule{Id: fmt.Sprintf("r%d", g.rng.Intn(5)), Subject: "group:g", Operations: []string{"get"}, ResourcePattern: "res/**"}})
+	case r == 4 && g.rng.Intn(3) == 0:
+		// Member pins, admissions (kept if present) and replacements.
+		fp := make([]byte, 32)
+		g.rng.Read(fp)
+		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_PIN_NODE, &cofferv1.PinNodeCommand{
+			Node:         &cofferv1.NodeRecord{Id: fmt.Sprintf("n%d", g.rng.Intn(3)), CertSha256: fp},
+			OnlyIfAbsent: g.rng.Intn(2) == 0})
 	case r == 4:
 		data, err = Encode(cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: fmt.Sprintf("r%d", g.rng.Intn(5))})
 	case r == 1 && len(g.gkids) > 0:

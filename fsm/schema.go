@@ -20,6 +20,7 @@ import (
 //	c/<client name>              ClientRecord
 //	a/<rule id>                  AclRule
 //	r/<certificate serial>       RevokedCertificate
+//	n/<node id>                  NodeRecord: the certificate pinned for a member
 //	m/audit                      audit chain head: 8-byte seq || 32-byte hash
 //	l/<8-byte big-endian seq>    AuditEntry, linked into the chain
 //	o/<8-byte big-endian seq>    AuditCheckpoint covering the entry at seq
@@ -41,6 +42,7 @@ var (
 	prefixClient     = []byte("c/")
 	prefixRule       = []byte("a/")
 	prefixRevoked    = []byte("r/")
+	prefixNode       = []byte("n/")
 	prefixAudit      = []byte("l/")
 	keyAuditHead     = []byte("m/audit")
 	prefixCheckpoint = []byte("o/")
@@ -92,6 +94,7 @@ func byResourcePrefix(resource string) []byte {
 func clientKey(name string) []byte    { return concat(prefixClient, []byte(name)) }
 func ruleKey(id string) []byte        { return concat(prefixRule, []byte(id)) }
 func revokedKey(serial string) []byte { return concat(prefixRevoked, []byte(serial)) }
+func nodeKey(id string) []byte        { return concat(prefixNode, []byte(id)) }
 
 func requestKey(owner, requestID string) []byte {
 	return concat(prefixRequest, []byte(owner), []byte{0}, []byte(requestID))

@@ -196,6 +196,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.cache.reset()
 	f.cache.resetKeys()
 	f.rebuildAuthz()
+	f.rebuildMembers()
+	if f.onAccessChange != nil {
+		f.onAccessChange()
+	}
 	f.loadAuditSeq()
 	f.loadDiverged()
 	f.applied.Store(idx)

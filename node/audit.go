@@ -93,6 +93,7 @@ var opNames = map[string]string{
 	"Grant": "acl.manage", "RevokeGrant": "acl.manage", "ListGrants": "acl.read", "Check": "acl.read",
 	"Query": "audit.read", "Export": "audit.export", "Match": "audit.read", "Head": "audit.read",
 	"Prune": "audit.prune", "Follow": "audit.read",
+	"PinNode": "cluster.manage",
 }
 
 // newAuditEntry starts an entry for a request on this node.
@@ -155,7 +156,7 @@ func errReplicaDiverged() error {
 
 // auditInterceptor gives every public unary RPC its audit entry.
 func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if isInternal(info.FullMethod) || !auditEnabled {
+	if isInternal(info.FullMethod) {
 		return handler(ctx, req)
 	}
 	if n.fsm.Diverged() {
@@ -164,7 +165,8 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	method := path.Base(info.FullMethod)
 	if method == "LocalStatus" {
 		// Members asking each other for status are part of another
-		// request (Status), which is audited.
+		// request (Status), which is audited; the handler audits a node
+		// identity it refuses (requireMember).
 		if id, err := transport.IdentityFromContext(ctx); err == nil && id.Kind == transport.KindNode {
 			return handler(ctx, req)
 		}
@@ -455,7 +457,7 @@ func (n *Node) appendAudit(ctx context.Context, b auditBatch) (uint64, []fsm.Rea
 
 // AppendAudit commits entries that a follower collected.
 func (s *internalService) AppendAudit(ctx context.Context, req *cofferv1.AppendAuditRequest) (*cofferv1.AppendAuditResponse, error) {
-	if err := s.requireNode(ctx); err != nil {
+	if _, err := s.n.requireMember(ctx, doorAppendAudit, fmt.Sprintf("%d entries", len(req.GetEntries()))); err != nil {
 		return nil, err
 	}
 	if len(req.GetEntries()) == 0 || len(req.GetEntries()) > maxAuditBatch {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -14,6 +15,9 @@ import (
 type caller struct {
 	id     transport.Identity
 	serial string
+	// cert is the verified leaf the caller presented to this node; nil for
+	// a caller forwarded by another node.
+	cert *x509.Certificate
 }
 
 func (c caller) String() string { return c.id.String() }
@@ -28,7 +32,7 @@ func authenticate(ctx context.Context) (caller, error) {
 	if err != nil {
 		return caller{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
-	return caller{id: id, serial: authz.FormatSerial(cert.SerialNumber)}, nil
+	return caller{id: id, serial: authz.FormatSerial(cert.SerialNumber), cert: cert}, nil
 }
 
 // callerFromProto rebuilds a caller forwarded by another node.
@@ -47,19 +51,22 @@ func callerFromProto(p *cofferv1.Caller) (caller, error) {
 // authorize is where the request path asks for a decision: the caller, the
 // operation and (for key operations) the key's resource, against this
 // node's committed state. Nodes pass only for what a node legitimately asks
-// of another (cluster status), after the deny list. (A linearizable key read
+// of another (cluster status), and only while they are members
+// (checkMember). (A linearizable key read
 // is decided by Apply, with the same authz.Snapshot.Decide, at its place in
 // the log: fsm/reads.go; the node then checks it here too.)
 func (n *Node) authorize(c caller, op authz.Op, resource string) error {
-	var d authz.Decision
 	if c.id.Kind == transport.KindNode {
-		d = n.fsm.Authz().DecideNode(c.id.String(), c.serial)
-		if d.Allowed && op != authz.OpClusterRead {
+		if op != authz.OpClusterRead {
 			return fmt.Errorf("%w: node identities may not call %s", ErrPermission, op)
 		}
-	} else {
-		d = n.decideClient(c, op, resource)
+		if err := n.checkMember(c.id, c.cert, doorStatus); err != nil {
+			metricDenied.WithLabelValues(string(op)).Inc()
+			return err
+		}
+		return nil
 	}
+	d := n.decideClient(c, op, resource)
 	if d.Allowed {
 		return nil
 	}

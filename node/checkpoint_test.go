@@ -371,15 +371,17 @@ func auditGauges(t *testing.T, n *Node) map[string]float64 {
 // reports a build that applies it; a member standing for an older build
 // holds it back, and nothing stops.
 func TestNode_TimeIndexWaitsForEveryMember(t *testing.T) {
-	tc := mustCluster(t, 3, fastCheckpoints)
+	// Members are not admitted while one stands for an older build (pins
+	// are a newer command still), so requests go to the leader.
+	tc := mustClusterUnadmitted(t, 3, fastCheckpoints, nil)
 	ctx := ctxT(t)
 	old := tc.follower()
 	tc.nodes[old].commandVersion.Store(fsm.TimeIndexVersion - 1)
 	admin := tc.identity("app")
-	if _, err := admin.keys[0].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "ti"}); err != nil {
+	l := tc.waitLeader()
+	if _, err := admin.keys[l].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "ti"}); err != nil {
 		t.Fatal(err)
 	}
-	l := tc.waitLeader()
 	cp := tc.waitCheckpoint(tc.nodes[l].FSM().AuditHeadSeq())
 	st, err := cofferv1.NewClusterServiceClient(tc.connTo(l)).Status(ctx, &cofferv1.ClusterStatusRequest{})
 	if err != nil {
@@ -414,7 +416,7 @@ func TestNode_TimeIndexWaitsForEveryMember(t *testing.T) {
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for !started() && time.Now().Before(deadline) {
-		if _, err := admin.keys[0].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "ti"}); err != nil {
+		if _, err := admin.keys[tc.waitLeader()].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "ti"}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(50 * time.Millisecond)

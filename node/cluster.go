@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/hex"
 	"sort"
 	"strconv"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/transport"
 )
 
 // statusTimeout bounds how long Status waits for each member.
@@ -27,7 +29,11 @@ func (s *clusterService) LocalStatus(ctx context.Context, _ *cofferv1.NodeStatus
 	if err != nil {
 		return nil, err
 	}
-	if err := s.n.authorize(c, authz.OpClusterRead, ""); err != nil {
+	if c.id.Kind == transport.KindNode {
+		if _, err := s.n.requireMember(ctx, doorStatus, ""); err != nil {
+			return nil, err
+		}
+	} else if err := s.n.authorize(c, authz.OpClusterRead, ""); err != nil {
 		return nil, err
 	}
 	return s.n.localStatus(), nil
@@ -43,6 +49,9 @@ func (n *Node) localStatus() *cofferv1.NodeStatus {
 		AppliedIndex:   n.fsm.AppliedIndex(),
 		AuditSeq:       n.fsm.AuditHeadSeq(),
 		CommandVersion: n.commandVersion.Load(),
+	}
+	if pin := n.fsm.NodePins()[n.cfg.ID]; pin != nil {
+		st.PinnedCertSha256 = hex.EncodeToString(pin.GetCertSha256())
 	}
 	stats := n.raft.Stats()
 	st.Term, _ = strconv.ParseUint(stats["term"], 10, 64)

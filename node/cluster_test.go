@@ -60,24 +60,41 @@ func mustCluster(t *testing.T, size int, tweak func(*Config)) *testCluster {
 
 func mustClusterWith(t *testing.T, size int, tweak func(*Config), wrap func(int, hsmwrap.Keystore) hsmwrap.Keystore) *testCluster {
 	t.Helper()
+	tc := mustClusterUnadmitted(t, size, tweak, wrap)
+	tc.waitAdmitted()
+	return tc
+}
+
+// mustClusterUnadmitted starts a cluster and returns once it has an
+// initialised leader, before the leader has necessarily pinned every
+// member's certificate (followers may be refused as not admitted yet).
+func mustClusterUnadmitted(t *testing.T, size int, tweak func(*Config), wrap func(int, hsmwrap.Keystore) hsmwrap.Keystore) *testCluster {
+	t.Helper()
 	dir := t.TempDir()
-	ca, err := transport.CreateCA("coffer test CA", 48*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPath := filepath.Join(dir, "ca.pem")
-	if err := ca.WriteFiles(caPath, filepath.Join(dir, "ca-key.pem")); err != nil {
-		t.Fatal(err)
+	cas := map[transport.Kind]*transport.CA{}
+	files := map[transport.Kind]string{}
+	for _, k := range []transport.Kind{transport.KindNode, transport.KindClient} {
+		ca, err := transport.CreateCA("coffer test "+string(k)+" CA", k, 48*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[k] = filepath.Join(dir, string(k)+"-ca.pem")
+		if err := ca.WriteFiles(files[k], filepath.Join(dir, string(k)+"-ca-key.pem")); err != nil {
+			t.Fatal(err)
+		}
+		cas[k] = ca
 	}
 	issued := 0
+	// issue writes a key pair for id, signed by the CA of its kind.
 	issue := func(id transport.Identity) transport.TLSConfig {
-		certPEM, keyPEM, err := ca.Issue(transport.IssueRequest{Identity: id, IPs: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}, Validity: 24 * time.Hour})
+		certPEM, keyPEM, err := cas[id.Kind].Issue(transport.IssueRequest{Identity: id, IPs: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}, Validity: 24 * time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
 		issued++
 		base := fmt.Sprintf("%s-%d", id.Name, issued)
-		c := transport.TLSConfig{CAFile: caPath, CertFile: filepath.Join(dir, base+".pem"), KeyFile: filepath.Join(dir, base+"-key.pem")}
+		c := transport.TLSConfig{CAFile: files[transport.KindNode], ClientCAFile: files[transport.KindClient],
+			CertFile: filepath.Join(dir, base+".pem"), KeyFile: filepath.Join(dir, base+"-key.pem")}
 		if err := transport.WriteKeyPair(c.CertFile, c.KeyFile, certPEM, keyPEM); err != nil {
 			t.Fatal(err)
 		}
@@ -106,6 +123,21 @@ func mustClusterWith(t *testing.T, size int, tweak func(*Config), wrap func(int,
 	t.Cleanup(tc.stopAll)
 	tc.waitLeader()
 	return tc
+}
+
+// waitAdmitted waits until the leader has pinned the certificate of every
+// member, so that followers may forward, read and audit through it.
+func (tc *testCluster) waitAdmitted() {
+	tc.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		l := tc.waitLeader()
+		if len(tc.nodes[l].FSM().NodePins()) == len(tc.cfgs) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tc.t.Fatalf("members not all admitted within 20s: %v", tc.nodes[tc.waitLeader()].FSM().NodePins())
 }
 
 // boot configures size nodes on fresh ports with data under dir and starts
@@ -405,8 +437,7 @@ func TestNode_BadInputCodes(t *testing.T) {
 	// newer build arrives as an empty oneof) is refused with a message that
 	// points at a rolling upgrade.
 	l := tc.waitLeader()
-	peer := tc.issue(transport.Identity{Kind: transport.KindNode, Name: tc.cfgs[(l+1)%len(tc.cfgs)].ID})
-	peerTLS, err := peer.ClientTLS()
+	peerTLS, err := tc.cfgs[(l+1)%len(tc.cfgs)].TLS.ClientTLS()
 	if err != nil {
 		t.Fatal(err)
 	}

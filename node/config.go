@@ -139,7 +139,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%w: %s %q: %v", ErrConfig, name, a, err)
 		}
 	}
-	if err := c.TLS.Validate(); err != nil {
+	if err := c.TLS.ValidateNode(); err != nil {
 		return fmt.Errorf("%w: tls: %w", ErrConfig, err)
 	}
 	self := false

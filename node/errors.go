@@ -17,6 +17,18 @@ var (
 	ErrOverloaded      = errors.New("node is overloaded")
 	ErrDiverged        = errors.New("replica diverged")
 	ErrKeystore        = errors.New("keystore unavailable")
+	// ErrNotMember refuses a node identity that is not in the Raft
+	// configuration (never was, or was removed).
+	ErrNotMember = errors.New("not a member of this cluster")
+	// ErrPinMismatch refuses a member presenting a certificate other than
+	// the one pinned at its admission.
+	ErrPinMismatch = errors.New("certificate is not the one pinned for this member")
+	// ErrNotAdmitted refuses a member whose certificate the leader has not
+	// pinned yet (retryable: the leader pins it once it reaches it).
+	ErrNotAdmitted = errors.New("member not admitted yet")
+	// ErrPrecondition refuses a request the cluster's state does not allow
+	// now (not every member runs a build that applies the change).
+	ErrPrecondition = errors.New("failed precondition")
 )
 
 // leaderHint is an error that knows where the leader's client API is.

@@ -10,33 +10,19 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
-	"github.com/coffer-kms/coffer/transport"
 )
 
-// internalService is served to other nodes only: the peer certificate must
-// carry a node identity.
+// internalService is served to members only (requireMember): a node
+// certificate from the node CA, in the Raft configuration, not revoked, and
+// the certificate pinned at the member's admission.
 type internalService struct {
 	cofferv1.UnimplementedInternalServiceServer
 	n *Node
 }
 
-func (s *internalService) requireNode(ctx context.Context) error {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return err
-	}
-	if c.id.Kind != transport.KindNode {
-		return fmt.Errorf("%w: %s may not call the internal service", ErrPermission, c)
-	}
-	if d := s.n.fsm.Authz().DecideNode(c.String(), c.serial); !d.Allowed {
-		return fmt.Errorf("%w: %s", ErrUnauthenticated, d.Reason)
-	}
-	return nil
-}
-
 // Forward executes a write for a caller that another node authenticated.
 func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
-	if err := s.requireNode(ctx); err != nil {
+	if _, err := s.n.requireMember(ctx, doorForward, "forwarded "+forwardedOp(req)+" as "+clip(req.GetCaller().GetIdentity(), 80)); err != nil {
 		return nil, err
 	}
 	caller, err := callerFromProto(req.GetCaller())
@@ -96,6 +82,8 @@ func forwardedRequest(req *cofferv1.ForwardRequest) any {
 		return op.RevokeGrant
 	case *cofferv1.ForwardRequest_AuditPrune:
 		return op.AuditPrune
+	case *cofferv1.ForwardRequest_PinNode:
+		return op.PinNode
 	}
 	return nil
 }
@@ -127,7 +115,7 @@ func (s *internalService) forward(ctx context.Context, caller caller, req *coffe
 // ReadIndex confirms leadership and returns the index a follower must apply
 // before it answers a linearizable read.
 func (s *internalService) ReadIndex(ctx context.Context, _ *cofferv1.ReadIndexRequest) (*cofferv1.ReadIndexResponse, error) {
-	if err := s.requireNode(ctx); err != nil {
+	if _, err := s.n.requireMember(ctx, doorReadIndex, ""); err != nil {
 		return nil, err
 	}
 	if !s.n.IsLeader() {

@@ -338,7 +338,7 @@ func (n *Node) authorizedKey(ctx context.Context, id string, cons cofferv1.Consi
 	if err := validConsistency(cons); err != nil {
 		return nil, nil, err
 	}
-	if auditEnabled && cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient {
+	if cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient {
 		return n.decidedKey(ctx, c, id, op)
 	}
 	rec, err := n.readKey(ctx, id, cons)

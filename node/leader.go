@@ -38,6 +38,9 @@ func (n *Node) leaderLoop() {
 			if err := n.ensureInitialised(); err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
 				n.logger.Warn("cluster initialisation failed; will retry", "err", err)
 			}
+			if err := n.admitMembers(); err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+				n.logger.Warn("admitting members failed; will retry", "err", err)
+			}
 			if err := n.maybeCheckpoint(); err != nil {
 				n.logger.Warn("audit checkpoint failed; will retry", "err", err)
 			}

@@ -101,7 +101,7 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,
-		metricFollowStreams, metricFollowEntries,
+		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 }

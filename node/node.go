@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -44,7 +45,10 @@ type Node struct {
 	raft      *raft.Raft
 	logStore  *raftboltdb.BoltStore
 	raftTrans *raft.NetworkTransport
-	snaps     raft.SnapshotStore
+	// raftStream is the Raft port's stream layer, whose open connections
+	// are revalidated against the member rule (members.go).
+	raftStream *transport.RaftStreamLayer
+	snaps      raft.SnapshotStore
 
 	grpcServer *grpc.Server
 	apiLis     net.Listener
@@ -54,6 +58,17 @@ type Node struct {
 	peers     map[string]Peer // by id
 	conns     map[string]*grpc.ClientConn
 	clientTLS *tls.Config // for calls to other nodes
+	// ownCert is this node's certificate, which it pins for itself when it
+	// admits members as leader; dialed holds the certificates members
+	// presented at their Raft addresses (members.go).
+	ownCert *x509.Certificate
+	dialed  dialedCerts
+	// pinsEnabled is set once every member applies PIN_NODE; pinPoll is
+	// when the leader last asked (Unix nanoseconds).
+	pinsEnabled atomic.Bool
+	pinPoll     atomic.Int64
+	// refusals commits the audit entries of refused node identities.
+	refusals *refusalAuditor
 
 	reads *coalescer
 	keks  kekCache
@@ -110,6 +125,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		stopCh:   make(chan struct{}),
 		ksProbe:  make(chan struct{}, 1),
 	}
+	n.refusals = newRefusalAuditor(n)
 	n.commandVersion.Store(fsm.CommandVersion)
 	for _, p := range cfg.Peers {
 		n.peers[p.ID] = p
@@ -126,7 +142,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
 	if n.fsm, err = fsm.Open(fsm.Config{Dir: filepath.Join(cfg.DataDir, "state"), Logger: logger, CacheBytes: 64 << 20,
-		VerifyRecord: n.verifyRecordTag}); err != nil {
+		VerifyRecord: n.verifyRecordTag, OnAccessChange: n.revalidateRaft}); err != nil {
 		return nil, err
 	}
 	if err := n.startRaft(); err != nil {
@@ -144,9 +160,11 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 			return nil, err
 		}
 	}
-	n.wg.Add(2)
+	n.wg.Add(4)
 	go n.leaderLoop()
 	go n.keystoreHealthLoop()
+	go n.revalidateLoop()
+	go n.refusals.run()
 	logger.Info("node started", "site", cfg.Site, "api", n.APIAddr(), "raft", cfg.RaftAddr)
 	return n, nil
 }
@@ -170,18 +188,20 @@ func (n *Node) startRaft() error {
 	}
 	n.snaps = snaps
 	n.fsm.UseSnapshotStore(snaps)
-	serverTLS, err := cfg.TLS.ServerTLS()
+	peerTLS, err := cfg.TLS.PeerServerTLS()
 	if err != nil {
-		return fmt.Errorf("node: server tls: %w", err)
+		return fmt.Errorf("node: raft tls: %w", err)
 	}
 	clientTLS, err := cfg.TLS.ClientTLS()
 	if err != nil {
 		return fmt.Errorf("node: client tls: %w", err)
 	}
 	n.clientTLS = clientTLS
+	n.ownCert = clientTLS.Certificates[0].Leaf
 	tc := transport.DefaultRaftTransportConfig()
-	tc.BindAddr, tc.Server, tc.Client, tc.Logger = cfg.RaftAddr, serverTLS, clientTLS, hlog
-	if n.raftTrans, err = transport.NewRaftTransport(tc); err != nil {
+	tc.BindAddr, tc.Server, tc.Client, tc.Logger = cfg.RaftAddr, peerTLS, clientTLS, hlog
+	tc.Authorize = n.authorizeRaftPeer
+	if n.raftTrans, n.raftStream, err = transport.NewRaftTransportWithStream(tc); err != nil {
 		return fmt.Errorf("node: raft transport: %w", err)
 	}
 
@@ -221,9 +241,6 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("node: start raft: %w", err)
 	}
 	n.raft = r
-	if !auditEnabled {
-		n.logger.Warn("this cofferd is the coffer_noaudit measurement build: reads and refusals are NOT audited; never deploy it")
-	}
 	return nil
 }
 

@@ -51,6 +51,12 @@ func (n *Node) execute(ctx context.Context, c caller, req *cofferv1.ForwardReque
 			return nil, err
 		}
 		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_AuditPrune{AuditPrune: resp}}, nil
+	case *cofferv1.ForwardRequest_PinNode:
+		resp, err := n.pinNode(ctx, c, op.PinNode)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_PinNode{PinNode: resp}}, nil
 	case *cofferv1.ForwardRequest_RegisterClient, *cofferv1.ForwardRequest_SetClientActive,
 		*cofferv1.ForwardRequest_RevokeCertificate, *cofferv1.ForwardRequest_Grant, *cofferv1.ForwardRequest_RevokeGrant:
 		return n.executeAccess(ctx, c, req)

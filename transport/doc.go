@@ -27,8 +27,12 @@
 //
 // # Certificates
 //
-// CA.Issue creates ECDSA P-256 keys and SHA-256 signed certificates with
-// 128-bit random serials. Extended key usages encode the role:
+// A deployment has two CAs (DESIGN.md, "Trust model"): the node CA signs
+// node certificates, the client CA client certificates, and neither can
+// sign the other kind. CreateCA makes a CA for one kind, name-constrained to
+// it; CA.Issue creates ECDSA P-256 keys and SHA-256 signed certificates with
+// 128-bit random serials, and refuses an identity of a kind its CA may not
+// sign (ErrWrongCA). Extended key usages encode the role:
 //
 //	node    ServerAuth + ClientAuth   may serve gRPC and Raft, and dial both
 //	client  ClientAuth only           may only dial gRPC; can never serve
@@ -41,19 +45,23 @@
 // # What is accepted where
 //
 //	gRPC server (ServerTLS + ServerOptions)
-//	    TLS 1.3; a client certificate is required and must chain to the CA
-//	    and carry a valid identity of either kind. The service layer reads
-//	    it with IdentityFromContext.
+//	    TLS 1.3; a client certificate is required and must carry a valid
+//	    identity and chain to the CA of its kind: a node identity to the
+//	    node CA (CAFile), a client identity to the client CA (ClientCAFile).
+//	    The service layer reads it with IdentityFromContext and decides
+//	    membership and grants.
 //	gRPC client (ClientTLS + Dial)
-//	    TLS 1.3; the server must chain to the CA, match the dialled name and
-//	    present a node identity.
-//	Raft port (NewRaftTransport), both directions
-//	    TLS 1.3 with the RaftALPN application protocol; the peer must chain to
-//	    the CA and present a node identity. A valid client certificate from
-//	    the same CA is refused during the handshake, so it never reaches
-//	    Raft. The handshake completes, under the I/O timeout, before a
-//	    connection is handed to Raft; rejected connections are closed and
-//	    logged.
+//	    TLS 1.3; the server must chain to the node CA, match the dialled
+//	    name and present a node identity.
+//	Raft port (PeerServerTLS, NewRaftTransport), both directions
+//	    TLS 1.3 with the RaftALPN application protocol; the peer must chain
+//	    to the node CA and present a node identity, and then pass
+//	    RaftTransportConfig.Authorize (the member rule), before Raft reads a
+//	    byte. A client certificate is refused during the handshake. The
+//	    handshake completes, under the I/O timeout, before a connection is
+//	    handed to Raft; rejected connections are closed and logged.
+//	    RaftStreamLayer.Revalidate closes open connections Authorize no
+//	    longer accepts.
 //
 // Errors wrap the package's sentinel errors (ErrNoIdentity,
 // ErrInvalidIdentity, ErrNotNode, ErrInvalidConfig, ...) with %w wherever

@@ -49,4 +49,15 @@ var (
 	// ErrUntrusted means a certificate does not chain to the configured CA or
 	// lacks the extended key usage its role requires.
 	ErrUntrusted = errors.New("transport: certificate not trusted for this role")
+
+	// ErrWrongCA means a certificate carries an identity of a kind its
+	// issuing CA may not vouch for: a node identity from the client CA, a
+	// client identity from the node CA, or a CA asked to sign a kind its
+	// name constraints exclude.
+	ErrWrongCA = errors.New("transport: certificate issued by the wrong CA for its identity")
+
+	// ErrRefusedPeer means a node certificate passed the TLS handshake on
+	// the Raft port but RaftTransportConfig.Authorize refused its holder
+	// (not a member, revoked, or not the certificate pinned for it).
+	ErrRefusedPeer = errors.New("transport: raft peer refused")
 )

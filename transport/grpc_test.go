@@ -3,8 +3,11 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 
@@ -188,8 +191,22 @@ func TestTLSConfig_Checks(t *testing.T) {
 	if _, err := client.ServerTLS(); !errors.Is(err, ErrUntrusted) {
 		t.Errorf("ServerTLS with client cert: %v; want ErrUntrusted", err)
 	}
+	// A node needs the client CA, and a different one from the node CA.
+	noClients := node
+	noClients.ClientCAFile = ""
+	if _, err := noClients.ServerTLS(); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("ServerTLS without a client CA: %v; want ErrInvalidConfig", err)
+	}
+	if _, err := noClients.ClientTLS(); err != nil {
+		t.Errorf("ClientTLS needs no client CA: %v", err)
+	}
+	sameCA := node
+	sameCA.ClientCAFile = node.CAFile
+	if _, err := sameCA.ServerTLS(); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "different CA") {
+		t.Errorf("ServerTLS with one CA for both kinds: %v; want ErrInvalidConfig", err)
+	}
 	// A certificate must chain to the configured CA.
-	wrongCA := TLSConfig{CAFile: foreign.caFile, CertFile: node.CertFile, KeyFile: node.KeyFile}
+	wrongCA := TLSConfig{CAFile: foreign.caFile, ClientCAFile: pki.clientCAFile, CertFile: node.CertFile, KeyFile: node.KeyFile}
 	if _, err := wrongCA.ServerTLS(); !errors.Is(err, ErrUntrusted) {
 		t.Errorf("ServerTLS with foreign CA: %v; want ErrUntrusted", err)
 	}
@@ -221,5 +238,43 @@ func TestDial_Rejects(t *testing.T) {
 	}
 	if _, err := Dial("", &tls.Config{}); !errors.Is(err, ErrInvalidConfig) {
 		t.Errorf("empty target: %v", err)
+	}
+}
+
+// A node identity is accepted only from the node CA, whatever the client
+// CA's own certificate allows: here the client CA is an external one with
+// no name constraints, which signs a certificate claiming node:n2.
+func TestGRPC_NodeIdentityFromClientCARefused(t *testing.T) {
+	pki := mustPKI(t, "ca")
+	external := mustUnconstrainedCA(t, "external clients")
+	pki.clients = external
+	if err := os.Remove(pki.clientCAFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pki.clientCAFile, external.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := &identityRecorder{}
+	addr := startHealthServer(t, mustServerTLS(t, pki.mustIssue(t, Identity{KindNode, "n1"}, loopback)), rec)
+
+	if err := healthCheck(t, addr, mustClientTLS(t, pki.mustIssueBy(t, external, Identity{KindClient, "x"}))); err != nil {
+		t.Fatalf("client from the client CA: %v", err)
+	}
+	forged := pki.mustIssueBy(t, external, Identity{KindNode, "n2"})
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: poolOf(pki.ca),
+		GetClientCertificate: alwaysPresent(mustKeyPair(t, forged))}
+	if err := healthCheck(t, addr, conf); status.Code(err) != codes.Unavailable {
+		t.Fatalf("node identity from the client CA: err = %v; want Unavailable", err)
+	}
+	// The refusal happened in the handshake, with a reason.
+	srv := mustServerTLS(t, pki.mustIssue(t, Identity{KindNode, "n1"}, loopback))
+	leaf := mustParseCert(t, mustReadFile(t, forged.CertFile))
+	err := srv.VerifyConnection(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf},
+		VerifiedChains: [][]*x509.Certificate{{leaf, external.Cert}}})
+	if !errors.Is(err, ErrWrongCA) {
+		t.Fatalf("VerifyConnection = %v; want ErrWrongCA", err)
+	}
+	if got := rec.calls(); len(got) != 1 || got[0] != "client:x" {
+		t.Fatalf("server saw %q; want only client:x", got)
 	}
 }

@@ -8,8 +8,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,44 +26,65 @@ const testTimeout = 10 * time.Second
 
 var loopback = net.ParseIP("127.0.0.1")
 
-func mustCA(t *testing.T, name string) *CA {
+// mustCA creates a node CA (name-constrained to node identities).
+func mustCA(t *testing.T, name string) *CA { return mustCAOf(t, name, KindNode) }
+
+func mustCAOf(t *testing.T, name string, kind Kind) *CA {
 	t.Helper()
-	ca, err := CreateCA(name, 24*time.Hour)
+	ca, err := CreateCA(name, kind, 24*time.Hour)
 	if err != nil {
 		t.Fatalf("CreateCA: %v", err)
 	}
 	return ca
 }
 
-// testPKI is a CA written to a temp dir, from which key pairs are issued
-// and written next to it.
+// testPKI is a deployment's two CAs (node and client) written to a temp
+// dir, from which key pairs are issued and written next to them.
 type testPKI struct {
-	ca     *CA
-	dir    string
-	caFile string
+	ca           *CA // the node CA
+	clients      *CA // the client CA
+	dir          string
+	caFile       string
+	clientCAFile string
+	issued       int
 }
 
 func mustPKI(t *testing.T, name string) *testPKI {
 	t.Helper()
-	ca := mustCA(t, name)
 	dir := t.TempDir()
-	p := &testPKI{ca: ca, dir: dir, caFile: filepath.Join(dir, "ca.pem")}
-	if err := ca.WriteFiles(p.caFile, filepath.Join(dir, "ca-key.pem")); err != nil {
+	p := &testPKI{ca: mustCAOf(t, name+" nodes", KindNode), clients: mustCAOf(t, name+" clients", KindClient), dir: dir,
+		caFile: filepath.Join(dir, "node-ca.pem"), clientCAFile: filepath.Join(dir, "client-ca.pem")}
+	if err := p.ca.WriteFiles(p.caFile, filepath.Join(dir, "node-ca-key.pem")); err != nil {
+		t.Fatalf("WriteFiles: %v", err)
+	}
+	if err := p.clients.WriteFiles(p.clientCAFile, filepath.Join(dir, "client-ca-key.pem")); err != nil {
 		t.Fatalf("WriteFiles: %v", err)
 	}
 	return p
 }
 
-// mustIssue issues a certificate for id with the given IPs, writes it to the
-// PKI's directory and returns a TLSConfig for it that trusts the PKI's CA.
+// mustIssue issues a certificate for id from the CA of its kind with the
+// given IPs, writes it to the PKI's directory and returns a TLSConfig for
+// it that trusts the PKI's CAs.
 func (p *testPKI) mustIssue(t *testing.T, id Identity, ips ...net.IP) TLSConfig {
 	t.Helper()
-	certPEM, keyPEM, err := p.ca.Issue(IssueRequest{Identity: id, IPs: ips, Validity: time.Hour})
+	ca := p.ca
+	if id.Kind == KindClient {
+		ca = p.clients
+	}
+	return p.mustIssueBy(t, ca, id, ips...)
+}
+
+// mustIssueBy is mustIssue with the issuing CA given.
+func (p *testPKI) mustIssueBy(t *testing.T, ca *CA, id Identity, ips ...net.IP) TLSConfig {
+	t.Helper()
+	certPEM, keyPEM, err := ca.Issue(IssueRequest{Identity: id, IPs: ips, Validity: time.Hour})
 	if err != nil {
 		t.Fatalf("Issue %s: %v", id, err)
 	}
-	base := filepath.Join(p.dir, string(id.Kind)+"-"+id.Name)
-	c := TLSConfig{CAFile: p.caFile, CertFile: base + ".pem", KeyFile: base + "-key.pem"}
+	p.issued++
+	base := filepath.Join(p.dir, fmt.Sprintf("%s-%s-%d", id.Kind, id.Name, p.issued))
+	c := TLSConfig{CAFile: p.caFile, ClientCAFile: p.clientCAFile, CertFile: base + ".pem", KeyFile: base + "-key.pem"}
 	if err := WriteKeyPair(c.CertFile, c.KeyFile, certPEM, keyPEM); err != nil {
 		t.Fatalf("WriteKeyPair: %v", err)
 	}
@@ -194,4 +218,35 @@ func signRawServer(t *testing.T, ca *CA, ips ...net.IP) tls.Certificate {
 // (by default Go only sends a certificate issued by an acceptable CA).
 func alwaysPresent(pair tls.Certificate) func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	return func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil }
+}
+
+// mustUnconstrainedCA makes a CA with no name constraints, as an external
+// PKI's may be.
+func mustUnconstrainedCA(t *testing.T, name string) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &CA{Cert: cert, Key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: pemTypeCert, Bytes: der})}
+}
+
+func mustReadFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -19,6 +19,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -64,10 +66,18 @@ type IssueRequest struct {
 }
 
 // CreateCA creates a self-signed ECDSA P-256 CA that may sign leaf
-// certificates only (path length zero).
-func CreateCA(commonName string, validity time.Duration) (*CA, error) {
+// certificates only (path length zero), and only for identities of kind:
+// the certificate is name-constrained to coffer://<kind>/ URIs and limited
+// to the extended key usages of that kind, so a verifier refuses a node
+// identity signed by a client CA (and the reverse) even without Coffer's
+// own check. A deployment has one CA of each kind (see DESIGN.md, "Trust
+// model").
+func CreateCA(commonName string, kind Kind, validity time.Duration) (*CA, error) {
 	if commonName == "" {
 		return nil, fmt.Errorf("%w: CA common name is empty", ErrInvalidConfig)
+	}
+	if !kind.Valid() {
+		return nil, fmt.Errorf("%w: CA kind %q is neither %s nor %s", ErrInvalidConfig, kind, KindNode, KindClient)
 	}
 	if validity <= 0 {
 		return nil, fmt.Errorf("%w: CA validity %s", ErrValidity, validity)
@@ -97,6 +107,8 @@ func CreateCA(commonName string, validity time.Duration) (*CA, error) {
 		MaxPathLenZero:        true,
 		SubjectKeyId:          ski,
 		SignatureAlgorithm:    x509.ECDSAWithSHA256,
+		PermittedURIDomains:   []string{string(kind)},
+		ExtKeyUsage:           kindUsages(kind),
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -192,6 +204,10 @@ func (ca *CA) Sign(req IssueRequest, pub crypto.PublicKey, now time.Time) (certP
 	if err := req.Identity.Validate(); err != nil {
 		return nil, err
 	}
+	if !ca.Signs(req.Identity.Kind) {
+		return nil, fmt.Errorf("%w: CA %q signs %s identities only, not %s", ErrWrongCA, ca.Cert.Subject.CommonName,
+			strings.Join(ca.Cert.PermittedURIDomains, ", "), req.Identity)
+	}
 	validity := req.Validity
 	if validity == 0 {
 		validity = DefaultCertValidity
@@ -209,13 +225,7 @@ func (ca *CA) Sign(req IssueRequest, pub crypto.PublicKey, now time.Time) (certP
 		notBefore = ca.Cert.NotBefore
 	}
 
-	var eku []x509.ExtKeyUsage
-	switch req.Identity.Kind {
-	case KindNode:
-		eku = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-	case KindClient:
-		eku = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
+	eku := kindUsages(req.Identity.Kind)
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err
@@ -248,6 +258,28 @@ func (ca *CA) Sign(req IssueRequest, pub crypto.PublicKey, now time.Time) (certP
 		return nil, fmt.Errorf("transport: sign certificate for %s: %w", req.Identity, err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: pemTypeCert, Bytes: der}), nil
+}
+
+// Signs reports whether the CA may sign identities of kind k: a CA whose
+// certificate constrains URI names (as CreateCA's do) signs only the kinds
+// it permits; an unconstrained one (an external CA) any kind.
+func (ca *CA) Signs(k Kind) bool {
+	if ca == nil || ca.Cert == nil {
+		return false
+	}
+	if len(ca.Cert.PermittedURIDomains) == 0 {
+		return !slices.Contains(ca.Cert.ExcludedURIDomains, string(k))
+	}
+	return slices.Contains(ca.Cert.PermittedURIDomains, string(k))
+}
+
+// kindUsages are the extended key usages of a kind: a node serves (gRPC,
+// Raft) and dials; a client only dials.
+func kindUsages(k Kind) []x509.ExtKeyUsage {
+	if k == KindNode {
+		return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	}
+	return []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 }
 
 // WriteKeyPair writes certPEM (mode 0644) and keyPEM (mode 0600). It refuses

@@ -20,7 +20,7 @@ import (
 )
 
 func TestCA_CreateWriteLoadRoundTrip(t *testing.T) {
-	ca := mustCA(t, "Coffer test CA")
+	ca := mustCAOf(t, "Coffer test CA", KindClient)
 	if !ca.Cert.IsCA || ca.Cert.MaxPathLen != 0 || !ca.Cert.MaxPathLenZero {
 		t.Fatalf("CA constraints: IsCA=%v MaxPathLen=%d zero=%v", ca.Cert.IsCA, ca.Cert.MaxPathLen, ca.Cert.MaxPathLenZero)
 	}
@@ -74,16 +74,19 @@ func TestCA_CreateWriteLoadRoundTrip(t *testing.T) {
 }
 
 func TestCreateCA_Rejects(t *testing.T) {
-	if _, err := CreateCA("x", 0); !errors.Is(err, ErrValidity) {
+	if _, err := CreateCA("x", KindNode, 0); !errors.Is(err, ErrValidity) {
 		t.Fatalf("zero validity: %v", err)
 	}
-	if _, err := CreateCA("", time.Hour); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := CreateCA("", KindNode, time.Hour); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("empty name: %v", err)
+	}
+	if _, err := CreateCA("x", "admin", time.Hour); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("unknown kind: %v", err)
 	}
 }
 
 func TestCA_IssueNodeAndClient(t *testing.T) {
-	ca := mustCA(t, "ca")
+	cas := map[Kind]*CA{KindNode: mustCA(t, "nodes"), KindClient: mustCAOf(t, "clients", KindClient)}
 	serials := map[string]bool{}
 	for _, tc := range []struct {
 		id  Identity
@@ -93,6 +96,7 @@ func TestCA_IssueNodeAndClient(t *testing.T) {
 		{Identity{KindClient, "admin"}, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
 	} {
 		t.Run(tc.id.String(), func(t *testing.T) {
+			ca := cas[tc.id.Kind]
 			certPEM, keyPEM, err := ca.Issue(IssueRequest{
 				Identity: tc.id,
 				DNSNames: []string{"n1.coffer.test"},
@@ -284,7 +288,7 @@ func TestLoadCA_Rejects(t *testing.T) {
 }
 
 func TestWriteKeyPair(t *testing.T) {
-	ca := mustCA(t, "ca")
+	ca := mustCAOf(t, "ca", KindClient)
 	certPEM, keyPEM, err := ca.Issue(IssueRequest{Identity: Identity{KindClient, "c"}, Validity: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -337,4 +341,40 @@ func equalEKU(a, b []x509.ExtKeyUsage) bool {
 		}
 	}
 	return true
+}
+
+// A CA signs only the kind it was made for, and its name constraints make
+// every verifier refuse a certificate of the other kind that it signed by
+// other means.
+func TestCA_KindIsConstrained(t *testing.T) {
+	nodes, clients := mustCA(t, "nodes"), mustCAOf(t, "clients", KindClient)
+	if !nodes.Signs(KindNode) || nodes.Signs(KindClient) || !clients.Signs(KindClient) || clients.Signs(KindNode) {
+		t.Fatalf("Signs: nodes %v/%v clients %v/%v", nodes.Signs(KindNode), nodes.Signs(KindClient), clients.Signs(KindClient), clients.Signs(KindNode))
+	}
+	if _, _, err := clients.Issue(IssueRequest{Identity: Identity{KindNode, "n9"}, Validity: time.Hour}); !errors.Is(err, ErrWrongCA) {
+		t.Fatalf("client CA issued a node identity: %v", err)
+	}
+	if _, _, err := nodes.Issue(IssueRequest{Identity: Identity{KindClient, "c"}, Validity: time.Hour}); !errors.Is(err, ErrWrongCA) {
+		t.Fatalf("node CA issued a client identity: %v", err)
+	}
+	// Bypass Sign, as someone holding the client CA key could.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(99), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs: []*url.URL{Identity{KindNode, "n1"}.URI()}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, clients.Cert, &key.PublicKey, clients.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = forged.Verify(x509.VerifyOptions{Roots: poolOf(clients), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err == nil || !strings.Contains(err.Error(), "constraint") {
+		t.Fatalf("node identity under the client CA verified: %v", err)
+	}
 }

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -55,6 +56,25 @@ type RaftTransportConfig struct {
 	// Logger receives transport logs, including every rejected connection.
 	// Nil means a logger named "raft-net" on standard error.
 	Logger hclog.Logger
+	// Authorize, when set, decides whether a peer whose TLS handshake
+	// succeeded (a node certificate from the node CA) may speak Raft with
+	// this node: it is asked about every connection, inbound and outbound,
+	// before Raft reads or writes a byte on it, and again about every open
+	// connection at each RaftStreamLayer.Revalidate. A refused connection
+	// is closed and logged. Nil accepts every node certificate.
+	Authorize func(RaftPeer) error
+}
+
+// RaftPeer is the far end of a Raft connection, as Authorize sees it.
+type RaftPeer struct {
+	// Identity and Cert are the peer's node identity and the leaf of its
+	// verified chain.
+	Identity Identity
+	Cert     *x509.Certificate
+	// Addr is the address this node dialled (outbound) or the remote
+	// address of the connection (inbound).
+	Addr     string
+	Outbound bool
 }
 
 // DefaultRaftTransportConfig returns a configuration with the default pool
@@ -133,9 +153,16 @@ func checkAdvertisable(addr string) error {
 // transport whose every connection, inbound and outbound, is mutual TLS 1.3
 // between node identities. Closing the transport closes the listener.
 func NewRaftTransport(cfg RaftTransportConfig) (*raft.NetworkTransport, error) {
+	t, _, err := NewRaftTransportWithStream(cfg)
+	return t, err
+}
+
+// NewRaftTransportWithStream is NewRaftTransport that also returns the
+// stream layer, for callers that revalidate open connections.
+func NewRaftTransportWithStream(cfg RaftTransportConfig) (*raft.NetworkTransport, *RaftStreamLayer, error) {
 	stream, err := NewRaftStreamLayer(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg = cfg.withDefaults()
 	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
@@ -143,7 +170,7 @@ func NewRaftTransport(cfg RaftTransportConfig) (*raft.NetworkTransport, error) {
 		MaxPool: cfg.MaxPool,
 		Timeout: cfg.Timeout,
 		Logger:  cfg.Logger,
-	}), nil
+	}), stream, nil
 }
 
 func (c RaftTransportConfig) withDefaults() RaftTransportConfig {
@@ -174,6 +201,10 @@ type RaftStreamLayer struct {
 	client    *tls.Config
 	timeout   time.Duration
 	logger    hclog.Logger
+	authorize func(RaftPeer) error
+
+	openMu sync.Mutex
+	open   map[*raftConn]struct{} // authorised connections not yet closed
 
 	conns chan net.Conn   // handshaken node connections awaiting Accept
 	slots chan struct{}   // bounds pending handshakes
@@ -228,6 +259,8 @@ func NewRaftStreamLayer(cfg RaftTransportConfig) (*RaftStreamLayer, error) {
 		client:    client,
 		timeout:   cfg.Timeout,
 		logger:    cfg.Logger,
+		authorize: cfg.Authorize,
+		open:      map[*raftConn]struct{}{},
 		conns:     make(chan net.Conn),
 		slots:     make(chan struct{}, MaxPendingRaftHandshakes),
 		ctx:       ctx,
@@ -303,11 +336,9 @@ func (s *RaftStreamLayer) handshake(raw net.Conn) {
 	if err == nil {
 		err = raw.SetDeadline(time.Time{})
 	}
-	var id Identity
+	var rc *raftConn
 	if err == nil {
-		// VerifyConnection already enforced this; check again so a
-		// misconfigured tls.Config can never let a non-node through.
-		id, err = peerIdentity(conn.ConnectionState(), true)
+		rc, err = s.admit(conn, remote, false)
 	}
 	if err != nil {
 		_ = conn.Close()
@@ -316,12 +347,72 @@ func (s *RaftStreamLayer) handshake(raw net.Conn) {
 		}
 		return
 	}
-	s.logger.Debug("raft connection authenticated", "remote-address", remote, "peer", id.String())
+	s.logger.Debug("raft connection authenticated", "remote-address", remote, "peer", rc.peer.Identity.String())
 	select {
-	case s.conns <- conn:
+	case s.conns <- rc:
 	case <-s.ctx.Done():
-		_ = conn.Close()
+		_ = rc.Close()
 	}
+}
+
+// admit checks a handshaken connection's peer (a node identity, and
+// whatever Authorize says) and tracks it for Revalidate.
+func (s *RaftStreamLayer) admit(conn *tls.Conn, addr string, outbound bool) (*raftConn, error) {
+	cs := conn.ConnectionState()
+	// VerifyConnection already enforced this; check again so a
+	// misconfigured tls.Config can never let a non-node through.
+	id, err := peerIdentity(cs, true)
+	if err != nil {
+		return nil, err
+	}
+	p := RaftPeer{Identity: id, Cert: cs.VerifiedChains[0][0], Addr: addr, Outbound: outbound}
+	if s.authorize != nil {
+		if err := s.authorize(p); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrRefusedPeer, id, err)
+		}
+	}
+	rc := &raftConn{Conn: conn, peer: p, s: s}
+	s.openMu.Lock()
+	s.open[rc] = struct{}{}
+	s.openMu.Unlock()
+	return rc, nil
+}
+
+// Revalidate asks Authorize again about every open connection and closes
+// those it now refuses: a member removed, a certificate revoked or a pin
+// replaced since the connection was made. Raft redials (and is refused)
+// or stops using the peer.
+func (s *RaftStreamLayer) Revalidate() {
+	if s.authorize == nil {
+		return
+	}
+	s.openMu.Lock()
+	conns := make([]*raftConn, 0, len(s.open))
+	for c := range s.open {
+		conns = append(conns, c)
+	}
+	s.openMu.Unlock()
+	for _, c := range conns {
+		if err := s.authorize(c.peer); err != nil {
+			s.logger.Warn("closed raft connection: peer no longer authorised", "peer", c.peer.Identity.String(),
+				"address", c.peer.Addr, "error", err)
+			_ = c.Close()
+		}
+	}
+}
+
+// raftConn is an authorised Raft connection; closing it stops tracking it.
+type raftConn struct {
+	net.Conn
+	peer RaftPeer
+	s    *RaftStreamLayer
+}
+
+func (c *raftConn) Close() error {
+	c.s.openMu.Lock()
+	delete(c.s.open, c)
+	c.s.openMu.Unlock()
+	return c.Conn.Close()
 }
 
 // Accept returns the next authenticated node connection. After Close it
@@ -373,11 +464,13 @@ func (s *RaftStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration
 		return nil, fmt.Errorf("transport: raft dial %s: %w", address, err)
 	}
 	tc := conn.(*tls.Conn)
-	if _, err := peerIdentity(tc.ConnectionState(), true); err != nil {
+	rc, err := s.admit(tc, string(address), true)
+	if err != nil {
 		_ = tc.Close()
+		s.logger.Warn("refused raft peer", "address", string(address), "error", err)
 		return nil, fmt.Errorf("transport: raft dial %s: %w", address, err)
 	}
-	return tc, nil
+	return rc, nil
 }
 
 // advertiseAddr is a configured advertise address kept verbatim, so a DNS

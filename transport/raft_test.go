@@ -484,3 +484,69 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// Authorize is asked about every connection before Raft uses it, in both
+// directions, and again at Revalidate, which closes what it now refuses.
+func TestRaftTransport_AuthorizeAndRevalidate(t *testing.T) {
+	pki := mustPKI(t, "ca")
+	log := newLogBuffer()
+	var mu sync.Mutex
+	refused := map[string]bool{"node:n3": true}
+	var seen []RaftPeer
+	authorize := func(p RaftPeer) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, p)
+		if refused[p.Identity.String()] {
+			return errors.New("not a member")
+		}
+		return nil
+	}
+	c1 := pki.mustIssue(t, Identity{KindNode, "n1"}, loopback)
+	target, stream, err := NewRaftTransportWithStream(RaftTransportConfig{BindAddr: "127.0.0.1:0",
+		Server: mustServerTLS(t, c1), Client: mustClientTLS(t, c1), Timeout: testTimeout,
+		Logger: testLogger("raft-net", log), Authorize: authorize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = target.Close() })
+	terms := make(chan uint64, 4)
+	serveAppendEntries(t, target, terms)
+
+	good := mustNodeTransport(t, pki, "n2", nil)
+	if _, err := appendEntries(good, target, 2); err != nil {
+		t.Fatalf("AppendEntries from an authorised node: %v", err)
+	}
+	expectTerm(t, terms, 2)
+	rogue := mustNodeTransport(t, pki, "n3", nil)
+	if _, err := appendEntries(rogue, target, 666); err == nil {
+		t.Fatal("AppendEntries from a refused node succeeded")
+	}
+	log.waitFor(t, "rejected raft connection", "node:n3", "not a member")
+	// Outbound: this node dials a peer that Authorize refuses.
+	if _, err := appendEntries(target, rogue, 666); err == nil || !errors.Is(err, ErrRefusedPeer) {
+		t.Fatalf("AppendEntries to a refused node: %v; want ErrRefusedPeer", err)
+	}
+	mu.Lock()
+	var out []RaftPeer
+	for _, p := range seen {
+		if p.Outbound {
+			out = append(out, p)
+		}
+	}
+	mu.Unlock()
+	if len(out) != 1 || out[0].Identity.Name != "n3" || out[0].Addr != string(rogue.LocalAddr()) || out[0].Cert == nil {
+		t.Fatalf("outbound peers seen: %+v", out)
+	}
+
+	// n2 is refused from now on: its pooled connection is cut at Revalidate,
+	// and its next RPC fails on a new connection.
+	mu.Lock()
+	refused["node:n2"] = true
+	mu.Unlock()
+	stream.Revalidate()
+	log.waitFor(t, "closed raft connection: peer no longer authorised", "node:n2")
+	if _, err := appendEntries(good, target, 4); err == nil {
+		t.Fatal("AppendEntries from a node refused since succeeded")
+	}
+}

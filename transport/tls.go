@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -8,20 +9,31 @@ import (
 )
 
 // TLSConfig names the PEM files a node or client uses for mutual TLS.
+//
+// Coffer trusts two certificate authorities, never one for both roles (see
+// DESIGN.md, "Trust model"): the node CA, whose certificates alone may
+// carry node identities, and the client CA, whose certificates alone may
+// carry client identities. Clients need only the node CA (to verify the
+// nodes they dial); nodes need both.
 type TLSConfig struct {
-	// CAFile holds the CA certificate(s) peers must chain to.
-	CAFile string
+	// CAFile holds the node CA certificate(s): the anchors of node
+	// identities, and so of every server a node or client dials.
+	CAFile string `json:"ca_file"`
+	// ClientCAFile holds the client CA certificate(s): the anchors of
+	// client identities. Only a node (ServerTLS) needs it; it must share
+	// no certificate with CAFile.
+	ClientCAFile string `json:"client_ca_file,omitempty"`
 	// CertFile and KeyFile are this party's certificate and private key.
-	CertFile string
-	KeyFile  string
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
 }
 
-// Validate checks that every path is set. File contents are checked by
-// ServerTLS and ClientTLS.
+// Validate checks that every path a client needs is set. File contents are
+// checked by ServerTLS and ClientTLS; ServerTLS also requires ClientCAFile.
 func (c TLSConfig) Validate() error {
 	switch {
 	case c.CAFile == "":
-		return fmt.Errorf("%w: tls: CA file not set", ErrInvalidConfig)
+		return fmt.Errorf("%w: tls: node CA file (ca_file) not set", ErrInvalidConfig)
 	case c.CertFile == "":
 		return fmt.Errorf("%w: tls: certificate file not set", ErrInvalidConfig)
 	case c.KeyFile == "":
@@ -30,63 +42,148 @@ func (c TLSConfig) Validate() error {
 	return nil
 }
 
-// ServerTLS returns a server configuration: TLS 1.3 only, presenting this
-// node's certificate and requiring a client certificate that chains to the
-// CA and carries a valid Coffer identity (node or client).
+// ValidateNode checks the paths a node needs: Validate's and ClientCAFile.
+func (c TLSConfig) ValidateNode() error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if c.ClientCAFile == "" {
+		return fmt.Errorf("%w: tls: client CA file (client_ca_file) not set: a node needs it to accept API clients", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// ServerTLS returns the API server configuration: TLS 1.3 only, presenting
+// this node's certificate and requiring a client certificate that carries a
+// valid Coffer identity and chains to the CA of its kind: a node identity
+// to the node CA, a client identity to the client CA. A certificate from
+// the client CA that claims a node identity is refused in the handshake,
+// whatever its name.
 //
-// The certificate must be a node certificate: it must chain to the CA with
-// the ServerAuth usage and carry a node identity.
+// The certificate must be a node certificate: it must chain to the node CA
+// with the ServerAuth usage and carry a node identity.
 func (c TLSConfig) ServerTLS() (*tls.Config, error) {
-	pool, pair, id, err := c.load(x509.ExtKeyUsageServerAuth)
+	nodes, pair, err := c.loadNode()
 	if err != nil {
 		return nil, err
 	}
-	if id.Kind != KindNode {
-		return nil, fmt.Errorf("%w: %s: serving requires a node certificate, got %s", ErrNotNode, c.CertFile, id)
+	clients, err := loadPool(c.ClientCAFile)
+	if err != nil {
+		return nil, err
 	}
+	if err := disjoint(nodes, clients, c); err != nil {
+		return nil, err
+	}
+	both := x509.NewCertPool()
+	for _, ca := range append(append([]*x509.Certificate(nil), nodes...), clients...) {
+		both.AddCert(ca)
+	}
+	return &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{pair},
+		ClientCAs:        both,
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		VerifyConnection: verifyCaller(certPool(nodes), certPool(clients)),
+	}, nil
+}
+
+// PeerServerTLS returns the configuration of a port that serves nodes only
+// (the Raft port): like ServerTLS, but only certificates from the node CA
+// are asked for and accepted, and they must carry a node identity.
+func (c TLSConfig) PeerServerTLS() (*tls.Config, error) {
+	nodes, pair, err := c.loadNode()
+	if err != nil {
+		return nil, err
+	}
+	pool := certPool(nodes)
 	return &tls.Config{
 		MinVersion:       tls.VersionTLS13,
 		Certificates:     []tls.Certificate{pair},
 		ClientCAs:        pool,
 		ClientAuth:       tls.RequireAndVerifyClientCert,
-		VerifyConnection: verifyPeerIdentity(false),
+		VerifyConnection: verifyCaller(pool, nil),
 	}, nil
 }
 
+// loadNode loads this node's key pair, which must chain to the node CA for
+// ServerAuth and carry a node identity.
+func (c TLSConfig) loadNode() ([]*x509.Certificate, tls.Certificate, error) {
+	if err := c.ValidateNode(); err != nil {
+		return nil, tls.Certificate{}, err
+	}
+	cas, pair, id, err := c.load(x509.ExtKeyUsageServerAuth)
+	if err != nil {
+		return nil, tls.Certificate{}, err
+	}
+	if id.Kind != KindNode {
+		return nil, tls.Certificate{}, fmt.Errorf("%w: %s: serving requires a node certificate, got %s", ErrNotNode, c.CertFile, id)
+	}
+	return cas, pair, nil
+}
+
 // ClientTLS returns a client configuration: TLS 1.3 only, trusting only the
-// CA and presenting this party's certificate. The server must present a node
-// identity. ServerName is left empty: gRPC fills it from the dialled target
-// and the Raft stream layer from the dialled host; other callers must set it.
+// node CA and presenting this party's certificate. The server must present
+// a node identity. ServerName is left empty: gRPC fills it from the dialled
+// target and the Raft stream layer from the dialled host; other callers
+// must set it.
 func (c TLSConfig) ClientTLS() (*tls.Config, error) {
-	pool, pair, _, err := c.load(x509.ExtKeyUsageClientAuth)
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	cas, pair, _, err := c.load(x509.ExtKeyUsageClientAuth)
 	if err != nil {
 		return nil, err
 	}
 	return &tls.Config{
 		MinVersion:       tls.VersionTLS13,
 		Certificates:     []tls.Certificate{pair},
-		RootCAs:          pool,
+		RootCAs:          certPool(cas),
 		VerifyConnection: verifyPeerIdentity(true),
 	}, nil
 }
 
-// load reads the CA pool and the key pair and checks that the certificate
-// chains to the CA for usage and carries a valid identity.
-func (c TLSConfig) load(usage x509.ExtKeyUsage) (*x509.CertPool, tls.Certificate, Identity, error) {
-	if err := c.Validate(); err != nil {
-		return nil, tls.Certificate{}, Identity{}, err
-	}
-	caPEM, err := readPEMFile(c.CAFile)
+// loadPool reads the CA certificates of a PEM file.
+func loadPool(path string) ([]*x509.Certificate, error) {
+	data, err := readPEMFile(path)
 	if err != nil {
-		return nil, tls.Certificate{}, Identity{}, err
+		return nil, err
 	}
-	cas, err := parseCertsPEM(caPEM)
+	cas, err := parseCertsPEM(data)
 	if err != nil {
-		return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%s: %w", c.CAFile, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	return cas, nil
+}
+
+func certPool(cas []*x509.Certificate) *x509.CertPool {
 	pool := x509.NewCertPool()
 	for _, ca := range cas {
 		pool.AddCert(ca)
+	}
+	return pool
+}
+
+// disjoint refuses a node CA and client CA that share a certificate: the
+// key that signs clients must not be able to mint node identities.
+func disjoint(nodes, clients []*x509.Certificate, c TLSConfig) error {
+	for _, n := range nodes {
+		for _, cl := range clients {
+			if bytes.Equal(n.Raw, cl.Raw) {
+				return fmt.Errorf("%w: tls: %s and %s hold the same CA (%s): the client CA must be a different CA from the node CA, or whoever issues clients could mint node identities",
+					ErrInvalidConfig, c.CAFile, c.ClientCAFile, n.Subject.CommonName)
+			}
+		}
+	}
+	return nil
+}
+
+// load reads the node CA pool and the key pair and checks that the
+// certificate chains to the node CA (a node) or, for a client, that it
+// carries a valid identity (a client's own CA is not needed to dial).
+func (c TLSConfig) load(usage x509.ExtKeyUsage) ([]*x509.Certificate, tls.Certificate, Identity, error) {
+	cas, err := loadPool(c.CAFile)
+	if err != nil {
+		return nil, tls.Certificate{}, Identity{}, err
 	}
 	certPEM, err := readPEMFile(c.CertFile)
 	if err != nil {
@@ -107,27 +204,69 @@ func (c TLSConfig) load(usage x509.ExtKeyUsage) (*x509.CertPool, tls.Certificate
 		}
 		pair.Leaf = leaf
 	}
-	inter := x509.NewCertPool()
-	for _, der := range pair.Certificate[1:] {
-		ic, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%w: %s: %w", ErrBadPEM, c.CertFile, err)
-		}
-		inter.AddCert(ic)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         pool,
-		Intermediates: inter,
-		CurrentTime:   time.Now(),
-		KeyUsages:     []x509.ExtKeyUsage{usage},
-	}); err != nil {
-		return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%w: %s: %w", ErrUntrusted, c.CertFile, err)
-	}
 	id, err := IdentityFromCert(leaf)
 	if err != nil {
 		return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%s: %w", c.CertFile, err)
 	}
-	return pool, pair, id, nil
+	anchors := cas
+	if id.Kind == KindClient {
+		// A client certificate chains to the client CA, which a client
+		// need not hold; its own file is checked when ClientCAFile is set.
+		if c.ClientCAFile == "" {
+			return cas, pair, id, nil
+		}
+		if anchors, err = loadPool(c.ClientCAFile); err != nil {
+			return nil, tls.Certificate{}, Identity{}, err
+		}
+	}
+	if err := verifyLeaf(leaf, pair.Certificate[1:], certPool(anchors), usage); err != nil {
+		return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%w: %s: %w", ErrUntrusted, c.CertFile, err)
+	}
+	return cas, pair, id, nil
+}
+
+// verifyLeaf verifies leaf, with the intermediates sent beside it, against
+// roots for usage.
+func verifyLeaf(leaf *x509.Certificate, rest [][]byte, roots *x509.CertPool, usage x509.ExtKeyUsage) error {
+	inter := x509.NewCertPool()
+	for _, der := range rest {
+		ic, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrBadPEM, err)
+		}
+		inter.AddCert(ic)
+	}
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: time.Now(), KeyUsages: []x509.ExtKeyUsage{usage}})
+	return err
+}
+
+// verifyCaller returns a tls.Config.VerifyConnection callback for a server:
+// the peer's verified leaf must carry a valid Coffer identity, and verify
+// again against the CA of its kind alone (nodes against nodes, clients
+// against clients; a nil pool refuses that kind). Failing here aborts the
+// handshake with an alert, so the peer learns why it was refused.
+func verifyCaller(nodes, clients *x509.CertPool) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		id, err := peerIdentity(cs, false)
+		if err != nil {
+			return err
+		}
+		roots := nodes
+		if id.Kind == KindClient {
+			roots = clients
+		}
+		if roots == nil {
+			return fmt.Errorf("%w: %s", ErrNotNode, id)
+		}
+		var rest [][]byte
+		for _, c := range cs.PeerCertificates[1:] {
+			rest = append(rest, c.Raw)
+		}
+		if err := verifyLeaf(cs.PeerCertificates[0], rest, roots, x509.ExtKeyUsageClientAuth); err != nil {
+			return fmt.Errorf("%w: %s must be issued by the %s CA: %w", ErrWrongCA, id, id.Kind, err)
+		}
+		return nil
+	}
 }
 
 // verifyPeerIdentity returns a tls.Config.VerifyConnection callback that

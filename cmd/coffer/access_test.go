@@ -47,12 +47,12 @@ type accessNode struct {
 }
 
 // mustAccessNode starts an accessNode over mTLS. The returned environment
-// reaches it as client "cli" and also names the CA key, so the signing
-// commands work with it; dir holds ca.pem and ca-key.pem.
+// reaches it as client "cli" and also names the client CA and its key, so
+// the signing commands work with it; dir holds the CA files.
 func mustAccessNode(t *testing.T) (*accessNode, envMap, string) {
 	t.Helper()
 	pki := newTestPKI(t, "access-test-ca")
-	dir, caFile, caKey, issue := pki.dir, pki.caFile, pki.caKey, pki.issue
+	dir, caFile, issue := pki.dir, pki.caFile, pki.issue
 	serverTLS, err := issue(transport.Identity{Kind: transport.KindNode, Name: "n1"}).ServerTLS()
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +67,8 @@ func mustAccessNode(t *testing.T) (*accessNode, envMap, string) {
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
 	cli := issue(transport.Identity{Kind: transport.KindClient, Name: "cli"})
-	return n, envMap{envAddr: lis.Addr().String(), envCA: caFile, envCert: cli.CertFile, envKey: cli.KeyFile, envCAKey: caKey}, dir
+	return n, envMap{envAddr: lis.Addr().String(), envCA: caFile, envCert: cli.CertFile, envKey: cli.KeyFile,
+		envClientCA: pki.clientCA, envClientCAKey: pki.clientCK}, dir
 }
 
 func (n *accessNode) RegisterClient(_ context.Context, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
@@ -228,7 +229,7 @@ func mustReadCert(t *testing.T, path string) *x509.Certificate {
 // mustLoadCACert reads the CA certificate of dir.
 func mustLoadCACert(t *testing.T, dir string) *x509.Certificate {
 	t.Helper()
-	return mustReadCert(t, filepath.Join(dir, "ca.pem"))
+	return mustReadCert(t, filepath.Join(dir, "client-ca.pem"))
 }
 
 // checkClientCert checks that cert chains to ca for client authentication,
@@ -276,7 +277,7 @@ func fileMode(t *testing.T, path string) os.FileMode {
 
 func TestCLI_AccessUsageErrors(t *testing.T) {
 	dir := t.TempDir()
-	caOnly := envMap{envCA: filepath.Join(dir, "ca.pem"), envCAKey: filepath.Join(dir, "ca-key.pem")}
+	caOnly := envMap{envClientCA: filepath.Join(dir, "client-ca.pem"), envClientCAKey: filepath.Join(dir, "client-ca-key.pem")}
 	tests := []struct {
 		name    string
 		env     envMap
@@ -289,8 +290,14 @@ func TestCLI_AccessUsageErrors(t *testing.T) {
 		{"issue without name", nil, []string{"client", "issue", "--out", dir}, "NAME"},
 		{"issue bad name", nil, []string{"client", "issue", "bad/name", "--out", dir}, "client name"},
 		{"issue without out", caOnly, []string{"client", "issue", "app"}, "--out is required"},
-		{"issue without CA key", envMap{envCA: "ca.pem"}, []string{"client", "issue", "app", "--out", dir, "--no-register"}, "COFFER_CA_KEY"},
-		{"issue without CA cert", envMap{envCAKey: "k.pem"}, []string{"client", "issue", "app", "--out", dir, "--no-register"}, "--ca-cert"},
+		{"issue without CA key", envMap{envClientCA: "ca.pem"}, []string{"client", "issue", "app", "--out", dir, "--no-register"}, "COFFER_CLIENT_CA_KEY"},
+		{"issue without CA cert", envMap{envClientCAKey: "k.pem"}, []string{"client", "issue", "app", "--out", dir, "--no-register"}, "--ca-cert"},
+		{"issue-node without out", nil, []string{"ca", "issue-node", "n4", "--ip", "127.0.0.1"}, "--out is required"},
+		{"issue-node without address", nil, []string{"ca", "issue-node", "n4", "--out", dir}, "--ip or --dns"},
+		{"issue-node bad ip", nil, []string{"ca", "issue-node", "n4", "--out", dir, "--ip", "nope"}, "not an IP"},
+		{"issue-node bad name", nil, []string{"ca", "issue-node", "a/b", "--out", dir, "--ip", "127.0.0.1"}, "invalid"},
+		{"issue-node without CA", nil, []string{"ca", "issue-node", "n4", "--out", dir, "--ip", "127.0.0.1"}, "COFFER_NODE_CA_KEY"},
+		{"pin without cert", nil, []string{"cluster", "pin", "n2"}, "--cert-file is required"},
 		{"issue bad role", caOnly, []string{"client", "issue", "app", "--out", dir, "--role", "admin"}, "--role"},
 		{"issue bad group", caOnly, []string{"client", "issue", "app", "--out", dir, "--group", "a b"}, "--group"},
 		{"issue groups without registering", caOnly, []string{"client", "issue", "app", "--out", dir, "--no-register", "--group", "g"}, "--no-register"},
@@ -351,9 +358,38 @@ func TestCLI_AccessUsageErrors(t *testing.T) {
 func TestCLI_CAInitAndIssue(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pki")
 	out := mustRun(t, nil, "ca", "init", "--out", dir, "--name", "Test CA", "--days", "30")
-	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
-	if !strings.Contains(out, caCert) || !strings.Contains(out, caKey) {
-		t.Fatalf("ca init output:\n%s", out)
+	caCert, caKey := filepath.Join(dir, "client-ca.pem"), filepath.Join(dir, "client-ca-key.pem")
+	nodeCert, nodeKey := filepath.Join(dir, "node-ca.pem"), filepath.Join(dir, "node-ca-key.pem")
+	for _, f := range []string{caCert, caKey, nodeCert, nodeKey} {
+		if !strings.Contains(out, f) {
+			t.Fatalf("ca init output lacks %s:\n%s", f, out)
+		}
+	}
+	if m := fileMode(t, nodeKey); m != 0o600 {
+		t.Fatalf("node CA key mode %v, want 0600", m)
+	}
+	// Each CA signs its own kind only, and the CLI says which one to use.
+	if code, _, stderr := runCLI(t, envMap{envClientCA: nodeCert, envClientCAKey: nodeKey}, "client", "issue", "x", "--out", t.TempDir(), "--no-register"); code != exitFailure ||
+		!strings.Contains(stderr, "is not a client CA") {
+		t.Fatalf("client issue with the node CA: exit %d, stderr %q", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, envMap{envCA: caCert, envNodeCAKey: caKey}, "ca", "issue-node", "n4", "--out", t.TempDir(), "--ip", "127.0.0.1"); code != exitFailure ||
+		!strings.Contains(stderr, "is not a node CA") {
+		t.Fatalf("issue-node with the client CA: exit %d, stderr %q", code, stderr)
+	}
+	nodes := filepath.Join(t.TempDir(), "nodes")
+	out = mustRun(t, envMap{envCA: nodeCert, envNodeCAKey: nodeKey}, "ca", "issue-node", "n4", "--out", nodes, "--ip", "10.0.0.4", "--dns", "n4.example")
+	nodeLeaf := mustReadCert(t, filepath.Join(nodes, "n4.pem"))
+	if id, err := transport.IdentityFromCert(nodeLeaf); err != nil || id.String() != "node:n4" || len(nodeLeaf.IPAddresses) != 1 ||
+		nodeLeaf.DNSNames[0] != "n4.example" || !strings.Contains(out, "node:n4") {
+		t.Fatalf("issue-node: %v %v %v\n%s", id, err, nodeLeaf.IPAddresses, out)
+	}
+	if m := fileMode(t, filepath.Join(nodes, "n4-key.pem")); m != 0o600 {
+		t.Fatalf("node key mode %v", m)
+	}
+	if _, err := (transport.TLSConfig{CAFile: nodeCert, ClientCAFile: caCert, CertFile: filepath.Join(nodes, "n4.pem"),
+		KeyFile: filepath.Join(nodes, "n4-key.pem")}).ServerTLS(); err != nil {
+		t.Fatalf("the issued node pair cannot serve: %v", err)
 	}
 	if m := fileMode(t, caKey); m != 0o600 {
 		t.Fatalf("CA key mode %v, want 0600", m)
@@ -362,7 +398,7 @@ func TestCLI_CAInitAndIssue(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadCA: %v", err)
 	}
-	if ca.Cert.Subject.CommonName != "Test CA" || time.Until(ca.Cert.NotAfter) > 31*24*time.Hour {
+	if ca.Cert.Subject.CommonName != "Test CA (clients)" || time.Until(ca.Cert.NotAfter) > 31*24*time.Hour {
 		t.Fatalf("CA subject %s, not after %v", ca.Cert.Subject, ca.Cert.NotAfter)
 	}
 	before, _ := os.ReadFile(caKey)
@@ -374,7 +410,7 @@ func TestCLI_CAInitAndIssue(t *testing.T) {
 	}
 
 	// The CA files come from the environment, as a dev cluster exports them.
-	env := envMap{envCA: caCert, envCAKey: caKey}
+	env := envMap{envClientCA: caCert, envClientCAKey: caKey}
 	certs := filepath.Join(t.TempDir(), "certs")
 	out = mustRun(t, env, "client", "issue", "app-1", "--out", certs, "--no-register", "--days", "7")
 	certFile, keyFile := filepath.Join(certs, "app-1.pem"), filepath.Join(certs, "app-1-key.pem")
@@ -393,7 +429,7 @@ func TestCLI_CAInitAndIssue(t *testing.T) {
 		t.Fatalf("validity %v, want 7 days", d)
 	}
 	// The pair is usable as the CLI's own credentials.
-	if _, err := (transport.TLSConfig{CAFile: caCert, CertFile: certFile, KeyFile: keyFile}).ClientTLS(); err != nil {
+	if _, err := (transport.TLSConfig{CAFile: nodeCert, CertFile: certFile, KeyFile: keyFile}).ClientTLS(); err != nil {
 		t.Fatalf("ClientTLS with the issued pair: %v", err)
 	}
 
@@ -408,7 +444,7 @@ func TestCLI_CAInitAndIssue(t *testing.T) {
 
 	// Flags beat the environment, and -o json reports the same facts.
 	var got issued
-	out = mustRun(t, envMap{envCA: "/nonexistent", envCAKey: "/nonexistent"}, "-o", "json", "client", "issue", "app-2",
+	out = mustRun(t, envMap{envClientCA: "/nonexistent", envClientCAKey: "/nonexistent"}, "-o", "json", "client", "issue", "app-2",
 		"--out", certs, "--no-register", "--ca-cert", caCert, "--ca-key", caKey)
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("issue -o json = %q: %v", out, err)
@@ -475,7 +511,7 @@ func TestCLI_ClientSign(t *testing.T) {
 	pki := t.TempDir()
 	mustRun(t, nil, "ca", "init", "--out", pki)
 	caCert := mustLoadCACert(t, pki)
-	env := envMap{envCA: filepath.Join(pki, "ca.pem"), envCAKey: filepath.Join(pki, "ca-key.pem")}
+	env := envMap{envCA: filepath.Join(pki, "node-ca.pem"), envClientCA: filepath.Join(pki, "client-ca.pem"), envClientCAKey: filepath.Join(pki, "client-ca-key.pem")}
 	dir := t.TempDir()
 
 	// A request with the URI SAN: the identity comes from it, the key is
@@ -583,7 +619,7 @@ func TestCLI_ClientSign(t *testing.T) {
 }
 
 func TestSignClientCSR_Limits(t *testing.T) {
-	ca, err := transport.CreateCA("limits-ca", 48*time.Hour)
+	ca, err := transport.CreateCA("limits-ca", transport.KindClient, 48*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,31 +30,43 @@ type memStore struct {
 	addrs []string
 }
 
-// testPKI is a throwaway CA in a temporary directory, and a function that
-// issues loopback certificates from it into the same directory.
+// testPKI is a throwaway pair of CAs (node and client) in a temporary
+// directory, and a function that issues loopback certificates from the CA
+// of each identity's kind into the same directory.
 type testPKI struct {
-	dir, caFile, caKey string
+	dir                string
+	caFile, caKey      string // the node CA
+	clientCA, clientCK string // the client CA and its key
 	issue              func(transport.Identity) transport.TLSConfig
 }
 
 func newTestPKI(t *testing.T, name string) testPKI {
 	t.Helper()
 	p := testPKI{dir: t.TempDir()}
-	ca, err := transport.CreateCA(name, 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.caFile, p.caKey = filepath.Join(p.dir, "ca.pem"), filepath.Join(p.dir, "ca-key.pem")
-	if err := ca.WriteFiles(p.caFile, p.caKey); err != nil {
-		t.Fatal(err)
+	cas := map[transport.Kind]*transport.CA{}
+	for _, k := range []transport.Kind{transport.KindNode, transport.KindClient} {
+		ca, err := transport.CreateCA(name+" "+string(k)+"s", k, 24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, key := filepath.Join(p.dir, string(k)+"-ca.pem"), filepath.Join(p.dir, string(k)+"-ca-key.pem")
+		if err := ca.WriteFiles(cert, key); err != nil {
+			t.Fatal(err)
+		}
+		cas[k] = ca
+		if k == transport.KindNode {
+			p.caFile, p.caKey = cert, key
+		} else {
+			p.clientCA, p.clientCK = cert, key
+		}
 	}
 	p.issue = func(id transport.Identity) transport.TLSConfig {
-		certPEM, keyPEM, err := ca.Issue(transport.IssueRequest{Identity: id,
+		certPEM, keyPEM, err := cas[id.Kind].Issue(transport.IssueRequest{Identity: id,
 			IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Validity: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
-		conf := transport.TLSConfig{CAFile: p.caFile, CertFile: filepath.Join(p.dir, id.Name+".pem"),
+		conf := transport.TLSConfig{CAFile: p.caFile, ClientCAFile: p.clientCA, CertFile: filepath.Join(p.dir, id.Name+".pem"),
 			KeyFile: filepath.Join(p.dir, id.Name+"-key.pem")}
 		if err := transport.WriteKeyPair(conf.CertFile, conf.KeyFile, certPEM, keyPEM); err != nil {
 			t.Fatal(err)

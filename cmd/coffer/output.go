@@ -334,6 +334,9 @@ type nodeJSON struct {
 	Healthy        bool   `json:"healthy"`
 	Error          string `json:"error"`
 	Voter          bool   `json:"voter"`
+	// PinnedCertSHA256 is the certificate the cluster accepts from the
+	// node (empty: not admitted yet).
+	PinnedCertSHA256 string `json:"pinned_cert_sha256"`
 }
 
 // clusterJSON is the output of `cluster status -o json`.
@@ -365,6 +368,8 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 			Healthy:        n.GetHealthy(),
 			Error:          n.GetError(),
 			Voter:          n.GetVoter(),
+
+			PinnedCertSHA256: n.GetPinnedCertSha256(),
 		})
 	}
 	return out
@@ -373,12 +378,22 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 // writeClusterTable writes the cluster status table.
 func writeClusterTable(w io.Writer, resp *cofferv1.ClusterStatusResponse) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tTERM\tLAST-INDEX\tAPPLIED\tAUDIT-SEQ\tHEALTH")
+	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tTERM\tLAST-INDEX\tAPPLIED\tAUDIT-SEQ\tCERT-PIN\tHEALTH")
 	for _, n := range resp.GetNodes() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
-			roleName(n.GetRole()), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), n.GetAuditSeq(), health(n))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
+			roleName(n.GetRole()), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), n.GetAuditSeq(), pinShort(n), health(n))
 	}
 	return tw.Flush()
+}
+
+// pinShort is the first 16 hex digits of a node's pinned certificate
+// fingerprint, or "-" while it is not admitted (or unreachable).
+func pinShort(n *cofferv1.NodeStatus) string {
+	p := n.GetPinnedCertSha256()
+	if len(p) > 16 {
+		return p[:16]
+	}
+	return dash(p)
 }
 
 func health(n *cofferv1.NodeStatus) string {

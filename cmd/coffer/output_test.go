@@ -233,7 +233,8 @@ func testClusterStatus() *cofferv1.ClusterStatusResponse {
 	return &cofferv1.ClusterStatusResponse{ClusterId: "c-1", ReporterId: "n1", Nodes: []*cofferv1.NodeStatus{
 		{Id: "n1", Site: "east", Address: "10.0.0.1:7400", RaftAddress: "10.0.0.1:7401",
 			Role: cofferv1.NodeRole_NODE_ROLE_LEADER, Term: 3, LastLogIndex: 40, AppliedIndex: 39,
-			AuditSeq: 117, CommandVersion: 4, LeaderId: "n1", Healthy: true, Voter: true},
+			AuditSeq: 117, CommandVersion: 4, LeaderId: "n1", Healthy: true, Voter: true,
+			PinnedCertSha256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
 		{Id: "n2", Address: "10.0.0.2:7400", Role: cofferv1.NodeRole_NODE_ROLE_UNREACHABLE,
 			Error: "dial: connection\nrefused"},
 	}}
@@ -249,9 +250,9 @@ func TestWriteClusterTable(t *testing.T) {
 		t.Fatalf("table:\n%s", buf.String())
 	}
 	for i, want := range []string{
-		"ID SITE ADDRESS ROLE TERM LAST-INDEX APPLIED AUDIT-SEQ HEALTH",
-		"n1 east 10.0.0.1:7400 leader 3 40 39 117 ok",
-		"n2 - 10.0.0.2:7400 unreachable 0 0 0 0 unhealthy: dial: connection refused",
+		"ID SITE ADDRESS ROLE TERM LAST-INDEX APPLIED AUDIT-SEQ CERT-PIN HEALTH",
+		"n1 east 10.0.0.1:7400 leader 3 40 39 117 0123456789abcdef ok",
+		"n2 - 10.0.0.2:7400 unreachable 0 0 0 0 - unhealthy: dial: connection refused",
 	} {
 		if got := strings.Join(strings.Fields(lines[i]), " "); got != want {
 			t.Errorf("line %d = %q, want %q", i, got, want)
@@ -280,6 +281,7 @@ func TestClusterStatusJSON(t *testing.T) {
 		"id": "n1", "site": "east", "address": "10.0.0.1:7400", "raft_address": "10.0.0.1:7401",
 		"role": "leader", "term": float64(3), "last_log_index": float64(40), "applied_index": float64(39),
 		"audit_seq": float64(117), "command_version": float64(4), "leader_id": "n1", "healthy": true, "error": "", "voter": true,
+		"pinned_cert_sha256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 	}
 	if len(n1) != len(want) {
 		t.Errorf("node fields = %v, want %v", n1, want)

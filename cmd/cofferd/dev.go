@@ -105,6 +105,8 @@ type devLayout struct {
 	configs []string
 	env     string
 	client  transport.TLSConfig
+	// clientCA and clientCAKey are the CA that signs clients.
+	clientCA, clientCAKey string
 	// keystore is the kind every node's config names.
 	keystore string
 	// With the pkcs11 keystore: SoftHSM2's config file, which every node
@@ -235,16 +237,24 @@ func devPeers(o devOptions) []node.Peer {
 // prepareDev creates the dev directory on first use and returns its layout.
 func prepareDev(o devOptions) (lay *devLayout, created bool, err error) {
 	lay = &devLayout{dir: o.dir, env: filepath.Join(o.dir, "env")}
-	caCert, caKey := filepath.Join(o.dir, "ca", "ca.pem"), filepath.Join(o.dir, "ca", "ca-key.pem")
-	lay.client = transport.TLSConfig{CAFile: caCert,
+	nodeCA, clientCA := devCAPaths(o.dir, transport.KindNode), devCAPaths(o.dir, transport.KindClient)
+	lay.clientCA, lay.clientCAKey = clientCA[0], clientCA[1]
+	lay.client = transport.TLSConfig{CAFile: nodeCA[0],
 		CertFile: filepath.Join(o.dir, "client", "admin.pem"), KeyFile: filepath.Join(o.dir, "client", "admin-key.pem")}
 	for i := 1; i <= o.nodes; i++ {
 		lay.configs = append(lay.configs, filepath.Join(o.dir, fmt.Sprintf("n%d", i), "config.json"))
 	}
-	if _, err := os.Stat(filepath.Join(o.dir, "ca", "ca.pem")); err == nil {
+	_, errNew := os.Stat(nodeCA[0])
+	_, errOld := os.Stat(filepath.Join(o.dir, "ca", "ca.pem"))
+	if errNew == nil || errOld == nil {
 		for _, c := range lay.configs {
 			if _, err := os.Stat(c); err != nil {
 				return nil, false, fmt.Errorf("%s exists but has no %s: was it made with another --nodes? (%w)", o.dir, c, err)
+			}
+		}
+		if errNew != nil {
+			if err := migrateDevCAs(lay, o); err != nil {
+				return nil, false, err
 			}
 		}
 		if err := reuseKeystore(lay, o); err != nil {
@@ -294,23 +304,9 @@ func prepareDev(o devOptions) (lay *devLayout, created bool, err error) {
 			return nil, false, err
 		}
 	}
-	ca, err := transport.CreateCA("Coffer dev CA", 10*365*24*time.Hour)
+	issue, err := createDevCAs(o)
 	if err != nil {
 		return nil, false, err
-	}
-	if err := ca.WriteFiles(caCert, caKey); err != nil {
-		return nil, false, err
-	}
-	ips := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}
-	if ip := net.ParseIP(o.host); ip != nil && !ip.IsLoopback() && !ip.IsUnspecified() {
-		ips = append(ips, ip)
-	}
-	issue := func(id transport.Identity, certPath, keyPath string) error {
-		c, k, err := ca.Issue(transport.IssueRequest{Identity: id, IPs: ips, DNSNames: []string{"localhost"}, Validity: 5 * 365 * 24 * time.Hour})
-		if err != nil {
-			return err
-		}
-		return transport.WriteKeyPair(certPath, keyPath, c, k)
 	}
 	if err := issue(transport.Identity{Kind: transport.KindClient, Name: "admin"}, lay.client.CertFile, lay.client.KeyFile); err != nil {
 		return nil, false, err
@@ -338,7 +334,7 @@ func prepareDev(o devOptions) (lay *devLayout, created bool, err error) {
 		if err := os.MkdirAll(filepath.Join(nd, "tls"), 0o700); err != nil {
 			return nil, false, err
 		}
-		tlsc := transport.TLSConfig{CAFile: caCert, CertFile: filepath.Join(nd, "tls", "node.pem"), KeyFile: filepath.Join(nd, "tls", "node-key.pem")}
+		tlsc := devNodeTLS(o.dir, p.ID)
 		if err := issue(transport.Identity{Kind: transport.KindNode, Name: p.ID}, tlsc.CertFile, tlsc.KeyFile); err != nil {
 			return nil, false, err
 		}
@@ -376,8 +372,10 @@ export COFFER_ADDR=%q
 export COFFER_CA=%q
 export COFFER_CERT=%q
 export COFFER_KEY=%q
+# The client CA, for coffer client issue|sign (its key: COFFER_CLIENT_CA_KEY).
+export COFFER_CLIENT_CA=%q
 case ":$PATH:" in *":%s:"*) ;; *) export PATH=%q:"$PATH" ;; esac
-`, lay.dir, strings.Join(addrs, ","), lay.client.CAFile, lay.client.CertFile, lay.client.KeyFile, bin, bin)
+`, lay.dir, strings.Join(addrs, ","), lay.client.CAFile, lay.client.CertFile, lay.client.KeyFile, lay.clientCA, bin, bin)
 	return os.WriteFile(lay.env, []byte(env), 0o600)
 }
 
@@ -439,6 +437,10 @@ Check a token's master key with:
   SOFTHSM2_CONF=%s cofferd keystore kcv --module %s --token coffer-n1 --pin-file %s/n1/hsm/pin
 `, lay.dir, lay.softhsmConf, lay.module, lay.dir)
 	}
+	fmt.Printf(`
+CAs: %s signs nodes, %s signs clients
+  (to issue a client: export COFFER_CLIENT_CA_KEY=%s; coffer client issue NAME --out DIR)
+`, devCAPaths(lay.dir, transport.KindNode)[0], lay.clientCA, lay.clientCAKey)
 	fmt.Printf(`
 Logs: %s/n*/cofferd.log
 

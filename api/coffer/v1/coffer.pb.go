@@ -1091,8 +1091,12 @@ type NodeStatus struct {
 	// leader writes a command that needs a newer one only once every member
 	// reports it (see fsm/DESIGN.md).
 	CommandVersion uint32 `protobuf:"varint,14,opt,name=command_version,json=commandVersion,proto3" json:"command_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Lowercase hex SHA-256 of the certificate pinned for this node when the
+	// leader admitted it (empty: not admitted yet). Only this certificate is
+	// accepted from the node on the internal API and the Raft port.
+	PinnedCertSha256 string `protobuf:"bytes,15,opt,name=pinned_cert_sha256,json=pinnedCertSha256,proto3" json:"pinned_cert_sha256,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -1221,6 +1225,13 @@ func (x *NodeStatus) GetCommandVersion() uint32 {
 		return x.CommandVersion
 	}
 	return 0
+}
+
+func (x *NodeStatus) GetPinnedCertSha256() string {
+	if x != nil {
+		return x.PinnedCertSha256
+	}
+	return ""
 }
 
 type ClusterStatusRequest struct {
@@ -2083,6 +2094,132 @@ func (x *SnapshotChunk) GetAppliedIndex() uint64 {
 	return 0
 }
 
+type PinNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Member id, e.g. "n2".
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The member's new certificate, PEM. It must chain to the node CA and
+	// carry the identity coffer://node/<node>.
+	CertificatePem []byte `protobuf:"bytes,2,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PinNodeRequest) Reset() {
+	*x = PinNodeRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinNodeRequest) ProtoMessage() {}
+
+func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinNodeRequest.ProtoReflect.Descriptor instead.
+func (*PinNodeRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PinNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *PinNodeRequest) GetCertificatePem() []byte {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return nil
+}
+
+type PinNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Lowercase hex SHA-256 of the certificate now pinned, and of the one it
+	// replaced (empty if none was pinned).
+	CertSha256     string `protobuf:"bytes,2,opt,name=cert_sha256,json=certSha256,proto3" json:"cert_sha256,omitempty"`
+	PreviousSha256 string `protobuf:"bytes,3,opt,name=previous_sha256,json=previousSha256,proto3" json:"previous_sha256,omitempty"`
+	// Serial of the pinned certificate, lowercase hex.
+	CertSerial    string `protobuf:"bytes,4,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PinNodeResponse) Reset() {
+	*x = PinNodeResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinNodeResponse) ProtoMessage() {}
+
+func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinNodeResponse.ProtoReflect.Descriptor instead.
+func (*PinNodeResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *PinNodeResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *PinNodeResponse) GetCertSha256() string {
+	if x != nil {
+		return x.CertSha256
+	}
+	return ""
+}
+
+func (x *PinNodeResponse) GetPreviousSha256() string {
+	if x != nil {
+		return x.PreviousSha256
+	}
+	return ""
+}
+
+func (x *PinNodeResponse) GetCertSerial() string {
+	if x != nil {
+		return x.CertSerial
+	}
+	return ""
+}
+
 // ClientInfo is a registered client.
 type ClientInfo struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -2099,7 +2236,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2248,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2261,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -2183,7 +2320,7 @@ type RegisterClientRequest struct {
 
 func (x *RegisterClientRequest) Reset() {
 	*x = RegisterClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2195,7 +2332,7 @@ func (x *RegisterClientRequest) String() string {
 func (*RegisterClientRequest) ProtoMessage() {}
 
 func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2345,7 @@ func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClientRequest.ProtoReflect.Descriptor instead.
 func (*RegisterClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RegisterClientRequest) GetName() string {
@@ -2249,7 +2386,7 @@ type SetClientActiveRequest struct {
 
 func (x *SetClientActiveRequest) Reset() {
 	*x = SetClientActiveRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2398,7 @@ func (x *SetClientActiveRequest) String() string {
 func (*SetClientActiveRequest) ProtoMessage() {}
 
 func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2411,7 @@ func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClientActiveRequest.ProtoReflect.Descriptor instead.
 func (*SetClientActiveRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SetClientActiveRequest) GetName() string {
@@ -2301,7 +2438,7 @@ type GetClientRequest struct {
 
 func (x *GetClientRequest) Reset() {
 	*x = GetClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2450,7 @@ func (x *GetClientRequest) String() string {
 func (*GetClientRequest) ProtoMessage() {}
 
 func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2463,7 @@ func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientRequest.ProtoReflect.Descriptor instead.
 func (*GetClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetClientRequest) GetName() string {
@@ -2352,7 +2489,7 @@ type ListClientsRequest struct {
 
 func (x *ListClientsRequest) Reset() {
 	*x = ListClientsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2501,7 @@ func (x *ListClientsRequest) String() string {
 func (*ListClientsRequest) ProtoMessage() {}
 
 func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2514,7 @@ func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
 func (*ListClientsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListClientsRequest) GetConsistency() Consistency {
@@ -2396,7 +2533,7 @@ type ListClientsResponse struct {
 
 func (x *ListClientsResponse) Reset() {
 	*x = ListClientsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2545,7 @@ func (x *ListClientsResponse) String() string {
 func (*ListClientsResponse) ProtoMessage() {}
 
 func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2558,7 @@ func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
 func (*ListClientsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListClientsResponse) GetClients() []*ClientInfo {
@@ -2442,7 +2579,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2591,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2604,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -2493,7 +2630,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2642,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2655,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RevokeCertificateResponse) GetSerial() string {
@@ -2544,7 +2681,7 @@ type AclRuleInfo struct {
 
 func (x *AclRuleInfo) Reset() {
 	*x = AclRuleInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2693,7 @@ func (x *AclRuleInfo) String() string {
 func (*AclRuleInfo) ProtoMessage() {}
 
 func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2706,7 @@ func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AclRuleInfo.ProtoReflect.Descriptor instead.
 func (*AclRuleInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AclRuleInfo) GetId() string {
@@ -2628,7 +2765,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +2777,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +2790,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GrantRequest) GetSubject() string {
@@ -2693,7 +2830,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2705,7 +2842,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +2855,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RevokeGrantRequest) GetId() string {
@@ -2737,7 +2874,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2749,7 +2886,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2762,7 +2899,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RevokeGrantResponse) GetId() string {
@@ -2783,7 +2920,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2795,7 +2932,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2808,7 +2945,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListGrantsRequest) GetSubject() string {
@@ -2834,7 +2971,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2846,7 +2983,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2859,7 +2996,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListGrantsResponse) GetRules() []*AclRuleInfo {
@@ -2884,7 +3021,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2896,7 +3033,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2909,7 +3046,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CheckRequest) GetClient() string {
@@ -2961,7 +3098,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2973,7 +3110,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2986,7 +3123,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CheckResponse) GetAllowed() bool {
@@ -3086,7 +3223,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vconsistency\x18\x05 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"f\n" +
 	"\x10ListKeysResponse\x12*\n" +
 	"\x04keys\x18\x01 \x03(\v2\x16.coffer.v1.KeyMetadataR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9e\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xcc\x03\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -3103,7 +3240,8 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x05error\x18\v \x01(\tR\x05error\x12\x14\n" +
 	"\x05voter\x18\f \x01(\bR\x05voter\x12\x1b\n" +
 	"\taudit_seq\x18\r \x01(\x04R\bauditSeq\x12'\n" +
-	"\x0fcommand_version\x18\x0e \x01(\rR\x0ecommandVersion\"\x16\n" +
+	"\x0fcommand_version\x18\x0e \x01(\rR\x0ecommandVersion\x12,\n" +
+	"\x12pinned_cert_sha256\x18\x0f \x01(\tR\x10pinnedCertSha256\"\x16\n" +
 	"\x14ClusterStatusRequest\"\x84\x01\n" +
 	"\x15ClusterStatusResponse\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.coffer.v1.NodeStatusR\x05nodes\x12\x1d\n" +
@@ -3164,7 +3302,17 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x0fSnapshotRequest\"H\n" +
 	"\rSnapshotChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\xbd\x01\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"M\n" +
+	"\x0ePinNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
+	"\x0fcertificate_pem\x18\x02 \x01(\fR\x0ecertificatePem\"\x90\x01\n" +
+	"\x0fPinNodeResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
+	"\vcert_sha256\x18\x02 \x01(\tR\n" +
+	"certSha256\x12'\n" +
+	"\x0fprevious_sha256\x18\x03 \x01(\tR\x0epreviousSha256\x12\x1f\n" +
+	"\vcert_serial\x18\x04 \x01(\tR\n" +
+	"certSerial\"\xbd\x01\n" +
 	"\n" +
 	"ClientInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
@@ -3264,11 +3412,12 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\fCreatePolicy\x12\x1e.coffer.v1.CreatePolicyRequest\x1a\x1f.coffer.v1.CreatePolicyResponse\x12O\n" +
 	"\fUpdatePolicy\x12\x1e.coffer.v1.UpdatePolicyRequest\x1a\x1f.coffer.v1.UpdatePolicyResponse\x12F\n" +
 	"\tGetPolicy\x12\x1b.coffer.v1.GetPolicyRequest\x1a\x1c.coffer.v1.GetPolicyResponse\x12O\n" +
-	"\fListPolicies\x12\x1e.coffer.v1.ListPoliciesRequest\x1a\x1f.coffer.v1.ListPoliciesResponse2\xe5\x01\n" +
+	"\fListPolicies\x12\x1e.coffer.v1.ListPoliciesRequest\x1a\x1f.coffer.v1.ListPoliciesResponse2\xa7\x02\n" +
 	"\x0eClusterService\x12B\n" +
 	"\bSnapshot\x12\x1a.coffer.v1.SnapshotRequest\x1a\x18.coffer.v1.SnapshotChunk0\x01\x12K\n" +
 	"\x06Status\x12\x1f.coffer.v1.ClusterStatusRequest\x1a .coffer.v1.ClusterStatusResponse\x12B\n" +
-	"\vLocalStatus\x12\x1c.coffer.v1.NodeStatusRequest\x1a\x15.coffer.v1.NodeStatus2\xa5\x05\n" +
+	"\vLocalStatus\x12\x1c.coffer.v1.NodeStatusRequest\x1a\x15.coffer.v1.NodeStatus\x12@\n" +
+	"\aPinNode\x12\x19.coffer.v1.PinNodeRequest\x1a\x1a.coffer.v1.PinNodeResponse2\xa5\x05\n" +
 	"\rAccessService\x12I\n" +
 	"\x0eRegisterClient\x12 .coffer.v1.RegisterClientRequest\x1a\x15.coffer.v1.ClientInfo\x12K\n" +
 	"\x0fSetClientActive\x12!.coffer.v1.SetClientActiveRequest\x1a\x15.coffer.v1.ClientInfo\x12?\n" +
@@ -3294,7 +3443,7 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_coffer_v1_coffer_proto_goTypes = []any{
 	(Algorithm)(0),                    // 0: coffer.v1.Algorithm
 	(KeyState)(0),                     // 1: coffer.v1.KeyState
@@ -3329,32 +3478,34 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*ListPoliciesResponse)(nil),      // 30: coffer.v1.ListPoliciesResponse
 	(*SnapshotRequest)(nil),           // 31: coffer.v1.SnapshotRequest
 	(*SnapshotChunk)(nil),             // 32: coffer.v1.SnapshotChunk
-	(*ClientInfo)(nil),                // 33: coffer.v1.ClientInfo
-	(*RegisterClientRequest)(nil),     // 34: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 35: coffer.v1.SetClientActiveRequest
-	(*GetClientRequest)(nil),          // 36: coffer.v1.GetClientRequest
-	(*ListClientsRequest)(nil),        // 37: coffer.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),       // 38: coffer.v1.ListClientsResponse
-	(*RevokeCertificateRequest)(nil),  // 39: coffer.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil), // 40: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 41: coffer.v1.AclRuleInfo
-	(*GrantRequest)(nil),              // 42: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 43: coffer.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),       // 44: coffer.v1.RevokeGrantResponse
-	(*ListGrantsRequest)(nil),         // 45: coffer.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),        // 46: coffer.v1.ListGrantsResponse
-	(*CheckRequest)(nil),              // 47: coffer.v1.CheckRequest
-	(*CheckResponse)(nil),             // 48: coffer.v1.CheckResponse
-	(*timestamppb.Timestamp)(nil),     // 49: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 50: google.protobuf.Duration
+	(*PinNodeRequest)(nil),            // 33: coffer.v1.PinNodeRequest
+	(*PinNodeResponse)(nil),           // 34: coffer.v1.PinNodeResponse
+	(*ClientInfo)(nil),                // 35: coffer.v1.ClientInfo
+	(*RegisterClientRequest)(nil),     // 36: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 37: coffer.v1.SetClientActiveRequest
+	(*GetClientRequest)(nil),          // 38: coffer.v1.GetClientRequest
+	(*ListClientsRequest)(nil),        // 39: coffer.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),       // 40: coffer.v1.ListClientsResponse
+	(*RevokeCertificateRequest)(nil),  // 41: coffer.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil), // 42: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 43: coffer.v1.AclRuleInfo
+	(*GrantRequest)(nil),              // 44: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 45: coffer.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),       // 46: coffer.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),         // 47: coffer.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),        // 48: coffer.v1.ListGrantsResponse
+	(*CheckRequest)(nil),              // 49: coffer.v1.CheckRequest
+	(*CheckResponse)(nil),             // 50: coffer.v1.CheckResponse
+	(*timestamppb.Timestamp)(nil),     // 51: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 52: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	49, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	49, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	50, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	51, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	51, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	52, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,  // 3: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,  // 4: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	49, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	51, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 6: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 7: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	0,  // 8: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
@@ -3373,16 +3524,16 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	21, // 21: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	4,  // 22: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 23: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	49, // 24: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	50, // 25: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	51, // 24: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	52, // 25: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
 	0,  // 26: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
 	21, // 27: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	4,  // 28: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	50, // 29: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	52, // 29: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
 	5,  // 30: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	0,  // 31: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
 	4,  // 32: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	50, // 33: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	52, // 33: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
 	5,  // 34: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	21, // 35: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	22, // 36: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
@@ -3391,13 +3542,13 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	22, // 39: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
 	2,  // 40: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
 	22, // 41: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	49, // 42: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	51, // 42: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 43: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
 	2,  // 44: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
-	33, // 45: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	49, // 46: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	35, // 45: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	51, // 46: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 47: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
-	41, // 48: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	43, // 48: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
 	2,  // 49: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
 	7,  // 50: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
 	9,  // 51: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
@@ -3411,38 +3562,40 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	31, // 59: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
 	18, // 60: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
 	20, // 61: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	34, // 62: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	35, // 63: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	36, // 64: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	37, // 65: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	39, // 66: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	42, // 67: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	43, // 68: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	45, // 69: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	47, // 70: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	8,  // 71: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	10, // 72: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	12, // 73: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	14, // 74: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	16, // 75: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	26, // 76: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	25, // 77: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
-	28, // 78: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	30, // 79: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	32, // 80: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	19, // 81: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	17, // 82: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	33, // 83: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	33, // 84: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	33, // 85: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	38, // 86: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	40, // 87: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	41, // 88: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	44, // 89: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	46, // 90: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	48, // 91: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	71, // [71:92] is the sub-list for method output_type
-	50, // [50:71] is the sub-list for method input_type
+	33, // 62: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
+	36, // 63: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	37, // 64: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	38, // 65: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	39, // 66: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	41, // 67: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	44, // 68: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	45, // 69: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	47, // 70: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	49, // 71: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	8,  // 72: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	10, // 73: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	12, // 74: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	14, // 75: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	16, // 76: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	26, // 77: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	25, // 78: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	28, // 79: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	30, // 80: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	32, // 81: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	19, // 82: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	17, // 83: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	34, // 84: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
+	35, // 85: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	35, // 86: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	35, // 87: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	40, // 88: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	42, // 89: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	43, // 90: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	46, // 91: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	48, // 92: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	50, // 93: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	72, // [72:94] is the sub-list for method output_type
+	50, // [50:72] is the sub-list for method input_type
 	50, // [50:50] is the sub-list for extension type_name
 	50, // [50:50] is the sub-list for extension extendee
 	0,  // [0:50] is the sub-list for field type_name
@@ -3459,7 +3612,7 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -506,6 +506,7 @@ const (
 	ClusterService_Snapshot_FullMethodName    = "/coffer.v1.ClusterService/Snapshot"
 	ClusterService_Status_FullMethodName      = "/coffer.v1.ClusterService/Status"
 	ClusterService_LocalStatus_FullMethodName = "/coffer.v1.ClusterService/LocalStatus"
+	ClusterService_PinNode_FullMethodName     = "/coffer.v1.ClusterService/PinNode"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -521,6 +522,10 @@ type ClusterServiceClient interface {
 	Status(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 	// NodeStatus reports only the node that answers.
 	LocalStatus(ctx context.Context, in *NodeStatusRequest, opts ...grpc.CallOption) (*NodeStatus, error)
+	// PinNode replaces the certificate pinned for a member (after the
+	// member's certificate was renewed): from then on only the new one is
+	// accepted from it. Needs cluster.manage.
+	PinNode(ctx context.Context, in *PinNodeRequest, opts ...grpc.CallOption) (*PinNodeResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -570,6 +575,16 @@ func (c *clusterServiceClient) LocalStatus(ctx context.Context, in *NodeStatusRe
 	return out, nil
 }
 
+func (c *clusterServiceClient) PinNode(ctx context.Context, in *PinNodeRequest, opts ...grpc.CallOption) (*PinNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PinNodeResponse)
+	err := c.cc.Invoke(ctx, ClusterService_PinNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -583,6 +598,10 @@ type ClusterServiceServer interface {
 	Status(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	// NodeStatus reports only the node that answers.
 	LocalStatus(context.Context, *NodeStatusRequest) (*NodeStatus, error)
+	// PinNode replaces the certificate pinned for a member (after the
+	// member's certificate was renewed): from then on only the new one is
+	// accepted from it. Needs cluster.manage.
+	PinNode(context.Context, *PinNodeRequest) (*PinNodeResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -601,6 +620,9 @@ func (UnimplementedClusterServiceServer) Status(context.Context, *ClusterStatusR
 }
 func (UnimplementedClusterServiceServer) LocalStatus(context.Context, *NodeStatusRequest) (*NodeStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method LocalStatus not implemented")
+}
+func (UnimplementedClusterServiceServer) PinNode(context.Context, *PinNodeRequest) (*PinNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PinNode not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -670,6 +692,24 @@ func _ClusterService_LocalStatus_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_PinNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PinNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).PinNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_PinNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).PinNode(ctx, req.(*PinNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -684,6 +724,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "LocalStatus",
 			Handler:    _ClusterService_LocalStatus_Handler,
+		},
+		{
+			MethodName: "PinNode",
+			Handler:    _ClusterService_PinNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -41,6 +41,7 @@ const (
 	CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT   CommandType = 9
 	CommandType_COMMAND_TYPE_AUDIT_PRUNE        CommandType = 10
 	CommandType_COMMAND_TYPE_UPDATE_POLICY      CommandType = 11
+	CommandType_COMMAND_TYPE_PIN_NODE           CommandType = 12
 )
 
 // Enum value maps for CommandType.
@@ -58,6 +59,7 @@ var (
 		9:  "COMMAND_TYPE_AUDIT_CHECKPOINT",
 		10: "COMMAND_TYPE_AUDIT_PRUNE",
 		11: "COMMAND_TYPE_UPDATE_POLICY",
+		12: "COMMAND_TYPE_PIN_NODE",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -72,6 +74,7 @@ var (
 		"COMMAND_TYPE_AUDIT_CHECKPOINT":   9,
 		"COMMAND_TYPE_AUDIT_PRUNE":        10,
 		"COMMAND_TYPE_UPDATE_POLICY":      11,
+		"COMMAND_TYPE_PIN_NODE":           12,
 	}
 )
 
@@ -244,6 +247,7 @@ type ForwardRequest struct {
 	//	*ForwardRequest_RevokeGrant
 	//	*ForwardRequest_UpdatePolicy
 	//	*ForwardRequest_AuditPrune
+	//	*ForwardRequest_PinNode
 	Op isForwardRequest_Op `protobuf_oneof:"op"`
 	// Time of the accepting node's audit entry for the request. The leader
 	// gives its entry the same time, so that an entry the accepting node
@@ -388,6 +392,15 @@ func (x *ForwardRequest) GetAuditPrune() *AuditPruneRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetPinNode() *PinNodeRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_PinNode); ok {
+			return x.PinNode
+		}
+	}
+	return nil
+}
+
 func (x *ForwardRequest) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
@@ -439,6 +452,10 @@ type ForwardRequest_AuditPrune struct {
 	AuditPrune *AuditPruneRequest `protobuf:"bytes,12,opt,name=audit_prune,json=auditPrune,proto3,oneof"`
 }
 
+type ForwardRequest_PinNode struct {
+	PinNode *PinNodeRequest `protobuf:"bytes,13,opt,name=pin_node,json=pinNode,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
@@ -459,6 +476,8 @@ func (*ForwardRequest_UpdatePolicy) isForwardRequest_Op() {}
 
 func (*ForwardRequest_AuditPrune) isForwardRequest_Op() {}
 
+func (*ForwardRequest_PinNode) isForwardRequest_Op() {}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
@@ -472,6 +491,7 @@ type ForwardResponse struct {
 	//	*ForwardResponse_RevokeGrant
 	//	*ForwardResponse_UpdatePolicy
 	//	*ForwardResponse_AuditPrune
+	//	*ForwardResponse_PinNode
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -595,6 +615,15 @@ func (x *ForwardResponse) GetAuditPrune() *AuditPruneResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetPinNode() *PinNodeResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_PinNode); ok {
+			return x.PinNode
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -635,6 +664,10 @@ type ForwardResponse_AuditPrune struct {
 	AuditPrune *AuditPruneResponse `protobuf:"bytes,9,opt,name=audit_prune,json=auditPrune,proto3,oneof"`
 }
 
+type ForwardResponse_PinNode struct {
+	PinNode *PinNodeResponse `protobuf:"bytes,10,opt,name=pin_node,json=pinNode,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
@@ -652,6 +685,8 @@ func (*ForwardResponse_RevokeGrant) isForwardResponse_Result() {}
 func (*ForwardResponse_UpdatePolicy) isForwardResponse_Result() {}
 
 func (*ForwardResponse_AuditPrune) isForwardResponse_Result() {}
+
+func (*ForwardResponse_PinNode) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2213,6 +2248,193 @@ func (x *UpdatePolicyCommand) GetAudit() *AuditEntry {
 	return nil
 }
 
+// NodeRecord is a member's admission: the certificate pinned for it. Only
+// that certificate is accepted from the member on the internal API and the
+// Raft port (node/DESIGN.md, "Members").
+type NodeRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// SHA-256 of the pinned certificate's DER.
+	CertSha256 []byte `protobuf:"bytes,2,opt,name=cert_sha256,json=certSha256,proto3" json:"cert_sha256,omitempty"`
+	// Its serial, lowercase hex, and expiry (informational: revocation goes
+	// by the deny list).
+	CertSerial           string `protobuf:"bytes,3,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	CertNotAfterUnixNano int64  `protobuf:"varint,4,opt,name=cert_not_after_unix_nano,json=certNotAfterUnixNano,proto3" json:"cert_not_after_unix_nano,omitempty"`
+	PinnedUnixNano       int64  `protobuf:"varint,5,opt,name=pinned_unix_nano,json=pinnedUnixNano,proto3" json:"pinned_unix_nano,omitempty"`
+	// The leader that admitted the member, or the operator's node for a
+	// re-pin.
+	PinnedBy string `protobuf:"bytes,6,opt,name=pinned_by,json=pinnedBy,proto3" json:"pinned_by,omitempty"`
+	// Integrity tag over the record and its path (see node/integrity.go).
+	IntegrityTag []byte `protobuf:"bytes,7,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
+	// SHA-256 of the certificate pinned before a re-pin, still accepted
+	// until the member is seen with the new one (then the leader clears it),
+	// so that a renewal needs no outage. Empty otherwise.
+	PreviousSha256 []byte `protobuf:"bytes,8,opt,name=previous_sha256,json=previousSha256,proto3" json:"previous_sha256,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *NodeRecord) Reset() {
+	*x = NodeRecord{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeRecord) ProtoMessage() {}
+
+func (x *NodeRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
+func (*NodeRecord) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *NodeRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetCertSha256() []byte {
+	if x != nil {
+		return x.CertSha256
+	}
+	return nil
+}
+
+func (x *NodeRecord) GetCertSerial() string {
+	if x != nil {
+		return x.CertSerial
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetCertNotAfterUnixNano() int64 {
+	if x != nil {
+		return x.CertNotAfterUnixNano
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetPinnedUnixNano() int64 {
+	if x != nil {
+		return x.PinnedUnixNano
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetPinnedBy() string {
+	if x != nil {
+		return x.PinnedBy
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetIntegrityTag() []byte {
+	if x != nil {
+		return x.IntegrityTag
+	}
+	return nil
+}
+
+func (x *NodeRecord) GetPreviousSha256() []byte {
+	if x != nil {
+		return x.PreviousSha256
+	}
+	return nil
+}
+
+// PinNodeCommand pins a member's certificate: at admission (only_if_absent,
+// so that a second leader's admission of the same member is a no-op), when
+// an operator replaces it, or when the leader retires the previous one
+// (expected_sha256).
+type PinNodeCommand struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Node         *NodeRecord            `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	OnlyIfAbsent bool                   `protobuf:"varint,2,opt,name=only_if_absent,json=onlyIfAbsent,proto3" json:"only_if_absent,omitempty"`
+	Audit        *AuditEntry            `protobuf:"bytes,3,opt,name=audit,proto3" json:"audit,omitempty"`
+	// When set, the pin is written only if the member's current pin has
+	// this fingerprint (the leader clearing previous_sha256 must not undo a
+	// re-pin that came first).
+	ExpectedSha256 []byte `protobuf:"bytes,4,opt,name=expected_sha256,json=expectedSha256,proto3" json:"expected_sha256,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PinNodeCommand) Reset() {
+	*x = PinNodeCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinNodeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinNodeCommand) ProtoMessage() {}
+
+func (x *PinNodeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinNodeCommand.ProtoReflect.Descriptor instead.
+func (*PinNodeCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PinNodeCommand) GetNode() *NodeRecord {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *PinNodeCommand) GetOnlyIfAbsent() bool {
+	if x != nil {
+		return x.OnlyIfAbsent
+	}
+	return false
+}
+
+func (x *PinNodeCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
+func (x *PinNodeCommand) GetExpectedSha256() []byte {
+	if x != nil {
+		return x.ExpectedSha256
+	}
+	return nil
+}
+
 var File_coffer_v1_internal_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_internal_proto_rawDesc = "" +
@@ -2222,7 +2444,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\x98\x06\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xd0\x06\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -2236,9 +2458,10 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\rupdate_policy\x18\n" +
 	" \x01(\v2\x1e.coffer.v1.UpdatePolicyRequestH\x00R\fupdatePolicy\x12?\n" +
 	"\vaudit_prune\x18\f \x01(\v2\x1c.coffer.v1.AuditPruneRequestH\x00R\n" +
-	"auditPrune\x12$\n" +
+	"auditPrune\x126\n" +
+	"\bpin_node\x18\r \x01(\v2\x19.coffer.v1.PinNodeRequestH\x00R\apinNode\x12$\n" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNanoB\x04\n" +
-	"\x02op\"\xe3\x04\n" +
+	"\x02op\"\x9c\x05\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
@@ -2249,7 +2472,9 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\frevoke_grant\x18\a \x01(\v2\x1e.coffer.v1.RevokeGrantResponseH\x00R\vrevokeGrant\x12F\n" +
 	"\rupdate_policy\x18\b \x01(\v2\x1f.coffer.v1.UpdatePolicyResponseH\x00R\fupdatePolicy\x12@\n" +
 	"\vaudit_prune\x18\t \x01(\v2\x1d.coffer.v1.AuditPruneResponseH\x00R\n" +
-	"auditPruneB\b\n" +
+	"auditPrune\x127\n" +
+	"\bpin_node\x18\n" +
+	" \x01(\v2\x1a.coffer.v1.PinNodeResponseH\x00R\apinNodeB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -2369,7 +2594,24 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x13UpdatePolicyCommand\x12/\n" +
 	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
 	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
-	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit*\x89\x03\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\xab\x02\n" +
+	"\n" +
+	"NodeRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vcert_sha256\x18\x02 \x01(\fR\n" +
+	"certSha256\x12\x1f\n" +
+	"\vcert_serial\x18\x03 \x01(\tR\n" +
+	"certSerial\x126\n" +
+	"\x18cert_not_after_unix_nano\x18\x04 \x01(\x03R\x14certNotAfterUnixNano\x12(\n" +
+	"\x10pinned_unix_nano\x18\x05 \x01(\x03R\x0epinnedUnixNano\x12\x1b\n" +
+	"\tpinned_by\x18\x06 \x01(\tR\bpinnedBy\x12#\n" +
+	"\rintegrity_tag\x18\a \x01(\fR\fintegrityTag\x12'\n" +
+	"\x0fprevious_sha256\x18\b \x01(\fR\x0epreviousSha256\"\xb7\x01\n" +
+	"\x0ePinNodeCommand\x12)\n" +
+	"\x04node\x18\x01 \x01(\v2\x15.coffer.v1.NodeRecordR\x04node\x12$\n" +
+	"\x0eonly_if_absent\x18\x02 \x01(\bR\fonlyIfAbsent\x12+\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\x12'\n" +
+	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256*\xa4\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1b\n" +
@@ -2383,7 +2625,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x1dCOMMAND_TYPE_AUDIT_CHECKPOINT\x10\t\x12\x1c\n" +
 	"\x18COMMAND_TYPE_AUDIT_PRUNE\x10\n" +
 	"\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v*\xe1\x01\n" +
+	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v\x12\x19\n" +
+	"\x15COMMAND_TYPE_PIN_NODE\x10\f*\xe1\x01\n" +
 	"\vReadRefusal\x12\x1c\n" +
 	"\x18READ_REFUSAL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16READ_REFUSAL_NOT_FOUND\x10\x01\x12\x18\n" +
@@ -2410,7 +2653,7 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),                  // 0: coffer.v1.CommandType
 	(ReadRefusal)(0),                  // 1: coffer.v1.ReadRefusal
@@ -2441,103 +2684,111 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*AuditCheckpointCommand)(nil),    // 26: coffer.v1.AuditCheckpointCommand
 	(*AuditPruneCommand)(nil),         // 27: coffer.v1.AuditPruneCommand
 	(*UpdatePolicyCommand)(nil),       // 28: coffer.v1.UpdatePolicyCommand
-	(*GenerateKeyRequest)(nil),        // 29: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),             // 30: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),       // 31: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),     // 32: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 33: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),  // 34: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),              // 35: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 36: coffer.v1.RevokeGrantRequest
-	(*UpdatePolicyRequest)(nil),       // 37: coffer.v1.UpdatePolicyRequest
-	(*AuditPruneRequest)(nil),         // 38: coffer.v1.AuditPruneRequest
-	(*GenerateKeyResponse)(nil),       // 39: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),            // 40: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),      // 41: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                // 42: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil), // 43: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 44: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),       // 45: coffer.v1.RevokeGrantResponse
-	(*UpdatePolicyResponse)(nil),      // 46: coffer.v1.UpdatePolicyResponse
-	(*AuditPruneResponse)(nil),        // 47: coffer.v1.AuditPruneResponse
-	(Algorithm)(0),                    // 48: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),              // 49: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),            // 50: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                     // 51: coffer.v1.KeyState
-	(*ClientRecord)(nil),              // 52: coffer.v1.ClientRecord
-	(*AclRule)(nil),                   // 53: coffer.v1.AclRule
-	(*AuditEntry)(nil),                // 54: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),        // 55: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),           // 56: coffer.v1.AuditCheckpoint
+	(*NodeRecord)(nil),                // 29: coffer.v1.NodeRecord
+	(*PinNodeCommand)(nil),            // 30: coffer.v1.PinNodeCommand
+	(*GenerateKeyRequest)(nil),        // 31: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),             // 32: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),       // 33: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),     // 34: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),    // 35: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),  // 36: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),              // 37: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),        // 38: coffer.v1.RevokeGrantRequest
+	(*UpdatePolicyRequest)(nil),       // 39: coffer.v1.UpdatePolicyRequest
+	(*AuditPruneRequest)(nil),         // 40: coffer.v1.AuditPruneRequest
+	(*PinNodeRequest)(nil),            // 41: coffer.v1.PinNodeRequest
+	(*GenerateKeyResponse)(nil),       // 42: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),            // 43: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),      // 44: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                // 45: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil), // 46: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),               // 47: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),       // 48: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),      // 49: coffer.v1.UpdatePolicyResponse
+	(*AuditPruneResponse)(nil),        // 50: coffer.v1.AuditPruneResponse
+	(*PinNodeResponse)(nil),           // 51: coffer.v1.PinNodeResponse
+	(Algorithm)(0),                    // 52: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),              // 53: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),            // 54: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                     // 55: coffer.v1.KeyState
+	(*ClientRecord)(nil),              // 56: coffer.v1.ClientRecord
+	(*AclRule)(nil),                   // 57: coffer.v1.AclRule
+	(*AuditEntry)(nil),                // 58: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),        // 59: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),           // 60: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	2,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	29, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	30, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	31, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	32, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
-	33, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
-	34, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
-	35, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
-	36, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
-	37, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
-	38, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
-	39, // 11: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	40, // 12: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	41, // 13: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	42, // 14: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	43, // 15: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	44, // 16: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	45, // 17: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	46, // 18: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
-	47, // 19: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
-	0,  // 20: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	8,  // 21: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	48, // 22: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	49, // 23: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	50, // 24: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 25: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	48, // 26: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	51, // 27: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	49, // 28: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	50, // 29: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	12, // 30: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	13, // 31: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	9,  // 32: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	52, // 33: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	53, // 34: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	52, // 35: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	54, // 36: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	53, // 37: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	54, // 38: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	54, // 39: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	55, // 40: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	54, // 41: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 42: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	54, // 43: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 44: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	54, // 45: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	54, // 46: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	22, // 47: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
-	54, // 48: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	22, // 49: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
-	25, // 50: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
-	1,  // 51: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
-	56, // 52: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	54, // 53: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 54: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	54, // 55: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	3,  // 56: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	5,  // 57: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	23, // 58: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	4,  // 59: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	6,  // 60: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	24, // 61: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	59, // [59:62] is the sub-list for method output_type
-	56, // [56:59] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	31, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	32, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	33, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	34, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	35, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	36, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	37, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	38, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	39, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
+	40, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
+	41, // 11: coffer.v1.ForwardRequest.pin_node:type_name -> coffer.v1.PinNodeRequest
+	42, // 12: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	43, // 13: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	44, // 14: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	45, // 15: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	46, // 16: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	47, // 17: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	48, // 18: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	49, // 19: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	50, // 20: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
+	51, // 21: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
+	0,  // 22: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	8,  // 23: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	52, // 24: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	53, // 25: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	54, // 26: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 27: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	52, // 28: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	55, // 29: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	53, // 30: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	54, // 31: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	12, // 32: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	13, // 33: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	9,  // 34: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	56, // 35: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	57, // 36: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	56, // 37: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	58, // 38: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	57, // 39: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	58, // 40: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	58, // 41: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	59, // 42: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	58, // 43: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 44: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	58, // 45: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 46: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	58, // 47: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	58, // 48: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	22, // 49: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	58, // 50: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	22, // 51: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	25, // 52: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 53: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	60, // 54: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	58, // 55: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 56: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	58, // 57: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	29, // 58: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
+	58, // 59: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
+	3,  // 60: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	5,  // 61: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	23, // 62: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	4,  // 63: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	6,  // 64: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	24, // 65: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	63, // [63:66] is the sub-list for method output_type
+	60, // [60:63] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -2559,6 +2810,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardRequest_RevokeGrant)(nil),
 		(*ForwardRequest_UpdatePolicy)(nil),
 		(*ForwardRequest_AuditPrune)(nil),
+		(*ForwardRequest_PinNode)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
@@ -2570,6 +2822,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardResponse_RevokeGrant)(nil),
 		(*ForwardResponse_UpdatePolicy)(nil),
 		(*ForwardResponse_AuditPrune)(nil),
+		(*ForwardResponse_PinNode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2577,7 +2830,7 @@ func file_coffer_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

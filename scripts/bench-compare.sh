@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
-# audit-cost.sh measures what audit costs on `get` (make bench-audit).
+# bench-compare.sh compares two builds of cofferd on one operation (make
+# bench-compare): the working tree ("new") and the commit BASE ("base",
+# default HEAD~1), built from a temporary git worktree.
 #
-# It builds cofferd twice, as shipped and with -tags coffer_noaudit (reads
-# and refusals commit no audit entry; never deploy that build), then for each
-# of ROUNDS rounds starts a fresh local 3-node cluster of each build in turn
-# and runs `coffer bench --op get` at each concurrency in CONC. The builds
-# alternate because runs of one build minutes apart can differ by 20% on a
-# shared machine. It prints every run, then the mean per build and the cost:
-# 1 - audited / unaudited.
+# For each of ROUNDS rounds it starts a fresh local 3-node cluster of each
+# build in turn and runs `coffer bench --op OP` at each concurrency in CONC.
+# The builds alternate because runs of one build minutes apart can differ by
+# 20% on a shared machine. It prints every run, then the mean per build and
+# the ratio new / base.
 #
 # It also reads the CPU time the three nodes use (utime + stime from
 # /proc/<pid>/stat) over the middle of each measured run, and prints it per
-# get: what audit adds in CPU, whatever the throughput.
+# operation, whatever the throughput.
 #
-# Settings (environment): ROUNDS (2), CONC ("1 64 1024"), DURATION (10s,
-# whole seconds, at least 4s), KEYS (1000), BASE_PORT (17100, away from make
-# run's 7100).
+# Settings (environment): BASE (HEAD~1), OP (get; any bench --op), ROUNDS
+# (2), CONC ("1 64"), DURATION (10s, whole seconds, at least 4s), KEYS
+# (1000), BASE_PORT (17100, away from make run's 7100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+BASE=${BASE:-HEAD~1}
+OP=${OP:-get}
 ROUNDS=${ROUNDS:-2}
-CONC=${CONC:-"1 64 1024"}
+CONC=${CONC:-"1 64"}
 DURATION=${DURATION:-10s}
 KEYS=${KEYS:-1000}
 BASE_PORT=${BASE_PORT:-17100}
@@ -29,12 +31,12 @@ GO=${GO:-go}
 secs=${DURATION%s}
 case $secs in
 '' | *[!0-9]*)
-	echo "audit-cost: DURATION must be whole seconds, like 10s; got $DURATION" >&2
+	echo "bench-compare: DURATION must be whole seconds, like 10s; got $DURATION" >&2
 	exit 2
 	;;
 esac
 if [ "$secs" -lt 4 ]; then
-	echo "audit-cost: DURATION must be at least 4s; got $DURATION" >&2
+	echo "bench-compare: DURATION must be at least 4s; got $DURATION" >&2
 	exit 2
 fi
 tck=$(getconf CLK_TCK)
@@ -46,13 +48,17 @@ cleanup() {
 		kill -INT "$dev_pid" 2>/dev/null || true
 		wait "$dev_pid" 2>/dev/null || true
 	fi
+	git worktree remove --force "$work/src" >/dev/null 2>&1 || true
 	rm -rf "$work"
 }
 trap cleanup EXIT
 
-$GO build -o "$work/audit/cofferd" ./cmd/cofferd
-$GO build -tags coffer_noaudit -o "$work/noaudit/cofferd" ./cmd/cofferd
+base_rev=$(git rev-parse --verify "$BASE^{commit}")
+git worktree add --detach "$work/src" "$base_rev" >/dev/null
+(cd "$work/src" && $GO build -o "$work/base/cofferd" ./cmd/cofferd)
+$GO build -o "$work/new/cofferd" ./cmd/cofferd
 $GO build -o "$work/coffer" ./cmd/coffer
+echo "base: $BASE ($base_rev); new: the working tree; op: $OP"
 
 # node_cpu PID...: the CPU time the processes have used, in clock ticks.
 node_cpu() {
@@ -83,14 +89,14 @@ run() {
 		sleep 0.2
 	done
 	if [ -z "$ready" ]; then
-		echo "audit-cost: the $build cluster did not start; its log:" >&2
+		echo "bench-compare: the $build cluster did not start; its log:" >&2
 		cat "$dir.log" >&2
 		exit 1
 	fi
 	local nodes
 	nodes=$(pgrep -P "$dev_pid" | tr '\n' ' ')
 	if [ "$(echo "$nodes" | wc -w)" -ne 3 ]; then
-		echo "audit-cost: expected the 3 node processes of the $build cluster, found: $nodes" >&2
+		echo "bench-compare: expected the 3 node processes of the $build cluster, found: $nodes" >&2
 		exit 1
 	fi
 	for c in $CONC; do
@@ -98,7 +104,7 @@ run() {
 		(
 			# shellcheck disable=SC1091
 			. "$dir/env" &&
-				exec "$work/coffer" bench --op get --concurrency "$c" --duration "$DURATION" --keys "$KEYS" \
+				exec "$work/coffer" bench --op "$OP" --concurrency "$c" --duration "$DURATION" --keys "$KEYS" \
 					>"$dir.bench" 2>"$dir.bench-err"
 		) &
 		bench_pid=$!
@@ -117,14 +123,14 @@ run() {
 		wait "$bench_pid" || true
 		ops=$(awk '$1 == "total" { print $3 }' "$dir.bench")
 		if [ -z "$ops" ]; then
-			echo "audit-cost: bench at $c clients against the $build cluster printed no total:" >&2
+			echo "bench-compare: bench at $c clients against the $build cluster printed no total:" >&2
 			cat "$dir.bench-err" >&2
 			exit 1
 		fi
 		local us
 		us=$(awk -v c0="$cpu0" -v c1="$cpu1" -v t0="$t0" -v t1="$t1" -v tck="$tck" -v ops="$ops" \
 			'BEGIN { printf "%.1f", (c1 - c0) / tck / ((t1 - t0) * ops) * 1e6 }')
-		printf '%-8s round %d  %5d clients  %10.1f gets/s  %7.1f us node CPU per get\n' "$build" "$round" "$c" "$ops" "$us"
+		printf '%-5s round %d  %5d clients  %10.1f ops/s  %7.1f us node CPU per op\n' "$build" "$round" "$c" "$ops" "$us"
 		echo "$build $c $ops $us" >>"$work/results"
 	done
 	kill -INT "$dev_pid"
@@ -133,22 +139,22 @@ run() {
 }
 
 for round in $(seq "$ROUNDS"); do
-	run audit "$round"
-	run noaudit "$round"
+	run base "$round"
+	run new "$round"
 done
 
 echo
-awk -v conc="$CONC" '
+awk -v conc="$CONC" -v op="$OP" '
 	{ sum[$1, $2] += $3; cpu[$1, $2] += $4; n[$1, $2]++ }
 	END {
-		printf "%8s  %14s  %14s  %6s  %22s\n", "clients", "with audit", "without audit", "cost", "node CPU per get (us)"
+		printf "%8s  %12s  %12s  %9s  %26s\n", "clients", "base " op, "new " op, "new/base", "node CPU per op (us)"
 		split(conc, cs, " ")
 		for (i = 1; i in cs; i++) {
 			c = cs[i]
-			a = sum["audit", c] / n["audit", c]
-			u = sum["noaudit", c] / n["noaudit", c]
-			ca = cpu["audit", c] / n["audit", c]
-			cu = cpu["noaudit", c] / n["noaudit", c]
-			printf "%8d  %12.0f/s  %12.0f/s  %5.0f%%  %7.1f vs %5.1f (+%.1f)\n", c, a, u, 100 * (1 - a / u), ca, cu, ca - cu
+			b = sum["base", c] / n["base", c]
+			w = sum["new", c] / n["new", c]
+			cb = cpu["base", c] / n["base", c]
+			cw = cpu["new", c] / n["new", c]
+			printf "%8d  %10.0f/s  %10.0f/s  %9.2f  %9.1f base, %7.1f new\n", c, b, w, w / b, cb, cw
 		}
 	}' "$work/results"
