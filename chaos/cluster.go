@@ -30,6 +30,8 @@ type Config struct {
 	Nodes int
 	// BasePort as in `cofferd dev --base-port`.
 	BasePort int
+	// Sites is `cofferd dev --sites` (empty: a, b, c in turn).
+	Sites string
 }
 
 // Validate reports an unusable Config.
@@ -54,8 +56,11 @@ func NewCluster(cfg Config) (*Cluster, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	init := exec.Command(cfg.Cofferd, "dev", "--init-only", "--nodes", fmt.Sprint(cfg.Nodes),
-		"--dir", cfg.Dir, "--base-port", fmt.Sprint(cfg.BasePort))
+	args := []string{"dev", "--init-only", "--nodes", fmt.Sprint(cfg.Nodes), "--dir", cfg.Dir, "--base-port", fmt.Sprint(cfg.BasePort)}
+	if cfg.Sites != "" {
+		args = append(args, "--sites", cfg.Sites)
+	}
+	init := exec.Command(cfg.Cofferd, args...)
 	if out, err := init.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("chaos: init cluster: %w\n%s", err, out)
 	}

@@ -68,9 +68,12 @@ func (c *Client) AuditPrune(ctx context.Context, req *cofferv1.AuditPruneRequest
 // from the start of a pruned log, then entries and checkpoints in apply
 // order). The caller's context bounds the whole transfer (there is no
 // per-attempt timeout: a long log takes a while). A failure before the first
-// byte is written is retried on another node; once data has been written the
-// call fails instead, since w cannot be rewound. A nil error means the node
-// ended the stream normally, so w holds the complete export.
+// byte is written is retried on another node under the retry policy of every
+// call (see the package documentation: no new attempt starts after the
+// call's deadline, Config.RetryDeadline when ctx has none); once data has
+// been written the call fails instead, since w cannot be rewound. A nil
+// error means the node ended the stream normally, so w holds the complete
+// export.
 func (c *Client) AuditExport(ctx context.Context, after uint64, w io.Writer) error {
 	if c.closed.Load() {
 		return ErrClosed
@@ -78,27 +81,26 @@ func (c *Client) AuditExport(ctx context.Context, after uint64, w io.Writer) err
 	if w == nil {
 		return &Error{Method: "AuditExport", Err: status.Error(codes.InvalidArgument, "nil writer")}
 	}
+	r := c.newRetry(ctx, "AuditExport")
 	var prev *endpoint
-	var lastErr error
-	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
-		if attempt > 1 {
-			if err := sleep(ctx, c.backoff(attempt)); err != nil {
-				return &Error{Method: "AuditExport", Endpoint: prev.addr, Attempts: attempt - 1, Exhausted: true, ctxErr: err, Err: lastErr}
-			}
-		}
+	for {
 		ep := c.pick(prev, "")
 		prev = ep
 		written, err := auditExportFrom(ctx, ep, after, w)
 		if err == nil {
 			return nil
 		}
-		lastErr = toStatusErr(err)
-		if written || !retryable(ctx, lastErr) {
-			return &Error{Method: "AuditExport", Endpoint: ep.addr, Attempts: attempt, Err: lastErr}
+		err = toStatusErr(err)
+		if written {
+			return r.final(ep, err)
 		}
-		c.markDown(ep)
+		if retryable(status.Code(err)) {
+			c.markDown(ep)
+		}
+		if e := r.next(ep, err, false); e != nil {
+			return e
+		}
 	}
-	return &Error{Method: "AuditExport", Endpoint: prev.addr, Attempts: c.cfg.MaxAttempts, Exhausted: true, Err: lastErr}
 }
 
 // auditExportFrom runs one export attempt against ep and reports whether any
@@ -133,8 +135,11 @@ func auditExportFrom(ctx context.Context, ep *endpoint, after uint64, w io.Write
 // keeping the entries that match req's filters: every entry already there,
 // then each new one as the node applies it, calling fn with each message in
 // seq order. It returns when ctx ends (with ctx's error), when fn returns an
-// error (that error), or when the cluster cannot be reached: MaxAttempts
-// failures in a row without a message between them. A node that fails or
+// error (that error), on a failure that is not retryable, or when the
+// cluster cannot be reached: failures in a row, with no message between
+// them, until ctx's deadline, or for Config.RetryDeadline from the first of
+// them when ctx has no deadline (and no more than MaxAttempts of them, when
+// set). The *Error then matches ErrRetriesExhausted. A node that fails or
 // stops is left for another, resuming after the last entry fn was given, so
 // fn sees every entry once, in order (a node that has pruned entries the
 // stream had not reached yet starts after its prune marker).
@@ -150,14 +155,9 @@ func (c *Client) AuditFollow(ctx context.Context, req *cofferv1.AuditFollowReque
 	}
 	// Resumed streams start after the last entry fn was given.
 	req = proto.Clone(req).(*cofferv1.AuditFollowRequest)
+	r := c.newRetry(ctx, "AuditFollow")
 	var prev *endpoint
-	var lastErr error
-	for failures := 0; ; {
-		if failures > 0 {
-			if err := sleep(ctx, c.backoff(failures+1)); err != nil {
-				return err
-			}
-		}
+	for {
 		ep := c.pick(prev, "")
 		prev = ep
 		progressed, err := auditFollowFrom(ctx, ep, req, fn)
@@ -168,18 +168,21 @@ func (c *Client) AuditFollow(ctx context.Context, req *cofferv1.AuditFollowReque
 		if errors.As(err, &cbErr) {
 			return cbErr.err
 		}
-		lastErr = toStatusErr(err)
-		if !retryable(ctx, lastErr) {
-			return &Error{Method: "AuditFollow", Endpoint: ep.addr, Attempts: failures + 1, Err: lastErr}
-		}
+		err = toStatusErr(err)
 		if progressed {
-			failures = 0
+			// A stream that delivered entries ended: an outage starts
+			// here, with the whole retry budget.
+			r = c.newRetry(ctx, "AuditFollow")
 		}
-		failures++
-		if failures >= c.cfg.MaxAttempts {
-			return &Error{Method: "AuditFollow", Endpoint: ep.addr, Attempts: failures, Exhausted: true, Err: lastErr}
+		if retryable(status.Code(err)) {
+			c.markDown(ep)
 		}
-		c.markDown(ep)
+		if e := r.next(ep, err, false); e != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return e
+		}
 	}
 }
 

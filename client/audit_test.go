@@ -37,6 +37,8 @@ type auditServer struct {
 	export func(stream cofferv1.AuditService_ExportServer) error
 	// fail, when set, is consulted by the unary calls first.
 	fail func(ctx context.Context, method string) error
+	// follow, when set, serves Follow; without it Follow is unimplemented.
+	follow func(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error
 }
 
 func mustAuditServer(t *testing.T, p *testPKI, name string, chunks ...string) *auditServer {
@@ -77,6 +79,23 @@ func (s *auditServer) setExport(fn func(cofferv1.AuditService_ExportServer) erro
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.export = fn
+}
+
+func (s *auditServer) setFollow(fn func(*cofferv1.AuditFollowRequest, cofferv1.AuditService_FollowServer) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.follow = fn
+}
+
+func (s *auditServer) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
+	s.mu.Lock()
+	s.calls = append(s.calls, "Follow")
+	follow := s.follow
+	s.mu.Unlock()
+	if follow == nil {
+		return status.Error(codes.Unimplemented, "unknown method Follow")
+	}
+	return follow(req, stream)
 }
 
 func (s *auditServer) setFail(fn func(context.Context, string) error) {
@@ -325,7 +344,7 @@ func TestAudit_QueryAndPrune(t *testing.T) {
 		}
 		return nil
 	})
-	c := mustClient(t, p, func(cfg *Config) { cfg.Backoff = time.Minute }, follower.addr)
+	c := mustClient(t, p, func(cfg *Config) { cfg.Backoff, cfg.MaxBackoff = time.Minute, time.Minute }, follower.addr)
 	ctx := testCtx(t)
 
 	resp, err := c.AuditQuery(ctx, &cofferv1.AuditQueryRequest{AfterSeq: 41, Caller: "client:app", Operation: "get"})
@@ -371,5 +390,197 @@ func TestAudit_NilAndClosed(t *testing.T) {
 	}
 	if _, err := c.AuditQuery(ctx, &cofferv1.AuditQueryRequest{}); !errors.Is(err, ErrClosed) {
 		t.Errorf("AuditQuery after Close = %v, want ErrClosed", err)
+	}
+}
+
+func countAll(srvs []*auditServer, method string) int {
+	n := 0
+	for _, s := range srvs {
+		n += s.count(method)
+	}
+	return n
+}
+
+// TestAudit_ExportRidesThroughElection: an export that meets "no leader"
+// for longer than five attempts take is retried until it succeeds, and
+// the writer holds one copy.
+func TestAudit_ExportRidesThroughElection(t *testing.T) {
+	p := mustPKI(t)
+	srvs, addrs := mustAuditServers(t, p, 2, exportLines...)
+	end := time.Now().Add(outage)
+	for _, s := range srvs {
+		s.setExport(func(cofferv1.AuditService_ExportServer) error {
+			if time.Now().Before(end) {
+				return status.Error(codes.Unavailable, "no leader")
+			}
+			return nil
+		})
+	}
+	c := mustClient(t, p, defaultBackoff, addrs...)
+	var buf bytes.Buffer
+	if err := c.AuditExport(testCtx(t), 0, &buf); err != nil {
+		t.Fatalf("AuditExport through a %v election: %v", outage, err)
+	}
+	if want := exportLines[0] + exportLines[2] + exportLines[3]; buf.String() != want {
+		t.Fatalf("export = %q, want one copy: %q", buf.String(), want)
+	}
+	if n := countAll(srvs, "Export"); n <= 5 {
+		t.Fatalf("%d attempts; the election outlasts five", n)
+	}
+}
+
+// TestAudit_ExportGivesUpAtRetryDeadline: without a deadline on the
+// context, an export that keeps failing ends at RetryDeadline.
+func TestAudit_ExportGivesUpAtRetryDeadline(t *testing.T) {
+	p := mustPKI(t)
+	srvs, addrs := mustAuditServers(t, p, 2, exportLines...)
+	for _, s := range srvs {
+		s.setExport(func(cofferv1.AuditService_ExportServer) error {
+			return status.Error(codes.Unavailable, "no leader")
+		})
+	}
+	const retryDeadline = 800 * time.Millisecond
+	c := mustClient(t, p, func(cfg *Config) { cfg.RetryDeadline, cfg.MaxBackoff = retryDeadline, 100*time.Millisecond }, addrs...)
+	var buf bytes.Buffer
+	start := time.Now()
+	err := within(t, func() error { return c.AuditExport(context.Background(), 0, &buf) })
+	ce := mustGiveUpAtDeadline(t, err, time.Since(start), retryDeadline, c.cfg.MaxBackoff)
+	if ce.Method != "AuditExport" || ce.Attempts != countAll(srvs, "Export") {
+		t.Fatalf("Error = %#v, the nodes saw %d exports", ce, countAll(srvs, "Export"))
+	}
+	if buf.Len() != 0 {
+		t.Fatalf("failed attempts wrote %q", buf.String())
+	}
+}
+
+// TestAudit_FollowRidesThroughElection: a followed stream that breaks
+// and then meets "no leader" for longer than five attempts take resumes
+// after the last entry given to the callback: every entry once, in order.
+func TestAudit_FollowRidesThroughElection(t *testing.T) {
+	p := mustPKI(t)
+	srvs, addrs := mustAuditServers(t, p, 2)
+	var (
+		mu      sync.Mutex
+		streams int
+		end     time.Time
+		afters  []uint64
+	)
+	entries := func(from, to uint64) *cofferv1.AuditFollowResponse {
+		m := &cofferv1.AuditFollowResponse{HeadSeq: to}
+		for seq := from; seq <= to; seq++ {
+			m.Entries = append(m.Entries, &cofferv1.AuditEntry{Seq: seq})
+		}
+		return m
+	}
+	for _, s := range srvs {
+		s.setFollow(func(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
+			mu.Lock()
+			streams++
+			first, over := streams == 1, !time.Now().Before(end)
+			mu.Unlock()
+			if first {
+				// Two entries, then the node goes away and an election
+				// follows.
+				if err := stream.Send(entries(1, 2)); err != nil {
+					return err
+				}
+				mu.Lock()
+				end = time.Now().Add(outage)
+				mu.Unlock()
+				return status.Error(codes.Unavailable, "node stopping")
+			}
+			if !over {
+				return status.Error(codes.Unavailable, "no leader")
+			}
+			mu.Lock()
+			afters = append(afters, req.GetAfterSeq())
+			mu.Unlock()
+			if err := stream.Send(entries(req.GetAfterSeq()+1, 4)); err != nil {
+				return err
+			}
+			<-stream.Context().Done()
+			return nil
+		})
+	}
+	c := mustClient(t, p, defaultBackoff, addrs...)
+	errDone := errors.New("done")
+	var seqs []uint64
+	err := c.AuditFollow(testCtx(t), &cofferv1.AuditFollowRequest{}, func(m *cofferv1.AuditFollowResponse) error {
+		for _, e := range m.GetEntries() {
+			seqs = append(seqs, e.GetSeq())
+		}
+		if seqs[len(seqs)-1] == 4 {
+			return errDone
+		}
+		return nil
+	})
+	if !errors.Is(err, errDone) {
+		t.Fatalf("AuditFollow = %v, want the callback's error", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(seqs) != "[1 2 3 4]" || fmt.Sprint(afters) != "[2]" {
+		t.Fatalf("callback saw %v, resumed after %v; want [1 2 3 4] after [2]", seqs, afters)
+	}
+	// The broken stream and the failures during the election: five in a
+	// row at least with the default backoff.
+	if failures := streams - 1; failures < 5 {
+		t.Fatalf("%d failures in a row; the election outlasts five", failures)
+	}
+}
+
+// TestAudit_FollowGivesUpAfterRetryDeadline: without a deadline on the
+// context, AuditFollow gives up on an outage that lasts RetryDeadline,
+// counted from the last entry: an earlier, shorter outage does not count.
+func TestAudit_FollowGivesUpAfterRetryDeadline(t *testing.T) {
+	p := mustPKI(t)
+	srvs, addrs := mustAuditServers(t, p, 2)
+	const (
+		retryDeadline = 800 * time.Millisecond
+		firstOutage   = 500 * time.Millisecond
+	)
+	start := time.Now()
+	var (
+		mu        sync.Mutex
+		delivered bool
+	)
+	for _, s := range srvs {
+		s.setFollow(func(_ *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
+			mu.Lock()
+			down := delivered || time.Since(start) < firstOutage
+			if !down {
+				delivered = true
+			}
+			mu.Unlock()
+			if down {
+				return status.Error(codes.Unavailable, "no leader")
+			}
+			if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: []*cofferv1.AuditEntry{{Seq: 1}}}); err != nil {
+				return err
+			}
+			return status.Error(codes.Unavailable, "node stopping")
+		})
+	}
+	c := mustClient(t, p, func(cfg *Config) { cfg.RetryDeadline, cfg.MaxBackoff = retryDeadline, 100*time.Millisecond }, addrs...)
+	var got []uint64
+	var lastEntry time.Time
+	err := within(t, func() error {
+		return c.AuditFollow(context.Background(), &cofferv1.AuditFollowRequest{}, func(m *cofferv1.AuditFollowResponse) error {
+			for _, e := range m.GetEntries() {
+				got = append(got, e.GetSeq())
+			}
+			lastEntry = time.Now()
+			return nil
+		})
+	})
+	if fmt.Sprint(got) != "[1]" {
+		t.Fatalf("callback saw %v, want [1]", got)
+	}
+	ce := mustGiveUpAtDeadline(t, err, time.Since(lastEntry), retryDeadline, c.cfg.MaxBackoff)
+	if ce.Method != "AuditFollow" {
+		t.Fatalf("Error.Method = %q", ce.Method)
+	}
+	if total := time.Since(start); total < firstOutage+retryDeadline-200*time.Millisecond {
+		t.Fatalf("gave up %v after the start: the retry budget did not start again after the entry", total)
 	}
 }

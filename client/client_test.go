@@ -68,6 +68,18 @@ func TestConfig_Validate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid config refused: %v", err)
 	}
+	// No retries and no backoff (a probe), a count limit, a long backoff.
+	for _, tweak := range []func(*Config){
+		func(c *Config) { c.MaxAttempts, c.Backoff, c.Cooldown = 1, 0, 0 },
+		func(c *Config) { c.MaxAttempts = MaxAttemptsLimit },
+		func(c *Config) { c.Backoff, c.MaxBackoff = time.Second, time.Second },
+	} {
+		cfg := good
+		tweak(&cfg)
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("valid config %+v refused: %v", cfg, err)
+		}
+	}
 	tests := map[string]func(*Config){
 		"no endpoints":      func(c *Config) { c.Endpoints = nil },
 		"empty endpoint":    func(c *Config) { c.Endpoints = []string{"a:1", ""} },
@@ -75,9 +87,14 @@ func TestConfig_Validate(t *testing.T) {
 		"duplicate":         func(c *Config) { c.Endpoints = []string{"a:1", "a:1"} },
 		"no tls":            func(c *Config) { c.TLS = nil },
 		"zero timeout":      func(c *Config) { c.RequestTimeout = 0 },
-		"zero attempts":     func(c *Config) { c.MaxAttempts = 0 },
+		"zero deadline":     func(c *Config) { c.RetryDeadline = 0 },
+		"negative deadline": func(c *Config) { c.RetryDeadline = -time.Second },
+		"negative attempts": func(c *Config) { c.MaxAttempts = -1 },
 		"many attempts":     func(c *Config) { c.MaxAttempts = MaxAttemptsLimit + 1 },
 		"negative backoff":  func(c *Config) { c.Backoff = -time.Second },
+		"cap below backoff": func(c *Config) { c.Backoff, c.MaxBackoff = time.Second, 500*time.Millisecond },
+		"negative cap":      func(c *Config) { c.Backoff, c.MaxBackoff, c.MaxAttempts = 0, -time.Second, 1 },
+		"spinning retries":  func(c *Config) { c.Backoff, c.MaxAttempts = 0, 0 },
 		"negative cooldown": func(c *Config) { c.Cooldown = -time.Second },
 		"too many endpoints": func(c *Config) {
 			c.Endpoints = nil
@@ -274,6 +291,8 @@ func TestClient_AttemptDeadlineRetried(t *testing.T) {
 	}
 }
 
+// TestClient_AllEndpointsDown: with every node refusing connections the
+// call retries until its deadline, then fails with the last Unavailable.
 func TestClient_AllEndpointsDown(t *testing.T) {
 	p := mustPKI(t)
 	var addrs []string
@@ -286,39 +305,14 @@ func TestClient_AllEndpointsDown(t *testing.T) {
 		addrs = append(addrs, lis.Addr().String())
 		_ = lis.Close()
 	}
-	c := mustClient(t, p, nil, addrs...)
-	const deadline = 5 * time.Second
+	c := mustClient(t, p, func(cfg *Config) { cfg.MaxBackoff = 100 * time.Millisecond }, addrs...)
+	const deadline = 1500 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
 	start := time.Now()
 	_, err := c.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "r"})
-	if elapsed := time.Since(start); elapsed >= deadline {
-		t.Fatalf("took %v, beyond the deadline", elapsed)
-	}
-	if status.Code(err) != codes.Unavailable {
-		t.Fatalf("err = %v, want Unavailable", err)
-	}
-	if !errors.Is(err, ErrRetriesExhausted) {
-		t.Errorf("err = %v, want it to match ErrRetriesExhausted", err)
-	}
-	var ce *Error
-	if !errors.As(err, &ce) || ce.Attempts != c.cfg.MaxAttempts {
-		t.Fatalf("err = %#v, want *Error after %d attempts", err, c.cfg.MaxAttempts)
-	}
+	mustGiveUpAtDeadline(t, err, time.Since(start), deadline, c.cfg.MaxBackoff)
 	t.Logf("error: %v", err)
-}
-
-func TestClient_ContextEndsDuringBackoff(t *testing.T) {
-	p := mustPKI(t)
-	srvs, addrs := mustServers(t, p, 1)
-	srvs[0].setFail(unavailable)
-	c := mustClient(t, p, func(cfg *Config) { cfg.Backoff = time.Minute }, addrs...)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	_, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: "g"})
-	if status.Code(err) != codes.Unavailable || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("err = %v, want Unavailable matching context.DeadlineExceeded", err)
-	}
 }
 
 func TestClient_LeaderHintFollowed(t *testing.T) {
@@ -328,7 +322,7 @@ func TestClient_LeaderHintFollowed(t *testing.T) {
 	srvs[0].setFail(func(ctx context.Context, _ string) error {
 		return withLeaderHint(ctx, srvs[2].addr, status.Error(codes.Unavailable, "not the leader"))
 	})
-	c := mustClient(t, p, func(cfg *Config) { cfg.Backoff = time.Minute }, addrs...)
+	c := mustClient(t, p, func(cfg *Config) { cfg.Backoff, cfg.MaxBackoff = time.Minute, time.Minute }, addrs...)
 	resp, err := c.GenerateKey(testCtx(t), &cofferv1.GenerateKeyRequest{Resource: "r"})
 	if err != nil {
 		t.Fatalf("GenerateKey: %v", err)
@@ -432,15 +426,23 @@ func TestClient_Closed(t *testing.T) {
 }
 
 func TestClient_Backoff(t *testing.T) {
-	c := &Client{cfg: Config{Backoff: 100 * time.Millisecond}}
-	for attempt, want := range map[int]time.Duration{2: 100 * time.Millisecond, 3: 200 * time.Millisecond, 20: 1600 * time.Millisecond} {
-		got := c.backoff(attempt)
-		if got < want*4/5 || got > want*6/5 {
-			t.Errorf("backoff(%d) = %v, want %v ±20%%", attempt, got, want)
+	c := &Client{cfg: Config{Backoff: 100 * time.Millisecond, MaxBackoff: time.Second}}
+	for retry, want := range map[int]time.Duration{
+		1: 100 * time.Millisecond, 2: 200 * time.Millisecond, 4: 800 * time.Millisecond,
+		5: time.Second, 6: time.Second, 1000: time.Second,
+	} {
+		for range 20 {
+			if got := c.backoff(retry); got < want*4/5 || got > want*6/5 {
+				t.Fatalf("backoff(%d) = %v, want %v ±20%%", retry, got, want)
+			}
 		}
 	}
 	if got := (&Client{}).backoff(3); got != 0 {
 		t.Errorf("zero Backoff: backoff = %v", got)
+	}
+	huge := &Client{cfg: Config{Backoff: time.Second, MaxBackoff: 1 << 62}}
+	if got := huge.backoff(200); got < (1<<62)*4/5 || got > (1<<62)*6/5 {
+		t.Errorf("backoff near the Duration limit = %v", got)
 	}
 }
 

@@ -16,9 +16,6 @@ const (
 	MaxEndpoints = 64
 	// MaxAttemptsLimit bounds Config.MaxAttempts.
 	MaxAttemptsLimit = 100
-	// maxBackoffFactor bounds the exponential backoff at this multiple of
-	// Config.Backoff.
-	maxBackoffFactor = 16
 )
 
 // Config configures a Client.
@@ -30,16 +27,26 @@ type Config struct {
 	// cluster CA as RootCAs and the client certificate. Required; build it
 	// with transport.TLSConfig.ClientTLS.
 	TLS *tls.Config
-	// RequestTimeout bounds one attempt. The caller's context bounds the
-	// whole call, retries included.
+	// RequestTimeout bounds one attempt of a unary call, clipped to what is
+	// left of the call's deadline. Required.
 	RequestTimeout time.Duration
-	// MaxAttempts is the number of attempts per call, the first included
-	// (1 disables retries). At most MaxAttemptsLimit.
+	// RetryDeadline bounds a call, retries included, when the caller's
+	// context has no deadline; a context with a deadline bounds the call by
+	// that deadline instead, however far it is. For the streaming calls it
+	// bounds the retrying, not the transfer: no attempt of AuditExport or
+	// Snapshot starts after it, and AuditFollow gives up on an outage that
+	// lasts longer. Required.
+	RetryDeadline time.Duration
+	// MaxAttempts, when positive, also limits the attempts of a call, the
+	// first included (1 disables retries). Zero sets no count: the client
+	// retries until the call's deadline. At most MaxAttemptsLimit.
 	MaxAttempts int
 	// Backoff is the wait before the first retry; it doubles for each
-	// further retry, up to 16 times its value, with ±20% jitter. Zero
-	// retries at once.
+	// further retry up to MaxBackoff, and every wait is varied by ±20%
+	// jitter. Zero retries at once, which needs a positive MaxAttempts.
 	Backoff time.Duration
+	// MaxBackoff caps the doubling of Backoff; at least Backoff.
+	MaxBackoff time.Duration
 	// Cooldown is how long an endpoint that failed with Unavailable is
 	// skipped by the load balancer. Zero disables skipping.
 	Cooldown time.Duration
@@ -56,8 +63,9 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		RequestTimeout: 5 * time.Second,
-		MaxAttempts:    5,
+		RetryDeadline:  10 * time.Second,
 		Backoff:        50 * time.Millisecond,
+		MaxBackoff:     time.Second,
 		Cooldown:       2 * time.Second,
 	}
 }
@@ -85,16 +93,25 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: TLS is required", ErrInvalidConfig)
 	}
 	if c.RequestTimeout <= 0 {
-		return fmt.Errorf("%w: RequestTimeout must be positive", ErrInvalidConfig)
+		return fmt.Errorf("%w: RequestTimeout must be positive, got %v", ErrInvalidConfig, c.RequestTimeout)
 	}
-	if c.MaxAttempts < 1 || c.MaxAttempts > MaxAttemptsLimit {
-		return fmt.Errorf("%w: MaxAttempts %d not in [1, %d]", ErrInvalidConfig, c.MaxAttempts, MaxAttemptsLimit)
+	if c.RetryDeadline <= 0 {
+		return fmt.Errorf("%w: RetryDeadline must be positive, got %v", ErrInvalidConfig, c.RetryDeadline)
+	}
+	if c.MaxAttempts < 0 || c.MaxAttempts > MaxAttemptsLimit {
+		return fmt.Errorf("%w: MaxAttempts %d not in [0, %d] (0: no limit but the deadline)", ErrInvalidConfig, c.MaxAttempts, MaxAttemptsLimit)
 	}
 	if c.Backoff < 0 {
-		return fmt.Errorf("%w: negative Backoff", ErrInvalidConfig)
+		return fmt.Errorf("%w: negative Backoff %v", ErrInvalidConfig, c.Backoff)
+	}
+	if c.MaxBackoff < c.Backoff {
+		return fmt.Errorf("%w: MaxBackoff %v is below Backoff %v", ErrInvalidConfig, c.MaxBackoff, c.Backoff)
+	}
+	if c.Backoff == 0 && c.MaxAttempts == 0 {
+		return fmt.Errorf("%w: Backoff 0 needs a positive MaxAttempts: retrying at once until the deadline would flood the nodes", ErrInvalidConfig)
 	}
 	if c.Cooldown < 0 {
-		return fmt.Errorf("%w: negative Cooldown", ErrInvalidConfig)
+		return fmt.Errorf("%w: negative Cooldown %v", ErrInvalidConfig, c.Cooldown)
 	}
 	return nil
 }

@@ -30,19 +30,46 @@
 //
 // # Retries
 //
-// One call makes at most [Config.MaxAttempts] attempts. Each attempt has its
-// own deadline, [Config.RequestTimeout], bounded by the caller's context. An
-// attempt is retried, on the next endpoint and after an exponential backoff
-// starting at [Config.Backoff], only when it failed with:
+// A call retries until its deadline, not for a fixed number of attempts, so
+// that it rides through a leader election (about 0.5 to 2 seconds on a local
+// cluster) or the loss of a node. The call's deadline is the caller's
+// context's deadline when it has one, however far away; when it has none,
+// [Config.RetryDeadline] (10 s by default) from the start of the call, so a
+// call never retries forever. [Config.MaxAttempts], when positive, also
+// limits the number of attempts (1 disables retries); zero, the default,
+// sets no count.
+//
+// Each attempt of a unary call has its own deadline, [Config.RequestTimeout]
+// clipped to what is left of the call's deadline. An attempt is retried, on
+// the next endpoint, only when it failed with:
 //
 //   - codes.Unavailable (the node is down, unreachable, or cannot serve the
 //     request right now, for example while there is no leader); or
-//   - codes.DeadlineExceeded of that attempt alone, while the caller's context
-//     still has time left.
+//   - codes.DeadlineExceeded of that attempt alone, while the call's
+//     deadline has not passed.
 //
 // Every other failure (InvalidArgument, NotFound, PermissionDenied,
 // FailedPrecondition, ...) is returned at once: trying again elsewhere would
-// give the same answer. A cancelled or expired caller context ends the call.
+// give the same answer. A cancelled caller context ends the call at once.
+//
+// Before each retry the client waits an exponential backoff: [Config.Backoff]
+// (50 ms by default) before the first retry, doubling for each further one
+// up to [Config.MaxBackoff] (1 s by default), every wait varied by ±20%
+// jitter. A wait never runs past the call's deadline: when the next wait
+// would end at or after it, the client waits half the time left instead and
+// makes a last attempt in the other half, provided that half is at least
+// 100 ms; when that attempt fails too, or too little time is left for it,
+// the call gives up at once rather than sleep into its deadline. The only
+// retry without a wait is the one that follows a leader hint (see below).
+//
+// The streaming calls that retry, [Client.AuditExport] and
+// [Client.Snapshot], follow the same policy until data has reached the
+// writer (after that a failure ends the call: the writer cannot be rewound);
+// their attempts have no timeout of their own, since a long transfer takes a
+// while, but no attempt starts after the call's deadline.
+// [Client.AuditFollow] applies it to each outage: failures in a row with no
+// entry between them are retried until the caller's deadline or, without
+// one, for RetryDeadline from the first of them.
 //
 // Retrying writes is safe because GenerateKey and PutKey carry a request id:
 // a node that sees the same id from the same caller again returns the first
@@ -61,7 +88,10 @@
 // ("coffer-leader-addr"); a server sets it with grpc.SetTrailer before
 // returning the error. The value must be host:port (at most 256 bytes;
 // anything else is ignored). When such a hint is present the next attempt goes
-// straight to that address, without backoff. If the address is not one of the
+// straight to that address, without backoff, unless the attempt that brought
+// the hint was itself following one: then the usual backoff comes first, so
+// nodes that name each other cannot make the client spin until the deadline.
+// If the address is not one of the
 // configured endpoints it is dialled and added to the endpoint set (at most
 // [MaxEndpoints] endpoints in all; hints beyond that are ignored), so later
 // calls are spread over it too. Hints on other errors are ignored.
@@ -69,10 +99,16 @@
 // # Errors
 //
 // Every failed call returns an *[Error] that keeps the gRPC status of the last
-// attempt: status.Code(err) and status.FromError(err) work on it directly, and
-// errors.Is(err, [ErrRetriesExhausted]) tells that the client gave up after
-// retrying. Misuse that never reaches a node returns [ErrClosed] or
-// [ErrInvalidConfig] (wrapped).
+// attempt: status.Code(err) and status.FromError(err) work on it directly.
+// When the client gave up after retrying, errors.Is(err,
+// [ErrRetriesExhausted]) holds, the error says how long the call tried, how
+// many attempts it made, the endpoint of the last one and that one's error
+// (for example "GetKey: Unavailable: gave up after 9.781s and 15
+// attempt(s) (context deadline exceeded), last to node2:7400: no leader"),
+// and, when the deadline ran out, errors.Is(err, context.DeadlineExceeded)
+// holds too. A call ended by its caller's cancellation matches
+// context.Canceled instead. Misuse that never reaches a node returns
+// [ErrClosed] or [ErrInvalidConfig] (wrapped).
 //
 // # Key cache and use policies
 //

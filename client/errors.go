@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -15,8 +16,10 @@ var (
 	ErrInvalidConfig = errors.New("client: invalid config")
 	// ErrClosed is returned by calls made after Close.
 	ErrClosed = errors.New("client: closed")
-	// ErrRetriesExhausted matches (errors.Is) an *Error returned after every
-	// allowed attempt failed with a retryable status.
+	// ErrRetriesExhausted matches (errors.Is) an *Error returned when the
+	// client stopped retrying a call whose failures were retryable: its
+	// deadline ran out (or left no time for another attempt), or
+	// Config.MaxAttempts attempts were made.
 	ErrRetriesExhausted = errors.New("client: retries exhausted")
 )
 
@@ -30,12 +33,16 @@ type Error struct {
 	Endpoint string
 	// Attempts is how many attempts were made.
 	Attempts int
-	// Exhausted is true when the client stopped because attempts ran out
-	// (or the caller's context ended between attempts) while the failures
-	// were retryable.
+	// Elapsed is how long the call tried, from its start to giving up (for
+	// AuditFollow, from the start of the outage).
+	Elapsed time.Duration
+	// Exhausted is true when the client stopped retrying while the failures
+	// were retryable: the call's deadline ran out or left no time for
+	// another attempt, or MaxAttempts attempts were made.
 	Exhausted bool
-	// ctxErr is the caller's context error when the context ended between
-	// attempts.
+	// ctxErr is the context error that ended the call: the caller's context
+	// error, or context.DeadlineExceeded when the call's deadline (the
+	// caller's, or Config.RetryDeadline) ran out.
 	ctxErr error
 	// Err is the last attempt's error, a gRPC status error.
 	Err error
@@ -49,14 +56,19 @@ func (e *Error) Error() string {
 }
 
 // message is the status message, with the retry history when the client gave
-// up after retrying.
+// up after retrying or the context ended the call, for example
+// "gave up after 9.781s and 15 attempt(s) (context deadline exceeded),
+// last to node2:7400: no leader".
 func (e *Error) message() string {
 	msg := status.Convert(e.Err).Message()
+	tried := fmt.Sprintf("%v and %d attempt(s)", e.Elapsed.Round(time.Millisecond), e.Attempts)
 	switch {
-	case e.ctxErr != nil:
-		return fmt.Sprintf("%v after %d attempt(s), last to %s: %s", e.ctxErr, e.Attempts, e.Endpoint, msg)
+	case e.Exhausted && e.ctxErr != nil:
+		return fmt.Sprintf("gave up after %s (%v), last to %s: %s", tried, e.ctxErr, e.Endpoint, msg)
 	case e.Exhausted:
-		return fmt.Sprintf("gave up after %d attempt(s), last to %s: %s", e.Attempts, e.Endpoint, msg)
+		return fmt.Sprintf("gave up after %s (the attempt limit), last to %s: %s", tried, e.Endpoint, msg)
+	case e.ctxErr != nil:
+		return fmt.Sprintf("%v after %s, last to %s: %s", e.ctxErr, tried, e.Endpoint, msg)
 	default:
 		return msg
 	}
@@ -66,7 +78,8 @@ func (e *Error) message() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // Is matches ErrRetriesExhausted when the client gave up after retrying, and
-// the caller's context error when the context ended between attempts.
+// the context error that ended the call, if one did
+// (context.DeadlineExceeded when the call's deadline ran out).
 func (e *Error) Is(target error) bool {
 	if target == ErrRetriesExhausted {
 		return e.Exhausted

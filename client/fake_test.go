@@ -216,6 +216,18 @@ func (f *fakeServer) Status(ctx context.Context, _ *cofferv1.ClusterStatusReques
 	}}, nil
 }
 
+// Snapshot sends "snap-" and the server's name as the snapshot, then the
+// trailer with applied index 7.
+func (f *fakeServer) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.ClusterService_SnapshotServer) error {
+	if err := f.record(stream.Context(), "Snapshot", ""); err != nil {
+		return err
+	}
+	if err := stream.Send(&cofferv1.SnapshotChunk{Data: []byte("snap-" + f.name)}); err != nil {
+		return err
+	}
+	return stream.Send(&cofferv1.SnapshotChunk{AppliedIndex: 7})
+}
+
 // withLeaderHint returns err after attaching addr as the leader hint trailer.
 func withLeaderHint(ctx context.Context, addr string, err error) error {
 	_ = grpc.SetTrailer(ctx, metadata.Pairs(LeaderAddrKey, addr))

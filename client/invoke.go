@@ -2,9 +2,7 @@ package client
 
 import (
 	"context"
-	"math/rand/v2"
 	"net"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,55 +34,52 @@ func invoke[T any](ctx context.Context, c *Client, method string, kind callKind,
 	if c.closed.Load() {
 		return zero, ErrClosed
 	}
+	r := c.newRetry(ctx, method)
 	var (
-		prev    *endpoint
-		hint    string
-		lastErr error
+		prev *endpoint
+		hint string
+		// hinted is set when hint came from a failed attempt's error.
+		hinted bool
 	)
 	if kind == write {
 		if l := c.leader.Load(); l != nil {
 			hint = *l
 		}
 	}
-	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
-		if attempt > 1 && hint == "" {
-			if err := sleep(ctx, c.backoff(attempt)); err != nil {
-				return zero, &Error{Method: method, Endpoint: prev.addr, Attempts: attempt - 1,
-					Exhausted: true, ctxErr: err, Err: lastErr}
-			}
-		}
+	for {
 		ep := c.pick(prev, hint)
-		resp, md, err := attemptOnce(ctx, c.cfg.RequestTimeout, ep, call)
+		resp, md, err := attemptOnce(r, ep, call)
 		if err == nil {
 			if kind == write {
 				c.learnLeader(leaderHint(md))
 			}
 			return resp, nil
 		}
-		trailer := md
-		lastErr = err
 		prev = ep
-		if !retryable(ctx, err) {
-			return zero, &Error{Method: method, Endpoint: ep.addr, Attempts: attempt, Err: err}
-		}
-		hint = ""
+		next := ""
 		if status.Code(err) == codes.Unavailable {
 			c.markDown(ep)
 			c.forgetLeader(ep.addr)
-			if h := leaderHint(trailer); h != ep.addr {
-				hint = h
+			if h := leaderHint(md); h != ep.addr {
+				next = h
 			}
 		}
+		// A fresh hint is followed at once; a hint from an attempt that was
+		// itself following one waits the backoff, so nodes that name each
+		// other cannot make the client spin.
+		if e := r.next(ep, err, next != "" && !hinted); e != nil {
+			return zero, e
+		}
+		hint, hinted = next, next != ""
 	}
-	return zero, &Error{Method: method, Endpoint: prev.addr, Attempts: c.cfg.MaxAttempts,
-		Exhausted: true, Err: lastErr}
 }
 
-// attemptOnce makes one attempt with its own deadline and returns the
-// response with the header metadata, or the error as a gRPC status error with
-// the header and trailer metadata merged.
-func attemptOnce[T any](ctx context.Context, timeout time.Duration, ep *endpoint, call rpc[T]) (T, metadata.MD, error) {
-	actx, cancel := context.WithTimeout(ctx, timeout)
+// attemptOnce makes one attempt with its own deadline (Config.RequestTimeout
+// clipped to the call's) and returns the response with the header metadata,
+// or the error as a gRPC status error with the header and trailer metadata
+// merged.
+func attemptOnce[T any](r *retry, ep *endpoint, call rpc[T]) (T, metadata.MD, error) {
+	actx, cancel := r.attemptContext()
 	defer cancel()
 	var header, trailer metadata.MD
 	resp, err := call(actx, ep, grpc.Header(&header), grpc.Trailer(&trailer))
@@ -113,20 +108,6 @@ func (c *Client) forgetLeader(addr string) {
 	}
 }
 
-// retryable reports whether a failed attempt may be retried: Unavailable, or
-// DeadlineExceeded of the attempt while the caller's context is still live.
-func retryable(ctx context.Context, err error) bool {
-	if ctx.Err() != nil {
-		return false
-	}
-	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded:
-		return true
-	default:
-		return false
-	}
-}
-
 // leaderHint returns the leader address attached to md, or "" when there is
 // none or it does not look like host:port.
 func leaderHint(md metadata.MD) string {
@@ -142,35 +123,4 @@ func leaderHint(md metadata.MD) string {
 		return ""
 	}
 	return h
-}
-
-// backoff is the wait before the given attempt (2 or later): Backoff doubled
-// per earlier retry, capped, with ±20% jitter.
-func (c *Client) backoff(attempt int) time.Duration {
-	b := c.cfg.Backoff
-	if b <= 0 {
-		return 0
-	}
-	limit := b * maxBackoffFactor
-	for i := 2; i < attempt && b < limit; i++ {
-		b *= 2
-	}
-	b = min(b, limit)
-	jitter := time.Duration(rand.Int64N(int64(b)/5*2+1)) - b/5
-	return b + jitter
-}
-
-// sleep waits for d or until ctx ends, returning ctx's error in that case.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

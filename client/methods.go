@@ -125,3 +125,34 @@ func (c *Client) PinNode(ctx context.Context, req *cofferv1.PinNodeRequest) (*co
 func nilRequest(method string) error {
 	return &Error{Method: method, Err: status.Error(codes.InvalidArgument, "nil request")}
 }
+
+// RemoveNode removes a member from the cluster (cluster.manage).
+func (c *Client) RemoveNode(ctx context.Context, req *cofferv1.RemoveNodeRequest) (*cofferv1.RemoveNodeResponse, error) {
+	if req == nil {
+		return nil, nilRequest("RemoveNode")
+	}
+	return invoke(ctx, c, "RemoveNode", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.RemoveNodeResponse, error) {
+		return ep.cluster.RemoveNode(ctx, req, opts...)
+	})
+}
+
+// TransferLeadership moves leadership to another voter (cluster.manage).
+func (c *Client) TransferLeadership(ctx context.Context, req *cofferv1.TransferLeadershipRequest) (*cofferv1.TransferLeadershipResponse, error) {
+	if req == nil {
+		return nil, nilRequest("TransferLeadership")
+	}
+	return invoke(ctx, c, "TransferLeadership", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.TransferLeadershipResponse, error) {
+		return ep.cluster.TransferLeadership(ctx, req, opts...)
+	})
+}
+
+// DrainNode drains a member for maintenance, or undrains it
+// (cluster.manage).
+func (c *Client) DrainNode(ctx context.Context, req *cofferv1.DrainNodeRequest) (*cofferv1.DrainNodeResponse, error) {
+	if req == nil {
+		return nil, nilRequest("DrainNode")
+	}
+	return invoke(ctx, c, "DrainNode", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.DrainNodeResponse, error) {
+		return ep.cluster.DrainNode(ctx, req, opts...)
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
@@ -61,33 +62,34 @@ func (c *Client) ListPolicies(ctx context.Context, req *cofferv1.ListPoliciesReq
 // returns the applied index it describes. The caller's context bounds the
 // whole transfer (there is no per-attempt timeout: a large state takes a
 // while). A failure before the first byte is written is retried on another
-// node; once data has been written the call fails instead, since w cannot be
-// rewound.
+// node under the retry policy of every call (see the package documentation:
+// no new attempt starts after the call's deadline, Config.RetryDeadline when
+// ctx has none); once data has been written the call fails instead, since w
+// cannot be rewound.
 func (c *Client) Snapshot(ctx context.Context, w io.Writer) (uint64, error) {
 	if c.closed.Load() {
 		return 0, ErrClosed
 	}
+	r := c.newRetry(ctx, "Snapshot")
 	var prev *endpoint
-	var lastErr error
-	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
-		if attempt > 1 {
-			if err := sleep(ctx, c.backoff(attempt)); err != nil {
-				return 0, &Error{Method: "Snapshot", Endpoint: prev.addr, Attempts: attempt - 1, Exhausted: true, ctxErr: err, Err: lastErr}
-			}
-		}
+	for {
 		ep := c.pick(prev, "")
 		prev = ep
 		idx, written, err := snapshotFrom(ctx, ep, w)
 		if err == nil {
 			return idx, nil
 		}
-		lastErr = toStatusErr(err)
-		if written || !retryable(ctx, lastErr) {
-			return 0, &Error{Method: "Snapshot", Endpoint: ep.addr, Attempts: attempt, Err: lastErr}
+		err = toStatusErr(err)
+		if written {
+			return 0, r.final(ep, err)
 		}
-		c.markDown(ep)
+		if retryable(status.Code(err)) {
+			c.markDown(ep)
+		}
+		if e := r.next(ep, err, false); e != nil {
+			return 0, e
+		}
 	}
-	return 0, &Error{Method: "Snapshot", Endpoint: prev.addr, Attempts: c.cfg.MaxAttempts, Exhausted: true, Err: lastErr}
 }
 
 func snapshotFrom(ctx context.Context, ep *endpoint, w io.Writer) (idx uint64, written bool, err error) {

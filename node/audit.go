@@ -93,7 +93,7 @@ var opNames = map[string]string{
 	"Grant": "acl.manage", "RevokeGrant": "acl.manage", "ListGrants": "acl.read", "Check": "acl.read",
 	"Query": "audit.read", "Export": "audit.export", "Match": "audit.read", "Head": "audit.read",
 	"Prune": "audit.prune", "Follow": "audit.read",
-	"PinNode": "cluster.manage",
+	"PinNode": "cluster.manage", "RemoveNode": "cluster.manage", "TransferLeadership": "cluster.manage", "DrainNode": "cluster.manage",
 }
 
 // newAuditEntry starts an entry for a request on this node.

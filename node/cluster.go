@@ -3,8 +3,10 @@ package node
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/cluster"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -52,6 +55,7 @@ func (n *Node) localStatus() *cofferv1.NodeStatus {
 	}
 	if pin := n.fsm.NodePins()[n.cfg.ID]; pin != nil {
 		st.PinnedCertSha256 = hex.EncodeToString(pin.GetCertSha256())
+		st.Drained = pin.GetDrained()
 	}
 	stats := n.raft.Stats()
 	st.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
@@ -67,13 +71,17 @@ func (n *Node) localStatus() *cofferv1.NodeStatus {
 	}
 	_, leader := n.raft.LeaderWithID()
 	st.LeaderId = string(leader)
+	st.Suffrage = "none"
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
 			if string(s.ID) == n.cfg.ID {
 				st.Voter = s.Suffrage == raft.Voter
+				st.Suffrage = suffrageName(s)
 			}
 		}
 	}
+	st.LastLogTerm, _ = strconv.ParseUint(stats["last_log_term"], 10, 64)
+	st.LastContactMs = lastContactMs(stats["last_contact"], n.raft.State() == raft.Leader)
 	switch {
 	case leader == "":
 		st.Error = "no leader known"
@@ -115,8 +123,9 @@ func (s *clusterService) Status(ctx context.Context, _ *cofferv1.ClusterStatusRe
 		}
 	}
 	n.peersMu.RUnlock()
-
 	out := &cofferv1.ClusterStatusResponse{ReporterId: n.cfg.ID}
+	out.SiteLoss, out.LayoutWarning = n.siteLoss()
+
 	if c, err := n.fsm.Cluster(); err == nil {
 		out.ClusterId = c.GetClusterId()
 	}
@@ -141,12 +150,11 @@ func (n *Node) memberStatus(ctx context.Context, id string, srv raft.Server) *co
 	if id == n.cfg.ID {
 		return n.localStatus()
 	}
-	n.peersMu.RLock()
-	p := n.peers[id]
-	n.peersMu.RUnlock()
+	p, _ := n.peer(id)
 	fail := func(msg string) *cofferv1.NodeStatus {
 		return &cofferv1.NodeStatus{Id: id, Site: p.Site, Address: p.APIAddr, RaftAddress: string(srv.Address),
-			Role: cofferv1.NodeRole_NODE_ROLE_UNREACHABLE, Error: msg, Voter: srv.Suffrage == raft.Voter}
+			Role: cofferv1.NodeRole_NODE_ROLE_UNREACHABLE, Error: msg, Voter: srv.Suffrage == raft.Voter,
+			Suffrage: suffrageName(srv), LastContactMs: -1}
 	}
 	conn, err := n.peerConn(id)
 	if err != nil {
@@ -236,4 +244,69 @@ func (w *chunkWriter) flush() error {
 	w.total += len(w.buf)
 	w.buf = nil
 	return err
+}
+
+// suffrageName names a server's suffrage for status.
+func suffrageName(s raft.Server) string {
+	switch s.Suffrage {
+	case raft.Voter:
+		return "voter"
+	case raft.Nonvoter:
+		return "non-voter"
+	case raft.Staging:
+		return "staging"
+	}
+	return "none"
+}
+
+// lastContactMs turns Raft's last_contact stat ("never", "0" or a
+// duration) into milliseconds: 0 on the leader, -1 for never.
+func lastContactMs(v string, leader bool) int64 {
+	if leader {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		if v == "0" {
+			return 0
+		}
+		return -1
+	}
+	return d.Milliseconds()
+}
+
+// siteLoss reports, from the Raft configuration this node holds and the
+// members' sites, whether the cluster survives the loss of each site that
+// holds voters, and a warning naming the sites whose loss it would not
+// survive.
+func (n *Node) siteLoss() ([]*cofferv1.SiteLoss, string) {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil, ""
+	}
+	sites := n.memberSites()
+	voters := map[string]int{}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			site := sites[string(s.ID)]
+			if site == "" {
+				site = "unknown"
+			}
+			voters[site]++
+		}
+	}
+	var out []*cofferv1.SiteLoss
+	var fatal []string
+	for site, ok := range cluster.SiteLoss(voters) {
+		out = append(out, &cofferv1.SiteLoss{Site: site, Voters: uint32(voters[site]), Survives: ok})
+		if !ok {
+			fatal = append(fatal, site)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
+	sort.Strings(fatal)
+	if len(fatal) == 0 {
+		return out, ""
+	}
+	return out, fmt.Sprintf("the cluster does not survive the loss of site %s: spread the voters over three or more sites so that none holds a majority", strings.Join(fatal, ", "))
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/cluster"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -82,6 +83,27 @@ func DefaultLimits() Limits {
 	return Limits{RequestTimeout: 10 * time.Second, MaxInflightForwards: 4096}
 }
 
+// GossipSettings say where a node gossips (hashicorp/memberlist, always
+// encrypted) and which members it contacts to join a running cluster.
+// Gossip is off when BindAddr is empty: the node then knows only the
+// members of its peers list and the Raft configuration.
+type GossipSettings struct {
+	// BindAddr is the host:port of the gossip listener (TCP and UDP).
+	BindAddr string `json:"bind_addr,omitempty"`
+	// AdvertiseAddr is the host:port the others reach it at; empty means
+	// BindAddr.
+	AdvertiseAddr string `json:"advertise_addr,omitempty"`
+	// KeyFile holds the cluster's gossip key (32 bytes, base64), one of
+	// the cluster's secrets: there is no built-in default.
+	KeyFile string `json:"key_file,omitempty"`
+	// Join lists gossip addresses of existing members. A node with no Raft
+	// state and no bootstrap joins through them; the leader then checks its
+	// node certificate over mTLS and adds it as a non-voter.
+	Join []string `json:"join,omitempty"`
+	// WAN selects gossip timings for links across data centres.
+	WAN bool `json:"wan,omitempty"`
+}
+
 // Config configures one node.
 type Config struct {
 	ID      string `json:"id"`
@@ -112,13 +134,17 @@ type Config struct {
 	Raft            RaftTimings         `json:"raft"`
 	Limits          Limits              `json:"limits"`
 	Audit           AuditConfig         `json:"audit"`
+	Gossip          GossipSettings      `json:"gossip"`
+	// Membership: how many voters, how stable a server must be before it
+	// votes (see cluster.Settings).
+	Membership cluster.Settings `json:"membership"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
 }
 
 // DefaultConfig returns a Config with every optional field set.
 func DefaultConfig() Config {
-	return Config{Raft: DefaultRaftTimings(), Limits: DefaultLimits(), Audit: DefaultAuditConfig(), LogLevel: "info"}
+	return Config{Raft: DefaultRaftTimings(), Limits: DefaultLimits(), Audit: DefaultAuditConfig(), Membership: cluster.DefaultSettings(), LogLevel: "info"}
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -175,6 +201,19 @@ func (c Config) Validate() error {
 	}
 	if c.Limits.RequestTimeout <= 0 || c.Limits.MaxInflightForwards <= 0 {
 		return fmt.Errorf("%w: limits must be positive", ErrConfig)
+	}
+	if err := c.Membership.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	g := c.Gossip
+	if g.BindAddr == "" && (len(g.Join) > 0 || g.KeyFile != "" || g.AdvertiseAddr != "") {
+		return fmt.Errorf("%w: gossip settings without gossip.bind_addr", ErrConfig)
+	}
+	if g.BindAddr != "" && g.KeyFile == "" {
+		return fmt.Errorf("%w: gossip.key_file is required: gossip is always encrypted with the cluster's gossip key", ErrConfig)
+	}
+	if !c.Bootstrap && g.BindAddr != "" && len(g.Join) == 0 && len(c.Peers) == 0 {
+		return fmt.Errorf("%w: a node that does not bootstrap needs gossip.join (or peers) to find the cluster", ErrConfig)
 	}
 	return nil
 }

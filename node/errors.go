@@ -29,6 +29,11 @@ var (
 	// ErrPrecondition refuses a request the cluster's state does not allow
 	// now (not every member runs a build that applies the change).
 	ErrPrecondition = errors.New("failed precondition")
+	// ErrDamagedStore refuses to start a node whose Raft log or state
+	// files fail their checks (storecheck.go).
+	ErrDamagedStore = errors.New("node: damaged store")
+	// ErrStoreLocked refuses to start a node whose stores another process holds.
+	ErrStoreLocked = errors.New("node: store in use")
 )
 
 // leaderHint is an error that knows where the leader's client API is.

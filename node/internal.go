@@ -84,6 +84,12 @@ func forwardedRequest(req *cofferv1.ForwardRequest) any {
 		return op.AuditPrune
 	case *cofferv1.ForwardRequest_PinNode:
 		return op.PinNode
+	case *cofferv1.ForwardRequest_RemoveNode:
+		return op.RemoveNode
+	case *cofferv1.ForwardRequest_TransferLeadership:
+		return op.TransferLeadership
+	case *cofferv1.ForwardRequest_DrainNode:
+		return op.DrainNode
 	}
 	return nil
 }

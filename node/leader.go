@@ -41,6 +41,7 @@ func (n *Node) leaderLoop() {
 			if err := n.admitMembers(); err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
 				n.logger.Warn("admitting members failed; will retry", "err", err)
 			}
+			n.keepLeadershipAway()
 			if err := n.maybeCheckpoint(); err != nil {
 				n.logger.Warn("audit checkpoint failed; will retry", "err", err)
 			}

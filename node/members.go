@@ -247,7 +247,8 @@ func (n *Node) admitMembers() error {
 		if cert == nil {
 			continue // not reached yet; the next round tries again
 		}
-		res, err := n.proposePin(context.Background(), id, cert, pinOptions{onlyIfAbsent: true},
+		p, _ := n.peer(id)
+		res, err := n.proposePin(context.Background(), id, cert, pinOptions{onlyIfAbsent: true, site: p.Site, apiAddr: p.APIAddr, raftAddr: p.RaftAddr},
 			n.memberEntry(id, "admitted: pinned certificate sha256:"+hex.EncodeToString(certSHA256(cert))+" serial "+authz.FormatSerial(cert.SerialNumber)))
 		if err != nil {
 			return fmt.Errorf("pin %s: %w", id, err)
@@ -299,18 +300,25 @@ func (n *Node) memberEntry(id, what string) *cofferv1.AuditEntry {
 		Reason: clip(what, audit.MaxFieldLen)}
 }
 
-// pinOptions shape a PIN_NODE command (see PinNodeCommand).
+// pinOptions shape a PIN_NODE command (see PinNodeCommand): site and
+// addresses are where the member is, recorded with its pin.
 type pinOptions struct {
-	onlyIfAbsent bool
-	previous     []byte
-	expected     []byte
+	onlyIfAbsent            bool
+	previous                []byte
+	expected                []byte
+	site, apiAddr, raftAddr string
 }
 
 // proposePin proposes a PIN_NODE command carrying e as its audit entry.
 func (n *Node) proposePin(ctx context.Context, id string, cert *x509.Certificate, o pinOptions, e *cofferv1.AuditEntry) (fsm.Result, error) {
 	rec := &cofferv1.NodeRecord{Id: id, CertSha256: certSHA256(cert), CertSerial: authz.FormatSerial(cert.SerialNumber),
 		CertNotAfterUnixNano: cert.NotAfter.UnixNano(), PinnedUnixNano: time.Now().UnixNano(), PinnedBy: n.cfg.ID,
-		PreviousSha256: o.previous}
+		PreviousSha256: o.previous, Site: o.site, ApiAddr: o.apiAddr, RaftAddr: o.raftAddr}
+	if cur, err := n.fsm.NodeRecord(id); err == nil && o.site == "" {
+		// A re-pin or a retirement keeps where the member is, and whether it
+		// is drained (a removal is undone by a re-pin, on purpose).
+		rec.Site, rec.ApiAddr, rec.RaftAddr, rec.Drained = cur.GetSite(), cur.GetApiAddr(), cur.GetRaftAddr(), cur.GetDrained()
+	}
 	if err := n.tagRecord("n/"+id, rec, nil); err != nil {
 		return fsm.Result{}, err
 	}
@@ -344,18 +352,37 @@ func (n *Node) revalidateLoop() {
 	defer n.wg.Done()
 	t := time.NewTicker(revalidateEvery)
 	defer t.Stop()
-	var last string
+	var last raft.Configuration
 	for {
 		select {
 		case <-n.stopCh:
 			return
 		case <-t.C:
 		}
-		if cfg := n.raft.Stats()["latest_configuration"]; cfg != last {
-			last = cfg
-			n.revalidateRaft()
+		cur := n.raft.GetConfiguration().Configuration()
+		if sameConfiguration(cur, last) {
+			continue
+		}
+		n.revalidateRaft()
+		n.auditConfigChanges(last, cur)
+		if _, warn := n.siteLoss(); warn != "" && n.IsLeader() {
+			n.logger.Warn("voter layout: " + warn)
+		}
+		last = cur
+	}
+}
+
+// sameConfiguration compares two Raft configurations server by server.
+func sameConfiguration(a, b raft.Configuration) bool {
+	if len(a.Servers) != len(b.Servers) {
+		return false
+	}
+	for i := range a.Servers {
+		if a.Servers[i] != b.Servers[i] {
+			return false
 		}
 	}
+	return true
 }
 
 // toStatusText is the gRPC code name an error maps to.
@@ -439,14 +466,16 @@ func (n *Node) pinNode(ctx context.Context, c caller, req *cofferv1.PinNodeReque
 	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
 		member = member || string(s.ID) == req.GetNode()
 	}
-	if !member {
+	cur, curErr := n.fsm.NodeRecord(req.GetNode())
+	readmit := curErr == nil && cur.GetRemoved()
+	if !member && !readmit {
 		return nil, fmt.Errorf("%w: node %q is not a member of this cluster", ErrNotFound, req.GetNode())
 	}
 	if !n.membersApply(fsm.NodePinVersion) {
 		return nil, fmt.Errorf("%w: not every member runs a build that applies certificate pins; upgrade them first", ErrPrecondition)
 	}
 	var prevSum []byte
-	if cur, err := n.fsm.NodeRecord(req.GetNode()); err == nil && !bytes.Equal(cur.GetCertSha256(), certSHA256(cert)) {
+	if curErr == nil && !readmit && !bytes.Equal(cur.GetCertSha256(), certSHA256(cert)) {
 		prevSum = cur.GetCertSha256()
 	}
 	prev := hex.EncodeToString(prevSum)

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/cluster"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/hsmwrap"
 	"github.com/coffer-kms/coffer/transport"
@@ -67,8 +68,16 @@ type Node struct {
 	// when the leader last asked (Unix nanoseconds).
 	pinsEnabled atomic.Bool
 	pinPoll     atomic.Int64
-	// refusals commits the audit entries of refused node identities.
+	// refusals commits the audit entries of refused node identities and of
+	// membership changes.
 	refusals *refusalAuditor
+	// gossip and membership run when the config enables gossip
+	// (membership.go); stopMembership stops them.
+	gossip         *cluster.Gossip
+	membership     *cluster.Manager
+	stopMembership context.CancelFunc
+	// hlog is Raft's logger, shared with autopilot.
+	hlog hclog.Logger
 
 	reads *coalescer
 	keks  kekCache
@@ -141,7 +150,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
-	if n.fsm, err = fsm.Open(fsm.Config{Dir: filepath.Join(cfg.DataDir, "state"), Logger: logger, CacheBytes: 64 << 20,
+	if n.fsm, err = openState(fsm.Config{Dir: filepath.Join(cfg.DataDir, "state"), Logger: logger, CacheBytes: 64 << 20,
 		VerifyRecord: n.verifyRecordTag, OnAccessChange: n.revalidateRaft}); err != nil {
 		return nil, err
 	}
@@ -153,6 +162,9 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	n.auditor.n = n
 	n.auditor.inflight = make(chan struct{}, maxAuditRounds)
 	if err := n.startAPI(); err != nil {
+		return nil, err
+	}
+	if err := n.startMembership(); err != nil {
 		return nil, err
 	}
 	if cfg.MetricsAddr != "" {
@@ -175,13 +187,14 @@ func (n *Node) startRaft() error {
 	if err := os.MkdirAll(raftDir, 0o700); err != nil {
 		return fmt.Errorf("node: raft dir: %w", err)
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"), BoltOptions: boltOptions()})
+	store, err := openRaftLog(filepath.Join(raftDir, "raft.db"))
 	if err != nil {
-		return fmt.Errorf("node: open raft log: %w", err)
+		return err
 	}
 	n.logStore = store
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr,
 		JSONFormat: false}).With("node", cfg.ID)
+	n.hlog = hlog
 	snaps, err := fsm.NewSnapshotStore(raftDir, 2, hlog)
 	if err != nil {
 		return fmt.Errorf("node: snapshot store: %w", err)
@@ -347,6 +360,7 @@ func (n *Node) Close() error {
 				n.grpcServer.Stop()
 			}
 		}
+		n.closeMembership()
 		if n.metricsSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = n.metricsSrv.Shutdown(ctx)

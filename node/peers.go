@@ -15,22 +15,33 @@ import (
 	"github.com/coffer-kms/coffer/transport"
 )
 
-// peerAPIAddr returns the client address of a member, or "" if unknown.
-func (n *Node) peerAPIAddr(id string) string {
+// peer returns what this node knows of a member: its admission record when
+// it joined over gossip (site and addresses), else the config's peers list.
+func (n *Node) peer(id string) (Peer, bool) {
+	if rec, err := n.fsm.NodeRecord(id); err == nil && rec.GetApiAddr() != "" {
+		return Peer{ID: id, Site: rec.GetSite(), APIAddr: rec.GetApiAddr(), RaftAddr: rec.GetRaftAddr()}, true
+	}
 	n.peersMu.RLock()
 	defer n.peersMu.RUnlock()
-	return n.peers[id].APIAddr
+	p, ok := n.peers[id]
+	return p, ok
+}
+
+// peerAPIAddr returns the client address of a member, or "" if unknown.
+func (n *Node) peerAPIAddr(id string) string {
+	p, _ := n.peer(id)
+	return p.APIAddr
 }
 
 // peerConn returns a (shared, lazily dialled) connection to a member's API.
 func (n *Node) peerConn(id string) (*grpc.ClientConn, error) {
 	n.peersMu.RLock()
 	c, ok := n.conns[id]
-	p, known := n.peers[id]
 	n.peersMu.RUnlock()
 	if ok {
 		return c, nil
 	}
+	p, known := n.peer(id)
 	if !known || p.APIAddr == "" {
 		return nil, fmt.Errorf("%w: no client address known for node %q", ErrNoLeader, id)
 	}

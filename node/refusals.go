@@ -93,6 +93,18 @@ func (r *refusalAuditor) add(e *cofferv1.AuditEntry, k refusalKey) bool {
 	return true
 }
 
+// record queues an entry to be committed as it is, counted nowhere: a
+// membership change the leader saw.
+func (r *refusalAuditor) record(e *cofferv1.AuditEntry) {
+	r.mu.Lock()
+	ok := r.enqueueLocked(e)
+	r.mu.Unlock()
+	if !ok {
+		r.n.logger.Error("audit entry of a membership change dropped: too many waiting", "member", e.GetClient(), "change", e.GetReason())
+	}
+	r.signal()
+}
+
 // enqueueLocked queues e unless the queue is full (counted as unaudited).
 func (r *refusalAuditor) enqueueLocked(e *cofferv1.AuditEntry) bool {
 	if len(r.q) >= maxPendingRefusals {

@@ -57,6 +57,24 @@ func (n *Node) execute(ctx context.Context, c caller, req *cofferv1.ForwardReque
 			return nil, err
 		}
 		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_PinNode{PinNode: resp}}, nil
+	case *cofferv1.ForwardRequest_RemoveNode:
+		resp, err := n.removeNode(ctx, c, op.RemoveNode)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RemoveNode{RemoveNode: resp}}, nil
+	case *cofferv1.ForwardRequest_TransferLeadership:
+		resp, err := n.transferLeadership(ctx, c, op.TransferLeadership)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_TransferLeadership{TransferLeadership: resp}}, nil
+	case *cofferv1.ForwardRequest_DrainNode:
+		resp, err := n.drainNode(ctx, c, op.DrainNode)
+		if err != nil {
+			return nil, err
+		}
+		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_DrainNode{DrainNode: resp}}, nil
 	case *cofferv1.ForwardRequest_RegisterClient, *cofferv1.ForwardRequest_SetClientActive,
 		*cofferv1.ForwardRequest_RevokeCertificate, *cofferv1.ForwardRequest_Grant, *cofferv1.ForwardRequest_RevokeGrant:
 		return n.executeAccess(ctx, c, req)

@@ -534,6 +534,10 @@ type auditLog struct {
 	// node); dropOnce ends the first stream after its first message, as a
 	// failing node would; follows records each stream's after_seq.
 	streaming, dropOnce bool
+	// downAfterDrop makes every stream after the dropped one fail with
+	// "no leader", as a cluster that lost its leader for good; down is set
+	// once that has begun.
+	downAfterDrop, down bool
 	follows             []uint64
 	pruneReqs           []*cofferv1.AuditPruneRequest
 	// oldQuery answers queries as a node older than newest: it ignores it.
@@ -548,6 +552,10 @@ func (l *auditLog) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.Audi
 	if !l.streaming {
 		l.mu.Unlock()
 		return status.Error(codes.Unimplemented, "unknown method Follow")
+	}
+	if l.down {
+		l.mu.Unlock()
+		return status.Error(codes.Unavailable, "no leader")
 	}
 	after := req.GetAfterSeq()
 	if req.GetFromNewest() {
@@ -573,6 +581,7 @@ func (l *auditLog) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.Audi
 		drop := l.dropOnce && len(out) > 0
 		if drop {
 			l.dropOnce = false
+			l.down = l.downAfterDrop
 		}
 		head := uint64(len(l.entries))
 		l.mu.Unlock()
@@ -1136,5 +1145,44 @@ func TestCLI_AuditPrune(t *testing.T) {
 	out = mustRun(t, env, "audit", "prune", "--before", "2000-01-01T00:00:00Z")
 	if !strings.Contains(out, "nothing to prune") {
 		t.Fatalf("prune --before 2000: %q", out)
+	}
+}
+
+// TestCLI_AuditTailGivesUpAtTimeout: tail -f rides through a dropped
+// stream, but when the cluster stays without a leader it gives up after
+// --timeout (not the client library's default) with the retry history.
+func TestCLI_AuditTailGivesUpAtTimeout(t *testing.T) {
+	l, env := mustAuditNode(t, 10)
+	l.mu.Lock()
+	l.streaming, l.dropOnce, l.downAfterDrop = true, true, true
+	l.mu.Unlock()
+	// The command's context has no deadline, as in a terminal: --timeout
+	// is what bounds the outage.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, errOut testenv.Buffer
+	done := make(chan int, 1)
+	start := time.Now()
+	go func() {
+		done <- run(ctx, []string{"--timeout", "1s", "audit", "tail", "-f", "-n", "2"},
+			streams{in: strings.NewReader(""), out: &stdout, err: &errOut}, env.get)
+	}()
+	var code int
+	select {
+	case code = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("tail -f still running 10s into an outage, with --timeout 1s")
+	}
+	if elapsed := time.Since(start); elapsed > 5*time.Second {
+		t.Fatalf("tail -f gave up after %v, want about --timeout 1s", elapsed)
+	}
+	out, stderr := stdout.String(), errOut.String()
+	if code != exitFailure || !strings.Contains(out, "k10") {
+		t.Fatalf("exit %d, output %q, stderr %q", code, out, stderr)
+	}
+	for _, want := range []string{"coffer: Unavailable: gave up after ", "(context deadline exceeded)", ": no leader"} {
+		if !strings.Contains(stderr, want) {
+			t.Fatalf("stderr %q lacks %q", stderr, want)
+		}
 	}
 }

@@ -28,6 +28,25 @@ type memStore struct {
 	byReqID map[string]string
 	// addrs are the nodes' addresses, in node order.
 	addrs []string
+	// noLeaderUntil, while in the future, makes GenerateKey answer as a
+	// node does during a leader election.
+	noLeaderUntil time.Time
+}
+
+// setNoLeader makes GenerateKey answer "no leader" until end.
+func (s *memStore) setNoLeader(end time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.noLeaderUntil = end
+}
+
+func (s *memStore) noLeader() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Now().Before(s.noLeaderUntil) {
+		return status.Error(codes.Unavailable, "no leader")
+	}
+	return nil
 }
 
 // testPKI is a throwaway pair of CAs (node and client) in a temporary
@@ -80,6 +99,13 @@ func newTestPKI(t *testing.T, name string) testPKI {
 // returns their addresses and the environment a client needs.
 func mustCluster(t *testing.T, n int) ([]string, envMap) {
 	t.Helper()
+	shared, env := mustMemCluster(t, n)
+	return shared.addrs, env
+}
+
+// mustMemCluster is mustCluster returning the shared store.
+func mustMemCluster(t *testing.T, n int) (*memStore, envMap) {
+	t.Helper()
 	pki := newTestPKI(t, "cli-test-ca")
 	issue := pki.issue
 	shared := &memStore{keys: map[string]*cofferv1.GetKeyResponse{}, byReqID: map[string]string{}}
@@ -106,7 +132,7 @@ func mustCluster(t *testing.T, n int) ([]string, envMap) {
 	shared.addrs = addrs
 	shared.mu.Unlock()
 	cli := issue(transport.Identity{Kind: transport.KindClient, Name: "cli"})
-	return addrs, envMap{envAddr: strings.Join(addrs, ","), envCA: cli.CAFile, envCert: cli.CertFile, envKey: cli.KeyFile}
+	return shared, envMap{envAddr: strings.Join(addrs, ","), envCA: cli.CAFile, envCert: cli.CertFile, envKey: cli.KeyFile}
 }
 
 // memHandler is one in-memory node: KeyService and ClusterService over the
@@ -139,6 +165,9 @@ func (h *memHandler) store(reqID, policy, resource string, alg cofferv1.Algorith
 }
 
 func (h *memHandler) GenerateKey(_ context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
+	if err := h.noLeader(); err != nil {
+		return nil, err
+	}
 	if req.GetResource() == "" {
 		return nil, status.Error(codes.InvalidArgument, "resource is required")
 	}
@@ -329,5 +358,41 @@ func TestCLI_Bench(t *testing.T) {
 	}
 	if rep.Total.Count == 0 || rep.Total.Errors != 0 || len(rep.Endpoints) != 3 || rep.Keys != 20 {
 		t.Fatalf("bench report %+v", rep)
+	}
+}
+
+// TestCLI_RidesThroughElection: a command sent while the cluster has no
+// leader succeeds once the election is over, within --timeout; when the
+// cluster stays without a leader it fails at --timeout, saying how long it
+// tried, how often, where last and with which error.
+func TestCLI_RidesThroughElection(t *testing.T) {
+	shared, env := mustMemCluster(t, 3)
+	const election = 1500 * time.Millisecond
+	start := time.Now()
+	shared.setNoLeader(start.Add(election))
+	if gkid := strings.TrimSpace(mustRun(t, env, "key", "generate", "--resource", "r")); gkid != "gk0001" {
+		t.Fatalf("generate printed %q", gkid)
+	}
+	if elapsed := time.Since(start); elapsed < election {
+		t.Fatalf("generate answered after %v, during the election", elapsed)
+	}
+
+	shared.setNoLeader(time.Now().Add(time.Hour))
+	const timeout = 2 * time.Second
+	start = time.Now()
+	code, _, stderr := runCLI(t, env, "--timeout", timeout.String(), "key", "generate", "--resource", "r")
+	elapsed := time.Since(start)
+	if code != exitFailure {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	// The client gives up no earlier than its last wait (at most 1.2 s)
+	// before the deadline.
+	if elapsed < timeout-1200*time.Millisecond || elapsed > timeout+time.Second {
+		t.Fatalf("failed after %v, want about --timeout %v", elapsed, timeout)
+	}
+	for _, want := range []string{"coffer: Unavailable: gave up after ", " attempt(s) (context deadline exceeded), last to 127.0.0.1:", ": no leader\n"} {
+		if !strings.Contains(stderr, want) {
+			t.Fatalf("stderr %q lacks %q", stderr, want)
+		}
 	}
 }

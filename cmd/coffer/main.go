@@ -8,7 +8,12 @@
 //	--cert     COFFER_CERT     client certificate (PEM)
 //	--key      COFFER_KEY      client private key (PEM)
 //	--output   COFFER_OUTPUT   text or json
-//	--timeout  COFFER_TIMEOUT  bound on each command's requests
+//	--timeout  COFFER_TIMEOUT  bound on each command's requests, retries included
+//
+// Requests that fail because a node is down or the cluster has no leader
+// (Unavailable) are retried on the other nodes, with exponential backoff,
+// until --timeout runs out (see package client), so a command rides through
+// a leader election.
 //
 // Errors go to stderr; the exit status is 1 for failures and 2 for usage
 // errors (bad flags or arguments, missing settings).
@@ -296,7 +301,10 @@ func (a *app) newClient() (*client.Client, error) {
 	cfg.DisableKeyCache = true
 	cfg.Endpoints = cs.addrs
 	cfg.TLS = tlsConf
-	cfg.RequestTimeout = min(cfg.RequestTimeout, a.limit)
+	// Requests retry within the --timeout bound: each command's context
+	// carries it as a deadline, and RetryDeadline applies it to the
+	// requests made without one (the outages of `audit tail -f`).
+	cfg.RetryDeadline = a.limit
 	c, err := client.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create client: %w", err)

@@ -337,13 +337,27 @@ type nodeJSON struct {
 	// PinnedCertSHA256 is the certificate the cluster accepts from the
 	// node (empty: not admitted yet).
 	PinnedCertSHA256 string `json:"pinned_cert_sha256"`
+	// Suffrage is voter, non-voter, staging or none; LastContactMs the time
+	// since the node last heard from the leader (-1: never).
+	Suffrage      string `json:"suffrage"`
+	LastContactMs int64  `json:"last_contact_ms"`
+	Drained       bool   `json:"drained"`
+}
+
+// siteLossJSON is one site in `cluster status -o json`.
+type siteLossJSON struct {
+	Site     string `json:"site"`
+	Voters   uint32 `json:"voters"`
+	Survives bool   `json:"survives_its_loss"`
 }
 
 // clusterJSON is the output of `cluster status -o json`.
 type clusterJSON struct {
-	ClusterID  string     `json:"cluster_id"`
-	ReporterID string     `json:"reporter_id"`
-	Nodes      []nodeJSON `json:"nodes"`
+	ClusterID     string         `json:"cluster_id"`
+	ReporterID    string         `json:"reporter_id"`
+	Nodes         []nodeJSON     `json:"nodes"`
+	Sites         []siteLossJSON `json:"sites"`
+	LayoutWarning string         `json:"layout_warning,omitempty"`
 }
 
 func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
@@ -351,6 +365,12 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 		ClusterID:  resp.GetClusterId(),
 		ReporterID: resp.GetReporterId(),
 		Nodes:      make([]nodeJSON, 0, len(resp.GetNodes())),
+		Sites:      []siteLossJSON{},
+
+		LayoutWarning: resp.GetLayoutWarning(),
+	}
+	for _, s := range resp.GetSiteLoss() {
+		out.Sites = append(out.Sites, siteLossJSON{Site: s.GetSite(), Voters: s.GetVoters(), Survives: s.GetSurvives()})
 	}
 	for _, n := range resp.GetNodes() {
 		out.Nodes = append(out.Nodes, nodeJSON{
@@ -370,6 +390,9 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 			Voter:          n.GetVoter(),
 
 			PinnedCertSHA256: n.GetPinnedCertSha256(),
+			Suffrage:         n.GetSuffrage(),
+			LastContactMs:    n.GetLastContactMs(),
+			Drained:          n.GetDrained(),
 		})
 	}
 	return out
@@ -378,12 +401,49 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 // writeClusterTable writes the cluster status table.
 func writeClusterTable(w io.Writer, resp *cofferv1.ClusterStatusResponse) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tTERM\tLAST-INDEX\tAPPLIED\tAUDIT-SEQ\tCERT-PIN\tHEALTH")
+	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tSUFFRAGE\tTERM\tLAST-INDEX\tAPPLIED\tCONTACT\tAUDIT-SEQ\tCERT-PIN\tHEALTH")
 	for _, n := range resp.GetNodes() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
-			roleName(n.GetRole()), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), n.GetAuditSeq(), pinShort(n), health(n))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\t%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
+			roleName(n.GetRole()), suffrageCell(n), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), contact(n), n.GetAuditSeq(), pinShort(n), health(n))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(resp.GetSiteLoss()) > 0 {
+		var parts []string
+		for _, s := range resp.GetSiteLoss() {
+			verdict := "survives its loss"
+			if !s.GetSurvives() {
+				verdict = "its loss loses the quorum"
+			}
+			parts = append(parts, fmt.Sprintf("%s %d (%s)", s.GetSite(), s.GetVoters(), verdict))
+		}
+		fmt.Fprintf(w, "\nvoters by site: %s\n", strings.Join(parts, ", "))
+	}
+	if warn := resp.GetLayoutWarning(); warn != "" {
+		fmt.Fprintf(w, "WARNING: %s\n", warn)
+	}
+	return nil
+}
+
+// suffrageCell is a node's suffrage, marked when it is drained.
+func suffrageCell(n *cofferv1.NodeStatus) string {
+	if n.GetDrained() {
+		return dash(n.GetSuffrage()) + ",drained"
+	}
+	return dash(n.GetSuffrage())
+}
+
+// contact is how long ago a node last heard from the leader.
+func contact(n *cofferv1.NodeStatus) string {
+	switch ms := n.GetLastContactMs(); {
+	case n.GetRole() == cofferv1.NodeRole_NODE_ROLE_LEADER:
+		return "-"
+	case ms < 0:
+		return "never"
+	default:
+		return (time.Duration(ms) * time.Millisecond).String()
+	}
 }
 
 // pinShort is the first 16 hex digits of a node's pinned certificate

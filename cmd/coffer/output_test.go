@@ -234,10 +234,11 @@ func testClusterStatus() *cofferv1.ClusterStatusResponse {
 		{Id: "n1", Site: "east", Address: "10.0.0.1:7400", RaftAddress: "10.0.0.1:7401",
 			Role: cofferv1.NodeRole_NODE_ROLE_LEADER, Term: 3, LastLogIndex: 40, AppliedIndex: 39,
 			AuditSeq: 117, CommandVersion: 4, LeaderId: "n1", Healthy: true, Voter: true,
-			PinnedCertSha256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
+			PinnedCertSha256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", Suffrage: "voter"},
 		{Id: "n2", Address: "10.0.0.2:7400", Role: cofferv1.NodeRole_NODE_ROLE_UNREACHABLE,
-			Error: "dial: connection\nrefused"},
-	}}
+			Error: "dial: connection\nrefused", Suffrage: "non-voter", LastContactMs: -1},
+	}, SiteLoss: []*cofferv1.SiteLoss{{Site: "east", Voters: 2, Survives: false}},
+		LayoutWarning: "the cluster does not survive the loss of site east"}
 }
 
 func TestWriteClusterTable(t *testing.T) {
@@ -246,13 +247,16 @@ func TestWriteClusterTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
-	if len(lines) != 3 {
+	if len(lines) != 6 {
 		t.Fatalf("table:\n%s", buf.String())
 	}
 	for i, want := range []string{
-		"ID SITE ADDRESS ROLE TERM LAST-INDEX APPLIED AUDIT-SEQ CERT-PIN HEALTH",
-		"n1 east 10.0.0.1:7400 leader 3 40 39 117 0123456789abcdef ok",
-		"n2 - 10.0.0.2:7400 unreachable 0 0 0 0 - unhealthy: dial: connection refused",
+		"ID SITE ADDRESS ROLE SUFFRAGE TERM LAST-INDEX APPLIED CONTACT AUDIT-SEQ CERT-PIN HEALTH",
+		"n1 east 10.0.0.1:7400 leader voter 3 40 39 - 117 0123456789abcdef ok",
+		"n2 - 10.0.0.2:7400 unreachable non-voter 0 0 0 never 0 - unhealthy: dial: connection refused",
+		"",
+		"voters by site: east 2 (its loss loses the quorum)",
+		"WARNING: the cluster does not survive the loss of site east",
 	} {
 		if got := strings.Join(strings.Fields(lines[i]), " "); got != want {
 			t.Errorf("line %d = %q, want %q", i, got, want)
@@ -282,6 +286,7 @@ func TestClusterStatusJSON(t *testing.T) {
 		"role": "leader", "term": float64(3), "last_log_index": float64(40), "applied_index": float64(39),
 		"audit_seq": float64(117), "command_version": float64(4), "leader_id": "n1", "healthy": true, "error": "", "voter": true,
 		"pinned_cert_sha256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"suffrage":           "voter", "last_contact_ms": float64(0), "drained": false,
 	}
 	if len(n1) != len(want) {
 		t.Errorf("node fields = %v, want %v", n1, want)

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/cluster"
 	"github.com/coffer-kms/coffer/hsmwrap"
 	"github.com/coffer-kms/coffer/node"
 	"github.com/coffer-kms/coffer/transport"
@@ -27,11 +29,14 @@ import (
 
 // devOptions are the flags of `cofferd dev`.
 type devOptions struct {
-	nodes    int
-	dir      string
-	basePort int
-	host     string
-	initOnly bool
+	nodes int
+	dir   string
+	// sitesFlag is --sites; sites has one site per node.
+	sitesFlag string
+	sites     []string
+	basePort  int
+	host      string
+	initOnly  bool
 	// keystore is the keystore kind of a new cluster: keystoreSoftware or
 	// keystorePKCS11. keystoreSet says it was given on the command line,
 	// so that an existing DIR of another kind is an error rather than
@@ -85,6 +90,9 @@ pkcs11 the tokens' PINs sit beside them.`,
 			if o.keystore != keystoreSoftware && o.keystore != keystorePKCS11 {
 				return usageError{fmt.Errorf("--keystore must be %s or %s", keystoreSoftware, keystorePKCS11)}
 			}
+			if err := o.parseSites(); err != nil {
+				return usageError{err}
+			}
 			o.keystoreSet = cmd.Flags().Changed("keystore")
 			o.pkcs11ModuleSet = cmd.Flags().Changed("pkcs11-module")
 			return runDev(o)
@@ -92,7 +100,8 @@ pkcs11 the tokens' PINs sit beside them.`,
 	}
 	cmd.Flags().IntVar(&o.nodes, "nodes", 3, "number of nodes (1-9)")
 	cmd.Flags().StringVar(&o.dir, "dir", "", "directory for the cluster's data and credentials")
-	cmd.Flags().IntVar(&o.basePort, "base-port", 7100, "port base: node i uses BASE+i, BASE+100+i, BASE+200+i")
+	cmd.Flags().IntVar(&o.basePort, "base-port", 7100, "port base: node i uses BASE+i (API), BASE+100+i (Raft), BASE+200+i (metrics), BASE+300+i (gossip)")
+	cmd.Flags().StringVar(&o.sitesFlag, "sites", "", "site of each node, comma-separated (default a,b,c in turn), e.g. a,a,b,b,c")
 	cmd.Flags().StringVar(&o.host, "host", "127.0.0.1", "address every node binds to")
 	cmd.Flags().BoolVar(&o.initOnly, "init-only", false, "create DIR (configs, certificates, keystore) and exit without starting nodes")
 	cmd.Flags().StringVar(&o.keystore, "keystore", keystoreSoftware, "keystore of a new cluster: software (sealed master key file) or pkcs11 (a SoftHSM2 token per node)")
@@ -107,6 +116,8 @@ type devLayout struct {
 	client  transport.TLSConfig
 	// clientCA and clientCAKey are the CA that signs clients.
 	clientCA, clientCAKey string
+	// sites is each node's site, from its config.
+	sites []string
 	// keystore is the kind every node's config names.
 	keystore string
 	// With the pkcs11 keystore: SoftHSM2's config file, which every node
@@ -126,6 +137,9 @@ func runDev(o devOptions) error {
 	lay, created, err := prepareDev(o)
 	if err != nil {
 		return err
+	}
+	if lay.sites != nil {
+		o.sites = lay.sites
 	}
 	if created {
 		fmt.Printf("Created a new %d-node dev cluster in %s\n", o.nodes, dir)
@@ -220,13 +234,65 @@ func stopAll(procs []*exec.Cmd) {
 	}
 }
 
+// parseSites reads --sites: one site per node, or a, b, c in turn.
+func (o *devOptions) parseSites() error {
+	if o.sitesFlag == "" {
+		for i := 0; i < o.nodes; i++ {
+			o.sites = append(o.sites, []string{"a", "b", "c"}[i%3])
+		}
+		return nil
+	}
+	o.sites = strings.Split(o.sitesFlag, ",")
+	if len(o.sites) != o.nodes {
+		return fmt.Errorf("--sites names %d sites for %d nodes", len(o.sites), o.nodes)
+	}
+	for _, s := range o.sites {
+		if !siteRE.MatchString(s) {
+			return fmt.Errorf("--sites: %q is not a site name (1-32 of [a-z0-9-])", s)
+		}
+	}
+	return nil
+}
+
+var siteRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+// devBootstrap picks the nodes that form the cluster: all of them up to
+// three nodes; else the first node of each site, up to three, then the
+// first nodes in order to make three. The others join over gossip and
+// autopilot gives them votes where the placement wants them.
+func devBootstrap(peers []node.Peer) map[string]bool {
+	boot := map[string]bool{}
+	if len(peers) <= 3 {
+		for _, p := range peers {
+			boot[p.ID] = true
+		}
+		return boot
+	}
+	seen := map[string]bool{}
+	for _, p := range peers {
+		if !seen[p.Site] && len(boot) < 3 {
+			seen[p.Site], boot[p.ID] = true, true
+		}
+	}
+	for _, p := range peers {
+		if len(boot) < 3 {
+			boot[p.ID] = true
+		}
+	}
+	return boot
+}
+
+// devGossipAddr is node i's (1-based) gossip address.
+func devGossipAddr(o devOptions, i int) string {
+	return net.JoinHostPort(o.host, fmt.Sprint(o.basePort+300+i))
+}
+
 func devPeers(o devOptions) []node.Peer {
-	sites := []string{"a", "b", "c"}
 	var peers []node.Peer
 	for i := 1; i <= o.nodes; i++ {
 		peers = append(peers, node.Peer{
 			ID:       fmt.Sprintf("n%d", i),
-			Site:     sites[(i-1)%len(sites)],
+			Site:     o.sites[i-1],
 			APIAddr:  net.JoinHostPort(o.host, fmt.Sprint(o.basePort+i)),
 			RaftAddr: net.JoinHostPort(o.host, fmt.Sprint(o.basePort+100+i)),
 		})
@@ -256,6 +322,13 @@ func prepareDev(o devOptions) (lay *devLayout, created bool, err error) {
 			if err := migrateDevCAs(lay, o); err != nil {
 				return nil, false, err
 			}
+		}
+		for _, c := range lay.configs {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return nil, false, err
+			}
+			lay.sites = append(lay.sites, cfg.Site)
 		}
 		if err := reuseKeystore(lay, o); err != nil {
 			return nil, false, err
@@ -329,6 +402,23 @@ func prepareDev(o devOptions) (lay *devLayout, created bool, err error) {
 			keystores = append(keystores, keystoreConfig{Kind: keystoreSoftware, MasterKeyFile: sealed, KeyFile: keyFile})
 		}
 	}
+	gossipKey := filepath.Join(o.dir, "gossip.key")
+	key := make([]byte, cluster.GossipKeyLen)
+	if _, err := rand.Read(key); err != nil {
+		return nil, false, err
+	}
+	if err := cluster.WriteKeyFile(gossipKey, key); err != nil {
+		return nil, false, err
+	}
+	boot := devBootstrap(peers)
+	var bootPeers []node.Peer
+	var join []string
+	for i, p := range peers {
+		if boot[p.ID] {
+			bootPeers = append(bootPeers, p)
+			join = append(join, devGossipAddr(o, i+1))
+		}
+	}
 	for i, p := range peers {
 		nd := filepath.Join(o.dir, p.ID)
 		if err := os.MkdirAll(filepath.Join(nd, "tls"), 0o700); err != nil {
@@ -343,8 +433,13 @@ func prepareDev(o devOptions) (lay *devLayout, created bool, err error) {
 		cfg.MetricsAddr = net.JoinHostPort(o.host, fmt.Sprint(o.basePort+200+i+1))
 		cfg.Pprof = true
 		cfg.DataDir = filepath.Join(nd, "data")
-		cfg.Peers = peers
-		cfg.Bootstrap = true
+		if boot[p.ID] {
+			cfg.Peers, cfg.Bootstrap = bootPeers, true
+		}
+		cfg.Gossip = node.GossipSettings{BindAddr: devGossipAddr(o, i+1), KeyFile: gossipKey, Join: join}
+		if o.nodes >= 5 {
+			cfg.Membership.Voters = 5
+		}
 		cfg.BootstrapAdmins = []string{"admin"}
 		cfg.TLS = tlsc
 		cfg.Keystore = keystores[i]
@@ -427,8 +522,12 @@ func printDevBanner(lay *devLayout, o devOptions) {
 	}
 	fmt.Printf("\nCoffer dev cluster is up: %d nodes, %s, data in %s\n\n", o.nodes, ks, lay.dir)
 	for i, p := range devPeers(o) {
-		fmt.Printf("  %-3s site %-2s api %-16s raft %-16s metrics http://%s:%d/metrics\n",
-			p.ID, p.Site, p.APIAddr, p.RaftAddr, o.host, o.basePort+200+i+1)
+		fmt.Printf("  %-3s site %-2s api %-16s raft %-16s gossip %-16s metrics http://%s:%d/metrics\n",
+			p.ID, p.Site, p.APIAddr, p.RaftAddr, devGossipAddr(o, i+1), o.host, o.basePort+200+i+1)
+	}
+	if o.nodes > 3 {
+		fmt.Printf("\nNodes beyond the first three join over gossip as non-voters; autopilot gives them votes\n" +
+			"once they have been healthy for 10 s, keeping no site at a majority (coffer cluster status).\n")
 	}
 	if lay.softhsmConf != "" {
 		fmt.Printf(`

@@ -12,8 +12,8 @@ import (
 )
 
 // FreeBase finds a port base for a `cofferd dev --base-port` cluster of the
-// given size whose API, Raft and metrics ports (base+i, base+100+i,
-// base+200+i) are all free right now.
+// given size whose API, Raft, metrics and gossip ports (base+i, base+100+i,
+// base+200+i, base+300+i, the last TCP and UDP) are all free right now.
 func FreeBase(t testing.TB, nodes int) int {
 	t.Helper()
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
@@ -31,13 +31,18 @@ func FreeBase(t testing.TB, nodes int) int {
 
 func portsFree(base, nodes int) bool {
 	for i := 1; i <= nodes; i++ {
-		for _, off := range []int{0, 100, 200} {
+		for _, off := range []int{0, 100, 200, 300} {
 			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off+i))
 			if err != nil {
 				return false
 			}
 			_ = l.Close()
 		}
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", base+300+i))
+		if err != nil {
+			return false
+		}
+		_ = u.Close()
 	}
 	return true
 }

@@ -1095,8 +1095,18 @@ type NodeStatus struct {
 	// leader admitted it (empty: not admitted yet). Only this certificate is
 	// accepted from the node on the internal API and the Raft port.
 	PinnedCertSha256 string `protobuf:"bytes,15,opt,name=pinned_cert_sha256,json=pinnedCertSha256,proto3" json:"pinned_cert_sha256,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// "voter", "non-voter" or "staging" in the Raft configuration this node
+	// holds; "none" when it is not in it (yet).
+	Suffrage string `protobuf:"bytes,16,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
+	// Time since this node last heard from the leader, in milliseconds; 0 on
+	// the leader, -1 when it never has.
+	LastContactMs int64 `protobuf:"varint,17,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	// Term of the newest entry in this node's Raft log.
+	LastLogTerm uint64 `protobuf:"varint,18,opt,name=last_log_term,json=lastLogTerm,proto3" json:"last_log_term,omitempty"`
+	// Drained for maintenance: leadership stays away from it.
+	Drained       bool `protobuf:"varint,19,opt,name=drained,proto3" json:"drained,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -1234,6 +1244,95 @@ func (x *NodeStatus) GetPinnedCertSha256() string {
 	return ""
 }
 
+func (x *NodeStatus) GetSuffrage() string {
+	if x != nil {
+		return x.Suffrage
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetLastLogTerm() uint64 {
+	if x != nil {
+		return x.LastLogTerm
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+// SiteLoss says whether the voters outside one site form a quorum.
+type SiteLoss struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	Voters        uint32                 `protobuf:"varint,2,opt,name=voters,proto3" json:"voters,omitempty"`
+	Survives      bool                   `protobuf:"varint,3,opt,name=survives,proto3" json:"survives,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteLoss) Reset() {
+	*x = SiteLoss{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteLoss) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteLoss) ProtoMessage() {}
+
+func (x *SiteLoss) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteLoss.ProtoReflect.Descriptor instead.
+func (*SiteLoss) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SiteLoss) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *SiteLoss) GetVoters() uint32 {
+	if x != nil {
+		return x.Voters
+	}
+	return 0
+}
+
+func (x *SiteLoss) GetSurvives() bool {
+	if x != nil {
+		return x.Survives
+	}
+	return false
+}
+
 type ClusterStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1242,7 +1341,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1353,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1366,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{15}
 }
 
 type ClusterStatusResponse struct {
@@ -1275,14 +1374,20 @@ type ClusterStatusResponse struct {
 	Nodes     []*NodeStatus          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	ClusterId string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	// The node that answered.
-	ReporterId    string `protobuf:"bytes,3,opt,name=reporter_id,json=reporterId,proto3" json:"reporter_id,omitempty"`
+	ReporterId string `protobuf:"bytes,3,opt,name=reporter_id,json=reporterId,proto3" json:"reporter_id,omitempty"`
+	// For every site holding voters, whether the cluster survives its loss,
+	// from the Raft configuration the reporter holds.
+	SiteLoss []*SiteLoss `protobuf:"bytes,4,rep,name=site_loss,json=siteLoss,proto3" json:"site_loss,omitempty"`
+	// Set when the voters' layout cannot survive the loss of a site; names
+	// the site(s).
+	LayoutWarning string `protobuf:"bytes,5,opt,name=layout_warning,json=layoutWarning,proto3" json:"layout_warning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1399,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1412,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClusterStatusResponse) GetNodes() []*NodeStatus {
@@ -1331,6 +1436,20 @@ func (x *ClusterStatusResponse) GetReporterId() string {
 	return ""
 }
 
+func (x *ClusterStatusResponse) GetSiteLoss() []*SiteLoss {
+	if x != nil {
+		return x.SiteLoss
+	}
+	return nil
+}
+
+func (x *ClusterStatusResponse) GetLayoutWarning() string {
+	if x != nil {
+		return x.LayoutWarning
+	}
+	return ""
+}
+
 type NodeStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1339,7 +1458,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1470,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1483,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
 }
 
 // EscrowKeyInfo is an offline recovery public key of a custody policy.
@@ -1381,7 +1500,7 @@ type EscrowKeyInfo struct {
 
 func (x *EscrowKeyInfo) Reset() {
 	*x = EscrowKeyInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1512,7 @@ func (x *EscrowKeyInfo) String() string {
 func (*EscrowKeyInfo) ProtoMessage() {}
 
 func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1525,7 @@ func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EscrowKeyInfo.ProtoReflect.Descriptor instead.
 func (*EscrowKeyInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EscrowKeyInfo) GetId() string {
@@ -1448,7 +1567,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1579,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1592,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Policy) GetName() string {
@@ -1556,7 +1675,7 @@ type CreatePolicyRequest struct {
 
 func (x *CreatePolicyRequest) Reset() {
 	*x = CreatePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1687,7 @@ func (x *CreatePolicyRequest) String() string {
 func (*CreatePolicyRequest) ProtoMessage() {}
 
 func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1700,7 @@ func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*CreatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreatePolicyRequest) GetName() string {
@@ -1647,7 +1766,7 @@ type UpdatePolicyRequest struct {
 
 func (x *UpdatePolicyRequest) Reset() {
 	*x = UpdatePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +1778,7 @@ func (x *UpdatePolicyRequest) String() string {
 func (*UpdatePolicyRequest) ProtoMessage() {}
 
 func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +1791,7 @@ func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UpdatePolicyRequest) GetName() string {
@@ -1740,7 +1859,7 @@ type UpdatePolicyResponse struct {
 
 func (x *UpdatePolicyResponse) Reset() {
 	*x = UpdatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +1871,7 @@ func (x *UpdatePolicyResponse) String() string {
 func (*UpdatePolicyResponse) ProtoMessage() {}
 
 func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +1884,7 @@ func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpdatePolicyResponse) GetPolicy() *Policy {
@@ -1784,7 +1903,7 @@ type CreatePolicyResponse struct {
 
 func (x *CreatePolicyResponse) Reset() {
 	*x = CreatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1915,7 @@ func (x *CreatePolicyResponse) String() string {
 func (*CreatePolicyResponse) ProtoMessage() {}
 
 func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1928,7 @@ func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*CreatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreatePolicyResponse) GetPolicy() *Policy {
@@ -1829,7 +1948,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1960,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +1973,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetPolicyRequest) GetName() string {
@@ -1880,7 +1999,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2011,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2024,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetPolicyResponse) GetPolicy() *Policy {
@@ -1924,7 +2043,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1936,7 +2055,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1949,7 +2068,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListPoliciesRequest) GetConsistency() Consistency {
@@ -1968,7 +2087,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2099,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2112,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2011,7 +2130,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2142,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2155,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
 }
 
 // SnapshotChunk is a piece of a state snapshot stream (the fsm snapshot
@@ -2052,7 +2171,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2064,7 +2183,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2077,7 +2196,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2094,6 +2213,321 @@ func (x *SnapshotChunk) GetAppliedIndex() uint64 {
 	return 0
 }
 
+type RemoveNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Remove even when the checks refuse it; recorded in the audit entry.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RemoveNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RemoveNodeRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RemoveNodeResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Node     string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	WasVoter bool                   `protobuf:"varint,2,opt,name=was_voter,json=wasVoter,proto3" json:"was_voter,omitempty"`
+	// Voters in the configuration after the removal.
+	VotersLeft    uint32 `protobuf:"varint,3,opt,name=voters_left,json=votersLeft,proto3" json:"voters_left,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RemoveNodeResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RemoveNodeResponse) GetWasVoter() bool {
+	if x != nil {
+		return x.WasVoter
+	}
+	return false
+}
+
+func (x *RemoveNodeResponse) GetVotersLeft() uint32 {
+	if x != nil {
+		return x.VotersLeft
+	}
+	return 0
+}
+
+type TransferLeadershipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Member to lead; empty: any other voter that is not drained.
+	To            string `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipRequest) Reset() {
+	*x = TransferLeadershipRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipRequest) ProtoMessage() {}
+
+func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *TransferLeadershipRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type TransferLeadershipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipResponse) Reset() {
+	*x = TransferLeadershipResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipResponse) ProtoMessage() {}
+
+func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *TransferLeadershipResponse) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *TransferLeadershipResponse) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type DrainNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Undrain       bool                   `protobuf:"varint,2,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeRequest) Reset() {
+	*x = DrainNodeRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeRequest) ProtoMessage() {}
+
+func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DrainNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DrainNodeRequest) GetUndrain() bool {
+	if x != nil {
+		return x.Undrain
+	}
+	return false
+}
+
+type DrainNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Drained       bool                   `protobuf:"varint,2,opt,name=drained,proto3" json:"drained,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeResponse) Reset() {
+	*x = DrainNodeResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeResponse) ProtoMessage() {}
+
+func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
+func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DrainNodeResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DrainNodeResponse) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
 type PinNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Member id, e.g. "n2".
@@ -2107,7 +2541,7 @@ type PinNodeRequest struct {
 
 func (x *PinNodeRequest) Reset() {
 	*x = PinNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2119,7 +2553,7 @@ func (x *PinNodeRequest) String() string {
 func (*PinNodeRequest) ProtoMessage() {}
 
 func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2132,7 +2566,7 @@ func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeRequest.ProtoReflect.Descriptor instead.
 func (*PinNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PinNodeRequest) GetNode() string {
@@ -2164,7 +2598,7 @@ type PinNodeResponse struct {
 
 func (x *PinNodeResponse) Reset() {
 	*x = PinNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2610,7 @@ func (x *PinNodeResponse) String() string {
 func (*PinNodeResponse) ProtoMessage() {}
 
 func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2623,7 @@ func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeResponse.ProtoReflect.Descriptor instead.
 func (*PinNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PinNodeResponse) GetNode() string {
@@ -2236,7 +2670,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2248,7 +2682,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2261,7 +2695,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -2320,7 +2754,7 @@ type RegisterClientRequest struct {
 
 func (x *RegisterClientRequest) Reset() {
 	*x = RegisterClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2766,7 @@ func (x *RegisterClientRequest) String() string {
 func (*RegisterClientRequest) ProtoMessage() {}
 
 func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2779,7 @@ func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClientRequest.ProtoReflect.Descriptor instead.
 func (*RegisterClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RegisterClientRequest) GetName() string {
@@ -2386,7 +2820,7 @@ type SetClientActiveRequest struct {
 
 func (x *SetClientActiveRequest) Reset() {
 	*x = SetClientActiveRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2398,7 +2832,7 @@ func (x *SetClientActiveRequest) String() string {
 func (*SetClientActiveRequest) ProtoMessage() {}
 
 func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2411,7 +2845,7 @@ func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClientActiveRequest.ProtoReflect.Descriptor instead.
 func (*SetClientActiveRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SetClientActiveRequest) GetName() string {
@@ -2438,7 +2872,7 @@ type GetClientRequest struct {
 
 func (x *GetClientRequest) Reset() {
 	*x = GetClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2884,7 @@ func (x *GetClientRequest) String() string {
 func (*GetClientRequest) ProtoMessage() {}
 
 func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2897,7 @@ func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientRequest.ProtoReflect.Descriptor instead.
 func (*GetClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetClientRequest) GetName() string {
@@ -2489,7 +2923,7 @@ type ListClientsRequest struct {
 
 func (x *ListClientsRequest) Reset() {
 	*x = ListClientsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2935,7 @@ func (x *ListClientsRequest) String() string {
 func (*ListClientsRequest) ProtoMessage() {}
 
 func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2948,7 @@ func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
 func (*ListClientsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListClientsRequest) GetConsistency() Consistency {
@@ -2533,7 +2967,7 @@ type ListClientsResponse struct {
 
 func (x *ListClientsResponse) Reset() {
 	*x = ListClientsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2545,7 +2979,7 @@ func (x *ListClientsResponse) String() string {
 func (*ListClientsResponse) ProtoMessage() {}
 
 func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2558,7 +2992,7 @@ func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
 func (*ListClientsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListClientsResponse) GetClients() []*ClientInfo {
@@ -2579,7 +3013,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2591,7 +3025,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2604,7 +3038,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -2630,7 +3064,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +3076,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +3089,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RevokeCertificateResponse) GetSerial() string {
@@ -2681,7 +3115,7 @@ type AclRuleInfo struct {
 
 func (x *AclRuleInfo) Reset() {
 	*x = AclRuleInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2693,7 +3127,7 @@ func (x *AclRuleInfo) String() string {
 func (*AclRuleInfo) ProtoMessage() {}
 
 func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2706,7 +3140,7 @@ func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AclRuleInfo.ProtoReflect.Descriptor instead.
 func (*AclRuleInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *AclRuleInfo) GetId() string {
@@ -2765,7 +3199,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2777,7 +3211,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2790,7 +3224,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GrantRequest) GetSubject() string {
@@ -2830,7 +3264,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2842,7 +3276,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2855,7 +3289,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RevokeGrantRequest) GetId() string {
@@ -2874,7 +3308,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3320,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3333,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RevokeGrantResponse) GetId() string {
@@ -2920,7 +3354,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2932,7 +3366,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2945,7 +3379,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListGrantsRequest) GetSubject() string {
@@ -2971,7 +3405,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3417,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3430,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListGrantsResponse) GetRules() []*AclRuleInfo {
@@ -3021,7 +3455,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3033,7 +3467,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3046,7 +3480,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CheckRequest) GetClient() string {
@@ -3098,7 +3532,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3110,7 +3544,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3123,7 +3557,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CheckResponse) GetAllowed() bool {
@@ -3223,7 +3657,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vconsistency\x18\x05 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"f\n" +
 	"\x10ListKeysResponse\x12*\n" +
 	"\x04keys\x18\x01 \x03(\v2\x16.coffer.v1.KeyMetadataR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xcc\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xce\x04\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -3241,14 +3675,24 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x05voter\x18\f \x01(\bR\x05voter\x12\x1b\n" +
 	"\taudit_seq\x18\r \x01(\x04R\bauditSeq\x12'\n" +
 	"\x0fcommand_version\x18\x0e \x01(\rR\x0ecommandVersion\x12,\n" +
-	"\x12pinned_cert_sha256\x18\x0f \x01(\tR\x10pinnedCertSha256\"\x16\n" +
-	"\x14ClusterStatusRequest\"\x84\x01\n" +
+	"\x12pinned_cert_sha256\x18\x0f \x01(\tR\x10pinnedCertSha256\x12\x1a\n" +
+	"\bsuffrage\x18\x10 \x01(\tR\bsuffrage\x12&\n" +
+	"\x0flast_contact_ms\x18\x11 \x01(\x03R\rlastContactMs\x12\"\n" +
+	"\rlast_log_term\x18\x12 \x01(\x04R\vlastLogTerm\x12\x18\n" +
+	"\adrained\x18\x13 \x01(\bR\adrained\"R\n" +
+	"\bSiteLoss\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
+	"\x06voters\x18\x02 \x01(\rR\x06voters\x12\x1a\n" +
+	"\bsurvives\x18\x03 \x01(\bR\bsurvives\"\x16\n" +
+	"\x14ClusterStatusRequest\"\xdd\x01\n" +
 	"\x15ClusterStatusResponse\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.coffer.v1.NodeStatusR\x05nodes\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x1f\n" +
 	"\vreporter_id\x18\x03 \x01(\tR\n" +
-	"reporterId\"\x13\n" +
+	"reporterId\x120\n" +
+	"\tsite_loss\x18\x04 \x03(\v2\x13.coffer.v1.SiteLossR\bsiteLoss\x12%\n" +
+	"\x0elayout_warning\x18\x05 \x01(\tR\rlayoutWarning\"\x13\n" +
 	"\x11NodeStatusRequest\"T\n" +
 	"\rEscrowKeyInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -3302,7 +3746,26 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x0fSnapshotRequest\"H\n" +
 	"\rSnapshotChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"M\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"=\n" +
+	"\x11RemoveNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"f\n" +
+	"\x12RemoveNodeResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1b\n" +
+	"\twas_voter\x18\x02 \x01(\bR\bwasVoter\x12\x1f\n" +
+	"\vvoters_left\x18\x03 \x01(\rR\n" +
+	"votersLeft\"+\n" +
+	"\x19TransferLeadershipRequest\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\tR\x02to\"@\n" +
+	"\x1aTransferLeadershipResponse\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\"@\n" +
+	"\x10DrainNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
+	"\aundrain\x18\x02 \x01(\bR\aundrain\"A\n" +
+	"\x11DrainNodeResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
+	"\adrained\x18\x02 \x01(\bR\adrained\"M\n" +
 	"\x0ePinNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
 	"\x0fcertificate_pem\x18\x02 \x01(\fR\x0ecertificatePem\"\x90\x01\n" +
@@ -3412,12 +3875,16 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\fCreatePolicy\x12\x1e.coffer.v1.CreatePolicyRequest\x1a\x1f.coffer.v1.CreatePolicyResponse\x12O\n" +
 	"\fUpdatePolicy\x12\x1e.coffer.v1.UpdatePolicyRequest\x1a\x1f.coffer.v1.UpdatePolicyResponse\x12F\n" +
 	"\tGetPolicy\x12\x1b.coffer.v1.GetPolicyRequest\x1a\x1c.coffer.v1.GetPolicyResponse\x12O\n" +
-	"\fListPolicies\x12\x1e.coffer.v1.ListPoliciesRequest\x1a\x1f.coffer.v1.ListPoliciesResponse2\xa7\x02\n" +
+	"\fListPolicies\x12\x1e.coffer.v1.ListPoliciesRequest\x1a\x1f.coffer.v1.ListPoliciesResponse2\x9d\x04\n" +
 	"\x0eClusterService\x12B\n" +
 	"\bSnapshot\x12\x1a.coffer.v1.SnapshotRequest\x1a\x18.coffer.v1.SnapshotChunk0\x01\x12K\n" +
 	"\x06Status\x12\x1f.coffer.v1.ClusterStatusRequest\x1a .coffer.v1.ClusterStatusResponse\x12B\n" +
 	"\vLocalStatus\x12\x1c.coffer.v1.NodeStatusRequest\x1a\x15.coffer.v1.NodeStatus\x12@\n" +
-	"\aPinNode\x12\x19.coffer.v1.PinNodeRequest\x1a\x1a.coffer.v1.PinNodeResponse2\xa5\x05\n" +
+	"\aPinNode\x12\x19.coffer.v1.PinNodeRequest\x1a\x1a.coffer.v1.PinNodeResponse\x12I\n" +
+	"\n" +
+	"RemoveNode\x12\x1c.coffer.v1.RemoveNodeRequest\x1a\x1d.coffer.v1.RemoveNodeResponse\x12a\n" +
+	"\x12TransferLeadership\x12$.coffer.v1.TransferLeadershipRequest\x1a%.coffer.v1.TransferLeadershipResponse\x12F\n" +
+	"\tDrainNode\x12\x1b.coffer.v1.DrainNodeRequest\x1a\x1c.coffer.v1.DrainNodeResponse2\xa5\x05\n" +
 	"\rAccessService\x12I\n" +
 	"\x0eRegisterClient\x12 .coffer.v1.RegisterClientRequest\x1a\x15.coffer.v1.ClientInfo\x12K\n" +
 	"\x0fSetClientActive\x12!.coffer.v1.SetClientActiveRequest\x1a\x15.coffer.v1.ClientInfo\x12?\n" +
@@ -3443,69 +3910,76 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_coffer_v1_coffer_proto_goTypes = []any{
-	(Algorithm)(0),                    // 0: coffer.v1.Algorithm
-	(KeyState)(0),                     // 1: coffer.v1.KeyState
-	(Consistency)(0),                  // 2: coffer.v1.Consistency
-	(NodeRole)(0),                     // 3: coffer.v1.NodeRole
-	(*KeyUsePolicy)(nil),              // 4: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),            // 5: coffer.v1.KeyCachePolicy
-	(*KeyMetadata)(nil),               // 6: coffer.v1.KeyMetadata
-	(*GenerateKeyRequest)(nil),        // 7: coffer.v1.GenerateKeyRequest
-	(*GenerateKeyResponse)(nil),       // 8: coffer.v1.GenerateKeyResponse
-	(*PutKeyRequest)(nil),             // 9: coffer.v1.PutKeyRequest
-	(*PutKeyResponse)(nil),            // 10: coffer.v1.PutKeyResponse
-	(*GetKeyRequest)(nil),             // 11: coffer.v1.GetKeyRequest
-	(*GetKeyResponse)(nil),            // 12: coffer.v1.GetKeyResponse
-	(*DescribeKeyRequest)(nil),        // 13: coffer.v1.DescribeKeyRequest
-	(*DescribeKeyResponse)(nil),       // 14: coffer.v1.DescribeKeyResponse
-	(*ListKeysRequest)(nil),           // 15: coffer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),          // 16: coffer.v1.ListKeysResponse
-	(*NodeStatus)(nil),                // 17: coffer.v1.NodeStatus
-	(*ClusterStatusRequest)(nil),      // 18: coffer.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),     // 19: coffer.v1.ClusterStatusResponse
-	(*NodeStatusRequest)(nil),         // 20: coffer.v1.NodeStatusRequest
-	(*EscrowKeyInfo)(nil),             // 21: coffer.v1.EscrowKeyInfo
-	(*Policy)(nil),                    // 22: coffer.v1.Policy
-	(*CreatePolicyRequest)(nil),       // 23: coffer.v1.CreatePolicyRequest
-	(*UpdatePolicyRequest)(nil),       // 24: coffer.v1.UpdatePolicyRequest
-	(*UpdatePolicyResponse)(nil),      // 25: coffer.v1.UpdatePolicyResponse
-	(*CreatePolicyResponse)(nil),      // 26: coffer.v1.CreatePolicyResponse
-	(*GetPolicyRequest)(nil),          // 27: coffer.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),         // 28: coffer.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),       // 29: coffer.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),      // 30: coffer.v1.ListPoliciesResponse
-	(*SnapshotRequest)(nil),           // 31: coffer.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),             // 32: coffer.v1.SnapshotChunk
-	(*PinNodeRequest)(nil),            // 33: coffer.v1.PinNodeRequest
-	(*PinNodeResponse)(nil),           // 34: coffer.v1.PinNodeResponse
-	(*ClientInfo)(nil),                // 35: coffer.v1.ClientInfo
-	(*RegisterClientRequest)(nil),     // 36: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 37: coffer.v1.SetClientActiveRequest
-	(*GetClientRequest)(nil),          // 38: coffer.v1.GetClientRequest
-	(*ListClientsRequest)(nil),        // 39: coffer.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),       // 40: coffer.v1.ListClientsResponse
-	(*RevokeCertificateRequest)(nil),  // 41: coffer.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil), // 42: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 43: coffer.v1.AclRuleInfo
-	(*GrantRequest)(nil),              // 44: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 45: coffer.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),       // 46: coffer.v1.RevokeGrantResponse
-	(*ListGrantsRequest)(nil),         // 47: coffer.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),        // 48: coffer.v1.ListGrantsResponse
-	(*CheckRequest)(nil),              // 49: coffer.v1.CheckRequest
-	(*CheckResponse)(nil),             // 50: coffer.v1.CheckResponse
-	(*timestamppb.Timestamp)(nil),     // 51: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 52: google.protobuf.Duration
+	(Algorithm)(0),                     // 0: coffer.v1.Algorithm
+	(KeyState)(0),                      // 1: coffer.v1.KeyState
+	(Consistency)(0),                   // 2: coffer.v1.Consistency
+	(NodeRole)(0),                      // 3: coffer.v1.NodeRole
+	(*KeyUsePolicy)(nil),               // 4: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),             // 5: coffer.v1.KeyCachePolicy
+	(*KeyMetadata)(nil),                // 6: coffer.v1.KeyMetadata
+	(*GenerateKeyRequest)(nil),         // 7: coffer.v1.GenerateKeyRequest
+	(*GenerateKeyResponse)(nil),        // 8: coffer.v1.GenerateKeyResponse
+	(*PutKeyRequest)(nil),              // 9: coffer.v1.PutKeyRequest
+	(*PutKeyResponse)(nil),             // 10: coffer.v1.PutKeyResponse
+	(*GetKeyRequest)(nil),              // 11: coffer.v1.GetKeyRequest
+	(*GetKeyResponse)(nil),             // 12: coffer.v1.GetKeyResponse
+	(*DescribeKeyRequest)(nil),         // 13: coffer.v1.DescribeKeyRequest
+	(*DescribeKeyResponse)(nil),        // 14: coffer.v1.DescribeKeyResponse
+	(*ListKeysRequest)(nil),            // 15: coffer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 16: coffer.v1.ListKeysResponse
+	(*NodeStatus)(nil),                 // 17: coffer.v1.NodeStatus
+	(*SiteLoss)(nil),                   // 18: coffer.v1.SiteLoss
+	(*ClusterStatusRequest)(nil),       // 19: coffer.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),      // 20: coffer.v1.ClusterStatusResponse
+	(*NodeStatusRequest)(nil),          // 21: coffer.v1.NodeStatusRequest
+	(*EscrowKeyInfo)(nil),              // 22: coffer.v1.EscrowKeyInfo
+	(*Policy)(nil),                     // 23: coffer.v1.Policy
+	(*CreatePolicyRequest)(nil),        // 24: coffer.v1.CreatePolicyRequest
+	(*UpdatePolicyRequest)(nil),        // 25: coffer.v1.UpdatePolicyRequest
+	(*UpdatePolicyResponse)(nil),       // 26: coffer.v1.UpdatePolicyResponse
+	(*CreatePolicyResponse)(nil),       // 27: coffer.v1.CreatePolicyResponse
+	(*GetPolicyRequest)(nil),           // 28: coffer.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),          // 29: coffer.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),        // 30: coffer.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),       // 31: coffer.v1.ListPoliciesResponse
+	(*SnapshotRequest)(nil),            // 32: coffer.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 33: coffer.v1.SnapshotChunk
+	(*RemoveNodeRequest)(nil),          // 34: coffer.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),         // 35: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),  // 36: coffer.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 37: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeRequest)(nil),           // 38: coffer.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),          // 39: coffer.v1.DrainNodeResponse
+	(*PinNodeRequest)(nil),             // 40: coffer.v1.PinNodeRequest
+	(*PinNodeResponse)(nil),            // 41: coffer.v1.PinNodeResponse
+	(*ClientInfo)(nil),                 // 42: coffer.v1.ClientInfo
+	(*RegisterClientRequest)(nil),      // 43: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 44: coffer.v1.SetClientActiveRequest
+	(*GetClientRequest)(nil),           // 45: coffer.v1.GetClientRequest
+	(*ListClientsRequest)(nil),         // 46: coffer.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),        // 47: coffer.v1.ListClientsResponse
+	(*RevokeCertificateRequest)(nil),   // 48: coffer.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil),  // 49: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 50: coffer.v1.AclRuleInfo
+	(*GrantRequest)(nil),               // 51: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 52: coffer.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),        // 53: coffer.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),          // 54: coffer.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),         // 55: coffer.v1.ListGrantsResponse
+	(*CheckRequest)(nil),               // 56: coffer.v1.CheckRequest
+	(*CheckResponse)(nil),              // 57: coffer.v1.CheckResponse
+	(*timestamppb.Timestamp)(nil),      // 58: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 59: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	51, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	51, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	52, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	58, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	58, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	59, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,  // 3: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,  // 4: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	51, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	58, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 6: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 7: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	0,  // 8: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
@@ -3520,85 +3994,92 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	6,  // 17: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
 	3,  // 18: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
 	17, // 19: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
-	0,  // 20: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	21, // 21: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,  // 22: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	5,  // 23: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	51, // 24: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	52, // 25: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
-	0,  // 26: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	21, // 27: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,  // 28: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	52, // 29: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,  // 30: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	0,  // 31: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	4,  // 32: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	52, // 33: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,  // 34: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	21, // 35: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	22, // 36: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	22, // 37: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 38: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
-	22, // 39: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 40: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
-	22, // 41: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	51, // 42: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 43: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
-	2,  // 44: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
-	35, // 45: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	51, // 46: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 47: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
-	43, // 48: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
-	2,  // 49: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
-	7,  // 50: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	9,  // 51: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	11, // 52: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	13, // 53: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	15, // 54: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	23, // 55: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	24, // 56: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
-	27, // 57: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	29, // 58: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	31, // 59: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	18, // 60: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	20, // 61: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	33, // 62: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
-	36, // 63: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	37, // 64: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	38, // 65: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	39, // 66: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	41, // 67: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	44, // 68: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	45, // 69: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	47, // 70: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	49, // 71: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	8,  // 72: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	10, // 73: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	12, // 74: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	14, // 75: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	16, // 76: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	26, // 77: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	25, // 78: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
-	28, // 79: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	30, // 80: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	32, // 81: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	19, // 82: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	17, // 83: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	34, // 84: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
-	35, // 85: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	35, // 86: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	35, // 87: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	40, // 88: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	42, // 89: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	43, // 90: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	46, // 91: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	48, // 92: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	50, // 93: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	72, // [72:94] is the sub-list for method output_type
-	50, // [50:72] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	18, // 20: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
+	0,  // 21: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	22, // 22: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,  // 23: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	5,  // 24: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	58, // 25: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	59, // 26: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	0,  // 27: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	22, // 28: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,  // 29: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	59, // 30: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,  // 31: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	0,  // 32: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	4,  // 33: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	59, // 34: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,  // 35: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	22, // 36: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	23, // 37: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	23, // 38: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 39: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
+	23, // 40: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 41: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
+	23, // 42: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
+	58, // 43: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 44: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
+	2,  // 45: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
+	42, // 46: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	58, // 47: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 48: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
+	50, // 49: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	2,  // 50: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
+	7,  // 51: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	9,  // 52: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	11, // 53: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	13, // 54: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	15, // 55: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	24, // 56: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	25, // 57: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
+	28, // 58: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	30, // 59: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	32, // 60: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	19, // 61: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	21, // 62: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	40, // 63: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
+	34, // 64: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
+	36, // 65: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
+	38, // 66: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
+	43, // 67: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	44, // 68: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	45, // 69: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	46, // 70: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	48, // 71: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	51, // 72: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	52, // 73: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	54, // 74: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	56, // 75: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	8,  // 76: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	10, // 77: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	12, // 78: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	14, // 79: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	16, // 80: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	27, // 81: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	26, // 82: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	29, // 83: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	31, // 84: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	33, // 85: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	20, // 86: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	17, // 87: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	41, // 88: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
+	35, // 89: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
+	37, // 90: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
+	39, // 91: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
+	42, // 92: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	42, // 93: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	42, // 94: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	47, // 95: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	49, // 96: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	50, // 97: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	53, // 98: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	55, // 99: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	57, // 100: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	76, // [76:101] is the sub-list for method output_type
+	51, // [51:76] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -3612,7 +4093,7 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   47,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -503,10 +503,13 @@ var PolicyService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	ClusterService_Snapshot_FullMethodName    = "/coffer.v1.ClusterService/Snapshot"
-	ClusterService_Status_FullMethodName      = "/coffer.v1.ClusterService/Status"
-	ClusterService_LocalStatus_FullMethodName = "/coffer.v1.ClusterService/LocalStatus"
-	ClusterService_PinNode_FullMethodName     = "/coffer.v1.ClusterService/PinNode"
+	ClusterService_Snapshot_FullMethodName           = "/coffer.v1.ClusterService/Snapshot"
+	ClusterService_Status_FullMethodName             = "/coffer.v1.ClusterService/Status"
+	ClusterService_LocalStatus_FullMethodName        = "/coffer.v1.ClusterService/LocalStatus"
+	ClusterService_PinNode_FullMethodName            = "/coffer.v1.ClusterService/PinNode"
+	ClusterService_RemoveNode_FullMethodName         = "/coffer.v1.ClusterService/RemoveNode"
+	ClusterService_TransferLeadership_FullMethodName = "/coffer.v1.ClusterService/TransferLeadership"
+	ClusterService_DrainNode_FullMethodName          = "/coffer.v1.ClusterService/DrainNode"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -526,6 +529,19 @@ type ClusterServiceClient interface {
 	// member's certificate was renewed): from then on only the new one is
 	// accepted from it. Needs cluster.manage.
 	PinNode(ctx context.Context, in *PinNodeRequest, opts ...grpc.CallOption) (*PinNodeResponse, error)
+	// RemoveNode removes a member from the Raft configuration, and keeps it
+	// out (it is not admitted again over gossip until it is pinned again).
+	// Refused with FailedPrecondition when it would leave fewer voters than
+	// the minimum quorum, or remove the last node of a site that holds
+	// voters, unless forced. Needs cluster.manage.
+	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
+	// TransferLeadership moves leadership to another voter (any, or the one
+	// named). Needs cluster.manage.
+	TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error)
+	// DrainNode marks a member drained (leadership moves away from it and
+	// stays away, for maintenance) or, with undrain, no longer drained.
+	// Needs cluster.manage.
+	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -585,6 +601,36 @@ func (c *clusterServiceClient) PinNode(ctx context.Context, in *PinNodeRequest, 
 	return out, nil
 }
 
+func (c *clusterServiceClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveNodeResponse)
+	err := c.cc.Invoke(ctx, ClusterService_RemoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TransferLeadershipResponse)
+	err := c.cc.Invoke(ctx, ClusterService_TransferLeadership_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainNodeResponse)
+	err := c.cc.Invoke(ctx, ClusterService_DrainNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -602,6 +648,19 @@ type ClusterServiceServer interface {
 	// member's certificate was renewed): from then on only the new one is
 	// accepted from it. Needs cluster.manage.
 	PinNode(context.Context, *PinNodeRequest) (*PinNodeResponse, error)
+	// RemoveNode removes a member from the Raft configuration, and keeps it
+	// out (it is not admitted again over gossip until it is pinned again).
+	// Refused with FailedPrecondition when it would leave fewer voters than
+	// the minimum quorum, or remove the last node of a site that holds
+	// voters, unless forced. Needs cluster.manage.
+	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
+	// TransferLeadership moves leadership to another voter (any, or the one
+	// named). Needs cluster.manage.
+	TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error)
+	// DrainNode marks a member drained (leadership moves away from it and
+	// stays away, for maintenance) or, with undrain, no longer drained.
+	// Needs cluster.manage.
+	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -623,6 +682,15 @@ func (UnimplementedClusterServiceServer) LocalStatus(context.Context, *NodeStatu
 }
 func (UnimplementedClusterServiceServer) PinNode(context.Context, *PinNodeRequest) (*PinNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PinNode not implemented")
+}
+func (UnimplementedClusterServiceServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveNode not implemented")
+}
+func (UnimplementedClusterServiceServer) TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TransferLeadership not implemented")
+}
+func (UnimplementedClusterServiceServer) DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainNode not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -710,6 +778,60 @@ func _ClusterService_PinNode_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).RemoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_RemoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).RemoveNode(ctx, req.(*RemoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_TransferLeadership_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferLeadershipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).TransferLeadership(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_TransferLeadership_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).TransferLeadership(ctx, req.(*TransferLeadershipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).DrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_DrainNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).DrainNode(ctx, req.(*DrainNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -728,6 +850,18 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PinNode",
 			Handler:    _ClusterService_PinNode_Handler,
+		},
+		{
+			MethodName: "RemoveNode",
+			Handler:    _ClusterService_RemoveNode_Handler,
+		},
+		{
+			MethodName: "TransferLeadership",
+			Handler:    _ClusterService_TransferLeadership_Handler,
+		},
+		{
+			MethodName: "DrainNode",
+			Handler:    _ClusterService_DrainNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

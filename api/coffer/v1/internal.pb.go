@@ -248,6 +248,9 @@ type ForwardRequest struct {
 	//	*ForwardRequest_UpdatePolicy
 	//	*ForwardRequest_AuditPrune
 	//	*ForwardRequest_PinNode
+	//	*ForwardRequest_RemoveNode
+	//	*ForwardRequest_TransferLeadership
+	//	*ForwardRequest_DrainNode
 	Op isForwardRequest_Op `protobuf_oneof:"op"`
 	// Time of the accepting node's audit entry for the request. The leader
 	// gives its entry the same time, so that an entry the accepting node
@@ -401,6 +404,33 @@ func (x *ForwardRequest) GetPinNode() *PinNodeRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetRemoveNode() *RemoveNodeRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_RemoveNode); ok {
+			return x.RemoveNode
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetTransferLeadership() *TransferLeadershipRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_TransferLeadership); ok {
+			return x.TransferLeadership
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetDrainNode() *DrainNodeRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_DrainNode); ok {
+			return x.DrainNode
+		}
+	}
+	return nil
+}
+
 func (x *ForwardRequest) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
@@ -456,6 +486,18 @@ type ForwardRequest_PinNode struct {
 	PinNode *PinNodeRequest `protobuf:"bytes,13,opt,name=pin_node,json=pinNode,proto3,oneof"`
 }
 
+type ForwardRequest_RemoveNode struct {
+	RemoveNode *RemoveNodeRequest `protobuf:"bytes,14,opt,name=remove_node,json=removeNode,proto3,oneof"`
+}
+
+type ForwardRequest_TransferLeadership struct {
+	TransferLeadership *TransferLeadershipRequest `protobuf:"bytes,15,opt,name=transfer_leadership,json=transferLeadership,proto3,oneof"`
+}
+
+type ForwardRequest_DrainNode struct {
+	DrainNode *DrainNodeRequest `protobuf:"bytes,16,opt,name=drain_node,json=drainNode,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
@@ -478,6 +520,12 @@ func (*ForwardRequest_AuditPrune) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PinNode) isForwardRequest_Op() {}
 
+func (*ForwardRequest_RemoveNode) isForwardRequest_Op() {}
+
+func (*ForwardRequest_TransferLeadership) isForwardRequest_Op() {}
+
+func (*ForwardRequest_DrainNode) isForwardRequest_Op() {}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
@@ -492,6 +540,9 @@ type ForwardResponse struct {
 	//	*ForwardResponse_UpdatePolicy
 	//	*ForwardResponse_AuditPrune
 	//	*ForwardResponse_PinNode
+	//	*ForwardResponse_RemoveNode
+	//	*ForwardResponse_TransferLeadership
+	//	*ForwardResponse_DrainNode
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -624,6 +675,33 @@ func (x *ForwardResponse) GetPinNode() *PinNodeResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetRemoveNode() *RemoveNodeResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_RemoveNode); ok {
+			return x.RemoveNode
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResponse) GetTransferLeadership() *TransferLeadershipResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_TransferLeadership); ok {
+			return x.TransferLeadership
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResponse) GetDrainNode() *DrainNodeResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_DrainNode); ok {
+			return x.DrainNode
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -668,6 +746,18 @@ type ForwardResponse_PinNode struct {
 	PinNode *PinNodeResponse `protobuf:"bytes,10,opt,name=pin_node,json=pinNode,proto3,oneof"`
 }
 
+type ForwardResponse_RemoveNode struct {
+	RemoveNode *RemoveNodeResponse `protobuf:"bytes,11,opt,name=remove_node,json=removeNode,proto3,oneof"`
+}
+
+type ForwardResponse_TransferLeadership struct {
+	TransferLeadership *TransferLeadershipResponse `protobuf:"bytes,12,opt,name=transfer_leadership,json=transferLeadership,proto3,oneof"`
+}
+
+type ForwardResponse_DrainNode struct {
+	DrainNode *DrainNodeResponse `protobuf:"bytes,13,opt,name=drain_node,json=drainNode,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
@@ -687,6 +777,12 @@ func (*ForwardResponse_UpdatePolicy) isForwardResponse_Result() {}
 func (*ForwardResponse_AuditPrune) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PinNode) isForwardResponse_Result() {}
+
+func (*ForwardResponse_RemoveNode) isForwardResponse_Result() {}
+
+func (*ForwardResponse_TransferLeadership) isForwardResponse_Result() {}
+
+func (*ForwardResponse_DrainNode) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2270,8 +2366,19 @@ type NodeRecord struct {
 	// until the member is seen with the new one (then the leader clears it),
 	// so that a renewal needs no outage. Empty otherwise.
 	PreviousSha256 []byte `protobuf:"bytes,8,opt,name=previous_sha256,json=previousSha256,proto3" json:"previous_sha256,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Where the member is, as admitted: its site and its API and Raft
+	// addresses (empty for members admitted from the bootstrap peers list,
+	// whose configuration names them).
+	Site     string `protobuf:"bytes,9,opt,name=site,proto3" json:"site,omitempty"`
+	ApiAddr  string `protobuf:"bytes,10,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
+	RaftAddr string `protobuf:"bytes,11,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// Removed by an operator: not admitted again over gossip until an
+	// operator pins it again.
+	Removed bool `protobuf:"varint,12,opt,name=removed,proto3" json:"removed,omitempty"`
+	// Drained for maintenance: leadership moves away from it.
+	Drained       bool `protobuf:"varint,13,opt,name=drained,proto3" json:"drained,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeRecord) Reset() {
@@ -2360,6 +2467,41 @@ func (x *NodeRecord) GetPreviousSha256() []byte {
 	return nil
 }
 
+func (x *NodeRecord) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetApiAddr() string {
+	if x != nil {
+		return x.ApiAddr
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+func (x *NodeRecord) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
 // PinNodeCommand pins a member's certificate: at admission (only_if_absent,
 // so that a second leader's admission of the same member is a no-op), when
 // an operator replaces it, or when the leader retires the previous one
@@ -2444,7 +2586,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\xd0\x06\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xa8\b\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -2459,9 +2601,14 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	" \x01(\v2\x1e.coffer.v1.UpdatePolicyRequestH\x00R\fupdatePolicy\x12?\n" +
 	"\vaudit_prune\x18\f \x01(\v2\x1c.coffer.v1.AuditPruneRequestH\x00R\n" +
 	"auditPrune\x126\n" +
-	"\bpin_node\x18\r \x01(\v2\x19.coffer.v1.PinNodeRequestH\x00R\apinNode\x12$\n" +
+	"\bpin_node\x18\r \x01(\v2\x19.coffer.v1.PinNodeRequestH\x00R\apinNode\x12?\n" +
+	"\vremove_node\x18\x0e \x01(\v2\x1c.coffer.v1.RemoveNodeRequestH\x00R\n" +
+	"removeNode\x12W\n" +
+	"\x13transfer_leadership\x18\x0f \x01(\v2$.coffer.v1.TransferLeadershipRequestH\x00R\x12transferLeadership\x12<\n" +
+	"\n" +
+	"drain_node\x18\x10 \x01(\v2\x1b.coffer.v1.DrainNodeRequestH\x00R\tdrainNode\x12$\n" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNanoB\x04\n" +
-	"\x02op\"\x9c\x05\n" +
+	"\x02op\"\xf7\x06\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
@@ -2474,7 +2621,12 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\vaudit_prune\x18\t \x01(\v2\x1d.coffer.v1.AuditPruneResponseH\x00R\n" +
 	"auditPrune\x127\n" +
 	"\bpin_node\x18\n" +
-	" \x01(\v2\x1a.coffer.v1.PinNodeResponseH\x00R\apinNodeB\b\n" +
+	" \x01(\v2\x1a.coffer.v1.PinNodeResponseH\x00R\apinNode\x12@\n" +
+	"\vremove_node\x18\v \x01(\v2\x1d.coffer.v1.RemoveNodeResponseH\x00R\n" +
+	"removeNode\x12X\n" +
+	"\x13transfer_leadership\x18\f \x01(\v2%.coffer.v1.TransferLeadershipResponseH\x00R\x12transferLeadership\x12=\n" +
+	"\n" +
+	"drain_node\x18\r \x01(\v2\x1c.coffer.v1.DrainNodeResponseH\x00R\tdrainNodeB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -2594,7 +2746,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x13UpdatePolicyCommand\x12/\n" +
 	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
 	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
-	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\xab\x02\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\xab\x03\n" +
 	"\n" +
 	"NodeRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
@@ -2606,7 +2758,13 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x10pinned_unix_nano\x18\x05 \x01(\x03R\x0epinnedUnixNano\x12\x1b\n" +
 	"\tpinned_by\x18\x06 \x01(\tR\bpinnedBy\x12#\n" +
 	"\rintegrity_tag\x18\a \x01(\fR\fintegrityTag\x12'\n" +
-	"\x0fprevious_sha256\x18\b \x01(\fR\x0epreviousSha256\"\xb7\x01\n" +
+	"\x0fprevious_sha256\x18\b \x01(\fR\x0epreviousSha256\x12\x12\n" +
+	"\x04site\x18\t \x01(\tR\x04site\x12\x19\n" +
+	"\bapi_addr\x18\n" +
+	" \x01(\tR\aapiAddr\x12\x1b\n" +
+	"\traft_addr\x18\v \x01(\tR\braftAddr\x12\x18\n" +
+	"\aremoved\x18\f \x01(\bR\aremoved\x12\x18\n" +
+	"\adrained\x18\r \x01(\bR\adrained\"\xb7\x01\n" +
 	"\x0ePinNodeCommand\x12)\n" +
 	"\x04node\x18\x01 \x01(\v2\x15.coffer.v1.NodeRecordR\x04node\x12$\n" +
 	"\x0eonly_if_absent\x18\x02 \x01(\bR\fonlyIfAbsent\x12+\n" +
@@ -2655,67 +2813,73 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_coffer_v1_internal_proto_goTypes = []any{
-	(CommandType)(0),                  // 0: coffer.v1.CommandType
-	(ReadRefusal)(0),                  // 1: coffer.v1.ReadRefusal
-	(*Caller)(nil),                    // 2: coffer.v1.Caller
-	(*ForwardRequest)(nil),            // 3: coffer.v1.ForwardRequest
-	(*ForwardResponse)(nil),           // 4: coffer.v1.ForwardResponse
-	(*ReadIndexRequest)(nil),          // 5: coffer.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),         // 6: coffer.v1.ReadIndexResponse
-	(*Command)(nil),                   // 7: coffer.v1.Command
-	(*WrappedKEK)(nil),                // 8: coffer.v1.WrappedKEK
-	(*PolicyRecord)(nil),              // 9: coffer.v1.PolicyRecord
-	(*KeyRecord)(nil),                 // 10: coffer.v1.KeyRecord
-	(*EscrowKey)(nil),                 // 11: coffer.v1.EscrowKey
-	(*EscrowCopy)(nil),                // 12: coffer.v1.EscrowCopy
-	(*ClusterInfo)(nil),               // 13: coffer.v1.ClusterInfo
-	(*InitClusterCommand)(nil),        // 14: coffer.v1.InitClusterCommand
-	(*PutClientCommand)(nil),          // 15: coffer.v1.PutClientCommand
-	(*PutAclRuleCommand)(nil),         // 16: coffer.v1.PutAclRuleCommand
-	(*DeleteAclRuleCommand)(nil),      // 17: coffer.v1.DeleteAclRuleCommand
-	(*RevokeCertificateCommand)(nil),  // 18: coffer.v1.RevokeCertificateCommand
-	(*CreateKeyCommand)(nil),          // 19: coffer.v1.CreateKeyCommand
-	(*CreatePolicyCommand)(nil),       // 20: coffer.v1.CreatePolicyCommand
-	(*AuditBatchCommand)(nil),         // 21: coffer.v1.AuditBatchCommand
-	(*ReadDecision)(nil),              // 22: coffer.v1.ReadDecision
-	(*AppendAuditRequest)(nil),        // 23: coffer.v1.AppendAuditRequest
-	(*AppendAuditResponse)(nil),       // 24: coffer.v1.AppendAuditResponse
-	(*ReadOutcome)(nil),               // 25: coffer.v1.ReadOutcome
-	(*AuditCheckpointCommand)(nil),    // 26: coffer.v1.AuditCheckpointCommand
-	(*AuditPruneCommand)(nil),         // 27: coffer.v1.AuditPruneCommand
-	(*UpdatePolicyCommand)(nil),       // 28: coffer.v1.UpdatePolicyCommand
-	(*NodeRecord)(nil),                // 29: coffer.v1.NodeRecord
-	(*PinNodeCommand)(nil),            // 30: coffer.v1.PinNodeCommand
-	(*GenerateKeyRequest)(nil),        // 31: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),             // 32: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),       // 33: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),     // 34: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),    // 35: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),  // 36: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),              // 37: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),        // 38: coffer.v1.RevokeGrantRequest
-	(*UpdatePolicyRequest)(nil),       // 39: coffer.v1.UpdatePolicyRequest
-	(*AuditPruneRequest)(nil),         // 40: coffer.v1.AuditPruneRequest
-	(*PinNodeRequest)(nil),            // 41: coffer.v1.PinNodeRequest
-	(*GenerateKeyResponse)(nil),       // 42: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),            // 43: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),      // 44: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                // 45: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil), // 46: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),               // 47: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),       // 48: coffer.v1.RevokeGrantResponse
-	(*UpdatePolicyResponse)(nil),      // 49: coffer.v1.UpdatePolicyResponse
-	(*AuditPruneResponse)(nil),        // 50: coffer.v1.AuditPruneResponse
-	(*PinNodeResponse)(nil),           // 51: coffer.v1.PinNodeResponse
-	(Algorithm)(0),                    // 52: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),              // 53: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),            // 54: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                     // 55: coffer.v1.KeyState
-	(*ClientRecord)(nil),              // 56: coffer.v1.ClientRecord
-	(*AclRule)(nil),                   // 57: coffer.v1.AclRule
-	(*AuditEntry)(nil),                // 58: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),        // 59: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),           // 60: coffer.v1.AuditCheckpoint
+	(CommandType)(0),                   // 0: coffer.v1.CommandType
+	(ReadRefusal)(0),                   // 1: coffer.v1.ReadRefusal
+	(*Caller)(nil),                     // 2: coffer.v1.Caller
+	(*ForwardRequest)(nil),             // 3: coffer.v1.ForwardRequest
+	(*ForwardResponse)(nil),            // 4: coffer.v1.ForwardResponse
+	(*ReadIndexRequest)(nil),           // 5: coffer.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),          // 6: coffer.v1.ReadIndexResponse
+	(*Command)(nil),                    // 7: coffer.v1.Command
+	(*WrappedKEK)(nil),                 // 8: coffer.v1.WrappedKEK
+	(*PolicyRecord)(nil),               // 9: coffer.v1.PolicyRecord
+	(*KeyRecord)(nil),                  // 10: coffer.v1.KeyRecord
+	(*EscrowKey)(nil),                  // 11: coffer.v1.EscrowKey
+	(*EscrowCopy)(nil),                 // 12: coffer.v1.EscrowCopy
+	(*ClusterInfo)(nil),                // 13: coffer.v1.ClusterInfo
+	(*InitClusterCommand)(nil),         // 14: coffer.v1.InitClusterCommand
+	(*PutClientCommand)(nil),           // 15: coffer.v1.PutClientCommand
+	(*PutAclRuleCommand)(nil),          // 16: coffer.v1.PutAclRuleCommand
+	(*DeleteAclRuleCommand)(nil),       // 17: coffer.v1.DeleteAclRuleCommand
+	(*RevokeCertificateCommand)(nil),   // 18: coffer.v1.RevokeCertificateCommand
+	(*CreateKeyCommand)(nil),           // 19: coffer.v1.CreateKeyCommand
+	(*CreatePolicyCommand)(nil),        // 20: coffer.v1.CreatePolicyCommand
+	(*AuditBatchCommand)(nil),          // 21: coffer.v1.AuditBatchCommand
+	(*ReadDecision)(nil),               // 22: coffer.v1.ReadDecision
+	(*AppendAuditRequest)(nil),         // 23: coffer.v1.AppendAuditRequest
+	(*AppendAuditResponse)(nil),        // 24: coffer.v1.AppendAuditResponse
+	(*ReadOutcome)(nil),                // 25: coffer.v1.ReadOutcome
+	(*AuditCheckpointCommand)(nil),     // 26: coffer.v1.AuditCheckpointCommand
+	(*AuditPruneCommand)(nil),          // 27: coffer.v1.AuditPruneCommand
+	(*UpdatePolicyCommand)(nil),        // 28: coffer.v1.UpdatePolicyCommand
+	(*NodeRecord)(nil),                 // 29: coffer.v1.NodeRecord
+	(*PinNodeCommand)(nil),             // 30: coffer.v1.PinNodeCommand
+	(*GenerateKeyRequest)(nil),         // 31: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),              // 32: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),        // 33: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),      // 34: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 35: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),   // 36: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),               // 37: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 38: coffer.v1.RevokeGrantRequest
+	(*UpdatePolicyRequest)(nil),        // 39: coffer.v1.UpdatePolicyRequest
+	(*AuditPruneRequest)(nil),          // 40: coffer.v1.AuditPruneRequest
+	(*PinNodeRequest)(nil),             // 41: coffer.v1.PinNodeRequest
+	(*RemoveNodeRequest)(nil),          // 42: coffer.v1.RemoveNodeRequest
+	(*TransferLeadershipRequest)(nil),  // 43: coffer.v1.TransferLeadershipRequest
+	(*DrainNodeRequest)(nil),           // 44: coffer.v1.DrainNodeRequest
+	(*GenerateKeyResponse)(nil),        // 45: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),             // 46: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),       // 47: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                 // 48: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil),  // 49: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 50: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),        // 51: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),       // 52: coffer.v1.UpdatePolicyResponse
+	(*AuditPruneResponse)(nil),         // 53: coffer.v1.AuditPruneResponse
+	(*PinNodeResponse)(nil),            // 54: coffer.v1.PinNodeResponse
+	(*RemoveNodeResponse)(nil),         // 55: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipResponse)(nil), // 56: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeResponse)(nil),          // 57: coffer.v1.DrainNodeResponse
+	(Algorithm)(0),                     // 58: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),               // 59: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),             // 60: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                      // 61: coffer.v1.KeyState
+	(*ClientRecord)(nil),               // 62: coffer.v1.ClientRecord
+	(*AclRule)(nil),                    // 63: coffer.v1.AclRule
+	(*AuditEntry)(nil),                 // 64: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),         // 65: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),            // 66: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	2,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
@@ -2730,65 +2894,71 @@ var file_coffer_v1_internal_proto_depIdxs = []int32{
 	39, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
 	40, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
 	41, // 11: coffer.v1.ForwardRequest.pin_node:type_name -> coffer.v1.PinNodeRequest
-	42, // 12: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	43, // 13: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	44, // 14: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	45, // 15: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	46, // 16: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	47, // 17: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	48, // 18: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	49, // 19: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
-	50, // 20: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
-	51, // 21: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
-	0,  // 22: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	8,  // 23: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	52, // 24: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	53, // 25: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	54, // 26: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 27: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	52, // 28: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	55, // 29: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	53, // 30: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	54, // 31: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	12, // 32: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	13, // 33: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	9,  // 34: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	56, // 35: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	57, // 36: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	56, // 37: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	58, // 38: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	57, // 39: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	58, // 40: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	58, // 41: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	59, // 42: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	58, // 43: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 44: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	58, // 45: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 46: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	58, // 47: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	58, // 48: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	22, // 49: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
-	58, // 50: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	22, // 51: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
-	25, // 52: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
-	1,  // 53: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
-	60, // 54: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	58, // 55: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 56: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	58, // 57: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	29, // 58: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
-	58, // 59: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
-	3,  // 60: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	5,  // 61: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	23, // 62: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	4,  // 63: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	6,  // 64: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	24, // 65: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	63, // [63:66] is the sub-list for method output_type
-	60, // [60:63] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	42, // 12: coffer.v1.ForwardRequest.remove_node:type_name -> coffer.v1.RemoveNodeRequest
+	43, // 13: coffer.v1.ForwardRequest.transfer_leadership:type_name -> coffer.v1.TransferLeadershipRequest
+	44, // 14: coffer.v1.ForwardRequest.drain_node:type_name -> coffer.v1.DrainNodeRequest
+	45, // 15: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	46, // 16: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	47, // 17: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	48, // 18: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	49, // 19: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	50, // 20: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	51, // 21: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	52, // 22: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	53, // 23: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
+	54, // 24: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
+	55, // 25: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
+	56, // 26: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
+	57, // 27: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
+	0,  // 28: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	8,  // 29: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	58, // 30: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	59, // 31: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	60, // 32: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 33: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	58, // 34: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	61, // 35: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	59, // 36: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	60, // 37: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	12, // 38: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	13, // 39: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	9,  // 40: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	62, // 41: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	63, // 42: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	62, // 43: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	64, // 44: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	63, // 45: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	64, // 46: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	64, // 47: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	65, // 48: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	64, // 49: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 50: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	64, // 51: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 52: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	64, // 53: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	64, // 54: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	22, // 55: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	64, // 56: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	22, // 57: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	25, // 58: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 59: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	66, // 60: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	64, // 61: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 62: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	64, // 63: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	29, // 64: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
+	64, // 65: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
+	3,  // 66: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	5,  // 67: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	23, // 68: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	4,  // 69: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	6,  // 70: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	24, // 71: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	69, // [69:72] is the sub-list for method output_type
+	66, // [66:69] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -2811,6 +2981,9 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardRequest_UpdatePolicy)(nil),
 		(*ForwardRequest_AuditPrune)(nil),
 		(*ForwardRequest_PinNode)(nil),
+		(*ForwardRequest_RemoveNode)(nil),
+		(*ForwardRequest_TransferLeadership)(nil),
+		(*ForwardRequest_DrainNode)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
@@ -2823,6 +2996,9 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardResponse_UpdatePolicy)(nil),
 		(*ForwardResponse_AuditPrune)(nil),
 		(*ForwardResponse_PinNode)(nil),
+		(*ForwardResponse_RemoveNode)(nil),
+		(*ForwardResponse_TransferLeadership)(nil),
+		(*ForwardResponse_DrainNode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
