@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	autopilot "github.com/hashicorp/raft-autopilot"
+
+	"github.com/coffer-kms/coffer/internal/duration"
 )
 
 // Settings are the membership settings of a cluster.
@@ -22,10 +24,10 @@ type Settings struct {
 	MinQuorum int `json:"min_quorum"`
 	// StabilizationTime is how long a server must be healthy before it is
 	// given a vote, and unhealthy before its vote is given to another.
-	StabilizationTime time.Duration `json:"stabilization_time"`
+	StabilizationTime duration.Duration `json:"stabilization_time"`
 	// LastContactThreshold is how long a server may go without contact from
 	// the leader and still count as healthy.
-	LastContactThreshold time.Duration `json:"last_contact_threshold"`
+	LastContactThreshold duration.Duration `json:"last_contact_threshold"`
 	// MaxTrailingLogs is how far behind the leader a server may be and
 	// still count as healthy.
 	MaxTrailingLogs uint64 `json:"max_trailing_logs"`
@@ -34,8 +36,8 @@ type Settings struct {
 // DefaultSettings: three voters, never fewer than three, ten seconds of
 // stability.
 func DefaultSettings() Settings {
-	return Settings{Voters: 3, MinQuorum: 3, StabilizationTime: 10 * time.Second,
-		LastContactThreshold: 2 * time.Second, MaxTrailingLogs: 1024}
+	return Settings{Voters: 3, MinQuorum: 3, StabilizationTime: duration.Duration(10 * time.Second),
+		LastContactThreshold: duration.Duration(2 * time.Second), MaxTrailingLogs: 1024}
 }
 
 // Validate checks the settings.
@@ -232,8 +234,8 @@ type delegate Manager
 
 func (d *delegate) AutopilotConfig() *autopilot.Config {
 	s := d.settings
-	return &autopilot.Config{CleanupDeadServers: true, LastContactThreshold: s.LastContactThreshold,
-		MaxTrailingLogs: s.MaxTrailingLogs, MinQuorum: uint(s.MinQuorum), ServerStabilizationTime: s.StabilizationTime}
+	return &autopilot.Config{CleanupDeadServers: true, LastContactThreshold: s.LastContactThreshold.Std(),
+		MaxTrailingLogs: s.MaxTrailingLogs, MinQuorum: uint(s.MinQuorum), ServerStabilizationTime: s.StabilizationTime.Std()}
 }
 
 func (d *delegate) NotifyState(*autopilot.State) {}

@@ -310,6 +310,11 @@ func TestE2E_DevDirMigratesToTwoCAs(t *testing.T) {
 			t.Fatal(err)
 		}
 		raw["tls"], _ = json.Marshal(map[string]string{"CAFile": filepath.Join(e.dir, "ca", "ca.pem"), "CertFile": tlsc.CertFile, "KeyFile": tlsc.KeyFile})
+		// That layout wrote durations as nanoseconds, and had no gossip.
+		raw["raft"], _ = json.Marshal(map[string]int64{"heartbeat_timeout": 250e6, "election_timeout": 250e6, "leader_lease_timeout": 125e6,
+			"commit_timeout": 5e6, "snapshot_interval": 30e9, "snapshot_threshold": 16384, "trailing_logs": 10240, "max_append_entries": 512})
+		delete(raw, "gossip")
+		delete(raw, "membership")
 		data, _ = json.Marshal(raw)
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)

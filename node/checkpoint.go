@@ -64,7 +64,7 @@ func (n *Node) maybeCheckpoint() error {
 			return nil
 		}
 		age := time.Since(time.Unix(0, last.GetTimeUnixNano()))
-		if age < n.cfg.Audit.CheckpointInterval && seq-last.GetSeq() < n.cfg.Audit.CheckpointEvery {
+		if age < n.cfg.Audit.CheckpointInterval.Std() && seq-last.GetSeq() < n.cfg.Audit.CheckpointEvery {
 			return nil
 		}
 	}
@@ -79,7 +79,7 @@ func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
 	start := false
 	if !n.fsm.AuditTimeIndexStarted() {
 		now := time.Now()
-		if last := n.versionPoll.Load(); last == 0 || now.Sub(time.Unix(0, last)) >= 6*n.cfg.Audit.CheckpointInterval {
+		if last := n.versionPoll.Load(); last == 0 || now.Sub(time.Unix(0, last)) >= 6*n.cfg.Audit.CheckpointInterval.Std() {
 			n.versionPoll.Store(now.UnixNano())
 			start = n.membersApply(fsm.TimeIndexVersion)
 		}

@@ -19,10 +19,11 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/internal/duration"
 )
 
 func fastCheckpoints(c *Config) {
-	c.Audit.CheckpointInterval = 200 * time.Millisecond
+	c.Audit.CheckpointInterval = duration.Duration(200 * time.Millisecond)
 }
 
 // waitCheckpoint waits until the leader has a checkpoint at or past seq.

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"regexp"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/cluster"
+	"github.com/coffer-kms/coffer/internal/duration"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -27,30 +30,82 @@ type Peer struct {
 // without contact, and a candidate retries after ElectionTimeout (likewise).
 // Across data centres raise them to a few round trips' worth.
 type RaftTimings struct {
-	HeartbeatTimeout   time.Duration `json:"heartbeat_timeout"`
-	ElectionTimeout    time.Duration `json:"election_timeout"`
-	LeaderLeaseTimeout time.Duration `json:"leader_lease_timeout"`
-	CommitTimeout      time.Duration `json:"commit_timeout"`
+	// Profile names the timings the others start from: "lan" (the
+	// default, DefaultRaftTimings) or "wan" (WANRaftTimings); fields given
+	// beside it override them.
+	Profile            string            `json:"profile,omitempty"`
+	HeartbeatTimeout   duration.Duration `json:"heartbeat_timeout"`
+	ElectionTimeout    duration.Duration `json:"election_timeout"`
+	LeaderLeaseTimeout duration.Duration `json:"leader_lease_timeout"`
+	CommitTimeout      duration.Duration `json:"commit_timeout"`
 	// SnapshotInterval is how often Raft checks whether to snapshot;
 	// SnapshotThreshold is how many new entries trigger one; TrailingLogs is
 	// how many entries stay in the log after a snapshot so slow followers
 	// catch up without an install.
-	SnapshotInterval  time.Duration `json:"snapshot_interval"`
-	SnapshotThreshold uint64        `json:"snapshot_threshold"`
-	TrailingLogs      uint64        `json:"trailing_logs"`
+	SnapshotInterval  duration.Duration `json:"snapshot_interval"`
+	SnapshotThreshold uint64            `json:"snapshot_threshold"`
+	TrailingLogs      uint64            `json:"trailing_logs"`
 	// MaxAppendEntries bounds entries per replication message and per apply
 	// batch.
 	MaxAppendEntries int `json:"max_append_entries"`
 }
 
+// Raft timing profiles.
+const (
+	ProfileLAN = "lan"
+	ProfileWAN = "wan"
+)
+
+// WANRaftTimings are the timings of a cluster whose voters sit in data
+// centres up to about 100 ms apart (round trip): a leader is suspected after
+// 1.5–3 s without contact, so that a slow link or a long fsync does not
+// cause elections, and a dead leader is replaced within a few seconds.
+// Followers learn of commits at most 20 ms late.
+func WANRaftTimings() RaftTimings {
+	t := DefaultRaftTimings()
+	t.Profile = ProfileWAN
+	t.HeartbeatTimeout = duration.Duration(1500 * time.Millisecond)
+	t.ElectionTimeout = duration.Duration(1500 * time.Millisecond)
+	t.LeaderLeaseTimeout = duration.Duration(750 * time.Millisecond)
+	t.CommitTimeout = duration.Duration(20 * time.Millisecond)
+	return t
+}
+
+// UnmarshalJSON starts from the named profile's timings ("lan", the
+// default, or "wan") and applies the fields given.
+func (t *RaftTimings) UnmarshalJSON(b []byte) error {
+	var p struct {
+		Profile string `json:"profile"`
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	base := DefaultRaftTimings()
+	switch p.Profile {
+	case "", ProfileLAN:
+	case ProfileWAN:
+		base = WANRaftTimings()
+	default:
+		return fmt.Errorf("raft.profile %q: want %q or %q", p.Profile, ProfileLAN, ProfileWAN)
+	}
+	type plain RaftTimings
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode((*plain)(&base)); err != nil {
+		return fmt.Errorf("raft: %w", err)
+	}
+	*t = base
+	return nil
+}
+
 // DefaultRaftTimings returns loopback/LAN settings.
 func DefaultRaftTimings() RaftTimings {
 	return RaftTimings{
-		HeartbeatTimeout:   250 * time.Millisecond,
-		ElectionTimeout:    250 * time.Millisecond,
-		LeaderLeaseTimeout: 125 * time.Millisecond,
-		CommitTimeout:      5 * time.Millisecond,
-		SnapshotInterval:   30 * time.Second,
+		HeartbeatTimeout:   duration.Duration(250 * time.Millisecond),
+		ElectionTimeout:    duration.Duration(250 * time.Millisecond),
+		LeaderLeaseTimeout: duration.Duration(125 * time.Millisecond),
+		CommitTimeout:      duration.Duration(5 * time.Millisecond),
+		SnapshotInterval:   duration.Duration(30 * time.Second),
 		SnapshotThreshold:  16384,
 		TrailingLogs:       10240,
 		MaxAppendEntries:   512,
@@ -61,26 +116,26 @@ func DefaultRaftTimings() RaftTimings {
 // chain: after CheckpointInterval or CheckpointEvery new entries, whichever
 // comes first (and only when there are new entries).
 type AuditConfig struct {
-	CheckpointInterval time.Duration `json:"checkpoint_interval"`
-	CheckpointEvery    uint64        `json:"checkpoint_every"`
+	CheckpointInterval duration.Duration `json:"checkpoint_interval"`
+	CheckpointEvery    uint64            `json:"checkpoint_every"`
 }
 
 // DefaultAuditConfig returns a checkpoint every 10 s or 10,000 entries.
 func DefaultAuditConfig() AuditConfig {
-	return AuditConfig{CheckpointInterval: 10 * time.Second, CheckpointEvery: 10000}
+	return AuditConfig{CheckpointInterval: duration.Duration(10 * time.Second), CheckpointEvery: 10000}
 }
 
 // Limits are the bounds the request path enforces.
 type Limits struct {
 	// RequestTimeout bounds one request end to end on the server.
-	RequestTimeout time.Duration `json:"request_timeout"`
+	RequestTimeout duration.Duration `json:"request_timeout"`
 	// MaxInflightForwards bounds concurrent writes a follower forwards.
 	MaxInflightForwards int `json:"max_inflight_forwards"`
 }
 
 // DefaultLimits returns the default request bounds.
 func DefaultLimits() Limits {
-	return Limits{RequestTimeout: 10 * time.Second, MaxInflightForwards: 4096}
+	return Limits{RequestTimeout: duration.Duration(10 * time.Second), MaxInflightForwards: 4096}
 }
 
 // GossipSettings say where a node gossips (hashicorp/memberlist, always
@@ -189,14 +244,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: bootstrap needs this node (%q) among peers", ErrConfig, c.ID)
 	}
 	r := c.Raft
-	if r.HeartbeatTimeout < 5*time.Millisecond || r.ElectionTimeout < 5*time.Millisecond ||
+	if r.HeartbeatTimeout.Std() < 5*time.Millisecond || r.ElectionTimeout.Std() < 5*time.Millisecond ||
 		r.LeaderLeaseTimeout <= 0 || r.LeaderLeaseTimeout > r.HeartbeatTimeout || r.CommitTimeout <= 0 {
 		return fmt.Errorf("%w: raft timeouts must be positive with leader_lease_timeout <= heartbeat_timeout", ErrConfig)
 	}
 	if r.MaxAppendEntries <= 0 || r.MaxAppendEntries > 1024 {
 		return fmt.Errorf("%w: raft max_append_entries must be 1..1024", ErrConfig)
 	}
-	if c.Audit.CheckpointInterval < 100*time.Millisecond || c.Audit.CheckpointEvery == 0 {
+	if c.Audit.CheckpointInterval.Std() < 100*time.Millisecond || c.Audit.CheckpointEvery == 0 {
 		return fmt.Errorf("%w: audit checkpoint_interval must be >= 100ms and checkpoint_every > 0", ErrConfig)
 	}
 	if c.Limits.RequestTimeout <= 0 || c.Limits.MaxInflightForwards <= 0 {

@@ -177,7 +177,7 @@ func (n *Node) proposeIndexed(ctx context.Context, data []byte) (fsm.Result, uin
 // loop, which Close waits for, passes futureError; requests wait on the
 // future itself, without a goroutine per proposal.
 func (n *Node) proposeWait(ctx context.Context, data []byte, wait func(raft.Future) error) (fsm.Result, uint64, error) {
-	timeout := n.cfg.Limits.RequestTimeout
+	timeout := n.cfg.Limits.RequestTimeout.Std()
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}

@@ -221,11 +221,11 @@ func (n *Node) startRaft() error {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
 	rc.Logger = hlog
-	rc.HeartbeatTimeout = cfg.Raft.HeartbeatTimeout
-	rc.ElectionTimeout = cfg.Raft.ElectionTimeout
-	rc.LeaderLeaseTimeout = cfg.Raft.LeaderLeaseTimeout
-	rc.CommitTimeout = cfg.Raft.CommitTimeout
-	rc.SnapshotInterval = cfg.Raft.SnapshotInterval
+	rc.HeartbeatTimeout = cfg.Raft.HeartbeatTimeout.Std()
+	rc.ElectionTimeout = cfg.Raft.ElectionTimeout.Std()
+	rc.LeaderLeaseTimeout = cfg.Raft.LeaderLeaseTimeout.Std()
+	rc.CommitTimeout = cfg.Raft.CommitTimeout.Std()
+	rc.SnapshotInterval = cfg.Raft.SnapshotInterval.Std()
 	rc.SnapshotThreshold = cfg.Raft.SnapshotThreshold
 	rc.TrailingLogs = cfg.Raft.TrailingLogs
 	rc.MaxAppendEntries = cfg.Raft.MaxAppendEntries

@@ -11,7 +11,8 @@ import (
 )
 
 // fileConfig is the JSON config file of `cofferd serve`: the node settings
-// (see node.Config; durations are in nanoseconds) plus the keystore.
+// (see node.Config; durations are strings such as "250ms") plus the
+// keystore.
 type fileConfig struct {
 	node.Config
 	Keystore keystoreConfig `json:"keystore"`

@@ -143,6 +143,9 @@ func migrateDevCAs(lay *devLayout, o devOptions) error {
 			return err
 		}
 		c.raw["tls"] = b
+		if err := durationsAsStrings(c.raw); err != nil {
+			return fmt.Errorf("%s: %w", c.path, err)
+		}
 		data, err := json.MarshalIndent(c.raw, "", "  ")
 		if err != nil {
 			return err
@@ -154,5 +157,40 @@ func migrateDevCAs(lay *devLayout, o devOptions) error {
 	fmt.Printf("Migrated: node and admin certificates reissued; the old CA and certificates are in %s.\n"+
 		"Certificates the old CA issued to other clients no longer work: issue them again with coffer client issue (client CA: %s).\n",
 		old, lay.clientCA)
+	return nil
+}
+
+// durationFields are the sections and fields of a node config that hold
+// durations, which configs of the single-CA layout wrote as nanoseconds.
+var durationFields = map[string][]string{
+	"raft":   {"heartbeat_timeout", "election_timeout", "leader_lease_timeout", "commit_timeout", "snapshot_interval"},
+	"limits": {"request_timeout"},
+	"audit":  {"checkpoint_interval"},
+}
+
+// durationsAsStrings rewrites a config's durations from nanoseconds to
+// duration strings ("250ms").
+func durationsAsStrings(raw map[string]json.RawMessage) error {
+	for section, fields := range durationFields {
+		sec, ok := raw[section]
+		if !ok {
+			continue
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(sec, &m); err != nil {
+			return fmt.Errorf("%s: %w", section, err)
+		}
+		for _, f := range fields {
+			var ns int64
+			if v, ok := m[f]; ok && json.Unmarshal(v, &ns) == nil {
+				m[f], _ = json.Marshal(time.Duration(ns).String())
+			}
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		raw[section] = b
+	}
 	return nil
 }
