@@ -128,6 +128,23 @@ func (c *Cluster) Start(i int) error {
 // Kill sends SIGKILL to node i and waits for it to exit.
 func (c *Cluster) Kill(i int) error { return c.signal(i, syscall.SIGKILL) }
 
+// Freeze stops node i with SIGSTOP (a hung process: it keeps its sockets
+// and answers nothing); Thaw resumes it with SIGCONT.
+func (c *Cluster) Freeze(i int) error { return c.pause(i, syscall.SIGSTOP) }
+
+// Thaw resumes a frozen node.
+func (c *Cluster) Thaw(i int) error { return c.pause(i, syscall.SIGCONT) }
+
+func (c *Cluster) pause(i int, sig syscall.Signal) error {
+	c.mu.Lock()
+	p := c.procs[i]
+	c.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("chaos: node %s is not running", c.ID(i))
+	}
+	return p.Process.Signal(sig)
+}
+
 // Stop sends SIGTERM to node i and waits for a clean exit.
 func (c *Cluster) Stop(i int) error { return c.signal(i, syscall.SIGTERM) }
 

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -77,6 +78,36 @@ func (n *Node) leaderClient() (cofferv1.InternalServiceClient, string, error) {
 
 var errSelfLeader = fmt.Errorf("%w: this node became leader", ErrNotLeader)
 
+// errLeaderChanged cancels a forward whose leader was replaced.
+var errLeaderChanged = errors.New("leader changed")
+
+// leaderPoll is how often a forward in flight checks that its leader still
+// leads (as this node sees it).
+const leaderPoll = 50 * time.Millisecond
+
+// onLeaderChange calls f once if this node comes to follow another leader
+// than leader (an empty leader, between terms, does not count); the
+// returned stop ends the watch.
+func (n *Node) onLeaderChange(leader string, f func()) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(leaderPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if _, id := n.raft.LeaderWithID(); id != "" && string(id) != leader {
+					f()
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // forward sends a write to the leader on behalf of caller.
 func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
 	select {
@@ -85,7 +116,7 @@ func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardReque
 	default:
 		return nil, fmt.Errorf("%w: too many forwarded writes in flight", ErrOverloaded)
 	}
-	cl, _, err := n.leaderClient()
+	cl, leader, err := n.leaderClient()
 	if err != nil {
 		return nil, err
 	}
@@ -93,10 +124,22 @@ func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardReque
 	req.Caller.Node = n.cfg.ID
 	req.TimeUnixNano = auditEntry(ctx).GetTimeUnixNano()
 	setAuditAttempted(ctx)
-	resp, err := cl.Forward(ctx, req)
+	// A leader that hangs (stopped, a stalled disk) must hold the write up
+	// only until another is elected: the forward is abandoned as soon as
+	// this node follows a new leader, and the client retries there with
+	// the same request id.
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := n.onLeaderChange(leader, func() { cancel(errLeaderChanged) })
+	resp, err := cl.Forward(fctx, req)
+	stop()
+	if context.Cause(fctx) == errLeaderChanged && ctx.Err() == nil {
+		err = n.notLeader(fmt.Errorf("%w: the leader %s was replaced while it held this write; retry", ErrNoLeader, leader))
+	}
 	// The leader records the entry of a request it handled (answered or
 	// refused); if the leader could not be reached, this node records it.
-	setAuditCarried(ctx, status.Code(err) != codes.Unavailable && status.Code(err) != codes.DeadlineExceeded)
+	code := status.Code(err)
+	setAuditCarried(ctx, err == nil || (code != codes.Unavailable && code != codes.DeadlineExceeded && code != codes.Canceled))
 	return resp, err
 }
 
