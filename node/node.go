@@ -301,6 +301,10 @@ func (n *Node) startMetrics() error {
 	reg := prometheus.NewRegistry()
 	registerMetrics(reg)
 	reg.MustRegister(n.auditCollectors()...)
+	reg.MustRegister(raftCollector{n: n})
+	if err := installRaftMetrics(reg); err != nil {
+		return fmt.Errorf("node: raft metrics: %w", err)
+	}
 	lis, err := net.Listen("tcp", n.cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("node: listen metrics %s: %w", n.cfg.MetricsAddr, err)
