@@ -177,6 +177,8 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	go n.keystoreHealthLoop()
 	go n.revalidateLoop()
 	go n.refusals.run()
+	n.wg.Add(1)
+	go n.auditRecovery()
 	logger.Info("node started", "site", cfg.Site, "api", n.APIAddr(), "raft", cfg.RaftAddr)
 	return n, nil
 }

@@ -2,6 +2,7 @@
 //
 //	cofferd serve --config FILE     run one node from a JSON config file
 //	cofferd dev --nodes 3 --dir DIR start a local cluster, one process a node
+//	cofferd recover --config FILE   rewrite a survivor's voters after a majority loss
 package main
 
 import (
@@ -19,7 +20,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), devCmd(), keystoreCmd())
+	root.AddCommand(serveCmd(), devCmd(), keystoreCmd(), recoverCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "cofferd:", err)
 		var ue usageError
