@@ -19,7 +19,7 @@
 // Operations (Op) form a closed catalogue: key operations (generate, put,
 // get, describe, list, encrypt, decrypt, datakey, state, destroy) act on a
 // key bound to a resource; administrative operations (policy.*, acl.*,
-// client.*, escrow.recover, audit.*, cluster.*, snapshot.save) act on the
+// client.*, escrow.recover, audit.*, cluster.*, snapshot.save, snapshot.restore) act on the
 // service and have no resource.
 //
 // Roles (Role) grant administrative operations only: security-officer

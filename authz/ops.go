@@ -46,6 +46,8 @@ const (
 	OpClusterRead   Op = "cluster.read"
 	OpClusterManage Op = "cluster.manage"
 	OpSnapshotSave  Op = "snapshot.save"
+	// OpSnapshotRestore replaces a fresh cluster's state with a backup.
+	OpSnapshotRestore Op = "snapshot.restore"
 )
 
 // OpAll may appear in an ACL rule's operations and stands for every
@@ -72,7 +74,7 @@ var adminOps = [...]Op{
 	OpEscrowRecover,
 	OpAuditRead, OpAuditExport, OpAuditPrune,
 	OpClusterRead, OpClusterManage,
-	OpSnapshotSave,
+	OpSnapshotSave, OpSnapshotRestore,
 }
 
 // opSet is a set of catalogue operations, one bit per operation, in the

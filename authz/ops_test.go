@@ -99,7 +99,7 @@ func TestRoles(t *testing.T) {
 	want := map[Role][]Op{
 		RoleSecurityOfficer: {OpPolicyCreate, OpPolicyUpdate, OpPolicyRead, OpACLManage, OpACLRead,
 			OpClientManage, OpClientRead, OpEscrowRecover, OpAuditRead, OpAuditExport, OpAuditPrune},
-		RoleOperator:    {OpPolicyRead, OpClientRead, OpAuditRead, OpClusterRead, OpClusterManage, OpSnapshotSave},
+		RoleOperator:    {OpPolicyRead, OpClientRead, OpAuditRead, OpClusterRead, OpClusterManage, OpSnapshotSave, OpSnapshotRestore},
 		RoleApplication: nil,
 	}
 	for r, ops := range want {

@@ -18,7 +18,7 @@ const (
 	// policy.*, acl.*, client.*, escrow.recover, audit.read, audit.export,
 	// audit.prune.
 	RoleSecurityOfficer Role = "security-officer"
-	// RoleOperator runs the cluster: cluster.*, snapshot.save, audit.read,
+	// RoleOperator runs the cluster: cluster.*, snapshot.save and restore, audit.read,
 	// policy.read, client.read. It can neither change who may do what nor
 	// touch keys.
 	RoleOperator Role = "operator"
@@ -39,7 +39,7 @@ var roleOpSets = map[Role]opSet{
 	),
 	RoleOperator: setOf(
 		OpClusterRead, OpClusterManage,
-		OpSnapshotSave,
+		OpSnapshotSave, OpSnapshotRestore,
 		OpAuditRead,
 		OpPolicyRead, OpClientRead,
 	),

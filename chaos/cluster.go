@@ -53,8 +53,16 @@ type Cluster struct {
 
 // NewCluster prepares the cluster directory and starts every node.
 func NewCluster(cfg Config) (*Cluster, error) {
-	if err := cfg.Validate(); err != nil {
+	if err := initCluster(cfg); err != nil {
 		return nil, err
+	}
+	return startCluster(cfg)
+}
+
+// initCluster creates the cluster directory (cofferd dev --init-only).
+func initCluster(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
 	}
 	args := []string{"dev", "--init-only", "--nodes", fmt.Sprint(cfg.Nodes), "--dir", cfg.Dir, "--base-port", fmt.Sprint(cfg.BasePort)}
 	if cfg.Sites != "" {
@@ -62,8 +70,13 @@ func NewCluster(cfg Config) (*Cluster, error) {
 	}
 	init := exec.Command(cfg.Cofferd, args...)
 	if out, err := init.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("chaos: init cluster: %w\n%s", err, out)
+		return fmt.Errorf("chaos: init cluster: %w\n%s", err, out)
 	}
+	return nil
+}
+
+// startCluster starts every node of a prepared cluster directory.
+func startCluster(cfg Config) (*Cluster, error) {
 	c := &Cluster{
 		cfg:   cfg,
 		procs: make([]*exec.Cmd, cfg.Nodes),

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,6 +118,10 @@ type Gossip struct {
 
 	mu   sync.Mutex
 	meta []byte
+	// members is this node's copy of the pool, kept by the event delegate:
+	// memberlist's own Node values change under its lock while Members()
+	// readers would read them without it.
+	members map[string]Member
 	// changed is signalled (without blocking) after every join, leave or
 	// update of a member.
 	changed chan struct{}
@@ -140,7 +145,7 @@ func StartGossip(cfg GossipConfig, meta Meta) (*Gossip, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: gossip keys: %v", ErrConfig, err)
 	}
-	g := &Gossip{keys: keyring, logger: logger, meta: b, changed: make(chan struct{}, 1)}
+	g := &Gossip{keys: keyring, logger: logger, meta: b, members: map[string]Member{}, changed: make(chan struct{}, 1)}
 	mc := memberlist.DefaultLANConfig()
 	if cfg.WAN {
 		mc = memberlist.DefaultWANConfig()
@@ -200,18 +205,16 @@ func (g *Gossip) SetMeta(meta Meta) error {
 }
 
 // Members returns every member the pool knows, this node included, with
-// the metadata it gossips. Members whose metadata does not decode are left
-// out (and logged).
+// the metadata it gossips, sorted by id. Members whose metadata does not
+// decode are left out (and logged when they join).
 func (g *Gossip) Members() []Member {
-	var out []Member
-	for _, n := range g.ml.Members() {
-		m, err := memberOf(n)
-		if err != nil {
-			g.logger.Warn("gossip member with unreadable metadata ignored", "name", n.Name, "addr", n.Address(), "err", err)
-			continue
-		}
+	g.mu.Lock()
+	out := make([]Member, 0, len(g.members))
+	for _, m := range g.members {
 		out = append(out, m)
 	}
+	g.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
 
@@ -286,10 +289,23 @@ func (d *metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil 
 func (d *metaDelegate) LocalState(join bool) []byte                { return nil }
 func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
-// eventDelegate logs member changes and signals Changed.
+// eventDelegate keeps the copy of the pool, logs member changes and
+// signals Changed. memberlist calls it under its own lock, so the Node it
+// passes is read here without a race.
 type eventDelegate Gossip
 
 func (d *eventDelegate) event(what string, n *memberlist.Node) {
+	m, err := memberOf(n)
+	if err != nil {
+		d.logger.Warn("gossip member with unreadable metadata ignored", "name", n.Name, "addr", n.Address(), "err", err)
+		return
+	}
+	if what == "left or failed" && m.State == "alive" {
+		m.State = "dead"
+	}
+	d.mu.Lock()
+	d.members[m.ID] = m
+	d.mu.Unlock()
 	d.logger.Info("gossip: member "+what, "member", n.Name, "addr", n.Address())
 	select {
 	case d.changed <- struct{}{}:

@@ -87,7 +87,7 @@ func setAuditAttempted(ctx context.Context) {
 var opNames = map[string]string{
 	"GenerateKey": "generate", "PutKey": "put", "GetKey": "get", "DescribeKey": "describe", "ListKeys": "list",
 	"CreatePolicy": "policy.create", "UpdatePolicy": "policy.update", "GetPolicy": "policy.read", "ListPolicies": "policy.read",
-	"Status": "cluster.read", "LocalStatus": "cluster.read", "Snapshot": "snapshot.save",
+	"Status": "cluster.read", "LocalStatus": "cluster.read", "Snapshot": "snapshot.save", "Restore": "snapshot.restore",
 	"RegisterClient": "client.manage", "SetClientActive": "client.manage", "RevokeCertificate": "client.manage",
 	"GetClient": "client.read", "ListClients": "client.read",
 	"Grant": "acl.manage", "RevokeGrant": "acl.manage", "ListGrants": "acl.read", "Check": "acl.read",

@@ -193,27 +193,6 @@ func (n *Node) membersApply(v uint32) bool {
 // snapshotChunk is the size of one Snapshot stream message.
 const snapshotChunk = 256 << 10
 
-// Snapshot streams a consistent snapshot of the state (wrapped material
-// only), taken once every write acknowledged before the call is applied.
-func (s *clusterService) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.ClusterService_SnapshotServer) error {
-	ctx := stream.Context()
-	return toStatus(s.n.auditedStream(ctx, "Snapshot", authz.OpSnapshotSave, func(grant func() error) error {
-		if err := grant(); err != nil {
-			return err
-		}
-		w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.SnapshotChunk{Data: b}) }}
-		idx, err := s.n.fsm.SnapshotTo(w)
-		if err == nil {
-			err = w.flush()
-		}
-		if err != nil {
-			return err
-		}
-		s.n.logger.Info("snapshot streamed", "applied_index", idx, "bytes", w.total)
-		return stream.Send(&cofferv1.SnapshotChunk{AppliedIndex: idx})
-	}))
-}
-
 // chunkWriter turns a byte stream into bounded messages.
 type chunkWriter struct {
 	buf   []byte

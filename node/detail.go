@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"errors"
@@ -27,6 +28,9 @@ const auditHMACAAD = "coffer-audit-hmac-key-v1"
 type hmacKey struct {
 	mu  sync.Mutex
 	key []byte
+	// sealed is the sealed key it was opened from: a restore that replaces
+	// the cluster record replaces it.
+	sealed []byte
 }
 
 // newAuditHMACKey draws the key and seals it for ClusterInfo.
@@ -46,12 +50,12 @@ func (n *Node) newAuditHMACKey(cluster *cofferv1.ClusterInfo) ([]byte, error) {
 func (n *Node) auditHMACKey() ([]byte, error) {
 	n.hmacKey.mu.Lock()
 	defer n.hmacKey.mu.Unlock()
-	if n.hmacKey.key != nil {
-		return n.hmacKey.key, nil
-	}
 	cluster, err := n.fsm.Cluster()
 	if err != nil {
 		return nil, err
+	}
+	if n.hmacKey.key != nil && bytes.Equal(n.hmacKey.sealed, cluster.GetAuditHmacKey()) {
+		return n.hmacKey.key, nil
 	}
 	if len(cluster.GetAuditHmacKey()) == 0 {
 		return nil, nil
@@ -64,7 +68,7 @@ func (n *Node) auditHMACKey() ([]byte, error) {
 		n.keystoreFailed(err)
 		return nil, fmt.Errorf("unseal the audit hmac key: %w", err)
 	}
-	n.hmacKey.key = k
+	n.hmacKey.key, n.hmacKey.sealed = k, cluster.GetAuditHmacKey()
 	return k, nil
 }
 

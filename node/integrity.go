@@ -70,9 +70,6 @@ func setRecordTag(m proto.Message, tag []byte) {
 // loadIntegrityKey makes sure the integrity key is loaded.
 func (n *Node) loadIntegrityKey(cluster *cofferv1.ClusterInfo) error {
 	id := integrityKEK(cluster)
-	if n.keks.loaded(id) {
-		return nil
-	}
 	if len(cluster.GetIntegrityKek()) == 0 {
 		return fmt.Errorf("%w: the cluster has no record integrity key", fsm.ErrCorrupt)
 	}

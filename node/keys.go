@@ -275,14 +275,14 @@ func (n *Node) openMaterial(rec *cofferv1.KeyRecord) ([]byte, error) {
 		return nil, err
 	}
 	id := hsmwrap.KEKID{Policy: rec.GetPolicy(), Version: rec.GetKekVersion()}
-	if !n.keks.loaded(id) {
-		pol, err := n.policy(rec.GetPolicy())
-		if err != nil {
-			return nil, fmt.Errorf("%w: key %s names policy %q: %v", fsm.ErrCorrupt, rec.GetGkid(), rec.GetPolicy(), err)
-		}
-		if err := n.keks.ensure(n.ks, id, pol); err != nil {
-			return nil, err
-		}
+	// The policy (cached) names the committed wrapped KEK; the cache loads
+	// it once per wrapped copy.
+	pol, err := n.policy(rec.GetPolicy())
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %s names policy %q: %v", fsm.ErrCorrupt, rec.GetGkid(), rec.GetPolicy(), err)
+	}
+	if err := n.keks.ensure(n.ks, id, pol); err != nil {
+		return nil, err
 	}
 	m, err := n.ks.Open(id, rec.GetWrappedMaterial(), recordAAD(rec))
 	n.keystoreFailed(err)

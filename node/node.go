@@ -78,6 +78,8 @@ type Node struct {
 	stopMembership context.CancelFunc
 	// hlog is Raft's logger, shared with autopilot.
 	hlog hclog.Logger
+	// backupMu serialises the use of the backup seal KEK slot.
+	backupMu sync.Mutex
 
 	reads *coalescer
 	keks  kekCache

@@ -319,7 +319,7 @@ Operations: generate, put, get, describe, list, encrypt, decrypt, datakey,
 state, destroy (key operations); policy.create, policy.update, policy.read,
 acl.manage, acl.read, client.manage, client.read, escrow.recover,
 audit.read, audit.export, audit.prune, cluster.read, cluster.manage,
-snapshot.save
+snapshot.save, snapshot.restore
 (administrative, only on the pattern **); * for every operation.
 
 Patterns are '/'-separated paths; a segment * matches one segment and **

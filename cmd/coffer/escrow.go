@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/coffer-kms/coffer/escrow"
+	"github.com/coffer-kms/coffer/fsm"
 )
 
 func (a *app) escrowCmd() *cobra.Command {
@@ -112,7 +113,14 @@ pipe it where it is needed.`,
 					return err
 				}
 				defer f.Close()
-				src = escrow.FromSnapshot(f)
+				// Offline, the seal cannot be checked (it needs the
+				// cluster's keystore); escrow copies carry their own
+				// protection.
+				_, stream, err := fsm.ReadBackupHeader(f)
+				if err != nil {
+					return fmt.Errorf("%s: %w", snapshot, err)
+				}
+				src = escrow.FromSnapshot(stream)
 			}
 			keys, err := escrow.Recover(src, priv, gkids)
 			if err != nil {

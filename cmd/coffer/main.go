@@ -291,6 +291,11 @@ func (a *app) newClient() (*client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return a.newClientFor(cs)
+}
+
+// newClientFor is newClient with the connection settings given.
+func (a *app) newClientFor(cs connSettings) (*client.Client, error) {
 	tlsConf, err := cs.tls.ClientTLS()
 	if err != nil {
 		return nil, fmt.Errorf("load TLS credentials: %w", err)

@@ -2160,11 +2160,12 @@ func (*SnapshotRequest) Descriptor() ([]byte, []int) {
 
 // SnapshotChunk is a piece of a state snapshot stream (the fsm snapshot
 // format: wrapped material only). The last message carries the applied
-// index the snapshot describes and no data.
+// index the snapshot describes, its seal, and no data.
 type SnapshotChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	AppliedIndex  uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Seal          *SnapshotSeal          `protobuf:"bytes,3,opt,name=seal,proto3" json:"seal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2213,6 +2214,244 @@ func (x *SnapshotChunk) GetAppliedIndex() uint64 {
 	return 0
 }
 
+func (x *SnapshotChunk) GetSeal() *SnapshotSeal {
+	if x != nil {
+		return x.Seal
+	}
+	return nil
+}
+
+// SnapshotSeal proves a backup came whole from a cluster holding this
+// master key: a fresh KEK, wrapped under the master key, seals the SHA-256
+// of the snapshot stream with the fields below as associated data
+// (fsm/backup.go). A cluster with another master key cannot unwrap it, and
+// any change to the stream or the fields fails the check.
+type SnapshotSeal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	AppliedIndex  uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	SavedUnixNano int64                  `protobuf:"varint,3,opt,name=saved_unix_nano,json=savedUnixNano,proto3" json:"saved_unix_nano,omitempty"`
+	// Node that took the snapshot.
+	Node       string `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	Sha256     []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	WrappedKek []byte `protobuf:"bytes,6,opt,name=wrapped_kek,json=wrappedKek,proto3" json:"wrapped_kek,omitempty"`
+	Seal       []byte `protobuf:"bytes,7,opt,name=seal,proto3" json:"seal,omitempty"`
+	// Length of the snapshot stream in bytes.
+	Size          uint64 `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotSeal) Reset() {
+	*x = SnapshotSeal{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotSeal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotSeal) ProtoMessage() {}
+
+func (x *SnapshotSeal) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotSeal.ProtoReflect.Descriptor instead.
+func (*SnapshotSeal) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SnapshotSeal) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *SnapshotSeal) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *SnapshotSeal) GetSavedUnixNano() int64 {
+	if x != nil {
+		return x.SavedUnixNano
+	}
+	return 0
+}
+
+func (x *SnapshotSeal) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *SnapshotSeal) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *SnapshotSeal) GetWrappedKek() []byte {
+	if x != nil {
+		return x.WrappedKek
+	}
+	return nil
+}
+
+func (x *SnapshotSeal) GetSeal() []byte {
+	if x != nil {
+		return x.Seal
+	}
+	return nil
+}
+
+func (x *SnapshotSeal) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+// RestoreChunk is a piece of a backup sent to Restore: the first message
+// carries the seal (from the backup file's header), the others the
+// snapshot stream.
+type RestoreChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seal          *SnapshotSeal          `protobuf:"bytes,1,opt,name=seal,proto3" json:"seal,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreChunk) Reset() {
+	*x = RestoreChunk{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreChunk) ProtoMessage() {}
+
+func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
+func (*RestoreChunk) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RestoreChunk) GetSeal() *SnapshotSeal {
+	if x != nil {
+		return x.Seal
+	}
+	return nil
+}
+
+func (x *RestoreChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type RestoreResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId    string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	AppliedIndex uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Bytes        uint64                 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// Lowercase hex SHA-256 of the snapshot stream.
+	Sha256        string `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreResponse) Reset() {
+	*x = RestoreResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreResponse) ProtoMessage() {}
+
+func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
+func (*RestoreResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RestoreResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *RestoreResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *RestoreResponse) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *RestoreResponse) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
 type RemoveNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -2224,7 +2463,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2475,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2488,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RemoveNodeRequest) GetNode() string {
@@ -2278,7 +2517,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +2529,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2542,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveNodeResponse) GetNode() string {
@@ -2337,7 +2576,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2349,7 +2588,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2362,7 +2601,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2382,7 +2621,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2394,7 +2633,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2407,7 +2646,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TransferLeadershipResponse) GetFrom() string {
@@ -2434,7 +2673,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2685,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2698,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2486,7 +2725,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2737,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2750,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DrainNodeResponse) GetNode() string {
@@ -2541,7 +2780,7 @@ type PinNodeRequest struct {
 
 func (x *PinNodeRequest) Reset() {
 	*x = PinNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2553,7 +2792,7 @@ func (x *PinNodeRequest) String() string {
 func (*PinNodeRequest) ProtoMessage() {}
 
 func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2566,7 +2805,7 @@ func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeRequest.ProtoReflect.Descriptor instead.
 func (*PinNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PinNodeRequest) GetNode() string {
@@ -2598,7 +2837,7 @@ type PinNodeResponse struct {
 
 func (x *PinNodeResponse) Reset() {
 	*x = PinNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2610,7 +2849,7 @@ func (x *PinNodeResponse) String() string {
 func (*PinNodeResponse) ProtoMessage() {}
 
 func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2623,7 +2862,7 @@ func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeResponse.ProtoReflect.Descriptor instead.
 func (*PinNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PinNodeResponse) GetNode() string {
@@ -2670,7 +2909,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2682,7 +2921,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2695,7 +2934,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -2754,7 +2993,7 @@ type RegisterClientRequest struct {
 
 func (x *RegisterClientRequest) Reset() {
 	*x = RegisterClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +3005,7 @@ func (x *RegisterClientRequest) String() string {
 func (*RegisterClientRequest) ProtoMessage() {}
 
 func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +3018,7 @@ func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClientRequest.ProtoReflect.Descriptor instead.
 func (*RegisterClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RegisterClientRequest) GetName() string {
@@ -2820,7 +3059,7 @@ type SetClientActiveRequest struct {
 
 func (x *SetClientActiveRequest) Reset() {
 	*x = SetClientActiveRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2832,7 +3071,7 @@ func (x *SetClientActiveRequest) String() string {
 func (*SetClientActiveRequest) ProtoMessage() {}
 
 func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2845,7 +3084,7 @@ func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClientActiveRequest.ProtoReflect.Descriptor instead.
 func (*SetClientActiveRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SetClientActiveRequest) GetName() string {
@@ -2872,7 +3111,7 @@ type GetClientRequest struct {
 
 func (x *GetClientRequest) Reset() {
 	*x = GetClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2884,7 +3123,7 @@ func (x *GetClientRequest) String() string {
 func (*GetClientRequest) ProtoMessage() {}
 
 func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2897,7 +3136,7 @@ func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientRequest.ProtoReflect.Descriptor instead.
 func (*GetClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetClientRequest) GetName() string {
@@ -2923,7 +3162,7 @@ type ListClientsRequest struct {
 
 func (x *ListClientsRequest) Reset() {
 	*x = ListClientsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2935,7 +3174,7 @@ func (x *ListClientsRequest) String() string {
 func (*ListClientsRequest) ProtoMessage() {}
 
 func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2948,7 +3187,7 @@ func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
 func (*ListClientsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListClientsRequest) GetConsistency() Consistency {
@@ -2967,7 +3206,7 @@ type ListClientsResponse struct {
 
 func (x *ListClientsResponse) Reset() {
 	*x = ListClientsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2979,7 +3218,7 @@ func (x *ListClientsResponse) String() string {
 func (*ListClientsResponse) ProtoMessage() {}
 
 func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2992,7 +3231,7 @@ func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
 func (*ListClientsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListClientsResponse) GetClients() []*ClientInfo {
@@ -3013,7 +3252,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3025,7 +3264,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3038,7 +3277,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -3064,7 +3303,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3076,7 +3315,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3089,7 +3328,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RevokeCertificateResponse) GetSerial() string {
@@ -3115,7 +3354,7 @@ type AclRuleInfo struct {
 
 func (x *AclRuleInfo) Reset() {
 	*x = AclRuleInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3366,7 @@ func (x *AclRuleInfo) String() string {
 func (*AclRuleInfo) ProtoMessage() {}
 
 func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3379,7 @@ func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AclRuleInfo.ProtoReflect.Descriptor instead.
 func (*AclRuleInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *AclRuleInfo) GetId() string {
@@ -3199,7 +3438,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3211,7 +3450,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3224,7 +3463,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GrantRequest) GetSubject() string {
@@ -3264,7 +3503,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3276,7 +3515,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3289,7 +3528,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RevokeGrantRequest) GetId() string {
@@ -3308,7 +3547,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3320,7 +3559,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3333,7 +3572,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RevokeGrantResponse) GetId() string {
@@ -3354,7 +3593,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3366,7 +3605,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3379,7 +3618,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListGrantsRequest) GetSubject() string {
@@ -3405,7 +3644,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3656,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3669,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListGrantsResponse) GetRules() []*AclRuleInfo {
@@ -3455,7 +3694,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3706,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3719,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CheckRequest) GetClient() string {
@@ -3532,7 +3771,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +3783,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +3796,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CheckResponse) GetAllowed() bool {
@@ -3743,10 +3982,31 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vconsistency\x18\x01 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"E\n" +
 	"\x14ListPoliciesResponse\x12-\n" +
 	"\bpolicies\x18\x01 \x03(\v2\x11.coffer.v1.PolicyR\bpolicies\"\x11\n" +
-	"\x0fSnapshotRequest\"H\n" +
+	"\x0fSnapshotRequest\"u\n" +
 	"\rSnapshotChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12#\n" +
-	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"=\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12+\n" +
+	"\x04seal\x18\x03 \x01(\v2\x17.coffer.v1.SnapshotSealR\x04seal\"\xef\x01\n" +
+	"\fSnapshotSeal\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12&\n" +
+	"\x0fsaved_unix_nano\x18\x03 \x01(\x03R\rsavedUnixNano\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12\x1f\n" +
+	"\vwrapped_kek\x18\x06 \x01(\fR\n" +
+	"wrappedKek\x12\x12\n" +
+	"\x04seal\x18\a \x01(\fR\x04seal\x12\x12\n" +
+	"\x04size\x18\b \x01(\x04R\x04size\"O\n" +
+	"\fRestoreChunk\x12+\n" +
+	"\x04seal\x18\x01 \x01(\v2\x17.coffer.v1.SnapshotSealR\x04seal\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x83\x01\n" +
+	"\x0fRestoreResponse\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\tR\x06sha256\"=\n" +
 	"\x11RemoveNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"f\n" +
@@ -3875,9 +4135,10 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\fCreatePolicy\x12\x1e.coffer.v1.CreatePolicyRequest\x1a\x1f.coffer.v1.CreatePolicyResponse\x12O\n" +
 	"\fUpdatePolicy\x12\x1e.coffer.v1.UpdatePolicyRequest\x1a\x1f.coffer.v1.UpdatePolicyResponse\x12F\n" +
 	"\tGetPolicy\x12\x1b.coffer.v1.GetPolicyRequest\x1a\x1c.coffer.v1.GetPolicyResponse\x12O\n" +
-	"\fListPolicies\x12\x1e.coffer.v1.ListPoliciesRequest\x1a\x1f.coffer.v1.ListPoliciesResponse2\x9d\x04\n" +
+	"\fListPolicies\x12\x1e.coffer.v1.ListPoliciesRequest\x1a\x1f.coffer.v1.ListPoliciesResponse2\xdf\x04\n" +
 	"\x0eClusterService\x12B\n" +
-	"\bSnapshot\x12\x1a.coffer.v1.SnapshotRequest\x1a\x18.coffer.v1.SnapshotChunk0\x01\x12K\n" +
+	"\bSnapshot\x12\x1a.coffer.v1.SnapshotRequest\x1a\x18.coffer.v1.SnapshotChunk0\x01\x12@\n" +
+	"\aRestore\x12\x17.coffer.v1.RestoreChunk\x1a\x1a.coffer.v1.RestoreResponse(\x01\x12K\n" +
 	"\x06Status\x12\x1f.coffer.v1.ClusterStatusRequest\x1a .coffer.v1.ClusterStatusResponse\x12B\n" +
 	"\vLocalStatus\x12\x1c.coffer.v1.NodeStatusRequest\x1a\x15.coffer.v1.NodeStatus\x12@\n" +
 	"\aPinNode\x12\x19.coffer.v1.PinNodeRequest\x1a\x1a.coffer.v1.PinNodeResponse\x12I\n" +
@@ -3910,7 +4171,7 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_coffer_v1_coffer_proto_goTypes = []any{
 	(Algorithm)(0),                     // 0: coffer.v1.Algorithm
 	(KeyState)(0),                      // 1: coffer.v1.KeyState
@@ -3946,40 +4207,43 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*ListPoliciesResponse)(nil),       // 31: coffer.v1.ListPoliciesResponse
 	(*SnapshotRequest)(nil),            // 32: coffer.v1.SnapshotRequest
 	(*SnapshotChunk)(nil),              // 33: coffer.v1.SnapshotChunk
-	(*RemoveNodeRequest)(nil),          // 34: coffer.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),         // 35: coffer.v1.RemoveNodeResponse
-	(*TransferLeadershipRequest)(nil),  // 36: coffer.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 37: coffer.v1.TransferLeadershipResponse
-	(*DrainNodeRequest)(nil),           // 38: coffer.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),          // 39: coffer.v1.DrainNodeResponse
-	(*PinNodeRequest)(nil),             // 40: coffer.v1.PinNodeRequest
-	(*PinNodeResponse)(nil),            // 41: coffer.v1.PinNodeResponse
-	(*ClientInfo)(nil),                 // 42: coffer.v1.ClientInfo
-	(*RegisterClientRequest)(nil),      // 43: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),     // 44: coffer.v1.SetClientActiveRequest
-	(*GetClientRequest)(nil),           // 45: coffer.v1.GetClientRequest
-	(*ListClientsRequest)(nil),         // 46: coffer.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),        // 47: coffer.v1.ListClientsResponse
-	(*RevokeCertificateRequest)(nil),   // 48: coffer.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil),  // 49: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),                // 50: coffer.v1.AclRuleInfo
-	(*GrantRequest)(nil),               // 51: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),         // 52: coffer.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),        // 53: coffer.v1.RevokeGrantResponse
-	(*ListGrantsRequest)(nil),          // 54: coffer.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),         // 55: coffer.v1.ListGrantsResponse
-	(*CheckRequest)(nil),               // 56: coffer.v1.CheckRequest
-	(*CheckResponse)(nil),              // 57: coffer.v1.CheckResponse
-	(*timestamppb.Timestamp)(nil),      // 58: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 59: google.protobuf.Duration
+	(*SnapshotSeal)(nil),               // 34: coffer.v1.SnapshotSeal
+	(*RestoreChunk)(nil),               // 35: coffer.v1.RestoreChunk
+	(*RestoreResponse)(nil),            // 36: coffer.v1.RestoreResponse
+	(*RemoveNodeRequest)(nil),          // 37: coffer.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),         // 38: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),  // 39: coffer.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 40: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeRequest)(nil),           // 41: coffer.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),          // 42: coffer.v1.DrainNodeResponse
+	(*PinNodeRequest)(nil),             // 43: coffer.v1.PinNodeRequest
+	(*PinNodeResponse)(nil),            // 44: coffer.v1.PinNodeResponse
+	(*ClientInfo)(nil),                 // 45: coffer.v1.ClientInfo
+	(*RegisterClientRequest)(nil),      // 46: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 47: coffer.v1.SetClientActiveRequest
+	(*GetClientRequest)(nil),           // 48: coffer.v1.GetClientRequest
+	(*ListClientsRequest)(nil),         // 49: coffer.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),        // 50: coffer.v1.ListClientsResponse
+	(*RevokeCertificateRequest)(nil),   // 51: coffer.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil),  // 52: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 53: coffer.v1.AclRuleInfo
+	(*GrantRequest)(nil),               // 54: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 55: coffer.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),        // 56: coffer.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),          // 57: coffer.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),         // 58: coffer.v1.ListGrantsResponse
+	(*CheckRequest)(nil),               // 59: coffer.v1.CheckRequest
+	(*CheckResponse)(nil),              // 60: coffer.v1.CheckResponse
+	(*timestamppb.Timestamp)(nil),      // 61: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 62: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	58, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	58, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	59, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	61, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	61, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	62, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,  // 3: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,  // 4: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	58, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	61, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 6: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 7: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	0,  // 8: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
@@ -3999,16 +4263,16 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	22, // 22: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	4,  // 23: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 24: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	58, // 25: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	59, // 26: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	61, // 25: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	62, // 26: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
 	0,  // 27: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
 	22, // 28: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	4,  // 29: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	59, // 30: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	62, // 30: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
 	5,  // 31: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	0,  // 32: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
 	4,  // 33: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	59, // 34: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	62, // 34: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
 	5,  // 35: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	22, // 36: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	23, // 37: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
@@ -4017,69 +4281,73 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	23, // 40: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
 	2,  // 41: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
 	23, // 42: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	58, // 43: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 44: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
-	2,  // 45: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
-	42, // 46: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	58, // 47: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 48: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
-	50, // 49: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
-	2,  // 50: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
-	7,  // 51: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	9,  // 52: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	11, // 53: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	13, // 54: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	15, // 55: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	24, // 56: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	25, // 57: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
-	28, // 58: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	30, // 59: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	32, // 60: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	19, // 61: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	21, // 62: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	40, // 63: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
-	34, // 64: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
-	36, // 65: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
-	38, // 66: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
-	43, // 67: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	44, // 68: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	45, // 69: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	46, // 70: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	48, // 71: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	51, // 72: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	52, // 73: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	54, // 74: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	56, // 75: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	8,  // 76: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	10, // 77: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	12, // 78: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	14, // 79: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	16, // 80: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	27, // 81: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	26, // 82: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
-	29, // 83: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	31, // 84: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	33, // 85: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	20, // 86: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	17, // 87: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	41, // 88: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
-	35, // 89: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
-	37, // 90: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
-	39, // 91: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
-	42, // 92: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	42, // 93: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	42, // 94: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	47, // 95: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	49, // 96: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	50, // 97: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	53, // 98: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	55, // 99: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	57, // 100: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	76, // [76:101] is the sub-list for method output_type
-	51, // [51:76] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	34, // 43: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	34, // 44: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	61, // 45: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 46: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
+	2,  // 47: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
+	45, // 48: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	61, // 49: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 50: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
+	53, // 51: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	2,  // 52: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
+	7,  // 53: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	9,  // 54: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	11, // 55: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	13, // 56: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	15, // 57: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	24, // 58: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	25, // 59: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
+	28, // 60: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	30, // 61: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	32, // 62: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	35, // 63: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
+	19, // 64: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	21, // 65: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	43, // 66: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
+	37, // 67: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
+	39, // 68: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
+	41, // 69: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
+	46, // 70: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	47, // 71: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	48, // 72: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	49, // 73: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	51, // 74: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	54, // 75: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	55, // 76: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	57, // 77: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	59, // 78: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	8,  // 79: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	10, // 80: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	12, // 81: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	14, // 82: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	16, // 83: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	27, // 84: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	26, // 85: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	29, // 86: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	31, // 87: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	33, // 88: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	36, // 89: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
+	20, // 90: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	17, // 91: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	44, // 92: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
+	38, // 93: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
+	40, // 94: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
+	42, // 95: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
+	45, // 96: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	45, // 97: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	45, // 98: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	50, // 99: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	52, // 100: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	53, // 101: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	56, // 102: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	58, // 103: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	60, // 104: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	79, // [79:105] is the sub-list for method output_type
+	53, // [53:79] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -4093,7 +4361,7 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   54,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -504,6 +504,7 @@ var PolicyService_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	ClusterService_Snapshot_FullMethodName           = "/coffer.v1.ClusterService/Snapshot"
+	ClusterService_Restore_FullMethodName            = "/coffer.v1.ClusterService/Restore"
 	ClusterService_Status_FullMethodName             = "/coffer.v1.ClusterService/Status"
 	ClusterService_LocalStatus_FullMethodName        = "/coffer.v1.ClusterService/LocalStatus"
 	ClusterService_PinNode_FullMethodName            = "/coffer.v1.ClusterService/PinNode"
@@ -521,6 +522,11 @@ type ClusterServiceClient interface {
 	// Snapshot streams a consistent snapshot of the replicated state, taken
 	// once every write acknowledged before the call is applied.
 	Snapshot(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error)
+	// Restore replaces the state of a fresh cluster (one holding no keys)
+	// with a sealed backup from a cluster that shares its master key. Sent
+	// to the leader. The seal is checked before anything changes. Needs
+	// snapshot.restore.
+	Restore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreChunk, RestoreResponse], error)
 	// Status asks every known member for its own view and gathers them.
 	Status(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 	// NodeStatus reports only the node that answers.
@@ -570,6 +576,19 @@ func (c *clusterServiceClient) Snapshot(ctx context.Context, in *SnapshotRequest
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ClusterService_SnapshotClient = grpc.ServerStreamingClient[SnapshotChunk]
+
+func (c *clusterServiceClient) Restore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreChunk, RestoreResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ClusterService_ServiceDesc.Streams[1], ClusterService_Restore_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RestoreChunk, RestoreResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterService_RestoreClient = grpc.ClientStreamingClient[RestoreChunk, RestoreResponse]
 
 func (c *clusterServiceClient) Status(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -640,6 +659,11 @@ type ClusterServiceServer interface {
 	// Snapshot streams a consistent snapshot of the replicated state, taken
 	// once every write acknowledged before the call is applied.
 	Snapshot(*SnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error
+	// Restore replaces the state of a fresh cluster (one holding no keys)
+	// with a sealed backup from a cluster that shares its master key. Sent
+	// to the leader. The seal is checked before anything changes. Needs
+	// snapshot.restore.
+	Restore(grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]) error
 	// Status asks every known member for its own view and gathers them.
 	Status(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	// NodeStatus reports only the node that answers.
@@ -673,6 +697,9 @@ type UnimplementedClusterServiceServer struct{}
 
 func (UnimplementedClusterServiceServer) Snapshot(*SnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error {
 	return status.Error(codes.Unimplemented, "method Snapshot not implemented")
+}
+func (UnimplementedClusterServiceServer) Restore(grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]) error {
+	return status.Error(codes.Unimplemented, "method Restore not implemented")
 }
 func (UnimplementedClusterServiceServer) Status(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
@@ -723,6 +750,13 @@ func _ClusterService_Snapshot_Handler(srv interface{}, stream grpc.ServerStream)
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ClusterService_SnapshotServer = grpc.ServerStreamingServer[SnapshotChunk]
+
+func _ClusterService_Restore_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ClusterServiceServer).Restore(&grpc.GenericServerStream[RestoreChunk, RestoreResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterService_RestoreServer = grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]
 
 func _ClusterService_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ClusterStatusRequest)
@@ -869,6 +903,11 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Snapshot",
 			Handler:       _ClusterService_Snapshot_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Restore",
+			Handler:       _ClusterService_Restore_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "coffer/v1/coffer.proto",
