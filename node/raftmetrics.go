@@ -3,7 +3,6 @@ package node
 import (
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/go-metrics"
 	metricsprom "github.com/hashicorp/go-metrics/prometheus"
@@ -30,7 +29,7 @@ func installRaftMetrics(reg prometheus.Registerer) error {
 	var err error
 	raftSinkOnce.Do(func() {
 		var sink *metricsprom.PrometheusSink
-		sink, err = metricsprom.NewPrometheusSinkFrom(metricsprom.PrometheusOpts{Registerer: reg, Expiration: time.Minute, Name: "coffer_raft_sink"})
+		sink, err = metricsprom.NewPrometheusSinkFrom(metricsprom.PrometheusOpts{Registerer: reg, Name: "coffer_raft_sink"})
 		if err != nil {
 			return
 		}
