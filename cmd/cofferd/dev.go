@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -164,54 +165,159 @@ func runDev(o devOptions) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	var procs []*exec.Cmd
-	var wg sync.WaitGroup
-	for i, c := range lay.configs {
-		id := fmt.Sprintf("n%d", i+1)
-		logPath := filepath.Join(dir, id, "cofferd.log")
-		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-		if err != nil {
+	sup := &devSupervisor{self: self, lay: lay, dir: dir, ctx: ctx, failed: make(chan string, len(lay.configs))}
+	for i := range lay.configs {
+		if err := sup.start(i); err != nil {
+			sup.stopAll()
 			return err
 		}
-		p := exec.Command(self, "serve", "--config", c)
+	}
+	readyCtx, cancelReady := context.WithCancel(ctx)
+	go func() {
+		// A node that exits before the cluster is up fails the start.
+		select {
+		case id := <-sup.failed:
+			sup.failedEarly.Store(id)
+			cancelReady()
+		case <-readyCtx.Done():
+		}
+	}()
+	err = waitReady(readyCtx, lay, o)
+	cancelReady()
+	if err != nil {
+		sup.stopAll()
+		if id, ok := sup.failedEarly.Load().(string); ok {
+			return fmt.Errorf("node %s exited while the cluster was starting; see %s (a port or data directory taken by another process?)",
+				id, filepath.Join(dir, id, "cofferd.log"))
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted before the cluster was up")
+		}
+		return fmt.Errorf("cluster did not become ready: %w (logs in %s/n*/cofferd.log)", err, dir)
+	}
+	sup.ready.Store(true)
+	printDevBanner(lay, o)
+	<-ctx.Done()
+	fmt.Println("\nStopping every node...")
+	sup.stopAll()
+	fmt.Println("Stopped. Data kept in", dir)
+	return nil
+}
+
+// devSupervisor runs the dev cluster's node processes. Before the cluster
+// is up, a node that exits fails the start (reported on failed). After,
+// a node that exits is started again, up to devMaxRestarts times within
+// devRestartWindow, so that `make run` keeps a cluster running and Ctrl-C
+// still stops everything.
+type devSupervisor struct {
+	self string
+	lay  *devLayout
+	dir  string
+	ctx  context.Context
+
+	failed      chan string
+	failedEarly atomic.Value
+	ready       atomic.Bool
+	stopping    atomic.Bool
+
+	mu    sync.Mutex
+	procs map[int]*exec.Cmd
+	wg    sync.WaitGroup
+}
+
+const (
+	devMaxRestarts   = 5
+	devRestartWindow = time.Minute
+)
+
+// start starts node i and watches it.
+func (s *devSupervisor) start(i int) error {
+	id := fmt.Sprintf("n%d", i+1)
+	logPath := filepath.Join(s.dir, id, "cofferd.log")
+	var restarts []time.Time
+	run := func() (*exec.Cmd, *os.File, error) {
+		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			return nil, nil, err
+		}
+		p := exec.Command(s.self, "serve", "--config", s.lay.configs[i])
 		p.Stdout, p.Stderr = logf, logf
 		p.Env = os.Environ()
-		if lay.softhsmConf != "" {
+		if s.lay.softhsmConf != "" {
 			// SoftHSM2 finds its tokens through this variable, read once
 			// when the node loads the library.
-			p.Env = setEnv(p.Env, "SOFTHSM2_CONF", lay.softhsmConf)
+			p.Env = setEnv(p.Env, "SOFTHSM2_CONF", s.lay.softhsmConf)
 		}
 		// Children do not get the terminal's Ctrl-C directly: the parent
 		// stops them in order.
 		p.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		if err := p.Start(); err != nil {
 			_ = logf.Close()
-			stopAll(procs)
-			return fmt.Errorf("start %s: %w", id, err)
+			return nil, nil, fmt.Errorf("start %s: %w", id, err)
 		}
-		procs = append(procs, p)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		s.mu.Lock()
+		if s.procs == nil {
+			s.procs = map[int]*exec.Cmd{}
+		}
+		s.procs[i] = p
+		s.mu.Unlock()
+		return p, logf, nil
+	}
+	p, logf, err := run()
+	if err != nil {
+		return err
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
 			err := p.Wait()
 			_ = logf.Close()
-			if ctx.Err() == nil {
-				fmt.Printf("node %s exited unexpectedly (%v); see %s\n", id, err, logPath)
+			if s.ctx.Err() != nil || s.stopping.Load() {
+				return
 			}
-		}()
-	}
-	if err := waitReady(ctx, lay, o); err != nil {
-		stopAll(procs)
-		wg.Wait()
-		return fmt.Errorf("cluster did not become ready: %w (logs in %s/n*/cofferd.log)", err, dir)
-	}
-	printDevBanner(lay, o)
-	<-ctx.Done()
-	fmt.Println("\nStopping every node...")
-	stopAll(procs)
-	wg.Wait()
-	fmt.Println("Stopped. Data kept in", dir)
+			if !s.ready.Load() {
+				fmt.Printf("node %s exited while starting (%v); see %s\n", id, err, logPath)
+				s.failed <- id
+				return
+			}
+			now := time.Now()
+			for len(restarts) > 0 && now.Sub(restarts[0]) > devRestartWindow {
+				restarts = restarts[1:]
+			}
+			if len(restarts) >= devMaxRestarts {
+				fmt.Printf("node %s exited again (%v): %d restarts within %v, not restarting it; see %s\n", id, err, len(restarts), devRestartWindow, logPath)
+				return
+			}
+			restarts = append(restarts, now)
+			fmt.Printf("node %s exited unexpectedly (%v); restarting it (see %s)\n", id, err, logPath)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			if p, logf, err = run(); err != nil {
+				fmt.Printf("node %s could not be restarted: %v\n", id, err)
+				return
+			}
+		}
+	}()
 	return nil
+}
+
+// stopAll stops every node in order and waits for the watchers.
+func (s *devSupervisor) stopAll() {
+	s.stopping.Store(true)
+	s.mu.Lock()
+	var procs []*exec.Cmd
+	for i := 0; i < len(s.lay.configs); i++ {
+		if p := s.procs[i]; p != nil {
+			procs = append(procs, p)
+		}
+	}
+	s.mu.Unlock()
+	stopAll(procs)
+	s.wg.Wait()
 }
 
 func stopAll(procs []*exec.Cmd) {
