@@ -335,18 +335,32 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// ReadKeyFile reads a gossip key file: the key in base64 (standard
-// encoding) on one line.
-func ReadKeyFile(path string) ([]byte, error) {
+// ReadKeyFile reads a gossip key file: one key per line, each 32 bytes in
+// base64 (standard encoding). The first key encrypts; every key decrypts.
+// To rotate: add the new key on a second line on every node (each node
+// reads the file when it starts: restart them one at a time), then make it
+// the first line everywhere, then remove the old one.
+func ReadKeyFile(path string) ([][]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: gossip key file: %v", ErrConfig, err)
 	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
-	if err != nil || len(key) != GossipKeyLen {
-		return nil, fmt.Errorf("%w: gossip key file %s must hold %d bytes in base64", ErrConfig, path, GossipKeyLen)
+	var keys [][]byte
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		key, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || len(key) != GossipKeyLen {
+			return nil, fmt.Errorf("%w: gossip key file %s, line %d: want %d bytes in base64", ErrConfig, path, i+1, GossipKeyLen)
+		}
+		keys = append(keys, key)
 	}
-	return key, nil
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%w: gossip key file %s holds no key", ErrConfig, path)
+	}
+	return keys, nil
 }
 
 // WriteKeyFile writes key to path (mode 0600), refusing to overwrite.

@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -131,10 +134,42 @@ func TestKeyFile(t *testing.T) {
 		t.Fatal("overwrote a key file")
 	}
 	got, err := ReadKeyFile(path)
-	if err != nil || !bytes.Equal(got, key) {
+	if err != nil || len(got) != 1 || !bytes.Equal(got[0], key) {
 		t.Fatalf("read back %x, %v", got, err)
+	}
+	// A rotation: two keys, the first encrypts.
+	two := filepath.Join(t.TempDir(), "two.key")
+	next := bytes.Repeat([]byte{4}, GossipKeyLen)
+	if err := os.WriteFile(two, []byte(base64.StdEncoding.EncodeToString(next)+"\n"+base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadKeyFile(two); err != nil || len(got) != 2 || !bytes.Equal(got[0], next) {
+		t.Fatalf("two keys: %x, %v", got, err)
+	}
+	if err := os.WriteFile(two, []byte("short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadKeyFile(two); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("a bad line: %v", err)
 	}
 	if _, err := ReadKeyFile(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, ErrConfig) {
 		t.Fatalf("missing file: %v", err)
 	}
+}
+
+// During a key rotation nodes hold both keys in either order and still
+// gossip; a node that holds only the retired key is left out.
+func TestGossip_KeyRotation(t *testing.T) {
+	oldKey, newKey := bytes.Repeat([]byte{1}, GossipKeyLen), bytes.Repeat([]byte{2}, GossipKeyLen)
+	a := mustGossip(t, "n1", "a", oldKey, newKey)
+	b := mustGossip(t, "n2", "b", newKey, oldKey)
+	if err := b.Join([]string{a.ml.LocalNode().Address()}); err != nil {
+		t.Fatal(err)
+	}
+	waitMembers(t, a, map[string]string{"n1": "a", "n2": "b"})
+	c := mustGossip(t, "n3", "c", newKey)
+	if err := c.Join([]string{b.ml.LocalNode().Address()}); err != nil {
+		t.Fatal(err)
+	}
+	waitMembers(t, b, map[string]string{"n1": "a", "n2": "b", "n3": "c"})
 }

@@ -48,12 +48,12 @@ func (n *Node) startMembership() error {
 	if g.BindAddr == "" {
 		return nil
 	}
-	key, err := cluster.ReadKeyFile(g.KeyFile)
+	keys, err := cluster.ReadKeyFile(g.KeyFile)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	gossip, err := cluster.StartGossip(cluster.GossipConfig{BindAddr: g.BindAddr, AdvertiseAddr: g.AdvertiseAddr,
-		Keys: [][]byte{key}, WAN: g.WAN, Logger: n.logger}, n.selfMeta())
+		Keys: keys, WAN: g.WAN, Logger: n.logger}, n.selfMeta())
 	if err != nil {
 		return err
 	}
