@@ -73,6 +73,18 @@ func TestChaos_LeaderKill(t *testing.T) {
 	// are recorded.
 	acks := &ackLog{keys: map[string][]byte{}}
 	wctx, stopWriters := context.WithCancel(ctx)
+	// Clients retry within their deadline (10 s with none given), so a
+	// leader kill must cost no request: every error is counted.
+	var failMu sync.Mutex
+	var failures []error
+	failed := func(err error) {
+		if wctx.Err() != nil {
+			return
+		}
+		failMu.Lock()
+		failures = append(failures, err)
+		failMu.Unlock()
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -87,10 +99,12 @@ func TestChaos_LeaderKill(t *testing.T) {
 			for wctx.Err() == nil {
 				resp, err := cl.GenerateKey(wctx, &cofferv1.GenerateKeyRequest{Resource: "chaos"})
 				if err != nil {
+					failed(err)
 					continue
 				}
 				g, err := cl.GetKey(wctx, &cofferv1.GetKeyRequest{Gkid: resp.GetKey().GetGkid()})
 				if err != nil {
+					failed(err)
 					acks.add(resp.GetKey().GetGkid(), nil)
 					continue
 				}
@@ -139,6 +153,10 @@ func TestChaos_LeaderKill(t *testing.T) {
 	}
 	stopWriters()
 	wg.Wait()
+	t.Logf("%d acknowledged keys; %d failed requests", len(acks.keys), len(failures))
+	if len(failures) > 0 {
+		t.Errorf("%d requests failed across the leader kills (the client retries within its deadline); first: %v", len(failures), failures[0])
+	}
 
 	// Every acknowledged key is readable on every node with its material,
 	// once the restarted node has rejoined (reads retry while the cluster
