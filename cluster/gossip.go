@@ -68,6 +68,10 @@ type GossipConfig struct {
 	WAN bool
 	// Logger receives gossip events and memberlist's own log lines.
 	Logger *slog.Logger
+	// OnForeignKey, when set, is told of gossip traffic this node could not
+	// decrypt with its keys (a node with another gossip key, or none), with
+	// the sender's address as memberlist reports it.
+	OnForeignKey func(from string)
 }
 
 // Validate checks the configuration.
@@ -163,7 +167,7 @@ func StartGossip(cfg GossipConfig, meta Meta) (*Gossip, error) {
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	mc.Delegate = (*metaDelegate)(g)
 	mc.Events = (*eventDelegate)(g)
-	mc.Logger = log.New(&slogWriter{logger: logger}, "", 0)
+	mc.Logger = log.New(&slogWriter{logger: logger, onForeignKey: cfg.OnForeignKey}, "", 0)
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: start gossip on %s: %w", cfg.BindAddr, err)
@@ -317,11 +321,23 @@ func (d *eventDelegate) NotifyLeave(n *memberlist.Node)  { d.event("left or fail
 func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) { d.event("updated", n) }
 
 // slogWriter turns memberlist's log lines ("[LEVEL] memberlist: ...") into
-// slog records at the matching level.
-type slogWriter struct{ logger *slog.Logger }
+// slog records at the matching level, and reports the lines that say a
+// sender's traffic did not decrypt.
+type slogWriter struct {
+	logger       *slog.Logger
+	onForeignKey func(from string)
+}
 
 func (w *slogWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
+	if w.onForeignKey != nil && (strings.Contains(line, "could decrypt") || strings.Contains(line, "Decrypt packet failed") ||
+		strings.Contains(line, "remote state is not encrypted")) {
+		from := "unknown"
+		if i := strings.Index(line, "from="); i >= 0 {
+			from = strings.Fields(line[i+len("from="):])[0]
+		}
+		w.onForeignKey(from)
+	}
 	level := slog.LevelInfo
 	switch {
 	case strings.HasPrefix(line, "[ERR]"):

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -53,7 +54,9 @@ func (n *Node) startMembership() error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	gossip, err := cluster.StartGossip(cluster.GossipConfig{BindAddr: g.BindAddr, AdvertiseAddr: g.AdvertiseAddr,
-		Keys: keys, WAN: g.WAN, Logger: n.logger}, n.selfMeta())
+		Keys: keys, WAN: g.WAN, Logger: n.logger, OnForeignKey: func(from string) {
+			n.refuseMember("unauthenticated", from, doorJoin, "gossip", errors.New("gossip traffic not encrypted with the cluster's gossip key (a node with another key, or none)"))
+		}}, n.selfMeta())
 	if err != nil {
 		return err
 	}

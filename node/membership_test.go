@@ -145,6 +145,19 @@ func TestNode_JoinOverGossip(t *testing.T) {
 		}
 	}
 
+	// A node with another gossip key never joins, and the members record
+	// that its traffic did not decrypt.
+	wrongKey, err := cluster.StartGossip(cluster.GossipConfig{BindAddr: freeGossipAddr(t), Keys: [][]byte{bytes.Repeat([]byte{7}, cluster.GossipKeyLen)}},
+		cluster.Meta{ID: "n7", Site: "c", APIAddr: "127.0.0.1:1", RaftAddr: "127.0.0.1:2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrongKey.Close()
+	if err := wrongKey.Join([]string{tc.cfgs[0].Gossip.BindAddr}); err == nil {
+		t.Fatal("a node with another gossip key joined")
+	}
+	tc.waitDenied(0, doorJoin, "unauthenticated", "not encrypted with the cluster's gossip key")
+
 	// A node that gossips the id n5 with a certificate for n6 is refused.
 	liar := tc.joiner("n5", "c", keyFile, "n6")
 	n5, err := New(liar, mustSoftwareKeystore(t, tc.masterKey), nil)
