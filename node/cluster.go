@@ -47,7 +47,7 @@ func (n *Node) localStatus() *cofferv1.NodeStatus {
 		Id:             n.cfg.ID,
 		Site:           n.cfg.Site,
 		Address:        n.peerAPIAddrOr(n.cfg.ID, n.APIAddr()),
-		RaftAddress:    n.cfg.RaftAddr,
+		RaftAddress:    n.cfg.RaftAdvertise(),
 		LastLogIndex:   n.raft.LastIndex(),
 		AppliedIndex:   n.fsm.AppliedIndex(),
 		AuditSeq:       n.fsm.AuditHeadSeq(),

@@ -166,8 +166,16 @@ type Config struct {
 	DataDir string `json:"data_dir"`
 	// APIAddr is where the gRPC API listens (clients and other nodes).
 	APIAddr string `json:"api_addr"`
-	// RaftAddr is where Raft listens; it is also the address peers dial.
+	// RaftAddr is where Raft listens; it is also the address peers dial
+	// unless RaftAdvertiseAddr is set.
 	RaftAddr string `json:"raft_addr"`
+	// APIAdvertiseAddr and RaftAdvertiseAddr are the addresses others
+	// reach this node at when it binds another (0.0.0.0, or behind NAT):
+	// what it gossips, and what the leader records at its admission.
+	// Empty: the bound address. A bootstrap peers list names the advertised
+	// addresses.
+	APIAdvertiseAddr  string `json:"api_advertise_addr,omitempty"`
+	RaftAdvertiseAddr string `json:"raft_advertise_addr,omitempty"`
 	// MetricsAddr serves Prometheus metrics over plain HTTP if set. It serves
 	// metrics only; bind it to loopback or a management network.
 	MetricsAddr string `json:"metrics_addr,omitempty"`
@@ -216,6 +224,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: data_dir is required", ErrConfig)
 	}
 	for name, a := range map[string]string{"api_addr": c.APIAddr, "raft_addr": c.RaftAddr} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("%w: %s %q: %v", ErrConfig, name, a, err)
+		}
+	}
+	for name, a := range map[string]string{"api_advertise_addr": c.APIAdvertiseAddr, "raft_advertise_addr": c.RaftAdvertiseAddr} {
+		if a == "" {
+			continue
+		}
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("%w: %s %q: %v", ErrConfig, name, a, err)
 		}
@@ -271,4 +287,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: a node that does not bootstrap needs gossip.join (or peers) to find the cluster", ErrConfig)
 	}
 	return nil
+}
+
+// RaftAdvertise is the address other nodes dial for Raft.
+func (c Config) RaftAdvertise() string {
+	if c.RaftAdvertiseAddr != "" {
+		return c.RaftAdvertiseAddr
+	}
+	return c.RaftAddr
 }

@@ -88,7 +88,7 @@ func (n *Node) selfMeta() cluster.Meta {
 			}
 		}
 	}
-	return cluster.Meta{ID: n.cfg.ID, Site: n.cfg.Site, APIAddr: n.APIAddr(), RaftAddr: n.cfg.RaftAddr, Role: role,
+	return cluster.Meta{ID: n.cfg.ID, Site: n.cfg.Site, APIAddr: n.APIAddr(), RaftAddr: n.cfg.RaftAdvertise(), Role: role,
 		Version: fmt.Sprintf("cmd%d", fsm.CommandVersion)}
 }
 

@@ -181,7 +181,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	go n.refusals.run()
 	n.wg.Add(1)
 	go n.auditRecovery()
-	logger.Info("node started", "site", cfg.Site, "api", n.APIAddr(), "raft", cfg.RaftAddr)
+	logger.Info("node started", "site", cfg.Site, "api", n.APIAddr(), "raft", cfg.RaftAdvertise())
 	return n, nil
 }
 
@@ -216,7 +216,7 @@ func (n *Node) startRaft() error {
 	n.clientTLS = clientTLS
 	n.ownCert = clientTLS.Certificates[0].Leaf
 	tc := transport.DefaultRaftTransportConfig()
-	tc.BindAddr, tc.Server, tc.Client, tc.Logger = cfg.RaftAddr, peerTLS, clientTLS, hlog
+	tc.BindAddr, tc.Advertise, tc.Server, tc.Client, tc.Logger = cfg.RaftAddr, cfg.RaftAdvertiseAddr, peerTLS, clientTLS, hlog
 	tc.Authorize = n.authorizeRaftPeer
 	if n.raftTrans, n.raftStream, err = transport.NewRaftTransportWithStream(tc); err != nil {
 		return fmt.Errorf("node: raft transport: %w", err)
@@ -333,8 +333,12 @@ func (n *Node) startMetrics() error {
 	return nil
 }
 
-// APIAddr returns the address the gRPC API listens on.
+// APIAddr returns the address others reach the gRPC API at: the
+// configured advertise address, else the one it listens on.
 func (n *Node) APIAddr() string {
+	if n.cfg.APIAdvertiseAddr != "" {
+		return n.cfg.APIAdvertiseAddr
+	}
 	if n.apiLis != nil {
 		return n.apiLis.Addr().String()
 	}
