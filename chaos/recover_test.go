@@ -140,3 +140,46 @@ func TestChaos_MajorityLost(t *testing.T) {
 		t.Fatalf("the recovery marker stayed after it was audited: %v", err)
 	}
 }
+
+// Cluster status answers on a cluster that lost its quorum, marked not
+// authoritative, with each surviving node's own view.
+func TestChaos_StatusWithoutQuorum(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	c, err := NewCluster(Config{Cofferd: buildCofferd(t), Dir: filepath.Join(t.TempDir(), "cluster"), Nodes: 3, BasePort: freeBase(t, 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.Leader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 2} {
+		if err := c.Kill(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl, err := c.Client(2*time.Second, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for {
+		st, err := cl.ClusterStatus(ctx, &cofferv1.ClusterStatusRequest{})
+		if err == nil && !st.GetAuthoritative() {
+			if len(st.GetNodes()) != 3 || st.GetNodes()[0].GetRole() == cofferv1.NodeRole_NODE_ROLE_UNREACHABLE ||
+				st.GetNodes()[1].GetRole() != cofferv1.NodeRole_NODE_ROLE_UNREACHABLE {
+				t.Fatalf("status without quorum: %v", st)
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no status without quorum: %v %v", st, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

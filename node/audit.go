@@ -185,6 +185,14 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	}
 	setOutcome(rec.e, err)
 	if cerr := n.commitRequestAudit(ctx, rec); cerr != nil {
+		if method == "Status" && err == nil {
+			// An operator must be able to see a cluster that lost its
+			// quorum: the status answers, and its entry is committed once
+			// a leader is back (the node keeps it in its bounded queue).
+			n.logger.Warn("audit entry of a cluster status deferred until a leader is back", "err", cerr)
+			n.refusals.record(rec.e)
+			return resp, err
+		}
 		n.logger.Error("audit entry not committed; response withheld", "op", rec.e.GetOperation(), "err", cerr)
 		metricAuditFailures.Inc()
 		if err == nil {

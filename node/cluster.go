@@ -125,6 +125,8 @@ func (s *clusterService) Status(ctx context.Context, _ *cofferv1.ClusterStatusRe
 	n.peersMu.RUnlock()
 	out := &cofferv1.ClusterStatusResponse{ReporterId: n.cfg.ID}
 	out.SiteLoss, out.LayoutWarning = n.siteLoss()
+	_, leader := n.raft.LeaderWithID()
+	out.Authoritative = leader != ""
 
 	if c, err := n.fsm.Cluster(); err == nil {
 		out.ClusterId = c.GetClusterId()

@@ -226,7 +226,7 @@ func (h *memHandler) ListKeys(_ context.Context, req *cofferv1.ListKeysRequest) 
 }
 
 func (h *memHandler) Status(context.Context, *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
-	resp := &cofferv1.ClusterStatusResponse{ClusterId: "test-cluster", ReporterId: h.name}
+	resp := &cofferv1.ClusterStatusResponse{ClusterId: "test-cluster", ReporterId: h.name, Authoritative: true}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for i, addr := range h.addrs {

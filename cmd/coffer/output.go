@@ -353,6 +353,9 @@ type siteLossJSON struct {
 
 // clusterJSON is the output of `cluster status -o json`.
 type clusterJSON struct {
+	// Authoritative is false when the reporter knows no leader: each node
+	// then answered with its own view.
+	Authoritative bool           `json:"authoritative"`
 	ClusterID     string         `json:"cluster_id"`
 	ReporterID    string         `json:"reporter_id"`
 	Nodes         []nodeJSON     `json:"nodes"`
@@ -368,6 +371,7 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 		Sites:      []siteLossJSON{},
 
 		LayoutWarning: resp.GetLayoutWarning(),
+		Authoritative: resp.GetAuthoritative(),
 	}
 	for _, s := range resp.GetSiteLoss() {
 		out.Sites = append(out.Sites, siteLossJSON{Site: s.GetSite(), Voters: s.GetVoters(), Survives: s.GetSurvives()})
@@ -422,6 +426,16 @@ func writeClusterTable(w io.Writer, resp *cofferv1.ClusterStatusResponse) error 
 	}
 	if warn := resp.GetLayoutWarning(); warn != "" {
 		fmt.Fprintf(w, "WARNING: %s\n", warn)
+	}
+	if !resp.GetAuthoritative() {
+		var views []string
+		for _, n := range resp.GetNodes() {
+			if n.GetRole() != cofferv1.NodeRole_NODE_ROLE_UNREACHABLE {
+				views = append(views, fmt.Sprintf("%s follows %s (term %d, last contact %s)", n.GetId(), dash(n.GetLeaderId()), n.GetTerm(), contact(n)))
+			}
+		}
+		fmt.Fprintf(w, "NOT AUTHORITATIVE: %s knows no leader (has the cluster lost its quorum?); each row is that node's own view: %s\n",
+			resp.GetReporterId(), strings.Join(views, "; "))
 	}
 	return nil
 }

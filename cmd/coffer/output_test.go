@@ -238,7 +238,7 @@ func testClusterStatus() *cofferv1.ClusterStatusResponse {
 		{Id: "n2", Address: "10.0.0.2:7400", Role: cofferv1.NodeRole_NODE_ROLE_UNREACHABLE,
 			Error: "dial: connection\nrefused", Suffrage: "non-voter", LastContactMs: -1},
 	}, SiteLoss: []*cofferv1.SiteLoss{{Site: "east", Voters: 2, Survives: false}},
-		LayoutWarning: "the cluster does not survive the loss of site east"}
+		LayoutWarning: "the cluster does not survive the loss of site east", Authoritative: true}
 }
 
 func TestWriteClusterTable(t *testing.T) {
@@ -261,6 +261,20 @@ func TestWriteClusterTable(t *testing.T) {
 		if got := strings.Join(strings.Fields(lines[i]), " "); got != want {
 			t.Errorf("line %d = %q, want %q", i, got, want)
 		}
+	}
+}
+
+// Without a leader the table says so, and shows whom each node follows.
+func TestWriteClusterTable_NotAuthoritative(t *testing.T) {
+	st := testClusterStatus()
+	st.Authoritative = false
+	st.Nodes[0].Role, st.Nodes[0].LeaderId = cofferv1.NodeRole_NODE_ROLE_CANDIDATE, ""
+	var buf bytes.Buffer
+	if err := writeClusterTable(&buf, st); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "NOT AUTHORITATIVE: n1 knows no leader") || !strings.Contains(buf.String(), "n1 follows - (term 3") {
+		t.Fatalf("table:\n%s", buf.String())
 	}
 }
 

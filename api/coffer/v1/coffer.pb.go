@@ -1381,6 +1381,11 @@ type ClusterStatusResponse struct {
 	// Set when the voters' layout cannot survive the loss of a site; names
 	// the site(s).
 	LayoutWarning string `protobuf:"bytes,5,opt,name=layout_warning,json=layoutWarning,proto3" json:"layout_warning,omitempty"`
+	// False when the reporter knows no leader (the cluster may have lost its
+	// quorum): each node then answered with its own view, which may be
+	// stale, and the request's audit entry is committed once a leader is
+	// back.
+	Authoritative bool `protobuf:"varint,6,opt,name=authoritative,proto3" json:"authoritative,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1448,6 +1453,13 @@ func (x *ClusterStatusResponse) GetLayoutWarning() string {
 		return x.LayoutWarning
 	}
 	return ""
+}
+
+func (x *ClusterStatusResponse) GetAuthoritative() bool {
+	if x != nil {
+		return x.Authoritative
+	}
+	return false
 }
 
 type NodeStatusRequest struct {
@@ -3923,7 +3935,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06voters\x18\x02 \x01(\rR\x06voters\x12\x1a\n" +
 	"\bsurvives\x18\x03 \x01(\bR\bsurvives\"\x16\n" +
-	"\x14ClusterStatusRequest\"\xdd\x01\n" +
+	"\x14ClusterStatusRequest\"\x83\x02\n" +
 	"\x15ClusterStatusResponse\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.coffer.v1.NodeStatusR\x05nodes\x12\x1d\n" +
 	"\n" +
@@ -3931,7 +3943,8 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vreporter_id\x18\x03 \x01(\tR\n" +
 	"reporterId\x120\n" +
 	"\tsite_loss\x18\x04 \x03(\v2\x13.coffer.v1.SiteLossR\bsiteLoss\x12%\n" +
-	"\x0elayout_warning\x18\x05 \x01(\tR\rlayoutWarning\"\x13\n" +
+	"\x0elayout_warning\x18\x05 \x01(\tR\rlayoutWarning\x12$\n" +
+	"\rauthoritative\x18\x06 \x01(\bR\rauthoritative\"\x13\n" +
 	"\x11NodeStatusRequest\"T\n" +
 	"\rEscrowKeyInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
