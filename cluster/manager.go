@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -64,7 +65,9 @@ type Deps struct {
 	// (its certificate over mTLS, its id, its addresses), pins it and
 	// records that in the audit log. An error refuses it (the node logs
 	// and audits the refusal); the manager then leaves it out until its
-	// metadata changes or admitRetry passes.
+	// metadata changes or admitRetry passes. An error wrapping
+	// ErrRetryLater (the cluster is not initialised yet) is no refusal:
+	// the next round tries again.
 	Admit func(ctx context.Context, m Member) error
 	// Stats asks a member for its Raft progress (LocalStatus).
 	Stats func(ctx context.Context, id string) (*autopilot.ServerStats, error)
@@ -214,6 +217,9 @@ func (m *Manager) admitNew(ctx context.Context) {
 				NodeStatus: autopilot.NodeAlive, Version: mem.Version, Meta: map[string]string{"site": mem.Site}})
 		}
 		cancel()
+		if errors.Is(err, ErrRetryLater) {
+			continue // not refused: the next round tries again
+		}
 		m.mu.Lock()
 		if err != nil {
 			m.refused[mem.ID] = refusal{meta: mem.Meta, at: time.Now()}
@@ -268,7 +274,9 @@ func (d *delegate) KnownServers() map[raft.ServerID]*autopilot.Server {
 		if !ok {
 			st = autopilot.NodeAlive
 		}
-		out[s.ID] = &autopilot.Server{ID: s.ID, Name: string(s.ID), Address: s.Address, NodeStatus: st,
+		// Every server is a potential voter (SitePromoter); autopilot counts
+		// potential voters from this type when it weighs a removal.
+		out[s.ID] = &autopilot.Server{ID: s.ID, Name: string(s.ID), Address: s.Address, NodeStatus: st, NodeType: autopilot.NodeVoter,
 			Meta: map[string]string{"site": sites[string(s.ID)]}, RaftVersion: raft.ProtocolVersionMax, IsLeader: s.ID == leader}
 	}
 	return out

@@ -134,6 +134,9 @@ func (n *Node) closeMembership() {
 // configuration and pins its certificate; the manager then adds it as a
 // non-voter. A refusal is logged and audited.
 func (n *Node) admitJoiner(ctx context.Context, m cluster.Member) error {
+	if _, err := n.fsm.Cluster(); err != nil {
+		return fmt.Errorf("%w: the cluster is not initialised yet", cluster.ErrRetryLater)
+	}
 	cert, err := n.checkJoiner(ctx, m)
 	if err != nil {
 		n.refuseMember("node:"+m.ID, m.Addr, doorJoin, fmt.Sprintf("join from site %q (raft %s, api %s)", m.Site, m.RaftAddr, m.APIAddr), err)
