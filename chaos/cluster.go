@@ -32,6 +32,9 @@ type Config struct {
 	BasePort int
 	// Sites is `cofferd dev --sites` (empty: a, b, c in turn).
 	Sites string
+	// Netns, when set, names the network namespace each node runs in, and
+	// Hosts the address it is reached at there (netns.go).
+	Netns, Hosts []string
 }
 
 // Validate reports an unusable Config.
@@ -100,7 +103,13 @@ func startCluster(cfg Config) (*Cluster, error) {
 func (c *Cluster) ID(i int) string { return fmt.Sprintf("n%d", i+1) }
 
 // Addr returns node i's client address.
-func (c *Cluster) Addr(i int) string { return fmt.Sprintf("127.0.0.1:%d", c.cfg.BasePort+i+1) }
+func (c *Cluster) Addr(i int) string {
+	host := "127.0.0.1"
+	if len(c.cfg.Hosts) > i {
+		host = c.cfg.Hosts[i]
+	}
+	return fmt.Sprintf("%s:%d", host, c.cfg.BasePort+i+1)
+}
 
 // Addrs returns every node's client address.
 func (c *Cluster) Addrs() []string {
@@ -123,6 +132,10 @@ func (c *Cluster) Start(i int) error {
 		return err
 	}
 	p := exec.Command(c.cfg.Cofferd, "serve", "--config", filepath.Join(c.cfg.Dir, c.ID(i), "config.json"))
+	if len(c.cfg.Netns) > i {
+		// ip netns exec execs the command: the process is cofferd's.
+		p = exec.Command("ip", "netns", "exec", c.cfg.Netns[i], c.cfg.Cofferd, "serve", "--config", filepath.Join(c.cfg.Dir, c.ID(i), "config.json"))
+	}
 	p.Stdout, p.Stderr = logf, logf
 	if err := p.Start(); err != nil {
 		_ = logf.Close()

@@ -184,6 +184,11 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 		return resp, err
 	}
 	setOutcome(rec.e, err)
+	if _, leader := n.raft.LeaderWithID(); method == "Status" && err == nil && leader == "" {
+		// No leader to commit through: defer at once (see below).
+		n.refusals.record(rec.e)
+		return resp, err
+	}
 	if cerr := n.commitRequestAudit(ctx, rec); cerr != nil {
 		if method == "Status" && err == nil {
 			// An operator must be able to see a cluster that lost its
