@@ -9,6 +9,9 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 12m
 FUZZTIME ?= 30s
+# Minimising a new interesting input may take at most this long; Go's
+# default (60s) can eat the whole FUZZTIME of a target.
+FUZZMINTIME ?= 2s
 BENCH_ARGS ?= --op mix --concurrency 64 --duration 10s --keys 1000
 SOFTHSM2_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 export SOFTHSM2_MODULE
@@ -63,10 +66,10 @@ chaos: ## kill the leader CHAOS_KILLS times (default 20) under load; report fail
 	CHAOS_KILLS=$${CHAOS_KILLS:-20} CHAOS_REPORT=$${CHAOS_REPORT:-$(CURDIR)/chaos-report.json} \
 	  $(GO) test -count=1 -v -run '^TestChaos' -timeout 30m ./chaos/
 
-fuzz: ## run every fuzz target for FUZZTIME each
+fuzz: ## run every fuzz target for FUZZTIME each (minimising for at most FUZZMINTIME)
 	@for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
-	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME) $$pkg || exit 1; \
 	  done; done
 
 .PHONY: softhsm softhsm-init
