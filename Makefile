@@ -62,7 +62,7 @@ bench: build ## benchmark a running cluster (source .coffer-dev/env first); BENC
 bench-compare: ## compare the working tree with BASE (default HEAD~1) on OP (default get): alternating fresh clusters (ROUNDS, CONC, DURATION)
 	./scripts/bench-compare.sh
 
-chaos: ## kill the leader CHAOS_KILLS times (default 20) under load; report failover times to chaos-report.json
+chaos: ## every real-process fault test (leader kills CHAOS_KILLS times, default 20; site loss; frozen leader; partition; majority loss; backup); failover times to chaos-report.json
 	CHAOS_KILLS=$${CHAOS_KILLS:-20} CHAOS_REPORT=$${CHAOS_REPORT:-$(CURDIR)/chaos-report.json} \
 	  $(GO) test -count=1 -v -run '^TestChaos' -timeout 30m ./chaos/
 

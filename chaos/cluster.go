@@ -111,6 +111,17 @@ func (c *Cluster) Addr(i int) string {
 	return fmt.Sprintf("%s:%d", host, c.cfg.BasePort+i+1)
 }
 
+// Others returns the index of every node but i.
+func (c *Cluster) Others(i int) []int {
+	var out []int
+	for j := 0; j < c.cfg.Nodes; j++ {
+		if j != i {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
 // Addrs returns every node's client address.
 func (c *Cluster) Addrs() []string {
 	var out []string

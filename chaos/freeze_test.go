@@ -30,12 +30,7 @@ func TestChaos_FrozenLeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var others []int
-	for i := range 3 {
-		if i != l {
-			others = append(others, i)
-		}
-	}
+	others := c.Others(l)
 	// A long attempt timeout: the client does not give up on a forward by
 	// itself; the node must.
 	cl, err := c.Client(20*time.Second, others...)

@@ -223,12 +223,7 @@ func TestChaos_PartitionedLeader(t *testing.T) {
 		t.Fatalf("the cut-off node acknowledged a write: %s", out)
 	}
 	// The majority writes.
-	var others []int
-	for i := range 3 {
-		if i != l {
-			others = append(others, i)
-		}
-	}
+	others := c.Others(l)
 	maj, err := c.Client(2*time.Second, others...)
 	if err != nil {
 		t.Fatal(err)

@@ -186,7 +186,7 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	setOutcome(rec.e, err)
 	if _, leader := n.raft.LeaderWithID(); method == "Status" && err == nil && leader == "" {
 		// No leader to commit through: defer at once (see below).
-		n.refusals.record(rec.e)
+		n.sideAudit.record(rec.e)
 		return resp, err
 	}
 	if cerr := n.commitRequestAudit(ctx, rec); cerr != nil {
@@ -195,7 +195,7 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 			// quorum: the status answers, and its entry is committed once
 			// a leader is back (the node keeps it in its bounded queue).
 			n.logger.Warn("audit entry of a cluster status deferred until a leader is back", "err", cerr)
-			n.refusals.record(rec.e)
+			n.sideAudit.record(rec.e)
 			return resp, err
 		}
 		n.logger.Error("audit entry not committed; response withheld", "op", rec.e.GetOperation(), "err", cerr)

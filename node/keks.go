@@ -1,7 +1,7 @@
 package node
 
 import (
-	"crypto/sha256"
+	"bytes"
 	"fmt"
 	"sync"
 
@@ -17,14 +17,14 @@ import (
 // copy changed (the whole state replaced by a restore) is loaded again.
 type kekCache struct {
 	mu  sync.RWMutex
-	set map[hsmwrap.KEKID][sha256.Size]byte
+	set map[hsmwrap.KEKID][]byte
 }
 
 func (c *kekCache) loaded(id hsmwrap.KEKID, wrapped []byte) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	sum, ok := c.set[id]
-	return ok && sum == sha256.Sum256(wrapped)
+	w, ok := c.set[id]
+	return ok && bytes.Equal(w, wrapped)
 }
 
 // load loads a wrapped KEK under id (once per wrapped copy).
@@ -37,9 +37,9 @@ func (c *kekCache) load(ks hsmwrap.Keystore, id hsmwrap.KEKID, wrapped []byte) e
 	}
 	c.mu.Lock()
 	if c.set == nil {
-		c.set = map[hsmwrap.KEKID][sha256.Size]byte{}
+		c.set = map[hsmwrap.KEKID][]byte{}
 	}
-	c.set[id] = sha256.Sum256(wrapped)
+	c.set[id] = bytes.Clone(wrapped)
 	c.mu.Unlock()
 	return nil
 }

@@ -33,7 +33,7 @@ import (
 // pinned at admission (checkMember). That rule guards every door a node
 // identity can use: the internal service (Forward, ReadIndex, AppendAudit),
 // the cluster status fan-out (LocalStatus) and the Raft port. Every refusal
-// is logged and audited (refusals.go).
+// is logged and audited (sideaudit.go).
 //
 // Admission: the leader pins, through Raft (PIN_NODE), the certificate each
 // member of the configuration presents at its configured Raft address when
@@ -154,7 +154,7 @@ func (n *Node) refuseMember(who, addr string, door memberDoor, what string, err 
 	e := &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID, Caller: clip(who, audit.MaxFieldLen),
 		Operation: string(door), Outcome: cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED,
 		Reason: clip(toStatusText(err)+" (from "+addr+"): "+reason, audit.MaxFieldLen)}
-	if n.refusals.add(e, refusalKey{caller: who, door: door, cause: err.Error()}) {
+	if n.sideAudit.add(e, refusalKey{caller: who, door: door, cause: err.Error()}) {
 		n.logger.Warn("refused a node identity", "peer", who, "address", addr, "door", string(door), "err", err)
 	}
 }
@@ -229,12 +229,11 @@ func (n *Node) admitMembers() error {
 		return n.retirePreviousPins(pins)
 	}
 	if !n.pinsEnabled.Load() {
-		last := n.pinPoll.Load()
-		if now := time.Now().UnixNano(); now-last < int64(pinVersionPoll) && last != 0 {
+		now := time.Now().UnixNano()
+		if last := n.pinPoll.Load(); last != 0 && now-last < int64(pinVersionPoll) {
 			return nil
-		} else {
-			n.pinPoll.Store(now)
 		}
+		n.pinPoll.Store(now)
 		if !n.membersApply(fsm.NodePinVersion) {
 			n.logger.Warn("member certificates are not pinned yet: not every member runs a build that applies pins")
 			return nil

@@ -284,6 +284,6 @@ func (n *Node) auditConfigChanges(prev, cur raft.Configuration) {
 	}
 	for _, e := range changes {
 		n.logger.Info("membership changed", "member", e.GetClient(), "change", e.GetReason())
-		n.refusals.record(e)
+		n.sideAudit.record(e)
 	}
 }

@@ -68,9 +68,9 @@ type Node struct {
 	// when the leader last asked (Unix nanoseconds).
 	pinsEnabled atomic.Bool
 	pinPoll     atomic.Int64
-	// refusals commits the audit entries of refused node identities and of
-	// membership changes.
-	refusals *refusalAuditor
+	// sideAudit commits audit entries off the request path: refused node
+	// identities, membership changes, a status answered without a quorum.
+	sideAudit *sideAuditor
 	// gossip and membership run when the config enables gossip
 	// (membership.go); stopMembership stops them.
 	gossip         *cluster.Gossip
@@ -136,7 +136,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		stopCh:   make(chan struct{}),
 		ksProbe:  make(chan struct{}, 1),
 	}
-	n.refusals = newRefusalAuditor(n)
+	n.sideAudit = newSideAuditor(n)
 	n.commandVersion.Store(fsm.CommandVersion)
 	for _, p := range cfg.Peers {
 		n.peers[p.ID] = p
@@ -178,7 +178,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	go n.leaderLoop()
 	go n.keystoreHealthLoop()
 	go n.revalidateLoop()
-	go n.refusals.run()
+	go n.sideAudit.run()
 	n.wg.Add(1)
 	go n.auditRecovery()
 	logger.Info("node started", "site", cfg.Site, "api", n.APIAddr(), "raft", cfg.RaftAdvertise())

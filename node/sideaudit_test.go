@@ -12,7 +12,7 @@ import (
 // one; closing the window queues one entry that says how many there were.
 // Other kinds of refusal are recorded on their own.
 func TestRefusalAuditor_CountsRepeats(t *testing.T) {
-	r := &refusalAuditor{seen: map[refusalKey]*refusalCount{}, wake: make(chan struct{}, 1)}
+	r := &sideAuditor{seen: map[refusalKey]*refusalCount{}, wake: make(chan struct{}, 1)}
 	entry := func(reason string) *cofferv1.AuditEntry {
 		return &cofferv1.AuditEntry{Caller: "node:n9", Operation: string(doorRaft), Reason: reason,
 			Outcome: cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED}

@@ -30,8 +30,10 @@ const refusalWindow = time.Minute
 // maxRefusalKinds bounds the distinct refusals remembered for counting.
 const maxRefusalKinds = 4096
 
-// refusalAuditor commits the audit entries of refused node identities off
-// the path that refused them: a Raft handshake must not wait for a Raft
+// sideAuditor commits audit entries that are not a request's own answer
+// path, off the path that produced them: refused node identities, the
+// membership changes the leader sees (record), and the status answered
+// without a quorum (record, committed once a leader is back). For refusals: a Raft handshake must not wait for a Raft
 // round (there may be no leader), and a flood of refusals must not hold
 // the handshake slots that members need. Entries wait in a bounded queue;
 // one worker commits what has gathered as one batch. A refusal that finds
@@ -43,7 +45,7 @@ const maxRefusalKinds = 4096
 // counted, and when the window closes one entry records how many there
 // were, so the log holds every refusal without growing by thousands of
 // entries a minute.
-type refusalAuditor struct {
+type sideAuditor struct {
 	n    *Node
 	mu   sync.Mutex
 	q    []*cofferv1.AuditEntry
@@ -67,13 +69,13 @@ type refusalCount struct {
 	repeated int
 }
 
-func newRefusalAuditor(n *Node) *refusalAuditor {
-	return &refusalAuditor{n: n, seen: map[refusalKey]*refusalCount{}, wake: make(chan struct{}, 1)}
+func newSideAuditor(n *Node) *sideAuditor {
+	return &sideAuditor{n: n, seen: map[refusalKey]*refusalCount{}, wake: make(chan struct{}, 1)}
 }
 
 // add records a refusal: queued for the audit log if it is the first of its
 // kind in the window (true: the caller logs it), counted otherwise (false).
-func (r *refusalAuditor) add(e *cofferv1.AuditEntry, k refusalKey) bool {
+func (r *sideAuditor) add(e *cofferv1.AuditEntry, k refusalKey) bool {
 	now := time.Now()
 	r.mu.Lock()
 	if c, ok := r.seen[k]; ok && now.Sub(c.since) < refusalWindow {
@@ -95,7 +97,7 @@ func (r *refusalAuditor) add(e *cofferv1.AuditEntry, k refusalKey) bool {
 
 // record queues an entry to be committed as it is, counted nowhere: a
 // membership change the leader saw.
-func (r *refusalAuditor) record(e *cofferv1.AuditEntry) {
+func (r *sideAuditor) record(e *cofferv1.AuditEntry) {
 	r.mu.Lock()
 	ok := r.enqueueLocked(e)
 	r.mu.Unlock()
@@ -106,7 +108,7 @@ func (r *refusalAuditor) record(e *cofferv1.AuditEntry) {
 }
 
 // enqueueLocked queues e unless the queue is full (counted as unaudited).
-func (r *refusalAuditor) enqueueLocked(e *cofferv1.AuditEntry) bool {
+func (r *sideAuditor) enqueueLocked(e *cofferv1.AuditEntry) bool {
 	if len(r.q) >= maxPendingRefusals {
 		metricRefusalsUnaudited.Inc()
 		return false
@@ -117,7 +119,7 @@ func (r *refusalAuditor) enqueueLocked(e *cofferv1.AuditEntry) bool {
 
 // closeWindows queues, for every kind whose window has closed, one entry
 // counting its repeats, and forgets it.
-func (r *refusalAuditor) closeWindows(now time.Time) {
+func (r *sideAuditor) closeWindows(now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k, c := range r.seen {
@@ -138,7 +140,7 @@ func (r *refusalAuditor) closeWindows(now time.Time) {
 // run commits queued entries until the node stops; entries it cannot commit
 // go back to the front of the queue and are tried again a little later.
 // Every refusalWindow/4 it closes the counting windows.
-func (r *refusalAuditor) run() {
+func (r *sideAuditor) run() {
 	defer r.n.wg.Done()
 	tick := time.NewTicker(refusalWindow / 4)
 	defer tick.Stop()
@@ -163,7 +165,7 @@ func (r *refusalAuditor) run() {
 // refusalRetry is how long the worker waits after a failed commit.
 const refusalRetry = time.Second
 
-func (r *refusalAuditor) signal() {
+func (r *sideAuditor) signal() {
 	select {
 	case r.wake <- struct{}{}:
 	default:
@@ -172,7 +174,7 @@ func (r *refusalAuditor) signal() {
 
 // flush commits everything queued; false if a commit failed (what was not
 // committed is back in the queue).
-func (r *refusalAuditor) flush() bool {
+func (r *sideAuditor) flush() bool {
 	r.mu.Lock()
 	batch := r.q
 	r.q = nil
