@@ -7,6 +7,7 @@ import (
 	"net"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -223,6 +224,54 @@ func TestClient_InvalidArgumentNotRetried(t *testing.T) {
 	}
 	if total != 1 {
 		t.Fatalf("%d attempts, want 1", total)
+	}
+}
+
+// WithRequestID sends its id in the header on every attempt of every kind
+// of call, replaces an id set before, and changes no request message.
+func TestClient_WithRequestID(t *testing.T) {
+	p := mustPKI(t)
+	srvs, addrs := mustServers(t, p, 3)
+	srvs[0].setFail(unavailable)
+	srvs[1].setFail(unavailable)
+	c := mustClient(t, p, nil, addrs...)
+	ctx := WithRequestID(WithRequestID(testCtx(t), "first"), "corr-1")
+	if _, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: "gk"}); err != nil {
+		t.Fatalf("GetKey: %v", err)
+	}
+	req := &cofferv1.GenerateKeyRequest{Resource: "r"}
+	if _, err := c.GenerateKey(ctx, req); err != nil {
+		t.Fatalf("GenerateKey: %v", err)
+	}
+	if req.GetRequestId() != "" {
+		t.Errorf("caller's request modified: request_id %q", req.GetRequestId())
+	}
+	if _, err := c.ClusterStatus(WithRequestID(ctx, ""), nil); err != nil {
+		t.Fatalf("ClusterStatus: %v", err)
+	}
+	byMethod := map[string][]call{}
+	for _, s := range srvs {
+		for _, cl := range s.seen() {
+			byMethod[cl.method] = append(byMethod[cl.method], cl)
+		}
+	}
+	for _, m := range []string{"GetKey", "GenerateKey"} {
+		if len(byMethod[m]) == 0 {
+			t.Fatalf("no %s reached a server", m)
+		}
+		for _, cl := range byMethod[m] {
+			if strings.Join(cl.header, ",") != "corr-1" {
+				t.Errorf("%s attempt sent header %q, want corr-1", m, cl.header)
+			}
+		}
+	}
+	if gen := byMethod["GenerateKey"]; gen[0].requestID == "" || gen[0].requestID == "corr-1" {
+		t.Errorf("GenerateKey sent request_id %q: want a generated one beside the header", gen[0].requestID)
+	}
+	for _, cl := range byMethod["Status"] {
+		if len(cl.header) != 0 {
+			t.Errorf("an id removed with WithRequestID(ctx, \"\") was sent: %q", cl.header)
+		}
 	}
 }
 

@@ -80,6 +80,18 @@
 // client has given up, should set request_id explicitly so their retries are
 // deduplicated too.
 //
+// Any call may also name its request in the [RequestIDKey]
+// ("coffer-request-id") gRPC header: [WithRequestID] returns a context whose
+// calls carry it, on every attempt. The node records it as the request id of
+// the request's audit entry when the message has no request_id of its own,
+// so that an audit entry can be matched with the call that caused it; a
+// write that a follower forwards to the leader keeps it. A message's own
+// request_id wins: GenerateKey and PutKey always send one (the random one
+// the client fills in, if the caller set none), so to correlate those, set
+// request_id in the message instead. The header deduplicates nothing: it
+// does not make access writes safe to retry. The client never changes the
+// caller's request messages for it.
+//
 // # Leader hints
 //
 // A node that cannot serve a request because of where the leader is may

@@ -84,6 +84,8 @@ func (p *testPKI) issue(t *testing.T, id transport.Identity) transport.TLSConfig
 type call struct {
 	method    string
 	requestID string
+	// header is the RequestIDKey header's values.
+	header []string
 }
 
 // fakeServer is a node that answers every RPC with canned data unless a
@@ -133,7 +135,7 @@ func (f *fakeServer) setFail(fn func(ctx context.Context, method string) error) 
 // record notes the call and returns the injected failure, if any.
 func (f *fakeServer) record(ctx context.Context, method, requestID string) error {
 	f.mu.Lock()
-	f.calls = append(f.calls, call{method: method, requestID: requestID})
+	f.calls = append(f.calls, call{method: method, requestID: requestID, header: metadata.ValueFromIncomingContext(ctx, RequestIDKey)})
 	fail := f.fail
 	f.mu.Unlock()
 	if fail != nil {

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -23,6 +24,32 @@ func NewRequestID() string {
 	b := make([]byte, requestIDBytes)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// RequestIDKey is the gRPC metadata header that carries a caller-chosen
+// request id on any call (see [WithRequestID]).
+const RequestIDKey = "coffer-request-id"
+
+// WithRequestID returns a copy of ctx whose calls carry id in the
+// [RequestIDKey] header, replacing any id set before; an empty id removes
+// it. Every attempt of a call made with the context sends the same id. The
+// node that accepts the request records it as the request id of the
+// request's audit entry when the request message has no request_id of its
+// own, so that an entry can be matched with the call that caused it.
+// GenerateKey and PutKey always send their own (a random one when the
+// caller set none), which wins: set request_id in their messages instead.
+// The header names a request for the audit only: it deduplicates nothing.
+// The id must be printable ASCII (gRPC refuses other header values); the
+// node records at most 1024 bytes of it. Request messages are not changed.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	md = md.Copy()
+	if id == "" {
+		md.Delete(RequestIDKey)
+	} else {
+		md.Set(RequestIDKey, id)
+	}
+	return metadata.NewOutgoingContext(ctx, md)
 }
 
 // GenerateKey asks the cluster to generate a key. If req.RequestId is empty
@@ -100,7 +127,12 @@ func (c *Client) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*
 	})
 }
 
-// ClusterStatus asks one node for the status of every member.
+// ClusterStatus asks one node for the status of every member. With
+// req.Digest every reachable member also reports the SHA-256 digest of its
+// replicated state and the applied index it was taken at
+// (NodeStatus.state_digest, state_digest_index): members at the same index
+// must agree. Each member then reads its whole store, so ask only when
+// comparing replicas.
 func (c *Client) ClusterStatus(ctx context.Context, req *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
 	if req == nil {
 		req = &cofferv1.ClusterStatusRequest{}

@@ -25,6 +25,9 @@ var (
 	ErrConflict           = errors.New("fsm: record changed concurrently; retry")
 	ErrDiverged           = errors.New("fsm: this replica's audit chain differs from the checkpoint; it has diverged")
 	ErrNoCheckpoint       = errors.New("fsm: no audit checkpoint to prune up to")
+	// ErrRestoring refuses a state digest while a snapshot restore is
+	// replacing the store.
+	ErrRestoring = errors.New("fsm: a snapshot restore is in progress")
 	// ErrAbandoned refuses a change whose request already has its audit
 	// entry: the node that accepted it recorded it as failed (a fallback)
 	// before the change committed, so the change is not applied.

@@ -150,9 +150,12 @@ func snapshotBytes(t *testing.T, f *FSM) *bytes.Buffer {
 
 func mustHash(t *testing.T, f *FSM) [32]byte {
 	t.Helper()
-	h, _, err := f.StateHash()
+	idx, h, err := f.StateDigest(context.Background())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if idx != f.AppliedIndex() {
+		t.Fatalf("state digest at index %d, applied index %d", idx, f.AppliedIndex())
 	}
 	return h
 }

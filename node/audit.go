@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -96,9 +99,36 @@ var opNames = map[string]string{
 	"PinNode": "cluster.manage", "RemoveNode": "cluster.manage", "TransferLeadership": "cluster.manage", "DrainNode": "cluster.manage",
 }
 
-// newAuditEntry starts an entry for a request on this node.
+// RequestIDKey is the gRPC metadata header in which a caller may name any
+// request (client.WithRequestID). The node records it as the request id of
+// the request's audit entry when the message carries no request_id of its
+// own; a message's own request_id wins. It is for correlation only: unlike
+// GenerateKeyRequest.request_id it deduplicates nothing.
+const RequestIDKey = "coffer-request-id"
+
+// headerRequestID returns the request id the caller sent in the
+// RequestIDKey header (its first value), fit for an audit entry: control
+// characters dropped, invalid UTF-8 replaced, at most audit.MaxFieldLen
+// bytes. It returns "" when there is none.
+func headerRequestID(ctx context.Context) string {
+	vals := metadata.ValueFromIncomingContext(ctx, RequestIDKey)
+	if len(vals) == 0 {
+		return ""
+	}
+	v := strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(vals[0], "\uFFFD"))
+	return clip(v, audit.MaxFieldLen)
+}
+
+// newAuditEntry starts an entry for a request on this node, with the
+// request id of the caller's RequestIDKey header, if any.
 func (n *Node) newAuditEntry(ctx context.Context, method string) *cofferv1.AuditEntry {
-	e := &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID, Operation: opNames[method]}
+	e := &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID, Operation: opNames[method],
+		RequestId: headerRequestID(ctx)}
 	if e.Operation == "" {
 		e.Operation = method
 	}
@@ -175,7 +205,9 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	if c, ok := req.(interface{ GetConsistency() cofferv1.Consistency }); ok {
 		rec.e.Consistency = c.GetConsistency()
 	}
-	if r, ok := req.(interface{ GetRequestId() string }); ok {
+	if r, ok := req.(interface{ GetRequestId() string }); ok && r.GetRequestId() != "" {
+		// The message's own id (a create's idempotency id) wins over the
+		// header's.
 		rec.e.RequestId = clip(r.GetRequestId(), audit.MaxFieldLen)
 	}
 	requestTarget(rec.e, req)

@@ -511,9 +511,9 @@ func TestNode_RestartCatchesUpBySnapshot(t *testing.T) {
 	// Once caught up, the replicas hold identical state.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		ha, ia, _ := tc.nodes[l].FSM().StateHash()
-		hb, ib, _ := tc.nodes[f].FSM().StateHash()
-		if ia == ib && ha == hb {
+		ia, ha, errA := tc.nodes[l].FSM().StateDigest(context.Background())
+		ib, hb, errB := tc.nodes[f].FSM().StateDigest(context.Background())
+		if errA == nil && errB == nil && ia == ib && ha == hb {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -18,8 +18,9 @@ import (
 // its entry. Then, as if the answer had been lost on the way back, the
 // follower records the request's entry itself, as it does after any
 // forward that failed without an answer. The log must still hold exactly
-// one entry for the request: the leader's. A request the leader never saw
-// keeps the follower's entry.
+// one entry for the request: the leader's, also for a request named only
+// by the caller's header. A request the leader never saw keeps the
+// follower's entry.
 func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 	tc := mustCluster(t, 3, nil)
 	ctx := ctxT(t)
@@ -64,13 +65,26 @@ func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 		t.Fatalf("a change proposed after its request's entry was linked: %v, want Aborted", err)
 	}
 
-	got := map[string][]*cofferv1.AuditEntry{}
-	entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{Operation: "generate"})
-	if err != nil {
+	// A Grant carries no request id of its own: the id of the follower's
+	// entry (from the caller's header) travels with the forward, so the
+	// leader's entry and the follower's fallback name the same request.
+	headed := entry("header-id-4")
+	headed.e.Operation = "acl.manage"
+	if _, err := n.forward(context.WithValue(ctx, auditRecKey{}, headed), c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_Grant{
+		Grant: &cofferv1.GrantRequest{Subject: "group:fallback", Operations: []string{"get"}, ResourcePattern: "fallback/**"}}}); err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range entries {
-		got[e.GetRequestId()] = append(got[e.GetRequestId()], e)
+	lost(headed)
+
+	got := map[string][]*cofferv1.AuditEntry{}
+	for _, op := range []string{"generate", "acl.manage"} {
+		entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{Operation: op})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			got[e.GetRequestId()] = append(got[e.GetRequestId()], e)
+		}
 	}
 	if es := got["lost-answer-1"]; len(es) != 1 || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED || es[0].GetNode() != n.cfg.ID {
 		t.Fatalf("answered request: %v, want the leader's one granted entry naming %s", es, n.cfg.ID)
@@ -80,6 +94,9 @@ func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 	}
 	if es := got["lost-answer-3"]; len(es) != 1 || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED {
 		t.Fatalf("request given up before the leader proposed it: %v, want the follower's one failed entry", es)
+	}
+	if es := got["header-id-4"]; len(es) != 1 || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED || es[0].GetNode() != n.cfg.ID {
+		t.Fatalf("answered grant named by the header: %v, want the leader's one granted entry", es)
 	}
 	keys, _, err := tc.nodes[l].FSM().ListKeys(fsm.ListFilter{Resource: "fallback/3"}, "", 10)
 	if err != nil {

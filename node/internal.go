@@ -40,8 +40,14 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 	// end up with one entry.
 	rec := &auditRec{e: &cofferv1.AuditEntry{TimeUnixNano: at, Node: clip(req.GetCaller().GetNode(), 64),
 		Caller: caller.String(), Operation: forwardedOp(req)}, attempted: true}
+	// The message's own request id wins; else the id of the accepting
+	// node's entry (the caller's header), so that this entry and a fallback
+	// that node records name the same request.
 	if r, ok := forwardedRequest(req).(interface{ GetRequestId() string }); ok {
 		rec.e.RequestId = clip(r.GetRequestId(), audit.MaxFieldLen)
+	}
+	if rec.e.RequestId == "" {
+		rec.e.RequestId = clip(req.GetRequestId(), audit.MaxFieldLen)
 	}
 	requestTarget(rec.e, forwardedRequest(req))
 	ctx = context.WithValue(ctx, auditRecKey{}, rec)

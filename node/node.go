@@ -100,6 +100,9 @@ type Node struct {
 	// barrier; see ensureLeaderReady.
 	readyTerm atomic.Uint64
 	forwards  chan struct{}
+	// digests admits one state digest at a time (addStateDigest): each
+	// reads the whole store.
+	digests chan struct{}
 	// commandVersion is the newest command version this node reports it
 	// applies (fsm.CommandVersion; tests lower it to stand for an older
 	// build).
@@ -133,6 +136,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		peers:    map[string]Peer{},
 		conns:    map[string]*grpc.ClientConn{},
 		forwards: make(chan struct{}, cfg.Limits.MaxInflightForwards),
+		digests:  make(chan struct{}, 1),
 		stopCh:   make(chan struct{}),
 		ksProbe:  make(chan struct{}, 1),
 	}

@@ -123,6 +123,7 @@ func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardReque
 	req.Caller = c.proto()
 	req.Caller.Node = n.cfg.ID
 	req.TimeUnixNano = auditEntry(ctx).GetTimeUnixNano()
+	req.RequestId = auditEntry(ctx).GetRequestId()
 	setAuditAttempted(ctx)
 	// A leader that hangs (stopped, a stalled disk) must hold the write up
 	// only until another is elected: the forward is abandoned as soon as

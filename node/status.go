@@ -51,6 +51,7 @@ var codeTable = []struct {
 	{hsmwrap.ErrUnavailable, codes.Unavailable},
 	{hsmwrap.ErrKEKNotLoaded, codes.Unavailable},
 	{fsm.ErrClosed, codes.Unavailable},
+	{fsm.ErrRestoring, codes.Unavailable},
 	{ErrUnauthenticated, codes.Unauthenticated},
 	{ErrPermission, codes.PermissionDenied},
 	{ErrNotMember, codes.PermissionDenied},

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -513,9 +514,9 @@ func TestNode_DamagedStoreRefusesToStart(t *testing.T) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			l := tc.waitLeader()
-			ha, ia, _ := tc.nodes[l].FSM().StateHash()
-			hb, ib, _ := tc.nodes[f].FSM().StateHash()
-			if ia == ib && ha == hb {
+			ia, ha, errA := tc.nodes[l].FSM().StateDigest(context.Background())
+			ib, hb, errB := tc.nodes[f].FSM().StateDigest(context.Background())
+			if errA == nil && errB == nil && ia == ib && ha == hb {
 				return
 			}
 			if time.Now().After(deadline) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -225,7 +226,7 @@ func (h *memHandler) ListKeys(_ context.Context, req *cofferv1.ListKeysRequest) 
 	return resp, nil
 }
 
-func (h *memHandler) Status(context.Context, *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
+func (h *memHandler) Status(_ context.Context, req *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
 	resp := &cofferv1.ClusterStatusResponse{ClusterId: "test-cluster", ReporterId: h.name, Authoritative: true}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -236,6 +237,10 @@ func (h *memHandler) Status(context.Context, *cofferv1.ClusterStatusRequest) (*c
 		}
 		resp.Nodes = append(resp.Nodes, &cofferv1.NodeStatus{Id: fmt.Sprintf("n%d", i+1), Address: addr,
 			Role: role, Term: 2, LastLogIndex: 10, AppliedIndex: 10, LeaderId: "n1", Healthy: true, Voter: true})
+		if req.GetDigest() {
+			last := resp.Nodes[len(resp.Nodes)-1]
+			last.StateDigest, last.StateDigestIndex = bytes.Repeat([]byte{0xc0, 0xfe}, 16), 10
+		}
 	}
 	return resp, nil
 }
@@ -335,8 +340,21 @@ func TestCLI_ClusterStatus(t *testing.T) {
 		t.Fatalf("cluster status = %+v", got)
 	}
 	out = mustRun(t, env, "cluster", "status")
-	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 4 || !strings.HasPrefix(lines[0], "ID") {
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 4 || !strings.HasPrefix(lines[0], "ID") || strings.Contains(out, "DIGEST") {
 		t.Fatalf("cluster status text:\n%s", out)
+	}
+	if got.Nodes[0].StateDigest != "" {
+		t.Fatalf("a digest without --digest: %+v", got.Nodes[0])
+	}
+	out = mustRun(t, env, "cluster", "status", "--digest")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 4 || !strings.Contains(lines[0], "DIGEST-INDEX") ||
+		!strings.Contains(lines[1], " 10 ") || !strings.Contains(lines[1], "c0fec0fec0fec0fe ") {
+		t.Fatalf("cluster status --digest text:\n%s", out)
+	}
+	got = clusterJSON{}
+	out = mustRun(t, env, "-o", "json", "cluster", "status", "--digest")
+	if err := json.Unmarshal([]byte(out), &got); err != nil || got.Nodes[2].StateDigest != strings.Repeat("c0fe", 16) || got.Nodes[2].StateDigestIndex != 10 {
+		t.Fatalf("cluster status --digest -o json = %q (%v)", out, err)
 	}
 }
 

@@ -16,23 +16,32 @@ func (a *app) clusterCmd() *cobra.Command {
 }
 
 func (a *app) clusterStatusCmd() *cobra.Command {
-	return &cobra.Command{
+	var digest bool
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show every member's role, Raft progress and health",
-		Args:  exactArgs(0, "none"),
+		Long: `Show every member's role, Raft progress and health, as each member
+reports it. With --digest every reachable member also computes the SHA-256
+digest of its replicated state and reports it with the applied index it was
+taken at: members at the same index must show the same digest. The table
+shows the first 16 hex digits, -o json the whole digest. Each member reads
+its whole store for it, so it is computed only when asked.`,
+		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.ClusterStatus(ctx, &cofferv1.ClusterStatusRequest{})
+				resp, err := c.ClusterStatus(ctx, &cofferv1.ClusterStatusRequest{Digest: digest})
 				if err != nil {
 					return err
 				}
 				if a.format == formatJSON {
 					return writeJSON(a.out, clusterStatusJSON(resp))
 				}
-				return writeClusterTable(a.out, resp)
+				return writeClusterTable(a.out, resp, digest)
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&digest, "digest", false, "also show each member's state digest and the index it was taken at")
+	return cmd
 }
 
 func (a *app) clusterPinCmd() *cobra.Command {

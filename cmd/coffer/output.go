@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -342,6 +344,10 @@ type nodeJSON struct {
 	Suffrage      string `json:"suffrage"`
 	LastContactMs int64  `json:"last_contact_ms"`
 	Drained       bool   `json:"drained"`
+	// StateDigest is the hex SHA-256 of the node's replicated state at
+	// StateDigestIndex (cluster status --digest only).
+	StateDigest      string `json:"state_digest,omitempty"`
+	StateDigestIndex uint64 `json:"state_digest_index,omitempty"`
 }
 
 // siteLossJSON is one site in `cluster status -o json`.
@@ -397,18 +403,30 @@ func clusterStatusJSON(resp *cofferv1.ClusterStatusResponse) clusterJSON {
 			Suffrage:         n.GetSuffrage(),
 			LastContactMs:    n.GetLastContactMs(),
 			Drained:          n.GetDrained(),
+			StateDigest:      hex.EncodeToString(n.GetStateDigest()),
+			StateDigestIndex: n.GetStateDigestIndex(),
 		})
 	}
 	return out
 }
 
-// writeClusterTable writes the cluster status table.
-func writeClusterTable(w io.Writer, resp *cofferv1.ClusterStatusResponse) error {
+// writeClusterTable writes the cluster status table; with digest, each
+// node's state digest index and the first 16 hex digits of its digest.
+func writeClusterTable(w io.Writer, resp *cofferv1.ClusterStatusResponse, digest bool) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tSUFFRAGE\tTERM\tLAST-INDEX\tAPPLIED\tCONTACT\tAUDIT-SEQ\tCERT-PIN\tHEALTH")
+	digestHead := ""
+	if digest {
+		digestHead = "DIGEST-INDEX\tDIGEST\t"
+	}
+	fmt.Fprintln(tw, "ID\tSITE\tADDRESS\tROLE\tSUFFRAGE\tTERM\tLAST-INDEX\tAPPLIED\tCONTACT\tAUDIT-SEQ\tCERT-PIN\t"+digestHead+"HEALTH")
 	for _, n := range resp.GetNodes() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\t%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
-			roleName(n.GetRole()), suffrageCell(n), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), contact(n), n.GetAuditSeq(), pinShort(n), health(n))
+		digestCells := ""
+		if digest {
+			digestCells = digestIndex(n) + "\t" + digestShort(n) + "\t"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\t%s%s\n", n.GetId(), dash(n.GetSite()), n.GetAddress(),
+			roleName(n.GetRole()), suffrageCell(n), n.GetTerm(), n.GetLastLogIndex(), n.GetAppliedIndex(), contact(n), n.GetAuditSeq(), pinShort(n),
+			digestCells, health(n))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -468,6 +486,26 @@ func pinShort(n *cofferv1.NodeStatus) string {
 		return p[:16]
 	}
 	return dash(p)
+}
+
+// digestIndex is the applied index a node's state digest was taken at, or
+// "-" when it reported none.
+func digestIndex(n *cofferv1.NodeStatus) string {
+	if len(n.GetStateDigest()) == 0 {
+		return "-"
+	}
+	return strconv.FormatUint(n.GetStateDigestIndex(), 10)
+}
+
+// digestShort is the first 16 hex digits of a node's state digest, or "-"
+// when it reported none (unreachable, or it could not compute one: the
+// health column says why).
+func digestShort(n *cofferv1.NodeStatus) string {
+	d := hex.EncodeToString(n.GetStateDigest())
+	if len(d) > 16 {
+		return d[:16]
+	}
+	return dash(d)
 }
 
 func health(n *cofferv1.NodeStatus) string {

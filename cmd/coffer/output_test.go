@@ -243,7 +243,7 @@ func testClusterStatus() *cofferv1.ClusterStatusResponse {
 
 func TestWriteClusterTable(t *testing.T) {
 	var buf bytes.Buffer
-	if err := writeClusterTable(&buf, testClusterStatus()); err != nil {
+	if err := writeClusterTable(&buf, testClusterStatus(), false); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
@@ -270,11 +270,49 @@ func TestWriteClusterTable_NotAuthoritative(t *testing.T) {
 	st.Authoritative = false
 	st.Nodes[0].Role, st.Nodes[0].LeaderId = cofferv1.NodeRole_NODE_ROLE_CANDIDATE, ""
 	var buf bytes.Buffer
-	if err := writeClusterTable(&buf, st); err != nil {
+	if err := writeClusterTable(&buf, st, false); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(buf.String(), "NOT AUTHORITATIVE: n1 knows no leader") || !strings.Contains(buf.String(), "n1 follows - (term 3") {
 		t.Fatalf("table:\n%s", buf.String())
+	}
+}
+
+// With --digest the table shows each node's digest index and the short
+// digest ("-" for a node that reported none); -o json the whole digest.
+func TestClusterStatus_Digest(t *testing.T) {
+	st := testClusterStatus()
+	sum := bytes.Repeat([]byte{0xab, 0x01}, 16)
+	st.Nodes[0].StateDigest, st.Nodes[0].StateDigestIndex = sum, 39
+	var buf bytes.Buffer
+	if err := writeClusterTable(&buf, st, true); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(buf.String(), "\n")
+	for i, want := range []string{
+		"ID SITE ADDRESS ROLE SUFFRAGE TERM LAST-INDEX APPLIED CONTACT AUDIT-SEQ CERT-PIN DIGEST-INDEX DIGEST HEALTH",
+		"n1 east 10.0.0.1:7400 leader voter 3 40 39 - 117 0123456789abcdef 39 ab01ab01ab01ab01 ok",
+		"n2 - 10.0.0.2:7400 unreachable non-voter 0 0 0 never 0 - - - unhealthy: dial: connection refused",
+	} {
+		if got := strings.Join(strings.Fields(lines[i]), " "); got != want {
+			t.Errorf("line %d = %q, want %q", i, got, want)
+		}
+	}
+	buf.Reset()
+	if err := writeJSON(&buf, clusterStatusJSON(st)); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Nodes []map[string]any `json:"nodes"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if d := got.Nodes[0]["state_digest"]; d != strings.Repeat("ab01", 16) || got.Nodes[0]["state_digest_index"] != float64(39) {
+		t.Errorf("nodes[0] digest %v at %v", d, got.Nodes[0]["state_digest_index"])
+	}
+	if _, ok := got.Nodes[1]["state_digest"]; ok {
+		t.Errorf("nodes[1] has a digest: %v", got.Nodes[1])
 	}
 }
 

@@ -256,7 +256,13 @@ type ForwardRequest struct {
 	// gives its entry the same time, so that an entry the accepting node
 	// records after a failed forward names the same request (see
 	// AuditBatchCommand.fallback).
-	TimeUnixNano  int64 `protobuf:"varint,11,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	TimeUnixNano int64 `protobuf:"varint,11,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// Request id of the accepting node's audit entry for the request: the
+	// message's own request_id, else the caller's coffer-request-id header.
+	// The leader's entry takes it when the message carries none, so that the
+	// committed entry, and a fallback the accepting node records, name the
+	// same request.
+	RequestId     string `protobuf:"bytes,17,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -436,6 +442,13 @@ func (x *ForwardRequest) GetTimeUnixNano() int64 {
 		return x.TimeUnixNano
 	}
 	return 0
+}
+
+func (x *ForwardRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type isForwardRequest_Op interface {
@@ -2586,7 +2599,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\xa8\b\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xc7\b\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -2607,7 +2620,9 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x13transfer_leadership\x18\x0f \x01(\v2$.coffer.v1.TransferLeadershipRequestH\x00R\x12transferLeadership\x12<\n" +
 	"\n" +
 	"drain_node\x18\x10 \x01(\v2\x1b.coffer.v1.DrainNodeRequestH\x00R\tdrainNode\x12$\n" +
-	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNanoB\x04\n" +
+	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x11 \x01(\tR\trequestIdB\x04\n" +
 	"\x02op\"\xf7\x06\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
