@@ -32,13 +32,19 @@ type Settings struct {
 	// MaxTrailingLogs is how far behind the leader a server may be and
 	// still count as healthy.
 	MaxTrailingLogs uint64 `json:"max_trailing_logs"`
+	// DeadServerAfter is how long a server must have been dead (or gone)
+	// in gossip before autopilot removes it from the Raft configuration.
+	// Until then it only counts as unhealthy: a node that is restarted, or
+	// cut off for a while, comes back as the voter it was.
+	DeadServerAfter duration.Duration `json:"dead_server_after"`
 }
 
 // DefaultSettings: three voters, never fewer than three, ten seconds of
-// stability.
+// stability, a dead server removed after five minutes.
 func DefaultSettings() Settings {
 	return Settings{Voters: 3, MinQuorum: 3, StabilizationTime: duration.Duration(10 * time.Second),
-		LastContactThreshold: duration.Duration(2 * time.Second), MaxTrailingLogs: 1024}
+		LastContactThreshold: duration.Duration(2 * time.Second), MaxTrailingLogs: 1024,
+		DeadServerAfter: duration.Duration(5 * time.Minute)}
 }
 
 // Validate checks the settings.
@@ -49,8 +55,8 @@ func (s Settings) Validate() error {
 	if s.MinQuorum < 1 || s.MinQuorum > s.Voters {
 		return fmt.Errorf("%w: membership.min_quorum must be 1..%d, got %d", ErrConfig, s.Voters, s.MinQuorum)
 	}
-	if s.StabilizationTime <= 0 || s.LastContactThreshold <= 0 || s.MaxTrailingLogs == 0 {
-		return fmt.Errorf("%w: membership.stabilization_time, last_contact_threshold and max_trailing_logs must be positive", ErrConfig)
+	if s.StabilizationTime <= 0 || s.LastContactThreshold <= 0 || s.MaxTrailingLogs == 0 || s.DeadServerAfter <= 0 {
+		return fmt.Errorf("%w: membership.stabilization_time, last_contact_threshold, max_trailing_logs and dead_server_after must be positive", ErrConfig)
 	}
 	return nil
 }
@@ -95,6 +101,11 @@ type Manager struct {
 	mu      sync.Mutex
 	refused map[string]refusal // gossip members Admit refused, by id
 	running bool
+	// deadSince is when gossip first reported each member dead or gone
+	// (KnownServers). It has its own lock: autopilot calls KnownServers
+	// while startAutopilot holds mu.
+	deadMu    sync.Mutex
+	deadSince map[string]time.Time
 }
 
 type refusal struct {
@@ -255,17 +266,7 @@ func (d *delegate) KnownServers() map[raft.ServerID]*autopilot.Server {
 	if f.Error() != nil {
 		return nil
 	}
-	status := map[string]autopilot.NodeStatus{}
-	for _, mem := range d.deps.Gossip.Members() {
-		switch mem.State {
-		case "alive", "suspect":
-			status[mem.ID] = autopilot.NodeAlive
-		case "dead":
-			status[mem.ID] = autopilot.NodeFailed
-		case "left":
-			status[mem.ID] = autopilot.NodeLeft
-		}
-	}
+	status := d.gossipStatus(d.deps.Gossip.Members(), time.Now())
 	sites := d.deps.Sites()
 	_, leader := d.deps.Raft.LeaderWithID()
 	out := map[raft.ServerID]*autopilot.Server{}
@@ -280,6 +281,44 @@ func (d *delegate) KnownServers() map[raft.ServerID]*autopilot.Server {
 			Meta: map[string]string{"site": sites[string(s.ID)]}, RaftVersion: raft.ProtocolVersionMax, IsLeader: s.ID == leader}
 	}
 	return out
+}
+
+// gossipStatus is each gossip member's status for autopilot. A member dead
+// or gone in gossip counts as failed (autopilot may remove it) only once it
+// has been so for Settings.DeadServerAfter; until then it counts as alive,
+// and its Raft stats (no contact from the leader) make it unhealthy.
+func (d *delegate) gossipStatus(members []Member, now time.Time) map[string]autopilot.NodeStatus {
+	m := (*Manager)(d)
+	m.deadMu.Lock()
+	defer m.deadMu.Unlock()
+	if m.deadSince == nil {
+		m.deadSince = map[string]time.Time{}
+	}
+	status := map[string]autopilot.NodeStatus{}
+	for _, mem := range members {
+		failed := autopilot.NodeFailed
+		switch mem.State {
+		case "alive", "suspect":
+			status[mem.ID] = autopilot.NodeAlive
+			delete(m.deadSince, mem.ID)
+			continue
+		case "left":
+			failed = autopilot.NodeLeft
+		case "dead":
+		default:
+			continue
+		}
+		since, ok := m.deadSince[mem.ID]
+		if !ok {
+			since = now
+			m.deadSince[mem.ID] = now
+		}
+		status[mem.ID] = autopilot.NodeAlive
+		if now.Sub(since) >= d.settings.DeadServerAfter.Std() {
+			status[mem.ID] = failed
+		}
+	}
+	return status
 }
 
 // FetchServerStats asks every server for its Raft progress, in parallel.

@@ -3,6 +3,7 @@ package fsm
 import (
 	"io"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
@@ -65,5 +66,49 @@ func TestFSM_KeyCacheSkipsSwappedRecords(t *testing.T) {
 		if _, err := f.Key(readK2); err != ErrNotFound {
 			t.Fatalf("read %d: %s should not exist, got %v", i, readK2, err)
 		}
+	}
+}
+
+// blockingReader hands out its data, then waits for release before EOF.
+type blockingReader struct {
+	r       io.Reader
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		close(b.reached)
+		<-b.release
+	}
+	return n, err
+}
+
+// Restoring is set for exactly as long as Restore replaces the store (the
+// node refuses to serve from a half-restored store).
+func TestFSM_RestoringWhileRestore(t *testing.T) {
+	a, b := mustOpen(t), mustOpen(t)
+	createKey(t, b, 1, keyRec(readK1, "default", "res/new"))
+	if a.Restoring() {
+		t.Fatal("restoring before any restore")
+	}
+	br := &blockingReader{r: snapshotBytes(t, b), reached: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- a.Restore(io.NopCloser(br)) }()
+	select {
+	case <-br.reached:
+	case <-time.After(10 * time.Second):
+		t.Fatal("restore never read its stream")
+	}
+	if !a.Restoring() {
+		t.Fatal("not restoring in the middle of a restore")
+	}
+	close(br.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if a.Restoring() {
+		t.Fatal("still restoring after the restore returned")
 	}
 }

@@ -125,6 +125,9 @@ type FSM struct {
 	waitCh chan struct{} // closed and replaced after every applied batch
 
 	closed atomic.Bool
+	// restoring is set while Restore replaces the store: reads would see
+	// a mix of the old state and the new.
+	restoring atomic.Bool
 
 	// snapStore, when set, makes snapshots Pebble checkpoints.
 	snapStore *SnapshotStore

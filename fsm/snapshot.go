@@ -152,6 +152,8 @@ func writeSnapshotV1(r reader, w io.Writer) error {
 // crash mid-restore never leaves a mix of old and new state in service.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	f.restoring.Store(true)
+	defer f.restoring.Store(false)
 	if err := f.db.Set(keyRestoring, []byte{1}, pebble.Sync); err != nil {
 		return fmt.Errorf("fsm: mark restore: %w", err)
 	}
@@ -208,6 +210,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.logger.Info("fsm: restored snapshot", "applied_index", idx)
 	return nil
 }
+
+// Restoring reports whether Restore is replacing the store: until it
+// returns, the store holds part of the old state and part of the new, and
+// nothing read from it may be served.
+func (f *FSM) Restoring() bool { return f.restoring.Load() }
 
 // readSnapshot parses a snapshot stream of either version, calling fn for
 // every record, and verifies the trailing checksum.

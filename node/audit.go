@@ -211,7 +211,15 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 		rec.e.RequestId = clip(r.GetRequestId(), audit.MaxFieldLen)
 	}
 	requestTarget(rec.e, req)
-	resp, err := handler(context.WithValue(ctx, auditRecKey{}, rec), req)
+	var resp any
+	var err error
+	if n.fsm.Restoring() && path.Dir(info.FullMethod) != "/"+cofferv1.ClusterService_ServiceDesc.ServiceName {
+		// The store holds part of the old state and part of the new one:
+		// nothing read from it may be served (cluster status may).
+		err = fmt.Errorf("%w: this node is installing a snapshot from the leader; retry, or send the request to another node", fsm.ErrRestoring)
+	} else {
+		resp, err = handler(context.WithValue(ctx, auditRecKey{}, rec), req)
+	}
 	if rec.done {
 		return resp, err
 	}

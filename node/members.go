@@ -14,6 +14,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -130,6 +132,7 @@ func (n *Node) requireMember(ctx context.Context, door memberDoor, what string) 
 	}
 	if err != nil {
 		n.refuseMember(c.String(), peerAddr(ctx), door, what, err)
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(memberRefusedKey, string(door)))
 		return caller{}, err
 	}
 	return c, nil

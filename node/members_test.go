@@ -279,6 +279,12 @@ func TestNode_RevokedMemberCutOff(t *testing.T) {
 	if _, err := admin.access[l].RevokeCertificate(ctx, &cofferv1.RevokeCertificateRequest{Serial: serial, Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
+	// A client's write sent to the revoked member is not refused as the
+	// client's own fault: the leader refused the node, so the member
+	// answers Unavailable (another node can serve it).
+	_, err := admin.keys[f].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "via/revoked"})
+	wantCode(t, "a client's write through the revoked member", err, codes.Unavailable, "")
+	t.Logf("write through the revoked member: %v", err)
 	for door, err := range internalDoors(ctx, tc.dialAs(tc.cfgs[f].TLS, l), "stolen/key") {
 		wantCode(t, "revoked member on "+string(door), err, codes.Unauthenticated, "is revoked")
 		tc.waitDenied(l, door, "node:"+tc.cfgs[f].ID, "is revoked")

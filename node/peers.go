@@ -132,10 +132,19 @@ func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardReque
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := n.onLeaderChange(leader, func() { cancel(errLeaderChanged) })
-	resp, err := cl.Forward(fctx, req)
+	var trailer metadata.MD
+	resp, err := cl.Forward(fctx, req, grpc.Trailer(&trailer))
 	stop()
 	if context.Cause(fctx) == errLeaderChanged && ctx.Err() == nil {
 		err = n.notLeader(fmt.Errorf("%w: the leader %s was replaced while it held this write; retry", ErrNoLeader, leader))
+	}
+	if err != nil && len(trailer.Get(memberRefusedKey)) > 0 {
+		// The leader refused this node, not the caller (removed from the
+		// configuration, not yet admitted again, a certificate it does not
+		// accept): the request was not handled and has no entry there.
+		// Another node can serve it.
+		err = fmt.Errorf("%w: this node may not forward writes now, the leader %s refused it as a member (%v); send the request to another node",
+			ErrNotAdmitted, leader, status.Convert(err).Message())
 	}
 	// The leader records the entry of a request it handled (answered or
 	// refused); if the leader could not be reached, this node records it.

@@ -17,6 +17,11 @@ import (
 // Unavailable errors, so clients can go straight to it.
 const LeaderHintKey = "coffer-leader-addr"
 
+// memberRefusedKey is the trailer a member-only door adds when it refuses
+// the calling node itself (requireMember), so that a node whose forward was
+// refused does not pass the refusal on as its client's.
+const memberRefusedKey = "coffer-member-refused"
+
 // codeTable is the one place errors become gRPC codes.
 var codeTable = []struct {
 	err  error
