@@ -227,44 +227,51 @@ func (r *Runner) checkReadBack(ctx context.Context, rep *Report, ops []Op) {
 	type miss struct{ gk, node, why string }
 	var mu sync.Mutex
 	var misses []miss
+	// Four readers per node, each taking every fourth key.
+	const perNode = 4
 	var wg sync.WaitGroup
 	for i := range r.cfg.Sites {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			cl, err := r.c.ClientAs(r.c.tls, 10*time.Second, i)
-			if err != nil {
-				mu.Lock()
-				misses = append(misses, miss{"", r.c.ID(i), err.Error()})
-				mu.Unlock()
-				return
-			}
-			defer cl.Close()
-			for n, gk := range acked {
-				rctx := client.WithRequestID(ctx, fmt.Sprintf("verify-%d-%d", i, n))
-				resp, err := cl.GetKey(rctx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
-				var why string
-				switch {
-				case err != nil:
-					why = err.Error()
-				default:
-					m := digest(resp.GetMaterial())
+		for w := 0; w < perNode; w++ {
+			wg.Add(1)
+			go func(i, w int) {
+				defer wg.Done()
+				cl, err := r.c.ClientAs(r.c.tls, 10*time.Second, i)
+				if err != nil {
 					mu.Lock()
-					if first[gk] == "" {
-						first[gk] = m
-					}
-					if first[gk] != m {
-						why = "material differs from the first returned"
-					}
+					misses = append(misses, miss{"", r.c.ID(i), err.Error()})
 					mu.Unlock()
+					return
 				}
-				if why != "" {
-					mu.Lock()
-					misses = append(misses, miss{gk, r.c.ID(i), why})
-					mu.Unlock()
+				defer cl.Close()
+				for n, gk := range acked {
+					if n%perNode != w {
+						continue
+					}
+					rctx := client.WithRequestID(ctx, fmt.Sprintf("verify-%d-%d", i, n))
+					resp, err := cl.GetKey(rctx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+					var why string
+					switch {
+					case err != nil:
+						why = err.Error()
+					default:
+						m := digest(resp.GetMaterial())
+						mu.Lock()
+						if first[gk] == "" {
+							first[gk] = m
+						}
+						if first[gk] != m {
+							why = "material differs from the first returned"
+						}
+						mu.Unlock()
+					}
+					if why != "" {
+						mu.Lock()
+						misses = append(misses, miss{gk, r.c.ID(i), why})
+						mu.Unlock()
+					}
 				}
-			}
-		}(i)
+			}(i, w)
+		}
 	}
 	wg.Wait()
 	rep.KeysReadBack = len(acked)

@@ -148,6 +148,10 @@ func (c *Cluster) Start(i int) error {
 		p = exec.Command("ip", "netns", "exec", c.cfg.Netns[i], c.cfg.Cofferd, "serve", "--config", filepath.Join(c.cfg.Dir, c.ID(i), "config.json"))
 	}
 	p.Stdout, p.Stderr = logf, logf
+	// A harness that dies (a test timeout's panic) takes its nodes with
+	// it instead of leaving a cluster running. (ip netns exec execs
+	// cofferd, which keeps the setting.)
+	p.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.Start(); err != nil {
 		_ = logf.Close()
 		return fmt.Errorf("chaos: start %s: %w", c.ID(i), err)

@@ -190,7 +190,10 @@ func Run(ctx context.Context, cfg RunConfig) (rep *Report, err error) {
 	for i := range cfg.Sites {
 		r.rememberAuditKey(i)
 	}
-	cctx, cancelCheck := context.WithTimeout(ctx, 10*time.Minute)
+	// Reading every key back from every node and exporting the audit log
+	// take longer the longer the run: allow ten minutes plus the run's
+	// length.
+	cctx, cancelCheck := context.WithTimeout(ctx, 10*time.Minute+cfg.Duration)
 	defer cancelCheck()
 	r.check(cctx, rep)
 	if err := r.writeArtifacts(rep); err != nil {
