@@ -90,22 +90,37 @@ func (r *Runner) checkThroughput(rep *Report, ops []Op) {
 // checkRevocations: a get acknowledged after a revocation (deactivation)
 // of its partition was acknowledged is a violation unless a grant
 // (activation) that was not refused could have taken effect between the
-// two.
+// two. Only the revocation called last before the get matters: a grant
+// that could follow it could follow any earlier one too.
 func (r *Runner) checkRevocations(rep *Report, ops []Op) {
-	type closing struct{ off, on Kind }
-	for _, pair := range []closing{{OpRevoke, OpGrant}, {OpDeactivate, OpActivate}} {
-		for _, g := range ops {
-			if g.Kind != OpGet || g.Outcome != Ok {
-				continue
+	byPart := map[int]map[Kind][]Op{}
+	for _, op := range ops {
+		switch op.Kind {
+		case OpGet, OpRevoke, OpGrant, OpDeactivate, OpActivate:
+			if byPart[op.Part] == nil {
+				byPart[op.Part] = map[Kind][]Op{}
 			}
-			for _, off := range ops {
-				if off.Kind != pair.off || off.Outcome != Ok || off.Part != g.Part || off.Return >= g.Call {
+			byPart[op.Part][op.Kind] = append(byPart[op.Part][op.Kind], op)
+		}
+	}
+	for _, pair := range [][2]Kind{{OpRevoke, OpGrant}, {OpDeactivate, OpActivate}} {
+		for _, part := range byPart {
+			for _, g := range part[OpGet] {
+				if g.Outcome != Ok {
+					continue
+				}
+				var off *Op
+				for i, o := range part[pair[0]] {
+					if o.Outcome == Ok && o.Return < g.Call && (off == nil || o.Call > off.Call) {
+						off = &part[pair[0]][i]
+					}
+				}
+				if off == nil {
 					continue
 				}
 				reopened := false
-				for _, on := range ops {
-					if on.Kind == pair.on && on.Part == g.Part && on.Outcome != Failed && on.Call < g.Return &&
-						(on.Outcome == Unknown || on.Return > off.Call) {
+				for _, on := range part[pair[1]] {
+					if on.Outcome != Failed && on.Call < g.Return && (on.Outcome == Unknown || on.Return > off.Call) {
 						reopened = true
 						break
 					}

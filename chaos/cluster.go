@@ -272,3 +272,37 @@ func (c *Cluster) Leader(ctx context.Context) (int, error) {
 		}
 	}
 }
+
+// WaitVoters waits until at least want reachable nodes are voters, a leader
+// answers for the cluster, and the layout survives the loss of any site; it
+// returns that status.
+func (c *Cluster) WaitVoters(ctx context.Context, want int) (*cofferv1.ClusterStatusResponse, error) {
+	cl, err := c.Client(time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	var last error
+	for {
+		st, err := cl.ClusterStatus(ctx, &cofferv1.ClusterStatusRequest{})
+		if err == nil {
+			voters := 0
+			for _, n := range st.GetNodes() {
+				if n.GetSuffrage() == "voter" && n.GetRole() != cofferv1.NodeRole_NODE_ROLE_UNREACHABLE {
+					voters++
+				}
+			}
+			if voters >= want && st.GetLayoutWarning() == "" && st.GetAuthoritative() {
+				return st, nil
+			}
+			last = fmt.Errorf("%d voters, layout warning %q, authoritative %v", voters, st.GetLayoutWarning(), st.GetAuthoritative())
+		} else {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: not %d voters: %v", ErrTimeout, want, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -140,7 +140,7 @@ func (in *injector) inject(ctx context.Context, kind FaultKind) Fault {
 	case <-ctx.Done():
 	case <-time.After(hold):
 	}
-	target, _ := r.appliedIndex(ctx, leader, f.Nodes)
+	target, _ := r.appliedIndex(ctx, f.Nodes)
 	if err := undo(); err != nil && f.Err == "" {
 		f.Err = err.Error()
 	}

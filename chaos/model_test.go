@@ -63,3 +63,30 @@ func TestModel(t *testing.T) {
 		})
 	}
 }
+
+// The revocation check flags a get acknowledged after an acknowledged
+// revoke only when no grant could have come between.
+func TestCheckRevocations(t *testing.T) {
+	get := Op{ID: 9, Kind: OpGet, Gkid: "k1", Call: 50, Return: 60, Outcome: Ok}
+	for _, tc := range []struct {
+		name string
+		ops  []Op
+		want int
+	}{
+		{"released after revoke", []Op{{ID: 1, Kind: OpRevoke, Call: 10, Return: 20, Outcome: Ok}, get}, 1},
+		{"released after deactivate", []Op{{ID: 1, Kind: OpDeactivate, Call: 10, Return: 20, Outcome: Ok}, get}, 1},
+		{"regranted between", []Op{{ID: 1, Kind: OpRevoke, Call: 10, Return: 20, Outcome: Ok}, {ID: 2, Kind: OpGrant, Call: 30, Return: 40, Outcome: Ok}, get}, 0},
+		{"unknown grant", []Op{{ID: 1, Kind: OpRevoke, Call: 10, Return: 20, Outcome: Ok}, {ID: 2, Kind: OpGrant, Call: 5, Return: 6, Outcome: Unknown}, get}, 0},
+		{"refused grant", []Op{{ID: 1, Kind: OpRevoke, Call: 10, Return: 20, Outcome: Ok}, {ID: 2, Kind: OpGrant, Call: 30, Return: 40, Outcome: Failed}, get}, 1},
+		{"grant only before the later revoke", []Op{{ID: 1, Kind: OpRevoke, Call: 10, Return: 20, Outcome: Ok}, {ID: 2, Kind: OpGrant, Call: 21, Return: 22, Outcome: Ok},
+			{ID: 3, Kind: OpRevoke, Call: 30, Return: 40, Outcome: Ok}, get}, 1},
+		{"revoke concurrent with the get", []Op{{ID: 1, Kind: OpRevoke, Call: 45, Return: 55, Outcome: Ok}, get}, 0},
+		{"other partition", []Op{{ID: 1, Kind: OpRevoke, Part: 1, Call: 10, Return: 20, Outcome: Ok}, get}, 0},
+	} {
+		rep := &Report{}
+		(&Runner{}).checkRevocations(rep, tc.ops)
+		if len(rep.Violations) != tc.want {
+			t.Errorf("%s: %d violations %v, want %d", tc.name, len(rep.Violations), rep.Violations, tc.want)
+		}
+	}
+}

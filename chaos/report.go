@@ -78,7 +78,7 @@ func stat(v []float64) Stat {
 }
 
 func newReport(cfg RunConfig) *Report {
-	return &Report{Seed: cfg.Seed, DurationS: cfg.Duration.Seconds(), Nodes: len(cfg.Sites), Sites: joinSites(cfg.Sites),
+	return &Report{Seed: cfg.Seed, DurationS: cfg.Duration.Seconds(), Nodes: len(cfg.Sites), Sites: strings.Join(cfg.Sites, ","),
 		MinOpsPerSec: cfg.MinOpsPerSec, recovery: map[string][]float64{},
 		Replay: fmt.Sprintf("CHAOS_SEED=%d CHAOS_DURATION=%v make chaos", cfg.Seed, cfg.Duration)}
 }

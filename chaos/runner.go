@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,7 +101,7 @@ func Run(ctx context.Context, cfg RunConfig) (rep *Report, err error) {
 	}
 	r := &Runner{cfg: cfg, hist: NewHistory(), down: map[int]bool{}, auditKeys: map[string][]byte{}}
 	rep = newReport(cfg)
-	ccfg := Config{Cofferd: cfg.Cofferd, Dir: filepath.Join(cfg.Dir, "cluster"), Nodes: len(cfg.Sites), BasePort: cfg.BasePort, Sites: joinSites(cfg.Sites)}
+	ccfg := Config{Cofferd: cfg.Cofferd, Dir: filepath.Join(cfg.Dir, "cluster"), Nodes: len(cfg.Sites), BasePort: cfg.BasePort, Sites: strings.Join(cfg.Sites, ",")}
 	if cfg.Lab {
 		lab, err := NewLab(cfg.Sites, cfg.WANDelay)
 		if err != nil {
@@ -129,7 +130,7 @@ func Run(ctx context.Context, cfg RunConfig) (rep *Report, err error) {
 	defer c.Close()
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if err := r.waitVoters(sctx, 5); err != nil {
+	if _, err := c.WaitVoters(sctx, 5); err != nil {
 		return rep, fmt.Errorf("%w: %v", ErrInvalidRun, err)
 	}
 	cfg.Logf("cluster of %d nodes up with 5 voters (%s)", len(cfg.Sites), rep.Network)
@@ -202,64 +203,27 @@ func Run(ctx context.Context, cfg RunConfig) (rep *Report, err error) {
 	return rep, nil
 }
 
-func joinSites(s []string) string {
-	out := ""
-	for i, x := range s {
-		if i > 0 {
-			out += ","
-		}
-		out += x
-	}
-	return out
-}
-
 // status asks the cluster (any node) for its status.
 func (r *Runner) status(ctx context.Context, digest bool) (*cofferv1.ClusterStatusResponse, error) {
-	cl, err := r.c.Client(2 * time.Second)
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
+	// Each member computes its digest (the fan-out waits up to 4 s for
+	// one), so the attempt must outlast that.
 	timeout := 3 * time.Second
 	if digest {
 		timeout = 10 * time.Second
 	}
+	cl, err := r.c.Client(timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return cl.ClusterStatus(sctx, &cofferv1.ClusterStatusRequest{Digest: digest})
 }
 
-// waitVoters waits until want nodes are voters and the layout survives the
-// loss of any site.
-func (r *Runner) waitVoters(ctx context.Context, want int) error {
-	var last error
-	for {
-		st, err := r.status(ctx, false)
-		if err == nil {
-			voters := 0
-			for _, n := range st.GetNodes() {
-				if n.GetSuffrage() == "voter" && n.GetRole() != cofferv1.NodeRole_NODE_ROLE_UNREACHABLE {
-					voters++
-				}
-			}
-			if voters >= want && st.GetLayoutWarning() == "" && st.GetAuthoritative() {
-				return nil
-			}
-			last = fmt.Errorf("%d voters, layout warning %q", voters, st.GetLayoutWarning())
-		} else {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: not %d voters: %v", ErrTimeout, want, last)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
 // appliedIndex returns the highest applied index among the nodes not
 // named in except (the side that kept the quorum).
-func (r *Runner) appliedIndex(ctx context.Context, _ int, except []string) (uint64, error) {
+func (r *Runner) appliedIndex(ctx context.Context, except []string) (uint64, error) {
 	st, err := r.status(ctx, false)
 	if err != nil {
 		return 0, err

@@ -16,36 +16,14 @@ import (
 // siteOf is the site of each node of the 2+2+1 layout.
 var siteOf = []string{"a", "a", "b", "b", "c"}
 
-// waitVoters waits until every running node reports itself a voter and the
-// layout survives the loss of every site.
+// waitVoters is Cluster.WaitVoters for a test.
 func waitVoters(ctx context.Context, t *testing.T, c *Cluster, want int) *cofferv1.ClusterStatusResponse {
 	t.Helper()
-	cl, err := c.Client(time.Second)
+	st, err := c.WaitVoters(ctx, want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
-	var last *cofferv1.ClusterStatusResponse
-	for {
-		st, err := cl.ClusterStatus(ctx, &cofferv1.ClusterStatusRequest{})
-		if err == nil {
-			last = st
-			voters := 0
-			for _, n := range st.GetNodes() {
-				if n.GetSuffrage() == "voter" && n.GetRole() != cofferv1.NodeRole_NODE_ROLE_UNREACHABLE {
-					voters++
-				}
-			}
-			if voters == want && st.GetLayoutWarning() == "" {
-				return st
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("not %d voters in time: %v (last status %v)", want, err, last)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return st
 }
 
 // firstWrite generates keys through the given nodes, one attempt at a
