@@ -45,12 +45,29 @@ type testCluster struct {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freeAddrs(t, 1)[0]
+}
+
+// handedOut holds every address freeAddrs returned in this test binary.
+var handedOut sync.Map
+
+// freeAddrs returns n free loopback addresses that no earlier call
+// returned: a port closed after it was chosen is free again for the kernel,
+// which would otherwise hand it to the next node of the same cluster.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	addrs := make([]string, 0, n)
+	for len(addrs) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if _, dup := handedOut.LoadOrStore(l.Addr().String(), true); !dup {
+			addrs = append(addrs, l.Addr().String())
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 func mustCluster(t *testing.T, size int, tweak func(*Config)) *testCluster {
@@ -145,8 +162,9 @@ func (tc *testCluster) waitAdmitted() {
 func (tc *testCluster) boot(size int, dir string, tweak func(*Config)) error {
 	var peers []Peer
 	sites := []string{"a", "b", "c"}
+	addrs := freeAddrs(tc.t, 2*size)
 	for i := 0; i < size; i++ {
-		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i+1), Site: sites[i%3], APIAddr: freeAddr(tc.t), RaftAddr: freeAddr(tc.t)})
+		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i+1), Site: sites[i%3], APIAddr: addrs[2*i], RaftAddr: addrs[2*i+1]})
 	}
 	tc.cfgs = nil
 	for _, p := range peers {

@@ -81,7 +81,7 @@ func (n *Node) checkMember(id transport.Identity, cert *x509.Certificate, door m
 	if cert == nil {
 		return fmt.Errorf("%w: %s presented no certificate", ErrUnauthenticated, id)
 	}
-	r := n.raft
+	r := n.raftPort.Load()
 	if r == nil {
 		return fmt.Errorf("%w: this node is still starting", ErrNoLeader)
 	}
@@ -168,8 +168,8 @@ func (n *Node) refuseMember(who, addr string, door memberDoor, what string, err 
 // remembered for its admission (admitMembers).
 func (n *Node) authorizeRaftPeer(p transport.RaftPeer) error {
 	err := n.checkMember(p.Identity, p.Cert, doorRaft)
-	if err == nil && p.Outbound && n.raft != nil {
-		for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+	if r := n.raftPort.Load(); err == nil && p.Outbound && r != nil {
+		for _, s := range r.GetConfiguration().Configuration().Servers {
 			if string(s.Address) != p.Addr {
 				continue
 			}

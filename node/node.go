@@ -42,8 +42,11 @@ type Node struct {
 	logger *slog.Logger
 	ks     hsmwrap.Keystore
 
-	fsm       *fsm.FSM
-	raft      *raft.Raft
+	fsm  *fsm.FSM
+	raft *raft.Raft
+	// raftPort is raft once NewRaft has returned, published for the Raft
+	// port's admission check, whose connections arrive while it runs.
+	raftPort  atomic.Pointer[raft.Raft]
 	logStore  *raftboltdb.BoltStore
 	raftTrans *raft.NetworkTransport
 	// raftStream is the Raft port's stream layer, whose open connections
@@ -262,6 +265,7 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("node: start raft: %w", err)
 	}
 	n.raft = r
+	n.raftPort.Store(r)
 	return nil
 }
 
