@@ -283,28 +283,9 @@ func compileRule(r *cofferv1.AclRule) (*compiledRule, error) {
 // client's order before rules; rules of the client before those of its
 // groups, each in the order given to NewSnapshot.
 func (s *Snapshot) Decide(req Request) Decision {
-	if s == nil {
-		return deny(PermissionDenied, "authorisation state is not loaded")
-	}
-	if d, ok := s.checkCert(req.CertSerial); !ok {
-		return d
-	}
-	name, ok := strings.CutPrefix(req.Identity, SubjectClientPrefix)
-	if !ok {
-		if node, isNode := strings.CutPrefix(req.Identity, "node:"); isNode && validName(node, MaxNameLen) {
-			return deny(PermissionDenied, "node "+node+" is not a client; nodes may only call internal RPCs")
-		}
-		return deny(Unauthenticated, "malformed identity")
-	}
-	if !validName(name, MaxNameLen) {
-		return deny(Unauthenticated, "malformed identity")
-	}
-	c := s.clients[name]
+	c, d := s.caller(req.Identity, req.CertSerial)
 	if c == nil {
-		return deny(PermissionDenied, "client "+name+" is not registered")
-	}
-	if !c.active {
-		return deny(PermissionDenied, "client "+name+" is deactivated")
+		return d
 	}
 	bit, ok := opBits[req.Op]
 	if !ok {
@@ -335,6 +316,35 @@ func (s *Snapshot) Decide(req Request) Decision {
 		}
 	}
 	return deny(PermissionDenied, c.adminDenyReason(req.Op))
+}
+
+// caller returns the client an identity names, or nil and the refusal:
+// steps 1 to 5 of Decide, which depend on who calls, not on what they ask.
+func (s *Snapshot) caller(identity, certSerial string) (*clientEntry, Decision) {
+	if s == nil {
+		return nil, deny(PermissionDenied, "authorisation state is not loaded")
+	}
+	if d, ok := s.checkCert(certSerial); !ok {
+		return nil, d
+	}
+	name, ok := strings.CutPrefix(identity, SubjectClientPrefix)
+	if !ok {
+		if node, isNode := strings.CutPrefix(identity, "node:"); isNode && validName(node, MaxNameLen) {
+			return nil, deny(PermissionDenied, "node "+node+" is not a client; nodes may only call internal RPCs")
+		}
+		return nil, deny(Unauthenticated, "malformed identity")
+	}
+	if !validName(name, MaxNameLen) {
+		return nil, deny(Unauthenticated, "malformed identity")
+	}
+	c := s.clients[name]
+	if c == nil {
+		return nil, deny(PermissionDenied, "client "+name+" is not registered")
+	}
+	if !c.active {
+		return nil, deny(PermissionDenied, "client "+name+" is deactivated")
+	}
+	return c, Decision{}
 }
 
 // DecideNode judges a cluster member calling an internal (node-to-node)

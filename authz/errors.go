@@ -17,6 +17,10 @@ var (
 	// CompilePattern's documentation.
 	ErrInvalidPattern = errors.New("authz: invalid resource pattern")
 
+	// ErrInvalidResource means a key's resource breaks the grammar in
+	// ValidateResource's documentation.
+	ErrInvalidResource = errors.New("invalid resource")
+
 	// ErrInvalidName means a client, group or rule name is malformed.
 	ErrInvalidName = errors.New("authz: invalid name")
 

@@ -104,8 +104,43 @@ func checkPatternText(s string) error {
 		return fmt.Errorf("%w: pattern is not valid UTF-8", ErrInvalidPattern)
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) {
-			return fmt.Errorf("%w: pattern contains a control character", ErrInvalidPattern)
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return fmt.Errorf("%w: pattern contains a control or formatting character (such as a bidirectional override)", ErrInvalidPattern)
+		}
+	}
+	return nil
+}
+
+// ValidateResource checks the name of a key's resource. A resource is 1 to
+// MaxPatternLen bytes of valid UTF-8, '/'-separated segments none of which
+// is empty (no leading, trailing or doubled '/'), "." or ".."; it contains
+// no '*' (so no resource reads as an ACL pattern, and every resource is the
+// exact pattern that matches it alone), no control characters and no
+// formatting characters (bidirectional overrides, zero-width characters),
+// which would let one name display as another. Errors wrap
+// ErrInvalidResource.
+func ValidateResource(s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%w: a resource is required", ErrInvalidResource)
+	case len(s) > MaxPatternLen:
+		return fmt.Errorf("%w: resource is %d bytes, the limit is %d", ErrInvalidResource, len(s), MaxPatternLen)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%w: resource is not valid UTF-8", ErrInvalidResource)
+	case strings.Contains(s, "*"):
+		return fmt.Errorf("%w: %s contains '*', which only ACL patterns may use", ErrInvalidResource, display(s, 64))
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return fmt.Errorf("%w: %s contains a control or formatting character (such as a bidirectional override)", ErrInvalidResource, display(s, 64))
+		}
+	}
+	for seg := range strings.SplitSeq(s, "/") {
+		switch seg {
+		case "":
+			return fmt.Errorf("%w: %s has an empty segment (leading, trailing or doubled '/')", ErrInvalidResource, display(s, 64))
+		case ".", "..":
+			return fmt.Errorf("%w: %s has a %q segment", ErrInvalidResource, display(s, 64), seg)
 		}
 	}
 	return nil

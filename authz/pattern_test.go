@@ -224,3 +224,21 @@ func FuzzPatternMatch(f *testing.F) {
 		}
 	})
 }
+
+func TestValidateResource(t *testing.T) {
+	for _, ok := range []string{"app", "app/payments", "payments/eu/card-keys", "db.orders", "a/b-c_d/e.f", "clé/données", strings.Repeat("r", MaxPatternLen)} {
+		if err := ValidateResource(ok); err != nil {
+			t.Errorf("ValidateResource(%q) = %v, want nil", ok, err)
+		}
+		if p := MustCompilePattern(ok); !p.Match(ok) {
+			t.Errorf("%q is not matched by itself as a pattern", ok)
+		}
+	}
+	for _, bad := range []string{"", "demo//app", "/demo", "demo/", "demo/*", "*", "**", "a/**", "card-*", "../../etc", "a/./b", "a/..",
+		"pay\u202eslm", "a\u200bb", "a\x00b", "a\nb", "\xff", strings.Repeat("r", MaxPatternLen+1)} {
+		err := ValidateResource(bad)
+		if !errors.Is(err, ErrInvalidResource) {
+			t.Errorf("ValidateResource(%q) = %v, want ErrInvalidResource", bad, err)
+		}
+	}
+}

@@ -79,16 +79,16 @@ func sh(args ...string) error {
 // NewLab makes the namespaces of nodes in the given sites (one entry per
 // node) and, when delay is positive, delays every packet between two sites
 // by it (each way).
-func NewLab(sites []string, delay time.Duration) (l *Lab, err error) {
+func NewLab(sites []string, delay time.Duration) (_ *Lab, err error) {
 	if err := LabAvailable(); err != nil {
 		return nil, err
 	}
 	tag := fmt.Sprintf("%04x", rand.IntN(1<<16))
 	subnet := 100 + rand.IntN(100)
-	l = &Lab{tag: tag, sites: sites, cuts: map[[2]int]bool{}, sysct: map[string]string{}}
+	l := &Lab{tag: tag, sites: sites, cuts: map[[2]int]bool{}, sysct: map[string]string{}}
 	defer func() {
 		if err != nil {
-			l.Close()
+			l.Close() // whatever was made before the failure
 		}
 	}()
 	// The root namespace routes between the nodes' networks; strict

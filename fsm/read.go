@@ -103,6 +103,9 @@ type ListFilter struct {
 	Resource string
 }
 
+// pageTokenPrefix begins every key list page token (see ListKeys).
+const pageTokenPrefix = "keys/v1:"
+
 // ListKeys returns up to limit keys matching filter in gkid order after the
 // position encoded in pageToken, and the token of the next page ("" at the
 // end).
@@ -110,9 +113,13 @@ func (f *FSM) ListKeys(filter ListFilter, pageToken string, limit int) ([]*coffe
 	if limit <= 0 || limit > MaxPageSize {
 		return nil, "", fmt.Errorf("%w: page size must be 1..%d", ErrInvalidCommand, MaxPageSize)
 	}
-	after, err := base64.RawURLEncoding.DecodeString(pageToken)
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: malformed page token", ErrInvalidCommand)
+	// A token is pageTokenPrefix and the last GKID of the page before, so
+	// one that does not decode to that was not issued here: refused, rather
+	// than read as the end of the list.
+	raw, err := base64.RawURLEncoding.DecodeString(pageToken)
+	after, ok := bytes.CutPrefix(raw, []byte(pageTokenPrefix))
+	if err != nil || (pageToken != "" && (!ok || len(after) == 0)) {
+		return nil, "", fmt.Errorf("%w: the page token was not issued by a key list; start again without one", ErrInvalidCommand)
 	}
 	snap := f.db.NewSnapshot()
 	defer snap.Close()
@@ -152,7 +159,7 @@ func (f *FSM) ListKeys(filter ListFilter, pageToken string, limit int) ([]*coffe
 			continue
 		}
 		if len(out) == limit {
-			return out, base64.RawURLEncoding.EncodeToString(last), nil
+			return out, base64.RawURLEncoding.EncodeToString(append([]byte(pageTokenPrefix), last...)), nil
 		}
 		out = append(out, &rec)
 		last = gk

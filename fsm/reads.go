@@ -45,7 +45,7 @@ var refusals = map[cofferv1.ReadRefusal]struct {
 }{
 	cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED:       {cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED, "", ""},
 	cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND:         {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "NotFound", "not found"},
-	cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "DataLoss", ErrCorrupt.Error()},
+	cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "DataLoss", "stored state is corrupt"},
 	cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED:   {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, "Unauthenticated", "unauthenticated"},
 	cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED: {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, "PermissionDenied", "permission denied"},
 	cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID:     {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "FailedPrecondition", "key is not valid yet"},
@@ -100,42 +100,21 @@ func (a *applyCtx) decideRead(e *cofferv1.AuditEntry, serial string) ReadResult 
 }
 
 func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
-	refuse := func(r cofferv1.ReadRefusal, detail string) ReadResult {
-		return ReadResult{Refusal: r, Detail: detail}
-	}
 	id := e.GetGkid()
 	rec, err := a.f.cachedKey(a.b, id)
-	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return refuse(cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key "+id)
-		}
-		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, "stored record of key "+id+" does not decode")
-	}
-	if rec.GetGkid() != id {
-		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, fmt.Sprintf("record stored under %s names %s", id, rec.GetGkid()))
-	}
-	e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
-	op := authz.Op(e.GetOperation())
-	d := a.decisionSnapshot().Decide(authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: op, Resource: rec.GetResource()})
-	if !d.Allowed {
-		if d.Code == authz.Unauthenticated {
-			return refuse(cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, d.Reason)
-		}
-		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, d.Reason)
-	}
-	if op != authz.OpGet {
-		return ReadResult{}
-	}
-	switch u, why := authz.CheckUse(rec, op, time.Unix(0, e.GetTimeUnixNano())); u {
-	case authz.UseAllowed:
-		return ReadResult{}
-	case authz.UseNotYetValid:
-		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID, why)
-	case authz.UseExpired:
-		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED, why)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		rec = nil
+	case err != nil:
+		return ReadResult{Refusal: cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, Detail: "stored record of key " + id + " does not decode"}
+	case rec.GetGkid() != id:
+		return ReadResult{Refusal: cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, Detail: fmt.Sprintf("record stored under %s names %s", id, rec.GetGkid())}
 	default:
-		return refuse(cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why)
+		e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
 	}
+	refusal, detail := a.decisionSnapshot().DecideKeyRead(authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: authz.Op(e.GetOperation())},
+		id, rec, time.Unix(0, e.GetTimeUnixNano()))
+	return ReadResult{Refusal: refusal, Detail: detail}
 }
 
 // decisionSnapshot is the authorisation snapshot as of this point of the

@@ -30,52 +30,24 @@ type accessService struct {
 // MaxReasonLen bounds a revocation reason.
 const maxRevokeReason = 256
 
-func (s *accessService) write(ctx context.Context, op *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return s.n.write(ctx, c, op)
-}
-
 func (s *accessService) RegisterClient(ctx context.Context, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
-	if err := validateRegister(req); err != nil {
-		return nil, err
-	}
-	resp, err := s.write(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_RegisterClient{RegisterClient: req}})
-	return resp.GetClient(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeRegisterClient, req)
 }
 
 func (s *accessService) SetClientActive(ctx context.Context, req *cofferv1.SetClientActiveRequest) (*cofferv1.ClientInfo, error) {
-	if err := authz.ValidateClientName(req.GetName()); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
-	}
-	resp, err := s.write(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_SetClientActive{SetClientActive: req}})
-	return resp.GetClient(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeSetClientActive, req)
 }
 
 func (s *accessService) RevokeCertificate(ctx context.Context, req *cofferv1.RevokeCertificateRequest) (*cofferv1.RevokeCertificateResponse, error) {
-	if _, err := validateRevoke(req); err != nil {
-		return nil, err
-	}
-	resp, err := s.write(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_RevokeCertificate{RevokeCertificate: req}})
-	return resp.GetRevokeCertificate(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeRevokeCertificate, req)
 }
 
 func (s *accessService) Grant(ctx context.Context, req *cofferv1.GrantRequest) (*cofferv1.AclRuleInfo, error) {
-	if _, err := ruleFromGrant(req, "", 0); err != nil {
-		return nil, err
-	}
-	resp, err := s.write(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_Grant{Grant: req}})
-	return resp.GetRule(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeGrant, req)
 }
 
 func (s *accessService) RevokeGrant(ctx context.Context, req *cofferv1.RevokeGrantRequest) (*cofferv1.RevokeGrantResponse, error) {
-	if err := authz.ValidateRuleID(req.GetId()); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
-	}
-	resp, err := s.write(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_RevokeGrant{RevokeGrant: req}})
-	return resp.GetRevokeGrant(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeRevokeGrant, req)
 }
 
 func validateRegister(req *cofferv1.RegisterClientRequest) error {
@@ -116,96 +88,104 @@ func ruleFromGrant(req *cofferv1.GrantRequest, createdBy string, now int64) (*co
 	return rule, nil
 }
 
-// executeAccess runs an access-control write on the leader.
-func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+// leaderAuthorize checks, on the leader, an administrative write's grant.
+func (n *Node) leaderAuthorize(r *request, op authz.Op) error {
 	if err := n.ensureLeaderReady(); err != nil {
+		return err
+	}
+	return n.authorize(r.caller, op, "")
+}
+
+// registerClient registers a client, or changes its groups and roles.
+func (n *Node) registerClient(ctx context.Context, r *request, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
+	if err := n.leaderAuthorize(r, authz.OpClientManage); err != nil {
 		return nil, err
 	}
-	now := time.Now().UnixNano()
-	switch o := op.GetOp().(type) {
-	case *cofferv1.ForwardRequest_RegisterClient:
-		if err := n.authorize(c, authz.OpClientManage, ""); err != nil {
-			return nil, err
+	rec := &cofferv1.ClientRecord{Name: req.GetName(), Active: true, Groups: req.GetGroups(), Roles: req.GetRoles(),
+		CreatedUnixNano: time.Now().UnixNano(), Revision: 1}
+	var expected uint64
+	if cur, err := n.verifiedClient(req.GetName()); err == nil {
+		if !req.GetUpdate() {
+			return nil, fmt.Errorf("%w: %q (use update to change its groups and roles)", fsm.ErrClientExists, req.GetName())
 		}
-		req := o.RegisterClient
-		if err := validateRegister(req); err != nil {
-			return nil, err
-		}
-		rec := &cofferv1.ClientRecord{Name: req.GetName(), Active: true, Groups: req.GetGroups(), Roles: req.GetRoles(),
-			CreatedUnixNano: now, Revision: 1}
-		var expected uint64
-		if cur, err := n.verifiedClient(req.GetName()); err == nil {
-			if !req.GetUpdate() {
-				return nil, fmt.Errorf("%w: %q (use update to change its groups and roles)", fsm.ErrClientExists, req.GetName())
-			}
-			rec.Active, rec.CreatedUnixNano = cur.GetActive(), cur.GetCreatedUnixNano()
-			expected, rec.Revision = cur.GetRevision(), cur.GetRevision()+1
-		}
-		if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
-			return nil, err
-		}
-		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: expected})
-		if err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_Client{Client: clientInfo(res.Client)}}, nil
-	case *cofferv1.ForwardRequest_SetClientActive:
-		if err := n.authorize(c, authz.OpClientManage, ""); err != nil {
-			return nil, err
-		}
-		cur, err := n.verifiedClient(o.SetClientActive.GetName())
-		if err != nil {
-			return nil, err
-		}
-		rec := proto.CloneOf(cur)
-		rec.Active, rec.Revision = o.SetClientActive.GetActive(), cur.GetRevision()+1
-		if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
-			return nil, err
-		}
-		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: cur.GetRevision()})
-		if err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_Client{Client: clientInfo(res.Client)}}, nil
-	case *cofferv1.ForwardRequest_RevokeCertificate:
-		if err := n.authorize(c, authz.OpClientManage, ""); err != nil {
-			return nil, err
-		}
-		serial, err := validateRevoke(o.RevokeCertificate)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE, &cofferv1.RevokeCertificateCommand{
-			Certificate: &cofferv1.RevokedCertificate{Serial: serial, Reason: o.RevokeCertificate.GetReason(), RevokedUnixNano: now}}); err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RevokeCertificate{RevokeCertificate: &cofferv1.RevokeCertificateResponse{Serial: serial}}}, nil
-	case *cofferv1.ForwardRequest_Grant:
-		if err := n.authorize(c, authz.OpACLManage, ""); err != nil {
-			return nil, err
-		}
-		rule, err := ruleFromGrant(o.Grant, c.String(), now)
-		if err != nil {
-			return nil, err
-		}
-		if err := n.tagRecord("a/"+rule.GetId(), rule, nil); err != nil {
-			return nil, err
-		}
-		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{Rule: rule})
-		if err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_Rule{Rule: ruleInfo(res.Rule)}}, nil
-	case *cofferv1.ForwardRequest_RevokeGrant:
-		if err := n.authorize(c, authz.OpACLManage, ""); err != nil {
-			return nil, err
-		}
-		if _, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: o.RevokeGrant.GetId()}); err != nil {
-			return nil, err
-		}
-		return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RevokeGrant{RevokeGrant: &cofferv1.RevokeGrantResponse{Id: o.RevokeGrant.GetId()}}}, nil
+		rec.Active, rec.CreatedUnixNano = cur.GetActive(), cur.GetCreatedUnixNano()
+		expected, rec.Revision = cur.GetRevision(), cur.GetRevision()+1
 	}
-	return nil, fmt.Errorf("%w: not an access-control operation", ErrInvalidArgument)
+	if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
+		return nil, err
+	}
+	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: expected, Audit: r.entry})
+	if err != nil {
+		return nil, err
+	}
+	return clientInfo(res.Client), nil
+}
+
+// setClientActive activates or deactivates a client.
+func (n *Node) setClientActive(ctx context.Context, r *request, req *cofferv1.SetClientActiveRequest) (*cofferv1.ClientInfo, error) {
+	if err := n.leaderAuthorize(r, authz.OpClientManage); err != nil {
+		return nil, err
+	}
+	cur, err := n.verifiedClient(req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	rec := proto.CloneOf(cur)
+	rec.Active, rec.Revision = req.GetActive(), cur.GetRevision()+1
+	if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
+		return nil, err
+	}
+	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: cur.GetRevision(), Audit: r.entry})
+	if err != nil {
+		return nil, err
+	}
+	return clientInfo(res.Client), nil
+}
+
+// revokeCertificate puts a certificate serial on the deny list.
+func (n *Node) revokeCertificate(ctx context.Context, r *request, req *cofferv1.RevokeCertificateRequest) (*cofferv1.RevokeCertificateResponse, error) {
+	if err := n.leaderAuthorize(r, authz.OpClientManage); err != nil {
+		return nil, err
+	}
+	serial, err := validateRevoke(req)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE, &cofferv1.RevokeCertificateCommand{
+		Certificate: &cofferv1.RevokedCertificate{Serial: serial, Reason: req.GetReason(), RevokedUnixNano: time.Now().UnixNano()}, Audit: r.entry}); err != nil {
+		return nil, err
+	}
+	return &cofferv1.RevokeCertificateResponse{Serial: serial}, nil
+}
+
+// grant adds an ACL rule.
+func (n *Node) grant(ctx context.Context, r *request, req *cofferv1.GrantRequest) (*cofferv1.AclRuleInfo, error) {
+	if err := n.leaderAuthorize(r, authz.OpACLManage); err != nil {
+		return nil, err
+	}
+	rule, err := ruleFromGrant(req, r.caller.String(), time.Now().UnixNano())
+	if err != nil {
+		return nil, err
+	}
+	if err := n.tagRecord("a/"+rule.GetId(), rule, nil); err != nil {
+		return nil, err
+	}
+	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{Rule: rule, Audit: r.entry})
+	if err != nil {
+		return nil, err
+	}
+	return ruleInfo(res.Rule), nil
+}
+
+// revokeGrant deletes an ACL rule.
+func (n *Node) revokeGrant(ctx context.Context, r *request, req *cofferv1.RevokeGrantRequest) (*cofferv1.RevokeGrantResponse, error) {
+	if err := n.leaderAuthorize(r, authz.OpACLManage); err != nil {
+		return nil, err
+	}
+	if _, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: req.GetId(), Audit: r.entry}); err != nil {
+		return nil, err
+	}
+	return &cofferv1.RevokeGrantResponse{Id: req.GetId()}, nil
 }
 
 func (s *accessService) read(ctx context.Context, op authz.Op, cons cofferv1.Consistency) error {

@@ -1,12 +1,14 @@
 package node
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -243,5 +245,50 @@ func TestNode_AccessControl(t *testing.T) {
 	}
 	if len(list.GetKeys()) != 1 {
 		t.Fatalf("list: %d keys, want 1", len(list.GetKeys()))
+	}
+}
+
+// TestNode_RefusalHidesKeys: a caller without a grant on a key is told
+// neither whether the key exists nor its resource, for linearizable and
+// stale reads alike; a caller granted get everywhere is told NotFound.
+func TestNode_RefusalHidesKeys(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	l, f := tc.waitLeader(), tc.follower()
+	admin := tc.identity("app")
+	tc.mustRegisterApp(admin, l, "eve")
+	eve := tc.identity("eve")
+	key := tc.mustGenerate(l, "secret-project/payroll", "")
+	missing := key.GetGkid()[:20] + strings.Repeat("a", len(key.GetGkid())-20)
+	tc.waitApplied(f, tc.nodes[l].FSM().AppliedIndex())
+	for _, cons := range []cofferv1.Consistency{cofferv1.Consistency_CONSISTENCY_LINEARIZABLE, cofferv1.Consistency_CONSISTENCY_STALE} {
+		_, errKey := eve.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: key.GetGkid(), Consistency: cons})
+		_, errMissing := eve.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: missing, Consistency: cons})
+		for what, err := range map[string]error{"existing key": errKey, "missing key": errMissing} {
+			if status.Code(err) != codes.PermissionDenied {
+				t.Errorf("%v get of a %s without a grant: %v, want PermissionDenied", cons, what, err)
+			}
+			if strings.Contains(status.Convert(err).Message(), "secret-project") {
+				t.Errorf("%v refusal names the key's resource: %v", cons, err)
+			}
+		}
+		gkidFree := func(err error, id string) string {
+			return strings.ReplaceAll(status.Convert(err).Message(), id, "GKID")
+		}
+		if a, b := gkidFree(errKey, key.GetGkid()), gkidFree(errMissing, missing); a != b {
+			t.Errorf("%v: the refusals differ, telling the keys apart: %q and %q", cons, a, b)
+		}
+		_, err := admin.keys[f].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: missing, Consistency: cons})
+		wantCode(t, "missing key asked by a caller granted get everywhere", err, codes.NotFound, "")
+	}
+}
+
+// waitApplied waits until node i has applied index idx.
+func (tc *testCluster) waitApplied(i int, idx uint64) {
+	tc.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tc.nodes[i].FSM().WaitApplied(ctx, idx); err != nil {
+		tc.t.Fatalf("node %d did not apply index %d: %v", i, idx, err)
 	}
 }

@@ -24,19 +24,22 @@ import (
 
 // Audit on the request path.
 //
-// Every public RPC gets exactly one audit entry. The unary interceptor puts
-// an auditRec in the request context; handlers fill in what they learn (GKID,
-// resource, policy). A write carries its entry inside its Raft command, so the
-// change and its entry commit together (the handler marks the record done).
-// A linearizable key read commits its entry itself, undecided, and Apply
-// decides it (decidedKey, fsm/reads.go); the handler marks it done.
-// Everything else — stale and administrative reads, refusals, failures
-// before a proposal — is committed by the interceptor through the batching
-// auditor AFTER the handler has built its response and BEFORE the response
-// leaves the node: if the entry cannot be committed, the caller gets
-// Unavailable instead of the response (fail closed), so no key material is
-// released without its entry. An entry recorded after a proposal or forward
-// that may have committed anyway is a fallback (auditRec.attempted).
+// Every request that reaches the service layer gets exactly one audit entry.
+// Its door (the gRPC interceptor for unary RPCs, Forward for a write another
+// node accepted, auditedStream for streams) begins a request value
+// (request.go) and hands it to the service code, which fills in what it
+// learns (GKID, resource, policy). A write carries the entry inside its Raft
+// command, so the change and its entry commit together (the request is
+// marked carried). A linearizable key read commits its entry itself,
+// undecided, and Apply decides it (decidedKey, fsm/reads.go). Everything
+// else (stale and administrative reads, refusals, malformed requests,
+// failures before a proposal) is committed by finishRequest through the
+// batching auditor AFTER the handler has built its response and BEFORE the
+// response leaves the node: if the entry cannot be committed, the caller
+// gets Unavailable instead of the response (fail closed), so no key
+// material is released without its entry. An entry recorded after a
+// proposal or forward that may have committed anyway is a fallback
+// (request.attempted).
 
 const (
 	// maxAuditBatch bounds the entries of one AUDIT_BATCH command.
@@ -44,46 +47,6 @@ const (
 	// auditTimeout bounds how long a request waits for its entry.
 	auditTimeout = 5 * time.Second
 )
-
-type auditRecKey struct{}
-
-// auditRec is one request's entry, filled in as the request proceeds.
-type auditRec struct {
-	e *cofferv1.AuditEntry
-	// done is set once the entry is part of a proposed command (or the
-	// request is exempt); the interceptor then leaves it alone.
-	done bool
-	// attempted is set once the entry went into a proposal or a forward
-	// that may have committed even though it reported failure. The entry
-	// the interceptor then records is a fallback: Apply links it only if
-	// the change's own entry was not linked (AuditBatchCommand.fallback).
-	attempted bool
-}
-
-// auditEntry returns the request's audit entry for handlers to fill in; a
-// throwaway entry outside an audited request.
-func auditEntry(ctx context.Context) *cofferv1.AuditEntry {
-	if r, ok := ctx.Value(auditRecKey{}).(*auditRec); ok {
-		return r.e
-	}
-	return &cofferv1.AuditEntry{}
-}
-
-// setAuditCarried marks the request's entry as carried by a proposed
-// command (or by the leader, for a forwarded write), or hands it back.
-func setAuditCarried(ctx context.Context, carried bool) {
-	if r, ok := ctx.Value(auditRecKey{}).(*auditRec); ok {
-		r.done = carried
-	}
-}
-
-// setAuditAttempted records that the request's entry went into a proposal
-// or a forward (see auditRec.attempted).
-func setAuditAttempted(ctx context.Context) {
-	if r, ok := ctx.Value(auditRecKey{}).(*auditRec); ok {
-		r.attempted = true
-	}
-}
 
 // opNames maps RPC methods to the operation names audit entries use (the
 // authorisation catalogue's names).
@@ -184,16 +147,18 @@ func errReplicaDiverged() error {
 	return fmt.Errorf("%w: this replica's audit chain disagrees with a signed checkpoint; it stopped serving (see the logs)", ErrDiverged)
 }
 
-// auditInterceptor gives every public unary RPC its audit entry.
+// auditInterceptor is the gRPC door's audit step for unary RPCs: it
+// begins the request, runs the handler with it, and finishes it.
 func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	malformed := n.codec.takeMalformed(req)
 	if isInternal(info.FullMethod) {
+		if malformed != nil {
+			return nil, malformed
+		}
 		return handler(ctx, req)
 	}
-	if n.fsm.Diverged() {
-		return nil, errReplicaDiverged()
-	}
 	method := path.Base(info.FullMethod)
-	if method == "LocalStatus" {
+	if method == "LocalStatus" && malformed == nil {
 		// Members asking each other for status are part of another
 		// request (Status), which is audited; the handler audits a node
 		// identity it refuses (requireMember).
@@ -201,50 +166,100 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 			return handler(ctx, req)
 		}
 	}
-	rec := &auditRec{e: n.newAuditEntry(ctx, method)}
-	if c, ok := req.(interface{ GetConsistency() cofferv1.Consistency }); ok {
-		rec.e.Consistency = c.GetConsistency()
+	if n.fsm.Diverged() {
+		return nil, errReplicaDiverged()
 	}
-	if r, ok := req.(interface{ GetRequestId() string }); ok && r.GetRequestId() != "" {
-		// The message's own id (a create's idempotency id) wins over the
-		// header's.
-		rec.e.RequestId = clip(r.GetRequestId(), audit.MaxFieldLen)
-	}
-	requestTarget(rec.e, req)
+	r := n.beginRequest(ctx, method, req)
 	var resp any
-	var err error
-	if n.fsm.Restoring() && path.Dir(info.FullMethod) != "/"+cofferv1.ClusterService_ServiceDesc.ServiceName {
+	err := n.admit(r)
+	if err == nil {
+		err = malformed
+	}
+	if err == nil && n.fsm.Restoring() && path.Dir(info.FullMethod) != "/"+cofferv1.ClusterService_ServiceDesc.ServiceName {
 		// The store holds part of the old state and part of the new one:
 		// nothing read from it may be served (cluster status may).
 		err = fmt.Errorf("%w: this node is installing a snapshot from the leader; retry, or send the request to another node", fsm.ErrRestoring)
-	} else {
-		resp, err = handler(context.WithValue(ctx, auditRecKey{}, rec), req)
 	}
-	if rec.done {
-		return resp, err
+	if err == nil {
+		resp, err = handler(context.WithValue(ctx, requestKey{}, r), req)
 	}
-	setOutcome(rec.e, err)
-	if _, leader := n.raft.LeaderWithID(); method == "Status" && err == nil && leader == "" {
-		// No leader to commit through: defer at once (see below).
-		n.sideAudit.record(rec.e)
-		return resp, err
-	}
-	if cerr := n.commitRequestAudit(ctx, rec); cerr != nil {
-		if method == "Status" && err == nil {
-			// An operator must be able to see a cluster that lost its
-			// quorum: the status answers, and its entry is committed once
-			// a leader is back (the node keeps it in its bounded queue).
-			n.logger.Warn("audit entry of a cluster status deferred until a leader is back", "err", cerr)
-			n.sideAudit.record(rec.e)
-			return resp, err
-		}
-		n.logger.Error("audit entry not committed; response withheld", "op", rec.e.GetOperation(), "err", cerr)
-		metricAuditFailures.Inc()
-		if err == nil {
-			return nil, fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, cerr)
-		}
+	if ferr := n.finishRequest(ctx, r, method == "Status", err); ferr != nil {
+		return nil, ferr
 	}
 	return resp, err
+}
+
+// beginRequest starts a request that reached this node's service layer:
+// its caller and its audit entry, with what the message asks for (the
+// operation of method, the target it names, its consistency and request
+// id).
+func (n *Node) beginRequest(ctx context.Context, method string, req any) *request {
+	c, authErr := authenticate(ctx)
+	r := &request{caller: c, authErr: authErr, entry: n.newAuditEntry(ctx, method)}
+	if m, ok := req.(interface{ GetConsistency() cofferv1.Consistency }); ok && validConsistency(m.GetConsistency()) == nil {
+		// An unknown value is refused by the handler, and recorded in the
+		// reason; the entry keeps only values it can hold.
+		r.entry.Consistency = m.GetConsistency()
+	}
+	if m, ok := req.(interface{ GetRequestId() string }); ok && m.GetRequestId() != "" {
+		// The message's own id (a create's idempotency id) wins over the
+		// header's.
+		r.entry.RequestId = clip(m.GetRequestId(), audit.MaxFieldLen)
+	}
+	requestTarget(r.entry, req)
+	return r
+}
+
+// admit checks who is calling before anything they ask is looked at: a
+// caller without a verified certificate, or with a revoked one, is refused
+// here (Unauthenticated), whatever the request holds. Only these refusals
+// come first: the deny list only grows, so a node that has not yet applied
+// the latest changes can still trust it, whereas whether a client is
+// registered, active or granted is decided by the operation's own
+// authorisation, linearized where the operation asks for it.
+func (n *Node) admit(r *request) error {
+	if r.authErr != nil {
+		return r.authErr
+	}
+	if snap := n.fsm.Authz(); snap != nil && snap.Revoked(r.caller.serial) {
+		metricDenied.WithLabelValues(r.entry.GetOperation()).Inc()
+		return fmt.Errorf("%w: certificate revoked", ErrUnauthenticated)
+	}
+	return nil
+}
+
+// finishRequest is the one place that guarantees a request its audit entry:
+// unless a command or the leader carried it, it commits the entry with the
+// request's outcome (err) through the batching auditor, after the response
+// was built and before it leaves the node. If that fails the caller gets
+// Unavailable instead of the response (fail closed): the error returned
+// replaces the response. A cluster status (deferrable) that finds no leader
+// defers its entry instead, so that an operator can see a cluster that lost
+// its quorum.
+func (n *Node) finishRequest(ctx context.Context, r *request, deferrable bool, err error) error {
+	if r.carried {
+		return nil
+	}
+	setOutcome(r.entry, err)
+	if _, leader := n.raft.LeaderWithID(); deferrable && err == nil && leader == "" {
+		n.sideAudit.record(r.entry)
+		return nil
+	}
+	cerr := n.commitRequestAudit(ctx, r)
+	if cerr == nil {
+		return nil
+	}
+	if deferrable && err == nil {
+		n.logger.Warn("audit entry of a cluster status deferred until a leader is back", "err", cerr)
+		n.sideAudit.record(r.entry)
+		return nil
+	}
+	n.logger.Error("audit entry not committed; response withheld", "op", r.entry.GetOperation(), "err", cerr)
+	metricAuditFailures.Inc()
+	if err == nil {
+		return fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, cerr)
+	}
+	return nil
 }
 
 func isInternal(fullMethod string) bool {
@@ -270,7 +285,7 @@ func setOutcome(e *cofferv1.AuditEntry, err error) {
 func clip(s string, n int) string { return audit.Clip(s, n) }
 
 // auditedStream gives a streaming RPC its one audit entry, as the
-// interceptor does for unary ones. It authenticates the caller, linearizes
+// unary door does. It authenticates the caller, linearizes
 // and checks the op grant, then runs body, which checks the request and
 // calls grant before it sends anything: grant commits the entry as granted,
 // and an error from it means nothing may be sent (fail closed). If the
@@ -297,6 +312,11 @@ func (n *Node) auditedStream(ctx context.Context, method string, op authz.Op, bo
 		if err != nil {
 			return err
 		}
+		if n.fsm.Restoring() {
+			// As for unary requests: nothing read from a store that holds
+			// part of the old state and part of the new one is served.
+			return fmt.Errorf("%w: this node is installing a snapshot from the leader; retry, or send the request to another node", fsm.ErrRestoring)
+		}
 		if err := n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
 			return err
 		}
@@ -322,9 +342,9 @@ func (n *Node) commitAudit(ctx context.Context, e *cofferv1.AuditEntry) error {
 
 // commitRequestAudit commits a request's entry, as a fallback if the
 // request's change may have committed with its own entry.
-func (n *Node) commitRequestAudit(ctx context.Context, rec *auditRec) error {
-	b := auditBatch{entries: []*cofferv1.AuditEntry{rec.e}}
-	if rec.attempted {
+func (n *Node) commitRequestAudit(ctx context.Context, r *request) error {
+	b := auditBatch{entries: []*cofferv1.AuditEntry{r.entry}}
+	if r.attempted {
 		b.fallback = []uint32{0}
 	}
 	return n.commitBatch(ctx, b)

@@ -108,15 +108,7 @@ func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
 // Prune deletes entries up to a checkpoint, leaving a marker. A follower
 // forwards it to the leader, as every write.
 func (s *auditService) Prune(ctx context.Context, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := validatePrune(req); err != nil {
-		return nil, err
-	}
-	resp, err := s.n.write(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_AuditPrune{AuditPrune: req}})
-	return resp.GetAuditPrune(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writePrune, req)
 }
 
 func validatePrune(req *cofferv1.AuditPruneRequest) error {
@@ -133,7 +125,8 @@ func validatePrune(req *cofferv1.AuditPruneRequest) error {
 }
 
 // pruneAudit runs a prune on the leader.
-func (n *Node) pruneAudit(ctx context.Context, c caller, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
+func (n *Node) pruneAudit(ctx context.Context, r *request, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
+	c := r.caller
 	if err := validatePrune(req); err != nil {
 		return nil, err
 	}
@@ -154,7 +147,7 @@ func (n *Node) pruneAudit(ctx context.Context, c caller, req *cofferv1.AuditPrun
 		cp, err = n.fsm.CheckpointBefore(before.AsTime().UnixNano())
 		if errors.Is(err, fsm.ErrNoCheckpoint) {
 			// Nothing that old is left: not an error for a retention job.
-			auditEntry(ctx).Reason = "no checkpoint signed before " + before.AsTime().UTC().Format(time.RFC3339Nano) + ": nothing pruned"
+			r.entry.Reason = "no checkpoint signed before " + before.AsTime().UTC().Format(time.RFC3339Nano) + ": nothing pruned"
 			m, err := n.fsm.AuditPruneMarker()
 			return &cofferv1.AuditPruneResponse{Marker: m}, err
 		}
@@ -172,9 +165,9 @@ func (n *Node) pruneAudit(ctx context.Context, c caller, req *cofferv1.AuditPrun
 		upTo = cp.GetSeq()
 		// The entry names the range, which the log keeps no other record of
 		// once a later prune replaces the marker.
-		auditEntry(ctx).Reason = pruneReason(cp)
+		r.entry.Reason = pruneReason(cp)
 	}
-	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo})
+	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo, Audit: r.entry})
 	if err != nil {
 		return nil, err
 	}

@@ -263,6 +263,12 @@ func (tc *testCluster) follower() int {
 
 func (tc *testCluster) keys(i int) cofferv1.KeyServiceClient {
 	tc.t.Helper()
+	return cofferv1.NewKeyServiceClient(tc.conn(i))
+}
+
+// conn is the test client's connection to node i.
+func (tc *testCluster) conn(i int) *grpc.ClientConn {
+	tc.t.Helper()
 	addr := tc.cfgs[i].APIAddr
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
@@ -274,7 +280,7 @@ func (tc *testCluster) keys(i int) cofferv1.KeyServiceClient {
 		}
 		tc.conns[addr] = c
 	}
-	return cofferv1.NewKeyServiceClient(c)
+	return c
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -388,6 +394,7 @@ func TestNode_BadInputCodes(t *testing.T) {
 	unknown := good.GetGkid()[:20] + strings.Repeat("a", 20)
 	for _, i := range []int{tc.waitLeader(), tc.follower()} {
 		k := tc.keys(i)
+		p := cofferv1.NewPolicyServiceClient(tc.conn(i))
 		cases := []struct {
 			name string
 			call func() error
@@ -422,6 +429,34 @@ func TestNode_BadInputCodes(t *testing.T) {
 			}, codes.InvalidArgument},
 			{"page size", func() error { _, err := k.ListKeys(ctx, &cofferv1.ListKeysRequest{PageSize: 5000}); return err }, codes.InvalidArgument},
 			{"page token", func() error { _, err := k.ListKeys(ctx, &cofferv1.ListKeysRequest{PageToken: "%%"}); return err }, codes.InvalidArgument},
+			{"page token that decodes", func() error {
+				_, err := k.ListKeys(ctx, &cofferv1.ListKeysRequest{PageToken: "garbage"})
+				return err
+			}, codes.InvalidArgument},
+			{"resource that reads as a pattern", func() error {
+				_, err := k.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "demo/*"})
+				return err
+			}, codes.InvalidArgument},
+			{"resource with an empty segment", func() error {
+				_, err := k.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "demo//app"})
+				return err
+			}, codes.InvalidArgument},
+			{"resource with a leading slash", func() error {
+				_, err := k.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "/demo"})
+				return err
+			}, codes.InvalidArgument},
+			{"resource with dot segments", func() error {
+				_, err := k.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "../../etc"})
+				return err
+			}, codes.InvalidArgument},
+			{"resource with a right-to-left override", func() error {
+				_, err := k.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "demo/\u202epp"})
+				return err
+			}, codes.InvalidArgument},
+			{"existing policy name", func() error {
+				_, err := p.CreatePolicy(ctx, &cofferv1.CreatePolicyRequest{Name: DefaultPolicy})
+				return err
+			}, codes.AlreadyExists},
 			{"consistency", func() error {
 				_, err := k.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: good.GetGkid(), Consistency: 7})
 				return err
@@ -433,8 +468,14 @@ func TestNode_BadInputCodes(t *testing.T) {
 			if status.Code(err) != c.code {
 				t.Errorf("node %d %s: %v, want %v", i, c.name, err, c.code)
 			}
-			if st, _ := status.FromError(err); st.Message() == "" {
+			st, _ := status.FromError(err)
+			if st.Message() == "" {
 				t.Errorf("%s: empty message", c.name)
+			}
+			for _, internal := range []string{"fsm:", "node:", "authz:", "hsmwrap:", "audit:"} {
+				if strings.Contains(st.Message(), internal) {
+					t.Errorf("%s: message %q speaks of a package (%s), not of the request", c.name, st.Message(), internal)
+				}
 			}
 		}
 		list, err := k.ListKeys(ctx, &cofferv1.ListKeysRequest{})

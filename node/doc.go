@@ -3,9 +3,12 @@
 // transport over mutual TLS (transport), takes a keystore (hsmwrap), and
 // serves the gRPC API (api/coffer/v1).
 //
-// It owns the request path. It authenticates the caller from its
-// certificate and validates the request. A follower forwards a write to the
-// leader. The leader does every non-deterministic step (material, GKID,
+// It owns the request path. Each door (the gRPC services, Forward for a
+// write another node accepted) begins one request value per request
+// (request.go), which the service code receives explicitly and which ends
+// with exactly one audit entry (finishRequest). It authenticates the caller
+// from its certificate and validates the request. Writes are rows of one
+// table (writes.go); a follower forwards a write to the leader. The leader does every non-deterministic step (material, GKID,
 // time, sealing) before it proposes one Raft command and answers once the
 // command is applied. Reads are linearizable through a shared read-index
 // round unless the caller asks for stale reads. Errors become gRPC codes in

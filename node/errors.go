@@ -34,6 +34,9 @@ var (
 	ErrDamagedStore = errors.New("node: damaged store")
 	// ErrStoreLocked refuses to start a node whose stores another process holds.
 	ErrStoreLocked = errors.New("node: store in use")
+	// ErrInternal is a broken contract inside the node (a bug), never the
+	// caller's doing.
+	ErrInternal = errors.New("internal error")
 )
 
 // leaderHint is an error that knows where the leader's client API is.

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -27,26 +26,25 @@ func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 	l, f := tc.waitLeader(), tc.follower()
 	n := tc.nodes[f]
 	c := caller{id: transport.Identity{Kind: transport.KindClient, Name: "app"}, serial: "1"}
-	entry := func(requestID string) *auditRec {
-		return &auditRec{e: &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID,
+	entry := func(requestID string) *request {
+		return &request{caller: c, entry: &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID,
 			Caller: c.String(), Operation: "generate", RequestId: requestID}}
 	}
-	lost := func(rec *auditRec) {
+	lost := func(r *request) {
 		t.Helper()
-		setOutcome(rec.e, status.Error(codes.Unavailable, "connection reset before the answer arrived"))
-		if err := n.commitRequestAudit(context.WithValue(ctx, auditRecKey{}, rec), rec); err != nil {
+		setOutcome(r.entry, status.Error(codes.Unavailable, "connection reset before the answer arrived"))
+		if err := n.commitRequestAudit(ctx, r); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	answered := entry("lost-answer-1")
-	actx := context.WithValue(ctx, auditRecKey{}, answered)
-	if _, err := n.forward(actx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{
-		GenerateKey: &cofferv1.GenerateKeyRequest{Resource: "fallback/1", RequestId: "lost-answer-1"}}}); err != nil {
+	if _, err := n.forward(ctx, answered, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{
+		GenerateKey: &cofferv1.GenerateKeyRequest{Resource: "fallback/1", RequestId: "lost-answer-1"}}}, true); err != nil {
 		t.Fatal(err)
 	}
-	if !answered.done || !answered.attempted {
-		t.Fatalf("after the forward: done=%v attempted=%v", answered.done, answered.attempted)
+	if !answered.carried || !answered.attempted {
+		t.Fatalf("after the forward: carried=%v attempted=%v", answered.carried, answered.attempted)
 	}
 	lost(answered)
 	unseen := entry("lost-answer-2")
@@ -59,8 +57,8 @@ func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 	late := entry("lost-answer-3")
 	late.attempted = true
 	lost(late)
-	_, err := n.forward(context.WithValue(ctx, auditRecKey{}, late), c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{
-		GenerateKey: &cofferv1.GenerateKeyRequest{Resource: "fallback/3", RequestId: "lost-answer-3"}}})
+	_, err := n.forward(ctx, late, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{
+		GenerateKey: &cofferv1.GenerateKeyRequest{Resource: "fallback/3", RequestId: "lost-answer-3"}}}, true)
 	if status.Code(err) != codes.Aborted {
 		t.Fatalf("a change proposed after its request's entry was linked: %v, want Aborted", err)
 	}
@@ -69,9 +67,9 @@ func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 	// entry (from the caller's header) travels with the forward, so the
 	// leader's entry and the follower's fallback name the same request.
 	headed := entry("header-id-4")
-	headed.e.Operation = "acl.manage"
-	if _, err := n.forward(context.WithValue(ctx, auditRecKey{}, headed), c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_Grant{
-		Grant: &cofferv1.GrantRequest{Subject: "group:fallback", Operations: []string{"get"}, ResourcePattern: "fallback/**"}}}); err != nil {
+	headed.entry.Operation = "acl.manage"
+	if _, err := n.forward(ctx, headed, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_Grant{
+		Grant: &cofferv1.GrantRequest{Subject: "group:fallback", Operations: []string{"get"}, ResourcePattern: "fallback/**"}}}, true); err != nil {
 		t.Fatal(err)
 	}
 	lost(headed)

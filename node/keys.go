@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"regexp"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -55,16 +54,8 @@ func materialLen(a cofferv1.Algorithm) (gen, minLen, maxLen int, err error) {
 }
 
 func validateResource(r string) error {
-	if r == "" {
-		return fmt.Errorf("%w: resource is required", ErrInvalidArgument)
-	}
-	if len(r) > MaxResourceLen || !utf8.ValidString(r) {
-		return fmt.Errorf("%w: resource must be valid UTF-8 of at most %d bytes", ErrInvalidArgument, MaxResourceLen)
-	}
-	for _, c := range r {
-		if c < 0x20 || c == 0x7f {
-			return fmt.Errorf("%w: resource must not contain control characters", ErrInvalidArgument)
-		}
+	if err := authz.ValidateResource(r); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
 	return nil
 }
@@ -122,50 +113,51 @@ func newCreateSpec(requestID, policy, resource string, alg cofferv1.Algorithm, m
 }
 
 func (s *keyService) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
-	resp, err := s.create(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_GenerateKey{GenerateKey: req}})
-	return resp.GetGenerateKey(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeGenerate, req)
 }
 
 func (s *keyService) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
-	resp, err := s.create(ctx, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_PutKey{PutKey: req}})
-	return resp.GetPutKey(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writePut, req)
 }
 
-// create validates a generate or put here (malformed requests never leave
-// the node), runs it through the leader, and tells the client which node
-// leads so its next writes go there directly.
-func (s *keyService) create(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
-	c, err := authenticate(ctx)
+func generateSpec(r *cofferv1.GenerateKeyRequest) (*createSpec, error) {
+	return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), nil, false)
+}
+
+func putSpec(r *cofferv1.PutKeyRequest) (*createSpec, error) {
+	return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), r.GetMaterial(), true)
+}
+
+// generateKey executes a generate on the leader.
+func (n *Node) generateKey(ctx context.Context, r *request, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
+	spec, err := generateSpec(req)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := createSpecOf(req); err != nil {
-		return nil, err
-	}
-	resp, err := s.n.write(ctx, c, req)
+	md, err := n.createKey(ctx, r, spec)
 	if err != nil {
 		return nil, err
 	}
-	s.n.announceLeader(ctx)
-	return resp, nil
+	return &cofferv1.GenerateKeyResponse{Key: md}, nil
 }
 
-// createSpecOf validates the generate or put a write request carries.
-func createSpecOf(req *cofferv1.ForwardRequest) (*createSpec, error) {
-	switch op := req.GetOp().(type) {
-	case *cofferv1.ForwardRequest_GenerateKey:
-		r := op.GenerateKey
-		return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), nil, false)
-	case *cofferv1.ForwardRequest_PutKey:
-		r := op.PutKey
-		return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), r.GetMaterial(), true)
+// putKey executes a put on the leader.
+func (n *Node) putKey(ctx context.Context, r *request, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
+	spec, err := putSpec(req)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("%w: not a key creation", ErrInvalidArgument)
+	md, err := n.createKey(ctx, r, spec)
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.PutKeyResponse{Key: md}, nil
 }
 
 // createKey runs on the leader: every non-deterministic step (material,
 // GKID, time, wrapping) happens here, before the proposal.
-func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*cofferv1.KeyMetadata, error) {
+func (n *Node) createKey(ctx context.Context, r *request, spec *createSpec) (*cofferv1.KeyMetadata, error) {
+	c := r.caller
 	owner := c.String()
 	if err := n.ensureLeaderReady(); err != nil {
 		return nil, err
@@ -233,12 +225,12 @@ func (n *Node) createKey(ctx context.Context, c caller, spec *createSpec) (*coff
 	if rec.WrappedMaterial, err = n.sealMaterial(pol, rec, material); err != nil {
 		return nil, err
 	}
-	e := auditEntry(ctx)
+	e := r.entry
 	e.Gkid, e.Resource, e.Policy = rec.GetGkid(), rec.GetResource(), rec.GetPolicy()
 	if e.DetailHmac, err = n.materialDetail(material); err != nil {
 		return nil, err
 	}
-	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID})
+	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID, Audit: e})
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +298,7 @@ func (n *Node) verifyRecord(rec *cofferv1.KeyRecord) error {
 }
 
 func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	rec, material, err := s.n.authorizedKey(ctx, req.GetGkid(), req.GetConsistency(), authz.OpGet)
+	rec, material, err := s.n.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpGet)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +306,7 @@ func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*
 }
 
 func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
-	rec, _, err := s.n.authorizedKey(ctx, req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
+	rec, _, err := s.n.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
 	if err != nil {
 		return nil, err
 	}
@@ -329,29 +321,31 @@ func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyR
 // A linearizable read by a client is decided in Apply (decidedKey): one
 // Raft round commits its audit entry, orders it after every acknowledged
 // write and decides it. A stale read, or a node's, is decided here on this
-// node's state, and its entry is committed afterwards by the interceptor.
-func (n *Node) authorizedKey(ctx context.Context, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
+// node's state, and its entry is committed afterwards by finishRequest.
+func (n *Node) authorizedKey(ctx context.Context, r *request, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
+	c := r.caller
 	if err := validConsistency(cons); err != nil {
 		return nil, nil, err
 	}
 	if cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient {
-		return n.decidedKey(ctx, c, id, op)
+		return n.decidedKey(ctx, r, id, op)
 	}
-	rec, err := n.readKey(ctx, id, cons)
+	rec, err := n.readKey(ctx, r, id, cons)
+	if c.id.Kind == transport.KindClient && errors.Is(err, ErrNotFound) {
+		rec, err = nil, nil // DecideKeyRead says what the caller may learn of it
+	}
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := n.authorize(c, op, rec.GetResource()); err != nil {
-		return nil, nil, err
-	}
-	if op == authz.OpGet {
-		if err := checkUse(rec, op, time.Now()); err != nil {
+	if c.id.Kind != transport.KindClient {
+		// A node identity reads no keys: authorize refuses it.
+		if err := n.authorize(c, op, rec.GetResource()); err != nil {
 			return nil, nil, err
 		}
+	}
+	refusal, detail := n.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, time.Now())
+	if err := n.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail}); err != nil {
+		return nil, nil, err
 	}
 	material, err := n.checkedMaterial(rec, op)
 	if err != nil {
@@ -380,15 +374,16 @@ func (n *Node) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, er
 // damaged record or a keystore outage is recorded as this request's failure
 // rather than after a grant. Key records never change once created, so the
 // record Apply decides on is the same one.
-func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
+func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
+	c := r.caller
 	if err := validateGKID(id); err != nil {
 		return nil, nil, err
 	}
-	e := auditEntry(ctx)
+	e := r.entry
 	e.Gkid = id
 	pre, err := n.storedKey(id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, nil, err // a damaged record: the interceptor records the failure
+		return nil, nil, err // a damaged record: finishRequest records the failure
 	}
 	if pre != nil && !n.decideClient(c, op, pre.GetResource()).Allowed {
 		// Likely refused: do not unwrap for a caller without a grant here
@@ -398,7 +393,7 @@ func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op)
 	var material []byte
 	if pre != nil {
 		if material, err = n.checkedMaterial(pre, op); err != nil {
-			return nil, nil, err // not proposed: the interceptor records the failure
+			return nil, nil, err // not proposed: finishRequest records the failure
 		}
 	}
 	released := false
@@ -415,9 +410,9 @@ func (n *Node) decidedKey(ctx context.Context, c caller, id string, op authz.Op)
 	idx, reads, err := n.auditor.submit(actx, auditBatch{entries: []*cofferv1.AuditEntry{e}, decide: []*cofferv1.ReadDecision{{Entry: 0, CertSerial: c.serial}}})
 	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
 	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
-		return nil, nil, err // not queued: the interceptor records the refusal
+		return nil, nil, err // not queued: finishRequest records the refusal
 	}
-	setAuditCarried(ctx, true)
+	r.carried = true
 	if err != nil {
 		metricAuditFailures.Inc()
 		n.logger.Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
@@ -489,11 +484,11 @@ func (n *Node) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
 	return fmt.Errorf("%w: %s", sentinel, r.Detail)
 }
 
-func (n *Node) readKey(ctx context.Context, id string, c cofferv1.Consistency) (*cofferv1.KeyRecord, error) {
+func (n *Node) readKey(ctx context.Context, r *request, id string, c cofferv1.Consistency) (*cofferv1.KeyRecord, error) {
 	if err := validateGKID(id); err != nil {
 		return nil, err
 	}
-	e := auditEntry(ctx)
+	e := r.entry
 	e.Gkid = id
 	if err := n.linearize(ctx, c); err != nil {
 		return nil, err

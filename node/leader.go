@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
@@ -136,30 +134,6 @@ func (n *Node) newPolicy(name string, now int64) (*cofferv1.PolicyRecord, error)
 		CreatedUnixNano: now,
 		Revision:        1,
 	}, nil
-}
-
-// proposeCommand replicates a change together with the request's audit
-// entry (Apply links the entry and records the change's outcome in it) and
-// returns the change's result; a business failure is returned as the error.
-// If the proposal itself fails, the entry is handed back to the request's
-// interceptor to record the failure.
-func (n *Node) proposeCommand(ctx context.Context, t cofferv1.CommandType, payload proto.Message) (fsm.Result, error) {
-	e := auditEntry(ctx)
-	if fd := payload.ProtoReflect().Descriptor().Fields().ByName("audit"); fd != nil {
-		payload.ProtoReflect().Set(fd, protoreflect.ValueOfMessage(e.ProtoReflect()))
-	}
-	data, err := fsm.Encode(t, payload)
-	if err != nil {
-		return fsm.Result{}, err
-	}
-	setAuditCarried(ctx, true)
-	setAuditAttempted(ctx)
-	res, err := n.propose(ctx, data)
-	if err != nil {
-		setAuditCarried(ctx, false)
-		return fsm.Result{}, err
-	}
-	return res, res.Err
 }
 
 // propose replicates a command and returns its result once applied here.

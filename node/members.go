@@ -400,15 +400,7 @@ func peerAddr(ctx context.Context) string {
 
 // PinNode replaces the certificate pinned for a member (cluster.manage).
 func (s *clusterService) PinNode(ctx context.Context, req *cofferv1.PinNodeRequest) (*cofferv1.PinNodeResponse, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := s.n.write(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_PinNode{PinNode: req}})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetPinNode(), nil
+	return submitWrite(s.n, ctx, requestFrom(ctx), writePinNode, req)
 }
 
 // maxPinCertPEM bounds the certificate of a PinNode request.
@@ -453,7 +445,8 @@ func (n *Node) parsePinRequest(req *cofferv1.PinNodeRequest) (*x509.Certificate,
 }
 
 // pinNode executes PinNode on the leader.
-func (n *Node) pinNode(ctx context.Context, c caller, req *cofferv1.PinNodeRequest) (*cofferv1.PinNodeResponse, error) {
+func (n *Node) pinNode(ctx context.Context, r *request, req *cofferv1.PinNodeRequest) (*cofferv1.PinNodeResponse, error) {
+	c := r.caller
 	if err := n.ensureLeaderReady(); err != nil {
 		return nil, err
 	}
@@ -482,13 +475,10 @@ func (n *Node) pinNode(ctx context.Context, c caller, req *cofferv1.PinNodeReque
 	}
 	prev := hex.EncodeToString(prevSum)
 	sum := hex.EncodeToString(certSHA256(cert))
-	e := auditEntry(ctx)
-	e.Client = "node:" + req.GetNode()
-	e.Reason = clip("pinned certificate sha256:"+sum+" serial "+authz.FormatSerial(cert.SerialNumber)+replacing(prev), audit.MaxFieldLen)
-	setAuditCarried(ctx, true)
-	setAuditAttempted(ctx)
+	e := r.describe("node:"+req.GetNode(), "pinned certificate sha256:"+sum+" serial "+authz.FormatSerial(cert.SerialNumber)+replacing(prev))
+	r.carry()
 	if _, err := n.proposePin(ctx, req.GetNode(), cert, pinOptions{previous: prevSum}, e); err != nil {
-		setAuditCarried(ctx, false)
+		r.handBack()
 		return nil, err
 	}
 	n.logger.Info("member certificate re-pinned", "member", req.GetNode(), "sha256", sum, "previous", prev, "by", c.String())

@@ -55,6 +55,7 @@ type Node struct {
 	snaps      raft.SnapshotStore
 
 	grpcServer *grpc.Server
+	codec      *requestCodec
 	apiLis     net.Listener
 	metricsSrv *http.Server
 
@@ -142,6 +143,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		digests:  make(chan struct{}, 1),
 		stopCh:   make(chan struct{}),
 		ksProbe:  make(chan struct{}, 1),
+		codec:    newRequestCodec(),
 	}
 	n.sideAudit = newSideAuditor(n)
 	n.commandVersion.Store(fsm.CommandVersion)
@@ -288,8 +290,9 @@ func (n *Node) startAPI() error {
 	}
 	n.apiLis = lis
 	opts := transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())
-	opts = append(opts, grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, n.auditInterceptor),
-		grpc.ChainStreamInterceptor(streamMetricsInterceptor))
+	opts = append(opts, grpc.ForceServerCodecV2(n.codec),
+		grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, n.auditInterceptor),
+		grpc.ChainStreamInterceptor(streamMetricsInterceptor, n.malformedStreamInterceptor))
 	s := grpc.NewServer(opts...)
 	cofferv1.RegisterKeyServiceServer(s, &keyService{n: n})
 	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n})

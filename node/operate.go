@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
-	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/transport"
@@ -25,41 +24,17 @@ const membershipTimeout = 10 * time.Second
 
 // RemoveNode removes a member from the Raft configuration.
 func (s *clusterService) RemoveNode(ctx context.Context, req *cofferv1.RemoveNodeRequest) (*cofferv1.RemoveNodeResponse, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := s.n.write(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_RemoveNode{RemoveNode: req}})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetRemoveNode(), nil
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeRemoveNode, req)
 }
 
 // TransferLeadership moves leadership to another voter.
 func (s *clusterService) TransferLeadership(ctx context.Context, req *cofferv1.TransferLeadershipRequest) (*cofferv1.TransferLeadershipResponse, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := s.n.write(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_TransferLeadership{TransferLeadership: req}})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetTransferLeadership(), nil
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeTransferLeadership, req)
 }
 
 // DrainNode marks a member drained, or no longer drained.
 func (s *clusterService) DrainNode(ctx context.Context, req *cofferv1.DrainNodeRequest) (*cofferv1.DrainNodeResponse, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := s.n.write(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_DrainNode{DrainNode: req}})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetDrainNode(), nil
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeDrainNode, req)
 }
 
 // operatorCheck is the start of every member action on the leader: the
@@ -92,7 +67,8 @@ func (n *Node) operatorCheck(c caller, id string) (raft.Server, []raft.Server, e
 }
 
 // removeNode executes RemoveNode on the leader.
-func (n *Node) removeNode(ctx context.Context, c caller, req *cofferv1.RemoveNodeRequest) (*cofferv1.RemoveNodeResponse, error) {
+func (n *Node) removeNode(ctx context.Context, r *request, req *cofferv1.RemoveNodeRequest) (*cofferv1.RemoveNodeResponse, error) {
+	c := r.caller
 	srv, servers, err := n.operatorCheck(c, req.GetNode())
 	if err != nil {
 		return nil, err
@@ -135,12 +111,12 @@ func (n *Node) removeNode(ctx context.Context, c caller, req *cofferv1.RemoveNod
 	}
 	// The tombstone first: the node, if it still gossips, is not admitted
 	// again behind the operator's back. (A member never admitted has no
-	// record; the interceptor then commits the request's entry.)
-	e := auditEntryWith(ctx, "node:"+string(srv.ID), what)
+	// record; finishRequest then commits the request's entry.)
+	r.describe("node:"+string(srv.ID), what)
 	if rec, err := n.fsm.NodeRecord(string(srv.ID)); err == nil {
 		upd := proto.CloneOf(rec)
 		upd.Removed, upd.Drained = true, false
-		if err := n.writeMemberRecord(ctx, upd, rec.GetCertSha256(), e); err != nil {
+		if err := n.writeMemberRecord(ctx, r, upd, rec.GetCertSha256()); err != nil {
 			return nil, err
 		}
 	}
@@ -152,7 +128,8 @@ func (n *Node) removeNode(ctx context.Context, c caller, req *cofferv1.RemoveNod
 }
 
 // transferLeadership executes TransferLeadership on the leader.
-func (n *Node) transferLeadership(ctx context.Context, c caller, req *cofferv1.TransferLeadershipRequest) (*cofferv1.TransferLeadershipResponse, error) {
+func (n *Node) transferLeadership(ctx context.Context, r *request, req *cofferv1.TransferLeadershipRequest) (*cofferv1.TransferLeadershipResponse, error) {
+	c := r.caller
 	srv, servers, err := n.operatorCheck(c, req.GetTo())
 	if err != nil {
 		return nil, err
@@ -178,9 +155,7 @@ func (n *Node) transferLeadership(ctx context.Context, c caller, req *cofferv1.T
 			return nil, fmt.Errorf("%w: no other voter that is not drained can lead", ErrPrecondition)
 		}
 	}
-	e := auditEntry(ctx)
-	e.Client = "node:" + string(srv.ID)
-	e.Reason = clip(fmt.Sprintf("leadership transferred from %s to %s", n.cfg.ID, srv.ID), audit.MaxFieldLen)
+	r.describe("node:"+string(srv.ID), fmt.Sprintf("leadership transferred from %s to %s", n.cfg.ID, srv.ID))
 	if err := n.futureError(n.raft.LeadershipTransferToServer(srv.ID, srv.Address)); err != nil {
 		return nil, fmt.Errorf("%w: leadership transfer to %s: %v", ErrNoLeader, srv.ID, err)
 	}
@@ -196,7 +171,8 @@ func (n *Node) transferLeadership(ctx context.Context, c caller, req *cofferv1.T
 }
 
 // drainNode executes DrainNode on the leader.
-func (n *Node) drainNode(ctx context.Context, c caller, req *cofferv1.DrainNodeRequest) (*cofferv1.DrainNodeResponse, error) {
+func (n *Node) drainNode(ctx context.Context, r *request, req *cofferv1.DrainNodeRequest) (*cofferv1.DrainNodeResponse, error) {
+	c := r.caller
 	srv, _, err := n.operatorCheck(c, req.GetNode())
 	if err != nil {
 		return nil, err
@@ -215,7 +191,8 @@ func (n *Node) drainNode(ctx context.Context, c caller, req *cofferv1.DrainNodeR
 	if !drain {
 		what = "undrained " + string(srv.ID) + ": it may lead again"
 	}
-	if err := n.writeMemberRecord(ctx, upd, rec.GetCertSha256(), auditEntryWith(ctx, "node:"+string(srv.ID), what)); err != nil {
+	r.describe("node:"+string(srv.ID), what)
+	if err := n.writeMemberRecord(ctx, r, upd, rec.GetCertSha256()); err != nil {
 		return nil, err
 	}
 	return &cofferv1.DrainNodeResponse{Node: string(srv.ID), Drained: drain}, nil
@@ -235,21 +212,20 @@ func (n *Node) keepLeadershipAway() {
 }
 
 // writeMemberRecord replaces a member record (tagged anew) if its pin is
-// still expected, with e as its audit entry.
-func (n *Node) writeMemberRecord(ctx context.Context, rec *cofferv1.NodeRecord, expected []byte, e *cofferv1.AuditEntry) error {
+// still expected, carrying r's audit entry.
+func (n *Node) writeMemberRecord(ctx context.Context, r *request, rec *cofferv1.NodeRecord, expected []byte) error {
 	rec.IntegrityTag = nil
 	if err := n.tagRecord("n/"+rec.GetId(), rec, nil); err != nil {
 		return err
 	}
-	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_PIN_NODE, &cofferv1.PinNodeCommand{Node: rec, ExpectedSha256: expected, Audit: e})
+	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_PIN_NODE, &cofferv1.PinNodeCommand{Node: rec, ExpectedSha256: expected, Audit: r.entry})
 	if err != nil {
 		return err
 	}
-	setAuditCarried(ctx, true)
-	setAuditAttempted(ctx)
+	r.carry()
 	res, err := n.propose(ctx, data)
 	if err != nil {
-		setAuditCarried(ctx, false)
+		r.handBack()
 		return err
 	}
 	if res.Err != nil {
@@ -259,15 +235,6 @@ func (n *Node) writeMemberRecord(ctx context.Context, rec *cofferv1.NodeRecord, 
 		return fmt.Errorf("%w: the member's record changed meanwhile; try again", fsm.ErrConflict)
 	}
 	return nil
-}
-
-// auditEntryWith sets the request's entry's target and reason and returns
-// it.
-func auditEntryWith(ctx context.Context, target, what string) *cofferv1.AuditEntry {
-	e := auditEntry(ctx)
-	e.Client = target
-	e.Reason = clip(what, audit.MaxFieldLen)
-	return e
 }
 
 func joinReasons(rs []string) string {

@@ -108,8 +108,10 @@ func (n *Node) onLeaderChange(leader string, f func()) (stop func()) {
 	return func() { close(done) }
 }
 
-// forward sends a write to the leader on behalf of caller.
-func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+// forward sends a write to the leader on behalf of r's caller. With
+// abandon, the forward is given up as soon as this node follows another
+// leader (see below); a write that itself moves leadership is not.
+func (n *Node) forward(ctx context.Context, r *request, req *cofferv1.ForwardRequest, abandon bool) (*cofferv1.ForwardResponse, error) {
 	select {
 	case n.forwards <- struct{}{}:
 		defer func() { <-n.forwards }()
@@ -120,18 +122,21 @@ func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardReque
 	if err != nil {
 		return nil, err
 	}
-	req.Caller = c.proto()
+	req.Caller = r.caller.proto()
 	req.Caller.Node = n.cfg.ID
-	req.TimeUnixNano = auditEntry(ctx).GetTimeUnixNano()
-	req.RequestId = auditEntry(ctx).GetRequestId()
-	setAuditAttempted(ctx)
+	req.TimeUnixNano = r.entry.GetTimeUnixNano()
+	req.RequestId = r.entry.GetRequestId()
+	r.carry()
 	// A leader that hangs (stopped, a stalled disk) must hold the write up
 	// only until another is elected: the forward is abandoned as soon as
 	// this node follows a new leader, and the client retries there with
 	// the same request id.
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stop := n.onLeaderChange(leader, func() { cancel(errLeaderChanged) })
+	stop := func() {}
+	if abandon {
+		stop = n.onLeaderChange(leader, func() { cancel(errLeaderChanged) })
+	}
 	var trailer metadata.MD
 	resp, err := cl.Forward(fctx, req, grpc.Trailer(&trailer))
 	stop()
@@ -148,8 +153,9 @@ func (n *Node) forward(ctx context.Context, c caller, req *cofferv1.ForwardReque
 	}
 	// The leader records the entry of a request it handled (answered or
 	// refused); if the leader could not be reached, this node records it.
-	code := status.Code(err)
-	setAuditCarried(ctx, err == nil || (code != codes.Unavailable && code != codes.DeadlineExceeded && code != codes.Canceled))
+	if code := status.Code(err); err != nil && (code == codes.Unavailable || code == codes.DeadlineExceeded || code == codes.Canceled) {
+		r.handBack()
+	}
 	return resp, err
 }
 

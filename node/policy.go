@@ -64,20 +64,13 @@ func validatePolicyRequest(req *cofferv1.CreatePolicyRequest) ([]*cofferv1.Escro
 }
 
 func (s *policyService) CreatePolicy(ctx context.Context, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
-	caller, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := validatePolicyRequest(req); err != nil {
-		return nil, err
-	}
-	resp, err := s.n.write(ctx, caller, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_CreatePolicy{CreatePolicy: req}})
-	return resp.GetCreatePolicy(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeCreatePolicy, req)
 }
 
 // createPolicy runs on the leader: it generates the policy's KEK in the
 // keystore and proposes the record.
-func (n *Node) createPolicy(ctx context.Context, c caller, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
+func (n *Node) createPolicy(ctx context.Context, r *request, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
+	c := r.caller
 	keys, err := validatePolicyRequest(req)
 	if err != nil {
 		return nil, err
@@ -106,11 +99,11 @@ func (n *Node) createPolicy(ctx context.Context, c caller, req *cofferv1.CreateP
 	if req.GetMaxLifetime() != nil {
 		pol.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
 	}
-	auditEntry(ctx).Policy = pol.GetName()
+	r.entry.Policy = pol.GetName()
 	if err := n.tagRecord("p/"+pol.GetName(), pol, nil); err != nil {
 		return nil, err
 	}
-	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol})
+	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol, Audit: r.entry})
 	if err != nil {
 		return nil, err
 	}

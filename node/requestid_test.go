@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -101,6 +102,60 @@ func TestHeaderRequestID(t *testing.T) {
 		}
 		if got := headerRequestID(metadata.NewIncomingContext(context.Background(), md)); got != tc.want {
 			t.Errorf("%q: %q, want %q", tc.vals, got, tc.want)
+		}
+	}
+}
+
+// TestNode_RefusedAndMalformedRequestsAudited: a request with an unknown
+// enum value is refused with InvalidArgument and still leaves its one audit
+// entry, whoever sends it; a revoked certificate is refused as
+// Unauthenticated before the request itself is looked at, and audited too.
+func TestNode_RefusedAndMalformedRequestsAudited(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	l, f := tc.waitLeader(), tc.follower()
+	admin := tc.identity("app")
+	tc.mustRegisterApp(admin, l, "eve")
+	eve := tc.identity("eve")
+	key := tc.mustGenerate(l, "audited/1", "")
+	with := func(id string) context.Context { return metadata.AppendToOutgoingContext(ctx, RequestIDKey, id) }
+
+	_, err := admin.keys[f].GetKey(with("bad-enum-1"), &cofferv1.GetKeyRequest{Gkid: key.GetGkid(), Consistency: 99})
+	wantCode(t, "admin get, consistency 99", err, codes.InvalidArgument, "consistency")
+	_, err = admin.keys[l].ListKeys(with("bad-enum-2"), &cofferv1.ListKeysRequest{Consistency: 99})
+	wantCode(t, "admin list, consistency 99", err, codes.InvalidArgument, "consistency")
+	_, err = eve.keys[f].GetKey(with("bad-enum-3"), &cofferv1.GetKeyRequest{Gkid: key.GetGkid(), Consistency: 99})
+	wantCode(t, "ungranted get, consistency 99", err, codes.InvalidArgument, "consistency")
+	if _, err := admin.access[l].RevokeCertificate(ctx, &cofferv1.RevokeCertificateRequest{Serial: eve.serial, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = eve.keys[l].GetKey(with("revoked-4"), &cofferv1.GetKeyRequest{Gkid: key.GetGkid(), Consistency: 99})
+	wantCode(t, "revoked certificate, consistency 99", err, codes.Unauthenticated, "revoked")
+
+	entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string][]*cofferv1.AuditEntry{}
+	for _, e := range entries {
+		byID[e.GetRequestId()] = append(byID[e.GetRequestId()], e)
+	}
+	for id, want := range map[string]struct {
+		outcome cofferv1.AuditOutcome
+		reason  string
+	}{
+		"bad-enum-1": {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "InvalidArgument"},
+		"bad-enum-2": {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "InvalidArgument"},
+		"bad-enum-3": {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "InvalidArgument"},
+		"revoked-4":  {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, "Unauthenticated"},
+	} {
+		es := byID[id]
+		if len(es) != 1 {
+			t.Errorf("%s: %d audit entries, want 1", id, len(es))
+			continue
+		}
+		if es[0].GetOutcome() != want.outcome || !strings.HasPrefix(es[0].GetReason(), want.reason) {
+			t.Errorf("%s: entry %v %q, want %v %s...", id, es[0].GetOutcome(), es[0].GetReason(), want.outcome, want.reason)
 		}
 	}
 }

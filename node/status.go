@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -80,10 +81,30 @@ func toStatus(err error) error {
 	}
 	for _, e := range codeTable {
 		if errors.Is(err, e.err) {
-			return status.Error(e.code, err.Error())
+			return status.Error(e.code, userMessage(err))
 		}
 	}
-	return status.Error(codes.Internal, err.Error())
+	return status.Error(codes.Internal, userMessage(err))
+}
+
+// userMessage is err's text in the caller's terms: the package names that
+// begin sentinel errors ("fsm: ..."), which say where an error was raised
+// rather than what was wrong with the request, are dropped from each
+// wrapped part, and the state machine's "invalid command" is the caller's
+// invalid request.
+func userMessage(err error) string {
+	parts := strings.Split(err.Error(), ": ")
+	out := parts[:0]
+	for _, p := range parts {
+		switch p {
+		case "fsm", "node", "authz", "hsmwrap", "audit", "barrier":
+			continue
+		case "invalid command":
+			p = "invalid request"
+		}
+		out = append(out, p)
+	}
+	return strings.Join(out, ": ")
 }
 
 // statusInterceptor maps errors once for every unary RPC and attaches the

@@ -85,30 +85,8 @@ func keyUsePolicy(pol *cofferv1.PolicyRecord, created time.Time) *cofferv1.KeyUs
 	return u
 }
 
-// checkUse enforces a key's use policy for one operation at now.
-func checkUse(rec *cofferv1.KeyRecord, op authz.Op, now time.Time) error {
-	switch r, why := authz.CheckUse(rec, op, now); r {
-	case authz.UseAllowed:
-		return nil
-	case authz.UseNotYetValid:
-		return fmt.Errorf("%w: %s", ErrKeyNotYetValid, why)
-	case authz.UseExpired:
-		return fmt.Errorf("%w: %s", ErrKeyExpired, why)
-	default:
-		return fmt.Errorf("%w: %s", ErrPermission, why)
-	}
-}
-
 func (s *policyService) UpdatePolicy(ctx context.Context, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := validateUpdate(req); err != nil {
-		return nil, err
-	}
-	resp, err := s.n.write(ctx, c, &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_UpdatePolicy{UpdatePolicy: req}})
-	return resp.GetUpdatePolicy(), err
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeUpdatePolicy, req)
 }
 
 func validateUpdate(req *cofferv1.UpdatePolicyRequest) error {
@@ -134,7 +112,8 @@ func validateUpdate(req *cofferv1.UpdatePolicyRequest) error {
 }
 
 // updatePolicy runs on the leader.
-func (n *Node) updatePolicy(ctx context.Context, c caller, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
+func (n *Node) updatePolicy(ctx context.Context, r *request, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
+	c := r.caller
 	if err := validateUpdate(req); err != nil {
 		return nil, err
 	}
@@ -148,7 +127,7 @@ func (n *Node) updatePolicy(ctx context.Context, c caller, req *cofferv1.UpdateP
 	if err != nil {
 		return nil, err
 	}
-	auditEntry(ctx).Policy = cur.GetName()
+	r.entry.Policy = cur.GetName()
 	p := proto.CloneOf(cur)
 	p.Revision = cur.GetRevision() + 1
 	if len(req.GetAllowedAlgorithms()) > 0 || req.GetReplaceAlgorithms() {
@@ -188,7 +167,7 @@ func (n *Node) updatePolicy(ctx context.Context, c caller, req *cofferv1.UpdateP
 	if err := n.tagRecord("p/"+p.GetName(), p, nil); err != nil {
 		return nil, err
 	}
-	res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY, &cofferv1.UpdatePolicyCommand{Policy: p, ExpectedRevision: cur.GetRevision()})
+	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY, &cofferv1.UpdatePolicyCommand{Policy: p, ExpectedRevision: cur.GetRevision(), Audit: r.entry})
 	if err != nil {
 		return nil, err
 	}

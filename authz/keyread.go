@@ -1,0 +1,55 @@
+package authz
+
+import (
+	"time"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// DecideKeyRead is the one decision on a read of one key by its GKID (get,
+// describe): the state machine's Apply makes it for a linearizable read at
+// its place in the log, and a node makes it on its own state for a stale
+// one. rec is the stored record, nil if there is no key gkid; at is the
+// request's time, for the key's use policy (get only).
+//
+// In order: the caller (certificate, registration, activity: Decide's steps
+// 1 to 5), whether it exists, the caller's grant on the key's resource, and
+// for get the key's use policy. A caller that may not read the key is not
+// told whether it exists, nor its resource: a missing key and a key the
+// caller holds no grant for get the same PERMISSION_DENIED and the same
+// words. Only a caller granted op on every resource ("**"), who could read
+// the key wherever it were, is told NOT_FOUND.
+func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyRecord, at time.Time) (cofferv1.ReadRefusal, string) {
+	if c, d := s.caller(req.Identity, req.CertSerial); c == nil {
+		if d.Code == Unauthenticated {
+			return cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, d.Reason
+		}
+		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, d.Reason
+	}
+	hidden := "key " + display(gkid, 64) + " does not exist, or " + req.Identity + " holds no grant for " + string(req.Op) + " on it"
+	if rec == nil {
+		everywhere := req
+		everywhere.Resource = ""
+		if s.Decide(everywhere).Allowed {
+			return cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key " + gkid
+		}
+		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hidden
+	}
+	req.Resource = rec.GetResource()
+	if !s.Decide(req).Allowed {
+		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hidden
+	}
+	if req.Op != OpGet {
+		return cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""
+	}
+	switch u, why := CheckUse(rec, req.Op, at); u {
+	case UseAllowed:
+		return cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""
+	case UseNotYetValid:
+		return cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID, why
+	case UseExpired:
+		return cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED, why
+	default:
+		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why
+	}
+}
