@@ -134,14 +134,14 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 		rec := &cofferv1.ClientRecord{Name: req.GetName(), Active: true, Groups: req.GetGroups(), Roles: req.GetRoles(),
 			CreatedUnixNano: now, Revision: 1}
 		var expected uint64
-		if cur, err := n.verifiedClient(req.GetName()); err == nil {
+		if cur, err := n.barrier.VerifiedClient(req.GetName()); err == nil {
 			if !req.GetUpdate() {
 				return nil, fmt.Errorf("%w: %q (use update to change its groups and roles)", fsm.ErrClientExists, req.GetName())
 			}
 			rec.Active, rec.CreatedUnixNano = cur.GetActive(), cur.GetCreatedUnixNano()
 			expected, rec.Revision = cur.GetRevision(), cur.GetRevision()+1
 		}
-		if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
+		if err := n.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
 			return nil, err
 		}
 		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: expected})
@@ -153,13 +153,13 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 		if err := n.authorize(c, authz.OpClientManage, ""); err != nil {
 			return nil, err
 		}
-		cur, err := n.verifiedClient(o.SetClientActive.GetName())
+		cur, err := n.barrier.VerifiedClient(o.SetClientActive.GetName())
 		if err != nil {
 			return nil, err
 		}
 		rec := proto.CloneOf(cur)
 		rec.Active, rec.Revision = o.SetClientActive.GetActive(), cur.GetRevision()+1
-		if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
+		if err := n.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
 			return nil, err
 		}
 		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: cur.GetRevision()})
@@ -188,7 +188,7 @@ func (n *Node) executeAccess(ctx context.Context, c caller, op *cofferv1.Forward
 		if err != nil {
 			return nil, err
 		}
-		if err := n.tagRecord("a/"+rule.GetId(), rule, nil); err != nil {
+		if err := n.barrier.Tag("a/"+rule.GetId(), rule, nil); err != nil {
 			return nil, err
 		}
 		res, err := n.proposeCommand(ctx, cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{Rule: rule})

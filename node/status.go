@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/coffer-kms/coffer/barrier"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/hsmwrap"
 )
@@ -48,7 +49,9 @@ var codeTable = []struct {
 	{ErrNotReady, codes.Unavailable},
 	{ErrOverloaded, codes.ResourceExhausted},
 	{ErrDiverged, codes.Unavailable},
-	{ErrKeystore, codes.Unavailable},
+	{barrier.ErrUnavailable, codes.Unavailable},
+	{barrier.ErrNoKEK, codes.FailedPrecondition},
+	{barrier.ErrBadSeal, codes.InvalidArgument},
 	{ErrKeyNotYetValid, codes.FailedPrecondition},
 	{ErrKeyExpired, codes.FailedPrecondition},
 	{fsm.ErrDiverged, codes.Internal},
@@ -63,6 +66,7 @@ var codeTable = []struct {
 	{ErrPinMismatch, codes.PermissionDenied},
 	{ErrNotAdmitted, codes.Unavailable},
 	{ErrPrecondition, codes.FailedPrecondition},
+	{barrier.ErrIntegrity, codes.DataLoss},
 	{hsmwrap.ErrIntegrity, codes.DataLoss},
 	{fsm.ErrCorrupt, codes.DataLoss},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
