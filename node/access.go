@@ -104,14 +104,14 @@ func (n *Node) registerClient(ctx context.Context, r *request, req *cofferv1.Reg
 	rec := &cofferv1.ClientRecord{Name: req.GetName(), Active: true, Groups: req.GetGroups(), Roles: req.GetRoles(),
 		CreatedUnixNano: time.Now().UnixNano(), Revision: 1}
 	var expected uint64
-	if cur, err := n.verifiedClient(req.GetName()); err == nil {
+	if cur, err := n.barrier.VerifiedClient(req.GetName()); err == nil {
 		if !req.GetUpdate() {
 			return nil, fmt.Errorf("%w: %q (use update to change its groups and roles)", fsm.ErrClientExists, req.GetName())
 		}
 		rec.Active, rec.CreatedUnixNano = cur.GetActive(), cur.GetCreatedUnixNano()
 		expected, rec.Revision = cur.GetRevision(), cur.GetRevision()+1
 	}
-	if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
+	if err := n.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
 		return nil, err
 	}
 	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: expected, Audit: r.entry})
@@ -126,13 +126,13 @@ func (n *Node) setClientActive(ctx context.Context, r *request, req *cofferv1.Se
 	if err := n.leaderAuthorize(r, authz.OpClientManage); err != nil {
 		return nil, err
 	}
-	cur, err := n.verifiedClient(req.GetName())
+	cur, err := n.barrier.VerifiedClient(req.GetName())
 	if err != nil {
 		return nil, err
 	}
 	rec := proto.CloneOf(cur)
 	rec.Active, rec.Revision = req.GetActive(), cur.GetRevision()+1
-	if err := n.tagRecord("c/"+rec.GetName(), rec, nil); err != nil {
+	if err := n.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
 		return nil, err
 	}
 	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: cur.GetRevision(), Audit: r.entry})
@@ -167,7 +167,7 @@ func (n *Node) grant(ctx context.Context, r *request, req *cofferv1.GrantRequest
 	if err != nil {
 		return nil, err
 	}
-	if err := n.tagRecord("a/"+rule.GetId(), rule, nil); err != nil {
+	if err := n.barrier.Tag("a/"+rule.GetId(), rule, nil); err != nil {
 		return nil, err
 	}
 	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{Rule: rule, Audit: r.entry})

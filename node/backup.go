@@ -17,21 +17,15 @@ import (
 	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
-	"github.com/coffer-kms/coffer/hsmwrap"
 )
 
 // Backups: Snapshot streams a sealed backup (fsm/backup.go gives the file
 // format); Restore puts one into a fresh cluster that shares the master key.
 //
-// The seal: the node generates a fresh KEK in its keystore (returned
-// wrapped under the master key), and seals the stream's SHA-256 with it,
-// the seal's other fields as associated data. A cluster with the same master
-// key unwraps the KEK and opens the seal; any other cannot. The KEK id is
-// fixed (backupSealKEK): the restoring node loads the backup's wrapped KEK
-// under it just before opening the seal.
-
-// backupSealKEK is the keystore slot of a backup's seal KEK.
-var backupSealKEK = hsmwrap.KEKID{Policy: "coffer.backup-seal", Version: 1}
+// The seal (custody.SealBackup): a fresh KEK generated in the keystore
+// (carried wrapped under the master key) seals the stream's SHA-256, the
+// seal's other fields as associated data. A cluster with the same master
+// key unwraps the KEK and opens the seal; any other cannot.
 
 // maxBackupBytes bounds a backup stream Restore accepts.
 const maxBackupBytes = 64 << 30
@@ -45,22 +39,11 @@ func (n *Node) sealBackup(idx uint64, sum []byte, size uint64) (*cofferv1.Snapsh
 	if c, err := n.fsm.Cluster(); err == nil {
 		seal.ClusterId = c.GetClusterId()
 	}
-	n.backupMu.Lock()
-	defer n.backupMu.Unlock()
-	wrapped, err := n.ks.GenerateKEK(backupSealKEK)
+	wrapped, sealed, err := n.barrier.SealBackup(sum, fsm.SealAAD(seal))
 	if err != nil {
-		n.keystoreFailed(err)
-		return nil, fmt.Errorf("seal the backup: %w", err)
+		return nil, err
 	}
-	if err := n.ks.LoadKEK(backupSealKEK, wrapped); err != nil {
-		n.keystoreFailed(err)
-		return nil, fmt.Errorf("seal the backup: %w", err)
-	}
-	if seal.Seal, err = n.ks.Seal(backupSealKEK, sum, fsm.SealAAD(seal)); err != nil {
-		n.keystoreFailed(err)
-		return nil, fmt.Errorf("seal the backup: %w", err)
-	}
-	seal.WrappedKek = wrapped
+	seal.WrappedKek, seal.Seal = wrapped, sealed
 	return seal, nil
 }
 
@@ -69,21 +52,8 @@ func (n *Node) openSeal(seal *cofferv1.SnapshotSeal) ([]byte, error) {
 	if len(seal.GetWrappedKek()) == 0 || len(seal.GetSeal()) == 0 || len(seal.GetSha256()) != sha256.Size {
 		return nil, fmt.Errorf("%w: the backup carries no seal", ErrInvalidArgument)
 	}
-	n.backupMu.Lock()
-	defer n.backupMu.Unlock()
-	if err := n.ks.LoadKEK(backupSealKEK, seal.GetWrappedKek()); err != nil {
-		if errors.Is(err, hsmwrap.ErrIntegrity) || errors.Is(err, hsmwrap.ErrInvalidArgument) {
-			return nil, fmt.Errorf("%w: the backup was not sealed by a cluster that shares this cluster's master key (a foreign backup, or a damaged seal)", ErrInvalidArgument)
-		}
-		n.keystoreFailed(err)
-		return nil, err
-	}
-	sum, err := n.ks.Open(backupSealKEK, seal.GetSeal(), fsm.SealAAD(seal))
+	sum, err := n.barrier.OpenBackup(seal.GetWrappedKek(), seal.GetSeal(), fsm.SealAAD(seal))
 	if err != nil {
-		if errors.Is(err, hsmwrap.ErrIntegrity) {
-			return nil, fmt.Errorf("%w: the backup fails its seal: its header was changed", ErrInvalidArgument)
-		}
-		n.keystoreFailed(err)
 		return nil, err
 	}
 	if !bytes.Equal(sum, seal.GetSha256()) {

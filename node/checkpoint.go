@@ -14,8 +14,8 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/custody"
 	"github.com/coffer-kms/coffer/fsm"
-	"github.com/coffer-kms/coffer/hsmwrap"
 )
 
 // AuditKeyFile is the file in a node's data directory that holds the public
@@ -25,12 +25,11 @@ const AuditKeyFile = "audit-signing.pub"
 // setupAuditSigner takes the node's checkpoint signing key from the keystore
 // and publishes its public key in the data directory.
 func (n *Node) setupAuditSigner() {
-	s, ok := n.ks.(hsmwrap.Signer)
-	if !ok {
-		n.logger.Warn("the keystore cannot sign: audit checkpoints are disabled on this node", "keystore", n.ks.Kind())
+	signer, err := n.barrier.Signer("audit/" + n.cfg.ID)
+	if errors.Is(err, custody.ErrCannotSign) {
+		n.logger.Warn("the keystore cannot sign: audit checkpoints are disabled on this node", "keystore", n.barrier.Kind())
 		return
 	}
-	signer, err := s.Signer("audit/" + n.cfg.ID)
 	if err != nil {
 		n.logger.Warn("no audit signing key: audit checkpoints are disabled on this node", "err", err)
 		return

@@ -123,8 +123,8 @@ func (n *Node) localStatus() *cofferv1.NodeStatus {
 	switch {
 	case leader == "":
 		st.Error = "no leader known"
-	case n.keystoreReady() != nil:
-		st.Error = n.keystoreReady().Error()
+	case n.barrier.Ready() != nil:
+		st.Error = n.barrier.Ready().Error()
 	default:
 		st.Healthy = true
 	}

@@ -1,7 +1,8 @@
 // Package node is one Coffer cluster member and the composition root: it
 // opens the state machine (fsm), the Raft log and snapshot stores, the Raft
-// transport over mutual TLS (transport), takes a keystore (hsmwrap), and
-// serves the gRPC API (api/coffer/v1).
+// transport over mutual TLS (transport), takes a keystore (hsmwrap) and puts
+// it behind the custody barrier (barrier), which does everything the node
+// needs from it, and serves the gRPC API (api/coffer/v1).
 //
 // It owns the request path. Each door (the gRPC services, Forward for a
 // write another node accepted) begins one request value per request

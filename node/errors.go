@@ -2,8 +2,8 @@ package node
 
 import "errors"
 
-// Sentinel errors of the request path. status.go maps them (and the fsm and
-// hsmwrap sentinels) to gRPC codes; nothing else does.
+// Sentinel errors of the request path. status.go maps them (and the fsm,
+// barrier and hsmwrap sentinels) to gRPC codes; nothing else does.
 var (
 	ErrConfig          = errors.New("node: invalid configuration")
 	ErrInvalidArgument = errors.New("invalid argument")
@@ -16,7 +16,6 @@ var (
 	ErrNotReady        = errors.New("cluster is not initialised yet")
 	ErrOverloaded      = errors.New("node is overloaded")
 	ErrDiverged        = errors.New("replica diverged")
-	ErrKeystore        = errors.New("keystore unavailable")
 	// ErrNotMember refuses a node identity that is not in the Raft
 	// configuration (never was, or was removed).
 	ErrNotMember = errors.New("not a member of this cluster")

@@ -12,9 +12,9 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/custody"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/gkid"
-	"github.com/coffer-kms/coffer/hsmwrap"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -178,7 +178,7 @@ func (n *Node) createKey(ctx context.Context, r *request, spec *createSpec) (*co
 	} else if err != nil {
 		return nil, err
 	}
-	pol, err := n.policy(spec.policy)
+	pol, err := n.barrier.VerifiedPolicy(spec.policy)
 	if err != nil {
 		return nil, err
 	}
@@ -191,9 +191,8 @@ func (n *Node) createKey(ctx context.Context, r *request, spec *createSpec) (*co
 	if spec.material == nil {
 		genLen, _, _, _ = materialLen(spec.algorithm)
 	}
-	random, err := n.ks.Random(gkid.RandomBytes + genLen)
+	random, err := n.barrier.Random(gkid.RandomBytes + genLen)
 	if err != nil {
-		n.keystoreFailed(err)
 		return nil, fmt.Errorf("draw random bytes: %w", err)
 	}
 	defer clear(random)
@@ -222,12 +221,12 @@ func (n *Node) createKey(ctx context.Context, r *request, spec *createSpec) (*co
 	if rec.Escrow, err = escrowCopies(pol, id, material); err != nil {
 		return nil, err
 	}
-	if rec.WrappedMaterial, err = n.sealMaterial(pol, rec, material); err != nil {
+	if err := n.barrier.SealKey(pol, rec, material); err != nil {
 		return nil, err
 	}
 	e := r.entry
 	e.Gkid, e.Resource, e.Policy = rec.GetGkid(), rec.GetResource(), rec.GetPolicy()
-	if e.DetailHmac, err = n.materialDetail(material); err != nil {
+	if e.DetailHmac, err = n.barrier.MaterialDetail(material); err != nil {
 		return nil, err
 	}
 	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID, Audit: e})
@@ -247,54 +246,6 @@ func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {
 		}
 	}
 	return false
-}
-
-func (n *Node) sealMaterial(pol *cofferv1.PolicyRecord, rec *cofferv1.KeyRecord, material []byte) ([]byte, error) {
-	if err := n.keystoreReady(); err != nil {
-		return nil, err
-	}
-	id := hsmwrap.KEKID{Policy: pol.GetName(), Version: rec.GetKekVersion()}
-	if err := n.keks.ensure(n.ks, id, pol); err != nil {
-		return nil, err
-	}
-	out, err := n.ks.Seal(id, material, recordAAD(rec))
-	n.keystoreFailed(err)
-	return out, err
-}
-
-func (n *Node) openMaterial(rec *cofferv1.KeyRecord) ([]byte, error) {
-	if err := n.keystoreReady(); err != nil {
-		return nil, err
-	}
-	id := hsmwrap.KEKID{Policy: rec.GetPolicy(), Version: rec.GetKekVersion()}
-	// The policy (cached) names the committed wrapped KEK; the cache loads
-	// it once per wrapped copy.
-	pol, err := n.policy(rec.GetPolicy())
-	if err != nil {
-		return nil, fmt.Errorf("%w: key %s names policy %q: %v", fsm.ErrCorrupt, rec.GetGkid(), rec.GetPolicy(), err)
-	}
-	if err := n.keks.ensure(n.ks, id, pol); err != nil {
-		return nil, err
-	}
-	m, err := n.ks.Open(id, rec.GetWrappedMaterial(), recordAAD(rec))
-	n.keystoreFailed(err)
-	if errors.Is(err, hsmwrap.ErrIntegrity) {
-		metricIntegrityFailures.Inc()
-		n.logger.Error("stored key record failed its integrity check; refusing to serve it", "gkid", rec.GetGkid())
-		return nil, fmt.Errorf("key %s: stored record failed its integrity check: %w", rec.GetGkid(), err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", rec.GetGkid(), err)
-	}
-	return m, nil
-}
-
-// verifyRecord checks a key record's integrity (see recordAAD) without
-// returning its material, which is wiped at once.
-func (n *Node) verifyRecord(rec *cofferv1.KeyRecord) error {
-	m, err := n.openMaterial(rec)
-	clear(m)
-	return err
 }
 
 func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
@@ -354,13 +305,13 @@ func (n *Node) authorizedKey(ctx context.Context, r *request, id string, cons co
 	return rec, material, nil
 }
 
-// checkedMaterial verifies rec through the keystore (see recordAAD): for
+// checkedMaterial verifies rec through the barrier (custody.OpenKey): for
 // get it returns the unwrapped material, for other operations it wipes it.
 func (n *Node) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
 	if op != authz.OpGet {
-		return nil, n.verifyRecord(rec)
+		return nil, n.barrier.VerifyKey(rec)
 	}
-	return n.openMaterial(rec)
+	return n.barrier.OpenKey(rec)
 }
 
 // decidedKey commits the read's audit entry with its outcome left to Apply
@@ -477,7 +428,7 @@ func (n *Node) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
 	case cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:
 		sentinel = ErrKeyExpired
 	default:
-		metricIntegrityFailures.Inc()
+		custody.CountIntegrityFailure()
 		n.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
 		sentinel = fsm.ErrCorrupt
 	}
@@ -508,7 +459,7 @@ func (n *Node) storedKey(id string) (*cofferv1.KeyRecord, error) {
 		return nil, fmt.Errorf("%w: key %s", ErrNotFound, id)
 	}
 	if errors.Is(err, fsm.ErrCorrupt) {
-		metricIntegrityFailures.Inc()
+		custody.CountIntegrityFailure()
 		n.logger.Error("stored key record does not decode; refusing to serve it", "gkid", id)
 	}
 	if err != nil {
@@ -516,7 +467,7 @@ func (n *Node) storedKey(id string) (*cofferv1.KeyRecord, error) {
 	}
 	if rec.GetGkid() != id {
 		// The record stored under this id names another key: swapped.
-		metricIntegrityFailures.Inc()
+		custody.CountIntegrityFailure()
 		n.logger.Error("stored key record names another key; refusing to serve it", "gkid", id, "names", rec.GetGkid())
 		return nil, fmt.Errorf("%w: record stored under %s names %s", fsm.ErrCorrupt, id, rec.GetGkid())
 	}
@@ -574,7 +525,7 @@ func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest
 		if req.GetResource() == "" && s.n.authorize(c, authz.OpList, r.GetResource()) != nil {
 			continue
 		}
-		if err := s.n.verifyRecord(r); err != nil {
+		if err := s.n.barrier.VerifyKey(r); err != nil {
 			return nil, err
 		}
 		out.Keys = append(out.Keys, keyMetadata(r))

@@ -12,7 +12,6 @@ import (
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/gkid"
-	"github.com/coffer-kms/coffer/hsmwrap"
 )
 
 // DefaultPolicy is the custody policy that exists out of the box.
@@ -64,7 +63,7 @@ func (n *Node) ensureInitialised() error {
 	if _, err := n.fsm.Cluster(); err == nil {
 		return nil
 	}
-	idRand, err := n.ks.Random(gkid.ClusterIDRandomBytes)
+	idRand, err := n.barrier.Random(gkid.ClusterIDRandomBytes)
 	if err != nil {
 		return err
 	}
@@ -78,23 +77,20 @@ func (n *Node) ensureInitialised() error {
 		return err
 	}
 	info := &cofferv1.ClusterInfo{ClusterId: cid, CreatedUnixNano: now}
-	if info.IntegrityKek, err = n.ks.GenerateKEK(integrityKEK(info)); err != nil {
-		return err
-	}
-	if info.AuditHmacKey, err = n.newAuditHMACKey(info); err != nil {
+	if err := n.barrier.InitCluster(info); err != nil {
 		return err
 	}
 	initCmd := &cofferv1.InitClusterCommand{Info: info, DefaultPolicy: pol}
-	if err := n.tagRecord("p/"+pol.GetName(), pol, info); err != nil {
+	if err := n.barrier.Tag("p/"+pol.GetName(), pol, info); err != nil {
 		return err
 	}
 	for _, name := range n.cfg.BootstrapAdmins {
 		cl, rule := authz.BootstrapAdmin(name)
 		cl.CreatedUnixNano, rule.CreatedUnixNano = now, now
-		if err := n.tagRecord("c/"+cl.GetName(), cl, info); err != nil {
+		if err := n.barrier.Tag("c/"+cl.GetName(), cl, info); err != nil {
 			return err
 		}
-		if err := n.tagRecord("a/"+rule.GetId(), rule, info); err != nil {
+		if err := n.barrier.Tag("a/"+rule.GetId(), rule, info); err != nil {
 			return err
 		}
 		initCmd.BootstrapClients = append(initCmd.BootstrapClients, cl)
@@ -118,7 +114,7 @@ func (n *Node) ensureInitialised() error {
 // newPolicy builds a policy record with a fresh KEK (version 1) generated in
 // the keystore and wrapped under the master key.
 func (n *Node) newPolicy(name string, now int64) (*cofferv1.PolicyRecord, error) {
-	wrapped, err := n.ks.GenerateKEK(hsmwrap.KEKID{Policy: name, Version: 1})
+	wrapped, err := n.barrier.NewPolicyKEK(name, 1)
 	if err != nil {
 		return nil, err
 	}

@@ -321,7 +321,7 @@ func (n *Node) proposePin(ctx context.Context, id string, cert *x509.Certificate
 		// is drained (a removal is undone by a re-pin, on purpose).
 		rec.Site, rec.ApiAddr, rec.RaftAddr, rec.Drained = cur.GetSite(), cur.GetApiAddr(), cur.GetRaftAddr(), cur.GetDrained()
 	}
-	if err := n.tagRecord("n/"+id, rec, nil); err != nil {
+	if err := n.barrier.Tag("n/"+id, rec, nil); err != nil {
 		return fsm.Result{}, err
 	}
 	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_PIN_NODE, &cofferv1.PinNodeCommand{Node: rec, OnlyIfAbsent: o.onlyIfAbsent,

@@ -10,14 +10,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/coffer-kms/coffer/custody"
 	"github.com/coffer-kms/coffer/fsm"
 )
 
 var (
-	metricIntegrityFailures = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: "coffer", Name: "integrity_failures_total",
-		Help: "Stored records refused because they failed an integrity check.",
-	})
 	metricDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "authz_denied_total",
 		Help: "Requests refused by authorisation, by operation.",
@@ -100,10 +97,11 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func registerMetrics(reg *prometheus.Registry) {
-	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricIntegrityFailures, metricDenied, metricAuditFailures, metricKeystoreHealthy,
+	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricDenied, metricAuditFailures,
 		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
+	reg.MustRegister(custody.Collectors()...)
 }
 
 // streamMetricsInterceptor counts streaming RPCs (Export, Follow, Snapshot)

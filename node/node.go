@@ -29,18 +29,21 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/cluster"
+	"github.com/coffer-kms/coffer/custody"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/hsmwrap"
 	"github.com/coffer-kms/coffer/transport"
 )
 
 // Node is one cluster member: the composition root that wires the state
-// machine, Raft, the keystore and the gRPC services, and owns the request
-// path.
+// machine, Raft, the barrier (over the keystore) and the gRPC services, and
+// owns the request path.
 type Node struct {
 	cfg    Config
 	logger *slog.Logger
-	ks     hsmwrap.Keystore
+	// barrier holds the keystore: sealing and opening key records,
+	// integrity tags, the audit HMAC key, keystore health.
+	barrier *custody.Barrier
 
 	fsm  *fsm.FSM
 	raft *raft.Raft
@@ -82,24 +85,12 @@ type Node struct {
 	stopMembership context.CancelFunc
 	// hlog is Raft's logger, shared with autopilot.
 	hlog hclog.Logger
-	// backupMu serialises the use of the backup seal KEK slot.
-	backupMu sync.Mutex
 
 	reads *coalescer
-	keks  kekCache
 	// auditor batches audit entries into Raft.
 	auditor auditor
 	// auditSigner signs audit checkpoints (nil: the keystore cannot sign).
 	auditSigner crypto.Signer
-	// ksErr is the keystore's last self-test failure (nil: healthy).
-	ksErr atomic.Pointer[error]
-	// ksProbe asks the health loop for an immediate self-test.
-	ksProbe chan struct{}
-	// hmacKey caches the unsealed audit detail HMAC key.
-	hmacKey hmacKey
-	// verifiedPolicies remembers the policy tags already verified.
-	verifiedMu       sync.Mutex
-	verifiedPolicies map[string]string
 	// readyTerm is the term in which this node, as leader, last completed a
 	// barrier; see ensureLeaderReady.
 	readyTerm atomic.Uint64
@@ -133,16 +124,21 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("node", cfg.ID)
+	bcfg := custody.DefaultConfig()
+	bcfg.NodeID, bcfg.Logger = cfg.ID, logger
+	b, err := custody.New(ks, bcfg)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	n := &Node{
 		cfg:      cfg,
 		logger:   logger,
-		ks:       ks,
+		barrier:  b,
 		peers:    map[string]Peer{},
 		conns:    map[string]*grpc.ClientConn{},
 		forwards: make(chan struct{}, cfg.Limits.MaxInflightForwards),
 		digests:  make(chan struct{}, 1),
 		stopCh:   make(chan struct{}),
-		ksProbe:  make(chan struct{}, 1),
 		codec:    newRequestCodec(),
 	}
 	n.sideAudit = newSideAuditor(n)
@@ -155,16 +151,18 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 			n.closeStores()
 		}
 	}()
-	if err := ks.SelfTest(); err != nil {
+	if err := n.barrier.Probe(); err != nil {
 		return nil, fmt.Errorf("node: keystore self-test: %w", err)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
-	if n.fsm, err = openState(fsm.Config{Dir: filepath.Join(cfg.DataDir, "state"), Logger: logger, CacheBytes: 64 << 20,
-		VerifyRecord: n.verifyRecordTag, OnAccessChange: n.revalidateRaft}); err != nil {
+	fcfg := fsm.DefaultConfig(filepath.Join(cfg.DataDir, "state"))
+	fcfg.Logger, fcfg.VerifyRecord, fcfg.OnAccessChange = logger, n.barrier.VerifyRecord, n.revalidateRaft
+	if n.fsm, err = openState(fcfg); err != nil {
 		return nil, err
 	}
+	n.barrier.UseState(n.fsm)
 	if err := n.startRaft(); err != nil {
 		return nil, err
 	}
@@ -185,7 +183,7 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	}
 	n.wg.Add(4)
 	go n.leaderLoop()
-	go n.keystoreHealthLoop()
+	go func() { defer n.wg.Done(); n.barrier.Run(n.stopCh) }()
 	go n.revalidateLoop()
 	go n.sideAudit.run()
 	n.wg.Add(1)
@@ -369,7 +367,7 @@ func (n *Node) Raft() *raft.Raft { return n.raft }
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // Close stops the API (letting in-flight requests finish for a moment), then
-// Raft, then the stores and the keystore.
+// Raft, then the stores and the barrier with its keystore.
 func (n *Node) Close() error {
 	var err error
 	n.stopOnce.Do(func() {
@@ -417,9 +415,7 @@ func (n *Node) closeStores() {
 	if n.fsm != nil {
 		_ = n.fsm.Close()
 	}
-	if n.ks != nil {
-		_ = n.ks.Close()
-	}
+	_ = n.barrier.Close()
 }
 
 var _ io.Closer = (*Node)(nil)

@@ -215,7 +215,7 @@ func (n *Node) keepLeadershipAway() {
 // still expected, carrying r's audit entry.
 func (n *Node) writeMemberRecord(ctx context.Context, r *request, rec *cofferv1.NodeRecord, expected []byte) error {
 	rec.IntegrityTag = nil
-	if err := n.tagRecord("n/"+rec.GetId(), rec, nil); err != nil {
+	if err := n.barrier.Tag("n/"+rec.GetId(), rec, nil); err != nil {
 		return err
 	}
 	data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_PIN_NODE, &cofferv1.PinNodeCommand{Node: rec, ExpectedSha256: expected, Audit: r.entry})

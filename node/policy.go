@@ -100,7 +100,7 @@ func (n *Node) createPolicy(ctx context.Context, r *request, req *cofferv1.Creat
 		pol.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
 	}
 	r.entry.Policy = pol.GetName()
-	if err := n.tagRecord("p/"+pol.GetName(), pol, nil); err != nil {
+	if err := n.barrier.Tag("p/"+pol.GetName(), pol, nil); err != nil {
 		return nil, err
 	}
 	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol, Audit: r.entry})
@@ -121,7 +121,7 @@ func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRe
 	if err := s.n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	p, err := s.n.policy(req.GetName())
+	p, err := s.n.barrier.VerifiedPolicy(req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +141,7 @@ func (s *policyService) ListPolicies(ctx context.Context, req *cofferv1.ListPoli
 		return nil, err
 	}
 	for _, p := range ps {
-		if err := s.n.checkPolicy(p); err != nil {
+		if err := s.n.barrier.VerifyPolicy(p); err != nil {
 			return nil, err
 		}
 	}

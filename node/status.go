@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/coffer-kms/coffer/custody"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/hsmwrap"
 )
@@ -49,7 +50,9 @@ var codeTable = []struct {
 	{ErrNotReady, codes.Unavailable},
 	{ErrOverloaded, codes.ResourceExhausted},
 	{ErrDiverged, codes.Unavailable},
-	{ErrKeystore, codes.Unavailable},
+	{custody.ErrUnavailable, codes.Unavailable},
+	{custody.ErrNoKEK, codes.FailedPrecondition},
+	{custody.ErrBadSeal, codes.InvalidArgument},
 	{ErrKeyNotYetValid, codes.FailedPrecondition},
 	{ErrKeyExpired, codes.FailedPrecondition},
 	{fsm.ErrDiverged, codes.Internal},
@@ -64,6 +67,7 @@ var codeTable = []struct {
 	{ErrPinMismatch, codes.PermissionDenied},
 	{ErrNotAdmitted, codes.Unavailable},
 	{ErrPrecondition, codes.FailedPrecondition},
+	{custody.ErrIntegrity, codes.DataLoss},
 	{hsmwrap.ErrIntegrity, codes.DataLoss},
 	{fsm.ErrCorrupt, codes.DataLoss},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},

@@ -12,7 +12,6 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
-	"github.com/coffer-kms/coffer/hsmwrap"
 )
 
 // Bounds of use and cache policies.
@@ -123,7 +122,7 @@ func (n *Node) updatePolicy(ctx context.Context, r *request, req *cofferv1.Updat
 	if err := n.authorize(c, authz.OpPolicyUpdate, ""); err != nil {
 		return nil, err
 	}
-	cur, err := n.policy(req.GetName())
+	cur, err := n.barrier.VerifiedPolicy(req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -157,14 +156,14 @@ func (n *Node) updatePolicy(ctx context.Context, r *request, req *cofferv1.Updat
 	}
 	if req.GetRotateKek() {
 		v := cur.GetKekVersion() + 1
-		wrapped, err := n.ks.GenerateKEK(hsmwrap.KEKID{Policy: p.GetName(), Version: v})
+		wrapped, err := n.barrier.NewPolicyKEK(p.GetName(), v)
 		if err != nil {
 			return nil, err
 		}
 		p.Keks = append(p.Keks, &cofferv1.WrappedKEK{Version: v, Wrapped: wrapped, CreatedUnixNano: time.Now().UnixNano()})
 		p.KekVersion = v
 	}
-	if err := n.tagRecord("p/"+p.GetName(), p, nil); err != nil {
+	if err := n.barrier.Tag("p/"+p.GetName(), p, nil); err != nil {
 		return nil, err
 	}
 	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY, &cofferv1.UpdatePolicyCommand{Policy: p, ExpectedRevision: cur.GetRevision(), Audit: r.entry})

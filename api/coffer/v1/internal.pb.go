@@ -1018,7 +1018,7 @@ type PolicyRecord struct {
 	EscrowKeys []*EscrowKey `protobuf:"bytes,9,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
 	// Keys expire this long after creation; 0: never.
 	MaxLifetimeNanos int64 `protobuf:"varint,10,opt,name=max_lifetime_nanos,json=maxLifetimeNanos,proto3" json:"max_lifetime_nanos,omitempty"`
-	// Integrity tag over the record and its path (see node/integrity.go).
+	// Integrity tag over the record and its path (see custody/tags.go).
 	IntegrityTag  []byte `protobuf:"bytes,11,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2373,7 +2373,7 @@ type NodeRecord struct {
 	// The leader that admitted the member, or the operator's node for a
 	// re-pin.
 	PinnedBy string `protobuf:"bytes,6,opt,name=pinned_by,json=pinnedBy,proto3" json:"pinned_by,omitempty"`
-	// Integrity tag over the record and its path (see node/integrity.go).
+	// Integrity tag over the record and its path (see custody/tags.go).
 	IntegrityTag []byte `protobuf:"bytes,7,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
 	// SHA-256 of the certificate pinned before a re-pin, still accepted
 	// until the member is seen with the new one (then the leader clears it),
