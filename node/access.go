@@ -16,39 +16,8 @@ import (
 	"github.com/coffer-kms/coffer/fsm"
 )
 
-// accessService manages clients, rules and the certificate deny list. Writes
-// run on the leader (followers forward them) and are authorised there
-// against committed state; every change is applied and the authorisation
-// snapshot swapped before the call returns, so it binds every node for every
-// request that arrives afterwards (reads on followers wait for the leader's
-// applied index first).
-type accessService struct {
-	cofferv1.UnimplementedAccessServiceServer
-	n *Node
-}
-
 // MaxReasonLen bounds a revocation reason.
 const maxRevokeReason = 256
-
-func (s *accessService) RegisterClient(ctx context.Context, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeRegisterClient, req)
-}
-
-func (s *accessService) SetClientActive(ctx context.Context, req *cofferv1.SetClientActiveRequest) (*cofferv1.ClientInfo, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeSetClientActive, req)
-}
-
-func (s *accessService) RevokeCertificate(ctx context.Context, req *cofferv1.RevokeCertificateRequest) (*cofferv1.RevokeCertificateResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeRevokeCertificate, req)
-}
-
-func (s *accessService) Grant(ctx context.Context, req *cofferv1.GrantRequest) (*cofferv1.AclRuleInfo, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeGrant, req)
-}
-
-func (s *accessService) RevokeGrant(ctx context.Context, req *cofferv1.RevokeGrantRequest) (*cofferv1.RevokeGrantResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeRevokeGrant, req)
-}
 
 func validateRegister(req *cofferv1.RegisterClientRequest) error {
 	rec := &cofferv1.ClientRecord{Name: req.GetName(), Active: true, Groups: req.GetGroups(), Roles: req.GetRoles(), Revision: 1}
@@ -188,33 +157,33 @@ func (n *Node) revokeGrant(ctx context.Context, r *request, req *cofferv1.Revoke
 	return &cofferv1.RevokeGrantResponse{Id: req.GetId()}, nil
 }
 
-func (s *accessService) read(ctx context.Context, op authz.Op, cons cofferv1.Consistency) error {
+func (n *Node) accessRead(ctx context.Context, op authz.Op, cons cofferv1.Consistency) error {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return err
 	}
-	return s.n.authorizedRead(ctx, c, op, cons)
+	return n.authorizedRead(ctx, c, op, cons)
 }
 
-func (s *accessService) GetClient(ctx context.Context, req *cofferv1.GetClientRequest) (*cofferv1.ClientInfo, error) {
+func (n *Node) getClient(ctx context.Context, req *cofferv1.GetClientRequest) (*cofferv1.ClientInfo, error) {
 	if err := authz.ValidateClientName(req.GetName()); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	if err := s.read(ctx, authz.OpClientRead, req.GetConsistency()); err != nil {
+	if err := n.accessRead(ctx, authz.OpClientRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	cl, err := s.n.fsm.Client(req.GetName())
+	cl, err := n.fsm.Client(req.GetName())
 	if err != nil {
 		return nil, err
 	}
 	return clientInfo(cl), nil
 }
 
-func (s *accessService) ListClients(ctx context.Context, req *cofferv1.ListClientsRequest) (*cofferv1.ListClientsResponse, error) {
-	if err := s.read(ctx, authz.OpClientRead, req.GetConsistency()); err != nil {
+func (n *Node) listClients(ctx context.Context, req *cofferv1.ListClientsRequest) (*cofferv1.ListClientsResponse, error) {
+	if err := n.accessRead(ctx, authz.OpClientRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	cls, err := s.n.fsm.Clients()
+	cls, err := n.fsm.Clients()
 	if err != nil {
 		return nil, err
 	}
@@ -225,16 +194,16 @@ func (s *accessService) ListClients(ctx context.Context, req *cofferv1.ListClien
 	return out, nil
 }
 
-func (s *accessService) ListGrants(ctx context.Context, req *cofferv1.ListGrantsRequest) (*cofferv1.ListGrantsResponse, error) {
+func (n *Node) listGrants(ctx context.Context, req *cofferv1.ListGrantsRequest) (*cofferv1.ListGrantsResponse, error) {
 	if req.GetSubject() != "" {
 		if _, _, err := authz.ParseSubject(req.GetSubject()); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 		}
 	}
-	if err := s.read(ctx, authz.OpACLRead, req.GetConsistency()); err != nil {
+	if err := n.accessRead(ctx, authz.OpACLRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	rules, err := s.n.fsm.Rules()
+	rules, err := n.fsm.Rules()
 	if err != nil {
 		return nil, err
 	}
@@ -251,7 +220,7 @@ func (s *accessService) ListGrants(ctx context.Context, req *cofferv1.ListGrants
 // names no serial: serial 0 is never issued (RFC 5280 serials are positive).
 const checkSerial = "0"
 
-func (s *accessService) Check(ctx context.Context, req *cofferv1.CheckRequest) (*cofferv1.CheckResponse, error) {
+func (n *Node) check(ctx context.Context, req *cofferv1.CheckRequest) (*cofferv1.CheckResponse, error) {
 	if err := authz.ValidateClientName(req.GetClient()); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
@@ -265,10 +234,10 @@ func (s *accessService) Check(ctx context.Context, req *cofferv1.CheckRequest) (
 			return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 		}
 	}
-	if err := s.read(ctx, authz.OpACLRead, req.GetConsistency()); err != nil {
+	if err := n.accessRead(ctx, authz.OpACLRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	e := s.n.fsm.Authz().Explain(authz.Request{Identity: authz.ClientSubject(req.GetClient()), CertSerial: serial, Op: op, Resource: req.GetResource()})
+	e := n.fsm.Authz().Explain(authz.Request{Identity: authz.ClientSubject(req.GetClient()), CertSerial: serial, Op: op, Resource: req.GetResource()})
 	if req.GetCertSerial() == "" && len(e.Steps) > 0 && e.Steps[0].Name == "certificate" && e.Steps[0].Passed {
 		e.Steps[0].Detail = "no certificate named: taken as not revoked (name one with its serial to check it)"
 	}

@@ -528,20 +528,20 @@ func (n *Node) appendAudit(ctx context.Context, b auditBatch) (uint64, []fsm.Rea
 	return resp.GetIndex(), reads, nil
 }
 
-// AppendAudit commits entries that a follower collected.
-func (s *internalService) AppendAudit(ctx context.Context, req *cofferv1.AppendAuditRequest) (*cofferv1.AppendAuditResponse, error) {
-	if _, err := s.n.requireMember(ctx, doorAppendAudit, fmt.Sprintf("%d entries", len(req.GetEntries()))); err != nil {
+// internalAppendAudit commits entries that a follower collected.
+func (n *Node) internalAppendAudit(ctx context.Context, req *cofferv1.AppendAuditRequest) (*cofferv1.AppendAuditResponse, error) {
+	if _, err := n.requireMember(ctx, doorAppendAudit, fmt.Sprintf("%d entries", len(req.GetEntries()))); err != nil {
 		return nil, err
 	}
 	if len(req.GetEntries()) == 0 || len(req.GetEntries()) > maxAuditBatch {
 		return nil, fmt.Errorf("%w: 1..%d entries per call", ErrInvalidArgument, maxAuditBatch)
 	}
-	if !s.n.IsLeader() {
-		return nil, s.n.notLeader(fmt.Errorf("audit entries reached a follower"))
+	if !n.IsLeader() {
+		return nil, n.notLeader(fmt.Errorf("audit entries reached a follower"))
 	}
 	// The follower's batch joins this node's next round (submit validates
 	// it), so followers' rounds add no Raft entries of their own.
-	idx, reads, err := s.n.auditor.submit(ctx, auditBatch{entries: req.GetEntries(), decide: req.GetDecide(), fallback: req.GetFallback()})
+	idx, reads, err := n.auditor.submit(ctx, auditBatch{entries: req.GetEntries(), decide: req.GetDecide(), fallback: req.GetFallback()})
 	if err != nil {
 		return nil, err
 	}

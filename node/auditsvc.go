@@ -14,18 +14,13 @@ import (
 // MaxAuditPage bounds one Query page.
 const MaxAuditPage = 1000
 
-type auditService struct {
-	cofferv1.UnimplementedAuditServiceServer
-	n *Node
-}
-
 var outcomeNames = map[string]cofferv1.AuditOutcome{
 	"granted": cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED,
 	"denied":  cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED,
 	"failed":  cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED,
 }
 
-func (s *auditService) Query(ctx context.Context, req *cofferv1.AuditQueryRequest) (*cofferv1.AuditQueryResponse, error) {
+func (n *Node) query(ctx context.Context, req *cofferv1.AuditQueryRequest) (*cofferv1.AuditQueryResponse, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
@@ -50,21 +45,21 @@ func (s *auditService) Query(ctx context.Context, req *cofferv1.AuditQueryReques
 	if req.GetUntil() != nil {
 		flt.UntilUnixNano = req.GetUntil().AsTime().UnixNano()
 	}
-	if err := s.n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
+	if err := n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	if n := req.GetNewest(); n > 0 {
-		entries, head, err := s.n.fsm.NewestAuditEntries(0, int(n), flt)
+	if newest := req.GetNewest(); newest > 0 {
+		entries, head, err := n.fsm.NewestAuditEntries(0, int(newest), flt)
 		if err != nil {
 			return nil, err
 		}
 		return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: head, HeadSeq: head}, nil
 	}
-	entries, last, err := s.n.fsm.AuditEntries(req.GetAfterSeq(), limit, flt)
+	entries, last, err := n.fsm.AuditEntries(req.GetAfterSeq(), limit, flt)
 	if err != nil {
 		return nil, err
 	}
-	return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: last, HeadSeq: s.n.fsm.AuditHeadSeq()}, nil
+	return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: last, HeadSeq: n.fsm.AuditHeadSeq()}, nil
 }
 
 // auditFilter builds the filter of a Query or Follow request.
@@ -80,24 +75,24 @@ func auditFilter(caller, gkid, operation, outcome string) (fsm.AuditFilter, erro
 	return flt, nil
 }
 
-// Head tells where the log stands on this node: its newest entry, newest
+// head tells where the log stands on this node: its newest entry, newest
 // signed checkpoint and prune marker.
-func (s *auditService) Head(ctx context.Context, req *cofferv1.AuditHeadRequest) (*cofferv1.AuditHeadResponse, error) {
+func (n *Node) head(ctx context.Context, req *cofferv1.AuditHeadRequest) (*cofferv1.AuditHeadResponse, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
+	if err := n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	resp := &cofferv1.AuditHeadResponse{Node: s.n.cfg.ID, AppliedIndex: s.n.fsm.AppliedIndex()}
-	if resp.HeadSeq, resp.HeadHash, err = s.n.fsm.AuditHead(); err != nil {
+	resp := &cofferv1.AuditHeadResponse{Node: n.cfg.ID, AppliedIndex: n.fsm.AppliedIndex()}
+	if resp.HeadSeq, resp.HeadHash, err = n.fsm.AuditHead(); err != nil {
 		return nil, err
 	}
-	if resp.Checkpoint, err = s.n.fsm.AuditCheckpoint(); err != nil {
+	if resp.Checkpoint, err = n.fsm.AuditCheckpoint(); err != nil {
 		return nil, err
 	}
-	if resp.Pruned, err = s.n.fsm.AuditPruneMarker(); err != nil {
+	if resp.Pruned, err = n.fsm.AuditPruneMarker(); err != nil {
 		return nil, err
 	}
 	return resp, nil
@@ -108,14 +103,14 @@ func (s *auditService) Head(ctx context.Context, req *cofferv1.AuditHeadRequest)
 // many rounds instead of one each.
 const followPace = 100 * time.Millisecond
 
-// Follow streams the entries after req.after_seq, then each new one as this
+// follow streams the entries after req.after_seq, then each new one as this
 // node applies them. The stream's own audit entry is committed before the
 // first message; it ends when the caller cancels, or with Unavailable when
 // the node stops, so the caller resumes elsewhere.
-func (s *auditService) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
+func (n *Node) follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
 	ctx := stream.Context()
-	err := s.n.auditedStream(ctx, "Follow", authz.OpAuditRead, func(grant func() error) error {
-		return s.follow(ctx, req, stream, grant)
+	err := n.auditedStream(ctx, "Follow", authz.OpAuditRead, func(grant func() error) error {
+		return n.auditFollow(ctx, req, stream, grant)
 	})
 	if err != nil && ctx.Err() != nil {
 		return nil // the caller went away: a normal end
@@ -123,7 +118,7 @@ func (s *auditService) Follow(req *cofferv1.AuditFollowRequest, stream cofferv1.
 	return toStatus(err)
 }
 
-func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer, grant func() error) error {
+func (n *Node) auditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer, grant func() error) error {
 	if req.GetNewest() > MaxAuditPage {
 		return fmt.Errorf("%w: newest must be at most %d", ErrInvalidArgument, MaxAuditPage)
 	}
@@ -135,7 +130,7 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	if req.GetFromNewest() {
 		// The newest matches before the stream's own entry, which grant
 		// commits.
-		after = s.n.fsm.AuditHeadSeq()
+		after = n.fsm.AuditHeadSeq()
 	}
 	if err := grant(); err != nil {
 		return err
@@ -143,20 +138,20 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 	metricFollowStreams.Inc()
 	defer metricFollowStreams.Dec()
 	// End the stream when the node stops, so that Close does not wait.
-	ctx, cancel := s.n.stopContext(ctx)
+	ctx, cancel := n.stopContext(ctx)
 	defer cancel()
 	send := func(entries []*cofferv1.AuditEntry) error {
 		if len(entries) == 0 {
 			return nil
 		}
-		if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.n.fsm.AuditHeadSeq()}); err != nil {
+		if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: n.fsm.AuditHeadSeq()}); err != nil {
 			return err
 		}
 		metricFollowEntries.Add(float64(len(entries)))
 		return nil
 	}
 	if req.GetFromNewest() && req.GetNewest() > 0 && after > 0 {
-		entries, _, err := s.n.fsm.NewestAuditEntries(after, int(req.GetNewest()), flt)
+		entries, _, err := n.fsm.NewestAuditEntries(after, int(req.GetNewest()), flt)
 		if err != nil {
 			return err
 		}
@@ -165,7 +160,7 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 		}
 	}
 	for {
-		entries, last, err := s.n.fsm.AuditEntries(after, MaxAuditPage, flt)
+		entries, last, err := n.fsm.AuditEntries(after, MaxAuditPage, flt)
 		if err != nil {
 			return err
 		}
@@ -176,28 +171,28 @@ func (s *auditService) follow(ctx context.Context, req *cofferv1.AuditFollowRequ
 			after = last
 			continue // there may be more pages
 		}
-		if s.n.fsm.Diverged() {
+		if n.fsm.Diverged() {
 			return errReplicaDiverged()
 		}
-		if err := s.n.fsm.WaitAudit(ctx, after); err != nil {
-			return s.followEnded(err)
+		if err := n.fsm.WaitAudit(ctx, after); err != nil {
+			return n.auditFollowEnded(err)
 		}
 		t := time.NewTimer(followPace)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return s.followEnded(ctx.Err())
+			return n.auditFollowEnded(ctx.Err())
 		}
 	}
 }
 
 // followEnded says why a Follow stream stopped waiting: the node is
 // stopping (Unavailable, resume elsewhere) or the caller went away.
-func (s *auditService) followEnded(err error) error {
+func (n *Node) auditFollowEnded(err error) error {
 	stopping := errors.Is(err, fsm.ErrClosed)
 	select {
-	case <-s.n.stopCh:
+	case <-n.stopCh:
 		stopping = true
 	default:
 	}
@@ -207,23 +202,23 @@ func (s *auditService) followEnded(err error) error {
 	return err
 }
 
-// Export streams the log as JSON Lines (see audit/DESIGN.md). The export's
+// export streams the log as JSON Lines (see audit/DESIGN.md). The export's
 // own audit entry is committed before the first byte is sent.
-func (s *auditService) Export(req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer) error {
+func (n *Node) export(req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer) error {
 	ctx := stream.Context()
-	return toStatus(s.n.auditedStream(ctx, "Export", authz.OpAuditExport, func(grant func() error) error {
-		return s.export(ctx, req, stream, grant)
+	return toStatus(n.auditedStream(ctx, "Export", authz.OpAuditExport, func(grant func() error) error {
+		return n.auditExport(ctx, req, stream, grant)
 	}))
 }
 
-func (s *auditService) export(ctx context.Context, req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer, grant func() error) error {
+func (n *Node) auditExport(ctx context.Context, req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer, grant func() error) error {
 	if err := grant(); err != nil {
 		return err
 	}
 	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.AuditExportChunk{Data: b}) }}
-	if err := s.n.fsm.ExportAudit(req.GetAfterSeq(), w); err != nil {
+	if err := n.fsm.ExportAudit(req.GetAfterSeq(), w); err != nil {
 		// The entry is committed as granted; the failure shows in the log.
-		s.n.logger.Error("audit export failed", "err", err)
+		n.logger.Error("audit export failed", "err", err)
 		return err
 	}
 	return w.flush()

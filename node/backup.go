@@ -62,35 +62,34 @@ func (n *Node) openSeal(seal *cofferv1.SnapshotSeal) ([]byte, error) {
 	return sum, nil
 }
 
-// Snapshot streams a sealed backup of the state (wrapped material only),
+// snapshot streams a sealed backup of the state (wrapped material only),
 // taken once every write acknowledged before the call is applied.
-func (s *clusterService) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.ClusterService_SnapshotServer) error {
+func (n *Node) snapshot(stream cofferv1.ClusterService_SnapshotServer) error {
 	ctx := stream.Context()
-	return toStatus(s.n.auditedStream(ctx, "Snapshot", authz.OpSnapshotSave, func(grant func() error) error {
+	return toStatus(n.auditedStream(ctx, "Snapshot", authz.OpSnapshotSave, func(grant func() error) error {
 		if err := grant(); err != nil {
 			return err
 		}
 		h := sha256.New()
 		w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.SnapshotChunk{Data: b}) }}
-		idx, err := s.n.fsm.BackupTo(io.MultiWriter(w, h))
+		idx, err := n.fsm.BackupTo(io.MultiWriter(w, h))
 		if err == nil {
 			err = w.flush()
 		}
 		if err != nil {
 			return err
 		}
-		seal, err := s.n.sealBackup(idx, h.Sum(nil), uint64(w.total))
+		seal, err := n.sealBackup(idx, h.Sum(nil), uint64(w.total))
 		if err != nil {
 			return err
 		}
-		s.n.logger.Info("backup streamed", "applied_index", idx, "bytes", w.total)
+		n.logger.Info("backup streamed", "applied_index", idx, "bytes", w.total)
 		return stream.Send(&cofferv1.SnapshotChunk{AppliedIndex: idx, Seal: seal})
 	}))
 }
 
-// Restore puts a sealed backup into this fresh cluster (see the RPC).
-func (s *clusterService) Restore(stream cofferv1.ClusterService_RestoreServer) error {
-	n := s.n
+// restoreBackup puts a sealed backup into this fresh cluster (see the RPC).
+func (n *Node) restoreBackup(stream cofferv1.ClusterService_RestoreServer) error {
 	ctx := stream.Context()
 	e := n.newAuditEntry(ctx, "Restore")
 	resp, err := n.restore(ctx, stream, e)

@@ -104,12 +104,6 @@ func (n *Node) checkpoint(seq uint64, head []byte, signer crypto.Signer) error {
 	return res.Err
 }
 
-// Prune deletes entries up to a checkpoint, leaving a marker. A follower
-// forwards it to the leader, as every write.
-func (s *auditService) Prune(ctx context.Context, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writePrune, req)
-}
-
 func validatePrune(req *cofferv1.AuditPruneRequest) error {
 	upTo, before := req.GetUpToSeq(), req.GetBefore()
 	switch {

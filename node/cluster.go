@@ -28,27 +28,22 @@ const statusTimeout = 2 * time.Second
 // reported as such instead of failing the whole status.
 const digestTimeout = 4 * time.Second
 
-type clusterService struct {
-	cofferv1.UnimplementedClusterServiceServer
-	n *Node
-}
-
 // LocalStatus reports this node's own view.
-func (s *clusterService) LocalStatus(ctx context.Context, req *cofferv1.NodeStatusRequest) (*cofferv1.NodeStatus, error) {
+func (n *Node) ownStatus(ctx context.Context, req *cofferv1.NodeStatusRequest) (*cofferv1.NodeStatus, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if c.id.Kind == transport.KindNode {
-		if _, err := s.n.requireMember(ctx, doorStatus, ""); err != nil {
+		if _, err := n.requireMember(ctx, doorStatus, ""); err != nil {
 			return nil, err
 		}
-	} else if err := s.n.authorize(c, authz.OpClusterRead, ""); err != nil {
+	} else if err := n.authorize(c, authz.OpClusterRead, ""); err != nil {
 		return nil, err
 	}
-	st := s.n.localStatus()
+	st := n.localStatus()
 	if req.GetDigest() {
-		s.n.addStateDigest(ctx, st)
+		n.addStateDigest(ctx, st)
 	}
 	return st, nil
 }
@@ -138,16 +133,15 @@ func (n *Node) peerAPIAddrOr(id, def string) string {
 	return def
 }
 
-// Status asks every member of the Raft configuration for its own view.
-func (s *clusterService) Status(ctx context.Context, req *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
+// status asks every member of the Raft configuration for its own view.
+func (n *Node) status(ctx context.Context, req *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.n.authorize(c, authz.OpClusterRead, ""); err != nil {
+	if err := n.authorize(c, authz.OpClusterRead, ""); err != nil {
 		return nil, err
 	}
-	n := s.n
 	ids := map[string]raft.Server{}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {

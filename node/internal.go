@@ -9,24 +9,16 @@ import (
 	"github.com/coffer-kms/coffer/audit"
 )
 
-// internalService is served to members only (requireMember): a node
-// certificate from the node CA, in the Raft configuration, not revoked, and
-// the certificate pinned at the member's admission.
-type internalService struct {
-	cofferv1.UnimplementedInternalServiceServer
-	n *Node
-}
-
-// Forward executes a write for a caller that another node authenticated.
+// internalForward executes a write for a caller that another node authenticated.
 // It is the leader's door for forwarded writes: it begins the request from
 // the forwarded caller and finishes it as every door does.
-func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+func (n *Node) internalForward(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
 	w, msg := rowOf(req)
 	opName := "forward"
 	if w != nil {
 		opName = string(w.name())
 	}
-	if _, err := s.n.requireMember(ctx, doorForward, "forwarded "+opName+" as "+clip(req.GetCaller().GetIdentity(), 80)); err != nil {
+	if _, err := n.requireMember(ctx, doorForward, "forwarded "+opName+" as "+clip(req.GetCaller().GetIdentity(), 80)); err != nil {
 		return nil, err
 	}
 	caller, err := callerFromProto(req.GetCaller())
@@ -55,29 +47,29 @@ func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequ
 	}
 	requestTarget(r.entry, msg)
 	var resp *cofferv1.ForwardResponse
-	if !s.n.IsLeader() {
+	if !n.IsLeader() {
 		// Leadership moved while the request was in flight; the client
 		// retries (writes carry request ids, so a retry is safe).
-		err = s.n.notLeader(fmt.Errorf("forwarded write reached a follower"))
+		err = n.notLeader(fmt.Errorf("forwarded write reached a follower"))
 	} else {
-		resp, err = s.n.execute(ctx, r, req)
+		resp, err = n.execute(ctx, r, req)
 	}
-	if ferr := s.n.finishRequest(ctx, r, false, err); ferr != nil {
+	if ferr := n.finishRequest(ctx, r, false, err); ferr != nil {
 		return nil, ferr
 	}
 	return resp, err
 }
 
-// ReadIndex confirms leadership and returns the index a follower must apply
+// internalReadIndex confirms leadership and returns the index a follower must apply
 // before it answers a linearizable read.
-func (s *internalService) ReadIndex(ctx context.Context, _ *cofferv1.ReadIndexRequest) (*cofferv1.ReadIndexResponse, error) {
-	if _, err := s.n.requireMember(ctx, doorReadIndex, ""); err != nil {
+func (n *Node) internalReadIndex(ctx context.Context) (*cofferv1.ReadIndexResponse, error) {
+	if _, err := n.requireMember(ctx, doorReadIndex, ""); err != nil {
 		return nil, err
 	}
-	if !s.n.IsLeader() {
-		return nil, s.n.notLeader(fmt.Errorf("read index asked of a follower"))
+	if !n.IsLeader() {
+		return nil, n.notLeader(fmt.Errorf("read index asked of a follower"))
 	}
-	idx, err := s.n.reads.Do(ctx)
+	idx, err := n.reads.Do(ctx)
 	if err != nil {
 		return nil, err
 	}

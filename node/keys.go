@@ -32,11 +32,6 @@ var (
 	policyRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 )
 
-type keyService struct {
-	cofferv1.UnimplementedKeyServiceServer
-	n *Node
-}
-
 // materialLen returns the key length for an algorithm (generation) and the
 // accepted import range.
 func materialLen(a cofferv1.Algorithm) (gen, minLen, maxLen int, err error) {
@@ -110,14 +105,6 @@ func newCreateSpec(requestID, policy, resource string, alg cofferv1.Algorithm, m
 		return nil, fmt.Errorf("%w: generate takes no material", ErrInvalidArgument)
 	}
 	return &createSpec{requestID: requestID, policy: policy, resource: resource, algorithm: alg, material: material}, nil
-}
-
-func (s *keyService) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeGenerate, req)
-}
-
-func (s *keyService) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writePut, req)
 }
 
 func generateSpec(r *cofferv1.GenerateKeyRequest) (*createSpec, error) {
@@ -248,16 +235,16 @@ func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {
 	return false
 }
 
-func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	rec, material, err := s.n.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpGet)
+func (n *Node) getKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
+	rec, material, err := n.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpGet)
 	if err != nil {
 		return nil, err
 	}
 	return &cofferv1.GetKeyResponse{Key: keyMetadata(rec), Material: material}, nil
 }
 
-func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
-	rec, _, err := s.n.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
+func (n *Node) describeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
+	rec, _, err := n.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
 	if err != nil {
 		return nil, err
 	}
@@ -481,7 +468,7 @@ func validConsistency(c cofferv1.Consistency) error {
 	return nil
 }
 
-func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
+func (n *Node) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
@@ -506,26 +493,26 @@ func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest
 	if err := validConsistency(req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	if err := s.n.linearize(ctx, req.GetConsistency()); err != nil {
+	if err := n.linearize(ctx, req.GetConsistency()); err != nil {
 		return nil, err
 	}
 	// With a resource filter the caller needs the list grant on it; without
 	// one, the page holds only the keys whose resource the caller may list.
 	if req.GetResource() != "" {
-		if err := s.n.authorize(c, authz.OpList, req.GetResource()); err != nil {
+		if err := n.authorize(c, authz.OpList, req.GetResource()); err != nil {
 			return nil, err
 		}
 	}
-	recs, next, err := s.n.fsm.ListKeys(fsm.ListFilter{Policy: req.GetPolicy(), Resource: req.GetResource()}, req.GetPageToken(), size)
+	recs, next, err := n.fsm.ListKeys(fsm.ListFilter{Policy: req.GetPolicy(), Resource: req.GetResource()}, req.GetPageToken(), size)
 	if err != nil {
 		return nil, err
 	}
 	out := &cofferv1.ListKeysResponse{NextPageToken: next}
 	for _, r := range recs {
-		if req.GetResource() == "" && s.n.authorize(c, authz.OpList, r.GetResource()) != nil {
+		if req.GetResource() == "" && n.authorize(c, authz.OpList, r.GetResource()) != nil {
 			continue
 		}
-		if err := s.n.barrier.VerifyKey(r); err != nil {
+		if err := n.barrier.VerifyKey(r); err != nil {
 			return nil, err
 		}
 		out.Keys = append(out.Keys, keyMetadata(r))

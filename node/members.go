@@ -398,11 +398,6 @@ func peerAddr(ctx context.Context) string {
 	return "unknown"
 }
 
-// PinNode replaces the certificate pinned for a member (cluster.manage).
-func (s *clusterService) PinNode(ctx context.Context, req *cofferv1.PinNodeRequest) (*cofferv1.PinNodeResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writePinNode, req)
-}
-
 // maxPinCertPEM bounds the certificate of a PinNode request.
 const maxPinCertPEM = 64 << 10
 

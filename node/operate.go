@@ -22,21 +22,6 @@ import (
 // membershipTimeout bounds a configuration change or leadership transfer.
 const membershipTimeout = 10 * time.Second
 
-// RemoveNode removes a member from the Raft configuration.
-func (s *clusterService) RemoveNode(ctx context.Context, req *cofferv1.RemoveNodeRequest) (*cofferv1.RemoveNodeResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeRemoveNode, req)
-}
-
-// TransferLeadership moves leadership to another voter.
-func (s *clusterService) TransferLeadership(ctx context.Context, req *cofferv1.TransferLeadershipRequest) (*cofferv1.TransferLeadershipResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeTransferLeadership, req)
-}
-
-// DrainNode marks a member drained, or no longer drained.
-func (s *clusterService) DrainNode(ctx context.Context, req *cofferv1.DrainNodeRequest) (*cofferv1.DrainNodeResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeDrainNode, req)
-}
-
 // operatorCheck is the start of every member action on the leader: the
 // leader is ready, the caller holds cluster.manage, and the id names a
 // member of the configuration (returned).

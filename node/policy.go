@@ -17,11 +17,6 @@ import (
 // MaxEscrowKeys bounds the escrow keys of one policy.
 const MaxEscrowKeys = 8
 
-type policyService struct {
-	cofferv1.UnimplementedPolicyServiceServer
-	n *Node
-}
-
 // validatePolicyRequest checks a create request and fills in escrow key ids.
 func validatePolicyRequest(req *cofferv1.CreatePolicyRequest) ([]*cofferv1.EscrowKey, error) {
 	if err := validatePolicyName(req.GetName()); err != nil {
@@ -61,10 +56,6 @@ func validatePolicyRequest(req *cofferv1.CreatePolicyRequest) ([]*cofferv1.Escro
 		keys = append(keys, &cofferv1.EscrowKey{Id: id, PublicKey: k.GetPublicKey(), Label: k.GetLabel()})
 	}
 	return keys, nil
-}
-
-func (s *policyService) CreatePolicy(ctx context.Context, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeCreatePolicy, req)
 }
 
 // createPolicy runs on the leader: it generates the policy's KEK in the
@@ -110,7 +101,7 @@ func (n *Node) createPolicy(ctx context.Context, r *request, req *cofferv1.Creat
 	return &cofferv1.CreatePolicyResponse{Policy: policyInfo(res.Policy)}, nil
 }
 
-func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRequest) (*cofferv1.GetPolicyResponse, error) {
+func (n *Node) getPolicy(ctx context.Context, req *cofferv1.GetPolicyRequest) (*cofferv1.GetPolicyResponse, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
@@ -118,30 +109,30 @@ func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRe
 	if err := validatePolicyName(req.GetName()); err != nil {
 		return nil, err
 	}
-	if err := s.n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
+	if err := n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	p, err := s.n.barrier.VerifiedPolicy(req.GetName())
+	p, err := n.barrier.VerifiedPolicy(req.GetName())
 	if err != nil {
 		return nil, err
 	}
 	return &cofferv1.GetPolicyResponse{Policy: policyInfo(p)}, nil
 }
 
-func (s *policyService) ListPolicies(ctx context.Context, req *cofferv1.ListPoliciesRequest) (*cofferv1.ListPoliciesResponse, error) {
+func (n *Node) listPolicies(ctx context.Context, req *cofferv1.ListPoliciesRequest) (*cofferv1.ListPoliciesResponse, error) {
 	c, err := authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
+	if err := n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	ps, err := s.n.fsm.Policies()
+	ps, err := n.fsm.Policies()
 	if err != nil {
 		return nil, err
 	}
 	for _, p := range ps {
-		if err := s.n.barrier.VerifyPolicy(p); err != nil {
+		if err := n.barrier.VerifyPolicy(p); err != nil {
 			return nil, err
 		}
 	}

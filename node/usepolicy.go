@@ -84,10 +84,6 @@ func keyUsePolicy(pol *cofferv1.PolicyRecord, created time.Time) *cofferv1.KeyUs
 	return u
 }
 
-func (s *policyService) UpdatePolicy(ctx context.Context, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeUpdatePolicy, req)
-}
-
 func validateUpdate(req *cofferv1.UpdatePolicyRequest) error {
 	if err := validatePolicyName(req.GetName()); err != nil {
 		return err

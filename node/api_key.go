@@ -1,0 +1,38 @@
+package node
+
+// The gRPC door of KeyService: each handler is a thin adapter that hands the
+// request to the service layer (the Node methods it calls; writes through
+// submitWrite and the write table). The unary interceptor (auditInterceptor)
+// has already begun the request value; the service layer finds it with
+// requestFrom.
+
+import (
+	"context"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+type keyService struct {
+	cofferv1.UnimplementedKeyServiceServer
+	n *Node
+}
+
+func (s *keyService) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
+	return submitWrite(s.n, ctx, requestFrom(ctx), writeGenerate, req)
+}
+
+func (s *keyService) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
+	return submitWrite(s.n, ctx, requestFrom(ctx), writePut, req)
+}
+
+func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
+	return s.n.getKey(ctx, req)
+}
+
+func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
+	return s.n.describeKey(ctx, req)
+}
+
+func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
+	return s.n.listKeys(ctx, req)
+}
