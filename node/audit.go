@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path"
 	"strings"
 	"sync"
@@ -228,6 +229,12 @@ func (n *Node) admit(r *request) error {
 	return nil
 }
 
+// raftLog is the node's logger with its Raft position (current term and
+// applied index), for request-path logs that need placing in the log.
+func (n *Node) raftLog() *slog.Logger {
+	return n.logger.With("term", n.raft.CurrentTerm(), "applied_index", n.fsm.AppliedIndex())
+}
+
 // finishRequest is the one place that guarantees a request its audit entry:
 // unless a command or the leader carried it, it commits the entry with the
 // request's outcome (err) through the batching auditor, after the response
@@ -250,11 +257,11 @@ func (n *Node) finishRequest(ctx context.Context, r *request, deferrable bool, e
 		return nil
 	}
 	if deferrable && err == nil {
-		n.logger.Warn("audit entry of a cluster status deferred until a leader is back", "err", cerr)
+		n.raftLog().Warn("audit entry of a cluster status deferred until a leader is back", "err", cerr)
 		n.sideAudit.record(r.entry)
 		return nil
 	}
-	n.logger.Error("audit entry not committed; response withheld", "op", r.entry.GetOperation(), "err", cerr)
+	n.raftLog().Error("audit entry not committed; response withheld", "op", r.entry.GetOperation(), "err", cerr)
 	metricAuditFailures.Inc()
 	if err == nil {
 		return fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, cerr)
@@ -328,7 +335,7 @@ func (n *Node) auditedStream(ctx context.Context, method string, op authz.Op, bo
 	if err != nil && !granted {
 		setOutcome(e, err)
 		if cerr := n.commitAudit(ctx, e); cerr != nil {
-			n.logger.Error("audit entry of a refused stream not committed", "op", e.GetOperation(), "err", cerr)
+			n.raftLog().Error("audit entry of a refused stream not committed", "op", e.GetOperation(), "err", cerr)
 		}
 	}
 	return err
@@ -397,9 +404,8 @@ type auditor struct {
 // the batches followers send it into its own rounds (AppendAudit), so the
 // whole cluster has at most this many AUDIT_BATCH proposals in flight. Few
 // rounds make big batches, and every Raft entry costs each replica a log
-// write, an fsync and a chain of goroutine wake-ups: measured on the dev
-// cluster (NOTES.md), one merged round gave 3,800-3,900 gets/s at 64
-// clients, two 3,400-3,600, and unmerged rounds (two per node) 2,700-2,900.
+// write, an fsync and a chain of goroutine wake-ups (NOTES.md, "Figures
+// behind constants", has the measurements that chose one).
 const maxAuditRounds = 1
 
 type auditWaiter struct {

@@ -22,8 +22,8 @@ import (
 const statusTimeout = 2 * time.Second
 
 // digestTimeout bounds how long Status waits for each member when it asks
-// for state digests, which read each member's whole store (0.4-0.9 s for
-// 500,000 audit entries, fsm/DESIGN.md). It stays below the client
+// for state digests, which read each member's whole store (its cost is in
+// fsm/DESIGN.md). It stays below the client
 // library's default attempt timeout (5 s), so that a slow member is
 // reported as such instead of failing the whole status.
 const digestTimeout = 4 * time.Second

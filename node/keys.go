@@ -353,7 +353,7 @@ func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.O
 	r.carried = true
 	if err != nil {
 		metricAuditFailures.Inc()
-		n.logger.Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
+		n.raftLog().Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
 		return nil, nil, fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, err)
 	}
 	if err := n.readRefusal(op, id, reads[0]); err != nil {
@@ -382,12 +382,12 @@ func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.O
 	// node's integrity-checked view of the access records, as of idx,
 	// agrees.
 	if err := n.authorize(c, op, rec.GetResource()); err != nil {
-		n.logger.Warn("a read granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "seq", reads[0].Seq, "err", err)
+		n.raftLog().Warn("a read granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
 		return nil, nil, err
 	}
 	if pre == nil {
 		if material, err = n.checkedMaterial(rec, op); err != nil {
-			n.logger.Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", reads[0].Seq, "err", err)
+			n.raftLog().Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
 			return nil, nil, err
 		}
 	}
@@ -416,7 +416,7 @@ func (n *Node) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
 		sentinel = ErrKeyExpired
 	default:
 		custody.CountIntegrityFailure()
-		n.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
+		n.raftLog().Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
 		sentinel = fsm.ErrCorrupt
 	}
 	return fmt.Errorf("%w: %s", sentinel, r.Detail)

@@ -423,9 +423,8 @@ var _ io.Closer = (*Node)(nil)
 // boltOptions are the Raft log store's bbolt settings. The freelist is not
 // written at every commit (bbolt rebuilds it by scanning the file when it
 // opens): after log compaction frees thousands of pages, writing it made
-// every commit write hundreds of KiB. Measured on the dev cluster, this cut
-// the nodes' disk writes during a get benchmark from 960 MB to 320 MB and
-// raised audited gets from 2,110/s to 2,750/s. The map freelist keeps
+// every commit write hundreds of KiB (NOTES.md, "Figures behind
+// constants"). The map freelist keeps
 // allocation cheap on a file with many free pages.
 func boltOptions() *bbolt.Options {
 	o := *bbolt.DefaultOptions

@@ -92,11 +92,8 @@ func openRaftLog(path string) (store *raftboltdb.BoltStore, err error) {
 //
 // Cost: walkBolt reads every reachable page once and Tx.Check walks them
 // twice more (with no freelist written, bbolt first rebuilds it by walking
-// the tree); raft-boltdb's open walks once more. On a 145 MiB file of
-// 100,000 entries of 512 bytes, in the page cache, the check took 0.23 to
-// 0.29 s (the walk 0.11 to 0.14 s) and raft-boltdb's open 0.14 to 0.24 s
-// (BenchmarkCheckRaftLog). The default snapshot settings keep about 26,000
-// entries.
+// the tree); raft-boltdb's open walks once more. BenchmarkCheckRaftLog
+// measures it (NOTES.md, "Figures behind constants").
 func checkRaftLog(path string) (err error) {
 	st, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
