@@ -303,40 +303,33 @@ func (n *Node) auditedStream(ctx context.Context, method string, op authz.Op, bo
 	if n.fsm.Diverged() {
 		return errReplicaDiverged()
 	}
-	e := n.newAuditEntry(ctx, method)
-	granted := false
+	r := n.beginRequest(ctx, method, nil)
 	grant := func() error {
-		setOutcome(e, nil)
-		if err := n.commitAudit(ctx, e); err != nil {
+		setOutcome(r.entry, nil)
+		if err := n.commitRequestAudit(ctx, r); err != nil {
 			metricAuditFailures.Inc()
 			return fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, err)
 		}
-		granted = true
+		r.carried = true // committed: the stream's one entry, whatever follows
 		return nil
 	}
-	err := func() error {
-		c, err := authenticate(ctx)
-		if err != nil {
-			return err
-		}
-		if n.fsm.Restoring() {
-			// As for unary requests: nothing read from a store that holds
-			// part of the old state and part of the new one is served.
-			return fmt.Errorf("%w: this node is installing a snapshot from the leader; retry, or send the request to another node", fsm.ErrRestoring)
-		}
-		if err := n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
-			return err
-		}
-		if err := n.authorize(c, op, ""); err != nil {
-			return err
-		}
-		return body(grant)
-	}()
-	if err != nil && !granted {
-		setOutcome(e, err)
-		if cerr := n.commitAudit(ctx, e); cerr != nil {
-			n.raftLog().Error("audit entry of a refused stream not committed", "op", e.GetOperation(), "err", cerr)
-		}
+	err := n.admit(r)
+	if err == nil && n.fsm.Restoring() {
+		// As for unary requests: nothing read from a store that holds part
+		// of the old state and part of the new one is served.
+		err = fmt.Errorf("%w: this node is installing a snapshot from the leader; retry, or send the request to another node", fsm.ErrRestoring)
+	}
+	if err == nil {
+		err = n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE)
+	}
+	if err == nil {
+		err = n.authorize(r.caller, op, "")
+	}
+	if err == nil {
+		err = body(grant)
+	}
+	if ferr := n.finishRequest(ctx, r, false, err); ferr != nil && err == nil {
+		return ferr
 	}
 	return err
 }

@@ -91,13 +91,16 @@ func (n *Node) snapshot(stream cofferv1.ClusterService_SnapshotServer) error {
 // restoreBackup puts a sealed backup into this fresh cluster (see the RPC).
 func (n *Node) restoreBackup(stream cofferv1.ClusterService_RestoreServer) error {
 	ctx := stream.Context()
-	e := n.newAuditEntry(ctx, "Restore")
-	resp, err := n.restore(ctx, stream, e)
+	r := n.beginRequest(ctx, "Restore", nil)
+	err := n.admit(r)
+	var resp *cofferv1.RestoreResponse
+	if err == nil {
+		resp, err = n.restore(ctx, stream, r.entry)
+	}
 	if err != nil {
-		setOutcome(e, err)
-		if cerr := n.commitAudit(ctx, e); cerr != nil {
-			n.logger.Error("audit entry of a refused restore not committed", "err", cerr)
-		}
+		// A restore that succeeded committed its entry with the restored
+		// state; a refused or failed one gets it here.
+		_ = n.finishRequest(ctx, r, false, err)
 		return toStatus(err)
 	}
 	return stream.SendAndClose(resp)

@@ -416,7 +416,7 @@ func (n *Node) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
 		sentinel = ErrKeyExpired
 	default:
 		custody.CountIntegrityFailure()
-		n.raftLog().Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
+		n.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
 		sentinel = fsm.ErrCorrupt
 	}
 	return fmt.Errorf("%w: %s", sentinel, r.Detail)
