@@ -384,17 +384,6 @@ func exportAudit(r reader, afterSeq uint64, w io.Writer) error {
 	return aw.Flush()
 }
 
-// ForEachAuditEntryInDir calls fn for every audit entry in a stopped node's
-// data directory, opened read-only.
-func ForEachAuditEntryInDir(dataDir string, fn func(*cofferv1.AuditEntry) error) error {
-	db, err := openReadOnly(dataDir)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	return scanAudit(db, 0, fn)
-}
-
 // ExportAuditDir exports the audit log of a stopped node's data directory.
 func ExportAuditDir(dataDir string, w io.Writer) error {
 	db, err := openReadOnly(dataDir)
