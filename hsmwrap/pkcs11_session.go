@@ -12,9 +12,10 @@ import (
 
 // Session management of the PKCS#11 keystore: the token connection (an
 // epoch), the pool of logged-in sessions, and re-establishing both after a
-// loss. pkcs11.go holds the Keystore methods and the primitives; they reach
-// the token only through run, and never open, close or log in sessions
-// themselves.
+// loss. pkcs11.go holds the Keystore methods and the primitives; apart from
+// OpenPKCS11 (which establishes the first epoch) and Close (which tears the
+// last one down), they reach the token only through run, and never open,
+// close or log in sessions themselves.
 //
 // The contract:
 //
@@ -27,10 +28,12 @@ import (
 //     a new epoch and session. fn must therefore leave nothing behind when it
 //     fails (every caller only reads, or destroys what it creates). Any other
 //     failure, and a second loss, is returned as it is.
-//   - A session goes back to the pool after success and after an integrity
-//     or KEK-not-loaded failure; after any other failure it is closed and its
-//     pool slot left empty (it may hold a half-finished operation), and the
-//     next acquire opens a new one. The pool holds poolSize slots; acquire
+//   - A session goes back to the pool after success, after an integrity
+//     failure (an ambiguous failure of a verifying call counts as one when
+//     the session is found alive and logged in) and after ErrKEKNotLoaded;
+//     after any other failure it is closed and its pool slot left empty (it
+//     may hold a half-finished operation), and the next acquire opens a new
+//     one. The pool holds poolSize slots; acquire
 //     blocks while all are in use.
 //   - Re-establishing (reestablish, establish) runs under opMu's write lock,
 //     so with every session back in the pool: it closes them all and the
