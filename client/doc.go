@@ -31,11 +31,10 @@
 // # Retries
 //
 // A call retries until its deadline, not for a fixed number of attempts, so
-// that it rides through a leader election (about 0.5 to 2 seconds on a local
-// cluster) or the loss of a node. The call's deadline is the caller's
-// context's deadline when it has one, however far away; when it has none,
-// [Config.RetryDeadline] (10 s by default) from the start of the call, so a
-// call never retries forever. [Config.MaxAttempts], when positive, also
+// that it rides through a leader election or the loss of a node. The call's
+// deadline is the caller's context's deadline when it has one, however far
+// away; when it has none, [Config.RetryDeadline] (10 s by default) from the
+// start of the call, so a call never retries forever. [Config.MaxAttempts], when positive, also
 // limits the number of attempts (1 disables retries); zero, the default,
 // sets no count.
 //

@@ -16,8 +16,8 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
 
-// outage is how long a simulated leader election lasts: within the 0.5 to
-// 2 seconds an election takes on the dev cluster, and longer than five
+// outage is how long a simulated leader election lasts: as long as a real
+// one may take (NOTES.md, "Figures behind constants"), and longer than five
 // attempts take with the default backoff.
 const outage = 1500 * time.Millisecond
 

@@ -94,7 +94,7 @@ func mustLoadSample(t *testing.T) (*sampleConfig, keystoreSection) {
 func TestSample_LoadsLikeCofferd(t *testing.T) {
 	cfg, ks := mustLoadSample(t)
 	switch ks.Kind {
-	case "pkcs11":
+	case hsmwrap.KindPKCS11:
 		if ks.MasterKeyFile != "" || ks.PassphraseFile != "" || ks.PassphraseEnv != "" || ks.KeyFile != "" {
 			t.Fatalf("keystore: software keystore settings beside kind pkcs11: %+v", ks)
 		}
@@ -106,7 +106,7 @@ func TestSample_LoadsLikeCofferd(t *testing.T) {
 		if err := pc.Validate(); err != nil {
 			t.Fatalf("keystore: %v", err)
 		}
-	case "software":
+	case hsmwrap.KindSoftware:
 		if ks.Module != "" || ks.TokenLabel != "" || ks.Slot != nil || ks.PINFile != "" || ks.PINEnv != "" || ks.MasterKeyLabel != "" {
 			t.Fatalf("keystore: pkcs11 settings beside kind software: %+v", ks)
 		}
@@ -131,7 +131,7 @@ func TestSample_IsProduction(t *testing.T) {
 	if ks.KeyFile != "" || ks.PassphraseEnv != "" {
 		t.Errorf("keystore: a key file or a passphrase in the environment; production uses an HSM PIN file or a passphrase file")
 	}
-	if ks.Kind == "pkcs11" && ks.PINFile == "" {
+	if ks.Kind == hsmwrap.KindPKCS11 && ks.PINFile == "" {
 		t.Errorf("keystore: the HSM PIN comes from pin_file, not from the environment")
 	}
 	var generic any

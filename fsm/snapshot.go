@@ -23,8 +23,9 @@ import (
 //	32-byte SHA-256 of everything before it
 //
 // Version 2, which WriteSnapshot writes, is the magic "COFFER-FSM-SNAP\x02"
-// followed by one zstd stream whose content is a whole version 1 stream.
-// The audit log makes up most of a snapshot and compresses about threefold.
+// followed by one zstd stream whose content is a whole version 1 stream:
+// the audit log makes up most of a snapshot and compresses well (the
+// figure is in DESIGN.md, "Snapshot format").
 // Readers take both versions.
 //
 // Every key in the store is included, the applied index among them, so a

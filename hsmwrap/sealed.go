@@ -59,8 +59,9 @@ type argon2Params struct {
 	Threads   uint8  // lanes
 }
 
-// defaultArgon2Params are used by CreateMasterKeyFile: about a quarter to half
-// a second and 64 MiB on a current server core, paid once per node start.
+// defaultArgon2Params are used by CreateMasterKeyFile: 64 MiB and three
+// passes, paid once per node start (and by every passphrase guess). NOTES.md,
+// "Figures behind constants", has what that costs in time.
 var defaultArgon2Params = argon2Params{Time: 3, MemoryKiB: 64 << 10, Threads: 2}
 
 // Bounds on argon2id parameters accepted from a file. The upper bounds stop a

@@ -32,6 +32,7 @@ import (
 	"github.com/coffer-kms/coffer/custody"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/hsmwrap"
+	"github.com/coffer-kms/coffer/internal/hclogslog"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -203,8 +204,9 @@ func (n *Node) startRaft() error {
 		return err
 	}
 	n.logStore = store
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr,
-		JSONFormat: false}).With("node", cfg.ID)
+	// Raft, its transport, the snapshot store and autopilot log through the
+	// node's slog logger (node=<id>), as component=raft, at Warn and above.
+	hlog := hclogslog.New(n.logger, "raft", hclog.Warn)
 	n.hlog = hlog
 	snaps, err := fsm.NewSnapshotStore(raftDir, 2, hlog)
 	if err != nil {

@@ -45,7 +45,7 @@ type keystoreConfig struct {
 
 // Keystore kinds.
 const (
-	keystoreSoftware = "software"
+	keystoreSoftware = hsmwrap.KindSoftware
 	keystorePKCS11   = hsmwrap.KindPKCS11
 )
 

@@ -123,13 +123,13 @@ func keystoreTransportKeyCmd(f *keystoreFlags) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "transport-key --out PUB.pem",
-		Short: "Generate an RSA-3072 transport key in this (target) HSM and write its public key",
-		Long: `Generate, in the HSM that is to receive the master key, an RSA-3072 key pair
+		Short: fmt.Sprintf("Generate an RSA-%d transport key in this (target) HSM and write its public key", hsmwrap.TransportKeyBits),
+		Long: fmt.Sprintf(`Generate, in the HSM that is to receive the master key, an RSA-%d key pair
 whose private key never leaves it, and write the public key (PEM) to --out.
 Carry the file to the HSM that holds the master key, and compare the printed
 fingerprint there over a second channel (phone, in person): the master key
 goes to whoever holds the private key. Replaces an earlier transport key on
-this token; refuses if the token already holds a master key.`,
+this token; refuses if the token already holds a master key.`, hsmwrap.TransportKeyBits),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
