@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/internal/hclogslog"
 )
 
 // Recovery after the loss of a majority of voters (cofferd recover).
@@ -68,12 +70,14 @@ func Recover(cfg Config, voters []string, acceptLoss bool) (*Recovery, error) {
 		return nil, err
 	}
 	defer store.Close()
-	f, err := openState(fsm.Config{Dir: filepath.Join(cfg.DataDir, "state"), CacheBytes: 8 << 20})
+	fcfg := fsm.DefaultConfig(filepath.Join(cfg.DataDir, "state"))
+	fcfg.CacheBytes = 8 << 20 // one pass over the state: a small cache will do
+	f, err := openState(fcfg)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+	hlog := hclogslog.New(slog.Default().With("node", cfg.ID), "raft", hclog.Warn)
 	snaps, err := fsm.NewSnapshotStore(raftDir, 2, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("node: snapshot store: %w", err)
