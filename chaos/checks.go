@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
@@ -221,6 +223,26 @@ func stateDigest(n *cofferv1.NodeStatus) string {
 	return fmt.Sprintf("%s@%d", hex.EncodeToString(n.GetStateDigest()), n.GetStateDigestIndex())
 }
 
+// readBackPatience bounds how long the read-back retries a key whose read
+// fails for want of a leader: an election is not a lost write, while a key
+// that reads back NotFound or with other bytes is one at once.
+const readBackPatience = time.Minute
+
+// readBack reads one key (stale: from this node's own state), retrying
+// Unavailable within readBackPatience; each attempt is its own request with
+// its own id.
+func readBack(ctx context.Context, cl *client.Client, gk, id string) (*cofferv1.GetKeyResponse, error) {
+	deadline := time.Now().Add(readBackPatience)
+	for attempt := 0; ; attempt++ {
+		rctx := client.WithRequestID(ctx, fmt.Sprintf("%s-%d", id, attempt))
+		resp, err := cl.GetKey(rctx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) || ctx.Err() != nil {
+			return resp, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // checkReadBack reads every acknowledged key from every node and compares
 // its material with the first a get returned (or, for keys never read
 // during the run, across the nodes).
@@ -262,8 +284,7 @@ func (r *Runner) checkReadBack(ctx context.Context, rep *Report, ops []Op) {
 					if n%perNode != w {
 						continue
 					}
-					rctx := client.WithRequestID(ctx, fmt.Sprintf("verify-%d-%d", i, n))
-					resp, err := cl.GetKey(rctx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+					resp, err := readBack(ctx, cl, gk, fmt.Sprintf("verify-%d-%d", i, n))
 					var why string
 					switch {
 					case err != nil:

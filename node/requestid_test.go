@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -157,5 +158,34 @@ func TestNode_RefusedAndMalformedRequestsAudited(t *testing.T) {
 		if es[0].GetOutcome() != want.outcome || !strings.HasPrefix(es[0].GetReason(), want.reason) {
 			t.Errorf("%s: entry %v %q, want %v %s...", id, es[0].GetOutcome(), es[0].GetReason(), want.outcome, want.reason)
 		}
+	}
+}
+
+// TestNode_RefusedInternalCallAudited: a client calling the node-to-node
+// API is refused and the refusal is audited.
+func TestNode_RefusedInternalCallAudited(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	l, f := tc.waitLeader(), tc.follower()
+	_, err := cofferv1.NewInternalServiceClient(tc.conn(f)).ReadIndex(ctx, &cofferv1.ReadIndexRequest{})
+	wantCode(t, "a client calling ReadIndex", err, codes.PermissionDenied, "")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{Caller: "client:app"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.GetOutcome() == cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED && strings.Contains(e.GetOperation(), "read") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			for _, e := range entries {
+				t.Logf("%s %v %s", e.GetOperation(), e.GetOutcome(), e.GetReason())
+			}
+			t.Fatal("no audit entry for the refused internal call")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
