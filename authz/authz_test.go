@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
@@ -426,5 +427,48 @@ func TestBootstrapAdmin(t *testing.T) {
 	}
 	if d := s.Decide(req("client:someone-else", OpGet, "x")); d.Allowed {
 		t.Error("bootstrap grants reach another client")
+	}
+}
+
+func TestDecideKeyRead(t *testing.T) {
+	clients := []*cofferv1.ClientRecord{
+		{Name: "admin", Active: true}, {Name: "app", Active: true}, {Name: "off", Active: false},
+	}
+	rules := []*cofferv1.AclRule{
+		rule("all", "client:admin", "get", "**"),
+		rule("pay", "client:app", "get", "pay/**"),
+	}
+	s, err := NewSnapshot(clients, rules, []*cofferv1.RevokedCertificate{{Serial: "0bad"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &cofferv1.KeyRecord{Gkid: "k1", Resource: "secret/hr"}
+	mine := &cofferv1.KeyRecord{Gkid: "k2", Resource: "pay/eu"}
+	at := time.Unix(0, 0)
+	req := func(who, serial string) Request {
+		return Request{Identity: "client:" + who, CertSerial: serial, Op: OpGet}
+	}
+	for _, c := range []struct {
+		name   string
+		req    Request
+		gkid   string
+		rec    *cofferv1.KeyRecord
+		want   cofferv1.ReadRefusal
+		detail string
+	}{
+		{"granted", req("app", "01"), "k2", mine, cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""},
+		{"no grant on an existing key", req("app", "01"), "k1", rec, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, "key k1 does not exist, or client:app holds no grant for get on it"},
+		{"no grant on a missing key", req("app", "01"), "k1", nil, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, "key k1 does not exist, or client:app holds no grant for get on it"},
+		{"granted everywhere, missing key", req("admin", "01"), "k1", nil, cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key k1"},
+		{"deactivated", req("off", "01"), "k1", rec, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, "client off is deactivated"},
+		{"revoked certificate", req("admin", "0bad"), "k1", rec, cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, "certificate revoked"},
+	} {
+		got, detail := s.DecideKeyRead(c.req, c.gkid, c.rec, at)
+		if got != c.want || detail != c.detail {
+			t.Errorf("%s: %v %q, want %v %q", c.name, got, detail, c.want, c.detail)
+		}
+		if strings.Contains(detail, "secret") {
+			t.Errorf("%s: the refusal names the key's resource: %q", c.name, detail)
+		}
 	}
 }

@@ -26,18 +26,17 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 		}
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, d.Reason
 	}
-	hidden := "key " + display(gkid, 64) + " does not exist, or " + req.Identity + " holds no grant for " + string(req.Op) + " on it"
 	if rec == nil {
 		everywhere := req
 		everywhere.Resource = ""
 		if s.Decide(everywhere).Allowed {
 			return cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key " + gkid
 		}
-		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hidden
+		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hiddenKey(req, gkid)
 	}
 	req.Resource = rec.GetResource()
 	if !s.Decide(req).Allowed {
-		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hidden
+		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hiddenKey(req, gkid)
 	}
 	if req.Op != OpGet {
 		return cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""
@@ -52,4 +51,10 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	default:
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why
 	}
+}
+
+// hiddenKey is the one refusal of a key the caller may not read, whether it
+// exists or not.
+func hiddenKey(req Request, gkid string) string {
+	return "key " + display(gkid, 64) + " does not exist, or " + req.Identity + " holds no grant for " + string(req.Op) + " on it"
 }

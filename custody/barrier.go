@@ -62,8 +62,6 @@ type Barrier struct {
 	// for its stored version.
 	verifiedMu       sync.Mutex
 	verifiedPolicies map[string]string
-	// backupMu serialises the use of the backup seal KEK slot.
-	backupMu sync.Mutex
 
 	// ksErr is the keystore's last self-test failure (nil: healthy).
 	ksErr atomic.Pointer[error]

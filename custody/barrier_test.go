@@ -3,6 +3,7 @@ package custody
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -506,6 +507,38 @@ func TestBarrier_BackupSeal(t *testing.T) {
 	foreign := newFixture(t)
 	if _, err := foreign.b.OpenBackup(wrapped, seal, aad); !errors.Is(err, ErrBadSeal) {
 		t.Fatalf("foreign master key: %v, want ErrBadSeal", err)
+	}
+}
+
+// TestBarrier_EveryBackupOpens: a node seals backup after backup; each opens
+// on a node that opened others before it, in any order, and again.
+func TestBarrier_EveryBackupOpens(t *testing.T) {
+	f := newFixture(t)
+	type sealed struct{ digest, aad, wrapped, seal []byte }
+	var backups []sealed
+	for i := range 3 {
+		digest := bytes.Repeat([]byte{byte(i + 1)}, 32)
+		aad := []byte(fmt.Sprintf("header of backup %d", i))
+		wrapped, seal, err := f.b.SealBackup(digest, aad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		backups = append(backups, sealed{digest, aad, wrapped, seal})
+	}
+	for _, order := range [][]int{{0, 1, 2, 1}, {2, 0, 1, 2}} {
+		p := f.peer()
+		for _, i := range order {
+			got, err := p.OpenBackup(backups[i].wrapped, backups[i].seal, backups[i].aad)
+			if err != nil || !bytes.Equal(got, backups[i].digest) {
+				t.Fatalf("order %v, backup %d: %v", order, i, err)
+			}
+		}
+	}
+	// And on the node that sealed them.
+	for i, b := range backups {
+		if got, err := f.b.OpenBackup(b.wrapped, b.seal, b.aad); err != nil || !bytes.Equal(got, b.digest) {
+			t.Fatalf("backup %d on its own node: %v", i, err)
+		}
 	}
 }
 
