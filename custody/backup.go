@@ -55,7 +55,7 @@ func (b *Barrier) OpenBackup(wrappedKEK, seal, aad []byte) ([]byte, error) {
 	id := backupKEK(aad)
 	if err := b.ks.LoadKEK(id, wrappedKEK); err != nil {
 		if isIntegrity(err) || errors.Is(err, hsmwrap.ErrInvalidArgument) {
-			return nil, fmt.Errorf("%w: the backup's seal does not open here: it was sealed by a cluster that does not share this cluster's master key, or its header or seal was changed", ErrBadSeal)
+			return nil, fmt.Errorf("%w: the backup fails its seal: it was not sealed by a cluster that shares this cluster's master key, or its header was changed", ErrBadSeal)
 		}
 		b.keystoreFailed(err)
 		return nil, err
