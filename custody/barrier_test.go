@@ -17,6 +17,7 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/hsmwrap"
+	"github.com/coffer-kms/coffer/hsmwrap/hsmtest"
 )
 
 func TestBarrier_SealOpenRoundTrip(t *testing.T) {
@@ -401,7 +402,7 @@ func TestBarrier_AuditHMACKey(t *testing.T) {
 func TestBarrier_HealthFailsAndRecovers(t *testing.T) {
 	master := mustMasterKey(t)
 	broken := &atomic.Bool{}
-	f := newFixtureWith(t, master, failingKeystore{Keystore: mustSoftware(t, master), broken: broken})
+	f := newFixtureWith(t, master, hsmtest.Failing{Keystore: mustSoftware(t, master), Broken: broken})
 	rec := f.mustKey("k1", []byte("material-0123456789abcdef0123456"))
 	if err := f.b.Probe(); err != nil {
 		t.Fatal(err)
@@ -468,7 +469,7 @@ func TestBarrier_RunRecoversByItself(t *testing.T) {
 	broken := &atomic.Bool{}
 	cfg := DefaultConfig()
 	cfg.ProbeInterval = 10 * time.Millisecond
-	b, err := New(failingKeystore{Keystore: mustSoftware(t, master), broken: broken}, cfg)
+	b, err := New(hsmtest.Failing{Keystore: mustSoftware(t, master), Broken: broken}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -548,7 +549,7 @@ func TestBarrier_Signer(t *testing.T) {
 		t.Fatalf("software keystore: %v", err)
 	}
 	master := mustMasterKey(t)
-	g := newFixtureWith(t, master, failingKeystore{Keystore: mustSoftware(t, master), broken: &atomic.Bool{}})
+	g := newFixtureWith(t, master, hsmtest.Failing{Keystore: mustSoftware(t, master), Broken: &atomic.Bool{}})
 	if _, err := g.b.Signer("audit/n1"); !errors.Is(err, ErrCannotSign) {
 		t.Fatalf("keystore without signing keys: %v, want ErrCannotSign", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -69,42 +68,6 @@ func (s *memState) putCluster(c *cofferv1.ClusterInfo) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cluster = proto.CloneOf(c)
-}
-
-// failingKeystore wraps a real keystore and fails like a lost HSM while
-// broken is set: fault injection next to the real thing. It hides the
-// wrapped keystore's Signer.
-type failingKeystore struct {
-	hsmwrap.Keystore
-	broken *atomic.Bool
-}
-
-func (f failingKeystore) err() error {
-	if f.broken.Load() {
-		return fmt.Errorf("%w: device removed (test)", hsmwrap.ErrUnavailable)
-	}
-	return nil
-}
-
-func (f failingKeystore) SelfTest() error {
-	if err := f.err(); err != nil {
-		return err
-	}
-	return f.Keystore.SelfTest()
-}
-
-func (f failingKeystore) Open(id hsmwrap.KEKID, ct, aad []byte) ([]byte, error) {
-	if err := f.err(); err != nil {
-		return nil, err
-	}
-	return f.Keystore.Open(id, ct, aad)
-}
-
-func (f failingKeystore) Seal(id hsmwrap.KEKID, pt, aad []byte) ([]byte, error) {
-	if err := f.err(); err != nil {
-		return nil, err
-	}
-	return f.Keystore.Seal(id, pt, aad)
 }
 
 func mustMasterKey(t *testing.T) []byte {

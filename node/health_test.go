@@ -11,35 +11,8 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/hsmwrap"
+	"github.com/coffer-kms/coffer/hsmwrap/hsmtest"
 )
-
-// failingKeystore wraps a real keystore and fails like a lost HSM while
-// broken is set. It is fault injection next to the real thing.
-type failingKeystore struct {
-	hsmwrap.Keystore
-	broken *atomic.Bool
-}
-
-func (f failingKeystore) err() error {
-	if f.broken.Load() {
-		return hsmwrap.ErrUnavailable
-	}
-	return nil
-}
-
-func (f failingKeystore) SelfTest() error {
-	if err := f.err(); err != nil {
-		return err
-	}
-	return f.Keystore.SelfTest()
-}
-
-func (f failingKeystore) Open(id hsmwrap.KEKID, ct, aad []byte) ([]byte, error) {
-	if err := f.err(); err != nil {
-		return nil, err
-	}
-	return f.Keystore.Open(id, ct, aad)
-}
 
 // TestNode_KeystoreFailureAndRecovery breaks one follower's keystore: it
 // reports itself unhealthy in cluster status, refuses key operations with
@@ -51,7 +24,7 @@ func TestNode_KeystoreFailureAndRecovery(t *testing.T) {
 		broken[i] = &atomic.Bool{}
 	}
 	tc := mustClusterWith(t, 3, nil, func(i int, ks hsmwrap.Keystore) hsmwrap.Keystore {
-		return failingKeystore{Keystore: ks, broken: broken[i]}
+		return hsmtest.Failing{Keystore: ks, Broken: broken[i]}
 	})
 	ctx := ctxT(t)
 	md := tc.mustGenerate(tc.waitLeader(), "hsm", "")
