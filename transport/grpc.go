@@ -44,14 +44,6 @@ func DefaultGRPCLimits() GRPCLimits {
 	}
 }
 
-// Validate rejects negative sizes.
-func (l GRPCLimits) Validate() error {
-	if l.MaxRecvMsgSize < 0 || l.MaxSendMsgSize < 0 {
-		return fmt.Errorf("%w: negative gRPC message size limit", ErrInvalidConfig)
-	}
-	return nil
-}
-
 // withDefaults fills zero fields from DefaultGRPCLimits.
 func (l GRPCLimits) withDefaults() GRPCLimits {
 	d := DefaultGRPCLimits()
