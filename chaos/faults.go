@@ -28,10 +28,6 @@ const (
 	FaultWipeNode        FaultKind = "wipe-node"        // remove a node, wipe its data, bring it back empty
 )
 
-func (k FaultKind) network() bool {
-	return k == FaultPartitionNode || k == FaultPartitionLeader || k == FaultCutSite
-}
-
 // Fault is one injected fault, as the report shows it.
 type Fault struct {
 	Kind  FaultKind `json:"kind"`

@@ -173,14 +173,6 @@ func (l *Lab) Netns() []string { return l.ns }
 // Hosts returns the address of each node.
 func (l *Lab) Hosts() []string { return l.hosts }
 
-// WANDelay returns the one-way delay between sites (0: none).
-func (l *Lab) WANDelay() time.Duration {
-	if l.wan == nil {
-		return 0
-	}
-	return l.wan.delay
-}
-
 // Partition cuts every node of a off from every node of b, both ways.
 // Clients still reach every node.
 func (l *Lab) Partition(a, b []int) error {
