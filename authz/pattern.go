@@ -11,6 +11,9 @@ import (
 // equals the longest resource the service accepts.
 const MaxPatternLen = 256
 
+// MaxResourceLen is the longest resource accepted, in bytes.
+const MaxResourceLen = MaxPatternLen
+
 // PatternAll is the pattern that matches every resource, including the
 // empty one.
 const PatternAll = "**"
@@ -112,7 +115,7 @@ func checkPatternText(s string) error {
 }
 
 // ValidateResource checks the name of a key's resource. A resource is 1 to
-// MaxPatternLen bytes of valid UTF-8, '/'-separated segments none of which
+// MaxResourceLen bytes of valid UTF-8, '/'-separated segments none of which
 // is empty (no leading, trailing or doubled '/'), "." or ".."; it contains
 // no '*' (so no resource reads as an ACL pattern, and every resource is the
 // exact pattern that matches it alone), no control characters and no
@@ -123,8 +126,8 @@ func ValidateResource(s string) error {
 	switch {
 	case s == "":
 		return fmt.Errorf("%w: a resource is required", ErrInvalidResource)
-	case len(s) > MaxPatternLen:
-		return fmt.Errorf("%w: resource is %d bytes, the limit is %d", ErrInvalidResource, len(s), MaxPatternLen)
+	case len(s) > MaxResourceLen:
+		return fmt.Errorf("%w: resource is %d bytes, the limit is %d", ErrInvalidResource, len(s), MaxResourceLen)
 	case !utf8.ValidString(s):
 		return fmt.Errorf("%w: resource is not valid UTF-8", ErrInvalidResource)
 	case strings.Contains(s, "*"):

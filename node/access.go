@@ -57,19 +57,8 @@ func ruleFromGrant(req *cofferv1.GrantRequest, createdBy string, now int64) (*co
 	return rule, nil
 }
 
-// leaderAuthorize checks, on the leader, an administrative write's grant.
-func (n *Node) leaderAuthorize(r *request, op authz.Op) error {
-	if err := n.ensureLeaderReady(); err != nil {
-		return err
-	}
-	return n.authorize(r.caller, op, "")
-}
-
 // registerClient registers a client, or changes its groups and roles.
 func (n *Node) registerClient(ctx context.Context, r *request, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
-	if err := n.leaderAuthorize(r, authz.OpClientManage); err != nil {
-		return nil, err
-	}
 	rec := &cofferv1.ClientRecord{Name: req.GetName(), Active: true, Groups: req.GetGroups(), Roles: req.GetRoles(),
 		CreatedUnixNano: time.Now().UnixNano(), Revision: 1}
 	var expected uint64
@@ -92,9 +81,6 @@ func (n *Node) registerClient(ctx context.Context, r *request, req *cofferv1.Reg
 
 // setClientActive activates or deactivates a client.
 func (n *Node) setClientActive(ctx context.Context, r *request, req *cofferv1.SetClientActiveRequest) (*cofferv1.ClientInfo, error) {
-	if err := n.leaderAuthorize(r, authz.OpClientManage); err != nil {
-		return nil, err
-	}
 	cur, err := n.barrier.VerifiedClient(req.GetName())
 	if err != nil {
 		return nil, err
@@ -113,9 +99,6 @@ func (n *Node) setClientActive(ctx context.Context, r *request, req *cofferv1.Se
 
 // revokeCertificate puts a certificate serial on the deny list.
 func (n *Node) revokeCertificate(ctx context.Context, r *request, req *cofferv1.RevokeCertificateRequest) (*cofferv1.RevokeCertificateResponse, error) {
-	if err := n.leaderAuthorize(r, authz.OpClientManage); err != nil {
-		return nil, err
-	}
 	serial, err := validateRevoke(req)
 	if err != nil {
 		return nil, err
@@ -129,9 +112,6 @@ func (n *Node) revokeCertificate(ctx context.Context, r *request, req *cofferv1.
 
 // grant adds an ACL rule.
 func (n *Node) grant(ctx context.Context, r *request, req *cofferv1.GrantRequest) (*cofferv1.AclRuleInfo, error) {
-	if err := n.leaderAuthorize(r, authz.OpACLManage); err != nil {
-		return nil, err
-	}
 	rule, err := ruleFromGrant(req, r.caller.String(), time.Now().UnixNano())
 	if err != nil {
 		return nil, err
@@ -148,9 +128,6 @@ func (n *Node) grant(ctx context.Context, r *request, req *cofferv1.GrantRequest
 
 // revokeGrant deletes an ACL rule.
 func (n *Node) revokeGrant(ctx context.Context, r *request, req *cofferv1.RevokeGrantRequest) (*cofferv1.RevokeGrantResponse, error) {
-	if err := n.leaderAuthorize(r, authz.OpACLManage); err != nil {
-		return nil, err
-	}
 	if _, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: req.GetId(), Audit: r.entry}); err != nil {
 		return nil, err
 	}
@@ -158,7 +135,7 @@ func (n *Node) revokeGrant(ctx context.Context, r *request, req *cofferv1.Revoke
 }
 
 func (n *Node) accessRead(ctx context.Context, op authz.Op, cons cofferv1.Consistency) error {
-	c, err := authenticate(ctx)
+	c, err := callerOf(ctx)
 	if err != nil {
 		return err
 	}

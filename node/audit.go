@@ -88,22 +88,6 @@ func headerRequestID(ctx context.Context) string {
 	return clip(v, audit.MaxFieldLen)
 }
 
-// newAuditEntry starts an entry for a request on this node, with the
-// request id of the caller's RequestIDKey header, if any.
-func (n *Node) newAuditEntry(ctx context.Context, method string) *cofferv1.AuditEntry {
-	e := &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID, Operation: opNames[method],
-		RequestId: headerRequestID(ctx)}
-	if e.Operation == "" {
-		e.Operation = method
-	}
-	if c, err := authenticate(ctx); err == nil {
-		e.Caller = c.String()
-	} else {
-		e.Caller = "unauthenticated"
-	}
-	return e
-}
-
 // requestTarget records the target a request names (key, resource, policy,
 // client) before its handler runs, so that the entry of a request refused or
 // failed early still says what was asked for. Handlers overwrite it with
@@ -140,6 +124,18 @@ func requestTarget(e *cofferv1.AuditEntry, req any) {
 			set(&e.Client, r.GetName())
 		}
 	}
+}
+
+// errInstallingSnapshot refuses a request on a node whose store holds part
+// of the old state and part of the new one (fsm.Restoring).
+func errInstallingSnapshot() error {
+	return fmt.Errorf("%w: this node is installing a snapshot from the leader; retry, or send the request to another node", fsm.ErrRestoring)
+}
+
+// errAuditNotCommitted withholds a response whose audit entry could not
+// be committed (fail closed).
+func errAuditNotCommitted(cause error) error {
+	return fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, cause)
 }
 
 // errReplicaDiverged is the refusal of a replica whose chain disagreed with
@@ -179,7 +175,7 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	if err == nil && n.fsm.Restoring() && path.Dir(info.FullMethod) != "/"+cofferv1.ClusterService_ServiceDesc.ServiceName {
 		// The store holds part of the old state and part of the new one:
 		// nothing read from it may be served (cluster status may).
-		err = fmt.Errorf("%w: this node is installing a snapshot from the leader; retry, or send the request to another node", fsm.ErrRestoring)
+		err = errInstallingSnapshot()
 	}
 	if err == nil {
 		resp, err = handler(context.WithValue(ctx, requestKey{}, r), req)
@@ -193,10 +189,18 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 // beginRequest starts a request that reached this node's service layer:
 // its caller and its audit entry, with what the message asks for (the
 // operation of method, the target it names, its consistency and request
-// id).
+// id: the message's own, else the caller's RequestIDKey header).
 func (n *Node) beginRequest(ctx context.Context, method string, req any) *request {
 	c, authErr := authenticate(ctx)
-	r := &request{caller: c, authErr: authErr, entry: n.newAuditEntry(ctx, method)}
+	e := &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID, Operation: opNames[method],
+		RequestId: headerRequestID(ctx), Caller: "unauthenticated"}
+	if e.Operation == "" {
+		e.Operation = method
+	}
+	if authErr == nil {
+		e.Caller = c.String()
+	}
+	r := &request{caller: c, authErr: authErr, entry: e}
 	if m, ok := req.(interface{ GetConsistency() cofferv1.Consistency }); ok && validConsistency(m.GetConsistency()) == nil {
 		// An unknown value is refused by the handler, and recorded in the
 		// reason; the entry keeps only values it can hold.
@@ -264,7 +268,7 @@ func (n *Node) finishRequest(ctx context.Context, r *request, deferrable bool, e
 	n.raftLog().Error("audit entry not committed; response withheld", "op", r.entry.GetOperation(), "err", cerr)
 	metricAuditFailures.Inc()
 	if err == nil {
-		return fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, cerr)
+		return errAuditNotCommitted(cerr)
 	}
 	return nil
 }
@@ -308,7 +312,7 @@ func (n *Node) auditedStream(ctx context.Context, method string, op authz.Op, bo
 		setOutcome(r.entry, nil)
 		if err := n.commitRequestAudit(ctx, r); err != nil {
 			metricAuditFailures.Inc()
-			return fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, err)
+			return errAuditNotCommitted(err)
 		}
 		r.carried = true // committed: the stream's one entry, whatever follows
 		return nil
@@ -317,7 +321,7 @@ func (n *Node) auditedStream(ctx context.Context, method string, op authz.Op, bo
 	if err == nil && n.fsm.Restoring() {
 		// As for unary requests: nothing read from a store that holds part
 		// of the old state and part of the new one is served.
-		err = fmt.Errorf("%w: this node is installing a snapshot from the leader; retry, or send the request to another node", fsm.ErrRestoring)
+		err = errInstallingSnapshot()
 	}
 	if err == nil {
 		err = n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE)

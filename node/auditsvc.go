@@ -21,7 +21,7 @@ var outcomeNames = map[string]cofferv1.AuditOutcome{
 }
 
 func (n *Node) query(ctx context.Context, req *cofferv1.AuditQueryRequest) (*cofferv1.AuditQueryResponse, error) {
-	c, err := authenticate(ctx)
+	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +78,7 @@ func auditFilter(caller, gkid, operation, outcome string) (fsm.AuditFilter, erro
 // head tells where the log stands on this node: its newest entry, newest
 // signed checkpoint and prune marker.
 func (n *Node) head(ctx context.Context, req *cofferv1.AuditHeadRequest) (*cofferv1.AuditHeadResponse, error) {
-	c, err := authenticate(ctx)
+	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -95,22 +95,21 @@ func (n *Node) restoreBackup(stream cofferv1.ClusterService_RestoreServer) error
 	err := n.admit(r)
 	var resp *cofferv1.RestoreResponse
 	if err == nil {
-		resp, err = n.restore(ctx, stream, r.entry)
+		resp, err = n.restore(ctx, stream, r)
+	}
+	// A restore that succeeded committed its entry after the restored
+	// chain (carried); a refused or failed one gets it here.
+	if ferr := n.finishRequest(ctx, r, false, err); ferr != nil && err == nil {
+		err = ferr
 	}
 	if err != nil {
-		// A restore that succeeded committed its entry with the restored
-		// state; a refused or failed one gets it here.
-		_ = n.finishRequest(ctx, r, false, err)
 		return toStatus(err)
 	}
 	return stream.SendAndClose(resp)
 }
 
-func (n *Node) restore(ctx context.Context, stream cofferv1.ClusterService_RestoreServer, e *cofferv1.AuditEntry) (*cofferv1.RestoreResponse, error) {
-	c, err := authenticate(ctx)
-	if err != nil {
-		return nil, err
-	}
+func (n *Node) restore(ctx context.Context, stream cofferv1.ClusterService_RestoreServer, r *request) (*cofferv1.RestoreResponse, error) {
+	c, e := r.caller, r.entry
 	if err := n.ensureLeaderReady(); err != nil {
 		return nil, err
 	}
@@ -176,6 +175,7 @@ func (n *Node) restore(ctx context.Context, stream cofferv1.ClusterService_Resto
 	if err := n.commitAudit(ctx, e); err != nil {
 		return nil, fmt.Errorf("%w: the backup is restored but its audit entry could not be committed: %v", ErrNoLeader, err)
 	}
+	r.carried = true
 	resp := &cofferv1.RestoreResponse{AppliedIndex: n.fsm.AppliedIndex(), Bytes: size, Sha256: hex.EncodeToString(sum)}
 	if c, err := n.fsm.Cluster(); err == nil {
 		resp.ClusterId = c.GetClusterId()

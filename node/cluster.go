@@ -30,7 +30,7 @@ const digestTimeout = 4 * time.Second
 
 // LocalStatus reports this node's own view.
 func (n *Node) ownStatus(ctx context.Context, req *cofferv1.NodeStatusRequest) (*cofferv1.NodeStatus, error) {
-	c, err := authenticate(ctx)
+	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +135,7 @@ func (n *Node) peerAPIAddrOr(id, def string) string {
 
 // status asks every member of the Raft configuration for its own view.
 func (n *Node) status(ctx context.Context, req *cofferv1.ClusterStatusRequest) (*cofferv1.ClusterStatusResponse, error) {
-	c, err := authenticate(ctx)
+	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -21,7 +21,7 @@ const maxMatchMaterial = MaxMaterialLen
 
 // match tells whether entry seq recorded the given key material.
 func (n *Node) match(ctx context.Context, req *cofferv1.AuditMatchRequest) (*cofferv1.AuditMatchResponse, error) {
-	c, err := authenticate(ctx)
+	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}

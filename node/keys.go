@@ -21,7 +21,7 @@ import (
 // Request limits (documented in the API reference).
 const (
 	MaxRequestIDLen = 64
-	MaxResourceLen  = 256
+	MaxResourceLen  = authz.MaxResourceLen
 	MaxPolicyLen    = 64
 	MaxMaterialLen  = 64
 	DefaultPageSize = 100
@@ -354,7 +354,7 @@ func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.O
 	if err != nil {
 		metricAuditFailures.Inc()
 		n.raftLog().Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
-		return nil, nil, fmt.Errorf("%w: the request's audit entry could not be committed: %v", ErrNoLeader, err)
+		return nil, nil, errAuditNotCommitted(err)
 	}
 	if err := n.readRefusal(op, id, reads[0]); err != nil {
 		return nil, nil, err
@@ -469,7 +469,7 @@ func validConsistency(c cofferv1.Consistency) error {
 }
 
 func (n *Node) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
-	c, err := authenticate(ctx)
+	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -52,15 +52,22 @@ func (r *request) describe(target, what string) *cofferv1.AuditEntry {
 
 type requestKey struct{}
 
-// requestFrom returns the request a door began for ctx. Outside any request
-// (the leader loop's own writes) it returns a request whose entry is
-// thrown away.
+// requestFrom returns the request a door began for ctx. A context no door
+// began (a member's LocalStatus, which the unary door passes through) gets a
+// request whose entry is thrown away.
 func requestFrom(ctx context.Context) *request {
 	if r, ok := ctx.Value(requestKey{}).(*request); ok {
 		return r
 	}
 	c, err := authenticate(ctx)
 	return &request{caller: c, authErr: err, entry: &cofferv1.AuditEntry{}}
+}
+
+// callerOf is the caller of the request ctx belongs to, authenticated once
+// by its door.
+func callerOf(ctx context.Context) (caller, error) {
+	r := requestFrom(ctx)
+	return r.caller, r.authErr
 }
 
 // auditedCommand is a Raft command that carries its request's audit entry.

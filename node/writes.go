@@ -44,6 +44,10 @@ type writeRow[Req interface {
 	validate func(Req) error
 	// execute runs the write on the leader.
 	execute func(n *Node, ctx context.Context, r *request, req Req) (Resp, error)
+	// keyOp marks a key operation, which execute authorises against the
+	// key's resource; every other row is an administrative operation that
+	// the table authorises (op, on every resource) before execute runs.
+	keyOp bool
 	// movesLeader marks a write whose success changes the leader: a
 	// forward of it is not abandoned when the leader changes (see
 	// Node.forward).
@@ -74,11 +78,28 @@ func (w *writeRow[Req, Resp]) run(n *Node, ctx context.Context, r *request, fw *
 			return nil, err
 		}
 	}
-	resp, err := w.execute(n, ctx, r, req)
+	resp, err := w.exec(n, ctx, r, req)
 	if err != nil {
 		return nil, err
 	}
 	return w.result(resp), nil
+}
+
+// exec runs a validated write on the leader: for an administrative
+// operation, once every change acknowledged before it is applied here
+// (ensureLeaderReady), the caller's grant first.
+func (w *writeRow[Req, Resp]) exec(n *Node, ctx context.Context, r *request, req Req) (Resp, error) {
+	if !w.keyOp {
+		if err := n.ensureLeaderReady(); err != nil {
+			var none Resp
+			return none, err
+		}
+		if err := n.authorize(r.caller, w.op, ""); err != nil {
+			var none Resp
+			return none, err
+		}
+	}
+	return w.execute(n, ctx, r, req)
 }
 
 var (
@@ -94,6 +115,7 @@ var (
 		},
 		validate: func(q *cofferv1.GenerateKeyRequest) error { _, err := generateSpec(q); return err },
 		execute:  (*Node).generateKey,
+		keyOp:    true,
 	}
 	writePut = &writeRow[*cofferv1.PutKeyRequest, *cofferv1.PutKeyResponse]{
 		op: authz.OpPut,
@@ -107,6 +129,7 @@ var (
 		},
 		validate: func(q *cofferv1.PutKeyRequest) error { _, err := putSpec(q); return err },
 		execute:  (*Node).putKey,
+		keyOp:    true,
 	}
 	writeCreatePolicy = &writeRow[*cofferv1.CreatePolicyRequest, *cofferv1.CreatePolicyResponse]{
 		op: authz.OpPolicyCreate,
@@ -301,7 +324,7 @@ func submitWrite[Req interface {
 		n.announceLeader(ctx)
 		return w.out(resp), nil
 	}
-	resp, err := w.execute(n, ctx, r, req)
+	resp, err := w.exec(n, ctx, r, req)
 	if err != nil {
 		return none, err
 	}
