@@ -287,6 +287,11 @@ func (s *Snapshot) Decide(req Request) Decision {
 	if c == nil {
 		return d
 	}
+	return c.decide(req)
+}
+
+// decide is Decide's steps 6 to 8 for client c, whom steps 1 to 5 admitted.
+func (c *clientEntry) decide(req Request) Decision {
 	bit, ok := opBits[req.Op]
 	if !ok {
 		return deny(PermissionDenied, "unknown operation "+display(string(req.Op), 64))

@@ -20,7 +20,8 @@ import (
 // words. Only a caller granted op on every resource ("**"), who could read
 // the key wherever it were, is told NOT_FOUND.
 func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyRecord, at time.Time) (cofferv1.ReadRefusal, string) {
-	if c, d := s.caller(req.Identity, req.CertSerial); c == nil {
+	c, d := s.caller(req.Identity, req.CertSerial)
+	if c == nil {
 		if d.Code == Unauthenticated {
 			return cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, d.Reason
 		}
@@ -29,13 +30,13 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	if rec == nil {
 		everywhere := req
 		everywhere.Resource = ""
-		if s.Decide(everywhere).Allowed {
+		if c.decide(everywhere).Allowed {
 			return cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key " + gkid
 		}
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hiddenKey(req, gkid)
 	}
 	req.Resource = rec.GetResource()
-	if !s.Decide(req).Allowed {
+	if !c.decide(req).Allowed {
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hiddenKey(req, gkid)
 	}
 	if req.Op != OpGet {

@@ -37,16 +37,7 @@ func TestNode_MalformedMessageRefusedAndAudited(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("malformed message: %v, want InvalidArgument", err)
 	}
-	entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{Operation: "get"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var found []*cofferv1.AuditEntry
-	for _, e := range entries {
-		if e.GetRequestId() == "malformed-1" {
-			found = append(found, e)
-		}
-	}
+	found := tc.entriesByRequestID(l, fsm.AuditFilter{Operation: "get"})["malformed-1"]
 	if len(found) != 1 || found[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED || found[0].GetCaller() != "client:app" {
 		t.Fatalf("entries of the malformed request: %v, want one failed entry by client:app", found)
 	}

@@ -116,8 +116,7 @@ func TestNode_RefusedAndMalformedRequestsAudited(t *testing.T) {
 	ctx := ctxT(t)
 	l, f := tc.waitLeader(), tc.follower()
 	admin := tc.identity("app")
-	tc.mustRegisterApp(admin, l, "eve")
-	eve := tc.identity("eve")
+	eve := tc.ungrantedClient(admin, l, "eve")
 	key := tc.mustGenerate(l, "audited/1", "")
 	with := func(id string) context.Context { return metadata.AppendToOutgoingContext(ctx, RequestIDKey, id) }
 
@@ -133,14 +132,7 @@ func TestNode_RefusedAndMalformedRequestsAudited(t *testing.T) {
 	_, err = eve.keys[l].GetKey(with("revoked-4"), &cofferv1.GetKeyRequest{Gkid: key.GetGkid(), Consistency: 99})
 	wantCode(t, "revoked certificate, consistency 99", err, codes.Unauthenticated, "revoked")
 
-	entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	byID := map[string][]*cofferv1.AuditEntry{}
-	for _, e := range entries {
-		byID[e.GetRequestId()] = append(byID[e.GetRequestId()], e)
-	}
+	byID := tc.entriesByRequestID(l, fsm.AuditFilter{})
 	for id, want := range map[string]struct {
 		outcome cofferv1.AuditOutcome
 		reason  string
@@ -188,4 +180,27 @@ func TestNode_RefusedInternalCallAudited(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// entriesByRequestID returns node i's audit entries matching flt, by
+// request id.
+func (tc *testCluster) entriesByRequestID(i int, flt fsm.AuditFilter) map[string][]*cofferv1.AuditEntry {
+	tc.t.Helper()
+	entries, _, err := tc.nodes[i].FSM().AuditEntries(0, 100000, flt)
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	byID := map[string][]*cofferv1.AuditEntry{}
+	for _, e := range entries {
+		byID[e.GetRequestId()] = append(byID[e.GetRequestId()], e)
+	}
+	return byID
+}
+
+// ungrantedClient has admin register an application client called name,
+// with no grants, through node i, and returns its identity.
+func (tc *testCluster) ungrantedClient(admin *identity, i int, name string) *identity {
+	tc.t.Helper()
+	tc.mustRegisterApp(admin, i, name)
+	return tc.identity(name)
 }
