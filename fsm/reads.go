@@ -7,6 +7,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
+	"google.golang.org/grpc/codes"
 )
 
 // Decided reads.
@@ -36,30 +37,61 @@ type ReadResult struct {
 	Seq uint64
 }
 
-// refusals gives each refusal the status code name and the words the audit
-// entry's reason starts with; they match what the request path reports for
-// the same refusal when it decides itself (see node.toStatus).
+// refusals gives each refusal its outcome, the status code the caller gets
+// and the words its message starts with. It is the one table of them: Apply
+// records the reason from it, and the node answers the caller with the
+// same code and message (ReadResult.Err), so the two cannot drift apart.
 var refusals = map[cofferv1.ReadRefusal]struct {
-	outcome     cofferv1.AuditOutcome
-	code, words string
+	outcome  cofferv1.AuditOutcome
+	code     codes.Code
+	sentinel error
+	words    string
 }{
-	cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED:       {cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED, "", ""},
-	cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND:         {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "NotFound", "not found"},
-	cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "DataLoss", "stored state is corrupt"},
-	cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED:   {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, "Unauthenticated", "unauthenticated"},
-	cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED: {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, "PermissionDenied", "permission denied"},
-	cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID:     {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "FailedPrecondition", "key is not valid yet"},
-	cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, "FailedPrecondition", "key has expired"},
+	cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED:       {cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED, codes.OK, nil, ""},
+	cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND:         {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.NotFound, ErrNotFound, "not found"},
+	cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.DataLoss, ErrCorrupt, "stored state is corrupt"},
+	cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED:   {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, codes.Unauthenticated, nil, "unauthenticated"},
+	cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED: {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, codes.PermissionDenied, nil, "permission denied"},
+	cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID:     {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key is not valid yet"},
+	cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key has expired"},
 }
 
-// RefusalReason is the reason an audit entry records for a refused read:
-// the same text the request path records when it refuses the read itself.
-func RefusalReason(r cofferv1.ReadRefusal, detail string) string {
-	if r == cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
+// RefusalError is a refused read as its caller gets it: the status code and
+// the message Apply's audit entry records after that code. The node's
+// status mapping passes Code and Message through unchanged.
+type RefusalError struct {
+	Refusal cofferv1.ReadRefusal
+	Code    codes.Code
+	Message string
+}
+
+func (e *RefusalError) Error() string { return e.Message }
+
+// Unwrap returns the package's sentinel for the refusal (ErrNotFound,
+// ErrCorrupt), if it has one.
+func (e *RefusalError) Unwrap() error { return refusals[e.Refusal].sentinel }
+
+// Err is the refusal as an error (*RefusalError); nil for a granted read.
+func (r ReadResult) Err() error {
+	if r.Refusal == cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
+		return nil
+	}
+	info, ok := refusals[r.Refusal]
+	if !ok {
+		info = refusals[cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT]
+	}
+	return &RefusalError{Refusal: r.Refusal, Code: info.code, Message: info.words + ": " + r.Detail}
+}
+
+// refusalReason is the reason an audit entry records for a refused read:
+// the code and message its caller gets, as the request path records every
+// refusal.
+func refusalReason(r ReadResult) string {
+	var re *RefusalError
+	if !errors.As(r.Err(), &re) {
 		return ""
 	}
-	info := refusals[r]
-	return clipReason(info.code + ": " + info.words + ": " + detail)
+	return clipReason(re.Code.String() + ": " + re.Message)
 }
 
 // IsDecidedRead reports whether op is a key read that Apply can decide.
@@ -95,7 +127,7 @@ func ValidateBatch(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecisi
 // and writes the outcome into e.
 func (a *applyCtx) decideRead(e *cofferv1.AuditEntry, serial string) ReadResult {
 	r := a.decide(e, serial)
-	e.Outcome, e.Reason = refusals[r.Refusal].outcome, RefusalReason(r.Refusal, r.Detail)
+	e.Outcome, e.Reason = refusals[r.Refusal].outcome, refusalReason(r)
 	return r
 }
 

@@ -139,6 +139,13 @@ func TestFSM_DecidedReads(t *testing.T) {
 		if e.GetOutcome() != w.outcome || !strings.HasPrefix(e.GetReason(), w.reason) {
 			t.Errorf("read %d: stored %v %q, want %v %q...", i, e.GetOutcome(), e.GetReason(), w.outcome, w.reason)
 		}
+		// The caller is told what the entry records.
+		var re *RefusalError
+		if err := r.Err(); (err == nil) != (w.refusal == cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED) {
+			t.Errorf("read %d: error %v for refusal %v", i, err, w.refusal)
+		} else if errors.As(err, &re) && re.Code.String()+": "+re.Message != e.GetReason() {
+			t.Errorf("read %d: caller told %v %q, entry records %q", i, re.Code, re.Message, e.GetReason())
+		}
 		if !strings.Contains(w.reason, "does not exist") && e.GetResource() == "" {
 			t.Errorf("read %d: stored entry has no resource", i)
 		}

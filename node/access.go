@@ -58,21 +58,21 @@ func ruleFromGrant(req *cofferv1.GrantRequest, createdBy string, now int64) (*co
 }
 
 // registerClient registers a client, or changes its groups and roles.
-func (n *Node) registerClient(ctx context.Context, r *request, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
+func (s *service) registerClient(ctx context.Context, r *request, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
 	rec := &cofferv1.ClientRecord{Name: req.GetName(), Active: true, Groups: req.GetGroups(), Roles: req.GetRoles(),
 		CreatedUnixNano: time.Now().UnixNano(), Revision: 1}
 	var expected uint64
-	if cur, err := n.barrier.VerifiedClient(req.GetName()); err == nil {
+	if cur, err := s.barrier.VerifiedClient(req.GetName()); err == nil {
 		if !req.GetUpdate() {
 			return nil, fmt.Errorf("%w: %q (use update to change its groups and roles)", fsm.ErrClientExists, req.GetName())
 		}
 		rec.Active, rec.CreatedUnixNano = cur.GetActive(), cur.GetCreatedUnixNano()
 		expected, rec.Revision = cur.GetRevision(), cur.GetRevision()+1
 	}
-	if err := n.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
+	if err := s.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
 		return nil, err
 	}
-	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: expected, Audit: r.entry})
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: expected, Audit: r.entry})
 	if err != nil {
 		return nil, err
 	}
@@ -80,17 +80,17 @@ func (n *Node) registerClient(ctx context.Context, r *request, req *cofferv1.Reg
 }
 
 // setClientActive activates or deactivates a client.
-func (n *Node) setClientActive(ctx context.Context, r *request, req *cofferv1.SetClientActiveRequest) (*cofferv1.ClientInfo, error) {
-	cur, err := n.barrier.VerifiedClient(req.GetName())
+func (s *service) setClientActive(ctx context.Context, r *request, req *cofferv1.SetClientActiveRequest) (*cofferv1.ClientInfo, error) {
+	cur, err := s.barrier.VerifiedClient(req.GetName())
 	if err != nil {
 		return nil, err
 	}
 	rec := proto.CloneOf(cur)
 	rec.Active, rec.Revision = req.GetActive(), cur.GetRevision()+1
-	if err := n.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
+	if err := s.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
 		return nil, err
 	}
-	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: cur.GetRevision(), Audit: r.entry})
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{Client: rec, ExpectedRevision: cur.GetRevision(), Audit: r.entry})
 	if err != nil {
 		return nil, err
 	}
@@ -98,12 +98,12 @@ func (n *Node) setClientActive(ctx context.Context, r *request, req *cofferv1.Se
 }
 
 // revokeCertificate puts a certificate serial on the deny list.
-func (n *Node) revokeCertificate(ctx context.Context, r *request, req *cofferv1.RevokeCertificateRequest) (*cofferv1.RevokeCertificateResponse, error) {
+func (s *service) revokeCertificate(ctx context.Context, r *request, req *cofferv1.RevokeCertificateRequest) (*cofferv1.RevokeCertificateResponse, error) {
 	serial, err := validateRevoke(req)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE, &cofferv1.RevokeCertificateCommand{
+	if _, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE, &cofferv1.RevokeCertificateCommand{
 		Certificate: &cofferv1.RevokedCertificate{Serial: serial, Reason: req.GetReason(), RevokedUnixNano: time.Now().UnixNano()}, Audit: r.entry}); err != nil {
 		return nil, err
 	}
@@ -111,15 +111,15 @@ func (n *Node) revokeCertificate(ctx context.Context, r *request, req *cofferv1.
 }
 
 // grant adds an ACL rule.
-func (n *Node) grant(ctx context.Context, r *request, req *cofferv1.GrantRequest) (*cofferv1.AclRuleInfo, error) {
+func (s *service) grant(ctx context.Context, r *request, req *cofferv1.GrantRequest) (*cofferv1.AclRuleInfo, error) {
 	rule, err := ruleFromGrant(req, r.caller.String(), time.Now().UnixNano())
 	if err != nil {
 		return nil, err
 	}
-	if err := n.barrier.Tag("a/"+rule.GetId(), rule, nil); err != nil {
+	if err := s.barrier.Tag("a/"+rule.GetId(), rule, nil); err != nil {
 		return nil, err
 	}
-	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{Rule: rule, Audit: r.entry})
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{Rule: rule, Audit: r.entry})
 	if err != nil {
 		return nil, err
 	}
@@ -127,40 +127,40 @@ func (n *Node) grant(ctx context.Context, r *request, req *cofferv1.GrantRequest
 }
 
 // revokeGrant deletes an ACL rule.
-func (n *Node) revokeGrant(ctx context.Context, r *request, req *cofferv1.RevokeGrantRequest) (*cofferv1.RevokeGrantResponse, error) {
-	if _, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: req.GetId(), Audit: r.entry}); err != nil {
+func (s *service) revokeGrant(ctx context.Context, r *request, req *cofferv1.RevokeGrantRequest) (*cofferv1.RevokeGrantResponse, error) {
+	if _, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: req.GetId(), Audit: r.entry}); err != nil {
 		return nil, err
 	}
 	return &cofferv1.RevokeGrantResponse{Id: req.GetId()}, nil
 }
 
-func (n *Node) accessRead(ctx context.Context, op authz.Op, cons cofferv1.Consistency) error {
+func (s *service) accessRead(ctx context.Context, op authz.Op, cons cofferv1.Consistency) error {
 	c, err := callerOf(ctx)
 	if err != nil {
 		return err
 	}
-	return n.authorizedRead(ctx, c, op, cons)
+	return s.authorizedRead(ctx, c, op, cons)
 }
 
-func (n *Node) getClient(ctx context.Context, req *cofferv1.GetClientRequest) (*cofferv1.ClientInfo, error) {
+func (s *service) getClient(ctx context.Context, req *cofferv1.GetClientRequest) (*cofferv1.ClientInfo, error) {
 	if err := authz.ValidateClientName(req.GetName()); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	if err := n.accessRead(ctx, authz.OpClientRead, req.GetConsistency()); err != nil {
+	if err := s.accessRead(ctx, authz.OpClientRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	cl, err := n.fsm.Client(req.GetName())
+	cl, err := s.fsm.Client(req.GetName())
 	if err != nil {
 		return nil, err
 	}
 	return clientInfo(cl), nil
 }
 
-func (n *Node) listClients(ctx context.Context, req *cofferv1.ListClientsRequest) (*cofferv1.ListClientsResponse, error) {
-	if err := n.accessRead(ctx, authz.OpClientRead, req.GetConsistency()); err != nil {
+func (s *service) listClients(ctx context.Context, req *cofferv1.ListClientsRequest) (*cofferv1.ListClientsResponse, error) {
+	if err := s.accessRead(ctx, authz.OpClientRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	cls, err := n.fsm.Clients()
+	cls, err := s.fsm.Clients()
 	if err != nil {
 		return nil, err
 	}
@@ -171,16 +171,16 @@ func (n *Node) listClients(ctx context.Context, req *cofferv1.ListClientsRequest
 	return out, nil
 }
 
-func (n *Node) listGrants(ctx context.Context, req *cofferv1.ListGrantsRequest) (*cofferv1.ListGrantsResponse, error) {
+func (s *service) listGrants(ctx context.Context, req *cofferv1.ListGrantsRequest) (*cofferv1.ListGrantsResponse, error) {
 	if req.GetSubject() != "" {
 		if _, _, err := authz.ParseSubject(req.GetSubject()); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 		}
 	}
-	if err := n.accessRead(ctx, authz.OpACLRead, req.GetConsistency()); err != nil {
+	if err := s.accessRead(ctx, authz.OpACLRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	rules, err := n.fsm.Rules()
+	rules, err := s.fsm.Rules()
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +197,7 @@ func (n *Node) listGrants(ctx context.Context, req *cofferv1.ListGrantsRequest) 
 // names no serial: serial 0 is never issued (RFC 5280 serials are positive).
 const checkSerial = "0"
 
-func (n *Node) check(ctx context.Context, req *cofferv1.CheckRequest) (*cofferv1.CheckResponse, error) {
+func (s *service) check(ctx context.Context, req *cofferv1.CheckRequest) (*cofferv1.CheckResponse, error) {
 	if err := authz.ValidateClientName(req.GetClient()); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
@@ -211,10 +211,10 @@ func (n *Node) check(ctx context.Context, req *cofferv1.CheckRequest) (*cofferv1
 			return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 		}
 	}
-	if err := n.accessRead(ctx, authz.OpACLRead, req.GetConsistency()); err != nil {
+	if err := s.accessRead(ctx, authz.OpACLRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	e := n.fsm.Authz().Explain(authz.Request{Identity: authz.ClientSubject(req.GetClient()), CertSerial: serial, Op: op, Resource: req.GetResource()})
+	e := s.fsm.Authz().Explain(authz.Request{Identity: authz.ClientSubject(req.GetClient()), CertSerial: serial, Op: op, Resource: req.GetResource()})
 	if req.GetCertSerial() == "" && len(e.Steps) > 0 && e.Steps[0].Name == "certificate" && e.Steps[0].Passed {
 		e.Steps[0].Detail = "no certificate named: taken as not revoked (name one with its serial to check it)"
 	}

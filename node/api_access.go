@@ -1,7 +1,7 @@
 package node
 
 // The gRPC door of AccessService: each handler is a thin adapter that hands the
-// request to the service layer (the Node methods it calls; writes through
+// request to the service layer (service.go; writes through
 // submitWrite and the write table). The unary interceptor (auditInterceptor)
 // has already begun the request value; the service layer finds it with
 // requestFrom.
@@ -20,41 +20,41 @@ import (
 // applied index first).
 type accessService struct {
 	cofferv1.UnimplementedAccessServiceServer
-	n *Node
+	svc *service
 }
 
 func (s *accessService) RegisterClient(ctx context.Context, req *cofferv1.RegisterClientRequest) (*cofferv1.ClientInfo, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeRegisterClient, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeRegisterClient, req)
 }
 
 func (s *accessService) SetClientActive(ctx context.Context, req *cofferv1.SetClientActiveRequest) (*cofferv1.ClientInfo, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeSetClientActive, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeSetClientActive, req)
 }
 
 func (s *accessService) RevokeCertificate(ctx context.Context, req *cofferv1.RevokeCertificateRequest) (*cofferv1.RevokeCertificateResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeRevokeCertificate, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeRevokeCertificate, req)
 }
 
 func (s *accessService) Grant(ctx context.Context, req *cofferv1.GrantRequest) (*cofferv1.AclRuleInfo, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeGrant, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeGrant, req)
 }
 
 func (s *accessService) RevokeGrant(ctx context.Context, req *cofferv1.RevokeGrantRequest) (*cofferv1.RevokeGrantResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeRevokeGrant, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeRevokeGrant, req)
 }
 
 func (s *accessService) GetClient(ctx context.Context, req *cofferv1.GetClientRequest) (*cofferv1.ClientInfo, error) {
-	return s.n.getClient(ctx, req)
+	return s.svc.getClient(ctx, req)
 }
 
 func (s *accessService) ListClients(ctx context.Context, req *cofferv1.ListClientsRequest) (*cofferv1.ListClientsResponse, error) {
-	return s.n.listClients(ctx, req)
+	return s.svc.listClients(ctx, req)
 }
 
 func (s *accessService) ListGrants(ctx context.Context, req *cofferv1.ListGrantsRequest) (*cofferv1.ListGrantsResponse, error) {
-	return s.n.listGrants(ctx, req)
+	return s.svc.listGrants(ctx, req)
 }
 
 func (s *accessService) Check(ctx context.Context, req *cofferv1.CheckRequest) (*cofferv1.CheckResponse, error) {
-	return s.n.check(ctx, req)
+	return s.svc.check(ctx, req)
 }

@@ -1,8 +1,9 @@
 package node
 
-// The gRPC door of ClusterService: each handler is a thin adapter that hands the
-// request to the service layer (the Node methods it calls; writes through
-// submitWrite and the write table). The unary interceptor (auditInterceptor)
+// The gRPC door of ClusterService: each handler is a thin adapter. Writes go
+// to the service layer (service.go) through submitWrite and the write table;
+// status, backup and restore, which are about the replica itself, go to the
+// Node, which asks the service to authorise and audit them. The unary interceptor (auditInterceptor)
 // has already begun the request value; the service layer finds it with
 // requestFrom.
 
@@ -14,7 +15,8 @@ import (
 
 type clusterService struct {
 	cofferv1.UnimplementedClusterServiceServer
-	n *Node
+	n   *Node
+	svc *service
 }
 
 func (s *clusterService) Snapshot(_ *cofferv1.SnapshotRequest, stream cofferv1.ClusterService_SnapshotServer) error {
@@ -35,20 +37,20 @@ func (s *clusterService) Status(ctx context.Context, req *cofferv1.ClusterStatus
 
 // PinNode replaces the certificate pinned for a member (cluster.manage).
 func (s *clusterService) PinNode(ctx context.Context, req *cofferv1.PinNodeRequest) (*cofferv1.PinNodeResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writePinNode, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writePinNode, req)
 }
 
 // RemoveNode removes a member from the Raft configuration.
 func (s *clusterService) RemoveNode(ctx context.Context, req *cofferv1.RemoveNodeRequest) (*cofferv1.RemoveNodeResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeRemoveNode, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeRemoveNode, req)
 }
 
 // TransferLeadership moves leadership to another voter.
 func (s *clusterService) TransferLeadership(ctx context.Context, req *cofferv1.TransferLeadershipRequest) (*cofferv1.TransferLeadershipResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeTransferLeadership, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeTransferLeadership, req)
 }
 
 // DrainNode marks a member drained, or no longer drained.
 func (s *clusterService) DrainNode(ctx context.Context, req *cofferv1.DrainNodeRequest) (*cofferv1.DrainNodeResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeDrainNode, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeDrainNode, req)
 }

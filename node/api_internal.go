@@ -14,15 +14,16 @@ import (
 // the certificate pinned at the member's admission.
 type internalService struct {
 	cofferv1.UnimplementedInternalServiceServer
-	n *Node
+	n   *Node
+	svc *service
 }
 
 func (s *internalService) AppendAudit(ctx context.Context, req *cofferv1.AppendAuditRequest) (*cofferv1.AppendAuditResponse, error) {
-	return s.n.internalAppendAudit(ctx, req)
+	return s.svc.internalAppendAudit(ctx, req)
 }
 
 func (s *internalService) Forward(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
-	return s.n.internalForward(ctx, req)
+	return s.svc.internalForward(ctx, req)
 }
 
 func (s *internalService) ReadIndex(ctx context.Context, _ *cofferv1.ReadIndexRequest) (*cofferv1.ReadIndexResponse, error) {

@@ -1,7 +1,7 @@
 package node
 
 // The gRPC door of KeyService: each handler is a thin adapter that hands the
-// request to the service layer (the Node methods it calls; writes through
+// request to the service layer (service.go; writes through
 // submitWrite and the write table). The unary interceptor (auditInterceptor)
 // has already begun the request value; the service layer finds it with
 // requestFrom.
@@ -14,25 +14,25 @@ import (
 
 type keyService struct {
 	cofferv1.UnimplementedKeyServiceServer
-	n *Node
+	svc *service
 }
 
 func (s *keyService) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeGenerate, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeGenerate, req)
 }
 
 func (s *keyService) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writePut, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writePut, req)
 }
 
 func (s *keyService) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	return s.n.getKey(ctx, req)
+	return s.svc.getKey(ctx, req)
 }
 
 func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
-	return s.n.describeKey(ctx, req)
+	return s.svc.describeKey(ctx, req)
 }
 
 func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
-	return s.n.listKeys(ctx, req)
+	return s.svc.listKeys(ctx, req)
 }

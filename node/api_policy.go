@@ -1,7 +1,7 @@
 package node
 
 // The gRPC door of PolicyService: each handler is a thin adapter that hands the
-// request to the service layer (the Node methods it calls; writes through
+// request to the service layer (service.go; writes through
 // submitWrite and the write table). The unary interceptor (auditInterceptor)
 // has already begun the request value; the service layer finds it with
 // requestFrom.
@@ -14,21 +14,21 @@ import (
 
 type policyService struct {
 	cofferv1.UnimplementedPolicyServiceServer
-	n *Node
+	svc *service
 }
 
 func (s *policyService) CreatePolicy(ctx context.Context, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeCreatePolicy, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeCreatePolicy, req)
 }
 
 func (s *policyService) GetPolicy(ctx context.Context, req *cofferv1.GetPolicyRequest) (*cofferv1.GetPolicyResponse, error) {
-	return s.n.getPolicy(ctx, req)
+	return s.svc.getPolicy(ctx, req)
 }
 
 func (s *policyService) ListPolicies(ctx context.Context, req *cofferv1.ListPoliciesRequest) (*cofferv1.ListPoliciesResponse, error) {
-	return s.n.listPolicies(ctx, req)
+	return s.svc.listPolicies(ctx, req)
 }
 
 func (s *policyService) UpdatePolicy(ctx context.Context, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
-	return submitWrite(s.n, ctx, requestFrom(ctx), writeUpdatePolicy, req)
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeUpdatePolicy, req)
 }

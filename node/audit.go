@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"path"
 	"strings"
 	"sync"
@@ -146,8 +145,8 @@ func errReplicaDiverged() error {
 
 // auditInterceptor is the gRPC door's audit step for unary RPCs: it
 // begins the request, runs the handler with it, and finishes it.
-func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	malformed := n.codec.takeMalformed(req)
+func (s *service) auditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	malformed := s.codec.takeMalformed(req)
 	if isInternal(info.FullMethod) {
 		if malformed != nil {
 			return nil, malformed
@@ -163,16 +162,16 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 			return handler(ctx, req)
 		}
 	}
-	if n.fsm.Diverged() {
+	if s.fsm.Diverged() {
 		return nil, errReplicaDiverged()
 	}
-	r := n.beginRequest(ctx, method, req)
+	r := s.beginRequest(ctx, method, req)
 	var resp any
-	err := n.admit(r)
+	err := s.admit(r)
 	if err == nil {
 		err = malformed
 	}
-	if err == nil && n.fsm.Restoring() && path.Dir(info.FullMethod) != "/"+cofferv1.ClusterService_ServiceDesc.ServiceName {
+	if err == nil && s.fsm.Restoring() && path.Dir(info.FullMethod) != "/"+cofferv1.ClusterService_ServiceDesc.ServiceName {
 		// The store holds part of the old state and part of the new one:
 		// nothing read from it may be served (cluster status may).
 		err = errInstallingSnapshot()
@@ -180,7 +179,7 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	if err == nil {
 		resp, err = handler(context.WithValue(ctx, requestKey{}, r), req)
 	}
-	if ferr := n.finishRequest(ctx, r, method == "Status", err); ferr != nil {
+	if ferr := s.finishRequest(ctx, r, method == "Status", err); ferr != nil {
 		return nil, ferr
 	}
 	return resp, err
@@ -190,9 +189,9 @@ func (n *Node) auditInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 // its caller and its audit entry, with what the message asks for (the
 // operation of method, the target it names, its consistency and request
 // id: the message's own, else the caller's RequestIDKey header).
-func (n *Node) beginRequest(ctx context.Context, method string, req any) *request {
+func (s *service) beginRequest(ctx context.Context, method string, req any) *request {
 	c, authErr := authenticate(ctx)
-	e := &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: n.cfg.ID, Operation: opNames[method],
+	e := &cofferv1.AuditEntry{TimeUnixNano: time.Now().UnixNano(), Node: s.cfg.ID, Operation: opNames[method],
 		RequestId: headerRequestID(ctx), Caller: "unauthenticated"}
 	if e.Operation == "" {
 		e.Operation = method
@@ -222,21 +221,15 @@ func (n *Node) beginRequest(ctx context.Context, method string, req any) *reques
 // the latest changes can still trust it, whereas whether a client is
 // registered, active or granted is decided by the operation's own
 // authorisation, linearized where the operation asks for it.
-func (n *Node) admit(r *request) error {
+func (s *service) admit(r *request) error {
 	if r.authErr != nil {
 		return r.authErr
 	}
-	if snap := n.fsm.Authz(); snap != nil && snap.Revoked(r.caller.serial) {
+	if snap := s.fsm.Authz(); snap != nil && snap.Revoked(r.caller.serial) {
 		metricDenied.WithLabelValues(r.entry.GetOperation()).Inc()
 		return fmt.Errorf("%w: certificate revoked", ErrUnauthenticated)
 	}
 	return nil
-}
-
-// raftLog is the node's logger with its Raft position (current term and
-// applied index), for request-path logs that need placing in the log.
-func (n *Node) raftLog() *slog.Logger {
-	return n.logger.With("term", n.raft.CurrentTerm(), "applied_index", n.fsm.AppliedIndex())
 }
 
 // finishRequest is the one place that guarantees a request its audit entry:
@@ -247,25 +240,25 @@ func (n *Node) raftLog() *slog.Logger {
 // replaces the response. A cluster status (deferrable) that finds no leader
 // defers its entry instead, so that an operator can see a cluster that lost
 // its quorum.
-func (n *Node) finishRequest(ctx context.Context, r *request, deferrable bool, err error) error {
+func (s *service) finishRequest(ctx context.Context, r *request, deferrable bool, err error) error {
 	if r.carried {
 		return nil
 	}
 	setOutcome(r.entry, err)
-	if _, leader := n.raft.LeaderWithID(); deferrable && err == nil && leader == "" {
-		n.sideAudit.record(r.entry)
+	if deferrable && err == nil && !s.replica.hasLeader() {
+		s.sideAudit.record(r.entry)
 		return nil
 	}
-	cerr := n.commitRequestAudit(ctx, r)
+	cerr := s.commitRequestAudit(ctx, r)
 	if cerr == nil {
 		return nil
 	}
 	if deferrable && err == nil {
-		n.raftLog().Warn("audit entry of a cluster status deferred until a leader is back", "err", cerr)
-		n.sideAudit.record(r.entry)
+		s.replica.raftLog().Warn("audit entry of a cluster status deferred until a leader is back", "err", cerr)
+		s.sideAudit.record(r.entry)
 		return nil
 	}
-	n.raftLog().Error("audit entry not committed; response withheld", "op", r.entry.GetOperation(), "err", cerr)
+	s.replica.raftLog().Error("audit entry not committed; response withheld", "op", r.entry.GetOperation(), "err", cerr)
 	metricAuditFailures.Inc()
 	if err == nil {
 		return errAuditNotCommitted(cerr)
@@ -303,36 +296,36 @@ func clip(s string, n int) string { return audit.Clip(s, n) }
 // stream fails before grant succeeded, the entry records that refusal or
 // failure; a stream that fails or is abandoned later keeps its granted entry
 // as its only one.
-func (n *Node) auditedStream(ctx context.Context, method string, op authz.Op, body func(grant func() error) error) error {
-	if n.fsm.Diverged() {
+func (s *service) auditedStream(ctx context.Context, method string, op authz.Op, body func(grant func() error) error) error {
+	if s.fsm.Diverged() {
 		return errReplicaDiverged()
 	}
-	r := n.beginRequest(ctx, method, nil)
+	r := s.beginRequest(ctx, method, nil)
 	grant := func() error {
 		setOutcome(r.entry, nil)
-		if err := n.commitRequestAudit(ctx, r); err != nil {
+		if err := s.commitRequestAudit(ctx, r); err != nil {
 			metricAuditFailures.Inc()
 			return errAuditNotCommitted(err)
 		}
 		r.carried = true // committed: the stream's one entry, whatever follows
 		return nil
 	}
-	err := n.admit(r)
-	if err == nil && n.fsm.Restoring() {
+	err := s.admit(r)
+	if err == nil && s.fsm.Restoring() {
 		// As for unary requests: nothing read from a store that holds part
 		// of the old state and part of the new one is served.
 		err = errInstallingSnapshot()
 	}
 	if err == nil {
-		err = n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE)
+		err = s.replica.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE)
 	}
 	if err == nil {
-		err = n.authorize(r.caller, op, "")
+		err = s.authorize(r.caller, op, "")
 	}
 	if err == nil {
 		err = body(grant)
 	}
-	if ferr := n.finishRequest(ctx, r, false, err); ferr != nil && err == nil {
+	if ferr := s.finishRequest(ctx, r, false, err); ferr != nil && err == nil {
 		return ferr
 	}
 	return err
@@ -340,25 +333,25 @@ func (n *Node) auditedStream(ctx context.Context, method string, op authz.Op, bo
 
 // commitAudit commits one entry through the batching auditor and waits
 // until it is committed.
-func (n *Node) commitAudit(ctx context.Context, e *cofferv1.AuditEntry) error {
-	return n.commitBatch(ctx, auditBatch{entries: []*cofferv1.AuditEntry{e}})
+func (s *service) commitAudit(ctx context.Context, e *cofferv1.AuditEntry) error {
+	return s.commitBatch(ctx, auditBatch{entries: []*cofferv1.AuditEntry{e}})
 }
 
 // commitRequestAudit commits a request's entry, as a fallback if the
 // request's change may have committed with its own entry.
-func (n *Node) commitRequestAudit(ctx context.Context, r *request) error {
+func (s *service) commitRequestAudit(ctx context.Context, r *request) error {
 	b := auditBatch{entries: []*cofferv1.AuditEntry{r.entry}}
 	if r.attempted {
 		b.fallback = []uint32{0}
 	}
-	return n.commitBatch(ctx, b)
+	return s.commitBatch(ctx, b)
 }
 
-func (n *Node) commitBatch(ctx context.Context, b auditBatch) error {
+func (s *service) commitBatch(ctx context.Context, b auditBatch) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
 	start := time.Now()
-	_, _, err := n.auditor.submit(ctx, b)
+	_, _, err := s.auditor.submit(ctx, b)
 	metricStage.WithLabelValues("audit_commit").Observe(time.Since(start).Seconds())
 	return err
 }
@@ -389,7 +382,7 @@ func (b *auditBatch) add(o auditBatch) {
 // arrive meanwhile collect into the next round. On the leader, the batches
 // followers send (AppendAudit) queue here too.
 type auditor struct {
-	n        *Node
+	replica  replica
 	mu       sync.Mutex
 	pending  []*auditWaiter
 	queued   int
@@ -478,7 +471,7 @@ func (a *auditor) loop() {
 			defer func() { <-a.inflight }()
 			ctx, cancel := context.WithTimeout(context.Background(), auditTimeout)
 			start := time.Now()
-			idx, reads, err := a.n.appendAudit(ctx, b)
+			idx, reads, err := a.append(ctx, b)
 			metricStage.WithLabelValues("audit_round").Observe(time.Since(start).Seconds())
 			cancel()
 			if err == nil && len(reads) != len(b.decide) {
@@ -496,15 +489,39 @@ func (a *auditor) loop() {
 	}
 }
 
+// internalAppendAudit commits entries that a follower collected.
+func (s *service) internalAppendAudit(ctx context.Context, req *cofferv1.AppendAuditRequest) (*cofferv1.AppendAuditResponse, error) {
+	if _, err := s.replica.requireMember(ctx, doorAppendAudit, fmt.Sprintf("%d entries", len(req.GetEntries()))); err != nil {
+		return nil, err
+	}
+	if len(req.GetEntries()) == 0 || len(req.GetEntries()) > maxAuditBatch {
+		return nil, fmt.Errorf("%w: 1..%d entries per call", ErrInvalidArgument, maxAuditBatch)
+	}
+	if !s.replica.IsLeader() {
+		return nil, s.replica.notLeader(fmt.Errorf("audit entries reached a follower"))
+	}
+	// The follower's batch joins this node's next round (submit validates
+	// it), so followers' rounds add no Raft entries of their own.
+	idx, reads, err := s.auditor.submit(ctx, auditBatch{entries: req.GetEntries(), decide: req.GetDecide(), fallback: req.GetFallback()})
+	if err != nil {
+		return nil, err
+	}
+	resp := &cofferv1.AppendAuditResponse{Index: idx, Reads: make([]*cofferv1.ReadOutcome, len(reads))}
+	for i, r := range reads {
+		resp.Reads[i] = &cofferv1.ReadOutcome{Refusal: r.Refusal, Detail: r.Detail, Seq: r.Seq}
+	}
+	return resp, nil
+}
+
 // appendAudit commits b: as an AUDIT_BATCH command on the leader, or
 // through the leader's AppendAudit from a follower.
-func (n *Node) appendAudit(ctx context.Context, b auditBatch) (uint64, []fsm.ReadResult, error) {
-	if n.IsLeader() {
+func (a *auditor) append(ctx context.Context, b auditBatch) (uint64, []fsm.ReadResult, error) {
+	if a.replica.IsLeader() {
 		data, err := fsm.Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, &cofferv1.AuditBatchCommand{Entries: b.entries, Decide: b.decide, Fallback: b.fallback})
 		if err != nil {
 			return 0, nil, err
 		}
-		res, idx, err := n.proposeIndexed(ctx, data)
+		res, idx, err := a.replica.proposeIndexed(ctx, data)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -513,9 +530,9 @@ func (n *Node) appendAudit(ctx context.Context, b auditBatch) (uint64, []fsm.Rea
 		}
 		return idx, res.Reads, nil
 	}
-	cl, _, err := n.leaderClient()
+	cl, _, err := a.replica.leaderClient()
 	if errors.Is(err, errSelfLeader) {
-		return n.appendAudit(ctx, b)
+		return a.append(ctx, b)
 	}
 	if err != nil {
 		return 0, nil, err
@@ -529,28 +546,4 @@ func (n *Node) appendAudit(ctx context.Context, b auditBatch) (uint64, []fsm.Rea
 		reads[i] = fsm.ReadResult{Refusal: r.GetRefusal(), Detail: r.GetDetail(), Seq: r.GetSeq()}
 	}
 	return resp.GetIndex(), reads, nil
-}
-
-// internalAppendAudit commits entries that a follower collected.
-func (n *Node) internalAppendAudit(ctx context.Context, req *cofferv1.AppendAuditRequest) (*cofferv1.AppendAuditResponse, error) {
-	if _, err := n.requireMember(ctx, doorAppendAudit, fmt.Sprintf("%d entries", len(req.GetEntries()))); err != nil {
-		return nil, err
-	}
-	if len(req.GetEntries()) == 0 || len(req.GetEntries()) > maxAuditBatch {
-		return nil, fmt.Errorf("%w: 1..%d entries per call", ErrInvalidArgument, maxAuditBatch)
-	}
-	if !n.IsLeader() {
-		return nil, n.notLeader(fmt.Errorf("audit entries reached a follower"))
-	}
-	// The follower's batch joins this node's next round (submit validates
-	// it), so followers' rounds add no Raft entries of their own.
-	idx, reads, err := n.auditor.submit(ctx, auditBatch{entries: req.GetEntries(), decide: req.GetDecide(), fallback: req.GetFallback()})
-	if err != nil {
-		return nil, err
-	}
-	resp := &cofferv1.AppendAuditResponse{Index: idx, Reads: make([]*cofferv1.ReadOutcome, len(reads))}
-	for i, r := range reads {
-		resp.Reads[i] = &cofferv1.ReadOutcome{Refusal: r.Refusal, Detail: r.Detail, Seq: r.Seq}
-	}
-	return resp, nil
 }

@@ -20,7 +20,7 @@ var outcomeNames = map[string]cofferv1.AuditOutcome{
 	"failed":  cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED,
 }
 
-func (n *Node) query(ctx context.Context, req *cofferv1.AuditQueryRequest) (*cofferv1.AuditQueryResponse, error) {
+func (s *service) query(ctx context.Context, req *cofferv1.AuditQueryRequest) (*cofferv1.AuditQueryResponse, error) {
 	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
@@ -45,21 +45,21 @@ func (n *Node) query(ctx context.Context, req *cofferv1.AuditQueryRequest) (*cof
 	if req.GetUntil() != nil {
 		flt.UntilUnixNano = req.GetUntil().AsTime().UnixNano()
 	}
-	if err := n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
+	if err := s.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
 	if newest := req.GetNewest(); newest > 0 {
-		entries, head, err := n.fsm.NewestAuditEntries(0, int(newest), flt)
+		entries, head, err := s.fsm.NewestAuditEntries(0, int(newest), flt)
 		if err != nil {
 			return nil, err
 		}
 		return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: head, HeadSeq: head}, nil
 	}
-	entries, last, err := n.fsm.AuditEntries(req.GetAfterSeq(), limit, flt)
+	entries, last, err := s.fsm.AuditEntries(req.GetAfterSeq(), limit, flt)
 	if err != nil {
 		return nil, err
 	}
-	return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: last, HeadSeq: n.fsm.AuditHeadSeq()}, nil
+	return &cofferv1.AuditQueryResponse{Entries: entries, LastSeq: last, HeadSeq: s.fsm.AuditHeadSeq()}, nil
 }
 
 // auditFilter builds the filter of a Query or Follow request.
@@ -77,22 +77,22 @@ func auditFilter(caller, gkid, operation, outcome string) (fsm.AuditFilter, erro
 
 // head tells where the log stands on this node: its newest entry, newest
 // signed checkpoint and prune marker.
-func (n *Node) head(ctx context.Context, req *cofferv1.AuditHeadRequest) (*cofferv1.AuditHeadResponse, error) {
+func (s *service) head(ctx context.Context, req *cofferv1.AuditHeadRequest) (*cofferv1.AuditHeadResponse, error) {
 	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := n.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
+	if err := s.authorizedRead(ctx, c, authz.OpAuditRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	resp := &cofferv1.AuditHeadResponse{Node: n.cfg.ID, AppliedIndex: n.fsm.AppliedIndex()}
-	if resp.HeadSeq, resp.HeadHash, err = n.fsm.AuditHead(); err != nil {
+	resp := &cofferv1.AuditHeadResponse{Node: s.cfg.ID, AppliedIndex: s.fsm.AppliedIndex()}
+	if resp.HeadSeq, resp.HeadHash, err = s.fsm.AuditHead(); err != nil {
 		return nil, err
 	}
-	if resp.Checkpoint, err = n.fsm.AuditCheckpoint(); err != nil {
+	if resp.Checkpoint, err = s.fsm.AuditCheckpoint(); err != nil {
 		return nil, err
 	}
-	if resp.Pruned, err = n.fsm.AuditPruneMarker(); err != nil {
+	if resp.Pruned, err = s.fsm.AuditPruneMarker(); err != nil {
 		return nil, err
 	}
 	return resp, nil
@@ -107,10 +107,10 @@ const followPace = 100 * time.Millisecond
 // node applies them. The stream's own audit entry is committed before the
 // first message; it ends when the caller cancels, or with Unavailable when
 // the node stops, so the caller resumes elsewhere.
-func (n *Node) follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
+func (s *service) follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer) error {
 	ctx := stream.Context()
-	err := n.auditedStream(ctx, "Follow", authz.OpAuditRead, func(grant func() error) error {
-		return n.auditFollow(ctx, req, stream, grant)
+	err := s.auditedStream(ctx, "Follow", authz.OpAuditRead, func(grant func() error) error {
+		return s.auditFollow(ctx, req, stream, grant)
 	})
 	if err != nil && ctx.Err() != nil {
 		return nil // the caller went away: a normal end
@@ -118,7 +118,7 @@ func (n *Node) follow(req *cofferv1.AuditFollowRequest, stream cofferv1.AuditSer
 	return toStatus(err)
 }
 
-func (n *Node) auditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer, grant func() error) error {
+func (s *service) auditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest, stream cofferv1.AuditService_FollowServer, grant func() error) error {
 	if req.GetNewest() > MaxAuditPage {
 		return fmt.Errorf("%w: newest must be at most %d", ErrInvalidArgument, MaxAuditPage)
 	}
@@ -130,7 +130,7 @@ func (n *Node) auditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest
 	if req.GetFromNewest() {
 		// The newest matches before the stream's own entry, which grant
 		// commits.
-		after = n.fsm.AuditHeadSeq()
+		after = s.fsm.AuditHeadSeq()
 	}
 	if err := grant(); err != nil {
 		return err
@@ -138,20 +138,20 @@ func (n *Node) auditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest
 	metricFollowStreams.Inc()
 	defer metricFollowStreams.Dec()
 	// End the stream when the node stops, so that Close does not wait.
-	ctx, cancel := n.stopContext(ctx)
+	ctx, cancel := s.stopContext(ctx)
 	defer cancel()
 	send := func(entries []*cofferv1.AuditEntry) error {
 		if len(entries) == 0 {
 			return nil
 		}
-		if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: n.fsm.AuditHeadSeq()}); err != nil {
+		if err := stream.Send(&cofferv1.AuditFollowResponse{Entries: entries, HeadSeq: s.fsm.AuditHeadSeq()}); err != nil {
 			return err
 		}
 		metricFollowEntries.Add(float64(len(entries)))
 		return nil
 	}
 	if req.GetFromNewest() && req.GetNewest() > 0 && after > 0 {
-		entries, _, err := n.fsm.NewestAuditEntries(after, int(req.GetNewest()), flt)
+		entries, _, err := s.fsm.NewestAuditEntries(after, int(req.GetNewest()), flt)
 		if err != nil {
 			return err
 		}
@@ -160,7 +160,7 @@ func (n *Node) auditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest
 		}
 	}
 	for {
-		entries, last, err := n.fsm.AuditEntries(after, MaxAuditPage, flt)
+		entries, last, err := s.fsm.AuditEntries(after, MaxAuditPage, flt)
 		if err != nil {
 			return err
 		}
@@ -171,28 +171,28 @@ func (n *Node) auditFollow(ctx context.Context, req *cofferv1.AuditFollowRequest
 			after = last
 			continue // there may be more pages
 		}
-		if n.fsm.Diverged() {
+		if s.fsm.Diverged() {
 			return errReplicaDiverged()
 		}
-		if err := n.fsm.WaitAudit(ctx, after); err != nil {
-			return n.auditFollowEnded(err)
+		if err := s.fsm.WaitAudit(ctx, after); err != nil {
+			return s.auditFollowEnded(err)
 		}
 		t := time.NewTimer(followPace)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return n.auditFollowEnded(ctx.Err())
+			return s.auditFollowEnded(ctx.Err())
 		}
 	}
 }
 
 // followEnded says why a Follow stream stopped waiting: the node is
 // stopping (Unavailable, resume elsewhere) or the caller went away.
-func (n *Node) auditFollowEnded(err error) error {
+func (s *service) auditFollowEnded(err error) error {
 	stopping := errors.Is(err, fsm.ErrClosed)
 	select {
-	case <-n.stopCh:
+	case <-s.stop:
 		stopping = true
 	default:
 	}
@@ -204,22 +204,62 @@ func (n *Node) auditFollowEnded(err error) error {
 
 // export streams the log as JSON Lines (see audit/DESIGN.md). The export's
 // own audit entry is committed before the first byte is sent.
-func (n *Node) export(req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer) error {
+func (s *service) export(req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer) error {
 	ctx := stream.Context()
-	return toStatus(n.auditedStream(ctx, "Export", authz.OpAuditExport, func(grant func() error) error {
-		return n.auditExport(ctx, req, stream, grant)
+	return toStatus(s.auditedStream(ctx, "Export", authz.OpAuditExport, func(grant func() error) error {
+		return s.auditExport(ctx, req, stream, grant)
 	}))
 }
 
-func (n *Node) auditExport(ctx context.Context, req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer, grant func() error) error {
+func (s *service) auditExport(ctx context.Context, req *cofferv1.AuditExportRequest, stream cofferv1.AuditService_ExportServer, grant func() error) error {
 	if err := grant(); err != nil {
 		return err
 	}
 	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&cofferv1.AuditExportChunk{Data: b}) }}
-	if err := n.fsm.ExportAudit(req.GetAfterSeq(), w); err != nil {
+	if err := s.fsm.ExportAudit(req.GetAfterSeq(), w); err != nil {
 		// The entry is committed as granted; the failure shows in the log.
-		n.logger.Error("audit export failed", "err", err)
+		s.logger.Error("audit export failed", "err", err)
 		return err
 	}
 	return w.flush()
+}
+
+// pruneAudit runs a prune on the leader.
+func (s *service) pruneAudit(ctx context.Context, r *request, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
+	// The leader has applied every committed checkpoint; one committed after
+	// this read has a higher seq than all those it saw, so Apply prunes up to
+	// the checkpoint found here, and an age-based prune that misses the new
+	// one only prunes less.
+	upTo := req.GetUpToSeq()
+	var cp *cofferv1.AuditCheckpoint
+	var err error
+	if before := req.GetBefore(); before != nil {
+		cp, err = s.fsm.CheckpointBefore(before.AsTime().UnixNano())
+		if errors.Is(err, fsm.ErrNoCheckpoint) {
+			// Nothing that old is left: not an error for a retention job.
+			r.entry.Reason = "no checkpoint signed before " + before.AsTime().UTC().Format(time.RFC3339Nano) + ": nothing pruned"
+			m, err := s.fsm.AuditPruneMarker()
+			return &cofferv1.AuditPruneResponse{Marker: m}, err
+		}
+	} else {
+		cp, err = s.fsm.CheckpointAtOrBelow(upTo)
+		if errors.Is(err, fsm.ErrNoCheckpoint) {
+			// Apply refuses it with the same error, in the prune's entry.
+			cp, err = nil, nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if cp != nil {
+		upTo = cp.GetSeq()
+		// The entry names the range, which the log keeps no other record of
+		// once a later prune replaces the marker.
+		r.entry.Reason = pruneReason(cp)
+	}
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo, Audit: r.entry})
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.AuditPruneResponse{Marker: res.Marker, Pruned: res.Pruned}, nil
 }

@@ -55,18 +55,18 @@ func callerFromProto(p *cofferv1.Caller) (caller, error) {
 // (checkMember). (A linearizable key read
 // is decided by Apply, with the same authz.Snapshot.Decide, at its place in
 // the log: fsm/reads.go; the node then checks it here too.)
-func (n *Node) authorize(c caller, op authz.Op, resource string) error {
+func (s *service) authorize(c caller, op authz.Op, resource string) error {
 	if c.id.Kind == transport.KindNode {
 		if op != authz.OpClusterRead {
 			return fmt.Errorf("%w: node identities may not call %s", ErrPermission, op)
 		}
-		if err := n.checkMember(c.id, c.cert, doorStatus); err != nil {
+		if err := s.replica.checkMember(c.id, c.cert, doorStatus); err != nil {
 			metricDenied.WithLabelValues(string(op)).Inc()
 			return err
 		}
 		return nil
 	}
-	d := n.decideClient(c, op, resource)
+	d := s.decideClient(c, op, resource)
 	if d.Allowed {
 		return nil
 	}
@@ -78,18 +78,18 @@ func (n *Node) authorize(c caller, op authz.Op, resource string) error {
 }
 
 // decideClient is this node's decision on a client's request.
-func (n *Node) decideClient(c caller, op authz.Op, resource string) authz.Decision {
-	return n.fsm.Authz().Decide(authz.Request{Identity: c.id.String(), CertSerial: c.serial, Op: op, Resource: resource})
+func (s *service) decideClient(c caller, op authz.Op, resource string) authz.Decision {
+	return s.fsm.Authz().Decide(authz.Request{Identity: c.id.String(), CertSerial: c.serial, Op: op, Resource: resource})
 }
 
 // authorizedRead checks an administrative read: the consistency asked for,
 // the read linearized, then the caller's grant for op.
-func (n *Node) authorizedRead(ctx context.Context, c caller, op authz.Op, cons cofferv1.Consistency) error {
+func (s *service) authorizedRead(ctx context.Context, c caller, op authz.Op, cons cofferv1.Consistency) error {
 	if err := validConsistency(cons); err != nil {
 		return err
 	}
-	if err := n.linearize(ctx, cons); err != nil {
+	if err := s.replica.linearize(ctx, cons); err != nil {
 		return err
 	}
-	return n.authorize(c, op, "")
+	return s.authorize(c, op, "")
 }

@@ -66,7 +66,7 @@ func (n *Node) openSeal(seal *cofferv1.SnapshotSeal) ([]byte, error) {
 // taken once every write acknowledged before the call is applied.
 func (n *Node) snapshot(stream cofferv1.ClusterService_SnapshotServer) error {
 	ctx := stream.Context()
-	return toStatus(n.auditedStream(ctx, "Snapshot", authz.OpSnapshotSave, func(grant func() error) error {
+	return toStatus(n.svc.auditedStream(ctx, "Snapshot", authz.OpSnapshotSave, func(grant func() error) error {
 		if err := grant(); err != nil {
 			return err
 		}
@@ -91,15 +91,15 @@ func (n *Node) snapshot(stream cofferv1.ClusterService_SnapshotServer) error {
 // restoreBackup puts a sealed backup into this fresh cluster (see the RPC).
 func (n *Node) restoreBackup(stream cofferv1.ClusterService_RestoreServer) error {
 	ctx := stream.Context()
-	r := n.beginRequest(ctx, "Restore", nil)
-	err := n.admit(r)
+	r := n.svc.beginRequest(ctx, "Restore", nil)
+	err := n.svc.admit(r)
 	var resp *cofferv1.RestoreResponse
 	if err == nil {
 		resp, err = n.restore(ctx, stream, r)
 	}
 	// A restore that succeeded committed its entry after the restored
 	// chain (carried); a refused or failed one gets it here.
-	if ferr := n.finishRequest(ctx, r, false, err); ferr != nil && err == nil {
+	if ferr := n.svc.finishRequest(ctx, r, false, err); ferr != nil && err == nil {
 		err = ferr
 	}
 	if err != nil {
@@ -113,7 +113,7 @@ func (n *Node) restore(ctx context.Context, stream cofferv1.ClusterService_Resto
 	if err := n.ensureLeaderReady(); err != nil {
 		return nil, err
 	}
-	if err := n.authorize(c, authz.OpSnapshotRestore, ""); err != nil {
+	if err := n.svc.authorize(c, authz.OpSnapshotRestore, ""); err != nil {
 		return nil, err
 	}
 	if has, err := n.fsm.HasKeys(); err != nil {
@@ -172,7 +172,7 @@ func (n *Node) restore(ctx context.Context, stream cofferv1.ClusterService_Resto
 		"from_cluster", seal.GetClusterId(), "index", seal.GetAppliedIndex(), "bytes", size, "took", time.Since(start))
 	// The restore is the first entry after the restored chain.
 	setOutcome(e, nil)
-	if err := n.commitAudit(ctx, e); err != nil {
+	if err := n.svc.commitAudit(ctx, e); err != nil {
 		return nil, fmt.Errorf("%w: the backup is restored but its audit entry could not be committed: %v", ErrNoLeader, err)
 	}
 	r.carried = true

@@ -116,46 +116,6 @@ func validatePrune(req *cofferv1.AuditPruneRequest) error {
 	return nil
 }
 
-// pruneAudit runs a prune on the leader.
-func (n *Node) pruneAudit(ctx context.Context, r *request, req *cofferv1.AuditPruneRequest) (*cofferv1.AuditPruneResponse, error) {
-	// The leader has applied every committed checkpoint; one committed after
-	// this read has a higher seq than all those it saw, so Apply prunes up to
-	// the checkpoint found here, and an age-based prune that misses the new
-	// one only prunes less.
-	upTo := req.GetUpToSeq()
-	var cp *cofferv1.AuditCheckpoint
-	var err error
-	if before := req.GetBefore(); before != nil {
-		cp, err = n.fsm.CheckpointBefore(before.AsTime().UnixNano())
-		if errors.Is(err, fsm.ErrNoCheckpoint) {
-			// Nothing that old is left: not an error for a retention job.
-			r.entry.Reason = "no checkpoint signed before " + before.AsTime().UTC().Format(time.RFC3339Nano) + ": nothing pruned"
-			m, err := n.fsm.AuditPruneMarker()
-			return &cofferv1.AuditPruneResponse{Marker: m}, err
-		}
-	} else {
-		cp, err = n.fsm.CheckpointAtOrBelow(upTo)
-		if errors.Is(err, fsm.ErrNoCheckpoint) {
-			// Apply refuses it with the same error, in the prune's entry.
-			cp, err = nil, nil
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	if cp != nil {
-		upTo = cp.GetSeq()
-		// The entry names the range, which the log keeps no other record of
-		// once a later prune replaces the marker.
-		r.entry.Reason = pruneReason(cp)
-	}
-	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE, &cofferv1.AuditPruneCommand{UpToSeq: upTo, Audit: r.entry})
-	if err != nil {
-		return nil, err
-	}
-	return &cofferv1.AuditPruneResponse{Marker: res.Marker, Pruned: res.Pruned}, nil
-}
-
 // pruneReason is the reason recorded in a prune's entry: the checkpoint it
 // goes up to.
 func pruneReason(cp *cofferv1.AuditCheckpoint) string {

@@ -38,7 +38,7 @@ func (n *Node) ownStatus(ctx context.Context, req *cofferv1.NodeStatusRequest) (
 		if _, err := n.requireMember(ctx, doorStatus, ""); err != nil {
 			return nil, err
 		}
-	} else if err := n.authorize(c, authz.OpClusterRead, ""); err != nil {
+	} else if err := n.svc.authorize(c, authz.OpClusterRead, ""); err != nil {
 		return nil, err
 	}
 	st := n.localStatus()
@@ -139,7 +139,7 @@ func (n *Node) status(ctx context.Context, req *cofferv1.ClusterStatusRequest) (
 	if err != nil {
 		return nil, err
 	}
-	if err := n.authorize(c, authz.OpClusterRead, ""); err != nil {
+	if err := n.svc.authorize(c, authz.OpClusterRead, ""); err != nil {
 		return nil, err
 	}
 	ids := map[string]raft.Server{}

@@ -48,8 +48,8 @@ func (c *requestCodec) takeMalformed(m any) error {
 
 // malformedStreamInterceptor refuses a stream message that did not decode,
 // as the unary door does, when the handler receives it.
-func (n *Node) malformedStreamInterceptor(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	return handler(srv, &checkedStream{ServerStream: ss, codec: n.codec})
+func (s *service) malformedStreamInterceptor(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, &checkedStream{ServerStream: ss, codec: s.codec})
 }
 
 type checkedStream struct {

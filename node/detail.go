@@ -20,7 +20,7 @@ import (
 const maxMatchMaterial = MaxMaterialLen
 
 // match tells whether entry seq recorded the given key material.
-func (n *Node) match(ctx context.Context, req *cofferv1.AuditMatchRequest) (*cofferv1.AuditMatchResponse, error) {
+func (s *service) match(ctx context.Context, req *cofferv1.AuditMatchRequest) (*cofferv1.AuditMatchResponse, error) {
 	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
@@ -28,14 +28,14 @@ func (n *Node) match(ctx context.Context, req *cofferv1.AuditMatchRequest) (*cof
 	if req.GetSeq() == 0 || len(req.GetMaterial()) == 0 || len(req.GetMaterial()) > maxMatchMaterial {
 		return nil, fmt.Errorf("%w: seq and 1..%d bytes of material are required", ErrInvalidArgument, maxMatchMaterial)
 	}
-	if err := n.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+	if err := s.replica.linearize(ctx, cofferv1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
 		return nil, err
 	}
-	if err := n.authorize(c, authz.OpAuditRead, ""); err != nil {
+	if err := s.authorize(c, authz.OpAuditRead, ""); err != nil {
 		return nil, err
 	}
 	var entry *cofferv1.AuditEntry
-	if err := n.fsm.ScanAudit(req.GetSeq()-1, func(e *cofferv1.AuditEntry) error {
+	if err := s.fsm.ScanAudit(req.GetSeq()-1, func(e *cofferv1.AuditEntry) error {
 		if e.GetSeq() == req.GetSeq() {
 			entry = e
 		}
@@ -49,7 +49,7 @@ func (n *Node) match(ctx context.Context, req *cofferv1.AuditMatchRequest) (*cof
 	if len(entry.GetDetailHmac()) == 0 {
 		return nil, fmt.Errorf("%w: audit entry %d records no key material", fsm.ErrInvalidCommand, req.GetSeq())
 	}
-	want, err := n.barrier.MaterialDetail(req.GetMaterial())
+	want, err := s.barrier.MaterialDetail(req.GetMaterial())
 	if err != nil {
 		return nil, err
 	}

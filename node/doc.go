@@ -4,10 +4,12 @@
 // it behind the custody barrier (barrier), which does everything the node
 // needs from it, and serves the gRPC API (api/coffer/v1).
 //
-// It owns the request path. Each door (the gRPC services, Forward for a
-// write another node accepted) begins one request value per request
-// (request.go), which the service code receives explicitly and which ends
-// with exactly one audit entry (finishRequest). It authenticates the caller
+// The request path is the service layer (service.go), which the node builds
+// and which reaches Raft only through the replica interface the node
+// implements. Each door (the gRPC services, Forward for a write another
+// node accepted) begins one request value per request (request.go), which
+// the service receives explicitly and which ends with exactly one audit
+// entry (finishRequest). It authenticates the caller
 // from its certificate and validates the request. Writes are rows of one
 // table (writes.go); a follower forwards a write to the leader. The leader does every non-deterministic step (material, GKID,
 // time, sealing) before it proposes one Raft command and answers once the

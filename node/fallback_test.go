@@ -33,7 +33,7 @@ func TestNode_ForwardWithLostAnswerHasOneEntry(t *testing.T) {
 	lost := func(r *request) {
 		t.Helper()
 		setOutcome(r.entry, status.Error(codes.Unavailable, "connection reset before the answer arrived"))
-		if err := n.commitRequestAudit(ctx, r); err != nil {
+		if err := n.svc.commitRequestAudit(ctx, r); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -12,13 +12,13 @@ import (
 // internalForward executes a write for a caller that another node authenticated.
 // It is the leader's door for forwarded writes: it begins the request from
 // the forwarded caller and finishes it as every door does.
-func (n *Node) internalForward(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+func (s *service) internalForward(ctx context.Context, req *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
 	w, msg := rowOf(req)
 	opName := "forward"
 	if w != nil {
 		opName = string(w.name())
 	}
-	if _, err := n.requireMember(ctx, doorForward, "forwarded "+opName+" as "+clip(req.GetCaller().GetIdentity(), 80)); err != nil {
+	if _, err := s.replica.requireMember(ctx, doorForward, "forwarded "+opName+" as "+clip(req.GetCaller().GetIdentity(), 80)); err != nil {
 		return nil, err
 	}
 	caller, err := callerFromProto(req.GetCaller())
@@ -47,31 +47,15 @@ func (n *Node) internalForward(ctx context.Context, req *cofferv1.ForwardRequest
 	}
 	requestTarget(r.entry, msg)
 	var resp *cofferv1.ForwardResponse
-	if !n.IsLeader() {
+	if !s.replica.IsLeader() {
 		// Leadership moved while the request was in flight; the client
 		// retries (writes carry request ids, so a retry is safe).
-		err = n.notLeader(fmt.Errorf("forwarded write reached a follower"))
+		err = s.replica.notLeader(fmt.Errorf("forwarded write reached a follower"))
 	} else {
-		resp, err = n.execute(ctx, r, req)
+		resp, err = s.execute(ctx, r, req)
 	}
-	if ferr := n.finishRequest(ctx, r, false, err); ferr != nil {
+	if ferr := s.finishRequest(ctx, r, false, err); ferr != nil {
 		return nil, ferr
 	}
 	return resp, err
-}
-
-// internalReadIndex confirms leadership and returns the index a follower must apply
-// before it answers a linearizable read.
-func (n *Node) internalReadIndex(ctx context.Context) (*cofferv1.ReadIndexResponse, error) {
-	if _, err := n.requireMember(ctx, doorReadIndex, ""); err != nil {
-		return nil, err
-	}
-	if !n.IsLeader() {
-		return nil, n.notLeader(fmt.Errorf("read index asked of a follower"))
-	}
-	idx, err := n.reads.Do(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &cofferv1.ReadIndexResponse{Index: idx}, nil
 }

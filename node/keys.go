@@ -116,12 +116,12 @@ func putSpec(r *cofferv1.PutKeyRequest) (*createSpec, error) {
 }
 
 // generateKey executes a generate on the leader.
-func (n *Node) generateKey(ctx context.Context, r *request, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
+func (s *service) generateKey(ctx context.Context, r *request, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
 	spec, err := generateSpec(req)
 	if err != nil {
 		return nil, err
 	}
-	md, err := n.createKey(ctx, r, spec)
+	md, err := s.createKey(ctx, r, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -129,12 +129,12 @@ func (n *Node) generateKey(ctx context.Context, r *request, req *cofferv1.Genera
 }
 
 // putKey executes a put on the leader.
-func (n *Node) putKey(ctx context.Context, r *request, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
+func (s *service) putKey(ctx context.Context, r *request, req *cofferv1.PutKeyRequest) (*cofferv1.PutKeyResponse, error) {
 	spec, err := putSpec(req)
 	if err != nil {
 		return nil, err
 	}
-	md, err := n.createKey(ctx, r, spec)
+	md, err := s.createKey(ctx, r, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -143,29 +143,29 @@ func (n *Node) putKey(ctx context.Context, r *request, req *cofferv1.PutKeyReque
 
 // createKey runs on the leader: every non-deterministic step (material,
 // GKID, time, wrapping) happens here, before the proposal.
-func (n *Node) createKey(ctx context.Context, r *request, spec *createSpec) (*cofferv1.KeyMetadata, error) {
+func (s *service) createKey(ctx context.Context, r *request, spec *createSpec) (*cofferv1.KeyMetadata, error) {
 	c := r.caller
 	owner := c.String()
-	if err := n.ensureLeaderReady(); err != nil {
+	if err := s.replica.ensureLeaderReady(); err != nil {
 		return nil, err
 	}
 	op := authz.OpGenerate
 	if spec.material != nil {
 		op = authz.OpPut
 	}
-	if err := n.authorize(c, op, spec.resource); err != nil {
+	if err := s.authorize(c, op, spec.resource); err != nil {
 		return nil, err
 	}
 	// A repeated request id is resolved by Apply, which returns the first
 	// key; checking here as well would cost every create a lookup to save
 	// work only on retries.
-	cluster, err := n.fsm.Cluster()
+	cluster, err := s.fsm.Cluster()
 	if errors.Is(err, fsm.ErrNotInitialized) {
 		return nil, fmt.Errorf("%w: %v", ErrNotReady, err)
 	} else if err != nil {
 		return nil, err
 	}
-	pol, err := n.barrier.VerifiedPolicy(spec.policy)
+	pol, err := s.barrier.VerifiedPolicy(spec.policy)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +178,7 @@ func (n *Node) createKey(ctx context.Context, r *request, spec *createSpec) (*co
 	if spec.material == nil {
 		genLen, _, _, _ = materialLen(spec.algorithm)
 	}
-	random, err := n.barrier.Random(gkid.RandomBytes + genLen)
+	random, err := s.barrier.Random(gkid.RandomBytes + genLen)
 	if err != nil {
 		return nil, fmt.Errorf("draw random bytes: %w", err)
 	}
@@ -208,15 +208,15 @@ func (n *Node) createKey(ctx context.Context, r *request, spec *createSpec) (*co
 	if rec.Escrow, err = escrowCopies(pol, id, material); err != nil {
 		return nil, err
 	}
-	if err := n.barrier.SealKey(pol, rec, material); err != nil {
+	if err := s.barrier.SealKey(pol, rec, material); err != nil {
 		return nil, err
 	}
 	e := r.entry
 	e.Gkid, e.Resource, e.Policy = rec.GetGkid(), rec.GetResource(), rec.GetPolicy()
-	if e.DetailHmac, err = n.barrier.MaterialDetail(material); err != nil {
+	if e.DetailHmac, err = s.barrier.MaterialDetail(material); err != nil {
 		return nil, err
 	}
-	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID, Audit: e})
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID, Audit: e})
 	if err != nil {
 		return nil, err
 	}
@@ -235,16 +235,16 @@ func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {
 	return false
 }
 
-func (n *Node) getKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	rec, material, err := n.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpGet)
+func (s *service) getKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
+	rec, material, err := s.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpGet)
 	if err != nil {
 		return nil, err
 	}
 	return &cofferv1.GetKeyResponse{Key: keyMetadata(rec), Material: material}, nil
 }
 
-func (n *Node) describeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
-	rec, _, err := n.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
+func (s *service) describeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
+	rec, _, err := s.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
 	if err != nil {
 		return nil, err
 	}
@@ -260,15 +260,15 @@ func (n *Node) describeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest
 // Raft round commits its audit entry, orders it after every acknowledged
 // write and decides it. A stale read, or a node's, is decided here on this
 // node's state, and its entry is committed afterwards by finishRequest.
-func (n *Node) authorizedKey(ctx context.Context, r *request, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
+func (s *service) authorizedKey(ctx context.Context, r *request, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
 	c := r.caller
 	if err := validConsistency(cons); err != nil {
 		return nil, nil, err
 	}
 	if cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient {
-		return n.decidedKey(ctx, r, id, op)
+		return s.decidedKey(ctx, r, id, op)
 	}
-	rec, err := n.readKey(ctx, r, id, cons)
+	rec, err := s.readKey(ctx, r, id, cons)
 	if c.id.Kind == transport.KindClient && errors.Is(err, ErrNotFound) {
 		rec, err = nil, nil // DecideKeyRead says what the caller may learn of it
 	}
@@ -277,15 +277,15 @@ func (n *Node) authorizedKey(ctx context.Context, r *request, id string, cons co
 	}
 	if c.id.Kind != transport.KindClient {
 		// A node identity reads no keys: authorize refuses it.
-		if err := n.authorize(c, op, rec.GetResource()); err != nil {
+		if err := s.authorize(c, op, rec.GetResource()); err != nil {
 			return nil, nil, err
 		}
 	}
-	refusal, detail := n.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, time.Now())
-	if err := n.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail}); err != nil {
+	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, time.Now())
+	if err := s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail}); err != nil {
 		return nil, nil, err
 	}
-	material, err := n.checkedMaterial(rec, op)
+	material, err := s.checkedMaterial(rec, op)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -294,11 +294,11 @@ func (n *Node) authorizedKey(ctx context.Context, r *request, id string, cons co
 
 // checkedMaterial verifies rec through the barrier (custody.OpenKey): for
 // get it returns the unwrapped material, for other operations it wipes it.
-func (n *Node) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
+func (s *service) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
 	if op != authz.OpGet {
-		return nil, n.barrier.VerifyKey(rec)
+		return nil, s.barrier.VerifyKey(rec)
 	}
-	return n.barrier.OpenKey(rec)
+	return s.barrier.OpenKey(rec)
 }
 
 // decidedKey commits the read's audit entry with its outcome left to Apply
@@ -312,25 +312,25 @@ func (n *Node) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, er
 // damaged record or a keystore outage is recorded as this request's failure
 // rather than after a grant. Key records never change once created, so the
 // record Apply decides on is the same one.
-func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
+func (s *service) decidedKey(ctx context.Context, r *request, id string, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
 	c := r.caller
 	if err := validateGKID(id); err != nil {
 		return nil, nil, err
 	}
 	e := r.entry
 	e.Gkid = id
-	pre, err := n.storedKey(id)
+	pre, err := s.storedKey(id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, nil, err // a damaged record: finishRequest records the failure
 	}
-	if pre != nil && !n.decideClient(c, op, pre.GetResource()).Allowed {
+	if pre != nil && !s.decideClient(c, op, pre.GetResource()).Allowed {
 		// Likely refused: do not unwrap for a caller without a grant here
 		// (Apply decides; if it grants, the record is checked after).
 		pre = nil
 	}
 	var material []byte
 	if pre != nil {
-		if material, err = n.checkedMaterial(pre, op); err != nil {
+		if material, err = s.checkedMaterial(pre, op); err != nil {
 			return nil, nil, err // not proposed: finishRequest records the failure
 		}
 	}
@@ -345,7 +345,7 @@ func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.O
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
 	start := time.Now()
-	idx, reads, err := n.auditor.submit(actx, auditBatch{entries: []*cofferv1.AuditEntry{e}, decide: []*cofferv1.ReadDecision{{Entry: 0, CertSerial: c.serial}}})
+	idx, reads, err := s.auditor.submit(actx, auditBatch{entries: []*cofferv1.AuditEntry{e}, decide: []*cofferv1.ReadDecision{{Entry: 0, CertSerial: c.serial}}})
 	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
 	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
 		return nil, nil, err // not queued: finishRequest records the refusal
@@ -353,13 +353,13 @@ func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.O
 	r.carried = true
 	if err != nil {
 		metricAuditFailures.Inc()
-		n.raftLog().Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
+		s.replica.raftLog().Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
 		return nil, nil, errAuditNotCommitted(err)
 	}
-	if err := n.readRefusal(op, id, reads[0]); err != nil {
+	if err := s.readRefusal(op, id, reads[0]); err != nil {
 		return nil, nil, err
 	}
-	if pre != nil && n.decideClient(c, op, pre.GetResource()).Allowed {
+	if pre != nil && s.decideClient(c, op, pre.GetResource()).Allowed {
 		// Apply granted at idx, and this node's integrity-verified access
 		// records grant too, as of whatever index it has applied: changes
 		// between the two were seen by Apply, so they cannot turn its grant
@@ -369,25 +369,25 @@ func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.O
 		released = true
 		return pre, material, nil
 	}
-	if err := n.fsm.WaitApplied(actx, idx); err != nil {
+	if err := s.fsm.WaitApplied(actx, idx); err != nil {
 		return nil, nil, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
 	}
 	rec := pre
 	if rec == nil {
-		if rec, err = n.storedKey(id); err != nil {
+		if rec, err = s.storedKey(id); err != nil {
 			return nil, nil, err
 		}
 	}
 	// Apply decided on the records as stored; release nothing unless this
 	// node's integrity-checked view of the access records, as of idx,
 	// agrees.
-	if err := n.authorize(c, op, rec.GetResource()); err != nil {
-		n.raftLog().Warn("a read granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
+	if err := s.authorize(c, op, rec.GetResource()); err != nil {
+		s.replica.raftLog().Warn("a read granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
 		return nil, nil, err
 	}
 	if pre == nil {
-		if material, err = n.checkedMaterial(rec, op); err != nil {
-			n.raftLog().Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
+		if material, err = s.checkedMaterial(rec, op); err != nil {
+			s.replica.raftLog().Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
 			return nil, nil, err
 		}
 	}
@@ -395,43 +395,33 @@ func (n *Node) decidedKey(ctx context.Context, r *request, id string, op authz.O
 	return rec, material, nil
 }
 
-// readRefusal turns Apply's refusal of a decided read into the error the
-// caller gets (the same as when this node decides).
-func (n *Node) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
-	var sentinel error
+// readRefusal is a refused decided read as the caller gets it: the code
+// and message Apply recorded (fsm.ReadResult.Err), whether Apply or this
+// node decided. It counts denials and logs a record Apply found corrupt.
+func (s *service) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
 	switch r.Refusal {
 	case cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED:
 		return nil
-	case cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND:
-		sentinel = ErrNotFound
-	case cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED:
-		sentinel = ErrUnauthenticated
+	case cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED:
 		metricDenied.WithLabelValues(string(op)).Inc()
-	case cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED:
-		sentinel = ErrPermission
-		metricDenied.WithLabelValues(string(op)).Inc()
-	case cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID:
-		sentinel = ErrKeyNotYetValid
-	case cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:
-		sentinel = ErrKeyExpired
+	case cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID, cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:
 	default:
 		custody.CountIntegrityFailure()
-		n.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
-		sentinel = fsm.ErrCorrupt
+		s.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
 	}
-	return fmt.Errorf("%w: %s", sentinel, r.Detail)
+	return r.Err()
 }
 
-func (n *Node) readKey(ctx context.Context, r *request, id string, c cofferv1.Consistency) (*cofferv1.KeyRecord, error) {
+func (s *service) readKey(ctx context.Context, r *request, id string, c cofferv1.Consistency) (*cofferv1.KeyRecord, error) {
 	if err := validateGKID(id); err != nil {
 		return nil, err
 	}
 	e := r.entry
 	e.Gkid = id
-	if err := n.linearize(ctx, c); err != nil {
+	if err := s.replica.linearize(ctx, c); err != nil {
 		return nil, err
 	}
-	rec, err := n.storedKey(id)
+	rec, err := s.storedKey(id)
 	if err != nil {
 		return nil, err
 	}
@@ -440,14 +430,14 @@ func (n *Node) readKey(ctx context.Context, r *request, id string, c cofferv1.Co
 }
 
 // storedKey reads a key record from this node's state.
-func (n *Node) storedKey(id string) (*cofferv1.KeyRecord, error) {
-	rec, err := n.fsm.Key(id)
+func (s *service) storedKey(id string) (*cofferv1.KeyRecord, error) {
+	rec, err := s.fsm.Key(id)
 	if errors.Is(err, fsm.ErrNotFound) {
 		return nil, fmt.Errorf("%w: key %s", ErrNotFound, id)
 	}
 	if errors.Is(err, fsm.ErrCorrupt) {
 		custody.CountIntegrityFailure()
-		n.logger.Error("stored key record does not decode; refusing to serve it", "gkid", id)
+		s.logger.Error("stored key record does not decode; refusing to serve it", "gkid", id)
 	}
 	if err != nil {
 		return nil, err
@@ -455,7 +445,7 @@ func (n *Node) storedKey(id string) (*cofferv1.KeyRecord, error) {
 	if rec.GetGkid() != id {
 		// The record stored under this id names another key: swapped.
 		custody.CountIntegrityFailure()
-		n.logger.Error("stored key record names another key; refusing to serve it", "gkid", id, "names", rec.GetGkid())
+		s.logger.Error("stored key record names another key; refusing to serve it", "gkid", id, "names", rec.GetGkid())
 		return nil, fmt.Errorf("%w: record stored under %s names %s", fsm.ErrCorrupt, id, rec.GetGkid())
 	}
 	return rec, nil
@@ -468,7 +458,7 @@ func validConsistency(c cofferv1.Consistency) error {
 	return nil
 }
 
-func (n *Node) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
+func (s *service) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
 	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
@@ -493,26 +483,26 @@ func (n *Node) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*co
 	if err := validConsistency(req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	if err := n.linearize(ctx, req.GetConsistency()); err != nil {
+	if err := s.replica.linearize(ctx, req.GetConsistency()); err != nil {
 		return nil, err
 	}
 	// With a resource filter the caller needs the list grant on it; without
 	// one, the page holds only the keys whose resource the caller may list.
 	if req.GetResource() != "" {
-		if err := n.authorize(c, authz.OpList, req.GetResource()); err != nil {
+		if err := s.authorize(c, authz.OpList, req.GetResource()); err != nil {
 			return nil, err
 		}
 	}
-	recs, next, err := n.fsm.ListKeys(fsm.ListFilter{Policy: req.GetPolicy(), Resource: req.GetResource()}, req.GetPageToken(), size)
+	recs, next, err := s.fsm.ListKeys(fsm.ListFilter{Policy: req.GetPolicy(), Resource: req.GetResource()}, req.GetPageToken(), size)
 	if err != nil {
 		return nil, err
 	}
 	out := &cofferv1.ListKeysResponse{NextPageToken: next}
 	for _, r := range recs {
-		if req.GetResource() == "" && n.authorize(c, authz.OpList, r.GetResource()) != nil {
+		if req.GetResource() == "" && s.authorize(c, authz.OpList, r.GetResource()) != nil {
 			continue
 		}
-		if err := n.barrier.VerifyKey(r); err != nil {
+		if err := s.barrier.VerifyKey(r); err != nil {
 			return nil, err
 		}
 		out.Keys = append(out.Keys, keyMetadata(r))

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/custody"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/gkid"
 )
@@ -72,7 +74,7 @@ func (n *Node) ensureInitialised() error {
 		return err
 	}
 	now := time.Now().UnixNano()
-	pol, err := n.newPolicy(DefaultPolicy, now)
+	pol, err := newPolicy(n.barrier, DefaultPolicy, now)
 	if err != nil {
 		return err
 	}
@@ -113,8 +115,8 @@ func (n *Node) ensureInitialised() error {
 
 // newPolicy builds a policy record with a fresh KEK (version 1) generated in
 // the keystore and wrapped under the master key.
-func (n *Node) newPolicy(name string, now int64) (*cofferv1.PolicyRecord, error) {
-	wrapped, err := n.barrier.NewPolicyKEK(name, 1)
+func newPolicy(b *custody.Barrier, name string, now int64) (*cofferv1.PolicyRecord, error) {
+	wrapped, err := b.NewPolicyKEK(name, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -167,10 +169,15 @@ func (n *Node) proposeWait(ctx context.Context, data []byte, wait func(raft.Futu
 
 // stopContext returns a context that also ends when the node stops.
 func (n *Node) stopContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return untilStopped(ctx, n.stopCh)
+}
+
+// untilStopped returns ctx, also cancelled when stop is closed.
+func untilStopped(ctx context.Context, stop <-chan struct{}) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
 	go func() {
 		select {
-		case <-n.stopCh:
+		case <-stop:
 			cancel()
 		case <-ctx.Done():
 		}
@@ -215,4 +222,16 @@ func (n *Node) notLeader(cause error) error {
 		return &leaderHint{err: fmt.Errorf("%w: %v", ErrNoLeader, cause)}
 	}
 	return &leaderHint{err: fmt.Errorf("%w: %v", ErrNotLeader, cause), leaderAddr: n.peerAPIAddr(string(id))}
+}
+
+// raftLog is the node's logger with its Raft position (current term and
+// applied index), for request-path logs that need placing in the log.
+func (n *Node) raftLog() *slog.Logger {
+	return n.logger.With("term", n.raft.CurrentTerm(), "applied_index", n.fsm.AppliedIndex())
+}
+
+// hasLeader reports whether this node knows a leader.
+func (n *Node) hasLeader() bool {
+	_, id := n.raft.LeaderWithID()
+	return id != ""
 }

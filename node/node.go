@@ -58,8 +58,9 @@ type Node struct {
 	raftStream *transport.RaftStreamLayer
 	snaps      raft.SnapshotStore
 
+	// svc is the service layer the gRPC doors hand requests to.
+	svc        *service
 	grpcServer *grpc.Server
-	codec      *requestCodec
 	apiLis     net.Listener
 	metricsSrv *http.Server
 
@@ -88,8 +89,6 @@ type Node struct {
 	hlog hclog.Logger
 
 	reads *coalescer
-	// auditor batches audit entries into Raft.
-	auditor auditor
 	// auditSigner signs audit checkpoints (nil: the keystore cannot sign).
 	auditSigner crypto.Signer
 	// readyTerm is the term in which this node, as leader, last completed a
@@ -140,7 +139,6 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 		forwards: make(chan struct{}, cfg.Limits.MaxInflightForwards),
 		digests:  make(chan struct{}, 1),
 		stopCh:   make(chan struct{}),
-		codec:    newRequestCodec(),
 	}
 	n.sideAudit = newSideAuditor(n)
 	n.commandVersion.Store(fsm.CommandVersion)
@@ -169,8 +167,9 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	}
 	n.setupAuditSigner()
 	n.reads = newCoalescer(n.readIndexRound)
-	n.auditor.n = n
-	n.auditor.inflight = make(chan struct{}, maxAuditRounds)
+	n.svc = &service{cfg: cfg, logger: logger, fsm: n.fsm, barrier: n.barrier, sideAudit: n.sideAudit,
+		codec: newRequestCodec(), replica: n, stop: n.stopCh,
+		auditor: &auditor{replica: n, inflight: make(chan struct{}, maxAuditRounds)}}
 	if err := n.startAPI(); err != nil {
 		return nil, err
 	}
@@ -290,16 +289,16 @@ func (n *Node) startAPI() error {
 	}
 	n.apiLis = lis
 	opts := transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())
-	opts = append(opts, grpc.ForceServerCodecV2(n.codec),
-		grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, n.auditInterceptor),
-		grpc.ChainStreamInterceptor(streamMetricsInterceptor, n.malformedStreamInterceptor))
+	opts = append(opts, grpc.ForceServerCodecV2(n.svc.codec),
+		grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, n.svc.auditInterceptor),
+		grpc.ChainStreamInterceptor(streamMetricsInterceptor, n.svc.malformedStreamInterceptor))
 	s := grpc.NewServer(opts...)
-	cofferv1.RegisterKeyServiceServer(s, &keyService{n: n})
-	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n})
-	cofferv1.RegisterPolicyServiceServer(s, &policyService{n: n})
-	cofferv1.RegisterAccessServiceServer(s, &accessService{n: n})
-	cofferv1.RegisterAuditServiceServer(s, &auditService{n: n})
-	cofferv1.RegisterInternalServiceServer(s, &internalService{n: n})
+	cofferv1.RegisterKeyServiceServer(s, &keyService{svc: n.svc})
+	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n, svc: n.svc})
+	cofferv1.RegisterPolicyServiceServer(s, &policyService{svc: n.svc})
+	cofferv1.RegisterAccessServiceServer(s, &accessService{svc: n.svc})
+	cofferv1.RegisterAuditServiceServer(s, &auditService{svc: n.svc})
+	cofferv1.RegisterInternalServiceServer(s, &internalService{n: n, svc: n.svc})
 	reflection.Register(s)
 	n.grpcServer = s
 	n.wg.Add(1)

@@ -60,15 +60,15 @@ func validatePolicyRequest(req *cofferv1.CreatePolicyRequest) ([]*cofferv1.Escro
 
 // createPolicy runs on the leader: it generates the policy's KEK in the
 // keystore and proposes the record.
-func (n *Node) createPolicy(ctx context.Context, r *request, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
+func (s *service) createPolicy(ctx context.Context, r *request, req *cofferv1.CreatePolicyRequest) (*cofferv1.CreatePolicyResponse, error) {
 	keys, err := validatePolicyRequest(req)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := n.fsm.Policy(req.GetName()); err == nil {
+	if _, err := s.fsm.Policy(req.GetName()); err == nil {
 		return nil, fmt.Errorf("%w: %q", fsm.ErrPolicyExists, req.GetName())
 	}
-	pol, err := n.newPolicy(req.GetName(), time.Now().UnixNano())
+	pol, err := newPolicy(s.barrier, req.GetName(), time.Now().UnixNano())
 	if err != nil {
 		return nil, err
 	}
@@ -84,17 +84,17 @@ func (n *Node) createPolicy(ctx context.Context, r *request, req *cofferv1.Creat
 		pol.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
 	}
 	r.entry.Policy = pol.GetName()
-	if err := n.barrier.Tag("p/"+pol.GetName(), pol, nil); err != nil {
+	if err := s.barrier.Tag("p/"+pol.GetName(), pol, nil); err != nil {
 		return nil, err
 	}
-	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol, Audit: r.entry})
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY, &cofferv1.CreatePolicyCommand{Policy: pol, Audit: r.entry})
 	if err != nil {
 		return nil, err
 	}
 	return &cofferv1.CreatePolicyResponse{Policy: policyInfo(res.Policy)}, nil
 }
 
-func (n *Node) getPolicy(ctx context.Context, req *cofferv1.GetPolicyRequest) (*cofferv1.GetPolicyResponse, error) {
+func (s *service) getPolicy(ctx context.Context, req *cofferv1.GetPolicyRequest) (*cofferv1.GetPolicyResponse, error) {
 	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
@@ -102,30 +102,30 @@ func (n *Node) getPolicy(ctx context.Context, req *cofferv1.GetPolicyRequest) (*
 	if err := validatePolicyName(req.GetName()); err != nil {
 		return nil, err
 	}
-	if err := n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
+	if err := s.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	p, err := n.barrier.VerifiedPolicy(req.GetName())
+	p, err := s.barrier.VerifiedPolicy(req.GetName())
 	if err != nil {
 		return nil, err
 	}
 	return &cofferv1.GetPolicyResponse{Policy: policyInfo(p)}, nil
 }
 
-func (n *Node) listPolicies(ctx context.Context, req *cofferv1.ListPoliciesRequest) (*cofferv1.ListPoliciesResponse, error) {
+func (s *service) listPolicies(ctx context.Context, req *cofferv1.ListPoliciesRequest) (*cofferv1.ListPoliciesResponse, error) {
 	c, err := callerOf(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := n.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
+	if err := s.authorizedRead(ctx, c, authz.OpPolicyRead, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	ps, err := n.fsm.Policies()
+	ps, err := s.fsm.Policies()
 	if err != nil {
 		return nil, err
 	}
 	for _, p := range ps {
-		if err := n.barrier.VerifyPolicy(p); err != nil {
+		if err := s.barrier.VerifyPolicy(p); err != nil {
 			return nil, err
 		}
 	}

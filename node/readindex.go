@@ -143,3 +143,19 @@ func (n *Node) ensureLeaderReady() error {
 	n.readyTerm.Store(term)
 	return nil
 }
+
+// internalReadIndex confirms leadership and returns the index a follower must apply
+// before it answers a linearizable read.
+func (n *Node) internalReadIndex(ctx context.Context) (*cofferv1.ReadIndexResponse, error) {
+	if _, err := n.requireMember(ctx, doorReadIndex, ""); err != nil {
+		return nil, err
+	}
+	if !n.IsLeader() {
+		return nil, n.notLeader(fmt.Errorf("read index asked of a follower"))
+	}
+	idx, err := n.reads.Do(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.ReadIndexResponse{Index: idx}, nil
+}

@@ -155,7 +155,7 @@ func (n *Node) auditRecovery() {
 		if _, err := n.fsm.Cluster(); err == nil {
 			if _, id := n.raft.LeaderWithID(); id != "" {
 				ctx, cancel := n.stopContext(context.Background())
-				err := n.commitAudit(ctx, e)
+				err := n.svc.commitAudit(ctx, e)
 				cancel()
 				if err == nil {
 					_ = os.Remove(path)

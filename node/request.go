@@ -70,6 +70,12 @@ func callerOf(ctx context.Context) (caller, error) {
 	return r.caller, r.authErr
 }
 
+// proposer replicates a command through Raft and returns Apply's result
+// (the Node, which the service layer reaches as its replica).
+type proposer interface {
+	propose(ctx context.Context, data []byte) (fsm.Result, error)
+}
+
 // auditedCommand is a Raft command that carries its request's audit entry.
 type auditedCommand interface {
 	proto.Message
@@ -81,7 +87,7 @@ type auditedCommand interface {
 // change's outcome in it), and returns the change's result; a business
 // failure is returned as the error. If the proposal itself fails, the entry
 // is handed back for finishRequest to record the failure.
-func proposeCommand[C auditedCommand](n *Node, ctx context.Context, r *request, t cofferv1.CommandType, cmd C) (fsm.Result, error) {
+func proposeCommand[C auditedCommand](p proposer, ctx context.Context, r *request, t cofferv1.CommandType, cmd C) (fsm.Result, error) {
 	if cmd.GetAudit() != r.entry {
 		return fsm.Result{}, fmt.Errorf("%w: %v command does not carry its request's audit entry", ErrInternal, t)
 	}
@@ -90,7 +96,7 @@ func proposeCommand[C auditedCommand](n *Node, ctx context.Context, r *request, 
 		return fsm.Result{}, err
 	}
 	r.carry()
-	res, err := n.propose(ctx, data)
+	res, err := p.propose(ctx, data)
 	if err != nil {
 		r.handBack()
 		return fsm.Result{}, err

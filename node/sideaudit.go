@@ -182,7 +182,7 @@ func (r *sideAuditor) flush() bool {
 	for len(batch) > 0 {
 		take := batch[:min(len(batch), maxAuditBatch)]
 		ctx, stop := r.n.stopContext(context.Background())
-		err := r.n.commitBatch(ctx, auditBatch{entries: take})
+		err := r.n.svc.commitBatch(ctx, auditBatch{entries: take})
 		stop()
 		if err != nil {
 			r.n.logger.Warn("audit entries of refused node identities not committed yet; will retry", "entries", len(batch), "err", err)

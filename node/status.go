@@ -53,8 +53,6 @@ var codeTable = []struct {
 	{custody.ErrUnavailable, codes.Unavailable},
 	{custody.ErrNoKEK, codes.FailedPrecondition},
 	{custody.ErrBadSeal, codes.InvalidArgument},
-	{ErrKeyNotYetValid, codes.FailedPrecondition},
-	{ErrKeyExpired, codes.FailedPrecondition},
 	{fsm.ErrDiverged, codes.Internal},
 	{fsm.ErrNoCheckpoint, codes.FailedPrecondition},
 	{hsmwrap.ErrUnavailable, codes.Unavailable},
@@ -82,6 +80,16 @@ func toStatus(err error) error {
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
+	}
+	// A refused key read carries the code and message Apply recorded in
+	// its audit entry (fsm.ReadResult.Err).
+	var re *fsm.RefusalError
+	if errors.As(err, &re) {
+		msg := re.Message
+		if err != error(re) {
+			msg = userMessage(err)
+		}
+		return status.Error(re.Code, msg)
 	}
 	for _, e := range codeTable {
 		if errors.Is(err, e.err) {

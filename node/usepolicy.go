@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -20,12 +19,6 @@ const (
 	maxCacheTTL      = 30 * 24 * time.Hour
 	maxCacheKeys     = 1_000_000
 	maxUseOperations = 16
-)
-
-// Sentinel errors of key use.
-var (
-	ErrKeyNotYetValid = errors.New("key is not valid yet")
-	ErrKeyExpired     = errors.New("key has expired")
 )
 
 func validateUsePolicy(u *cofferv1.KeyUsePolicy) error {
@@ -107,8 +100,8 @@ func validateUpdate(req *cofferv1.UpdatePolicyRequest) error {
 }
 
 // updatePolicy runs on the leader.
-func (n *Node) updatePolicy(ctx context.Context, r *request, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
-	cur, err := n.barrier.VerifiedPolicy(req.GetName())
+func (s *service) updatePolicy(ctx context.Context, r *request, req *cofferv1.UpdatePolicyRequest) (*cofferv1.UpdatePolicyResponse, error) {
+	cur, err := s.barrier.VerifiedPolicy(req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -142,17 +135,17 @@ func (n *Node) updatePolicy(ctx context.Context, r *request, req *cofferv1.Updat
 	}
 	if req.GetRotateKek() {
 		v := cur.GetKekVersion() + 1
-		wrapped, err := n.barrier.NewPolicyKEK(p.GetName(), v)
+		wrapped, err := s.barrier.NewPolicyKEK(p.GetName(), v)
 		if err != nil {
 			return nil, err
 		}
 		p.Keks = append(p.Keks, &cofferv1.WrappedKEK{Version: v, Wrapped: wrapped, CreatedUnixNano: time.Now().UnixNano()})
 		p.KekVersion = v
 	}
-	if err := n.barrier.Tag("p/"+p.GetName(), p, nil); err != nil {
+	if err := s.barrier.Tag("p/"+p.GetName(), p, nil); err != nil {
 		return nil, err
 	}
-	res, err := proposeCommand(n, ctx, r, cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY, &cofferv1.UpdatePolicyCommand{Policy: p, ExpectedRevision: cur.GetRevision(), Audit: r.entry})
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY, &cofferv1.UpdatePolicyCommand{Policy: p, ExpectedRevision: cur.GetRevision(), Audit: r.entry})
 	if err != nil {
 		return nil, err
 	}

@@ -43,7 +43,7 @@ type writeRow[Req interface {
 	// checked by execute.
 	validate func(Req) error
 	// execute runs the write on the leader.
-	execute func(n *Node, ctx context.Context, r *request, req Req) (Resp, error)
+	execute func(s *service, ctx context.Context, r *request, req Req) (Resp, error)
 	// keyOp marks a key operation, which execute authorises against the
 	// key's resource; every other row is an administrative operation that
 	// the table authorises (op, on every resource) before execute runs.
@@ -60,7 +60,7 @@ type writeOp interface {
 	// carried returns the row's request if fw carries one.
 	carried(fw *cofferv1.ForwardRequest) (proto.Message, bool)
 	// run validates and executes the write fw carries.
-	run(n *Node, ctx context.Context, r *request, fw *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error)
+	run(s *service, ctx context.Context, r *request, fw *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error)
 }
 
 func (w *writeRow[Req, Resp]) name() authz.Op { return w.op }
@@ -71,14 +71,14 @@ func (w *writeRow[Req, Resp]) carried(fw *cofferv1.ForwardRequest) (proto.Messag
 	return req, req != none
 }
 
-func (w *writeRow[Req, Resp]) run(n *Node, ctx context.Context, r *request, fw *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+func (w *writeRow[Req, Resp]) run(s *service, ctx context.Context, r *request, fw *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
 	req := w.in(fw)
 	if w.validate != nil {
 		if err := w.validate(req); err != nil {
 			return nil, err
 		}
 	}
-	resp, err := w.exec(n, ctx, r, req)
+	resp, err := w.exec(s, ctx, r, req)
 	if err != nil {
 		return nil, err
 	}
@@ -88,18 +88,18 @@ func (w *writeRow[Req, Resp]) run(n *Node, ctx context.Context, r *request, fw *
 // exec runs a validated write on the leader: for an administrative
 // operation, once every change acknowledged before it is applied here
 // (ensureLeaderReady), the caller's grant first.
-func (w *writeRow[Req, Resp]) exec(n *Node, ctx context.Context, r *request, req Req) (Resp, error) {
+func (w *writeRow[Req, Resp]) exec(s *service, ctx context.Context, r *request, req Req) (Resp, error) {
 	if !w.keyOp {
-		if err := n.ensureLeaderReady(); err != nil {
+		if err := s.replica.ensureLeaderReady(); err != nil {
 			var none Resp
 			return none, err
 		}
-		if err := n.authorize(r.caller, w.op, ""); err != nil {
+		if err := s.authorize(r.caller, w.op, ""); err != nil {
 			var none Resp
 			return none, err
 		}
 	}
-	return w.execute(n, ctx, r, req)
+	return w.execute(s, ctx, r, req)
 }
 
 var (
@@ -114,7 +114,7 @@ var (
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_GenerateKey{GenerateKey: p}}
 		},
 		validate: func(q *cofferv1.GenerateKeyRequest) error { _, err := generateSpec(q); return err },
-		execute:  (*Node).generateKey,
+		execute:  (*service).generateKey,
 		keyOp:    true,
 	}
 	writePut = &writeRow[*cofferv1.PutKeyRequest, *cofferv1.PutKeyResponse]{
@@ -128,7 +128,7 @@ var (
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_PutKey{PutKey: p}}
 		},
 		validate: func(q *cofferv1.PutKeyRequest) error { _, err := putSpec(q); return err },
-		execute:  (*Node).putKey,
+		execute:  (*service).putKey,
 		keyOp:    true,
 	}
 	writeCreatePolicy = &writeRow[*cofferv1.CreatePolicyRequest, *cofferv1.CreatePolicyResponse]{
@@ -142,7 +142,7 @@ var (
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_CreatePolicy{CreatePolicy: p}}
 		},
 		validate: func(q *cofferv1.CreatePolicyRequest) error { _, err := validatePolicyRequest(q); return err },
-		execute:  (*Node).createPolicy,
+		execute:  (*service).createPolicy,
 	}
 	writeUpdatePolicy = &writeRow[*cofferv1.UpdatePolicyRequest, *cofferv1.UpdatePolicyResponse]{
 		op: authz.OpPolicyUpdate,
@@ -155,7 +155,7 @@ var (
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_UpdatePolicy{UpdatePolicy: p}}
 		},
 		validate: validateUpdate,
-		execute:  (*Node).updatePolicy,
+		execute:  (*service).updatePolicy,
 	}
 	writeRegisterClient = &writeRow[*cofferv1.RegisterClientRequest, *cofferv1.ClientInfo]{
 		op: authz.OpClientManage,
@@ -166,7 +166,7 @@ var (
 		out:      (*cofferv1.ForwardResponse).GetClient,
 		result:   clientResult,
 		validate: validateRegister,
-		execute:  (*Node).registerClient,
+		execute:  (*service).registerClient,
 	}
 	writeSetClientActive = &writeRow[*cofferv1.SetClientActiveRequest, *cofferv1.ClientInfo]{
 		op: authz.OpClientManage,
@@ -176,7 +176,7 @@ var (
 		},
 		out:     (*cofferv1.ForwardResponse).GetClient,
 		result:  clientResult,
-		execute: (*Node).setClientActive,
+		execute: (*service).setClientActive,
 	}
 	writeRevokeCertificate = &writeRow[*cofferv1.RevokeCertificateRequest, *cofferv1.RevokeCertificateResponse]{
 		op: authz.OpClientManage,
@@ -189,7 +189,7 @@ var (
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RevokeCertificate{RevokeCertificate: p}}
 		},
 		validate: func(q *cofferv1.RevokeCertificateRequest) error { _, err := validateRevoke(q); return err },
-		execute:  (*Node).revokeCertificate,
+		execute:  (*service).revokeCertificate,
 	}
 	writeGrant = &writeRow[*cofferv1.GrantRequest, *cofferv1.AclRuleInfo]{
 		op: authz.OpACLManage,
@@ -201,7 +201,7 @@ var (
 		result: func(p *cofferv1.AclRuleInfo) *cofferv1.ForwardResponse {
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_Rule{Rule: p}}
 		},
-		execute: (*Node).grant,
+		execute: (*service).grant,
 	}
 	writeRevokeGrant = &writeRow[*cofferv1.RevokeGrantRequest, *cofferv1.RevokeGrantResponse]{
 		op: authz.OpACLManage,
@@ -213,7 +213,7 @@ var (
 		result: func(p *cofferv1.RevokeGrantResponse) *cofferv1.ForwardResponse {
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RevokeGrant{RevokeGrant: p}}
 		},
-		execute: (*Node).revokeGrant,
+		execute: (*service).revokeGrant,
 	}
 	writePrune = &writeRow[*cofferv1.AuditPruneRequest, *cofferv1.AuditPruneResponse]{
 		op: authz.OpAuditPrune,
@@ -226,7 +226,7 @@ var (
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_AuditPrune{AuditPrune: p}}
 		},
 		validate: validatePrune,
-		execute:  (*Node).pruneAudit,
+		execute:  (*service).pruneAudit,
 	}
 	writePinNode = &writeRow[*cofferv1.PinNodeRequest, *cofferv1.PinNodeResponse]{
 		op: authz.OpClusterManage,
@@ -238,7 +238,7 @@ var (
 		result: func(p *cofferv1.PinNodeResponse) *cofferv1.ForwardResponse {
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_PinNode{PinNode: p}}
 		},
-		execute: (*Node).pinNode,
+		execute: (*service).pinNode,
 	}
 	writeRemoveNode = &writeRow[*cofferv1.RemoveNodeRequest, *cofferv1.RemoveNodeResponse]{
 		op: authz.OpClusterManage,
@@ -250,7 +250,7 @@ var (
 		result: func(p *cofferv1.RemoveNodeResponse) *cofferv1.ForwardResponse {
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RemoveNode{RemoveNode: p}}
 		},
-		execute: (*Node).removeNode,
+		execute: (*service).removeNode,
 	}
 	writeTransferLeadership = &writeRow[*cofferv1.TransferLeadershipRequest, *cofferv1.TransferLeadershipResponse]{
 		op: authz.OpClusterManage,
@@ -262,7 +262,7 @@ var (
 		result: func(p *cofferv1.TransferLeadershipResponse) *cofferv1.ForwardResponse {
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_TransferLeadership{TransferLeadership: p}}
 		},
-		execute:     (*Node).transferLeadership,
+		execute:     (*service).transferLeadership,
 		movesLeader: true,
 	}
 	writeDrainNode = &writeRow[*cofferv1.DrainNodeRequest, *cofferv1.DrainNodeResponse]{
@@ -275,7 +275,7 @@ var (
 		result: func(p *cofferv1.DrainNodeResponse) *cofferv1.ForwardResponse {
 			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_DrainNode{DrainNode: p}}
 		},
-		execute: (*Node).drainNode,
+		execute: (*service).drainNode,
 	}
 )
 
@@ -308,7 +308,7 @@ func rowOf(fw *cofferv1.ForwardRequest) (writeOp, proto.Message) {
 func submitWrite[Req interface {
 	comparable
 	proto.Message
-}, Resp proto.Message](n *Node, ctx context.Context, r *request, w *writeRow[Req, Resp], req Req) (Resp, error) {
+}, Resp proto.Message](s *service, ctx context.Context, r *request, w *writeRow[Req, Resp], req Req) (Resp, error) {
 	var none Resp
 	r.entry.Operation = string(w.op)
 	if w.validate != nil {
@@ -316,29 +316,29 @@ func submitWrite[Req interface {
 			return none, err
 		}
 	}
-	if !n.IsLeader() {
-		resp, err := n.forward(ctx, r, w.wrap(req), !w.movesLeader)
+	if !s.replica.IsLeader() {
+		resp, err := s.replica.forward(ctx, r, w.wrap(req), !w.movesLeader)
 		if err != nil {
 			return none, err
 		}
-		n.announceLeader(ctx)
+		s.replica.announceLeader(ctx)
 		return w.out(resp), nil
 	}
-	resp, err := w.exec(n, ctx, r, req)
+	resp, err := w.exec(s, ctx, r, req)
 	if err != nil {
 		return none, err
 	}
-	n.announceLeader(ctx)
+	s.replica.announceLeader(ctx)
 	return resp, nil
 }
 
 // execute runs a forwarded write on the leader.
-func (n *Node) execute(ctx context.Context, r *request, fw *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
+func (s *service) execute(ctx context.Context, r *request, fw *cofferv1.ForwardRequest) (*cofferv1.ForwardResponse, error) {
 	w, _ := rowOf(fw)
 	if w == nil {
 		// An operation added after this build reaches it as an empty
 		// oneof, forwarded by a node already upgraded.
-		return nil, fmt.Errorf("%w: write request carries no operation this node knows; if the cluster is being upgraded, the leader (%s) may run an older build than the node that forwarded it", ErrInvalidArgument, n.cfg.ID)
+		return nil, fmt.Errorf("%w: write request carries no operation this node knows; if the cluster is being upgraded, the leader (%s) may run an older build than the node that forwarded it", ErrInvalidArgument, s.cfg.ID)
 	}
-	return w.run(n, ctx, r, fw)
+	return w.run(s, ctx, r, fw)
 }
