@@ -436,18 +436,22 @@ func TestDecideKeyRead(t *testing.T) {
 	}
 	rules := []*cofferv1.AclRule{
 		rule("all", "client:admin", "get", "**"),
-		rule("pay", "client:app", "get", "pay/**"),
+		rule("pay", "client:app", "get,describe,encrypt,decrypt", "pay/**"),
 	}
 	s, err := NewSnapshot(clients, rules, []*cofferv1.RevokedCertificate{{Serial: "0bad"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := &cofferv1.KeyRecord{Gkid: "k1", Resource: "secret/hr"}
-	mine := &cofferv1.KeyRecord{Gkid: "k2", Resource: "pay/eu"}
+	mine := &cofferv1.KeyRecord{Gkid: "k2", Resource: "pay/eu", Algorithm: cofferv1.Algorithm_ALGORITHM_AES_256}
+	hmac := &cofferv1.KeyRecord{Gkid: "k4", Resource: "pay/eu", Algorithm: cofferv1.Algorithm_ALGORITHM_HMAC_SHA256}
+	// k3 may only be used to decrypt.
+	decryptOnly := &cofferv1.KeyRecord{Gkid: "k3", Resource: "pay/eu", Algorithm: cofferv1.Algorithm_ALGORITHM_AES_128, UsePolicy: &cofferv1.KeyUsePolicy{Operations: []string{"decrypt"}}}
 	at := time.Unix(0, 0)
 	req := func(who, serial string) Request {
 		return Request{Identity: "client:" + who, CertSerial: serial, Op: OpGet}
 	}
+	as := func(r Request, op Op) Request { r.Op = op; return r }
 	for _, c := range []struct {
 		name   string
 		req    Request
@@ -462,6 +466,13 @@ func TestDecideKeyRead(t *testing.T) {
 		{"granted everywhere, missing key", req("admin", "01"), "k1", nil, cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, "key k1"},
 		{"deactivated", req("off", "01"), "k1", rec, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, "client off is deactivated"},
 		{"revoked certificate", req("admin", "0bad"), "k1", rec, cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, "certificate revoked"},
+		{"encrypt granted", as(req("app", "01"), OpEncrypt), "k2", mine, cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""},
+		{"datakey not granted", as(req("app", "01"), OpDataKey), "k2", mine, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, "key k2 does not exist, or client:app holds no grant for datakey on it"},
+		{"use policy refuses encrypt", as(req("app", "01"), OpEncrypt), "k3", decryptOnly, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, "the use policy of key k3 does not allow encrypt (allowed: [decrypt])"},
+		{"use policy allows decrypt", as(req("app", "01"), OpDecrypt), "k3", decryptOnly, cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""},
+		{"encrypt with an HMAC key", as(req("app", "01"), OpEncrypt), "k4", hmac, cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE, "key k4 is ALGORITHM_HMAC_SHA256; encrypt needs an AES key"},
+		{"get of an HMAC key", req("app", "01"), "k4", hmac, cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""},
+		{"describe ignores the use policy", as(req("app", "01"), OpDescribe), "k3", decryptOnly, cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""},
 	} {
 		got, detail := s.DecideKeyRead(c.req, c.gkid, c.rec, at)
 		if got != c.want || detail != c.detail {

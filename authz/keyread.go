@@ -6,15 +6,18 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
 
-// DecideKeyRead is the one decision on a read of one key by its GKID (get,
-// describe): the state machine's Apply makes it for a linearizable read at
-// its place in the log, and a node makes it on its own state for a stale
+// DecideKeyRead is the one decision on a use of one key by its GKID (get,
+// describe, and the data encryption service's encrypt, decrypt and
+// datakey): the state machine's Apply makes it for a linearizable request
+// at its place in the log, and a node makes it on its own state for a stale
 // one. rec is the stored record, nil if there is no key gkid; at is the
-// request's time, for the key's use policy (get only).
+// request's time, for the key's use policy (operations that use the
+// material: Op.UsesMaterial).
 //
 // In order: the caller (certificate, registration, activity: Decide's steps
 // 1 to 5), whether it exists, the caller's grant on the key's resource, and
-// for get the key's use policy. A caller that may not read the key is not
+// for an operation that uses the material whether the key can do it (the
+// data encryption service needs an AES key) and the key's use policy. A caller that may not read the key is not
 // told whether it exists, nor its resource: a missing key and a key the
 // caller holds no grant for get the same PERMISSION_DENIED and the same
 // words. Only a caller granted op on every resource ("**"), who could read
@@ -39,8 +42,11 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	if !c.decide(req).Allowed {
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hiddenKey(req, gkid)
 	}
-	if req.Op != OpGet {
+	if !req.Op.UsesMaterial() {
 		return cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""
+	}
+	if req.Op != OpGet && !isAES(rec.GetAlgorithm()) {
+		return cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE, "key " + display(gkid, 64) + " is " + rec.GetAlgorithm().String() + "; " + string(req.Op) + " needs an AES key"
 	}
 	switch u, why := CheckUse(rec, req.Op, at); u {
 	case UseAllowed:
@@ -52,6 +58,16 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	default:
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why
 	}
+}
+
+// isAES reports whether a is an AES key, which the data encryption service
+// encrypts with.
+func isAES(a cofferv1.Algorithm) bool {
+	switch a {
+	case cofferv1.Algorithm_ALGORITHM_AES_128, cofferv1.Algorithm_ALGORITHM_AES_192, cofferv1.Algorithm_ALGORITHM_AES_256:
+		return true
+	}
+	return false
 }
 
 // hiddenKey is the one refusal of a key the caller may not read, whether it

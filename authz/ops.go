@@ -50,6 +50,17 @@ const (
 	OpSnapshotRestore Op = "snapshot.restore"
 )
 
+// UsesMaterial reports whether op uses a key's material: releases it (get)
+// or encrypts, decrypts or wraps with it in the service. The key's use policy
+// (CheckUse) applies to these operations.
+func (o Op) UsesMaterial() bool {
+	switch o {
+	case OpGet, OpEncrypt, OpDecrypt, OpDataKey:
+		return true
+	}
+	return false
+}
+
 // OpAll may appear in an ACL rule's operations and stands for every
 // operation in the catalogue, including operations added in later versions.
 // In a rule whose pattern is "**" it grants every key and every

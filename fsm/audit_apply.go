@@ -88,7 +88,11 @@ func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {
 	decide := make(map[uint32]int, len(c.GetDecide()))
 	fallback := make(map[uint32]bool, len(c.GetFallback()))
 	var res Result
-	if err := ValidateBatch(entries, c.GetDecide(), c.GetFallback()); err != nil {
+	err := ValidateBatch(entries, c.GetDecide(), c.GetFallback())
+	if v := batchVersion(entries, c.GetDecide()); err == nil && v > a.version {
+		err = fmt.Errorf("%w: a decided read of this batch needs command version %d, the batch was written as %d", ErrInvalidCommand, v, a.version)
+	}
+	if err != nil {
 		// The leader checks the lists before it proposes; bad ones that are
 		// committed anyway decide and skip nothing, alike on every replica.
 		res.Err = err

@@ -110,7 +110,7 @@ func commandVersion(payload proto.Message) uint32 {
 		return NodePinVersion
 	}
 	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok && (len(c.GetDecide()) > 0 || len(c.GetFallback()) > 0) {
-		return 2
+		return max(2, batchVersion(c.GetEntries(), c.GetDecide()))
 	}
 	if ae, ok := payload.(interface{ GetAudit() *cofferv1.AuditEntry }); ok && ae.GetAudit() != nil {
 		return 3

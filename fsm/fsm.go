@@ -29,10 +29,11 @@ import (
 // (ErrAbandoned); version 1 and 2 changes are applied without that rule, as
 // the builds that wrote them did. Version 4 is an AUDIT_CHECKPOINT that
 // starts the audit time index (timeindex.go). Version 5 is PIN_NODE
-// (nodes.go). Other commands are still
+// (nodes.go). Version 6 is an AUDIT_BATCH deciding a use of a key by the
+// data encryption service (CryptoVersion, reads.go). Other commands are still
 // written as version 1, so older replicas keep applying them during a
 // rolling upgrade.
-const CommandVersion = NodePinVersion
+const CommandVersion = CryptoVersion
 
 // Config configures the state machine.
 type Config struct {

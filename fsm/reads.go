@@ -54,6 +54,7 @@ var refusals = map[cofferv1.ReadRefusal]struct {
 	cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED: {cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED, codes.PermissionDenied, nil, "permission denied"},
 	cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID:     {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key is not valid yet"},
 	cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key has expired"},
+	cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE:        {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key cannot be used for this"},
 }
 
 // RefusalError is a refused read as its caller gets it: the status code and
@@ -94,9 +95,42 @@ func refusalReason(r ReadResult) string {
 	return clipReason(re.Code.String() + ": " + re.Message)
 }
 
-// IsDecidedRead reports whether op is a key read that Apply can decide.
+// CryptoVersion is the command version of an AUDIT_BATCH that asks Apply to
+// decide a use of a key by the data encryption service (encrypt, decrypt,
+// datakey). A replica whose build predates it would refuse the whole batch
+// and diverge, so it stops on it instead (see CommandVersion): every member
+// runs a build with the service before a caller uses it.
+const CryptoVersion = 6
+
+// IsDecidedRead reports whether op is a use of one key by its GKID that
+// Apply can decide: a key read (get, describe) or a use by the data
+// encryption service.
 func IsDecidedRead(op string) bool {
-	return op == string(authz.OpGet) || op == string(authz.OpDescribe)
+	return decidedReadVersion(op) != 0
+}
+
+// decidedReadVersion is the command version from which Apply decides op; 0
+// if it never does.
+func decidedReadVersion(op string) uint32 {
+	switch authz.Op(op) {
+	case authz.OpGet, authz.OpDescribe:
+		return 2
+	case authz.OpEncrypt, authz.OpDecrypt, authz.OpDataKey:
+		return CryptoVersion
+	}
+	return 0
+}
+
+// batchVersion is the command version an audit batch needs for its
+// decided reads.
+func batchVersion(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecision) uint32 {
+	var v uint32
+	for _, d := range decide {
+		if i := d.GetEntry(); int(i) < len(entries) {
+			v = max(v, decidedReadVersion(entries[i].GetOperation()))
+		}
+	}
+	return v
 }
 
 // ValidateBatch checks the decide and fallback lists of an audit batch:

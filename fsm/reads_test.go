@@ -233,6 +233,11 @@ func TestFSM_DecidedReadsNeedVersion2(t *testing.T) {
 		{&cofferv1.AuditBatchCommand{Entries: []*cofferv1.AuditEntry{readEntry("client:c0", "get", readK1)}}, 1},
 		{&cofferv1.AuditBatchCommand{Entries: []*cofferv1.AuditEntry{readEntry("client:c0", "get", readK1)},
 			Decide: []*cofferv1.ReadDecision{{Entry: 0}}}, 2},
+		{&cofferv1.AuditBatchCommand{Entries: []*cofferv1.AuditEntry{readEntry("client:c0", "get", readK1), readEntry("client:c0", "encrypt", readK1)},
+			Decide: []*cofferv1.ReadDecision{{Entry: 0}, {Entry: 1}}}, CryptoVersion},
+		// An undecided encrypt entry (a refusal) needs no new version.
+		{&cofferv1.AuditBatchCommand{Entries: []*cofferv1.AuditEntry{readEntry("client:c0", "get", readK1), readEntry("client:c0", "encrypt", readK1)},
+			Decide: []*cofferv1.ReadDecision{{Entry: 0}}}, 2},
 	} {
 		d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, c.payload)
 		if err != nil {
@@ -248,5 +253,55 @@ func TestFSM_DecidedReadsNeedVersion2(t *testing.T) {
 	}
 	if CommandVersion < 2 {
 		t.Fatalf("this build reads up to version %d", CommandVersion)
+	}
+}
+
+// A use of a key by the data encryption service is decided like a get, and
+// only in a batch written as CryptoVersion: one committed as an older
+// version (which an older build would have refused) decides nothing.
+func TestFSM_DecidedCryptoReads(t *testing.T) {
+	f := mustOpen(t)
+	setup := readSetup(t)
+	grant, err := Encode(cofferv1.CommandType_COMMAND_TYPE_PUT_ACL_RULE, &cofferv1.PutAclRuleCommand{
+		Rule: &cofferv1.AclRule{Id: "r1", Subject: "group:g", Operations: []string{"encrypt", "decrypt"}, ResourcePattern: "res/**"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup = append(setup, grant)
+	f.ApplyBatch(logs(1, setup...))
+	idx := uint64(len(setup) + 1)
+	entries := []*cofferv1.AuditEntry{
+		readEntry("client:c0", "encrypt", readK1), // granted
+		readEntry("client:c0", "decrypt", readK3), // use policy: describe only
+		readEntry("client:c0", "datakey", readK1), // no grant for datakey
+	}
+	decide := []*cofferv1.ReadDecision{{Entry: 0, CertSerial: "1f"}, {Entry: 1, CertSerial: "1f"}, {Entry: 2, CertSerial: "1f"}}
+	payload, err := proto.Marshal(&cofferv1.AuditBatchCommand{Entries: entries, Decide: decide})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := proto.Marshal(&cofferv1.Command{Type: cofferv1.CommandType_COMMAND_TYPE_AUDIT_BATCH, Version: 2, Payload: payload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := f.Apply(logs(idx, old)[0]).(Result); !errors.Is(res.Err, ErrInvalidCommand) {
+		t.Fatalf("version 2 batch deciding encrypt: %v, want ErrInvalidCommand", res.Err)
+	}
+	res := f.Apply(logs(idx+1, readBatch(t, entries, nil))[0]).(Result)
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	want := []struct {
+		refusal cofferv1.ReadRefusal
+		detail  string
+	}{
+		{cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""},
+		{cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, "does not allow decrypt"},
+		{cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, "holds no grant for datakey"},
+	}
+	for i, w := range want {
+		if r := res.Reads[i]; r.Refusal != w.refusal || !strings.Contains(r.Detail, w.detail) {
+			t.Errorf("read %d: %v %q, want %v %q", i, r.Refusal, r.Detail, w.refusal, w.detail)
+		}
 	}
 }

@@ -25,6 +25,7 @@ type identity struct {
 	access []cofferv1.AccessServiceClient
 	policy []cofferv1.PolicyServiceClient
 	audit  []cofferv1.AuditServiceClient
+	crypto []cofferv1.CryptoServiceClient
 }
 
 func (tc *testCluster) identity(name string) *identity {
@@ -59,6 +60,7 @@ func (tc *testCluster) identityFrom(conf transport.TLSConfig, tlsConf *tls.Confi
 		id.access = append(id.access, cofferv1.NewAccessServiceClient(conn))
 		id.policy = append(id.policy, cofferv1.NewPolicyServiceClient(conn))
 		id.audit = append(id.audit, cofferv1.NewAuditServiceClient(conn))
+		id.crypto = append(id.crypto, cofferv1.NewCryptoServiceClient(conn))
 	}
 	return id
 }

@@ -52,6 +52,7 @@ const (
 // authorisation catalogue's names).
 var opNames = map[string]string{
 	"GenerateKey": "generate", "PutKey": "put", "GetKey": "get", "DescribeKey": "describe", "ListKeys": "list",
+	"Encrypt": "encrypt", "Decrypt": "decrypt", "GenerateDataKey": "datakey",
 	"CreatePolicy": "policy.create", "UpdatePolicy": "policy.update", "GetPolicy": "policy.read", "ListPolicies": "policy.read",
 	"Status": "cluster.read", "LocalStatus": "cluster.read", "Snapshot": "snapshot.save", "Restore": "snapshot.restore",
 	"RegisterClient": "client.manage", "SetClientActive": "client.manage", "RevokeCertificate": "client.manage",

@@ -266,6 +266,11 @@ func (tc *testCluster) keys(i int) cofferv1.KeyServiceClient {
 	return cofferv1.NewKeyServiceClient(tc.conn(i))
 }
 
+func (tc *testCluster) crypto(i int) cofferv1.CryptoServiceClient {
+	tc.t.Helper()
+	return cofferv1.NewCryptoServiceClient(tc.conn(i))
+}
+
 // conn is the test client's connection to node i.
 func (tc *testCluster) conn(i int) *grpc.ClientConn {
 	tc.t.Helper()
@@ -596,13 +601,25 @@ func TestNode_NoPlaintextOnDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets = append(secrets, imported)
+	// What the data encryption service handles: a plaintext, its context
+	// and a data key.
+	plaintext, ctxValue := []byte("PLAINTEXT-THE-SERVICE-ENCRYPTED"), "CONTEXT-VALUE-NEVER-STORED"
+	if _, err := tc.crypto(1).Encrypt(ctxT(t), &cofferv1.EncryptRequest{Gkid: tc.mustGenerate(0, "scan", "").GetGkid(),
+		Plaintext: plaintext, Context: map[string]string{"k": ctxValue}}); err != nil {
+		t.Fatal(err)
+	}
+	dk, err := tc.crypto(2).GenerateDataKey(ctxT(t), &cofferv1.GenerateDataKeyRequest{Gkid: tc.mustGenerate(0, "scan", "").GetGkid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets = append(secrets, plaintext, []byte(ctxValue), dk.GetPlaintext())
 	l := tc.waitLeader()
 	if err := tc.nodes[l].Raft().Snapshot().Error(); err != nil {
 		t.Fatal(err)
 	}
 	tc.stopAll() // flush everything to disk
 	scanned := 0
-	err := filepath.WalkDir(tc.dir, func(path string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(tc.dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}

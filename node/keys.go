@@ -252,9 +252,11 @@ func (s *service) describeKey(ctx context.Context, req *cofferv1.DescribeKeyRequ
 }
 
 // authorizedKey reads a key record for op: the caller is authenticated, the
-// read linearized, the grant (and for get, the key's use policy) checked
-// against the stored record, and the record verified by the keystore. For
-// get it returns the unwrapped material too.
+// read linearized, the grant (and for an operation that uses the material,
+// whether the key can do it and its use policy) checked against the stored
+// record, and the record verified by the keystore. For an operation that
+// uses the material it returns the unwrapped material too, which the caller
+// wipes.
 //
 // A linearizable read by a client is decided in Apply (decidedKey): one
 // Raft round commits its audit entry, orders it after every acknowledged
@@ -292,10 +294,11 @@ func (s *service) authorizedKey(ctx context.Context, r *request, id string, cons
 	return rec, material, nil
 }
 
-// checkedMaterial verifies rec through the barrier (custody.OpenKey): for
-// get it returns the unwrapped material, for other operations it wipes it.
+// checkedMaterial verifies rec through the barrier (custody.OpenKey): for an
+// operation that uses the material (get, and the data encryption service's)
+// it returns the unwrapped material, for other operations it wipes it.
 func (s *service) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
-	if op != authz.OpGet {
+	if !op.UsesMaterial() {
 		return nil, s.barrier.VerifyKey(rec)
 	}
 	return s.barrier.OpenKey(rec)

@@ -45,6 +45,14 @@ var (
 		Help:    "Time spent in the stages of a request that wait on the cluster: read_index (a linearizable read's leadership round), wait_applied (catching up to it), audit_commit (committing the request's audit entry), audit_decide (a decided read's entry, committed and decided in Apply), audit_round (one auditor round to the leader).",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	}, []string{"stage"})
+	metricCryptoBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "crypto_plaintext_bytes_total",
+		Help: "Plaintext bytes the data encryption service encrypted or decrypted for callers, by operation.",
+	}, []string{"op"})
+	metricDecryptFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "decrypt_failures_total",
+		Help: "Decrypt requests granted whose ciphertext did not authenticate (altered, or another context).",
+	})
 	metricRoundEntries = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "coffer", Subsystem: "audit", Name: "round_entries",
 		Help:    "Audit entries per auditor round on this node; on the leader, followers' batches included. Larger rounds cost less per entry.",
@@ -98,7 +106,7 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricDenied, metricAuditFailures,
-		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited,
+		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 	reg.MustRegister(custody.Collectors()...)

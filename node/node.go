@@ -294,6 +294,7 @@ func (n *Node) startAPI() error {
 		grpc.ChainStreamInterceptor(streamMetricsInterceptor, n.svc.malformedStreamInterceptor))
 	s := grpc.NewServer(opts...)
 	cofferv1.RegisterKeyServiceServer(s, &keyService{svc: n.svc})
+	cofferv1.RegisterCryptoServiceServer(s, &cryptoService{svc: n.svc})
 	cofferv1.RegisterClusterServiceServer(s, &clusterService{n: n, svc: n.svc})
 	cofferv1.RegisterPolicyServiceServer(s, &policyService{svc: n.svc})
 	cofferv1.RegisterAccessServiceServer(s, &accessService{svc: n.svc})

@@ -116,6 +116,8 @@ const (
 	ReadRefusal_READ_REFUSAL_PERMISSION_DENIED ReadRefusal = 4
 	ReadRefusal_READ_REFUSAL_NOT_YET_VALID     ReadRefusal = 5
 	ReadRefusal_READ_REFUSAL_EXPIRED           ReadRefusal = 6
+	// The key cannot do what was asked (encrypt with an HMAC key).
+	ReadRefusal_READ_REFUSAL_UNSUITABLE ReadRefusal = 7
 )
 
 // Enum value maps for ReadRefusal.
@@ -128,6 +130,7 @@ var (
 		4: "READ_REFUSAL_PERMISSION_DENIED",
 		5: "READ_REFUSAL_NOT_YET_VALID",
 		6: "READ_REFUSAL_EXPIRED",
+		7: "READ_REFUSAL_UNSUITABLE",
 	}
 	ReadRefusal_value = map[string]int32{
 		"READ_REFUSAL_UNSPECIFIED":       0,
@@ -137,6 +140,7 @@ var (
 		"READ_REFUSAL_PERMISSION_DENIED": 4,
 		"READ_REFUSAL_NOT_YET_VALID":     5,
 		"READ_REFUSAL_EXPIRED":           6,
+		"READ_REFUSAL_UNSUITABLE":        7,
 	}
 )
 
@@ -2799,7 +2803,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x18COMMAND_TYPE_AUDIT_PRUNE\x10\n" +
 	"\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v\x12\x19\n" +
-	"\x15COMMAND_TYPE_PIN_NODE\x10\f*\xe1\x01\n" +
+	"\x15COMMAND_TYPE_PIN_NODE\x10\f*\xfe\x01\n" +
 	"\vReadRefusal\x12\x1c\n" +
 	"\x18READ_REFUSAL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16READ_REFUSAL_NOT_FOUND\x10\x01\x12\x18\n" +
@@ -2807,7 +2811,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x1cREAD_REFUSAL_UNAUTHENTICATED\x10\x03\x12\"\n" +
 	"\x1eREAD_REFUSAL_PERMISSION_DENIED\x10\x04\x12\x1e\n" +
 	"\x1aREAD_REFUSAL_NOT_YET_VALID\x10\x05\x12\x18\n" +
-	"\x14READ_REFUSAL_EXPIRED\x10\x062\xe9\x01\n" +
+	"\x14READ_REFUSAL_EXPIRED\x10\x06\x12\x1b\n" +
+	"\x17READ_REFUSAL_UNSUITABLE\x10\a2\xe9\x01\n" +
 	"\x0fInternalService\x12@\n" +
 	"\aForward\x12\x19.coffer.v1.ForwardRequest\x1a\x1a.coffer.v1.ForwardResponse\x12F\n" +
 	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponse\x12L\n" +

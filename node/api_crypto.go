@@ -1,0 +1,29 @@
+package node
+
+// The gRPC door of CryptoService, the data encryption service: each handler
+// is a thin adapter that hands the request to the service layer
+// (crypto.go). The unary interceptor (auditInterceptor) has already begun
+// the request value; the service layer finds it with requestFrom.
+
+import (
+	"context"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+type cryptoService struct {
+	cofferv1.UnimplementedCryptoServiceServer
+	svc *service
+}
+
+func (s *cryptoService) Encrypt(ctx context.Context, req *cofferv1.EncryptRequest) (*cofferv1.EncryptResponse, error) {
+	return s.svc.encrypt(ctx, req)
+}
+
+func (s *cryptoService) Decrypt(ctx context.Context, req *cofferv1.DecryptRequest) (*cofferv1.DecryptResponse, error) {
+	return s.svc.decrypt(ctx, req)
+}
+
+func (s *cryptoService) GenerateDataKey(ctx context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
+	return s.svc.generateDataKey(ctx, req)
+}

@@ -1,0 +1,166 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/ciphertext"
+	"github.com/coffer-kms/coffer/fsm"
+)
+
+// TestNode_DataEncryptionService encrypts, decrypts and wraps data keys
+// through every node: each operation needs its own grant on the key's
+// resource, the key's use policy and an AES key; the context and the
+// ciphertext bind; every call leaves one audit entry naming the operation,
+// and no entry holds the plaintext, the context or a data key.
+func TestNode_DataEncryptionService(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l, f := tc.waitLeader(), tc.follower()
+	gen := func(policy, resource string, alg cofferv1.Algorithm) string {
+		t.Helper()
+		r, err := admin.keys[l].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Policy: policy, Resource: resource, Algorithm: alg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetKey().GetGkid()
+	}
+	aes := gen("", "crypto/a", cofferv1.Algorithm_ALGORITHM_AES_256)
+	aes128 := gen("", "crypto/b", cofferv1.Algorithm_ALGORITHM_AES_128)
+	hmacKey := gen("", "crypto/a", cofferv1.Algorithm_ALGORITHM_HMAC_SHA256)
+	if _, err := admin.policy[l].CreatePolicy(ctx, &cofferv1.CreatePolicyRequest{Name: "decrypt-only",
+		DefaultUsePolicy: &cofferv1.KeyUsePolicy{Operations: []string{"decrypt"}}}); err != nil {
+		t.Fatal(err)
+	}
+	decryptOnly := gen("decrypt-only", "crypto/a", cofferv1.Algorithm_ALGORITHM_AES_256)
+	enc := tc.ungrantedClient(admin, l, "enc")
+	tc.mustGrant(admin, l, "client:enc", "crypto/**", "encrypt")
+	dec := tc.ungrantedClient(admin, l, "dec")
+	tc.mustGrant(admin, l, "client:dec", "crypto/**", "decrypt")
+
+	plaintext := []byte("PLAINTEXT-MARKER: the data the service encrypts")
+	bound := map[string]string{"tenant": "CONTEXT-MARKER-t1", "table": "orders"}
+	var ids []string
+	call := func(id string) context.Context {
+		ids = append(ids, id)
+		return metadata.AppendToOutgoingContext(ctx, RequestIDKey, id)
+	}
+	var cts [][]byte
+	for _, i := range []int{l, f} {
+		for _, key := range []string{aes, aes128} {
+			r, err := enc.crypto[i].Encrypt(call("encrypt-"+key+"-"+tc.cfgs[i].ID), &cofferv1.EncryptRequest{Gkid: key, Plaintext: plaintext, Context: bound})
+			if err != nil {
+				t.Fatalf("encrypt on %s: %v", tc.cfgs[i].ID, err)
+			}
+			h, err := ciphertext.ParseHeader(r.GetCiphertext())
+			if err != nil || h.GKID != key || h.KeyVersion != 1 || r.GetGkid() != key || r.GetKeyVersion() != 1 {
+				t.Fatalf("ciphertext header %+v (%v), response %s v%d; want %s v1", h, err, r.GetGkid(), r.GetKeyVersion(), key)
+			}
+			if bytes.Contains(r.GetCiphertext(), plaintext) {
+				t.Fatal("the ciphertext holds the plaintext")
+			}
+			cts = append(cts, r.GetCiphertext())
+		}
+	}
+	for n, ct := range cts {
+		for i := range tc.nodes {
+			r, err := dec.crypto[i].Decrypt(call("decrypt-"+tc.cfgs[i].ID+"-"+string(rune('a'+n))), &cofferv1.DecryptRequest{Ciphertext: ct, Context: bound})
+			if err != nil || !bytes.Equal(r.GetPlaintext(), plaintext) {
+				t.Fatalf("decrypt on %s: %q, %v", tc.cfgs[i].ID, r.GetPlaintext(), err)
+			}
+		}
+	}
+	stale, err := dec.crypto[f].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: cts[0], Context: bound, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+	if err != nil || !bytes.Equal(stale.GetPlaintext(), plaintext) {
+		t.Fatalf("stale decrypt: %v", err)
+	}
+
+	// Bindings and bad input.
+	other := map[string]string{"tenant": "t2", "table": "orders"}
+	_, err = dec.crypto[f].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: cts[0], Context: other})
+	wantCode(t, "another context", err, codes.InvalidArgument, "does not decrypt under key "+aes)
+	_, err = dec.crypto[f].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: cts[0]})
+	wantCode(t, "no context", err, codes.InvalidArgument, "does not decrypt")
+	altered := bytes.Clone(cts[0])
+	altered[len(altered)-1] ^= 1
+	_, err = dec.crypto[l].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: altered, Context: bound})
+	wantCode(t, "altered ciphertext", err, codes.InvalidArgument, "does not decrypt")
+	_, err = dec.crypto[l].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: []byte("not a ciphertext")})
+	wantCode(t, "garbage", err, codes.InvalidArgument, "ciphertext")
+	_, err = enc.crypto[f].Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: aes, Plaintext: make([]byte, maxPlaintext+1)})
+	wantCode(t, "plaintext too large", err, codes.InvalidArgument, "at most 65536")
+	tooMany := map[string]string{}
+	for i := range ciphertext.MaxContextPairs + 1 {
+		tooMany[string(rune('a'+i))] = "v"
+	}
+	_, err = enc.crypto[f].Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: aes, Plaintext: plaintext, Context: tooMany})
+	wantCode(t, "context too large", err, codes.InvalidArgument, "context")
+	_, err = enc.crypto[f].Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: "nope", Plaintext: plaintext})
+	wantCode(t, "bad gkid", err, codes.InvalidArgument, "")
+
+	// Double access control: each operation its own grant.
+	_, err = enc.crypto[f].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: cts[0], Context: bound})
+	wantCode(t, "encrypt grant only", err, codes.PermissionDenied, "holds no grant for decrypt")
+	_, err = dec.crypto[f].Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: aes, Plaintext: plaintext})
+	wantCode(t, "decrypt grant only", err, codes.PermissionDenied, "holds no grant for encrypt")
+	_, err = enc.crypto[f].GenerateDataKey(ctx, &cofferv1.GenerateDataKeyRequest{Gkid: aes})
+	wantCode(t, "no datakey grant", err, codes.PermissionDenied, "holds no grant for datakey")
+	// The key's use policy and kind.
+	_, err = enc.crypto[l].Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: decryptOnly, Plaintext: plaintext})
+	wantCode(t, "use policy", err, codes.PermissionDenied, "use policy")
+	_, err = enc.crypto[l].Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: hmacKey, Plaintext: plaintext})
+	wantCode(t, "HMAC key", err, codes.FailedPrecondition, "needs an AES key")
+
+	// Data keys.
+	for _, c := range []struct {
+		alg  cofferv1.Algorithm
+		size int
+	}{{cofferv1.Algorithm_ALGORITHM_UNSPECIFIED, 32}, {cofferv1.Algorithm_ALGORITHM_AES_128, 16}} {
+		dk, err := admin.crypto[f].GenerateDataKey(call("datakey-"+c.alg.String()), &cofferv1.GenerateDataKeyRequest{Gkid: aes, Algorithm: c.alg, Context: bound})
+		if err != nil || len(dk.GetPlaintext()) != c.size {
+			t.Fatalf("data key %v: %d bytes, %v", c.alg, len(dk.GetPlaintext()), err)
+		}
+		back, err := dec.crypto[l].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: dk.GetCiphertext(), Context: bound})
+		if err != nil || !bytes.Equal(back.GetPlaintext(), dk.GetPlaintext()) {
+			t.Fatalf("unwrap the data key: %v", err)
+		}
+	}
+	wrapped, err := admin.crypto[l].GenerateDataKey(ctx, &cofferv1.GenerateDataKeyRequest{Gkid: aes, WithoutPlaintext: true})
+	if err != nil || len(wrapped.GetPlaintext()) != 0 || len(wrapped.GetCiphertext()) == 0 {
+		t.Fatalf("without plaintext: %d plaintext bytes, %v", len(wrapped.GetPlaintext()), err)
+	}
+	_, err = admin.crypto[l].GenerateDataKey(ctx, &cofferv1.GenerateDataKeyRequest{Gkid: aes, Algorithm: cofferv1.Algorithm_ALGORITHM_HMAC_SHA256})
+	wantCode(t, "HMAC data key", err, codes.InvalidArgument, "AES_128 or AES_256")
+
+	// One audit entry per call, naming its operation and key; no secret in
+	// any entry.
+	byID := tc.entriesByRequestID(l, fsm.AuditFilter{})
+	for _, id := range ids {
+		es := byID[id]
+		if len(es) != 1 {
+			t.Fatalf("request %s has %d audit entries, want 1", id, len(es))
+		}
+		op := strings.SplitN(id, "-", 2)[0]
+		if es[0].GetOperation() != op || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED || es[0].GetGkid() == "" || es[0].GetResource() == "" {
+			t.Errorf("request %s: entry %v", id, es[0])
+		}
+	}
+	entries, _, err := tc.nodes[f].FSM().AuditEntries(0, 100000, fsm.AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, _ := proto.Marshal(e)
+		if bytes.Contains(b, []byte("PLAINTEXT-MARKER")) || bytes.Contains(b, []byte("CONTEXT-MARKER")) {
+			t.Fatalf("audit entry %d holds the plaintext or the context: %v", e.GetSeq(), e)
+		}
+	}
+}
