@@ -15,7 +15,9 @@ import (
 // material: Op.UsesMaterial).
 //
 // In order: the caller (certificate, registration, activity: Decide's steps
-// 1 to 5), whether it exists, the caller's grant on the key's resource, and
+// 1 to 5), whether it exists, the caller's grant on the key's resource, the
+// key's life-cycle state at time at (KeyStateAt: every operation while
+// active, decrypt too while deactivated or compromised, describe always), and
 // for an operation that uses the material whether the key can do it (the
 // data encryption service needs an AES key) and the key's use policy. A caller that may not read the key is not
 // told whether it exists, nor its resource: a missing key and a key the
@@ -42,6 +44,9 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	if !c.decide(req).Allowed {
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, hiddenKey(req, gkid)
 	}
+	if st := KeyStateAt(rec, at); !stateAllows(st, req.Op) {
+		return cofferv1.ReadRefusal_READ_REFUSAL_KEY_STATE, "key " + display(gkid, 64) + " is " + StateName(st) + keyStateHint(st)
+	}
 	if !req.Op.UsesMaterial() {
 		return cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""
 	}
@@ -58,6 +63,19 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	default:
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why
 	}
+}
+
+// keyStateHint says what a key in state st is still good for.
+func keyStateHint(st cofferv1.KeyState) string {
+	switch st {
+	case cofferv1.KeyState_KEY_STATE_PRE_ACTIVE:
+		return "; it is used once activated"
+	case cofferv1.KeyState_KEY_STATE_DEACTIVATED, cofferv1.KeyState_KEY_STATE_COMPROMISED:
+		return "; it only decrypts"
+	case cofferv1.KeyState_KEY_STATE_DESTROYED:
+		return "; its material is gone"
+	}
+	return ""
 }
 
 // isAES reports whether a is an AES key, which the data encryption service

@@ -78,8 +78,8 @@ func (b *Barrier) VerifyKey(rec *cofferv1.KeyRecord) error {
 // recordAAD is the associated data under which a key's material is sealed.
 // It covers every field of the record except the wrapped material itself:
 // the path it is stored under (the GKID), policy, resource, owner, algorithm,
-// state, creation time, KEK version, revision, use and cache policy, and the
-// escrow copies. Opening the material therefore verifies the whole record in
+// state, creation time, KEK version, revision, use and cache policy, the
+// escrow copies, and the life-cycle times and compromise mark. Opening the material therefore verifies the whole record in
 // the same keystore operation: a record with any field changed, a wrapped
 // blob moved to another record, or a record moved to another GKID fails with
 // an integrity error.
@@ -118,6 +118,15 @@ func recordAAD(rec *cofferv1.KeyRecord) []byte {
 		e.str(c.GetScheme())
 		sum := sha256.Sum256(c.GetCiphertext())
 		e.bytes(sum[:])
+	}
+	// The life-cycle fields came after this encoding: they are encoded only
+	// when one is set, so a record that never had them verifies as it was
+	// sealed, and one that has them cannot lose or change them unnoticed.
+	if rec.GetActivateAtUnixNano() != 0 || rec.GetStateChangedUnixNano() != 0 || rec.GetCompromised() {
+		e.str("life")
+		e.u64(uint64(rec.GetActivateAtUnixNano()))
+		e.u64(uint64(rec.GetStateChangedUnixNano()))
+		e.u64(boolU64(rec.GetCompromised()))
 	}
 	return e.b
 }

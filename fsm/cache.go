@@ -19,11 +19,12 @@ const keyCacheSize = 16384
 // does not store it afterwards (the generation check), so the cache never
 // holds a record older than committed state.
 //
-// It also keeps recently read key records. A key record never changes once
-// created, so only a restore, which replaces the whole state, drops them.
-// Every read of a key (the serving node's, and Apply's for a decided read)
-// would otherwise decode it from Pebble; the key's integrity is still
-// checked by the keystore at every use.
+// It also keeps recently read key records. A key record changes only with
+// its state (SET_KEY_STATE), whose batch puts the new record in the cache
+// after the commit (replaceKey), and a restore, which replaces the whole
+// state, drops them all. Every read of a key (the serving node's, and
+// Apply's for a decided read) would otherwise decode it from Pebble; the
+// key's integrity is still checked by the keystore at every use.
 type recordCache struct {
 	cluster atomic.Pointer[cofferv1.ClusterInfo]
 
@@ -61,6 +62,14 @@ func (c *recordCache) putKey(gen uint64, gkid string, rec *cofferv1.KeyRecord) {
 	if c.keyGen.Load() != gen {
 		c.keys.Remove(gkid)
 	}
+}
+
+// replaceKey keeps rec, just committed under gkid, in place of the record
+// cached before. Readers that decoded the old record before this call do
+// not store it afterwards (the generation moves on).
+func (c *recordCache) replaceKey(gkid string, rec *cofferv1.KeyRecord) {
+	c.keyGen.Add(1)
+	c.keys.Add(gkid, rec)
 }
 
 // resetKeys drops every key record: the state is being replaced.

@@ -32,6 +32,10 @@ type applyCtx struct {
 	// batchDecisions is the decision snapshot as of this point of the
 	// batch, once an access change made the FSM's own one stale.
 	batchDecisions *authz.Snapshot
+	// keysChanged holds the key records this batch replaced (a state
+	// change): later commands of the batch read them from here, and the
+	// key cache takes them after the commit.
+	keysChanged map[string]*cofferv1.KeyRecord
 
 	// diverged is set when a checkpoint disagreed with this replica.
 	diverged bool
@@ -77,6 +81,7 @@ func (a *applyCtx) setPolicy(p *cofferv1.PolicyRecord) {
 var handlers = map[cofferv1.CommandType]handler{
 	cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER:       applyInitCluster,
 	cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY:         applyCreateKey,
+	cofferv1.CommandType_COMMAND_TYPE_SET_KEY_STATE:      applySetKeyState,
 	cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY:      applyCreatePolicy,
 	cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY:      applyUpdatePolicy,
 	cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT:         applyPutClient,
@@ -108,6 +113,9 @@ func Encode(t cofferv1.CommandType, payload proto.Message) ([]byte, error) {
 func commandVersion(payload proto.Message) uint32 {
 	if _, ok := payload.(*cofferv1.PinNodeCommand); ok {
 		return NodePinVersion
+	}
+	if _, ok := payload.(*cofferv1.SetKeyStateCommand); ok {
+		return CryptoVersion
 	}
 	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok && (len(c.GetDecide()) > 0 || len(c.GetFallback()) > 0) {
 		return max(2, batchVersion(c.GetEntries(), c.GetDecide()))

@@ -313,6 +313,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if a.policiesChanged {
 		f.cache.reset()
 	}
+	for id, k := range a.keysChanged {
+		f.cache.replaceKey(id, k)
+	}
 	if a.accessChanged {
 		f.rebuildAuthz()
 	}

@@ -20,9 +20,9 @@ func (f *FSM) Key(gkid string) (*cofferv1.KeyRecord, error) {
 	return f.cachedKey(f.db, gkid)
 }
 
-// cachedKey reads a key record from r through the key cache. Key records
-// never change once written, so a cached one is r's too; one that r (a
-// batch) wrote is committed with it, or the replica stops.
+// cachedKey reads a key record from r through the key cache. A cached
+// record is the committed one (replaceKey); a batch reads the records it
+// replaced itself from its own overlay first (applyCtx.key).
 func (f *FSM) cachedKey(r reader, gkid string) (*cofferv1.KeyRecord, error) {
 	if k, ok := f.cache.key(gkid); ok {
 		return k, nil

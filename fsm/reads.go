@@ -55,6 +55,7 @@ var refusals = map[cofferv1.ReadRefusal]struct {
 	cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID:     {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key is not valid yet"},
 	cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key has expired"},
 	cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE:        {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key cannot be used for this"},
+	cofferv1.ReadRefusal_READ_REFUSAL_KEY_STATE:         {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key state does not allow this"},
 }
 
 // RefusalError is a refused read as its caller gets it: the status code and
@@ -97,9 +98,10 @@ func refusalReason(r ReadResult) string {
 
 // CryptoVersion is the command version of an AUDIT_BATCH that asks Apply to
 // decide a use of a key by the data encryption service (encrypt, decrypt,
-// datakey). A replica whose build predates it would refuse the whole batch
-// and diverge, so it stops on it instead (see CommandVersion): every member
-// runs a build with the service before a caller uses it.
+// datakey), and of SET_KEY_STATE. A replica whose build predates it would
+// refuse the whole batch and diverge, so it stops on it instead (see
+// CommandVersion): every member runs a build with the service and the key
+// life cycle before a caller uses them.
 const CryptoVersion = 6
 
 // IsDecidedRead reports whether op is a use of one key by its GKID that
@@ -167,7 +169,7 @@ func (a *applyCtx) decideRead(e *cofferv1.AuditEntry, serial string) ReadResult 
 
 func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
 	id := e.GetGkid()
-	rec, err := a.f.cachedKey(a.b, id)
+	rec, err := a.key(id)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		rec = nil
@@ -176,7 +178,7 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
 	case rec.GetGkid() != id:
 		return ReadResult{Refusal: cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, Detail: fmt.Sprintf("record stored under %s names %s", id, rec.GetGkid())}
 	default:
-		e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
+		e.Resource, e.Policy, e.KeyCompromised = rec.GetResource(), rec.GetPolicy(), rec.GetCompromised()
 	}
 	refusal, detail := a.decisionSnapshot().DecideKeyRead(authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: authz.Op(e.GetOperation())},
 		id, rec, time.Unix(0, e.GetTimeUnixNano()))

@@ -36,3 +36,7 @@ func (s *keyService) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyR
 func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (*cofferv1.ListKeysResponse, error) {
 	return s.svc.listKeys(ctx, req)
 }
+
+func (s *keyService) SetKeyState(ctx context.Context, req *cofferv1.SetKeyStateRequest) (*cofferv1.SetKeyStateResponse, error) {
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeSetKeyState, req)
+}

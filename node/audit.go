@@ -51,7 +51,7 @@ const (
 // opNames maps RPC methods to the operation names audit entries use (the
 // authorisation catalogue's names).
 var opNames = map[string]string{
-	"GenerateKey": "generate", "PutKey": "put", "GetKey": "get", "DescribeKey": "describe", "ListKeys": "list",
+	"GenerateKey": "generate", "PutKey": "put", "GetKey": "get", "DescribeKey": "describe", "ListKeys": "list", "SetKeyState": "state",
 	"Encrypt": "encrypt", "Decrypt": "decrypt", "GenerateDataKey": "datakey",
 	"CreatePolicy": "policy.create", "UpdatePolicy": "policy.update", "GetPolicy": "policy.read", "ListPolicies": "policy.read",
 	"Status": "cluster.read", "LocalStatus": "cluster.read", "Snapshot": "snapshot.save", "Restore": "snapshot.restore",

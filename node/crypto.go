@@ -94,7 +94,7 @@ func (s *service) decrypt(ctx context.Context, req *cofferv1.DecryptRequest) (*c
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
 	metricCryptoBytes.WithLabelValues(string(authz.OpDecrypt)).Add(float64(len(pt)))
-	return &cofferv1.DecryptResponse{Plaintext: pt, Gkid: h.GKID, KeyVersion: h.KeyVersion}, nil
+	return &cofferv1.DecryptResponse{Plaintext: pt, Gkid: h.GKID, KeyVersion: h.KeyVersion, KeyState: keyMetadata(rec).GetState()}, nil
 }
 
 // dataKeyLen is the length of a data key of algorithm a; 0 if the service

@@ -76,9 +76,12 @@ type createSpec struct {
 	resource  string
 	algorithm cofferv1.Algorithm
 	material  []byte // nil: generate
+	// activateAt is when a key created pre-active becomes active (zero:
+	// created active).
+	activateAt time.Time
 }
 
-func newCreateSpec(requestID, policy, resource string, alg cofferv1.Algorithm, material []byte, put bool) (*createSpec, error) {
+func newCreateSpec(requestID, policy, resource string, alg cofferv1.Algorithm, material []byte, put bool, activateAt *timestamppb.Timestamp) (*createSpec, error) {
 	if requestID != "" && !requestIDRE.MatchString(requestID) {
 		return nil, fmt.Errorf("%w: request_id must be 1-%d of [A-Za-z0-9._~-]", ErrInvalidArgument, MaxRequestIDLen)
 	}
@@ -104,15 +107,22 @@ func newCreateSpec(requestID, policy, resource string, alg cofferv1.Algorithm, m
 	if !put && len(material) != 0 {
 		return nil, fmt.Errorf("%w: generate takes no material", ErrInvalidArgument)
 	}
-	return &createSpec{requestID: requestID, policy: policy, resource: resource, algorithm: alg, material: material}, nil
+	spec := &createSpec{requestID: requestID, policy: policy, resource: resource, algorithm: alg, material: material}
+	if activateAt != nil {
+		if err := activateAt.CheckValid(); err != nil || activateAt.AsTime().UnixNano() <= 0 {
+			return nil, fmt.Errorf("%w: activate_at is not a valid time after 1970", ErrInvalidArgument)
+		}
+		spec.activateAt = activateAt.AsTime()
+	}
+	return spec, nil
 }
 
 func generateSpec(r *cofferv1.GenerateKeyRequest) (*createSpec, error) {
-	return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), nil, false)
+	return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), nil, false, r.GetActivateAt())
 }
 
 func putSpec(r *cofferv1.PutKeyRequest) (*createSpec, error) {
-	return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), r.GetMaterial(), true)
+	return newCreateSpec(r.GetRequestId(), r.GetPolicy(), r.GetResource(), r.GetAlgorithm(), r.GetMaterial(), true, r.GetActivateAt())
 }
 
 // generateKey executes a generate on the leader.
@@ -204,6 +214,10 @@ func (s *service) createKey(ctx context.Context, r *request, spec *createSpec) (
 		Revision:        1,
 		UsePolicy:       keyUsePolicy(pol, now),
 		CachePolicy:     pol.GetCachePolicy(),
+	}
+	if spec.activateAt.After(now) {
+		// Created pre-active: usable from activateAt, or once activated.
+		rec.State, rec.ActivateAtUnixNano = cofferv1.KeyState_KEY_STATE_PRE_ACTIVE, spec.activateAt.UnixNano()
 	}
 	if rec.Escrow, err = escrowCopies(pol, id, material); err != nil {
 		return nil, err
@@ -298,6 +312,10 @@ func (s *service) authorizedKey(ctx context.Context, r *request, id string, cons
 // operation that uses the material (get, and the data encryption service's)
 // it returns the unwrapped material, for other operations it wipes it.
 func (s *service) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
+	if rec.GetState() == cofferv1.KeyState_KEY_STATE_DESTROYED && !op.UsesMaterial() {
+		// Nothing left to verify or release: the metadata is all there is.
+		return nil, nil
+	}
 	if !op.UsesMaterial() {
 		return nil, s.barrier.VerifyKey(rec)
 	}
@@ -326,10 +344,14 @@ func (s *service) decidedKey(ctx context.Context, r *request, id string, op auth
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, nil, err // a damaged record: finishRequest records the failure
 	}
-	if pre != nil && !s.decideClient(c, op, pre.GetResource()).Allowed {
-		// Likely refused: do not unwrap for a caller without a grant here
-		// (Apply decides; if it grants, the record is checked after).
-		pre = nil
+	if pre != nil {
+		req := authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}
+		if refusal, _ := s.fsm.Authz().DecideKeyRead(req, id, pre, time.Unix(0, e.GetTimeUnixNano())); refusal != cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
+			// Likely refused: do not unwrap for a caller this node refuses,
+			// or a key whose state or use policy refuses the operation
+			// (Apply decides; if it grants, the record is checked after).
+			pre = nil
+		}
 	}
 	var material []byte
 	if pre != nil {
@@ -428,7 +450,7 @@ func (s *service) readKey(ctx context.Context, r *request, id string, c cofferv1
 	if err != nil {
 		return nil, err
 	}
-	e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
+	e.Resource, e.Policy, e.KeyCompromised = rec.GetResource(), rec.GetPolicy(), rec.GetCompromised()
 	return rec, nil
 }
 
@@ -515,7 +537,7 @@ func (s *service) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (
 
 // keyMetadata converts a stored record to API metadata, without material.
 func keyMetadata(r *cofferv1.KeyRecord) *cofferv1.KeyMetadata {
-	return &cofferv1.KeyMetadata{
+	md := &cofferv1.KeyMetadata{
 		Gkid:        r.GetGkid(),
 		Policy:      r.GetPolicy(),
 		Resource:    r.GetResource(),
@@ -527,7 +549,18 @@ func keyMetadata(r *cofferv1.KeyRecord) *cofferv1.KeyMetadata {
 		Revision:    r.GetRevision(),
 		UsePolicy:   r.GetUsePolicy(),
 		CachePolicy: cachePolicy(r.GetCachePolicy()),
+		Compromised: r.GetCompromised(),
 	}
+	if r.GetState() == cofferv1.KeyState_KEY_STATE_UNSPECIFIED {
+		md.State = cofferv1.KeyState_KEY_STATE_ACTIVE
+	}
+	if t := r.GetActivateAtUnixNano(); t != 0 {
+		md.ActivateAt = timestamppb.New(time.Unix(0, t))
+	}
+	if t := r.GetStateChangedUnixNano(); t != 0 {
+		md.StateChangedAt = timestamppb.New(time.Unix(0, t))
+	}
+	return md
 }
 
 func cachePolicy(c *cofferv1.KeyCachePolicy) *cofferv1.KeyCachePolicy {

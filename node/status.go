@@ -43,6 +43,7 @@ var codeTable = []struct {
 	{fsm.ErrClientExists, codes.AlreadyExists},
 	{fsm.ErrRuleExists, codes.AlreadyExists},
 	{fsm.ErrConflict, codes.Aborted},
+	{fsm.ErrKeyState, codes.FailedPrecondition},
 	{fsm.ErrAbandoned, codes.Aborted},
 	{ErrNoLeader, codes.Unavailable},
 	{ErrNotLeader, codes.Unavailable},

@@ -32,6 +32,9 @@ type writeRow[Req interface {
 	proto.Message
 }, Resp proto.Message] struct {
 	op authz.Op
+	// opFor names the operation of a request where it depends on the
+	// request (nil: op).
+	opFor func(Req) authz.Op
 	// in returns the request a forwarded write carries (nil if another),
 	// wrap puts one in a forwarded write.
 	in   func(*cofferv1.ForwardRequest) Req
@@ -129,6 +132,21 @@ var (
 		},
 		validate: func(q *cofferv1.PutKeyRequest) error { _, err := putSpec(q); return err },
 		execute:  (*service).putKey,
+		keyOp:    true,
+	}
+	writeSetKeyState = &writeRow[*cofferv1.SetKeyStateRequest, *cofferv1.SetKeyStateResponse]{
+		op:    authz.OpState,
+		opFor: func(q *cofferv1.SetKeyStateRequest) authz.Op { return stateOp(q.GetState()) },
+		in:    (*cofferv1.ForwardRequest).GetSetKeyState,
+		wrap: func(q *cofferv1.SetKeyStateRequest) *cofferv1.ForwardRequest {
+			return &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_SetKeyState{SetKeyState: q}}
+		},
+		out: (*cofferv1.ForwardResponse).GetSetKeyState,
+		result: func(p *cofferv1.SetKeyStateResponse) *cofferv1.ForwardResponse {
+			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_SetKeyState{SetKeyState: p}}
+		},
+		validate: validateSetKeyState,
+		execute:  (*service).setKeyState,
 		keyOp:    true,
 	}
 	writeCreatePolicy = &writeRow[*cofferv1.CreatePolicyRequest, *cofferv1.CreatePolicyResponse]{
@@ -281,7 +299,7 @@ var (
 
 // writeOps is the write table (see above).
 var writeOps = []writeOp{
-	writeGenerate, writePut, writeCreatePolicy, writeUpdatePolicy,
+	writeGenerate, writePut, writeSetKeyState, writeCreatePolicy, writeUpdatePolicy,
 	writeRegisterClient, writeSetClientActive, writeRevokeCertificate, writeGrant, writeRevokeGrant,
 	writePrune, writePinNode, writeRemoveNode, writeTransferLeadership, writeDrainNode,
 }
@@ -311,6 +329,9 @@ func submitWrite[Req interface {
 }, Resp proto.Message](s *service, ctx context.Context, r *request, w *writeRow[Req, Resp], req Req) (Resp, error) {
 	var none Resp
 	r.entry.Operation = string(w.op)
+	if w.opFor != nil {
+		r.entry.Operation = string(w.opFor(req))
+	}
 	if w.validate != nil {
 		if err := w.validate(req); err != nil {
 			return none, err

@@ -91,12 +91,26 @@ func (Algorithm) EnumDescriptor() ([]byte, []int) {
 	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{0}
 }
 
-// KeyState is the life-cycle state of a key.
+// KeyState is the life-cycle state of a key (NIST SP 800-57 part 1, 7.1).
+// Transitions: PRE_ACTIVE to ACTIVE (activate, or its activation time),
+// ACTIVE to DEACTIVATED, any state but DESTROYED to COMPROMISED, and any
+// state to DESTROYED. No key returns to an earlier state.
 type KeyState int32
 
 const (
 	KeyState_KEY_STATE_UNSPECIFIED KeyState = 0
-	KeyState_KEY_STATE_ACTIVE      KeyState = 1
+	// Every operation.
+	KeyState_KEY_STATE_ACTIVE KeyState = 1
+	// Not yet in use: describe only, until activated or its activation time.
+	KeyState_KEY_STATE_PRE_ACTIVE KeyState = 2
+	// Retired: decrypt and describe only.
+	KeyState_KEY_STATE_DEACTIVATED KeyState = 3
+	// Suspected known to others: decrypt and describe only, and every
+	// response and audit entry about it says so.
+	KeyState_KEY_STATE_COMPROMISED KeyState = 4
+	// The material is deleted on every node (crypto-shredding): describe
+	// only.
+	KeyState_KEY_STATE_DESTROYED KeyState = 5
 )
 
 // Enum value maps for KeyState.
@@ -104,10 +118,18 @@ var (
 	KeyState_name = map[int32]string{
 		0: "KEY_STATE_UNSPECIFIED",
 		1: "KEY_STATE_ACTIVE",
+		2: "KEY_STATE_PRE_ACTIVE",
+		3: "KEY_STATE_DEACTIVATED",
+		4: "KEY_STATE_COMPROMISED",
+		5: "KEY_STATE_DESTROYED",
 	}
 	KeyState_value = map[string]int32{
 		"KEY_STATE_UNSPECIFIED": 0,
 		"KEY_STATE_ACTIVE":      1,
+		"KEY_STATE_PRE_ACTIVE":  2,
+		"KEY_STATE_DEACTIVATED": 3,
+		"KEY_STATE_COMPROMISED": 4,
+		"KEY_STATE_DESTROYED":   5,
 	}
 )
 
@@ -380,18 +402,24 @@ func (x *KeyCachePolicy) GetMaxKeys() uint32 {
 
 // KeyMetadata describes a key. It never carries key material.
 type KeyMetadata struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Gkid          string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
-	Policy        string                 `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
-	Resource      string                 `protobuf:"bytes,3,opt,name=resource,proto3" json:"resource,omitempty"`
-	Owner         string                 `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
-	Algorithm     Algorithm              `protobuf:"varint,5,opt,name=algorithm,proto3,enum=coffer.v1.Algorithm" json:"algorithm,omitempty"`
-	State         KeyState               `protobuf:"varint,6,opt,name=state,proto3,enum=coffer.v1.KeyState" json:"state,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	KekVersion    uint32                 `protobuf:"varint,8,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
-	Revision      uint64                 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
-	UsePolicy     *KeyUsePolicy          `protobuf:"bytes,10,opt,name=use_policy,json=usePolicy,proto3" json:"use_policy,omitempty"`
-	CachePolicy   *KeyCachePolicy        `protobuf:"bytes,11,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Gkid        string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	Policy      string                 `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Resource    string                 `protobuf:"bytes,3,opt,name=resource,proto3" json:"resource,omitempty"`
+	Owner       string                 `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	Algorithm   Algorithm              `protobuf:"varint,5,opt,name=algorithm,proto3,enum=coffer.v1.Algorithm" json:"algorithm,omitempty"`
+	State       KeyState               `protobuf:"varint,6,opt,name=state,proto3,enum=coffer.v1.KeyState" json:"state,omitempty"`
+	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	KekVersion  uint32                 `protobuf:"varint,8,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
+	Revision    uint64                 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
+	UsePolicy   *KeyUsePolicy          `protobuf:"bytes,10,opt,name=use_policy,json=usePolicy,proto3" json:"use_policy,omitempty"`
+	CachePolicy *KeyCachePolicy        `protobuf:"bytes,11,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
+	// A pre-active key becomes active at this time (unset: when activated).
+	ActivateAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=activate_at,json=activateAt,proto3" json:"activate_at,omitempty"`
+	// When the state last changed (unset: never since creation).
+	StateChangedAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=state_changed_at,json=stateChangedAt,proto3" json:"state_changed_at,omitempty"`
+	// The key was marked compromised (stays set once it is destroyed).
+	Compromised   bool `protobuf:"varint,14,opt,name=compromised,proto3" json:"compromised,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -503,6 +531,27 @@ func (x *KeyMetadata) GetCachePolicy() *KeyCachePolicy {
 	return nil
 }
 
+func (x *KeyMetadata) GetActivateAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ActivateAt
+	}
+	return nil
+}
+
+func (x *KeyMetadata) GetStateChangedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StateChangedAt
+	}
+	return nil
+}
+
+func (x *KeyMetadata) GetCompromised() bool {
+	if x != nil {
+		return x.Compromised
+	}
+	return false
+}
+
 type GenerateKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Idempotency id chosen by the client (at most 64 characters). A retried
@@ -514,7 +563,10 @@ type GenerateKeyRequest struct {
 	// Resource the key is bound to (required).
 	Resource string `protobuf:"bytes,3,opt,name=resource,proto3" json:"resource,omitempty"`
 	// Algorithm; unspecified selects AES-256.
-	Algorithm     Algorithm `protobuf:"varint,4,opt,name=algorithm,proto3,enum=coffer.v1.Algorithm" json:"algorithm,omitempty"`
+	Algorithm Algorithm `protobuf:"varint,4,opt,name=algorithm,proto3,enum=coffer.v1.Algorithm" json:"algorithm,omitempty"`
+	// Create the key pre-active, to become active at this time (it may be
+	// activated earlier with SetKeyState). Unset: active at once.
+	ActivateAt    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=activate_at,json=activateAt,proto3" json:"activate_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -577,6 +629,13 @@ func (x *GenerateKeyRequest) GetAlgorithm() Algorithm {
 	return Algorithm_ALGORITHM_UNSPECIFIED
 }
 
+func (x *GenerateKeyRequest) GetActivateAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ActivateAt
+	}
+	return nil
+}
+
 type GenerateKeyResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -628,7 +687,9 @@ type PutKeyRequest struct {
 	Resource  string                 `protobuf:"bytes,3,opt,name=resource,proto3" json:"resource,omitempty"`
 	Algorithm Algorithm              `protobuf:"varint,4,opt,name=algorithm,proto3,enum=coffer.v1.Algorithm" json:"algorithm,omitempty"`
 	// The key material; its length must match the algorithm.
-	Material      []byte `protobuf:"bytes,5,opt,name=material,proto3" json:"material,omitempty"`
+	Material []byte `protobuf:"bytes,5,opt,name=material,proto3" json:"material,omitempty"`
+	// As for GenerateKeyRequest.activate_at.
+	ActivateAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=activate_at,json=activateAt,proto3" json:"activate_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -694,6 +755,13 @@ func (x *PutKeyRequest) GetAlgorithm() Algorithm {
 func (x *PutKeyRequest) GetMaterial() []byte {
 	if x != nil {
 		return x.Material
+	}
+	return nil
+}
+
+func (x *PutKeyRequest) GetActivateAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ActivateAt
 	}
 	return nil
 }
@@ -1074,6 +1142,125 @@ func (x *ListKeysResponse) GetNextPageToken() string {
 	return ""
 }
 
+type SetKeyStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Gkid  string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	// The state to move to: ACTIVE (activate), DEACTIVATED, COMPROMISED or
+	// DESTROYED. Needs the "state" grant on the key's resource, or "destroy"
+	// for DESTROYED.
+	State KeyState `protobuf:"varint,2,opt,name=state,proto3,enum=coffer.v1.KeyState" json:"state,omitempty"`
+	// Why, recorded in the audit entry (at most 256 characters).
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Destroy the key's escrow copies with it. A key that has escrow copies
+	// is not destroyed without this: the copies are the last way to recover
+	// it.
+	DestroyEscrow bool `protobuf:"varint,4,opt,name=destroy_escrow,json=destroyEscrow,proto3" json:"destroy_escrow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetKeyStateRequest) Reset() {
+	*x = SetKeyStateRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetKeyStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetKeyStateRequest) ProtoMessage() {}
+
+func (x *SetKeyStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetKeyStateRequest.ProtoReflect.Descriptor instead.
+func (*SetKeyStateRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SetKeyStateRequest) GetGkid() string {
+	if x != nil {
+		return x.Gkid
+	}
+	return ""
+}
+
+func (x *SetKeyStateRequest) GetState() KeyState {
+	if x != nil {
+		return x.State
+	}
+	return KeyState_KEY_STATE_UNSPECIFIED
+}
+
+func (x *SetKeyStateRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SetKeyStateRequest) GetDestroyEscrow() bool {
+	if x != nil {
+		return x.DestroyEscrow
+	}
+	return false
+}
+
+type SetKeyStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetKeyStateResponse) Reset() {
+	*x = SetKeyStateResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetKeyStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetKeyStateResponse) ProtoMessage() {}
+
+func (x *SetKeyStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetKeyStateResponse.ProtoReflect.Descriptor instead.
+func (*SetKeyStateResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SetKeyStateResponse) GetKey() *KeyMetadata {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 type NodeStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1125,7 +1312,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1324,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1337,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1312,7 +1499,7 @@ type SiteLoss struct {
 
 func (x *SiteLoss) Reset() {
 	*x = SiteLoss{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1511,7 @@ func (x *SiteLoss) String() string {
 func (*SiteLoss) ProtoMessage() {}
 
 func (x *SiteLoss) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1524,7 @@ func (x *SiteLoss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SiteLoss.ProtoReflect.Descriptor instead.
 func (*SiteLoss) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SiteLoss) GetSite() string {
@@ -1373,7 +1560,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1572,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1585,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClusterStatusRequest) GetDigest() bool {
@@ -1431,7 +1618,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1630,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1643,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClusterStatusResponse) GetNodes() []*NodeStatus {
@@ -1512,7 +1699,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1524,7 +1711,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1537,7 +1724,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NodeStatusRequest) GetDigest() bool {
@@ -1561,7 +1748,7 @@ type EscrowKeyInfo struct {
 
 func (x *EscrowKeyInfo) Reset() {
 	*x = EscrowKeyInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1573,7 +1760,7 @@ func (x *EscrowKeyInfo) String() string {
 func (*EscrowKeyInfo) ProtoMessage() {}
 
 func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1586,7 +1773,7 @@ func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EscrowKeyInfo.ProtoReflect.Descriptor instead.
 func (*EscrowKeyInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *EscrowKeyInfo) GetId() string {
@@ -1628,7 +1815,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1827,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1840,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Policy) GetName() string {
@@ -1736,7 +1923,7 @@ type CreatePolicyRequest struct {
 
 func (x *CreatePolicyRequest) Reset() {
 	*x = CreatePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1935,7 @@ func (x *CreatePolicyRequest) String() string {
 func (*CreatePolicyRequest) ProtoMessage() {}
 
 func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1948,7 @@ func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*CreatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreatePolicyRequest) GetName() string {
@@ -1827,7 +2014,7 @@ type UpdatePolicyRequest struct {
 
 func (x *UpdatePolicyRequest) Reset() {
 	*x = UpdatePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +2026,7 @@ func (x *UpdatePolicyRequest) String() string {
 func (*UpdatePolicyRequest) ProtoMessage() {}
 
 func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +2039,7 @@ func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UpdatePolicyRequest) GetName() string {
@@ -1920,7 +2107,7 @@ type UpdatePolicyResponse struct {
 
 func (x *UpdatePolicyResponse) Reset() {
 	*x = UpdatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2119,7 @@ func (x *UpdatePolicyResponse) String() string {
 func (*UpdatePolicyResponse) ProtoMessage() {}
 
 func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2132,7 @@ func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpdatePolicyResponse) GetPolicy() *Policy {
@@ -1964,7 +2151,7 @@ type CreatePolicyResponse struct {
 
 func (x *CreatePolicyResponse) Reset() {
 	*x = CreatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2163,7 @@ func (x *CreatePolicyResponse) String() string {
 func (*CreatePolicyResponse) ProtoMessage() {}
 
 func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2176,7 @@ func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*CreatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreatePolicyResponse) GetPolicy() *Policy {
@@ -2009,7 +2196,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2208,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2221,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetPolicyRequest) GetName() string {
@@ -2060,7 +2247,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2259,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2272,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetPolicyResponse) GetPolicy() *Policy {
@@ -2104,7 +2291,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2303,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2316,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListPoliciesRequest) GetConsistency() Consistency {
@@ -2148,7 +2335,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2160,7 +2347,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2173,7 +2360,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2191,7 +2378,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2390,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2403,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
 }
 
 // SnapshotChunk is a piece of a state snapshot stream (the fsm snapshot
@@ -2233,7 +2420,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2432,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2445,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2305,7 +2492,7 @@ type SnapshotSeal struct {
 
 func (x *SnapshotSeal) Reset() {
 	*x = SnapshotSeal{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2504,7 @@ func (x *SnapshotSeal) String() string {
 func (*SnapshotSeal) ProtoMessage() {}
 
 func (x *SnapshotSeal) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2517,7 @@ func (x *SnapshotSeal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSeal.ProtoReflect.Descriptor instead.
 func (*SnapshotSeal) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SnapshotSeal) GetClusterId() string {
@@ -2402,7 +2589,7 @@ type RestoreChunk struct {
 
 func (x *RestoreChunk) Reset() {
 	*x = RestoreChunk{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2414,7 +2601,7 @@ func (x *RestoreChunk) String() string {
 func (*RestoreChunk) ProtoMessage() {}
 
 func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2427,7 +2614,7 @@ func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
 func (*RestoreChunk) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RestoreChunk) GetSeal() *SnapshotSeal {
@@ -2457,7 +2644,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2656,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +2669,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RestoreResponse) GetClusterId() string {
@@ -2524,7 +2711,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2536,7 +2723,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2549,7 +2736,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RemoveNodeRequest) GetNode() string {
@@ -2578,7 +2765,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2777,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2790,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RemoveNodeResponse) GetNode() string {
@@ -2637,7 +2824,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2649,7 +2836,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2662,7 +2849,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2682,7 +2869,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2694,7 +2881,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2707,7 +2894,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TransferLeadershipResponse) GetFrom() string {
@@ -2734,7 +2921,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2746,7 +2933,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2759,7 +2946,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2786,7 +2973,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2798,7 +2985,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2811,7 +2998,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DrainNodeResponse) GetNode() string {
@@ -2841,7 +3028,7 @@ type PinNodeRequest struct {
 
 func (x *PinNodeRequest) Reset() {
 	*x = PinNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2853,7 +3040,7 @@ func (x *PinNodeRequest) String() string {
 func (*PinNodeRequest) ProtoMessage() {}
 
 func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2866,7 +3053,7 @@ func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeRequest.ProtoReflect.Descriptor instead.
 func (*PinNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PinNodeRequest) GetNode() string {
@@ -2898,7 +3085,7 @@ type PinNodeResponse struct {
 
 func (x *PinNodeResponse) Reset() {
 	*x = PinNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +3097,7 @@ func (x *PinNodeResponse) String() string {
 func (*PinNodeResponse) ProtoMessage() {}
 
 func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +3110,7 @@ func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeResponse.ProtoReflect.Descriptor instead.
 func (*PinNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PinNodeResponse) GetNode() string {
@@ -2970,7 +3157,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3169,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3182,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -3054,7 +3241,7 @@ type RegisterClientRequest struct {
 
 func (x *RegisterClientRequest) Reset() {
 	*x = RegisterClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3066,7 +3253,7 @@ func (x *RegisterClientRequest) String() string {
 func (*RegisterClientRequest) ProtoMessage() {}
 
 func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3079,7 +3266,7 @@ func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClientRequest.ProtoReflect.Descriptor instead.
 func (*RegisterClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RegisterClientRequest) GetName() string {
@@ -3120,7 +3307,7 @@ type SetClientActiveRequest struct {
 
 func (x *SetClientActiveRequest) Reset() {
 	*x = SetClientActiveRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3319,7 @@ func (x *SetClientActiveRequest) String() string {
 func (*SetClientActiveRequest) ProtoMessage() {}
 
 func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3332,7 @@ func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClientActiveRequest.ProtoReflect.Descriptor instead.
 func (*SetClientActiveRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SetClientActiveRequest) GetName() string {
@@ -3172,7 +3359,7 @@ type GetClientRequest struct {
 
 func (x *GetClientRequest) Reset() {
 	*x = GetClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3371,7 @@ func (x *GetClientRequest) String() string {
 func (*GetClientRequest) ProtoMessage() {}
 
 func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3384,7 @@ func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientRequest.ProtoReflect.Descriptor instead.
 func (*GetClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetClientRequest) GetName() string {
@@ -3223,7 +3410,7 @@ type ListClientsRequest struct {
 
 func (x *ListClientsRequest) Reset() {
 	*x = ListClientsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3235,7 +3422,7 @@ func (x *ListClientsRequest) String() string {
 func (*ListClientsRequest) ProtoMessage() {}
 
 func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3248,7 +3435,7 @@ func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
 func (*ListClientsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListClientsRequest) GetConsistency() Consistency {
@@ -3267,7 +3454,7 @@ type ListClientsResponse struct {
 
 func (x *ListClientsResponse) Reset() {
 	*x = ListClientsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3279,7 +3466,7 @@ func (x *ListClientsResponse) String() string {
 func (*ListClientsResponse) ProtoMessage() {}
 
 func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3292,7 +3479,7 @@ func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
 func (*ListClientsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListClientsResponse) GetClients() []*ClientInfo {
@@ -3313,7 +3500,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3325,7 +3512,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3338,7 +3525,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -3364,7 +3551,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3376,7 +3563,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3389,7 +3576,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RevokeCertificateResponse) GetSerial() string {
@@ -3415,7 +3602,7 @@ type AclRuleInfo struct {
 
 func (x *AclRuleInfo) Reset() {
 	*x = AclRuleInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3427,7 +3614,7 @@ func (x *AclRuleInfo) String() string {
 func (*AclRuleInfo) ProtoMessage() {}
 
 func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3440,7 +3627,7 @@ func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AclRuleInfo.ProtoReflect.Descriptor instead.
 func (*AclRuleInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *AclRuleInfo) GetId() string {
@@ -3499,7 +3686,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3511,7 +3698,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3524,7 +3711,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GrantRequest) GetSubject() string {
@@ -3564,7 +3751,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3576,7 +3763,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3589,7 +3776,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RevokeGrantRequest) GetId() string {
@@ -3608,7 +3795,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3620,7 +3807,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3633,7 +3820,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RevokeGrantResponse) GetId() string {
@@ -3654,7 +3841,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3666,7 +3853,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3679,7 +3866,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListGrantsRequest) GetSubject() string {
@@ -3705,7 +3892,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3717,7 +3904,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3730,7 +3917,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{54}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListGrantsResponse) GetRules() []*AclRuleInfo {
@@ -3755,7 +3942,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3767,7 +3954,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3780,7 +3967,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{55}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CheckRequest) GetClient() string {
@@ -3832,7 +4019,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3844,7 +4031,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3857,7 +4044,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{56}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CheckResponse) GetAllowed() bool {
@@ -3903,7 +4090,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x0eKeyCachePolicy\x12\x1c\n" +
 	"\tcacheable\x18\x01 \x01(\bR\tcacheable\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
-	"\bmax_keys\x18\x03 \x01(\rR\amaxKeys\"\xb8\x03\n" +
+	"\bmax_keys\x18\x03 \x01(\rR\amaxKeys\"\xdd\x04\n" +
 	"\vKeyMetadata\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -3919,22 +4106,30 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\n" +
 	"use_policy\x18\n" +
 	" \x01(\v2\x17.coffer.v1.KeyUsePolicyR\tusePolicy\x12<\n" +
-	"\fcache_policy\x18\v \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\"\x9b\x01\n" +
+	"\fcache_policy\x18\v \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x12;\n" +
+	"\vactivate_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"activateAt\x12D\n" +
+	"\x10state_changed_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0estateChangedAt\x12 \n" +
+	"\vcompromised\x18\x0e \x01(\bR\vcompromised\"\xd8\x01\n" +
 	"\x12GenerateKeyRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
 	"\bresource\x18\x03 \x01(\tR\bresource\x122\n" +
-	"\talgorithm\x18\x04 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\"?\n" +
+	"\talgorithm\x18\x04 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\x12;\n" +
+	"\vactivate_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"activateAt\"?\n" +
 	"\x13GenerateKeyResponse\x12(\n" +
-	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"\xb2\x01\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"\xef\x01\n" +
 	"\rPutKeyRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
 	"\bresource\x18\x03 \x01(\tR\bresource\x122\n" +
 	"\talgorithm\x18\x04 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\x12\x1a\n" +
-	"\bmaterial\x18\x05 \x01(\fR\bmaterial\":\n" +
+	"\bmaterial\x18\x05 \x01(\fR\bmaterial\x12;\n" +
+	"\vactivate_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"activateAt\":\n" +
 	"\x0ePutKeyResponse\x12(\n" +
 	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"]\n" +
 	"\rGetKeyRequest\x12\x12\n" +
@@ -3957,7 +4152,14 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vconsistency\x18\x05 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"f\n" +
 	"\x10ListKeysResponse\x12*\n" +
 	"\x04keys\x18\x01 \x03(\v2\x16.coffer.v1.KeyMetadataR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9f\x05\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x92\x01\n" +
+	"\x12SetKeyStateRequest\x12\x12\n" +
+	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12)\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x13.coffer.v1.KeyStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
+	"\x0edestroy_escrow\x18\x04 \x01(\bR\rdestroyEscrow\"?\n" +
+	"\x13SetKeyStateResponse\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"\x9f\x05\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -4175,10 +4377,14 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x11ALGORITHM_AES_128\x10\x01\x12\x15\n" +
 	"\x11ALGORITHM_AES_192\x10\x02\x12\x15\n" +
 	"\x11ALGORITHM_AES_256\x10\x03\x12\x19\n" +
-	"\x15ALGORITHM_HMAC_SHA256\x10\x04*;\n" +
+	"\x15ALGORITHM_HMAC_SHA256\x10\x04*\xa4\x01\n" +
 	"\bKeyState\x12\x19\n" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
-	"\x10KEY_STATE_ACTIVE\x10\x01*_\n" +
+	"\x10KEY_STATE_ACTIVE\x10\x01\x12\x18\n" +
+	"\x14KEY_STATE_PRE_ACTIVE\x10\x02\x12\x19\n" +
+	"\x15KEY_STATE_DEACTIVATED\x10\x03\x12\x19\n" +
+	"\x15KEY_STATE_COMPROMISED\x10\x04\x12\x17\n" +
+	"\x13KEY_STATE_DESTROYED\x10\x05*_\n" +
 	"\vConsistency\x12\x1b\n" +
 	"\x17CONSISTENCY_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONSISTENCY_LINEARIZABLE\x10\x01\x12\x15\n" +
@@ -4189,14 +4395,15 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x12NODE_ROLE_FOLLOWER\x10\x02\x12\x17\n" +
 	"\x13NODE_ROLE_CANDIDATE\x10\x03\x12\x16\n" +
 	"\x12NODE_ROLE_SHUTDOWN\x10\x04\x12\x19\n" +
-	"\x15NODE_ROLE_UNREACHABLE\x10\x052\xeb\x02\n" +
+	"\x15NODE_ROLE_UNREACHABLE\x10\x052\xb9\x03\n" +
 	"\n" +
 	"KeyService\x12L\n" +
 	"\vGenerateKey\x12\x1d.coffer.v1.GenerateKeyRequest\x1a\x1e.coffer.v1.GenerateKeyResponse\x12=\n" +
 	"\x06PutKey\x12\x18.coffer.v1.PutKeyRequest\x1a\x19.coffer.v1.PutKeyResponse\x12=\n" +
 	"\x06GetKey\x12\x18.coffer.v1.GetKeyRequest\x1a\x19.coffer.v1.GetKeyResponse\x12L\n" +
 	"\vDescribeKey\x12\x1d.coffer.v1.DescribeKeyRequest\x1a\x1e.coffer.v1.DescribeKeyResponse\x12C\n" +
-	"\bListKeys\x12\x1a.coffer.v1.ListKeysRequest\x1a\x1b.coffer.v1.ListKeysResponse2\xca\x02\n" +
+	"\bListKeys\x12\x1a.coffer.v1.ListKeysRequest\x1a\x1b.coffer.v1.ListKeysResponse\x12L\n" +
+	"\vSetKeyState\x12\x1d.coffer.v1.SetKeyStateRequest\x1a\x1e.coffer.v1.SetKeyStateResponse2\xca\x02\n" +
 	"\rPolicyService\x12O\n" +
 	"\fCreatePolicy\x12\x1e.coffer.v1.CreatePolicyRequest\x1a\x1f.coffer.v1.CreatePolicyResponse\x12O\n" +
 	"\fUpdatePolicy\x12\x1e.coffer.v1.UpdatePolicyRequest\x1a\x1f.coffer.v1.UpdatePolicyResponse\x12F\n" +
@@ -4237,7 +4444,7 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_coffer_v1_coffer_proto_goTypes = []any{
 	(Algorithm)(0),                     // 0: coffer.v1.Algorithm
 	(KeyState)(0),                      // 1: coffer.v1.KeyState
@@ -4256,164 +4463,174 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*DescribeKeyResponse)(nil),        // 14: coffer.v1.DescribeKeyResponse
 	(*ListKeysRequest)(nil),            // 15: coffer.v1.ListKeysRequest
 	(*ListKeysResponse)(nil),           // 16: coffer.v1.ListKeysResponse
-	(*NodeStatus)(nil),                 // 17: coffer.v1.NodeStatus
-	(*SiteLoss)(nil),                   // 18: coffer.v1.SiteLoss
-	(*ClusterStatusRequest)(nil),       // 19: coffer.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),      // 20: coffer.v1.ClusterStatusResponse
-	(*NodeStatusRequest)(nil),          // 21: coffer.v1.NodeStatusRequest
-	(*EscrowKeyInfo)(nil),              // 22: coffer.v1.EscrowKeyInfo
-	(*Policy)(nil),                     // 23: coffer.v1.Policy
-	(*CreatePolicyRequest)(nil),        // 24: coffer.v1.CreatePolicyRequest
-	(*UpdatePolicyRequest)(nil),        // 25: coffer.v1.UpdatePolicyRequest
-	(*UpdatePolicyResponse)(nil),       // 26: coffer.v1.UpdatePolicyResponse
-	(*CreatePolicyResponse)(nil),       // 27: coffer.v1.CreatePolicyResponse
-	(*GetPolicyRequest)(nil),           // 28: coffer.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),          // 29: coffer.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),        // 30: coffer.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),       // 31: coffer.v1.ListPoliciesResponse
-	(*SnapshotRequest)(nil),            // 32: coffer.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 33: coffer.v1.SnapshotChunk
-	(*SnapshotSeal)(nil),               // 34: coffer.v1.SnapshotSeal
-	(*RestoreChunk)(nil),               // 35: coffer.v1.RestoreChunk
-	(*RestoreResponse)(nil),            // 36: coffer.v1.RestoreResponse
-	(*RemoveNodeRequest)(nil),          // 37: coffer.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),         // 38: coffer.v1.RemoveNodeResponse
-	(*TransferLeadershipRequest)(nil),  // 39: coffer.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 40: coffer.v1.TransferLeadershipResponse
-	(*DrainNodeRequest)(nil),           // 41: coffer.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),          // 42: coffer.v1.DrainNodeResponse
-	(*PinNodeRequest)(nil),             // 43: coffer.v1.PinNodeRequest
-	(*PinNodeResponse)(nil),            // 44: coffer.v1.PinNodeResponse
-	(*ClientInfo)(nil),                 // 45: coffer.v1.ClientInfo
-	(*RegisterClientRequest)(nil),      // 46: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),     // 47: coffer.v1.SetClientActiveRequest
-	(*GetClientRequest)(nil),           // 48: coffer.v1.GetClientRequest
-	(*ListClientsRequest)(nil),         // 49: coffer.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),        // 50: coffer.v1.ListClientsResponse
-	(*RevokeCertificateRequest)(nil),   // 51: coffer.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil),  // 52: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),                // 53: coffer.v1.AclRuleInfo
-	(*GrantRequest)(nil),               // 54: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),         // 55: coffer.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),        // 56: coffer.v1.RevokeGrantResponse
-	(*ListGrantsRequest)(nil),          // 57: coffer.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),         // 58: coffer.v1.ListGrantsResponse
-	(*CheckRequest)(nil),               // 59: coffer.v1.CheckRequest
-	(*CheckResponse)(nil),              // 60: coffer.v1.CheckResponse
-	(*timestamppb.Timestamp)(nil),      // 61: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 62: google.protobuf.Duration
+	(*SetKeyStateRequest)(nil),         // 17: coffer.v1.SetKeyStateRequest
+	(*SetKeyStateResponse)(nil),        // 18: coffer.v1.SetKeyStateResponse
+	(*NodeStatus)(nil),                 // 19: coffer.v1.NodeStatus
+	(*SiteLoss)(nil),                   // 20: coffer.v1.SiteLoss
+	(*ClusterStatusRequest)(nil),       // 21: coffer.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),      // 22: coffer.v1.ClusterStatusResponse
+	(*NodeStatusRequest)(nil),          // 23: coffer.v1.NodeStatusRequest
+	(*EscrowKeyInfo)(nil),              // 24: coffer.v1.EscrowKeyInfo
+	(*Policy)(nil),                     // 25: coffer.v1.Policy
+	(*CreatePolicyRequest)(nil),        // 26: coffer.v1.CreatePolicyRequest
+	(*UpdatePolicyRequest)(nil),        // 27: coffer.v1.UpdatePolicyRequest
+	(*UpdatePolicyResponse)(nil),       // 28: coffer.v1.UpdatePolicyResponse
+	(*CreatePolicyResponse)(nil),       // 29: coffer.v1.CreatePolicyResponse
+	(*GetPolicyRequest)(nil),           // 30: coffer.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),          // 31: coffer.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),        // 32: coffer.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),       // 33: coffer.v1.ListPoliciesResponse
+	(*SnapshotRequest)(nil),            // 34: coffer.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 35: coffer.v1.SnapshotChunk
+	(*SnapshotSeal)(nil),               // 36: coffer.v1.SnapshotSeal
+	(*RestoreChunk)(nil),               // 37: coffer.v1.RestoreChunk
+	(*RestoreResponse)(nil),            // 38: coffer.v1.RestoreResponse
+	(*RemoveNodeRequest)(nil),          // 39: coffer.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),         // 40: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),  // 41: coffer.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 42: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeRequest)(nil),           // 43: coffer.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),          // 44: coffer.v1.DrainNodeResponse
+	(*PinNodeRequest)(nil),             // 45: coffer.v1.PinNodeRequest
+	(*PinNodeResponse)(nil),            // 46: coffer.v1.PinNodeResponse
+	(*ClientInfo)(nil),                 // 47: coffer.v1.ClientInfo
+	(*RegisterClientRequest)(nil),      // 48: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 49: coffer.v1.SetClientActiveRequest
+	(*GetClientRequest)(nil),           // 50: coffer.v1.GetClientRequest
+	(*ListClientsRequest)(nil),         // 51: coffer.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),        // 52: coffer.v1.ListClientsResponse
+	(*RevokeCertificateRequest)(nil),   // 53: coffer.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil),  // 54: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 55: coffer.v1.AclRuleInfo
+	(*GrantRequest)(nil),               // 56: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 57: coffer.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),        // 58: coffer.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),          // 59: coffer.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),         // 60: coffer.v1.ListGrantsResponse
+	(*CheckRequest)(nil),               // 61: coffer.v1.CheckRequest
+	(*CheckResponse)(nil),              // 62: coffer.v1.CheckResponse
+	(*timestamppb.Timestamp)(nil),      // 63: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 64: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	61, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	61, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	62, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	63, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	63, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	64, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,  // 3: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,  // 4: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	61, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	63, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 6: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,  // 7: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	0,  // 8: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	6,  // 9: coffer.v1.GenerateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	0,  // 10: coffer.v1.PutKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	6,  // 11: coffer.v1.PutKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 12: coffer.v1.GetKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 13: coffer.v1.GetKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 14: coffer.v1.DescribeKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 15: coffer.v1.DescribeKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 16: coffer.v1.ListKeysRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 17: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
-	3,  // 18: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
-	17, // 19: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
-	18, // 20: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
-	0,  // 21: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	22, // 22: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,  // 23: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	5,  // 24: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	61, // 25: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	62, // 26: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
-	0,  // 27: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	22, // 28: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,  // 29: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	62, // 30: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,  // 31: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	0,  // 32: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	4,  // 33: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	62, // 34: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,  // 35: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	22, // 36: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	23, // 37: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	23, // 38: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 39: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
-	23, // 40: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 41: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
-	23, // 42: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	34, // 43: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	34, // 44: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	61, // 45: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 46: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
-	2,  // 47: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
-	45, // 48: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	61, // 49: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 50: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
-	53, // 51: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
-	2,  // 52: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
-	7,  // 53: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	9,  // 54: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	11, // 55: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	13, // 56: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	15, // 57: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	24, // 58: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	25, // 59: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
-	28, // 60: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	30, // 61: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	32, // 62: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	35, // 63: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
-	19, // 64: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	21, // 65: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	43, // 66: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
-	37, // 67: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
-	39, // 68: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
-	41, // 69: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
-	46, // 70: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	47, // 71: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	48, // 72: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	49, // 73: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	51, // 74: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	54, // 75: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	55, // 76: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	57, // 77: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	59, // 78: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	8,  // 79: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	10, // 80: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	12, // 81: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	14, // 82: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	16, // 83: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	27, // 84: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	26, // 85: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
-	29, // 86: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	31, // 87: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	33, // 88: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	36, // 89: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
-	20, // 90: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	17, // 91: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	44, // 92: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
-	38, // 93: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
-	40, // 94: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
-	42, // 95: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
-	45, // 96: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	45, // 97: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	45, // 98: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	50, // 99: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	52, // 100: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	53, // 101: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	56, // 102: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	58, // 103: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	60, // 104: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	79, // [79:105] is the sub-list for method output_type
-	53, // [53:79] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	63, // 8: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
+	63, // 9: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
+	0,  // 10: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	63, // 11: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	6,  // 12: coffer.v1.GenerateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	0,  // 13: coffer.v1.PutKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	63, // 14: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	6,  // 15: coffer.v1.PutKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,  // 16: coffer.v1.GetKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	6,  // 17: coffer.v1.GetKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,  // 18: coffer.v1.DescribeKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	6,  // 19: coffer.v1.DescribeKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,  // 20: coffer.v1.ListKeysRequest.consistency:type_name -> coffer.v1.Consistency
+	6,  // 21: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
+	1,  // 22: coffer.v1.SetKeyStateRequest.state:type_name -> coffer.v1.KeyState
+	6,  // 23: coffer.v1.SetKeyStateResponse.key:type_name -> coffer.v1.KeyMetadata
+	3,  // 24: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
+	19, // 25: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
+	20, // 26: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
+	0,  // 27: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	24, // 28: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,  // 29: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	5,  // 30: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	63, // 31: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	64, // 32: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	0,  // 33: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	24, // 34: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,  // 35: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	64, // 36: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,  // 37: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	0,  // 38: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	4,  // 39: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	64, // 40: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,  // 41: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	24, // 42: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	25, // 43: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	25, // 44: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 45: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
+	25, // 46: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 47: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
+	25, // 48: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
+	36, // 49: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	36, // 50: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	63, // 51: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 52: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
+	2,  // 53: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
+	47, // 54: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	63, // 55: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 56: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
+	55, // 57: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	2,  // 58: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
+	7,  // 59: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	9,  // 60: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	11, // 61: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	13, // 62: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	15, // 63: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	17, // 64: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
+	26, // 65: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	27, // 66: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
+	30, // 67: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	32, // 68: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	34, // 69: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	37, // 70: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
+	21, // 71: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	23, // 72: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	45, // 73: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
+	39, // 74: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
+	41, // 75: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
+	43, // 76: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
+	48, // 77: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	49, // 78: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	50, // 79: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	51, // 80: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	53, // 81: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	56, // 82: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	57, // 83: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	59, // 84: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	61, // 85: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	8,  // 86: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	10, // 87: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	12, // 88: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	14, // 89: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	16, // 90: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	18, // 91: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
+	29, // 92: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	28, // 93: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	31, // 94: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	33, // 95: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	35, // 96: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	38, // 97: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
+	22, // 98: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	19, // 99: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	46, // 100: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
+	40, // 101: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
+	42, // 102: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
+	44, // 103: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
+	47, // 104: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	47, // 105: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	47, // 106: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	52, // 107: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	54, // 108: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	55, // 109: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	58, // 110: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	60, // 111: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	62, // 112: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	86, // [86:113] is the sub-list for method output_type
+	59, // [59:86] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -4427,7 +4644,7 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   57,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -36,6 +36,7 @@ const (
 	KeyService_GetKey_FullMethodName      = "/coffer.v1.KeyService/GetKey"
 	KeyService_DescribeKey_FullMethodName = "/coffer.v1.KeyService/DescribeKey"
 	KeyService_ListKeys_FullMethodName    = "/coffer.v1.KeyService/ListKeys"
+	KeyService_SetKeyState_FullMethodName = "/coffer.v1.KeyService/SetKeyState"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -49,6 +50,10 @@ type KeyServiceClient interface {
 	GetKey(ctx context.Context, in *GetKeyRequest, opts ...grpc.CallOption) (*GetKeyResponse, error)
 	DescribeKey(ctx context.Context, in *DescribeKeyRequest, opts ...grpc.CallOption) (*DescribeKeyResponse, error)
 	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
+	// SetKeyState moves a key through its life cycle (see KeyState). Every
+	// node enforces the new state for every request that arrives after the
+	// change is acknowledged.
+	SetKeyState(ctx context.Context, in *SetKeyStateRequest, opts ...grpc.CallOption) (*SetKeyStateResponse, error)
 }
 
 type keyServiceClient struct {
@@ -109,6 +114,16 @@ func (c *keyServiceClient) ListKeys(ctx context.Context, in *ListKeysRequest, op
 	return out, nil
 }
 
+func (c *keyServiceClient) SetKeyState(ctx context.Context, in *SetKeyStateRequest, opts ...grpc.CallOption) (*SetKeyStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetKeyStateResponse)
+	err := c.cc.Invoke(ctx, KeyService_SetKeyState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -120,6 +135,10 @@ type KeyServiceServer interface {
 	GetKey(context.Context, *GetKeyRequest) (*GetKeyResponse, error)
 	DescribeKey(context.Context, *DescribeKeyRequest) (*DescribeKeyResponse, error)
 	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
+	// SetKeyState moves a key through its life cycle (see KeyState). Every
+	// node enforces the new state for every request that arrives after the
+	// change is acknowledged.
+	SetKeyState(context.Context, *SetKeyStateRequest) (*SetKeyStateResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -144,6 +163,9 @@ func (UnimplementedKeyServiceServer) DescribeKey(context.Context, *DescribeKeyRe
 }
 func (UnimplementedKeyServiceServer) ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListKeys not implemented")
+}
+func (UnimplementedKeyServiceServer) SetKeyState(context.Context, *SetKeyStateRequest) (*SetKeyStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetKeyState not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -256,6 +278,24 @@ func _KeyService_ListKeys_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_SetKeyState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetKeyStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).SetKeyState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_SetKeyState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).SetKeyState(ctx, req.(*SetKeyStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -282,6 +322,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListKeys",
 			Handler:    _KeyService_ListKeys_Handler,
+		},
+		{
+			MethodName: "SetKeyState",
+			Handler:    _KeyService_SetKeyState_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -236,8 +236,11 @@ type DecryptResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Plaintext []byte                 `protobuf:"bytes,1,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
 	// The key the ciphertext named.
-	Gkid          string `protobuf:"bytes,2,opt,name=gkid,proto3" json:"gkid,omitempty"`
-	KeyVersion    uint32 `protobuf:"varint,3,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	Gkid       string `protobuf:"bytes,2,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	KeyVersion uint32 `protobuf:"varint,3,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// The key's state: DEACTIVATED or COMPROMISED keys still decrypt, and a
+	// caller should re-encrypt what a COMPROMISED key protects.
+	KeyState      KeyState `protobuf:"varint,4,opt,name=key_state,json=keyState,proto3,enum=coffer.v1.KeyState" json:"key_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -291,6 +294,13 @@ func (x *DecryptResponse) GetKeyVersion() uint32 {
 		return x.KeyVersion
 	}
 	return 0
+}
+
+func (x *DecryptResponse) GetKeyState() KeyState {
+	if x != nil {
+		return x.KeyState
+	}
+	return KeyState_KEY_STATE_UNSPECIFIED
 }
 
 type GenerateDataKeyRequest struct {
@@ -480,12 +490,13 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\vconsistency\x18\x03 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x1a:\n" +
 	"\fContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x01\n" +
 	"\x0fDecryptResponse\x12\x1c\n" +
 	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12\x12\n" +
 	"\x04gkid\x18\x02 \x01(\tR\x04gkid\x12\x1f\n" +
 	"\vkey_version\x18\x03 \x01(\rR\n" +
-	"keyVersion\"\xcd\x02\n" +
+	"keyVersion\x120\n" +
+	"\tkey_state\x18\x04 \x01(\x0e2\x13.coffer.v1.KeyStateR\bkeyState\"\xcd\x02\n" +
 	"\x16GenerateDataKeyRequest\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12H\n" +
 	"\acontext\x18\x02 \x03(\v2..coffer.v1.GenerateDataKeyRequest.ContextEntryR\acontext\x122\n" +
@@ -533,28 +544,30 @@ var file_coffer_v1_crypto_proto_goTypes = []any{
 	nil,                             // 7: coffer.v1.DecryptRequest.ContextEntry
 	nil,                             // 8: coffer.v1.GenerateDataKeyRequest.ContextEntry
 	(Consistency)(0),                // 9: coffer.v1.Consistency
-	(Algorithm)(0),                  // 10: coffer.v1.Algorithm
+	(KeyState)(0),                   // 10: coffer.v1.KeyState
+	(Algorithm)(0),                  // 11: coffer.v1.Algorithm
 }
 var file_coffer_v1_crypto_proto_depIdxs = []int32{
 	6,  // 0: coffer.v1.EncryptRequest.context:type_name -> coffer.v1.EncryptRequest.ContextEntry
 	9,  // 1: coffer.v1.EncryptRequest.consistency:type_name -> coffer.v1.Consistency
 	7,  // 2: coffer.v1.DecryptRequest.context:type_name -> coffer.v1.DecryptRequest.ContextEntry
 	9,  // 3: coffer.v1.DecryptRequest.consistency:type_name -> coffer.v1.Consistency
-	8,  // 4: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
-	10, // 5: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	9,  // 6: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	10, // 7: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
-	0,  // 8: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
-	2,  // 9: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
-	4,  // 10: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
-	1,  // 11: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
-	3,  // 12: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
-	5,  // 13: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	10, // 4: coffer.v1.DecryptResponse.key_state:type_name -> coffer.v1.KeyState
+	8,  // 5: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
+	11, // 6: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	9,  // 7: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	11, // 8: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
+	0,  // 9: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
+	2,  // 10: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
+	4,  // 11: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
+	1,  // 12: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
+	3,  // 13: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
+	5,  // 14: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_crypto_proto_init() }

@@ -42,6 +42,7 @@ const (
 	CommandType_COMMAND_TYPE_AUDIT_PRUNE        CommandType = 10
 	CommandType_COMMAND_TYPE_UPDATE_POLICY      CommandType = 11
 	CommandType_COMMAND_TYPE_PIN_NODE           CommandType = 12
+	CommandType_COMMAND_TYPE_SET_KEY_STATE      CommandType = 13
 )
 
 // Enum value maps for CommandType.
@@ -60,6 +61,7 @@ var (
 		10: "COMMAND_TYPE_AUDIT_PRUNE",
 		11: "COMMAND_TYPE_UPDATE_POLICY",
 		12: "COMMAND_TYPE_PIN_NODE",
+		13: "COMMAND_TYPE_SET_KEY_STATE",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -75,6 +77,7 @@ var (
 		"COMMAND_TYPE_AUDIT_PRUNE":        10,
 		"COMMAND_TYPE_UPDATE_POLICY":      11,
 		"COMMAND_TYPE_PIN_NODE":           12,
+		"COMMAND_TYPE_SET_KEY_STATE":      13,
 	}
 )
 
@@ -118,6 +121,8 @@ const (
 	ReadRefusal_READ_REFUSAL_EXPIRED           ReadRefusal = 6
 	// The key cannot do what was asked (encrypt with an HMAC key).
 	ReadRefusal_READ_REFUSAL_UNSUITABLE ReadRefusal = 7
+	// The key's life-cycle state does not allow it (KeyState).
+	ReadRefusal_READ_REFUSAL_KEY_STATE ReadRefusal = 8
 )
 
 // Enum value maps for ReadRefusal.
@@ -131,6 +136,7 @@ var (
 		5: "READ_REFUSAL_NOT_YET_VALID",
 		6: "READ_REFUSAL_EXPIRED",
 		7: "READ_REFUSAL_UNSUITABLE",
+		8: "READ_REFUSAL_KEY_STATE",
 	}
 	ReadRefusal_value = map[string]int32{
 		"READ_REFUSAL_UNSPECIFIED":       0,
@@ -141,6 +147,7 @@ var (
 		"READ_REFUSAL_NOT_YET_VALID":     5,
 		"READ_REFUSAL_EXPIRED":           6,
 		"READ_REFUSAL_UNSUITABLE":        7,
+		"READ_REFUSAL_KEY_STATE":         8,
 	}
 )
 
@@ -255,6 +262,7 @@ type ForwardRequest struct {
 	//	*ForwardRequest_RemoveNode
 	//	*ForwardRequest_TransferLeadership
 	//	*ForwardRequest_DrainNode
+	//	*ForwardRequest_SetKeyState
 	Op isForwardRequest_Op `protobuf_oneof:"op"`
 	// Time of the accepting node's audit entry for the request. The leader
 	// gives its entry the same time, so that an entry the accepting node
@@ -441,6 +449,15 @@ func (x *ForwardRequest) GetDrainNode() *DrainNodeRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetSetKeyState() *SetKeyStateRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_SetKeyState); ok {
+			return x.SetKeyState
+		}
+	}
+	return nil
+}
+
 func (x *ForwardRequest) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
@@ -515,6 +532,10 @@ type ForwardRequest_DrainNode struct {
 	DrainNode *DrainNodeRequest `protobuf:"bytes,16,opt,name=drain_node,json=drainNode,proto3,oneof"`
 }
 
+type ForwardRequest_SetKeyState struct {
+	SetKeyState *SetKeyStateRequest `protobuf:"bytes,18,opt,name=set_key_state,json=setKeyState,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
@@ -543,6 +564,8 @@ func (*ForwardRequest_TransferLeadership) isForwardRequest_Op() {}
 
 func (*ForwardRequest_DrainNode) isForwardRequest_Op() {}
 
+func (*ForwardRequest_SetKeyState) isForwardRequest_Op() {}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
@@ -560,6 +583,7 @@ type ForwardResponse struct {
 	//	*ForwardResponse_RemoveNode
 	//	*ForwardResponse_TransferLeadership
 	//	*ForwardResponse_DrainNode
+	//	*ForwardResponse_SetKeyState
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -719,6 +743,15 @@ func (x *ForwardResponse) GetDrainNode() *DrainNodeResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetSetKeyState() *SetKeyStateResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_SetKeyState); ok {
+			return x.SetKeyState
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -775,6 +808,10 @@ type ForwardResponse_DrainNode struct {
 	DrainNode *DrainNodeResponse `protobuf:"bytes,13,opt,name=drain_node,json=drainNode,proto3,oneof"`
 }
 
+type ForwardResponse_SetKeyState struct {
+	SetKeyState *SetKeyStateResponse `protobuf:"bytes,14,opt,name=set_key_state,json=setKeyState,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
@@ -800,6 +837,8 @@ func (*ForwardResponse_RemoveNode) isForwardResponse_Result() {}
 func (*ForwardResponse_TransferLeadership) isForwardResponse_Result() {}
 
 func (*ForwardResponse_DrainNode) isForwardResponse_Result() {}
+
+func (*ForwardResponse_SetKeyState) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1151,7 +1190,13 @@ type KeyRecord struct {
 	UsePolicy       *KeyUsePolicy   `protobuf:"bytes,11,opt,name=use_policy,json=usePolicy,proto3" json:"use_policy,omitempty"`
 	CachePolicy     *KeyCachePolicy `protobuf:"bytes,12,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
 	// The material encrypted to each of the policy's escrow keys.
-	Escrow        []*EscrowCopy `protobuf:"bytes,13,rep,name=escrow,proto3" json:"escrow,omitempty"`
+	Escrow []*EscrowCopy `protobuf:"bytes,13,rep,name=escrow,proto3" json:"escrow,omitempty"`
+	// A PRE_ACTIVE key is ACTIVE from this time on (0: when activated).
+	ActivateAtUnixNano int64 `protobuf:"varint,14,opt,name=activate_at_unix_nano,json=activateAtUnixNano,proto3" json:"activate_at_unix_nano,omitempty"`
+	// When the state last changed (0: never since creation).
+	StateChangedUnixNano int64 `protobuf:"varint,15,opt,name=state_changed_unix_nano,json=stateChangedUnixNano,proto3" json:"state_changed_unix_nano,omitempty"`
+	// Marked COMPROMISED at some point (kept once DESTROYED).
+	Compromised   bool `protobuf:"varint,16,opt,name=compromised,proto3" json:"compromised,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1275,6 +1320,27 @@ func (x *KeyRecord) GetEscrow() []*EscrowCopy {
 		return x.Escrow
 	}
 	return nil
+}
+
+func (x *KeyRecord) GetActivateAtUnixNano() int64 {
+	if x != nil {
+		return x.ActivateAtUnixNano
+	}
+	return 0
+}
+
+func (x *KeyRecord) GetStateChangedUnixNano() int64 {
+	if x != nil {
+		return x.StateChangedUnixNano
+	}
+	return 0
+}
+
+func (x *KeyRecord) GetCompromised() bool {
+	if x != nil {
+		return x.Compromised
+	}
+	return false
 }
 
 // EscrowKey is a security officer's offline recovery public key.
@@ -1832,6 +1898,70 @@ func (x *CreateKeyCommand) GetAudit() *AuditEntry {
 	return nil
 }
 
+// SetKeyStateCommand replaces a key record with its next state, at the
+// expected revision. The leader builds the record (re-sealed under the new
+// associated data, or without material for DESTROYED); Apply checks the
+// transition and the revision.
+type SetKeyStateCommand struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Key              *KeyRecord             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	ExpectedRevision uint64                 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	Audit            *AuditEntry            `protobuf:"bytes,3,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetKeyStateCommand) Reset() {
+	*x = SetKeyStateCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetKeyStateCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetKeyStateCommand) ProtoMessage() {}
+
+func (x *SetKeyStateCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetKeyStateCommand.ProtoReflect.Descriptor instead.
+func (*SetKeyStateCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SetKeyStateCommand) GetKey() *KeyRecord {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *SetKeyStateCommand) GetExpectedRevision() uint64 {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return 0
+}
+
+func (x *SetKeyStateCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 type CreatePolicyCommand struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Policy *PolicyRecord          `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
@@ -1844,7 +1974,7 @@ type CreatePolicyCommand struct {
 
 func (x *CreatePolicyCommand) Reset() {
 	*x = CreatePolicyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[18]
+	mi := &file_coffer_v1_internal_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +1986,7 @@ func (x *CreatePolicyCommand) String() string {
 func (*CreatePolicyCommand) ProtoMessage() {}
 
 func (x *CreatePolicyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[18]
+	mi := &file_coffer_v1_internal_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +1999,7 @@ func (x *CreatePolicyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyCommand.ProtoReflect.Descriptor instead.
 func (*CreatePolicyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{18}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreatePolicyCommand) GetPolicy() *PolicyRecord {
@@ -1904,7 +2034,7 @@ type AuditBatchCommand struct {
 
 func (x *AuditBatchCommand) Reset() {
 	*x = AuditBatchCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[19]
+	mi := &file_coffer_v1_internal_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2046,7 @@ func (x *AuditBatchCommand) String() string {
 func (*AuditBatchCommand) ProtoMessage() {}
 
 func (x *AuditBatchCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[19]
+	mi := &file_coffer_v1_internal_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2059,7 @@ func (x *AuditBatchCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditBatchCommand.ProtoReflect.Descriptor instead.
 func (*AuditBatchCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{19}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AuditBatchCommand) GetEntries() []*AuditEntry {
@@ -1970,7 +2100,7 @@ type ReadDecision struct {
 
 func (x *ReadDecision) Reset() {
 	*x = ReadDecision{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	mi := &file_coffer_v1_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2112,7 @@ func (x *ReadDecision) String() string {
 func (*ReadDecision) ProtoMessage() {}
 
 func (x *ReadDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	mi := &file_coffer_v1_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2125,7 @@ func (x *ReadDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadDecision.ProtoReflect.Descriptor instead.
 func (*ReadDecision) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{20}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReadDecision) GetEntry() uint32 {
@@ -2023,7 +2153,7 @@ type AppendAuditRequest struct {
 
 func (x *AppendAuditRequest) Reset() {
 	*x = AppendAuditRequest{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[21]
+	mi := &file_coffer_v1_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2035,7 +2165,7 @@ func (x *AppendAuditRequest) String() string {
 func (*AppendAuditRequest) ProtoMessage() {}
 
 func (x *AppendAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[21]
+	mi := &file_coffer_v1_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2048,7 +2178,7 @@ func (x *AppendAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendAuditRequest.ProtoReflect.Descriptor instead.
 func (*AppendAuditRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{21}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AppendAuditRequest) GetEntries() []*AuditEntry {
@@ -2084,7 +2214,7 @@ type AppendAuditResponse struct {
 
 func (x *AppendAuditResponse) Reset() {
 	*x = AppendAuditResponse{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[22]
+	mi := &file_coffer_v1_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2226,7 @@ func (x *AppendAuditResponse) String() string {
 func (*AppendAuditResponse) ProtoMessage() {}
 
 func (x *AppendAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[22]
+	mi := &file_coffer_v1_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2239,7 @@ func (x *AppendAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendAuditResponse.ProtoReflect.Descriptor instead.
 func (*AppendAuditResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{22}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AppendAuditResponse) GetIndex() uint64 {
@@ -2140,7 +2270,7 @@ type ReadOutcome struct {
 
 func (x *ReadOutcome) Reset() {
 	*x = ReadOutcome{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	mi := &file_coffer_v1_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2282,7 @@ func (x *ReadOutcome) String() string {
 func (*ReadOutcome) ProtoMessage() {}
 
 func (x *ReadOutcome) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	mi := &file_coffer_v1_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2295,7 @@ func (x *ReadOutcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutcome.ProtoReflect.Descriptor instead.
 func (*ReadOutcome) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{23}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReadOutcome) GetRefusal() ReadRefusal {
@@ -2203,7 +2333,7 @@ type AuditCheckpointCommand struct {
 
 func (x *AuditCheckpointCommand) Reset() {
 	*x = AuditCheckpointCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[24]
+	mi := &file_coffer_v1_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2345,7 @@ func (x *AuditCheckpointCommand) String() string {
 func (*AuditCheckpointCommand) ProtoMessage() {}
 
 func (x *AuditCheckpointCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[24]
+	mi := &file_coffer_v1_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2358,7 @@ func (x *AuditCheckpointCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditCheckpointCommand.ProtoReflect.Descriptor instead.
 func (*AuditCheckpointCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{24}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AuditCheckpointCommand) GetCheckpoint() *AuditCheckpoint {
@@ -2258,7 +2388,7 @@ type AuditPruneCommand struct {
 
 func (x *AuditPruneCommand) Reset() {
 	*x = AuditPruneCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[25]
+	mi := &file_coffer_v1_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2270,7 +2400,7 @@ func (x *AuditPruneCommand) String() string {
 func (*AuditPruneCommand) ProtoMessage() {}
 
 func (x *AuditPruneCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[25]
+	mi := &file_coffer_v1_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2413,7 @@ func (x *AuditPruneCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditPruneCommand.ProtoReflect.Descriptor instead.
 func (*AuditPruneCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{25}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AuditPruneCommand) GetUpToSeq() uint64 {
@@ -2312,7 +2442,7 @@ type UpdatePolicyCommand struct {
 
 func (x *UpdatePolicyCommand) Reset() {
 	*x = UpdatePolicyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[26]
+	mi := &file_coffer_v1_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2454,7 @@ func (x *UpdatePolicyCommand) String() string {
 func (*UpdatePolicyCommand) ProtoMessage() {}
 
 func (x *UpdatePolicyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[26]
+	mi := &file_coffer_v1_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2467,7 @@ func (x *UpdatePolicyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyCommand.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{26}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdatePolicyCommand) GetPolicy() *PolicyRecord {
@@ -2400,7 +2530,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[27]
+	mi := &file_coffer_v1_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2542,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[27]
+	mi := &file_coffer_v1_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2555,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{27}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NodeRecord) GetId() string {
@@ -2538,7 +2668,7 @@ type PinNodeCommand struct {
 
 func (x *PinNodeCommand) Reset() {
 	*x = PinNodeCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[28]
+	mi := &file_coffer_v1_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2680,7 @@ func (x *PinNodeCommand) String() string {
 func (*PinNodeCommand) ProtoMessage() {}
 
 func (x *PinNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[28]
+	mi := &file_coffer_v1_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2693,7 @@ func (x *PinNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeCommand.ProtoReflect.Descriptor instead.
 func (*PinNodeCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{28}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PinNodeCommand) GetNode() *NodeRecord {
@@ -2603,7 +2733,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\xc7\b\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\x8c\t\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -2623,11 +2753,12 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"removeNode\x12W\n" +
 	"\x13transfer_leadership\x18\x0f \x01(\v2$.coffer.v1.TransferLeadershipRequestH\x00R\x12transferLeadership\x12<\n" +
 	"\n" +
-	"drain_node\x18\x10 \x01(\v2\x1b.coffer.v1.DrainNodeRequestH\x00R\tdrainNode\x12$\n" +
+	"drain_node\x18\x10 \x01(\v2\x1b.coffer.v1.DrainNodeRequestH\x00R\tdrainNode\x12C\n" +
+	"\rset_key_state\x18\x12 \x01(\v2\x1d.coffer.v1.SetKeyStateRequestH\x00R\vsetKeyState\x12$\n" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x11 \x01(\tR\trequestIdB\x04\n" +
-	"\x02op\"\xf7\x06\n" +
+	"\x02op\"\xbd\a\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
@@ -2645,7 +2776,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"removeNode\x12X\n" +
 	"\x13transfer_leadership\x18\f \x01(\v2%.coffer.v1.TransferLeadershipResponseH\x00R\x12transferLeadership\x12=\n" +
 	"\n" +
-	"drain_node\x18\r \x01(\v2\x1c.coffer.v1.DrainNodeResponseH\x00R\tdrainNodeB\b\n" +
+	"drain_node\x18\r \x01(\v2\x1c.coffer.v1.DrainNodeResponseH\x00R\tdrainNode\x12D\n" +
+	"\rset_key_state\x18\x0e \x01(\v2\x1e.coffer.v1.SetKeyStateResponseH\x00R\vsetKeyStateB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -2673,7 +2805,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"escrowKeys\x12,\n" +
 	"\x12max_lifetime_nanos\x18\n" +
 	" \x01(\x03R\x10maxLifetimeNanos\x12#\n" +
-	"\rintegrity_tag\x18\v \x01(\fR\fintegrityTag\"\x81\x04\n" +
+	"\rintegrity_tag\x18\v \x01(\fR\fintegrityTag\"\x8d\x05\n" +
 	"\tKeyRecord\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -2690,7 +2822,10 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\n" +
 	"use_policy\x18\v \x01(\v2\x17.coffer.v1.KeyUsePolicyR\tusePolicy\x12<\n" +
 	"\fcache_policy\x18\f \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x12-\n" +
-	"\x06escrow\x18\r \x03(\v2\x15.coffer.v1.EscrowCopyR\x06escrow\"P\n" +
+	"\x06escrow\x18\r \x03(\v2\x15.coffer.v1.EscrowCopyR\x06escrow\x121\n" +
+	"\x15activate_at_unix_nano\x18\x0e \x01(\x03R\x12activateAtUnixNano\x125\n" +
+	"\x17state_changed_unix_nano\x18\x0f \x01(\x03R\x14stateChangedUnixNano\x12 \n" +
+	"\vcompromised\x18\x10 \x01(\bR\vcompromised\"P\n" +
 	"\tEscrowKey\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -2731,6 +2866,10 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\v2\x14.coffer.v1.KeyRecordR\x03key\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\x12+\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\x96\x01\n" +
+	"\x12SetKeyStateCommand\x12&\n" +
+	"\x03key\x18\x01 \x01(\v2\x14.coffer.v1.KeyRecordR\x03key\x12+\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
 	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"s\n" +
 	"\x13CreatePolicyCommand\x12/\n" +
 	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
@@ -2788,7 +2927,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x15.coffer.v1.NodeRecordR\x04node\x12$\n" +
 	"\x0eonly_if_absent\x18\x02 \x01(\bR\fonlyIfAbsent\x12+\n" +
 	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\x12'\n" +
-	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256*\xa4\x03\n" +
+	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256*\xc4\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1b\n" +
@@ -2803,7 +2942,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x18COMMAND_TYPE_AUDIT_PRUNE\x10\n" +
 	"\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v\x12\x19\n" +
-	"\x15COMMAND_TYPE_PIN_NODE\x10\f*\xfe\x01\n" +
+	"\x15COMMAND_TYPE_PIN_NODE\x10\f\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_SET_KEY_STATE\x10\r*\x9a\x02\n" +
 	"\vReadRefusal\x12\x1c\n" +
 	"\x18READ_REFUSAL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16READ_REFUSAL_NOT_FOUND\x10\x01\x12\x18\n" +
@@ -2812,7 +2952,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x1eREAD_REFUSAL_PERMISSION_DENIED\x10\x04\x12\x1e\n" +
 	"\x1aREAD_REFUSAL_NOT_YET_VALID\x10\x05\x12\x18\n" +
 	"\x14READ_REFUSAL_EXPIRED\x10\x06\x12\x1b\n" +
-	"\x17READ_REFUSAL_UNSUITABLE\x10\a2\xe9\x01\n" +
+	"\x17READ_REFUSAL_UNSUITABLE\x10\a\x12\x1a\n" +
+	"\x16READ_REFUSAL_KEY_STATE\x10\b2\xe9\x01\n" +
 	"\x0fInternalService\x12@\n" +
 	"\aForward\x12\x19.coffer.v1.ForwardRequest\x1a\x1a.coffer.v1.ForwardResponse\x12F\n" +
 	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponse\x12L\n" +
@@ -2831,7 +2972,7 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),                   // 0: coffer.v1.CommandType
 	(ReadRefusal)(0),                   // 1: coffer.v1.ReadRefusal
@@ -2853,132 +2994,139 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*DeleteAclRuleCommand)(nil),       // 17: coffer.v1.DeleteAclRuleCommand
 	(*RevokeCertificateCommand)(nil),   // 18: coffer.v1.RevokeCertificateCommand
 	(*CreateKeyCommand)(nil),           // 19: coffer.v1.CreateKeyCommand
-	(*CreatePolicyCommand)(nil),        // 20: coffer.v1.CreatePolicyCommand
-	(*AuditBatchCommand)(nil),          // 21: coffer.v1.AuditBatchCommand
-	(*ReadDecision)(nil),               // 22: coffer.v1.ReadDecision
-	(*AppendAuditRequest)(nil),         // 23: coffer.v1.AppendAuditRequest
-	(*AppendAuditResponse)(nil),        // 24: coffer.v1.AppendAuditResponse
-	(*ReadOutcome)(nil),                // 25: coffer.v1.ReadOutcome
-	(*AuditCheckpointCommand)(nil),     // 26: coffer.v1.AuditCheckpointCommand
-	(*AuditPruneCommand)(nil),          // 27: coffer.v1.AuditPruneCommand
-	(*UpdatePolicyCommand)(nil),        // 28: coffer.v1.UpdatePolicyCommand
-	(*NodeRecord)(nil),                 // 29: coffer.v1.NodeRecord
-	(*PinNodeCommand)(nil),             // 30: coffer.v1.PinNodeCommand
-	(*GenerateKeyRequest)(nil),         // 31: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),              // 32: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),        // 33: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),      // 34: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),     // 35: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),   // 36: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),               // 37: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),         // 38: coffer.v1.RevokeGrantRequest
-	(*UpdatePolicyRequest)(nil),        // 39: coffer.v1.UpdatePolicyRequest
-	(*AuditPruneRequest)(nil),          // 40: coffer.v1.AuditPruneRequest
-	(*PinNodeRequest)(nil),             // 41: coffer.v1.PinNodeRequest
-	(*RemoveNodeRequest)(nil),          // 42: coffer.v1.RemoveNodeRequest
-	(*TransferLeadershipRequest)(nil),  // 43: coffer.v1.TransferLeadershipRequest
-	(*DrainNodeRequest)(nil),           // 44: coffer.v1.DrainNodeRequest
-	(*GenerateKeyResponse)(nil),        // 45: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),             // 46: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),       // 47: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                 // 48: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil),  // 49: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),                // 50: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),        // 51: coffer.v1.RevokeGrantResponse
-	(*UpdatePolicyResponse)(nil),       // 52: coffer.v1.UpdatePolicyResponse
-	(*AuditPruneResponse)(nil),         // 53: coffer.v1.AuditPruneResponse
-	(*PinNodeResponse)(nil),            // 54: coffer.v1.PinNodeResponse
-	(*RemoveNodeResponse)(nil),         // 55: coffer.v1.RemoveNodeResponse
-	(*TransferLeadershipResponse)(nil), // 56: coffer.v1.TransferLeadershipResponse
-	(*DrainNodeResponse)(nil),          // 57: coffer.v1.DrainNodeResponse
-	(Algorithm)(0),                     // 58: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),               // 59: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),             // 60: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                      // 61: coffer.v1.KeyState
-	(*ClientRecord)(nil),               // 62: coffer.v1.ClientRecord
-	(*AclRule)(nil),                    // 63: coffer.v1.AclRule
-	(*AuditEntry)(nil),                 // 64: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),         // 65: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),            // 66: coffer.v1.AuditCheckpoint
+	(*SetKeyStateCommand)(nil),         // 20: coffer.v1.SetKeyStateCommand
+	(*CreatePolicyCommand)(nil),        // 21: coffer.v1.CreatePolicyCommand
+	(*AuditBatchCommand)(nil),          // 22: coffer.v1.AuditBatchCommand
+	(*ReadDecision)(nil),               // 23: coffer.v1.ReadDecision
+	(*AppendAuditRequest)(nil),         // 24: coffer.v1.AppendAuditRequest
+	(*AppendAuditResponse)(nil),        // 25: coffer.v1.AppendAuditResponse
+	(*ReadOutcome)(nil),                // 26: coffer.v1.ReadOutcome
+	(*AuditCheckpointCommand)(nil),     // 27: coffer.v1.AuditCheckpointCommand
+	(*AuditPruneCommand)(nil),          // 28: coffer.v1.AuditPruneCommand
+	(*UpdatePolicyCommand)(nil),        // 29: coffer.v1.UpdatePolicyCommand
+	(*NodeRecord)(nil),                 // 30: coffer.v1.NodeRecord
+	(*PinNodeCommand)(nil),             // 31: coffer.v1.PinNodeCommand
+	(*GenerateKeyRequest)(nil),         // 32: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),              // 33: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),        // 34: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),      // 35: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 36: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),   // 37: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),               // 38: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 39: coffer.v1.RevokeGrantRequest
+	(*UpdatePolicyRequest)(nil),        // 40: coffer.v1.UpdatePolicyRequest
+	(*AuditPruneRequest)(nil),          // 41: coffer.v1.AuditPruneRequest
+	(*PinNodeRequest)(nil),             // 42: coffer.v1.PinNodeRequest
+	(*RemoveNodeRequest)(nil),          // 43: coffer.v1.RemoveNodeRequest
+	(*TransferLeadershipRequest)(nil),  // 44: coffer.v1.TransferLeadershipRequest
+	(*DrainNodeRequest)(nil),           // 45: coffer.v1.DrainNodeRequest
+	(*SetKeyStateRequest)(nil),         // 46: coffer.v1.SetKeyStateRequest
+	(*GenerateKeyResponse)(nil),        // 47: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),             // 48: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),       // 49: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                 // 50: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil),  // 51: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 52: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),        // 53: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),       // 54: coffer.v1.UpdatePolicyResponse
+	(*AuditPruneResponse)(nil),         // 55: coffer.v1.AuditPruneResponse
+	(*PinNodeResponse)(nil),            // 56: coffer.v1.PinNodeResponse
+	(*RemoveNodeResponse)(nil),         // 57: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipResponse)(nil), // 58: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeResponse)(nil),          // 59: coffer.v1.DrainNodeResponse
+	(*SetKeyStateResponse)(nil),        // 60: coffer.v1.SetKeyStateResponse
+	(Algorithm)(0),                     // 61: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),               // 62: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),             // 63: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                      // 64: coffer.v1.KeyState
+	(*ClientRecord)(nil),               // 65: coffer.v1.ClientRecord
+	(*AclRule)(nil),                    // 66: coffer.v1.AclRule
+	(*AuditEntry)(nil),                 // 67: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),         // 68: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),            // 69: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	2,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	31, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	32, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	33, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	34, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
-	35, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
-	36, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
-	37, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
-	38, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
-	39, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
-	40, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
-	41, // 11: coffer.v1.ForwardRequest.pin_node:type_name -> coffer.v1.PinNodeRequest
-	42, // 12: coffer.v1.ForwardRequest.remove_node:type_name -> coffer.v1.RemoveNodeRequest
-	43, // 13: coffer.v1.ForwardRequest.transfer_leadership:type_name -> coffer.v1.TransferLeadershipRequest
-	44, // 14: coffer.v1.ForwardRequest.drain_node:type_name -> coffer.v1.DrainNodeRequest
-	45, // 15: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	46, // 16: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	47, // 17: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	48, // 18: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	49, // 19: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	50, // 20: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	51, // 21: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	52, // 22: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
-	53, // 23: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
-	54, // 24: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
-	55, // 25: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
-	56, // 26: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
-	57, // 27: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
-	0,  // 28: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	8,  // 29: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	58, // 30: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	59, // 31: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	60, // 32: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 33: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	58, // 34: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	61, // 35: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	59, // 36: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	60, // 37: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	12, // 38: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	13, // 39: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	9,  // 40: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	62, // 41: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	63, // 42: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	62, // 43: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	64, // 44: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	63, // 45: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	64, // 46: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	64, // 47: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	65, // 48: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	64, // 49: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 50: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	64, // 51: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 52: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	64, // 53: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	64, // 54: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	22, // 55: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
-	64, // 56: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	22, // 57: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
-	25, // 58: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
-	1,  // 59: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
-	66, // 60: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	64, // 61: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 62: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	64, // 63: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	29, // 64: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
-	64, // 65: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
-	3,  // 66: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	5,  // 67: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	23, // 68: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	4,  // 69: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	6,  // 70: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	24, // 71: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	69, // [69:72] is the sub-list for method output_type
-	66, // [66:69] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	32, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	33, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	34, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	35, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	36, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	37, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	38, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	39, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	40, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
+	41, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
+	42, // 11: coffer.v1.ForwardRequest.pin_node:type_name -> coffer.v1.PinNodeRequest
+	43, // 12: coffer.v1.ForwardRequest.remove_node:type_name -> coffer.v1.RemoveNodeRequest
+	44, // 13: coffer.v1.ForwardRequest.transfer_leadership:type_name -> coffer.v1.TransferLeadershipRequest
+	45, // 14: coffer.v1.ForwardRequest.drain_node:type_name -> coffer.v1.DrainNodeRequest
+	46, // 15: coffer.v1.ForwardRequest.set_key_state:type_name -> coffer.v1.SetKeyStateRequest
+	47, // 16: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	48, // 17: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	49, // 18: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	50, // 19: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	51, // 20: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	52, // 21: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	53, // 22: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	54, // 23: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	55, // 24: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
+	56, // 25: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
+	57, // 26: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
+	58, // 27: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
+	59, // 28: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
+	60, // 29: coffer.v1.ForwardResponse.set_key_state:type_name -> coffer.v1.SetKeyStateResponse
+	0,  // 30: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	8,  // 31: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	61, // 32: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	62, // 33: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	63, // 34: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 35: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	61, // 36: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	64, // 37: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	62, // 38: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	63, // 39: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	12, // 40: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	13, // 41: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	9,  // 42: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	65, // 43: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	66, // 44: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	65, // 45: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	67, // 46: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	66, // 47: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	67, // 48: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	67, // 49: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	68, // 50: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	67, // 51: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 52: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	67, // 53: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 54: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
+	67, // 55: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 56: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	67, // 57: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	67, // 58: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	23, // 59: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	67, // 60: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	23, // 61: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	26, // 62: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 63: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	69, // 64: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	67, // 65: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 66: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	67, // 67: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	30, // 68: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
+	67, // 69: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
+	3,  // 70: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	5,  // 71: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	24, // 72: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	4,  // 73: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	6,  // 74: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	25, // 75: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	73, // [73:76] is the sub-list for method output_type
+	70, // [70:73] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -3004,6 +3152,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardRequest_RemoveNode)(nil),
 		(*ForwardRequest_TransferLeadership)(nil),
 		(*ForwardRequest_DrainNode)(nil),
+		(*ForwardRequest_SetKeyState)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
@@ -3019,6 +3168,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardResponse_RemoveNode)(nil),
 		(*ForwardResponse_TransferLeadership)(nil),
 		(*ForwardResponse_DrainNode)(nil),
+		(*ForwardResponse_SetKeyState)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3026,7 +3176,7 @@ func file_coffer_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,90 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
+)
+
+// Key life cycle (SET_KEY_STATE).
+//
+// A state change replaces the key's record with the next one, which the
+// leader built: the new state, the next revision, the time of the change,
+// and either the material re-sealed under the record's new associated data
+// or, for DESTROYED, no material and no escrow copies at all. Apply checks
+// what must hold against committed state, alike on every replica: the
+// record exists at the expected revision, nothing but the life-cycle
+// fields (and the re-sealed material) changed, and the transition is one
+// authz.KeyTransitionAllowed allows from the key's state at the time of the
+// change.
+
+// ErrKeyState refuses a state change the key's life cycle does not allow.
+var ErrKeyState = errors.New("fsm: key state does not allow this change")
+
+func applySetKeyState(a *applyCtx, payload []byte, index uint64) Result {
+	var c cofferv1.SetKeyStateCommand
+	if err := a.decode(payload, &c, index); err != nil {
+		return Result{Err: err}
+	}
+	next := c.GetKey()
+	id := next.GetGkid()
+	cur, err := a.key(id)
+	if errors.Is(err, ErrNotFound) {
+		return Result{Err: fmt.Errorf("%w: key %s", ErrNotFound, id)}
+	} else if err != nil {
+		panic(err.Error())
+	}
+	if cur.GetRevision() != c.GetExpectedRevision() {
+		return Result{Err: fmt.Errorf("%w: key %s is at revision %d, not %d", ErrConflict, id, cur.GetRevision(), c.GetExpectedRevision())}
+	}
+	if err := checkNextKeyRecord(cur, next); err != nil {
+		return Result{Err: err}
+	}
+	from, to := authz.KeyStateAt(cur, time.Unix(0, next.GetStateChangedUnixNano())), next.GetState()
+	if !authz.KeyTransitionAllowed(from, to) {
+		return Result{Err: fmt.Errorf("%w: key %s is %s and cannot become %s", ErrKeyState, id, authz.StateName(from), authz.StateName(to))}
+	}
+	mustSet(a.b, keyKey(id), next)
+	if a.keysChanged == nil {
+		a.keysChanged = map[string]*cofferv1.KeyRecord{}
+	}
+	a.keysChanged[id] = next
+	return Result{Key: next}
+}
+
+// checkNextKeyRecord refuses a next record that changes more than a state
+// change may.
+func checkNextKeyRecord(cur, next *cofferv1.KeyRecord) error {
+	switch {
+	case next.GetPolicy() != cur.GetPolicy() || next.GetResource() != cur.GetResource() || next.GetOwner() != cur.GetOwner() ||
+		next.GetAlgorithm() != cur.GetAlgorithm() || next.GetCreatedUnixNano() != cur.GetCreatedUnixNano() ||
+		next.GetActivateAtUnixNano() != cur.GetActivateAtUnixNano():
+		return fmt.Errorf("%w: a state change of key %s changes more than its state", ErrInvalidCommand, cur.GetGkid())
+	case next.GetRevision() != cur.GetRevision()+1:
+		return fmt.Errorf("%w: key %s: next revision %d after %d", ErrInvalidCommand, cur.GetGkid(), next.GetRevision(), cur.GetRevision())
+	case next.GetStateChangedUnixNano() <= 0:
+		return fmt.Errorf("%w: key %s: state change without a time", ErrInvalidCommand, cur.GetGkid())
+	case cur.GetCompromised() && !next.GetCompromised(),
+		next.GetState() == cofferv1.KeyState_KEY_STATE_COMPROMISED && !next.GetCompromised():
+		return fmt.Errorf("%w: key %s: the compromise mark is kept", ErrInvalidCommand, cur.GetGkid())
+	case next.GetState() == cofferv1.KeyState_KEY_STATE_DESTROYED:
+		if len(next.GetWrappedMaterial()) != 0 || len(next.GetEscrow()) != 0 {
+			return fmt.Errorf("%w: destroyed key %s still carries material", ErrInvalidCommand, cur.GetGkid())
+		}
+	case len(next.GetWrappedMaterial()) == 0 || len(next.GetEscrow()) != len(cur.GetEscrow()):
+		return fmt.Errorf("%w: key %s loses its material or escrow copies without being destroyed", ErrInvalidCommand, cur.GetGkid())
+	}
+	return nil
+}
+
+// key reads a key record as of this point of the batch: one the batch
+// replaced, else the committed one through the key cache.
+func (a *applyCtx) key(gkid string) (*cofferv1.KeyRecord, error) {
+	if k, ok := a.keysChanged[gkid]; ok {
+		return k, nil
+	}
+	return a.f.cachedKey(a.b, gkid)
+}

@@ -1,0 +1,133 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unicode"
+
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/fsm"
+)
+
+// The key life cycle: SetKeyState moves a key through its states
+// (cofferv1.KeyState). It is a write like any other (a row of the write
+// table): the leader authorises it against the key's resource ("state", or
+// "destroy" for DESTROYED), checks the transition, builds the next record
+// (the material re-sealed under the record's new associated data, or gone
+// for DESTROYED) and proposes it with the request's audit entry, which names
+// the old and new state. Apply checks the transition again against
+// committed state; from then on every node decides every use of the key
+// with the new state (authz.Snapshot.DecideKeyRead).
+
+// maxStateReason bounds SetKeyStateRequest.reason.
+const maxStateReason = 256
+
+// stateOp is the operation that moving a key to state to needs.
+func stateOp(to cofferv1.KeyState) authz.Op {
+	if to == cofferv1.KeyState_KEY_STATE_DESTROYED {
+		return authz.OpDestroy
+	}
+	return authz.OpState
+}
+
+func validateSetKeyState(req *cofferv1.SetKeyStateRequest) error {
+	if err := validateGKID(req.GetGkid()); err != nil {
+		return err
+	}
+	switch req.GetState() {
+	case cofferv1.KeyState_KEY_STATE_ACTIVE, cofferv1.KeyState_KEY_STATE_DEACTIVATED,
+		cofferv1.KeyState_KEY_STATE_COMPROMISED, cofferv1.KeyState_KEY_STATE_DESTROYED:
+	default:
+		return fmt.Errorf("%w: a key can be moved to ACTIVE, DEACTIVATED, COMPROMISED or DESTROYED, not %v", ErrInvalidArgument, req.GetState())
+	}
+	if len(req.GetReason()) > maxStateReason {
+		return fmt.Errorf("%w: reason is %d bytes, at most %d", ErrInvalidArgument, len(req.GetReason()), maxStateReason)
+	}
+	for _, r := range req.GetReason() {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("%w: reason holds a control or formatting character", ErrInvalidArgument)
+		}
+	}
+	if req.GetDestroyEscrow() && req.GetState() != cofferv1.KeyState_KEY_STATE_DESTROYED {
+		return fmt.Errorf("%w: destroy_escrow goes with state DESTROYED", ErrInvalidArgument)
+	}
+	return nil
+}
+
+// setKeyState executes a state change on the leader.
+func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.SetKeyStateRequest) (*cofferv1.SetKeyStateResponse, error) {
+	c, id, to := r.caller, req.GetGkid(), req.GetState()
+	op := stateOp(to)
+	r.entry.Operation = string(op)
+	if err := s.replica.ensureLeaderReady(); err != nil {
+		return nil, err
+	}
+	cur, err := s.storedKey(id)
+	if errors.Is(err, ErrNotFound) {
+		cur, err = nil, nil // DecideKeyRead says what the caller may learn of it
+	}
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, cur, now)
+	if err := s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail}); err != nil {
+		return nil, err
+	}
+	e := r.entry
+	e.Gkid, e.Resource, e.Policy, e.KeyCompromised = id, cur.GetResource(), cur.GetPolicy(), cur.GetCompromised()
+	from := authz.KeyStateAt(cur, now)
+	e.Reason = clip("state "+authz.StateName(from)+" -> "+authz.StateName(to)+reasonSuffix(req.GetReason()), maxStateReason+64)
+	if !authz.KeyTransitionAllowed(from, to) {
+		return nil, fmt.Errorf("%w: key %s is %s and cannot become %s", fsm.ErrKeyState, id, authz.StateName(from), authz.StateName(to))
+	}
+	if n := len(cur.GetEscrow()); to == cofferv1.KeyState_KEY_STATE_DESTROYED && n > 0 && !req.GetDestroyEscrow() {
+		return nil, fmt.Errorf("%w: key %s has %d escrow copies, the last way to recover it; destroying the key destroys them too: ask again with destroy_escrow (coffer key destroy --destroy-escrow)", ErrPrecondition, id, n)
+	}
+	next := proto.CloneOf(cur)
+	next.State, next.Revision, next.StateChangedUnixNano = to, cur.GetRevision()+1, now.UnixNano()
+	if to == cofferv1.KeyState_KEY_STATE_COMPROMISED {
+		next.Compromised = true
+	}
+	if to == cofferv1.KeyState_KEY_STATE_DESTROYED {
+		// Crypto-shredding: the next record carries neither the wrapped
+		// material nor its escrow copies.
+		next.WrappedMaterial, next.Escrow = nil, nil
+	} else if err := s.reseal(cur, next); err != nil {
+		return nil, err
+	}
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_SET_KEY_STATE,
+		&cofferv1.SetKeyStateCommand{Key: next, ExpectedRevision: cur.GetRevision(), Audit: e})
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.SetKeyStateResponse{Key: keyMetadata(res.Key)}, nil
+}
+
+// reseal seals cur's material into next, whose associated data differs
+// (state, revision, times): the keystore opens it under cur's and seals it
+// under next's, with the policy's current KEK.
+func (s *service) reseal(cur, next *cofferv1.KeyRecord) error {
+	material, err := s.barrier.OpenKey(cur)
+	if err != nil {
+		return err
+	}
+	defer clear(material)
+	pol, err := s.barrier.VerifiedPolicy(cur.GetPolicy())
+	if err != nil {
+		return err
+	}
+	return s.barrier.SealKey(pol, next, material)
+}
+
+func reasonSuffix(reason string) string {
+	if reason == "" {
+		return ""
+	}
+	return ": " + reason
+}
