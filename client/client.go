@@ -63,6 +63,7 @@ type endpoint struct {
 	policies cofferv1.PolicyServiceClient
 	access   cofferv1.AccessServiceClient
 	audit    cofferv1.AuditServiceClient
+	crypto   cofferv1.CryptoServiceClient
 	// downUntil is the end of the endpoint's cool-down in Unix nanoseconds;
 	// zero when it is not cooling down.
 	downUntil atomic.Int64
@@ -111,6 +112,7 @@ func (c *Client) dial(addr string) (*endpoint, error) {
 		policies: cofferv1.NewPolicyServiceClient(conn),
 		access:   cofferv1.NewAccessServiceClient(conn),
 		audit:    cofferv1.NewAuditServiceClient(conn),
+		crypto:   cofferv1.NewCryptoServiceClient(conn),
 	}, nil
 }
 

@@ -2,8 +2,8 @@
 //
 // A [Client] talks to a set of Coffer nodes over mutual TLS, one gRPC
 // connection per node, and offers one method per RPC of the public API
-// (coffer.v1.KeyService, PolicyService, AccessService, AuditService and
-// ClusterService). Every node serves every
+// (coffer.v1.KeyService, PolicyService, AccessService, AuditService,
+// CryptoService and ClusterService). Every node serves every
 // RPC: writes are forwarded to the Raft leader by the node that receives them,
 // reads are answered locally.
 //
@@ -17,10 +17,30 @@
 //	defer c.Close()
 //	resp, err := c.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "db/orders"})
 //
+// # Data encryption
+//
+// The CryptoService calls use a key without releasing it: [Client.Encrypt]
+// encrypts up to [MaxEncryptPlaintext] bytes under an AES key,
+// [Client.Decrypt] decrypts with the key the ciphertext names, and
+// [Client.GenerateDataKey] returns a fresh data key with a copy of it
+// encrypted under the key, for data too large to send (encrypt it locally,
+// store the encrypted data key beside it, and Decrypt that later). An
+// encryption context, a map of at most [MaxContextPairs] pairs and
+// [MaxContextBytes] bytes, is bound to the ciphertext: decrypting needs the
+// same pairs. [Client.EncryptBytes] and [Client.DecryptBytes] are the
+// byte-slice shorthands:
+//
+//	ct, err := c.EncryptBytes(ctx, gkid, secret, map[string]string{"tenant": "acme"})
+//	...
+//	pt, err := c.DecryptBytes(ctx, ct, map[string]string{"tenant": "acme"})
+//
+// They are reads for the retry policy below (any node serves them);
+// retrying them is safe, though each attempt that reaches a node is audited.
+//
 // # Load balancing
 //
-// Reads are spread over the endpoints round-robin (an atomic counter picks
-// the starting endpoint of each call). Writes (GenerateKey, PutKey) go first
+// Reads, the CryptoService calls among them, are spread over the endpoints
+// round-robin (an atomic counter picks the starting endpoint of each call). Writes (GenerateKey, PutKey) go first
 // to the node that the last successful write named as leader in its response
 // header ([LeaderAddrKey]), when that node is one of the endpoints: a follower
 // would forward the write there anyway, so this saves a hop. The remembered

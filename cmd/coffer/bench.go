@@ -2,12 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"math/bits"
-	"math/rand/v2"
+	mathrand "math/rand/v2"
 	"os"
 	"sort"
 	"sync"
@@ -34,7 +35,13 @@ const (
 	benchGenerate = "generate"
 	benchGet      = "get"
 	benchMix      = "mix"
+	benchEncrypt  = "encrypt"
+	benchDecrypt  = "decrypt"
+	benchDataKey  = "datakey"
 )
+
+// defaultBenchSize is the plaintext size of --op encrypt and decrypt.
+const defaultBenchSize = 1024
 
 // opKind indexes per-operation statistics.
 type opKind int
@@ -42,10 +49,24 @@ type opKind int
 const (
 	opGenerate opKind = iota
 	opGet
+	opEncrypt
+	opDecrypt
+	opDataKey
 	numOps
 )
 
-func (k opKind) String() string { return [...]string{benchGenerate, benchGet}[k] }
+func (k opKind) String() string {
+	return [...]string{benchGenerate, benchGet, benchEncrypt, benchDecrypt, benchDataKey}[k]
+}
+
+// benchOps maps each --op but mix to the one operation it runs.
+var benchOps = map[string]opKind{
+	benchGenerate: opGenerate,
+	benchGet:      opGet,
+	benchEncrypt:  opEncrypt,
+	benchDecrypt:  opDecrypt,
+	benchDataKey:  opDataKey,
+}
 
 // benchConfig is the bench's flags.
 type benchConfig struct {
@@ -55,6 +76,7 @@ type benchConfig struct {
 	duration    time.Duration
 	warmup      time.Duration
 	keys        int
+	size        int
 	jsonFile    string
 	policy      string
 	resource    string
@@ -63,9 +85,10 @@ type benchConfig struct {
 }
 
 func (b benchConfig) validate() error {
+	_, known := benchOps[b.op]
 	switch {
-	case b.op != benchGenerate && b.op != benchGet && b.op != benchMix:
-		return fmt.Errorf("--op %q: want generate, get or mix", b.op)
+	case !known && b.op != benchMix:
+		return fmt.Errorf("--op %q: want generate, get, mix, encrypt, decrypt or datakey", b.op)
 	case b.getRatio < 0 || b.getRatio > 1 || math.IsNaN(b.getRatio):
 		return fmt.Errorf("--get-ratio %v: want a value in [0, 1]", b.getRatio)
 	case b.concurrency < 1 || b.concurrency > maxBenchConcurrency:
@@ -76,27 +99,51 @@ func (b benchConfig) validate() error {
 		return fmt.Errorf("--warmup %v: want 0 to %v", b.warmup, maxBenchDuration)
 	case b.needsKeys() && (b.keys < 1 || b.keys > maxBenchKeys):
 		return fmt.Errorf("--keys %d: want 1 to %d", b.keys, maxBenchKeys)
+	case b.size < 0 || b.size > client.MaxEncryptPlaintext:
+		return fmt.Errorf("--size %d: want 0 to %d bytes", b.size, client.MaxEncryptPlaintext)
 	case b.resource == "":
 		return errors.New("--resource must not be empty")
+	}
+	alg, err := parseAlgorithm(b.algorithm)
+	if err != nil {
+		return err
+	}
+	if b.usesCrypto() && alg == cofferv1.Algorithm_ALGORITHM_HMAC_SHA256 {
+		return fmt.Errorf("--op %s needs AES keys: --algorithm %q is not aes-128, aes-192 or aes-256", b.op, b.algorithm)
 	}
 	return nil
 }
 
-// needsKeys reports whether the run reads keys, which are generated first.
-func (b benchConfig) needsKeys() bool { return b.op == benchGet || b.op == benchMix }
+// needsKeys reports whether the run uses keys, which are generated first.
+func (b benchConfig) needsKeys() bool { return b.op != benchGenerate }
+
+// usesCrypto reports whether the run uses the data encryption service.
+func (b benchConfig) usesCrypto() bool {
+	return b.op == benchEncrypt || b.op == benchDecrypt || b.op == benchDataKey
+}
+
+// usesPlaintext reports whether the run encrypts --size byte plaintexts.
+func (b benchConfig) usesPlaintext() bool { return b.op == benchEncrypt || b.op == benchDecrypt }
 
 func (a *app) benchCmd() *cobra.Command {
 	var b benchConfig
 	cmd := &cobra.Command{
-		Use:   "bench [--op generate|get|mix] [--concurrency N] [--duration D]",
+		Use:   "bench [--op generate|get|mix|encrypt|decrypt|datakey] [--concurrency N] [--duration D] [--size N]",
 		Short: "Drive a running cluster and report throughput and latency",
 		Long: `Drive a running cluster through the client library and report throughput,
 errors and p50/p95/p99/max latency per operation.
 
+Operations: generate (GenerateKey), get (GetKey), mix (gets and generates,
+--get-ratio gets), encrypt (Encrypt of a --size byte plaintext, 1 KiB by
+default, at most 64 KiB), decrypt (Decrypt of ciphertexts of --size byte
+plaintexts) and datakey (GenerateDataKey, aes-256).
+
 Every worker shares one client, which spreads requests round-robin over all
---addr nodes. For get and mix, --keys keys are generated first (spread over the
-nodes the same way). Operations during --warmup are not counted. --timeout
-bounds each operation.`,
+--addr nodes. For every operation but generate, --keys keys are generated
+first (spread over the nodes the same way; AES keys for encrypt, decrypt and
+datakey), and each operation picks one at random. For decrypt, one
+ciphertext per key is encrypted first too. Setup and the operations during
+--warmup are not counted. --timeout bounds each operation.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := b.validate(); err != nil {
@@ -106,17 +153,18 @@ bounds each operation.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&b.op, "op", benchGet, "operation: generate, get or mix")
+	f.StringVar(&b.op, "op", benchGet, "operation: generate, get, mix, encrypt, decrypt or datakey")
 	f.Float64Var(&b.getRatio, "get-ratio", 0.9, "share of gets in --op mix")
 	f.IntVar(&b.concurrency, "concurrency", 64, "concurrent workers")
 	f.DurationVar(&b.duration, "duration", 10*time.Second, "measured run time")
 	f.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured run time before the measurement")
-	f.IntVar(&b.keys, "keys", 1000, "keys to generate first for get and mix")
+	f.IntVar(&b.keys, "keys", 1000, "keys to generate first, for every operation but generate")
+	f.IntVar(&b.size, "size", defaultBenchSize, "plaintext bytes of encrypt and decrypt, at most 65536")
 	f.StringVar(&b.jsonFile, "json", "", "also write the report as JSON to this file")
 	f.StringVar(&b.policy, "policy", "", "custody policy of generated keys")
 	f.StringVar(&b.resource, "resource", "bench", "resource of generated keys")
 	f.StringVar(&b.algorithm, "algorithm", "", "algorithm of generated keys")
-	addConsistencyFlag(f, &b.consistency, "consistency of gets: linearizable or stale")
+	addConsistencyFlag(f, &b.consistency, "consistency of get, encrypt, decrypt and datakey: linearizable or stale")
 	return cmd
 }
 
@@ -133,10 +181,20 @@ func (a *app) bench(ctx context.Context, b benchConfig) error {
 	defer c.Close()
 	target := &clientTarget{c: c, policy: b.policy, resource: b.resource, alg: alg, cons: b.consistency.v}
 	r := &benchRun{cfg: b, target: target, opTimeout: a.limit}
+	if b.usesPlaintext() {
+		r.plaintext = make([]byte, b.size)
+		_, _ = rand.Read(r.plaintext) // crypto/rand.Read never fails
+	}
 	if b.needsKeys() {
 		fmt.Fprintf(a.err, "coffer bench: generating %d keys\n", b.keys)
 		if r.keys, err = pregenerate(ctx, target, b.keys, b.concurrency, a.limit); err != nil {
 			return fmt.Errorf("generate bench keys: %w", err)
+		}
+	}
+	if b.op == benchDecrypt {
+		fmt.Fprintf(a.err, "coffer bench: encrypting %d ciphertexts of %d bytes\n", len(r.keys), b.size)
+		if r.ciphertexts, err = preencrypt(ctx, target, r.keys, r.plaintext, b.concurrency, a.limit); err != nil {
+			return fmt.Errorf("encrypt bench ciphertexts: %w", err)
 		}
 	}
 	fmt.Fprintf(a.err, "coffer bench: running %s for %v (warmup %v) with %d workers over %d node(s)\n",
@@ -177,6 +235,9 @@ func writeReportFile(path string, rep benchReport) error {
 type benchTarget interface {
 	generate(ctx context.Context) (gkid string, err error)
 	get(ctx context.Context, gkid string) error
+	encrypt(ctx context.Context, gkid string, plaintext []byte) (ciphertext []byte, err error)
+	decrypt(ctx context.Context, ciphertext []byte) error
+	datakey(ctx context.Context, gkid string) error
 }
 
 // clientTarget drives the cluster through the shared client.
@@ -204,12 +265,69 @@ func (t *clientTarget) get(ctx context.Context, gkid string) error {
 	return nil
 }
 
+func (t *clientTarget) encrypt(ctx context.Context, gkid string, plaintext []byte) ([]byte, error) {
+	resp, err := t.c.Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: gkid, Plaintext: plaintext, Consistency: t.cons})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetCiphertext(), nil
+}
+
+func (t *clientTarget) decrypt(ctx context.Context, ciphertext []byte) error {
+	resp, err := t.c.Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: ciphertext, Consistency: t.cons})
+	if err != nil {
+		return err
+	}
+	clear(resp.Plaintext)
+	return nil
+}
+
+func (t *clientTarget) datakey(ctx context.Context, gkid string) error {
+	resp, err := t.c.GenerateDataKey(ctx, &cofferv1.GenerateDataKeyRequest{Gkid: gkid, Consistency: t.cons})
+	if err != nil {
+		return err
+	}
+	clear(resp.Plaintext)
+	return nil
+}
+
 // pregenerate generates n keys with up to parallel requests in flight and
 // returns their GKIDs. The first failure stops it.
 func pregenerate(ctx context.Context, t benchTarget, n, parallel int, opTimeout time.Duration) ([]string, error) {
+	gkids := make([]string, n)
+	err := inParallel(ctx, n, parallel, opTimeout, func(ctx context.Context, i int) error {
+		gkid, err := t.generate(ctx)
+		gkids[i] = gkid
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return gkids, nil
+}
+
+// preencrypt encrypts plaintext under each of gkids with up to parallel
+// requests in flight and returns the ciphertexts, in the order of gkids.
+// The first failure stops it.
+func preencrypt(ctx context.Context, t benchTarget, gkids []string, plaintext []byte, parallel int, opTimeout time.Duration) ([][]byte, error) {
+	cts := make([][]byte, len(gkids))
+	err := inParallel(ctx, len(gkids), parallel, opTimeout, func(ctx context.Context, i int) error {
+		ct, err := t.encrypt(ctx, gkids[i], plaintext)
+		cts[i] = ct
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cts, nil
+}
+
+// inParallel calls op for i from 0 to n-1 with up to parallel calls in
+// flight, each with a context bounded by opTimeout. The first failure stops
+// it: no call starts after it, and it is returned.
+func inParallel(ctx context.Context, n, parallel int, opTimeout time.Duration, op func(ctx context.Context, i int) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	gkids := make([]string, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(parallel, n) {
@@ -220,29 +338,29 @@ func pregenerate(ctx context.Context, t benchTarget, n, parallel int, opTimeout 
 					return
 				}
 				octx, ocancel := context.WithTimeout(ctx, opTimeout)
-				gkid, err := t.generate(octx)
+				err := op(octx, i)
 				ocancel()
 				if err != nil {
 					cancel(err)
 					return
 				}
-				gkids[i] = gkid
 			}
 		})
 	}
 	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
-		return nil, err
-	}
-	return gkids, nil
+	return context.Cause(ctx)
 }
 
 // benchRun is one measured run.
 type benchRun struct {
-	cfg       benchConfig
-	target    benchTarget
-	keys      []string
-	opTimeout time.Duration
+	cfg    benchConfig
+	target benchTarget
+	keys   []string
+	// plaintext is what encrypt encrypts (encrypt and decrypt only).
+	plaintext []byte
+	// ciphertexts[i] is plaintext encrypted under keys[i] (decrypt only).
+	ciphertexts [][]byte
+	opTimeout   time.Duration
 }
 
 // opStats are one worker's figures for one operation.
@@ -309,13 +427,10 @@ func (r *benchRun) worker(ctx context.Context, measureStart, end time.Time, st *
 }
 
 func (r *benchRun) chooseOp() opKind {
-	switch r.cfg.op {
-	case benchGenerate:
-		return opGenerate
-	case benchGet:
-		return opGet
+	if op, ok := benchOps[r.cfg.op]; ok {
+		return op
 	}
-	if rand.Float64() < r.cfg.getRatio {
+	if mathrand.Float64() < r.cfg.getRatio {
 		return opGet
 	}
 	return opGenerate
@@ -324,8 +439,16 @@ func (r *benchRun) chooseOp() opKind {
 func (r *benchRun) do(ctx context.Context, op opKind) error {
 	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
 	defer cancel()
-	if op == opGet {
-		return r.target.get(ctx, r.keys[rand.IntN(len(r.keys))])
+	switch op {
+	case opGet:
+		return r.target.get(ctx, r.keys[mathrand.IntN(len(r.keys))])
+	case opEncrypt:
+		_, err := r.target.encrypt(ctx, r.keys[mathrand.IntN(len(r.keys))], r.plaintext)
+		return err
+	case opDecrypt:
+		return r.target.decrypt(ctx, r.ciphertexts[mathrand.IntN(len(r.ciphertexts))])
+	case opDataKey:
+		return r.target.datakey(ctx, r.keys[mathrand.IntN(len(r.keys))])
 	}
 	_, err := r.target.generate(ctx)
 	return err
@@ -339,6 +462,7 @@ type benchReport struct {
 	DurationSeconds float64           `json:"duration_seconds"`
 	WarmupSeconds   float64           `json:"warmup_seconds"`
 	Keys            int               `json:"keys"`
+	Size            int               `json:"size,omitempty"` // plaintext bytes, encrypt and decrypt only
 	Endpoints       []string          `json:"endpoints"`
 	Ops             []opReport        `json:"ops"`
 	Total           opReport          `json:"total"`
@@ -372,6 +496,9 @@ func (r *benchRun) report(stats []*workerStats, window time.Duration) benchRepor
 	if r.cfg.op == benchMix {
 		rep.GetRatio = r.cfg.getRatio
 	}
+	if r.cfg.usesPlaintext() {
+		rep.Size = r.cfg.size
+	}
 	var total opStats
 	for op := range numOps {
 		var merged opStats
@@ -395,13 +522,10 @@ func (r *benchRun) report(stats []*workerStats, window time.Duration) benchRepor
 }
 
 func (r *benchRun) usesOp(op opKind) bool {
-	switch r.cfg.op {
-	case benchGenerate:
-		return op == opGenerate
-	case benchGet:
-		return op == opGet
+	if only, ok := benchOps[r.cfg.op]; ok {
+		return op == only
 	}
-	return true
+	return op == opGenerate || op == opGet
 }
 
 func newOpReport(name string, s *opStats, window time.Duration) opReport {
@@ -427,8 +551,12 @@ func ms(d time.Duration) float64 {
 }
 
 func (rep benchReport) writeText(w io.Writer) error {
-	fmt.Fprintf(w, "op=%s concurrency=%d duration=%.3gs warmup=%.3gs keys=%d endpoints=%d\n",
-		rep.Op, rep.Concurrency, rep.DurationSeconds, rep.WarmupSeconds, rep.Keys, len(rep.Endpoints))
+	size := ""
+	if rep.Op == benchEncrypt || rep.Op == benchDecrypt {
+		size = fmt.Sprintf(" size=%d", rep.Size)
+	}
+	fmt.Fprintf(w, "op=%s concurrency=%d duration=%.3gs warmup=%.3gs keys=%d%s endpoints=%d\n",
+		rep.Op, rep.Concurrency, rep.DurationSeconds, rep.WarmupSeconds, rep.Keys, size, len(rep.Endpoints))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "OP\tCOUNT\tOPS/S\tERRORS\tMEAN\tP50\tP95\tP99\tMAX\t")
 	for _, o := range append(rep.Ops, rep.Total) {

@@ -113,11 +113,13 @@ func TestLatencyHist_ClampsAndMerges(t *testing.T) {
 	}
 }
 
-// fakeTarget counts operations and fails every failEvery-th get.
+// fakeTarget counts operations and fails every failEvery-th get. Its
+// ciphertexts are "ct:" GKID ":" plaintext.
 type fakeTarget struct {
-	gens, gets atomic.Int64
-	failEvery  int64
-	delay      time.Duration
+	gens, gets          atomic.Int64
+	encs, decs, dataKey atomic.Int64
+	failEvery           int64
+	delay               time.Duration
 }
 
 func (f *fakeTarget) generate(ctx context.Context) (string, error) {
@@ -137,6 +139,30 @@ func (f *fakeTarget) get(ctx context.Context, gkid string) error {
 		return status.Error(codes.Unavailable, "injected")
 	}
 	return nil
+}
+
+func (f *fakeTarget) encrypt(ctx context.Context, gkid string, plaintext []byte) ([]byte, error) {
+	if !strings.HasPrefix(gkid, "gk-") {
+		return nil, status.Error(codes.InvalidArgument, "bad gkid")
+	}
+	f.encs.Add(1)
+	return []byte("ct:" + gkid + ":" + string(plaintext)), f.wait(ctx)
+}
+
+func (f *fakeTarget) decrypt(ctx context.Context, ciphertext []byte) error {
+	if !strings.HasPrefix(string(ciphertext), "ct:gk-") {
+		return status.Error(codes.InvalidArgument, "bad ciphertext")
+	}
+	f.decs.Add(1)
+	return f.wait(ctx)
+}
+
+func (f *fakeTarget) datakey(ctx context.Context, gkid string) error {
+	if !strings.HasPrefix(gkid, "gk-") {
+		return status.Error(codes.InvalidArgument, "bad gkid")
+	}
+	f.dataKey.Add(1)
+	return f.wait(ctx)
 }
 
 func (f *fakeTarget) wait(ctx context.Context) error {
@@ -259,6 +285,15 @@ func (f *failingTarget) generate(context.Context) (string, error) {
 
 func (f *failingTarget) get(context.Context, string) error { return nil }
 
+func (f *failingTarget) encrypt(context.Context, string, []byte) ([]byte, error) {
+	f.calls.Add(1)
+	return nil, status.Error(codes.FailedPrecondition, "key is not an AES key")
+}
+
+func (f *failingTarget) decrypt(context.Context, []byte) error { return nil }
+
+func (f *failingTarget) datakey(context.Context, string) error { return nil }
+
 func TestBenchConfig_Validate(t *testing.T) {
 	good := benchConfig{op: benchMix, getRatio: 0.9, concurrency: 64, duration: time.Second, keys: 10, resource: "b"}
 	if err := good.validate(); err != nil {
@@ -284,5 +319,135 @@ func TestBenchConfig_Validate(t *testing.T) {
 	gen.op, gen.keys = benchGenerate, 0
 	if err := gen.validate(); err != nil {
 		t.Errorf("generate needs no keys: %v", err)
+	}
+}
+
+func TestBenchConfig_ValidateCryptoOps(t *testing.T) {
+	base := benchConfig{getRatio: 0.9, concurrency: 8, duration: time.Second, keys: 10, size: defaultBenchSize, resource: "b"}
+	for _, op := range []string{benchEncrypt, benchDecrypt, benchDataKey} {
+		b := base
+		b.op = op
+		if err := b.validate(); err != nil {
+			t.Errorf("--op %s refused: %v", op, err)
+		}
+		if !b.needsKeys() || !b.usesCrypto() {
+			t.Errorf("--op %s: needsKeys %v, usesCrypto %v", op, b.needsKeys(), b.usesCrypto())
+		}
+		for _, alg := range []string{"", "aes-128", "AES-256", "aes-192"} {
+			b.algorithm = alg
+			if err := b.validate(); err != nil {
+				t.Errorf("--op %s --algorithm %q refused: %v", op, alg, err)
+			}
+		}
+		b.algorithm = "hmac-sha256"
+		if err := b.validate(); err == nil || !strings.Contains(err.Error(), "needs AES keys") {
+			t.Errorf("--op %s with HMAC keys: %v", op, err)
+		}
+		b.algorithm, b.keys = "", 0
+		if err := b.validate(); err == nil || !strings.Contains(err.Error(), "--keys") {
+			t.Errorf("--op %s without keys: %v", op, err)
+		}
+	}
+	for size, ok := range map[int]bool{0: true, 1: true, 65536: true, 65537: false, -1: false} {
+		b := base
+		b.op, b.size = benchEncrypt, size
+		if err := b.validate(); (err == nil) != ok {
+			t.Errorf("--size %d: %v", size, err)
+		} else if err != nil && !strings.Contains(err.Error(), "--size") {
+			t.Errorf("--size %d: error %q does not name the flag", size, err)
+		}
+	}
+	b := base
+	b.op = "sign"
+	if err := b.validate(); err == nil || err.Error() != `--op "sign": want generate, get, mix, encrypt, decrypt or datakey` {
+		t.Errorf("unknown op: %v", err)
+	}
+	// HMAC keys are fine where nothing is encrypted.
+	b.op, b.algorithm = benchGet, "hmac-sha256"
+	if err := b.validate(); err != nil {
+		t.Errorf("--op get with HMAC keys: %v", err)
+	}
+	b.algorithm = "des"
+	if err := b.validate(); err == nil || !strings.Contains(err.Error(), "unknown algorithm") {
+		t.Errorf("--algorithm des: %v", err)
+	}
+}
+
+// TestBenchRun_CryptoOps: each crypto operation is the only one run and
+// reported, under its name, and decrypt decrypts the ciphertexts set up
+// beforehand.
+func TestBenchRun_CryptoOps(t *testing.T) {
+	ctx := context.Background()
+	for _, op := range []string{benchEncrypt, benchDecrypt, benchDataKey} {
+		t.Run(op, func(t *testing.T) {
+			target := &fakeTarget{delay: 100 * time.Microsecond}
+			cfg := benchConfig{op: op, concurrency: 4, duration: 150 * time.Millisecond, warmup: 20 * time.Millisecond,
+				keys: 5, size: 100, resource: "bench"}
+			if err := cfg.validate(); err != nil {
+				t.Fatal(err)
+			}
+			keys, err := pregenerate(ctx, target, cfg.keys, cfg.concurrency, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := &benchRun{cfg: cfg, target: target, keys: keys, opTimeout: time.Second}
+			if cfg.usesPlaintext() {
+				r.plaintext = bytes.Repeat([]byte{'p'}, cfg.size)
+			}
+			if op == benchDecrypt {
+				if r.ciphertexts, err = preencrypt(ctx, target, keys, r.plaintext, cfg.concurrency, time.Second); err != nil {
+					t.Fatal(err)
+				}
+				for i, ct := range r.ciphertexts {
+					if want := "ct:" + keys[i] + ":" + strings.Repeat("p", 100); string(ct) != want {
+						t.Fatalf("ciphertext %d = %q, want %q", i, ct, want)
+					}
+				}
+				if target.encs.Load() != 5 {
+					t.Fatalf("setup made %d encrypts, want 5", target.encs.Load())
+				}
+			}
+			encsBefore := target.encs.Load()
+			rep := r.run(ctx)
+			if len(rep.Ops) != 1 || rep.Ops[0].Op != op || rep.Ops[0].Count == 0 || rep.Ops[0].Errors != 0 {
+				t.Fatalf("ops = %+v", rep.Ops)
+			}
+			if rep.Total.Count != rep.Ops[0].Count || rep.Keys != 5 {
+				t.Fatalf("report %+v", rep)
+			}
+			ran := map[string]int64{benchEncrypt: target.encs.Load() - encsBefore, benchDecrypt: target.decs.Load(),
+				benchDataKey: target.dataKey.Load()}
+			for name, n := range ran {
+				if (n > 0) != (name == op) {
+					t.Errorf("--op %s ran %d %s operations", op, n, name)
+				}
+			}
+			if target.gets.Load() != 0 || target.gens.Load() != 5 {
+				t.Errorf("--op %s ran %d gets and %d generates", op, target.gets.Load(), target.gens.Load())
+			}
+
+			var text bytes.Buffer
+			if err := rep.writeText(&text); err != nil {
+				t.Fatal(err)
+			}
+			wantSize := op != benchDataKey
+			if !strings.HasPrefix(text.String(), "op="+op+" ") || strings.Contains(text.String(), " size=100 ") != wantSize {
+				t.Errorf("text report:\n%s", text.String())
+			}
+			if (rep.Size == 100) != wantSize {
+				t.Errorf("report size %d", rep.Size)
+			}
+		})
+	}
+}
+
+func TestPreencrypt_StopsOnError(t *testing.T) {
+	failing := &failingTarget{}
+	gkids := make([]string, 1000)
+	if _, err := preencrypt(context.Background(), failing, gkids, []byte("x"), 4, time.Second); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("err = %v, want FailedPrecondition", err)
+	}
+	if n := failing.calls.Load(); n > 4 {
+		t.Errorf("%d calls after the first failure", n)
 	}
 }

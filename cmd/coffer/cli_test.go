@@ -32,6 +32,8 @@ type memStore struct {
 	// noLeaderUntil, while in the future, makes GenerateKey answer as a
 	// node does during a leader election.
 	noLeaderUntil time.Time
+	// cryptoCalls counts the CryptoService calls that arrived.
+	cryptoCalls int
 }
 
 // setNoLeader makes GenerateKey answer "no leader" until end.
@@ -126,6 +128,7 @@ func mustMemCluster(t *testing.T, n int) (*memStore, envMap) {
 		h := &memHandler{memStore: shared, name: name}
 		cofferv1.RegisterKeyServiceServer(gs, h)
 		cofferv1.RegisterClusterServiceServer(gs, h)
+		cofferv1.RegisterCryptoServiceServer(gs, h)
 		go func() { _ = gs.Serve(lis) }()
 		t.Cleanup(gs.Stop)
 	}
@@ -136,11 +139,12 @@ func mustMemCluster(t *testing.T, n int) (*memStore, envMap) {
 	return shared, envMap{envAddr: strings.Join(addrs, ","), envCA: cli.CAFile, envCert: cli.CertFile, envKey: cli.KeyFile}
 }
 
-// memHandler is one in-memory node: KeyService and ClusterService over the
-// shared store.
+// memHandler is one in-memory node: KeyService, ClusterService and
+// CryptoService (crypto_test.go) over the shared store.
 type memHandler struct {
 	cofferv1.UnimplementedKeyServiceServer
 	cofferv1.UnimplementedClusterServiceServer
+	cofferv1.UnimplementedCryptoServiceServer
 	*memStore
 	name string
 }

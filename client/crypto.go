@@ -1,0 +1,104 @@
+package client
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+)
+
+// The CryptoService calls encrypt and decrypt with a key that stays in the
+// cluster. Each needs its operation grant ("encrypt", "decrypt",
+// "datakey") and the grant on the key's resource, and is audited before any
+// plaintext or data key leaves the node.
+//
+// For the retry policy they are reads: any node serves them, they are
+// spread over the endpoints, and an attempt that fails with Unavailable (or
+// its own deadline) is retried on another endpoint. Retrying is safe but not
+// deduplicated: every attempt that reaches a node is audited, and Encrypt
+// and GenerateDataKey draw a fresh nonce (and data key) on each, so the call
+// returns the result of the attempt that succeeded; any ciphertext a node
+// returns is valid. Every other failure is returned at once, for example
+// InvalidArgument (a request beyond the limits below), PermissionDenied (a
+// missing grant) or FailedPrecondition (a key that is not an AES key).
+//
+// The client does not check the limits below itself: the nodes enforce
+// them.
+
+// Limits the nodes enforce on CryptoService requests.
+const (
+	// MaxEncryptPlaintext is the most plaintext one Encrypt takes, in bytes.
+	// Larger data: GenerateDataKey, and encrypt locally with the data key.
+	MaxEncryptPlaintext = 64 << 10
+	// MaxContextPairs is the most pairs an encryption context holds.
+	MaxContextPairs = 16
+	// MaxContextBytes bounds the total length, in bytes, of an encryption
+	// context's keys and values. Keys must be non-empty, and keys and values
+	// valid UTF-8.
+	MaxContextBytes = 4096
+)
+
+// Encrypt encrypts req.Plaintext (at most MaxEncryptPlaintext bytes) under
+// the AES key req.Gkid, binding req.Context to the ciphertext: Decrypt must
+// present the same pairs. The ciphertext names the key and its version, so
+// Decrypt needs nothing else. req is not modified.
+func (c *Client) Encrypt(ctx context.Context, req *cofferv1.EncryptRequest) (*cofferv1.EncryptResponse, error) {
+	if req == nil {
+		return nil, nilRequest("Encrypt")
+	}
+	return invoke(ctx, c, "Encrypt", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.EncryptResponse, error) {
+		return ep.crypto.Encrypt(ctx, req, opts...)
+	})
+}
+
+// Decrypt decrypts a ciphertext from Encrypt or GenerateDataKey with the key
+// it names, given the context it was encrypted with. A ciphertext presented
+// with another context, or moved to a key of another resource, does not
+// decrypt. The caller owns the returned plaintext and should clear it when
+// done.
+func (c *Client) Decrypt(ctx context.Context, req *cofferv1.DecryptRequest) (*cofferv1.DecryptResponse, error) {
+	if req == nil {
+		return nil, nilRequest("Decrypt")
+	}
+	return invoke(ctx, c, "Decrypt", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.DecryptResponse, error) {
+		return ep.crypto.Decrypt(ctx, req, opts...)
+	})
+}
+
+// GenerateDataKey returns a fresh data key (req.Algorithm: AES_128 or
+// AES_256, AES_256 when unspecified) and the same key encrypted under the
+// AES key req.Gkid with req.Context bound, a ciphertext Decrypt opens. With
+// req.WithoutPlaintext only the ciphertext is returned. The caller owns the
+// plaintext data key: use it, then clear it, and keep only the ciphertext.
+func (c *Client) GenerateDataKey(ctx context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
+	if req == nil {
+		return nil, nilRequest("GenerateDataKey")
+	}
+	return invoke(ctx, c, "GenerateDataKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GenerateDataKeyResponse, error) {
+		return ep.crypto.GenerateDataKey(ctx, req, opts...)
+	})
+}
+
+// EncryptBytes encrypts plaintext (at most MaxEncryptPlaintext bytes) under
+// the AES key gkid with encryptionContext bound (nil: none), with
+// linearizable consistency, and returns the ciphertext. Neither plaintext
+// nor encryptionContext is modified or kept.
+func (c *Client) EncryptBytes(ctx context.Context, gkid string, plaintext []byte, encryptionContext map[string]string) ([]byte, error) {
+	resp, err := c.Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: gkid, Plaintext: plaintext, Context: encryptionContext})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetCiphertext(), nil
+}
+
+// DecryptBytes decrypts ciphertext, given the context it was encrypted with
+// (nil: none), with linearizable consistency, and returns the plaintext,
+// which the caller owns and should clear when done.
+func (c *Client) DecryptBytes(ctx context.Context, ciphertext []byte, encryptionContext map[string]string) ([]byte, error) {
+	resp, err := c.Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: ciphertext, Context: encryptionContext})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetPlaintext(), nil
+}
