@@ -77,6 +77,10 @@ func checkGKID(s string) string {
 	return ""
 }
 
+// MaxOverhead is the most bytes Seal adds to a plaintext: Overhead of a
+// GKID of MaxGKIDLen bytes.
+const MaxOverhead = headerFixedLen + MaxGKIDLen + nonceSize + tagSize
+
 // Overhead is how many bytes Seal adds to a plaintext under a key named
 // gkid: len(Seal(..., plaintext)) == len(plaintext) + Overhead(gkid) for any
 // valid GKID. It is 37 + len(gkid), 77 for a 40-byte Coffer GKID.

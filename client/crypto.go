@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/ciphertext"
 )
 
 // The CryptoService calls encrypt and decrypt with a key that stays in the
@@ -32,11 +33,15 @@ const (
 	// Larger data: GenerateDataKey, and encrypt locally with the data key.
 	MaxEncryptPlaintext = 64 << 10
 	// MaxContextPairs is the most pairs an encryption context holds.
-	MaxContextPairs = 16
+	MaxContextPairs = ciphertext.MaxContextPairs
 	// MaxContextBytes bounds the total length, in bytes, of an encryption
 	// context's keys and values. Keys must be non-empty, and keys and values
 	// valid UTF-8.
-	MaxContextBytes = 4096
+	MaxContextBytes = ciphertext.MaxContextBytes
+	// MaxBatchItems bounds the items of one batch call.
+	MaxBatchItems = 1000
+	// MaxBatchBytes bounds the plaintext or ciphertext of one batch call.
+	MaxBatchBytes = 2 << 20
 )
 
 // Encrypt encrypts req.Plaintext (at most MaxEncryptPlaintext bytes) under
@@ -101,4 +106,40 @@ func (c *Client) DecryptBytes(ctx context.Context, ciphertext []byte, encryption
 		return nil, err
 	}
 	return resp.GetPlaintext(), nil
+}
+
+// EncryptBatch encrypts many items in one call: one result per item, in
+// order, each the response or the error (ItemError) its single Encrypt
+// would have returned, and one audit entry per item. At most MaxBatchItems
+// items and MaxBatchBytes of plaintext; set the consistency on the batch,
+// not on the items.
+func (c *Client) EncryptBatch(ctx context.Context, req *cofferv1.EncryptBatchRequest) (*cofferv1.EncryptBatchResponse, error) {
+	if req == nil {
+		return nil, nilRequest("EncryptBatch")
+	}
+	return invoke(ctx, c, "EncryptBatch", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.EncryptBatchResponse, error) {
+		return ep.crypto.EncryptBatch(ctx, req, opts...)
+	})
+}
+
+// DecryptBatch decrypts many items in one call, as EncryptBatch encrypts.
+// The caller owns the returned plaintexts.
+func (c *Client) DecryptBatch(ctx context.Context, req *cofferv1.DecryptBatchRequest) (*cofferv1.DecryptBatchResponse, error) {
+	if req == nil {
+		return nil, nilRequest("DecryptBatch")
+	}
+	return invoke(ctx, c, "DecryptBatch", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.DecryptBatchResponse, error) {
+		return ep.crypto.DecryptBatch(ctx, req, opts...)
+	})
+}
+
+// GenerateDataKeyBatch generates many data keys in one call, as
+// EncryptBatch encrypts. The caller owns the returned data keys.
+func (c *Client) GenerateDataKeyBatch(ctx context.Context, req *cofferv1.GenerateDataKeyBatchRequest) (*cofferv1.GenerateDataKeyBatchResponse, error) {
+	if req == nil {
+		return nil, nilRequest("GenerateDataKeyBatch")
+	}
+	return invoke(ctx, c, "GenerateDataKeyBatch", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GenerateDataKeyBatchResponse, error) {
+		return ep.crypto.GenerateDataKeyBatch(ctx, req, opts...)
+	})
 }

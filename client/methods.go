@@ -107,6 +107,19 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	return resp, err
 }
 
+// SetKeyState moves a key through its life cycle (cofferv1.KeyState). It is
+// a write: sent to the leader, retried on Unavailable. Moving a key to the
+// state it is already in succeeds and changes nothing, so a retry after an
+// ambiguous failure is safe.
+func (c *Client) SetKeyState(ctx context.Context, req *cofferv1.SetKeyStateRequest) (*cofferv1.SetKeyStateResponse, error) {
+	if req == nil {
+		return nil, nilRequest("SetKeyState")
+	}
+	return invoke(ctx, c, "SetKeyState", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.SetKeyStateResponse, error) {
+		return ep.keys.SetKeyState(ctx, req, opts...)
+	})
+}
+
 // DescribeKey fetches a key's metadata.
 func (c *Client) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
 	if req == nil {

@@ -83,8 +83,11 @@ func TestBarrier_KeyRecordTamperRefused(t *testing.T) {
 		"use_policy": func(r *cofferv1.KeyRecord) {
 			r.UsePolicy.NotAfter = timestamppb.New(time.Unix(1e9, 0))
 		},
-		"cache_policy": func(r *cofferv1.KeyRecord) { r.CachePolicy.Ttl = durationpb.New(time.Hour) },
-		"escrow":       func(r *cofferv1.KeyRecord) { r.Escrow[0].Ciphertext = []byte("attacker's copy") },
+		"cache_policy":            func(r *cofferv1.KeyRecord) { r.CachePolicy.Ttl = durationpb.New(time.Hour) },
+		"escrow":                  func(r *cofferv1.KeyRecord) { r.Escrow[0].Ciphertext = []byte("attacker's copy") },
+		"activate_at_unix_nano":   func(r *cofferv1.KeyRecord) { r.ActivateAtUnixNano = 1 },
+		"state_changed_unix_nano": func(r *cofferv1.KeyRecord) { r.StateChangedUnixNano = 1 },
+		"compromised":             func(r *cofferv1.KeyRecord) { r.Compromised = true },
 	}
 	for _, fd := range fieldNames(rec) {
 		if _, ok := changes[fd]; !ok && fd != "wrapped_material" {
@@ -137,6 +140,30 @@ func TestBarrier_KeyRecordTamperRefused(t *testing.T) {
 	// The untouched record still opens.
 	if _, err := f.b.OpenKey(rec); err != nil {
 		t.Fatal(err)
+	}
+	// A record sealed with its life-cycle fields set cannot lose them.
+	pol, err := f.b.VerifiedPolicy("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	life := proto.CloneOf(rec)
+	life.State, life.Compromised, life.StateChangedUnixNano, life.Revision = cofferv1.KeyState_KEY_STATE_COMPROMISED, true, 7, 2
+	if err := f.b.SealKey(pol, life, []byte("material-one-0123456789abcdef012")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.b.VerifyKey(life); err != nil {
+		t.Fatalf("record with life-cycle fields: %v", err)
+	}
+	for what, change := range map[string]func(r *cofferv1.KeyRecord){
+		"compromise mark dropped": func(r *cofferv1.KeyRecord) { r.Compromised = false },
+		"every life field zeroed": func(r *cofferv1.KeyRecord) { r.Compromised, r.StateChangedUnixNano = false, 0 },
+		"back to active":          func(r *cofferv1.KeyRecord) { r.State = cofferv1.KeyState_KEY_STATE_ACTIVE },
+	} {
+		r := proto.CloneOf(life)
+		change(r)
+		if err := f.b.VerifyKey(r); !errors.Is(err, ErrIntegrity) {
+			t.Errorf("%s: verify = %v, want ErrIntegrity", what, err)
+		}
 	}
 }
 

@@ -209,6 +209,24 @@ func TestE2E_EncryptDecrypt(t *testing.T) {
 		}
 	}
 
+	// The key's life cycle: deactivated, it still decrypts and no longer
+	// encrypts; destroyed, it does neither, and describe says so.
+	e.mustCoffer("key", "deactivate", gk, "--reason", "e2e rotation")
+	if _, errs, code := as("app", "encrypt", "--gkid", gk, "--in", file("pt")); code != 1 || !strings.Contains(errs, "is deactivated; it only decrypts") {
+		t.Fatalf("encrypt under a deactivated key: exit %d, %s", code, errs)
+	}
+	mustApp(append([]string{"decrypt", "--in", file("ct"), "--out", file("back-deactivated")}, encCtx...)...)
+	if !bytes.Equal(read("back-deactivated"), plaintext) {
+		t.Fatal("a deactivated key decrypted something else")
+	}
+	e.mustCoffer("key", "destroy", gk)
+	if _, errs, code := as("app", append([]string{"decrypt", "--in", file("ct")}, encCtx...)...); code != 1 || !strings.Contains(errs, "is destroyed") {
+		t.Fatalf("decrypt under a destroyed key: exit %d, %s", code, errs)
+	}
+	if d := e.mustCoffer("key", "describe", gk); !strings.Contains(d, "destroyed") || !strings.Contains(d, "state changed:") {
+		t.Fatalf("describe a destroyed key:\n%s", d)
+	}
+
 	// No plaintext or data key anywhere under the nodes' directories.
 	e.stop(dev)
 	err = filepath.WalkDir(e.dir, func(path string, d fs.DirEntry, err error) error {

@@ -27,3 +27,15 @@ func (s *cryptoService) Decrypt(ctx context.Context, req *cofferv1.DecryptReques
 func (s *cryptoService) GenerateDataKey(ctx context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
 	return s.svc.generateDataKey(ctx, req)
 }
+
+func (s *cryptoService) EncryptBatch(ctx context.Context, req *cofferv1.EncryptBatchRequest) (*cofferv1.EncryptBatchResponse, error) {
+	return s.svc.encryptBatch(ctx, req)
+}
+
+func (s *cryptoService) DecryptBatch(ctx context.Context, req *cofferv1.DecryptBatchRequest) (*cofferv1.DecryptBatchResponse, error) {
+	return s.svc.decryptBatch(ctx, req)
+}
+
+func (s *cryptoService) GenerateDataKeyBatch(ctx context.Context, req *cofferv1.GenerateDataKeyBatchRequest) (*cofferv1.GenerateDataKeyBatchResponse, error) {
+	return s.svc.generateDataKeyBatch(ctx, req)
+}

@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -161,6 +162,139 @@ func TestNode_DataEncryptionService(t *testing.T) {
 		b, _ := proto.Marshal(e)
 		if bytes.Contains(b, []byte("PLAINTEXT-MARKER")) || bytes.Contains(b, []byte("CONTEXT-MARKER")) {
 			t.Fatalf("audit entry %d holds the plaintext or the context: %v", e.GetSeq(), e)
+		}
+	}
+}
+
+// TestNode_DataEncryptionBatches sends batches through a follower: each item
+// gets the result and the audit entry its single call would have, the
+// items' ciphertexts decrypt in a batch, and a batch outside its bounds is
+// refused whole, with one entry.
+func TestNode_DataEncryptionBatches(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l, f := tc.waitLeader(), tc.follower()
+	gen := func(resource string) string {
+		t.Helper()
+		r, err := admin.keys[l].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: resource})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetKey().GetGkid()
+	}
+	mine, theirs := gen("batch/a"), gen("batch/b")
+	app := tc.ungrantedClient(admin, l, "batcher")
+	tc.mustGrant(admin, l, "client:batcher", "batch/a", "encrypt", "decrypt")
+	withID := func(id string) context.Context { return metadata.AppendToOutgoingContext(ctx, RequestIDKey, id) }
+
+	bound := map[string]string{"row": "1"}
+	items := []*cofferv1.EncryptRequest{
+		{Gkid: theirs, Plaintext: []byte("x")},                                                    // no grant on batch/b
+		{Gkid: mine, Plaintext: make([]byte, maxPlaintext+1)},                                     // too large
+		{Gkid: mine, Plaintext: []byte("x"), Consistency: cofferv1.Consistency_CONSISTENCY_STALE}, // own consistency
+		{Gkid: "nope", Plaintext: []byte("x")},                                                    // not a GKID
+	}
+	const good = 60
+	for i := range good {
+		items = append(items, &cofferv1.EncryptRequest{Gkid: mine, Plaintext: []byte{byte(i)}, Context: bound})
+	}
+	resp, err := app.crypto[f].EncryptBatch(withID("batch-enc"), &cofferv1.EncryptBatchRequest{Items: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetResults()) != len(items) {
+		t.Fatalf("%d results for %d items", len(resp.GetResults()), len(items))
+	}
+	for i, want := range []struct {
+		code codes.Code
+		msg  string
+	}{
+		{codes.PermissionDenied, "holds no grant for encrypt"},
+		{codes.InvalidArgument, "at most 65536"},
+		{codes.InvalidArgument, "set it on the batch"},
+		{codes.InvalidArgument, ""},
+	} {
+		e := resp.GetResults()[i].GetError()
+		if codes.Code(e.GetCode()) != want.code || !strings.Contains(e.GetMessage(), want.msg) || resp.GetResults()[i].GetResponse() != nil {
+			t.Errorf("item %d: %v, want %v %q", i, e, want.code, want.msg)
+		}
+	}
+	dec := &cofferv1.DecryptBatchRequest{}
+	for i, r := range resp.GetResults()[4:] {
+		if r.GetError() != nil || r.GetResponse().GetGkid() != mine {
+			t.Fatalf("item %d: %v", i+4, r.GetError())
+		}
+		dec.Items = append(dec.Items, &cofferv1.DecryptRequest{Ciphertext: r.GetResponse().GetCiphertext(), Context: bound})
+	}
+	altered := bytes.Clone(dec.Items[0].GetCiphertext())
+	altered[len(altered)-1] ^= 1
+	dec.Items = append(dec.Items, &cofferv1.DecryptRequest{Ciphertext: altered, Context: bound})
+	for _, cons := range []cofferv1.Consistency{cofferv1.Consistency_CONSISTENCY_UNSPECIFIED, cofferv1.Consistency_CONSISTENCY_STALE} {
+		dec.Consistency = cons
+		out, err := app.crypto[f].DecryptBatch(withID("batch-dec-"+cons.String()), dec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range out.GetResults()[:good] {
+			if r.GetError() != nil || !bytes.Equal(r.GetResponse().GetPlaintext(), []byte{byte(i)}) {
+				t.Fatalf("%v: decrypt item %d: %v", cons, i, r.GetError())
+			}
+		}
+		if e := out.GetResults()[good].GetError(); codes.Code(e.GetCode()) != codes.InvalidArgument || !strings.Contains(e.GetMessage(), "does not decrypt") {
+			t.Fatalf("%v: altered item: %v", cons, e)
+		}
+	}
+	dks, err := admin.crypto[l].GenerateDataKeyBatch(ctx, &cofferv1.GenerateDataKeyBatchRequest{Items: []*cofferv1.GenerateDataKeyRequest{{Gkid: mine}, {Gkid: mine, Algorithm: cofferv1.Algorithm_ALGORITHM_AES_128}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range dks.GetResults() {
+		back, err := admin.crypto[f].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: r.GetResponse().GetCiphertext()})
+		if r.GetError() != nil || err != nil || !bytes.Equal(back.GetPlaintext(), r.GetResponse().GetPlaintext()) || len(back.GetPlaintext()) != []int{32, 16}[i] {
+			t.Fatalf("data key %d: %v %v", i, r.GetError(), err)
+		}
+	}
+
+	// Refused whole.
+	_, err = app.crypto[f].EncryptBatch(withID("batch-empty"), &cofferv1.EncryptBatchRequest{})
+	wantCode(t, "empty batch", err, codes.InvalidArgument, "1 to 1000 items")
+	huge := &cofferv1.EncryptBatchRequest{}
+	for range maxBatchItems + 1 {
+		huge.Items = append(huge.Items, &cofferv1.EncryptRequest{Gkid: mine})
+	}
+	_, err = app.crypto[f].EncryptBatch(withID("batch-huge"), huge)
+	wantCode(t, "1001 items", err, codes.InvalidArgument, "not 1001")
+
+	// One entry per item (request id #index), none for the batch itself.
+	byID := tc.entriesByRequestID(l, fsm.AuditFilter{})
+	for i := range items {
+		es := byID["batch-enc#"+strconv.Itoa(i)]
+		if len(es) != 1 || es[0].GetOperation() != "encrypt" {
+			t.Fatalf("item %d: entries %v", i, es)
+		}
+		want := cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED
+		switch i {
+		case 0:
+			want = cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED
+		case 1, 2, 3:
+			want = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED
+		}
+		if es[0].GetOutcome() != want {
+			t.Errorf("item %d: outcome %v, want %v (%s)", i, es[0].GetOutcome(), want, es[0].GetReason())
+		}
+	}
+	for _, id := range []string{"batch-enc", "batch-dec-CONSISTENCY_UNSPECIFIED", "batch-dec-CONSISTENCY_STALE"} {
+		if es := byID[id]; len(es) != 0 {
+			t.Errorf("batch %s has entries of its own: %v", id, es)
+		}
+	}
+	if n := len(byID["batch-dec-CONSISTENCY_STALE#"+strconv.Itoa(good)]); n != 1 {
+		t.Errorf("stale batch's altered item: %d entries", n)
+	}
+	for _, id := range []string{"batch-empty", "batch-huge"} {
+		if es := byID[id]; len(es) != 1 || es[0].GetOutcome() != cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED {
+			t.Errorf("refused batch %s: entries %v", id, es)
 		}
 	}
 }

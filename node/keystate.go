@@ -82,6 +82,12 @@ func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.Set
 	e := r.entry
 	e.Gkid, e.Resource, e.Policy, e.KeyCompromised = id, cur.GetResource(), cur.GetPolicy(), cur.GetCompromised()
 	from := authz.KeyStateAt(cur, now)
+	if from == to {
+		// Already there (a retry of a change that was acknowledged, or a
+		// second officer): nothing changes, and the entry says so.
+		e.Reason = clip("state "+authz.StateName(to)+", unchanged"+reasonSuffix(req.GetReason()), maxStateReason+64)
+		return &cofferv1.SetKeyStateResponse{Key: keyMetadata(cur)}, nil
+	}
 	e.Reason = clip("state "+authz.StateName(from)+" -> "+authz.StateName(to)+reasonSuffix(req.GetReason()), maxStateReason+64)
 	if !authz.KeyTransitionAllowed(from, to) {
 		return nil, fmt.Errorf("%w: key %s is %s and cannot become %s", fsm.ErrKeyState, id, authz.StateName(from), authz.StateName(to))

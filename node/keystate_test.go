@@ -106,8 +106,11 @@ func TestNode_KeyLifecycle(t *testing.T) {
 			t.Fatalf("destroyed record on %s still holds material: %v", tc.cfgs[i].ID, err)
 		}
 	}
-	_, err = set(key, cofferv1.KeyState_KEY_STATE_DESTROYED, "destroy-again")
-	wantCode(t, "destroy twice", err, codes.FailedPrecondition, "is destroyed and cannot become destroyed")
+	// A repeated change (a retry) succeeds and changes nothing.
+	again, err := set(key, cofferv1.KeyState_KEY_STATE_DESTROYED, "destroy-again")
+	if err != nil || again.GetKey().GetRevision() != 4 {
+		t.Fatalf("destroy twice: %v %v", again, err)
+	}
 
 	// Pre-active keys: by time, or by activation.
 	soon := gen(&cofferv1.GenerateKeyRequest{ActivateAt: timestamppb.New(time.Now().Add(1500 * time.Millisecond))})
@@ -157,12 +160,13 @@ func TestNode_KeyLifecycle(t *testing.T) {
 	// One entry per change, naming the old and the new state.
 	byID := tc.entriesByRequestID(l, fsm.AuditFilter{})
 	for id, want := range map[string]string{
-		"deactivate-1": "state active -> deactivated: rotation deactivate-1",
-		"compromise-1": "state deactivated -> compromised",
-		"destroy-1":    "state compromised -> destroyed",
-		"activate-1":   "state pre-active -> active",
-		"deactivate-2": "state active -> deactivated",
-		"reactivate":   "cannot become active",
+		"deactivate-1":  "state active -> deactivated: rotation deactivate-1",
+		"compromise-1":  "state deactivated -> compromised",
+		"destroy-1":     "state compromised -> destroyed",
+		"activate-1":    "state pre-active -> active",
+		"deactivate-2":  "state active -> deactivated",
+		"reactivate":    "cannot become active",
+		"destroy-again": "state destroyed, unchanged",
 	} {
 		es := byID[id]
 		if len(es) != 1 || !strings.Contains(es[0].GetReason(), want) {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -77,6 +78,9 @@ type benchConfig struct {
 	warmup      time.Duration
 	keys        int
 	size        int
+	// batch is the items of one batch call of encrypt, decrypt or datakey
+	// (0: single calls).
+	batch       int
 	jsonFile    string
 	policy      string
 	resource    string
@@ -101,6 +105,12 @@ func (b benchConfig) validate() error {
 		return fmt.Errorf("--keys %d: want 1 to %d", b.keys, maxBenchKeys)
 	case b.size < 0 || b.size > client.MaxEncryptPlaintext:
 		return fmt.Errorf("--size %d: want 0 to %d bytes", b.size, client.MaxEncryptPlaintext)
+	case b.batch < 0 || b.batch > client.MaxBatchItems:
+		return fmt.Errorf("--batch %d: want 0 (single calls) to %d items", b.batch, client.MaxBatchItems)
+	case b.batch > 0 && !b.usesCrypto():
+		return fmt.Errorf("--batch goes with --op encrypt, decrypt or datakey, not %s", b.op)
+	case b.batch*b.size > client.MaxBatchBytes:
+		return fmt.Errorf("--batch %d of --size %d: %d bytes in one batch, at most %d", b.batch, b.size, b.batch*b.size, client.MaxBatchBytes)
 	case b.resource == "":
 		return errors.New("--resource must not be empty")
 	}
@@ -136,7 +146,9 @@ errors and p50/p95/p99/max latency per operation.
 Operations: generate (GenerateKey), get (GetKey), mix (gets and generates,
 --get-ratio gets), encrypt (Encrypt of a --size byte plaintext, 1 KiB by
 default, at most 64 KiB), decrypt (Decrypt of ciphertexts of --size byte
-plaintexts) and datakey (GenerateDataKey, aes-256).
+plaintexts) and datakey (GenerateDataKey, aes-256). With --batch N, each
+encrypt, decrypt or datakey operation is one batch call of N items on keys
+picked at random, and the report adds the items per second.
 
 Every worker shares one client, which spreads requests round-robin over all
 --addr nodes. For every operation but generate, --keys keys are generated
@@ -160,6 +172,7 @@ ciphertext per key is encrypted first too. Setup and the operations during
 	f.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured run time before the measurement")
 	f.IntVar(&b.keys, "keys", 1000, "keys to generate first, for every operation but generate")
 	f.IntVar(&b.size, "size", defaultBenchSize, "plaintext bytes of encrypt and decrypt, at most 65536")
+	f.IntVar(&b.batch, "batch", 0, "items per batch call of encrypt, decrypt or datakey (0: single calls)")
 	f.StringVar(&b.jsonFile, "json", "", "also write the report as JSON to this file")
 	f.StringVar(&b.policy, "policy", "", "custody policy of generated keys")
 	f.StringVar(&b.resource, "resource", "bench", "resource of generated keys")
@@ -238,6 +251,10 @@ type benchTarget interface {
 	encrypt(ctx context.Context, gkid string, plaintext []byte) (ciphertext []byte, err error)
 	decrypt(ctx context.Context, ciphertext []byte) error
 	datakey(ctx context.Context, gkid string) error
+	// cryptoBatch is one batch call of op: encrypt plaintext under each of
+	// gkids, decrypt each of ciphertexts, or wrap a data key under each of
+	// gkids. It fails if any item fails.
+	cryptoBatch(ctx context.Context, op opKind, gkids []string, ciphertexts [][]byte, plaintext []byte) error
 }
 
 // clientTarget drives the cluster through the shared client.
@@ -288,6 +305,58 @@ func (t *clientTarget) datakey(ctx context.Context, gkid string) error {
 		return err
 	}
 	clear(resp.Plaintext)
+	return nil
+}
+
+func (t *clientTarget) cryptoBatch(ctx context.Context, op opKind, gkids []string, ciphertexts [][]byte, plaintext []byte) error {
+	var errs []*cofferv1.ItemError
+	switch op {
+	case opEncrypt:
+		req := &cofferv1.EncryptBatchRequest{Consistency: t.cons}
+		for _, g := range gkids {
+			req.Items = append(req.Items, &cofferv1.EncryptRequest{Gkid: g, Plaintext: plaintext})
+		}
+		resp, err := t.c.EncryptBatch(ctx, req)
+		if err != nil {
+			return err
+		}
+		for _, r := range resp.GetResults() {
+			errs = append(errs, r.GetError())
+		}
+	case opDecrypt:
+		req := &cofferv1.DecryptBatchRequest{Consistency: t.cons}
+		for _, ct := range ciphertexts {
+			req.Items = append(req.Items, &cofferv1.DecryptRequest{Ciphertext: ct})
+		}
+		resp, err := t.c.DecryptBatch(ctx, req)
+		if err != nil {
+			return err
+		}
+		for _, r := range resp.GetResults() {
+			clear(r.GetResponse().GetPlaintext())
+			errs = append(errs, r.GetError())
+		}
+	case opDataKey:
+		req := &cofferv1.GenerateDataKeyBatchRequest{Consistency: t.cons}
+		for _, g := range gkids {
+			req.Items = append(req.Items, &cofferv1.GenerateDataKeyRequest{Gkid: g})
+		}
+		resp, err := t.c.GenerateDataKeyBatch(ctx, req)
+		if err != nil {
+			return err
+		}
+		for _, r := range resp.GetResults() {
+			clear(r.GetResponse().GetPlaintext())
+			errs = append(errs, r.GetError())
+		}
+	default:
+		return fmt.Errorf("no batch form of %s", op)
+	}
+	for _, e := range errs {
+		if e != nil {
+			return status.Error(codes.Code(e.GetCode()), e.GetMessage())
+		}
+	}
 	return nil
 }
 
@@ -439,6 +508,16 @@ func (r *benchRun) chooseOp() opKind {
 func (r *benchRun) do(ctx context.Context, op opKind) error {
 	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
 	defer cancel()
+	if n := r.cfg.batch; n > 0 && (op == opEncrypt || op == opDecrypt || op == opDataKey) {
+		gkids, cts := make([]string, n), make([][]byte, n)
+		for i := range n {
+			gkids[i] = r.keys[mathrand.IntN(len(r.keys))]
+			if op == opDecrypt {
+				cts[i] = r.ciphertexts[mathrand.IntN(len(r.ciphertexts))]
+			}
+		}
+		return r.target.cryptoBatch(ctx, op, gkids, cts, r.plaintext)
+	}
 	switch op {
 	case opGet:
 		return r.target.get(ctx, r.keys[mathrand.IntN(len(r.keys))])
@@ -462,7 +541,8 @@ type benchReport struct {
 	DurationSeconds float64           `json:"duration_seconds"`
 	WarmupSeconds   float64           `json:"warmup_seconds"`
 	Keys            int               `json:"keys"`
-	Size            int               `json:"size,omitempty"` // plaintext bytes, encrypt and decrypt only
+	Size            int               `json:"size,omitempty"`  // plaintext bytes, encrypt and decrypt only
+	Batch           int               `json:"batch,omitempty"` // items per call, batch runs only
 	Endpoints       []string          `json:"endpoints"`
 	Ops             []opReport        `json:"ops"`
 	Total           opReport          `json:"total"`
@@ -477,11 +557,13 @@ type opReport struct {
 	Count     uint64  `json:"count"`
 	Errors    uint64  `json:"errors"`
 	OpsPerSec float64 `json:"ops_per_sec"`
-	MeanMs    float64 `json:"mean_ms"`
-	P50Ms     float64 `json:"p50_ms"`
-	P95Ms     float64 `json:"p95_ms"`
-	P99Ms     float64 `json:"p99_ms"`
-	MaxMs     float64 `json:"max_ms"`
+	// ItemsPerSec is OpsPerSec times the batch's items, batch runs only.
+	ItemsPerSec float64 `json:"items_per_sec,omitempty"`
+	MeanMs      float64 `json:"mean_ms"`
+	P50Ms       float64 `json:"p50_ms"`
+	P95Ms       float64 `json:"p95_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+	MaxMs       float64 `json:"max_ms"`
 }
 
 func (r *benchRun) report(stats []*workerStats, window time.Duration) benchReport {
@@ -513,6 +595,13 @@ func (r *benchRun) report(stats []*workerStats, window time.Duration) benchRepor
 		total.errors += merged.errors
 	}
 	rep.Total = newOpReport("total", &total, window)
+	if r.cfg.batch > 0 {
+		rep.Batch = r.cfg.batch
+		for i := range rep.Ops {
+			rep.Ops[i].ItemsPerSec = rep.Ops[i].OpsPerSec * float64(r.cfg.batch)
+		}
+		rep.Total.ItemsPerSec = rep.Total.OpsPerSec * float64(r.cfg.batch)
+	}
 	for _, st := range stats {
 		for code, n := range st.codes {
 			rep.ErrorCodes[code] += n
@@ -555,6 +644,9 @@ func (rep benchReport) writeText(w io.Writer) error {
 	if rep.Op == benchEncrypt || rep.Op == benchDecrypt {
 		size = fmt.Sprintf(" size=%d", rep.Size)
 	}
+	if rep.Batch > 0 {
+		size += fmt.Sprintf(" batch=%d", rep.Batch)
+	}
 	fmt.Fprintf(w, "op=%s concurrency=%d duration=%.3gs warmup=%.3gs keys=%d%s endpoints=%d\n",
 		rep.Op, rep.Concurrency, rep.DurationSeconds, rep.WarmupSeconds, rep.Keys, size, len(rep.Endpoints))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -565,6 +657,9 @@ func (rep benchReport) writeText(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if rep.Batch > 0 {
+		fmt.Fprintf(w, "items/s: %.1f (%d items per call)\n", rep.Total.ItemsPerSec, rep.Batch)
 	}
 	if len(rep.ErrorCodes) > 0 {
 		codes := make([]string, 0, len(rep.ErrorCodes))

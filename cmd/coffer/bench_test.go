@@ -157,6 +157,30 @@ func (f *fakeTarget) decrypt(ctx context.Context, ciphertext []byte) error {
 	return f.wait(ctx)
 }
 
+func (f *fakeTarget) cryptoBatch(ctx context.Context, op opKind, gkids []string, ciphertexts [][]byte, plaintext []byte) error {
+	switch op {
+	case opDecrypt:
+		for _, ct := range ciphertexts {
+			if err := f.decrypt(ctx, ct); err != nil {
+				return err
+			}
+		}
+	case opEncrypt:
+		for _, g := range gkids {
+			if _, err := f.encrypt(ctx, g, plaintext); err != nil {
+				return err
+			}
+		}
+	default:
+		for _, g := range gkids {
+			if err := f.datakey(ctx, g); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 func (f *fakeTarget) datakey(ctx context.Context, gkid string) error {
 	if !strings.HasPrefix(gkid, "gk-") {
 		return status.Error(codes.InvalidArgument, "bad gkid")
@@ -285,6 +309,11 @@ func (f *failingTarget) generate(context.Context) (string, error) {
 
 func (f *failingTarget) get(context.Context, string) error { return nil }
 
+func (f *failingTarget) cryptoBatch(context.Context, opKind, []string, [][]byte, []byte) error {
+	f.calls.Add(1)
+	return status.Error(codes.FailedPrecondition, "key is not an AES key")
+}
+
 func (f *failingTarget) encrypt(context.Context, string, []byte) ([]byte, error) {
 	f.calls.Add(1)
 	return nil, status.Error(codes.FailedPrecondition, "key is not an AES key")
@@ -346,6 +375,24 @@ func TestBenchConfig_ValidateCryptoOps(t *testing.T) {
 		b.algorithm, b.keys = "", 0
 		if err := b.validate(); err == nil || !strings.Contains(err.Error(), "--keys") {
 			t.Errorf("--op %s without keys: %v", op, err)
+		}
+	}
+	for _, c := range []struct {
+		op          string
+		batch, size int
+		want        string
+	}{
+		{benchEncrypt, 100, 1024, ""},
+		{benchDataKey, 1000, 1024, ""},
+		{benchEncrypt, 1001, 1, "--batch 1001"},
+		{benchEncrypt, -1, 1, "--batch -1"},
+		{benchGet, 10, 1024, "goes with --op encrypt"},
+		{benchEncrypt, 100, 65536, "at most 2097152"},
+	} {
+		b := base
+		b.op, b.batch, b.size = c.op, c.batch, c.size
+		if err := b.validate(); (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("--op %s --batch %d --size %d: %v, want %q", c.op, c.batch, c.size, err, c.want)
 		}
 	}
 	for size, ok := range map[int]bool{0: true, 1: true, 65536: true, 65537: false, -1: false} {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/ciphertext"
 	"github.com/coffer-kms/coffer/client"
 )
 
@@ -23,11 +24,9 @@ const (
 	// maxPlaintextInput is the most `coffer encrypt` reads: what one
 	// Encrypt takes.
 	maxPlaintextInput = client.MaxEncryptPlaintext
-	// maxCiphertextOverhead bounds what a ciphertext adds to its plaintext:
-	// in format version 1 (ciphertext/FORMAT.md) a 37-byte frame (magic,
-	// version, lengths, key version, nonce, tag) and the GKID, at most 128
-	// bytes. The rest is margin.
-	maxCiphertextOverhead = 256
+	// maxCiphertextOverhead bounds what a ciphertext adds to its plaintext
+	// (ciphertext/FORMAT.md).
+	maxCiphertextOverhead = ciphertext.MaxOverhead
 	// maxCiphertextInput is the most `coffer decrypt` reads: no valid
 	// ciphertext of an Encrypt or GenerateDataKey is longer.
 	maxCiphertextInput = maxPlaintextInput + maxCiphertextOverhead

@@ -8,8 +8,10 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/client"
@@ -22,8 +24,9 @@ const maxMaterialFile = 1024
 const maxPageSize = 1000
 
 func (a *app) keyCmd() *cobra.Command {
-	return group("key", "Generate, import, fetch and list keys",
-		a.keyGenerateCmd(), a.keyPutCmd(), a.keyGetCmd(), a.keyDescribeCmd(), a.keyListCmd())
+	return group("key", "Generate, import, fetch and list keys; move them through their life cycle",
+		append([]*cobra.Command{a.keyGenerateCmd(), a.keyPutCmd(), a.keyGetCmd(), a.keyDescribeCmd(), a.keyListCmd()},
+			a.keyLifecycleCmds()...)...)
 }
 
 // keyPrint writes the result of a write: the GKID (text) or the metadata
@@ -36,8 +39,27 @@ func (a *app) keyPrint(md *cofferv1.KeyMetadata) error {
 	return err
 }
 
+// parseActivateAt reads --activate-at: an RFC 3339 time, or a duration from
+// now ("90m", "24h"). Empty: nil (the key is active at once).
+func parseActivateAt(s string, now time.Time) (*timestamppb.Timestamp, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return nil, usagef("--activate-at %s: a duration from now must be positive", s)
+		}
+		return timestamppb.New(now.Add(d)), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return nil, usagef("--activate-at %q: want an RFC 3339 time (2027-01-31T09:00:00Z) or a duration from now (24h)", s)
+	}
+	return timestamppb.New(t), nil
+}
+
 func (a *app) keyGenerateCmd() *cobra.Command {
-	var policy, resource, algorithm, requestID string
+	var policy, resource, algorithm, requestID, activateAt string
 	cmd := &cobra.Command{
 		Use:   "generate --resource R [--policy P] [--algorithm A]",
 		Short: "Generate a key and print its GKID",
@@ -50,7 +72,11 @@ func (a *app) keyGenerateCmd() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			req := &cofferv1.GenerateKeyRequest{RequestId: requestID, Policy: policy, Resource: resource, Algorithm: alg}
+			at, err := parseActivateAt(activateAt, time.Now())
+			if err != nil {
+				return err
+			}
+			req := &cofferv1.GenerateKeyRequest{RequestId: requestID, Policy: policy, Resource: resource, Algorithm: alg, ActivateAt: at}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.GenerateKey(ctx, req)
 				if err != nil {
@@ -65,11 +91,12 @@ func (a *app) keyGenerateCmd() *cobra.Command {
 	f.StringVar(&resource, "resource", "", "resource the key is bound to (required)")
 	f.StringVar(&algorithm, "algorithm", "", "aes-128, aes-192, aes-256 or hmac-sha256 (default aes-256)")
 	f.StringVar(&requestID, "request-id", "", "idempotency id, at most 64 characters (default: random)")
+	f.StringVar(&activateAt, "activate-at", "", "create the key pre-active, active from this RFC 3339 time or duration from now (24h)")
 	return cmd
 }
 
 func (a *app) keyPutCmd() *cobra.Command {
-	var policy, resource, algorithm, requestID, file, encoding string
+	var policy, resource, algorithm, requestID, file, encoding, activateAt string
 	cmd := &cobra.Command{
 		Use:   "put --resource R --material-file F [--policy P] [--algorithm A] [--encoding E]",
 		Short: "Import key material and print the new GKID",
@@ -90,8 +117,12 @@ func (a *app) keyPutCmd() *cobra.Command {
 				return err
 			}
 			defer clear(material)
+			at, err := parseActivateAt(activateAt, time.Now())
+			if err != nil {
+				return err
+			}
 			req := &cofferv1.PutKeyRequest{RequestId: requestID, Policy: policy, Resource: resource,
-				Algorithm: alg, Material: material}
+				Algorithm: alg, Material: material, ActivateAt: at}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.PutKey(ctx, req)
 				if err != nil {
@@ -108,6 +139,7 @@ func (a *app) keyPutCmd() *cobra.Command {
 	f.StringVar(&requestID, "request-id", "", "idempotency id, at most 64 characters (default: random)")
 	f.StringVar(&file, "material-file", "", `file holding the key material, at most 1 KiB ("-" reads stdin) (required)`)
 	f.StringVar(&encoding, "encoding", "raw", "encoding of the material file: raw, base64 or hex")
+	f.StringVar(&activateAt, "activate-at", "", "import the key pre-active, active from this RFC 3339 time or duration from now (24h)")
 	return cmd
 }
 

@@ -130,6 +130,15 @@ func enumWord(name, prefix string) string {
 
 func stateName(s cofferv1.KeyState) string { return enumWord(s.String(), "KEY_STATE_") }
 
+// compromisedMark flags a key once marked compromised, whatever its state
+// now (a destroyed key keeps the mark).
+func compromisedMark(md *cofferv1.KeyMetadata) string {
+	if md.GetCompromised() && md.GetState() != cofferv1.KeyState_KEY_STATE_COMPROMISED {
+		return " (compromised)"
+	}
+	return ""
+}
+
 func roleName(r cofferv1.NodeRole) string { return enumWord(r.String(), "NODE_ROLE_") }
 
 // protoJSON is the JSON form of API messages: proto field names, default
@@ -204,19 +213,28 @@ func formatCachePolicy(p *cofferv1.KeyCachePolicy) string {
 // writeMetadataText writes key metadata as aligned "name: value" lines.
 func writeMetadataText(w io.Writer, md *cofferv1.KeyMetadata) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
-	for _, row := range [][2]string{
+	rows := [][2]string{
 		{"gkid", md.GetGkid()},
 		{"policy", md.GetPolicy()},
 		{"resource", md.GetResource()},
 		{"owner", md.GetOwner()},
 		{"algorithm", algorithmName(md.GetAlgorithm())},
-		{"state", stateName(md.GetState())},
+		{"state", stateName(md.GetState()) + compromisedMark(md)},
 		{"created", formatTime(md.GetCreatedAt())},
-		{"kek version", fmt.Sprint(md.GetKekVersion())},
-		{"revision", fmt.Sprint(md.GetRevision())},
-		{"use policy", formatUsePolicy(md.GetUsePolicy())},
-		{"cache policy", formatCachePolicy(md.GetCachePolicy())},
-	} {
+	}
+	// The life-cycle times, only for a key that has them.
+	if md.GetActivateAt() != nil {
+		rows = append(rows, [2]string{"activate at", formatTime(md.GetActivateAt())})
+	}
+	if md.GetStateChangedAt() != nil {
+		rows = append(rows, [2]string{"state changed", formatTime(md.GetStateChangedAt())})
+	}
+	rows = append(rows,
+		[2]string{"kek version", fmt.Sprint(md.GetKekVersion())},
+		[2]string{"revision", fmt.Sprint(md.GetRevision())},
+		[2]string{"use policy", formatUsePolicy(md.GetUsePolicy())},
+		[2]string{"cache policy", formatCachePolicy(md.GetCachePolicy())})
+	for _, row := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", row[0], row[1])
 	}
 	return tw.Flush()

@@ -462,6 +462,512 @@ func (x *GenerateDataKeyResponse) GetAlgorithm() Algorithm {
 	return Algorithm_ALGORITHM_UNSPECIFIED
 }
 
+// ItemError is why one item of a batch failed: the status code
+// (google.golang.org/grpc/codes) and message the single call would have
+// returned.
+type ItemError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ItemError) Reset() {
+	*x = ItemError{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ItemError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ItemError) ProtoMessage() {}
+
+func (x *ItemError) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
+func (*ItemError) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ItemError) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ItemError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// Batches: many items in one request, one result per item in the same
+// order, and one audit entry per item (its request_id is the request's
+// followed by "#" and the item's index). Every item's use of its key is
+// decided in the same Raft round. At most 1000 items and 2 MiB of
+// plaintext or ciphertext in all; an item's own consistency must be unset
+// (the batch's applies).
+type EncryptBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*EncryptRequest      `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncryptBatchRequest) Reset() {
+	*x = EncryptBatchRequest{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncryptBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncryptBatchRequest) ProtoMessage() {}
+
+func (x *EncryptBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncryptBatchRequest.ProtoReflect.Descriptor instead.
+func (*EncryptBatchRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EncryptBatchRequest) GetItems() []*EncryptRequest {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *EncryptBatchRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type EncryptBatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One of the two.
+	Response      *EncryptResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	Error         *ItemError       `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncryptBatchResult) Reset() {
+	*x = EncryptBatchResult{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncryptBatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncryptBatchResult) ProtoMessage() {}
+
+func (x *EncryptBatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncryptBatchResult.ProtoReflect.Descriptor instead.
+func (*EncryptBatchResult) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *EncryptBatchResult) GetResponse() *EncryptResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *EncryptBatchResult) GetError() *ItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type EncryptBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*EncryptBatchResult  `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncryptBatchResponse) Reset() {
+	*x = EncryptBatchResponse{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncryptBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncryptBatchResponse) ProtoMessage() {}
+
+func (x *EncryptBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncryptBatchResponse.ProtoReflect.Descriptor instead.
+func (*EncryptBatchResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EncryptBatchResponse) GetResults() []*EncryptBatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type DecryptBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*DecryptRequest      `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecryptBatchRequest) Reset() {
+	*x = DecryptBatchRequest{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecryptBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecryptBatchRequest) ProtoMessage() {}
+
+func (x *DecryptBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecryptBatchRequest.ProtoReflect.Descriptor instead.
+func (*DecryptBatchRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DecryptBatchRequest) GetItems() []*DecryptRequest {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *DecryptBatchRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type DecryptBatchResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Response      *DecryptResponse       `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	Error         *ItemError             `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecryptBatchResult) Reset() {
+	*x = DecryptBatchResult{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecryptBatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecryptBatchResult) ProtoMessage() {}
+
+func (x *DecryptBatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecryptBatchResult.ProtoReflect.Descriptor instead.
+func (*DecryptBatchResult) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DecryptBatchResult) GetResponse() *DecryptResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *DecryptBatchResult) GetError() *ItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type DecryptBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*DecryptBatchResult  `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecryptBatchResponse) Reset() {
+	*x = DecryptBatchResponse{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecryptBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecryptBatchResponse) ProtoMessage() {}
+
+func (x *DecryptBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecryptBatchResponse.ProtoReflect.Descriptor instead.
+func (*DecryptBatchResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DecryptBatchResponse) GetResults() []*DecryptBatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type GenerateDataKeyBatchRequest struct {
+	state         protoimpl.MessageState    `protogen:"open.v1"`
+	Items         []*GenerateDataKeyRequest `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	Consistency   Consistency               `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateDataKeyBatchRequest) Reset() {
+	*x = GenerateDataKeyBatchRequest{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateDataKeyBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateDataKeyBatchRequest) ProtoMessage() {}
+
+func (x *GenerateDataKeyBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateDataKeyBatchRequest.ProtoReflect.Descriptor instead.
+func (*GenerateDataKeyBatchRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GenerateDataKeyBatchRequest) GetItems() []*GenerateDataKeyRequest {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *GenerateDataKeyBatchRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type GenerateDataKeyBatchResult struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Response      *GenerateDataKeyResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	Error         *ItemError               `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateDataKeyBatchResult) Reset() {
+	*x = GenerateDataKeyBatchResult{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateDataKeyBatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateDataKeyBatchResult) ProtoMessage() {}
+
+func (x *GenerateDataKeyBatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateDataKeyBatchResult.ProtoReflect.Descriptor instead.
+func (*GenerateDataKeyBatchResult) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GenerateDataKeyBatchResult) GetResponse() *GenerateDataKeyResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *GenerateDataKeyBatchResult) GetError() *ItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type GenerateDataKeyBatchResponse struct {
+	state         protoimpl.MessageState        `protogen:"open.v1"`
+	Results       []*GenerateDataKeyBatchResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateDataKeyBatchResponse) Reset() {
+	*x = GenerateDataKeyBatchResponse{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateDataKeyBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateDataKeyBatchResponse) ProtoMessage() {}
+
+func (x *GenerateDataKeyBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateDataKeyBatchResponse.ProtoReflect.Descriptor instead.
+func (*GenerateDataKeyBatchResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GenerateDataKeyBatchResponse) GetResults() []*GenerateDataKeyBatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 var File_coffer_v1_crypto_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_crypto_proto_rawDesc = "" +
@@ -514,11 +1020,41 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\x04gkid\x18\x03 \x01(\tR\x04gkid\x12\x1f\n" +
 	"\vkey_version\x18\x04 \x01(\rR\n" +
 	"keyVersion\x122\n" +
-	"\talgorithm\x18\x05 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm2\xed\x01\n" +
+	"\talgorithm\x18\x05 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\"9\n" +
+	"\tItemError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x80\x01\n" +
+	"\x13EncryptBatchRequest\x12/\n" +
+	"\x05items\x18\x01 \x03(\v2\x19.coffer.v1.EncryptRequestR\x05items\x128\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"x\n" +
+	"\x12EncryptBatchResult\x126\n" +
+	"\bresponse\x18\x01 \x01(\v2\x1a.coffer.v1.EncryptResponseR\bresponse\x12*\n" +
+	"\x05error\x18\x02 \x01(\v2\x14.coffer.v1.ItemErrorR\x05error\"O\n" +
+	"\x14EncryptBatchResponse\x127\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.coffer.v1.EncryptBatchResultR\aresults\"\x80\x01\n" +
+	"\x13DecryptBatchRequest\x12/\n" +
+	"\x05items\x18\x01 \x03(\v2\x19.coffer.v1.DecryptRequestR\x05items\x128\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"x\n" +
+	"\x12DecryptBatchResult\x126\n" +
+	"\bresponse\x18\x01 \x01(\v2\x1a.coffer.v1.DecryptResponseR\bresponse\x12*\n" +
+	"\x05error\x18\x02 \x01(\v2\x14.coffer.v1.ItemErrorR\x05error\"O\n" +
+	"\x14DecryptBatchResponse\x127\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.coffer.v1.DecryptBatchResultR\aresults\"\x90\x01\n" +
+	"\x1bGenerateDataKeyBatchRequest\x127\n" +
+	"\x05items\x18\x01 \x03(\v2!.coffer.v1.GenerateDataKeyRequestR\x05items\x128\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"\x88\x01\n" +
+	"\x1aGenerateDataKeyBatchResult\x12>\n" +
+	"\bresponse\x18\x01 \x01(\v2\".coffer.v1.GenerateDataKeyResponseR\bresponse\x12*\n" +
+	"\x05error\x18\x02 \x01(\v2\x14.coffer.v1.ItemErrorR\x05error\"_\n" +
+	"\x1cGenerateDataKeyBatchResponse\x12?\n" +
+	"\aresults\x18\x01 \x03(\v2%.coffer.v1.GenerateDataKeyBatchResultR\aresults2\xf8\x03\n" +
 	"\rCryptoService\x12@\n" +
 	"\aEncrypt\x12\x19.coffer.v1.EncryptRequest\x1a\x1a.coffer.v1.EncryptResponse\x12@\n" +
 	"\aDecrypt\x12\x19.coffer.v1.DecryptRequest\x1a\x1a.coffer.v1.DecryptResponse\x12X\n" +
-	"\x0fGenerateDataKey\x12!.coffer.v1.GenerateDataKeyRequest\x1a\".coffer.v1.GenerateDataKeyResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
+	"\x0fGenerateDataKey\x12!.coffer.v1.GenerateDataKeyRequest\x1a\".coffer.v1.GenerateDataKeyResponse\x12O\n" +
+	"\fEncryptBatch\x12\x1e.coffer.v1.EncryptBatchRequest\x1a\x1f.coffer.v1.EncryptBatchResponse\x12O\n" +
+	"\fDecryptBatch\x12\x1e.coffer.v1.DecryptBatchRequest\x1a\x1f.coffer.v1.DecryptBatchResponse\x12g\n" +
+	"\x14GenerateDataKeyBatch\x12&.coffer.v1.GenerateDataKeyBatchRequest\x1a'.coffer.v1.GenerateDataKeyBatchResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
 var (
 	file_coffer_v1_crypto_proto_rawDescOnce sync.Once
@@ -532,42 +1068,73 @@ func file_coffer_v1_crypto_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_crypto_proto_rawDescData
 }
 
-var file_coffer_v1_crypto_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_coffer_v1_crypto_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_coffer_v1_crypto_proto_goTypes = []any{
-	(*EncryptRequest)(nil),          // 0: coffer.v1.EncryptRequest
-	(*EncryptResponse)(nil),         // 1: coffer.v1.EncryptResponse
-	(*DecryptRequest)(nil),          // 2: coffer.v1.DecryptRequest
-	(*DecryptResponse)(nil),         // 3: coffer.v1.DecryptResponse
-	(*GenerateDataKeyRequest)(nil),  // 4: coffer.v1.GenerateDataKeyRequest
-	(*GenerateDataKeyResponse)(nil), // 5: coffer.v1.GenerateDataKeyResponse
-	nil,                             // 6: coffer.v1.EncryptRequest.ContextEntry
-	nil,                             // 7: coffer.v1.DecryptRequest.ContextEntry
-	nil,                             // 8: coffer.v1.GenerateDataKeyRequest.ContextEntry
-	(Consistency)(0),                // 9: coffer.v1.Consistency
-	(KeyState)(0),                   // 10: coffer.v1.KeyState
-	(Algorithm)(0),                  // 11: coffer.v1.Algorithm
+	(*EncryptRequest)(nil),               // 0: coffer.v1.EncryptRequest
+	(*EncryptResponse)(nil),              // 1: coffer.v1.EncryptResponse
+	(*DecryptRequest)(nil),               // 2: coffer.v1.DecryptRequest
+	(*DecryptResponse)(nil),              // 3: coffer.v1.DecryptResponse
+	(*GenerateDataKeyRequest)(nil),       // 4: coffer.v1.GenerateDataKeyRequest
+	(*GenerateDataKeyResponse)(nil),      // 5: coffer.v1.GenerateDataKeyResponse
+	(*ItemError)(nil),                    // 6: coffer.v1.ItemError
+	(*EncryptBatchRequest)(nil),          // 7: coffer.v1.EncryptBatchRequest
+	(*EncryptBatchResult)(nil),           // 8: coffer.v1.EncryptBatchResult
+	(*EncryptBatchResponse)(nil),         // 9: coffer.v1.EncryptBatchResponse
+	(*DecryptBatchRequest)(nil),          // 10: coffer.v1.DecryptBatchRequest
+	(*DecryptBatchResult)(nil),           // 11: coffer.v1.DecryptBatchResult
+	(*DecryptBatchResponse)(nil),         // 12: coffer.v1.DecryptBatchResponse
+	(*GenerateDataKeyBatchRequest)(nil),  // 13: coffer.v1.GenerateDataKeyBatchRequest
+	(*GenerateDataKeyBatchResult)(nil),   // 14: coffer.v1.GenerateDataKeyBatchResult
+	(*GenerateDataKeyBatchResponse)(nil), // 15: coffer.v1.GenerateDataKeyBatchResponse
+	nil,                                  // 16: coffer.v1.EncryptRequest.ContextEntry
+	nil,                                  // 17: coffer.v1.DecryptRequest.ContextEntry
+	nil,                                  // 18: coffer.v1.GenerateDataKeyRequest.ContextEntry
+	(Consistency)(0),                     // 19: coffer.v1.Consistency
+	(KeyState)(0),                        // 20: coffer.v1.KeyState
+	(Algorithm)(0),                       // 21: coffer.v1.Algorithm
 }
 var file_coffer_v1_crypto_proto_depIdxs = []int32{
-	6,  // 0: coffer.v1.EncryptRequest.context:type_name -> coffer.v1.EncryptRequest.ContextEntry
-	9,  // 1: coffer.v1.EncryptRequest.consistency:type_name -> coffer.v1.Consistency
-	7,  // 2: coffer.v1.DecryptRequest.context:type_name -> coffer.v1.DecryptRequest.ContextEntry
-	9,  // 3: coffer.v1.DecryptRequest.consistency:type_name -> coffer.v1.Consistency
-	10, // 4: coffer.v1.DecryptResponse.key_state:type_name -> coffer.v1.KeyState
-	8,  // 5: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
-	11, // 6: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	9,  // 7: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	11, // 8: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
-	0,  // 9: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
-	2,  // 10: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
-	4,  // 11: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
-	1,  // 12: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
-	3,  // 13: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
-	5,  // 14: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	16, // 0: coffer.v1.EncryptRequest.context:type_name -> coffer.v1.EncryptRequest.ContextEntry
+	19, // 1: coffer.v1.EncryptRequest.consistency:type_name -> coffer.v1.Consistency
+	17, // 2: coffer.v1.DecryptRequest.context:type_name -> coffer.v1.DecryptRequest.ContextEntry
+	19, // 3: coffer.v1.DecryptRequest.consistency:type_name -> coffer.v1.Consistency
+	20, // 4: coffer.v1.DecryptResponse.key_state:type_name -> coffer.v1.KeyState
+	18, // 5: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
+	21, // 6: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	19, // 7: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	21, // 8: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
+	0,  // 9: coffer.v1.EncryptBatchRequest.items:type_name -> coffer.v1.EncryptRequest
+	19, // 10: coffer.v1.EncryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	1,  // 11: coffer.v1.EncryptBatchResult.response:type_name -> coffer.v1.EncryptResponse
+	6,  // 12: coffer.v1.EncryptBatchResult.error:type_name -> coffer.v1.ItemError
+	8,  // 13: coffer.v1.EncryptBatchResponse.results:type_name -> coffer.v1.EncryptBatchResult
+	2,  // 14: coffer.v1.DecryptBatchRequest.items:type_name -> coffer.v1.DecryptRequest
+	19, // 15: coffer.v1.DecryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	3,  // 16: coffer.v1.DecryptBatchResult.response:type_name -> coffer.v1.DecryptResponse
+	6,  // 17: coffer.v1.DecryptBatchResult.error:type_name -> coffer.v1.ItemError
+	11, // 18: coffer.v1.DecryptBatchResponse.results:type_name -> coffer.v1.DecryptBatchResult
+	4,  // 19: coffer.v1.GenerateDataKeyBatchRequest.items:type_name -> coffer.v1.GenerateDataKeyRequest
+	19, // 20: coffer.v1.GenerateDataKeyBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	5,  // 21: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
+	6,  // 22: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
+	14, // 23: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
+	0,  // 24: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
+	2,  // 25: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
+	4,  // 26: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
+	7,  // 27: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
+	10, // 28: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
+	13, // 29: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
+	1,  // 30: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
+	3,  // 31: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
+	5,  // 32: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
+	9,  // 33: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
+	12, // 34: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
+	15, // 35: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
+	30, // [30:36] is the sub-list for method output_type
+	24, // [24:30] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_crypto_proto_init() }
@@ -582,7 +1149,7 @@ func file_coffer_v1_crypto_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_crypto_proto_rawDesc), len(file_coffer_v1_crypto_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

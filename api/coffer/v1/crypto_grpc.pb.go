@@ -35,9 +35,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	CryptoService_Encrypt_FullMethodName         = "/coffer.v1.CryptoService/Encrypt"
-	CryptoService_Decrypt_FullMethodName         = "/coffer.v1.CryptoService/Decrypt"
-	CryptoService_GenerateDataKey_FullMethodName = "/coffer.v1.CryptoService/GenerateDataKey"
+	CryptoService_Encrypt_FullMethodName              = "/coffer.v1.CryptoService/Encrypt"
+	CryptoService_Decrypt_FullMethodName              = "/coffer.v1.CryptoService/Decrypt"
+	CryptoService_GenerateDataKey_FullMethodName      = "/coffer.v1.CryptoService/GenerateDataKey"
+	CryptoService_EncryptBatch_FullMethodName         = "/coffer.v1.CryptoService/EncryptBatch"
+	CryptoService_DecryptBatch_FullMethodName         = "/coffer.v1.CryptoService/DecryptBatch"
+	CryptoService_GenerateDataKeyBatch_FullMethodName = "/coffer.v1.CryptoService/GenerateDataKeyBatch"
 )
 
 // CryptoServiceClient is the client API for CryptoService service.
@@ -49,6 +52,9 @@ type CryptoServiceClient interface {
 	Encrypt(ctx context.Context, in *EncryptRequest, opts ...grpc.CallOption) (*EncryptResponse, error)
 	Decrypt(ctx context.Context, in *DecryptRequest, opts ...grpc.CallOption) (*DecryptResponse, error)
 	GenerateDataKey(ctx context.Context, in *GenerateDataKeyRequest, opts ...grpc.CallOption) (*GenerateDataKeyResponse, error)
+	EncryptBatch(ctx context.Context, in *EncryptBatchRequest, opts ...grpc.CallOption) (*EncryptBatchResponse, error)
+	DecryptBatch(ctx context.Context, in *DecryptBatchRequest, opts ...grpc.CallOption) (*DecryptBatchResponse, error)
+	GenerateDataKeyBatch(ctx context.Context, in *GenerateDataKeyBatchRequest, opts ...grpc.CallOption) (*GenerateDataKeyBatchResponse, error)
 }
 
 type cryptoServiceClient struct {
@@ -89,6 +95,36 @@ func (c *cryptoServiceClient) GenerateDataKey(ctx context.Context, in *GenerateD
 	return out, nil
 }
 
+func (c *cryptoServiceClient) EncryptBatch(ctx context.Context, in *EncryptBatchRequest, opts ...grpc.CallOption) (*EncryptBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EncryptBatchResponse)
+	err := c.cc.Invoke(ctx, CryptoService_EncryptBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) DecryptBatch(ctx context.Context, in *DecryptBatchRequest, opts ...grpc.CallOption) (*DecryptBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecryptBatchResponse)
+	err := c.cc.Invoke(ctx, CryptoService_DecryptBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) GenerateDataKeyBatch(ctx context.Context, in *GenerateDataKeyBatchRequest, opts ...grpc.CallOption) (*GenerateDataKeyBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GenerateDataKeyBatchResponse)
+	err := c.cc.Invoke(ctx, CryptoService_GenerateDataKeyBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CryptoServiceServer is the server API for CryptoService service.
 // All implementations must embed UnimplementedCryptoServiceServer
 // for forward compatibility.
@@ -98,6 +134,9 @@ type CryptoServiceServer interface {
 	Encrypt(context.Context, *EncryptRequest) (*EncryptResponse, error)
 	Decrypt(context.Context, *DecryptRequest) (*DecryptResponse, error)
 	GenerateDataKey(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error)
+	EncryptBatch(context.Context, *EncryptBatchRequest) (*EncryptBatchResponse, error)
+	DecryptBatch(context.Context, *DecryptBatchRequest) (*DecryptBatchResponse, error)
+	GenerateDataKeyBatch(context.Context, *GenerateDataKeyBatchRequest) (*GenerateDataKeyBatchResponse, error)
 	mustEmbedUnimplementedCryptoServiceServer()
 }
 
@@ -116,6 +155,15 @@ func (UnimplementedCryptoServiceServer) Decrypt(context.Context, *DecryptRequest
 }
 func (UnimplementedCryptoServiceServer) GenerateDataKey(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GenerateDataKey not implemented")
+}
+func (UnimplementedCryptoServiceServer) EncryptBatch(context.Context, *EncryptBatchRequest) (*EncryptBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EncryptBatch not implemented")
+}
+func (UnimplementedCryptoServiceServer) DecryptBatch(context.Context, *DecryptBatchRequest) (*DecryptBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DecryptBatch not implemented")
+}
+func (UnimplementedCryptoServiceServer) GenerateDataKeyBatch(context.Context, *GenerateDataKeyBatchRequest) (*GenerateDataKeyBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GenerateDataKeyBatch not implemented")
 }
 func (UnimplementedCryptoServiceServer) mustEmbedUnimplementedCryptoServiceServer() {}
 func (UnimplementedCryptoServiceServer) testEmbeddedByValue()                       {}
@@ -192,6 +240,60 @@ func _CryptoService_GenerateDataKey_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CryptoService_EncryptBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EncryptBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).EncryptBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_EncryptBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).EncryptBatch(ctx, req.(*EncryptBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_DecryptBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecryptBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).DecryptBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_DecryptBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).DecryptBatch(ctx, req.(*DecryptBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_GenerateDataKeyBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateDataKeyBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).GenerateDataKeyBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_GenerateDataKeyBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).GenerateDataKeyBatch(ctx, req.(*GenerateDataKeyBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CryptoService_ServiceDesc is the grpc.ServiceDesc for CryptoService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -210,6 +312,18 @@ var CryptoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GenerateDataKey",
 			Handler:    _CryptoService_GenerateDataKey_Handler,
+		},
+		{
+			MethodName: "EncryptBatch",
+			Handler:    _CryptoService_EncryptBatch_Handler,
+		},
+		{
+			MethodName: "DecryptBatch",
+			Handler:    _CryptoService_DecryptBatch_Handler,
+		},
+		{
+			MethodName: "GenerateDataKeyBatch",
+			Handler:    _CryptoService_GenerateDataKeyBatch_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,246 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/transport"
+)
+
+// Batches of the data encryption service: many items in one request, each
+// validated, decided and audited as its single call would be, with one
+// audit entry per item. Every item's entry goes into one audit batch, so one
+// Raft round commits and decides them all; the material of each key is
+// unwrapped once per batch.
+
+// Limits of a batch.
+const (
+	// maxBatchItems bounds the items of one batch.
+	maxBatchItems = 1000
+	// maxBatchBytes bounds the plaintext or ciphertext of one batch.
+	maxBatchBytes = 2 << 20
+)
+
+// batchItems is what serveCryptoBatch needs of a batch request's items.
+type batchItems[Req any] struct {
+	items []Req
+	// size is an item's plaintext or ciphertext, counted against
+	// maxBatchBytes.
+	size func(Req) int
+	// consistency is an item's own consistency, which must be unset.
+	consistency func(Req) cofferv1.Consistency
+}
+
+// serveCryptoBatch serves a batch of o: it returns, for each item, its
+// response or its error (errs[i] set), or an error for the whole request
+// when the batch itself is refused.
+func serveCryptoBatch[Req any, Resp any](s *service, ctx context.Context, o *cryptoOp[Req, Resp], in batchItems[Req], cons cofferv1.Consistency) (out []Resp, errs []error, err error) {
+	r := requestFrom(ctx)
+	c := r.caller
+	if err := validConsistency(cons); err != nil {
+		return nil, nil, err
+	}
+	n := len(in.items)
+	if n == 0 || n > maxBatchItems {
+		return nil, nil, fmt.Errorf("%w: a batch holds 1 to %d items, not %d", ErrInvalidArgument, maxBatchItems, n)
+	}
+	total := 0
+	for _, it := range in.items {
+		total += in.size(it)
+	}
+	if total > maxBatchBytes {
+		return nil, nil, fmt.Errorf("%w: the batch's items hold %d bytes, at most %d", ErrInvalidArgument, total, maxBatchBytes)
+	}
+	decided := cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient
+	ids := make([]string, n)
+	errs = make([]error, n)
+	var b auditBatch
+	var decidedItems []int // items whose use Apply decides, in decide order
+	now := time.Now()
+	for i, it := range in.items {
+		e := proto.CloneOf(r.entry)
+		e.Operation = string(o.op)
+		e.RequestId = clip(r.entry.GetRequestId()+"#"+strconv.Itoa(i), maxRequestIDField)
+		if ic := in.consistency(it); ic != cofferv1.Consistency_CONSISTENCY_UNSPECIFIED {
+			errs[i] = fmt.Errorf("%w: item %d sets its own consistency; set it on the batch", ErrInvalidArgument, i)
+		} else {
+			ids[i], errs[i] = o.target(it)
+		}
+		switch {
+		case errs[i] != nil:
+			setOutcome(e, errs[i])
+		case decided:
+			e.Gkid = ids[i]
+			e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED // Apply replaces it
+			b.decide = append(b.decide, &cofferv1.ReadDecision{Entry: uint32(len(b.entries)), CertSerial: c.serial})
+			decidedItems = append(decidedItems, i)
+		default:
+			// A stale batch (or a node's) is decided on this node's state.
+			e.Gkid = ids[i]
+			errs[i] = s.decideHere(c, o.op, ids[i], e, now)
+			setOutcome(e, errs[i])
+		}
+		b.entries = append(b.entries, e)
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	start := time.Now()
+	idx, reads, err := s.auditor.submit(actx, b)
+	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
+	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
+		return nil, nil, err // not queued: finishRequest records the refusal
+	}
+	r.carried = true // the items' entries are the request's
+	if err != nil {
+		metricAuditFailures.Inc()
+		s.replica.raftLog().Error("batch's audit entries not committed; response withheld", "op", o.op, "items", n, "err", err)
+		return nil, nil, errAuditNotCommitted(err)
+	}
+	granted := false
+	for j, i := range decidedItems {
+		errs[i] = s.readRefusal(o.op, ids[i], reads[j])
+		granted = granted || errs[i] == nil
+	}
+	if granted {
+		if err := s.fsm.WaitApplied(actx, idx); err != nil {
+			return nil, nil, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
+		}
+	}
+	keys := map[string]*keyInUse{}
+	defer func() {
+		for _, k := range keys {
+			clear(k.material)
+		}
+	}()
+	out = make([]Resp, n)
+	for i, it := range in.items {
+		if errs[i] != nil {
+			continue
+		}
+		k, ok := keys[ids[i]]
+		if !ok {
+			k = &keyInUse{}
+			k.rec, k.material, k.err = s.openForUse(c, o.op, ids[i])
+			keys[ids[i]] = k
+		}
+		if k.err != nil {
+			errs[i] = k.err
+			continue
+		}
+		out[i], errs[i] = o.run(s, k.rec, k.material, it)
+	}
+	return out, errs, nil
+}
+
+// maxRequestIDField bounds an item's request id in its audit entry.
+const maxRequestIDField = 1024
+
+// keyInUse is a key a batch uses: its record and unwrapped material, opened
+// once for all the batch's items.
+type keyInUse struct {
+	rec      *cofferv1.KeyRecord
+	material []byte
+	err      error
+}
+
+// decideHere decides a use of key id on this node's state (a stale batch)
+// and records the key's resource, policy and compromise mark in e.
+func (s *service) decideHere(c caller, op authz.Op, id string, e *cofferv1.AuditEntry, at time.Time) error {
+	rec, err := s.storedKey(id)
+	if errors.Is(err, ErrNotFound) {
+		rec, err = nil, nil // DecideKeyRead says what the caller may learn of it
+	}
+	if err != nil {
+		return err
+	}
+	if rec != nil {
+		e.Resource, e.Policy, e.KeyCompromised = rec.GetResource(), rec.GetPolicy(), rec.GetCompromised()
+	}
+	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, at)
+	return s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail})
+}
+
+// openForUse reads a key whose use was granted, checks this node's
+// integrity-verified access records agree, and unwraps its material.
+func (s *service) openForUse(c caller, op authz.Op, id string) (*cofferv1.KeyRecord, []byte, error) {
+	rec, err := s.storedKey(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.authorize(c, op, rec.GetResource()); err != nil {
+		s.replica.raftLog().Warn("a batch item granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "err", err)
+		return nil, nil, err
+	}
+	material, err := s.checkedMaterial(rec, op)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, material, nil
+}
+
+// itemError is an item's error as the single call would have returned it.
+func itemError(err error) *cofferv1.ItemError {
+	st := status.Convert(toStatus(err))
+	if st.Code() == codes.OK {
+		return nil
+	}
+	return &cofferv1.ItemError{Code: uint32(st.Code()), Message: st.Message()}
+}
+
+func (s *service) encryptBatch(ctx context.Context, req *cofferv1.EncryptBatchRequest) (*cofferv1.EncryptBatchResponse, error) {
+	out, errs, err := serveCryptoBatch(s, ctx, opEncrypt, batchItems[*cofferv1.EncryptRequest]{
+		items:       req.GetItems(),
+		size:        func(q *cofferv1.EncryptRequest) int { return len(q.GetPlaintext()) },
+		consistency: (*cofferv1.EncryptRequest).GetConsistency,
+	}, req.GetConsistency())
+	if err != nil {
+		return nil, err
+	}
+	resp := &cofferv1.EncryptBatchResponse{Results: make([]*cofferv1.EncryptBatchResult, len(out))}
+	for i := range out {
+		resp.Results[i] = &cofferv1.EncryptBatchResult{Response: out[i], Error: itemError(errs[i])}
+	}
+	return resp, nil
+}
+
+func (s *service) decryptBatch(ctx context.Context, req *cofferv1.DecryptBatchRequest) (*cofferv1.DecryptBatchResponse, error) {
+	out, errs, err := serveCryptoBatch(s, ctx, opDecrypt, batchItems[*cofferv1.DecryptRequest]{
+		items:       req.GetItems(),
+		size:        func(q *cofferv1.DecryptRequest) int { return len(q.GetCiphertext()) },
+		consistency: (*cofferv1.DecryptRequest).GetConsistency,
+	}, req.GetConsistency())
+	if err != nil {
+		return nil, err
+	}
+	resp := &cofferv1.DecryptBatchResponse{Results: make([]*cofferv1.DecryptBatchResult, len(out))}
+	for i := range out {
+		resp.Results[i] = &cofferv1.DecryptBatchResult{Response: out[i], Error: itemError(errs[i])}
+	}
+	return resp, nil
+}
+
+func (s *service) generateDataKeyBatch(ctx context.Context, req *cofferv1.GenerateDataKeyBatchRequest) (*cofferv1.GenerateDataKeyBatchResponse, error) {
+	out, errs, err := serveCryptoBatch(s, ctx, opDataKey, batchItems[*cofferv1.GenerateDataKeyRequest]{
+		items:       req.GetItems(),
+		size:        func(*cofferv1.GenerateDataKeyRequest) int { return 32 },
+		consistency: (*cofferv1.GenerateDataKeyRequest).GetConsistency,
+	}, req.GetConsistency())
+	if err != nil {
+		return nil, err
+	}
+	resp := &cofferv1.GenerateDataKeyBatchResponse{Results: make([]*cofferv1.GenerateDataKeyBatchResult, len(out))}
+	for i := range out {
+		resp.Results[i] = &cofferv1.GenerateDataKeyBatchResult{Response: out[i], Error: itemError(errs[i])}
+	}
+	return resp, nil
+}
