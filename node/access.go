@@ -1,9 +1,13 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base32"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -12,11 +16,13 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/transport"
 )
 
-// MaxReasonLen bounds a revocation reason.
+// maxRevokeReason bounds a revocation reason.
 const maxRevokeReason = 256
 
 func validateRegister(req *cofferv1.RegisterClientRequest) error {
@@ -27,15 +33,62 @@ func validateRegister(req *cofferv1.RegisterClientRequest) error {
 	return nil
 }
 
-func validateRevoke(req *cofferv1.RevokeCertificateRequest) (string, error) {
+// revocation is a validated RevokeCertificateRequest.
+type revocation struct {
+	// serial is the certificate's serial in canonical form.
+	serial string
+	// holder is whom the certificate the request carried was issued to;
+	// the zero Identity when it carried none.
+	holder transport.Identity
+}
+
+// validateRevoke checks a revocation: its serial, its reason, and the
+// certificate if it carries one, which must hold that serial and a Coffer
+// identity (its issuer is not checked: the deny list goes by serial, and
+// the certificate only names its holder for the audit entry).
+func validateRevoke(req *cofferv1.RevokeCertificateRequest) (revocation, error) {
 	serial, err := authz.CanonicalSerial(strings.TrimPrefix(strings.ToLower(req.GetSerial()), "0x"))
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+		return revocation{}, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
 	if len(req.GetReason()) > maxRevokeReason {
-		return "", fmt.Errorf("%w: reason longer than %d bytes", ErrInvalidArgument, maxRevokeReason)
+		return revocation{}, fmt.Errorf("%w: reason longer than %d bytes", ErrInvalidArgument, maxRevokeReason)
 	}
-	return serial, nil
+	rv := revocation{serial: serial}
+	if len(req.GetCertificatePem()) == 0 {
+		return rv, nil
+	}
+	cert, err := parseCertificatePEM(req.GetCertificatePem())
+	if err != nil {
+		return revocation{}, err
+	}
+	if got := authz.FormatSerial(cert.SerialNumber); got != serial {
+		return revocation{}, fmt.Errorf("%w: the certificate has serial %s, not %s", ErrInvalidArgument, got, serial)
+	}
+	if rv.holder, err = transport.IdentityFromCert(cert); err != nil {
+		return revocation{}, fmt.Errorf("%w: certificate: %v (revoke it by serial alone)", ErrInvalidArgument, err)
+	}
+	return rv, nil
+}
+
+// maxCertificatePEM bounds the certificate a request carries.
+const maxCertificatePEM = 64 << 10
+
+// parseCertificatePEM parses a request's certificate_pem: exactly one PEM
+// CERTIFICATE block.
+func parseCertificatePEM(data []byte) (*x509.Certificate, error) {
+	if len(data) == 0 || len(data) > maxCertificatePEM {
+		return nil, fmt.Errorf("%w: certificate_pem must be 1..%d bytes of PEM", ErrInvalidArgument, maxCertificatePEM)
+	}
+	block, rest := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) != 0 {
+		return nil, fmt.Errorf("%w: certificate_pem must hold exactly one PEM CERTIFICATE block", ErrInvalidArgument)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: certificate_pem: %v", ErrInvalidArgument, err)
+	}
+	return cert, nil
 }
 
 var ruleIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
@@ -62,13 +115,15 @@ func (s *service) registerClient(ctx context.Context, r *request, req *cofferv1.
 	rec := &cofferv1.ClientRecord{Name: req.GetName(), Active: true, Groups: req.GetGroups(), Roles: req.GetRoles(),
 		CreatedUnixNano: time.Now().UnixNano(), Revision: 1}
 	var expected uint64
-	if cur, err := s.barrier.VerifiedClient(req.GetName()); err == nil {
+	cur, err := s.barrier.VerifiedClient(req.GetName())
+	if err == nil {
 		if !req.GetUpdate() {
 			return nil, fmt.Errorf("%w: %q (use update to change its groups and roles)", fsm.ErrClientExists, req.GetName())
 		}
 		rec.Active, rec.CreatedUnixNano = cur.GetActive(), cur.GetCreatedUnixNano()
 		expected, rec.Revision = cur.GetRevision(), cur.GetRevision()+1
 	}
+	r.describe(rec.GetName(), clientRegistered(cur, rec))
 	if err := s.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
 		return nil, err
 	}
@@ -87,6 +142,7 @@ func (s *service) setClientActive(ctx context.Context, r *request, req *cofferv1
 	}
 	rec := proto.CloneOf(cur)
 	rec.Active, rec.Revision = req.GetActive(), cur.GetRevision()+1
+	r.describe(rec.GetName(), clientActivity(rec.GetName(), cur.GetActive(), rec.GetActive()))
 	if err := s.barrier.Tag("c/"+rec.GetName(), rec, nil); err != nil {
 		return nil, err
 	}
@@ -99,15 +155,16 @@ func (s *service) setClientActive(ctx context.Context, r *request, req *cofferv1
 
 // revokeCertificate puts a certificate serial on the deny list.
 func (s *service) revokeCertificate(ctx context.Context, r *request, req *cofferv1.RevokeCertificateRequest) (*cofferv1.RevokeCertificateResponse, error) {
-	serial, err := validateRevoke(req)
+	rv, err := validateRevoke(req)
 	if err != nil {
 		return nil, err
 	}
+	r.describe(certificateRevoked(rv.serial, rv.holder, req.GetReason()))
 	if _, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_REVOKE_CERTIFICATE, &cofferv1.RevokeCertificateCommand{
-		Certificate: &cofferv1.RevokedCertificate{Serial: serial, Reason: req.GetReason(), RevokedUnixNano: time.Now().UnixNano()}, Audit: r.entry}); err != nil {
+		Certificate: &cofferv1.RevokedCertificate{Serial: rv.serial, Reason: req.GetReason(), RevokedUnixNano: time.Now().UnixNano()}, Audit: r.entry}); err != nil {
 		return nil, err
 	}
-	return &cofferv1.RevokeCertificateResponse{Serial: serial}, nil
+	return &cofferv1.RevokeCertificateResponse{Serial: rv.serial}, nil
 }
 
 // grant adds an ACL rule.
@@ -116,6 +173,7 @@ func (s *service) grant(ctx context.Context, r *request, req *cofferv1.GrantRequ
 	if err != nil {
 		return nil, err
 	}
+	r.describe(rule.GetSubject(), ruleChanged("granted", rule))
 	if err := s.barrier.Tag("a/"+rule.GetId(), rule, nil); err != nil {
 		return nil, err
 	}
@@ -126,8 +184,19 @@ func (s *service) grant(ctx context.Context, r *request, req *cofferv1.GrantRequ
 	return ruleInfo(res.Rule), nil
 }
 
-// revokeGrant deletes an ACL rule.
+// revokeGrant deletes an ACL rule. Its entry names the rule as it was; a
+// rule that does not exist is left to Apply to refuse, as before.
 func (s *service) revokeGrant(ctx context.Context, r *request, req *cofferv1.RevokeGrantRequest) (*cofferv1.RevokeGrantResponse, error) {
+	rule, err := s.fsm.Rule(req.GetId())
+	switch {
+	case err == nil:
+		r.entry.Resource = clip(rule.GetResourcePattern(), audit.MaxFieldLen)
+		r.describe(rule.GetSubject(), ruleChanged("revoked", rule))
+	case errors.Is(err, fsm.ErrRuleNotFound):
+		r.explain("revoked rule " + req.GetId())
+	default:
+		return nil, err
+	}
 	if _, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_DELETE_ACL_RULE, &cofferv1.DeleteAclRuleCommand{Id: req.GetId(), Audit: r.entry}); err != nil {
 		return nil, err
 	}

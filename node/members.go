@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"sync"
@@ -398,9 +397,6 @@ func peerAddr(ctx context.Context) string {
 	return "unknown"
 }
 
-// maxPinCertPEM bounds the certificate of a PinNode request.
-const maxPinCertPEM = 64 << 10
-
 // parsePinRequest checks a PinNode request: a member id and one PEM
 // certificate that chains to the node CA for both node usages and carries
 // that member's identity.
@@ -409,17 +405,9 @@ func (n *Node) parsePinRequest(req *cofferv1.PinNodeRequest) (*x509.Certificate,
 	if err := id.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: node: %v", ErrInvalidArgument, err)
 	}
-	data := req.GetCertificatePem()
-	if len(data) == 0 || len(data) > maxPinCertPEM {
-		return nil, fmt.Errorf("%w: certificate_pem must be 1..%d bytes of PEM", ErrInvalidArgument, maxPinCertPEM)
-	}
-	block, rest := pem.Decode(data)
-	if block == nil || block.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) != 0 {
-		return nil, fmt.Errorf("%w: certificate_pem must hold exactly one PEM CERTIFICATE block", ErrInvalidArgument)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	cert, err := parseCertificatePEM(req.GetCertificatePem())
 	if err != nil {
-		return nil, fmt.Errorf("%w: certificate_pem: %v", ErrInvalidArgument, err)
+		return nil, err
 	}
 	got, err := transport.IdentityFromCert(cert)
 	if err != nil {

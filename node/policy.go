@@ -84,6 +84,7 @@ func (s *service) createPolicy(ctx context.Context, r *request, req *cofferv1.Cr
 		pol.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
 	}
 	r.entry.Policy = pol.GetName()
+	r.explain(policyCreated(pol))
 	if err := s.barrier.Tag("p/"+pol.GetName(), pol, nil); err != nil {
 		return nil, err
 	}

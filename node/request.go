@@ -46,6 +46,12 @@ func (r *request) handBack() { r.carried = false }
 // describe sets the entry's target (a client or member) and reason.
 func (r *request) describe(target, what string) *cofferv1.AuditEntry {
 	r.entry.Client = target
+	return r.explain(what)
+}
+
+// explain sets the entry's reason: what the request changes, for a write
+// (auditdetail.go), clipped to the field limit.
+func (r *request) explain(what string) *cofferv1.AuditEntry {
 	r.entry.Reason = clip(what, audit.MaxFieldLen)
 	return r.entry
 }

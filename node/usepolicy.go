@@ -142,6 +142,7 @@ func (s *service) updatePolicy(ctx context.Context, r *request, req *cofferv1.Up
 		p.Keks = append(p.Keks, &cofferv1.WrappedKEK{Version: v, Wrapped: wrapped, CreatedUnixNano: time.Now().UnixNano()})
 		p.KekVersion = v
 	}
+	r.explain(policyUpdated(cur, p))
 	if err := s.barrier.Tag("p/"+p.GetName(), p, nil); err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"strings"
@@ -203,7 +204,9 @@ func (a *app) clientRevokeCertCmd() *cobra.Command {
 certificate from then on, whatever client it names; the client record is not
 changed (see 'coffer client deactivate' to refuse a client whatever its
 certificate). The serial is given in hex (--serial) or read from the
-certificate file (--cert-file; --cert stays the caller's own certificate).`,
+certificate file (--cert-file; --cert stays the caller's own certificate).
+With --cert-file the certificate is sent too, so that the audit entry names
+the client (or node) it was issued to.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (serialFlag == "") == (certFile == "") {
@@ -213,6 +216,7 @@ certificate file (--cert-file; --cert stays the caller's own certificate).`,
 				return usagef("--reason is %d bytes, at most %d", len(reason), maxReasonLen)
 			}
 			var serial, holder string
+			var certPEM []byte
 			if serialFlag != "" {
 				var err error
 				if serial, err = parseSerialFlag(serialFlag); err != nil {
@@ -228,9 +232,14 @@ certificate file (--cert-file; --cert stays the caller's own certificate).`,
 				}
 				serial = authz.FormatSerial(cert.SerialNumber)
 				holder = certHolder(cert)
+				if _, err := transport.IdentityFromCert(cert); err == nil {
+					// The cluster names the holder in the revocation's
+					// audit entry.
+					certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+				}
 			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.RevokeCertificate(ctx, &cofferv1.RevokeCertificateRequest{Serial: serial, Reason: reason})
+				resp, err := c.RevokeCertificate(ctx, &cofferv1.RevokeCertificateRequest{Serial: serial, Reason: reason, CertificatePem: certPEM})
 				if err != nil {
 					return err
 				}

@@ -758,6 +758,8 @@ func TestCLI_AccessCommands(t *testing.T) {
 	}
 	if revs := node.revocations(); len(revs) != 2 || revs[0].GetSerial() != "abcd" || revs[0].GetReason() != "key lost" || revs[1].GetSerial() != serial {
 		t.Fatalf("revocations %v", revs)
+	} else if b, _ := pem.Decode(revs[1].GetCertificatePem()); len(revs[0].GetCertificatePem()) != 0 || b == nil || !bytes.Equal(b.Bytes, mustReadCert(t, appCert).Raw) {
+		t.Fatalf("revocations by serial and by file sent certificates %q and %q; want none, then the file's", revs[0].GetCertificatePem(), revs[1].GetCertificatePem())
 	}
 }
 

@@ -3492,10 +3492,16 @@ func (x *ListClientsResponse) GetClients() []*ClientInfo {
 type RevokeCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Certificate serial number in hex.
-	Serial        string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Optional: the certificate itself, one PEM CERTIFICATE block, so that the
+	// revocation's audit entry names the client (or node) it was issued to.
+	// The node checks that it carries serial and a Coffer identity, not who
+	// issued it: the deny list goes by serial alone. `coffer client
+	// revoke-cert --cert-file` sends it.
+	CertificatePem []byte `protobuf:"bytes,3,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RevokeCertificateRequest) Reset() {
@@ -3540,6 +3546,13 @@ func (x *RevokeCertificateRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *RevokeCertificateRequest) GetCertificatePem() []byte {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return nil
 }
 
 type RevokeCertificateResponse struct {
@@ -4327,10 +4340,11 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x12ListClientsRequest\x128\n" +
 	"\vconsistency\x18\x01 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"F\n" +
 	"\x13ListClientsResponse\x12/\n" +
-	"\aclients\x18\x01 \x03(\v2\x15.coffer.v1.ClientInfoR\aclients\"J\n" +
+	"\aclients\x18\x01 \x03(\v2\x15.coffer.v1.ClientInfoR\aclients\"s\n" +
 	"\x18RevokeCertificateRequest\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"3\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12'\n" +
+	"\x0fcertificate_pem\x18\x03 \x01(\fR\x0ecertificatePem\"3\n" +
 	"\x19RevokeCertificateResponse\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\"\xdc\x01\n" +
 	"\vAclRuleInfo\x12\x0e\n" +
