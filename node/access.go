@@ -51,8 +51,8 @@ func validateRevoke(req *cofferv1.RevokeCertificateRequest) (revocation, error) 
 	if err != nil {
 		return revocation{}, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	if len(req.GetReason()) > maxRevokeReason {
-		return revocation{}, fmt.Errorf("%w: reason longer than %d bytes", ErrInvalidArgument, maxRevokeReason)
+	if err := validReason(req.GetReason(), maxRevokeReason); err != nil {
+		return revocation{}, err
 	}
 	rv := revocation{serial: serial}
 	if len(req.GetCertificatePem()) == 0 {

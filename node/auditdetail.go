@@ -1,9 +1,12 @@
 package node
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -196,4 +199,22 @@ func policyUpdated(cur, next *cofferv1.PolicyRecord) string {
 		return "updated policy " + next.GetName() + ": unchanged"
 	}
 	return "updated policy " + next.GetName() + " for keys created from now on: " + changeList(cs)
+}
+
+// validReason checks a caller's free-text reason, which an audit entry
+// records: valid UTF-8, at most max bytes, and no control or formatting
+// characters (which could make one entry display as another).
+func validReason(reason string, max int) error {
+	if len(reason) > max {
+		return fmt.Errorf("%w: reason is %d bytes, at most %d", ErrInvalidArgument, len(reason), max)
+	}
+	if !utf8.ValidString(reason) {
+		return fmt.Errorf("%w: reason is not valid UTF-8", ErrInvalidArgument)
+	}
+	for _, r := range reason {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("%w: reason holds a control or formatting character", ErrInvalidArgument)
+		}
+	}
+	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unicode"
 
 	"google.golang.org/protobuf/proto"
 
@@ -45,13 +44,8 @@ func validateSetKeyState(req *cofferv1.SetKeyStateRequest) error {
 	default:
 		return fmt.Errorf("%w: a key can be moved to ACTIVE, DEACTIVATED, COMPROMISED or DESTROYED, not %v", ErrInvalidArgument, req.GetState())
 	}
-	if len(req.GetReason()) > maxStateReason {
-		return fmt.Errorf("%w: reason is %d bytes, at most %d", ErrInvalidArgument, len(req.GetReason()), maxStateReason)
-	}
-	for _, r := range req.GetReason() {
-		if !unicode.IsPrint(r) {
-			return fmt.Errorf("%w: reason holds a control or formatting character", ErrInvalidArgument)
-		}
+	if err := validReason(req.GetReason(), maxStateReason); err != nil {
+		return err
 	}
 	if req.GetDestroyEscrow() && req.GetState() != cofferv1.KeyState_KEY_STATE_DESTROYED {
 		return fmt.Errorf("%w: destroy_escrow goes with state DESTROYED", ErrInvalidArgument)
