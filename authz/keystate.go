@@ -6,6 +6,10 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
 
+// CompromisedKey is the reason an audit entry records for a granted use of
+// a key marked compromised, so that what the key protected can be found.
+const CompromisedKey = "key marked compromised"
+
 // KeyStateAt is rec's life-cycle state at time at: a PRE_ACTIVE key whose
 // activation time has come is ACTIVE. A record without a state (written
 // before keys had a life cycle) is ACTIVE.

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 )
 
 // TestFSM_SetKeyState applies state changes: each needs the expected
@@ -77,20 +78,20 @@ func TestFSM_SetKeyState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := readBatch(t, []*cofferv1.AuditEntry{readEntry("client:c0", "get", readK1)}, nil)
+	read := readBatch(t, []*cofferv1.AuditEntry{readEntry("client:c0", "get", readK1), readEntry("client:c0", "describe", readK1)}, nil)
 	out := f.ApplyBatch(logs(idx+1, change, read))
 	if r := out[0].(Result); r.Err != nil {
 		t.Fatal(r.Err)
 	}
 	r := out[1].(Result)
-	if len(r.Reads) != 1 || r.Reads[0].Refusal != cofferv1.ReadRefusal_READ_REFUSAL_KEY_STATE {
+	if len(r.Reads) != 2 || r.Reads[0].Refusal != cofferv1.ReadRefusal_READ_REFUSAL_KEY_STATE || r.Reads[1].Refusal != cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
 		t.Fatalf("get decided after the compromise in the same batch: %+v", r.Reads)
 	}
 	entries, _, err := f.AuditEntries(0, 100, AuditFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if last := entries[len(entries)-1]; !last.GetKeyCompromised() {
-		t.Errorf("the read's entry does not flag the compromised key: %v", last)
+	if last := entries[len(entries)-1]; last.GetReason() != authz.CompromisedKey {
+		t.Errorf("a granted describe of the compromised key: reason %q, want %q", last.GetReason(), authz.CompromisedKey)
 	}
 }

@@ -162,27 +162,32 @@ func ValidateBatch(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecisi
 // decideRead decides the read that e records, at this point of the batch,
 // and writes the outcome into e.
 func (a *applyCtx) decideRead(e *cofferv1.AuditEntry, serial string) ReadResult {
-	r := a.decide(e, serial)
+	r, compromised := a.decide(e, serial)
 	e.Outcome, e.Reason = refusals[r.Refusal].outcome, refusalReason(r)
+	if compromised && r.Refusal == cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
+		e.Reason = authz.CompromisedKey
+	}
 	return r
 }
 
-func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) ReadResult {
+// decide decides the read e records, and reports whether its key was
+// marked compromised.
+func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) (ReadResult, bool) {
 	id := e.GetGkid()
 	rec, err := a.key(id)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		rec = nil
 	case err != nil:
-		return ReadResult{Refusal: cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, Detail: "stored record of key " + id + " does not decode"}
+		return ReadResult{Refusal: cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, Detail: "stored record of key " + id + " does not decode"}, false
 	case rec.GetGkid() != id:
-		return ReadResult{Refusal: cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, Detail: fmt.Sprintf("record stored under %s names %s", id, rec.GetGkid())}
+		return ReadResult{Refusal: cofferv1.ReadRefusal_READ_REFUSAL_CORRUPT, Detail: fmt.Sprintf("record stored under %s names %s", id, rec.GetGkid())}, false
 	default:
-		e.Resource, e.Policy, e.KeyCompromised = rec.GetResource(), rec.GetPolicy(), rec.GetCompromised()
+		e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
 	}
 	refusal, detail := a.decisionSnapshot().DecideKeyRead(authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: authz.Op(e.GetOperation())},
 		id, rec, time.Unix(0, e.GetTimeUnixNano()))
-	return ReadResult{Refusal: refusal, Detail: detail}
+	return ReadResult{Refusal: refusal, Detail: detail}, rec.GetCompromised()
 }
 
 // decisionSnapshot is the authorisation snapshot as of this point of the

@@ -164,7 +164,10 @@ func (s *service) decideHere(c caller, op authz.Op, id string, e *cofferv1.Audit
 		return err
 	}
 	if rec != nil {
-		e.Resource, e.Policy, e.KeyCompromised = rec.GetResource(), rec.GetPolicy(), rec.GetCompromised()
+		e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
+		if rec.GetCompromised() {
+			e.Reason = authz.CompromisedKey // replaced by the refusal, if refused
+		}
 	}
 	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, at)
 	return s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail})

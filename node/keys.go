@@ -450,7 +450,11 @@ func (s *service) readKey(ctx context.Context, r *request, id string, c cofferv1
 	if err != nil {
 		return nil, err
 	}
-	e.Resource, e.Policy, e.KeyCompromised = rec.GetResource(), rec.GetPolicy(), rec.GetCompromised()
+	e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
+	if rec.GetCompromised() {
+		// Stays the reason if the read is granted (finishRequest).
+		e.Reason = authz.CompromisedKey
+	}
 	return rec, nil
 }
 

@@ -74,7 +74,7 @@ func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.Set
 		return nil, err
 	}
 	e := r.entry
-	e.Gkid, e.Resource, e.Policy, e.KeyCompromised = id, cur.GetResource(), cur.GetPolicy(), cur.GetCompromised()
+	e.Gkid, e.Resource, e.Policy = id, cur.GetResource(), cur.GetPolicy()
 	from := authz.KeyStateAt(cur, now)
 	if from == to {
 		// Already there (a retry of a change that was acknowledged, or a

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/escrow"
 	"github.com/coffer-kms/coffer/fsm"
 )
@@ -81,6 +82,10 @@ func TestNode_KeyLifecycle(t *testing.T) {
 	}
 	refused("compromised", "is compromised; it only decrypts")
 	decrypts(cofferv1.KeyState_KEY_STATE_COMPROMISED)
+	if _, err := admin.crypto[f].Decrypt(metadata.AppendToOutgoingContext(ctx, RequestIDKey, "decrypt-compromised"),
+		&cofferv1.DecryptRequest{Ciphertext: enc.GetCiphertext()}); err != nil {
+		t.Fatal(err)
+	}
 	d, err := admin.keys[l].DescribeKey(ctx, &cofferv1.DescribeKeyRequest{Gkid: key})
 	if err != nil || !d.GetKey().GetCompromised() {
 		t.Fatalf("describe a compromised key: %v %v", d, err)
@@ -180,8 +185,8 @@ func TestNode_KeyLifecycle(t *testing.T) {
 			t.Errorf("request %s: entry %v", id, es[0])
 		}
 	}
-	if es := byID["destroy-1"]; !es[0].GetKeyCompromised() {
-		t.Errorf("destroying a compromised key: entry not flagged: %v", es[0])
+	if es := byID["decrypt-compromised"]; len(es) != 1 || es[0].GetReason() != authz.CompromisedKey {
+		t.Errorf("decrypt under a compromised key: entries %v, want one whose reason flags the key", es)
 	}
 }
 

@@ -356,11 +356,9 @@ type AuditEntry struct {
 	Hash        []byte       `protobuf:"bytes,15,opt,name=hash,proto3" json:"hash,omitempty"`
 	// HMAC-SHA256 of values that could be sensitive, keyed by the cluster's
 	// audit HMAC key; never the values themselves.
-	DetailHmac []byte `protobuf:"bytes,16,opt,name=detail_hmac,json=detailHmac,proto3" json:"detail_hmac,omitempty"`
-	// The key the request used was marked COMPROMISED.
-	KeyCompromised bool `protobuf:"varint,17,opt,name=key_compromised,json=keyCompromised,proto3" json:"key_compromised,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	DetailHmac    []byte `protobuf:"bytes,16,opt,name=detail_hmac,json=detailHmac,proto3" json:"detail_hmac,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AuditEntry) Reset() {
@@ -503,13 +501,6 @@ func (x *AuditEntry) GetDetailHmac() []byte {
 		return x.DetailHmac
 	}
 	return nil
-}
-
-func (x *AuditEntry) GetKeyCompromised() bool {
-	if x != nil {
-		return x.KeyCompromised
-	}
-	return false
 }
 
 // AuditCheckpoint signs the chain head at seq.
@@ -690,7 +681,7 @@ const file_coffer_v1_records_proto_rawDesc = "" +
 	"\x12RevokedCertificate\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano\"\x8d\x04\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano\"\xe4\x03\n" +
 	"\n" +
 	"AuditEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
@@ -711,8 +702,7 @@ const file_coffer_v1_records_proto_rawDesc = "" +
 	"\tprev_hash\x18\x0e \x01(\fR\bprevHash\x12\x12\n" +
 	"\x04hash\x18\x0f \x01(\fR\x04hash\x12\x1f\n" +
 	"\vdetail_hmac\x18\x10 \x01(\fR\n" +
-	"detailHmac\x12'\n" +
-	"\x0fkey_compromised\x18\x11 \x01(\bR\x0ekeyCompromised\"\xb2\x01\n" +
+	"detailHmac\"\xb2\x01\n" +
 	"\x0fAuditCheckpoint\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04head\x18\x02 \x01(\fR\x04head\x12$\n" +
