@@ -50,7 +50,7 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	if !req.Op.UsesMaterial() {
 		return cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""
 	}
-	if req.Op != OpGet && !isAES(rec.GetAlgorithm()) {
+	if req.Op != OpGet && !IsAES(rec.GetAlgorithm()) {
 		return cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE, "key " + display(gkid, 64) + " is " + rec.GetAlgorithm().String() + "; " + string(req.Op) + " needs an AES key"
 	}
 	switch u, why := CheckUse(rec, req.Op, at); u {
@@ -78,9 +78,9 @@ func keyStateHint(st cofferv1.KeyState) string {
 	return ""
 }
 
-// isAES reports whether a is an AES key, which the data encryption service
+// IsAES reports whether a is an AES key, which the data encryption service
 // encrypts with.
-func isAES(a cofferv1.Algorithm) bool {
+func IsAES(a cofferv1.Algorithm) bool {
 	switch a {
 	case cofferv1.Algorithm_ALGORITHM_AES_128, cofferv1.Algorithm_ALGORITHM_AES_192, cofferv1.Algorithm_ALGORITHM_AES_256:
 		return true

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/ciphertext"
@@ -106,6 +107,24 @@ func (c *Client) DecryptBytes(ctx context.Context, ciphertext []byte, encryption
 		return nil, err
 	}
 	return resp.GetPlaintext(), nil
+}
+
+// EncryptNew is encrypt-and-custody: it generates a new AES key under
+// req.Policy for req.Resource, encrypts req.Plaintext with it and stores the
+// key, in one call. It is a write: if req.RequestId is empty the call uses a
+// copy of req with a random id, the same on every attempt, so a retry
+// returns the same key; req itself is not modified.
+func (c *Client) EncryptNew(ctx context.Context, req *cofferv1.EncryptNewRequest) (*cofferv1.EncryptNewResponse, error) {
+	if req == nil {
+		return nil, nilRequest("EncryptNew")
+	}
+	if req.GetRequestId() == "" {
+		req = proto.CloneOf(req)
+		req.RequestId = NewRequestID()
+	}
+	return invoke(ctx, c, "EncryptNew", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.EncryptNewResponse, error) {
+		return ep.crypto.EncryptNew(ctx, req, opts...)
+	})
 }
 
 // EncryptBatch encrypts many items in one call: one result per item, in

@@ -209,6 +209,16 @@ func TestE2E_EncryptDecrypt(t *testing.T) {
 		}
 	}
 
+	// Encrypt-and-custody: a new key for one record, named on standard
+	// error and in the ciphertext.
+	if _, errs, code := e.coffer("encrypt", "--resource", "e2e/data/row-1", "--in", file("pt"), "--out", file("row1.ct")); code != 0 || !strings.Contains(errs, "coffer: new key k1-") {
+		t.Fatalf("encrypt --resource: exit %d, %s", code, errs)
+	}
+	e.mustCoffer("decrypt", "--in", file("row1.ct"), "--out", file("row1"))
+	if !bytes.Equal(read("row1"), plaintext) {
+		t.Fatal("encrypt-and-custody: the ciphertext decrypted to something else")
+	}
+
 	// The key's life cycle: deactivated, it still decrypts and no longer
 	// encrypts; destroyed, it does neither, and describe says so.
 	e.mustCoffer("key", "deactivate", gk, "--reason", "e2e rotation")

@@ -28,6 +28,10 @@ func (s *cryptoService) GenerateDataKey(ctx context.Context, req *cofferv1.Gener
 	return s.svc.generateDataKey(ctx, req)
 }
 
+func (s *cryptoService) EncryptNew(ctx context.Context, req *cofferv1.EncryptNewRequest) (*cofferv1.EncryptNewResponse, error) {
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeEncryptNew, req)
+}
+
 func (s *cryptoService) EncryptBatch(ctx context.Context, req *cofferv1.EncryptBatchRequest) (*cofferv1.EncryptBatchResponse, error) {
 	return s.svc.encryptBatch(ctx, req)
 }

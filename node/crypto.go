@@ -194,3 +194,55 @@ func (s *service) runDataKey(rec *cofferv1.KeyRecord, material []byte, req *coff
 	}
 	return resp, nil
 }
+
+// encryptNewSpec validates an encrypt-and-custody request: the key it
+// creates (as GenerateKey) and the plaintext and context (as Encrypt).
+func encryptNewSpec(req *cofferv1.EncryptNewRequest) (*createSpec, error) {
+	spec, err := newCreateSpec(req.GetRequestId(), req.GetPolicy(), req.GetResource(), req.GetAlgorithm(), nil, false, nil)
+	if err != nil {
+		return nil, err
+	}
+	if !authz.IsAES(spec.algorithm) {
+		return nil, fmt.Errorf("%w: encrypt-and-custody creates an AES key, not %v", ErrInvalidArgument, spec.algorithm)
+	}
+	if n := len(req.GetPlaintext()); n > maxPlaintext {
+		return nil, fmt.Errorf("%w: plaintext is %d bytes, at most %d per encrypt-and-custody", ErrInvalidArgument, n, maxPlaintext)
+	}
+	return spec, validContext(req.GetContext())
+}
+
+// encryptNew executes encrypt-and-custody on the leader: the new key is
+// generated and sealed as for GenerateKey, the plaintext encrypted with its
+// material before the proposal, and the ciphertext returned once the key is
+// committed. A repeated request id returns the first key: the plaintext is
+// then encrypted under that key instead.
+func (s *service) encryptNew(ctx context.Context, r *request, req *cofferv1.EncryptNewRequest) (*cofferv1.EncryptNewResponse, error) {
+	spec, err := encryptNewSpec(req)
+	if err != nil {
+		return nil, err
+	}
+	var resp *cofferv1.EncryptResponse
+	seal := func(rec *cofferv1.KeyRecord, material []byte) error {
+		if err := s.authorize(r.caller, authz.OpEncrypt, rec.GetResource()); err != nil {
+			return err
+		}
+		resp, err = s.runEncrypt(rec, material, &cofferv1.EncryptRequest{Plaintext: req.GetPlaintext(), Context: req.GetContext()})
+		r.entry.Reason = fmt.Sprintf("encrypt-and-custody: %d bytes encrypted under the new key", len(req.GetPlaintext()))
+		return err
+	}
+	res, err := s.createKeyRecord(ctx, r, spec, seal)
+	if err != nil {
+		return nil, err
+	}
+	if res.Duplicate {
+		material, err := s.barrier.OpenKey(res.Key)
+		if err != nil {
+			return nil, err
+		}
+		defer clear(material)
+		if err := seal(res.Key, material); err != nil {
+			return nil, err
+		}
+	}
+	return &cofferv1.EncryptNewResponse{Key: keyMetadata(res.Key), Ciphertext: resp.GetCiphertext()}, nil
+}

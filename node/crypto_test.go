@@ -298,3 +298,62 @@ func TestNode_DataEncryptionBatches(t *testing.T) {
 		}
 	}
 }
+
+// TestNode_EncryptAndCustody creates a key and encrypts with it in one
+// call through a follower: the ciphertext decrypts under the new key, a
+// retry with the same request id gives the same key, and a caller without
+// both grants gets nothing created.
+func TestNode_EncryptAndCustody(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l, f := tc.waitLeader(), tc.follower()
+	app := tc.ungrantedClient(admin, l, "rows")
+	tc.mustGrant(admin, l, "client:rows", "rows/**", "generate", "encrypt", "decrypt")
+	half := tc.ungrantedClient(admin, l, "half")
+	tc.mustGrant(admin, l, "client:half", "rows/**", "generate")
+
+	pt := []byte("row 17: alice, 42")
+	req := &cofferv1.EncryptNewRequest{RequestId: "row-17", Resource: "rows/17", Plaintext: pt, Context: map[string]string{"table": "people"}}
+	first, err := app.crypto[f].EncryptNew(metadata.AppendToOutgoingContext(ctx, RequestIDKey, "ignored"), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gk := first.GetKey().GetGkid()
+	if h, err := ciphertext.ParseHeader(first.GetCiphertext()); err != nil || h.GKID != gk || first.GetKey().GetResource() != "rows/17" {
+		t.Fatalf("ciphertext names %v (%v), key %v", h, err, first.GetKey())
+	}
+	again, err := app.crypto[l].EncryptNew(ctx, req)
+	if err != nil || again.GetKey().GetGkid() != gk {
+		t.Fatalf("retry: %v %v, want key %s", again, err, gk)
+	}
+	for _, ct := range [][]byte{first.GetCiphertext(), again.GetCiphertext()} {
+		back, err := app.crypto[f].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: ct, Context: map[string]string{"table": "people"}})
+		if err != nil || !bytes.Equal(back.GetPlaintext(), pt) {
+			t.Fatalf("decrypt: %v", err)
+		}
+	}
+	_, err = half.crypto[f].EncryptNew(ctx, &cofferv1.EncryptNewRequest{Resource: "rows/18", Plaintext: pt})
+	wantCode(t, "generate grant only", err, codes.PermissionDenied, "encrypt")
+	_, err = app.crypto[f].EncryptNew(ctx, &cofferv1.EncryptNewRequest{Resource: "rows/19", Plaintext: pt, Algorithm: cofferv1.Algorithm_ALGORITHM_HMAC_SHA256})
+	wantCode(t, "HMAC key", err, codes.InvalidArgument, "creates an AES key")
+	_, err = app.crypto[f].EncryptNew(ctx, &cofferv1.EncryptNewRequest{Resource: "rows/20", Plaintext: make([]byte, maxPlaintext+1)})
+	wantCode(t, "too large", err, codes.InvalidArgument, "at most 65536")
+	list, err := admin.keys[l].ListKeys(ctx, &cofferv1.ListKeysRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, k := range list.GetKeys() {
+		if strings.HasPrefix(k.GetResource(), "rows/") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d keys under rows/, want the one", n)
+	}
+	es := tc.entriesByRequestID(l, fsm.AuditFilter{})["row-17"]
+	if len(es) != 2 || es[0].GetOperation() != "generate" || !strings.Contains(es[0].GetReason(), "encrypt-and-custody") {
+		t.Fatalf("entries of row-17: %v", es)
+	}
+}

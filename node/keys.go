@@ -154,33 +154,45 @@ func (s *service) putKey(ctx context.Context, r *request, req *cofferv1.PutKeyRe
 // createKey runs on the leader: every non-deterministic step (material,
 // GKID, time, wrapping) happens here, before the proposal.
 func (s *service) createKey(ctx context.Context, r *request, spec *createSpec) (*cofferv1.KeyMetadata, error) {
+	res, err := s.createKeyRecord(ctx, r, spec, nil)
+	if err != nil {
+		return nil, err
+	}
+	return keyMetadata(res.Key), nil
+}
+
+// createKeyRecord is createKey, returning Apply's result. use, if not nil,
+// runs once the new record is sealed and before it is proposed, with the
+// record and its material (which it must not keep): encrypt-and-custody
+// encrypts with it there. An error from use stops the create.
+func (s *service) createKeyRecord(ctx context.Context, r *request, spec *createSpec, use func(rec *cofferv1.KeyRecord, material []byte) error) (fsm.Result, error) {
 	c := r.caller
 	owner := c.String()
 	if err := s.replica.ensureLeaderReady(); err != nil {
-		return nil, err
+		return fsm.Result{}, err
 	}
 	op := authz.OpGenerate
 	if spec.material != nil {
 		op = authz.OpPut
 	}
 	if err := s.authorize(c, op, spec.resource); err != nil {
-		return nil, err
+		return fsm.Result{}, err
 	}
 	// A repeated request id is resolved by Apply, which returns the first
 	// key; checking here as well would cost every create a lookup to save
 	// work only on retries.
 	cluster, err := s.fsm.Cluster()
 	if errors.Is(err, fsm.ErrNotInitialized) {
-		return nil, fmt.Errorf("%w: %v", ErrNotReady, err)
+		return fsm.Result{}, fmt.Errorf("%w: %v", ErrNotReady, err)
 	} else if err != nil {
-		return nil, err
+		return fsm.Result{}, err
 	}
 	pol, err := s.barrier.VerifiedPolicy(spec.policy)
 	if err != nil {
-		return nil, err
+		return fsm.Result{}, err
 	}
 	if !algorithmAllowed(pol, spec.algorithm) {
-		return nil, fmt.Errorf("%w: policy %q does not allow %v", ErrInvalidArgument, pol.GetName(), spec.algorithm)
+		return fsm.Result{}, fmt.Errorf("%w: policy %q does not allow %v", ErrInvalidArgument, pol.GetName(), spec.algorithm)
 	}
 	// One draw from the keystore's RNG (one HSM round trip) gives the GKID's
 	// random part and, for generate, the key material.
@@ -190,7 +202,7 @@ func (s *service) createKey(ctx context.Context, r *request, spec *createSpec) (
 	}
 	random, err := s.barrier.Random(gkid.RandomBytes + genLen)
 	if err != nil {
-		return nil, fmt.Errorf("draw random bytes: %w", err)
+		return fsm.Result{}, fmt.Errorf("draw random bytes: %w", err)
 	}
 	defer clear(random)
 	material := spec.material
@@ -199,7 +211,7 @@ func (s *service) createKey(ctx context.Context, r *request, spec *createSpec) (
 	}
 	id, err := gkid.New(cluster.GetClusterId(), random[:gkid.RandomBytes])
 	if err != nil {
-		return nil, err
+		return fsm.Result{}, err
 	}
 	now := time.Now()
 	rec := &cofferv1.KeyRecord{
@@ -220,21 +232,22 @@ func (s *service) createKey(ctx context.Context, r *request, spec *createSpec) (
 		rec.State, rec.ActivateAtUnixNano = cofferv1.KeyState_KEY_STATE_PRE_ACTIVE, spec.activateAt.UnixNano()
 	}
 	if rec.Escrow, err = escrowCopies(pol, id, material); err != nil {
-		return nil, err
+		return fsm.Result{}, err
 	}
 	if err := s.barrier.SealKey(pol, rec, material); err != nil {
-		return nil, err
+		return fsm.Result{}, err
 	}
 	e := r.entry
 	e.Gkid, e.Resource, e.Policy = rec.GetGkid(), rec.GetResource(), rec.GetPolicy()
 	if e.DetailHmac, err = s.barrier.MaterialDetail(material); err != nil {
-		return nil, err
+		return fsm.Result{}, err
 	}
-	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID, Audit: e})
-	if err != nil {
-		return nil, err
+	if use != nil {
+		if err := use(rec, material); err != nil {
+			return fsm.Result{}, err
+		}
 	}
-	return keyMetadata(res.Key), nil
+	return proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: rec, RequestId: spec.requestID, Audit: e})
 }
 
 func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {

@@ -149,6 +149,20 @@ var (
 		execute:  (*service).setKeyState,
 		keyOp:    true,
 	}
+	writeEncryptNew = &writeRow[*cofferv1.EncryptNewRequest, *cofferv1.EncryptNewResponse]{
+		op: authz.OpGenerate, // and encrypt: execute authorises both
+		in: (*cofferv1.ForwardRequest).GetEncryptNew,
+		wrap: func(q *cofferv1.EncryptNewRequest) *cofferv1.ForwardRequest {
+			return &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_EncryptNew{EncryptNew: q}}
+		},
+		out: (*cofferv1.ForwardResponse).GetEncryptNew,
+		result: func(p *cofferv1.EncryptNewResponse) *cofferv1.ForwardResponse {
+			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_EncryptNew{EncryptNew: p}}
+		},
+		validate: func(q *cofferv1.EncryptNewRequest) error { _, err := encryptNewSpec(q); return err },
+		execute:  (*service).encryptNew,
+		keyOp:    true,
+	}
 	writeCreatePolicy = &writeRow[*cofferv1.CreatePolicyRequest, *cofferv1.CreatePolicyResponse]{
 		op: authz.OpPolicyCreate,
 		in: (*cofferv1.ForwardRequest).GetCreatePolicy,
@@ -299,7 +313,7 @@ var (
 
 // writeOps is the write table (see above).
 var writeOps = []writeOp{
-	writeGenerate, writePut, writeSetKeyState, writeCreatePolicy, writeUpdatePolicy,
+	writeGenerate, writePut, writeSetKeyState, writeEncryptNew, writeCreatePolicy, writeUpdatePolicy,
 	writeRegisterClient, writeSetClientActive, writeRevokeCertificate, writeGrant, writeRevokeGrant,
 	writePrune, writePinNode, writeRemoveNode, writeTransferLeadership, writeDrainNode,
 }

@@ -65,8 +65,9 @@ never half-written. An existing FILE is replaced.`
 
 func (a *app) encryptCmd() *cobra.Command {
 	var o cryptoFlags
+	var resource, policy, algorithm, requestID string
 	cmd := &cobra.Command{
-		Use:   "encrypt --gkid G [--context K=V]... [--in FILE|-] [--out FILE]",
+		Use:   "encrypt (--gkid G | --resource R [--policy P]) [--context K=V]... [--in FILE|-] [--out FILE]",
 		Short: "Encrypt up to 64 KiB under a key that stays in the cluster",
 		Long: `Encrypt a plaintext of at most 64 KiB under the AES key --gkid, which never
 leaves the cluster. The plaintext is read from --in (default "-", standard
@@ -78,6 +79,13 @@ For more than 64 KiB, use ` + "`coffer datakey`" + ` and encrypt locally with th
 data key. The ciphertext names its key: ` + "`coffer decrypt`" + ` needs only the
 ciphertext and the same context.
 
+With --resource instead of --gkid (encrypt-and-custody), a new AES key is
+generated under --policy for the resource, the plaintext encrypted with it,
+and the key stored, in one call: one key per record. Its GKID is in the
+ciphertext's header, and is printed on standard error (or in the JSON
+response). It needs the generate and the encrypt grant on the resource;
+--request-id makes a retry return the same key.
+
 ` + contextHelp + `
 
 ` + outHelp + `
@@ -85,8 +93,15 @@ ciphertext and the same context.
 Needs the encrypt grant on the key's resource.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.gkid == "" {
-				return usagef("--gkid is required")
+			if (o.gkid == "") == (resource == "") {
+				return usagef("give --gkid (an existing key) or --resource (a new key), not both")
+			}
+			if o.gkid != "" && (policy != "" || algorithm != "" || requestID != "") {
+				return usagef("--policy, --algorithm and --request-id go with --resource (a new key)")
+			}
+			alg, err := parseAlgorithm(algorithm)
+			if err != nil {
+				return usageError{err}
 			}
 			encCtx, err := parseContext(o.contexts)
 			if err != nil {
@@ -101,6 +116,21 @@ Needs the encrypt grant on the key's resource.`,
 				return err
 			}
 			defer clear(plaintext)
+			if resource != "" {
+				req := &cofferv1.EncryptNewRequest{RequestId: requestID, Policy: policy, Resource: resource, Algorithm: alg, Plaintext: plaintext, Context: encCtx}
+				return a.withOutput(cmd, o.out, func(ctx context.Context, c *client.Client, w io.Writer) error {
+					resp, err := c.EncryptNew(ctx, req)
+					if err != nil {
+						return err
+					}
+					if a.format == formatJSON {
+						return writeProto(w, resp)
+					}
+					fmt.Fprintf(a.err, "coffer: new key %s\n", resp.GetKey().GetGkid())
+					_, err = w.Write(resp.GetCiphertext())
+					return err
+				})
+			}
 			req := &cofferv1.EncryptRequest{Gkid: o.gkid, Plaintext: plaintext, Context: encCtx, Consistency: o.consistency.v}
 			return a.withOutput(cmd, o.out, func(ctx context.Context, c *client.Client, w io.Writer) error {
 				resp, err := c.Encrypt(ctx, req)
@@ -116,7 +146,11 @@ Needs the encrypt grant on the key's resource.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.gkid, "gkid", "", "the AES key to encrypt with (required)")
+	f.StringVar(&o.gkid, "gkid", "", "the AES key to encrypt with")
+	f.StringVar(&resource, "resource", "", "encrypt under a new key for this resource (encrypt-and-custody)")
+	f.StringVar(&policy, "policy", "", `custody policy of the new key (default "default")`)
+	f.StringVar(&algorithm, "algorithm", "", "aes-128, aes-192 or aes-256, of the new key (default aes-256)")
+	f.StringVar(&requestID, "request-id", "", "idempotency id of the new key, at most 64 characters (default: random)")
 	o.addContextFlag(f)
 	f.StringVar(&o.in, "in", "-", `read the plaintext from this file ("-": standard input)`)
 	o.addOutFlag(f, "the ciphertext")

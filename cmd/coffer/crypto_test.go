@@ -351,7 +351,7 @@ func TestCrypto_UsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"encrypt without gkid", []string{"encrypt"}, "--gkid is required"},
+		{"encrypt without gkid", []string{"encrypt"}, "give --gkid (an existing key) or --resource (a new key)"},
 		{"datakey without gkid", []string{"datakey"}, "--gkid is required"},
 		{"datakey aes-192", []string{"datakey", "--gkid", "g", "--algorithm", "aes-192"}, "a data key is aes-128 or aes-256"},
 		{"datakey hmac", []string{"datakey", "--gkid", "g", "--algorithm", "hmac-sha256"}, "a data key is aes-128 or aes-256"},

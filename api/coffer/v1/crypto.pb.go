@@ -462,6 +462,152 @@ func (x *GenerateDataKeyResponse) GetAlgorithm() Algorithm {
 	return Algorithm_ALGORITHM_UNSPECIFIED
 }
 
+// EncryptNewRequest is encrypt-and-custody: generate a fresh key under a
+// policy and resource, encrypt with it, store it, in one call (one key per
+// record). Needs the generate and the encrypt grant on the resource. It is
+// a write: forwarded to the leader, deduplicated by request_id like
+// GenerateKey.
+type EncryptNewRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Idempotency id, as for GenerateKeyRequest (at most 64 characters).
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Custody policy; empty selects "default".
+	Policy   string `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Resource string `protobuf:"bytes,3,opt,name=resource,proto3" json:"resource,omitempty"`
+	// AES_128, AES_192 or AES_256; unspecified selects AES_256.
+	Algorithm Algorithm `protobuf:"varint,4,opt,name=algorithm,proto3,enum=coffer.v1.Algorithm" json:"algorithm,omitempty"`
+	// At most 64 KiB.
+	Plaintext     []byte            `protobuf:"bytes,5,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	Context       map[string]string `protobuf:"bytes,6,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncryptNewRequest) Reset() {
+	*x = EncryptNewRequest{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncryptNewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncryptNewRequest) ProtoMessage() {}
+
+func (x *EncryptNewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncryptNewRequest.ProtoReflect.Descriptor instead.
+func (*EncryptNewRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *EncryptNewRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *EncryptNewRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *EncryptNewRequest) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *EncryptNewRequest) GetAlgorithm() Algorithm {
+	if x != nil {
+		return x.Algorithm
+	}
+	return Algorithm_ALGORITHM_UNSPECIFIED
+}
+
+func (x *EncryptNewRequest) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
+func (x *EncryptNewRequest) GetContext() map[string]string {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type EncryptNewResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new key (its GKID is also in the ciphertext's header).
+	Key           *KeyMetadata `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Ciphertext    []byte       `protobuf:"bytes,2,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncryptNewResponse) Reset() {
+	*x = EncryptNewResponse{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncryptNewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncryptNewResponse) ProtoMessage() {}
+
+func (x *EncryptNewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncryptNewResponse.ProtoReflect.Descriptor instead.
+func (*EncryptNewResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EncryptNewResponse) GetKey() *KeyMetadata {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *EncryptNewResponse) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
 // ItemError is why one item of a batch failed: the status code
 // (google.golang.org/grpc/codes) and message the single call would have
 // returned.
@@ -475,7 +621,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[6]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +633,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[6]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +646,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ItemError) GetCode() uint32 {
@@ -533,7 +679,7 @@ type EncryptBatchRequest struct {
 
 func (x *EncryptBatchRequest) Reset() {
 	*x = EncryptBatchRequest{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[7]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +691,7 @@ func (x *EncryptBatchRequest) String() string {
 func (*EncryptBatchRequest) ProtoMessage() {}
 
 func (x *EncryptBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[7]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +704,7 @@ func (x *EncryptBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptBatchRequest.ProtoReflect.Descriptor instead.
 func (*EncryptBatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EncryptBatchRequest) GetItems() []*EncryptRequest {
@@ -586,7 +732,7 @@ type EncryptBatchResult struct {
 
 func (x *EncryptBatchResult) Reset() {
 	*x = EncryptBatchResult{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +744,7 @@ func (x *EncryptBatchResult) String() string {
 func (*EncryptBatchResult) ProtoMessage() {}
 
 func (x *EncryptBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +757,7 @@ func (x *EncryptBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptBatchResult.ProtoReflect.Descriptor instead.
 func (*EncryptBatchResult) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EncryptBatchResult) GetResponse() *EncryptResponse {
@@ -637,7 +783,7 @@ type EncryptBatchResponse struct {
 
 func (x *EncryptBatchResponse) Reset() {
 	*x = EncryptBatchResponse{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +795,7 @@ func (x *EncryptBatchResponse) String() string {
 func (*EncryptBatchResponse) ProtoMessage() {}
 
 func (x *EncryptBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +808,7 @@ func (x *EncryptBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptBatchResponse.ProtoReflect.Descriptor instead.
 func (*EncryptBatchResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EncryptBatchResponse) GetResults() []*EncryptBatchResult {
@@ -682,7 +828,7 @@ type DecryptBatchRequest struct {
 
 func (x *DecryptBatchRequest) Reset() {
 	*x = DecryptBatchRequest{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +840,7 @@ func (x *DecryptBatchRequest) String() string {
 func (*DecryptBatchRequest) ProtoMessage() {}
 
 func (x *DecryptBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +853,7 @@ func (x *DecryptBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptBatchRequest.ProtoReflect.Descriptor instead.
 func (*DecryptBatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DecryptBatchRequest) GetItems() []*DecryptRequest {
@@ -734,7 +880,7 @@ type DecryptBatchResult struct {
 
 func (x *DecryptBatchResult) Reset() {
 	*x = DecryptBatchResult{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +892,7 @@ func (x *DecryptBatchResult) String() string {
 func (*DecryptBatchResult) ProtoMessage() {}
 
 func (x *DecryptBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +905,7 @@ func (x *DecryptBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptBatchResult.ProtoReflect.Descriptor instead.
 func (*DecryptBatchResult) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DecryptBatchResult) GetResponse() *DecryptResponse {
@@ -785,7 +931,7 @@ type DecryptBatchResponse struct {
 
 func (x *DecryptBatchResponse) Reset() {
 	*x = DecryptBatchResponse{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +943,7 @@ func (x *DecryptBatchResponse) String() string {
 func (*DecryptBatchResponse) ProtoMessage() {}
 
 func (x *DecryptBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +956,7 @@ func (x *DecryptBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptBatchResponse.ProtoReflect.Descriptor instead.
 func (*DecryptBatchResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DecryptBatchResponse) GetResults() []*DecryptBatchResult {
@@ -830,7 +976,7 @@ type GenerateDataKeyBatchRequest struct {
 
 func (x *GenerateDataKeyBatchRequest) Reset() {
 	*x = GenerateDataKeyBatchRequest{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +988,7 @@ func (x *GenerateDataKeyBatchRequest) String() string {
 func (*GenerateDataKeyBatchRequest) ProtoMessage() {}
 
 func (x *GenerateDataKeyBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1001,7 @@ func (x *GenerateDataKeyBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateDataKeyBatchRequest.ProtoReflect.Descriptor instead.
 func (*GenerateDataKeyBatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GenerateDataKeyBatchRequest) GetItems() []*GenerateDataKeyRequest {
@@ -882,7 +1028,7 @@ type GenerateDataKeyBatchResult struct {
 
 func (x *GenerateDataKeyBatchResult) Reset() {
 	*x = GenerateDataKeyBatchResult{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1040,7 @@ func (x *GenerateDataKeyBatchResult) String() string {
 func (*GenerateDataKeyBatchResult) ProtoMessage() {}
 
 func (x *GenerateDataKeyBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1053,7 @@ func (x *GenerateDataKeyBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateDataKeyBatchResult.ProtoReflect.Descriptor instead.
 func (*GenerateDataKeyBatchResult) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GenerateDataKeyBatchResult) GetResponse() *GenerateDataKeyResponse {
@@ -933,7 +1079,7 @@ type GenerateDataKeyBatchResponse struct {
 
 func (x *GenerateDataKeyBatchResponse) Reset() {
 	*x = GenerateDataKeyBatchResponse{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1091,7 @@ func (x *GenerateDataKeyBatchResponse) String() string {
 func (*GenerateDataKeyBatchResponse) ProtoMessage() {}
 
 func (x *GenerateDataKeyBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1104,7 @@ func (x *GenerateDataKeyBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateDataKeyBatchResponse.ProtoReflect.Descriptor instead.
 func (*GenerateDataKeyBatchResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GenerateDataKeyBatchResponse) GetResults() []*GenerateDataKeyBatchResult {
@@ -1020,7 +1166,23 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\x04gkid\x18\x03 \x01(\tR\x04gkid\x12\x1f\n" +
 	"\vkey_version\x18\x04 \x01(\rR\n" +
 	"keyVersion\x122\n" +
-	"\talgorithm\x18\x05 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\"9\n" +
+	"\talgorithm\x18\x05 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\"\xb9\x02\n" +
+	"\x11EncryptNewRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
+	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
+	"\bresource\x18\x03 \x01(\tR\bresource\x122\n" +
+	"\talgorithm\x18\x04 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\x12\x1c\n" +
+	"\tplaintext\x18\x05 \x01(\fR\tplaintext\x12C\n" +
+	"\acontext\x18\x06 \x03(\v2).coffer.v1.EncryptNewRequest.ContextEntryR\acontext\x1a:\n" +
+	"\fContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
+	"\x12EncryptNewResponse\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x02 \x01(\fR\n" +
+	"ciphertext\"9\n" +
 	"\tItemError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x80\x01\n" +
@@ -1047,14 +1209,16 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\bresponse\x18\x01 \x01(\v2\".coffer.v1.GenerateDataKeyResponseR\bresponse\x12*\n" +
 	"\x05error\x18\x02 \x01(\v2\x14.coffer.v1.ItemErrorR\x05error\"_\n" +
 	"\x1cGenerateDataKeyBatchResponse\x12?\n" +
-	"\aresults\x18\x01 \x03(\v2%.coffer.v1.GenerateDataKeyBatchResultR\aresults2\xf8\x03\n" +
+	"\aresults\x18\x01 \x03(\v2%.coffer.v1.GenerateDataKeyBatchResultR\aresults2\xc3\x04\n" +
 	"\rCryptoService\x12@\n" +
 	"\aEncrypt\x12\x19.coffer.v1.EncryptRequest\x1a\x1a.coffer.v1.EncryptResponse\x12@\n" +
 	"\aDecrypt\x12\x19.coffer.v1.DecryptRequest\x1a\x1a.coffer.v1.DecryptResponse\x12X\n" +
 	"\x0fGenerateDataKey\x12!.coffer.v1.GenerateDataKeyRequest\x1a\".coffer.v1.GenerateDataKeyResponse\x12O\n" +
 	"\fEncryptBatch\x12\x1e.coffer.v1.EncryptBatchRequest\x1a\x1f.coffer.v1.EncryptBatchResponse\x12O\n" +
 	"\fDecryptBatch\x12\x1e.coffer.v1.DecryptBatchRequest\x1a\x1f.coffer.v1.DecryptBatchResponse\x12g\n" +
-	"\x14GenerateDataKeyBatch\x12&.coffer.v1.GenerateDataKeyBatchRequest\x1a'.coffer.v1.GenerateDataKeyBatchResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
+	"\x14GenerateDataKeyBatch\x12&.coffer.v1.GenerateDataKeyBatchRequest\x1a'.coffer.v1.GenerateDataKeyBatchResponse\x12I\n" +
+	"\n" +
+	"EncryptNew\x12\x1c.coffer.v1.EncryptNewRequest\x1a\x1d.coffer.v1.EncryptNewResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
 var (
 	file_coffer_v1_crypto_proto_rawDescOnce sync.Once
@@ -1068,7 +1232,7 @@ func file_coffer_v1_crypto_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_crypto_proto_rawDescData
 }
 
-var file_coffer_v1_crypto_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_coffer_v1_crypto_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_coffer_v1_crypto_proto_goTypes = []any{
 	(*EncryptRequest)(nil),               // 0: coffer.v1.EncryptRequest
 	(*EncryptResponse)(nil),              // 1: coffer.v1.EncryptResponse
@@ -1076,65 +1240,74 @@ var file_coffer_v1_crypto_proto_goTypes = []any{
 	(*DecryptResponse)(nil),              // 3: coffer.v1.DecryptResponse
 	(*GenerateDataKeyRequest)(nil),       // 4: coffer.v1.GenerateDataKeyRequest
 	(*GenerateDataKeyResponse)(nil),      // 5: coffer.v1.GenerateDataKeyResponse
-	(*ItemError)(nil),                    // 6: coffer.v1.ItemError
-	(*EncryptBatchRequest)(nil),          // 7: coffer.v1.EncryptBatchRequest
-	(*EncryptBatchResult)(nil),           // 8: coffer.v1.EncryptBatchResult
-	(*EncryptBatchResponse)(nil),         // 9: coffer.v1.EncryptBatchResponse
-	(*DecryptBatchRequest)(nil),          // 10: coffer.v1.DecryptBatchRequest
-	(*DecryptBatchResult)(nil),           // 11: coffer.v1.DecryptBatchResult
-	(*DecryptBatchResponse)(nil),         // 12: coffer.v1.DecryptBatchResponse
-	(*GenerateDataKeyBatchRequest)(nil),  // 13: coffer.v1.GenerateDataKeyBatchRequest
-	(*GenerateDataKeyBatchResult)(nil),   // 14: coffer.v1.GenerateDataKeyBatchResult
-	(*GenerateDataKeyBatchResponse)(nil), // 15: coffer.v1.GenerateDataKeyBatchResponse
-	nil,                                  // 16: coffer.v1.EncryptRequest.ContextEntry
-	nil,                                  // 17: coffer.v1.DecryptRequest.ContextEntry
-	nil,                                  // 18: coffer.v1.GenerateDataKeyRequest.ContextEntry
-	(Consistency)(0),                     // 19: coffer.v1.Consistency
-	(KeyState)(0),                        // 20: coffer.v1.KeyState
-	(Algorithm)(0),                       // 21: coffer.v1.Algorithm
+	(*EncryptNewRequest)(nil),            // 6: coffer.v1.EncryptNewRequest
+	(*EncryptNewResponse)(nil),           // 7: coffer.v1.EncryptNewResponse
+	(*ItemError)(nil),                    // 8: coffer.v1.ItemError
+	(*EncryptBatchRequest)(nil),          // 9: coffer.v1.EncryptBatchRequest
+	(*EncryptBatchResult)(nil),           // 10: coffer.v1.EncryptBatchResult
+	(*EncryptBatchResponse)(nil),         // 11: coffer.v1.EncryptBatchResponse
+	(*DecryptBatchRequest)(nil),          // 12: coffer.v1.DecryptBatchRequest
+	(*DecryptBatchResult)(nil),           // 13: coffer.v1.DecryptBatchResult
+	(*DecryptBatchResponse)(nil),         // 14: coffer.v1.DecryptBatchResponse
+	(*GenerateDataKeyBatchRequest)(nil),  // 15: coffer.v1.GenerateDataKeyBatchRequest
+	(*GenerateDataKeyBatchResult)(nil),   // 16: coffer.v1.GenerateDataKeyBatchResult
+	(*GenerateDataKeyBatchResponse)(nil), // 17: coffer.v1.GenerateDataKeyBatchResponse
+	nil,                                  // 18: coffer.v1.EncryptRequest.ContextEntry
+	nil,                                  // 19: coffer.v1.DecryptRequest.ContextEntry
+	nil,                                  // 20: coffer.v1.GenerateDataKeyRequest.ContextEntry
+	nil,                                  // 21: coffer.v1.EncryptNewRequest.ContextEntry
+	(Consistency)(0),                     // 22: coffer.v1.Consistency
+	(KeyState)(0),                        // 23: coffer.v1.KeyState
+	(Algorithm)(0),                       // 24: coffer.v1.Algorithm
+	(*KeyMetadata)(nil),                  // 25: coffer.v1.KeyMetadata
 }
 var file_coffer_v1_crypto_proto_depIdxs = []int32{
-	16, // 0: coffer.v1.EncryptRequest.context:type_name -> coffer.v1.EncryptRequest.ContextEntry
-	19, // 1: coffer.v1.EncryptRequest.consistency:type_name -> coffer.v1.Consistency
-	17, // 2: coffer.v1.DecryptRequest.context:type_name -> coffer.v1.DecryptRequest.ContextEntry
-	19, // 3: coffer.v1.DecryptRequest.consistency:type_name -> coffer.v1.Consistency
-	20, // 4: coffer.v1.DecryptResponse.key_state:type_name -> coffer.v1.KeyState
-	18, // 5: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
-	21, // 6: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	19, // 7: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	21, // 8: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
-	0,  // 9: coffer.v1.EncryptBatchRequest.items:type_name -> coffer.v1.EncryptRequest
-	19, // 10: coffer.v1.EncryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	1,  // 11: coffer.v1.EncryptBatchResult.response:type_name -> coffer.v1.EncryptResponse
-	6,  // 12: coffer.v1.EncryptBatchResult.error:type_name -> coffer.v1.ItemError
-	8,  // 13: coffer.v1.EncryptBatchResponse.results:type_name -> coffer.v1.EncryptBatchResult
-	2,  // 14: coffer.v1.DecryptBatchRequest.items:type_name -> coffer.v1.DecryptRequest
-	19, // 15: coffer.v1.DecryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	3,  // 16: coffer.v1.DecryptBatchResult.response:type_name -> coffer.v1.DecryptResponse
-	6,  // 17: coffer.v1.DecryptBatchResult.error:type_name -> coffer.v1.ItemError
-	11, // 18: coffer.v1.DecryptBatchResponse.results:type_name -> coffer.v1.DecryptBatchResult
-	4,  // 19: coffer.v1.GenerateDataKeyBatchRequest.items:type_name -> coffer.v1.GenerateDataKeyRequest
-	19, // 20: coffer.v1.GenerateDataKeyBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	5,  // 21: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
-	6,  // 22: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
-	14, // 23: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
-	0,  // 24: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
-	2,  // 25: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
-	4,  // 26: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
-	7,  // 27: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
-	10, // 28: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
-	13, // 29: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
-	1,  // 30: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
-	3,  // 31: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
-	5,  // 32: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
-	9,  // 33: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
-	12, // 34: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
-	15, // 35: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
-	30, // [30:36] is the sub-list for method output_type
-	24, // [24:30] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	18, // 0: coffer.v1.EncryptRequest.context:type_name -> coffer.v1.EncryptRequest.ContextEntry
+	22, // 1: coffer.v1.EncryptRequest.consistency:type_name -> coffer.v1.Consistency
+	19, // 2: coffer.v1.DecryptRequest.context:type_name -> coffer.v1.DecryptRequest.ContextEntry
+	22, // 3: coffer.v1.DecryptRequest.consistency:type_name -> coffer.v1.Consistency
+	23, // 4: coffer.v1.DecryptResponse.key_state:type_name -> coffer.v1.KeyState
+	20, // 5: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
+	24, // 6: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	22, // 7: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	24, // 8: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
+	24, // 9: coffer.v1.EncryptNewRequest.algorithm:type_name -> coffer.v1.Algorithm
+	21, // 10: coffer.v1.EncryptNewRequest.context:type_name -> coffer.v1.EncryptNewRequest.ContextEntry
+	25, // 11: coffer.v1.EncryptNewResponse.key:type_name -> coffer.v1.KeyMetadata
+	0,  // 12: coffer.v1.EncryptBatchRequest.items:type_name -> coffer.v1.EncryptRequest
+	22, // 13: coffer.v1.EncryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	1,  // 14: coffer.v1.EncryptBatchResult.response:type_name -> coffer.v1.EncryptResponse
+	8,  // 15: coffer.v1.EncryptBatchResult.error:type_name -> coffer.v1.ItemError
+	10, // 16: coffer.v1.EncryptBatchResponse.results:type_name -> coffer.v1.EncryptBatchResult
+	2,  // 17: coffer.v1.DecryptBatchRequest.items:type_name -> coffer.v1.DecryptRequest
+	22, // 18: coffer.v1.DecryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	3,  // 19: coffer.v1.DecryptBatchResult.response:type_name -> coffer.v1.DecryptResponse
+	8,  // 20: coffer.v1.DecryptBatchResult.error:type_name -> coffer.v1.ItemError
+	13, // 21: coffer.v1.DecryptBatchResponse.results:type_name -> coffer.v1.DecryptBatchResult
+	4,  // 22: coffer.v1.GenerateDataKeyBatchRequest.items:type_name -> coffer.v1.GenerateDataKeyRequest
+	22, // 23: coffer.v1.GenerateDataKeyBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	5,  // 24: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
+	8,  // 25: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
+	16, // 26: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
+	0,  // 27: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
+	2,  // 28: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
+	4,  // 29: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
+	9,  // 30: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
+	12, // 31: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
+	15, // 32: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
+	6,  // 33: coffer.v1.CryptoService.EncryptNew:input_type -> coffer.v1.EncryptNewRequest
+	1,  // 34: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
+	3,  // 35: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
+	5,  // 36: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
+	11, // 37: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
+	14, // 38: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
+	17, // 39: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
+	7,  // 40: coffer.v1.CryptoService.EncryptNew:output_type -> coffer.v1.EncryptNewResponse
+	34, // [34:41] is the sub-list for method output_type
+	27, // [27:34] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_crypto_proto_init() }
@@ -1149,7 +1322,7 @@ func file_coffer_v1_crypto_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_crypto_proto_rawDesc), len(file_coffer_v1_crypto_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

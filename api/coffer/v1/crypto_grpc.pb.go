@@ -41,6 +41,7 @@ const (
 	CryptoService_EncryptBatch_FullMethodName         = "/coffer.v1.CryptoService/EncryptBatch"
 	CryptoService_DecryptBatch_FullMethodName         = "/coffer.v1.CryptoService/DecryptBatch"
 	CryptoService_GenerateDataKeyBatch_FullMethodName = "/coffer.v1.CryptoService/GenerateDataKeyBatch"
+	CryptoService_EncryptNew_FullMethodName           = "/coffer.v1.CryptoService/EncryptNew"
 )
 
 // CryptoServiceClient is the client API for CryptoService service.
@@ -55,6 +56,7 @@ type CryptoServiceClient interface {
 	EncryptBatch(ctx context.Context, in *EncryptBatchRequest, opts ...grpc.CallOption) (*EncryptBatchResponse, error)
 	DecryptBatch(ctx context.Context, in *DecryptBatchRequest, opts ...grpc.CallOption) (*DecryptBatchResponse, error)
 	GenerateDataKeyBatch(ctx context.Context, in *GenerateDataKeyBatchRequest, opts ...grpc.CallOption) (*GenerateDataKeyBatchResponse, error)
+	EncryptNew(ctx context.Context, in *EncryptNewRequest, opts ...grpc.CallOption) (*EncryptNewResponse, error)
 }
 
 type cryptoServiceClient struct {
@@ -125,6 +127,16 @@ func (c *cryptoServiceClient) GenerateDataKeyBatch(ctx context.Context, in *Gene
 	return out, nil
 }
 
+func (c *cryptoServiceClient) EncryptNew(ctx context.Context, in *EncryptNewRequest, opts ...grpc.CallOption) (*EncryptNewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EncryptNewResponse)
+	err := c.cc.Invoke(ctx, CryptoService_EncryptNew_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CryptoServiceServer is the server API for CryptoService service.
 // All implementations must embed UnimplementedCryptoServiceServer
 // for forward compatibility.
@@ -137,6 +149,7 @@ type CryptoServiceServer interface {
 	EncryptBatch(context.Context, *EncryptBatchRequest) (*EncryptBatchResponse, error)
 	DecryptBatch(context.Context, *DecryptBatchRequest) (*DecryptBatchResponse, error)
 	GenerateDataKeyBatch(context.Context, *GenerateDataKeyBatchRequest) (*GenerateDataKeyBatchResponse, error)
+	EncryptNew(context.Context, *EncryptNewRequest) (*EncryptNewResponse, error)
 	mustEmbedUnimplementedCryptoServiceServer()
 }
 
@@ -164,6 +177,9 @@ func (UnimplementedCryptoServiceServer) DecryptBatch(context.Context, *DecryptBa
 }
 func (UnimplementedCryptoServiceServer) GenerateDataKeyBatch(context.Context, *GenerateDataKeyBatchRequest) (*GenerateDataKeyBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GenerateDataKeyBatch not implemented")
+}
+func (UnimplementedCryptoServiceServer) EncryptNew(context.Context, *EncryptNewRequest) (*EncryptNewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EncryptNew not implemented")
 }
 func (UnimplementedCryptoServiceServer) mustEmbedUnimplementedCryptoServiceServer() {}
 func (UnimplementedCryptoServiceServer) testEmbeddedByValue()                       {}
@@ -294,6 +310,24 @@ func _CryptoService_GenerateDataKeyBatch_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CryptoService_EncryptNew_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EncryptNewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).EncryptNew(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_EncryptNew_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).EncryptNew(ctx, req.(*EncryptNewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CryptoService_ServiceDesc is the grpc.ServiceDesc for CryptoService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -324,6 +358,10 @@ var CryptoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GenerateDataKeyBatch",
 			Handler:    _CryptoService_GenerateDataKeyBatch_Handler,
+		},
+		{
+			MethodName: "EncryptNew",
+			Handler:    _CryptoService_EncryptNew_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

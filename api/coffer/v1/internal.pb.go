@@ -263,6 +263,7 @@ type ForwardRequest struct {
 	//	*ForwardRequest_TransferLeadership
 	//	*ForwardRequest_DrainNode
 	//	*ForwardRequest_SetKeyState
+	//	*ForwardRequest_EncryptNew
 	Op isForwardRequest_Op `protobuf_oneof:"op"`
 	// Time of the accepting node's audit entry for the request. The leader
 	// gives its entry the same time, so that an entry the accepting node
@@ -458,6 +459,15 @@ func (x *ForwardRequest) GetSetKeyState() *SetKeyStateRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetEncryptNew() *EncryptNewRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_EncryptNew); ok {
+			return x.EncryptNew
+		}
+	}
+	return nil
+}
+
 func (x *ForwardRequest) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
@@ -536,6 +546,10 @@ type ForwardRequest_SetKeyState struct {
 	SetKeyState *SetKeyStateRequest `protobuf:"bytes,18,opt,name=set_key_state,json=setKeyState,proto3,oneof"`
 }
 
+type ForwardRequest_EncryptNew struct {
+	EncryptNew *EncryptNewRequest `protobuf:"bytes,19,opt,name=encrypt_new,json=encryptNew,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
@@ -566,6 +580,8 @@ func (*ForwardRequest_DrainNode) isForwardRequest_Op() {}
 
 func (*ForwardRequest_SetKeyState) isForwardRequest_Op() {}
 
+func (*ForwardRequest_EncryptNew) isForwardRequest_Op() {}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
@@ -584,6 +600,7 @@ type ForwardResponse struct {
 	//	*ForwardResponse_TransferLeadership
 	//	*ForwardResponse_DrainNode
 	//	*ForwardResponse_SetKeyState
+	//	*ForwardResponse_EncryptNew
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -752,6 +769,15 @@ func (x *ForwardResponse) GetSetKeyState() *SetKeyStateResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetEncryptNew() *EncryptNewResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_EncryptNew); ok {
+			return x.EncryptNew
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -812,6 +838,10 @@ type ForwardResponse_SetKeyState struct {
 	SetKeyState *SetKeyStateResponse `protobuf:"bytes,14,opt,name=set_key_state,json=setKeyState,proto3,oneof"`
 }
 
+type ForwardResponse_EncryptNew struct {
+	EncryptNew *EncryptNewResponse `protobuf:"bytes,15,opt,name=encrypt_new,json=encryptNew,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
@@ -839,6 +869,8 @@ func (*ForwardResponse_TransferLeadership) isForwardResponse_Result() {}
 func (*ForwardResponse_DrainNode) isForwardResponse_Result() {}
 
 func (*ForwardResponse_SetKeyState) isForwardResponse_Result() {}
+
+func (*ForwardResponse_EncryptNew) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2728,12 +2760,12 @@ var File_coffer_v1_internal_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x15coffer/v1/audit.proto\x1a\x16coffer/v1/coffer.proto\x1a\x17coffer/v1/records.proto\"Y\n" +
+	"\x18coffer/v1/internal.proto\x12\tcoffer.v1\x1a\x15coffer/v1/audit.proto\x1a\x16coffer/v1/coffer.proto\x1a\x16coffer/v1/crypto.proto\x1a\x17coffer/v1/records.proto\"Y\n" +
 	"\x06Caller\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\x8c\t\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xcd\t\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -2754,11 +2786,13 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x13transfer_leadership\x18\x0f \x01(\v2$.coffer.v1.TransferLeadershipRequestH\x00R\x12transferLeadership\x12<\n" +
 	"\n" +
 	"drain_node\x18\x10 \x01(\v2\x1b.coffer.v1.DrainNodeRequestH\x00R\tdrainNode\x12C\n" +
-	"\rset_key_state\x18\x12 \x01(\v2\x1d.coffer.v1.SetKeyStateRequestH\x00R\vsetKeyState\x12$\n" +
+	"\rset_key_state\x18\x12 \x01(\v2\x1d.coffer.v1.SetKeyStateRequestH\x00R\vsetKeyState\x12?\n" +
+	"\vencrypt_new\x18\x13 \x01(\v2\x1c.coffer.v1.EncryptNewRequestH\x00R\n" +
+	"encryptNew\x12$\n" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x11 \x01(\tR\trequestIdB\x04\n" +
-	"\x02op\"\xbd\a\n" +
+	"\x02op\"\xff\a\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
@@ -2777,7 +2811,9 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x13transfer_leadership\x18\f \x01(\v2%.coffer.v1.TransferLeadershipResponseH\x00R\x12transferLeadership\x12=\n" +
 	"\n" +
 	"drain_node\x18\r \x01(\v2\x1c.coffer.v1.DrainNodeResponseH\x00R\tdrainNode\x12D\n" +
-	"\rset_key_state\x18\x0e \x01(\v2\x1e.coffer.v1.SetKeyStateResponseH\x00R\vsetKeyStateB\b\n" +
+	"\rset_key_state\x18\x0e \x01(\v2\x1e.coffer.v1.SetKeyStateResponseH\x00R\vsetKeyState\x12@\n" +
+	"\vencrypt_new\x18\x0f \x01(\v2\x1d.coffer.v1.EncryptNewResponseH\x00R\n" +
+	"encryptNewB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -3021,29 +3057,31 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*TransferLeadershipRequest)(nil),  // 44: coffer.v1.TransferLeadershipRequest
 	(*DrainNodeRequest)(nil),           // 45: coffer.v1.DrainNodeRequest
 	(*SetKeyStateRequest)(nil),         // 46: coffer.v1.SetKeyStateRequest
-	(*GenerateKeyResponse)(nil),        // 47: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),             // 48: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),       // 49: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                 // 50: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil),  // 51: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),                // 52: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),        // 53: coffer.v1.RevokeGrantResponse
-	(*UpdatePolicyResponse)(nil),       // 54: coffer.v1.UpdatePolicyResponse
-	(*AuditPruneResponse)(nil),         // 55: coffer.v1.AuditPruneResponse
-	(*PinNodeResponse)(nil),            // 56: coffer.v1.PinNodeResponse
-	(*RemoveNodeResponse)(nil),         // 57: coffer.v1.RemoveNodeResponse
-	(*TransferLeadershipResponse)(nil), // 58: coffer.v1.TransferLeadershipResponse
-	(*DrainNodeResponse)(nil),          // 59: coffer.v1.DrainNodeResponse
-	(*SetKeyStateResponse)(nil),        // 60: coffer.v1.SetKeyStateResponse
-	(Algorithm)(0),                     // 61: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),               // 62: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),             // 63: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                      // 64: coffer.v1.KeyState
-	(*ClientRecord)(nil),               // 65: coffer.v1.ClientRecord
-	(*AclRule)(nil),                    // 66: coffer.v1.AclRule
-	(*AuditEntry)(nil),                 // 67: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),         // 68: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),            // 69: coffer.v1.AuditCheckpoint
+	(*EncryptNewRequest)(nil),          // 47: coffer.v1.EncryptNewRequest
+	(*GenerateKeyResponse)(nil),        // 48: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),             // 49: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),       // 50: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                 // 51: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil),  // 52: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 53: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),        // 54: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),       // 55: coffer.v1.UpdatePolicyResponse
+	(*AuditPruneResponse)(nil),         // 56: coffer.v1.AuditPruneResponse
+	(*PinNodeResponse)(nil),            // 57: coffer.v1.PinNodeResponse
+	(*RemoveNodeResponse)(nil),         // 58: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipResponse)(nil), // 59: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeResponse)(nil),          // 60: coffer.v1.DrainNodeResponse
+	(*SetKeyStateResponse)(nil),        // 61: coffer.v1.SetKeyStateResponse
+	(*EncryptNewResponse)(nil),         // 62: coffer.v1.EncryptNewResponse
+	(Algorithm)(0),                     // 63: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),               // 64: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),             // 65: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                      // 66: coffer.v1.KeyState
+	(*ClientRecord)(nil),               // 67: coffer.v1.ClientRecord
+	(*AclRule)(nil),                    // 68: coffer.v1.AclRule
+	(*AuditEntry)(nil),                 // 69: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),         // 70: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),            // 71: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	2,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
@@ -3062,71 +3100,73 @@ var file_coffer_v1_internal_proto_depIdxs = []int32{
 	44, // 13: coffer.v1.ForwardRequest.transfer_leadership:type_name -> coffer.v1.TransferLeadershipRequest
 	45, // 14: coffer.v1.ForwardRequest.drain_node:type_name -> coffer.v1.DrainNodeRequest
 	46, // 15: coffer.v1.ForwardRequest.set_key_state:type_name -> coffer.v1.SetKeyStateRequest
-	47, // 16: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	48, // 17: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	49, // 18: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	50, // 19: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	51, // 20: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	52, // 21: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	53, // 22: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	54, // 23: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
-	55, // 24: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
-	56, // 25: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
-	57, // 26: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
-	58, // 27: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
-	59, // 28: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
-	60, // 29: coffer.v1.ForwardResponse.set_key_state:type_name -> coffer.v1.SetKeyStateResponse
-	0,  // 30: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	8,  // 31: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	61, // 32: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	62, // 33: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	63, // 34: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 35: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	61, // 36: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	64, // 37: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	62, // 38: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	63, // 39: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	12, // 40: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	13, // 41: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	9,  // 42: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	65, // 43: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	66, // 44: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	65, // 45: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	67, // 46: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	66, // 47: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	67, // 48: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	67, // 49: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	68, // 50: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	67, // 51: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 52: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	67, // 53: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 54: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
-	67, // 55: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 56: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	67, // 57: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	67, // 58: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	23, // 59: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
-	67, // 60: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	23, // 61: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
-	26, // 62: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
-	1,  // 63: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
-	69, // 64: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	67, // 65: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 66: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	67, // 67: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	30, // 68: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
-	67, // 69: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
-	3,  // 70: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	5,  // 71: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	24, // 72: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	4,  // 73: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	6,  // 74: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	25, // 75: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	73, // [73:76] is the sub-list for method output_type
-	70, // [70:73] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	47, // 16: coffer.v1.ForwardRequest.encrypt_new:type_name -> coffer.v1.EncryptNewRequest
+	48, // 17: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	49, // 18: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	50, // 19: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	51, // 20: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	52, // 21: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	53, // 22: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	54, // 23: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	55, // 24: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	56, // 25: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
+	57, // 26: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
+	58, // 27: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
+	59, // 28: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
+	60, // 29: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
+	61, // 30: coffer.v1.ForwardResponse.set_key_state:type_name -> coffer.v1.SetKeyStateResponse
+	62, // 31: coffer.v1.ForwardResponse.encrypt_new:type_name -> coffer.v1.EncryptNewResponse
+	0,  // 32: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	8,  // 33: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	63, // 34: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	64, // 35: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	65, // 36: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	11, // 37: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	63, // 38: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	66, // 39: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	64, // 40: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	65, // 41: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	12, // 42: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	13, // 43: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	9,  // 44: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	67, // 45: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	68, // 46: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	67, // 47: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	69, // 48: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	68, // 49: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	69, // 50: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	69, // 51: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	70, // 52: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	69, // 53: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 54: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	69, // 55: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 56: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
+	69, // 57: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 58: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	69, // 59: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	69, // 60: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	23, // 61: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	69, // 62: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	23, // 63: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	26, // 64: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 65: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	71, // 66: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	69, // 67: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	9,  // 68: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	69, // 69: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	30, // 70: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
+	69, // 71: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
+	3,  // 72: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	5,  // 73: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	24, // 74: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	4,  // 75: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	6,  // 76: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	25, // 77: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	75, // [75:78] is the sub-list for method output_type
+	72, // [72:75] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -3136,6 +3176,7 @@ func file_coffer_v1_internal_proto_init() {
 	}
 	file_coffer_v1_audit_proto_init()
 	file_coffer_v1_coffer_proto_init()
+	file_coffer_v1_crypto_proto_init()
 	file_coffer_v1_records_proto_init()
 	file_coffer_v1_internal_proto_msgTypes[1].OneofWrappers = []any{
 		(*ForwardRequest_GenerateKey)(nil),
@@ -3153,6 +3194,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardRequest_TransferLeadership)(nil),
 		(*ForwardRequest_DrainNode)(nil),
 		(*ForwardRequest_SetKeyState)(nil),
+		(*ForwardRequest_EncryptNew)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
@@ -3169,6 +3211,7 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardResponse_TransferLeadership)(nil),
 		(*ForwardResponse_DrainNode)(nil),
 		(*ForwardResponse_SetKeyState)(nil),
+		(*ForwardResponse_EncryptNew)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
