@@ -127,6 +127,19 @@ func (c *Client) EncryptNew(ctx context.Context, req *cofferv1.EncryptNewRequest
 	})
 }
 
+// ReEncrypt moves a ciphertext to another key (req.DestinationGkid), or to
+// its key's newest version, without the plaintext leaving the cluster. It
+// needs the decrypt grant on the source key and the encrypt grant on the
+// destination. A read for the retry policy: a retry re-encrypts again.
+func (c *Client) ReEncrypt(ctx context.Context, req *cofferv1.ReEncryptRequest) (*cofferv1.ReEncryptResponse, error) {
+	if req == nil {
+		return nil, nilRequest("ReEncrypt")
+	}
+	return invoke(ctx, c, "ReEncrypt", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.ReEncryptResponse, error) {
+		return ep.crypto.ReEncrypt(ctx, req, opts...)
+	})
+}
+
 // EncryptBatch encrypts many items in one call: one result per item, in
 // order, each the response or the error (ItemError) its single Encrypt
 // would have returned, and one audit entry per item. At most MaxBatchItems

@@ -219,6 +219,14 @@ func TestE2E_EncryptDecrypt(t *testing.T) {
 		t.Fatal("encrypt-and-custody: the ciphertext decrypted to something else")
 	}
 
+	// reencrypt: to the new key, with another context.
+	e.mustCoffer(append([]string{"reencrypt", "--in", file("ct"), "--to", strings.TrimSpace(e.mustCoffer("key", "generate", "--resource", "e2e/data/moved")),
+		"--to-context", "tenant=moved", "--out", file("moved.ct")}, encCtx...)...)
+	e.mustCoffer("decrypt", "--context", "tenant=moved", "--in", file("moved.ct"), "--out", file("moved"))
+	if !bytes.Equal(read("moved"), plaintext) {
+		t.Fatal("reencrypt: the new ciphertext decrypted to something else")
+	}
+
 	// The key's life cycle: deactivated, it still decrypts and no longer
 	// encrypts; destroyed, it does neither, and describe says so.
 	e.mustCoffer("key", "deactivate", gk, "--reason", "e2e rotation")

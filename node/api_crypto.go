@@ -32,6 +32,10 @@ func (s *cryptoService) EncryptNew(ctx context.Context, req *cofferv1.EncryptNew
 	return submitWrite(s.svc, ctx, requestFrom(ctx), writeEncryptNew, req)
 }
 
+func (s *cryptoService) ReEncrypt(ctx context.Context, req *cofferv1.ReEncryptRequest) (*cofferv1.ReEncryptResponse, error) {
+	return s.svc.reEncrypt(ctx, req)
+}
+
 func (s *cryptoService) EncryptBatch(ctx context.Context, req *cofferv1.EncryptBatchRequest) (*cofferv1.EncryptBatchResponse, error) {
 	return s.svc.encryptBatch(ctx, req)
 }

@@ -53,7 +53,7 @@ const (
 var opNames = map[string]string{
 	"GenerateKey": "generate", "PutKey": "put", "GetKey": "get", "DescribeKey": "describe", "ListKeys": "list", "SetKeyState": "state",
 	"Encrypt": "encrypt", "Decrypt": "decrypt", "GenerateDataKey": "datakey",
-	"EncryptNew": "generate", "EncryptBatch": "encrypt", "DecryptBatch": "decrypt", "GenerateDataKeyBatch": "datakey",
+	"EncryptNew": "generate", "ReEncrypt": "reencrypt", "EncryptBatch": "encrypt", "DecryptBatch": "decrypt", "GenerateDataKeyBatch": "datakey",
 	"CreatePolicy": "policy.create", "UpdatePolicy": "policy.update", "GetPolicy": "policy.read", "ListPolicies": "policy.read",
 	"Status": "cluster.read", "LocalStatus": "cluster.read", "Snapshot": "snapshot.save", "Restore": "snapshot.restore",
 	"RegisterClient": "client.manage", "SetClientActive": "client.manage", "RevokeCertificate": "client.manage",

@@ -246,3 +246,59 @@ func (s *service) encryptNew(ctx context.Context, r *request, req *cofferv1.Encr
 	}
 	return &cofferv1.EncryptNewResponse{Key: keyMetadata(res.Key), Ciphertext: resp.GetCiphertext()}, nil
 }
+
+// reEncrypt decrypts a ciphertext and encrypts its plaintext under another
+// key (or the same key's newest version) in this process: two uses of keys,
+// decided together (decideUses), the plaintext wiped before the response.
+func (s *service) reEncrypt(ctx context.Context, req *cofferv1.ReEncryptRequest) (*cofferv1.ReEncryptResponse, error) {
+	if err := validConsistency(req.GetConsistency()); err != nil {
+		return nil, err
+	}
+	src := &cofferv1.DecryptRequest{Ciphertext: req.GetCiphertext(), Context: req.GetSourceContext()}
+	srcID, err := decryptTarget(src)
+	if err != nil {
+		return nil, err
+	}
+	dstID := req.GetDestinationGkid()
+	if dstID == "" {
+		dstID = srcID
+	}
+	dst := &cofferv1.EncryptRequest{Gkid: dstID, Context: req.GetSourceContext()}
+	if req.GetReplaceContext() || len(req.GetDestinationContext()) > 0 {
+		dst.Context = req.GetDestinationContext()
+	}
+	if _, err := encryptTarget(dst); err != nil {
+		return nil, err
+	}
+	r := requestFrom(ctx)
+	uses := []keyUse{{op: authz.OpDecrypt, suffix: "decrypt", gkid: srcID}, {op: authz.OpEncrypt, suffix: "encrypt", gkid: dstID}}
+	if err := s.decideUses(ctx, r, req.GetConsistency(), uses); err != nil {
+		return nil, err
+	}
+	for _, u := range uses {
+		if u.err != nil {
+			return nil, u.err
+		}
+	}
+	rec, material, err := s.openForUse(r.caller, authz.OpDecrypt, srcID)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := s.runDecrypt(rec, material, src)
+	clear(material)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(plain.GetPlaintext())
+	if rec, material, err = s.openForUse(r.caller, authz.OpEncrypt, dstID); err != nil {
+		return nil, err
+	}
+	defer clear(material)
+	dst.Plaintext = plain.GetPlaintext()
+	out, err := s.runEncrypt(rec, material, dst)
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.ReEncryptResponse{Ciphertext: out.GetCiphertext(), SourceGkid: srcID, SourceKeyVersion: plain.GetKeyVersion(),
+		Gkid: out.GetGkid(), KeyVersion: out.GetKeyVersion()}, nil
+}

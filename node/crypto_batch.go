@@ -61,60 +61,22 @@ func serveCryptoBatch[Req any, Resp any](s *service, ctx context.Context, o *cry
 	if total > maxBatchBytes {
 		return nil, nil, fmt.Errorf("%w: the batch's items hold %d bytes, at most %d", ErrInvalidArgument, total, maxBatchBytes)
 	}
-	decided := cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient
+	uses := make([]keyUse, n)
+	for i, it := range in.items {
+		uses[i] = keyUse{op: o.op, suffix: strconv.Itoa(i)}
+		if ic := in.consistency(it); ic != cofferv1.Consistency_CONSISTENCY_UNSPECIFIED {
+			uses[i].err = fmt.Errorf("%w: item %d sets its own consistency; set it on the batch", ErrInvalidArgument, i)
+		} else {
+			uses[i].gkid, uses[i].err = o.target(it)
+		}
+	}
+	if err := s.decideUses(ctx, r, cons, uses); err != nil {
+		return nil, nil, err
+	}
 	ids := make([]string, n)
 	errs = make([]error, n)
-	var b auditBatch
-	var decidedItems []int // items whose use Apply decides, in decide order
-	now := time.Now()
-	for i, it := range in.items {
-		e := proto.CloneOf(r.entry)
-		e.Operation = string(o.op)
-		e.RequestId = clip(r.entry.GetRequestId()+"#"+strconv.Itoa(i), maxRequestIDField)
-		if ic := in.consistency(it); ic != cofferv1.Consistency_CONSISTENCY_UNSPECIFIED {
-			errs[i] = fmt.Errorf("%w: item %d sets its own consistency; set it on the batch", ErrInvalidArgument, i)
-		} else {
-			ids[i], errs[i] = o.target(it)
-		}
-		switch {
-		case errs[i] != nil:
-			setOutcome(e, errs[i])
-		case decided:
-			e.Gkid = ids[i]
-			e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED // Apply replaces it
-			b.decide = append(b.decide, &cofferv1.ReadDecision{Entry: uint32(len(b.entries)), CertSerial: c.serial})
-			decidedItems = append(decidedItems, i)
-		default:
-			// A stale batch (or a node's) is decided on this node's state.
-			e.Gkid = ids[i]
-			errs[i] = s.decideHere(c, o.op, ids[i], e, now)
-			setOutcome(e, errs[i])
-		}
-		b.entries = append(b.entries, e)
-	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-	defer cancel()
-	start := time.Now()
-	idx, reads, err := s.auditor.submit(actx, b)
-	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
-	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
-		return nil, nil, err // not queued: finishRequest records the refusal
-	}
-	r.carried = true // the items' entries are the request's
-	if err != nil {
-		metricAuditFailures.Inc()
-		s.replica.raftLog().Error("batch's audit entries not committed; response withheld", "op", o.op, "items", n, "err", err)
-		return nil, nil, errAuditNotCommitted(err)
-	}
-	granted := false
-	for j, i := range decidedItems {
-		errs[i] = s.readRefusal(o.op, ids[i], reads[j])
-		granted = granted || errs[i] == nil
-	}
-	if granted {
-		if err := s.fsm.WaitApplied(actx, idx); err != nil {
-			return nil, nil, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
-		}
+	for i, u := range uses {
+		ids[i], errs[i] = u.gkid, u.err
 	}
 	keys := map[string]*keyInUse{}
 	defer func() {
@@ -140,6 +102,77 @@ func serveCryptoBatch[Req any, Resp any](s *service, ctx context.Context, o *cry
 		out[i], errs[i] = o.run(s, k.rec, k.material, it)
 	}
 	return out, errs, nil
+}
+
+// keyUse is one use of a key within a request: a batch item, or one side of
+// a ReEncrypt. It gets its own audit entry, whose request id is the
+// request's followed by "#" and suffix.
+type keyUse struct {
+	op     authz.Op
+	suffix string
+	gkid   string
+	// err is why the use is refused: set by the caller for a use that
+	// failed validation (recorded, not decided), by decideUses otherwise.
+	err error
+}
+
+// decideUses decides every use of a request and commits one audit entry
+// per use, in one audit batch: linearizable uses by a client are decided in
+// Apply (one Raft round for all), others on this node's state. It sets each
+// use's err to its refusal, and waits until this node has applied the
+// batch when any use was granted by Apply. An error refuses the whole
+// request; once the entries are committed they are the request's (carried).
+func (s *service) decideUses(ctx context.Context, r *request, cons cofferv1.Consistency, uses []keyUse) error {
+	c := r.caller
+	decided := cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient
+	var b auditBatch
+	var decidedUses []int // uses whose decision is Apply's, in decide order
+	now := time.Now()
+	for i := range uses {
+		u := &uses[i]
+		e := proto.CloneOf(r.entry)
+		e.Operation = string(u.op)
+		e.RequestId = clip(r.entry.GetRequestId()+"#"+u.suffix, maxRequestIDField)
+		switch {
+		case u.err != nil:
+			setOutcome(e, u.err)
+		case decided:
+			e.Gkid = u.gkid
+			e.Outcome = cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED // Apply replaces it
+			b.decide = append(b.decide, &cofferv1.ReadDecision{Entry: uint32(len(b.entries)), CertSerial: c.serial})
+			decidedUses = append(decidedUses, i)
+		default:
+			e.Gkid = u.gkid
+			u.err = s.decideHere(c, u.op, u.gkid, e, now)
+			setOutcome(e, u.err)
+		}
+		b.entries = append(b.entries, e)
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	start := time.Now()
+	idx, reads, err := s.auditor.submit(actx, b)
+	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
+	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
+		return err // not queued: finishRequest records the refusal
+	}
+	r.carried = true // the uses' entries are the request's
+	if err != nil {
+		metricAuditFailures.Inc()
+		s.replica.raftLog().Error("audit entries of a request's key uses not committed; response withheld", "uses", len(uses), "err", err)
+		return errAuditNotCommitted(err)
+	}
+	granted := false
+	for j, i := range decidedUses {
+		uses[i].err = s.readRefusal(uses[i].op, uses[i].gkid, reads[j])
+		granted = granted || uses[i].err == nil
+	}
+	if granted {
+		if err := s.fsm.WaitApplied(actx, idx); err != nil {
+			return fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
+		}
+	}
+	return nil
 }
 
 // maxRequestIDField bounds an item's request id in its audit entry.

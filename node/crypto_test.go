@@ -357,3 +357,65 @@ func TestNode_EncryptAndCustody(t *testing.T) {
 		t.Fatalf("entries of row-17: %v", es)
 	}
 }
+
+// TestNode_ReEncrypt moves a ciphertext to another key and context through
+// a follower: the caller needs decrypt on the source and encrypt on the
+// destination, and the request leaves one entry per key it used.
+func TestNode_ReEncrypt(t *testing.T) {
+	tc := mustCluster(t, 3, nil)
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l, f := tc.waitLeader(), tc.follower()
+	gen := func(resource string) string {
+		t.Helper()
+		r, err := admin.keys[l].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: resource})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetKey().GetGkid()
+	}
+	a, b := gen("move/a"), gen("move/b")
+	mover := tc.ungrantedClient(admin, l, "mover")
+	tc.mustGrant(admin, l, "client:mover", "move/a", "decrypt")
+	tc.mustGrant(admin, l, "client:mover", "move/b", "encrypt")
+	pt := []byte("moving day")
+	enc, err := admin.crypto[l].Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: a, Plaintext: pt, Context: map[string]string{"x": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved, err := mover.crypto[f].ReEncrypt(metadata.AppendToOutgoingContext(ctx, RequestIDKey, "move-1"), &cofferv1.ReEncryptRequest{
+		Ciphertext: enc.GetCiphertext(), SourceContext: map[string]string{"x": "1"}, DestinationGkid: b, DestinationContext: map[string]string{"y": "2"}})
+	if err != nil || moved.GetGkid() != b || moved.GetSourceGkid() != a {
+		t.Fatalf("re-encrypt: %v %v", moved, err)
+	}
+	back, err := admin.crypto[f].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: moved.GetCiphertext(), Context: map[string]string{"y": "2"}})
+	if err != nil || !bytes.Equal(back.GetPlaintext(), pt) || back.GetGkid() != b {
+		t.Fatalf("decrypt the moved ciphertext: %v", err)
+	}
+	// The same key, the same context: a fresh ciphertext of the same text.
+	again, err := admin.crypto[l].ReEncrypt(ctx, &cofferv1.ReEncryptRequest{Ciphertext: enc.GetCiphertext(), SourceContext: map[string]string{"x": "1"}})
+	if err != nil || again.GetGkid() != a || bytes.Equal(again.GetCiphertext(), enc.GetCiphertext()) {
+		t.Fatalf("re-encrypt under the same key: %v", err)
+	}
+	if back, err := admin.crypto[f].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: again.GetCiphertext(), Context: map[string]string{"x": "1"}}); err != nil || !bytes.Equal(back.GetPlaintext(), pt) {
+		t.Fatalf("decrypt the re-encrypted ciphertext: %v", err)
+	}
+	_, err = mover.crypto[f].ReEncrypt(metadata.AppendToOutgoingContext(ctx, RequestIDKey, "move-2"), &cofferv1.ReEncryptRequest{
+		Ciphertext: enc.GetCiphertext(), SourceContext: map[string]string{"x": "1"}})
+	wantCode(t, "no encrypt grant on the source key", err, codes.PermissionDenied, "holds no grant for encrypt")
+	_, err = mover.crypto[f].ReEncrypt(ctx, &cofferv1.ReEncryptRequest{Ciphertext: enc.GetCiphertext(), DestinationGkid: b})
+	wantCode(t, "wrong source context", err, codes.InvalidArgument, "does not decrypt")
+
+	byID := tc.entriesByRequestID(l, fsm.AuditFilter{})
+	for id, want := range map[string]cofferv1.AuditOutcome{
+		"move-1#decrypt": cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED, "move-1#encrypt": cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED,
+		"move-2#decrypt": cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED, "move-2#encrypt": cofferv1.AuditOutcome_AUDIT_OUTCOME_DENIED,
+	} {
+		if es := byID[id]; len(es) != 1 || es[0].GetOutcome() != want {
+			t.Errorf("%s: entries %v, want one %v", id, es, want)
+		}
+	}
+	if es := byID["move-1"]; len(es) != 0 {
+		t.Errorf("the request itself has entries: %v", es)
+	}
+}

@@ -217,6 +217,68 @@ Needs the decrypt grant on the key's resource.`,
 	return cmd
 }
 
+func (a *app) reencryptCmd() *cobra.Command {
+	var o cryptoFlags
+	var to string
+	var toContexts []string
+	cmd := &cobra.Command{
+		Use:   "reencrypt [--context K=V]... [--to GKID] [--to-context K=V]... [--in FILE|-] [--out FILE]",
+		Short: "Move a ciphertext to another key without the plaintext leaving the cluster",
+		Long: `Decrypt a ciphertext (given its --context) and encrypt the plaintext under
+the key --to (default: the same key, its newest version) with --to-context
+(default: the same context), inside the cluster: the plaintext never
+reaches this machine. The ciphertext is read from --in and the new one
+written to --out, raw bytes.
+
+` + outHelp + `
+
+Needs the decrypt grant on the source key's resource and the encrypt grant
+on the destination's; each key's use is audited.`,
+		Args: exactArgs(0, "none"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			srcCtx, err := parseContext(o.contexts)
+			if err != nil {
+				return err
+			}
+			dstCtx, err := parseContext(toContexts)
+			if err != nil {
+				return err
+			}
+			ciphertext, err := readInput(o.in, a.in, maxCiphertextInput)
+			if errors.Is(err, errInputTooLarge) {
+				return usagef("%s holds more than %d bytes: no ciphertext of encrypt or datakey is that long", inputName(o.in), maxCiphertextInput)
+			}
+			if err != nil {
+				return err
+			}
+			if len(ciphertext) == 0 {
+				return usagef("%s is empty: no ciphertext to re-encrypt", inputName(o.in))
+			}
+			req := &cofferv1.ReEncryptRequest{Ciphertext: ciphertext, SourceContext: srcCtx, DestinationGkid: to,
+				DestinationContext: dstCtx, ReplaceContext: len(toContexts) > 0, Consistency: o.consistency.v}
+			return a.withOutput(cmd, o.out, func(ctx context.Context, c *client.Client, w io.Writer) error {
+				resp, err := c.ReEncrypt(ctx, req)
+				if err != nil {
+					return err
+				}
+				if a.format == formatJSON {
+					return writeProto(w, resp)
+				}
+				_, err = w.Write(resp.GetCiphertext())
+				return err
+			})
+		},
+	}
+	f := cmd.Flags()
+	o.addContextFlag(f)
+	f.StringVar(&to, "to", "", "the key to encrypt under (default: the source key)")
+	f.StringArrayVar(&toContexts, "to-context", nil, "context pair KEY=VALUE of the new ciphertext, repeatable (default: the source's)")
+	f.StringVar(&o.in, "in", "-", `read the ciphertext from this file ("-": standard input)`)
+	o.addOutFlag(f, "the new ciphertext")
+	addConsistencyFlag(f, &o.consistency, "linearizable or stale")
+	return cmd
+}
+
 func (a *app) datakeyCmd() *cobra.Command {
 	var o cryptoFlags
 	var algorithm string

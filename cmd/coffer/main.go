@@ -157,7 +157,7 @@ func (a *app) rootCmd() *cobra.Command {
 	f.DurationVar(&a.timeout, "timeout", defaultTimeout, "bound on each command's requests, retries included (env "+envTimeout+")")
 	a.flags = f
 
-	root.AddCommand(a.keyCmd(), a.encryptCmd(), a.decryptCmd(), a.datakeyCmd(), a.policyCmd(), a.clusterCmd(), a.snapshotCmd(), a.escrowCmd(), a.benchCmd(), a.caCmd(), a.clientCmd(), a.aclCmd(), a.auditCmd())
+	root.AddCommand(a.keyCmd(), a.encryptCmd(), a.decryptCmd(), a.reencryptCmd(), a.datakeyCmd(), a.policyCmd(), a.clusterCmd(), a.snapshotCmd(), a.escrowCmd(), a.benchCmd(), a.caCmd(), a.clientCmd(), a.aclCmd(), a.auditCmd())
 	return root
 }
 

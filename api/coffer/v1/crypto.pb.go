@@ -608,6 +608,176 @@ func (x *EncryptNewResponse) GetCiphertext() []byte {
 	return nil
 }
 
+// ReEncryptRequest moves a ciphertext to another key, or to its key's
+// newest version, without the plaintext leaving the node. It needs the
+// decrypt grant on the source key's resource and the encrypt grant on the
+// destination's, and leaves two audit entries: the decrypt (request id
+// "<id>#decrypt") and the encrypt ("<id>#encrypt"), decided in one Raft
+// round.
+type ReEncryptRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ciphertext    []byte                 `protobuf:"bytes,1,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	SourceContext map[string]string      `protobuf:"bytes,2,rep,name=source_context,json=sourceContext,proto3" json:"source_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The key to encrypt under; empty: the source key (its newest version).
+	DestinationGkid string `protobuf:"bytes,3,opt,name=destination_gkid,json=destinationGkid,proto3" json:"destination_gkid,omitempty"`
+	// The context of the new ciphertext; unset: the source context.
+	DestinationContext map[string]string `protobuf:"bytes,4,rep,name=destination_context,json=destinationContext,proto3" json:"destination_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Use destination_context even when empty (an empty map is unset in
+	// proto3).
+	ReplaceContext bool        `protobuf:"varint,5,opt,name=replace_context,json=replaceContext,proto3" json:"replace_context,omitempty"`
+	Consistency    Consistency `protobuf:"varint,6,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReEncryptRequest) Reset() {
+	*x = ReEncryptRequest{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReEncryptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReEncryptRequest) ProtoMessage() {}
+
+func (x *ReEncryptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReEncryptRequest.ProtoReflect.Descriptor instead.
+func (*ReEncryptRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReEncryptRequest) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *ReEncryptRequest) GetSourceContext() map[string]string {
+	if x != nil {
+		return x.SourceContext
+	}
+	return nil
+}
+
+func (x *ReEncryptRequest) GetDestinationGkid() string {
+	if x != nil {
+		return x.DestinationGkid
+	}
+	return ""
+}
+
+func (x *ReEncryptRequest) GetDestinationContext() map[string]string {
+	if x != nil {
+		return x.DestinationContext
+	}
+	return nil
+}
+
+func (x *ReEncryptRequest) GetReplaceContext() bool {
+	if x != nil {
+		return x.ReplaceContext
+	}
+	return false
+}
+
+func (x *ReEncryptRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type ReEncryptResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Ciphertext       []byte                 `protobuf:"bytes,1,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	SourceGkid       string                 `protobuf:"bytes,2,opt,name=source_gkid,json=sourceGkid,proto3" json:"source_gkid,omitempty"`
+	SourceKeyVersion uint32                 `protobuf:"varint,3,opt,name=source_key_version,json=sourceKeyVersion,proto3" json:"source_key_version,omitempty"`
+	Gkid             string                 `protobuf:"bytes,4,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	KeyVersion       uint32                 `protobuf:"varint,5,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ReEncryptResponse) Reset() {
+	*x = ReEncryptResponse{}
+	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReEncryptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReEncryptResponse) ProtoMessage() {}
+
+func (x *ReEncryptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReEncryptResponse.ProtoReflect.Descriptor instead.
+func (*ReEncryptResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReEncryptResponse) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *ReEncryptResponse) GetSourceGkid() string {
+	if x != nil {
+		return x.SourceGkid
+	}
+	return ""
+}
+
+func (x *ReEncryptResponse) GetSourceKeyVersion() uint32 {
+	if x != nil {
+		return x.SourceKeyVersion
+	}
+	return 0
+}
+
+func (x *ReEncryptResponse) GetGkid() string {
+	if x != nil {
+		return x.Gkid
+	}
+	return ""
+}
+
+func (x *ReEncryptResponse) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
 // ItemError is why one item of a batch failed: the status code
 // (google.golang.org/grpc/codes) and message the single call would have
 // returned.
@@ -621,7 +791,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +803,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[8]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +816,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ItemError) GetCode() uint32 {
@@ -679,7 +849,7 @@ type EncryptBatchRequest struct {
 
 func (x *EncryptBatchRequest) Reset() {
 	*x = EncryptBatchRequest{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +861,7 @@ func (x *EncryptBatchRequest) String() string {
 func (*EncryptBatchRequest) ProtoMessage() {}
 
 func (x *EncryptBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[9]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +874,7 @@ func (x *EncryptBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptBatchRequest.ProtoReflect.Descriptor instead.
 func (*EncryptBatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EncryptBatchRequest) GetItems() []*EncryptRequest {
@@ -732,7 +902,7 @@ type EncryptBatchResult struct {
 
 func (x *EncryptBatchResult) Reset() {
 	*x = EncryptBatchResult{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +914,7 @@ func (x *EncryptBatchResult) String() string {
 func (*EncryptBatchResult) ProtoMessage() {}
 
 func (x *EncryptBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[10]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +927,7 @@ func (x *EncryptBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptBatchResult.ProtoReflect.Descriptor instead.
 func (*EncryptBatchResult) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EncryptBatchResult) GetResponse() *EncryptResponse {
@@ -783,7 +953,7 @@ type EncryptBatchResponse struct {
 
 func (x *EncryptBatchResponse) Reset() {
 	*x = EncryptBatchResponse{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +965,7 @@ func (x *EncryptBatchResponse) String() string {
 func (*EncryptBatchResponse) ProtoMessage() {}
 
 func (x *EncryptBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[11]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +978,7 @@ func (x *EncryptBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptBatchResponse.ProtoReflect.Descriptor instead.
 func (*EncryptBatchResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EncryptBatchResponse) GetResults() []*EncryptBatchResult {
@@ -828,7 +998,7 @@ type DecryptBatchRequest struct {
 
 func (x *DecryptBatchRequest) Reset() {
 	*x = DecryptBatchRequest{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +1010,7 @@ func (x *DecryptBatchRequest) String() string {
 func (*DecryptBatchRequest) ProtoMessage() {}
 
 func (x *DecryptBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[12]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +1023,7 @@ func (x *DecryptBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptBatchRequest.ProtoReflect.Descriptor instead.
 func (*DecryptBatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DecryptBatchRequest) GetItems() []*DecryptRequest {
@@ -880,7 +1050,7 @@ type DecryptBatchResult struct {
 
 func (x *DecryptBatchResult) Reset() {
 	*x = DecryptBatchResult{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1062,7 @@ func (x *DecryptBatchResult) String() string {
 func (*DecryptBatchResult) ProtoMessage() {}
 
 func (x *DecryptBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[13]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1075,7 @@ func (x *DecryptBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptBatchResult.ProtoReflect.Descriptor instead.
 func (*DecryptBatchResult) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DecryptBatchResult) GetResponse() *DecryptResponse {
@@ -931,7 +1101,7 @@ type DecryptBatchResponse struct {
 
 func (x *DecryptBatchResponse) Reset() {
 	*x = DecryptBatchResponse{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1113,7 @@ func (x *DecryptBatchResponse) String() string {
 func (*DecryptBatchResponse) ProtoMessage() {}
 
 func (x *DecryptBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[14]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1126,7 @@ func (x *DecryptBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptBatchResponse.ProtoReflect.Descriptor instead.
 func (*DecryptBatchResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DecryptBatchResponse) GetResults() []*DecryptBatchResult {
@@ -976,7 +1146,7 @@ type GenerateDataKeyBatchRequest struct {
 
 func (x *GenerateDataKeyBatchRequest) Reset() {
 	*x = GenerateDataKeyBatchRequest{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1158,7 @@ func (x *GenerateDataKeyBatchRequest) String() string {
 func (*GenerateDataKeyBatchRequest) ProtoMessage() {}
 
 func (x *GenerateDataKeyBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[15]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1171,7 @@ func (x *GenerateDataKeyBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateDataKeyBatchRequest.ProtoReflect.Descriptor instead.
 func (*GenerateDataKeyBatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GenerateDataKeyBatchRequest) GetItems() []*GenerateDataKeyRequest {
@@ -1028,7 +1198,7 @@ type GenerateDataKeyBatchResult struct {
 
 func (x *GenerateDataKeyBatchResult) Reset() {
 	*x = GenerateDataKeyBatchResult{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[16]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1210,7 @@ func (x *GenerateDataKeyBatchResult) String() string {
 func (*GenerateDataKeyBatchResult) ProtoMessage() {}
 
 func (x *GenerateDataKeyBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[16]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1223,7 @@ func (x *GenerateDataKeyBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateDataKeyBatchResult.ProtoReflect.Descriptor instead.
 func (*GenerateDataKeyBatchResult) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{16}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GenerateDataKeyBatchResult) GetResponse() *GenerateDataKeyResponse {
@@ -1079,7 +1249,7 @@ type GenerateDataKeyBatchResponse struct {
 
 func (x *GenerateDataKeyBatchResponse) Reset() {
 	*x = GenerateDataKeyBatchResponse{}
-	mi := &file_coffer_v1_crypto_proto_msgTypes[17]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1261,7 @@ func (x *GenerateDataKeyBatchResponse) String() string {
 func (*GenerateDataKeyBatchResponse) ProtoMessage() {}
 
 func (x *GenerateDataKeyBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_crypto_proto_msgTypes[17]
+	mi := &file_coffer_v1_crypto_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1274,7 @@ func (x *GenerateDataKeyBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateDataKeyBatchResponse.ProtoReflect.Descriptor instead.
 func (*GenerateDataKeyBatchResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{17}
+	return file_coffer_v1_crypto_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GenerateDataKeyBatchResponse) GetResults() []*GenerateDataKeyBatchResult {
@@ -1182,7 +1352,32 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\x02 \x01(\fR\n" +
-	"ciphertext\"9\n" +
+	"ciphertext\"\x86\x04\n" +
+	"\x10ReEncryptRequest\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x01 \x01(\fR\n" +
+	"ciphertext\x12U\n" +
+	"\x0esource_context\x18\x02 \x03(\v2..coffer.v1.ReEncryptRequest.SourceContextEntryR\rsourceContext\x12)\n" +
+	"\x10destination_gkid\x18\x03 \x01(\tR\x0fdestinationGkid\x12d\n" +
+	"\x13destination_context\x18\x04 \x03(\v23.coffer.v1.ReEncryptRequest.DestinationContextEntryR\x12destinationContext\x12'\n" +
+	"\x0freplace_context\x18\x05 \x01(\bR\x0ereplaceContext\x128\n" +
+	"\vconsistency\x18\x06 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x1a@\n" +
+	"\x12SourceContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aE\n" +
+	"\x17DestinationContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\x01\n" +
+	"\x11ReEncryptResponse\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x01 \x01(\fR\n" +
+	"ciphertext\x12\x1f\n" +
+	"\vsource_gkid\x18\x02 \x01(\tR\n" +
+	"sourceGkid\x12,\n" +
+	"\x12source_key_version\x18\x03 \x01(\rR\x10sourceKeyVersion\x12\x12\n" +
+	"\x04gkid\x18\x04 \x01(\tR\x04gkid\x12\x1f\n" +
+	"\vkey_version\x18\x05 \x01(\rR\n" +
+	"keyVersion\"9\n" +
 	"\tItemError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x80\x01\n" +
@@ -1209,7 +1404,7 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\bresponse\x18\x01 \x01(\v2\".coffer.v1.GenerateDataKeyResponseR\bresponse\x12*\n" +
 	"\x05error\x18\x02 \x01(\v2\x14.coffer.v1.ItemErrorR\x05error\"_\n" +
 	"\x1cGenerateDataKeyBatchResponse\x12?\n" +
-	"\aresults\x18\x01 \x03(\v2%.coffer.v1.GenerateDataKeyBatchResultR\aresults2\xc3\x04\n" +
+	"\aresults\x18\x01 \x03(\v2%.coffer.v1.GenerateDataKeyBatchResultR\aresults2\x8b\x05\n" +
 	"\rCryptoService\x12@\n" +
 	"\aEncrypt\x12\x19.coffer.v1.EncryptRequest\x1a\x1a.coffer.v1.EncryptResponse\x12@\n" +
 	"\aDecrypt\x12\x19.coffer.v1.DecryptRequest\x1a\x1a.coffer.v1.DecryptResponse\x12X\n" +
@@ -1218,7 +1413,8 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\fDecryptBatch\x12\x1e.coffer.v1.DecryptBatchRequest\x1a\x1f.coffer.v1.DecryptBatchResponse\x12g\n" +
 	"\x14GenerateDataKeyBatch\x12&.coffer.v1.GenerateDataKeyBatchRequest\x1a'.coffer.v1.GenerateDataKeyBatchResponse\x12I\n" +
 	"\n" +
-	"EncryptNew\x12\x1c.coffer.v1.EncryptNewRequest\x1a\x1d.coffer.v1.EncryptNewResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
+	"EncryptNew\x12\x1c.coffer.v1.EncryptNewRequest\x1a\x1d.coffer.v1.EncryptNewResponse\x12F\n" +
+	"\tReEncrypt\x12\x1b.coffer.v1.ReEncryptRequest\x1a\x1c.coffer.v1.ReEncryptResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
 var (
 	file_coffer_v1_crypto_proto_rawDescOnce sync.Once
@@ -1232,7 +1428,7 @@ func file_coffer_v1_crypto_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_crypto_proto_rawDescData
 }
 
-var file_coffer_v1_crypto_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_coffer_v1_crypto_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_coffer_v1_crypto_proto_goTypes = []any{
 	(*EncryptRequest)(nil),               // 0: coffer.v1.EncryptRequest
 	(*EncryptResponse)(nil),              // 1: coffer.v1.EncryptResponse
@@ -1242,72 +1438,81 @@ var file_coffer_v1_crypto_proto_goTypes = []any{
 	(*GenerateDataKeyResponse)(nil),      // 5: coffer.v1.GenerateDataKeyResponse
 	(*EncryptNewRequest)(nil),            // 6: coffer.v1.EncryptNewRequest
 	(*EncryptNewResponse)(nil),           // 7: coffer.v1.EncryptNewResponse
-	(*ItemError)(nil),                    // 8: coffer.v1.ItemError
-	(*EncryptBatchRequest)(nil),          // 9: coffer.v1.EncryptBatchRequest
-	(*EncryptBatchResult)(nil),           // 10: coffer.v1.EncryptBatchResult
-	(*EncryptBatchResponse)(nil),         // 11: coffer.v1.EncryptBatchResponse
-	(*DecryptBatchRequest)(nil),          // 12: coffer.v1.DecryptBatchRequest
-	(*DecryptBatchResult)(nil),           // 13: coffer.v1.DecryptBatchResult
-	(*DecryptBatchResponse)(nil),         // 14: coffer.v1.DecryptBatchResponse
-	(*GenerateDataKeyBatchRequest)(nil),  // 15: coffer.v1.GenerateDataKeyBatchRequest
-	(*GenerateDataKeyBatchResult)(nil),   // 16: coffer.v1.GenerateDataKeyBatchResult
-	(*GenerateDataKeyBatchResponse)(nil), // 17: coffer.v1.GenerateDataKeyBatchResponse
-	nil,                                  // 18: coffer.v1.EncryptRequest.ContextEntry
-	nil,                                  // 19: coffer.v1.DecryptRequest.ContextEntry
-	nil,                                  // 20: coffer.v1.GenerateDataKeyRequest.ContextEntry
-	nil,                                  // 21: coffer.v1.EncryptNewRequest.ContextEntry
-	(Consistency)(0),                     // 22: coffer.v1.Consistency
-	(KeyState)(0),                        // 23: coffer.v1.KeyState
-	(Algorithm)(0),                       // 24: coffer.v1.Algorithm
-	(*KeyMetadata)(nil),                  // 25: coffer.v1.KeyMetadata
+	(*ReEncryptRequest)(nil),             // 8: coffer.v1.ReEncryptRequest
+	(*ReEncryptResponse)(nil),            // 9: coffer.v1.ReEncryptResponse
+	(*ItemError)(nil),                    // 10: coffer.v1.ItemError
+	(*EncryptBatchRequest)(nil),          // 11: coffer.v1.EncryptBatchRequest
+	(*EncryptBatchResult)(nil),           // 12: coffer.v1.EncryptBatchResult
+	(*EncryptBatchResponse)(nil),         // 13: coffer.v1.EncryptBatchResponse
+	(*DecryptBatchRequest)(nil),          // 14: coffer.v1.DecryptBatchRequest
+	(*DecryptBatchResult)(nil),           // 15: coffer.v1.DecryptBatchResult
+	(*DecryptBatchResponse)(nil),         // 16: coffer.v1.DecryptBatchResponse
+	(*GenerateDataKeyBatchRequest)(nil),  // 17: coffer.v1.GenerateDataKeyBatchRequest
+	(*GenerateDataKeyBatchResult)(nil),   // 18: coffer.v1.GenerateDataKeyBatchResult
+	(*GenerateDataKeyBatchResponse)(nil), // 19: coffer.v1.GenerateDataKeyBatchResponse
+	nil,                                  // 20: coffer.v1.EncryptRequest.ContextEntry
+	nil,                                  // 21: coffer.v1.DecryptRequest.ContextEntry
+	nil,                                  // 22: coffer.v1.GenerateDataKeyRequest.ContextEntry
+	nil,                                  // 23: coffer.v1.EncryptNewRequest.ContextEntry
+	nil,                                  // 24: coffer.v1.ReEncryptRequest.SourceContextEntry
+	nil,                                  // 25: coffer.v1.ReEncryptRequest.DestinationContextEntry
+	(Consistency)(0),                     // 26: coffer.v1.Consistency
+	(KeyState)(0),                        // 27: coffer.v1.KeyState
+	(Algorithm)(0),                       // 28: coffer.v1.Algorithm
+	(*KeyMetadata)(nil),                  // 29: coffer.v1.KeyMetadata
 }
 var file_coffer_v1_crypto_proto_depIdxs = []int32{
-	18, // 0: coffer.v1.EncryptRequest.context:type_name -> coffer.v1.EncryptRequest.ContextEntry
-	22, // 1: coffer.v1.EncryptRequest.consistency:type_name -> coffer.v1.Consistency
-	19, // 2: coffer.v1.DecryptRequest.context:type_name -> coffer.v1.DecryptRequest.ContextEntry
-	22, // 3: coffer.v1.DecryptRequest.consistency:type_name -> coffer.v1.Consistency
-	23, // 4: coffer.v1.DecryptResponse.key_state:type_name -> coffer.v1.KeyState
-	20, // 5: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
-	24, // 6: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	22, // 7: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	24, // 8: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
-	24, // 9: coffer.v1.EncryptNewRequest.algorithm:type_name -> coffer.v1.Algorithm
-	21, // 10: coffer.v1.EncryptNewRequest.context:type_name -> coffer.v1.EncryptNewRequest.ContextEntry
-	25, // 11: coffer.v1.EncryptNewResponse.key:type_name -> coffer.v1.KeyMetadata
-	0,  // 12: coffer.v1.EncryptBatchRequest.items:type_name -> coffer.v1.EncryptRequest
-	22, // 13: coffer.v1.EncryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	1,  // 14: coffer.v1.EncryptBatchResult.response:type_name -> coffer.v1.EncryptResponse
-	8,  // 15: coffer.v1.EncryptBatchResult.error:type_name -> coffer.v1.ItemError
-	10, // 16: coffer.v1.EncryptBatchResponse.results:type_name -> coffer.v1.EncryptBatchResult
-	2,  // 17: coffer.v1.DecryptBatchRequest.items:type_name -> coffer.v1.DecryptRequest
-	22, // 18: coffer.v1.DecryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	3,  // 19: coffer.v1.DecryptBatchResult.response:type_name -> coffer.v1.DecryptResponse
-	8,  // 20: coffer.v1.DecryptBatchResult.error:type_name -> coffer.v1.ItemError
-	13, // 21: coffer.v1.DecryptBatchResponse.results:type_name -> coffer.v1.DecryptBatchResult
-	4,  // 22: coffer.v1.GenerateDataKeyBatchRequest.items:type_name -> coffer.v1.GenerateDataKeyRequest
-	22, // 23: coffer.v1.GenerateDataKeyBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	5,  // 24: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
-	8,  // 25: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
-	16, // 26: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
-	0,  // 27: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
-	2,  // 28: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
-	4,  // 29: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
-	9,  // 30: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
-	12, // 31: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
-	15, // 32: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
-	6,  // 33: coffer.v1.CryptoService.EncryptNew:input_type -> coffer.v1.EncryptNewRequest
-	1,  // 34: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
-	3,  // 35: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
-	5,  // 36: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
-	11, // 37: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
-	14, // 38: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
-	17, // 39: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
-	7,  // 40: coffer.v1.CryptoService.EncryptNew:output_type -> coffer.v1.EncryptNewResponse
-	34, // [34:41] is the sub-list for method output_type
-	27, // [27:34] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	20, // 0: coffer.v1.EncryptRequest.context:type_name -> coffer.v1.EncryptRequest.ContextEntry
+	26, // 1: coffer.v1.EncryptRequest.consistency:type_name -> coffer.v1.Consistency
+	21, // 2: coffer.v1.DecryptRequest.context:type_name -> coffer.v1.DecryptRequest.ContextEntry
+	26, // 3: coffer.v1.DecryptRequest.consistency:type_name -> coffer.v1.Consistency
+	27, // 4: coffer.v1.DecryptResponse.key_state:type_name -> coffer.v1.KeyState
+	22, // 5: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
+	28, // 6: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	26, // 7: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	28, // 8: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
+	28, // 9: coffer.v1.EncryptNewRequest.algorithm:type_name -> coffer.v1.Algorithm
+	23, // 10: coffer.v1.EncryptNewRequest.context:type_name -> coffer.v1.EncryptNewRequest.ContextEntry
+	29, // 11: coffer.v1.EncryptNewResponse.key:type_name -> coffer.v1.KeyMetadata
+	24, // 12: coffer.v1.ReEncryptRequest.source_context:type_name -> coffer.v1.ReEncryptRequest.SourceContextEntry
+	25, // 13: coffer.v1.ReEncryptRequest.destination_context:type_name -> coffer.v1.ReEncryptRequest.DestinationContextEntry
+	26, // 14: coffer.v1.ReEncryptRequest.consistency:type_name -> coffer.v1.Consistency
+	0,  // 15: coffer.v1.EncryptBatchRequest.items:type_name -> coffer.v1.EncryptRequest
+	26, // 16: coffer.v1.EncryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	1,  // 17: coffer.v1.EncryptBatchResult.response:type_name -> coffer.v1.EncryptResponse
+	10, // 18: coffer.v1.EncryptBatchResult.error:type_name -> coffer.v1.ItemError
+	12, // 19: coffer.v1.EncryptBatchResponse.results:type_name -> coffer.v1.EncryptBatchResult
+	2,  // 20: coffer.v1.DecryptBatchRequest.items:type_name -> coffer.v1.DecryptRequest
+	26, // 21: coffer.v1.DecryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	3,  // 22: coffer.v1.DecryptBatchResult.response:type_name -> coffer.v1.DecryptResponse
+	10, // 23: coffer.v1.DecryptBatchResult.error:type_name -> coffer.v1.ItemError
+	15, // 24: coffer.v1.DecryptBatchResponse.results:type_name -> coffer.v1.DecryptBatchResult
+	4,  // 25: coffer.v1.GenerateDataKeyBatchRequest.items:type_name -> coffer.v1.GenerateDataKeyRequest
+	26, // 26: coffer.v1.GenerateDataKeyBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	5,  // 27: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
+	10, // 28: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
+	18, // 29: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
+	0,  // 30: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
+	2,  // 31: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
+	4,  // 32: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
+	11, // 33: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
+	14, // 34: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
+	17, // 35: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
+	6,  // 36: coffer.v1.CryptoService.EncryptNew:input_type -> coffer.v1.EncryptNewRequest
+	8,  // 37: coffer.v1.CryptoService.ReEncrypt:input_type -> coffer.v1.ReEncryptRequest
+	1,  // 38: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
+	3,  // 39: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
+	5,  // 40: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
+	13, // 41: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
+	16, // 42: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
+	19, // 43: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
+	7,  // 44: coffer.v1.CryptoService.EncryptNew:output_type -> coffer.v1.EncryptNewResponse
+	9,  // 45: coffer.v1.CryptoService.ReEncrypt:output_type -> coffer.v1.ReEncryptResponse
+	38, // [38:46] is the sub-list for method output_type
+	30, // [30:38] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_crypto_proto_init() }
@@ -1322,7 +1527,7 @@ func file_coffer_v1_crypto_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_crypto_proto_rawDesc), len(file_coffer_v1_crypto_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

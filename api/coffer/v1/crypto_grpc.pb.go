@@ -42,6 +42,7 @@ const (
 	CryptoService_DecryptBatch_FullMethodName         = "/coffer.v1.CryptoService/DecryptBatch"
 	CryptoService_GenerateDataKeyBatch_FullMethodName = "/coffer.v1.CryptoService/GenerateDataKeyBatch"
 	CryptoService_EncryptNew_FullMethodName           = "/coffer.v1.CryptoService/EncryptNew"
+	CryptoService_ReEncrypt_FullMethodName            = "/coffer.v1.CryptoService/ReEncrypt"
 )
 
 // CryptoServiceClient is the client API for CryptoService service.
@@ -57,6 +58,7 @@ type CryptoServiceClient interface {
 	DecryptBatch(ctx context.Context, in *DecryptBatchRequest, opts ...grpc.CallOption) (*DecryptBatchResponse, error)
 	GenerateDataKeyBatch(ctx context.Context, in *GenerateDataKeyBatchRequest, opts ...grpc.CallOption) (*GenerateDataKeyBatchResponse, error)
 	EncryptNew(ctx context.Context, in *EncryptNewRequest, opts ...grpc.CallOption) (*EncryptNewResponse, error)
+	ReEncrypt(ctx context.Context, in *ReEncryptRequest, opts ...grpc.CallOption) (*ReEncryptResponse, error)
 }
 
 type cryptoServiceClient struct {
@@ -137,6 +139,16 @@ func (c *cryptoServiceClient) EncryptNew(ctx context.Context, in *EncryptNewRequ
 	return out, nil
 }
 
+func (c *cryptoServiceClient) ReEncrypt(ctx context.Context, in *ReEncryptRequest, opts ...grpc.CallOption) (*ReEncryptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReEncryptResponse)
+	err := c.cc.Invoke(ctx, CryptoService_ReEncrypt_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CryptoServiceServer is the server API for CryptoService service.
 // All implementations must embed UnimplementedCryptoServiceServer
 // for forward compatibility.
@@ -150,6 +162,7 @@ type CryptoServiceServer interface {
 	DecryptBatch(context.Context, *DecryptBatchRequest) (*DecryptBatchResponse, error)
 	GenerateDataKeyBatch(context.Context, *GenerateDataKeyBatchRequest) (*GenerateDataKeyBatchResponse, error)
 	EncryptNew(context.Context, *EncryptNewRequest) (*EncryptNewResponse, error)
+	ReEncrypt(context.Context, *ReEncryptRequest) (*ReEncryptResponse, error)
 	mustEmbedUnimplementedCryptoServiceServer()
 }
 
@@ -180,6 +193,9 @@ func (UnimplementedCryptoServiceServer) GenerateDataKeyBatch(context.Context, *G
 }
 func (UnimplementedCryptoServiceServer) EncryptNew(context.Context, *EncryptNewRequest) (*EncryptNewResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EncryptNew not implemented")
+}
+func (UnimplementedCryptoServiceServer) ReEncrypt(context.Context, *ReEncryptRequest) (*ReEncryptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReEncrypt not implemented")
 }
 func (UnimplementedCryptoServiceServer) mustEmbedUnimplementedCryptoServiceServer() {}
 func (UnimplementedCryptoServiceServer) testEmbeddedByValue()                       {}
@@ -328,6 +344,24 @@ func _CryptoService_EncryptNew_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CryptoService_ReEncrypt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReEncryptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).ReEncrypt(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_ReEncrypt_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).ReEncrypt(ctx, req.(*ReEncryptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CryptoService_ServiceDesc is the grpc.ServiceDesc for CryptoService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -362,6 +396,10 @@ var CryptoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EncryptNew",
 			Handler:    _CryptoService_EncryptNew_Handler,
+		},
+		{
+			MethodName: "ReEncrypt",
+			Handler:    _CryptoService_ReEncrypt_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
