@@ -24,12 +24,19 @@ import (
 // The checks of a run (chaos/README.md):
 //  1. linearizability of the history against Model (porcupine);
 //  2. every acknowledged key reads back from every node with the material
-//     first returned;
-//  3. no material released after an acknowledged revocation or
-//     deactivation that covered it;
+//     first returned, or is refused as the state changes sent to it allow
+//     (and must, after an acknowledged one), and a ciphertext of it
+//     decrypts there unless it is destroyed;
+//  3. no use of a key released after an acknowledged revocation or
+//     deactivation that covered it, nor after an acknowledged state change
+//     of the key that forbids it (a decrypt after a destroy);
 //  4. every node at the same applied index with the same state digest, and
 //     the exported audit chain verifies with one entry per request;
 //  5. enough throughput before the first fault for the run to count.
+//
+// Besides, an acknowledged answer wrong in itself (code WRONG) and any
+// answer DataLoss (a node that finds its stored state corrupt: nothing in a
+// run damages it) are violations.
 
 func (r *Runner) violate(rep *Report, check, detail string, ops ...int) {
 	rep.Violations = append(rep.Violations, Violation{Check: check, Detail: detail, Ops: ops})
@@ -39,13 +46,23 @@ func (r *Runner) check(ctx context.Context, rep *Report) {
 	ops := r.hist.Ops()
 	rep.count(ops)
 	r.checkThroughput(rep, ops)
+	corrupt := 0
 	for _, op := range ops {
-		if op.Code == "WRONG" {
+		switch op.Code {
+		case "WRONG":
 			r.violate(rep, "answer", op.Err, op.ID)
+		case codes.DataLoss.String():
+			if corrupt++; corrupt <= 20 {
+				r.violate(rep, "integrity", fmt.Sprintf("%s #%d (%s) on %s: %s", op.Kind, op.ID, Resource(op.Part), op.Node, op.Err), op.ID)
+			}
 		}
+	}
+	if corrupt > 20 {
+		r.violate(rep, "integrity", fmt.Sprintf("... and %d more operations answered DataLoss", corrupt-20))
 	}
 	r.checkRecovery(rep, ops)
 	r.checkRevocations(rep, ops)
+	r.checkKeyStates(rep, ops)
 	if err := r.checkConverged(ctx, rep); err != nil {
 		r.violate(rep, "convergence", err.Error())
 	}
@@ -89,16 +106,17 @@ func (r *Runner) checkThroughput(rep *Report, ops []Op) {
 	}
 }
 
-// checkRevocations: a get acknowledged after a revocation (deactivation)
-// of its partition was acknowledged is a violation unless a grant
-// (activation) that was not refused could have taken effect between the
-// two. Only the revocation called last before the get matters: a grant
-// that could follow it could follow any earlier one too.
+// checkRevocations: a use of a key (get, encrypt, decrypt) acknowledged
+// after a revocation (deactivation) of its partition was acknowledged is a
+// violation unless a grant (activation) that was not refused could have
+// taken effect between the two. Only the revocation called last before the
+// use matters: a grant that could follow it could follow any earlier one
+// too.
 func (r *Runner) checkRevocations(rep *Report, ops []Op) {
 	byPart := map[int]map[Kind][]Op{}
 	for _, op := range ops {
-		switch op.Kind {
-		case OpGet, OpRevoke, OpGrant, OpDeactivate, OpActivate:
+		switch {
+		case op.Kind.usesKey(), op.Kind == OpRevoke, op.Kind == OpGrant, op.Kind == OpDeactivate, op.Kind == OpActivate:
 			if byPart[op.Part] == nil {
 				byPart[op.Part] = map[Kind][]Op{}
 			}
@@ -107,30 +125,72 @@ func (r *Runner) checkRevocations(rep *Report, ops []Op) {
 	}
 	for _, pair := range [][2]Kind{{OpRevoke, OpGrant}, {OpDeactivate, OpActivate}} {
 		for _, part := range byPart {
-			for _, g := range part[OpGet] {
-				if g.Outcome != Ok {
-					continue
-				}
-				var off *Op
-				for i, o := range part[pair[0]] {
-					if o.Outcome == Ok && o.Return < g.Call && (off == nil || o.Call > off.Call) {
-						off = &part[pair[0]][i]
+			for _, use := range []Kind{OpGet, OpEncrypt, OpDecrypt} {
+				for _, g := range part[use] {
+					if g.Outcome != Ok {
+						continue
 					}
-				}
-				if off == nil {
-					continue
-				}
-				reopened := false
-				for _, on := range part[pair[1]] {
-					if on.Outcome != Failed && on.Call < g.Return && (on.Outcome == Unknown || on.Return > off.Call) {
-						reopened = true
-						break
+					var off *Op
+					for i, o := range part[pair[0]] {
+						if o.Outcome == Ok && o.Return < g.Call && (off == nil || o.Call > off.Call) {
+							off = &part[pair[0]][i]
+						}
 					}
-				}
-				if !reopened {
-					r.violate(rep, "revocation", fmt.Sprintf("get of %s by %s acknowledged after %s #%d was acknowledged", g.Gkid, Reader(g.Part), off.Kind, off.ID), off.ID, g.ID)
+					if off == nil {
+						continue
+					}
+					reopened := false
+					for _, on := range part[pair[1]] {
+						if on.Outcome != Failed && on.Call < g.Return && (on.Outcome == Unknown || on.Return > off.Call) {
+							reopened = true
+							break
+						}
+					}
+					if !reopened {
+						r.violate(rep, "revocation", fmt.Sprintf("%s of %s by %s acknowledged after %s #%d was acknowledged", g.Kind, g.Gkid, Reader(g.Part), off.Kind, off.ID), off.ID, g.ID)
+					}
 				}
 			}
+		}
+	}
+}
+
+// checkKeyStates: no key returns to an earlier state, so a get or encrypt
+// called after a deactivate or destroy of its key was acknowledged, or a
+// decrypt called after a destroy was acknowledged (crypto-shredding), must
+// not be acknowledged.
+func (r *Runner) checkKeyStates(rep *Report, ops []Op) {
+	// The first acknowledgement of each change, per key.
+	type first struct{ deactivated, destroyed *Op }
+	changed := map[string]*first{}
+	for i, op := range ops {
+		if op.Outcome != Ok || op.Code == "WRONG" || op.Kind != OpKeyDeactivate && op.Kind != OpKeyDestroy {
+			continue
+		}
+		f := changed[op.Gkid]
+		if f == nil {
+			f = &first{}
+			changed[op.Gkid] = f
+		}
+		// A destroy also ends what a deactivation ends.
+		if f.deactivated == nil || op.Return < f.deactivated.Return {
+			f.deactivated = &ops[i]
+		}
+		if op.Kind == OpKeyDestroy && (f.destroyed == nil || op.Return < f.destroyed.Return) {
+			f.destroyed = &ops[i]
+		}
+	}
+	for _, op := range ops {
+		f := changed[op.Gkid]
+		if f == nil || op.Outcome != Ok || !op.Kind.usesKey() {
+			continue
+		}
+		off, check := f.deactivated, "key state"
+		if op.Kind == OpDecrypt {
+			off, check = f.destroyed, "crypto-shredding"
+		}
+		if off != nil && off.Return < op.Call {
+			r.violate(rep, check, fmt.Sprintf("%s #%d of %s acknowledged after %s #%d was acknowledged", op.Kind, op.ID, op.Gkid, off.Kind, off.ID), off.ID, op.ID)
 		}
 	}
 }
@@ -223,29 +283,92 @@ func stateDigest(n *cofferv1.NodeStatus) string {
 	return fmt.Sprintf("%s@%d", hex.EncodeToString(n.GetStateDigest()), n.GetStateDigestIndex())
 }
 
-// readBackPatience bounds how long the read-back retries a key whose read
+// readBackPatience bounds how long the read-back retries a request that
 // fails for want of a leader: an election is not a lost write, while a key
 // that reads back NotFound or with other bytes is one at once.
 const readBackPatience = time.Minute
 
-// readBack reads one key (stale: from this node's own state), retrying
-// Unavailable within readBackPatience; each attempt is its own request with
-// its own id.
-func readBack(ctx context.Context, cl *client.Client, gk, id string) (*cofferv1.GetKeyResponse, error) {
+// readBack sends one read-back request (stale: answered from this node's
+// own state), retrying Unavailable within readBackPatience; each attempt
+// is its own request with its own id.
+func readBack(ctx context.Context, id string, call func(ctx context.Context) error) error {
 	deadline := time.Now().Add(readBackPatience)
 	for attempt := 0; ; attempt++ {
-		rctx := client.WithRequestID(ctx, fmt.Sprintf("%s-%d", id, attempt))
-		resp, err := cl.GetKey(rctx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+		err := call(client.WithRequestID(ctx, fmt.Sprintf("%s-%d", id, attempt)))
 		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) || ctx.Err() != nil {
-			return resp, err
+			return err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
+// keyFate is what the history says of one acknowledged key's life cycle
+// and its ciphertexts.
+type keyFate struct {
+	// mayDeactivate and mayDestroy: a change to that state was sent and
+	// not refused, so the key may be in it.
+	mayDeactivate, mayDestroy bool
+	// deactivated and destroyed: the first acknowledged change to that
+	// state (a destroy also counts as deactivated), so it must be in it.
+	deactivated, destroyed *Op
+	// sealed is the first acknowledged encrypt under the key.
+	sealed *Op
+}
+
+// keyFates gathers each key's fate from the history; the operations are
+// copies.
+func keyFates(ops []Op) map[string]*keyFate {
+	fates := map[string]*keyFate{}
+	fate := func(gk string) *keyFate {
+		f := fates[gk]
+		if f == nil {
+			f = &keyFate{}
+			fates[gk] = f
+		}
+		return f
+	}
+	for _, op := range ops {
+		if op.Code == "WRONG" {
+			continue
+		}
+		switch op.Kind {
+		case OpKeyDeactivate, OpKeyDestroy:
+			if op.Outcome == Failed {
+				continue
+			}
+			f := fate(op.Gkid)
+			destroy := op.Kind == OpKeyDestroy
+			f.mayDeactivate = f.mayDeactivate || !destroy
+			f.mayDestroy = f.mayDestroy || destroy
+			if op.Outcome != Ok {
+				continue
+			}
+			if f.deactivated == nil || op.Return < f.deactivated.Return {
+				f.deactivated = &op
+			}
+			if destroy && (f.destroyed == nil || op.Return < f.destroyed.Return) {
+				f.destroyed = &op
+			}
+		case OpEncrypt:
+			if op.Outcome != Ok {
+				continue
+			}
+			if f := fate(op.Gkid); f.sealed == nil || op.Return < f.sealed.Return {
+				f.sealed = &op
+			}
+		}
+	}
+	return fates
+}
+
 // checkReadBack reads every acknowledged key from every node and compares
 // its material with the first a get returned (or, for keys never read
-// during the run, across the nodes).
+// during the run, across the nodes). A key the node refuses as
+// FailedPrecondition is described instead: it must be deactivated or
+// destroyed, by a change that was sent and not refused, and a key with an
+// acknowledged change must be in that state. A key's first acknowledged
+// ciphertext must decrypt on every node to the plaintext encrypted, and
+// must not once the key is destroyed.
 func (r *Runner) checkReadBack(ctx context.Context, rep *Report, ops []Op) {
 	first := map[string]string{}
 	var acked []string
@@ -254,6 +377,7 @@ func (r *Runner) checkReadBack(ctx context.Context, rep *Report, ops []Op) {
 			acked = append(acked, op.Gkid)
 		}
 	}
+	fates := keyFates(ops)
 	sort.Slice(ops, func(i, j int) bool { return ops[i].Return < ops[j].Return })
 	for _, op := range ops {
 		if op.Kind == OpGet && op.Outcome == Ok && first[op.Gkid] == "" {
@@ -264,6 +388,8 @@ func (r *Runner) checkReadBack(ctx context.Context, rep *Report, ops []Op) {
 	type miss struct{ gk, node, why string }
 	var mu sync.Mutex
 	var misses []miss
+	states := map[string]int{}
+	sealedKeys := 0
 	// Four readers per node, each taking every fourth key.
 	const perNode = 4
 	var wg sync.WaitGroup
@@ -284,33 +410,33 @@ func (r *Runner) checkReadBack(ctx context.Context, rep *Report, ops []Op) {
 					if n%perNode != w {
 						continue
 					}
-					resp, err := readBack(ctx, cl, gk, fmt.Sprintf("verify-%d-%d", i, n))
-					var why string
-					switch {
-					case err != nil:
-						why = err.Error()
-					default:
-						m := digest(resp.GetMaterial())
-						mu.Lock()
-						if first[gk] == "" {
-							first[gk] = m
+					f := fates[gk]
+					if f == nil {
+						f = &keyFate{}
+					}
+					id := fmt.Sprintf("verify-%d-%d", i, n)
+					state, why := readBackKey(ctx, cl, gk, id, f, first, &mu)
+					if why == "" && f.sealed != nil {
+						why = readBackSealed(ctx, cl, id+"-d", f.sealed, state)
+					}
+					mu.Lock()
+					if i == 0 {
+						states[state]++
+						if f.sealed != nil {
+							sealedKeys++
 						}
-						if first[gk] != m {
-							why = "material differs from the first returned"
-						}
-						mu.Unlock()
 					}
 					if why != "" {
-						mu.Lock()
 						misses = append(misses, miss{gk, r.c.ID(i), why})
-						mu.Unlock()
 					}
+					mu.Unlock()
 				}
 			}(i, w)
 		}
 	}
 	wg.Wait()
 	rep.KeysReadBack = len(acked)
+	rep.KeysDeactivated, rep.KeysDestroyed, rep.KeysSealed = states[StateDeactivated], states[StateDestroyed], sealedKeys
 	for k, m := range misses {
 		if k >= 20 {
 			r.violate(rep, "lost write", fmt.Sprintf("... and %d more", len(misses)-20))
@@ -318,6 +444,75 @@ func (r *Runner) checkReadBack(ctx context.Context, rep *Report, ops []Op) {
 		}
 		r.violate(rep, "lost write", fmt.Sprintf("acknowledged key %s on %s: %s", m.gk, m.node, m.why))
 	}
+}
+
+// readBackKey reads key gk back from cl's node: its state there, and why it
+// is wrong ("" if it is not). first holds the material first returned per
+// key, under mu.
+func readBackKey(ctx context.Context, cl *client.Client, gk, id string, f *keyFate, first map[string]string, mu *sync.Mutex) (string, string) {
+	var resp *cofferv1.GetKeyResponse
+	getErr := readBack(ctx, id, func(ctx context.Context) (err error) {
+		resp, err = cl.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+		return err
+	})
+	switch {
+	case getErr == nil:
+		if f.deactivated != nil {
+			return StateActive, fmt.Sprintf("serves its material after %s #%d was acknowledged", f.deactivated.Kind, f.deactivated.ID)
+		}
+		m := digest(resp.GetMaterial())
+		mu.Lock()
+		defer mu.Unlock()
+		if first[gk] == "" {
+			first[gk] = m
+		}
+		if first[gk] != m {
+			return StateActive, "material differs from the first returned"
+		}
+		return StateActive, ""
+	case status.Code(getErr) != codes.FailedPrecondition:
+		return "", getErr.Error()
+	}
+	var d *cofferv1.DescribeKeyResponse
+	if err := readBack(ctx, id+"-s", func(ctx context.Context) (err error) {
+		d, err = cl.DescribeKey(ctx, &cofferv1.DescribeKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+		return err
+	}); err != nil {
+		return "", fmt.Sprintf("get refused (%v), and describe: %v", getErr, err)
+	}
+	st := stateName(d.GetKey().GetState())
+	switch {
+	case st == StateDestroyed && !f.mayDestroy, st == StateDeactivated && !f.mayDeactivate:
+		return st, fmt.Sprintf("%s, and no change to %s was sent that was not refused", st, st)
+	case st == StateDeactivated && f.destroyed != nil:
+		return st, fmt.Sprintf("deactivated after %s #%d was acknowledged", f.destroyed.Kind, f.destroyed.ID)
+	case st != StateDestroyed && st != StateDeactivated:
+		return st, fmt.Sprintf("get refused as FailedPrecondition, and describe says %s", st)
+	}
+	return st, ""
+}
+
+// readBackSealed decrypts enc's ciphertext on cl's node, whose key is in
+// state there, and says why the answer is wrong ("" if it is not).
+func readBackSealed(ctx context.Context, cl *client.Client, id string, enc *Op, state string) string {
+	var resp *cofferv1.DecryptResponse
+	err := readBack(ctx, id, func(ctx context.Context) (err error) {
+		resp, err = cl.Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: enc.Ciphertext, Context: encryptionContext(enc.Part), Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+		return err
+	})
+	switch {
+	case state == StateDestroyed && err == nil:
+		return fmt.Sprintf("destroyed, and the ciphertext of encrypt #%d still decrypts", enc.ID)
+	case state == StateDestroyed && status.Code(err) != codes.FailedPrecondition:
+		return fmt.Sprintf("destroyed, and the ciphertext of encrypt #%d: %v", enc.ID, err)
+	case state == StateDestroyed:
+		return ""
+	case err != nil:
+		return fmt.Sprintf("the ciphertext of encrypt #%d: %v", enc.ID, err)
+	case digest(resp.GetPlaintext()) != enc.Plaintext:
+		return fmt.Sprintf("the ciphertext of encrypt #%d decrypts to other plaintext", enc.ID)
+	}
+	return ""
 }
 
 // checkAudit exports the audit log, verifies the chain with every node's

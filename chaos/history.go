@@ -26,26 +26,53 @@ type Kind string
 
 // The operations the recording clients send. Keys are generated, read and
 // listed under one resource per partition; a partition's reader client
-// holds one grant (a fixed rule id) on that resource.
+// holds one grant (a fixed rule id) on that resource, for get, encrypt and
+// decrypt.
 const (
-	OpGenerate   Kind = "generate"   // admin generates a key (idempotency id)
-	OpGet        Kind = "get"        // the partition's reader reads a key's material
-	OpDescribe   Kind = "describe"   // admin reads a key's metadata
-	OpList       Kind = "list"       // admin lists the partition's keys
-	OpGrant      Kind = "grant"      // admin grants the reader get on the resource
-	OpRevoke     Kind = "revoke"     // admin revokes that grant
-	OpActivate   Kind = "activate"   // admin activates the reader client
-	OpDeactivate Kind = "deactivate" // admin deactivates the reader client
+	OpGenerate      Kind = "generate"       // admin generates a key (idempotency id)
+	OpGet           Kind = "get"            // the partition's reader reads a key's material
+	OpDescribe      Kind = "describe"       // admin reads a key's metadata
+	OpList          Kind = "list"           // admin lists the partition's keys
+	OpGrant         Kind = "grant"          // admin grants the reader get, encrypt and decrypt on the resource
+	OpRevoke        Kind = "revoke"         // admin revokes that grant
+	OpActivate      Kind = "activate"       // admin activates the reader client
+	OpDeactivate    Kind = "deactivate"     // admin deactivates the reader client
+	OpEncrypt       Kind = "encrypt"        // the reader encrypts a small plaintext under a key
+	OpDecrypt       Kind = "decrypt"        // the reader decrypts a ciphertext an acknowledged encrypt returned
+	OpKeyDeactivate Kind = "key-deactivate" // admin moves a key to DEACTIVATED
+	OpKeyDestroy    Kind = "key-destroy"    // admin moves a key to DESTROYED
 )
 
 // isWrite reports whether the operation changes replicated state.
 func (k Kind) isWrite() bool {
 	switch k {
-	case OpGenerate, OpGrant, OpRevoke, OpActivate, OpDeactivate:
+	case OpGenerate, OpGrant, OpRevoke, OpActivate, OpDeactivate, OpKeyDeactivate, OpKeyDestroy:
 		return true
 	}
 	return false
 }
+
+// onKey reports whether the operation names one key the workload knows.
+func (k Kind) onKey() bool {
+	switch k {
+	case OpGet, OpDescribe, OpEncrypt, OpDecrypt, OpKeyDeactivate, OpKeyDestroy:
+		return true
+	}
+	return false
+}
+
+// usesKey reports whether the operation is the reader's use of a key,
+// which needs the reader's grant and an active reader.
+func (k Kind) usesKey() bool {
+	return k == OpGet || k == OpEncrypt || k == OpDecrypt
+}
+
+// The key states the workload reaches, as Op.State records them.
+const (
+	StateActive      = "active"
+	StateDeactivated = "deactivated"
+	StateDestroyed   = "destroyed"
+)
 
 // Outcome is how an operation ended, as the client saw it.
 type Outcome string
@@ -70,7 +97,8 @@ type Op struct {
 	// RequestID is sent in the coffer-request-id header (and as the
 	// generate idempotency id) and found again in the audit entry.
 	RequestID string `json:"request_id"`
-	// Gkid is the key asked for (get, describe) or returned (generate).
+	// Gkid is the key asked for (get, describe, encrypt, a state change),
+	// returned (generate), or named by the ciphertext (decrypt).
 	Gkid string `json:"gkid,omitempty"`
 	// Call and Return are nanoseconds since the run started.
 	Call    int64   `json:"call"`
@@ -83,6 +111,19 @@ type Op struct {
 	// generate's read-back; Keys the gkids list returned.
 	Material string   `json:"material,omitempty"`
 	Keys     []string `json:"keys,omitempty"`
+	// State is the key state describe returned (StateActive...); for a
+	// state change, the state asked for.
+	State string `json:"state,omitempty"`
+	// Plaintext is the SHA-256 (hex) of the plaintext encrypt sent or
+	// decrypt returned; Ciphertext what encrypt returned or decrypt sent.
+	Plaintext  string `json:"plaintext,omitempty"`
+	Ciphertext []byte `json:"ciphertext,omitempty"`
+	// For a decrypt: Encrypted is the id of the acknowledged encrypt that
+	// returned the ciphertext, and Want the SHA-256 of the plaintext it
+	// sent. (An encrypt is never operation 0: it needs a key that an
+	// operation recorded earlier revealed.)
+	Encrypted int    `json:"encrypted,omitempty"`
+	Want      string `json:"want,omitempty"`
 }
 
 // History is the concurrent-safe record of a run.

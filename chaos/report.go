@@ -34,7 +34,13 @@ type Report struct {
 	Linearizable string  `json:"linearizable"`
 	CheckSeconds float64 `json:"linearizability_check_s"`
 	KeysReadBack int     `json:"acknowledged_keys_read_back"`
-	Converged    struct {
+	// Of those, the keys deactivated and destroyed at the end (as the
+	// first node says), and the keys one of whose ciphertexts was
+	// decrypted (or refused, once destroyed) on every node.
+	KeysDeactivated int `json:"keys_deactivated"`
+	KeysDestroyed   int `json:"keys_destroyed"`
+	KeysSealed      int `json:"keys_with_a_ciphertext_read_back"`
+	Converged       struct {
 		Index  uint64 `json:"applied_index"`
 		Digest string `json:"state_digest"`
 		Nodes  int    `json:"nodes"`
@@ -144,7 +150,7 @@ func (rep *Report) Summary(w io.Writer) {
 	sort.Strings(kinds)
 	for _, k := range kinds {
 		o := rep.Ops[Kind(k)]
-		fmt.Fprintf(w, "  %-11s %6d ok %6d failed %6d unknown\n", k, o[Ok], o[Failed], o[Unknown])
+		fmt.Fprintf(w, "  %-14s %6d ok %6d failed %6d unknown\n", k, o[Ok], o[Failed], o[Unknown])
 	}
 	for _, o := range []Outcome{Failed, Unknown} {
 		var cs []string
@@ -174,7 +180,8 @@ func (rep *Report) Summary(w io.Writer) {
 		fmt.Fprintf(w, "  %-34s n=%-3d p50 %7.0f ms  p99 %7.0f ms  max %7.0f ms\n", k, s.N, s.P50, s.P99, s.Max)
 	}
 	fmt.Fprintf(w, "linearizability: %s (%.1fs)\n", rep.Linearizable, rep.CheckSeconds)
-	fmt.Fprintf(w, "acknowledged keys read back from every node: %d\n", rep.KeysReadBack)
+	fmt.Fprintf(w, "acknowledged keys read back from every node: %d (%d deactivated and %d destroyed, refused as such; %d with a ciphertext decrypted, or refused once destroyed)\n",
+		rep.KeysReadBack, rep.KeysDeactivated, rep.KeysDestroyed, rep.KeysSealed)
 	fmt.Fprintf(w, "converged: %d nodes at applied index %d, state digest %s\n", rep.Converged.Nodes, rep.Converged.Index, short(rep.Converged.Digest))
 	fmt.Fprintf(w, "audit: %d entries and %d checkpoints verified; %d requests matched to their entries\n", rep.Audit.Entries, rep.Audit.Checkpoints, rep.Audit.Requests)
 	if len(rep.Violations) == 0 {

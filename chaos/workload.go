@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/ciphertext"
 	"github.com/coffer-kms/coffer/client"
 	"github.com/coffer-kms/coffer/transport"
 )
@@ -51,6 +53,15 @@ type Workload struct {
 	mu    sync.Mutex
 	pools [][]string // per partition: gkids seen
 	count []int      // per partition: keys generated (acknowledged)
+	// sealed holds, per partition, ciphertexts acknowledged encrypts
+	// returned (at most maxSealed), for decrypts.
+	sealed [][]sealed
+	// retired holds, per partition, the keys a state change was sent for
+	// (in the order first sent), and marked the same as a set; deactivated
+	// and destroyed count the keys each kind of change added to it.
+	retired                [][]string
+	marked                 []map[string]bool
+	deactivated, destroyed []int
 
 	seq atomic.Uint64
 }
@@ -64,11 +75,47 @@ func Resource(p int) string { return fmt.Sprintf("chaos/p%d", p) }
 // RuleID is the id of partition p's grant.
 func RuleID(p int) string { return fmt.Sprintf("chaos-p%d", p) }
 
+// readerOps are the operations each partition's rule grants its reader on
+// its resource.
+var readerOps = []string{"get", "encrypt", "decrypt"}
+
+// encryptionContext is the context partition p's encrypts bind and its
+// decrypts present.
+func encryptionContext(p int) map[string]string { return map[string]string{"partition": Resource(p)} }
+
+// sealed is a ciphertext an acknowledged encrypt returned.
+type sealed struct {
+	gkid       string
+	ciphertext []byte
+	// plaintext is the SHA-256 of what was encrypted; op the encrypt's id.
+	plaintext string
+	op        int
+}
+
+const (
+	// maxSealed bounds a partition's pool of ciphertexts; a new one
+	// replaces a random one once it is full.
+	maxSealed = 256
+	// A deactivate goes to a key not sent a state change before only
+	// while the keys sent one keep at most 1/deactivateShare of the
+	// partition's known keys, and a destroy 1/destroyShare: most keys stay
+	// active for gets and encrypts. Past the bound, state changes go to
+	// keys already sent one (a repeat, or a change the key's state
+	// refuses).
+	deactivateShare = 5
+	destroyShare    = 10
+)
+
 // NewWorkload registers the partitions' reader clients, issues their
-// certificates from the cluster's client CA, grants each get on its
+// certificates from the cluster's client CA, grants each readerOps on its
 // resource, and opens one single-attempt client per node and identity.
 func NewWorkload(ctx context.Context, c *Cluster, hist *History, cfg WorkloadConfig, up func(int) bool) (*Workload, error) {
-	w := &Workload{cfg: cfg, c: c, hist: hist, up: up, pools: make([][]string, cfg.Parts), count: make([]int, cfg.Parts)}
+	w := &Workload{cfg: cfg, c: c, hist: hist, up: up, pools: make([][]string, cfg.Parts), count: make([]int, cfg.Parts),
+		sealed: make([][]sealed, cfg.Parts), retired: make([][]string, cfg.Parts), marked: make([]map[string]bool, cfg.Parts),
+		deactivated: make([]int, cfg.Parts), destroyed: make([]int, cfg.Parts)}
+	for p := range w.marked {
+		w.marked[p] = map[string]bool{}
+	}
 	admin, err := c.Client(10 * time.Second)
 	if err != nil {
 		return nil, err
@@ -83,7 +130,7 @@ func NewWorkload(ctx context.Context, c *Cluster, hist *History, cfg WorkloadCon
 			return nil, fmt.Errorf("chaos: register %s: %w", Reader(p), err)
 		}
 		if _, err := admin.Grant(ctx, &cofferv1.GrantRequest{Id: RuleID(p), Subject: "client:" + Reader(p),
-			Operations: []string{"get"}, ResourcePattern: Resource(p)}); err != nil {
+			Operations: readerOps, ResourcePattern: Resource(p)}); err != nil {
 			return nil, fmt.Errorf("chaos: grant %s: %w", Reader(p), err)
 		}
 		certPEM, keyPEM, err := ca.Issue(transport.IssueRequest{Identity: transport.Identity{Kind: transport.KindClient, Name: Reader(p)}, Validity: 24 * time.Hour})
@@ -147,8 +194,61 @@ var weights = []struct {
 	k Kind
 	w int
 }{
-	{OpGenerate, 220}, {OpGet, 330}, {OpDescribe, 100}, {OpList, 50},
-	{OpGrant, 75}, {OpRevoke, 75}, {OpActivate, 75}, {OpDeactivate, 75},
+	{OpGenerate, 190}, {OpGet, 270}, {OpDescribe, 85}, {OpList, 45},
+	{OpGrant, 60}, {OpRevoke, 60}, {OpActivate, 60}, {OpDeactivate, 60},
+	{OpEncrypt, 75}, {OpDecrypt, 70}, {OpKeyDeactivate, 17}, {OpKeyDestroy, 8},
+}
+
+// pick chooses the key of an operation on one (and, for a decrypt, its
+// ciphertext) in partition p, and may change the kind when the partition
+// has nothing for it: an operation on a key before any is known becomes a
+// list, a decrypt before any ciphertext an encrypt, a generate in a full
+// partition a list, and a state change past its share of keys goes to a
+// key already sent one (or becomes a get, if there is none).
+func (w *Workload) pick(rng *rand.Rand, k Kind, p int) (Kind, string, *sealed) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	pool := w.pools[p]
+	var gk string
+	if len(pool) > 0 {
+		gk = pool[rng.IntN(len(pool))]
+	}
+	switch k {
+	case OpGenerate:
+		if w.count[p] >= w.cfg.MaxKeysPerPart {
+			k = OpList
+		}
+	case OpDecrypt:
+		if cts := w.sealed[p]; len(cts) > 0 {
+			ct := cts[rng.IntN(len(cts))]
+			return k, ct.gkid, &ct
+		}
+		k = OpEncrypt
+	case OpKeyDeactivate, OpKeyDestroy:
+		count, share := &w.deactivated[p], deactivateShare
+		if k == OpKeyDestroy {
+			count, share = &w.destroyed[p], destroyShare
+		}
+		switch {
+		case gk != "" && (*count+1)*share <= len(pool):
+			if !w.marked[p][gk] {
+				w.marked[p][gk] = true
+				w.retired[p] = append(w.retired[p], gk)
+				*count++
+			}
+		case len(w.retired[p]) > 0:
+			gk = w.retired[p][rng.IntN(len(w.retired[p]))]
+		default:
+			k = OpGet
+		}
+	}
+	if !k.onKey() {
+		return k, "", nil
+	}
+	if gk == "" {
+		return OpList, "", nil
+	}
+	return k, gk, nil
 }
 
 func (w *Workload) step(ctx context.Context, worker int, rng *rand.Rand) {
@@ -176,24 +276,27 @@ func (w *Workload) step(ctx context.Context, worker int, rng *rand.Rand) {
 		}
 		r -= x.w
 	}
-	w.mu.Lock()
-	pool := w.pools[p]
-	var gk string
-	if len(pool) > 0 {
-		gk = pool[rng.IntN(len(pool))]
-	}
-	full := w.count[p] >= w.cfg.MaxKeysPerPart
-	w.mu.Unlock()
-	if (k == OpGet || k == OpDescribe) && gk == "" || k == OpGenerate && full {
-		k = OpList
-	}
+	k, gk, ct := w.pick(rng, k, p)
 	op := Op{Worker: worker, Node: w.c.ID(n), Kind: k, Part: p, Gkid: gk,
 		RequestID: fmt.Sprintf("chaos-%d-%d", w.cfg.Seed, w.seq.Add(1))}
+	var plaintext []byte
+	switch k {
+	case OpEncrypt:
+		plaintext = binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, rng.Uint64()), rng.Uint64())
+		op.Plaintext = digest(plaintext)
+	case OpDecrypt:
+		op.Ciphertext, op.Want, op.Encrypted = ct.ciphertext, ct.plaintext, ct.op
+	case OpKeyDeactivate:
+		op.State = StateDeactivated
+	case OpKeyDestroy:
+		op.State = StateDestroyed
+	}
 	// A call's context outlives the run's: an operation in flight when the
 	// run ends completes (or times out) and is recorded.
 	octx, cancel := context.WithTimeout(client.WithRequestID(context.WithoutCancel(ctx), op.RequestID), w.cfg.Timeout)
 	defer cancel()
 	admin, reader := w.admin[n], w.readers[p][n]
+	const lin = cofferv1.Consistency_CONSISTENCY_LINEARIZABLE
 	op.Call = w.hist.Now()
 	var err error
 	switch k {
@@ -205,19 +308,22 @@ func (w *Workload) step(ctx context.Context, worker int, rng *rand.Rand) {
 		}
 	case OpGet:
 		var resp *cofferv1.GetKeyResponse
-		resp, err = reader.GetKey(octx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
+		resp, err = reader.GetKey(octx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: lin})
 		if err == nil {
 			op.Material = digest(resp.GetMaterial())
 		}
 	case OpDescribe:
 		var resp *cofferv1.DescribeKeyResponse
-		resp, err = admin.DescribeKey(octx, &cofferv1.DescribeKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
-		if err == nil && resp.GetKey().GetResource() != Resource(p) {
-			err = fmt.Errorf("%w: describe %s: resource %q, want %q", ErrWrongAnswer, gk, resp.GetKey().GetResource(), Resource(p))
+		resp, err = admin.DescribeKey(octx, &cofferv1.DescribeKeyRequest{Gkid: gk, Consistency: lin})
+		if err == nil {
+			op.State = stateName(resp.GetKey().GetState())
+			if resp.GetKey().GetResource() != Resource(p) {
+				err = fmt.Errorf("%w: describe %s: resource %q, want %q", ErrWrongAnswer, gk, resp.GetKey().GetResource(), Resource(p))
+			}
 		}
 	case OpList:
 		var resp *cofferv1.ListKeysResponse
-		resp, err = admin.ListKeys(octx, &cofferv1.ListKeysRequest{Resource: Resource(p), PageSize: 1000, Consistency: cofferv1.Consistency_CONSISTENCY_LINEARIZABLE})
+		resp, err = admin.ListKeys(octx, &cofferv1.ListKeysRequest{Resource: Resource(p), PageSize: 1000, Consistency: lin})
 		if err == nil {
 			op.Keys = []string{}
 			for _, m := range resp.GetKeys() {
@@ -228,11 +334,38 @@ func (w *Workload) step(ctx context.Context, worker int, rng *rand.Rand) {
 			}
 		}
 	case OpGrant:
-		_, err = admin.Grant(octx, &cofferv1.GrantRequest{Id: RuleID(p), Subject: "client:" + Reader(p), Operations: []string{"get"}, ResourcePattern: Resource(p)})
+		_, err = admin.Grant(octx, &cofferv1.GrantRequest{Id: RuleID(p), Subject: "client:" + Reader(p), Operations: readerOps, ResourcePattern: Resource(p)})
 	case OpRevoke:
 		_, err = admin.RevokeGrant(octx, &cofferv1.RevokeGrantRequest{Id: RuleID(p)})
 	case OpActivate, OpDeactivate:
 		_, err = admin.SetClientActive(octx, &cofferv1.SetClientActiveRequest{Name: Reader(p), Active: k == OpActivate})
+	case OpEncrypt:
+		var resp *cofferv1.EncryptResponse
+		resp, err = reader.Encrypt(octx, &cofferv1.EncryptRequest{Gkid: gk, Plaintext: plaintext, Context: encryptionContext(p), Consistency: lin})
+		if err == nil {
+			op.Ciphertext = resp.GetCiphertext()
+			if h, herr := ciphertext.ParseHeader(op.Ciphertext); herr != nil || h.GKID != gk || resp.GetGkid() != gk {
+				err = fmt.Errorf("%w: encrypt under %s returned a ciphertext of key %q (%q, %v)", ErrWrongAnswer, gk, resp.GetGkid(), h.GKID, herr)
+			}
+		}
+	case OpDecrypt:
+		var resp *cofferv1.DecryptResponse
+		resp, err = reader.Decrypt(octx, &cofferv1.DecryptRequest{Ciphertext: op.Ciphertext, Context: encryptionContext(p), Consistency: lin})
+		if err == nil {
+			op.Plaintext = digest(resp.GetPlaintext())
+			switch {
+			case op.Plaintext != op.Want:
+				err = fmt.Errorf("%w: decrypt of the ciphertext of encrypt #%d returned other plaintext", ErrWrongAnswer, op.Encrypted)
+			case resp.GetGkid() != gk:
+				err = fmt.Errorf("%w: decrypt of a ciphertext of %s names key %q", ErrWrongAnswer, gk, resp.GetGkid())
+			}
+		}
+	case OpKeyDeactivate, OpKeyDestroy:
+		var resp *cofferv1.SetKeyStateResponse
+		resp, err = admin.SetKeyState(octx, &cofferv1.SetKeyStateRequest{Gkid: gk, State: keyStates[op.State], Reason: "chaos", DestroyEscrow: k == OpKeyDestroy})
+		if got := stateName(resp.GetKey().GetState()); err == nil && got != op.State {
+			err = fmt.Errorf("%w: %s of %s answered state %s", ErrWrongAnswer, k, gk, got)
+		}
 	}
 	op.Return = w.hist.Now()
 	op.Outcome, op.Code = classify(err)
@@ -242,13 +375,32 @@ func (w *Workload) step(ctx context.Context, worker int, rng *rand.Rand) {
 	if errors.Is(err, ErrWrongAnswer) {
 		op.Outcome, op.Code = Ok, "WRONG"
 	}
-	w.hist.Add(op)
-	w.learn(op)
+	op.ID = w.hist.Add(op)
+	w.learn(op, rng)
 }
 
-// learn adds the gkids an operation revealed to its partition's pool.
-func (w *Workload) learn(op Op) {
-	if op.Outcome != Ok {
+// keyStates maps Op.State to the API's key states.
+var keyStates = map[string]cofferv1.KeyState{
+	StateActive:      cofferv1.KeyState_KEY_STATE_ACTIVE,
+	StateDeactivated: cofferv1.KeyState_KEY_STATE_DEACTIVATED,
+	StateDestroyed:   cofferv1.KeyState_KEY_STATE_DESTROYED,
+}
+
+// stateName is st as Op.State records it: one of StateActive... for the
+// states the workload reaches, the API's name for any other.
+func stateName(st cofferv1.KeyState) string {
+	for name, s := range keyStates {
+		if s == st {
+			return name
+		}
+	}
+	return st.String()
+}
+
+// learn adds the gkids an operation revealed to its partition's pool, and
+// an acknowledged encrypt's ciphertext to its pool of ciphertexts.
+func (w *Workload) learn(op Op, rng *rand.Rand) {
+	if op.Outcome != Ok || op.Code == "WRONG" {
 		return
 	}
 	w.mu.Lock()
@@ -266,6 +418,13 @@ func (w *Workload) learn(op Op) {
 			if !known[g] {
 				w.pools[op.Part] = append(w.pools[op.Part], g)
 			}
+		}
+	case OpEncrypt:
+		ct := sealed{gkid: op.Gkid, ciphertext: op.Ciphertext, plaintext: op.Plaintext, op: op.ID}
+		if cts := w.sealed[op.Part]; len(cts) < maxSealed {
+			w.sealed[op.Part] = append(cts, ct)
+		} else {
+			cts[rng.IntN(len(cts))] = ct
 		}
 	}
 }
