@@ -35,6 +35,10 @@ type ReadResult struct {
 	Detail string
 	// Seq is the sequence number of the read's audit entry.
 	Seq uint64
+	// Revision is the revision of the key record Apply decided on (0: no
+	// such key): a reader holding that revision holds the record of the
+	// decision.
+	Revision uint64
 }
 
 // refusals gives each refusal its outcome, the status code the caller gets
@@ -187,7 +191,7 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) (ReadResult, bo
 	}
 	refusal, detail := a.decisionSnapshot().DecideKeyRead(authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: authz.Op(e.GetOperation())},
 		id, rec, time.Unix(0, e.GetTimeUnixNano()))
-	return ReadResult{Refusal: refusal, Detail: detail}, rec.GetCompromised()
+	return ReadResult{Refusal: refusal, Detail: detail, Revision: rec.GetRevision()}, rec.GetCompromised()
 }
 
 // decisionSnapshot is the authorisation snapshot as of this point of the

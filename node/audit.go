@@ -510,7 +510,7 @@ func (s *service) internalAppendAudit(ctx context.Context, req *cofferv1.AppendA
 	}
 	resp := &cofferv1.AppendAuditResponse{Index: idx, Reads: make([]*cofferv1.ReadOutcome, len(reads))}
 	for i, r := range reads {
-		resp.Reads[i] = &cofferv1.ReadOutcome{Refusal: r.Refusal, Detail: r.Detail, Seq: r.Seq}
+		resp.Reads[i] = &cofferv1.ReadOutcome{Refusal: r.Refusal, Detail: r.Detail, Seq: r.Seq, KeyRevision: r.Revision}
 	}
 	return resp, nil
 }
@@ -545,7 +545,7 @@ func (a *auditor) append(ctx context.Context, b auditBatch) (uint64, []fsm.ReadR
 	}
 	reads := make([]fsm.ReadResult, len(resp.GetReads()))
 	for i, r := range resp.GetReads() {
-		reads[i] = fsm.ReadResult{Refusal: r.GetRefusal(), Detail: r.GetDetail(), Seq: r.GetSeq()}
+		reads[i] = fsm.ReadResult{Refusal: r.GetRefusal(), Detail: r.GetDetail(), Seq: r.GetSeq(), Revision: r.GetKeyRevision()}
 	}
 	return resp.GetIndex(), reads, nil
 }

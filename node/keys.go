@@ -325,9 +325,14 @@ func (s *service) authorizedKey(ctx context.Context, r *request, id string, cons
 // operation that uses the material (get, and the data encryption service's)
 // it returns the unwrapped material, for other operations it wipes it.
 func (s *service) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
-	if rec.GetState() == cofferv1.KeyState_KEY_STATE_DESTROYED && !op.UsesMaterial() {
+	if rec.GetState() == cofferv1.KeyState_KEY_STATE_DESTROYED {
 		// Nothing left to verify or release: the metadata is all there is.
-		return nil, nil
+		// (An operation that needs the material was granted before the
+		// destroy, on an earlier revision of the record.)
+		if !op.UsesMaterial() {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%w: key %s was destroyed after this request was decided; its material is gone", fsm.ErrKeyState, rec.GetGkid())
 	}
 	if !op.UsesMaterial() {
 		return nil, s.barrier.VerifyKey(rec)
@@ -397,13 +402,14 @@ func (s *service) decidedKey(ctx context.Context, r *request, id string, op auth
 	if err := s.readRefusal(op, id, reads[0]); err != nil {
 		return nil, nil, err
 	}
-	if pre != nil && s.decideClient(c, op, pre.GetResource()).Allowed {
-		// Apply granted at idx, and this node's integrity-verified access
-		// records grant too, as of whatever index it has applied: changes
-		// between the two were seen by Apply, so they cannot turn its grant
-		// into a refusal, and the record is the immutable one verified
-		// above. Nothing left needs this node to have applied idx, so the
-		// read does not wait for it to learn the commit.
+	if pre != nil && pre.GetRevision() == reads[0].Revision && s.decideClient(c, op, pre.GetResource()).Allowed {
+		// Apply granted at idx on the very record verified above (the same
+		// revision: a key record changes only with its state), and this
+		// node's integrity-verified access records grant too, as of
+		// whatever index it has applied: changes between the two were seen
+		// by Apply, so they cannot turn its grant into a refusal. Nothing
+		// left needs this node to have applied idx, so the read does not
+		// wait for it to learn the commit.
 		released = true
 		return pre, material, nil
 	}
@@ -411,7 +417,11 @@ func (s *service) decidedKey(ctx context.Context, r *request, id string, op auth
 		return nil, nil, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
 	}
 	rec := pre
-	if rec == nil {
+	if rec == nil || rec.GetRevision() != reads[0].Revision {
+		// Not held before, or an older revision than Apply's: read the
+		// record as of idx or later.
+		clear(material)
+		material, pre = nil, nil
 		if rec, err = s.storedKey(id); err != nil {
 			return nil, nil, err
 		}
@@ -425,7 +435,9 @@ func (s *service) decidedKey(ctx context.Context, r *request, id string, op auth
 	}
 	if pre == nil {
 		if material, err = s.checkedMaterial(rec, op); err != nil {
-			s.replica.raftLog().Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
+			if !errors.Is(err, fsm.ErrKeyState) {
+				s.replica.raftLog().Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
+			}
 			return nil, nil, err
 		}
 	}
@@ -442,7 +454,8 @@ func (s *service) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
 		return nil
 	case cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED:
 		metricDenied.WithLabelValues(string(op)).Inc()
-	case cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID, cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:
+	case cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID, cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED,
+		cofferv1.ReadRefusal_READ_REFUSAL_KEY_STATE, cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE:
 	default:
 		custody.CountIntegrityFailure()
 		s.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
@@ -544,7 +557,7 @@ func (s *service) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (
 		if req.GetResource() == "" && s.authorize(c, authz.OpList, r.GetResource()) != nil {
 			continue
 		}
-		if err := s.barrier.VerifyKey(r); err != nil {
+		if _, err := s.checkedMaterial(r, authz.OpList); err != nil {
 			return nil, err
 		}
 		out.Keys = append(out.Keys, keyMetadata(r))

@@ -111,6 +111,20 @@ func TestNode_KeyLifecycle(t *testing.T) {
 			t.Fatalf("destroyed record on %s still holds material: %v", tc.cfgs[i].ID, err)
 		}
 	}
+	// Listing shows a destroyed key (there is nothing to verify).
+	for i := range tc.nodes {
+		list, err := admin.keys[i].ListKeys(ctx, &cofferv1.ListKeysRequest{Resource: "life/a"})
+		if err != nil {
+			t.Fatalf("list after a destroy on %s: %v", tc.cfgs[i].ID, err)
+		}
+		found := false
+		for _, k := range list.GetKeys() {
+			found = found || k.GetGkid() == key && k.GetState() == cofferv1.KeyState_KEY_STATE_DESTROYED
+		}
+		if !found {
+			t.Fatalf("list on %s does not show the destroyed key", tc.cfgs[i].ID)
+		}
+	}
 	// A repeated change (a retry) succeeds and changes nothing.
 	again, err := set(key, cofferv1.KeyState_KEY_STATE_DESTROYED, "destroy-again")
 	if err != nil || again.GetKey().GetRevision() != 4 {

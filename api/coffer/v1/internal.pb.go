@@ -2295,7 +2295,9 @@ type ReadOutcome struct {
 	// What the caller is told after the refusal's own words.
 	Detail string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
 	// Sequence number of the read's audit entry.
-	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Revision of the key record Apply decided on (0: no such key).
+	KeyRevision   uint64 `protobuf:"varint,4,opt,name=key_revision,json=keyRevision,proto3" json:"key_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2347,6 +2349,13 @@ func (x *ReadOutcome) GetDetail() string {
 func (x *ReadOutcome) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
+	}
+	return 0
+}
+
+func (x *ReadOutcome) GetKeyRevision() uint64 {
+	if x != nil {
+		return x.KeyRevision
 	}
 	return 0
 }
@@ -2924,11 +2933,12 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bfallback\x18\x03 \x03(\rR\bfallback\"Y\n" +
 	"\x13AppendAuditResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12,\n" +
-	"\x05reads\x18\x02 \x03(\v2\x16.coffer.v1.ReadOutcomeR\x05reads\"i\n" +
+	"\x05reads\x18\x02 \x03(\v2\x16.coffer.v1.ReadOutcomeR\x05reads\"\x8c\x01\n" +
 	"\vReadOutcome\x120\n" +
 	"\arefusal\x18\x01 \x01(\x0e2\x16.coffer.v1.ReadRefusalR\arefusal\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"~\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12!\n" +
+	"\fkey_revision\x18\x04 \x01(\x04R\vkeyRevision\"~\n" +
 	"\x16AuditCheckpointCommand\x12:\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x1a.coffer.v1.AuditCheckpointR\n" +
