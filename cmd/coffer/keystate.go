@@ -61,8 +61,8 @@ found and re-encrypted. Needs the state grant on the key's resource.`),
 state of every node, and whatever it encrypted can no longer be decrypted.
 Its metadata stays, in state destroyed. A key with escrow copies is
 destroyed only with --destroy-escrow, which deletes them too. Older copies
-of the wrapped material leave the Raft log and the state's files as they
-are compacted (see README, "Key life cycle"). Needs the destroy grant on the
-key's resource.`),
+of the wrapped material stay on each node's disk for now (the Raft log file,
+the state's files, earlier snapshots; see README, "Key life cycle"). Needs
+the destroy grant on the key's resource.`),
 	}
 }
