@@ -120,7 +120,7 @@ func (a *app) policyUpdateCmd() *cobra.Command {
 	var uf useFlags
 	cmd := &cobra.Command{
 		Use:   "update --name P [--rotate-kek] [--escrow-key PUBFILE]... [--algorithm A]... [use and cache policy flags]",
-		Short: "Change a custody policy; --rotate-kek gives new keys a new KEK (old keys keep theirs)",
+		Short: "Change a custody policy for the keys created from now on; --rotate-kek gives them a new KEK",
 		Args:  exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if name == "" {
@@ -141,6 +141,11 @@ func (a *app) policyUpdateCmd() *cobra.Command {
 				resp, err := c.UpdatePolicy(ctx, req)
 				if err != nil {
 					return err
+				}
+				if a.format != formatJSON {
+					// Keys copy the policy's use and cache policy and its KEK
+					// version when they are created.
+					fmt.Fprintln(a.err, "coffer: the change applies to keys created from now on; existing keys keep the use and cache policy and the KEK they were created with")
 				}
 				return a.printPolicy(resp.GetPolicy())
 			})
