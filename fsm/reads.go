@@ -12,11 +12,12 @@ import (
 
 // Decided reads.
 //
-// A linearizable key read (get, describe) is decided by Apply, at the point
+// A linearizable use of a key (get, describe, and the data encryption
+// service's encrypt, decrypt, datakey) is decided by Apply, at the point
 // of the log where its audit entry lands, instead of by the serving node
 // before it commits the entry. The node proposes the entry with the caller
-// and the request time; Apply looks up the key, checks the caller's grants
-// and the key's use policy against the state at that point, and writes the
+// and the request time; Apply looks up the key, checks the caller's grants,
+// the key's state and kind and its use policy against the state at that point, and writes the
 // outcome into the entry before linking it into the chain. Every replica
 // decides alike, because every input is in the log or in the state the log
 // built. The serving node releases the read only once that entry is

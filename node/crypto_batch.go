@@ -143,7 +143,7 @@ func (s *service) decideUses(ctx context.Context, r *request, cons cofferv1.Cons
 			decidedUses = append(decidedUses, i)
 		default:
 			e.Gkid = u.gkid
-			u.err = s.decideHere(c, u.op, u.gkid, e, now)
+			_, u.err = s.decideHere(c, u.op, u.gkid, e, now)
 			setOutcome(e, u.err)
 		}
 		b.entries = append(b.entries, e)
@@ -184,26 +184,6 @@ type keyInUse struct {
 	rec      *cofferv1.KeyRecord
 	material []byte
 	err      error
-}
-
-// decideHere decides a use of key id on this node's state (a stale batch)
-// and records the key's resource, policy and compromise mark in e.
-func (s *service) decideHere(c caller, op authz.Op, id string, e *cofferv1.AuditEntry, at time.Time) error {
-	rec, err := s.storedKey(id)
-	if errors.Is(err, ErrNotFound) {
-		rec, err = nil, nil // DecideKeyRead says what the caller may learn of it
-	}
-	if err != nil {
-		return err
-	}
-	if rec != nil {
-		e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
-		if rec.GetCompromised() {
-			e.Reason = authz.CompromisedKey // replaced by the refusal, if refused
-		}
-	}
-	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, at)
-	return s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail})
 }
 
 // openForUse reads a key whose use was granted, checks this node's

@@ -297,21 +297,24 @@ func (s *service) authorizedKey(ctx context.Context, r *request, id string, cons
 	if cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient {
 		return s.decidedKey(ctx, r, id, op)
 	}
-	rec, err := s.readKey(ctx, r, id, cons)
-	if c.id.Kind == transport.KindClient && errors.Is(err, ErrNotFound) {
-		rec, err = nil, nil // DecideKeyRead says what the caller may learn of it
+	if err := validateGKID(id); err != nil {
+		return nil, nil, err
 	}
-	if err != nil {
+	r.entry.Gkid = id
+	if err := s.replica.linearize(ctx, cons); err != nil {
 		return nil, nil, err
 	}
 	if c.id.Kind != transport.KindClient {
 		// A node identity reads no keys: authorize refuses it.
-		if err := s.authorize(c, op, rec.GetResource()); err != nil {
-			return nil, nil, err
+		rec, err := s.storedKey(id)
+		if err == nil {
+			r.entry.Resource, r.entry.Policy = rec.GetResource(), rec.GetPolicy()
+			err = s.authorize(c, op, rec.GetResource())
 		}
+		return nil, nil, err
 	}
-	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, time.Now())
-	if err := s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail}); err != nil {
+	rec, err := s.decideHere(c, op, id, r.entry, time.Now())
+	if err != nil {
 		return nil, nil, err
 	}
 	material, err := s.checkedMaterial(rec, op)
@@ -319,6 +322,32 @@ func (s *service) authorizedKey(ctx context.Context, r *request, id string, cons
 		return nil, nil, err
 	}
 	return rec, material, nil
+}
+
+// decideHere decides a use of key id on this node's state (a stale read or
+// batch, a state change on the leader) with the one key-use decision, and
+// records the key's resource and policy in e (and, for a compromised key,
+// the reason a granted use keeps). It returns the record it decided on,
+// nil for a key that does not exist when the decision says so.
+func (s *service) decideHere(c caller, op authz.Op, id string, e *cofferv1.AuditEntry, at time.Time) (*cofferv1.KeyRecord, error) {
+	rec, err := s.storedKey(id)
+	if errors.Is(err, ErrNotFound) {
+		rec, err = nil, nil // DecideKeyRead says what the caller may learn of it
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec != nil {
+		e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
+		if rec.GetCompromised() {
+			e.Reason = authz.CompromisedKey // replaced by the refusal, if refused
+		}
+	}
+	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, at)
+	if err := s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail}); err != nil {
+		return nil, err
+	}
+	return rec, nil
 }
 
 // checkedMaterial verifies rec through the barrier (custody.OpenKey): for an
@@ -349,8 +378,10 @@ func (s *service) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte,
 // A record this node already holds, for a caller this node's own state
 // grants, is verified by the keystore before the entry is proposed, so a
 // damaged record or a keystore outage is recorded as this request's failure
-// rather than after a grant. Key records never change once created, so the
-// record Apply decides on is the same one.
+// rather than after a grant. A key record changes only with its state, so
+// the record is released at once only when Apply decided on the same
+// revision (fsm.ReadResult.Revision); otherwise the node reads it again once
+// it has applied the decision.
 func (s *service) decidedKey(ctx context.Context, r *request, id string, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
 	c := r.caller
 	if err := validateGKID(id); err != nil {
@@ -461,27 +492,6 @@ func (s *service) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
 		s.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
 	}
 	return r.Err()
-}
-
-func (s *service) readKey(ctx context.Context, r *request, id string, c cofferv1.Consistency) (*cofferv1.KeyRecord, error) {
-	if err := validateGKID(id); err != nil {
-		return nil, err
-	}
-	e := r.entry
-	e.Gkid = id
-	if err := s.replica.linearize(ctx, c); err != nil {
-		return nil, err
-	}
-	rec, err := s.storedKey(id)
-	if err != nil {
-		return nil, err
-	}
-	e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
-	if rec.GetCompromised() {
-		// Stays the reason if the read is granted (finishRequest).
-		e.Reason = authz.CompromisedKey
-	}
-	return rec, nil
 }
 
 // storedKey reads a key record from this node's state.

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -61,20 +60,13 @@ func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.Set
 	if err := s.replica.ensureLeaderReady(); err != nil {
 		return nil, err
 	}
-	cur, err := s.storedKey(id)
-	if errors.Is(err, ErrNotFound) {
-		cur, err = nil, nil // DecideKeyRead says what the caller may learn of it
-	}
+	now := time.Now()
+	cur, err := s.decideHere(c, op, id, r.entry, now)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, cur, now)
-	if err := s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail}); err != nil {
-		return nil, err
-	}
 	e := r.entry
-	e.Gkid, e.Resource, e.Policy = id, cur.GetResource(), cur.GetPolicy()
+	e.Gkid = id
 	from := authz.KeyStateAt(cur, now)
 	if from == to {
 		// Already there (a retry of a change that was acknowledged, or a
