@@ -44,6 +44,7 @@ const (
 	tagConsistency = 13
 	tagPrevHash    = 14
 	tagDetailHMAC  = 16
+	tagKeyVersion  = 17
 )
 
 // fixedEntryLen is the size of EntryDigestInput with every variable-length
@@ -60,7 +61,9 @@ const fixedEntryLen = 2*(1+8) + 2*(1+4) + 11*(1+4)
 // The tag is the protobuf field number. The order is seq(1), time(2), node(3),
 // caller(4), operation(5), gkid(6), resource(7), policy(8), client(9),
 // outcome(10), reason(11), request_id(12), consistency(13), prev_hash(14),
-// detail_hmac(16). The encoding is injective: two entries that differ in any
+// detail_hmac(16), then key_version(17) as tag(1) || 4-byte big-endian, only
+// when it is not zero (entries written before key versions had none, and
+// keep their hashes). The encoding is injective: two entries that differ in any
 // field other than hash have different encodings. It is not protobuf, whose
 // wire form is not canonical across implementations. DESIGN.md has a worked
 // example.
@@ -69,7 +72,11 @@ func EntryDigestInput(e *cofferv1.AuditEntry) []byte {
 }
 
 func entryInputLen(e *cofferv1.AuditEntry) int {
-	return fixedEntryLen + len(e.GetNode()) + len(e.GetCaller()) + len(e.GetOperation()) +
+	n := 0
+	if e.GetKeyVersion() != 0 {
+		n = 1 + 4
+	}
+	return n + fixedEntryLen + len(e.GetNode()) + len(e.GetCaller()) + len(e.GetOperation()) +
 		len(e.GetGkid()) + len(e.GetResource()) + len(e.GetPolicy()) + len(e.GetClient()) +
 		len(e.GetReason()) + len(e.GetRequestId()) + len(e.GetPrevHash()) + len(e.GetDetailHmac())
 }
@@ -90,6 +97,9 @@ func appendEntryDigestInput(b []byte, e *cofferv1.AuditEntry) []byte {
 	b = appendU32(b, tagConsistency, uint32(e.GetConsistency()))
 	b = appendBytes(b, tagPrevHash, e.GetPrevHash())
 	b = appendBytes(b, tagDetailHMAC, e.GetDetailHmac())
+	if v := e.GetKeyVersion(); v != 0 {
+		b = appendU32(b, tagKeyVersion, v)
+	}
 	return b
 }
 

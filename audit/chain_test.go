@@ -57,6 +57,8 @@ func TestChainHash_EveryFieldMatters(t *testing.T) {
 				switch fd.Kind() {
 				case protoreflect.Uint64Kind:
 					nv = protoreflect.ValueOfUint64(v.Uint() + 1 + uint64(variant))
+				case protoreflect.Uint32Kind:
+					nv = protoreflect.ValueOfUint32(uint32(v.Uint()) + 1 + uint32(variant))
 				case protoreflect.Int64Kind:
 					nv = protoreflect.ValueOfInt64(v.Int() - 1 - int64(variant))
 				case protoreflect.StringKind:
@@ -89,6 +91,18 @@ func TestChainHash_FieldBoundaries(t *testing.T) {
 	d := &cofferv1.AuditEntry{RequestId: "x"}
 	if bytes.Equal(ChainHash(c), ChainHash(d)) {
 		t.Fatal("field identity not encoded")
+	}
+}
+
+// An entry without a key version encodes as entries did before the field
+// existed: nothing is written for it.
+func TestEntryDigestInput_KeyVersionOnlyWhenSet(t *testing.T) {
+	e := proposal(3)
+	without := EntryDigestInput(e)
+	e.KeyVersion = 2
+	with := EntryDigestInput(e)
+	if want := append(bytes.Clone(without), 17, 0, 0, 0, 2); !bytes.Equal(with, want) {
+		t.Fatalf("with key version 2: %x, want %x", with, want)
 	}
 }
 

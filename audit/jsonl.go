@@ -82,6 +82,8 @@ type jsonEntry struct {
 	PrevHash     string `json:"prev_hash"`
 	Hash         string `json:"hash"`
 	DetailHMAC   string `json:"detail_hmac"`
+	// KeyVersion is written only when set, as the chain encodes it.
+	KeyVersion uint32 `json:"key_version,omitempty"`
 }
 
 type jsonCheckpoint struct {
@@ -110,7 +112,7 @@ type jsonMarker struct {
 var (
 	entryKeys = keySet("type", "seq", "time", "time_unix_nano", "node", "caller", "operation", "gkid",
 		"resource", "policy", "client", "outcome", "reason", "request_id", "consistency",
-		"prev_hash", "hash", "detail_hmac")
+		"prev_hash", "hash", "detail_hmac", "key_version")
 	checkpointKeys     = keySet("type", "seq", "head", "time", "time_unix_nano", "signer", "signature", "public_key")
 	nestedCheckpointKs = keySet("seq", "head", "time", "time_unix_nano", "signer", "signature", "public_key")
 	markerKeys         = keySet("type", "first_seq", "prev_hash", "checkpoint")
@@ -239,6 +241,7 @@ func (w *Writer) WriteEntry(e *cofferv1.AuditEntry) error {
 		PrevHash:     hex.EncodeToString(e.GetPrevHash()),
 		Hash:         hex.EncodeToString(e.GetHash()),
 		DetailHMAC:   hex.EncodeToString(e.GetDetailHmac()),
+		KeyVersion:   e.GetKeyVersion(),
 	})
 }
 
@@ -420,16 +423,17 @@ func strictUnmarshal(line []byte, v any) error {
 
 func fromJSONEntry(j *jsonEntry) (*cofferv1.AuditEntry, error) {
 	e := &cofferv1.AuditEntry{
-		Seq:       j.Seq,
-		Node:      j.Node,
-		Caller:    j.Caller,
-		Operation: j.Operation,
-		Gkid:      j.GKID,
-		Resource:  j.Resource,
-		Policy:    j.Policy,
-		Client:    j.Client,
-		Reason:    j.Reason,
-		RequestId: j.RequestID,
+		Seq:        j.Seq,
+		Node:       j.Node,
+		Caller:     j.Caller,
+		Operation:  j.Operation,
+		Gkid:       j.GKID,
+		Resource:   j.Resource,
+		Policy:     j.Policy,
+		Client:     j.Client,
+		Reason:     j.Reason,
+		RequestId:  j.RequestID,
+		KeyVersion: j.KeyVersion,
 	}
 	var err error
 	if e.TimeUnixNano, err = parseTime("time_unix_nano", j.Time, j.TimeUnixNano); err != nil {

@@ -63,6 +63,13 @@ type Request struct {
 	// filter (only a "**" grant allows that) and ignored for administrative
 	// operations.
 	Resource string
+	// For DecideKeyRead only. KeyVersion is the version of the key's
+	// material a use names (a decrypt's ciphertext, a get of a given
+	// version); 0 means the newest. Encryptions is the number of
+	// encryptions done so far under the key's newest version, for an
+	// operation that encrypts (Op.Encrypts).
+	KeyVersion  uint32
+	Encryptions uint64
 }
 
 // Decision is the answer to a Request. A zero Decision denies.

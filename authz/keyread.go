@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"strconv"
 	"time"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
@@ -19,7 +20,10 @@ import (
 // key's life-cycle state at time at (KeyStateAt: every operation while
 // active, decrypt too while deactivated or compromised, describe always), and
 // for an operation that uses the material whether the key can do it (the
-// data encryption service needs an AES key) and the key's use policy. A caller that may not read the key is not
+// data encryption service needs an AES key), the key's use policy, the
+// version it names (req.KeyVersion: the newest, or an older one not
+// retired) and, for an operation that encrypts, the newest version's
+// encryption count (req.Encryptions against EncryptionLimit). A caller that may not read the key is not
 // told whether it exists, nor its resource: a missing key and a key the
 // caller holds no grant for get the same PERMISSION_DENIED and the same
 // words. Only a caller granted op on every resource ("**"), who could read
@@ -55,7 +59,6 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	}
 	switch u, why := CheckUse(rec, req.Op, at); u {
 	case UseAllowed:
-		return cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""
 	case UseNotYetValid:
 		return cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID, why
 	case UseExpired:
@@ -63,6 +66,14 @@ func (s *Snapshot) DecideKeyRead(req Request, gkid string, rec *cofferv1.KeyReco
 	default:
 		return cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED, why
 	}
+	if why := versionRefusal(rec, gkid, req.KeyVersion); why != "" {
+		return cofferv1.ReadRefusal_READ_REFUSAL_KEY_VERSION, why
+	}
+	if req.Op.Encrypts() && req.Encryptions >= EncryptionLimit(rec) {
+		return cofferv1.ReadRefusal_READ_REFUSAL_USES_EXHAUSTED, "version " + strconv.FormatUint(uint64(NewestVersion(rec)), 10) + " of key " + display(gkid, 64) +
+			" has done " + strconv.FormatUint(req.Encryptions, 10) + " encryptions, its limit; rotate the key (coffer key rotate)"
+	}
+	return cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED, ""
 }
 
 // keyStateHint says what a key in state st is still good for.

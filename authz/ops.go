@@ -27,7 +27,8 @@ const (
 	OpDecrypt  Op = "decrypt"  // decrypt with a key held by the service
 	OpDataKey  Op = "datakey"  // derive a data key wrapped under a key
 	OpState    Op = "state"    // change a key's life-cycle state
-	OpDestroy  Op = "destroy"  // destroy a key's material
+	OpDestroy  Op = "destroy"  // destroy a key's material (or an older version's)
+	OpRotate   Op = "rotate"   // add a new version of a key's material
 )
 
 // Administrative operations. They have no resource.
@@ -61,6 +62,11 @@ func (o Op) UsesMaterial() bool {
 	return false
 }
 
+// Encrypts reports whether op encrypts under a key's newest version with a
+// fresh random nonce (encrypt, datakey): each such use counts against the
+// version's encryption limit (EncryptionLimit).
+func (o Op) Encrypts() bool { return o == OpEncrypt || o == OpDataKey }
+
 // OpAll may appear in an ACL rule's operations and stands for every
 // operation in the catalogue, including operations added in later versions.
 // In a rule whose pattern is "**" it grants every key and every
@@ -75,7 +81,7 @@ const MaxOpsLen = 1024
 
 var keyOps = [...]Op{
 	OpGenerate, OpPut, OpGet, OpDescribe, OpList,
-	OpEncrypt, OpDecrypt, OpDataKey, OpState, OpDestroy,
+	OpEncrypt, OpDecrypt, OpDataKey, OpState, OpDestroy, OpRotate,
 }
 
 var adminOps = [...]Op{

@@ -92,7 +92,10 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	if req == nil {
 		return nil, nilRequest("GetKey")
 	}
-	if c.cache != nil {
+	// The cache holds the version a plain get returned; a get of a given
+	// version goes to a node.
+	cached := c.cache != nil && req.GetVersion() == 0
+	if cached {
 		// A damaged entry has been dropped: fetch the key again.
 		if resp, err := c.cache.get(req.GetGkid()); err == nil && resp != nil {
 			return resp, nil
@@ -101,7 +104,7 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	resp, err := invoke(ctx, c, "GetKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetKeyResponse, error) {
 		return ep.keys.GetKey(ctx, req, opts...)
 	})
-	if err == nil && c.cache != nil {
+	if err == nil && cached {
 		c.cache.put(resp)
 	}
 	return resp, err
@@ -117,6 +120,42 @@ func (c *Client) SetKeyState(ctx context.Context, req *cofferv1.SetKeyStateReque
 	}
 	return invoke(ctx, c, "SetKeyState", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.SetKeyStateResponse, error) {
 		return ep.keys.SetKeyState(ctx, req, opts...)
+	})
+}
+
+// RotateKey adds a new version of a key's material; new encryptions use it,
+// older versions still decrypt until retired. It is a write: retried only
+// where the first attempt cannot have reached a node.
+func (c *Client) RotateKey(ctx context.Context, req *cofferv1.RotateKeyRequest) (*cofferv1.RotateKeyResponse, error) {
+	if req == nil {
+		return nil, nilRequest("RotateKey")
+	}
+	return invoke(ctx, c, "RotateKey", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.RotateKeyResponse, error) {
+		return ep.keys.RotateKey(ctx, req, opts...)
+	})
+}
+
+// RetireKeyVersion deletes an older version of a key's material on every
+// node; ciphertexts under it no longer decrypt. Retrying an acknowledged
+// retirement changes nothing.
+func (c *Client) RetireKeyVersion(ctx context.Context, req *cofferv1.RetireKeyVersionRequest) (*cofferv1.RetireKeyVersionResponse, error) {
+	if req == nil {
+		return nil, nilRequest("RetireKeyVersion")
+	}
+	return invoke(ctx, c, "RetireKeyVersion", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.RetireKeyVersionResponse, error) {
+		return ep.keys.RetireKeyVersion(ctx, req, opts...)
+	})
+}
+
+// AmendKeyUsePolicy replaces one key's use policy (a security officer's
+// operation, policy.update). Repeating an acknowledged amendment changes
+// nothing.
+func (c *Client) AmendKeyUsePolicy(ctx context.Context, req *cofferv1.AmendKeyUsePolicyRequest) (*cofferv1.AmendKeyUsePolicyResponse, error) {
+	if req == nil {
+		return nil, nilRequest("AmendKeyUsePolicy")
+	}
+	return invoke(ctx, c, "AmendKeyUsePolicy", write, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.AmendKeyUsePolicyResponse, error) {
+		return ep.keys.AmendKeyUsePolicy(ctx, req, opts...)
 	})
 }
 

@@ -83,11 +83,16 @@ func TestBarrier_KeyRecordTamperRefused(t *testing.T) {
 		"use_policy": func(r *cofferv1.KeyRecord) {
 			r.UsePolicy.NotAfter = timestamppb.New(time.Unix(1e9, 0))
 		},
-		"cache_policy":            func(r *cofferv1.KeyRecord) { r.CachePolicy.Ttl = durationpb.New(time.Hour) },
-		"escrow":                  func(r *cofferv1.KeyRecord) { r.Escrow[0].Ciphertext = []byte("attacker's copy") },
-		"activate_at_unix_nano":   func(r *cofferv1.KeyRecord) { r.ActivateAtUnixNano = 1 },
-		"state_changed_unix_nano": func(r *cofferv1.KeyRecord) { r.StateChangedUnixNano = 1 },
-		"compromised":             func(r *cofferv1.KeyRecord) { r.Compromised = true },
+		"cache_policy":              func(r *cofferv1.KeyRecord) { r.CachePolicy.Ttl = durationpb.New(time.Hour) },
+		"escrow":                    func(r *cofferv1.KeyRecord) { r.Escrow[0].Ciphertext = []byte("attacker's copy") },
+		"activate_at_unix_nano":     func(r *cofferv1.KeyRecord) { r.ActivateAtUnixNano = 1 },
+		"state_changed_unix_nano":   func(r *cofferv1.KeyRecord) { r.StateChangedUnixNano = 1 },
+		"compromised":               func(r *cofferv1.KeyRecord) { r.Compromised = true },
+		"version":                   func(r *cofferv1.KeyRecord) { r.Version = 2 },
+		"version_created_unix_nano": func(r *cofferv1.KeyRecord) { r.VersionCreatedUnixNano = 1 },
+		"versions": func(r *cofferv1.KeyRecord) {
+			r.Versions = append(r.Versions, &cofferv1.KeyVersionRecord{Version: 1, WrappedMaterial: bytes.Clone(other.GetWrappedMaterial())})
+		},
 	}
 	for _, fd := range fieldNames(rec) {
 		if _, ok := changes[fd]; !ok && fd != "wrapped_material" {
@@ -590,5 +595,70 @@ func TestBarrier_Config(t *testing.T) {
 	defer ks.Close()
 	if _, err := New(ks, Config{}); !errors.Is(err, ErrConfig) {
 		t.Fatalf("zero probe interval: %v", err)
+	}
+}
+
+// rotated seals rec as version 2 of k1 with fresh material, keeping its
+// version 1 as an older version, as a rotation does.
+func (f *fixture) rotated(gkid string, v1, v2 []byte) *cofferv1.KeyRecord {
+	f.t.Helper()
+	rec := f.mustKey(gkid, v1)
+	pol, err := f.b.VerifiedPolicy("default")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	old := &cofferv1.KeyVersionRecord{Version: 1, CreatedUnixNano: rec.GetCreatedUnixNano(), Escrow: rec.GetEscrow()}
+	if err := f.b.SealVersion(pol, rec, old, v1); err != nil {
+		f.t.Fatal(err)
+	}
+	rec.Versions = append(rec.Versions, old)
+	rec.Version, rec.VersionCreatedUnixNano, rec.Revision = 2, 99, rec.GetRevision()+1
+	if err := f.b.SealKey(pol, rec, v2); err != nil {
+		f.t.Fatal(err)
+	}
+	return rec
+}
+
+// TestBarrier_KeyVersions opens each version of a rotated record, and
+// refuses an older version that was changed, moved from another record or
+// retired.
+func TestBarrier_KeyVersions(t *testing.T) {
+	f := newFixture(t)
+	v1, v2 := []byte("version-one-0123456789abcdef0123"), []byte("version-two-0123456789abcdef0123")
+	rec := f.rotated("k1", v1, v2)
+	other := f.rotated("k2", []byte("other-one-0123456789abcdef012345"), []byte("other-two-0123456789abcdef012345"))
+	for v, want := range map[uint32][]byte{0: v2, 2: v2, 1: v1} {
+		got, err := f.b.OpenKeyVersion(proto.CloneOf(rec), v)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("version %d: %q, %v", v, got, err)
+		}
+	}
+	if _, err := f.b.OpenKeyVersion(rec, 3); !errors.Is(err, ErrNoVersion) {
+		t.Fatalf("version 3: %v, want ErrNoVersion", err)
+	}
+	for what, change := range map[string]func(r *cofferv1.KeyRecord){
+		"older material from another key": func(r *cofferv1.KeyRecord) {
+			r.Versions[0].WrappedMaterial = bytes.Clone(other.GetVersions()[0].GetWrappedMaterial())
+		},
+		"older version renumbered":     func(r *cofferv1.KeyRecord) { r.Versions[0].Version = 3 },
+		"older version's kek":          func(r *cofferv1.KeyRecord) { r.Versions[0].KekVersion = 1 },
+		"older version's time":         func(r *cofferv1.KeyRecord) { r.Versions[0].CreatedUnixNano++ },
+		"older version marked retired": func(r *cofferv1.KeyRecord) { r.Versions[0].RetiredUnixNano = 5 },
+		"older escrow copy dropped":    func(r *cofferv1.KeyRecord) { r.Versions[0].Escrow = nil },
+		"older version dropped":        func(r *cofferv1.KeyRecord) { r.Versions = nil },
+	} {
+		r := proto.CloneOf(rec)
+		change(r)
+		if m, err := f.b.OpenKeyVersion(r, 1); !errors.Is(err, ErrIntegrity) && !errors.Is(err, ErrNoVersion) || m != nil {
+			t.Errorf("%s: open version 1 = %v, want a refusal and no material", what, err)
+		}
+		if m, err := f.b.OpenKey(r); !errors.Is(err, ErrIntegrity) || m != nil {
+			t.Errorf("%s: open newest = %v, want ErrIntegrity", what, err)
+		}
+	}
+	retired := proto.CloneOf(rec)
+	retired.Versions[0].WrappedMaterial = nil
+	if _, err := f.b.OpenKeyVersion(retired, 1); !errors.Is(err, ErrNoVersion) {
+		t.Fatalf("retired version: %v, want ErrNoVersion", err)
 	}
 }

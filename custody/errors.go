@@ -30,6 +30,9 @@ var (
 	// ErrNoState means a method that reads committed records was called
 	// before UseState.
 	ErrNoState = errors.New("barrier: no state attached")
+	// ErrNoVersion means a key record holds no such version of its
+	// material, or holds it retired.
+	ErrNoVersion = errors.New("barrier: no such key version")
 	// ErrConfig reports an unusable Config or a missing keystore.
 	ErrConfig = errors.New("barrier: invalid configuration")
 )

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
 )
 
@@ -16,7 +17,10 @@ type Recovered struct {
 	Policy    string
 	Resource  string
 	Algorithm cofferv1.Algorithm
-	Material  []byte
+	// Version is the key version the material is (1 for a key never
+	// rotated).
+	Version  uint32
+	Material []byte
 }
 
 // Source yields the key records to recover from.
@@ -51,17 +55,30 @@ func Recover(src Source, priv *rsa.PrivateKey, gkids []string) ([]Recovered, err
 		if len(want) > 0 && !want[rec.GetGkid()] {
 			return nil
 		}
-		for _, c := range rec.GetEscrow() {
-			if c.GetKeyId() != id || c.GetScheme() != Scheme {
-				continue
+		// Every version that still has copies: the older ones, then the
+		// newest.
+		copies := map[uint32][]*cofferv1.EscrowCopy{}
+		var versions []uint32
+		for _, v := range rec.GetVersions() {
+			copies[v.GetVersion()] = v.GetEscrow()
+			versions = append(versions, v.GetVersion())
+		}
+		newest := authz.NewestVersion(rec)
+		copies[newest] = rec.GetEscrow()
+		versions = append(versions, newest)
+		for _, v := range versions {
+			for _, c := range copies[v] {
+				if c.GetKeyId() != id || c.GetScheme() != Scheme {
+					continue
+				}
+				m, err := Decrypt(priv, rec.GetGkid(), c.GetCiphertext())
+				if err != nil {
+					return fmt.Errorf("key %s version %d: %w", rec.GetGkid(), v, err)
+				}
+				out = append(out, Recovered{GKID: rec.GetGkid(), Policy: rec.GetPolicy(), Resource: rec.GetResource(),
+					Algorithm: rec.GetAlgorithm(), Version: v, Material: m})
+				found[rec.GetGkid()] = true
 			}
-			m, err := Decrypt(priv, rec.GetGkid(), c.GetCiphertext())
-			if err != nil {
-				return fmt.Errorf("key %s: %w", rec.GetGkid(), err)
-			}
-			out = append(out, Recovered{GKID: rec.GetGkid(), Policy: rec.GetPolicy(), Resource: rec.GetResource(),
-				Algorithm: rec.GetAlgorithm(), Material: m})
-			found[rec.GetGkid()] = true
 		}
 		return nil
 	})

@@ -121,6 +121,8 @@ func applyAuditBatch(a *applyCtx, payload []byte, index uint64) Result {
 		k, decided := decide[uint32(i)]
 		if decided {
 			res.Reads[k] = a.decideRead(e, c.GetDecide()[k].GetCertSerial())
+		} else if a.version >= CryptoVersion && countsEncryption(e) {
+			a.countDecidedEncryption(e)
 		}
 		a.appendAudit(e, Result{})
 		if decided {

@@ -82,6 +82,7 @@ var handlers = map[cofferv1.CommandType]handler{
 	cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER:       applyInitCluster,
 	cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY:         applyCreateKey,
 	cofferv1.CommandType_COMMAND_TYPE_SET_KEY_STATE:      applySetKeyState,
+	cofferv1.CommandType_COMMAND_TYPE_CHANGE_KEY:         applyChangeKey,
 	cofferv1.CommandType_COMMAND_TYPE_CREATE_POLICY:      applyCreatePolicy,
 	cofferv1.CommandType_COMMAND_TYPE_UPDATE_POLICY:      applyUpdatePolicy,
 	cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT:         applyPutClient,
@@ -114,11 +115,18 @@ func commandVersion(payload proto.Message) uint32 {
 	if _, ok := payload.(*cofferv1.PinNodeCommand); ok {
 		return NodePinVersion
 	}
-	if _, ok := payload.(*cofferv1.SetKeyStateCommand); ok {
+	switch payload.(type) {
+	case *cofferv1.SetKeyStateCommand, *cofferv1.ChangeKeyCommand:
 		return CryptoVersion
 	}
-	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok && (len(c.GetDecide()) > 0 || len(c.GetFallback()) > 0) {
-		return max(2, batchVersion(c.GetEntries(), c.GetDecide()))
+	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok {
+		v := batchVersion(c.GetEntries(), c.GetDecide())
+		if len(c.GetDecide()) > 0 || len(c.GetFallback()) > 0 {
+			v = max(v, 2)
+		}
+		if v > 0 {
+			return v
+		}
 	}
 	if ae, ok := payload.(interface{ GetAudit() *cofferv1.AuditEntry }); ok && ae.GetAudit() != nil {
 		return 3

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
 )
@@ -67,6 +69,9 @@ func checkNextKeyRecord(cur, next *cofferv1.KeyRecord) error {
 		return fmt.Errorf("%w: key %s: next revision %d after %d", ErrInvalidCommand, cur.GetGkid(), next.GetRevision(), cur.GetRevision())
 	case next.GetStateChangedUnixNano() <= 0:
 		return fmt.Errorf("%w: key %s: state change without a time", ErrInvalidCommand, cur.GetGkid())
+	case next.GetVersion() != cur.GetVersion() || next.GetVersionCreatedUnixNano() != cur.GetVersionCreatedUnixNano() ||
+		len(next.GetVersions()) != len(cur.GetVersions()):
+		return fmt.Errorf("%w: a state change of key %s changes its versions", ErrInvalidCommand, cur.GetGkid())
 	case cur.GetCompromised() && !next.GetCompromised(),
 		next.GetState() == cofferv1.KeyState_KEY_STATE_COMPROMISED && !next.GetCompromised():
 		return fmt.Errorf("%w: key %s: the compromise mark is kept", ErrInvalidCommand, cur.GetGkid())
@@ -74,8 +79,19 @@ func checkNextKeyRecord(cur, next *cofferv1.KeyRecord) error {
 		if len(next.GetWrappedMaterial()) != 0 || len(next.GetEscrow()) != 0 {
 			return fmt.Errorf("%w: destroyed key %s still carries material", ErrInvalidCommand, cur.GetGkid())
 		}
+		for _, v := range next.GetVersions() {
+			if len(v.GetWrappedMaterial()) != 0 || len(v.GetEscrow()) != 0 {
+				return fmt.Errorf("%w: destroyed key %s still carries version %d's material", ErrInvalidCommand, cur.GetGkid(), v.GetVersion())
+			}
+		}
 	case len(next.GetWrappedMaterial()) == 0 || len(next.GetEscrow()) != len(cur.GetEscrow()):
 		return fmt.Errorf("%w: key %s loses its material or escrow copies without being destroyed", ErrInvalidCommand, cur.GetGkid())
+	default:
+		for i, v := range cur.GetVersions() {
+			if !proto.Equal(v, next.GetVersions()[i]) {
+				return fmt.Errorf("%w: a state change of key %s changes its version %d", ErrInvalidCommand, cur.GetGkid(), v.GetVersion())
+			}
+		}
 	}
 	return nil
 }

@@ -40,6 +40,10 @@ type ReadResult struct {
 	// such key): a reader holding that revision holds the record of the
 	// decision.
 	Revision uint64
+	// KeyVersion is the version of the key's material a granted use is for:
+	// the version it named, else the newest at the decision. The reader
+	// uses exactly that version (Apply counted an encryption against it).
+	KeyVersion uint32
 }
 
 // refusals gives each refusal its outcome, the status code the caller gets
@@ -61,6 +65,8 @@ var refusals = map[cofferv1.ReadRefusal]struct {
 	cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED:           {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key has expired"},
 	cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE:        {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key cannot be used for this"},
 	cofferv1.ReadRefusal_READ_REFUSAL_KEY_STATE:         {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key state does not allow this"},
+	cofferv1.ReadRefusal_READ_REFUSAL_KEY_VERSION:       {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key version is not usable"},
+	cofferv1.ReadRefusal_READ_REFUSAL_USES_EXHAUSTED:    {cofferv1.AuditOutcome_AUDIT_OUTCOME_FAILED, codes.FailedPrecondition, nil, "key version has done all its encryptions"},
 }
 
 // RefusalError is a refused read as its caller gets it: the status code and
@@ -113,14 +119,18 @@ const CryptoVersion = 6
 // Apply can decide: a key read (get, describe) or a use by the data
 // encryption service.
 func IsDecidedRead(op string) bool {
-	return decidedReadVersion(op) != 0
+	return decidedReadVersion(&cofferv1.AuditEntry{Operation: op}) != 0
 }
 
-// decidedReadVersion is the command version from which Apply decides op; 0
-// if it never does.
-func decidedReadVersion(op string) uint32 {
-	switch authz.Op(op) {
+// decidedReadVersion is the command version from which Apply decides the
+// read e records; 0 if it never does. A get naming a version of the key
+// needs the version checks (CryptoVersion).
+func decidedReadVersion(e *cofferv1.AuditEntry) uint32 {
+	switch authz.Op(e.GetOperation()) {
 	case authz.OpGet, authz.OpDescribe:
+		if e.GetKeyVersion() != 0 {
+			return CryptoVersion
+		}
 		return 2
 	case authz.OpEncrypt, authz.OpDecrypt, authz.OpDataKey:
 		return CryptoVersion
@@ -128,13 +138,28 @@ func decidedReadVersion(op string) uint32 {
 	return 0
 }
 
+// countsEncryption reports whether Apply counts e, not decided in Apply, as
+// an encryption under its key (countEncryptions): a granted encrypt or
+// datakey decided on a node's own state.
+func countsEncryption(e *cofferv1.AuditEntry) bool {
+	return authz.Op(e.GetOperation()).Encrypts() && e.GetOutcome() == cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED && e.GetGkid() != ""
+}
+
 // batchVersion is the command version an audit batch needs for its
-// decided reads.
+// decided reads, the encryptions it counts and the key versions its
+// entries name.
 func batchVersion(entries []*cofferv1.AuditEntry, decide []*cofferv1.ReadDecision) uint32 {
 	var v uint32
 	for _, d := range decide {
 		if i := d.GetEntry(); int(i) < len(entries) {
-			v = max(v, decidedReadVersion(entries[i].GetOperation()))
+			v = max(v, decidedReadVersion(entries[i]))
+		}
+	}
+	for _, e := range entries {
+		// A replica of an older build would not count the encryption, or
+		// would hash the entry without its key version.
+		if countsEncryption(e) || e.GetKeyVersion() != 0 {
+			v = max(v, CryptoVersion)
 		}
 	}
 	return v
@@ -190,9 +215,28 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) (ReadResult, bo
 	default:
 		e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
 	}
-	refusal, detail := a.decisionSnapshot().DecideKeyRead(authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: authz.Op(e.GetOperation())},
-		id, rec, time.Unix(0, e.GetTimeUnixNano()))
-	return ReadResult{Refusal: refusal, Detail: detail, Revision: rec.GetRevision()}, rec.GetCompromised()
+	op := authz.Op(e.GetOperation())
+	req := authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: op, KeyVersion: e.GetKeyVersion()}
+	if rec != nil && op.Encrypts() {
+		req.Encryptions = a.encryptions(id, authz.NewestVersion(rec))
+	}
+	refusal, detail := a.decisionSnapshot().DecideKeyRead(req, id, rec, time.Unix(0, e.GetTimeUnixNano()))
+	r := ReadResult{Refusal: refusal, Detail: detail, Revision: rec.GetRevision()}
+	if refusal == cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED && op.UsesMaterial() {
+		r.KeyVersion = e.GetKeyVersion()
+		if r.KeyVersion == 0 {
+			r.KeyVersion = authz.NewestVersion(rec)
+		}
+		if a.version >= CryptoVersion {
+			// The entry names the version used; a batch written for older
+			// replicas (a plain get) leaves its entries as they wrote them.
+			e.KeyVersion = r.KeyVersion
+		}
+		if op.Encrypts() {
+			a.countEncryption(id, r.KeyVersion)
+		}
+	}
+	return r, rec.GetCompromised()
 }
 
 // decisionSnapshot is the authorisation snapshot as of this point of the

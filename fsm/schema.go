@@ -14,6 +14,7 @@ import (
 //	m/restoring                  present only while Restore runs
 //	p/<policy>                   PolicyRecord
 //	k/<gkid>                     KeyRecord
+//	u/<gkid>\x00<4-byte version>  8-byte big-endian count of encryptions under that version (encryptions.go)
 //	x/p/<policy>\x00<gkid>       empty: keys by policy
 //	x/r/<resource>\x00<gkid>     empty: keys by resource
 //	q/<owner>\x00<request id>    gkid: idempotency of create requests
@@ -34,23 +35,24 @@ var (
 	keyCluster   = []byte("m/cluster")
 	keyRestoring = []byte("m/restoring")
 
-	prefixPolicy     = []byte("p/")
-	prefixKey        = []byte("k/")
-	prefixByPolicy   = []byte("x/p/")
-	prefixByRes      = []byte("x/r/")
-	prefixRequest    = []byte("q/")
-	prefixClient     = []byte("c/")
-	prefixRule       = []byte("a/")
-	prefixRevoked    = []byte("r/")
-	prefixNode       = []byte("n/")
-	prefixAudit      = []byte("l/")
-	keyAuditHead     = []byte("m/audit")
-	prefixCheckpoint = []byte("o/")
-	keyAuditMarker   = []byte("m/audit_marker")
-	prefixChanged    = []byte("w/")
-	keyDiverged      = []byte("m/diverged")
-	keyAuditTime     = []byte("m/audit_time")
-	prefixAuditTime  = []byte("t/")
+	prefixPolicy      = []byte("p/")
+	prefixKey         = []byte("k/")
+	prefixEncryptions = []byte("u/")
+	prefixByPolicy    = []byte("x/p/")
+	prefixByRes       = []byte("x/r/")
+	prefixRequest     = []byte("q/")
+	prefixClient      = []byte("c/")
+	prefixRule        = []byte("a/")
+	prefixRevoked     = []byte("r/")
+	prefixNode        = []byte("n/")
+	prefixAudit       = []byte("l/")
+	keyAuditHead      = []byte("m/audit")
+	prefixCheckpoint  = []byte("o/")
+	keyAuditMarker    = []byte("m/audit_marker")
+	prefixChanged     = []byte("w/")
+	keyDiverged       = []byte("m/diverged")
+	keyAuditTime      = []byte("m/audit_time")
+	prefixAuditTime   = []byte("t/")
 )
 
 func auditKey(seq uint64) []byte {

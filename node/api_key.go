@@ -37,6 +37,18 @@ func (s *keyService) ListKeys(ctx context.Context, req *cofferv1.ListKeysRequest
 	return s.svc.listKeys(ctx, req)
 }
 
+func (s *keyService) RotateKey(ctx context.Context, req *cofferv1.RotateKeyRequest) (*cofferv1.RotateKeyResponse, error) {
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeRotateKey, req)
+}
+
+func (s *keyService) RetireKeyVersion(ctx context.Context, req *cofferv1.RetireKeyVersionRequest) (*cofferv1.RetireKeyVersionResponse, error) {
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeRetireKeyVersion, req)
+}
+
+func (s *keyService) AmendKeyUsePolicy(ctx context.Context, req *cofferv1.AmendKeyUsePolicyRequest) (*cofferv1.AmendKeyUsePolicyResponse, error) {
+	return submitWrite(s.svc, ctx, requestFrom(ctx), writeAmendKeyUsePolicy, req)
+}
+
 func (s *keyService) SetKeyState(ctx context.Context, req *cofferv1.SetKeyStateRequest) (*cofferv1.SetKeyStateResponse, error) {
 	return submitWrite(s.svc, ctx, requestFrom(ctx), writeSetKeyState, req)
 }

@@ -52,6 +52,7 @@ const (
 // authorisation catalogue's names).
 var opNames = map[string]string{
 	"GenerateKey": "generate", "PutKey": "put", "GetKey": "get", "DescribeKey": "describe", "ListKeys": "list", "SetKeyState": "state",
+	"RotateKey": "rotate", "RetireKeyVersion": "destroy", "AmendKeyUsePolicy": "policy.update",
 	"Encrypt": "encrypt", "Decrypt": "decrypt", "GenerateDataKey": "datakey",
 	"EncryptNew": "generate", "ReEncrypt": "reencrypt", "EncryptBatch": "encrypt", "DecryptBatch": "decrypt", "GenerateDataKeyBatch": "datakey",
 	"CreatePolicy": "policy.create", "UpdatePolicy": "policy.update", "GetPolicy": "policy.read", "ListPolicies": "policy.read",
@@ -510,7 +511,7 @@ func (s *service) internalAppendAudit(ctx context.Context, req *cofferv1.AppendA
 	}
 	resp := &cofferv1.AppendAuditResponse{Index: idx, Reads: make([]*cofferv1.ReadOutcome, len(reads))}
 	for i, r := range reads {
-		resp.Reads[i] = &cofferv1.ReadOutcome{Refusal: r.Refusal, Detail: r.Detail, Seq: r.Seq, KeyRevision: r.Revision}
+		resp.Reads[i] = &cofferv1.ReadOutcome{Refusal: r.Refusal, Detail: r.Detail, Seq: r.Seq, KeyRevision: r.Revision, KeyVersion: r.KeyVersion}
 	}
 	return resp, nil
 }
@@ -545,7 +546,7 @@ func (a *auditor) append(ctx context.Context, b auditBatch) (uint64, []fsm.ReadR
 	}
 	reads := make([]fsm.ReadResult, len(resp.GetReads()))
 	for i, r := range resp.GetReads() {
-		reads[i] = fsm.ReadResult{Refusal: r.GetRefusal(), Detail: r.GetDetail(), Seq: r.GetSeq(), Revision: r.GetKeyRevision()}
+		reads[i] = fsm.ReadResult{Refusal: r.GetRefusal(), Detail: r.GetDetail(), Seq: r.GetSeq(), Revision: r.GetKeyRevision(), KeyVersion: r.GetKeyVersion()}
 	}
 	return resp.GetIndex(), reads, nil
 }

@@ -32,6 +32,7 @@ import (
 //	revoked rule rule-x: client:app1 may get,encrypt on payments/**
 //	created policy p: allowed_algorithms any; default_use_policy.operations any; ...
 //	updated policy p for keys created from now on: cache_policy.ttl 0s -> 1h0m0s
+//	amended use policy of key k1-…: use_policy.operations any -> [decrypt]
 //
 // A list of settings or changes is "name value" or "name old -> new" items
 // joined by "; "; lists of values are "[a,b]". An entry never holds a secret:
@@ -156,18 +157,45 @@ func policySettings(p *cofferv1.PolicyRecord) []setting {
 	if lt := p.GetMaxLifetimeNanos(); lt > 0 {
 		lifetime = time.Duration(lt).String()
 	}
-	return []setting{
-		{"allowed_algorithms", anyIfEmpty(algs)},
-		{"default_use_policy.operations", anyIfEmpty(u.GetOperations())},
-		{"default_use_policy.not_before", timeOrNone(u.GetNotBefore())},
-		{"default_use_policy.not_after", timeOrNone(u.GetNotAfter())},
+	out := []setting{{"allowed_algorithms", anyIfEmpty(algs)}}
+	out = append(out, useSettings("default_use_policy", u)...)
+	return append(out, []setting{
 		{"max_lifetime", lifetime},
 		{"cache_policy.cacheable", strconv.FormatBool(c.GetCacheable())},
 		{"cache_policy.ttl", c.GetTtl().AsDuration().String()},
 		{"cache_policy.max_keys", strconv.FormatUint(uint64(c.GetMaxKeys()), 10)},
 		{"escrow_keys", bracketed(escrow)},
 		{"kek_version", strconv.FormatUint(uint64(p.GetKekVersion()), 10)},
+	}...)
+}
+
+// useSettings is what a use policy decides, each setting named
+// prefix.field, in a fixed order.
+func useSettings(prefix string, u *cofferv1.KeyUsePolicy) []setting {
+	period := "none"
+	if d := u.GetRotationPeriod(); d != nil {
+		period = d.AsDuration().String()
 	}
+	count := func(n uint64) string {
+		if n == 0 {
+			return "none"
+		}
+		return strconv.FormatUint(n, 10)
+	}
+	return []setting{
+		{prefix + ".operations", anyIfEmpty(u.GetOperations())},
+		{prefix + ".not_before", timeOrNone(u.GetNotBefore())},
+		{prefix + ".not_after", timeOrNone(u.GetNotAfter())},
+		{prefix + ".max_encryptions", count(u.GetMaxEncryptions())},
+		{prefix + ".rotation_period", period},
+		{prefix + ".rotate_after_encryptions", count(u.GetRotateAfterEncryptions())},
+	}
+}
+
+// keyUseAmended describes the amendment of key gkid's use policy from cur
+// to next: the settings it changes, old -> new, or "unchanged".
+func keyUseAmended(gkid string, cur, next *cofferv1.KeyUsePolicy) string {
+	return "amended use policy of key " + gkid + ": " + changeList(changes(useSettings("use_policy", cur), useSettings("use_policy", next)))
 }
 
 // anyIfEmpty shows a list where empty means no restriction.

@@ -197,7 +197,11 @@ type Config struct {
 	Raft            RaftTimings         `json:"raft"`
 	Limits          Limits              `json:"limits"`
 	Audit           AuditConfig         `json:"audit"`
-	Gossip          GossipSettings      `json:"gossip"`
+	// KeyRotationCheck is how often the leader looks for keys due for
+	// automatic rotation (their use policy's rotation period or count, or
+	// the random-nonce bound); 0 selects 30 s.
+	KeyRotationCheck duration.Duration `json:"key_rotation_check,omitempty"`
+	Gossip           GossipSettings    `json:"gossip"`
 	// Membership: how many voters, how stable a server must be before it
 	// votes (see cluster.Settings).
 	Membership cluster.Settings `json:"membership"`
@@ -269,6 +273,9 @@ func (c Config) Validate() error {
 	}
 	if c.Audit.CheckpointInterval.Std() < 100*time.Millisecond || c.Audit.CheckpointEvery == 0 {
 		return fmt.Errorf("%w: audit checkpoint_interval must be >= 100ms and checkpoint_every > 0", ErrConfig)
+	}
+	if d := c.KeyRotationCheck.Std(); d != 0 && d < 100*time.Millisecond {
+		return fmt.Errorf("%w: key_rotation_check must be 0 (30s) or at least 100ms, not %v", ErrConfig, d)
 	}
 	if c.Limits.RequestTimeout <= 0 || c.Limits.MaxInflightForwards <= 0 {
 		return fmt.Errorf("%w: limits must be positive", ErrConfig)

@@ -34,19 +34,16 @@ const (
 	maxCiphertext = maxPlaintext + ciphertext.MaxOverhead
 )
 
-// keyVersion is the version every key has until keys can be rotated: each
-// key has one version of its material.
-const keyVersion = 1
-
 // cryptoOp is one operation of the data encryption service on requests of
 // type Req.
 type cryptoOp[Req any, Resp any] struct {
 	op authz.Op
-	// target validates req (without state) and returns the GKID it uses.
-	target func(req Req) (string, error)
-	// run does the operation with the key's record and its unwrapped
-	// material, which it must not keep.
-	run func(s *service, rec *cofferv1.KeyRecord, material []byte, req Req) (Resp, error)
+	// target validates req (without state) and returns the GKID it uses
+	// and the version of its material it names (0: the newest).
+	target func(req Req) (string, uint32, error)
+	// run does the operation with the key's record and the unwrapped
+	// material of the version granted, which it must not keep.
+	run func(s *service, k usableKey, req Req) (Resp, error)
 }
 
 var (
@@ -65,16 +62,16 @@ var (
 // operation.
 func serveCrypto[Req any, Resp any](s *service, ctx context.Context, o *cryptoOp[Req, Resp], req Req, cons cofferv1.Consistency) (Resp, error) {
 	var none Resp
-	id, err := o.target(req)
+	id, v, err := o.target(req)
 	if err != nil {
 		return none, err
 	}
-	rec, material, err := s.authorizedKey(ctx, requestFrom(ctx), id, cons, o.op)
+	k, err := s.authorizedKey(ctx, requestFrom(ctx), id, v, cons, o.op)
 	if err != nil {
 		return none, err
 	}
-	defer clear(material)
-	return o.run(s, rec, material, req)
+	defer clear(k.material)
+	return o.run(s, k, req)
 }
 
 func (s *service) encrypt(ctx context.Context, req *cofferv1.EncryptRequest) (*cofferv1.EncryptResponse, error) {
@@ -97,45 +94,47 @@ func validContext(c map[string]string) error {
 	return nil
 }
 
-func encryptTarget(req *cofferv1.EncryptRequest) (string, error) {
+func encryptTarget(req *cofferv1.EncryptRequest) (string, uint32, error) {
 	if n := len(req.GetPlaintext()); n > maxPlaintext {
-		return "", fmt.Errorf("%w: plaintext is %d bytes, at most %d per Encrypt; encrypt larger data locally under a data key (GenerateDataKey)", ErrInvalidArgument, n, maxPlaintext)
+		return "", 0, fmt.Errorf("%w: plaintext is %d bytes, at most %d per Encrypt; encrypt larger data locally under a data key (GenerateDataKey)", ErrInvalidArgument, n, maxPlaintext)
 	}
 	if err := validContext(req.GetContext()); err != nil {
-		return "", err
+		return "", 0, err
 	}
-	return req.GetGkid(), validateGKID(req.GetGkid())
+	return req.GetGkid(), 0, validateGKID(req.GetGkid())
 }
 
-func (s *service) runEncrypt(rec *cofferv1.KeyRecord, material []byte, req *cofferv1.EncryptRequest) (*cofferv1.EncryptResponse, error) {
-	h := ciphertext.Header{GKID: rec.GetGkid(), KeyVersion: keyVersion}
-	ct, err := ciphertext.Seal(material, h, rec.GetResource(), req.GetContext(), req.GetPlaintext())
+func (s *service) runEncrypt(k usableKey, req *cofferv1.EncryptRequest) (*cofferv1.EncryptResponse, error) {
+	rec := k.rec
+	h := ciphertext.Header{GKID: rec.GetGkid(), KeyVersion: k.version}
+	ct, err := ciphertext.Seal(k.material, h, rec.GetResource(), req.GetContext(), req.GetPlaintext())
 	if err != nil {
 		return nil, fmt.Errorf("%w: encrypt with key %s: %v", ErrInternal, rec.GetGkid(), err)
 	}
 	metricCryptoBytes.WithLabelValues(string(authz.OpEncrypt)).Add(float64(len(req.GetPlaintext())))
-	return &cofferv1.EncryptResponse{Ciphertext: ct, Gkid: rec.GetGkid(), KeyVersion: keyVersion}, nil
+	return &cofferv1.EncryptResponse{Ciphertext: ct, Gkid: rec.GetGkid(), KeyVersion: k.version}, nil
 }
 
-func decryptTarget(req *cofferv1.DecryptRequest) (string, error) {
+func decryptTarget(req *cofferv1.DecryptRequest) (string, uint32, error) {
 	if n := len(req.GetCiphertext()); n > maxCiphertext {
-		return "", fmt.Errorf("%w: ciphertext is %d bytes, at most %d", ErrInvalidArgument, n, maxCiphertext)
+		return "", 0, fmt.Errorf("%w: ciphertext is %d bytes, at most %d", ErrInvalidArgument, n, maxCiphertext)
 	}
 	h, err := ciphertext.ParseHeader(req.GetCiphertext())
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+		return "", 0, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
 	if err := validContext(req.GetContext()); err != nil {
-		return "", err
+		return "", 0, err
 	}
-	if h.KeyVersion != keyVersion {
-		return "", fmt.Errorf("%w: the ciphertext names version %d of key %s; keys have version %d only", ErrInvalidArgument, h.KeyVersion, h.GKID, keyVersion)
+	if h.KeyVersion == 0 {
+		return "", 0, fmt.Errorf("%w: the ciphertext names version 0 of key %s; versions start at 1", ErrInvalidArgument, h.GKID)
 	}
-	return h.GKID, validateGKID(h.GKID)
+	return h.GKID, h.KeyVersion, validateGKID(h.GKID)
 }
 
-func (s *service) runDecrypt(rec *cofferv1.KeyRecord, material []byte, req *cofferv1.DecryptRequest) (*cofferv1.DecryptResponse, error) {
-	pt, err := ciphertext.Open(material, rec.GetResource(), req.GetContext(), req.GetCiphertext())
+func (s *service) runDecrypt(k usableKey, req *cofferv1.DecryptRequest) (*cofferv1.DecryptResponse, error) {
+	rec := k.rec
+	pt, err := ciphertext.Open(k.material, rec.GetResource(), req.GetContext(), req.GetCiphertext())
 	if err != nil {
 		// The entry records the access decision (granted); the caller
 		// learns the ciphertext did not authenticate.
@@ -146,7 +145,7 @@ func (s *service) runDecrypt(rec *cofferv1.KeyRecord, material []byte, req *coff
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
 	metricCryptoBytes.WithLabelValues(string(authz.OpDecrypt)).Add(float64(len(pt)))
-	return &cofferv1.DecryptResponse{Plaintext: pt, Gkid: rec.GetGkid(), KeyVersion: keyVersion, KeyState: keyMetadata(rec).GetState()}, nil
+	return &cofferv1.DecryptResponse{Plaintext: pt, Gkid: rec.GetGkid(), KeyVersion: k.version, KeyState: keyMetadata(rec).GetState()}, nil
 }
 
 // dataKeyLen is the length of a data key of algorithm a; 0 if the service
@@ -161,17 +160,18 @@ func dataKeyLen(a cofferv1.Algorithm) int {
 	return 0
 }
 
-func dataKeyTarget(req *cofferv1.GenerateDataKeyRequest) (string, error) {
+func dataKeyTarget(req *cofferv1.GenerateDataKeyRequest) (string, uint32, error) {
 	if dataKeyLen(req.GetAlgorithm()) == 0 {
-		return "", fmt.Errorf("%w: data keys are AES_128 or AES_256, not %v", ErrInvalidArgument, req.GetAlgorithm())
+		return "", 0, fmt.Errorf("%w: data keys are AES_128 or AES_256, not %v", ErrInvalidArgument, req.GetAlgorithm())
 	}
 	if err := validContext(req.GetContext()); err != nil {
-		return "", err
+		return "", 0, err
 	}
-	return req.GetGkid(), validateGKID(req.GetGkid())
+	return req.GetGkid(), 0, validateGKID(req.GetGkid())
 }
 
-func (s *service) runDataKey(rec *cofferv1.KeyRecord, material []byte, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
+func (s *service) runDataKey(k usableKey, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
+	rec := k.rec
 	alg := req.GetAlgorithm()
 	if alg == cofferv1.Algorithm_ALGORITHM_UNSPECIFIED {
 		alg = cofferv1.Algorithm_ALGORITHM_AES_256
@@ -180,13 +180,13 @@ func (s *service) runDataKey(rec *cofferv1.KeyRecord, material []byte, req *coff
 	if err != nil {
 		return nil, err
 	}
-	h := ciphertext.Header{GKID: rec.GetGkid(), KeyVersion: keyVersion}
-	ct, err := ciphertext.Seal(material, h, rec.GetResource(), req.GetContext(), dk)
+	h := ciphertext.Header{GKID: rec.GetGkid(), KeyVersion: k.version}
+	ct, err := ciphertext.Seal(k.material, h, rec.GetResource(), req.GetContext(), dk)
 	if err != nil {
 		clear(dk)
 		return nil, fmt.Errorf("%w: wrap a data key under key %s: %v", ErrInternal, rec.GetGkid(), err)
 	}
-	resp := &cofferv1.GenerateDataKeyResponse{Ciphertext: ct, Gkid: rec.GetGkid(), KeyVersion: keyVersion, Algorithm: alg}
+	resp := &cofferv1.GenerateDataKeyResponse{Ciphertext: ct, Gkid: rec.GetGkid(), KeyVersion: k.version, Algorithm: alg}
 	if req.GetWithoutPlaintext() {
 		clear(dk)
 	} else {
@@ -226,7 +226,7 @@ func (s *service) encryptNew(ctx context.Context, r *request, req *cofferv1.Encr
 		if err := s.authorize(r.caller, authz.OpEncrypt, rec.GetResource()); err != nil {
 			return err
 		}
-		resp, err = s.runEncrypt(rec, material, &cofferv1.EncryptRequest{Plaintext: req.GetPlaintext(), Context: req.GetContext()})
+		resp, err = s.runEncrypt(usableKey{rec: rec, version: authz.NewestVersion(rec), material: material}, &cofferv1.EncryptRequest{Plaintext: req.GetPlaintext(), Context: req.GetContext()})
 		r.entry.Reason = fmt.Sprintf("encrypt-and-custody: %d bytes encrypted under the new key", len(req.GetPlaintext()))
 		return err
 	}
@@ -255,7 +255,7 @@ func (s *service) reEncrypt(ctx context.Context, req *cofferv1.ReEncryptRequest)
 		return nil, err
 	}
 	src := &cofferv1.DecryptRequest{Ciphertext: req.GetCiphertext(), Context: req.GetSourceContext()}
-	srcID, err := decryptTarget(src)
+	srcID, srcVersion, err := decryptTarget(src)
 	if err != nil {
 		return nil, err
 	}
@@ -267,11 +267,11 @@ func (s *service) reEncrypt(ctx context.Context, req *cofferv1.ReEncryptRequest)
 	if req.GetReplaceContext() || len(req.GetDestinationContext()) > 0 {
 		dst.Context = req.GetDestinationContext()
 	}
-	if _, err := encryptTarget(dst); err != nil {
+	if _, _, err := encryptTarget(dst); err != nil {
 		return nil, err
 	}
 	r := requestFrom(ctx)
-	uses := []keyUse{{op: authz.OpDecrypt, suffix: "decrypt", gkid: srcID}, {op: authz.OpEncrypt, suffix: "encrypt", gkid: dstID}}
+	uses := []keyUse{{op: authz.OpDecrypt, suffix: "decrypt", gkid: srcID, version: srcVersion}, {op: authz.OpEncrypt, suffix: "encrypt", gkid: dstID}}
 	if err := s.decideUses(ctx, r, req.GetConsistency(), uses); err != nil {
 		return nil, err
 	}
@@ -280,22 +280,22 @@ func (s *service) reEncrypt(ctx context.Context, req *cofferv1.ReEncryptRequest)
 			return nil, u.err
 		}
 	}
-	rec, material, err := s.openForUse(r.caller, authz.OpDecrypt, srcID)
+	k, err := s.openForUse(r.caller, uses[0])
 	if err != nil {
 		return nil, err
 	}
-	plain, err := s.runDecrypt(rec, material, src)
-	clear(material)
+	plain, err := s.runDecrypt(k, src)
+	clear(k.material)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(plain.GetPlaintext())
-	if rec, material, err = s.openForUse(r.caller, authz.OpEncrypt, dstID); err != nil {
+	if k, err = s.openForUse(r.caller, uses[1]); err != nil {
 		return nil, err
 	}
-	defer clear(material)
+	defer clear(k.material)
 	dst.Plaintext = plain.GetPlaintext()
-	out, err := s.runEncrypt(rec, material, dst)
+	out, err := s.runEncrypt(k, dst)
 	if err != nil {
 		return nil, err
 	}

@@ -67,18 +67,17 @@ func serveCryptoBatch[Req any, Resp any](s *service, ctx context.Context, o *cry
 		if ic := in.consistency(it); ic != cofferv1.Consistency_CONSISTENCY_UNSPECIFIED {
 			uses[i].err = fmt.Errorf("%w: item %d sets its own consistency; set it on the batch", ErrInvalidArgument, i)
 		} else {
-			uses[i].gkid, uses[i].err = o.target(it)
+			uses[i].gkid, uses[i].version, uses[i].err = o.target(it)
 		}
 	}
 	if err := s.decideUses(ctx, r, cons, uses); err != nil {
 		return nil, nil, err
 	}
-	ids := make([]string, n)
 	errs = make([]error, n)
 	for i, u := range uses {
-		ids[i], errs[i] = u.gkid, u.err
+		errs[i] = u.err
 	}
-	keys := map[string]*keyInUse{}
+	keys := map[keyVersion]*keyInUse{}
 	defer func() {
 		for _, k := range keys {
 			clear(k.material)
@@ -89,17 +88,18 @@ func serveCryptoBatch[Req any, Resp any](s *service, ctx context.Context, o *cry
 		if errs[i] != nil {
 			continue
 		}
-		k, ok := keys[ids[i]]
+		kv := keyVersion{uses[i].gkid, uses[i].version}
+		k, ok := keys[kv]
 		if !ok {
 			k = &keyInUse{}
-			k.rec, k.material, k.err = s.openForUse(c, o.op, ids[i])
-			keys[ids[i]] = k
+			k.usableKey, k.err = s.openForUse(c, uses[i])
+			keys[kv] = k
 		}
 		if k.err != nil {
 			errs[i] = k.err
 			continue
 		}
-		out[i], errs[i] = o.run(s, k.rec, k.material, it)
+		out[i], errs[i] = o.run(s, k.usableKey, it)
 	}
 	return out, errs, nil
 }
@@ -111,6 +111,9 @@ type keyUse struct {
 	op     authz.Op
 	suffix string
 	gkid   string
+	// version is the version of the key's material the use names (0: the
+	// newest) and, once granted, the version it was granted for.
+	version uint32
 	// err is why the use is refused: set by the caller for a use that
 	// failed validation (recorded, not decided), by decideUses otherwise.
 	err error
@@ -133,6 +136,7 @@ func (s *service) decideUses(ctx context.Context, r *request, cons cofferv1.Cons
 		e := proto.CloneOf(r.entry)
 		e.Operation = string(u.op)
 		e.RequestId = clip(r.entry.GetRequestId()+"#"+u.suffix, maxRequestIDField)
+		e.KeyVersion = u.version
 		switch {
 		case u.err != nil:
 			setOutcome(e, u.err)
@@ -144,6 +148,7 @@ func (s *service) decideUses(ctx context.Context, r *request, cons cofferv1.Cons
 		default:
 			e.Gkid = u.gkid
 			_, u.err = s.decideHere(c, u.op, u.gkid, e, now)
+			u.version = e.GetKeyVersion()
 			setOutcome(e, u.err)
 		}
 		b.entries = append(b.entries, e)
@@ -165,6 +170,7 @@ func (s *service) decideUses(ctx context.Context, r *request, cons cofferv1.Cons
 	granted := false
 	for j, i := range decidedUses {
 		uses[i].err = s.readRefusal(uses[i].op, uses[i].gkid, reads[j])
+		uses[i].version = reads[j].KeyVersion
 		granted = granted || uses[i].err == nil
 	}
 	if granted {
@@ -178,30 +184,31 @@ func (s *service) decideUses(ctx context.Context, r *request, cons cofferv1.Cons
 // maxRequestIDField bounds an item's request id in its audit entry.
 const maxRequestIDField = 1024
 
-// keyInUse is a key a batch uses: its record and unwrapped material, opened
-// once for all the batch's items.
+// keyVersion names one version of a key.
+type keyVersion struct {
+	gkid    string
+	version uint32
+}
+
+// keyInUse is a key version a batch uses: its record and unwrapped
+// material, opened once for all the batch's items.
 type keyInUse struct {
-	rec      *cofferv1.KeyRecord
-	material []byte
-	err      error
+	usableKey
+	err error
 }
 
 // openForUse reads a key whose use was granted, checks this node's
 // integrity-verified access records agree, and unwraps its material.
-func (s *service) openForUse(c caller, op authz.Op, id string) (*cofferv1.KeyRecord, []byte, error) {
-	rec, err := s.storedKey(id)
+func (s *service) openForUse(c caller, u keyUse) (usableKey, error) {
+	rec, err := s.storedKey(u.gkid)
 	if err != nil {
-		return nil, nil, err
+		return usableKey{}, err
 	}
-	if err := s.authorize(c, op, rec.GetResource()); err != nil {
-		s.replica.raftLog().Warn("a batch item granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "err", err)
-		return nil, nil, err
+	if err := s.authorize(c, u.op, rec.GetResource()); err != nil {
+		s.replica.raftLog().Warn("a batch item granted in Apply is refused by this node's verified access records", "op", u.op, "gkid", u.gkid, "err", err)
+		return usableKey{}, err
 	}
-	material, err := s.checkedMaterial(rec, op)
-	if err != nil {
-		return nil, nil, err
-	}
-	return rec, material, nil
+	return s.checkedMaterial(rec, u.op, u.version)
 }
 
 // itemError is an item's error as the single call would have returned it.

@@ -263,46 +263,57 @@ func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {
 }
 
 func (s *service) getKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	rec, material, err := s.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpGet)
+	k, err := s.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetVersion(), req.GetConsistency(), authz.OpGet)
 	if err != nil {
 		return nil, err
 	}
-	return &cofferv1.GetKeyResponse{Key: keyMetadata(rec), Material: material}, nil
+	return &cofferv1.GetKeyResponse{Key: s.describe(k.rec), Material: k.material, Version: k.version}, nil
 }
 
 func (s *service) describeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {
-	rec, _, err := s.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetConsistency(), authz.OpDescribe)
+	k, err := s.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), 0, req.GetConsistency(), authz.OpDescribe)
 	if err != nil {
 		return nil, err
 	}
-	return &cofferv1.DescribeKeyResponse{Key: keyMetadata(rec)}, nil
+	return &cofferv1.DescribeKeyResponse{Key: s.describe(k.rec)}, nil
+}
+
+// usableKey is a key record whose use was granted and, for an operation
+// that uses the material, the material of the version granted, which the
+// holder wipes.
+type usableKey struct {
+	rec      *cofferv1.KeyRecord
+	version  uint32
+	material []byte
 }
 
 // authorizedKey reads a key record for op: the caller is authenticated, the
 // read linearized, the grant (and for an operation that uses the material,
-// whether the key can do it and its use policy) checked against the stored
-// record, and the record verified by the keystore. For an operation that
-// uses the material it returns the unwrapped material too, which the caller
-// wipes.
+// whether the key can do it, its use policy, the version want names (0: the
+// newest) and the newest version's encryption count) checked against the
+// stored record, and the record verified by the keystore. For an operation
+// that uses the material it returns the unwrapped material of the version
+// granted too, which the caller wipes.
 //
 // A linearizable read by a client is decided in Apply (decidedKey): one
 // Raft round commits its audit entry, orders it after every acknowledged
 // write and decides it. A stale read, or a node's, is decided here on this
 // node's state, and its entry is committed afterwards by finishRequest.
-func (s *service) authorizedKey(ctx context.Context, r *request, id string, cons cofferv1.Consistency, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
+func (s *service) authorizedKey(ctx context.Context, r *request, id string, want uint32, cons cofferv1.Consistency, op authz.Op) (usableKey, error) {
 	c := r.caller
 	if err := validConsistency(cons); err != nil {
-		return nil, nil, err
+		return usableKey{}, err
 	}
+	r.entry.KeyVersion = want
 	if cons != cofferv1.Consistency_CONSISTENCY_STALE && c.id.Kind == transport.KindClient {
 		return s.decidedKey(ctx, r, id, op)
 	}
 	if err := validateGKID(id); err != nil {
-		return nil, nil, err
+		return usableKey{}, err
 	}
 	r.entry.Gkid = id
 	if err := s.replica.linearize(ctx, cons); err != nil {
-		return nil, nil, err
+		return usableKey{}, err
 	}
 	if c.id.Kind != transport.KindClient {
 		// A node identity reads no keys: authorize refuses it.
@@ -311,23 +322,21 @@ func (s *service) authorizedKey(ctx context.Context, r *request, id string, cons
 			r.entry.Resource, r.entry.Policy = rec.GetResource(), rec.GetPolicy()
 			err = s.authorize(c, op, rec.GetResource())
 		}
-		return nil, nil, err
+		return usableKey{}, err
 	}
 	rec, err := s.decideHere(c, op, id, r.entry, time.Now())
 	if err != nil {
-		return nil, nil, err
+		return usableKey{}, err
 	}
-	material, err := s.checkedMaterial(rec, op)
-	if err != nil {
-		return nil, nil, err
-	}
-	return rec, material, nil
+	return s.checkedMaterial(rec, op, r.entry.GetKeyVersion())
 }
 
 // decideHere decides a use of key id on this node's state (a stale read or
-// batch, a state change on the leader) with the one key-use decision, and
-// records the key's resource and policy in e (and, for a compromised key,
-// the reason a granted use keeps). It returns the record it decided on,
+// batch, a state or version change on the leader) with the one key-use
+// decision, and records the key's resource and policy in e (and, for a
+// compromised key, the reason a granted use keeps). The version the use
+// names is e's key_version (0: the newest); a granted use of the material
+// leaves there the version it is for. It returns the record it decided on,
 // nil for a key that does not exist when the decision says so.
 func (s *service) decideHere(c caller, op authz.Op, id string, e *cofferv1.AuditEntry, at time.Time) (*cofferv1.KeyRecord, error) {
 	rec, err := s.storedKey(id)
@@ -337,36 +346,65 @@ func (s *service) decideHere(c caller, op authz.Op, id string, e *cofferv1.Audit
 	if err != nil {
 		return nil, err
 	}
+	req := authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op, KeyVersion: e.GetKeyVersion()}
 	if rec != nil {
 		e.Resource, e.Policy = rec.GetResource(), rec.GetPolicy()
 		if rec.GetCompromised() {
 			e.Reason = authz.CompromisedKey // replaced by the refusal, if refused
 		}
+		if req.Encryptions, err = s.encryptions(rec, op); err != nil {
+			return nil, err
+		}
 	}
-	refusal, detail := s.fsm.Authz().DecideKeyRead(authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}, id, rec, at)
+	refusal, detail := s.fsm.Authz().DecideKeyRead(req, id, rec, at)
 	if err := s.readRefusal(op, id, fsm.ReadResult{Refusal: refusal, Detail: detail}); err != nil {
 		return nil, err
+	}
+	if op.UsesMaterial() && e.GetKeyVersion() == 0 {
+		e.KeyVersion = authz.NewestVersion(rec)
 	}
 	return rec, nil
 }
 
+// encryptions is the encryption count of rec's newest version as this node
+// has applied it, for an operation that encrypts (0 for others).
+func (s *service) encryptions(rec *cofferv1.KeyRecord, op authz.Op) (uint64, error) {
+	if !op.Encrypts() {
+		return 0, nil
+	}
+	return s.fsm.Encryptions(rec.GetGkid(), authz.NewestVersion(rec))
+}
+
 // checkedMaterial verifies rec through the barrier (custody.OpenKey): for an
 // operation that uses the material (get, and the data encryption service's)
-// it returns the unwrapped material, for other operations it wipes it.
-func (s *service) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte, error) {
+// it returns the unwrapped material of version v (0: the newest), for other
+// operations it wipes it.
+func (s *service) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op, v uint32) (usableKey, error) {
+	k := usableKey{rec: rec}
 	if rec.GetState() == cofferv1.KeyState_KEY_STATE_DESTROYED {
 		// Nothing left to verify or release: the metadata is all there is.
 		// (An operation that needs the material was granted before the
 		// destroy, on an earlier revision of the record.)
 		if !op.UsesMaterial() {
-			return nil, nil
+			return k, nil
 		}
-		return nil, fmt.Errorf("%w: key %s was destroyed after this request was decided; its material is gone", fsm.ErrKeyState, rec.GetGkid())
+		return usableKey{}, fmt.Errorf("%w: key %s was destroyed after this request was decided; its material is gone", fsm.ErrKeyState, rec.GetGkid())
 	}
 	if !op.UsesMaterial() {
-		return nil, s.barrier.VerifyKey(rec)
+		return k, s.barrier.VerifyKey(rec)
 	}
-	return s.barrier.OpenKey(rec)
+	if v == 0 {
+		v = authz.NewestVersion(rec)
+	}
+	m, err := s.barrier.OpenKeyVersion(rec, v)
+	if errors.Is(err, custody.ErrNoVersion) {
+		return usableKey{}, fmt.Errorf("%w: version %d of key %s was retired after this request was decided; its material is gone", fsm.ErrKeyState, v, rec.GetGkid())
+	}
+	if err != nil {
+		return usableKey{}, err
+	}
+	k.version, k.material = v, m
+	return k, nil
 }
 
 // decidedKey commits the read's audit entry with its outcome left to Apply
@@ -378,40 +416,41 @@ func (s *service) checkedMaterial(rec *cofferv1.KeyRecord, op authz.Op) ([]byte,
 // A record this node already holds, for a caller this node's own state
 // grants, is verified by the keystore before the entry is proposed, so a
 // damaged record or a keystore outage is recorded as this request's failure
-// rather than after a grant. A key record changes only with its state, so
-// the record is released at once only when Apply decided on the same
-// revision (fsm.ReadResult.Revision); otherwise the node reads it again once
-// it has applied the decision.
-func (s *service) decidedKey(ctx context.Context, r *request, id string, op authz.Op) (*cofferv1.KeyRecord, []byte, error) {
+// rather than after a grant. The record is released at once only when Apply
+// decided on the same revision (fsm.ReadResult.Revision) and the same
+// version of the material; otherwise the node reads it again once it has
+// applied the decision, and uses the version Apply granted.
+func (s *service) decidedKey(ctx context.Context, r *request, id string, op authz.Op) (usableKey, error) {
 	c := r.caller
 	if err := validateGKID(id); err != nil {
-		return nil, nil, err
+		return usableKey{}, err
 	}
 	e := r.entry
 	e.Gkid = id
 	pre, err := s.storedKey(id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, nil, err // a damaged record: finishRequest records the failure
+		return usableKey{}, err // a damaged record: finishRequest records the failure
 	}
 	if pre != nil {
-		req := authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op}
-		if refusal, _ := s.fsm.Authz().DecideKeyRead(req, id, pre, time.Unix(0, e.GetTimeUnixNano())); refusal != cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
+		req := authz.Request{Identity: c.String(), CertSerial: c.serial, Op: op, KeyVersion: e.GetKeyVersion()}
+		req.Encryptions, err = s.encryptions(pre, op)
+		if refusal, _ := s.fsm.Authz().DecideKeyRead(req, id, pre, time.Unix(0, e.GetTimeUnixNano())); err != nil || refusal != cofferv1.ReadRefusal_READ_REFUSAL_UNSPECIFIED {
 			// Likely refused: do not unwrap for a caller this node refuses,
 			// or a key whose state or use policy refuses the operation
 			// (Apply decides; if it grants, the record is checked after).
 			pre = nil
 		}
 	}
-	var material []byte
+	var k usableKey
 	if pre != nil {
-		if material, err = s.checkedMaterial(pre, op); err != nil {
-			return nil, nil, err // not proposed: finishRequest records the failure
+		if k, err = s.checkedMaterial(pre, op, e.GetKeyVersion()); err != nil {
+			return usableKey{}, err // not proposed: finishRequest records the failure
 		}
 	}
 	released := false
 	defer func() {
 		if !released {
-			clear(material)
+			clear(k.material)
 		}
 	}()
 	// Apply replaces the outcome; this one stands only if it never decides.
@@ -422,58 +461,59 @@ func (s *service) decidedKey(ctx context.Context, r *request, id string, op auth
 	idx, reads, err := s.auditor.submit(actx, auditBatch{entries: []*cofferv1.AuditEntry{e}, decide: []*cofferv1.ReadDecision{{Entry: 0, CertSerial: c.serial}}})
 	metricStage.WithLabelValues("audit_decide").Observe(time.Since(start).Seconds())
 	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, fsm.ErrInvalidCommand) {
-		return nil, nil, err // not queued: finishRequest records the refusal
+		return usableKey{}, err // not queued: finishRequest records the refusal
 	}
 	r.carried = true
 	if err != nil {
 		metricAuditFailures.Inc()
 		s.replica.raftLog().Error("read's audit entry not committed; response withheld", "op", op, "gkid", id, "err", err)
-		return nil, nil, errAuditNotCommitted(err)
+		return usableKey{}, errAuditNotCommitted(err)
 	}
-	if err := s.readRefusal(op, id, reads[0]); err != nil {
-		return nil, nil, err
+	granted := reads[0]
+	if err := s.readRefusal(op, id, granted); err != nil {
+		return usableKey{}, err
 	}
-	if pre != nil && pre.GetRevision() == reads[0].Revision && s.decideClient(c, op, pre.GetResource()).Allowed {
+	if pre != nil && pre.GetRevision() == granted.Revision && k.version == granted.KeyVersion && s.decideClient(c, op, pre.GetResource()).Allowed {
 		// Apply granted at idx on the very record verified above (the same
-		// revision: a key record changes only with its state), and this
-		// node's integrity-verified access records grant too, as of
-		// whatever index it has applied: changes between the two were seen
-		// by Apply, so they cannot turn its grant into a refusal. Nothing
-		// left needs this node to have applied idx, so the read does not
-		// wait for it to learn the commit.
+		// revision: a key record changes only with its state and versions)
+		// and the same version, and this node's integrity-verified access
+		// records grant too, as of whatever index it has applied: changes
+		// between the two were seen by Apply, so they cannot turn its grant
+		// into a refusal. Nothing left needs this node to have applied idx,
+		// so the read does not wait for it to learn the commit.
 		released = true
-		return pre, material, nil
+		return k, nil
 	}
 	if err := s.fsm.WaitApplied(actx, idx); err != nil {
-		return nil, nil, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
+		return usableKey{}, fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, err)
 	}
 	rec := pre
-	if rec == nil || rec.GetRevision() != reads[0].Revision {
+	if rec == nil || rec.GetRevision() != granted.Revision || k.version != granted.KeyVersion {
 		// Not held before, or an older revision than Apply's: read the
 		// record as of idx or later.
-		clear(material)
-		material, pre = nil, nil
+		clear(k.material)
+		k, pre = usableKey{}, nil
 		if rec, err = s.storedKey(id); err != nil {
-			return nil, nil, err
+			return usableKey{}, err
 		}
 	}
 	// Apply decided on the records as stored; release nothing unless this
 	// node's integrity-checked view of the access records, as of idx,
 	// agrees.
 	if err := s.authorize(c, op, rec.GetResource()); err != nil {
-		s.replica.raftLog().Warn("a read granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
-		return nil, nil, err
+		s.replica.raftLog().Warn("a read granted in Apply is refused by this node's verified access records", "op", op, "gkid", id, "seq", granted.Seq, "index", idx, "err", err)
+		return usableKey{}, err
 	}
 	if pre == nil {
-		if material, err = s.checkedMaterial(rec, op); err != nil {
+		if k, err = s.checkedMaterial(rec, op, granted.KeyVersion); err != nil {
 			if !errors.Is(err, fsm.ErrKeyState) {
-				s.replica.raftLog().Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", reads[0].Seq, "index", idx, "err", err)
+				s.replica.raftLog().Error("a read granted in Apply failed its keystore check", "op", op, "gkid", id, "seq", granted.Seq, "index", idx, "err", err)
 			}
-			return nil, nil, err
+			return usableKey{}, err
 		}
 	}
 	released = true
-	return rec, material, nil
+	return k, nil
 }
 
 // readRefusal is a refused decided read as the caller gets it: the code
@@ -486,7 +526,8 @@ func (s *service) readRefusal(op authz.Op, id string, r fsm.ReadResult) error {
 	case cofferv1.ReadRefusal_READ_REFUSAL_UNAUTHENTICATED, cofferv1.ReadRefusal_READ_REFUSAL_PERMISSION_DENIED:
 		metricDenied.WithLabelValues(string(op)).Inc()
 	case cofferv1.ReadRefusal_READ_REFUSAL_NOT_FOUND, cofferv1.ReadRefusal_READ_REFUSAL_NOT_YET_VALID, cofferv1.ReadRefusal_READ_REFUSAL_EXPIRED,
-		cofferv1.ReadRefusal_READ_REFUSAL_KEY_STATE, cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE:
+		cofferv1.ReadRefusal_READ_REFUSAL_KEY_STATE, cofferv1.ReadRefusal_READ_REFUSAL_UNSUITABLE,
+		cofferv1.ReadRefusal_READ_REFUSAL_KEY_VERSION, cofferv1.ReadRefusal_READ_REFUSAL_USES_EXHAUSTED:
 	default:
 		custody.CountIntegrityFailure()
 		s.logger.Error("stored key record refused by Apply; refusing to serve it", "gkid", id, "detail", r.Detail)
@@ -567,7 +608,7 @@ func (s *service) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (
 		if req.GetResource() == "" && s.authorize(c, authz.OpList, r.GetResource()) != nil {
 			continue
 		}
-		if _, err := s.checkedMaterial(r, authz.OpList); err != nil {
+		if _, err := s.checkedMaterial(r, authz.OpList, 0); err != nil {
 			return nil, err
 		}
 		out.Keys = append(out.Keys, keyMetadata(r))
@@ -599,6 +640,27 @@ func keyMetadata(r *cofferv1.KeyRecord) *cofferv1.KeyMetadata {
 	}
 	if t := r.GetStateChangedUnixNano(); t != 0 {
 		md.StateChangedAt = timestamppb.New(time.Unix(0, t))
+	}
+	md.Version = authz.NewestVersion(r)
+	for _, v := range r.GetVersions() {
+		info := &cofferv1.KeyVersionInfo{Version: v.GetVersion(), CreatedAt: timestamppb.New(time.Unix(0, v.GetCreatedUnixNano()))}
+		if t := v.GetRetiredUnixNano(); t != 0 {
+			info.RetiredAt = timestamppb.New(time.Unix(0, t))
+		}
+		md.Versions = append(md.Versions, info)
+	}
+	md.Versions = append(md.Versions, &cofferv1.KeyVersionInfo{Version: md.Version, CreatedAt: timestamppb.New(authz.NewestVersionCreated(r))})
+	return md
+}
+
+// describe is keyMetadata with each version's encryption count as this
+// node has applied it (a count that cannot be read is left out).
+func (s *service) describe(r *cofferv1.KeyRecord) *cofferv1.KeyMetadata {
+	md := keyMetadata(r)
+	for _, v := range md.GetVersions() {
+		if n, err := s.fsm.Encryptions(r.GetGkid(), v.GetVersion()); err == nil {
+			v.Encryptions = n
+		}
 	}
 	return md
 }

@@ -78,7 +78,7 @@ func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.Set
 	if !authz.KeyTransitionAllowed(from, to) {
 		return nil, fmt.Errorf("%w: key %s is %s and cannot become %s", fsm.ErrKeyState, id, authz.StateName(from), authz.StateName(to))
 	}
-	if n := len(cur.GetEscrow()); to == cofferv1.KeyState_KEY_STATE_DESTROYED && n > 0 && !req.GetDestroyEscrow() {
+	if n := escrowCopiesOf(cur); to == cofferv1.KeyState_KEY_STATE_DESTROYED && n > 0 && !req.GetDestroyEscrow() {
 		return nil, fmt.Errorf("%w: key %s has %d escrow copies, the last way to recover it; destroying the key destroys them too: ask again with destroy_escrow (coffer key destroy --destroy-escrow)", ErrPrecondition, id, n)
 	}
 	next := proto.CloneOf(cur)
@@ -88,8 +88,14 @@ func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.Set
 	}
 	if to == cofferv1.KeyState_KEY_STATE_DESTROYED {
 		// Crypto-shredding: the next record carries neither the wrapped
-		// material nor its escrow copies.
+		// material nor its escrow copies, of any version.
 		next.WrappedMaterial, next.Escrow = nil, nil
+		for _, v := range next.GetVersions() {
+			v.WrappedMaterial, v.Escrow = nil, nil
+			if v.GetRetiredUnixNano() == 0 {
+				v.RetiredUnixNano = now.UnixNano()
+			}
+		}
 	} else if err := s.reseal(cur, next); err != nil {
 		return nil, err
 	}
@@ -122,4 +128,13 @@ func reasonSuffix(reason string) string {
 		return ""
 	}
 	return ": " + reason
+}
+
+// escrowCopiesOf counts the escrow copies of every version of rec.
+func escrowCopiesOf(rec *cofferv1.KeyRecord) int {
+	n := len(rec.GetEscrow())
+	for _, v := range rec.GetVersions() {
+		n += len(v.GetEscrow())
+	}
+	return n
 }

@@ -225,6 +225,29 @@ func TestNode_DestroyEscrowedKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := k.GetKey().GetGkid()
+	// Rotated: each version has its own copy, and recovery returns both.
+	if _, err := admin.keys[l].RotateKey(ctx, &cofferv1.RotateKeyRequest{Gkid: id}); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := tc.nodes[l].FSM().Key(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := escrow.Recover(func(fn func(*cofferv1.KeyRecord) error) error { return fn(rotated) }, officer, []string{id})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("recovered %d copies of a rotated key (%v), want 2", len(got), err)
+	}
+	for _, r := range got {
+		g, err := admin.keys[l].GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: id, Version: r.Version})
+		if err != nil || !bytes.Equal(g.GetMaterial(), r.Material) {
+			t.Fatalf("version %d recovered from escrow differs from get --version (%v)", r.Version, err)
+		}
+	}
+	_, err = admin.keys[l].RetireKeyVersion(ctx, &cofferv1.RetireKeyVersionRequest{Gkid: id, Version: 1})
+	wantCode(t, "retire an escrowed version", err, codes.FailedPrecondition, "has 1 escrow copies")
+	if _, err := admin.keys[l].RetireKeyVersion(ctx, &cofferv1.RetireKeyVersionRequest{Gkid: id, Version: 1, DestroyEscrow: true}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = admin.keys[l].SetKeyState(ctx, &cofferv1.SetKeyStateRequest{Gkid: id, State: cofferv1.KeyState_KEY_STATE_DESTROYED})
 	wantCode(t, "escrowed key", err, codes.FailedPrecondition, "1 escrow copies")
 	if rec, err := tc.nodes[l].FSM().Key(id); err != nil || rec.GetState() != cofferv1.KeyState_KEY_STATE_ACTIVE || len(rec.GetEscrow()) != 1 {

@@ -44,6 +44,7 @@ func (n *Node) leaderLoop() {
 			if err := n.maybeCheckpoint(); err != nil {
 				n.logger.Warn("audit checkpoint failed; will retry", "err", err)
 			}
+			n.maybeRotateKeys()
 		}
 		select {
 		case <-n.stopCh:
@@ -51,6 +52,32 @@ func (n *Node) leaderLoop() {
 		case <-obs:
 		case <-tick.C:
 		}
+	}
+}
+
+// defaultKeyRotationCheck is Config.KeyRotationCheck's default.
+const defaultKeyRotationCheck = 30 * time.Second
+
+// maybeRotateKeys runs the automatic rotation scan (service.rotateDue) once
+// KeyRotationCheck has passed since the last one.
+func (n *Node) maybeRotateKeys() {
+	every := n.cfg.KeyRotationCheck.Std()
+	if every <= 0 {
+		every = defaultKeyRotationCheck
+	}
+	if time.Since(n.lastRotationScan) < every {
+		return
+	}
+	n.lastRotationScan = time.Now()
+	if _, err := n.fsm.Cluster(); err != nil {
+		return // not initialised yet
+	}
+	ctx, cancel := n.stopContext(context.Background())
+	defer cancel()
+	if k, err := n.svc.rotateDue(ctx); err != nil && ctx.Err() == nil {
+		n.logger.Warn("automatic key rotation scan failed; will retry", "rotated", k, "err", err)
+	} else if k > 0 {
+		n.logger.Info("keys rotated automatically", "count", k)
 	}
 }
 

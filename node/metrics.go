@@ -53,6 +53,10 @@ var (
 		Namespace: "coffer", Name: "decrypt_failures_total",
 		Help: "Decrypt requests granted whose ciphertext did not authenticate (altered, or another context).",
 	})
+	metricKeyRotations = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "key_rotations_total",
+		Help: "Key rotations this node proposed as leader and saw committed, asked for or automatic.",
+	})
 	metricRoundEntries = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "coffer", Subsystem: "audit", Name: "round_entries",
 		Help:    "Audit entries per auditor round on this node; on the leader, followers' batches included. Larger rounds cost less per entry.",
@@ -106,7 +110,7 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricDenied, metricAuditFailures,
-		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures,
+		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures, metricKeyRotations,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 	reg.MustRegister(custody.Collectors()...)

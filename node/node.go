@@ -59,10 +59,13 @@ type Node struct {
 	snaps      raft.SnapshotStore
 
 	// svc is the service layer the gRPC doors hand requests to.
-	svc        *service
-	grpcServer *grpc.Server
-	apiLis     net.Listener
-	metricsSrv *http.Server
+	svc *service
+	// lastRotationScan is when leaderLoop last looked for keys due for
+	// rotation (maybeRotateKeys; that goroutine only).
+	lastRotationScan time.Time
+	grpcServer       *grpc.Server
+	apiLis           net.Listener
+	metricsSrv       *http.Server
 
 	peersMu   sync.RWMutex
 	peers     map[string]Peer // by id

@@ -19,6 +19,9 @@ const (
 	maxCacheTTL      = 30 * 24 * time.Hour
 	maxCacheKeys     = 1_000_000
 	maxUseOperations = 16
+	// minRotationPeriod bounds a use policy's rotation period from below:
+	// each rotation is a write and adds a version to the key's record.
+	minRotationPeriod = time.Hour
 )
 
 func validateUsePolicy(u *cofferv1.KeyUsePolicy) error {
@@ -36,6 +39,17 @@ func validateUsePolicy(u *cofferv1.KeyUsePolicy) error {
 	}
 	if u.GetNotBefore() != nil && u.GetNotAfter() != nil && !u.GetNotBefore().AsTime().Before(u.GetNotAfter().AsTime()) {
 		return fmt.Errorf("%w: use policy not_before must be before not_after", ErrInvalidArgument)
+	}
+	for _, n := range []struct {
+		name string
+		v    uint64
+	}{{"max_encryptions", u.GetMaxEncryptions()}, {"rotate_after_encryptions", u.GetRotateAfterEncryptions()}} {
+		if n.v > authz.NonceBound {
+			return fmt.Errorf("%w: use policy %s is %d, at most 2^32 (AES-GCM's bound on random nonces under one key)", ErrInvalidArgument, n.name, n.v)
+		}
+	}
+	if p := u.GetRotationPeriod(); p != nil && (p.AsDuration() < minRotationPeriod || !p.IsValid()) {
+		return fmt.Errorf("%w: use policy rotation_period must be at least %v, not %v", ErrInvalidArgument, minRotationPeriod, p.AsDuration())
 	}
 	return nil
 }
@@ -151,4 +165,52 @@ func (s *service) updatePolicy(ctx context.Context, r *request, req *cofferv1.Up
 		return nil, err
 	}
 	return &cofferv1.UpdatePolicyResponse{Policy: policyInfo(res.Policy)}, nil
+}
+
+func validateAmendKeyUsePolicy(req *cofferv1.AmendKeyUsePolicyRequest) error {
+	if err := validateGKID(req.GetGkid()); err != nil {
+		return err
+	}
+	if req.GetUsePolicy() == nil {
+		return fmt.Errorf("%w: use_policy is required (an empty one restricts nothing)", ErrInvalidArgument)
+	}
+	if err := validateUsePolicy(req.GetUsePolicy()); err != nil {
+		return err
+	}
+	return validReason(req.GetReason(), maxStateReason)
+}
+
+// amendKeyUsePolicy executes AmendKeyUsePolicy on the leader (the write
+// table has authorised policy.update): the key's record with the new use
+// policy, its material re-sealed (the associated data covers the use
+// policy), proposed with an entry listing what changed.
+func (s *service) amendKeyUsePolicy(ctx context.Context, r *request, req *cofferv1.AmendKeyUsePolicyRequest) (*cofferv1.AmendKeyUsePolicyResponse, error) {
+	id := req.GetGkid()
+	cur, err := s.storedKey(id)
+	if err != nil {
+		return nil, err
+	}
+	e := r.entry
+	e.Gkid, e.Resource, e.Policy = id, cur.GetResource(), cur.GetPolicy()
+	if cur.GetState() == cofferv1.KeyState_KEY_STATE_DESTROYED {
+		return nil, fmt.Errorf("%w: key %s is destroyed; no use is left to govern", ErrPrecondition, id)
+	}
+	what := keyUseAmended(id, cur.GetUsePolicy(), req.GetUsePolicy())
+	if len(changes(useSettings("", cur.GetUsePolicy()), useSettings("", req.GetUsePolicy()))) == 0 {
+		// Nothing changes (a retry of an acknowledged amendment).
+		r.explain(what + reasonSuffix(req.GetReason()))
+		return &cofferv1.AmendKeyUsePolicyResponse{Key: s.describe(cur)}, nil
+	}
+	next := proto.CloneOf(cur)
+	next.UsePolicy, next.Revision = proto.CloneOf(req.GetUsePolicy()), cur.GetRevision()+1
+	if err := s.reseal(cur, next); err != nil {
+		return nil, err
+	}
+	r.explain(what + reasonSuffix(req.GetReason()))
+	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CHANGE_KEY,
+		&cofferv1.ChangeKeyCommand{Key: next, ExpectedRevision: cur.GetRevision(), Audit: e, Change: cofferv1.ChangeKeyCommand_CHANGE_USE_POLICY})
+	if err != nil {
+		return nil, err
+	}
+	return &cofferv1.AmendKeyUsePolicyResponse{Key: s.describe(res.Key)}, nil
 }

@@ -149,6 +149,47 @@ var (
 		execute:  (*service).setKeyState,
 		keyOp:    true,
 	}
+	writeRotateKey = &writeRow[*cofferv1.RotateKeyRequest, *cofferv1.RotateKeyResponse]{
+		op: authz.OpRotate,
+		in: (*cofferv1.ForwardRequest).GetRotateKey,
+		wrap: func(q *cofferv1.RotateKeyRequest) *cofferv1.ForwardRequest {
+			return &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_RotateKey{RotateKey: q}}
+		},
+		out: (*cofferv1.ForwardResponse).GetRotateKey,
+		result: func(p *cofferv1.RotateKeyResponse) *cofferv1.ForwardResponse {
+			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RotateKey{RotateKey: p}}
+		},
+		validate: validateRotateKey,
+		execute:  (*service).rotateKey,
+		keyOp:    true,
+	}
+	writeRetireKeyVersion = &writeRow[*cofferv1.RetireKeyVersionRequest, *cofferv1.RetireKeyVersionResponse]{
+		op: authz.OpDestroy,
+		in: (*cofferv1.ForwardRequest).GetRetireKeyVersion,
+		wrap: func(q *cofferv1.RetireKeyVersionRequest) *cofferv1.ForwardRequest {
+			return &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_RetireKeyVersion{RetireKeyVersion: q}}
+		},
+		out: (*cofferv1.ForwardResponse).GetRetireKeyVersion,
+		result: func(p *cofferv1.RetireKeyVersionResponse) *cofferv1.ForwardResponse {
+			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_RetireKeyVersion{RetireKeyVersion: p}}
+		},
+		validate: validateRetireKeyVersion,
+		execute:  (*service).retireKeyVersion,
+		keyOp:    true,
+	}
+	writeAmendKeyUsePolicy = &writeRow[*cofferv1.AmendKeyUsePolicyRequest, *cofferv1.AmendKeyUsePolicyResponse]{
+		op: authz.OpPolicyUpdate,
+		in: (*cofferv1.ForwardRequest).GetAmendKeyUsePolicy,
+		wrap: func(q *cofferv1.AmendKeyUsePolicyRequest) *cofferv1.ForwardRequest {
+			return &cofferv1.ForwardRequest{Op: &cofferv1.ForwardRequest_AmendKeyUsePolicy{AmendKeyUsePolicy: q}}
+		},
+		out: (*cofferv1.ForwardResponse).GetAmendKeyUsePolicy,
+		result: func(p *cofferv1.AmendKeyUsePolicyResponse) *cofferv1.ForwardResponse {
+			return &cofferv1.ForwardResponse{Result: &cofferv1.ForwardResponse_AmendKeyUsePolicy{AmendKeyUsePolicy: p}}
+		},
+		validate: validateAmendKeyUsePolicy,
+		execute:  (*service).amendKeyUsePolicy,
+	}
 	writeEncryptNew = &writeRow[*cofferv1.EncryptNewRequest, *cofferv1.EncryptNewResponse]{
 		op: authz.OpGenerate, // and encrypt: execute authorises both
 		in: (*cofferv1.ForwardRequest).GetEncryptNew,
@@ -313,7 +354,7 @@ var (
 
 // writeOps is the write table (see above).
 var writeOps = []writeOp{
-	writeGenerate, writePut, writeSetKeyState, writeEncryptNew, writeCreatePolicy, writeUpdatePolicy,
+	writeGenerate, writePut, writeSetKeyState, writeRotateKey, writeRetireKeyVersion, writeAmendKeyUsePolicy, writeEncryptNew, writeCreatePolicy, writeUpdatePolicy,
 	writeRegisterClient, writeSetClientActive, writeRevokeCertificate, writeGrant, writeRevokeGrant,
 	writePrune, writePinNode, writeRemoveNode, writeTransferLeadership, writeDrainNode,
 }

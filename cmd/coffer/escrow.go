@@ -146,18 +146,19 @@ pipe it where it is needed.`,
 					Policy    string `json:"policy"`
 					Resource  string `json:"resource"`
 					Algorithm string `json:"algorithm"`
+					Version   uint32 `json:"version"`
 					Material  string `json:"material"`
 				}
 				list := []rec{}
 				for _, k := range keys {
-					list = append(list, rec{k.GKID, k.Policy, k.Resource, algorithmName(k.Algorithm), base64.StdEncoding.EncodeToString(k.Material)})
+					list = append(list, rec{k.GKID, k.Policy, k.Resource, algorithmName(k.Algorithm), k.Version, base64.StdEncoding.EncodeToString(k.Material)})
 				}
 				return writeJSON(w, map[string]any{"keys": list})
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "GKID\tPOLICY\tRESOURCE\tALGORITHM\tMATERIAL")
+			fmt.Fprintln(tw, "GKID\tPOLICY\tRESOURCE\tALGORITHM\tVERSION\tMATERIAL")
 			for _, k := range keys {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.GKID, k.Policy, k.Resource, algorithmName(k.Algorithm), base64.StdEncoding.EncodeToString(k.Material))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", k.GKID, k.Policy, k.Resource, algorithmName(k.Algorithm), k.Version, base64.StdEncoding.EncodeToString(k.Material))
 			}
 			if err := tw.Flush(); err != nil {
 				return err

@@ -225,13 +225,14 @@ func decodeBase64(b []byte) ([]byte, error) {
 
 func (a *app) keyGetCmd() *cobra.Command {
 	var cons consistencyFlag
+	var version uint32
 	cmd := &cobra.Command{
-		Use:   "get GKID",
-		Short: "Fetch a key's material (base64) and policies",
+		Use:   "get GKID [--version N]",
+		Short: "Fetch a key's material (base64), its version and policies",
 		Args:  exactArgs(1, "GKID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: args[0], Consistency: cons.v})
+				resp, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: args[0], Consistency: cons.v, Version: version})
 				if err != nil {
 					return err
 				}
@@ -244,6 +245,7 @@ func (a *app) keyGetCmd() *cobra.Command {
 		},
 	}
 	addConsistencyFlag(cmd.Flags(), &cons, "linearizable or stale")
+	cmd.Flags().Uint32Var(&version, "version", 0, "the version of the material to fetch (default: the newest)")
 	return cmd
 }
 

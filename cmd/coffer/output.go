@@ -199,7 +199,35 @@ func formatUsePolicy(p *cofferv1.KeyUsePolicy) string {
 	if p.GetNotAfter() != nil {
 		s += " not_after=" + formatTime(p.GetNotAfter())
 	}
+	if n := p.GetMaxEncryptions(); n != 0 {
+		s += fmt.Sprintf(" max_encryptions=%d", n)
+	}
+	if d := p.GetRotationPeriod(); d != nil {
+		s += " rotate_every=" + d.AsDuration().String()
+	}
+	if n := p.GetRotateAfterEncryptions(); n != 0 {
+		s += fmt.Sprintf(" rotate_after_encryptions=%d", n)
+	}
 	return s
+}
+
+// formatVersions lists a key's versions on one line: "1 (retired), 2 (3
+// encryptions), 3 (newest, 0 encryptions)".
+func formatVersions(md *cofferv1.KeyMetadata) string {
+	var parts []string
+	for _, v := range md.GetVersions() {
+		var what []string
+		if v.GetVersion() == md.GetVersion() {
+			what = append(what, "newest")
+		}
+		if v.GetRetiredAt() != nil {
+			what = append(what, "retired "+formatTime(v.GetRetiredAt()))
+		} else {
+			what = append(what, fmt.Sprintf("%d encryptions", v.GetEncryptions()))
+		}
+		parts = append(parts, fmt.Sprintf("%d (%s)", v.GetVersion(), strings.Join(what, ", ")))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // formatCachePolicy summarises a cache policy on one line.
@@ -229,6 +257,9 @@ func writeMetadataText(w io.Writer, md *cofferv1.KeyMetadata) error {
 	if md.GetStateChangedAt() != nil {
 		rows = append(rows, [2]string{"state changed", formatTime(md.GetStateChangedAt())})
 	}
+	if len(md.GetVersions()) > 0 {
+		rows = append(rows, [2]string{"versions", formatVersions(md)})
+	}
 	rows = append(rows,
 		[2]string{"kek version", fmt.Sprint(md.GetKekVersion())},
 		[2]string{"revision", fmt.Sprint(md.GetRevision())},
@@ -247,6 +278,7 @@ func writeKeyText(w io.Writer, resp *cofferv1.GetKeyResponse) error {
 	for _, row := range [][2]string{
 		{"gkid", md.GetGkid()},
 		{"algorithm", algorithmName(md.GetAlgorithm())},
+		{"version", fmt.Sprint(max(resp.GetVersion(), 1))},
 		{"material", base64.StdEncoding.EncodeToString(resp.GetMaterial())},
 		{"use policy", formatUsePolicy(md.GetUsePolicy())},
 		{"cache policy", formatCachePolicy(md.GetCachePolicy())},

@@ -66,41 +66,39 @@ type useFlags struct {
 	ops                 []string
 	notBefore, notAfter string
 	maxLifetime         time.Duration
+	maxEncryptions      uint64
+	rotateEvery         time.Duration
+	rotateAfter         uint64
 	cacheable           bool
 	cacheTTL            time.Duration
 	cacheMax            uint32
 }
 
 func (u *useFlags) register(f *pflag.FlagSet) {
-	f.StringSliceVar(&u.ops, "ops", nil, "key use policy: operations keys may be used for, e.g. get,encrypt (default: any granted)")
-	f.StringVar(&u.notBefore, "not-before", "", "key use policy: keys may not be used before this time (RFC 3339)")
-	f.StringVar(&u.notAfter, "not-after", "", "key use policy: keys may not be used after this time (RFC 3339)")
+	u.registerUse(f)
 	f.DurationVar(&u.maxLifetime, "max-lifetime", 0, "keys expire this long after creation, e.g. 8760h (at least 1m)")
 	f.BoolVar(&u.cacheable, "cacheable", false, "cache policy: clients may cache keys")
 	f.DurationVar(&u.cacheTTL, "cache-ttl", 0, "cache policy: how long a client may cache a key")
 	f.Uint32Var(&u.cacheMax, "cache-max-keys", 0, "cache policy: how many keys a client may cache")
 }
 
+// registerUse registers the use policy flags only (key amend-use).
+func (u *useFlags) registerUse(f *pflag.FlagSet) {
+	f.StringSliceVar(&u.ops, "ops", nil, "key use policy: operations keys may be used for, e.g. get,encrypt (default: any granted)")
+	f.StringVar(&u.notBefore, "not-before", "", "key use policy: keys may not be used before this time (RFC 3339)")
+	f.StringVar(&u.notAfter, "not-after", "", "key use policy: keys may not be used after this time (RFC 3339)")
+	f.Uint64Var(&u.maxEncryptions, "max-encryptions", 0, "key use policy: encryptions allowed under one version of a key, then refused until it is rotated (default: 2^32 less a margin)")
+	f.DurationVar(&u.rotateEvery, "rotate-every", 0, "key use policy: rotate each key automatically once its newest version is this old, e.g. 2160h (at least 1h)")
+	f.Uint64Var(&u.rotateAfter, "rotate-after-encryptions", 0, "key use policy: rotate each key automatically after this many encryptions under its newest version")
+}
+
 // build returns the use policy, lifetime and cache policy the flags set (nil
 // for what no flag touched).
 func (u *useFlags) build(cmd *cobra.Command) (*cofferv1.KeyUsePolicy, *durationpb.Duration, *cofferv1.KeyCachePolicy, error) {
 	f := cmd.Flags()
-	var use *cofferv1.KeyUsePolicy
-	if f.Changed("ops") || f.Changed("not-before") || f.Changed("not-after") {
-		use = &cofferv1.KeyUsePolicy{Operations: u.ops}
-		for _, t := range []struct {
-			flag, val string
-			dst       **timestamppb.Timestamp
-		}{{"not-before", u.notBefore, &use.NotBefore}, {"not-after", u.notAfter, &use.NotAfter}} {
-			if t.val == "" {
-				continue
-			}
-			ts, err := time.Parse(time.RFC3339, t.val)
-			if err != nil {
-				return nil, nil, nil, usagef("--%s: %v", t.flag, err)
-			}
-			*t.dst = timestamppb.New(ts)
-		}
+	use, err := u.buildUse(cmd)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	var lifetime *durationpb.Duration
 	if f.Changed("max-lifetime") {
@@ -111,6 +109,34 @@ func (u *useFlags) build(cmd *cobra.Command) (*cofferv1.KeyUsePolicy, *durationp
 		cache = &cofferv1.KeyCachePolicy{Cacheable: u.cacheable, Ttl: durationpb.New(u.cacheTTL), MaxKeys: u.cacheMax}
 	}
 	return use, lifetime, cache, nil
+}
+
+// buildUse returns the use policy the use flags set, nil if none was given.
+func (u *useFlags) buildUse(cmd *cobra.Command) (*cofferv1.KeyUsePolicy, error) {
+	f := cmd.Flags()
+	var use *cofferv1.KeyUsePolicy
+	if f.Changed("ops") || f.Changed("not-before") || f.Changed("not-after") ||
+		f.Changed("max-encryptions") || f.Changed("rotate-every") || f.Changed("rotate-after-encryptions") {
+		// The flags together replace the whole use policy.
+		use = &cofferv1.KeyUsePolicy{Operations: u.ops, MaxEncryptions: u.maxEncryptions, RotateAfterEncryptions: u.rotateAfter}
+		if u.rotateEvery != 0 {
+			use.RotationPeriod = durationpb.New(u.rotateEvery)
+		}
+		for _, t := range []struct {
+			flag, val string
+			dst       **timestamppb.Timestamp
+		}{{"not-before", u.notBefore, &use.NotBefore}, {"not-after", u.notAfter, &use.NotAfter}} {
+			if t.val == "" {
+				continue
+			}
+			ts, err := time.Parse(time.RFC3339, t.val)
+			if err != nil {
+				return nil, usagef("--%s: %v", t.flag, err)
+			}
+			*t.dst = timestamppb.New(ts)
+		}
+	}
+	return use, nil
 }
 
 func (a *app) policyUpdateCmd() *cobra.Command {
@@ -145,7 +171,7 @@ func (a *app) policyUpdateCmd() *cobra.Command {
 				if a.format != formatJSON {
 					// Keys copy the policy's use and cache policy and its KEK
 					// version when they are created.
-					fmt.Fprintln(a.err, "coffer: the change applies to keys created from now on; existing keys keep the use and cache policy and the KEK they were created with")
+					fmt.Fprintln(a.err, "coffer: the change applies to keys created from now on; existing keys keep the use and cache policy and the KEK they were created with (amend one key's use policy with coffer key amend-use)")
 				}
 				return a.printPolicy(resp.GetPolicy())
 			})

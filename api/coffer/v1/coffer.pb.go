@@ -283,9 +283,20 @@ type KeyUsePolicy struct {
 	// The key may not be used before this time (unset: no bound).
 	NotBefore *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
 	// The key may not be used after this time (unset: no bound).
-	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NotAfter *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// At most this many encryptions (encrypt, datakey, re-encrypt's encrypt)
+	// under one version of the key; then encryptions are refused until the
+	// key is rotated. 0: only the service's own bound (2^32 random nonces
+	// per version, less a margin).
+	MaxEncryptions uint64 `protobuf:"varint,4,opt,name=max_encryptions,json=maxEncryptions,proto3" json:"max_encryptions,omitempty"`
+	// The service rotates the key (a new version) once its newest version is
+	// this old (unset: never by age).
+	RotationPeriod *durationpb.Duration `protobuf:"bytes,5,opt,name=rotation_period,json=rotationPeriod,proto3" json:"rotation_period,omitempty"`
+	// The service rotates the key once its newest version has done this many
+	// encryptions (0: only near the random-nonce bound).
+	RotateAfterEncryptions uint64 `protobuf:"varint,6,opt,name=rotate_after_encryptions,json=rotateAfterEncryptions,proto3" json:"rotate_after_encryptions,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *KeyUsePolicy) Reset() {
@@ -337,6 +348,27 @@ func (x *KeyUsePolicy) GetNotAfter() *timestamppb.Timestamp {
 		return x.NotAfter
 	}
 	return nil
+}
+
+func (x *KeyUsePolicy) GetMaxEncryptions() uint64 {
+	if x != nil {
+		return x.MaxEncryptions
+	}
+	return 0
+}
+
+func (x *KeyUsePolicy) GetRotationPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RotationPeriod
+	}
+	return nil
+}
+
+func (x *KeyUsePolicy) GetRotateAfterEncryptions() uint64 {
+	if x != nil {
+		return x.RotateAfterEncryptions
+	}
+	return 0
 }
 
 // KeyCachePolicy tells clients whether and how long they may cache a key.
@@ -419,7 +451,12 @@ type KeyMetadata struct {
 	// When the state last changed (unset: never since creation).
 	StateChangedAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=state_changed_at,json=stateChangedAt,proto3" json:"state_changed_at,omitempty"`
 	// The key was marked compromised (stays set once it is destroyed).
-	Compromised   bool `protobuf:"varint,14,opt,name=compromised,proto3" json:"compromised,omitempty"`
+	Compromised bool `protobuf:"varint,14,opt,name=compromised,proto3" json:"compromised,omitempty"`
+	// The newest version of the key's material: new encryptions use it
+	// (versions start at 1; RotateKey adds one).
+	Version uint32 `protobuf:"varint,15,opt,name=version,proto3" json:"version,omitempty"`
+	// Every version, oldest first, the newest last.
+	Versions      []*KeyVersionInfo `protobuf:"bytes,16,rep,name=versions,proto3" json:"versions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -552,6 +589,92 @@ func (x *KeyMetadata) GetCompromised() bool {
 	return false
 }
 
+func (x *KeyMetadata) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *KeyMetadata) GetVersions() []*KeyVersionInfo {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+// KeyVersionInfo describes one version of a key's material.
+type KeyVersionInfo struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Version   uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Set once the version is retired (its material deleted): ciphertexts
+	// under it no longer decrypt.
+	RetiredAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=retired_at,json=retiredAt,proto3" json:"retired_at,omitempty"`
+	// Encryptions under this version so far, as of the answering node's state.
+	Encryptions   uint64 `protobuf:"varint,4,opt,name=encryptions,proto3" json:"encryptions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyVersionInfo) Reset() {
+	*x = KeyVersionInfo{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyVersionInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyVersionInfo) ProtoMessage() {}
+
+func (x *KeyVersionInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyVersionInfo.ProtoReflect.Descriptor instead.
+func (*KeyVersionInfo) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *KeyVersionInfo) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *KeyVersionInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *KeyVersionInfo) GetRetiredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetiredAt
+	}
+	return nil
+}
+
+func (x *KeyVersionInfo) GetEncryptions() uint64 {
+	if x != nil {
+		return x.Encryptions
+	}
+	return 0
+}
+
 type GenerateKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Idempotency id chosen by the client (at most 64 characters). A retried
@@ -573,7 +696,7 @@ type GenerateKeyRequest struct {
 
 func (x *GenerateKeyRequest) Reset() {
 	*x = GenerateKeyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[3]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +708,7 @@ func (x *GenerateKeyRequest) String() string {
 func (*GenerateKeyRequest) ProtoMessage() {}
 
 func (x *GenerateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[3]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +721,7 @@ func (x *GenerateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateKeyRequest.ProtoReflect.Descriptor instead.
 func (*GenerateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{3}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GenerateKeyRequest) GetRequestId() string {
@@ -645,7 +768,7 @@ type GenerateKeyResponse struct {
 
 func (x *GenerateKeyResponse) Reset() {
 	*x = GenerateKeyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[4]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -657,7 +780,7 @@ func (x *GenerateKeyResponse) String() string {
 func (*GenerateKeyResponse) ProtoMessage() {}
 
 func (x *GenerateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[4]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -670,7 +793,7 @@ func (x *GenerateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateKeyResponse.ProtoReflect.Descriptor instead.
 func (*GenerateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{4}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GenerateKeyResponse) GetKey() *KeyMetadata {
@@ -696,7 +819,7 @@ type PutKeyRequest struct {
 
 func (x *PutKeyRequest) Reset() {
 	*x = PutKeyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[5]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +831,7 @@ func (x *PutKeyRequest) String() string {
 func (*PutKeyRequest) ProtoMessage() {}
 
 func (x *PutKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[5]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +844,7 @@ func (x *PutKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutKeyRequest.ProtoReflect.Descriptor instead.
 func (*PutKeyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{5}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PutKeyRequest) GetRequestId() string {
@@ -775,7 +898,7 @@ type PutKeyResponse struct {
 
 func (x *PutKeyResponse) Reset() {
 	*x = PutKeyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[6]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +910,7 @@ func (x *PutKeyResponse) String() string {
 func (*PutKeyResponse) ProtoMessage() {}
 
 func (x *PutKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[6]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +923,7 @@ func (x *PutKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutKeyResponse.ProtoReflect.Descriptor instead.
 func (*PutKeyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PutKeyResponse) GetKey() *KeyMetadata {
@@ -811,16 +934,18 @@ func (x *PutKeyResponse) GetKey() *KeyMetadata {
 }
 
 type GetKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Gkid          string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
-	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Gkid        string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	Consistency Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	// The version of the material to return; 0: the newest.
+	Version       uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetKeyRequest) Reset() {
 	*x = GetKeyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[7]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +957,7 @@ func (x *GetKeyRequest) String() string {
 func (*GetKeyRequest) ProtoMessage() {}
 
 func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[7]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +970,7 @@ func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetKeyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetKeyRequest) GetGkid() string {
@@ -862,17 +987,26 @@ func (x *GetKeyRequest) GetConsistency() Consistency {
 	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
+func (x *GetKeyRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 type GetKeyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Material      []byte                 `protobuf:"bytes,2,opt,name=material,proto3" json:"material,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Key      *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Material []byte                 `protobuf:"bytes,2,opt,name=material,proto3" json:"material,omitempty"`
+	// The version of material.
+	Version       uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetKeyResponse) Reset() {
 	*x = GetKeyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[8]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +1018,7 @@ func (x *GetKeyResponse) String() string {
 func (*GetKeyResponse) ProtoMessage() {}
 
 func (x *GetKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[8]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1031,7 @@ func (x *GetKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetKeyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetKeyResponse) GetKey() *KeyMetadata {
@@ -914,6 +1048,13 @@ func (x *GetKeyResponse) GetMaterial() []byte {
 	return nil
 }
 
+func (x *GetKeyResponse) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 type DescribeKeyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Gkid          string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
@@ -924,7 +1065,7 @@ type DescribeKeyRequest struct {
 
 func (x *DescribeKeyRequest) Reset() {
 	*x = DescribeKeyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[9]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1077,7 @@ func (x *DescribeKeyRequest) String() string {
 func (*DescribeKeyRequest) ProtoMessage() {}
 
 func (x *DescribeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[9]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1090,7 @@ func (x *DescribeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeKeyRequest.ProtoReflect.Descriptor instead.
 func (*DescribeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DescribeKeyRequest) GetGkid() string {
@@ -975,7 +1116,7 @@ type DescribeKeyResponse struct {
 
 func (x *DescribeKeyResponse) Reset() {
 	*x = DescribeKeyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[10]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1128,7 @@ func (x *DescribeKeyResponse) String() string {
 func (*DescribeKeyResponse) ProtoMessage() {}
 
 func (x *DescribeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[10]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1141,7 @@ func (x *DescribeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeKeyResponse.ProtoReflect.Descriptor instead.
 func (*DescribeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DescribeKeyResponse) GetKey() *KeyMetadata {
@@ -1026,7 +1167,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[11]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1179,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[11]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1192,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListKeysRequest) GetPolicy() string {
@@ -1100,7 +1241,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[12]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1253,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[12]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1266,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyMetadata {
@@ -1161,7 +1302,7 @@ type SetKeyStateRequest struct {
 
 func (x *SetKeyStateRequest) Reset() {
 	*x = SetKeyStateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1314,7 @@ func (x *SetKeyStateRequest) String() string {
 func (*SetKeyStateRequest) ProtoMessage() {}
 
 func (x *SetKeyStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1327,7 @@ func (x *SetKeyStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeyStateRequest.ProtoReflect.Descriptor instead.
 func (*SetKeyStateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetKeyStateRequest) GetGkid() string {
@@ -1226,7 +1367,7 @@ type SetKeyStateResponse struct {
 
 func (x *SetKeyStateResponse) Reset() {
 	*x = SetKeyStateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1379,7 @@ func (x *SetKeyStateResponse) String() string {
 func (*SetKeyStateResponse) ProtoMessage() {}
 
 func (x *SetKeyStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,10 +1392,329 @@ func (x *SetKeyStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeyStateResponse.ProtoReflect.Descriptor instead.
 func (*SetKeyStateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetKeyStateResponse) GetKey() *KeyMetadata {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type RotateKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Gkid  string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	// Why, recorded in the audit entry (at most 256 characters).
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyRequest) Reset() {
+	*x = RotateKeyRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyRequest) ProtoMessage() {}
+
+func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RotateKeyRequest) GetGkid() string {
+	if x != nil {
+		return x.Gkid
+	}
+	return ""
+}
+
+func (x *RotateKeyRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RotateKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyResponse) Reset() {
+	*x = RotateKeyResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyResponse) ProtoMessage() {}
+
+func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RotateKeyResponse) GetKey() *KeyMetadata {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type RetireKeyVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Gkid  string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	// An older version (never the newest): its material is deleted, and
+	// ciphertexts under it no longer decrypt.
+	Version uint32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Reason  string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Destroy the version's escrow copies with it (required when it has any).
+	DestroyEscrow bool `protobuf:"varint,4,opt,name=destroy_escrow,json=destroyEscrow,proto3" json:"destroy_escrow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeyVersionRequest) Reset() {
+	*x = RetireKeyVersionRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeyVersionRequest) ProtoMessage() {}
+
+func (x *RetireKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*RetireKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RetireKeyVersionRequest) GetGkid() string {
+	if x != nil {
+		return x.Gkid
+	}
+	return ""
+}
+
+func (x *RetireKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *RetireKeyVersionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RetireKeyVersionRequest) GetDestroyEscrow() bool {
+	if x != nil {
+		return x.DestroyEscrow
+	}
+	return false
+}
+
+type RetireKeyVersionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeyVersionResponse) Reset() {
+	*x = RetireKeyVersionResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeyVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeyVersionResponse) ProtoMessage() {}
+
+func (x *RetireKeyVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeyVersionResponse.ProtoReflect.Descriptor instead.
+func (*RetireKeyVersionResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RetireKeyVersionResponse) GetKey() *KeyMetadata {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type AmendKeyUsePolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Gkid  string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	// The key's new use policy, replacing the whole of the old one (an empty
+	// policy restricts nothing). Required.
+	UsePolicy *KeyUsePolicy `protobuf:"bytes,2,opt,name=use_policy,json=usePolicy,proto3" json:"use_policy,omitempty"`
+	// Why, recorded in the audit entry (at most 256 characters).
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AmendKeyUsePolicyRequest) Reset() {
+	*x = AmendKeyUsePolicyRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AmendKeyUsePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AmendKeyUsePolicyRequest) ProtoMessage() {}
+
+func (x *AmendKeyUsePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AmendKeyUsePolicyRequest.ProtoReflect.Descriptor instead.
+func (*AmendKeyUsePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AmendKeyUsePolicyRequest) GetGkid() string {
+	if x != nil {
+		return x.Gkid
+	}
+	return ""
+}
+
+func (x *AmendKeyUsePolicyRequest) GetUsePolicy() *KeyUsePolicy {
+	if x != nil {
+		return x.UsePolicy
+	}
+	return nil
+}
+
+func (x *AmendKeyUsePolicyRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type AmendKeyUsePolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AmendKeyUsePolicyResponse) Reset() {
+	*x = AmendKeyUsePolicyResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AmendKeyUsePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AmendKeyUsePolicyResponse) ProtoMessage() {}
+
+func (x *AmendKeyUsePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AmendKeyUsePolicyResponse.ProtoReflect.Descriptor instead.
+func (*AmendKeyUsePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AmendKeyUsePolicyResponse) GetKey() *KeyMetadata {
 	if x != nil {
 		return x.Key
 	}
@@ -1312,7 +1772,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1784,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1797,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1499,7 +1959,7 @@ type SiteLoss struct {
 
 func (x *SiteLoss) Reset() {
 	*x = SiteLoss{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1511,7 +1971,7 @@ func (x *SiteLoss) String() string {
 func (*SiteLoss) ProtoMessage() {}
 
 func (x *SiteLoss) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1524,7 +1984,7 @@ func (x *SiteLoss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SiteLoss.ProtoReflect.Descriptor instead.
 func (*SiteLoss) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SiteLoss) GetSite() string {
@@ -1560,7 +2020,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +2032,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +2045,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ClusterStatusRequest) GetDigest() bool {
@@ -1618,7 +2078,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +2090,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +2103,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ClusterStatusResponse) GetNodes() []*NodeStatus {
@@ -1699,7 +2159,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +2171,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +2184,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeStatusRequest) GetDigest() bool {
@@ -1748,7 +2208,7 @@ type EscrowKeyInfo struct {
 
 func (x *EscrowKeyInfo) Reset() {
 	*x = EscrowKeyInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +2220,7 @@ func (x *EscrowKeyInfo) String() string {
 func (*EscrowKeyInfo) ProtoMessage() {}
 
 func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +2233,7 @@ func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EscrowKeyInfo.ProtoReflect.Descriptor instead.
 func (*EscrowKeyInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EscrowKeyInfo) GetId() string {
@@ -1815,7 +2275,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +2287,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +2300,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Policy) GetName() string {
@@ -1923,7 +2383,7 @@ type CreatePolicyRequest struct {
 
 func (x *CreatePolicyRequest) Reset() {
 	*x = CreatePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2395,7 @@ func (x *CreatePolicyRequest) String() string {
 func (*CreatePolicyRequest) ProtoMessage() {}
 
 func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2408,7 @@ func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*CreatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreatePolicyRequest) GetName() string {
@@ -2014,7 +2474,7 @@ type UpdatePolicyRequest struct {
 
 func (x *UpdatePolicyRequest) Reset() {
 	*x = UpdatePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2486,7 @@ func (x *UpdatePolicyRequest) String() string {
 func (*UpdatePolicyRequest) ProtoMessage() {}
 
 func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2499,7 @@ func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpdatePolicyRequest) GetName() string {
@@ -2107,7 +2567,7 @@ type UpdatePolicyResponse struct {
 
 func (x *UpdatePolicyResponse) Reset() {
 	*x = UpdatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2119,7 +2579,7 @@ func (x *UpdatePolicyResponse) String() string {
 func (*UpdatePolicyResponse) ProtoMessage() {}
 
 func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2132,7 +2592,7 @@ func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpdatePolicyResponse) GetPolicy() *Policy {
@@ -2151,7 +2611,7 @@ type CreatePolicyResponse struct {
 
 func (x *CreatePolicyResponse) Reset() {
 	*x = CreatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2163,7 +2623,7 @@ func (x *CreatePolicyResponse) String() string {
 func (*CreatePolicyResponse) ProtoMessage() {}
 
 func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2176,7 +2636,7 @@ func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*CreatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CreatePolicyResponse) GetPolicy() *Policy {
@@ -2196,7 +2656,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2668,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2681,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetPolicyRequest) GetName() string {
@@ -2247,7 +2707,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2719,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2732,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetPolicyResponse) GetPolicy() *Policy {
@@ -2291,7 +2751,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2763,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2776,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListPoliciesRequest) GetConsistency() Consistency {
@@ -2335,7 +2795,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2807,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2820,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2378,7 +2838,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2390,7 +2850,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2403,7 +2863,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
 }
 
 // SnapshotChunk is a piece of a state snapshot stream (the fsm snapshot
@@ -2420,7 +2880,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2432,7 +2892,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2445,7 +2905,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2492,7 +2952,7 @@ type SnapshotSeal struct {
 
 func (x *SnapshotSeal) Reset() {
 	*x = SnapshotSeal{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2964,7 @@ func (x *SnapshotSeal) String() string {
 func (*SnapshotSeal) ProtoMessage() {}
 
 func (x *SnapshotSeal) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2977,7 @@ func (x *SnapshotSeal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSeal.ProtoReflect.Descriptor instead.
 func (*SnapshotSeal) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SnapshotSeal) GetClusterId() string {
@@ -2589,7 +3049,7 @@ type RestoreChunk struct {
 
 func (x *RestoreChunk) Reset() {
 	*x = RestoreChunk{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +3061,7 @@ func (x *RestoreChunk) String() string {
 func (*RestoreChunk) ProtoMessage() {}
 
 func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +3074,7 @@ func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
 func (*RestoreChunk) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RestoreChunk) GetSeal() *SnapshotSeal {
@@ -2644,7 +3104,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2656,7 +3116,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2669,7 +3129,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RestoreResponse) GetClusterId() string {
@@ -2711,7 +3171,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +3183,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +3196,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RemoveNodeRequest) GetNode() string {
@@ -2765,7 +3225,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2777,7 +3237,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2790,7 +3250,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RemoveNodeResponse) GetNode() string {
@@ -2824,7 +3284,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2836,7 +3296,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2849,7 +3309,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2869,7 +3329,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2881,7 +3341,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2894,7 +3354,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TransferLeadershipResponse) GetFrom() string {
@@ -2921,7 +3381,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2933,7 +3393,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2946,7 +3406,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2973,7 +3433,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2985,7 +3445,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2998,7 +3458,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DrainNodeResponse) GetNode() string {
@@ -3028,7 +3488,7 @@ type PinNodeRequest struct {
 
 func (x *PinNodeRequest) Reset() {
 	*x = PinNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3040,7 +3500,7 @@ func (x *PinNodeRequest) String() string {
 func (*PinNodeRequest) ProtoMessage() {}
 
 func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3053,7 +3513,7 @@ func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeRequest.ProtoReflect.Descriptor instead.
 func (*PinNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PinNodeRequest) GetNode() string {
@@ -3085,7 +3545,7 @@ type PinNodeResponse struct {
 
 func (x *PinNodeResponse) Reset() {
 	*x = PinNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3097,7 +3557,7 @@ func (x *PinNodeResponse) String() string {
 func (*PinNodeResponse) ProtoMessage() {}
 
 func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3110,7 +3570,7 @@ func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeResponse.ProtoReflect.Descriptor instead.
 func (*PinNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PinNodeResponse) GetNode() string {
@@ -3157,7 +3617,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3169,7 +3629,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3182,7 +3642,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -3241,7 +3701,7 @@ type RegisterClientRequest struct {
 
 func (x *RegisterClientRequest) Reset() {
 	*x = RegisterClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3253,7 +3713,7 @@ func (x *RegisterClientRequest) String() string {
 func (*RegisterClientRequest) ProtoMessage() {}
 
 func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3266,7 +3726,7 @@ func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClientRequest.ProtoReflect.Descriptor instead.
 func (*RegisterClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RegisterClientRequest) GetName() string {
@@ -3307,7 +3767,7 @@ type SetClientActiveRequest struct {
 
 func (x *SetClientActiveRequest) Reset() {
 	*x = SetClientActiveRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3319,7 +3779,7 @@ func (x *SetClientActiveRequest) String() string {
 func (*SetClientActiveRequest) ProtoMessage() {}
 
 func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3332,7 +3792,7 @@ func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClientActiveRequest.ProtoReflect.Descriptor instead.
 func (*SetClientActiveRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SetClientActiveRequest) GetName() string {
@@ -3359,7 +3819,7 @@ type GetClientRequest struct {
 
 func (x *GetClientRequest) Reset() {
 	*x = GetClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3371,7 +3831,7 @@ func (x *GetClientRequest) String() string {
 func (*GetClientRequest) ProtoMessage() {}
 
 func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3384,7 +3844,7 @@ func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientRequest.ProtoReflect.Descriptor instead.
 func (*GetClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GetClientRequest) GetName() string {
@@ -3410,7 +3870,7 @@ type ListClientsRequest struct {
 
 func (x *ListClientsRequest) Reset() {
 	*x = ListClientsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3422,7 +3882,7 @@ func (x *ListClientsRequest) String() string {
 func (*ListClientsRequest) ProtoMessage() {}
 
 func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3435,7 +3895,7 @@ func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
 func (*ListClientsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListClientsRequest) GetConsistency() Consistency {
@@ -3454,7 +3914,7 @@ type ListClientsResponse struct {
 
 func (x *ListClientsResponse) Reset() {
 	*x = ListClientsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3466,7 +3926,7 @@ func (x *ListClientsResponse) String() string {
 func (*ListClientsResponse) ProtoMessage() {}
 
 func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3479,7 +3939,7 @@ func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
 func (*ListClientsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListClientsResponse) GetClients() []*ClientInfo {
@@ -3506,7 +3966,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3518,7 +3978,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3531,7 +3991,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -3564,7 +4024,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3576,7 +4036,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3589,7 +4049,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RevokeCertificateResponse) GetSerial() string {
@@ -3615,7 +4075,7 @@ type AclRuleInfo struct {
 
 func (x *AclRuleInfo) Reset() {
 	*x = AclRuleInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3627,7 +4087,7 @@ func (x *AclRuleInfo) String() string {
 func (*AclRuleInfo) ProtoMessage() {}
 
 func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3640,7 +4100,7 @@ func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AclRuleInfo.ProtoReflect.Descriptor instead.
 func (*AclRuleInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *AclRuleInfo) GetId() string {
@@ -3699,7 +4159,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3711,7 +4171,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3724,7 +4184,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GrantRequest) GetSubject() string {
@@ -3764,7 +4224,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3776,7 +4236,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3789,7 +4249,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RevokeGrantRequest) GetId() string {
@@ -3808,7 +4268,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3820,7 +4280,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3833,7 +4293,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{54}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RevokeGrantResponse) GetId() string {
@@ -3854,7 +4314,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3866,7 +4326,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3879,7 +4339,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{55}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListGrantsRequest) GetSubject() string {
@@ -3905,7 +4365,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3917,7 +4377,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3930,7 +4390,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{56}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListGrantsResponse) GetRules() []*AclRuleInfo {
@@ -3955,7 +4415,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3967,7 +4427,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3980,7 +4440,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{57}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *CheckRequest) GetClient() string {
@@ -4032,7 +4492,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4044,7 +4504,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4057,7 +4517,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{58}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CheckResponse) GetAllowed() bool {
@@ -4092,18 +4552,21 @@ var File_coffer_v1_coffer_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\n" +
-	"\x16coffer/v1/coffer.proto\x12\tcoffer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa2\x01\n" +
+	"\x16coffer/v1/coffer.proto\x12\tcoffer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/duration.proto\"\xc9\x02\n" +
 	"\fKeyUsePolicy\x12\x1e\n" +
 	"\n" +
 	"operations\x18\x01 \x03(\tR\n" +
 	"operations\x129\n" +
 	"\n" +
 	"not_before\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
-	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"v\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12'\n" +
+	"\x0fmax_encryptions\x18\x04 \x01(\x04R\x0emaxEncryptions\x12B\n" +
+	"\x0frotation_period\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0erotationPeriod\x128\n" +
+	"\x18rotate_after_encryptions\x18\x06 \x01(\x04R\x16rotateAfterEncryptions\"v\n" +
 	"\x0eKeyCachePolicy\x12\x1c\n" +
 	"\tcacheable\x18\x01 \x01(\bR\tcacheable\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
-	"\bmax_keys\x18\x03 \x01(\rR\amaxKeys\"\xdd\x04\n" +
+	"\bmax_keys\x18\x03 \x01(\rR\amaxKeys\"\xae\x05\n" +
 	"\vKeyMetadata\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -4123,7 +4586,16 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vactivate_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"activateAt\x12D\n" +
 	"\x10state_changed_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0estateChangedAt\x12 \n" +
-	"\vcompromised\x18\x0e \x01(\bR\vcompromised\"\xd8\x01\n" +
+	"\vcompromised\x18\x0e \x01(\bR\vcompromised\x12\x18\n" +
+	"\aversion\x18\x0f \x01(\rR\aversion\x125\n" +
+	"\bversions\x18\x10 \x03(\v2\x19.coffer.v1.KeyVersionInfoR\bversions\"\xc2\x01\n" +
+	"\x0eKeyVersionInfo\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"retired_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12 \n" +
+	"\vencryptions\x18\x04 \x01(\x04R\vencryptions\"\xd8\x01\n" +
 	"\x12GenerateKeyRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
@@ -4144,13 +4616,15 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vactivate_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"activateAt\":\n" +
 	"\x0ePutKeyResponse\x12(\n" +
-	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"]\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"w\n" +
 	"\rGetKeyRequest\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x128\n" +
-	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"V\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\"p\n" +
 	"\x0eGetKeyResponse\x12(\n" +
 	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\x12\x1a\n" +
-	"\bmaterial\x18\x02 \x01(\fR\bmaterial\"b\n" +
+	"\bmaterial\x18\x02 \x01(\fR\bmaterial\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\"b\n" +
 	"\x12DescribeKeyRequest\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x128\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"?\n" +
@@ -4172,6 +4646,25 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
 	"\x0edestroy_escrow\x18\x04 \x01(\bR\rdestroyEscrow\"?\n" +
 	"\x13SetKeyStateResponse\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\">\n" +
+	"\x10RotateKeyRequest\x12\x12\n" +
+	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"=\n" +
+	"\x11RotateKeyResponse\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"\x86\x01\n" +
+	"\x17RetireKeyVersionRequest\x12\x12\n" +
+	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
+	"\x0edestroy_escrow\x18\x04 \x01(\bR\rdestroyEscrow\"D\n" +
+	"\x18RetireKeyVersionResponse\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"~\n" +
+	"\x18AmendKeyUsePolicyRequest\x12\x12\n" +
+	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x126\n" +
+	"\n" +
+	"use_policy\x18\x02 \x01(\v2\x17.coffer.v1.KeyUsePolicyR\tusePolicy\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"E\n" +
+	"\x19AmendKeyUsePolicyResponse\x12(\n" +
 	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"\x9f\x05\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
@@ -4409,7 +4902,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x12NODE_ROLE_FOLLOWER\x10\x02\x12\x17\n" +
 	"\x13NODE_ROLE_CANDIDATE\x10\x03\x12\x16\n" +
 	"\x12NODE_ROLE_SHUTDOWN\x10\x04\x12\x19\n" +
-	"\x15NODE_ROLE_UNREACHABLE\x10\x052\xb9\x03\n" +
+	"\x15NODE_ROLE_UNREACHABLE\x10\x052\xbe\x05\n" +
 	"\n" +
 	"KeyService\x12L\n" +
 	"\vGenerateKey\x12\x1d.coffer.v1.GenerateKeyRequest\x1a\x1e.coffer.v1.GenerateKeyResponse\x12=\n" +
@@ -4417,7 +4910,10 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x06GetKey\x12\x18.coffer.v1.GetKeyRequest\x1a\x19.coffer.v1.GetKeyResponse\x12L\n" +
 	"\vDescribeKey\x12\x1d.coffer.v1.DescribeKeyRequest\x1a\x1e.coffer.v1.DescribeKeyResponse\x12C\n" +
 	"\bListKeys\x12\x1a.coffer.v1.ListKeysRequest\x1a\x1b.coffer.v1.ListKeysResponse\x12L\n" +
-	"\vSetKeyState\x12\x1d.coffer.v1.SetKeyStateRequest\x1a\x1e.coffer.v1.SetKeyStateResponse2\xca\x02\n" +
+	"\vSetKeyState\x12\x1d.coffer.v1.SetKeyStateRequest\x1a\x1e.coffer.v1.SetKeyStateResponse\x12F\n" +
+	"\tRotateKey\x12\x1b.coffer.v1.RotateKeyRequest\x1a\x1c.coffer.v1.RotateKeyResponse\x12[\n" +
+	"\x10RetireKeyVersion\x12\".coffer.v1.RetireKeyVersionRequest\x1a#.coffer.v1.RetireKeyVersionResponse\x12^\n" +
+	"\x11AmendKeyUsePolicy\x12#.coffer.v1.AmendKeyUsePolicyRequest\x1a$.coffer.v1.AmendKeyUsePolicyResponse2\xca\x02\n" +
 	"\rPolicyService\x12O\n" +
 	"\fCreatePolicy\x12\x1e.coffer.v1.CreatePolicyRequest\x1a\x1f.coffer.v1.CreatePolicyResponse\x12O\n" +
 	"\fUpdatePolicy\x12\x1e.coffer.v1.UpdatePolicyRequest\x1a\x1f.coffer.v1.UpdatePolicyResponse\x12F\n" +
@@ -4458,7 +4954,7 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_coffer_v1_coffer_proto_goTypes = []any{
 	(Algorithm)(0),                     // 0: coffer.v1.Algorithm
 	(KeyState)(0),                      // 1: coffer.v1.KeyState
@@ -4467,184 +4963,205 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*KeyUsePolicy)(nil),               // 4: coffer.v1.KeyUsePolicy
 	(*KeyCachePolicy)(nil),             // 5: coffer.v1.KeyCachePolicy
 	(*KeyMetadata)(nil),                // 6: coffer.v1.KeyMetadata
-	(*GenerateKeyRequest)(nil),         // 7: coffer.v1.GenerateKeyRequest
-	(*GenerateKeyResponse)(nil),        // 8: coffer.v1.GenerateKeyResponse
-	(*PutKeyRequest)(nil),              // 9: coffer.v1.PutKeyRequest
-	(*PutKeyResponse)(nil),             // 10: coffer.v1.PutKeyResponse
-	(*GetKeyRequest)(nil),              // 11: coffer.v1.GetKeyRequest
-	(*GetKeyResponse)(nil),             // 12: coffer.v1.GetKeyResponse
-	(*DescribeKeyRequest)(nil),         // 13: coffer.v1.DescribeKeyRequest
-	(*DescribeKeyResponse)(nil),        // 14: coffer.v1.DescribeKeyResponse
-	(*ListKeysRequest)(nil),            // 15: coffer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),           // 16: coffer.v1.ListKeysResponse
-	(*SetKeyStateRequest)(nil),         // 17: coffer.v1.SetKeyStateRequest
-	(*SetKeyStateResponse)(nil),        // 18: coffer.v1.SetKeyStateResponse
-	(*NodeStatus)(nil),                 // 19: coffer.v1.NodeStatus
-	(*SiteLoss)(nil),                   // 20: coffer.v1.SiteLoss
-	(*ClusterStatusRequest)(nil),       // 21: coffer.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),      // 22: coffer.v1.ClusterStatusResponse
-	(*NodeStatusRequest)(nil),          // 23: coffer.v1.NodeStatusRequest
-	(*EscrowKeyInfo)(nil),              // 24: coffer.v1.EscrowKeyInfo
-	(*Policy)(nil),                     // 25: coffer.v1.Policy
-	(*CreatePolicyRequest)(nil),        // 26: coffer.v1.CreatePolicyRequest
-	(*UpdatePolicyRequest)(nil),        // 27: coffer.v1.UpdatePolicyRequest
-	(*UpdatePolicyResponse)(nil),       // 28: coffer.v1.UpdatePolicyResponse
-	(*CreatePolicyResponse)(nil),       // 29: coffer.v1.CreatePolicyResponse
-	(*GetPolicyRequest)(nil),           // 30: coffer.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),          // 31: coffer.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),        // 32: coffer.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),       // 33: coffer.v1.ListPoliciesResponse
-	(*SnapshotRequest)(nil),            // 34: coffer.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 35: coffer.v1.SnapshotChunk
-	(*SnapshotSeal)(nil),               // 36: coffer.v1.SnapshotSeal
-	(*RestoreChunk)(nil),               // 37: coffer.v1.RestoreChunk
-	(*RestoreResponse)(nil),            // 38: coffer.v1.RestoreResponse
-	(*RemoveNodeRequest)(nil),          // 39: coffer.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),         // 40: coffer.v1.RemoveNodeResponse
-	(*TransferLeadershipRequest)(nil),  // 41: coffer.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 42: coffer.v1.TransferLeadershipResponse
-	(*DrainNodeRequest)(nil),           // 43: coffer.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),          // 44: coffer.v1.DrainNodeResponse
-	(*PinNodeRequest)(nil),             // 45: coffer.v1.PinNodeRequest
-	(*PinNodeResponse)(nil),            // 46: coffer.v1.PinNodeResponse
-	(*ClientInfo)(nil),                 // 47: coffer.v1.ClientInfo
-	(*RegisterClientRequest)(nil),      // 48: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),     // 49: coffer.v1.SetClientActiveRequest
-	(*GetClientRequest)(nil),           // 50: coffer.v1.GetClientRequest
-	(*ListClientsRequest)(nil),         // 51: coffer.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),        // 52: coffer.v1.ListClientsResponse
-	(*RevokeCertificateRequest)(nil),   // 53: coffer.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil),  // 54: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),                // 55: coffer.v1.AclRuleInfo
-	(*GrantRequest)(nil),               // 56: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),         // 57: coffer.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),        // 58: coffer.v1.RevokeGrantResponse
-	(*ListGrantsRequest)(nil),          // 59: coffer.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),         // 60: coffer.v1.ListGrantsResponse
-	(*CheckRequest)(nil),               // 61: coffer.v1.CheckRequest
-	(*CheckResponse)(nil),              // 62: coffer.v1.CheckResponse
-	(*timestamppb.Timestamp)(nil),      // 63: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 64: google.protobuf.Duration
+	(*KeyVersionInfo)(nil),             // 7: coffer.v1.KeyVersionInfo
+	(*GenerateKeyRequest)(nil),         // 8: coffer.v1.GenerateKeyRequest
+	(*GenerateKeyResponse)(nil),        // 9: coffer.v1.GenerateKeyResponse
+	(*PutKeyRequest)(nil),              // 10: coffer.v1.PutKeyRequest
+	(*PutKeyResponse)(nil),             // 11: coffer.v1.PutKeyResponse
+	(*GetKeyRequest)(nil),              // 12: coffer.v1.GetKeyRequest
+	(*GetKeyResponse)(nil),             // 13: coffer.v1.GetKeyResponse
+	(*DescribeKeyRequest)(nil),         // 14: coffer.v1.DescribeKeyRequest
+	(*DescribeKeyResponse)(nil),        // 15: coffer.v1.DescribeKeyResponse
+	(*ListKeysRequest)(nil),            // 16: coffer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 17: coffer.v1.ListKeysResponse
+	(*SetKeyStateRequest)(nil),         // 18: coffer.v1.SetKeyStateRequest
+	(*SetKeyStateResponse)(nil),        // 19: coffer.v1.SetKeyStateResponse
+	(*RotateKeyRequest)(nil),           // 20: coffer.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),          // 21: coffer.v1.RotateKeyResponse
+	(*RetireKeyVersionRequest)(nil),    // 22: coffer.v1.RetireKeyVersionRequest
+	(*RetireKeyVersionResponse)(nil),   // 23: coffer.v1.RetireKeyVersionResponse
+	(*AmendKeyUsePolicyRequest)(nil),   // 24: coffer.v1.AmendKeyUsePolicyRequest
+	(*AmendKeyUsePolicyResponse)(nil),  // 25: coffer.v1.AmendKeyUsePolicyResponse
+	(*NodeStatus)(nil),                 // 26: coffer.v1.NodeStatus
+	(*SiteLoss)(nil),                   // 27: coffer.v1.SiteLoss
+	(*ClusterStatusRequest)(nil),       // 28: coffer.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),      // 29: coffer.v1.ClusterStatusResponse
+	(*NodeStatusRequest)(nil),          // 30: coffer.v1.NodeStatusRequest
+	(*EscrowKeyInfo)(nil),              // 31: coffer.v1.EscrowKeyInfo
+	(*Policy)(nil),                     // 32: coffer.v1.Policy
+	(*CreatePolicyRequest)(nil),        // 33: coffer.v1.CreatePolicyRequest
+	(*UpdatePolicyRequest)(nil),        // 34: coffer.v1.UpdatePolicyRequest
+	(*UpdatePolicyResponse)(nil),       // 35: coffer.v1.UpdatePolicyResponse
+	(*CreatePolicyResponse)(nil),       // 36: coffer.v1.CreatePolicyResponse
+	(*GetPolicyRequest)(nil),           // 37: coffer.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),          // 38: coffer.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),        // 39: coffer.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),       // 40: coffer.v1.ListPoliciesResponse
+	(*SnapshotRequest)(nil),            // 41: coffer.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 42: coffer.v1.SnapshotChunk
+	(*SnapshotSeal)(nil),               // 43: coffer.v1.SnapshotSeal
+	(*RestoreChunk)(nil),               // 44: coffer.v1.RestoreChunk
+	(*RestoreResponse)(nil),            // 45: coffer.v1.RestoreResponse
+	(*RemoveNodeRequest)(nil),          // 46: coffer.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),         // 47: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),  // 48: coffer.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 49: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeRequest)(nil),           // 50: coffer.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),          // 51: coffer.v1.DrainNodeResponse
+	(*PinNodeRequest)(nil),             // 52: coffer.v1.PinNodeRequest
+	(*PinNodeResponse)(nil),            // 53: coffer.v1.PinNodeResponse
+	(*ClientInfo)(nil),                 // 54: coffer.v1.ClientInfo
+	(*RegisterClientRequest)(nil),      // 55: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 56: coffer.v1.SetClientActiveRequest
+	(*GetClientRequest)(nil),           // 57: coffer.v1.GetClientRequest
+	(*ListClientsRequest)(nil),         // 58: coffer.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),        // 59: coffer.v1.ListClientsResponse
+	(*RevokeCertificateRequest)(nil),   // 60: coffer.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil),  // 61: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 62: coffer.v1.AclRuleInfo
+	(*GrantRequest)(nil),               // 63: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 64: coffer.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),        // 65: coffer.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),          // 66: coffer.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),         // 67: coffer.v1.ListGrantsResponse
+	(*CheckRequest)(nil),               // 68: coffer.v1.CheckRequest
+	(*CheckResponse)(nil),              // 69: coffer.v1.CheckResponse
+	(*timestamppb.Timestamp)(nil),      // 70: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 71: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	63, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	63, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	64, // 2: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
-	0,  // 3: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
-	1,  // 4: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	63, // 5: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 6: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	5,  // 7: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	63, // 8: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
-	63, // 9: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
-	0,  // 10: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	63, // 11: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
-	6,  // 12: coffer.v1.GenerateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	0,  // 13: coffer.v1.PutKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	63, // 14: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
-	6,  // 15: coffer.v1.PutKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 16: coffer.v1.GetKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 17: coffer.v1.GetKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 18: coffer.v1.DescribeKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 19: coffer.v1.DescribeKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 20: coffer.v1.ListKeysRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 21: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
-	1,  // 22: coffer.v1.SetKeyStateRequest.state:type_name -> coffer.v1.KeyState
-	6,  // 23: coffer.v1.SetKeyStateResponse.key:type_name -> coffer.v1.KeyMetadata
-	3,  // 24: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
-	19, // 25: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
-	20, // 26: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
-	0,  // 27: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	24, // 28: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,  // 29: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	5,  // 30: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	63, // 31: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	64, // 32: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
-	0,  // 33: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	24, // 34: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,  // 35: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	64, // 36: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,  // 37: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	0,  // 38: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	4,  // 39: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	64, // 40: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,  // 41: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	24, // 42: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	25, // 43: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	25, // 44: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 45: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
-	25, // 46: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 47: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
-	25, // 48: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	36, // 49: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	36, // 50: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	63, // 51: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 52: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
-	2,  // 53: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
-	47, // 54: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	63, // 55: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 56: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
-	55, // 57: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
-	2,  // 58: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
-	7,  // 59: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	9,  // 60: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	11, // 61: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	13, // 62: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	15, // 63: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	17, // 64: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
-	26, // 65: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	27, // 66: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
-	30, // 67: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	32, // 68: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	34, // 69: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	37, // 70: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
-	21, // 71: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	23, // 72: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	45, // 73: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
-	39, // 74: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
-	41, // 75: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
-	43, // 76: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
-	48, // 77: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	49, // 78: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	50, // 79: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	51, // 80: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	53, // 81: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	56, // 82: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	57, // 83: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	59, // 84: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	61, // 85: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	8,  // 86: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	10, // 87: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	12, // 88: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	14, // 89: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	16, // 90: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	18, // 91: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
-	29, // 92: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	28, // 93: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
-	31, // 94: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	33, // 95: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	35, // 96: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	38, // 97: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
-	22, // 98: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	19, // 99: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	46, // 100: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
-	40, // 101: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
-	42, // 102: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
-	44, // 103: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
-	47, // 104: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	47, // 105: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	47, // 106: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	52, // 107: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	54, // 108: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	55, // 109: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	58, // 110: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	60, // 111: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	62, // 112: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	86, // [86:113] is the sub-list for method output_type
-	59, // [59:86] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	70, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	70, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	71, // 2: coffer.v1.KeyUsePolicy.rotation_period:type_name -> google.protobuf.Duration
+	71, // 3: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	0,  // 4: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
+	1,  // 5: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
+	70, // 6: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 7: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	5,  // 8: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	70, // 9: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
+	70, // 10: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
+	7,  // 11: coffer.v1.KeyMetadata.versions:type_name -> coffer.v1.KeyVersionInfo
+	70, // 12: coffer.v1.KeyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	70, // 13: coffer.v1.KeyVersionInfo.retired_at:type_name -> google.protobuf.Timestamp
+	0,  // 14: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	70, // 15: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	6,  // 16: coffer.v1.GenerateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	0,  // 17: coffer.v1.PutKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	70, // 18: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	6,  // 19: coffer.v1.PutKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,  // 20: coffer.v1.GetKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	6,  // 21: coffer.v1.GetKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,  // 22: coffer.v1.DescribeKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	6,  // 23: coffer.v1.DescribeKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,  // 24: coffer.v1.ListKeysRequest.consistency:type_name -> coffer.v1.Consistency
+	6,  // 25: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
+	1,  // 26: coffer.v1.SetKeyStateRequest.state:type_name -> coffer.v1.KeyState
+	6,  // 27: coffer.v1.SetKeyStateResponse.key:type_name -> coffer.v1.KeyMetadata
+	6,  // 28: coffer.v1.RotateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	6,  // 29: coffer.v1.RetireKeyVersionResponse.key:type_name -> coffer.v1.KeyMetadata
+	4,  // 30: coffer.v1.AmendKeyUsePolicyRequest.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	6,  // 31: coffer.v1.AmendKeyUsePolicyResponse.key:type_name -> coffer.v1.KeyMetadata
+	3,  // 32: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
+	26, // 33: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
+	27, // 34: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
+	0,  // 35: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	31, // 36: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,  // 37: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	5,  // 38: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	70, // 39: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	71, // 40: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	0,  // 41: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	31, // 42: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,  // 43: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	71, // 44: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,  // 45: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	0,  // 46: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	4,  // 47: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	71, // 48: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,  // 49: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	31, // 50: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	32, // 51: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	32, // 52: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 53: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
+	32, // 54: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,  // 55: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
+	32, // 56: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
+	43, // 57: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	43, // 58: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	70, // 59: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 60: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
+	2,  // 61: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
+	54, // 62: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	70, // 63: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 64: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
+	62, // 65: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	2,  // 66: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
+	8,  // 67: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	10, // 68: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	12, // 69: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	14, // 70: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	16, // 71: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	18, // 72: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
+	20, // 73: coffer.v1.KeyService.RotateKey:input_type -> coffer.v1.RotateKeyRequest
+	22, // 74: coffer.v1.KeyService.RetireKeyVersion:input_type -> coffer.v1.RetireKeyVersionRequest
+	24, // 75: coffer.v1.KeyService.AmendKeyUsePolicy:input_type -> coffer.v1.AmendKeyUsePolicyRequest
+	33, // 76: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	34, // 77: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
+	37, // 78: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	39, // 79: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	41, // 80: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	44, // 81: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
+	28, // 82: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	30, // 83: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	52, // 84: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
+	46, // 85: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
+	48, // 86: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
+	50, // 87: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
+	55, // 88: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	56, // 89: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	57, // 90: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	58, // 91: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	60, // 92: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	63, // 93: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	64, // 94: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	66, // 95: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	68, // 96: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	9,  // 97: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	11, // 98: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	13, // 99: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	15, // 100: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	17, // 101: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	19, // 102: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
+	21, // 103: coffer.v1.KeyService.RotateKey:output_type -> coffer.v1.RotateKeyResponse
+	23, // 104: coffer.v1.KeyService.RetireKeyVersion:output_type -> coffer.v1.RetireKeyVersionResponse
+	25, // 105: coffer.v1.KeyService.AmendKeyUsePolicy:output_type -> coffer.v1.AmendKeyUsePolicyResponse
+	36, // 106: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	35, // 107: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	38, // 108: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	40, // 109: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	42, // 110: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	45, // 111: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
+	29, // 112: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	26, // 113: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	53, // 114: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
+	47, // 115: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
+	49, // 116: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
+	51, // 117: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
+	54, // 118: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	54, // 119: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	54, // 120: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	59, // 121: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	61, // 122: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	62, // 123: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	65, // 124: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	67, // 125: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	69, // 126: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	97, // [97:127] is the sub-list for method output_type
+	67, // [67:97] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -4658,7 +5175,7 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   59,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -31,12 +31,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KeyService_GenerateKey_FullMethodName = "/coffer.v1.KeyService/GenerateKey"
-	KeyService_PutKey_FullMethodName      = "/coffer.v1.KeyService/PutKey"
-	KeyService_GetKey_FullMethodName      = "/coffer.v1.KeyService/GetKey"
-	KeyService_DescribeKey_FullMethodName = "/coffer.v1.KeyService/DescribeKey"
-	KeyService_ListKeys_FullMethodName    = "/coffer.v1.KeyService/ListKeys"
-	KeyService_SetKeyState_FullMethodName = "/coffer.v1.KeyService/SetKeyState"
+	KeyService_GenerateKey_FullMethodName       = "/coffer.v1.KeyService/GenerateKey"
+	KeyService_PutKey_FullMethodName            = "/coffer.v1.KeyService/PutKey"
+	KeyService_GetKey_FullMethodName            = "/coffer.v1.KeyService/GetKey"
+	KeyService_DescribeKey_FullMethodName       = "/coffer.v1.KeyService/DescribeKey"
+	KeyService_ListKeys_FullMethodName          = "/coffer.v1.KeyService/ListKeys"
+	KeyService_SetKeyState_FullMethodName       = "/coffer.v1.KeyService/SetKeyState"
+	KeyService_RotateKey_FullMethodName         = "/coffer.v1.KeyService/RotateKey"
+	KeyService_RetireKeyVersion_FullMethodName  = "/coffer.v1.KeyService/RetireKeyVersion"
+	KeyService_AmendKeyUsePolicy_FullMethodName = "/coffer.v1.KeyService/AmendKeyUsePolicy"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -54,6 +57,19 @@ type KeyServiceClient interface {
 	// node enforces the new state for every request that arrives after the
 	// change is acknowledged.
 	SetKeyState(ctx context.Context, in *SetKeyStateRequest, opts ...grpc.CallOption) (*SetKeyStateResponse, error)
+	// RotateKey adds a new version of an ACTIVE key's material under the same
+	// GKID: new encryptions use it, older versions still decrypt until
+	// retired. Needs the "rotate" grant on the key's resource.
+	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
+	// RetireKeyVersion deletes an older version's material on every node.
+	// Needs the "destroy" grant on the key's resource.
+	RetireKeyVersion(ctx context.Context, in *RetireKeyVersionRequest, opts ...grpc.CallOption) (*RetireKeyVersionResponse, error)
+	// AmendKeyUsePolicy replaces one existing key's use policy (a custody
+	// policy's default applies only to keys created after it changes). An
+	// administrative operation: needs "policy.update" (the security officer
+	// role). Every node enforces the new policy for every request that
+	// arrives after the change is acknowledged.
+	AmendKeyUsePolicy(ctx context.Context, in *AmendKeyUsePolicyRequest, opts ...grpc.CallOption) (*AmendKeyUsePolicyResponse, error)
 }
 
 type keyServiceClient struct {
@@ -124,6 +140,36 @@ func (c *keyServiceClient) SetKeyState(ctx context.Context, in *SetKeyStateReque
 	return out, nil
 }
 
+func (c *keyServiceClient) RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateKeyResponse)
+	err := c.cc.Invoke(ctx, KeyService_RotateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) RetireKeyVersion(ctx context.Context, in *RetireKeyVersionRequest, opts ...grpc.CallOption) (*RetireKeyVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireKeyVersionResponse)
+	err := c.cc.Invoke(ctx, KeyService_RetireKeyVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) AmendKeyUsePolicy(ctx context.Context, in *AmendKeyUsePolicyRequest, opts ...grpc.CallOption) (*AmendKeyUsePolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AmendKeyUsePolicyResponse)
+	err := c.cc.Invoke(ctx, KeyService_AmendKeyUsePolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -139,6 +185,19 @@ type KeyServiceServer interface {
 	// node enforces the new state for every request that arrives after the
 	// change is acknowledged.
 	SetKeyState(context.Context, *SetKeyStateRequest) (*SetKeyStateResponse, error)
+	// RotateKey adds a new version of an ACTIVE key's material under the same
+	// GKID: new encryptions use it, older versions still decrypt until
+	// retired. Needs the "rotate" grant on the key's resource.
+	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
+	// RetireKeyVersion deletes an older version's material on every node.
+	// Needs the "destroy" grant on the key's resource.
+	RetireKeyVersion(context.Context, *RetireKeyVersionRequest) (*RetireKeyVersionResponse, error)
+	// AmendKeyUsePolicy replaces one existing key's use policy (a custody
+	// policy's default applies only to keys created after it changes). An
+	// administrative operation: needs "policy.update" (the security officer
+	// role). Every node enforces the new policy for every request that
+	// arrives after the change is acknowledged.
+	AmendKeyUsePolicy(context.Context, *AmendKeyUsePolicyRequest) (*AmendKeyUsePolicyResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -166,6 +225,15 @@ func (UnimplementedKeyServiceServer) ListKeys(context.Context, *ListKeysRequest)
 }
 func (UnimplementedKeyServiceServer) SetKeyState(context.Context, *SetKeyStateRequest) (*SetKeyStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetKeyState not implemented")
+}
+func (UnimplementedKeyServiceServer) RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
+}
+func (UnimplementedKeyServiceServer) RetireKeyVersion(context.Context, *RetireKeyVersionRequest) (*RetireKeyVersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireKeyVersion not implemented")
+}
+func (UnimplementedKeyServiceServer) AmendKeyUsePolicy(context.Context, *AmendKeyUsePolicyRequest) (*AmendKeyUsePolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AmendKeyUsePolicy not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -296,6 +364,60 @@ func _KeyService_SetKeyState_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_RotateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).RotateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_RotateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).RotateKey(ctx, req.(*RotateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_RetireKeyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireKeyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).RetireKeyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_RetireKeyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).RetireKeyVersion(ctx, req.(*RetireKeyVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_AmendKeyUsePolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AmendKeyUsePolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).AmendKeyUsePolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_AmendKeyUsePolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).AmendKeyUsePolicy(ctx, req.(*AmendKeyUsePolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -326,6 +448,18 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetKeyState",
 			Handler:    _KeyService_SetKeyState_Handler,
+		},
+		{
+			MethodName: "RotateKey",
+			Handler:    _KeyService_RotateKey_Handler,
+		},
+		{
+			MethodName: "RetireKeyVersion",
+			Handler:    _KeyService_RetireKeyVersion_Handler,
+		},
+		{
+			MethodName: "AmendKeyUsePolicy",
+			Handler:    _KeyService_AmendKeyUsePolicy_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

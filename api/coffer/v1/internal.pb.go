@@ -43,6 +43,7 @@ const (
 	CommandType_COMMAND_TYPE_UPDATE_POLICY      CommandType = 11
 	CommandType_COMMAND_TYPE_PIN_NODE           CommandType = 12
 	CommandType_COMMAND_TYPE_SET_KEY_STATE      CommandType = 13
+	CommandType_COMMAND_TYPE_CHANGE_KEY         CommandType = 14
 )
 
 // Enum value maps for CommandType.
@@ -62,6 +63,7 @@ var (
 		11: "COMMAND_TYPE_UPDATE_POLICY",
 		12: "COMMAND_TYPE_PIN_NODE",
 		13: "COMMAND_TYPE_SET_KEY_STATE",
+		14: "COMMAND_TYPE_CHANGE_KEY",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -78,6 +80,7 @@ var (
 		"COMMAND_TYPE_UPDATE_POLICY":      11,
 		"COMMAND_TYPE_PIN_NODE":           12,
 		"COMMAND_TYPE_SET_KEY_STATE":      13,
+		"COMMAND_TYPE_CHANGE_KEY":         14,
 	}
 )
 
@@ -123,20 +126,27 @@ const (
 	ReadRefusal_READ_REFUSAL_UNSUITABLE ReadRefusal = 7
 	// The key's life-cycle state does not allow it (KeyState).
 	ReadRefusal_READ_REFUSAL_KEY_STATE ReadRefusal = 8
+	// The version asked for does not exist or was retired.
+	ReadRefusal_READ_REFUSAL_KEY_VERSION ReadRefusal = 9
+	// The newest version has done all the encryptions it may; the key must
+	// be rotated first.
+	ReadRefusal_READ_REFUSAL_USES_EXHAUSTED ReadRefusal = 10
 )
 
 // Enum value maps for ReadRefusal.
 var (
 	ReadRefusal_name = map[int32]string{
-		0: "READ_REFUSAL_UNSPECIFIED",
-		1: "READ_REFUSAL_NOT_FOUND",
-		2: "READ_REFUSAL_CORRUPT",
-		3: "READ_REFUSAL_UNAUTHENTICATED",
-		4: "READ_REFUSAL_PERMISSION_DENIED",
-		5: "READ_REFUSAL_NOT_YET_VALID",
-		6: "READ_REFUSAL_EXPIRED",
-		7: "READ_REFUSAL_UNSUITABLE",
-		8: "READ_REFUSAL_KEY_STATE",
+		0:  "READ_REFUSAL_UNSPECIFIED",
+		1:  "READ_REFUSAL_NOT_FOUND",
+		2:  "READ_REFUSAL_CORRUPT",
+		3:  "READ_REFUSAL_UNAUTHENTICATED",
+		4:  "READ_REFUSAL_PERMISSION_DENIED",
+		5:  "READ_REFUSAL_NOT_YET_VALID",
+		6:  "READ_REFUSAL_EXPIRED",
+		7:  "READ_REFUSAL_UNSUITABLE",
+		8:  "READ_REFUSAL_KEY_STATE",
+		9:  "READ_REFUSAL_KEY_VERSION",
+		10: "READ_REFUSAL_USES_EXHAUSTED",
 	}
 	ReadRefusal_value = map[string]int32{
 		"READ_REFUSAL_UNSPECIFIED":       0,
@@ -148,6 +158,8 @@ var (
 		"READ_REFUSAL_EXPIRED":           6,
 		"READ_REFUSAL_UNSUITABLE":        7,
 		"READ_REFUSAL_KEY_STATE":         8,
+		"READ_REFUSAL_KEY_VERSION":       9,
+		"READ_REFUSAL_USES_EXHAUSTED":    10,
 	}
 )
 
@@ -176,6 +188,58 @@ func (x ReadRefusal) Number() protoreflect.EnumNumber {
 // Deprecated: Use ReadRefusal.Descriptor instead.
 func (ReadRefusal) EnumDescriptor() ([]byte, []int) {
 	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{1}
+}
+
+type ChangeKeyCommand_Change int32
+
+const (
+	ChangeKeyCommand_CHANGE_UNSPECIFIED ChangeKeyCommand_Change = 0
+	ChangeKeyCommand_CHANGE_ROTATE      ChangeKeyCommand_Change = 1
+	ChangeKeyCommand_CHANGE_RETIRE      ChangeKeyCommand_Change = 2
+	ChangeKeyCommand_CHANGE_USE_POLICY  ChangeKeyCommand_Change = 3
+)
+
+// Enum value maps for ChangeKeyCommand_Change.
+var (
+	ChangeKeyCommand_Change_name = map[int32]string{
+		0: "CHANGE_UNSPECIFIED",
+		1: "CHANGE_ROTATE",
+		2: "CHANGE_RETIRE",
+		3: "CHANGE_USE_POLICY",
+	}
+	ChangeKeyCommand_Change_value = map[string]int32{
+		"CHANGE_UNSPECIFIED": 0,
+		"CHANGE_ROTATE":      1,
+		"CHANGE_RETIRE":      2,
+		"CHANGE_USE_POLICY":  3,
+	}
+)
+
+func (x ChangeKeyCommand_Change) Enum() *ChangeKeyCommand_Change {
+	p := new(ChangeKeyCommand_Change)
+	*p = x
+	return p
+}
+
+func (x ChangeKeyCommand_Change) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ChangeKeyCommand_Change) Descriptor() protoreflect.EnumDescriptor {
+	return file_coffer_v1_internal_proto_enumTypes[2].Descriptor()
+}
+
+func (ChangeKeyCommand_Change) Type() protoreflect.EnumType {
+	return &file_coffer_v1_internal_proto_enumTypes[2]
+}
+
+func (x ChangeKeyCommand_Change) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ChangeKeyCommand_Change.Descriptor instead.
+func (ChangeKeyCommand_Change) EnumDescriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{20, 0}
 }
 
 // Caller is an authenticated identity carried from the node that accepted a
@@ -264,6 +328,9 @@ type ForwardRequest struct {
 	//	*ForwardRequest_DrainNode
 	//	*ForwardRequest_SetKeyState
 	//	*ForwardRequest_EncryptNew
+	//	*ForwardRequest_RotateKey
+	//	*ForwardRequest_RetireKeyVersion
+	//	*ForwardRequest_AmendKeyUsePolicy
 	Op isForwardRequest_Op `protobuf_oneof:"op"`
 	// Time of the accepting node's audit entry for the request. The leader
 	// gives its entry the same time, so that an entry the accepting node
@@ -468,6 +535,33 @@ func (x *ForwardRequest) GetEncryptNew() *EncryptNewRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetRotateKey() *RotateKeyRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_RotateKey); ok {
+			return x.RotateKey
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetRetireKeyVersion() *RetireKeyVersionRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_RetireKeyVersion); ok {
+			return x.RetireKeyVersion
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetAmendKeyUsePolicy() *AmendKeyUsePolicyRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_AmendKeyUsePolicy); ok {
+			return x.AmendKeyUsePolicy
+		}
+	}
+	return nil
+}
+
 func (x *ForwardRequest) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
@@ -550,6 +644,18 @@ type ForwardRequest_EncryptNew struct {
 	EncryptNew *EncryptNewRequest `protobuf:"bytes,19,opt,name=encrypt_new,json=encryptNew,proto3,oneof"`
 }
 
+type ForwardRequest_RotateKey struct {
+	RotateKey *RotateKeyRequest `protobuf:"bytes,20,opt,name=rotate_key,json=rotateKey,proto3,oneof"`
+}
+
+type ForwardRequest_RetireKeyVersion struct {
+	RetireKeyVersion *RetireKeyVersionRequest `protobuf:"bytes,21,opt,name=retire_key_version,json=retireKeyVersion,proto3,oneof"`
+}
+
+type ForwardRequest_AmendKeyUsePolicy struct {
+	AmendKeyUsePolicy *AmendKeyUsePolicyRequest `protobuf:"bytes,22,opt,name=amend_key_use_policy,json=amendKeyUsePolicy,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
@@ -582,6 +688,12 @@ func (*ForwardRequest_SetKeyState) isForwardRequest_Op() {}
 
 func (*ForwardRequest_EncryptNew) isForwardRequest_Op() {}
 
+func (*ForwardRequest_RotateKey) isForwardRequest_Op() {}
+
+func (*ForwardRequest_RetireKeyVersion) isForwardRequest_Op() {}
+
+func (*ForwardRequest_AmendKeyUsePolicy) isForwardRequest_Op() {}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
@@ -601,6 +713,9 @@ type ForwardResponse struct {
 	//	*ForwardResponse_DrainNode
 	//	*ForwardResponse_SetKeyState
 	//	*ForwardResponse_EncryptNew
+	//	*ForwardResponse_RotateKey
+	//	*ForwardResponse_RetireKeyVersion
+	//	*ForwardResponse_AmendKeyUsePolicy
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -778,6 +893,33 @@ func (x *ForwardResponse) GetEncryptNew() *EncryptNewResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetRotateKey() *RotateKeyResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_RotateKey); ok {
+			return x.RotateKey
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResponse) GetRetireKeyVersion() *RetireKeyVersionResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_RetireKeyVersion); ok {
+			return x.RetireKeyVersion
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResponse) GetAmendKeyUsePolicy() *AmendKeyUsePolicyResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_AmendKeyUsePolicy); ok {
+			return x.AmendKeyUsePolicy
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -842,6 +984,18 @@ type ForwardResponse_EncryptNew struct {
 	EncryptNew *EncryptNewResponse `protobuf:"bytes,15,opt,name=encrypt_new,json=encryptNew,proto3,oneof"`
 }
 
+type ForwardResponse_RotateKey struct {
+	RotateKey *RotateKeyResponse `protobuf:"bytes,16,opt,name=rotate_key,json=rotateKey,proto3,oneof"`
+}
+
+type ForwardResponse_RetireKeyVersion struct {
+	RetireKeyVersion *RetireKeyVersionResponse `protobuf:"bytes,17,opt,name=retire_key_version,json=retireKeyVersion,proto3,oneof"`
+}
+
+type ForwardResponse_AmendKeyUsePolicy struct {
+	AmendKeyUsePolicy *AmendKeyUsePolicyResponse `protobuf:"bytes,18,opt,name=amend_key_use_policy,json=amendKeyUsePolicy,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
@@ -871,6 +1025,12 @@ func (*ForwardResponse_DrainNode) isForwardResponse_Result() {}
 func (*ForwardResponse_SetKeyState) isForwardResponse_Result() {}
 
 func (*ForwardResponse_EncryptNew) isForwardResponse_Result() {}
+
+func (*ForwardResponse_RotateKey) isForwardResponse_Result() {}
+
+func (*ForwardResponse_RetireKeyVersion) isForwardResponse_Result() {}
+
+func (*ForwardResponse_AmendKeyUsePolicy) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1228,7 +1388,13 @@ type KeyRecord struct {
 	// When the state last changed (0: never since creation).
 	StateChangedUnixNano int64 `protobuf:"varint,15,opt,name=state_changed_unix_nano,json=stateChangedUnixNano,proto3" json:"state_changed_unix_nano,omitempty"`
 	// Marked COMPROMISED at some point (kept once DESTROYED).
-	Compromised   bool `protobuf:"varint,16,opt,name=compromised,proto3" json:"compromised,omitempty"`
+	Compromised bool `protobuf:"varint,16,opt,name=compromised,proto3" json:"compromised,omitempty"`
+	// The version of wrapped_material (0 is version 1: never rotated).
+	Version uint32 `protobuf:"varint,17,opt,name=version,proto3" json:"version,omitempty"`
+	// When that version was created (0: created_unix_nano).
+	VersionCreatedUnixNano int64 `protobuf:"varint,18,opt,name=version_created_unix_nano,json=versionCreatedUnixNano,proto3" json:"version_created_unix_nano,omitempty"`
+	// The older versions, oldest first.
+	Versions      []*KeyVersionRecord `protobuf:"bytes,19,rep,name=versions,proto3" json:"versions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1375,6 +1541,117 @@ func (x *KeyRecord) GetCompromised() bool {
 	return false
 }
 
+func (x *KeyRecord) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *KeyRecord) GetVersionCreatedUnixNano() int64 {
+	if x != nil {
+		return x.VersionCreatedUnixNano
+	}
+	return 0
+}
+
+func (x *KeyRecord) GetVersions() []*KeyVersionRecord {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+// KeyVersionRecord is an older version of a key's material, kept so that
+// ciphertexts under it still decrypt until it is retired.
+type KeyVersionRecord struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Version         uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// The policy KEK version wrapped_material is sealed under.
+	KekVersion uint32 `protobuf:"varint,3,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
+	// AES-256-GCM(KEK, material, version aad) (see custody/material.go);
+	// empty once retired.
+	WrappedMaterial []byte        `protobuf:"bytes,4,opt,name=wrapped_material,json=wrappedMaterial,proto3" json:"wrapped_material,omitempty"`
+	Escrow          []*EscrowCopy `protobuf:"bytes,5,rep,name=escrow,proto3" json:"escrow,omitempty"`
+	// When it was retired (0: not retired).
+	RetiredUnixNano int64 `protobuf:"varint,6,opt,name=retired_unix_nano,json=retiredUnixNano,proto3" json:"retired_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *KeyVersionRecord) Reset() {
+	*x = KeyVersionRecord{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyVersionRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyVersionRecord) ProtoMessage() {}
+
+func (x *KeyVersionRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyVersionRecord.ProtoReflect.Descriptor instead.
+func (*KeyVersionRecord) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *KeyVersionRecord) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *KeyVersionRecord) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *KeyVersionRecord) GetKekVersion() uint32 {
+	if x != nil {
+		return x.KekVersion
+	}
+	return 0
+}
+
+func (x *KeyVersionRecord) GetWrappedMaterial() []byte {
+	if x != nil {
+		return x.WrappedMaterial
+	}
+	return nil
+}
+
+func (x *KeyVersionRecord) GetEscrow() []*EscrowCopy {
+	if x != nil {
+		return x.Escrow
+	}
+	return nil
+}
+
+func (x *KeyVersionRecord) GetRetiredUnixNano() int64 {
+	if x != nil {
+		return x.RetiredUnixNano
+	}
+	return 0
+}
+
 // EscrowKey is a security officer's offline recovery public key.
 type EscrowKey struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1389,7 +1666,7 @@ type EscrowKey struct {
 
 func (x *EscrowKey) Reset() {
 	*x = EscrowKey{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[9]
+	mi := &file_coffer_v1_internal_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1678,7 @@ func (x *EscrowKey) String() string {
 func (*EscrowKey) ProtoMessage() {}
 
 func (x *EscrowKey) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[9]
+	mi := &file_coffer_v1_internal_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1691,7 @@ func (x *EscrowKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EscrowKey.ProtoReflect.Descriptor instead.
 func (*EscrowKey) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EscrowKey) GetId() string {
@@ -1452,7 +1729,7 @@ type EscrowCopy struct {
 
 func (x *EscrowCopy) Reset() {
 	*x = EscrowCopy{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[10]
+	mi := &file_coffer_v1_internal_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1741,7 @@ func (x *EscrowCopy) String() string {
 func (*EscrowCopy) ProtoMessage() {}
 
 func (x *EscrowCopy) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[10]
+	mi := &file_coffer_v1_internal_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1754,7 @@ func (x *EscrowCopy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EscrowCopy.ProtoReflect.Descriptor instead.
 func (*EscrowCopy) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EscrowCopy) GetKeyId() string {
@@ -1516,7 +1793,7 @@ type ClusterInfo struct {
 
 func (x *ClusterInfo) Reset() {
 	*x = ClusterInfo{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[11]
+	mi := &file_coffer_v1_internal_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1805,7 @@ func (x *ClusterInfo) String() string {
 func (*ClusterInfo) ProtoMessage() {}
 
 func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[11]
+	mi := &file_coffer_v1_internal_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1818,7 @@ func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfo.ProtoReflect.Descriptor instead.
 func (*ClusterInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ClusterInfo) GetClusterId() string {
@@ -1586,7 +1863,7 @@ type InitClusterCommand struct {
 
 func (x *InitClusterCommand) Reset() {
 	*x = InitClusterCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[12]
+	mi := &file_coffer_v1_internal_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1875,7 @@ func (x *InitClusterCommand) String() string {
 func (*InitClusterCommand) ProtoMessage() {}
 
 func (x *InitClusterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[12]
+	mi := &file_coffer_v1_internal_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1888,7 @@ func (x *InitClusterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitClusterCommand.ProtoReflect.Descriptor instead.
 func (*InitClusterCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InitClusterCommand) GetInfo() *ClusterInfo {
@@ -1656,7 +1933,7 @@ type PutClientCommand struct {
 
 func (x *PutClientCommand) Reset() {
 	*x = PutClientCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[13]
+	mi := &file_coffer_v1_internal_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1945,7 @@ func (x *PutClientCommand) String() string {
 func (*PutClientCommand) ProtoMessage() {}
 
 func (x *PutClientCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[13]
+	mi := &file_coffer_v1_internal_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1958,7 @@ func (x *PutClientCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutClientCommand.ProtoReflect.Descriptor instead.
 func (*PutClientCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutClientCommand) GetClient() *ClientRecord {
@@ -1717,7 +1994,7 @@ type PutAclRuleCommand struct {
 
 func (x *PutAclRuleCommand) Reset() {
 	*x = PutAclRuleCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[14]
+	mi := &file_coffer_v1_internal_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +2006,7 @@ func (x *PutAclRuleCommand) String() string {
 func (*PutAclRuleCommand) ProtoMessage() {}
 
 func (x *PutAclRuleCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[14]
+	mi := &file_coffer_v1_internal_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +2019,7 @@ func (x *PutAclRuleCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAclRuleCommand.ProtoReflect.Descriptor instead.
 func (*PutAclRuleCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PutAclRuleCommand) GetRule() *AclRule {
@@ -1771,7 +2048,7 @@ type DeleteAclRuleCommand struct {
 
 func (x *DeleteAclRuleCommand) Reset() {
 	*x = DeleteAclRuleCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[15]
+	mi := &file_coffer_v1_internal_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +2060,7 @@ func (x *DeleteAclRuleCommand) String() string {
 func (*DeleteAclRuleCommand) ProtoMessage() {}
 
 func (x *DeleteAclRuleCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[15]
+	mi := &file_coffer_v1_internal_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +2073,7 @@ func (x *DeleteAclRuleCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAclRuleCommand.ProtoReflect.Descriptor instead.
 func (*DeleteAclRuleCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteAclRuleCommand) GetId() string {
@@ -1825,7 +2102,7 @@ type RevokeCertificateCommand struct {
 
 func (x *RevokeCertificateCommand) Reset() {
 	*x = RevokeCertificateCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[16]
+	mi := &file_coffer_v1_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2114,7 @@ func (x *RevokeCertificateCommand) String() string {
 func (*RevokeCertificateCommand) ProtoMessage() {}
 
 func (x *RevokeCertificateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[16]
+	mi := &file_coffer_v1_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2127,7 @@ func (x *RevokeCertificateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateCommand.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{16}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeCertificateCommand) GetCertificate() *RevokedCertificate {
@@ -1881,7 +2158,7 @@ type CreateKeyCommand struct {
 
 func (x *CreateKeyCommand) Reset() {
 	*x = CreateKeyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[17]
+	mi := &file_coffer_v1_internal_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2170,7 @@ func (x *CreateKeyCommand) String() string {
 func (*CreateKeyCommand) ProtoMessage() {}
 
 func (x *CreateKeyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[17]
+	mi := &file_coffer_v1_internal_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2183,7 @@ func (x *CreateKeyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyCommand.ProtoReflect.Descriptor instead.
 func (*CreateKeyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{17}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateKeyCommand) GetKey() *KeyRecord {
@@ -1945,7 +2222,7 @@ type SetKeyStateCommand struct {
 
 func (x *SetKeyStateCommand) Reset() {
 	*x = SetKeyStateCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[18]
+	mi := &file_coffer_v1_internal_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2234,7 @@ func (x *SetKeyStateCommand) String() string {
 func (*SetKeyStateCommand) ProtoMessage() {}
 
 func (x *SetKeyStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[18]
+	mi := &file_coffer_v1_internal_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2247,7 @@ func (x *SetKeyStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeyStateCommand.ProtoReflect.Descriptor instead.
 func (*SetKeyStateCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{18}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetKeyStateCommand) GetKey() *KeyRecord {
@@ -1994,6 +2271,78 @@ func (x *SetKeyStateCommand) GetAudit() *AuditEntry {
 	return nil
 }
 
+// ChangeKeyCommand replaces a key record with one that has a new
+// version (ROTATE), one older version retired (RETIRE) or another use
+// policy (USE_POLICY), at the expected revision. The leader builds and
+// seals the record; Apply checks that nothing else changed.
+type ChangeKeyCommand struct {
+	state            protoimpl.MessageState  `protogen:"open.v1"`
+	Key              *KeyRecord              `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	ExpectedRevision uint64                  `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	Audit            *AuditEntry             `protobuf:"bytes,3,opt,name=audit,proto3" json:"audit,omitempty"`
+	Change           ChangeKeyCommand_Change `protobuf:"varint,4,opt,name=change,proto3,enum=coffer.v1.ChangeKeyCommand_Change" json:"change,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ChangeKeyCommand) Reset() {
+	*x = ChangeKeyCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeKeyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeKeyCommand) ProtoMessage() {}
+
+func (x *ChangeKeyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeKeyCommand.ProtoReflect.Descriptor instead.
+func (*ChangeKeyCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ChangeKeyCommand) GetKey() *KeyRecord {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ChangeKeyCommand) GetExpectedRevision() uint64 {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return 0
+}
+
+func (x *ChangeKeyCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
+func (x *ChangeKeyCommand) GetChange() ChangeKeyCommand_Change {
+	if x != nil {
+		return x.Change
+	}
+	return ChangeKeyCommand_CHANGE_UNSPECIFIED
+}
+
 type CreatePolicyCommand struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Policy *PolicyRecord          `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
@@ -2006,7 +2355,7 @@ type CreatePolicyCommand struct {
 
 func (x *CreatePolicyCommand) Reset() {
 	*x = CreatePolicyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[19]
+	mi := &file_coffer_v1_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2367,7 @@ func (x *CreatePolicyCommand) String() string {
 func (*CreatePolicyCommand) ProtoMessage() {}
 
 func (x *CreatePolicyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[19]
+	mi := &file_coffer_v1_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2380,7 @@ func (x *CreatePolicyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyCommand.ProtoReflect.Descriptor instead.
 func (*CreatePolicyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{19}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreatePolicyCommand) GetPolicy() *PolicyRecord {
@@ -2066,7 +2415,7 @@ type AuditBatchCommand struct {
 
 func (x *AuditBatchCommand) Reset() {
 	*x = AuditBatchCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	mi := &file_coffer_v1_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2427,7 @@ func (x *AuditBatchCommand) String() string {
 func (*AuditBatchCommand) ProtoMessage() {}
 
 func (x *AuditBatchCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[20]
+	mi := &file_coffer_v1_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2440,7 @@ func (x *AuditBatchCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditBatchCommand.ProtoReflect.Descriptor instead.
 func (*AuditBatchCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{20}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AuditBatchCommand) GetEntries() []*AuditEntry {
@@ -2132,7 +2481,7 @@ type ReadDecision struct {
 
 func (x *ReadDecision) Reset() {
 	*x = ReadDecision{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[21]
+	mi := &file_coffer_v1_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2493,7 @@ func (x *ReadDecision) String() string {
 func (*ReadDecision) ProtoMessage() {}
 
 func (x *ReadDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[21]
+	mi := &file_coffer_v1_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2506,7 @@ func (x *ReadDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadDecision.ProtoReflect.Descriptor instead.
 func (*ReadDecision) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{21}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReadDecision) GetEntry() uint32 {
@@ -2185,7 +2534,7 @@ type AppendAuditRequest struct {
 
 func (x *AppendAuditRequest) Reset() {
 	*x = AppendAuditRequest{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[22]
+	mi := &file_coffer_v1_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2546,7 @@ func (x *AppendAuditRequest) String() string {
 func (*AppendAuditRequest) ProtoMessage() {}
 
 func (x *AppendAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[22]
+	mi := &file_coffer_v1_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2559,7 @@ func (x *AppendAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendAuditRequest.ProtoReflect.Descriptor instead.
 func (*AppendAuditRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{22}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AppendAuditRequest) GetEntries() []*AuditEntry {
@@ -2246,7 +2595,7 @@ type AppendAuditResponse struct {
 
 func (x *AppendAuditResponse) Reset() {
 	*x = AppendAuditResponse{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	mi := &file_coffer_v1_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2607,7 @@ func (x *AppendAuditResponse) String() string {
 func (*AppendAuditResponse) ProtoMessage() {}
 
 func (x *AppendAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[23]
+	mi := &file_coffer_v1_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2620,7 @@ func (x *AppendAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendAuditResponse.ProtoReflect.Descriptor instead.
 func (*AppendAuditResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{23}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AppendAuditResponse) GetIndex() uint64 {
@@ -2297,14 +2646,16 @@ type ReadOutcome struct {
 	// Sequence number of the read's audit entry.
 	Seq uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	// Revision of the key record Apply decided on (0: no such key).
-	KeyRevision   uint64 `protobuf:"varint,4,opt,name=key_revision,json=keyRevision,proto3" json:"key_revision,omitempty"`
+	KeyRevision uint64 `protobuf:"varint,4,opt,name=key_revision,json=keyRevision,proto3" json:"key_revision,omitempty"`
+	// The version of the key's material the use was granted for.
+	KeyVersion    uint32 `protobuf:"varint,5,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReadOutcome) Reset() {
 	*x = ReadOutcome{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[24]
+	mi := &file_coffer_v1_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2316,7 +2667,7 @@ func (x *ReadOutcome) String() string {
 func (*ReadOutcome) ProtoMessage() {}
 
 func (x *ReadOutcome) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[24]
+	mi := &file_coffer_v1_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2329,7 +2680,7 @@ func (x *ReadOutcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutcome.ProtoReflect.Descriptor instead.
 func (*ReadOutcome) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{24}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadOutcome) GetRefusal() ReadRefusal {
@@ -2360,6 +2711,13 @@ func (x *ReadOutcome) GetKeyRevision() uint64 {
 	return 0
 }
 
+func (x *ReadOutcome) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
 // AuditCheckpointCommand commits a signed checkpoint of the chain head.
 type AuditCheckpointCommand struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -2374,7 +2732,7 @@ type AuditCheckpointCommand struct {
 
 func (x *AuditCheckpointCommand) Reset() {
 	*x = AuditCheckpointCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[25]
+	mi := &file_coffer_v1_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2744,7 @@ func (x *AuditCheckpointCommand) String() string {
 func (*AuditCheckpointCommand) ProtoMessage() {}
 
 func (x *AuditCheckpointCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[25]
+	mi := &file_coffer_v1_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2757,7 @@ func (x *AuditCheckpointCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditCheckpointCommand.ProtoReflect.Descriptor instead.
 func (*AuditCheckpointCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{25}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AuditCheckpointCommand) GetCheckpoint() *AuditCheckpoint {
@@ -2429,7 +2787,7 @@ type AuditPruneCommand struct {
 
 func (x *AuditPruneCommand) Reset() {
 	*x = AuditPruneCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[26]
+	mi := &file_coffer_v1_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2799,7 @@ func (x *AuditPruneCommand) String() string {
 func (*AuditPruneCommand) ProtoMessage() {}
 
 func (x *AuditPruneCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[26]
+	mi := &file_coffer_v1_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2812,7 @@ func (x *AuditPruneCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditPruneCommand.ProtoReflect.Descriptor instead.
 func (*AuditPruneCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{26}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AuditPruneCommand) GetUpToSeq() uint64 {
@@ -2483,7 +2841,7 @@ type UpdatePolicyCommand struct {
 
 func (x *UpdatePolicyCommand) Reset() {
 	*x = UpdatePolicyCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[27]
+	mi := &file_coffer_v1_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2853,7 @@ func (x *UpdatePolicyCommand) String() string {
 func (*UpdatePolicyCommand) ProtoMessage() {}
 
 func (x *UpdatePolicyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[27]
+	mi := &file_coffer_v1_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2866,7 @@ func (x *UpdatePolicyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyCommand.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{27}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdatePolicyCommand) GetPolicy() *PolicyRecord {
@@ -2571,7 +2929,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[28]
+	mi := &file_coffer_v1_internal_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2583,7 +2941,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[28]
+	mi := &file_coffer_v1_internal_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2596,7 +2954,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{28}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NodeRecord) GetId() string {
@@ -2709,7 +3067,7 @@ type PinNodeCommand struct {
 
 func (x *PinNodeCommand) Reset() {
 	*x = PinNodeCommand{}
-	mi := &file_coffer_v1_internal_proto_msgTypes[29]
+	mi := &file_coffer_v1_internal_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +3079,7 @@ func (x *PinNodeCommand) String() string {
 func (*PinNodeCommand) ProtoMessage() {}
 
 func (x *PinNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_internal_proto_msgTypes[29]
+	mi := &file_coffer_v1_internal_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +3092,7 @@ func (x *PinNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeCommand.ProtoReflect.Descriptor instead.
 func (*PinNodeCommand) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{29}
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PinNodeCommand) GetNode() *NodeRecord {
@@ -2774,7 +3132,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\xcd\t\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xb7\v\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -2797,11 +3155,15 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"drain_node\x18\x10 \x01(\v2\x1b.coffer.v1.DrainNodeRequestH\x00R\tdrainNode\x12C\n" +
 	"\rset_key_state\x18\x12 \x01(\v2\x1d.coffer.v1.SetKeyStateRequestH\x00R\vsetKeyState\x12?\n" +
 	"\vencrypt_new\x18\x13 \x01(\v2\x1c.coffer.v1.EncryptNewRequestH\x00R\n" +
-	"encryptNew\x12$\n" +
+	"encryptNew\x12<\n" +
+	"\n" +
+	"rotate_key\x18\x14 \x01(\v2\x1b.coffer.v1.RotateKeyRequestH\x00R\trotateKey\x12R\n" +
+	"\x12retire_key_version\x18\x15 \x01(\v2\".coffer.v1.RetireKeyVersionRequestH\x00R\x10retireKeyVersion\x12V\n" +
+	"\x14amend_key_use_policy\x18\x16 \x01(\v2#.coffer.v1.AmendKeyUsePolicyRequestH\x00R\x11amendKeyUsePolicy\x12$\n" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x11 \x01(\tR\trequestIdB\x04\n" +
-	"\x02op\"\xff\a\n" +
+	"\x02op\"\xec\t\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
@@ -2822,7 +3184,11 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"drain_node\x18\r \x01(\v2\x1c.coffer.v1.DrainNodeResponseH\x00R\tdrainNode\x12D\n" +
 	"\rset_key_state\x18\x0e \x01(\v2\x1e.coffer.v1.SetKeyStateResponseH\x00R\vsetKeyState\x12@\n" +
 	"\vencrypt_new\x18\x0f \x01(\v2\x1d.coffer.v1.EncryptNewResponseH\x00R\n" +
-	"encryptNewB\b\n" +
+	"encryptNew\x12=\n" +
+	"\n" +
+	"rotate_key\x18\x10 \x01(\v2\x1c.coffer.v1.RotateKeyResponseH\x00R\trotateKey\x12S\n" +
+	"\x12retire_key_version\x18\x11 \x01(\v2#.coffer.v1.RetireKeyVersionResponseH\x00R\x10retireKeyVersion\x12W\n" +
+	"\x14amend_key_use_policy\x18\x12 \x01(\v2$.coffer.v1.AmendKeyUsePolicyResponseH\x00R\x11amendKeyUsePolicyB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -2850,7 +3216,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"escrowKeys\x12,\n" +
 	"\x12max_lifetime_nanos\x18\n" +
 	" \x01(\x03R\x10maxLifetimeNanos\x12#\n" +
-	"\rintegrity_tag\x18\v \x01(\fR\fintegrityTag\"\x8d\x05\n" +
+	"\rintegrity_tag\x18\v \x01(\fR\fintegrityTag\"\x9b\x06\n" +
 	"\tKeyRecord\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -2870,7 +3236,18 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x06escrow\x18\r \x03(\v2\x15.coffer.v1.EscrowCopyR\x06escrow\x121\n" +
 	"\x15activate_at_unix_nano\x18\x0e \x01(\x03R\x12activateAtUnixNano\x125\n" +
 	"\x17state_changed_unix_nano\x18\x0f \x01(\x03R\x14stateChangedUnixNano\x12 \n" +
-	"\vcompromised\x18\x10 \x01(\bR\vcompromised\"P\n" +
+	"\vcompromised\x18\x10 \x01(\bR\vcompromised\x12\x18\n" +
+	"\aversion\x18\x11 \x01(\rR\aversion\x129\n" +
+	"\x19version_created_unix_nano\x18\x12 \x01(\x03R\x16versionCreatedUnixNano\x127\n" +
+	"\bversions\x18\x13 \x03(\v2\x1b.coffer.v1.KeyVersionRecordR\bversions\"\xff\x01\n" +
+	"\x10KeyVersionRecord\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
+	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12\x1f\n" +
+	"\vkek_version\x18\x03 \x01(\rR\n" +
+	"kekVersion\x12)\n" +
+	"\x10wrapped_material\x18\x04 \x01(\fR\x0fwrappedMaterial\x12-\n" +
+	"\x06escrow\x18\x05 \x03(\v2\x15.coffer.v1.EscrowCopyR\x06escrow\x12*\n" +
+	"\x11retired_unix_nano\x18\x06 \x01(\x03R\x0fretiredUnixNano\"P\n" +
 	"\tEscrowKey\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -2915,7 +3292,17 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x12SetKeyStateCommand\x12&\n" +
 	"\x03key\x18\x01 \x01(\v2\x14.coffer.v1.KeyRecordR\x03key\x12+\n" +
 	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
-	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"s\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\xaf\x02\n" +
+	"\x10ChangeKeyCommand\x12&\n" +
+	"\x03key\x18\x01 \x01(\v2\x14.coffer.v1.KeyRecordR\x03key\x12+\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\x12:\n" +
+	"\x06change\x18\x04 \x01(\x0e2\".coffer.v1.ChangeKeyCommand.ChangeR\x06change\"]\n" +
+	"\x06Change\x12\x16\n" +
+	"\x12CHANGE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rCHANGE_ROTATE\x10\x01\x12\x11\n" +
+	"\rCHANGE_RETIRE\x10\x02\x12\x15\n" +
+	"\x11CHANGE_USE_POLICY\x10\x03\"s\n" +
 	"\x13CreatePolicyCommand\x12/\n" +
 	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
 	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\x91\x01\n" +
@@ -2933,12 +3320,14 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bfallback\x18\x03 \x03(\rR\bfallback\"Y\n" +
 	"\x13AppendAuditResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12,\n" +
-	"\x05reads\x18\x02 \x03(\v2\x16.coffer.v1.ReadOutcomeR\x05reads\"\x8c\x01\n" +
+	"\x05reads\x18\x02 \x03(\v2\x16.coffer.v1.ReadOutcomeR\x05reads\"\xad\x01\n" +
 	"\vReadOutcome\x120\n" +
 	"\arefusal\x18\x01 \x01(\x0e2\x16.coffer.v1.ReadRefusalR\arefusal\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12!\n" +
-	"\fkey_revision\x18\x04 \x01(\x04R\vkeyRevision\"~\n" +
+	"\fkey_revision\x18\x04 \x01(\x04R\vkeyRevision\x12\x1f\n" +
+	"\vkey_version\x18\x05 \x01(\rR\n" +
+	"keyVersion\"~\n" +
 	"\x16AuditCheckpointCommand\x12:\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x1a.coffer.v1.AuditCheckpointR\n" +
@@ -2973,7 +3362,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x15.coffer.v1.NodeRecordR\x04node\x12$\n" +
 	"\x0eonly_if_absent\x18\x02 \x01(\bR\fonlyIfAbsent\x12+\n" +
 	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\x12'\n" +
-	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256*\xc4\x03\n" +
+	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256*\xe1\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1b\n" +
@@ -2989,7 +3378,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v\x12\x19\n" +
 	"\x15COMMAND_TYPE_PIN_NODE\x10\f\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_SET_KEY_STATE\x10\r*\x9a\x02\n" +
+	"\x1aCOMMAND_TYPE_SET_KEY_STATE\x10\r\x12\x1b\n" +
+	"\x17COMMAND_TYPE_CHANGE_KEY\x10\x0e*\xd9\x02\n" +
 	"\vReadRefusal\x12\x1c\n" +
 	"\x18READ_REFUSAL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16READ_REFUSAL_NOT_FOUND\x10\x01\x12\x18\n" +
@@ -2999,7 +3389,10 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x1aREAD_REFUSAL_NOT_YET_VALID\x10\x05\x12\x18\n" +
 	"\x14READ_REFUSAL_EXPIRED\x10\x06\x12\x1b\n" +
 	"\x17READ_REFUSAL_UNSUITABLE\x10\a\x12\x1a\n" +
-	"\x16READ_REFUSAL_KEY_STATE\x10\b2\xe9\x01\n" +
+	"\x16READ_REFUSAL_KEY_STATE\x10\b\x12\x1c\n" +
+	"\x18READ_REFUSAL_KEY_VERSION\x10\t\x12\x1f\n" +
+	"\x1bREAD_REFUSAL_USES_EXHAUSTED\x10\n" +
+	"2\xe9\x01\n" +
 	"\x0fInternalService\x12@\n" +
 	"\aForward\x12\x19.coffer.v1.ForwardRequest\x1a\x1a.coffer.v1.ForwardResponse\x12F\n" +
 	"\tReadIndex\x12\x1b.coffer.v1.ReadIndexRequest\x1a\x1c.coffer.v1.ReadIndexResponse\x12L\n" +
@@ -3017,166 +3410,186 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_internal_proto_rawDescData
 }
 
-var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),                   // 0: coffer.v1.CommandType
 	(ReadRefusal)(0),                   // 1: coffer.v1.ReadRefusal
-	(*Caller)(nil),                     // 2: coffer.v1.Caller
-	(*ForwardRequest)(nil),             // 3: coffer.v1.ForwardRequest
-	(*ForwardResponse)(nil),            // 4: coffer.v1.ForwardResponse
-	(*ReadIndexRequest)(nil),           // 5: coffer.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),          // 6: coffer.v1.ReadIndexResponse
-	(*Command)(nil),                    // 7: coffer.v1.Command
-	(*WrappedKEK)(nil),                 // 8: coffer.v1.WrappedKEK
-	(*PolicyRecord)(nil),               // 9: coffer.v1.PolicyRecord
-	(*KeyRecord)(nil),                  // 10: coffer.v1.KeyRecord
-	(*EscrowKey)(nil),                  // 11: coffer.v1.EscrowKey
-	(*EscrowCopy)(nil),                 // 12: coffer.v1.EscrowCopy
-	(*ClusterInfo)(nil),                // 13: coffer.v1.ClusterInfo
-	(*InitClusterCommand)(nil),         // 14: coffer.v1.InitClusterCommand
-	(*PutClientCommand)(nil),           // 15: coffer.v1.PutClientCommand
-	(*PutAclRuleCommand)(nil),          // 16: coffer.v1.PutAclRuleCommand
-	(*DeleteAclRuleCommand)(nil),       // 17: coffer.v1.DeleteAclRuleCommand
-	(*RevokeCertificateCommand)(nil),   // 18: coffer.v1.RevokeCertificateCommand
-	(*CreateKeyCommand)(nil),           // 19: coffer.v1.CreateKeyCommand
-	(*SetKeyStateCommand)(nil),         // 20: coffer.v1.SetKeyStateCommand
-	(*CreatePolicyCommand)(nil),        // 21: coffer.v1.CreatePolicyCommand
-	(*AuditBatchCommand)(nil),          // 22: coffer.v1.AuditBatchCommand
-	(*ReadDecision)(nil),               // 23: coffer.v1.ReadDecision
-	(*AppendAuditRequest)(nil),         // 24: coffer.v1.AppendAuditRequest
-	(*AppendAuditResponse)(nil),        // 25: coffer.v1.AppendAuditResponse
-	(*ReadOutcome)(nil),                // 26: coffer.v1.ReadOutcome
-	(*AuditCheckpointCommand)(nil),     // 27: coffer.v1.AuditCheckpointCommand
-	(*AuditPruneCommand)(nil),          // 28: coffer.v1.AuditPruneCommand
-	(*UpdatePolicyCommand)(nil),        // 29: coffer.v1.UpdatePolicyCommand
-	(*NodeRecord)(nil),                 // 30: coffer.v1.NodeRecord
-	(*PinNodeCommand)(nil),             // 31: coffer.v1.PinNodeCommand
-	(*GenerateKeyRequest)(nil),         // 32: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),              // 33: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),        // 34: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),      // 35: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),     // 36: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),   // 37: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),               // 38: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),         // 39: coffer.v1.RevokeGrantRequest
-	(*UpdatePolicyRequest)(nil),        // 40: coffer.v1.UpdatePolicyRequest
-	(*AuditPruneRequest)(nil),          // 41: coffer.v1.AuditPruneRequest
-	(*PinNodeRequest)(nil),             // 42: coffer.v1.PinNodeRequest
-	(*RemoveNodeRequest)(nil),          // 43: coffer.v1.RemoveNodeRequest
-	(*TransferLeadershipRequest)(nil),  // 44: coffer.v1.TransferLeadershipRequest
-	(*DrainNodeRequest)(nil),           // 45: coffer.v1.DrainNodeRequest
-	(*SetKeyStateRequest)(nil),         // 46: coffer.v1.SetKeyStateRequest
-	(*EncryptNewRequest)(nil),          // 47: coffer.v1.EncryptNewRequest
-	(*GenerateKeyResponse)(nil),        // 48: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),             // 49: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),       // 50: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                 // 51: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil),  // 52: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),                // 53: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),        // 54: coffer.v1.RevokeGrantResponse
-	(*UpdatePolicyResponse)(nil),       // 55: coffer.v1.UpdatePolicyResponse
-	(*AuditPruneResponse)(nil),         // 56: coffer.v1.AuditPruneResponse
-	(*PinNodeResponse)(nil),            // 57: coffer.v1.PinNodeResponse
-	(*RemoveNodeResponse)(nil),         // 58: coffer.v1.RemoveNodeResponse
-	(*TransferLeadershipResponse)(nil), // 59: coffer.v1.TransferLeadershipResponse
-	(*DrainNodeResponse)(nil),          // 60: coffer.v1.DrainNodeResponse
-	(*SetKeyStateResponse)(nil),        // 61: coffer.v1.SetKeyStateResponse
-	(*EncryptNewResponse)(nil),         // 62: coffer.v1.EncryptNewResponse
-	(Algorithm)(0),                     // 63: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),               // 64: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),             // 65: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                      // 66: coffer.v1.KeyState
-	(*ClientRecord)(nil),               // 67: coffer.v1.ClientRecord
-	(*AclRule)(nil),                    // 68: coffer.v1.AclRule
-	(*AuditEntry)(nil),                 // 69: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),         // 70: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),            // 71: coffer.v1.AuditCheckpoint
+	(ChangeKeyCommand_Change)(0),       // 2: coffer.v1.ChangeKeyCommand.Change
+	(*Caller)(nil),                     // 3: coffer.v1.Caller
+	(*ForwardRequest)(nil),             // 4: coffer.v1.ForwardRequest
+	(*ForwardResponse)(nil),            // 5: coffer.v1.ForwardResponse
+	(*ReadIndexRequest)(nil),           // 6: coffer.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),          // 7: coffer.v1.ReadIndexResponse
+	(*Command)(nil),                    // 8: coffer.v1.Command
+	(*WrappedKEK)(nil),                 // 9: coffer.v1.WrappedKEK
+	(*PolicyRecord)(nil),               // 10: coffer.v1.PolicyRecord
+	(*KeyRecord)(nil),                  // 11: coffer.v1.KeyRecord
+	(*KeyVersionRecord)(nil),           // 12: coffer.v1.KeyVersionRecord
+	(*EscrowKey)(nil),                  // 13: coffer.v1.EscrowKey
+	(*EscrowCopy)(nil),                 // 14: coffer.v1.EscrowCopy
+	(*ClusterInfo)(nil),                // 15: coffer.v1.ClusterInfo
+	(*InitClusterCommand)(nil),         // 16: coffer.v1.InitClusterCommand
+	(*PutClientCommand)(nil),           // 17: coffer.v1.PutClientCommand
+	(*PutAclRuleCommand)(nil),          // 18: coffer.v1.PutAclRuleCommand
+	(*DeleteAclRuleCommand)(nil),       // 19: coffer.v1.DeleteAclRuleCommand
+	(*RevokeCertificateCommand)(nil),   // 20: coffer.v1.RevokeCertificateCommand
+	(*CreateKeyCommand)(nil),           // 21: coffer.v1.CreateKeyCommand
+	(*SetKeyStateCommand)(nil),         // 22: coffer.v1.SetKeyStateCommand
+	(*ChangeKeyCommand)(nil),           // 23: coffer.v1.ChangeKeyCommand
+	(*CreatePolicyCommand)(nil),        // 24: coffer.v1.CreatePolicyCommand
+	(*AuditBatchCommand)(nil),          // 25: coffer.v1.AuditBatchCommand
+	(*ReadDecision)(nil),               // 26: coffer.v1.ReadDecision
+	(*AppendAuditRequest)(nil),         // 27: coffer.v1.AppendAuditRequest
+	(*AppendAuditResponse)(nil),        // 28: coffer.v1.AppendAuditResponse
+	(*ReadOutcome)(nil),                // 29: coffer.v1.ReadOutcome
+	(*AuditCheckpointCommand)(nil),     // 30: coffer.v1.AuditCheckpointCommand
+	(*AuditPruneCommand)(nil),          // 31: coffer.v1.AuditPruneCommand
+	(*UpdatePolicyCommand)(nil),        // 32: coffer.v1.UpdatePolicyCommand
+	(*NodeRecord)(nil),                 // 33: coffer.v1.NodeRecord
+	(*PinNodeCommand)(nil),             // 34: coffer.v1.PinNodeCommand
+	(*GenerateKeyRequest)(nil),         // 35: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),              // 36: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),        // 37: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),      // 38: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 39: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),   // 40: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),               // 41: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 42: coffer.v1.RevokeGrantRequest
+	(*UpdatePolicyRequest)(nil),        // 43: coffer.v1.UpdatePolicyRequest
+	(*AuditPruneRequest)(nil),          // 44: coffer.v1.AuditPruneRequest
+	(*PinNodeRequest)(nil),             // 45: coffer.v1.PinNodeRequest
+	(*RemoveNodeRequest)(nil),          // 46: coffer.v1.RemoveNodeRequest
+	(*TransferLeadershipRequest)(nil),  // 47: coffer.v1.TransferLeadershipRequest
+	(*DrainNodeRequest)(nil),           // 48: coffer.v1.DrainNodeRequest
+	(*SetKeyStateRequest)(nil),         // 49: coffer.v1.SetKeyStateRequest
+	(*EncryptNewRequest)(nil),          // 50: coffer.v1.EncryptNewRequest
+	(*RotateKeyRequest)(nil),           // 51: coffer.v1.RotateKeyRequest
+	(*RetireKeyVersionRequest)(nil),    // 52: coffer.v1.RetireKeyVersionRequest
+	(*AmendKeyUsePolicyRequest)(nil),   // 53: coffer.v1.AmendKeyUsePolicyRequest
+	(*GenerateKeyResponse)(nil),        // 54: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),             // 55: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),       // 56: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                 // 57: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil),  // 58: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 59: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),        // 60: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),       // 61: coffer.v1.UpdatePolicyResponse
+	(*AuditPruneResponse)(nil),         // 62: coffer.v1.AuditPruneResponse
+	(*PinNodeResponse)(nil),            // 63: coffer.v1.PinNodeResponse
+	(*RemoveNodeResponse)(nil),         // 64: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipResponse)(nil), // 65: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeResponse)(nil),          // 66: coffer.v1.DrainNodeResponse
+	(*SetKeyStateResponse)(nil),        // 67: coffer.v1.SetKeyStateResponse
+	(*EncryptNewResponse)(nil),         // 68: coffer.v1.EncryptNewResponse
+	(*RotateKeyResponse)(nil),          // 69: coffer.v1.RotateKeyResponse
+	(*RetireKeyVersionResponse)(nil),   // 70: coffer.v1.RetireKeyVersionResponse
+	(*AmendKeyUsePolicyResponse)(nil),  // 71: coffer.v1.AmendKeyUsePolicyResponse
+	(Algorithm)(0),                     // 72: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),               // 73: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),             // 74: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                      // 75: coffer.v1.KeyState
+	(*ClientRecord)(nil),               // 76: coffer.v1.ClientRecord
+	(*AclRule)(nil),                    // 77: coffer.v1.AclRule
+	(*AuditEntry)(nil),                 // 78: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),         // 79: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),            // 80: coffer.v1.AuditCheckpoint
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
-	2,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	32, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	33, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	34, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	35, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
-	36, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
-	37, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
-	38, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
-	39, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
-	40, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
-	41, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
-	42, // 11: coffer.v1.ForwardRequest.pin_node:type_name -> coffer.v1.PinNodeRequest
-	43, // 12: coffer.v1.ForwardRequest.remove_node:type_name -> coffer.v1.RemoveNodeRequest
-	44, // 13: coffer.v1.ForwardRequest.transfer_leadership:type_name -> coffer.v1.TransferLeadershipRequest
-	45, // 14: coffer.v1.ForwardRequest.drain_node:type_name -> coffer.v1.DrainNodeRequest
-	46, // 15: coffer.v1.ForwardRequest.set_key_state:type_name -> coffer.v1.SetKeyStateRequest
-	47, // 16: coffer.v1.ForwardRequest.encrypt_new:type_name -> coffer.v1.EncryptNewRequest
-	48, // 17: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	49, // 18: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	50, // 19: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	51, // 20: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	52, // 21: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	53, // 22: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	54, // 23: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	55, // 24: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
-	56, // 25: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
-	57, // 26: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
-	58, // 27: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
-	59, // 28: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
-	60, // 29: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
-	61, // 30: coffer.v1.ForwardResponse.set_key_state:type_name -> coffer.v1.SetKeyStateResponse
-	62, // 31: coffer.v1.ForwardResponse.encrypt_new:type_name -> coffer.v1.EncryptNewResponse
-	0,  // 32: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	8,  // 33: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	63, // 34: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	64, // 35: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	65, // 36: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	11, // 37: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	63, // 38: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	66, // 39: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	64, // 40: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	65, // 41: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	12, // 42: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	13, // 43: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	9,  // 44: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	67, // 45: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	68, // 46: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	67, // 47: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	69, // 48: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	68, // 49: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	69, // 50: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	69, // 51: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	70, // 52: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	69, // 53: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 54: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	69, // 55: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 56: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
-	69, // 57: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 58: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	69, // 59: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	69, // 60: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	23, // 61: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
-	69, // 62: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	23, // 63: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
-	26, // 64: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
-	1,  // 65: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
-	71, // 66: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	69, // 67: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	9,  // 68: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	69, // 69: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	30, // 70: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
-	69, // 71: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
-	3,  // 72: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	5,  // 73: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	24, // 74: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	4,  // 75: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	6,  // 76: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	25, // 77: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	75, // [75:78] is the sub-list for method output_type
-	72, // [72:75] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	3,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
+	35, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	36, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	37, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	38, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	39, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	40, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	41, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	42, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	43, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
+	44, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
+	45, // 11: coffer.v1.ForwardRequest.pin_node:type_name -> coffer.v1.PinNodeRequest
+	46, // 12: coffer.v1.ForwardRequest.remove_node:type_name -> coffer.v1.RemoveNodeRequest
+	47, // 13: coffer.v1.ForwardRequest.transfer_leadership:type_name -> coffer.v1.TransferLeadershipRequest
+	48, // 14: coffer.v1.ForwardRequest.drain_node:type_name -> coffer.v1.DrainNodeRequest
+	49, // 15: coffer.v1.ForwardRequest.set_key_state:type_name -> coffer.v1.SetKeyStateRequest
+	50, // 16: coffer.v1.ForwardRequest.encrypt_new:type_name -> coffer.v1.EncryptNewRequest
+	51, // 17: coffer.v1.ForwardRequest.rotate_key:type_name -> coffer.v1.RotateKeyRequest
+	52, // 18: coffer.v1.ForwardRequest.retire_key_version:type_name -> coffer.v1.RetireKeyVersionRequest
+	53, // 19: coffer.v1.ForwardRequest.amend_key_use_policy:type_name -> coffer.v1.AmendKeyUsePolicyRequest
+	54, // 20: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	55, // 21: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	56, // 22: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	57, // 23: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	58, // 24: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	59, // 25: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	60, // 26: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	61, // 27: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	62, // 28: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
+	63, // 29: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
+	64, // 30: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
+	65, // 31: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
+	66, // 32: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
+	67, // 33: coffer.v1.ForwardResponse.set_key_state:type_name -> coffer.v1.SetKeyStateResponse
+	68, // 34: coffer.v1.ForwardResponse.encrypt_new:type_name -> coffer.v1.EncryptNewResponse
+	69, // 35: coffer.v1.ForwardResponse.rotate_key:type_name -> coffer.v1.RotateKeyResponse
+	70, // 36: coffer.v1.ForwardResponse.retire_key_version:type_name -> coffer.v1.RetireKeyVersionResponse
+	71, // 37: coffer.v1.ForwardResponse.amend_key_use_policy:type_name -> coffer.v1.AmendKeyUsePolicyResponse
+	0,  // 38: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	9,  // 39: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	72, // 40: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	73, // 41: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	74, // 42: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	13, // 43: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	72, // 44: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	75, // 45: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	73, // 46: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	74, // 47: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	14, // 48: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	12, // 49: coffer.v1.KeyRecord.versions:type_name -> coffer.v1.KeyVersionRecord
+	14, // 50: coffer.v1.KeyVersionRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	15, // 51: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	10, // 52: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	76, // 53: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	77, // 54: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	76, // 55: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	78, // 56: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	77, // 57: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	78, // 58: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	78, // 59: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	79, // 60: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	78, // 61: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 62: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	78, // 63: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 64: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
+	78, // 65: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 66: coffer.v1.ChangeKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	78, // 67: coffer.v1.ChangeKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	2,  // 68: coffer.v1.ChangeKeyCommand.change:type_name -> coffer.v1.ChangeKeyCommand.Change
+	10, // 69: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	78, // 70: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	78, // 71: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	26, // 72: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	78, // 73: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	26, // 74: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	29, // 75: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 76: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	80, // 77: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	78, // 78: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 79: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	78, // 80: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	33, // 81: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
+	78, // 82: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
+	4,  // 83: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	6,  // 84: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	27, // 85: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	5,  // 86: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	7,  // 87: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	28, // 88: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	86, // [86:89] is the sub-list for method output_type
+	83, // [83:86] is the sub-list for method input_type
+	83, // [83:83] is the sub-list for extension type_name
+	83, // [83:83] is the sub-list for extension extendee
+	0,  // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -3205,6 +3618,9 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardRequest_DrainNode)(nil),
 		(*ForwardRequest_SetKeyState)(nil),
 		(*ForwardRequest_EncryptNew)(nil),
+		(*ForwardRequest_RotateKey)(nil),
+		(*ForwardRequest_RetireKeyVersion)(nil),
+		(*ForwardRequest_AmendKeyUsePolicy)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
@@ -3222,14 +3638,17 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardResponse_DrainNode)(nil),
 		(*ForwardResponse_SetKeyState)(nil),
 		(*ForwardResponse_EncryptNew)(nil),
+		(*ForwardResponse_RotateKey)(nil),
+		(*ForwardResponse_RetireKeyVersion)(nil),
+		(*ForwardResponse_AmendKeyUsePolicy)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   30,
+			NumEnums:      3,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -356,7 +356,10 @@ type AuditEntry struct {
 	Hash        []byte       `protobuf:"bytes,15,opt,name=hash,proto3" json:"hash,omitempty"`
 	// HMAC-SHA256 of values that could be sensitive, keyed by the cluster's
 	// audit HMAC key; never the values themselves.
-	DetailHmac    []byte `protobuf:"bytes,16,opt,name=detail_hmac,json=detailHmac,proto3" json:"detail_hmac,omitempty"`
+	DetailHmac []byte `protobuf:"bytes,16,opt,name=detail_hmac,json=detailHmac,proto3" json:"detail_hmac,omitempty"`
+	// The version of the key's material a use named or used (0: not a use of
+	// a key's material, or an entry from before key versions).
+	KeyVersion    uint32 `protobuf:"varint,17,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -501,6 +504,13 @@ func (x *AuditEntry) GetDetailHmac() []byte {
 		return x.DetailHmac
 	}
 	return nil
+}
+
+func (x *AuditEntry) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
 }
 
 // AuditCheckpoint signs the chain head at seq.
@@ -681,7 +691,7 @@ const file_coffer_v1_records_proto_rawDesc = "" +
 	"\x12RevokedCertificate\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano\"\xe4\x03\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano\"\x85\x04\n" +
 	"\n" +
 	"AuditEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
@@ -702,7 +712,9 @@ const file_coffer_v1_records_proto_rawDesc = "" +
 	"\tprev_hash\x18\x0e \x01(\fR\bprevHash\x12\x12\n" +
 	"\x04hash\x18\x0f \x01(\fR\x04hash\x12\x1f\n" +
 	"\vdetail_hmac\x18\x10 \x01(\fR\n" +
-	"detailHmac\"\xb2\x01\n" +
+	"detailHmac\x12\x1f\n" +
+	"\vkey_version\x18\x11 \x01(\rR\n" +
+	"keyVersion\"\xb2\x01\n" +
 	"\x0fAuditCheckpoint\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04head\x18\x02 \x01(\fR\x04head\x12$\n" +
