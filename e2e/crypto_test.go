@@ -227,6 +227,31 @@ func TestE2E_EncryptDecrypt(t *testing.T) {
 		t.Fatal("reencrypt: the new ciphertext decrypted to something else")
 	}
 
+	// Rotation: the new version encrypts, the old one still decrypts until
+	// retired; get names the version, the audit trail each use's version.
+	if out := e.mustCoffer("key", "rotate", gk, "--reason", "e2e"); !strings.Contains(out, "2 (newest, 0 encryptions)") {
+		t.Fatalf("key rotate:\n%s", out)
+	}
+	mustApp(append([]string{"encrypt", "--gkid", gk, "--in", file("pt"), "--out", file("v2.ct")}, encCtx...)...)
+	mustApp(append([]string{"decrypt", "--in", file("ct"), "--out", file("back-v1")}, encCtx...)...)
+	if !bytes.Equal(read("back-v1"), plaintext) {
+		t.Fatal("after rotation, the version 1 ciphertext decrypted to something else")
+	}
+	if out := e.mustCoffer("key", "get", gk, "--version", "1"); !strings.Contains(out, "version:      1") {
+		t.Fatalf("key get --version 1:\n%s", out)
+	}
+	e.mustCoffer("key", "retire", gk, "--version", "1")
+	if _, errs, code := as("app", append([]string{"decrypt", "--in", file("ct")}, encCtx...)...); code != 1 || !strings.Contains(errs, "was retired") {
+		t.Fatalf("decrypt under a retired version: exit %d, %s", code, errs)
+	}
+	if q := e.mustCoffer("audit", "query", "--gkid", gk, "--op", "rotate"); !strings.Contains(q, gk+" v2") || !strings.Contains(q, "version 1 -> 2: e2e") {
+		t.Fatalf("audit query of the rotation:\n%s", q)
+	}
+	// What follows decrypts the version 2 ciphertext.
+	if err := os.Rename(file("v2.ct"), file("ct")); err != nil {
+		t.Fatal(err)
+	}
+
 	// The key's life cycle: deactivated, it still decrypts and no longer
 	// encrypts; destroyed, it does neither, and describe says so.
 	e.mustCoffer("key", "deactivate", gk, "--reason", "e2e rotation")

@@ -190,9 +190,13 @@ func (t *auditTable) writePage(entries []*cofferv1.AuditEntry) error {
 	return err
 }
 
-// auditTarget is what an entry concerned: its key, else its resource,
-// policy or target client.
+// auditTarget is what an entry concerned: its key (and the key version a
+// use named or used, "k1-... v2"), else its resource, policy or target
+// client.
 func auditTarget(e *cofferv1.AuditEntry) string {
+	if e.GetGkid() != "" && e.GetKeyVersion() != 0 {
+		return e.GetGkid() + " v" + strconv.FormatUint(uint64(e.GetKeyVersion()), 10)
+	}
 	for _, s := range []string{e.GetGkid(), e.GetResource(), e.GetPolicy(), e.GetClient()} {
 		if s != "" {
 			return s

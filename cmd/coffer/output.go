@@ -211,6 +211,14 @@ func formatUsePolicy(p *cofferv1.KeyUsePolicy) string {
 	return s
 }
 
+// plural is "1 encryption", "2 encryptions".
+func plural(n uint64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.FormatUint(n, 10) + " " + noun + "s"
+}
+
 // formatVersions lists a key's versions on one line: "1 (retired), 2 (3
 // encryptions), 3 (newest, 0 encryptions)".
 func formatVersions(md *cofferv1.KeyMetadata) string {
@@ -223,7 +231,7 @@ func formatVersions(md *cofferv1.KeyMetadata) string {
 		if v.GetRetiredAt() != nil {
 			what = append(what, "retired "+formatTime(v.GetRetiredAt()))
 		} else {
-			what = append(what, fmt.Sprintf("%d encryptions", v.GetEncryptions()))
+			what = append(what, plural(v.GetEncryptions(), "encryption"))
 		}
 		parts = append(parts, fmt.Sprintf("%d (%s)", v.GetVersion(), strings.Join(what, ", ")))
 	}
