@@ -12,14 +12,7 @@ import (
 // BenchmarkApplyCreateKey applies batches of 32 key creations, as Raft hands
 // them to the FSM under load, and reports the cost per key.
 func BenchmarkApplyCreateKey(b *testing.B) {
-	f, err := Open(DefaultConfig(b.TempDir()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	initCmd, _ := Encode(cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, &cofferv1.InitClusterCommand{
-		Info: &cofferv1.ClusterInfo{ClusterId: "abcdefghij"}, DefaultPolicy: policy("default")})
-	f.Apply(logs(1, initCmd)[0])
+	f := initializedFSM(b)
 	enc := base32.StdEncoding.WithPadding(base32.NoPadding)
 	const batch = 32
 	idx := uint64(2)
@@ -77,4 +70,63 @@ func BenchmarkApplyDecidedReads(b *testing.B) {
 		}
 		idx++
 	}
+}
+
+// BenchmarkRotationScan reads what the leader's automatic rotation scan
+// reads (node.rotateDue): every key record, page by page, and each newest
+// version's encryption count, over 100,000 keys; one op is one whole scan.
+func BenchmarkRotationScan(b *testing.B) {
+	f := initializedFSM(b)
+	const keys, batch = 100_000, 500
+	idx := uint64(2)
+	for i := 0; i < keys; i += batch {
+		entries := make([][]byte, batch)
+		for j := range entries {
+			gk := fmt.Sprintf("k1-abcdefghij-%026d", i+j)
+			d, err := Encode(cofferv1.CommandType_COMMAND_TYPE_CREATE_KEY, &cofferv1.CreateKeyCommand{Key: keyRec(gk, "default", "bench/r")})
+			if err != nil {
+				b.Fatal(err)
+			}
+			entries[j] = d
+		}
+		f.ApplyBatch(logs(idx, entries...))
+		idx += batch
+	}
+	b.ResetTimer()
+	for range b.N {
+		n, token := 0, ""
+		for {
+			recs, next, err := f.ListKeys(ListFilter{}, token, 500)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, r := range recs {
+				if _, err := f.Encryptions(r.GetGkid(), 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+			n += len(recs)
+			if next == "" {
+				break
+			}
+			token = next
+		}
+		if n != keys {
+			b.Fatalf("scanned %d keys, want %d", n, keys)
+		}
+	}
+}
+
+// initializedFSM is a state machine on a fresh directory with the cluster
+// initialised (index 1), closed when the benchmark ends.
+func initializedFSM(b *testing.B) *FSM {
+	f, err := Open(DefaultConfig(b.TempDir()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { f.Close() })
+	initCmd, _ := Encode(cofferv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, &cofferv1.InitClusterCommand{
+		Info: &cofferv1.ClusterInfo{ClusterId: "abcdefghij"}, DefaultPolicy: policy("default")})
+	f.Apply(logs(1, initCmd)[0])
+	return f
 }

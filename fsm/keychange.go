@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -23,14 +22,9 @@ func applyChangeKey(a *applyCtx, payload []byte, index uint64) Result {
 	}
 	next := c.GetKey()
 	id := next.GetGkid()
-	cur, err := a.key(id)
-	if errors.Is(err, ErrNotFound) {
-		return Result{Err: fmt.Errorf("%w: key %s", ErrNotFound, id)}
-	} else if err != nil {
-		panic(err.Error())
-	}
-	if cur.GetRevision() != c.GetExpectedRevision() {
-		return Result{Err: fmt.Errorf("%w: key %s is at revision %d, not %d", ErrConflict, id, cur.GetRevision(), c.GetExpectedRevision())}
+	cur, err := a.keyAt(id, c.GetExpectedRevision())
+	if err != nil {
+		return Result{Err: err}
 	}
 	if err := checkSameKey(cur, next, c.GetChange() == cofferv1.ChangeKeyCommand_CHANGE_USE_POLICY); err != nil {
 		return Result{Err: err}
@@ -48,12 +42,7 @@ func applyChangeKey(a *applyCtx, payload []byte, index uint64) Result {
 	if err != nil {
 		return Result{Err: err}
 	}
-	mustSet(a.b, keyKey(id), next)
-	if a.keysChanged == nil {
-		a.keysChanged = map[string]*cofferv1.KeyRecord{}
-	}
-	a.keysChanged[id] = next
-	return Result{Key: next}
+	return a.replaceKey(next)
 }
 
 // checkSameKey refuses a next record that changes what a key change never

@@ -33,14 +33,9 @@ func applySetKeyState(a *applyCtx, payload []byte, index uint64) Result {
 	}
 	next := c.GetKey()
 	id := next.GetGkid()
-	cur, err := a.key(id)
-	if errors.Is(err, ErrNotFound) {
-		return Result{Err: fmt.Errorf("%w: key %s", ErrNotFound, id)}
-	} else if err != nil {
-		panic(err.Error())
-	}
-	if cur.GetRevision() != c.GetExpectedRevision() {
-		return Result{Err: fmt.Errorf("%w: key %s is at revision %d, not %d", ErrConflict, id, cur.GetRevision(), c.GetExpectedRevision())}
+	cur, err := a.keyAt(id, c.GetExpectedRevision())
+	if err != nil {
+		return Result{Err: err}
 	}
 	if err := checkNextKeyRecord(cur, next); err != nil {
 		return Result{Err: err}
@@ -49,11 +44,33 @@ func applySetKeyState(a *applyCtx, payload []byte, index uint64) Result {
 	if !authz.KeyTransitionAllowed(from, to) {
 		return Result{Err: fmt.Errorf("%w: key %s is %s and cannot become %s", ErrKeyState, id, authz.StateName(from), authz.StateName(to))}
 	}
-	mustSet(a.b, keyKey(id), next)
+	return a.replaceKey(next)
+}
+
+// keyAt reads key id as of this point of the batch for a change expecting
+// it at revision expected: ErrNotFound or ErrConflict otherwise. A record
+// that cannot be read stops the replica.
+func (a *applyCtx) keyAt(id string, expected uint64) (*cofferv1.KeyRecord, error) {
+	cur, err := a.key(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: key %s", ErrNotFound, id)
+	} else if err != nil {
+		panic(err.Error())
+	}
+	if cur.GetRevision() != expected {
+		return nil, fmt.Errorf("%w: key %s is at revision %d, not %d", ErrConflict, id, cur.GetRevision(), expected)
+	}
+	return cur, nil
+}
+
+// replaceKey writes next over its key's record: later commands of the batch
+// read it (key), and the key cache takes it after the commit.
+func (a *applyCtx) replaceKey(next *cofferv1.KeyRecord) Result {
+	mustSet(a.b, keyKey(next.GetGkid()), next)
 	if a.keysChanged == nil {
 		a.keysChanged = map[string]*cofferv1.KeyRecord{}
 	}
-	a.keysChanged[id] = next
+	a.keysChanged[next.GetGkid()] = next
 	return Result{Key: next}
 }
 

@@ -164,14 +164,21 @@ func (s *service) retireKeyVersion(ctx context.Context, r *request, req *cofferv
 	return &cofferv1.RetireKeyVersionResponse{Key: s.describe(res.Key)}, nil
 }
 
-// rotationPage is how many key records one step of the rotation scan reads.
-const rotationPage = 500
+// Bounds of one rotation scan: how many key records one step reads, and
+// how many keys one scan rotates (each is a Raft write; the rest wait for
+// the next scan, so that a policy whose keys all fall due at once does not
+// hold the leader's loop, which also signs checkpoints and admits members).
+const (
+	rotationPage        = 500
+	maxRotationsPerScan = 100
+)
 
 // rotateDue rotates, on the leader, every active key whose use policy's
 // rotation period or count has come, or whose newest version nears the
 // random-nonce bound (authz.RotationDue). Each rotation is a write with its
 // own audit entry, whose caller is this node. It returns how many keys it
-// rotated; a key that fails to rotate is logged and left to the next scan.
+// rotated, at most maxRotationsPerScan; a key that fails to rotate is logged
+// and left to the next scan.
 func (s *service) rotateDue(ctx context.Context) (int, error) {
 	done, token := 0, ""
 	for {
@@ -191,6 +198,9 @@ func (s *service) rotateDue(ctx context.Context) (int, error) {
 			due, why := authz.RotationDue(rec, count, now)
 			if !due {
 				continue
+			}
+			if done == maxRotationsPerScan {
+				return done, nil
 			}
 			r := &request{entry: &cofferv1.AuditEntry{TimeUnixNano: now.UnixNano(), Node: s.cfg.ID, Caller: "node:" + s.cfg.ID,
 				Operation: string(authz.OpRotate), Gkid: rec.GetGkid(), Outcome: cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED}}
