@@ -89,6 +89,7 @@ func TestBarrier_KeyRecordTamperRefused(t *testing.T) {
 		"state_changed_unix_nano":   func(r *cofferv1.KeyRecord) { r.StateChangedUnixNano = 1 },
 		"compromised":               func(r *cofferv1.KeyRecord) { r.Compromised = true },
 		"version":                   func(r *cofferv1.KeyRecord) { r.Version = 2 },
+		"escrow_purge_unix_nano":    func(r *cofferv1.KeyRecord) { r.EscrowPurgeUnixNano = 7 },
 		"version_created_unix_nano": func(r *cofferv1.KeyRecord) { r.VersionCreatedUnixNano = 1 },
 		"versions": func(r *cofferv1.KeyRecord) {
 			r.Versions = append(r.Versions, &cofferv1.KeyVersionRecord{Version: 1, WrappedMaterial: bytes.Clone(other.GetWrappedMaterial())})
@@ -644,6 +645,7 @@ func TestBarrier_KeyVersions(t *testing.T) {
 		"older version's kek":          func(r *cofferv1.KeyRecord) { r.Versions[0].KekVersion = 1 },
 		"older version's time":         func(r *cofferv1.KeyRecord) { r.Versions[0].CreatedUnixNano++ },
 		"older version marked retired": func(r *cofferv1.KeyRecord) { r.Versions[0].RetiredUnixNano = 5 },
+		"older escrow purge time":      func(r *cofferv1.KeyRecord) { r.Versions[0].EscrowPurgeUnixNano = 5 },
 		"older escrow copy dropped":    func(r *cofferv1.KeyRecord) { r.Versions[0].Escrow = nil },
 		"older version dropped":        func(r *cofferv1.KeyRecord) { r.Versions = nil },
 	} {

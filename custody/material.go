@@ -210,6 +210,7 @@ func recordAAD(rec *cofferv1.KeyRecord) []byte {
 			sum := sha256.Sum256(v.GetWrappedMaterial())
 			e.bytes(sum[:])
 			e.u64(uint64(v.GetRetiredUnixNano()))
+			e.u64(uint64(v.GetEscrowPurgeUnixNano()))
 			e.u64(uint64(len(v.GetEscrow())))
 			for _, c := range v.GetEscrow() {
 				e.str(c.GetKeyId())
@@ -218,6 +219,12 @@ func recordAAD(rec *cofferv1.KeyRecord) []byte {
 				e.bytes(sum[:])
 			}
 		}
+	}
+	// A destroyed key's escrow purge time has no material to guard it; it
+	// is covered for a record that has material all the same.
+	if t := rec.GetEscrowPurgeUnixNano(); t != 0 {
+		e.str("purge")
+		e.u64(uint64(t))
 	}
 	return e.b
 }

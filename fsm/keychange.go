@@ -12,7 +12,9 @@ import (
 
 // applyChangeKey applies a rotation (a new newest version, the old
 // newest kept as an older version), the retirement of one older version
-// (its material and escrow copies gone) or a new use policy. The leader built and sealed the
+// (its material gone, its escrow copies too or kept under the policy's
+// retention), a new use policy, or the purge of escrow copies whose
+// retention ended. The leader built and sealed the
 // next record; Apply checks it against the committed one: the expected
 // revision, the key's state, and that nothing else changed.
 func applyChangeKey(a *applyCtx, payload []byte, index uint64) Result {
@@ -36,6 +38,8 @@ func applyChangeKey(a *applyCtx, payload []byte, index uint64) Result {
 		err = checkRotation(cur, next)
 	case cofferv1.ChangeKeyCommand_CHANGE_RETIRE:
 		err = checkRetirement(cur, next)
+	case cofferv1.ChangeKeyCommand_CHANGE_PURGE_ESCROW:
+		err = checkPurge(cur, next, c.GetAudit().GetTimeUnixNano())
 	default:
 		err = fmt.Errorf("%w: key %s: unknown version change %v", ErrInvalidCommand, id, c.GetChange())
 	}
@@ -60,7 +64,7 @@ func checkSameKey(cur, next *cofferv1.KeyRecord, usePolicy bool) error {
 		return fmt.Errorf("%w: a change of key %s changes more than it may", ErrInvalidCommand, cur.GetGkid())
 	case next.GetRevision() != cur.GetRevision()+1:
 		return fmt.Errorf("%w: key %s: next revision %d after %d", ErrInvalidCommand, cur.GetGkid(), next.GetRevision(), cur.GetRevision())
-	case len(next.GetWrappedMaterial()) == 0:
+	case len(next.GetWrappedMaterial()) == 0 && len(cur.GetWrappedMaterial()) != 0:
 		return fmt.Errorf("%w: key %s: a change without the newest version's material", ErrInvalidCommand, cur.GetGkid())
 	}
 	return nil
@@ -100,7 +104,8 @@ func checkRotation(cur, next *cofferv1.KeyRecord) error {
 }
 
 // checkRetirement checks the retirement of exactly one older version: its
-// material and escrow copies gone, a time set, everything else as it was.
+// material gone, its escrow copies gone or kept until a purge time, a time
+// set, everything else as it was.
 func checkRetirement(cur, next *cofferv1.KeyRecord) error {
 	id := cur.GetGkid()
 	if next.GetVersion() != cur.GetVersion() || next.GetVersionCreatedUnixNano() != cur.GetVersionCreatedUnixNano() ||
@@ -115,7 +120,8 @@ func checkRetirement(cur, next *cofferv1.KeyRecord) error {
 		}
 		retired++
 		if w.GetVersion() != v.GetVersion() || w.GetCreatedUnixNano() != v.GetCreatedUnixNano() || v.GetRetiredUnixNano() != 0 ||
-			w.GetRetiredUnixNano() <= 0 || len(w.GetWrappedMaterial()) != 0 || len(w.GetEscrow()) != 0 {
+			w.GetRetiredUnixNano() <= 0 || len(w.GetWrappedMaterial()) != 0 || !keptEscrow(v.GetEscrow(), w.GetEscrow(), w.GetEscrowPurgeUnixNano()) ||
+			w.GetKekVersion() != v.GetKekVersion() {
 			return fmt.Errorf("%w: key %s: version %d is not retired as a retirement must", ErrInvalidCommand, id, v.GetVersion())
 		}
 	}
@@ -137,4 +143,56 @@ func checkSameVersions(cur, next *cofferv1.KeyRecord) error {
 		}
 	}
 	return nil
+}
+
+// PurgeExpiredEscrow returns a copy of rec without the escrow copies whose
+// retention ended at or before at (unix nanoseconds): a destroyed key's
+// (escrow_purge_unix_nano) and retired versions' (theirs), with those times
+// cleared, and how many copies it removed. Revision and material are as in
+// rec: the leader sets them (CHANGE_PURGE_ESCROW), and Apply checks the
+// next record against this function's result.
+func PurgeExpiredEscrow(rec *cofferv1.KeyRecord, at int64) (*cofferv1.KeyRecord, int) {
+	next, n := proto.CloneOf(rec), 0
+	if t := next.GetEscrowPurgeUnixNano(); t != 0 && t <= at {
+		n += len(next.GetEscrow())
+		next.Escrow, next.EscrowPurgeUnixNano = nil, 0
+	}
+	for _, v := range next.GetVersions() {
+		if t := v.GetEscrowPurgeUnixNano(); t != 0 && t <= at {
+			n += len(v.GetEscrow())
+			v.Escrow, v.EscrowPurgeUnixNano = nil, 0
+		}
+	}
+	return next, n
+}
+
+// checkPurge checks a purge of expired escrow copies as of the time of the
+// command's audit entry: next is cur less exactly the copies
+// PurgeExpiredEscrow removes, at the next revision, with the newest
+// material re-sealed (or none, for a destroyed key).
+func checkPurge(cur, next *cofferv1.KeyRecord, at int64) error {
+	want, n := PurgeExpiredEscrow(cur, at)
+	want.Revision, want.WrappedMaterial = next.GetRevision(), next.GetWrappedMaterial()
+	if n == 0 || !proto.Equal(want, next) {
+		return fmt.Errorf("%w: key %s: a purge must delete exactly the escrow copies whose retention ended", ErrInvalidCommand, cur.GetGkid())
+	}
+	return nil
+}
+
+// keptEscrow reports whether next, the escrow copies of material that is
+// being deleted, are either gone or cur's own, kept until purge (a policy's
+// escrow retention).
+func keptEscrow(cur, next []*cofferv1.EscrowCopy, purge int64) bool {
+	if len(next) == 0 {
+		return true
+	}
+	if purge <= 0 || len(next) != len(cur) {
+		return false
+	}
+	for i := range cur {
+		if !proto.Equal(cur[i], next[i]) {
+			return false
+		}
+	}
+	return true
 }

@@ -93,11 +93,13 @@ func checkNextKeyRecord(cur, next *cofferv1.KeyRecord) error {
 		next.GetState() == cofferv1.KeyState_KEY_STATE_COMPROMISED && !next.GetCompromised():
 		return fmt.Errorf("%w: key %s: the compromise mark is kept", ErrInvalidCommand, cur.GetGkid())
 	case next.GetState() == cofferv1.KeyState_KEY_STATE_DESTROYED:
-		if len(next.GetWrappedMaterial()) != 0 || len(next.GetEscrow()) != 0 {
+		// No material of any version; escrow copies gone, or kept until a
+		// purge time (the policy's escrow retention).
+		if len(next.GetWrappedMaterial()) != 0 || !keptEscrow(cur.GetEscrow(), next.GetEscrow(), next.GetEscrowPurgeUnixNano()) {
 			return fmt.Errorf("%w: destroyed key %s still carries material", ErrInvalidCommand, cur.GetGkid())
 		}
-		for _, v := range next.GetVersions() {
-			if len(v.GetWrappedMaterial()) != 0 || len(v.GetEscrow()) != 0 {
+		for i, v := range next.GetVersions() {
+			if len(v.GetWrappedMaterial()) != 0 || !keptEscrow(cur.GetVersions()[i].GetEscrow(), v.GetEscrow(), v.GetEscrowPurgeUnixNano()) {
 				return fmt.Errorf("%w: destroyed key %s still carries version %d's material", ErrInvalidCommand, cur.GetGkid(), v.GetVersion())
 			}
 		}

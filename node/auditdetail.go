@@ -153,10 +153,7 @@ func policySettings(p *cofferv1.PolicyRecord) []setting {
 	for i, k := range p.GetEscrowKeys() {
 		escrow[i] = k.GetId()[:min(16, len(k.GetId()))]
 	}
-	lifetime := "none"
-	if lt := p.GetMaxLifetimeNanos(); lt > 0 {
-		lifetime = time.Duration(lt).String()
-	}
+	lifetime := durationOrNone(p.GetMaxLifetimeNanos())
 	out := []setting{{"allowed_algorithms", anyIfEmpty(algs)}}
 	out = append(out, useSettings("default_use_policy", u)...)
 	return append(out, []setting{
@@ -165,6 +162,7 @@ func policySettings(p *cofferv1.PolicyRecord) []setting {
 		{"cache_policy.ttl", c.GetTtl().AsDuration().String()},
 		{"cache_policy.max_keys", strconv.FormatUint(uint64(c.GetMaxKeys()), 10)},
 		{"escrow_keys", bracketed(escrow)},
+		{"escrow_retention", durationOrNone(p.GetEscrowRetentionNanos())},
 		{"kek_version", strconv.FormatUint(uint64(p.GetKekVersion()), 10)},
 	}...)
 }
@@ -196,6 +194,14 @@ func useSettings(prefix string, u *cofferv1.KeyUsePolicy) []setting {
 // to next: the settings it changes, old -> new, or "unchanged".
 func keyUseAmended(gkid string, cur, next *cofferv1.KeyUsePolicy) string {
 	return "amended use policy of key " + gkid + ": " + changeList(changes(useSettings("use_policy", cur), useSettings("use_policy", next)))
+}
+
+// durationOrNone shows a duration where 0 means none.
+func durationOrNone(n int64) string {
+	if n <= 0 {
+		return "none"
+	}
+	return time.Duration(n).String()
 }
 
 // anyIfEmpty shows a list where empty means no restriction.

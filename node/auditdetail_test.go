@@ -118,7 +118,7 @@ func TestNode_AdministrativeEntriesSayWhatChanged(t *testing.T) {
 		{id: "policy-create", op: "policy.create", policy: "pay", reason: "created policy pay: allowed_algorithms [aes-256]; " +
 			"default_use_policy.operations [get]; default_use_policy.not_before none; default_use_policy.not_after 2040-01-02T03:04:05Z; default_use_policy.max_encryptions none; default_use_policy.rotation_period none; default_use_policy.rotate_after_encryptions none; " +
 			"max_lifetime 720h0m0s; cache_policy.cacheable false; cache_policy.ttl 0s; cache_policy.max_keys 0; " +
-			"escrow_keys [" + esc + "]; kek_version 1"},
+			"escrow_keys [" + esc + "]; escrow_retention none; kek_version 1"},
 		{id: "policy-update", op: "policy.update", policy: "pay", reason: "updated policy pay for keys created from now on: " +
 			"default_use_policy.operations [get] -> [get,encrypt]; cache_policy.ttl 0s -> 1h0m0s"},
 		{id: "policy-update-same", op: "policy.update", policy: "pay", reason: "updated policy pay: unchanged"},

@@ -641,11 +641,17 @@ func keyMetadata(r *cofferv1.KeyRecord) *cofferv1.KeyMetadata {
 	if t := r.GetStateChangedUnixNano(); t != 0 {
 		md.StateChangedAt = timestamppb.New(time.Unix(0, t))
 	}
+	if t := r.GetEscrowPurgeUnixNano(); t != 0 {
+		md.EscrowPurgeAt = timestamppb.New(time.Unix(0, t))
+	}
 	md.Version = authz.NewestVersion(r)
 	for _, v := range r.GetVersions() {
 		info := &cofferv1.KeyVersionInfo{Version: v.GetVersion(), CreatedAt: timestamppb.New(time.Unix(0, v.GetCreatedUnixNano()))}
 		if t := v.GetRetiredUnixNano(); t != 0 {
 			info.RetiredAt = timestamppb.New(time.Unix(0, t))
+		}
+		if t := v.GetEscrowPurgeUnixNano(); t != 0 {
+			info.EscrowPurgeAt = timestamppb.New(time.Unix(0, t))
 		}
 		md.Versions = append(md.Versions, info)
 	}

@@ -78,8 +78,15 @@ func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.Set
 	if !authz.KeyTransitionAllowed(from, to) {
 		return nil, fmt.Errorf("%w: key %s is %s and cannot become %s", fsm.ErrKeyState, id, authz.StateName(from), authz.StateName(to))
 	}
+	var keep time.Time // escrow copies kept until then (zero: not kept)
 	if n := escrowCopiesOf(cur); to == cofferv1.KeyState_KEY_STATE_DESTROYED && n > 0 && !req.GetDestroyEscrow() {
-		return nil, fmt.Errorf("%w: key %s has %d escrow copies, the last way to recover it; destroying the key destroys them too: ask again with destroy_escrow (coffer key destroy --destroy-escrow)", ErrPrecondition, id, n)
+		if keep, err = s.escrowKeptUntil(cur, now); err != nil {
+			return nil, err
+		}
+		if keep.IsZero() {
+			return nil, fmt.Errorf("%w: key %s has %d escrow copies, the last way to recover it, and policy %s keeps none after a destroy (no escrow retention); destroying the key destroys them too: ask again with destroy_escrow (coffer key destroy --destroy-escrow)", ErrPrecondition, id, n, cur.GetPolicy())
+		}
+		e.Reason = clip(e.GetReason()+fmt.Sprintf("; %d escrow copies kept until %s (escrow retention of policy %s)", n, keep.UTC().Format(time.RFC3339), cur.GetPolicy()), maxStateReason+128)
 	}
 	next := proto.CloneOf(cur)
 	next.State, next.Revision, next.StateChangedUnixNano = to, cur.GetRevision()+1, now.UnixNano()
@@ -87,11 +94,14 @@ func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.Set
 		next.Compromised = true
 	}
 	if to == cofferv1.KeyState_KEY_STATE_DESTROYED {
-		// Crypto-shredding: the next record carries neither the wrapped
-		// material nor its escrow copies, of any version.
-		next.WrappedMaterial, next.Escrow = nil, nil
+		// Crypto-shredding: the next record carries no wrapped material of
+		// any version, and escrow copies only until the policy's retention
+		// ends (keep), if it has one and destroy_escrow was not asked.
+		next.WrappedMaterial = nil
+		next.Escrow, next.EscrowPurgeUnixNano = keptCopies(next.GetEscrow(), 0, keep)
 		for _, v := range next.GetVersions() {
-			v.WrappedMaterial, v.Escrow = nil, nil
+			v.WrappedMaterial = nil
+			v.Escrow, v.EscrowPurgeUnixNano = keptCopies(v.GetEscrow(), v.GetEscrowPurgeUnixNano(), keep)
 			if v.GetRetiredUnixNano() == 0 {
 				v.RetiredUnixNano = now.UnixNano()
 			}
@@ -137,4 +147,31 @@ func escrowCopiesOf(rec *cofferv1.KeyRecord) int {
 		n += len(v.GetEscrow())
 	}
 	return n
+}
+
+// escrowKeptUntil is when escrow copies of rec's material deleted at now
+// are purged under its policy's escrow retention; zero if the policy keeps
+// none.
+func (s *service) escrowKeptUntil(rec *cofferv1.KeyRecord, now time.Time) (time.Time, error) {
+	pol, err := s.barrier.VerifiedPolicy(rec.GetPolicy())
+	if err != nil {
+		return time.Time{}, err
+	}
+	if d := time.Duration(pol.GetEscrowRetentionNanos()); d > 0 {
+		return now.Add(d), nil
+	}
+	return time.Time{}, nil
+}
+
+// keptCopies is what stays of escrow copies whose material is deleted: the
+// copies until keep (an earlier purge time stands), or nothing when keep is
+// zero.
+func keptCopies(copies []*cofferv1.EscrowCopy, purge int64, keep time.Time) ([]*cofferv1.EscrowCopy, int64) {
+	if keep.IsZero() || len(copies) == 0 {
+		return nil, 0
+	}
+	if purge != 0 && purge < keep.UnixNano() {
+		return copies, purge
+	}
+	return copies, keep.UnixNano()
 }

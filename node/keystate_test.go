@@ -10,12 +10,14 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/escrow"
 	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/internal/duration"
 )
 
 // TestNode_KeyLifecycle moves keys through their states through a
@@ -258,5 +260,83 @@ func TestNode_DestroyEscrowedKey(t *testing.T) {
 	}
 	if rec, err := tc.nodes[l].FSM().Key(id); err != nil || len(rec.GetEscrow()) != 0 || len(rec.GetWrappedMaterial()) != 0 {
 		t.Fatalf("destroyed with its escrow copies: %v", err)
+	}
+}
+
+// TestNode_EscrowRetention: under a policy with an escrow retention, a
+// version is retired and its key destroyed without destroy_escrow, the
+// material goes at once, the escrow copies stay (and still recover the key)
+// until their retention ends, and then the leader purges them, with an
+// audit entry.
+func TestNode_EscrowRetention(t *testing.T) {
+	tc := mustCluster(t, 3, func(c *Config) { c.KeyRotationCheck = duration.Duration(100 * time.Millisecond) })
+	ctx := ctxT(t)
+	admin := tc.identity("app")
+	l, f := tc.waitLeader(), tc.follower()
+	officer, err := escrow.GenerateKey(3072)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubDER, _ := x509.MarshalPKIXPublicKey(&officer.PublicKey)
+	_, err = admin.policy[l].CreatePolicy(ctx, &cofferv1.CreatePolicyRequest{Name: "bad", EscrowRetention: durationpb.New(-time.Second)})
+	wantCode(t, "a negative retention", err, codes.InvalidArgument, "escrow retention must be 0 to")
+	if _, err := admin.policy[l].CreatePolicy(ctx, &cofferv1.CreatePolicyRequest{Name: "retained", EscrowRetention: durationpb.New(3 * time.Second),
+		EscrowKeys: []*cofferv1.EscrowKeyInfo{{PublicKey: pubDER, Label: "officer"}}}); err != nil {
+		t.Fatal(err)
+	}
+	k, err := admin.keys[l].GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Policy: "retained", Resource: "life/r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := k.GetKey().GetGkid()
+	if _, err := admin.keys[f].RotateKey(ctx, &cofferv1.RotateKeyRequest{Gkid: id}); err != nil {
+		t.Fatal(err)
+	}
+	ret, err := admin.keys[f].RetireKeyVersion(ctx, &cofferv1.RetireKeyVersionRequest{Gkid: id, Version: 1})
+	if err != nil || ret.GetKey().GetVersions()[0].GetEscrowPurgeAt() == nil {
+		t.Fatalf("retire without destroy_escrow under a retention: %v %v", ret, err)
+	}
+	d, err := admin.keys[f].SetKeyState(ctx, &cofferv1.SetKeyStateRequest{Gkid: id, State: cofferv1.KeyState_KEY_STATE_DESTROYED})
+	if err != nil || d.GetKey().GetEscrowPurgeAt() == nil {
+		t.Fatalf("destroy without destroy_escrow under a retention: %v %v", d, err)
+	}
+	rec, err := tc.nodes[l].FSM().Key(id)
+	if err != nil || len(rec.GetWrappedMaterial()) != 0 || len(rec.GetVersions()[0].GetWrappedMaterial()) != 0 {
+		t.Fatalf("material left after destroy (%v)", err)
+	}
+	got, err := escrow.Recover(func(fn func(*cofferv1.KeyRecord) error) error { return fn(rec) }, officer, []string{id})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("recovered %d versions of a destroyed key within its retention (%v), want 2", len(got), err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		rec, err := tc.nodes[f].FSM().Key(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if escrowCopiesOf(rec) == 0 {
+			if rec.GetEscrowPurgeUnixNano() != 0 || rec.GetVersions()[0].GetEscrowPurgeUnixNano() != 0 {
+				t.Fatal("purged, but the purge times stay")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("escrow copies not purged after their retention: %d left", escrowCopiesOf(rec))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	entries, _, err := tc.nodes[l].FSM().AuditEntries(0, 100000, fsm.AuditFilter{GKID: id, Operation: "destroy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, e := range entries {
+		reasons = append(reasons, e.GetReason())
+	}
+	all := strings.Join(reasons, "\n")
+	for _, want := range []string{"version 1 retired; 1 escrow copies kept until", "state active -> destroyed; 2 escrow copies kept until", "automatic: "} {
+		if !strings.Contains(all, want) {
+			t.Fatalf("destroy entries do not say %q:\n%s", want, all)
+		}
 	}
 }

@@ -142,20 +142,30 @@ func (s *service) retireKeyVersion(ctx context.Context, r *request, req *cofferv
 		// changes, and the entry says so.
 		e.Reason = clip("version "+strconv.FormatUint(uint64(v), 10)+" retired, unchanged"+reasonSuffix(req.GetReason()), maxStateReason+64)
 		return &cofferv1.RetireKeyVersionResponse{Key: s.describe(cur)}, nil
-	case len(old.GetEscrow()) > 0 && !req.GetDestroyEscrow():
-		return nil, fmt.Errorf("%w: version %d of key %s has %d escrow copies, the last way to recover it; retiring it destroys them too: ask again with destroy_escrow (coffer key retire --destroy-escrow)", ErrPrecondition, v, id, len(old.GetEscrow()))
 	}
+	e.Reason = "version " + strconv.FormatUint(uint64(v), 10) + " retired" + reasonSuffix(req.GetReason())
+	var keep time.Time // escrow copies kept until then (zero: not kept)
+	if n := len(old.GetEscrow()); n > 0 && !req.GetDestroyEscrow() {
+		if keep, err = s.escrowKeptUntil(cur, now); err != nil {
+			return nil, err
+		}
+		if keep.IsZero() {
+			return nil, fmt.Errorf("%w: version %d of key %s has %d escrow copies, the last way to recover it, and policy %s keeps none (no escrow retention); retiring it destroys them too: ask again with destroy_escrow (coffer key retire --destroy-escrow)", ErrPrecondition, v, id, n, cur.GetPolicy())
+		}
+		e.Reason += fmt.Sprintf("; %d escrow copies kept until %s (escrow retention of policy %s)", n, keep.UTC().Format(time.RFC3339), cur.GetPolicy())
+	}
+	e.Reason = clip(e.GetReason(), maxStateReason+128)
 	next := proto.CloneOf(cur)
 	next.Revision = cur.GetRevision() + 1
 	for _, x := range next.GetVersions() {
 		if x.GetVersion() == v {
-			x.WrappedMaterial, x.Escrow, x.RetiredUnixNano = nil, nil, now.UnixNano()
+			x.WrappedMaterial, x.RetiredUnixNano = nil, now.UnixNano()
+			x.Escrow, x.EscrowPurgeUnixNano = keptCopies(x.GetEscrow(), 0, keep)
 		}
 	}
 	if err := s.reseal(cur, next); err != nil {
 		return nil, err
 	}
-	e.Reason = clip("version "+strconv.FormatUint(uint64(v), 10)+" retired"+reasonSuffix(req.GetReason()), maxStateReason+64)
 	res, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CHANGE_KEY,
 		&cofferv1.ChangeKeyCommand{Key: next, ExpectedRevision: cur.GetRevision(), Audit: e, Change: cofferv1.ChangeKeyCommand_CHANGE_RETIRE})
 	if err != nil {
@@ -175,7 +185,8 @@ const (
 
 // rotateDue rotates, on the leader, every active key whose use policy's
 // rotation period or count has come, or whose newest version nears the
-// random-nonce bound (authz.RotationDue). Each rotation is a write with its
+// random-nonce bound (authz.RotationDue), and deletes escrow copies whose
+// retention ended (purgeEscrow). Each rotation is a write with its
 // own audit entry, whose caller is this node. It returns how many keys it
 // rotated, at most maxRotationsPerScan; a key that fails to rotate is logged
 // and left to the next scan.
@@ -194,6 +205,12 @@ func (s *service) rotateDue(ctx context.Context) (int, error) {
 			count, err := s.fsm.Encryptions(rec.GetGkid(), authz.NewestVersion(rec))
 			if err != nil {
 				return done, err
+			}
+			if purged, n := fsm.PurgeExpiredEscrow(rec, now.UnixNano()); n > 0 {
+				if err := s.purgeEscrow(ctx, rec, purged, n, now); err != nil && !errors.Is(err, fsm.ErrConflict) {
+					s.logger.Warn("purging escrow copies past their retention failed; will retry", "gkid", rec.GetGkid(), "err", err)
+				}
+				continue // a rotation, if due, waits for the next scan
 			}
 			due, why := authz.RotationDue(rec, count, now)
 			if !due {
@@ -218,4 +235,22 @@ func (s *service) rotateDue(ctx context.Context) (int, error) {
 		}
 		token = next
 	}
+}
+
+// purgeEscrow proposes purged, rec less the n escrow copies whose
+// retention ended (fsm.PurgeExpiredEscrow), as the next revision: the
+// newest material re-sealed if the key still has it.
+func (s *service) purgeEscrow(ctx context.Context, rec, purged *cofferv1.KeyRecord, n int, now time.Time) error {
+	purged.Revision = rec.GetRevision() + 1
+	if len(rec.GetWrappedMaterial()) > 0 {
+		if err := s.reseal(rec, purged); err != nil {
+			return err
+		}
+	}
+	r := &request{entry: &cofferv1.AuditEntry{TimeUnixNano: now.UnixNano(), Node: s.cfg.ID, Caller: "node:" + s.cfg.ID,
+		Operation: string(authz.OpDestroy), Gkid: rec.GetGkid(), Resource: rec.GetResource(), Policy: rec.GetPolicy(),
+		Outcome: cofferv1.AuditOutcome_AUDIT_OUTCOME_GRANTED, Reason: fmt.Sprintf("automatic: %d escrow copies purged, their retention ended", n)}}
+	_, err := proposeCommand(s.replica, ctx, r, cofferv1.CommandType_COMMAND_TYPE_CHANGE_KEY,
+		&cofferv1.ChangeKeyCommand{Key: purged, ExpectedRevision: rec.GetRevision(), Audit: r.entry, Change: cofferv1.ChangeKeyCommand_CHANGE_PURGE_ESCROW})
+	return err
 }

@@ -36,6 +36,9 @@ func validatePolicyRequest(req *cofferv1.CreatePolicyRequest) ([]*cofferv1.Escro
 	if err := validateLifetime(req.GetMaxLifetime()); err != nil {
 		return nil, err
 	}
+	if err := validateEscrowRetention(req.GetEscrowRetention()); err != nil {
+		return nil, err
+	}
 	if len(req.GetEscrowKeys()) > MaxEscrowKeys {
 		return nil, fmt.Errorf("%w: at most %d escrow keys", ErrInvalidArgument, MaxEscrowKeys)
 	}
@@ -83,6 +86,7 @@ func (s *service) createPolicy(ctx context.Context, r *request, req *cofferv1.Cr
 	if req.GetMaxLifetime() != nil {
 		pol.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
 	}
+	pol.EscrowRetentionNanos = int64(req.GetEscrowRetention().AsDuration())
 	r.entry.Policy = pol.GetName()
 	r.explain(policyCreated(pol))
 	if err := s.barrier.Tag("p/"+pol.GetName(), pol, nil); err != nil {
@@ -150,6 +154,9 @@ func policyInfo(p *cofferv1.PolicyRecord) *cofferv1.Policy {
 	}
 	if p.GetMaxLifetimeNanos() > 0 {
 		out.MaxLifetime = durationpb.New(time.Duration(p.GetMaxLifetimeNanos()))
+	}
+	if p.GetEscrowRetentionNanos() > 0 {
+		out.EscrowRetention = durationpb.New(time.Duration(p.GetEscrowRetentionNanos()))
 	}
 	for _, k := range p.GetEscrowKeys() {
 		out.EscrowKeys = append(out.EscrowKeys, &cofferv1.EscrowKeyInfo{Id: k.GetId(), PublicKey: k.GetPublicKey(), Label: k.GetLabel()})

@@ -67,6 +67,16 @@ func validateCachePolicy(c *cofferv1.KeyCachePolicy) error {
 	return nil
 }
 
+// maxEscrowRetention bounds a policy's escrow retention.
+const maxEscrowRetention = 10 * 365 * 24 * time.Hour
+
+func validateEscrowRetention(d *durationpb.Duration) error {
+	if d != nil && (!d.IsValid() || d.AsDuration() < 0 || d.AsDuration() > maxEscrowRetention) {
+		return fmt.Errorf("%w: escrow retention must be 0 to %v, not %v", ErrInvalidArgument, maxEscrowRetention, d.AsDuration())
+	}
+	return nil
+}
+
 func validateLifetime(d *durationpb.Duration) error {
 	if d != nil && d.AsDuration() < minLifetime {
 		return fmt.Errorf("%w: max lifetime must be at least %v", ErrInvalidArgument, minLifetime)
@@ -109,6 +119,9 @@ func validateUpdate(req *cofferv1.UpdatePolicyRequest) error {
 	if err := validateLifetime(req.GetMaxLifetime()); err != nil {
 		return err
 	}
+	if err := validateEscrowRetention(req.GetEscrowRetention()); err != nil {
+		return err
+	}
 	_, err := validatePolicyRequest(&cofferv1.CreatePolicyRequest{Name: req.GetName(), EscrowKeys: req.GetAddEscrowKeys()})
 	return err
 }
@@ -130,6 +143,9 @@ func (s *service) updatePolicy(ctx context.Context, r *request, req *cofferv1.Up
 	}
 	if req.GetMaxLifetime() != nil {
 		p.MaxLifetimeNanos = int64(req.GetMaxLifetime().AsDuration())
+	}
+	if req.GetEscrowRetention() != nil {
+		p.EscrowRetentionNanos = int64(req.GetEscrowRetention().AsDuration())
 	}
 	if req.GetCachePolicy() != nil {
 		p.CachePolicy = req.GetCachePolicy()

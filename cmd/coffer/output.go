@@ -230,6 +230,9 @@ func formatVersions(md *cofferv1.KeyMetadata) string {
 		}
 		if v.GetRetiredAt() != nil {
 			what = append(what, "retired "+formatTime(v.GetRetiredAt()))
+			if v.GetEscrowPurgeAt() != nil {
+				what = append(what, "escrow copies kept until "+formatTime(v.GetEscrowPurgeAt()))
+			}
 		} else {
 			what = append(what, plural(v.GetEncryptions(), "encryption"))
 		}
@@ -267,6 +270,9 @@ func writeMetadataText(w io.Writer, md *cofferv1.KeyMetadata) error {
 	}
 	if len(md.GetVersions()) > 0 {
 		rows = append(rows, [2]string{"versions", formatVersions(md)})
+	}
+	if md.GetEscrowPurgeAt() != nil {
+		rows = append(rows, [2]string{"escrow kept until", formatTime(md.GetEscrowPurgeAt())})
 	}
 	rows = append(rows,
 		[2]string{"kek version", fmt.Sprint(md.GetKekVersion())},

@@ -38,6 +38,7 @@ func (a *app) policyCreateCmd() *cobra.Command {
 			if req.DefaultUsePolicy, req.MaxLifetime, req.CachePolicy, err = uf.build(cmd); err != nil {
 				return err
 			}
+			req.EscrowRetention = uf.escrowRetention(cmd)
 			if req.AllowedAlgorithms, err = parseAlgorithms(algorithms); err != nil {
 				return err
 			}
@@ -66,6 +67,7 @@ type useFlags struct {
 	ops                 []string
 	notBefore, notAfter string
 	maxLifetime         time.Duration
+	escrowRetain        time.Duration
 	maxEncryptions      uint64
 	rotateEvery         time.Duration
 	rotateAfter         uint64
@@ -77,6 +79,7 @@ type useFlags struct {
 func (u *useFlags) register(f *pflag.FlagSet) {
 	u.registerUse(f)
 	f.DurationVar(&u.maxLifetime, "max-lifetime", 0, "keys expire this long after creation, e.g. 8760h (at least 1m)")
+	f.DurationVar(&u.escrowRetain, "escrow-retention", 0, "keep escrow copies this long after their key is destroyed or version retired, e.g. 720h (0: not at all, and destroy needs --destroy-escrow)")
 	f.BoolVar(&u.cacheable, "cacheable", false, "cache policy: clients may cache keys")
 	f.DurationVar(&u.cacheTTL, "cache-ttl", 0, "cache policy: how long a client may cache a key")
 	f.Uint32Var(&u.cacheMax, "cache-max-keys", 0, "cache policy: how many keys a client may cache")
@@ -109,6 +112,14 @@ func (u *useFlags) build(cmd *cobra.Command) (*cofferv1.KeyUsePolicy, *durationp
 		cache = &cofferv1.KeyCachePolicy{Cacheable: u.cacheable, Ttl: durationpb.New(u.cacheTTL), MaxKeys: u.cacheMax}
 	}
 	return use, lifetime, cache, nil
+}
+
+// escrowRetention returns --escrow-retention, nil if it was not given.
+func (u *useFlags) escrowRetention(cmd *cobra.Command) *durationpb.Duration {
+	if !cmd.Flags().Changed("escrow-retention") {
+		return nil
+	}
+	return durationpb.New(u.escrowRetain)
 }
 
 // buildUse returns the use policy the use flags set, nil if none was given.
@@ -157,6 +168,7 @@ func (a *app) policyUpdateCmd() *cobra.Command {
 			if req.DefaultUsePolicy, req.MaxLifetime, req.CachePolicy, err = uf.build(cmd); err != nil {
 				return err
 			}
+			req.EscrowRetention = uf.escrowRetention(cmd)
 			if req.AllowedAlgorithms, err = parseAlgorithms(algorithms); err != nil {
 				return err
 			}
@@ -249,6 +261,9 @@ func (a *app) printPolicy(p *cofferv1.Policy) error {
 	fmt.Fprintf(tw, "kek version:\t%d\n", p.GetKekVersion())
 	fmt.Fprintf(tw, "algorithms:\t%s\n", algorithmList(p.GetAllowedAlgorithms()))
 	fmt.Fprintf(tw, "use policy:\t%s\n", formatUsePolicy(p.GetDefaultUsePolicy()))
+	if p.GetEscrowRetention() != nil {
+		fmt.Fprintf(tw, "escrow retention:\t%s\n", p.GetEscrowRetention().AsDuration())
+	}
 	if p.GetMaxLifetime() != nil {
 		fmt.Fprintf(tw, "max lifetime:\t%s\n", p.GetMaxLifetime().AsDuration())
 	}

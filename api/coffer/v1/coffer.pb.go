@@ -456,7 +456,10 @@ type KeyMetadata struct {
 	// (versions start at 1; RotateKey adds one).
 	Version uint32 `protobuf:"varint,15,opt,name=version,proto3" json:"version,omitempty"`
 	// Every version, oldest first, the newest last.
-	Versions      []*KeyVersionInfo `protobuf:"bytes,16,rep,name=versions,proto3" json:"versions,omitempty"`
+	Versions []*KeyVersionInfo `protobuf:"bytes,16,rep,name=versions,proto3" json:"versions,omitempty"`
+	// A destroyed key's escrow copies kept under its policy's retention are
+	// deleted at this time.
+	EscrowPurgeAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=escrow_purge_at,json=escrowPurgeAt,proto3" json:"escrow_purge_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -603,6 +606,13 @@ func (x *KeyMetadata) GetVersions() []*KeyVersionInfo {
 	return nil
 }
 
+func (x *KeyMetadata) GetEscrowPurgeAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EscrowPurgeAt
+	}
+	return nil
+}
+
 // KeyVersionInfo describes one version of a key's material.
 type KeyVersionInfo struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -612,7 +622,10 @@ type KeyVersionInfo struct {
 	// under it no longer decrypt.
 	RetiredAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=retired_at,json=retiredAt,proto3" json:"retired_at,omitempty"`
 	// Encryptions under this version so far, as of the answering node's state.
-	Encryptions   uint64 `protobuf:"varint,4,opt,name=encryptions,proto3" json:"encryptions,omitempty"`
+	Encryptions uint64 `protobuf:"varint,4,opt,name=encryptions,proto3" json:"encryptions,omitempty"`
+	// A retired version's escrow copies kept under the policy's retention
+	// are deleted at this time.
+	EscrowPurgeAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=escrow_purge_at,json=escrowPurgeAt,proto3" json:"escrow_purge_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -673,6 +686,13 @@ func (x *KeyVersionInfo) GetEncryptions() uint64 {
 		return x.Encryptions
 	}
 	return 0
+}
+
+func (x *KeyVersionInfo) GetEscrowPurgeAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EscrowPurgeAt
+	}
+	return nil
 }
 
 type GenerateKeyRequest struct {
@@ -2269,8 +2289,11 @@ type Policy struct {
 	CreatedAt         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	MaxLifetime       *durationpb.Duration   `protobuf:"bytes,8,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
 	Revision          uint64                 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// How long escrow copies outlive the material they copy (see
+	// CreatePolicyRequest.escrow_retention); unset: not at all.
+	EscrowRetention *durationpb.Duration `protobuf:"bytes,10,opt,name=escrow_retention,json=escrowRetention,proto3" json:"escrow_retention,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Policy) Reset() {
@@ -2366,6 +2389,13 @@ func (x *Policy) GetRevision() uint64 {
 	return 0
 }
 
+func (x *Policy) GetEscrowRetention() *durationpb.Duration {
+	if x != nil {
+		return x.EscrowRetention
+	}
+	return nil
+}
+
 type CreatePolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2375,10 +2405,16 @@ type CreatePolicyRequest struct {
 	// The use policy every key created under the policy gets.
 	DefaultUsePolicy *KeyUsePolicy `protobuf:"bytes,4,opt,name=default_use_policy,json=defaultUsePolicy,proto3" json:"default_use_policy,omitempty"`
 	// Keys expire this long after creation (their not_after); unset: never.
-	MaxLifetime   *durationpb.Duration `protobuf:"bytes,5,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
-	CachePolicy   *KeyCachePolicy      `protobuf:"bytes,6,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxLifetime *durationpb.Duration `protobuf:"bytes,5,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
+	CachePolicy *KeyCachePolicy      `protobuf:"bytes,6,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
+	// How long a key's escrow copies are kept after the key is destroyed, or
+	// an older version's after it is retired, without destroy_escrow; then
+	// the leader deletes them. Unset: they are not kept, and a key or version
+	// with escrow copies is destroyed only with destroy_escrow. At most 10
+	// years. Applies to destroys and retirements after it is set.
+	EscrowRetention *durationpb.Duration `protobuf:"bytes,7,opt,name=escrow_retention,json=escrowRetention,proto3" json:"escrow_retention,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CreatePolicyRequest) Reset() {
@@ -2453,6 +2489,13 @@ func (x *CreatePolicyRequest) GetCachePolicy() *KeyCachePolicy {
 	return nil
 }
 
+func (x *CreatePolicyRequest) GetEscrowRetention() *durationpb.Duration {
+	if x != nil {
+		return x.EscrowRetention
+	}
+	return nil
+}
+
 // UpdatePolicyRequest changes a policy. Unset fields keep their value.
 type UpdatePolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2467,9 +2510,11 @@ type UpdatePolicyRequest struct {
 	AddEscrowKeys []*EscrowKeyInfo `protobuf:"bytes,7,rep,name=add_escrow_keys,json=addEscrowKeys,proto3" json:"add_escrow_keys,omitempty"`
 	// Generate a new KEK version for new keys; old versions still unwrap
 	// old keys.
-	RotateKek     bool `protobuf:"varint,8,opt,name=rotate_kek,json=rotateKek,proto3" json:"rotate_kek,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RotateKek bool `protobuf:"varint,8,opt,name=rotate_kek,json=rotateKek,proto3" json:"rotate_kek,omitempty"`
+	// Replace the escrow retention (a zero duration clears it).
+	EscrowRetention *durationpb.Duration `protobuf:"bytes,9,opt,name=escrow_retention,json=escrowRetention,proto3" json:"escrow_retention,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UpdatePolicyRequest) Reset() {
@@ -2556,6 +2601,13 @@ func (x *UpdatePolicyRequest) GetRotateKek() bool {
 		return x.RotateKek
 	}
 	return false
+}
+
+func (x *UpdatePolicyRequest) GetEscrowRetention() *durationpb.Duration {
+	if x != nil {
+		return x.EscrowRetention
+	}
+	return nil
 }
 
 type UpdatePolicyResponse struct {
@@ -4566,7 +4618,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x0eKeyCachePolicy\x12\x1c\n" +
 	"\tcacheable\x18\x01 \x01(\bR\tcacheable\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
-	"\bmax_keys\x18\x03 \x01(\rR\amaxKeys\"\xae\x05\n" +
+	"\bmax_keys\x18\x03 \x01(\rR\amaxKeys\"\xf2\x05\n" +
 	"\vKeyMetadata\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -4588,14 +4640,16 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x10state_changed_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0estateChangedAt\x12 \n" +
 	"\vcompromised\x18\x0e \x01(\bR\vcompromised\x12\x18\n" +
 	"\aversion\x18\x0f \x01(\rR\aversion\x125\n" +
-	"\bversions\x18\x10 \x03(\v2\x19.coffer.v1.KeyVersionInfoR\bversions\"\xc2\x01\n" +
+	"\bversions\x18\x10 \x03(\v2\x19.coffer.v1.KeyVersionInfoR\bversions\x12B\n" +
+	"\x0fescrow_purge_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rescrowPurgeAt\"\x86\x02\n" +
 	"\x0eKeyVersionInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x129\n" +
 	"\n" +
 	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"retired_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12 \n" +
-	"\vencryptions\x18\x04 \x01(\x04R\vencryptions\"\xd8\x01\n" +
+	"\vencryptions\x18\x04 \x01(\x04R\vencryptions\x12B\n" +
+	"\x0fescrow_purge_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rescrowPurgeAt\"\xd8\x01\n" +
 	"\x12GenerateKeyRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
@@ -4711,7 +4765,7 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x14\n" +
-	"\x05label\x18\x03 \x01(\tR\x05label\"\xd7\x03\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\"\x9d\x04\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vkek_version\x18\x02 \x01(\rR\n" +
@@ -4724,7 +4778,9 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12<\n" +
 	"\fmax_lifetime\x18\b \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12\x1a\n" +
-	"\brevision\x18\t \x01(\x04R\brevision\"\xec\x02\n" +
+	"\brevision\x18\t \x01(\x04R\brevision\x12D\n" +
+	"\x10escrow_retention\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x0fescrowRetention\"\xb2\x03\n" +
 	"\x13CreatePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
 	"\x12allowed_algorithms\x18\x02 \x03(\x0e2\x14.coffer.v1.AlgorithmR\x11allowedAlgorithms\x129\n" +
@@ -4732,7 +4788,8 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"escrowKeys\x12E\n" +
 	"\x12default_use_policy\x18\x04 \x01(\v2\x17.coffer.v1.KeyUsePolicyR\x10defaultUsePolicy\x12<\n" +
 	"\fmax_lifetime\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12<\n" +
-	"\fcache_policy\x18\x06 \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\"\xc1\x03\n" +
+	"\fcache_policy\x18\x06 \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x12D\n" +
+	"\x10escrow_retention\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0fescrowRetention\"\x87\x04\n" +
 	"\x13UpdatePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
 	"\x12allowed_algorithms\x18\x02 \x03(\x0e2\x14.coffer.v1.AlgorithmR\x11allowedAlgorithms\x12-\n" +
@@ -4742,7 +4799,8 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\fcache_policy\x18\x06 \x01(\v2\x19.coffer.v1.KeyCachePolicyR\vcachePolicy\x12@\n" +
 	"\x0fadd_escrow_keys\x18\a \x03(\v2\x18.coffer.v1.EscrowKeyInfoR\raddEscrowKeys\x12\x1d\n" +
 	"\n" +
-	"rotate_kek\x18\b \x01(\bR\trotateKek\"A\n" +
+	"rotate_kek\x18\b \x01(\bR\trotateKek\x12D\n" +
+	"\x10escrow_retention\x18\t \x01(\v2\x19.google.protobuf.DurationR\x0fescrowRetention\"A\n" +
 	"\x14UpdatePolicyResponse\x12)\n" +
 	"\x06policy\x18\x01 \x01(\v2\x11.coffer.v1.PolicyR\x06policy\"A\n" +
 	"\x14CreatePolicyResponse\x12)\n" +
@@ -5030,138 +5088,143 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),        // 71: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	70, // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	70, // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	71, // 2: coffer.v1.KeyUsePolicy.rotation_period:type_name -> google.protobuf.Duration
-	71, // 3: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
-	0,  // 4: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
-	1,  // 5: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	70, // 6: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 7: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	5,  // 8: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	70, // 9: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
-	70, // 10: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
-	7,  // 11: coffer.v1.KeyMetadata.versions:type_name -> coffer.v1.KeyVersionInfo
-	70, // 12: coffer.v1.KeyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
-	70, // 13: coffer.v1.KeyVersionInfo.retired_at:type_name -> google.protobuf.Timestamp
-	0,  // 14: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	70, // 15: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
-	6,  // 16: coffer.v1.GenerateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	0,  // 17: coffer.v1.PutKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	70, // 18: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
-	6,  // 19: coffer.v1.PutKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 20: coffer.v1.GetKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 21: coffer.v1.GetKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 22: coffer.v1.DescribeKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 23: coffer.v1.DescribeKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,  // 24: coffer.v1.ListKeysRequest.consistency:type_name -> coffer.v1.Consistency
-	6,  // 25: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
-	1,  // 26: coffer.v1.SetKeyStateRequest.state:type_name -> coffer.v1.KeyState
-	6,  // 27: coffer.v1.SetKeyStateResponse.key:type_name -> coffer.v1.KeyMetadata
-	6,  // 28: coffer.v1.RotateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	6,  // 29: coffer.v1.RetireKeyVersionResponse.key:type_name -> coffer.v1.KeyMetadata
-	4,  // 30: coffer.v1.AmendKeyUsePolicyRequest.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	6,  // 31: coffer.v1.AmendKeyUsePolicyResponse.key:type_name -> coffer.v1.KeyMetadata
-	3,  // 32: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
-	26, // 33: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
-	27, // 34: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
-	0,  // 35: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	31, // 36: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,  // 37: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	5,  // 38: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	70, // 39: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	71, // 40: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
-	0,  // 41: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	31, // 42: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,  // 43: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	71, // 44: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,  // 45: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	0,  // 46: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	4,  // 47: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	71, // 48: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,  // 49: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	31, // 50: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	32, // 51: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	32, // 52: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 53: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
-	32, // 54: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,  // 55: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
-	32, // 56: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	43, // 57: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	43, // 58: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	70, // 59: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 60: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
-	2,  // 61: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
-	54, // 62: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	70, // 63: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 64: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
-	62, // 65: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
-	2,  // 66: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
-	8,  // 67: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	10, // 68: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	12, // 69: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	14, // 70: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	16, // 71: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	18, // 72: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
-	20, // 73: coffer.v1.KeyService.RotateKey:input_type -> coffer.v1.RotateKeyRequest
-	22, // 74: coffer.v1.KeyService.RetireKeyVersion:input_type -> coffer.v1.RetireKeyVersionRequest
-	24, // 75: coffer.v1.KeyService.AmendKeyUsePolicy:input_type -> coffer.v1.AmendKeyUsePolicyRequest
-	33, // 76: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	34, // 77: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
-	37, // 78: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	39, // 79: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	41, // 80: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	44, // 81: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
-	28, // 82: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	30, // 83: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	52, // 84: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
-	46, // 85: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
-	48, // 86: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
-	50, // 87: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
-	55, // 88: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	56, // 89: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	57, // 90: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	58, // 91: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	60, // 92: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	63, // 93: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	64, // 94: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	66, // 95: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	68, // 96: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	9,  // 97: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	11, // 98: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	13, // 99: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	15, // 100: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	17, // 101: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	19, // 102: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
-	21, // 103: coffer.v1.KeyService.RotateKey:output_type -> coffer.v1.RotateKeyResponse
-	23, // 104: coffer.v1.KeyService.RetireKeyVersion:output_type -> coffer.v1.RetireKeyVersionResponse
-	25, // 105: coffer.v1.KeyService.AmendKeyUsePolicy:output_type -> coffer.v1.AmendKeyUsePolicyResponse
-	36, // 106: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	35, // 107: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
-	38, // 108: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	40, // 109: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	42, // 110: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	45, // 111: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
-	29, // 112: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	26, // 113: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	53, // 114: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
-	47, // 115: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
-	49, // 116: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
-	51, // 117: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
-	54, // 118: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	54, // 119: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	54, // 120: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	59, // 121: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	61, // 122: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	62, // 123: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	65, // 124: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	67, // 125: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	69, // 126: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	97, // [97:127] is the sub-list for method output_type
-	67, // [67:97] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	70,  // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	70,  // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	71,  // 2: coffer.v1.KeyUsePolicy.rotation_period:type_name -> google.protobuf.Duration
+	71,  // 3: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	0,   // 4: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
+	1,   // 5: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
+	70,  // 6: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	4,   // 7: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	5,   // 8: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	70,  // 9: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
+	70,  // 10: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
+	7,   // 11: coffer.v1.KeyMetadata.versions:type_name -> coffer.v1.KeyVersionInfo
+	70,  // 12: coffer.v1.KeyMetadata.escrow_purge_at:type_name -> google.protobuf.Timestamp
+	70,  // 13: coffer.v1.KeyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	70,  // 14: coffer.v1.KeyVersionInfo.retired_at:type_name -> google.protobuf.Timestamp
+	70,  // 15: coffer.v1.KeyVersionInfo.escrow_purge_at:type_name -> google.protobuf.Timestamp
+	0,   // 16: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	70,  // 17: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	6,   // 18: coffer.v1.GenerateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	0,   // 19: coffer.v1.PutKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
+	70,  // 20: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	6,   // 21: coffer.v1.PutKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,   // 22: coffer.v1.GetKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	6,   // 23: coffer.v1.GetKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,   // 24: coffer.v1.DescribeKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	6,   // 25: coffer.v1.DescribeKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,   // 26: coffer.v1.ListKeysRequest.consistency:type_name -> coffer.v1.Consistency
+	6,   // 27: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
+	1,   // 28: coffer.v1.SetKeyStateRequest.state:type_name -> coffer.v1.KeyState
+	6,   // 29: coffer.v1.SetKeyStateResponse.key:type_name -> coffer.v1.KeyMetadata
+	6,   // 30: coffer.v1.RotateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	6,   // 31: coffer.v1.RetireKeyVersionResponse.key:type_name -> coffer.v1.KeyMetadata
+	4,   // 32: coffer.v1.AmendKeyUsePolicyRequest.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	6,   // 33: coffer.v1.AmendKeyUsePolicyResponse.key:type_name -> coffer.v1.KeyMetadata
+	3,   // 34: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
+	26,  // 35: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
+	27,  // 36: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
+	0,   // 37: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	31,  // 38: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,   // 39: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	5,   // 40: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	70,  // 41: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	71,  // 42: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	71,  // 43: coffer.v1.Policy.escrow_retention:type_name -> google.protobuf.Duration
+	0,   // 44: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	31,  // 45: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,   // 46: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	71,  // 47: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,   // 48: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	71,  // 49: coffer.v1.CreatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
+	0,   // 50: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	4,   // 51: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	71,  // 52: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,   // 53: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	31,  // 54: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	71,  // 55: coffer.v1.UpdatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
+	32,  // 56: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	32,  // 57: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,   // 58: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
+	32,  // 59: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,   // 60: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
+	32,  // 61: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
+	43,  // 62: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	43,  // 63: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	70,  // 64: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,   // 65: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
+	2,   // 66: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
+	54,  // 67: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	70,  // 68: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,   // 69: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
+	62,  // 70: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	2,   // 71: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
+	8,   // 72: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	10,  // 73: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	12,  // 74: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	14,  // 75: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	16,  // 76: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	18,  // 77: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
+	20,  // 78: coffer.v1.KeyService.RotateKey:input_type -> coffer.v1.RotateKeyRequest
+	22,  // 79: coffer.v1.KeyService.RetireKeyVersion:input_type -> coffer.v1.RetireKeyVersionRequest
+	24,  // 80: coffer.v1.KeyService.AmendKeyUsePolicy:input_type -> coffer.v1.AmendKeyUsePolicyRequest
+	33,  // 81: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	34,  // 82: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
+	37,  // 83: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	39,  // 84: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	41,  // 85: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	44,  // 86: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
+	28,  // 87: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	30,  // 88: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	52,  // 89: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
+	46,  // 90: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
+	48,  // 91: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
+	50,  // 92: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
+	55,  // 93: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	56,  // 94: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	57,  // 95: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	58,  // 96: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	60,  // 97: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	63,  // 98: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	64,  // 99: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	66,  // 100: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	68,  // 101: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	9,   // 102: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	11,  // 103: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	13,  // 104: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	15,  // 105: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	17,  // 106: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	19,  // 107: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
+	21,  // 108: coffer.v1.KeyService.RotateKey:output_type -> coffer.v1.RotateKeyResponse
+	23,  // 109: coffer.v1.KeyService.RetireKeyVersion:output_type -> coffer.v1.RetireKeyVersionResponse
+	25,  // 110: coffer.v1.KeyService.AmendKeyUsePolicy:output_type -> coffer.v1.AmendKeyUsePolicyResponse
+	36,  // 111: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	35,  // 112: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	38,  // 113: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	40,  // 114: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	42,  // 115: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	45,  // 116: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
+	29,  // 117: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	26,  // 118: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	53,  // 119: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
+	47,  // 120: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
+	49,  // 121: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
+	51,  // 122: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
+	54,  // 123: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	54,  // 124: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	54,  // 125: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	59,  // 126: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	61,  // 127: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	62,  // 128: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	65,  // 129: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	67,  // 130: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	69,  // 131: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	102, // [102:132] is the sub-list for method output_type
+	72,  // [72:102] is the sub-list for method input_type
+	72,  // [72:72] is the sub-list for extension type_name
+	72,  // [72:72] is the sub-list for extension extendee
+	0,   // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }

@@ -197,6 +197,8 @@ const (
 	ChangeKeyCommand_CHANGE_ROTATE      ChangeKeyCommand_Change = 1
 	ChangeKeyCommand_CHANGE_RETIRE      ChangeKeyCommand_Change = 2
 	ChangeKeyCommand_CHANGE_USE_POLICY  ChangeKeyCommand_Change = 3
+	// Delete the escrow copies whose retention has passed.
+	ChangeKeyCommand_CHANGE_PURGE_ESCROW ChangeKeyCommand_Change = 4
 )
 
 // Enum value maps for ChangeKeyCommand_Change.
@@ -206,12 +208,14 @@ var (
 		1: "CHANGE_ROTATE",
 		2: "CHANGE_RETIRE",
 		3: "CHANGE_USE_POLICY",
+		4: "CHANGE_PURGE_ESCROW",
 	}
 	ChangeKeyCommand_Change_value = map[string]int32{
-		"CHANGE_UNSPECIFIED": 0,
-		"CHANGE_ROTATE":      1,
-		"CHANGE_RETIRE":      2,
-		"CHANGE_USE_POLICY":  3,
+		"CHANGE_UNSPECIFIED":  0,
+		"CHANGE_ROTATE":       1,
+		"CHANGE_RETIRE":       2,
+		"CHANGE_USE_POLICY":   3,
+		"CHANGE_PURGE_ESCROW": 4,
 	}
 )
 
@@ -1254,9 +1258,11 @@ type PolicyRecord struct {
 	// Keys expire this long after creation; 0: never.
 	MaxLifetimeNanos int64 `protobuf:"varint,10,opt,name=max_lifetime_nanos,json=maxLifetimeNanos,proto3" json:"max_lifetime_nanos,omitempty"`
 	// Integrity tag over the record and its path (see custody/tags.go).
-	IntegrityTag  []byte `protobuf:"bytes,11,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IntegrityTag []byte `protobuf:"bytes,11,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
+	// How long escrow copies outlive destroyed material; 0: not at all.
+	EscrowRetentionNanos int64 `protobuf:"varint,12,opt,name=escrow_retention_nanos,json=escrowRetentionNanos,proto3" json:"escrow_retention_nanos,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *PolicyRecord) Reset() {
@@ -1366,6 +1372,13 @@ func (x *PolicyRecord) GetIntegrityTag() []byte {
 	return nil
 }
 
+func (x *PolicyRecord) GetEscrowRetentionNanos() int64 {
+	if x != nil {
+		return x.EscrowRetentionNanos
+	}
+	return 0
+}
+
 type KeyRecord struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Gkid            string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
@@ -1394,9 +1407,12 @@ type KeyRecord struct {
 	// When that version was created (0: created_unix_nano).
 	VersionCreatedUnixNano int64 `protobuf:"varint,18,opt,name=version_created_unix_nano,json=versionCreatedUnixNano,proto3" json:"version_created_unix_nano,omitempty"`
 	// The older versions, oldest first.
-	Versions      []*KeyVersionRecord `protobuf:"bytes,19,rep,name=versions,proto3" json:"versions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Versions []*KeyVersionRecord `protobuf:"bytes,19,rep,name=versions,proto3" json:"versions,omitempty"`
+	// A destroyed key's escrow copies, kept under its policy's retention,
+	// are deleted at this time (0: none kept).
+	EscrowPurgeUnixNano int64 `protobuf:"varint,20,opt,name=escrow_purge_unix_nano,json=escrowPurgeUnixNano,proto3" json:"escrow_purge_unix_nano,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *KeyRecord) Reset() {
@@ -1562,6 +1578,13 @@ func (x *KeyRecord) GetVersions() []*KeyVersionRecord {
 	return nil
 }
 
+func (x *KeyRecord) GetEscrowPurgeUnixNano() int64 {
+	if x != nil {
+		return x.EscrowPurgeUnixNano
+	}
+	return 0
+}
+
 // KeyVersionRecord is an older version of a key's material, kept so that
 // ciphertexts under it still decrypt until it is retired.
 type KeyVersionRecord struct {
@@ -1576,8 +1599,11 @@ type KeyVersionRecord struct {
 	Escrow          []*EscrowCopy `protobuf:"bytes,5,rep,name=escrow,proto3" json:"escrow,omitempty"`
 	// When it was retired (0: not retired).
 	RetiredUnixNano int64 `protobuf:"varint,6,opt,name=retired_unix_nano,json=retiredUnixNano,proto3" json:"retired_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// A retired version's escrow copies, kept under the policy's retention,
+	// are deleted at this time (0: none kept).
+	EscrowPurgeUnixNano int64 `protobuf:"varint,7,opt,name=escrow_purge_unix_nano,json=escrowPurgeUnixNano,proto3" json:"escrow_purge_unix_nano,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *KeyVersionRecord) Reset() {
@@ -1648,6 +1674,13 @@ func (x *KeyVersionRecord) GetEscrow() []*EscrowCopy {
 func (x *KeyVersionRecord) GetRetiredUnixNano() int64 {
 	if x != nil {
 		return x.RetiredUnixNano
+	}
+	return 0
+}
+
+func (x *KeyVersionRecord) GetEscrowPurgeUnixNano() int64 {
+	if x != nil {
+		return x.EscrowPurgeUnixNano
 	}
 	return 0
 }
@@ -3201,7 +3234,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"WrappedKEK\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x18\n" +
 	"\awrapped\x18\x02 \x01(\fR\awrapped\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\x8a\x04\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\xc0\x04\n" +
 	"\fPolicyRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vkek_version\x18\x02 \x01(\rR\n" +
@@ -3216,7 +3249,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"escrowKeys\x12,\n" +
 	"\x12max_lifetime_nanos\x18\n" +
 	" \x01(\x03R\x10maxLifetimeNanos\x12#\n" +
-	"\rintegrity_tag\x18\v \x01(\fR\fintegrityTag\"\x9b\x06\n" +
+	"\rintegrity_tag\x18\v \x01(\fR\fintegrityTag\x124\n" +
+	"\x16escrow_retention_nanos\x18\f \x01(\x03R\x14escrowRetentionNanos\"\xd0\x06\n" +
 	"\tKeyRecord\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x1a\n" +
@@ -3239,7 +3273,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\vcompromised\x18\x10 \x01(\bR\vcompromised\x12\x18\n" +
 	"\aversion\x18\x11 \x01(\rR\aversion\x129\n" +
 	"\x19version_created_unix_nano\x18\x12 \x01(\x03R\x16versionCreatedUnixNano\x127\n" +
-	"\bversions\x18\x13 \x03(\v2\x1b.coffer.v1.KeyVersionRecordR\bversions\"\xff\x01\n" +
+	"\bversions\x18\x13 \x03(\v2\x1b.coffer.v1.KeyVersionRecordR\bversions\x123\n" +
+	"\x16escrow_purge_unix_nano\x18\x14 \x01(\x03R\x13escrowPurgeUnixNano\"\xb4\x02\n" +
 	"\x10KeyVersionRecord\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12\x1f\n" +
@@ -3247,7 +3282,8 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"kekVersion\x12)\n" +
 	"\x10wrapped_material\x18\x04 \x01(\fR\x0fwrappedMaterial\x12-\n" +
 	"\x06escrow\x18\x05 \x03(\v2\x15.coffer.v1.EscrowCopyR\x06escrow\x12*\n" +
-	"\x11retired_unix_nano\x18\x06 \x01(\x03R\x0fretiredUnixNano\"P\n" +
+	"\x11retired_unix_nano\x18\x06 \x01(\x03R\x0fretiredUnixNano\x123\n" +
+	"\x16escrow_purge_unix_nano\x18\a \x01(\x03R\x13escrowPurgeUnixNano\"P\n" +
 	"\tEscrowKey\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -3292,17 +3328,18 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x12SetKeyStateCommand\x12&\n" +
 	"\x03key\x18\x01 \x01(\v2\x14.coffer.v1.KeyRecordR\x03key\x12+\n" +
 	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
-	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\xaf\x02\n" +
+	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\xc8\x02\n" +
 	"\x10ChangeKeyCommand\x12&\n" +
 	"\x03key\x18\x01 \x01(\v2\x14.coffer.v1.KeyRecordR\x03key\x12+\n" +
 	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12+\n" +
 	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\x12:\n" +
-	"\x06change\x18\x04 \x01(\x0e2\".coffer.v1.ChangeKeyCommand.ChangeR\x06change\"]\n" +
+	"\x06change\x18\x04 \x01(\x0e2\".coffer.v1.ChangeKeyCommand.ChangeR\x06change\"v\n" +
 	"\x06Change\x12\x16\n" +
 	"\x12CHANGE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rCHANGE_ROTATE\x10\x01\x12\x11\n" +
 	"\rCHANGE_RETIRE\x10\x02\x12\x15\n" +
-	"\x11CHANGE_USE_POLICY\x10\x03\"s\n" +
+	"\x11CHANGE_USE_POLICY\x10\x03\x12\x17\n" +
+	"\x13CHANGE_PURGE_ESCROW\x10\x04\"s\n" +
 	"\x13CreatePolicyCommand\x12/\n" +
 	"\x06policy\x18\x01 \x01(\v2\x17.coffer.v1.PolicyRecordR\x06policy\x12+\n" +
 	"\x05audit\x18\x02 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"\x91\x01\n" +
