@@ -208,6 +208,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.applied.Store(idx)
 	f.term.Store(term)
 	f.notify()
+	// The records the store held before may have carried material the
+	// snapshot's do not.
+	f.noteMaterialRemoved(idx)
 	f.logger.Info("fsm: restored snapshot", "applied_index", idx)
 	return nil
 }
