@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
 
@@ -93,11 +94,16 @@ func (n *Node) shredLoop() {
 		idx := n.fsm.MaterialRemovedIndex()
 		n.markShred(true)
 		if err := n.shred(idx); err != nil {
-			metricShredPasses.WithLabelValues("failed").Inc()
-			if errors.Is(err, ErrShuttingDown) {
+			switch {
+			case errors.Is(err, ErrShuttingDown):
 				return
+			case errors.Is(err, raft.ErrNothingNewToSnapshot):
+				// After a start, until the first entry is applied.
+				n.logger.Debug("shred pass waits for an applied entry to snapshot", "removal_index", idx)
+			default:
+				metricShredPasses.WithLabelValues("failed").Inc()
+				n.logger.Warn("shred pass failed; will retry", "removal_index", idx, "err", err)
 			}
-			n.logger.Warn("shred pass failed; will retry", "removal_index", idx, "err", err)
 			select {
 			case <-n.stopCh:
 				return
