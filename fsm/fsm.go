@@ -157,10 +157,12 @@ type FSM struct {
 
 	verify func(path []byte, m proto.Message, cluster *cofferv1.ClusterInfo) error
 
-	// removedAt is the newest index that removed key material, and
-	// removedCh signals it (shred.go).
-	removedAt atomic.Uint64
-	removedCh chan struct{}
+	// removedAt is the newest index that removed key material, removedSeq
+	// the Pebble sequence number from which snapshots see that removal,
+	// and removedCh signals it (shred.go).
+	removedAt  atomic.Uint64
+	removedSeq atomic.Uint64
+	removedCh  chan struct{}
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -337,7 +339,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		f.auditSeq.Store(a.auditHead.seq)
 	}
 	if a.removedAt != 0 {
-		f.noteMaterialRemoved(a.removedAt)
+		f.noteMaterialRemoved(a.removedAt, batchEnd(b))
 	}
 	if a.diverged {
 		f.diverged.Store(true)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -40,14 +41,21 @@ func (a *applyCtx) materialRemoved(index uint64) {
 	a.removedAt = max(a.removedAt, index)
 }
 
-// noteMaterialRemoved records index as the newest removal and signals
-// MaterialRemoved, without blocking (one pending signal stands for any
-// number of removals).
-func (f *FSM) noteMaterialRemoved(index uint64) {
-	for {
-		cur := f.removedAt.Load()
-		if index <= cur || f.removedAt.CompareAndSwap(cur, index) {
-			break
+// noteMaterialRemoved records index as the newest removal, and seq as the
+// Pebble sequence number from which every snapshot sees the records it
+// wrote (the committing batch's first sequence number plus its count),
+// then signals MaterialRemoved without blocking (one pending signal stands
+// for any number of removals).
+func (f *FSM) noteMaterialRemoved(index, seq uint64) {
+	for _, v := range []struct {
+		a *atomic.Uint64
+		n uint64
+	}{{&f.removedSeq, seq}, {&f.removedAt, index}} {
+		for {
+			cur := v.a.Load()
+			if v.n <= cur || v.a.CompareAndSwap(cur, v.n) {
+				break
+			}
 		}
 	}
 	select {
@@ -55,6 +63,10 @@ func (f *FSM) noteMaterialRemoved(index uint64) {
 	default:
 	}
 }
+
+// batchEnd is the sequence number from which a snapshot sees everything
+// the committed batch b wrote.
+func batchEnd(b *pebble.Batch) uint64 { return uint64(b.SeqNum()) + uint64(b.Count()) }
 
 // MaterialRemoved receives after a committed batch removed key material
 // (and after every Restore, which replaces the whole store). Read
@@ -66,15 +78,30 @@ func (f *FSM) MaterialRemoved() <-chan struct{} { return f.removedCh }
 // the FSM opened.
 func (f *FSM) MaterialRemovedIndex() uint64 { return f.removedAt.Load() }
 
-// Shred makes Pebble drop the record versions that a removal replaced:
-// it flushes the memtable (so the WAL that holds the old batches becomes
-// obsolete and, with shredCleaner, is deleted) and compacts the material
-// ranges down to the bottom level, where a version shadowed by a newer one
-// and not held by an open Pebble snapshot is dropped. The sstables the
-// compaction replaced become obsolete and are deleted by Pebble's cleaner
-// shortly after Shred returns (not before: deletion is asynchronous);
-// hard links to them in older checkpoints keep their bytes until those
-// checkpoints are removed.
+// Shred makes Pebble drop the record versions that the removals noted so
+// far replaced, and the files that held them:
+//
+//   - It first waits for reads: a Pebble snapshot opened before a removal
+//     committed (a backup stream, a state digest, a listing) still sees
+//     the old version, and a flush or compaction keeps it for the
+//     snapshot. While one is open, Shred returns ErrShredPinned without
+//     doing anything, and the caller tries again later. Snapshots opened
+//     after the removal never see the old version.
+//   - It flushes the memtable, so the WAL that holds the old batches
+//     becomes obsolete (and, with shredCleaner, is deleted, not recycled).
+//   - It writes a range key deletion over each material range (range keys
+//     are a keyspace of their own, which no read, snapshot stream or digest
+//     of this package reads, so replicated state is unchanged) and
+//     compacts the range: the deletion reaches every level, so every
+//     sstable of the range is rewritten, including bottom-level ones, which
+//     a manual compaction alone leaves as they are (an old version pinned
+//     there by a snapshot would otherwise stay). On the bottom level a
+//     shadowed version is dropped, and so is the deletion.
+//
+// The sstables the compaction replaced become obsolete and are deleted by
+// Pebble shortly after Shred returns (not before: deletion is
+// asynchronous); hard links to them in older checkpoints keep their bytes
+// until those checkpoints are removed (SnapshotStore.KeepNewest).
 //
 // Call it after the removal was applied. It may run concurrently with
 // Apply, reads and Restore; it must not run after Close. It stops with
@@ -82,6 +109,21 @@ func (f *FSM) MaterialRemovedIndex() uint64 { return f.removedAt.Load() }
 func (f *FSM) Shred(ctx context.Context) error {
 	if f.closed.Load() {
 		return ErrClosed
+	}
+	if snaps := f.db.Metrics().Snapshots; snaps.Count > 0 && uint64(snaps.EarliestSeqNum) < f.removedSeq.Load() {
+		return fmt.Errorf("%w (%d open)", ErrShredPinned, snaps.Count)
+	}
+	b := f.db.NewBatch()
+	for _, r := range materialRanges {
+		if err := b.RangeKeyDelete(r[0], r[1], nil); err != nil {
+			b.Close()
+			return fmt.Errorf("fsm: shred: %w", err)
+		}
+	}
+	err := b.Commit(pebble.NoSync)
+	b.Close()
+	if err != nil {
+		return fmt.Errorf("fsm: shred: %w", err)
 	}
 	if err := f.db.Flush(); err != nil {
 		return fmt.Errorf("fsm: shred: flush: %w", err)
@@ -93,6 +135,10 @@ func (f *FSM) Shred(ctx context.Context) error {
 	}
 	return nil
 }
+
+// ErrShredPinned is a Shred put off because a Pebble snapshot from before
+// a removal is still open; run it again once reads moved on.
+var ErrShredPinned = errors.New("fsm: shred: a read from before the removal is still open")
 
 // shredCleaner deletes obsolete files, as pebble.DeleteCleaner does, and
 // turns off WAL recycling: Pebble recycles no WAL when its cleaner needs
