@@ -55,7 +55,7 @@ const shredRetry = 2 * time.Second
 var (
 	metricShredPasses = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "shred_passes_total",
-		Help: "Shred passes after key material was removed (a destroy): Pebble compaction, a new snapshot, older snapshots removed; by outcome (ok, failed).",
+		Help: "Shred passes after key material was removed (a destroy): Pebble compaction, a new snapshot, older snapshots removed; by outcome (ok, failed: retried, including passes put off while a read from before the removal is open).",
 	}, []string{"outcome"})
 	metricShredSeconds = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "coffer", Name: "shred_last_seconds",
@@ -67,6 +67,11 @@ var (
 	})
 )
 
+// shredQuietFor is how long a pass may wait for a reason that clears by
+// itself (a read from before the removal still open, nothing applied to
+// snapshot yet since the start) before each wait is logged as a warning.
+const shredQuietFor = time.Minute
+
 // shredLoop runs shred passes until the node stops: one after every
 // signal that material was removed at an index past the last pass, and one
 // at start when the marker says a pass is owed.
@@ -74,6 +79,7 @@ func (n *Node) shredLoop() {
 	defer n.wg.Done()
 	var done uint64 // newest removal index a pass completed after
 	owed := n.shredOwed()
+	since := time.Now() // when the owed pass was first tried
 	defer func() {
 		if owed || n.fsm.MaterialRemovedIndex() > done {
 			n.markShred(true)
@@ -89,20 +95,20 @@ func (n *Node) shredLoop() {
 			if n.fsm.MaterialRemovedIndex() <= done {
 				continue
 			}
+			owed, since = true, time.Now()
+			n.markShred(true)
 		}
-		owed = true
 		idx := n.fsm.MaterialRemovedIndex()
-		n.markShred(true)
 		if err := n.shred(idx); err != nil {
-			switch {
-			case errors.Is(err, ErrShuttingDown):
+			if errors.Is(err, ErrShuttingDown) {
 				return
-			case errors.Is(err, raft.ErrNothingNewToSnapshot):
-				// After a start, until the first entry is applied.
-				n.logger.Debug("shred pass waits for an applied entry to snapshot", "removal_index", idx)
-			default:
-				metricShredPasses.WithLabelValues("failed").Inc()
-				n.logger.Warn("shred pass failed; will retry", "removal_index", idx, "err", err)
+			}
+			metricShredPasses.WithLabelValues("failed").Inc()
+			quiet := errors.Is(err, fsm.ErrShredPinned) || errors.Is(err, raft.ErrNothingNewToSnapshot)
+			if quiet && time.Since(since) < shredQuietFor {
+				n.logger.Debug("shred pass put off; will retry", "removal_index", idx, "err", err)
+			} else {
+				n.logger.Warn("shred pass failed; will retry", "removal_index", idx, "owed_for", time.Since(since).Round(time.Second), "err", err)
 			}
 			select {
 			case <-n.stopCh:
