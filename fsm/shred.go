@@ -47,20 +47,17 @@ func (a *applyCtx) materialRemoved(index uint64) {
 // then signals MaterialRemoved without blocking (one pending signal stands
 // for any number of removals).
 func (f *FSM) noteMaterialRemoved(index, seq uint64) {
-	for _, v := range []struct {
-		a *atomic.Uint64
-		n uint64
-	}{{&f.removedSeq, seq}, {&f.removedAt, index}} {
-		for {
-			cur := v.a.Load()
-			if v.n <= cur || v.a.CompareAndSwap(cur, v.n) {
-				break
-			}
-		}
-	}
+	storeMax(&f.removedSeq, seq)
+	storeMax(&f.removedAt, index)
 	select {
 	case f.removedCh <- struct{}{}:
 	default:
+	}
+}
+
+// storeMax raises v to n unless it is already at n or above.
+func storeMax(v *atomic.Uint64, n uint64) {
+	for cur := v.Load(); n > cur && !v.CompareAndSwap(cur, n); cur = v.Load() {
 	}
 }
 

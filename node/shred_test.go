@@ -120,9 +120,9 @@ func TestNode_DestroyShredsMaterial(t *testing.T) {
 		t.Fatal(err)
 	}
 	tc.waitShredded(tc.nodes[l].FSM().MaterialRemovedIndex())
-	// A snapshot on every node, as production takes them: it holds both
-	// copies (the WAL it copied). The scan finds them there and in the
-	// Raft log while the key lives.
+	// A snapshot on every node, as production takes them: it holds the
+	// re-sealed copy (a hard link to the sstable). The scan finds it there,
+	// and both copies in the Raft log, while the key lives.
 	for i, n := range tc.nodes {
 		tc.waitApplied(i, tc.nodes[l].FSM().AppliedIndex())
 		if err := n.Raft().Snapshot().Error(); err != nil {
