@@ -36,6 +36,9 @@ type applyCtx struct {
 	// change): later commands of the batch read them from here, and the
 	// key cache takes them after the commit.
 	keysChanged map[string]*cofferv1.KeyRecord
+	// removedAt is the newest index in this batch whose command removed
+	// key material (materialRemoved, shred.go).
+	removedAt uint64
 
 	// diverged is set when a checkpoint disagreed with this replica.
 	diverged bool

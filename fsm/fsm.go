@@ -156,6 +156,13 @@ type FSM struct {
 	diverged atomic.Bool
 
 	verify func(path []byte, m proto.Message, cluster *cofferv1.ClusterInfo) error
+
+	// removedAt is the newest index that removed key material, removedSeq
+	// the Pebble sequence number from which snapshots see that removal,
+	// and removedCh signals it (shred.go).
+	removedAt  atomic.Uint64
+	removedSeq atomic.Uint64
+	removedCh  chan struct{}
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -169,7 +176,9 @@ func Open(cfg Config) (*FSM, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	opts := &pebble.Options{Logger: quietLogger{logger}}
+	// No WAL is recycled: a destroyed key's old record must not outlive
+	// its WAL (shred.go).
+	opts := &pebble.Options{Logger: quietLogger{logger}, Cleaner: shredCleaner{}}
 	// Apply looks up keys that mostly do not exist yet (new GKIDs, new
 	// request ids); bloom filters answer those without reading data blocks.
 	for i := range opts.Levels {
@@ -184,7 +193,8 @@ func Open(cfg Config) (*FSM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: open pebble at %s: %w", cfg.Dir, err)
 	}
-	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{}), verify: cfg.VerifyRecord, onAccessChange: cfg.OnAccessChange, cache: newRecordCache()}
+	f := &FSM{db: db, logger: logger, waitCh: make(chan struct{}), verify: cfg.VerifyRecord, onAccessChange: cfg.OnAccessChange, cache: newRecordCache(),
+		removedCh: make(chan struct{}, 1)}
 	if _, err := get(db, keyRestoring); err == nil {
 		// A restore was interrupted: the state is a mix of old and new.
 		// Forget it; Raft restores the latest snapshot and replays the log.
@@ -327,6 +337,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	if a.auditHead != nil {
 		f.auditSeq.Store(a.auditHead.seq)
+	}
+	if a.removedAt != 0 {
+		f.noteMaterialRemoved(a.removedAt, batchEnd(b))
 	}
 	if a.diverged {
 		f.diverged.Store(true)

@@ -44,6 +44,9 @@ func applySetKeyState(a *applyCtx, payload []byte, index uint64) Result {
 	if !authz.KeyTransitionAllowed(from, to) {
 		return Result{Err: fmt.Errorf("%w: key %s is %s and cannot become %s", ErrKeyState, id, authz.StateName(from), authz.StateName(to))}
 	}
+	if len(cur.GetWrappedMaterial()) > 0 && len(next.GetWrappedMaterial()) == 0 {
+		a.materialRemoved(index)
+	}
 	return a.replaceKey(next)
 }
 

@@ -188,6 +188,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err == nil {
 		err = b.Commit(pebble.Sync)
 	}
+	seq := batchEnd(b)
 	b.Close()
 	if err != nil {
 		return fmt.Errorf("fsm: restore: %w", err)
@@ -208,6 +209,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.applied.Store(idx)
 	f.term.Store(term)
 	f.notify()
+	// The records the store held before may have carried material the
+	// snapshot's do not.
+	f.noteMaterialRemoved(idx, seq)
 	f.logger.Info("fsm: restored snapshot", "applied_index", idx)
 	return nil
 }

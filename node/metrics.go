@@ -111,6 +111,7 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricDenied, metricAuditFailures,
 		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures, metricKeyRotations,
+		metricShredPasses, metricShredSeconds, metricRaftLogCompactSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 	reg.MustRegister(custody.Collectors()...)

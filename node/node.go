@@ -108,6 +108,9 @@ type Node struct {
 	// versionPoll is when this node, as leader, last asked the members
 	// which command version they apply (Unix nanoseconds; see checkpoint).
 	versionPoll atomic.Int64
+	// shredded is the newest removal index a shred pass completed after
+	// (shred.go).
+	shredded atomic.Uint64
 
 	stopCh   chan struct{}
 	stopOnce sync.Once
@@ -189,8 +192,9 @@ func New(cfg Config, ks hsmwrap.Keystore, logger *slog.Logger) (_ *Node, err err
 	go func() { defer n.wg.Done(); n.barrier.Run(n.stopCh) }()
 	go n.revalidateLoop()
 	go n.sideAudit.run()
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.auditRecovery()
+	go n.shredLoop()
 	logger.Info("node started", "site", cfg.Site, "api", n.APIAddr(), "raft", cfg.RaftAdvertise())
 	return n, nil
 }

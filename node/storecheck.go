@@ -60,10 +60,14 @@ func openState(cfg fsm.Config) (f *fsm.FSM, err error) {
 	return f, err
 }
 
-// openRaftLog checks the Raft log file at path (checkRaftLog) and opens it
-// with raft-boltdb.
+// openRaftLog checks the Raft log file at path (checkRaftLog), copies it
+// into a fresh file without bbolt's free pages (compactRaftLog, shred.go)
+// and opens it with raft-boltdb.
 func openRaftLog(path string) (store *raftboltdb.BoltStore, err error) {
 	if err := checkRaftLog(path); err != nil {
+		return nil, err
+	}
+	if err := compactRaftLog(path); err != nil {
 		return nil, err
 	}
 	defer func() {

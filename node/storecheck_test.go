@@ -471,6 +471,13 @@ func BenchmarkCheckRaftLog(b *testing.B) {
 			}
 		}
 	})
+	b.Run("compact", func(b *testing.B) {
+		for b.Loop() {
+			if err := compactRaftLog(path); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("raftboltdb-open", func(b *testing.B) {
 		for b.Loop() {
 			s, err := raftboltdb.New(raftboltdb.Options{Path: path, BoltOptions: boltOptions()})
