@@ -46,6 +46,10 @@ func applyChangeKey(a *applyCtx, payload []byte, index uint64) Result {
 	if err != nil {
 		return Result{Err: err}
 	}
+	if c.GetChange() == cofferv1.ChangeKeyCommand_CHANGE_RETIRE || c.GetChange() == cofferv1.ChangeKeyCommand_CHANGE_PURGE_ESCROW {
+		// A version's material, or escrow copies, left the record.
+		a.materialRemoved(index)
+	}
 	return a.replaceKey(next)
 }
 

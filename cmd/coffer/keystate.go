@@ -166,9 +166,11 @@ found and re-encrypted. Needs the state grant on the key's resource.`),
 			`Destroy a key (crypto-shredding): its wrapped material is deleted from the
 state of every node, and whatever it encrypted can no longer be decrypted.
 Its metadata stays, in state destroyed. A key with escrow copies is
-destroyed only with --destroy-escrow, which deletes them too. Older copies
-of the wrapped material stay on each node's disk for now (the Raft log file,
-the state's files, earlier snapshots; see README, "Key life cycle"). Needs
-the destroy grant on the key's resource.`),
+destroyed only with --destroy-escrow, which deletes them too, unless its
+policy has an escrow retention, which keeps them for a stated time. Each
+node then removes the older copies from its state files and snapshots; the
+Raft log keeps them until it is compacted and the node restarts (README,
+"Key life cycle", says what remains where). Needs the destroy grant on the
+key's resource.`),
 	}
 }
