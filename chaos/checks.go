@@ -63,6 +63,7 @@ func (r *Runner) check(ctx context.Context, rep *Report) {
 	r.checkRecovery(rep, ops)
 	r.checkRevocations(rep, ops)
 	r.checkKeyStates(rep, ops)
+	r.checkKeyVersions(rep, ops)
 	if err := r.checkConverged(ctx, rep); err != nil {
 		r.violate(rep, "convergence", err.Error())
 	}
@@ -191,6 +192,43 @@ func (r *Runner) checkKeyStates(rep *Report, ops []Op) {
 		}
 		if off != nil && off.Return < op.Call {
 			r.violate(rep, check, fmt.Sprintf("%s #%d of %s acknowledged after %s #%d was acknowledged", op.Kind, op.ID, op.Gkid, off.Kind, off.ID), off.ID, op.ID)
+		}
+	}
+}
+
+// checkKeyVersions checks rotations in real time, per key: each
+// acknowledged rotation made a version of its own, a rotation that began
+// after another was acknowledged made a later one, and an encrypt that
+// began after a rotation was acknowledged used that version or a later one.
+func (r *Runner) checkKeyVersions(rep *Report, ops []Op) {
+	rotations := map[string][]*Op{}
+	for i, op := range ops {
+		if op.Kind == OpKeyRotate && op.Outcome == Ok && op.Code != "WRONG" {
+			rotations[op.Gkid] = append(rotations[op.Gkid], &ops[i])
+		}
+	}
+	for _, rs := range rotations {
+		seen := map[uint32]*Op{}
+		for _, a := range rs {
+			if b := seen[a.KeyVersion]; b != nil || a.KeyVersion < 2 {
+				r.violate(rep, "key versions", fmt.Sprintf("rotation #%d of %s made version %d, as did another", a.ID, a.Gkid, a.KeyVersion), a.ID)
+			}
+			seen[a.KeyVersion] = a
+			for _, b := range rs {
+				if a.Return < b.Call && b.KeyVersion <= a.KeyVersion {
+					r.violate(rep, "key versions", fmt.Sprintf("rotation #%d of %s made version %d after rotation #%d made %d", b.ID, b.Gkid, b.KeyVersion, a.ID, a.KeyVersion), a.ID, b.ID)
+				}
+			}
+		}
+	}
+	for _, op := range ops {
+		if op.Kind != OpEncrypt || op.Outcome != Ok || op.Code == "WRONG" {
+			continue
+		}
+		for _, a := range rotations[op.Gkid] {
+			if a.Return < op.Call && op.KeyVersion < a.KeyVersion {
+				r.violate(rep, "key versions", fmt.Sprintf("encrypt #%d of %s used version %d after rotation #%d made %d", op.ID, op.Gkid, op.KeyVersion, a.ID, a.KeyVersion), a.ID, op.ID)
+			}
 		}
 	}
 }
@@ -452,7 +490,7 @@ func (r *Runner) checkReadBack(ctx context.Context, rep *Report, ops []Op) {
 func readBackKey(ctx context.Context, cl *client.Client, gk, id string, f *keyFate, first map[string]string, mu *sync.Mutex) (string, string) {
 	var resp *cofferv1.GetKeyResponse
 	getErr := readBack(ctx, id, func(ctx context.Context) (err error) {
-		resp, err = cl.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE})
+		resp, err = cl.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: cofferv1.Consistency_CONSISTENCY_STALE, Version: 1})
 		return err
 	})
 	switch {

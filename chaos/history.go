@@ -41,12 +41,13 @@ const (
 	OpDecrypt       Kind = "decrypt"        // the reader decrypts a ciphertext an acknowledged encrypt returned
 	OpKeyDeactivate Kind = "key-deactivate" // admin moves a key to DEACTIVATED
 	OpKeyDestroy    Kind = "key-destroy"    // admin moves a key to DESTROYED
+	OpKeyRotate     Kind = "key-rotate"     // admin adds a version of a key's material
 )
 
 // isWrite reports whether the operation changes replicated state.
 func (k Kind) isWrite() bool {
 	switch k {
-	case OpGenerate, OpGrant, OpRevoke, OpActivate, OpDeactivate, OpKeyDeactivate, OpKeyDestroy:
+	case OpGenerate, OpGrant, OpRevoke, OpActivate, OpDeactivate, OpKeyDeactivate, OpKeyDestroy, OpKeyRotate:
 		return true
 	}
 	return false
@@ -55,7 +56,7 @@ func (k Kind) isWrite() bool {
 // onKey reports whether the operation names one key the workload knows.
 func (k Kind) onKey() bool {
 	switch k {
-	case OpGet, OpDescribe, OpEncrypt, OpDecrypt, OpKeyDeactivate, OpKeyDestroy:
+	case OpGet, OpDescribe, OpEncrypt, OpDecrypt, OpKeyDeactivate, OpKeyDestroy, OpKeyRotate:
 		return true
 	}
 	return false
@@ -118,6 +119,8 @@ type Op struct {
 	// decrypt returned; Ciphertext what encrypt returned or decrypt sent.
 	Plaintext  string `json:"plaintext,omitempty"`
 	Ciphertext []byte `json:"ciphertext,omitempty"`
+	// KeyVersion is the key version an encrypt used or a rotation made.
+	KeyVersion uint32 `json:"key_version,omitempty"`
 	// For a decrypt: Encrypted is the id of the acknowledged encrypt that
 	// returned the ciphertext, and Want the SHA-256 of the plaintext it
 	// sent. (An encrypt is never operation 0: it needs a key that an

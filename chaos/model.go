@@ -334,6 +334,8 @@ func stepPart(state, in, _ any) []any {
 			return nil
 		}
 		return one
+	case OpKeyRotate:
+		return stepRotate(s, op)
 	case OpKeyDeactivate, OpKeyDestroy:
 		to := keyDeactivated
 		if op.Kind == OpKeyDestroy {
@@ -532,4 +534,42 @@ func Linearizable(ops []Op, timeout time.Duration, vizPath string) (porcupine.Ch
 		}
 	}
 	return res, nil
+}
+
+// stepRotate is a rotation: acknowledged, the key was active at that point
+// (nothing the model holds changes: gets read version 1, decrypts any
+// version); refused as FailedPrecondition, it was not; refused as NotFound,
+// the key was unknown there.
+func stepRotate(s partState, op Op) []any {
+	one := []any{s}
+	if op.Outcome == Unknown {
+		return one
+	}
+	k, present := s.keys[op.Gkid]
+	switch {
+	case op.Outcome == Ok:
+		k, n, ok := s.bind(op.Gkid)
+		if !ok {
+			return nil
+		}
+		if k, ok = k.observe(func(x keyState) bool { return x == keyActive }); !ok {
+			return nil
+		}
+		return []any{n.set(op.Gkid, k)}
+	case op.Code == codes.NotFound.String():
+		if present {
+			return nil
+		}
+	case op.Code == codes.FailedPrecondition.String():
+		// An unbound ghost is active: it rotates.
+		if !present {
+			return nil
+		}
+		k, ok := k.observe(func(x keyState) bool { return x != keyActive })
+		if !ok {
+			return nil
+		}
+		return []any{s.set(op.Gkid, k)}
+	}
+	return one
 }

@@ -102,6 +102,18 @@ func TestModel(t *testing.T) {
 		{"state change of a key of an unknown generate", []Op{write(OpGenerate, 0, 1, Unknown), list(2, 3, "k9"), change(OpKeyDestroy, 4, 5, "k9", Ok), describe(6, 7, "k9", StateDestroyed)}, porcupine.Ok},
 		{"state change of a key from nowhere", []Op{change(OpKeyDestroy, 0, 1, "k9", Ok)}, porcupine.Illegal},
 		{"state change of an acknowledged key not found", []Op{gen(0, 1, "k1"), refused(OpKeyDestroy, 2, 3, "k1", "NotFound")}, porcupine.Illegal},
+
+		// Rotation: gets read version 1 and decrypts any version, so it
+		// changes nothing they see; it needs an active key.
+		{"rotation keeps version 1 and old ciphertexts", []Op{gen(0, 1, "k1"), get(2, 3, "k1", "m1"), enc(4, 5, "k1", "p1"), change(OpKeyRotate, 6, 7, "k1", Ok),
+			get(8, 9, "k1", "m1"), dec(10, 11, "k1", "p1", "p1")}, porcupine.Ok},
+		{"rotation of a deactivated key acknowledged", []Op{gen(0, 1, "k1"), change(OpKeyDeactivate, 2, 3, "k1", Ok), change(OpKeyRotate, 4, 5, "k1", Ok)}, porcupine.Illegal},
+		{"rotation of an active key refused", []Op{gen(0, 1, "k1"), refused(OpKeyRotate, 2, 3, "k1", precondition)}, porcupine.Illegal},
+		{"rotation refused after an unknown deactivate", []Op{gen(0, 1, "k1"), change(OpKeyDeactivate, 2, 3, "k1", Unknown), refused(OpKeyRotate, 4, 5, "k1", precondition),
+			describe(6, 7, "k1", StateDeactivated)}, porcupine.Ok},
+		{"rotation refused, then an active key", []Op{gen(0, 1, "k1"), change(OpKeyDeactivate, 2, 3, "k1", Unknown), refused(OpKeyRotate, 4, 5, "k1", precondition),
+			get(6, 7, "k1", "m1")}, porcupine.Illegal},
+		{"rotation of an acknowledged key not found", []Op{gen(0, 1, "k1"), refused(OpKeyRotate, 2, 3, "k1", "NotFound")}, porcupine.Illegal},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for i := range tc.ops {
@@ -174,6 +186,37 @@ func TestCheckKeyStates(t *testing.T) {
 	} {
 		rep := &Report{}
 		(&Runner{}).checkKeyStates(rep, tc.ops)
+		if len(rep.Violations) != tc.want {
+			t.Errorf("%s: %d violations %v, want %d", tc.name, len(rep.Violations), rep.Violations, tc.want)
+		}
+	}
+}
+
+// The key-version check flags a rotation that repeats a version, or goes
+// back after another was acknowledged, and an encrypt under an older
+// version than an acknowledged rotation made.
+func TestCheckKeyVersions(t *testing.T) {
+	rot := func(id int, call int64, v uint32) Op {
+		return Op{ID: id, Kind: OpKeyRotate, Gkid: "k1", Call: call, Return: call + 10, Outcome: Ok, KeyVersion: v}
+	}
+	enc := func(call int64, v uint32) Op {
+		return Op{ID: 9, Kind: OpEncrypt, Gkid: "k1", Call: call, Return: call + 10, Outcome: Ok, KeyVersion: v}
+	}
+	for _, tc := range []struct {
+		name string
+		ops  []Op
+		want int
+	}{
+		{"two rotations in order", []Op{rot(1, 0, 2), rot(2, 20, 3), enc(40, 3)}, 0},
+		{"concurrent rotations", []Op{rot(1, 0, 3), rot(2, 5, 2)}, 0},
+		{"a version made twice", []Op{rot(1, 0, 2), rot(2, 5, 2)}, 1},
+		{"a later rotation made an older version", []Op{rot(1, 0, 3), rot(2, 20, 2)}, 1},
+		{"encrypt under the old version after a rotation", []Op{rot(1, 0, 2), enc(20, 1)}, 1},
+		{"encrypt concurrent with a rotation", []Op{rot(1, 0, 2), enc(5, 1)}, 0},
+		{"unknown rotation", []Op{{ID: 1, Kind: OpKeyRotate, Gkid: "k1", Call: 0, Return: 10, Outcome: Unknown}, enc(20, 1)}, 0},
+	} {
+		rep := &Report{}
+		(&Runner{}).checkKeyVersions(rep, tc.ops)
 		if len(rep.Violations) != tc.want {
 			t.Errorf("%s: %d violations %v, want %d", tc.name, len(rep.Violations), rep.Violations, tc.want)
 		}

@@ -194,9 +194,9 @@ var weights = []struct {
 	k Kind
 	w int
 }{
-	{OpGenerate, 190}, {OpGet, 270}, {OpDescribe, 85}, {OpList, 45},
+	{OpGenerate, 190}, {OpGet, 255}, {OpDescribe, 85}, {OpList, 45},
 	{OpGrant, 60}, {OpRevoke, 60}, {OpActivate, 60}, {OpDeactivate, 60},
-	{OpEncrypt, 75}, {OpDecrypt, 70}, {OpKeyDeactivate, 17}, {OpKeyDestroy, 8},
+	{OpEncrypt, 75}, {OpDecrypt, 70}, {OpKeyDeactivate, 17}, {OpKeyDestroy, 8}, {OpKeyRotate, 15},
 }
 
 // pick chooses the key of an operation on one (and, for a decrypt, its
@@ -308,7 +308,8 @@ func (w *Workload) step(ctx context.Context, worker int, rng *rand.Rand) {
 		}
 	case OpGet:
 		var resp *cofferv1.GetKeyResponse
-		resp, err = reader.GetKey(octx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: lin})
+		// Version 1: what a get returns stays the same through rotations.
+		resp, err = reader.GetKey(octx, &cofferv1.GetKeyRequest{Gkid: gk, Consistency: lin, Version: 1})
 		if err == nil {
 			op.Material = digest(resp.GetMaterial())
 		}
@@ -343,9 +344,9 @@ func (w *Workload) step(ctx context.Context, worker int, rng *rand.Rand) {
 		var resp *cofferv1.EncryptResponse
 		resp, err = reader.Encrypt(octx, &cofferv1.EncryptRequest{Gkid: gk, Plaintext: plaintext, Context: encryptionContext(p), Consistency: lin})
 		if err == nil {
-			op.Ciphertext = resp.GetCiphertext()
-			if h, herr := ciphertext.ParseHeader(op.Ciphertext); herr != nil || h.GKID != gk || resp.GetGkid() != gk {
-				err = fmt.Errorf("%w: encrypt under %s returned a ciphertext of key %q (%q, %v)", ErrWrongAnswer, gk, resp.GetGkid(), h.GKID, herr)
+			op.Ciphertext, op.KeyVersion = resp.GetCiphertext(), resp.GetKeyVersion()
+			if h, herr := ciphertext.ParseHeader(op.Ciphertext); herr != nil || h.GKID != gk || resp.GetGkid() != gk || h.KeyVersion != op.KeyVersion {
+				err = fmt.Errorf("%w: encrypt under %s (version %d) returned a ciphertext of key %q (%q, version %d, %v)", ErrWrongAnswer, gk, op.KeyVersion, resp.GetGkid(), h.GKID, h.KeyVersion, herr)
 			}
 		}
 	case OpDecrypt:
@@ -360,6 +361,10 @@ func (w *Workload) step(ctx context.Context, worker int, rng *rand.Rand) {
 				err = fmt.Errorf("%w: decrypt of a ciphertext of %s names key %q", ErrWrongAnswer, gk, resp.GetGkid())
 			}
 		}
+	case OpKeyRotate:
+		var resp *cofferv1.RotateKeyResponse
+		resp, err = admin.RotateKey(octx, &cofferv1.RotateKeyRequest{Gkid: gk, Reason: "chaos"})
+		op.KeyVersion = resp.GetKey().GetVersion()
 	case OpKeyDeactivate, OpKeyDestroy:
 		var resp *cofferv1.SetKeyStateResponse
 		resp, err = admin.SetKeyState(octx, &cofferv1.SetKeyStateRequest{Gkid: gk, State: keyStates[op.State], Reason: "chaos", DestroyEscrow: k == OpKeyDestroy})
