@@ -34,14 +34,48 @@ type recordCache struct {
 
 	keyGen atomic.Uint64
 	keys   *lru.Cache[string, *cofferv1.KeyRecord]
+
+	// Encryption counts (encryptions.go), kept the same way: Apply puts
+	// every count it changed after the commit (setCount), a reader that
+	// read one from Pebble before a change or a restore does not keep it.
+	countGen atomic.Uint64
+	counts   *lru.Cache[encKey, uint64]
 }
+
+// countCacheSize bounds the encryption counts kept in memory.
+const countCacheSize = 65536
 
 func newRecordCache() *recordCache {
 	keys, err := lru.New[string, *cofferv1.KeyRecord](keyCacheSize)
 	if err != nil {
 		panic(err) // only for a size below 1
 	}
-	return &recordCache{keys: keys}
+	counts, err := lru.New[encKey, uint64](countCacheSize)
+	if err != nil {
+		panic(err)
+	}
+	return &recordCache{keys: keys, counts: counts}
+}
+
+func (c *recordCache) count(k encKey) (uint64, bool) { return c.counts.Get(k) }
+
+// countGeneration is read before a count is read from Pebble and passed to
+// putCount.
+func (c *recordCache) countGeneration() uint64 { return c.countGen.Load() }
+
+// putCount keeps n, read from Pebble for k, unless a count changed or the
+// state was replaced since gen.
+func (c *recordCache) putCount(gen uint64, k encKey, n uint64) {
+	c.counts.Add(k, n)
+	if c.countGen.Load() != gen {
+		c.counts.Remove(k)
+	}
+}
+
+// setCount keeps n, just committed for k.
+func (c *recordCache) setCount(k encKey, n uint64) {
+	c.countGen.Add(1)
+	c.counts.Add(k, n)
 }
 
 func (c *recordCache) key(gkid string) (*cofferv1.KeyRecord, bool) {
@@ -72,10 +106,13 @@ func (c *recordCache) replaceKey(gkid string, rec *cofferv1.KeyRecord) {
 	c.keys.Add(gkid, rec)
 }
 
-// resetKeys drops every key record: the state is being replaced.
+// resetKeys drops every key record and encryption count: the state is
+// being replaced.
 func (c *recordCache) resetKeys() {
 	c.keyGen.Add(1)
 	c.keys.Purge()
+	c.countGen.Add(1)
+	c.counts.Purge()
 }
 
 func (c *recordCache) policy(name string) (*cofferv1.PolicyRecord, bool) {

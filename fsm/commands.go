@@ -36,6 +36,10 @@ type applyCtx struct {
 	// change): later commands of the batch read them from here, and the
 	// key cache takes them after the commit.
 	keysChanged map[string]*cofferv1.KeyRecord
+	// counts holds the encryption counts this batch wrote: later commands
+	// of the batch read them from here, and the cache takes them after the
+	// commit.
+	counts map[encKey]uint64
 	// removedAt is the newest index in this batch whose command removed
 	// key material (materialRemoved, shred.go).
 	removedAt uint64

@@ -44,15 +44,38 @@ func readEncryptions(r reader, gkid string, v uint32) (uint64, error) {
 	return binary.BigEndian.Uint64(b), nil
 }
 
-// Encryptions returns how many encryptions version v of key gkid has done,
-// as of the applied state.
-func (f *FSM) Encryptions(gkid string, v uint32) (uint64, error) {
-	return readEncryptions(f.db, gkid, v)
+// encKey names one version of one key.
+type encKey struct {
+	gkid string
+	v    uint32
 }
 
-// encryptions is the count as of this point of the batch. A count that
-// cannot be read stops the replica, as any unreadable state does in Apply.
+// Encryptions returns how many encryptions version v of key gkid has done,
+// as of the applied state (through the record cache).
+func (f *FSM) Encryptions(gkid string, v uint32) (uint64, error) {
+	k := encKey{gkid, v}
+	if n, ok := f.cache.count(k); ok {
+		return n, nil
+	}
+	gen := f.cache.countGeneration()
+	n, err := readEncryptions(f.db, gkid, v)
+	if err == nil {
+		f.cache.putCount(gen, k, n)
+	}
+	return n, err
+}
+
+// encryptions is the count as of this point of the batch: one this batch
+// wrote, else the committed one. A count that cannot be read stops the
+// replica, as any unreadable state does in Apply.
 func (a *applyCtx) encryptions(gkid string, v uint32) uint64 {
+	k := encKey{gkid, v}
+	if n, ok := a.counts[k]; ok {
+		return n
+	}
+	if n, ok := a.f.cache.count(k); ok {
+		return n
+	}
 	n, err := readEncryptions(a.b, gkid, v)
 	if err != nil {
 		panic(err.Error())
@@ -60,10 +83,21 @@ func (a *applyCtx) encryptions(gkid string, v uint32) uint64 {
 	return n
 }
 
-// countEncryption adds one encryption under version v of key gkid.
-func (a *applyCtx) countEncryption(gkid string, v uint32) {
-	n := a.encryptions(gkid, v) + 1
-	mustSetRaw(a.b, encryptionsKey(gkid, v), binary.BigEndian.AppendUint64(nil, n))
+// countEncryption adds one encryption under version v of key gkid, whose
+// count was n (written with the batch: writeCounts).
+func (a *applyCtx) countEncryption(gkid string, v uint32, n uint64) {
+	if a.counts == nil {
+		a.counts = map[encKey]uint64{}
+	}
+	a.counts[encKey{gkid, v}] = n + 1
+}
+
+// writeCounts writes the counts the batch changed, once each, before the
+// commit.
+func (a *applyCtx) writeCounts() {
+	for k, n := range a.counts {
+		mustSetRaw(a.b, encryptionsKey(k.gkid, k.v), binary.BigEndian.AppendUint64(nil, n))
+	}
 }
 
 // countDecidedEncryption counts a granted encryption that a node decided on
@@ -78,5 +112,5 @@ func (a *applyCtx) countDecidedEncryption(e *cofferv1.AuditEntry) {
 		}
 		v = authz.NewestVersion(rec)
 	}
-	a.countEncryption(e.GetGkid(), v)
+	a.countEncryption(e.GetGkid(), v, a.encryptions(e.GetGkid(), v))
 }

@@ -316,6 +316,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if a.timeIdxDirty {
 		mustSetRaw(b, keyAuditTime, a.timeIdx.encode())
 	}
+	a.writeCounts()
 	// The Raft log is the durable record; Pebble is synced at snapshot time.
 	if err := b.Commit(pebble.NoSync); err != nil {
 		panic(fmt.Sprintf("fsm: commit batch at index %d: %v", lastIdx, err))
@@ -325,6 +326,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	for id, k := range a.keysChanged {
 		f.cache.replaceKey(id, k)
+	}
+	for k, n := range a.counts {
+		f.cache.setCount(k, n)
 	}
 	if a.accessChanged {
 		f.rebuildAuthz()

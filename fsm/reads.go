@@ -218,6 +218,7 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) (ReadResult, bo
 	op := authz.Op(e.GetOperation())
 	req := authz.Request{Identity: e.GetCaller(), CertSerial: serial, Op: op, KeyVersion: e.GetKeyVersion()}
 	if rec != nil && op.Encrypts() {
+		// The newest version: a decided encryption names none.
 		req.Encryptions = a.encryptions(id, authz.NewestVersion(rec))
 	}
 	refusal, detail := a.decisionSnapshot().DecideKeyRead(req, id, rec, time.Unix(0, e.GetTimeUnixNano()))
@@ -233,7 +234,7 @@ func (a *applyCtx) decide(e *cofferv1.AuditEntry, serial string) (ReadResult, bo
 			e.KeyVersion = r.KeyVersion
 		}
 		if op.Encrypts() {
-			a.countEncryption(id, r.KeyVersion)
+			a.countEncryption(id, r.KeyVersion, req.Encryptions)
 		}
 	}
 	return r, rec.GetCompromised()
