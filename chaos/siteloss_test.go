@@ -39,7 +39,14 @@ func firstWrite(ctx context.Context, t *testing.T, c *Cluster, from time.Time, n
 		resp, err := probe.GenerateKey(ctx, &cofferv1.GenerateKeyRequest{Resource: "site/loss", RequestId: fmt.Sprintf("siteloss-%d-%d", from.UnixNano(), i)})
 		if err == nil {
 			d := time.Since(from)
-			get, err := probe.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: resp.GetKey().GetGkid()})
+			// Read it back with retries: the probe makes one attempt, and
+			// leadership may still move right after the first write.
+			cl, err := c.Client(10*time.Second, nodes...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			get, err := cl.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: resp.GetKey().GetGkid()})
+			cl.Close()
 			if err != nil {
 				t.Fatalf("read back the first key after the loss: %v", err)
 			}
