@@ -52,6 +52,12 @@ type Client struct {
 	now func() time.Time
 	// cache holds keys whose cache policy allows caching (nil: disabled).
 	cache *keyCache
+
+	// id is this client's identity from its certificate, found once
+	// (identity; sealed.go).
+	idOnce sync.Once
+	id     string
+	idErr  error
 }
 
 // endpoint is one node and the connection to it.

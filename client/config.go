@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+
+	"github.com/coffer-kms/coffer/keyseal"
 )
 
 // Limits on the configuration.
@@ -55,7 +57,13 @@ type Config struct {
 	DialOptions []grpc.DialOption
 	// DisableKeyCache turns off caching of keys whose cache policy allows
 	// it (see GetKey).
-	DisableKeyCache bool
+	DisableKeyCache bool // SealKEM is the HPKE KEM the material GetKey and GenerateDataKey
+	// release is sealed with: keyseal.KEMX25519 (0, the default) or
+	// keyseal.KEMMLKEM768X25519 (post-quantum hybrid).
+	SealKEM uint16
+	// PlainKeys asks nodes for key material in the clear inside TLS
+	// instead of sealed to each call (for nodes that predate sealing).
+	PlainKeys bool
 }
 
 // DefaultConfig returns a Config with the default timeouts and retry policy;
@@ -75,6 +83,9 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	if len(c.Endpoints) == 0 {
 		return fmt.Errorf("%w: no endpoints", ErrInvalidConfig)
+	}
+	if c.SealKEM != 0 && c.SealKEM != keyseal.KEMX25519 && c.SealKEM != keyseal.KEMMLKEM768X25519 {
+		return fmt.Errorf("%w: SealKEM %#04x: want keyseal.KEMX25519 or keyseal.KEMMLKEM768X25519", ErrInvalidConfig, c.SealKEM)
 	}
 	if len(c.Endpoints) > MaxEndpoints {
 		return fmt.Errorf("%w: %d endpoints, at most %d", ErrInvalidConfig, len(c.Endpoints), MaxEndpoints)

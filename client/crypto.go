@@ -81,6 +81,13 @@ func (c *Client) GenerateDataKey(ctx context.Context, req *cofferv1.GenerateData
 	if req == nil {
 		return nil, nilRequest("GenerateDataKey")
 	}
+	if !c.cfg.PlainKeys && req.GetSealTo() == nil && !req.GetWithoutPlaintext() {
+		return c.dataKeySealed(ctx, req)
+	}
+	return c.generateDataKey(ctx, req)
+}
+
+func (c *Client) generateDataKey(ctx context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
 	return invoke(ctx, c, "GenerateDataKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GenerateDataKeyResponse, error) {
 		return ep.crypto.GenerateDataKey(ctx, req, opts...)
 	})

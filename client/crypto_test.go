@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -170,7 +171,13 @@ func (s *cryptoServer) GenerateDataKey(ctx context.Context, req *cofferv1.Genera
 	}
 	resp := &cofferv1.GenerateDataKeyResponse{Ciphertext: s.vault.seal(req.GetGkid(), key, req.GetContext()),
 		Gkid: req.GetGkid(), KeyVersion: 1, Algorithm: alg}
-	if !req.GetWithoutPlaintext() {
+	if st := req.GetSealTo(); st != nil {
+		sealed, err := testenv.SealReply(ctx, st, "datakey", req.GetGkid(), 1, key)
+		if err != nil {
+			return nil, err
+		}
+		resp.SealedPlaintext = sealed
+	} else if !req.GetWithoutPlaintext() {
 		resp.Plaintext = key
 	}
 	return resp, nil

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -103,6 +104,10 @@ type fakeServer struct {
 	// fail, when set, is consulted first; a non-nil error is returned to the
 	// caller.
 	fail func(ctx context.Context, method string) error
+	// unsealed makes GetKey answer in the clear even when asked to seal;
+	// sealFor, when set, rewrites the binding GetKey seals for.
+	unsealed bool
+	sealFor  func(ctx context.Context) context.Context
 }
 
 // mustServer starts a fake node on a loopback port with mTLS.
@@ -179,7 +184,21 @@ func (f *fakeServer) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*
 	if err := f.record(ctx, "GetKey", ""); err != nil {
 		return nil, err
 	}
-	return &cofferv1.GetKeyResponse{Key: f.meta(req.GetGkid()), Material: make([]byte, 32)}, nil
+	resp := &cofferv1.GetKeyResponse{Key: f.meta(req.GetGkid()), Material: make([]byte, 32), Version: 1}
+	f.mu.Lock()
+	unsealed, sealFor := f.unsealed, f.sealFor
+	f.mu.Unlock()
+	if st := req.GetSealTo(); st != nil && !unsealed {
+		if sealFor != nil {
+			ctx = sealFor(ctx)
+		}
+		sealed, err := testenv.SealReply(ctx, st, "get", req.GetGkid(), 1, resp.Material)
+		if err != nil {
+			return nil, err
+		}
+		resp.Material, resp.SealedMaterial = nil, sealed
+	}
+	return resp, nil
 }
 
 func (f *fakeServer) DescribeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {

@@ -84,7 +84,9 @@ func (c *Client) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*coff
 	})
 }
 
-// GetKey fetches a key's material and metadata. A key whose cache policy
+// GetKey fetches a key's material and metadata, sealed to a fresh key of
+// this call's and opened here (sealed.go; unless Config.PlainKeys, or req
+// names its own SealTo, whose sealed_material the caller opens). A key whose cache policy
 // (returned with it) allows caching is kept, encrypted, for the policy's TTL
 // and served from the cache until then without asking a node; see keyCache.
 // Config.DisableKeyCache turns this off.
@@ -101,13 +103,24 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 			return resp, nil
 		}
 	}
-	resp, err := invoke(ctx, c, "GetKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetKeyResponse, error) {
-		return ep.keys.GetKey(ctx, req, opts...)
-	})
-	if err == nil && cached {
+	var resp *cofferv1.GetKeyResponse
+	var err error
+	if c.cfg.PlainKeys || req.GetSealTo() != nil {
+		// In the clear, or sealed to the caller's own key: as asked.
+		resp, err = c.getKey(ctx, req)
+	} else {
+		resp, err = c.getSealed(ctx, req)
+	}
+	if err == nil && cached && len(resp.GetMaterial()) != 0 {
 		c.cache.put(resp)
 	}
 	return resp, err
+}
+
+func (c *Client) getKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
+	return invoke(ctx, c, "GetKey", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetKeyResponse, error) {
+		return ep.keys.GetKey(ctx, req, opts...)
+	})
 }
 
 // SetKeyState moves a key through its life cycle (cofferv1.KeyState). It is

@@ -83,7 +83,23 @@ func (s *service) decrypt(ctx context.Context, req *cofferv1.DecryptRequest) (*c
 }
 
 func (s *service) generateDataKey(ctx context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
-	return serveCrypto(s, ctx, opDataKey, req, req.GetConsistency())
+	pk, err := sealTarget(req.GetSealTo())
+	if err != nil {
+		return nil, err
+	}
+	if pk != nil && req.GetWithoutPlaintext() {
+		return nil, fmt.Errorf("%w: seal_to seals the data key's plaintext; without_plaintext asks for none", ErrInvalidArgument)
+	}
+	resp, err := serveCrypto(s, ctx, opDataKey, req, req.GetConsistency())
+	if err != nil || pk == nil {
+		return resp, err
+	}
+	defer clear(resp.Plaintext)
+	if resp.SealedPlaintext, err = seal(pk, requestFrom(ctx), authz.OpDataKey, resp.GetGkid(), resp.GetKeyVersion(), resp.GetPlaintext()); err != nil {
+		return nil, err
+	}
+	resp.Plaintext = nil
+	return resp, nil
 }
 
 // validContext checks a caller's encryption context.

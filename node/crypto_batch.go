@@ -253,6 +253,11 @@ func (s *service) decryptBatch(ctx context.Context, req *cofferv1.DecryptBatchRe
 }
 
 func (s *service) generateDataKeyBatch(ctx context.Context, req *cofferv1.GenerateDataKeyBatchRequest) (*cofferv1.GenerateDataKeyBatchResponse, error) {
+	for i, it := range req.GetItems() {
+		if it.GetSealTo() != nil {
+			return nil, fmt.Errorf("%w: item %d: seal_to is for a single GenerateDataKey, not a batch item", ErrInvalidArgument, i)
+		}
+	}
 	out, errs, err := serveCryptoBatch(s, ctx, opDataKey, batchItems[*cofferv1.GenerateDataKeyRequest]{
 		items:       req.GetItems(),
 		size:        func(*cofferv1.GenerateDataKeyRequest) int { return 32 },

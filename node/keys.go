@@ -263,11 +263,25 @@ func algorithmAllowed(p *cofferv1.PolicyRecord, a cofferv1.Algorithm) bool {
 }
 
 func (s *service) getKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	k, err := s.authorizedKey(ctx, requestFrom(ctx), req.GetGkid(), req.GetVersion(), req.GetConsistency(), authz.OpGet)
+	pk, err := sealTarget(req.GetSealTo())
 	if err != nil {
 		return nil, err
 	}
-	return &cofferv1.GetKeyResponse{Key: s.describe(k.rec), Material: k.material, Version: k.version}, nil
+	r := requestFrom(ctx)
+	k, err := s.authorizedKey(ctx, r, req.GetGkid(), req.GetVersion(), req.GetConsistency(), authz.OpGet)
+	if err != nil {
+		return nil, err
+	}
+	resp := &cofferv1.GetKeyResponse{Key: s.describe(k.rec), Version: k.version}
+	if pk == nil {
+		resp.Material = k.material
+		return resp, nil
+	}
+	defer clear(k.material)
+	if resp.SealedMaterial, err = seal(pk, r, authz.OpGet, k.rec.GetGkid(), k.version, k.material); err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
 func (s *service) describeKey(ctx context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {

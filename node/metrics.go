@@ -53,6 +53,10 @@ var (
 		Namespace: "coffer", Name: "decrypt_failures_total",
 		Help: "Decrypt requests granted whose ciphertext did not authenticate (altered, or another context).",
 	})
+	metricSealed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "sealed_releases_total",
+		Help: "Key material released sealed to the caller's HPKE key (get, datakey), by operation.",
+	}, []string{"op"})
 	metricKeyRotations = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "key_rotations_total",
 		Help: "Key rotations this node proposed as leader and saw committed, asked for or automatic.",
@@ -110,7 +114,7 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricDenied, metricAuditFailures,
-		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures, metricKeyRotations,
+		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures, metricKeyRotations, metricSealed,
 		metricShredPasses, metricShredSeconds, metricRaftLogCompactSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)

@@ -17,8 +17,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -195,8 +197,18 @@ func (h *memHandler) lookup(gkid string) (*cofferv1.GetKeyResponse, error) {
 	return k, nil
 }
 
-func (h *memHandler) GetKey(_ context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
-	return h.lookup(req.GetGkid())
+func (h *memHandler) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
+	resp, err := h.lookup(req.GetGkid())
+	if err != nil || req.GetSealTo() == nil {
+		return resp, err
+	}
+	out := proto.CloneOf(resp)
+	out.Version = 1
+	if out.SealedMaterial, err = testenv.SealReply(ctx, req.GetSealTo(), "get", req.GetGkid(), 1, resp.GetMaterial()); err != nil {
+		return nil, err
+	}
+	out.Material = nil
+	return out, nil
 }
 
 func (h *memHandler) DescribeKey(_ context.Context, req *cofferv1.DescribeKeyRequest) (*cofferv1.DescribeKeyResponse, error) {

@@ -25,6 +25,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/client"
+	"github.com/coffer-kms/coffer/internal/testenv"
 )
 
 // The in-memory nodes' CryptoService (see memHandler). A ciphertext is
@@ -155,7 +156,7 @@ func (h *memHandler) Decrypt(_ context.Context, req *cofferv1.DecryptRequest) (*
 	return &cofferv1.DecryptResponse{Plaintext: pt, Gkid: gkid, KeyVersion: 1}, nil
 }
 
-func (h *memHandler) GenerateDataKey(_ context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
+func (h *memHandler) GenerateDataKey(ctx context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
 	h.countCrypto()
 	alg, n := req.GetAlgorithm(), 32
 	switch alg {
@@ -174,7 +175,11 @@ func (h *memHandler) GenerateDataKey(_ context.Context, req *cofferv1.GenerateDa
 		return nil, err
 	}
 	resp := &cofferv1.GenerateDataKeyResponse{Ciphertext: ct, Gkid: req.GetGkid(), KeyVersion: 1, Algorithm: alg}
-	if !req.GetWithoutPlaintext() {
+	if st := req.GetSealTo(); st != nil {
+		if resp.SealedPlaintext, err = testenv.SealReply(ctx, st, "datakey", req.GetGkid(), 1, key); err != nil {
+			return nil, err
+		}
+	} else if !req.GetWithoutPlaintext() {
 		resp.Plaintext = key
 	}
 	return resp, nil

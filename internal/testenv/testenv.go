@@ -1,5 +1,6 @@
 // Package testenv holds helpers shared by the tests that run real cofferd
-// processes (e2e, chaos).
+// processes (e2e, chaos), and by the in-memory fake servers of the client
+// and CLI tests (SealReply).
 package testenv
 
 import (

@@ -953,19 +953,80 @@ func (x *PutKeyResponse) GetKey() *KeyMetadata {
 	return nil
 }
 
+// SealTo is a client's fresh HPKE public key (RFC 9180): key material the
+// response releases is sealed to it, bound to the request (keyseal/FORMAT.md),
+// instead of sent in the clear inside TLS.
+type SealTo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The KEM: 0x0020 (DHKEM X25519, HKDF-SHA256) or 0x647a (ML-KEM-768 +
+	// X25519).
+	KemId uint32 `protobuf:"varint,1,opt,name=kem_id,json=kemId,proto3" json:"kem_id,omitempty"`
+	// The public key, serialized as RFC 9180 SerializePublicKey.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SealTo) Reset() {
+	*x = SealTo{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SealTo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SealTo) ProtoMessage() {}
+
+func (x *SealTo) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SealTo.ProtoReflect.Descriptor instead.
+func (*SealTo) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SealTo) GetKemId() uint32 {
+	if x != nil {
+		return x.KemId
+	}
+	return 0
+}
+
+func (x *SealTo) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 type GetKeyRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Gkid        string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
 	Consistency Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
 	// The version of the material to return; 0: the newest.
-	Version       uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Version uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// Seal the material to this key (sealed_material) instead of returning
+	// it in material.
+	SealTo        *SealTo `protobuf:"bytes,4,opt,name=seal_to,json=sealTo,proto3" json:"seal_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetKeyRequest) Reset() {
 	*x = GetKeyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[8]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1038,7 @@ func (x *GetKeyRequest) String() string {
 func (*GetKeyRequest) ProtoMessage() {}
 
 func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[8]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1051,7 @@ func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetKeyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetKeyRequest) GetGkid() string {
@@ -1014,19 +1075,30 @@ func (x *GetKeyRequest) GetVersion() uint32 {
 	return 0
 }
 
+func (x *GetKeyRequest) GetSealTo() *SealTo {
+	if x != nil {
+		return x.SealTo
+	}
+	return nil
+}
+
 type GetKeyResponse struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Key      *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Material []byte                 `protobuf:"bytes,2,opt,name=material,proto3" json:"material,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   *KeyMetadata           `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The material, unless the request asked for it sealed.
+	Material []byte `protobuf:"bytes,2,opt,name=material,proto3" json:"material,omitempty"`
 	// The version of material.
-	Version       uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// The material sealed to the request's seal_to, bound to operation
+	// "get", the GKID, version, request id and caller (keyseal/FORMAT.md).
+	SealedMaterial []byte `protobuf:"bytes,4,opt,name=sealed_material,json=sealedMaterial,proto3" json:"sealed_material,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetKeyResponse) Reset() {
 	*x = GetKeyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[9]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1110,7 @@ func (x *GetKeyResponse) String() string {
 func (*GetKeyResponse) ProtoMessage() {}
 
 func (x *GetKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[9]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1123,7 @@ func (x *GetKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetKeyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetKeyResponse) GetKey() *KeyMetadata {
@@ -1075,6 +1147,13 @@ func (x *GetKeyResponse) GetVersion() uint32 {
 	return 0
 }
 
+func (x *GetKeyResponse) GetSealedMaterial() []byte {
+	if x != nil {
+		return x.SealedMaterial
+	}
+	return nil
+}
+
 type DescribeKeyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Gkid          string                 `protobuf:"bytes,1,opt,name=gkid,proto3" json:"gkid,omitempty"`
@@ -1085,7 +1164,7 @@ type DescribeKeyRequest struct {
 
 func (x *DescribeKeyRequest) Reset() {
 	*x = DescribeKeyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[10]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1176,7 @@ func (x *DescribeKeyRequest) String() string {
 func (*DescribeKeyRequest) ProtoMessage() {}
 
 func (x *DescribeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[10]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1189,7 @@ func (x *DescribeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeKeyRequest.ProtoReflect.Descriptor instead.
 func (*DescribeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DescribeKeyRequest) GetGkid() string {
@@ -1136,7 +1215,7 @@ type DescribeKeyResponse struct {
 
 func (x *DescribeKeyResponse) Reset() {
 	*x = DescribeKeyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[11]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1227,7 @@ func (x *DescribeKeyResponse) String() string {
 func (*DescribeKeyResponse) ProtoMessage() {}
 
 func (x *DescribeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[11]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1240,7 @@ func (x *DescribeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeKeyResponse.ProtoReflect.Descriptor instead.
 func (*DescribeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DescribeKeyResponse) GetKey() *KeyMetadata {
@@ -1187,7 +1266,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[12]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1278,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[12]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1291,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListKeysRequest) GetPolicy() string {
@@ -1261,7 +1340,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1352,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[13]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1365,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyMetadata {
@@ -1322,7 +1401,7 @@ type SetKeyStateRequest struct {
 
 func (x *SetKeyStateRequest) Reset() {
 	*x = SetKeyStateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1413,7 @@ func (x *SetKeyStateRequest) String() string {
 func (*SetKeyStateRequest) ProtoMessage() {}
 
 func (x *SetKeyStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[14]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1426,7 @@ func (x *SetKeyStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeyStateRequest.ProtoReflect.Descriptor instead.
 func (*SetKeyStateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetKeyStateRequest) GetGkid() string {
@@ -1387,7 +1466,7 @@ type SetKeyStateResponse struct {
 
 func (x *SetKeyStateResponse) Reset() {
 	*x = SetKeyStateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1478,7 @@ func (x *SetKeyStateResponse) String() string {
 func (*SetKeyStateResponse) ProtoMessage() {}
 
 func (x *SetKeyStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[15]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1491,7 @@ func (x *SetKeyStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeyStateResponse.ProtoReflect.Descriptor instead.
 func (*SetKeyStateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetKeyStateResponse) GetKey() *KeyMetadata {
@@ -1433,7 +1512,7 @@ type RotateKeyRequest struct {
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1524,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[16]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1537,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{16}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RotateKeyRequest) GetGkid() string {
@@ -1484,7 +1563,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1575,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[17]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1588,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{17}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RotateKeyResponse) GetKey() *KeyMetadata {
@@ -1534,7 +1613,7 @@ type RetireKeyVersionRequest struct {
 
 func (x *RetireKeyVersionRequest) Reset() {
 	*x = RetireKeyVersionRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1625,7 @@ func (x *RetireKeyVersionRequest) String() string {
 func (*RetireKeyVersionRequest) ProtoMessage() {}
 
 func (x *RetireKeyVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[18]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1638,7 @@ func (x *RetireKeyVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyVersionRequest.ProtoReflect.Descriptor instead.
 func (*RetireKeyVersionRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{18}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RetireKeyVersionRequest) GetGkid() string {
@@ -1599,7 +1678,7 @@ type RetireKeyVersionResponse struct {
 
 func (x *RetireKeyVersionResponse) Reset() {
 	*x = RetireKeyVersionResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1690,7 @@ func (x *RetireKeyVersionResponse) String() string {
 func (*RetireKeyVersionResponse) ProtoMessage() {}
 
 func (x *RetireKeyVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[19]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1703,7 @@ func (x *RetireKeyVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyVersionResponse.ProtoReflect.Descriptor instead.
 func (*RetireKeyVersionResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{19}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RetireKeyVersionResponse) GetKey() *KeyMetadata {
@@ -1648,7 +1727,7 @@ type AmendKeyUsePolicyRequest struct {
 
 func (x *AmendKeyUsePolicyRequest) Reset() {
 	*x = AmendKeyUsePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1739,7 @@ func (x *AmendKeyUsePolicyRequest) String() string {
 func (*AmendKeyUsePolicyRequest) ProtoMessage() {}
 
 func (x *AmendKeyUsePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[20]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1752,7 @@ func (x *AmendKeyUsePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AmendKeyUsePolicyRequest.ProtoReflect.Descriptor instead.
 func (*AmendKeyUsePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{20}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AmendKeyUsePolicyRequest) GetGkid() string {
@@ -1706,7 +1785,7 @@ type AmendKeyUsePolicyResponse struct {
 
 func (x *AmendKeyUsePolicyResponse) Reset() {
 	*x = AmendKeyUsePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +1797,7 @@ func (x *AmendKeyUsePolicyResponse) String() string {
 func (*AmendKeyUsePolicyResponse) ProtoMessage() {}
 
 func (x *AmendKeyUsePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[21]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +1810,7 @@ func (x *AmendKeyUsePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AmendKeyUsePolicyResponse.ProtoReflect.Descriptor instead.
 func (*AmendKeyUsePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{21}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AmendKeyUsePolicyResponse) GetKey() *KeyMetadata {
@@ -1792,7 +1871,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1883,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[22]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1896,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{22}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1979,7 +2058,7 @@ type SiteLoss struct {
 
 func (x *SiteLoss) Reset() {
 	*x = SiteLoss{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2070,7 @@ func (x *SiteLoss) String() string {
 func (*SiteLoss) ProtoMessage() {}
 
 func (x *SiteLoss) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[23]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2083,7 @@ func (x *SiteLoss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SiteLoss.ProtoReflect.Descriptor instead.
 func (*SiteLoss) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{23}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SiteLoss) GetSite() string {
@@ -2040,7 +2119,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2131,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[24]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2144,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{24}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ClusterStatusRequest) GetDigest() bool {
@@ -2098,7 +2177,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2189,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[25]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2202,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{25}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ClusterStatusResponse) GetNodes() []*NodeStatus {
@@ -2179,7 +2258,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2270,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[26]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2283,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{26}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeStatusRequest) GetDigest() bool {
@@ -2228,7 +2307,7 @@ type EscrowKeyInfo struct {
 
 func (x *EscrowKeyInfo) Reset() {
 	*x = EscrowKeyInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2240,7 +2319,7 @@ func (x *EscrowKeyInfo) String() string {
 func (*EscrowKeyInfo) ProtoMessage() {}
 
 func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[27]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2253,7 +2332,7 @@ func (x *EscrowKeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EscrowKeyInfo.ProtoReflect.Descriptor instead.
 func (*EscrowKeyInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{27}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EscrowKeyInfo) GetId() string {
@@ -2298,7 +2377,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2389,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[28]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2402,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{28}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Policy) GetName() string {
@@ -2419,7 +2498,7 @@ type CreatePolicyRequest struct {
 
 func (x *CreatePolicyRequest) Reset() {
 	*x = CreatePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2431,7 +2510,7 @@ func (x *CreatePolicyRequest) String() string {
 func (*CreatePolicyRequest) ProtoMessage() {}
 
 func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[29]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2444,7 +2523,7 @@ func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*CreatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{29}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreatePolicyRequest) GetName() string {
@@ -2519,7 +2598,7 @@ type UpdatePolicyRequest struct {
 
 func (x *UpdatePolicyRequest) Reset() {
 	*x = UpdatePolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2531,7 +2610,7 @@ func (x *UpdatePolicyRequest) String() string {
 func (*UpdatePolicyRequest) ProtoMessage() {}
 
 func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[30]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2544,7 +2623,7 @@ func (x *UpdatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{30}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpdatePolicyRequest) GetName() string {
@@ -2619,7 +2698,7 @@ type UpdatePolicyResponse struct {
 
 func (x *UpdatePolicyResponse) Reset() {
 	*x = UpdatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2631,7 +2710,7 @@ func (x *UpdatePolicyResponse) String() string {
 func (*UpdatePolicyResponse) ProtoMessage() {}
 
 func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[31]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2644,7 +2723,7 @@ func (x *UpdatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*UpdatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{31}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdatePolicyResponse) GetPolicy() *Policy {
@@ -2663,7 +2742,7 @@ type CreatePolicyResponse struct {
 
 func (x *CreatePolicyResponse) Reset() {
 	*x = CreatePolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2754,7 @@ func (x *CreatePolicyResponse) String() string {
 func (*CreatePolicyResponse) ProtoMessage() {}
 
 func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[32]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2767,7 @@ func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*CreatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{32}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreatePolicyResponse) GetPolicy() *Policy {
@@ -2708,7 +2787,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2720,7 +2799,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[33]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2733,7 +2812,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{33}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetPolicyRequest) GetName() string {
@@ -2759,7 +2838,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2771,7 +2850,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[34]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2784,7 +2863,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{34}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetPolicyResponse) GetPolicy() *Policy {
@@ -2803,7 +2882,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2815,7 +2894,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[35]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2828,7 +2907,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{35}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListPoliciesRequest) GetConsistency() Consistency {
@@ -2847,7 +2926,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2859,7 +2938,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[36]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2872,7 +2951,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{36}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2890,7 +2969,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +2981,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[37]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2915,7 +2994,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{37}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
 }
 
 // SnapshotChunk is a piece of a state snapshot stream (the fsm snapshot
@@ -2932,7 +3011,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3023,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[38]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3036,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{38}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -3004,7 +3083,7 @@ type SnapshotSeal struct {
 
 func (x *SnapshotSeal) Reset() {
 	*x = SnapshotSeal{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3095,7 @@ func (x *SnapshotSeal) String() string {
 func (*SnapshotSeal) ProtoMessage() {}
 
 func (x *SnapshotSeal) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[39]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3108,7 @@ func (x *SnapshotSeal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSeal.ProtoReflect.Descriptor instead.
 func (*SnapshotSeal) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{39}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SnapshotSeal) GetClusterId() string {
@@ -3101,7 +3180,7 @@ type RestoreChunk struct {
 
 func (x *RestoreChunk) Reset() {
 	*x = RestoreChunk{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3113,7 +3192,7 @@ func (x *RestoreChunk) String() string {
 func (*RestoreChunk) ProtoMessage() {}
 
 func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[40]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3126,7 +3205,7 @@ func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
 func (*RestoreChunk) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{40}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RestoreChunk) GetSeal() *SnapshotSeal {
@@ -3156,7 +3235,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3168,7 +3247,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[41]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3181,7 +3260,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{41}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RestoreResponse) GetClusterId() string {
@@ -3223,7 +3302,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3235,7 +3314,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[42]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3248,7 +3327,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{42}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RemoveNodeRequest) GetNode() string {
@@ -3277,7 +3356,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3289,7 +3368,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[43]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3302,7 +3381,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{43}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RemoveNodeResponse) GetNode() string {
@@ -3336,7 +3415,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3348,7 +3427,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[44]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3361,7 +3440,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{44}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -3381,7 +3460,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3393,7 +3472,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[45]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3406,7 +3485,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{45}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TransferLeadershipResponse) GetFrom() string {
@@ -3433,7 +3512,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3445,7 +3524,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[46]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3458,7 +3537,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{46}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -3485,7 +3564,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3497,7 +3576,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[47]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3510,7 +3589,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{47}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DrainNodeResponse) GetNode() string {
@@ -3540,7 +3619,7 @@ type PinNodeRequest struct {
 
 func (x *PinNodeRequest) Reset() {
 	*x = PinNodeRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3552,7 +3631,7 @@ func (x *PinNodeRequest) String() string {
 func (*PinNodeRequest) ProtoMessage() {}
 
 func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[48]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3565,7 +3644,7 @@ func (x *PinNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeRequest.ProtoReflect.Descriptor instead.
 func (*PinNodeRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{48}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PinNodeRequest) GetNode() string {
@@ -3597,7 +3676,7 @@ type PinNodeResponse struct {
 
 func (x *PinNodeResponse) Reset() {
 	*x = PinNodeResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3609,7 +3688,7 @@ func (x *PinNodeResponse) String() string {
 func (*PinNodeResponse) ProtoMessage() {}
 
 func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[49]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3622,7 +3701,7 @@ func (x *PinNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinNodeResponse.ProtoReflect.Descriptor instead.
 func (*PinNodeResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{49}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PinNodeResponse) GetNode() string {
@@ -3669,7 +3748,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3681,7 +3760,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[50]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3694,7 +3773,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{50}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -3753,7 +3832,7 @@ type RegisterClientRequest struct {
 
 func (x *RegisterClientRequest) Reset() {
 	*x = RegisterClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3765,7 +3844,7 @@ func (x *RegisterClientRequest) String() string {
 func (*RegisterClientRequest) ProtoMessage() {}
 
 func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[51]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3778,7 +3857,7 @@ func (x *RegisterClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterClientRequest.ProtoReflect.Descriptor instead.
 func (*RegisterClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{51}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RegisterClientRequest) GetName() string {
@@ -3819,7 +3898,7 @@ type SetClientActiveRequest struct {
 
 func (x *SetClientActiveRequest) Reset() {
 	*x = SetClientActiveRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3831,7 +3910,7 @@ func (x *SetClientActiveRequest) String() string {
 func (*SetClientActiveRequest) ProtoMessage() {}
 
 func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[52]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3844,7 +3923,7 @@ func (x *SetClientActiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClientActiveRequest.ProtoReflect.Descriptor instead.
 func (*SetClientActiveRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{52}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SetClientActiveRequest) GetName() string {
@@ -3871,7 +3950,7 @@ type GetClientRequest struct {
 
 func (x *GetClientRequest) Reset() {
 	*x = GetClientRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3883,7 +3962,7 @@ func (x *GetClientRequest) String() string {
 func (*GetClientRequest) ProtoMessage() {}
 
 func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[53]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3896,7 +3975,7 @@ func (x *GetClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientRequest.ProtoReflect.Descriptor instead.
 func (*GetClientRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{53}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetClientRequest) GetName() string {
@@ -3922,7 +4001,7 @@ type ListClientsRequest struct {
 
 func (x *ListClientsRequest) Reset() {
 	*x = ListClientsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3934,7 +4013,7 @@ func (x *ListClientsRequest) String() string {
 func (*ListClientsRequest) ProtoMessage() {}
 
 func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[54]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3947,7 +4026,7 @@ func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
 func (*ListClientsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{54}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListClientsRequest) GetConsistency() Consistency {
@@ -3966,7 +4045,7 @@ type ListClientsResponse struct {
 
 func (x *ListClientsResponse) Reset() {
 	*x = ListClientsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3978,7 +4057,7 @@ func (x *ListClientsResponse) String() string {
 func (*ListClientsResponse) ProtoMessage() {}
 
 func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[55]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3991,7 +4070,7 @@ func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
 func (*ListClientsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{55}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListClientsResponse) GetClients() []*ClientInfo {
@@ -4018,7 +4097,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4030,7 +4109,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[56]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4043,7 +4122,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{56}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -4076,7 +4155,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4088,7 +4167,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[57]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4101,7 +4180,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{57}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RevokeCertificateResponse) GetSerial() string {
@@ -4127,7 +4206,7 @@ type AclRuleInfo struct {
 
 func (x *AclRuleInfo) Reset() {
 	*x = AclRuleInfo{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4139,7 +4218,7 @@ func (x *AclRuleInfo) String() string {
 func (*AclRuleInfo) ProtoMessage() {}
 
 func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[58]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4152,7 +4231,7 @@ func (x *AclRuleInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AclRuleInfo.ProtoReflect.Descriptor instead.
 func (*AclRuleInfo) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{58}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *AclRuleInfo) GetId() string {
@@ -4211,7 +4290,7 @@ type GrantRequest struct {
 
 func (x *GrantRequest) Reset() {
 	*x = GrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[59]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4223,7 +4302,7 @@ func (x *GrantRequest) String() string {
 func (*GrantRequest) ProtoMessage() {}
 
 func (x *GrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[59]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4236,7 +4315,7 @@ func (x *GrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantRequest.ProtoReflect.Descriptor instead.
 func (*GrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{59}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GrantRequest) GetSubject() string {
@@ -4276,7 +4355,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[60]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4288,7 +4367,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[60]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4301,7 +4380,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{60}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RevokeGrantRequest) GetId() string {
@@ -4320,7 +4399,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[61]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4332,7 +4411,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[61]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4345,7 +4424,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{61}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RevokeGrantResponse) GetId() string {
@@ -4366,7 +4445,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[62]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4378,7 +4457,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[62]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4391,7 +4470,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{62}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ListGrantsRequest) GetSubject() string {
@@ -4417,7 +4496,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[63]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4429,7 +4508,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[63]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4442,7 +4521,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{63}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ListGrantsResponse) GetRules() []*AclRuleInfo {
@@ -4467,7 +4546,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[64]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4479,7 +4558,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[64]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4492,7 +4571,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{64}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CheckRequest) GetClient() string {
@@ -4544,7 +4623,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_coffer_v1_coffer_proto_msgTypes[65]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4556,7 +4635,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_coffer_proto_msgTypes[65]
+	mi := &file_coffer_v1_coffer_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4569,7 +4648,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{65}
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CheckResponse) GetAllowed() bool {
@@ -4670,15 +4749,21 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vactivate_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"activateAt\":\n" +
 	"\x0ePutKeyResponse\x12(\n" +
-	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\"w\n" +
+	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\">\n" +
+	"\x06SealTo\x12\x15\n" +
+	"\x06kem_id\x18\x01 \x01(\rR\x05kemId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"\xa3\x01\n" +
 	"\rGetKeyRequest\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x128\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\rR\aversion\"p\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\x12*\n" +
+	"\aseal_to\x18\x04 \x01(\v2\x11.coffer.v1.SealToR\x06sealTo\"\x99\x01\n" +
 	"\x0eGetKeyResponse\x12(\n" +
 	"\x03key\x18\x01 \x01(\v2\x16.coffer.v1.KeyMetadataR\x03key\x12\x1a\n" +
 	"\bmaterial\x18\x02 \x01(\fR\bmaterial\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\rR\aversion\"b\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\x12'\n" +
+	"\x0fsealed_material\x18\x04 \x01(\fR\x0esealedMaterial\"b\n" +
 	"\x12DescribeKeyRequest\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x128\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"?\n" +
@@ -5012,7 +5097,7 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
 var file_coffer_v1_coffer_proto_goTypes = []any{
 	(Algorithm)(0),                     // 0: coffer.v1.Algorithm
 	(KeyState)(0),                      // 1: coffer.v1.KeyState
@@ -5026,205 +5111,207 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*GenerateKeyResponse)(nil),        // 9: coffer.v1.GenerateKeyResponse
 	(*PutKeyRequest)(nil),              // 10: coffer.v1.PutKeyRequest
 	(*PutKeyResponse)(nil),             // 11: coffer.v1.PutKeyResponse
-	(*GetKeyRequest)(nil),              // 12: coffer.v1.GetKeyRequest
-	(*GetKeyResponse)(nil),             // 13: coffer.v1.GetKeyResponse
-	(*DescribeKeyRequest)(nil),         // 14: coffer.v1.DescribeKeyRequest
-	(*DescribeKeyResponse)(nil),        // 15: coffer.v1.DescribeKeyResponse
-	(*ListKeysRequest)(nil),            // 16: coffer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),           // 17: coffer.v1.ListKeysResponse
-	(*SetKeyStateRequest)(nil),         // 18: coffer.v1.SetKeyStateRequest
-	(*SetKeyStateResponse)(nil),        // 19: coffer.v1.SetKeyStateResponse
-	(*RotateKeyRequest)(nil),           // 20: coffer.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),          // 21: coffer.v1.RotateKeyResponse
-	(*RetireKeyVersionRequest)(nil),    // 22: coffer.v1.RetireKeyVersionRequest
-	(*RetireKeyVersionResponse)(nil),   // 23: coffer.v1.RetireKeyVersionResponse
-	(*AmendKeyUsePolicyRequest)(nil),   // 24: coffer.v1.AmendKeyUsePolicyRequest
-	(*AmendKeyUsePolicyResponse)(nil),  // 25: coffer.v1.AmendKeyUsePolicyResponse
-	(*NodeStatus)(nil),                 // 26: coffer.v1.NodeStatus
-	(*SiteLoss)(nil),                   // 27: coffer.v1.SiteLoss
-	(*ClusterStatusRequest)(nil),       // 28: coffer.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),      // 29: coffer.v1.ClusterStatusResponse
-	(*NodeStatusRequest)(nil),          // 30: coffer.v1.NodeStatusRequest
-	(*EscrowKeyInfo)(nil),              // 31: coffer.v1.EscrowKeyInfo
-	(*Policy)(nil),                     // 32: coffer.v1.Policy
-	(*CreatePolicyRequest)(nil),        // 33: coffer.v1.CreatePolicyRequest
-	(*UpdatePolicyRequest)(nil),        // 34: coffer.v1.UpdatePolicyRequest
-	(*UpdatePolicyResponse)(nil),       // 35: coffer.v1.UpdatePolicyResponse
-	(*CreatePolicyResponse)(nil),       // 36: coffer.v1.CreatePolicyResponse
-	(*GetPolicyRequest)(nil),           // 37: coffer.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),          // 38: coffer.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),        // 39: coffer.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),       // 40: coffer.v1.ListPoliciesResponse
-	(*SnapshotRequest)(nil),            // 41: coffer.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),              // 42: coffer.v1.SnapshotChunk
-	(*SnapshotSeal)(nil),               // 43: coffer.v1.SnapshotSeal
-	(*RestoreChunk)(nil),               // 44: coffer.v1.RestoreChunk
-	(*RestoreResponse)(nil),            // 45: coffer.v1.RestoreResponse
-	(*RemoveNodeRequest)(nil),          // 46: coffer.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),         // 47: coffer.v1.RemoveNodeResponse
-	(*TransferLeadershipRequest)(nil),  // 48: coffer.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 49: coffer.v1.TransferLeadershipResponse
-	(*DrainNodeRequest)(nil),           // 50: coffer.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),          // 51: coffer.v1.DrainNodeResponse
-	(*PinNodeRequest)(nil),             // 52: coffer.v1.PinNodeRequest
-	(*PinNodeResponse)(nil),            // 53: coffer.v1.PinNodeResponse
-	(*ClientInfo)(nil),                 // 54: coffer.v1.ClientInfo
-	(*RegisterClientRequest)(nil),      // 55: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),     // 56: coffer.v1.SetClientActiveRequest
-	(*GetClientRequest)(nil),           // 57: coffer.v1.GetClientRequest
-	(*ListClientsRequest)(nil),         // 58: coffer.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),        // 59: coffer.v1.ListClientsResponse
-	(*RevokeCertificateRequest)(nil),   // 60: coffer.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil),  // 61: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),                // 62: coffer.v1.AclRuleInfo
-	(*GrantRequest)(nil),               // 63: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),         // 64: coffer.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),        // 65: coffer.v1.RevokeGrantResponse
-	(*ListGrantsRequest)(nil),          // 66: coffer.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),         // 67: coffer.v1.ListGrantsResponse
-	(*CheckRequest)(nil),               // 68: coffer.v1.CheckRequest
-	(*CheckResponse)(nil),              // 69: coffer.v1.CheckResponse
-	(*timestamppb.Timestamp)(nil),      // 70: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 71: google.protobuf.Duration
+	(*SealTo)(nil),                     // 12: coffer.v1.SealTo
+	(*GetKeyRequest)(nil),              // 13: coffer.v1.GetKeyRequest
+	(*GetKeyResponse)(nil),             // 14: coffer.v1.GetKeyResponse
+	(*DescribeKeyRequest)(nil),         // 15: coffer.v1.DescribeKeyRequest
+	(*DescribeKeyResponse)(nil),        // 16: coffer.v1.DescribeKeyResponse
+	(*ListKeysRequest)(nil),            // 17: coffer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 18: coffer.v1.ListKeysResponse
+	(*SetKeyStateRequest)(nil),         // 19: coffer.v1.SetKeyStateRequest
+	(*SetKeyStateResponse)(nil),        // 20: coffer.v1.SetKeyStateResponse
+	(*RotateKeyRequest)(nil),           // 21: coffer.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),          // 22: coffer.v1.RotateKeyResponse
+	(*RetireKeyVersionRequest)(nil),    // 23: coffer.v1.RetireKeyVersionRequest
+	(*RetireKeyVersionResponse)(nil),   // 24: coffer.v1.RetireKeyVersionResponse
+	(*AmendKeyUsePolicyRequest)(nil),   // 25: coffer.v1.AmendKeyUsePolicyRequest
+	(*AmendKeyUsePolicyResponse)(nil),  // 26: coffer.v1.AmendKeyUsePolicyResponse
+	(*NodeStatus)(nil),                 // 27: coffer.v1.NodeStatus
+	(*SiteLoss)(nil),                   // 28: coffer.v1.SiteLoss
+	(*ClusterStatusRequest)(nil),       // 29: coffer.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),      // 30: coffer.v1.ClusterStatusResponse
+	(*NodeStatusRequest)(nil),          // 31: coffer.v1.NodeStatusRequest
+	(*EscrowKeyInfo)(nil),              // 32: coffer.v1.EscrowKeyInfo
+	(*Policy)(nil),                     // 33: coffer.v1.Policy
+	(*CreatePolicyRequest)(nil),        // 34: coffer.v1.CreatePolicyRequest
+	(*UpdatePolicyRequest)(nil),        // 35: coffer.v1.UpdatePolicyRequest
+	(*UpdatePolicyResponse)(nil),       // 36: coffer.v1.UpdatePolicyResponse
+	(*CreatePolicyResponse)(nil),       // 37: coffer.v1.CreatePolicyResponse
+	(*GetPolicyRequest)(nil),           // 38: coffer.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),          // 39: coffer.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),        // 40: coffer.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),       // 41: coffer.v1.ListPoliciesResponse
+	(*SnapshotRequest)(nil),            // 42: coffer.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),              // 43: coffer.v1.SnapshotChunk
+	(*SnapshotSeal)(nil),               // 44: coffer.v1.SnapshotSeal
+	(*RestoreChunk)(nil),               // 45: coffer.v1.RestoreChunk
+	(*RestoreResponse)(nil),            // 46: coffer.v1.RestoreResponse
+	(*RemoveNodeRequest)(nil),          // 47: coffer.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),         // 48: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),  // 49: coffer.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 50: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeRequest)(nil),           // 51: coffer.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),          // 52: coffer.v1.DrainNodeResponse
+	(*PinNodeRequest)(nil),             // 53: coffer.v1.PinNodeRequest
+	(*PinNodeResponse)(nil),            // 54: coffer.v1.PinNodeResponse
+	(*ClientInfo)(nil),                 // 55: coffer.v1.ClientInfo
+	(*RegisterClientRequest)(nil),      // 56: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 57: coffer.v1.SetClientActiveRequest
+	(*GetClientRequest)(nil),           // 58: coffer.v1.GetClientRequest
+	(*ListClientsRequest)(nil),         // 59: coffer.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),        // 60: coffer.v1.ListClientsResponse
+	(*RevokeCertificateRequest)(nil),   // 61: coffer.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil),  // 62: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 63: coffer.v1.AclRuleInfo
+	(*GrantRequest)(nil),               // 64: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 65: coffer.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),        // 66: coffer.v1.RevokeGrantResponse
+	(*ListGrantsRequest)(nil),          // 67: coffer.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),         // 68: coffer.v1.ListGrantsResponse
+	(*CheckRequest)(nil),               // 69: coffer.v1.CheckRequest
+	(*CheckResponse)(nil),              // 70: coffer.v1.CheckResponse
+	(*timestamppb.Timestamp)(nil),      // 71: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 72: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	70,  // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	70,  // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	71,  // 2: coffer.v1.KeyUsePolicy.rotation_period:type_name -> google.protobuf.Duration
-	71,  // 3: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	71,  // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	71,  // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	72,  // 2: coffer.v1.KeyUsePolicy.rotation_period:type_name -> google.protobuf.Duration
+	72,  // 3: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,   // 4: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,   // 5: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	70,  // 6: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	71,  // 6: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,   // 7: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,   // 8: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	70,  // 9: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
-	70,  // 10: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
+	71,  // 9: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
+	71,  // 10: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
 	7,   // 11: coffer.v1.KeyMetadata.versions:type_name -> coffer.v1.KeyVersionInfo
-	70,  // 12: coffer.v1.KeyMetadata.escrow_purge_at:type_name -> google.protobuf.Timestamp
-	70,  // 13: coffer.v1.KeyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
-	70,  // 14: coffer.v1.KeyVersionInfo.retired_at:type_name -> google.protobuf.Timestamp
-	70,  // 15: coffer.v1.KeyVersionInfo.escrow_purge_at:type_name -> google.protobuf.Timestamp
+	71,  // 12: coffer.v1.KeyMetadata.escrow_purge_at:type_name -> google.protobuf.Timestamp
+	71,  // 13: coffer.v1.KeyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	71,  // 14: coffer.v1.KeyVersionInfo.retired_at:type_name -> google.protobuf.Timestamp
+	71,  // 15: coffer.v1.KeyVersionInfo.escrow_purge_at:type_name -> google.protobuf.Timestamp
 	0,   // 16: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	70,  // 17: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	71,  // 17: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
 	6,   // 18: coffer.v1.GenerateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
 	0,   // 19: coffer.v1.PutKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	70,  // 20: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	71,  // 20: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
 	6,   // 21: coffer.v1.PutKeyResponse.key:type_name -> coffer.v1.KeyMetadata
 	2,   // 22: coffer.v1.GetKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	6,   // 23: coffer.v1.GetKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,   // 24: coffer.v1.DescribeKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	6,   // 25: coffer.v1.DescribeKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	2,   // 26: coffer.v1.ListKeysRequest.consistency:type_name -> coffer.v1.Consistency
-	6,   // 27: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
-	1,   // 28: coffer.v1.SetKeyStateRequest.state:type_name -> coffer.v1.KeyState
-	6,   // 29: coffer.v1.SetKeyStateResponse.key:type_name -> coffer.v1.KeyMetadata
-	6,   // 30: coffer.v1.RotateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
-	6,   // 31: coffer.v1.RetireKeyVersionResponse.key:type_name -> coffer.v1.KeyMetadata
-	4,   // 32: coffer.v1.AmendKeyUsePolicyRequest.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	6,   // 33: coffer.v1.AmendKeyUsePolicyResponse.key:type_name -> coffer.v1.KeyMetadata
-	3,   // 34: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
-	26,  // 35: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
-	27,  // 36: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
-	0,   // 37: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	31,  // 38: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,   // 39: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	5,   // 40: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	70,  // 41: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	71,  // 42: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
-	71,  // 43: coffer.v1.Policy.escrow_retention:type_name -> google.protobuf.Duration
-	0,   // 44: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	31,  // 45: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	4,   // 46: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	71,  // 47: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,   // 48: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	71,  // 49: coffer.v1.CreatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
-	0,   // 50: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	4,   // 51: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	71,  // 52: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
-	5,   // 53: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	31,  // 54: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	71,  // 55: coffer.v1.UpdatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
-	32,  // 56: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	32,  // 57: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,   // 58: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
-	32,  // 59: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
-	2,   // 60: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
-	32,  // 61: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
-	43,  // 62: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	43,  // 63: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	70,  // 64: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,   // 65: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
-	2,   // 66: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
-	54,  // 67: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	70,  // 68: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,   // 69: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
-	62,  // 70: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
-	2,   // 71: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
-	8,   // 72: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	10,  // 73: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	12,  // 74: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	14,  // 75: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	16,  // 76: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	18,  // 77: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
-	20,  // 78: coffer.v1.KeyService.RotateKey:input_type -> coffer.v1.RotateKeyRequest
-	22,  // 79: coffer.v1.KeyService.RetireKeyVersion:input_type -> coffer.v1.RetireKeyVersionRequest
-	24,  // 80: coffer.v1.KeyService.AmendKeyUsePolicy:input_type -> coffer.v1.AmendKeyUsePolicyRequest
-	33,  // 81: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	34,  // 82: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
-	37,  // 83: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	39,  // 84: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	41,  // 85: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	44,  // 86: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
-	28,  // 87: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	30,  // 88: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	52,  // 89: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
-	46,  // 90: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
-	48,  // 91: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
-	50,  // 92: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
-	55,  // 93: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	56,  // 94: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	57,  // 95: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	58,  // 96: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	60,  // 97: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	63,  // 98: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	64,  // 99: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	66,  // 100: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	68,  // 101: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	9,   // 102: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	11,  // 103: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	13,  // 104: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	15,  // 105: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	17,  // 106: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	19,  // 107: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
-	21,  // 108: coffer.v1.KeyService.RotateKey:output_type -> coffer.v1.RotateKeyResponse
-	23,  // 109: coffer.v1.KeyService.RetireKeyVersion:output_type -> coffer.v1.RetireKeyVersionResponse
-	25,  // 110: coffer.v1.KeyService.AmendKeyUsePolicy:output_type -> coffer.v1.AmendKeyUsePolicyResponse
-	36,  // 111: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	35,  // 112: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
-	38,  // 113: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	40,  // 114: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	42,  // 115: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	45,  // 116: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
-	29,  // 117: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	26,  // 118: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	53,  // 119: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
-	47,  // 120: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
-	49,  // 121: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
-	51,  // 122: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
-	54,  // 123: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	54,  // 124: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	54,  // 125: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	59,  // 126: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	61,  // 127: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	62,  // 128: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	65,  // 129: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	67,  // 130: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	69,  // 131: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	102, // [102:132] is the sub-list for method output_type
-	72,  // [72:102] is the sub-list for method input_type
-	72,  // [72:72] is the sub-list for extension type_name
-	72,  // [72:72] is the sub-list for extension extendee
-	0,   // [0:72] is the sub-list for field type_name
+	12,  // 23: coffer.v1.GetKeyRequest.seal_to:type_name -> coffer.v1.SealTo
+	6,   // 24: coffer.v1.GetKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,   // 25: coffer.v1.DescribeKeyRequest.consistency:type_name -> coffer.v1.Consistency
+	6,   // 26: coffer.v1.DescribeKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	2,   // 27: coffer.v1.ListKeysRequest.consistency:type_name -> coffer.v1.Consistency
+	6,   // 28: coffer.v1.ListKeysResponse.keys:type_name -> coffer.v1.KeyMetadata
+	1,   // 29: coffer.v1.SetKeyStateRequest.state:type_name -> coffer.v1.KeyState
+	6,   // 30: coffer.v1.SetKeyStateResponse.key:type_name -> coffer.v1.KeyMetadata
+	6,   // 31: coffer.v1.RotateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
+	6,   // 32: coffer.v1.RetireKeyVersionResponse.key:type_name -> coffer.v1.KeyMetadata
+	4,   // 33: coffer.v1.AmendKeyUsePolicyRequest.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	6,   // 34: coffer.v1.AmendKeyUsePolicyResponse.key:type_name -> coffer.v1.KeyMetadata
+	3,   // 35: coffer.v1.NodeStatus.role:type_name -> coffer.v1.NodeRole
+	27,  // 36: coffer.v1.ClusterStatusResponse.nodes:type_name -> coffer.v1.NodeStatus
+	28,  // 37: coffer.v1.ClusterStatusResponse.site_loss:type_name -> coffer.v1.SiteLoss
+	0,   // 38: coffer.v1.Policy.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	32,  // 39: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,   // 40: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	5,   // 41: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	71,  // 42: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	72,  // 43: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	72,  // 44: coffer.v1.Policy.escrow_retention:type_name -> google.protobuf.Duration
+	0,   // 45: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	32,  // 46: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	4,   // 47: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	72,  // 48: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,   // 49: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	72,  // 50: coffer.v1.CreatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
+	0,   // 51: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	4,   // 52: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	72,  // 53: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	5,   // 54: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	32,  // 55: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
+	72,  // 56: coffer.v1.UpdatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
+	33,  // 57: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	33,  // 58: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,   // 59: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
+	33,  // 60: coffer.v1.GetPolicyResponse.policy:type_name -> coffer.v1.Policy
+	2,   // 61: coffer.v1.ListPoliciesRequest.consistency:type_name -> coffer.v1.Consistency
+	33,  // 62: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
+	44,  // 63: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	44,  // 64: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
+	71,  // 65: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,   // 66: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
+	2,   // 67: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
+	55,  // 68: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
+	71,  // 69: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	2,   // 70: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
+	63,  // 71: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
+	2,   // 72: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
+	8,   // 73: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	10,  // 74: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	13,  // 75: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	15,  // 76: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	17,  // 77: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	19,  // 78: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
+	21,  // 79: coffer.v1.KeyService.RotateKey:input_type -> coffer.v1.RotateKeyRequest
+	23,  // 80: coffer.v1.KeyService.RetireKeyVersion:input_type -> coffer.v1.RetireKeyVersionRequest
+	25,  // 81: coffer.v1.KeyService.AmendKeyUsePolicy:input_type -> coffer.v1.AmendKeyUsePolicyRequest
+	34,  // 82: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	35,  // 83: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
+	38,  // 84: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	40,  // 85: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	42,  // 86: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	45,  // 87: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
+	29,  // 88: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	31,  // 89: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	53,  // 90: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
+	47,  // 91: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
+	49,  // 92: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
+	51,  // 93: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
+	56,  // 94: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	57,  // 95: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	58,  // 96: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	59,  // 97: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	61,  // 98: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	64,  // 99: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	65,  // 100: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	67,  // 101: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	69,  // 102: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	9,   // 103: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	11,  // 104: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	14,  // 105: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	16,  // 106: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	18,  // 107: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	20,  // 108: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
+	22,  // 109: coffer.v1.KeyService.RotateKey:output_type -> coffer.v1.RotateKeyResponse
+	24,  // 110: coffer.v1.KeyService.RetireKeyVersion:output_type -> coffer.v1.RetireKeyVersionResponse
+	26,  // 111: coffer.v1.KeyService.AmendKeyUsePolicy:output_type -> coffer.v1.AmendKeyUsePolicyResponse
+	37,  // 112: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	36,  // 113: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	39,  // 114: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	41,  // 115: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	43,  // 116: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	46,  // 117: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
+	30,  // 118: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	27,  // 119: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	54,  // 120: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
+	48,  // 121: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
+	50,  // 122: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
+	52,  // 123: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
+	55,  // 124: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	55,  // 125: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	55,  // 126: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	60,  // 127: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	62,  // 128: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	63,  // 129: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	66,  // 130: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	68,  // 131: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	70,  // 132: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	103, // [103:133] is the sub-list for method output_type
+	73,  // [73:103] is the sub-list for method input_type
+	73,  // [73:73] is the sub-list for extension type_name
+	73,  // [73:73] is the sub-list for extension extendee
+	0,   // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -5238,7 +5325,7 @@ func file_coffer_v1_coffer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   66,
+			NumMessages:   67,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -315,8 +315,11 @@ type GenerateDataKeyRequest struct {
 	// for a caller that stores it now and decrypts it later.
 	WithoutPlaintext bool        `protobuf:"varint,4,opt,name=without_plaintext,json=withoutPlaintext,proto3" json:"without_plaintext,omitempty"`
 	Consistency      Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Seal the data key to this key (sealed_plaintext) instead of returning
+	// it in plaintext. Not allowed in a batch item.
+	SealTo        *SealTo `protobuf:"bytes,6,opt,name=seal_to,json=sealTo,proto3" json:"seal_to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateDataKeyRequest) Reset() {
@@ -384,17 +387,28 @@ func (x *GenerateDataKeyRequest) GetConsistency() Consistency {
 	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
+func (x *GenerateDataKeyRequest) GetSealTo() *SealTo {
+	if x != nil {
+		return x.SealTo
+	}
+	return nil
+}
+
 type GenerateDataKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The data key; empty when without_plaintext was asked.
+	// The data key; empty when without_plaintext or seal_to was asked.
 	Plaintext []byte `protobuf:"bytes,1,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
 	// The data key encrypted under gkid: a ciphertext Decrypt opens.
-	Ciphertext    []byte    `protobuf:"bytes,2,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
-	Gkid          string    `protobuf:"bytes,3,opt,name=gkid,proto3" json:"gkid,omitempty"`
-	KeyVersion    uint32    `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
-	Algorithm     Algorithm `protobuf:"varint,5,opt,name=algorithm,proto3,enum=coffer.v1.Algorithm" json:"algorithm,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ciphertext []byte    `protobuf:"bytes,2,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	Gkid       string    `protobuf:"bytes,3,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	KeyVersion uint32    `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	Algorithm  Algorithm `protobuf:"varint,5,opt,name=algorithm,proto3,enum=coffer.v1.Algorithm" json:"algorithm,omitempty"`
+	// The data key sealed to the request's seal_to, bound to operation
+	// "datakey", the GKID and version it is wrapped under, the request id and
+	// the caller (keyseal/FORMAT.md).
+	SealedPlaintext []byte `protobuf:"bytes,6,opt,name=sealed_plaintext,json=sealedPlaintext,proto3" json:"sealed_plaintext,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GenerateDataKeyResponse) Reset() {
@@ -460,6 +474,13 @@ func (x *GenerateDataKeyResponse) GetAlgorithm() Algorithm {
 		return x.Algorithm
 	}
 	return Algorithm_ALGORITHM_UNSPECIFIED
+}
+
+func (x *GenerateDataKeyResponse) GetSealedPlaintext() []byte {
+	if x != nil {
+		return x.SealedPlaintext
+	}
+	return nil
 }
 
 // EncryptNewRequest is encrypt-and-custody: generate a fresh key under a
@@ -1318,16 +1339,17 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\x04gkid\x18\x02 \x01(\tR\x04gkid\x12\x1f\n" +
 	"\vkey_version\x18\x03 \x01(\rR\n" +
 	"keyVersion\x120\n" +
-	"\tkey_state\x18\x04 \x01(\x0e2\x13.coffer.v1.KeyStateR\bkeyState\"\xcd\x02\n" +
+	"\tkey_state\x18\x04 \x01(\x0e2\x13.coffer.v1.KeyStateR\bkeyState\"\xf9\x02\n" +
 	"\x16GenerateDataKeyRequest\x12\x12\n" +
 	"\x04gkid\x18\x01 \x01(\tR\x04gkid\x12H\n" +
 	"\acontext\x18\x02 \x03(\v2..coffer.v1.GenerateDataKeyRequest.ContextEntryR\acontext\x122\n" +
 	"\talgorithm\x18\x03 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\x12+\n" +
 	"\x11without_plaintext\x18\x04 \x01(\bR\x10withoutPlaintext\x128\n" +
-	"\vconsistency\x18\x05 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x1a:\n" +
+	"\vconsistency\x18\x05 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x12*\n" +
+	"\aseal_to\x18\x06 \x01(\v2\x11.coffer.v1.SealToR\x06sealTo\x1a:\n" +
 	"\fContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xeb\x01\n" +
 	"\x17GenerateDataKeyResponse\x12\x1c\n" +
 	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12\x1e\n" +
 	"\n" +
@@ -1336,7 +1358,8 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\x04gkid\x18\x03 \x01(\tR\x04gkid\x12\x1f\n" +
 	"\vkey_version\x18\x04 \x01(\rR\n" +
 	"keyVersion\x122\n" +
-	"\talgorithm\x18\x05 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\"\xb9\x02\n" +
+	"\talgorithm\x18\x05 \x01(\x0e2\x14.coffer.v1.AlgorithmR\talgorithm\x12)\n" +
+	"\x10sealed_plaintext\x18\x06 \x01(\fR\x0fsealedPlaintext\"\xb9\x02\n" +
 	"\x11EncryptNewRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
@@ -1459,7 +1482,8 @@ var file_coffer_v1_crypto_proto_goTypes = []any{
 	(Consistency)(0),                     // 26: coffer.v1.Consistency
 	(KeyState)(0),                        // 27: coffer.v1.KeyState
 	(Algorithm)(0),                       // 28: coffer.v1.Algorithm
-	(*KeyMetadata)(nil),                  // 29: coffer.v1.KeyMetadata
+	(*SealTo)(nil),                       // 29: coffer.v1.SealTo
+	(*KeyMetadata)(nil),                  // 30: coffer.v1.KeyMetadata
 }
 var file_coffer_v1_crypto_proto_depIdxs = []int32{
 	20, // 0: coffer.v1.EncryptRequest.context:type_name -> coffer.v1.EncryptRequest.ContextEntry
@@ -1470,49 +1494,50 @@ var file_coffer_v1_crypto_proto_depIdxs = []int32{
 	22, // 5: coffer.v1.GenerateDataKeyRequest.context:type_name -> coffer.v1.GenerateDataKeyRequest.ContextEntry
 	28, // 6: coffer.v1.GenerateDataKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
 	26, // 7: coffer.v1.GenerateDataKeyRequest.consistency:type_name -> coffer.v1.Consistency
-	28, // 8: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
-	28, // 9: coffer.v1.EncryptNewRequest.algorithm:type_name -> coffer.v1.Algorithm
-	23, // 10: coffer.v1.EncryptNewRequest.context:type_name -> coffer.v1.EncryptNewRequest.ContextEntry
-	29, // 11: coffer.v1.EncryptNewResponse.key:type_name -> coffer.v1.KeyMetadata
-	24, // 12: coffer.v1.ReEncryptRequest.source_context:type_name -> coffer.v1.ReEncryptRequest.SourceContextEntry
-	25, // 13: coffer.v1.ReEncryptRequest.destination_context:type_name -> coffer.v1.ReEncryptRequest.DestinationContextEntry
-	26, // 14: coffer.v1.ReEncryptRequest.consistency:type_name -> coffer.v1.Consistency
-	0,  // 15: coffer.v1.EncryptBatchRequest.items:type_name -> coffer.v1.EncryptRequest
-	26, // 16: coffer.v1.EncryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	1,  // 17: coffer.v1.EncryptBatchResult.response:type_name -> coffer.v1.EncryptResponse
-	10, // 18: coffer.v1.EncryptBatchResult.error:type_name -> coffer.v1.ItemError
-	12, // 19: coffer.v1.EncryptBatchResponse.results:type_name -> coffer.v1.EncryptBatchResult
-	2,  // 20: coffer.v1.DecryptBatchRequest.items:type_name -> coffer.v1.DecryptRequest
-	26, // 21: coffer.v1.DecryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	3,  // 22: coffer.v1.DecryptBatchResult.response:type_name -> coffer.v1.DecryptResponse
-	10, // 23: coffer.v1.DecryptBatchResult.error:type_name -> coffer.v1.ItemError
-	15, // 24: coffer.v1.DecryptBatchResponse.results:type_name -> coffer.v1.DecryptBatchResult
-	4,  // 25: coffer.v1.GenerateDataKeyBatchRequest.items:type_name -> coffer.v1.GenerateDataKeyRequest
-	26, // 26: coffer.v1.GenerateDataKeyBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	5,  // 27: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
-	10, // 28: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
-	18, // 29: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
-	0,  // 30: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
-	2,  // 31: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
-	4,  // 32: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
-	11, // 33: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
-	14, // 34: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
-	17, // 35: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
-	6,  // 36: coffer.v1.CryptoService.EncryptNew:input_type -> coffer.v1.EncryptNewRequest
-	8,  // 37: coffer.v1.CryptoService.ReEncrypt:input_type -> coffer.v1.ReEncryptRequest
-	1,  // 38: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
-	3,  // 39: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
-	5,  // 40: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
-	13, // 41: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
-	16, // 42: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
-	19, // 43: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
-	7,  // 44: coffer.v1.CryptoService.EncryptNew:output_type -> coffer.v1.EncryptNewResponse
-	9,  // 45: coffer.v1.CryptoService.ReEncrypt:output_type -> coffer.v1.ReEncryptResponse
-	38, // [38:46] is the sub-list for method output_type
-	30, // [30:38] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	29, // 8: coffer.v1.GenerateDataKeyRequest.seal_to:type_name -> coffer.v1.SealTo
+	28, // 9: coffer.v1.GenerateDataKeyResponse.algorithm:type_name -> coffer.v1.Algorithm
+	28, // 10: coffer.v1.EncryptNewRequest.algorithm:type_name -> coffer.v1.Algorithm
+	23, // 11: coffer.v1.EncryptNewRequest.context:type_name -> coffer.v1.EncryptNewRequest.ContextEntry
+	30, // 12: coffer.v1.EncryptNewResponse.key:type_name -> coffer.v1.KeyMetadata
+	24, // 13: coffer.v1.ReEncryptRequest.source_context:type_name -> coffer.v1.ReEncryptRequest.SourceContextEntry
+	25, // 14: coffer.v1.ReEncryptRequest.destination_context:type_name -> coffer.v1.ReEncryptRequest.DestinationContextEntry
+	26, // 15: coffer.v1.ReEncryptRequest.consistency:type_name -> coffer.v1.Consistency
+	0,  // 16: coffer.v1.EncryptBatchRequest.items:type_name -> coffer.v1.EncryptRequest
+	26, // 17: coffer.v1.EncryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	1,  // 18: coffer.v1.EncryptBatchResult.response:type_name -> coffer.v1.EncryptResponse
+	10, // 19: coffer.v1.EncryptBatchResult.error:type_name -> coffer.v1.ItemError
+	12, // 20: coffer.v1.EncryptBatchResponse.results:type_name -> coffer.v1.EncryptBatchResult
+	2,  // 21: coffer.v1.DecryptBatchRequest.items:type_name -> coffer.v1.DecryptRequest
+	26, // 22: coffer.v1.DecryptBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	3,  // 23: coffer.v1.DecryptBatchResult.response:type_name -> coffer.v1.DecryptResponse
+	10, // 24: coffer.v1.DecryptBatchResult.error:type_name -> coffer.v1.ItemError
+	15, // 25: coffer.v1.DecryptBatchResponse.results:type_name -> coffer.v1.DecryptBatchResult
+	4,  // 26: coffer.v1.GenerateDataKeyBatchRequest.items:type_name -> coffer.v1.GenerateDataKeyRequest
+	26, // 27: coffer.v1.GenerateDataKeyBatchRequest.consistency:type_name -> coffer.v1.Consistency
+	5,  // 28: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
+	10, // 29: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
+	18, // 30: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
+	0,  // 31: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
+	2,  // 32: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
+	4,  // 33: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
+	11, // 34: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
+	14, // 35: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
+	17, // 36: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
+	6,  // 37: coffer.v1.CryptoService.EncryptNew:input_type -> coffer.v1.EncryptNewRequest
+	8,  // 38: coffer.v1.CryptoService.ReEncrypt:input_type -> coffer.v1.ReEncryptRequest
+	1,  // 39: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
+	3,  // 40: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
+	5,  // 41: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
+	13, // 42: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
+	16, // 43: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
+	19, // 44: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
+	7,  // 45: coffer.v1.CryptoService.EncryptNew:output_type -> coffer.v1.EncryptNewResponse
+	9,  // 46: coffer.v1.CryptoService.ReEncrypt:output_type -> coffer.v1.ReEncryptResponse
+	39, // [39:47] is the sub-list for method output_type
+	31, // [31:39] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_crypto_proto_init() }
