@@ -9,6 +9,7 @@
 //	--key      COFFER_KEY      client private key (PEM)
 //	--output   COFFER_OUTPUT   text or json
 //	--timeout  COFFER_TIMEOUT  bound on each command's requests, retries included
+//	--seal     COFFER_SEAL     how released key material travels: x25519 (default), mlkem768x25519 or none
 //
 // Requests that fail because a node is down or the cluster has no leader
 // (Unavailable) are retried on the other nodes, with exponential backoff,
@@ -35,6 +36,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/coffer-kms/coffer/client"
+	"github.com/coffer-kms/coffer/keyseal"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -53,6 +55,7 @@ const (
 	envKey     = "COFFER_KEY"
 	envOutput  = "COFFER_OUTPUT"
 	envTimeout = "COFFER_TIMEOUT"
+	envSeal    = "COFFER_SEAL"
 )
 
 const defaultTimeout = 10 * time.Second
@@ -84,9 +87,13 @@ type app struct {
 	key     string
 	output  string
 	timeout time.Duration
+	seal    string
 
 	// Resolved in the root's PersistentPreRunE.
 	format outputFormat
+	// sealKEM and plainKeys are the resolved --seal.
+	sealKEM   uint16
+	plainKeys bool
 	// limit is the resolved --timeout.
 	limit time.Duration
 }
@@ -155,6 +162,7 @@ func (a *app) rootCmd() *cobra.Command {
 	f.StringVar(&a.key, "key", "", "client private key file, PEM (env "+envKey+")")
 	f.StringVarP(&a.output, "output", "o", string(formatText), "output format: text or json (env "+envOutput+")")
 	f.DurationVar(&a.timeout, "timeout", defaultTimeout, "bound on each command's requests, retries included (env "+envTimeout+")")
+	f.StringVar(&a.seal, "seal", "", "how released key material travels: x25519 (sealed with HPKE, the default), mlkem768x25519 (hybrid post-quantum) or none (in the clear inside TLS, for nodes that predate sealing) (env "+envSeal+")")
 	a.flags = f
 
 	root.AddCommand(a.keyCmd(), a.encryptCmd(), a.decryptCmd(), a.reencryptCmd(), a.datakeyCmd(), a.policyCmd(), a.clusterCmd(), a.snapshotCmd(), a.escrowCmd(), a.benchCmd(), a.caCmd(), a.clientCmd(), a.aclCmd(), a.auditCmd())
@@ -220,6 +228,16 @@ func (a *app) resolveCommon() error {
 	}
 	if a.limit <= 0 {
 		return usagef("--timeout/%s must be positive, got %v", envTimeout, a.limit)
+	}
+	switch seal := a.setting("seal", envSeal); seal {
+	case "", "x25519":
+		a.sealKEM = keyseal.KEMX25519
+	case "mlkem768x25519":
+		a.sealKEM = keyseal.KEMMLKEM768X25519
+	case "none":
+		a.plainKeys = true
+	default:
+		return usagef("--seal/%s: want x25519, mlkem768x25519 or none, not %q", envSeal, seal)
 	}
 	return nil
 }
@@ -306,6 +324,7 @@ func (a *app) newClientFor(cs connSettings) (*client.Client, error) {
 	cfg.DisableKeyCache = true
 	cfg.Endpoints = cs.addrs
 	cfg.TLS = tlsConf
+	cfg.SealKEM, cfg.PlainKeys = a.sealKEM, a.plainKeys
 	// Requests retry within the --timeout bound: each command's context
 	// carries it as a deadline, and RetryDeadline applies it to the
 	// requests made without one (the outages of `audit tail -f`).

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coffer-kms/coffer/keyseal"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -68,11 +69,29 @@ func TestResolveCommon_Timeout(t *testing.T) {
 	if err := a.resolveCommon(); err != nil || a.limit != time.Minute {
 		t.Fatalf("flag timeout: %v, %v", err, a.limit)
 	}
-	for _, env := range []envMap{{envTimeout: "soon"}, {envTimeout: "-1s"}, {envOutput: "yaml"}} {
+	for _, env := range []envMap{{envTimeout: "soon"}, {envTimeout: "-1s"}, {envOutput: "yaml"}, {envSeal: "rsa"}} {
 		a = mustApp(t, env)
 		var ue usageError
 		if err := a.resolveCommon(); !errors.As(err, &ue) {
 			t.Errorf("env %v: err = %v, want a usage error", env, err)
+		}
+	}
+}
+
+func TestResolveCommon_Seal(t *testing.T) {
+	for _, c := range []struct {
+		env   envMap
+		args  []string
+		kem   uint16
+		plain bool
+	}{
+		{envMap{}, nil, keyseal.KEMX25519, false},
+		{envMap{envSeal: "mlkem768x25519"}, nil, keyseal.KEMMLKEM768X25519, false},
+		{envMap{envSeal: "mlkem768x25519"}, []string{"--seal", "none"}, 0, true},
+	} {
+		a := mustApp(t, c.env, c.args...)
+		if err := a.resolveCommon(); err != nil || a.sealKEM != c.kem || a.plainKeys != c.plain {
+			t.Errorf("%v %v: %v, kem %#x, plain %v", c.env, c.args, err, a.sealKEM, a.plainKeys)
 		}
 	}
 }
