@@ -52,6 +52,9 @@ type Client struct {
 	now func() time.Time
 	// cache holds keys whose cache policy allows caching (nil: disabled).
 	cache *keyCache
+	// envKeys maps policy and resource to the GKID envelopes wrap their
+	// data keys under (envkeys.go).
+	envKeys sync.Map
 }
 
 // endpoint is one node and the connection to it.
