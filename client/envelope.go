@@ -193,8 +193,14 @@ func newAEAD(key []byte, random bool) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrEnvelopeAuthentication, err)
 	}
+	var aead cipher.AEAD
 	if random {
-		return cipher.NewGCMWithRandomNonce(block)
+		aead, err = cipher.NewGCMWithRandomNonce(block)
+	} else {
+		aead, err = cipher.NewGCM(block) // refused in FIPS 140-only mode
 	}
-	return cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("client: AES-GCM: %w", err)
+	}
+	return aead, nil
 }
