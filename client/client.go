@@ -53,8 +53,9 @@ type Client struct {
 	// cache holds keys whose cache policy allows caching (nil: disabled).
 	cache *keyCache
 	// envKeys maps policy and resource to the GKID envelopes wrap their
-	// data keys under (envkeys.go).
+	// data keys under (envkeys.go); envMu serialises looking one up.
 	envKeys sync.Map
+	envMu   sync.Mutex
 }
 
 // endpoint is one node and the connection to it.

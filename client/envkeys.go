@@ -21,10 +21,17 @@ func envKeyID(policy, resource string) string { return policy + "\x00" + resourc
 // envelopeKey returns the GKID of the key Seal wraps data keys under for
 // policy and resource: the one remembered, else the newest active AES key
 // that ListKeys shows for them, else a new AES-256 key (GenerateKey).
-// Several clients that start at once may each create one; every envelope
-// names its own, and later lookups settle on the newest.
+// Several clients (processes) that start at once may each create one;
+// every envelope names its own, and later lookups settle on the newest.
 func (c *Client) envelopeKey(ctx context.Context, policy, resource string) (string, error) {
 	id := envKeyID(policy, resource)
+	if g, ok := c.envKeys.Load(id); ok {
+		return g.(string), nil
+	}
+	// One lookup at a time, so that the goroutines of one client that seal
+	// for a new resource at once create one key, not one each.
+	c.envMu.Lock()
+	defer c.envMu.Unlock()
 	if g, ok := c.envKeys.Load(id); ok {
 		return g.(string), nil
 	}

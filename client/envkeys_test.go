@@ -173,7 +173,10 @@ func TestEnvelopeClient_KeyCreatedOnceAndReused(t *testing.T) {
 	if _, err := c2.Seal(ctx, "default", "billing/cards", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(s.keys); n != 1 {
+	s.mu.Lock()
+	n := len(s.keys)
+	s.mu.Unlock()
+	if n != 1 {
 		t.Fatalf("%d keys, want 1", n)
 	}
 }
@@ -259,5 +262,36 @@ func TestEnvelopeClient_Stream(t *testing.T) {
 	}
 	if _, err := c.Seal(ctx, "default", "", []byte("x")); !errors.Is(err, ErrEnvelopeKey) {
 		t.Fatalf("Seal without a resource = %v", err)
+	}
+}
+
+// The goroutines of one client that seal for a new resource at once create
+// one envelope key between them.
+func TestEnvelopeClient_ConcurrentFirstSeal(t *testing.T) {
+	p := mustPKI(t)
+	s, addr := mustEnvServer(t, p)
+	c := mustClient(t, p, nil, addr)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Go(func() {
+			blob, err := c.Seal(context.Background(), "default", "r", []byte{byte(i)})
+			if err == nil {
+				_, err = c.Open(context.Background(), blob)
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.keys) != 1 {
+		t.Fatalf("%d envelope keys created, want 1", len(s.keys))
 	}
 }
