@@ -131,8 +131,8 @@ func (s *sealWriter) flush(last bool) {
 }
 
 // Close seals and writes the last segment (an empty one when nothing was
-// written). It does not close the
-// underlying writer. Closing twice returns the first Close's result.
+// written). It does not close the underlying writer. Closing twice returns
+// the first Close's result.
 func (s *sealWriter) Close() error {
 	if s.closed {
 		return s.err
