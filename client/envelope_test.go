@@ -5,8 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"regexp"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -182,5 +186,53 @@ func TestEnvelope_ShortDataKey(t *testing.T) {
 	}
 	if !bytes.Equal(key, make([]byte, 16)) {
 		t.Fatal("the refused key was not wiped")
+	}
+}
+
+// vectorKeys unwraps the test vectors' data key with the key ENVELOPE.md
+// names.
+type vectorKeys struct{ master []byte }
+
+func (vectorKeys) newDataKey(context.Context, string, string) ([]byte, []byte, error) {
+	return nil, nil, errors.New("vectors are only opened")
+}
+
+func (v vectorKeys) unwrapDataKey(_ context.Context, wrapped []byte) ([]byte, error) {
+	return ciphertext.Open(v.master, "payments/db", envelopeContext, wrapped)
+}
+
+// TestEnvelopeVectors opens the test vectors of ENVELOPE.md as printed
+// there, and checks the data key they hold.
+func TestEnvelopeVectors(t *testing.T) {
+	doc, err := os.ReadFile("ENVELOPE.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := func(name string) []byte {
+		m := regexp.MustCompile("(?s)```" + name + "\n(.*?)```").FindSubmatch(doc)
+		if m == nil {
+			t.Fatalf("ENVELOPE.md has no %s vector", name)
+		}
+		b, err := hex.DecodeString(strings.Join(strings.Fields(string(m[1])), ""))
+		if err != nil {
+			t.Fatalf("%s vector: %v", name, err)
+		}
+		return b
+	}
+	master, _ := hex.DecodeString("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+	wantKey, _ := hex.DecodeString("202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f")
+	src := vectorKeys{master}
+	rec, stream := block("record"), block("stream")
+	if got, err := openRecord(context.Background(), src, rec); err != nil || string(got) != "hello, coffer" {
+		t.Fatalf("record vector: %q, %v", got, err)
+	}
+	if got, err := openAll(src, stream); err != nil || string(got) != "hello, coffer" {
+		t.Fatalf("stream vector: %q, %v", got, err)
+	}
+	for _, v := range [][]byte{rec, stream} {
+		dk, err := src.unwrapDataKey(context.Background(), v[envPrefixLen:envPrefixLen+109])
+		if err != nil || !bytes.Equal(dk, wantKey) {
+			t.Fatalf("vector data key %x, %v", dk, err)
+		}
 	}
 }
