@@ -51,7 +51,7 @@ func run() error {
 	out := flag.String("out", "", "where to write the encrypted CSV (default: a file in the temporary directory)")
 	column := flag.String("column", "card_number", "the column to encrypt")
 	policy := flag.String("policy", "", `custody policy of the envelope key ("" selects "default")`)
-	resource := flag.String("resource", "examples/rowcrypt", "resource of the envelope key; the caller needs list, generate, datakey and decrypt on it, and audit read for the last step")
+	resource := flag.String("resource", "examples/rowcrypt", "resource of the envelope key; the caller needs list, generate, datakey and decrypt on it, and audit.read for the last step")
 	timeout := flag.Duration("timeout", time.Minute, "bound on the whole run")
 	flag.Parse()
 
