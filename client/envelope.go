@@ -71,7 +71,9 @@ type dataKeySource interface {
 // key on first use (see DESIGN.md), and returns the envelope (ENVELOPE.md).
 // The data key is AES-256, used for this record only, and wiped before
 // Seal returns; the plaintext is encrypted locally and neither modified
-// nor kept. One GenerateDataKey call per record, audited by the cluster.
+// nor kept. One GenerateDataKey call per record, audited by the cluster:
+// the caller needs the datakey grant on resource, and list and generate
+// for the first Seal of a policy and resource in the client's life.
 func (c *Client) Seal(ctx context.Context, policy, resource string, plaintext []byte) ([]byte, error) {
 	return sealRecord(ctx, c, policy, resource, plaintext)
 }
