@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"testing"
 	"testing/iotest"
 )
@@ -178,4 +179,57 @@ func (f *failWriter) Write(p []byte) (int, error) {
 	}
 	f.after--
 	return len(p), nil
+}
+
+// An error of the underlying reader ends the stream with that error,
+// wrapped.
+func TestEnvelopeStream_ReadError(t *testing.T) {
+	src := newLocalKeys()
+	blob := mustSealStream(t, src, make([]byte, 3*seg), 0)
+	_, offs := streamLayout(t, blob)
+	boom := errors.New("connection reset")
+	r, err := openStream(context.Background(), src, io.MultiReader(bytes.NewReader(blob[:offs[1]+10]), iotest.ErrReader(boom)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	if !errors.Is(err, boom) || len(got) != seg {
+		t.Fatalf("read %d bytes, %v; want one segment and %v", len(got), err, boom)
+	}
+}
+
+// Sealing and opening allocate the same whatever the stream's length: the
+// memory is constant.
+func TestEnvelopeStream_ConstantMemory(t *testing.T) {
+	src := newLocalKeys()
+	allocated := func(size int64) uint64 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		pr, pw := io.Pipe()
+		go func() {
+			w, err := sealStream(context.Background(), src, "default", "r", pw, seg)
+			if err == nil {
+				_, err = io.CopyBuffer(w, io.LimitReader(zeroReader{}, size), make([]byte, 4096))
+			}
+			if err == nil {
+				err = w.Close()
+			}
+			pw.CloseWithError(err)
+		}()
+		r, err := openStream(context.Background(), src, pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := io.CopyBuffer(io.Discard, r, make([]byte, 4096)); err != nil || n != size {
+			t.Fatalf("read %d bytes, %v", n, err)
+		}
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	small, large := allocated(1<<20), allocated(32<<20)
+	if large > small+256<<10 {
+		t.Fatalf("sealing and opening 32 MiB allocated %d bytes, 1 MiB %d: memory grows with the stream", large, small)
+	}
+	t.Logf("allocated for 1 MiB: %d bytes, for 32 MiB: %d bytes", small, large)
 }
