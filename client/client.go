@@ -58,6 +58,11 @@ type Client struct {
 	idOnce sync.Once
 	id     string
 	idErr  error
+
+	// envKeys maps policy and resource to the GKID envelopes wrap their
+	// data keys under (envkeys.go); envMu serialises looking one up.
+	envKeys sync.Map
+	envMu   sync.Mutex
 }
 
 // endpoint is one node and the connection to it.

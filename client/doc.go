@@ -34,8 +34,24 @@
 //	...
 //	pt, err := c.DecryptBytes(ctx, ct, map[string]string{"tenant": "acme"})
 //
-// They are reads for the retry policy below (any node serves them);
-// retrying them is safe, though each attempt that reaches a node is audited.
+// # Envelope encryption
+//
+// [Client.Seal] and [Client.Open] encrypt records locally with
+// AES-256-GCM under a fresh data key per record, issued by GenerateDataKey
+// and wrapped under an AES key the client finds or creates for the
+// record's policy and resource; [Client.SealStream] and [Client.OpenStream]
+// do the same for streams, in constant memory. The plaintext never leaves
+// the process and the data key is wiped after use; the envelope carries the
+// wrapped data key, so opening it needs nothing else. ENVELOPE.md specifies
+// the format, DESIGN.md explains the choices:
+//
+//	blob, err := c.Seal(ctx, "", "billing/cards", card)
+//	...
+//	card, err = c.Open(ctx, blob)
+//
+// The CryptoService calls are reads for the retry policy below (any node
+// serves them); retrying them is safe, though each attempt that reaches a
+// node is audited.
 //
 // # Load balancing
 //

@@ -21,6 +21,27 @@ var (
 	// deadline ran out (or left no time for another attempt), or
 	// Config.MaxAttempts attempts were made.
 	ErrRetriesExhausted = errors.New("client: retries exhausted")
+
+	// ErrEnvelopeMalformed: bytes that are not a well-formed envelope of a
+	// supported version (no magic, a truncated header or record, a wrapped
+	// data key that is not a Coffer ciphertext, an unknown kind, a bad
+	// segment size).
+	ErrEnvelopeMalformed = errors.New("client: malformed envelope")
+	// ErrEnvelopeVersion: an envelope with Coffer's envelope magic and a
+	// format version this client does not read.
+	ErrEnvelopeVersion = errors.New("client: unsupported envelope version")
+	// ErrEnvelopeAuthentication: a well-formed envelope that does not verify
+	// under its data key (a changed byte, header or segment order). It does
+	// not say which part differed.
+	ErrEnvelopeAuthentication = errors.New("client: envelope authentication failed")
+	// ErrEnvelopeTruncated: a stream that ends at a segment boundary before
+	// its last segment.
+	ErrEnvelopeTruncated = errors.New("client: envelope stream truncated")
+	// ErrEnvelopeTooLarge: more plaintext than one envelope holds.
+	ErrEnvelopeTooLarge = errors.New("client: envelope plaintext too large")
+	// ErrEnvelopeKey: the cluster gave no usable key to wrap data keys under
+	// for a policy and resource (none could be found or created).
+	ErrEnvelopeKey = errors.New("client: no envelope key")
 )
 
 // Error is the error of a failed call. It carries the gRPC status of the
