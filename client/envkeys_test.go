@@ -19,6 +19,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/ciphertext"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -103,7 +104,7 @@ func (s *envServer) GenerateKey(_ context.Context, req *cofferv1.GenerateKeyRequ
 	return &cofferv1.GenerateKeyResponse{Key: s.add(req.GetPolicy(), req.GetResource(), req.GetAlgorithm(), cofferv1.KeyState_KEY_STATE_ACTIVE, time.Now())}, nil
 }
 
-func (s *envServer) GenerateDataKey(_ context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
+func (s *envServer) GenerateDataKey(ctx context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
 	s.note("GenerateDataKey")
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -120,8 +121,15 @@ func (s *envServer) GenerateDataKey(_ context.Context, req *cofferv1.GenerateDat
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	return &cofferv1.GenerateDataKeyResponse{Plaintext: dk, Ciphertext: ct, Gkid: md.GetGkid(), KeyVersion: 1,
-		Algorithm: cofferv1.Algorithm_ALGORITHM_AES_256}, nil
+	resp := &cofferv1.GenerateDataKeyResponse{Plaintext: dk, Ciphertext: ct, Gkid: md.GetGkid(), KeyVersion: 1,
+		Algorithm: cofferv1.Algorithm_ALGORITHM_AES_256}
+	if st := req.GetSealTo(); st != nil {
+		if resp.SealedPlaintext, err = testenv.SealReply(ctx, st, "datakey", md.GetGkid(), 1, dk); err != nil {
+			return nil, err
+		}
+		resp.Plaintext = nil
+	}
+	return resp, nil
 }
 
 func (s *envServer) Decrypt(_ context.Context, req *cofferv1.DecryptRequest) (*cofferv1.DecryptResponse, error) {
