@@ -22,7 +22,7 @@ import (
 // testTimeout bounds every test call.
 const testTimeout = 10 * time.Second
 
-func mustClient(t *testing.T, p *testPKI, tweak func(*Config), addrs ...string) *Client {
+func mustClient(t testing.TB, p *testPKI, tweak func(*Config), addrs ...string) *Client {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Endpoints = addrs
@@ -39,7 +39,7 @@ func mustClient(t *testing.T, p *testPKI, tweak func(*Config), addrs ...string) 
 	return c
 }
 
-func mustServers(t *testing.T, p *testPKI, n int) ([]*fakeServer, []string) {
+func mustServers(t testing.TB, p *testPKI, n int) ([]*fakeServer, []string) {
 	t.Helper()
 	var srvs []*fakeServer
 	var addrs []string

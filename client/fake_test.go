@@ -27,7 +27,7 @@ type testPKI struct {
 	clientTLS            *tls.Config
 }
 
-func mustPKI(t *testing.T) *testPKI {
+func mustPKI(t testing.TB) *testPKI {
 	t.Helper()
 	dir := t.TempDir()
 	p := &testPKI{dir: dir, cas: map[transport.Kind]*transport.CA{}}
@@ -58,7 +58,7 @@ func mustPKI(t *testing.T) *testPKI {
 
 // issue writes a key pair for id from the CA of its kind, valid for
 // localhost, and returns its files.
-func (p *testPKI) issue(t *testing.T, id transport.Identity) transport.TLSConfig {
+func (p *testPKI) issue(t testing.TB, id transport.Identity) transport.TLSConfig {
 	t.Helper()
 	certPEM, keyPEM, err := p.cas[id.Kind].Issue(transport.IssueRequest{
 		Identity: id,
@@ -108,10 +108,12 @@ type fakeServer struct {
 	// sealFor, when set, rewrites the binding GetKey seals for.
 	unsealed bool
 	sealFor  func(ctx context.Context) context.Context
+	// cachePolicy is the cache policy keys are returned with.
+	cachePolicy *cofferv1.KeyCachePolicy
 }
 
 // mustServer starts a fake node on a loopback port with mTLS.
-func mustServer(t *testing.T, p *testPKI, name string) *fakeServer {
+func mustServer(t testing.TB, p *testPKI, name string) *fakeServer {
 	t.Helper()
 	conf := p.issue(t, transport.Identity{Kind: transport.KindNode, Name: name})
 	serverTLS, err := conf.ServerTLS()
@@ -162,8 +164,12 @@ func (f *fakeServer) seen() []call {
 }
 
 func (f *fakeServer) meta(gkid string) *cofferv1.KeyMetadata {
-	return &cofferv1.KeyMetadata{Gkid: gkid, Resource: "r", Policy: "default", Owner: f.name,
+	md := &cofferv1.KeyMetadata{Gkid: gkid, Resource: "r", Policy: "default", Owner: f.name,
 		Algorithm: cofferv1.Algorithm_ALGORITHM_AES_256, State: cofferv1.KeyState_KEY_STATE_ACTIVE}
+	f.mu.Lock()
+	md.CachePolicy = f.cachePolicy
+	f.mu.Unlock()
+	return md
 }
 
 func (f *fakeServer) GenerateKey(ctx context.Context, req *cofferv1.GenerateKeyRequest) (*cofferv1.GenerateKeyResponse, error) {
