@@ -178,6 +178,13 @@ func (c *Client) GenerateDataKeyBatch(ctx context.Context, req *cofferv1.Generat
 	if req == nil {
 		return nil, nilRequest("GenerateDataKeyBatch")
 	}
+	if !c.cfg.PlainKeys && req.GetSealTo() == nil {
+		return c.dataKeyBatchSealed(ctx, req)
+	}
+	return c.generateDataKeyBatch(ctx, req)
+}
+
+func (c *Client) generateDataKeyBatch(ctx context.Context, req *cofferv1.GenerateDataKeyBatchRequest) (*cofferv1.GenerateDataKeyBatchResponse, error) {
 	return invoke(ctx, c, "GenerateDataKeyBatch", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GenerateDataKeyBatchResponse, error) {
 		return ep.crypto.GenerateDataKeyBatch(ctx, req, opts...)
 	})

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -148,6 +149,26 @@ func (s *cryptoServer) Decrypt(ctx context.Context, req *cofferv1.DecryptRequest
 	return &cofferv1.DecryptResponse{Plaintext: it.plaintext, Gkid: it.gkid, KeyVersion: 1}, nil
 }
 
+// GenerateDataKeyBatch answers each item as GenerateDataKey does, sealed to
+// the batch's SealTo for the item's request id when there is one.
+func (s *cryptoServer) GenerateDataKeyBatch(ctx context.Context, req *cofferv1.GenerateDataKeyBatchRequest) (*cofferv1.GenerateDataKeyBatchResponse, error) {
+	out := &cofferv1.GenerateDataKeyBatchResponse{}
+	for i, it := range req.GetItems() {
+		resp, err := s.GenerateDataKey(ctx, it)
+		if err != nil {
+			return nil, err
+		}
+		if st := req.GetSealTo(); st != nil {
+			if resp.SealedPlaintext, err = testenv.SealItemReply(ctx, st, "datakey", it.GetGkid(), 1, strconv.Itoa(i), resp.GetPlaintext()); err != nil {
+				return nil, err
+			}
+			resp.Plaintext = nil
+		}
+		out.Results = append(out.Results, &cofferv1.GenerateDataKeyBatchResult{Response: resp})
+	}
+	return out, nil
+}
+
 // GenerateDataKey makes a data key of bytes 1, 2, 3, ... of the algorithm's
 // length.
 func (s *cryptoServer) GenerateDataKey(ctx context.Context, req *cofferv1.GenerateDataKeyRequest) (*cofferv1.GenerateDataKeyResponse, error) {
@@ -223,7 +244,6 @@ func TestCrypto_EveryCall(t *testing.T) {
 	if got := srvs[0].lastReq().(*cofferv1.GenerateDataKeyRequest); !got.GetWithoutPlaintext() || got.GetGkid() != "g1" {
 		t.Fatalf("server got %v", got)
 	}
-
 	ct, err := c.EncryptBytes(ctx, "g2", []byte("more"), nil)
 	if err != nil || len(ct) == 0 {
 		t.Fatalf("EncryptBytes = %q, %v", ct, err)
@@ -240,6 +260,20 @@ func TestCrypto_EveryCall(t *testing.T) {
 	if got := srvs[0].seen(); !slices.Equal(got, want) {
 		t.Fatalf("server saw %v, want %v", got, want)
 	}
+	// A batch: every item's data key sealed to the call, bound to the
+	// item's request id, opened here.
+	batch, err := c.GenerateDataKeyBatch(ctx, &cofferv1.GenerateDataKeyBatchRequest{Items: []*cofferv1.GenerateDataKeyRequest{{Gkid: "g1"}, {Gkid: "g2"}}})
+	if err != nil || len(batch.GetResults()) != 2 {
+		t.Fatalf("GenerateDataKeyBatch = %v, %v", batch, err)
+	}
+	for i, res := range batch.GetResults() {
+		dk := res.GetResponse()
+		back, err := c.DecryptBytes(ctx, dk.GetCiphertext(), nil)
+		if len(dk.GetPlaintext()) != 32 || len(dk.GetSealedPlaintext()) != 0 || err != nil || !bytes.Equal(back, dk.GetPlaintext()) {
+			t.Fatalf("batch item %d: %d bytes, %v", i, len(dk.GetPlaintext()), err)
+		}
+	}
+
 }
 
 func TestCrypto_NilRequests(t *testing.T) {

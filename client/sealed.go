@@ -155,3 +155,48 @@ func (c *Client) dataKeySealed(ctx context.Context, req *cofferv1.GenerateDataKe
 	resp.Plaintext, resp.SealedPlaintext = m, nil
 	return resp, nil
 }
+
+// dataKeyBatchSealed is GenerateDataKeyBatch with every item's data key
+// sealed to one key pair of this call, each bound to the item's request
+// id ("<request id>#<index>"). An item asked without plaintext stays so;
+// an item answered in the clear, or that does not open, fails the call.
+func (c *Client) dataKeyBatchSealed(ctx context.Context, req *cofferv1.GenerateDataKeyBatchRequest) (*cofferv1.GenerateDataKeyBatchResponse, error) {
+	for _, it := range req.GetItems() {
+		if it.GetWithoutPlaintext() {
+			// Nothing to seal for that item; the node refuses a sealed
+			// batch that mixes them, so send the batch as asked.
+			return c.generateDataKeyBatch(ctx, req)
+		}
+	}
+	s, err := c.newSealing(ctx, "datakey", "")
+	if err != nil {
+		return nil, err
+	}
+	q := proto.CloneOf(req)
+	q.SealTo = s.sealTo()
+	resp, err := c.generateDataKeyBatch(s.ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetResults()) != len(req.GetItems()) {
+		return nil, fmt.Errorf("%w (%d results for %d items)", ErrNotSealed, len(resp.GetResults()), len(req.GetItems()))
+	}
+	for i, res := range resp.GetResults() {
+		dk := res.GetResponse()
+		if res.GetError() != nil || dk == nil {
+			continue
+		}
+		if len(dk.GetPlaintext()) != 0 || dk.GetGkid() != req.GetItems()[i].GetGkid() {
+			clear(dk.GetPlaintext())
+			return nil, fmt.Errorf("%w (batch item %d)", ErrNotSealed, i)
+		}
+		item := *s
+		item.b.GKID, item.b.RequestID = dk.GetGkid(), fmt.Sprintf("%s#%d", s.b.RequestID, i)
+		m, err := item.open(dk.GetKeyVersion(), dk.GetSealedPlaintext())
+		if err != nil {
+			return nil, err
+		}
+		dk.Plaintext, dk.SealedPlaintext = m, nil
+	}
+	return resp, nil
+}

@@ -135,7 +135,7 @@ func (s *service) decideUses(ctx context.Context, r *request, cons cofferv1.Cons
 		u := &uses[i]
 		e := proto.CloneOf(r.entry)
 		e.Operation = string(u.op)
-		e.RequestId = clip(r.entry.GetRequestId()+"#"+u.suffix, maxRequestIDField)
+		e.RequestId = itemRequestID(r, u.suffix)
 		e.KeyVersion = u.version
 		switch {
 		case u.err != nil:
@@ -253,9 +253,16 @@ func (s *service) decryptBatch(ctx context.Context, req *cofferv1.DecryptBatchRe
 }
 
 func (s *service) generateDataKeyBatch(ctx context.Context, req *cofferv1.GenerateDataKeyBatchRequest) (*cofferv1.GenerateDataKeyBatchResponse, error) {
+	pk, err := sealTarget(req.GetSealTo())
+	if err != nil {
+		return nil, err
+	}
 	for i, it := range req.GetItems() {
 		if it.GetSealTo() != nil {
-			return nil, fmt.Errorf("%w: item %d: seal_to is for a single GenerateDataKey, not a batch item", ErrInvalidArgument, i)
+			return nil, fmt.Errorf("%w: item %d: seal_to goes on the batch, not on an item", ErrInvalidArgument, i)
+		}
+		if pk != nil && it.GetWithoutPlaintext() {
+			return nil, fmt.Errorf("%w: item %d: the batch's seal_to seals data keys' plaintext; without_plaintext asks for none", ErrInvalidArgument, i)
 		}
 	}
 	out, errs, err := serveCryptoBatch(s, ctx, opDataKey, batchItems[*cofferv1.GenerateDataKeyRequest]{
@@ -267,8 +274,26 @@ func (s *service) generateDataKeyBatch(ctx context.Context, req *cofferv1.Genera
 		return nil, err
 	}
 	resp := &cofferv1.GenerateDataKeyBatchResponse{Results: make([]*cofferv1.GenerateDataKeyBatchResult, len(out))}
+	r := requestFrom(ctx)
 	for i := range out {
+		if pk != nil && errs[i] == nil {
+			// Each item's data key is bound to the item's own request id,
+			// as its audit entry records it.
+			item := &request{caller: r.caller, entry: &cofferv1.AuditEntry{RequestId: itemRequestID(r, strconv.Itoa(i))}}
+			sealed, err := seal(pk, item, authz.OpDataKey, out[i].GetGkid(), out[i].GetKeyVersion(), out[i].GetPlaintext())
+			clear(out[i].GetPlaintext())
+			out[i].Plaintext = nil
+			if out[i].SealedPlaintext, errs[i] = sealed, err; err != nil {
+				out[i] = nil
+			}
+		}
 		resp.Results[i] = &cofferv1.GenerateDataKeyBatchResult{Response: out[i], Error: itemError(errs[i])}
 	}
 	return resp, nil
+}
+
+// itemRequestID is the request id of one use of a request (a batch item,
+// one side of a ReEncrypt), as its audit entry records it.
+func itemRequestID(r *request, suffix string) string {
+	return clip(r.entry.GetRequestId()+"#"+suffix, maxRequestIDField)
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -84,5 +85,34 @@ func TestNode_SealedKeys(t *testing.T) {
 	_, err = admin.crypto[f].GenerateDataKey(ctx, &cofferv1.GenerateDataKeyRequest{Gkid: key, SealTo: st, WithoutPlaintext: true})
 	wantCode(t, "sealed and without plaintext", err, codes.InvalidArgument, "without_plaintext asks for none")
 	_, err = admin.crypto[f].GenerateDataKeyBatch(ctx, &cofferv1.GenerateDataKeyBatchRequest{Items: []*cofferv1.GenerateDataKeyRequest{{Gkid: key, SealTo: st}}})
-	wantCode(t, "sealed batch item", err, codes.InvalidArgument, "not a batch item")
+	wantCode(t, "sealed batch item", err, codes.InvalidArgument, "seal_to goes on the batch")
+
+	// A sealed batch: each item's data key bound to the item's request id.
+	bc := metadata.AppendToOutgoingContext(ctx, RequestIDKey, "sealed-batch")
+	batch, err := admin.crypto[f].GenerateDataKeyBatch(bc, &cofferv1.GenerateDataKeyBatchRequest{SealTo: st,
+		Items: []*cofferv1.GenerateDataKeyRequest{{Gkid: key}, {Gkid: "k1-nosuchkey0-aaaaaaaaaaaaaaaaaaaaaaaaaa"}, {Gkid: key}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, res := range batch.GetResults() {
+		if i == 1 {
+			if res.GetError() == nil {
+				t.Fatal("the item of a key that does not exist was served")
+			}
+			continue
+		}
+		dk := res.GetResponse()
+		if len(dk.GetPlaintext()) != 0 {
+			t.Fatalf("item %d in the clear", i)
+		}
+		b := keyseal.Binding{Operation: "datakey", GKID: key, Version: 1, RequestID: fmt.Sprintf("sealed-batch#%d", i), Client: "client:app"}
+		got, err := r.Open(b, dk.GetSealedPlaintext())
+		if err != nil {
+			t.Fatalf("item %d: %v", i, err)
+		}
+		back, err := admin.crypto[l].Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: dk.GetCiphertext()})
+		if err != nil || !bytes.Equal(back.GetPlaintext(), got) {
+			t.Fatalf("item %d: the sealed data key is not the wrapped one: %v", i, err)
+		}
+	}
 }

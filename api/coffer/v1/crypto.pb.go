@@ -316,7 +316,8 @@ type GenerateDataKeyRequest struct {
 	WithoutPlaintext bool        `protobuf:"varint,4,opt,name=without_plaintext,json=withoutPlaintext,proto3" json:"without_plaintext,omitempty"`
 	Consistency      Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
 	// Seal the data key to this key (sealed_plaintext) instead of returning
-	// it in plaintext. Not allowed in a batch item.
+	// it in plaintext. Not allowed in a batch item: a batch has one seal_to
+	// for all its items.
 	SealTo        *SealTo `protobuf:"bytes,6,opt,name=seal_to,json=sealTo,proto3" json:"seal_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1158,9 +1159,13 @@ func (x *DecryptBatchResponse) GetResults() []*DecryptBatchResult {
 }
 
 type GenerateDataKeyBatchRequest struct {
-	state         protoimpl.MessageState    `protogen:"open.v1"`
-	Items         []*GenerateDataKeyRequest `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
-	Consistency   Consistency               `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	state       protoimpl.MessageState    `protogen:"open.v1"`
+	Items       []*GenerateDataKeyRequest `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	Consistency Consistency               `protobuf:"varint,2,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	// Seal every item's data key to this key (its sealed_plaintext), each
+	// bound to the item's own request id, "<request id>#<index>"
+	// (keyseal/FORMAT.md). Items may not carry their own seal_to.
+	SealTo        *SealTo `protobuf:"bytes,3,opt,name=seal_to,json=sealTo,proto3" json:"seal_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1207,6 +1212,13 @@ func (x *GenerateDataKeyBatchRequest) GetConsistency() Consistency {
 		return x.Consistency
 	}
 	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+func (x *GenerateDataKeyBatchRequest) GetSealTo() *SealTo {
+	if x != nil {
+		return x.SealTo
+	}
+	return nil
 }
 
 type GenerateDataKeyBatchResult struct {
@@ -1419,10 +1431,11 @@ const file_coffer_v1_crypto_proto_rawDesc = "" +
 	"\bresponse\x18\x01 \x01(\v2\x1a.coffer.v1.DecryptResponseR\bresponse\x12*\n" +
 	"\x05error\x18\x02 \x01(\v2\x14.coffer.v1.ItemErrorR\x05error\"O\n" +
 	"\x14DecryptBatchResponse\x127\n" +
-	"\aresults\x18\x01 \x03(\v2\x1d.coffer.v1.DecryptBatchResultR\aresults\"\x90\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.coffer.v1.DecryptBatchResultR\aresults\"\xbc\x01\n" +
 	"\x1bGenerateDataKeyBatchRequest\x127\n" +
 	"\x05items\x18\x01 \x03(\v2!.coffer.v1.GenerateDataKeyRequestR\x05items\x128\n" +
-	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"\x88\x01\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x12*\n" +
+	"\aseal_to\x18\x03 \x01(\v2\x11.coffer.v1.SealToR\x06sealTo\"\x88\x01\n" +
 	"\x1aGenerateDataKeyBatchResult\x12>\n" +
 	"\bresponse\x18\x01 \x01(\v2\".coffer.v1.GenerateDataKeyResponseR\bresponse\x12*\n" +
 	"\x05error\x18\x02 \x01(\v2\x14.coffer.v1.ItemErrorR\x05error\"_\n" +
@@ -1514,30 +1527,31 @@ var file_coffer_v1_crypto_proto_depIdxs = []int32{
 	15, // 25: coffer.v1.DecryptBatchResponse.results:type_name -> coffer.v1.DecryptBatchResult
 	4,  // 26: coffer.v1.GenerateDataKeyBatchRequest.items:type_name -> coffer.v1.GenerateDataKeyRequest
 	26, // 27: coffer.v1.GenerateDataKeyBatchRequest.consistency:type_name -> coffer.v1.Consistency
-	5,  // 28: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
-	10, // 29: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
-	18, // 30: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
-	0,  // 31: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
-	2,  // 32: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
-	4,  // 33: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
-	11, // 34: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
-	14, // 35: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
-	17, // 36: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
-	6,  // 37: coffer.v1.CryptoService.EncryptNew:input_type -> coffer.v1.EncryptNewRequest
-	8,  // 38: coffer.v1.CryptoService.ReEncrypt:input_type -> coffer.v1.ReEncryptRequest
-	1,  // 39: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
-	3,  // 40: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
-	5,  // 41: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
-	13, // 42: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
-	16, // 43: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
-	19, // 44: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
-	7,  // 45: coffer.v1.CryptoService.EncryptNew:output_type -> coffer.v1.EncryptNewResponse
-	9,  // 46: coffer.v1.CryptoService.ReEncrypt:output_type -> coffer.v1.ReEncryptResponse
-	39, // [39:47] is the sub-list for method output_type
-	31, // [31:39] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	29, // 28: coffer.v1.GenerateDataKeyBatchRequest.seal_to:type_name -> coffer.v1.SealTo
+	5,  // 29: coffer.v1.GenerateDataKeyBatchResult.response:type_name -> coffer.v1.GenerateDataKeyResponse
+	10, // 30: coffer.v1.GenerateDataKeyBatchResult.error:type_name -> coffer.v1.ItemError
+	18, // 31: coffer.v1.GenerateDataKeyBatchResponse.results:type_name -> coffer.v1.GenerateDataKeyBatchResult
+	0,  // 32: coffer.v1.CryptoService.Encrypt:input_type -> coffer.v1.EncryptRequest
+	2,  // 33: coffer.v1.CryptoService.Decrypt:input_type -> coffer.v1.DecryptRequest
+	4,  // 34: coffer.v1.CryptoService.GenerateDataKey:input_type -> coffer.v1.GenerateDataKeyRequest
+	11, // 35: coffer.v1.CryptoService.EncryptBatch:input_type -> coffer.v1.EncryptBatchRequest
+	14, // 36: coffer.v1.CryptoService.DecryptBatch:input_type -> coffer.v1.DecryptBatchRequest
+	17, // 37: coffer.v1.CryptoService.GenerateDataKeyBatch:input_type -> coffer.v1.GenerateDataKeyBatchRequest
+	6,  // 38: coffer.v1.CryptoService.EncryptNew:input_type -> coffer.v1.EncryptNewRequest
+	8,  // 39: coffer.v1.CryptoService.ReEncrypt:input_type -> coffer.v1.ReEncryptRequest
+	1,  // 40: coffer.v1.CryptoService.Encrypt:output_type -> coffer.v1.EncryptResponse
+	3,  // 41: coffer.v1.CryptoService.Decrypt:output_type -> coffer.v1.DecryptResponse
+	5,  // 42: coffer.v1.CryptoService.GenerateDataKey:output_type -> coffer.v1.GenerateDataKeyResponse
+	13, // 43: coffer.v1.CryptoService.EncryptBatch:output_type -> coffer.v1.EncryptBatchResponse
+	16, // 44: coffer.v1.CryptoService.DecryptBatch:output_type -> coffer.v1.DecryptBatchResponse
+	19, // 45: coffer.v1.CryptoService.GenerateDataKeyBatch:output_type -> coffer.v1.GenerateDataKeyBatchResponse
+	7,  // 46: coffer.v1.CryptoService.EncryptNew:output_type -> coffer.v1.EncryptNewResponse
+	9,  // 47: coffer.v1.CryptoService.ReEncrypt:output_type -> coffer.v1.ReEncryptResponse
+	40, // [40:48] is the sub-list for method output_type
+	32, // [32:40] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_crypto_proto_init() }
