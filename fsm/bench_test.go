@@ -73,7 +73,7 @@ func BenchmarkApplyDecidedReads(b *testing.B) {
 }
 
 // BenchmarkRotationScan reads what the leader's automatic rotation scan
-// reads (node.rotateDue): every key record, page by page, and each newest
+// reads (node.maintainKeys): every key record, page by page, and each newest
 // version's encryption count, over 100,000 keys; one op is one whole scan.
 func BenchmarkRotationScan(b *testing.B) {
 	f := initializedFSM(b)

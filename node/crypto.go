@@ -161,7 +161,7 @@ func (s *service) runDecrypt(k usableKey, req *cofferv1.DecryptRequest) (*coffer
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
 	metricCryptoBytes.WithLabelValues(string(authz.OpDecrypt)).Add(float64(len(pt)))
-	return &cofferv1.DecryptResponse{Plaintext: pt, Gkid: rec.GetGkid(), KeyVersion: k.version, KeyState: keyMetadata(rec).GetState()}, nil
+	return &cofferv1.DecryptResponse{Plaintext: pt, Gkid: rec.GetGkid(), KeyVersion: k.version, KeyState: apiKeyState(rec)}, nil
 }
 
 // dataKeyLen is the length of a data key of algorithm a; 0 if the service

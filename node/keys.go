@@ -631,6 +631,15 @@ func (s *service) listKeys(ctx context.Context, req *cofferv1.ListKeysRequest) (
 }
 
 // keyMetadata converts a stored record to API metadata, without material.
+// apiKeyState is r's stored state as the API shows it: a record written
+// before keys had a life cycle is ACTIVE.
+func apiKeyState(r *cofferv1.KeyRecord) cofferv1.KeyState {
+	if r.GetState() == cofferv1.KeyState_KEY_STATE_UNSPECIFIED {
+		return cofferv1.KeyState_KEY_STATE_ACTIVE
+	}
+	return r.GetState()
+}
+
 func keyMetadata(r *cofferv1.KeyRecord) *cofferv1.KeyMetadata {
 	md := &cofferv1.KeyMetadata{
 		Gkid:        r.GetGkid(),
@@ -638,16 +647,13 @@ func keyMetadata(r *cofferv1.KeyRecord) *cofferv1.KeyMetadata {
 		Resource:    r.GetResource(),
 		Owner:       r.GetOwner(),
 		Algorithm:   r.GetAlgorithm(),
-		State:       r.GetState(),
+		State:       apiKeyState(r),
 		CreatedAt:   timestamppb.New(time.Unix(0, r.GetCreatedUnixNano())),
 		KekVersion:  r.GetKekVersion(),
 		Revision:    r.GetRevision(),
 		UsePolicy:   r.GetUsePolicy(),
 		CachePolicy: cachePolicy(r.GetCachePolicy()),
 		Compromised: r.GetCompromised(),
-	}
-	if r.GetState() == cofferv1.KeyState_KEY_STATE_UNSPECIFIED {
-		md.State = cofferv1.KeyState_KEY_STATE_ACTIVE
 	}
 	if t := r.GetActivateAtUnixNano(); t != 0 {
 		md.ActivateAt = timestamppb.New(time.Unix(0, t))

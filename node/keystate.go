@@ -80,13 +80,10 @@ func (s *service) setKeyState(ctx context.Context, r *request, req *cofferv1.Set
 	}
 	var keep time.Time // escrow copies kept until then (zero: not kept)
 	if n := escrowCopiesOf(cur); to == cofferv1.KeyState_KEY_STATE_DESTROYED && n > 0 && !req.GetDestroyEscrow() {
-		if keep, err = s.escrowKeptUntil(cur, now); err != nil {
+		what := escrowDeletion{material: "key " + id, after: " after a destroy", deleting: "destroying the key", command: "coffer key destroy"}
+		if keep, err = s.escrowKept(cur, n, now, e, what); err != nil {
 			return nil, err
 		}
-		if keep.IsZero() {
-			return nil, fmt.Errorf("%w: key %s has %d escrow copies, the last way to recover it, and policy %s keeps none after a destroy (no escrow retention); destroying the key destroys them too: ask again with destroy_escrow (coffer key destroy --destroy-escrow)", ErrPrecondition, id, n, cur.GetPolicy())
-		}
-		e.Reason = clip(e.GetReason()+fmt.Sprintf("; %d escrow copies kept until %s (escrow retention of policy %s)", n, keep.UTC().Format(time.RFC3339), cur.GetPolicy()), maxStateReason+128)
 	}
 	next := proto.CloneOf(cur)
 	next.State, next.Revision, next.StateChangedUnixNano = to, cur.GetRevision()+1, now.UnixNano()
@@ -149,18 +146,29 @@ func escrowCopiesOf(rec *cofferv1.KeyRecord) int {
 	return n
 }
 
-// escrowKeptUntil is when escrow copies of rec's material deleted at now
-// are purged under its policy's escrow retention; zero if the policy keeps
-// none.
-func (s *service) escrowKeptUntil(rec *cofferv1.KeyRecord, now time.Time) (time.Time, error) {
+// escrowDeletion names, for escrowKept's words, material being deleted
+// that has escrow copies.
+type escrowDeletion struct {
+	material, after, deleting, command string
+}
+
+// escrowKept is when the n escrow copies of rec's material, deleted at now
+// without destroy_escrow, are purged under its policy's escrow retention,
+// and says so in e's reason. A policy without a retention keeps none: the
+// deletion is refused until destroy_escrow deletes the copies with it.
+func (s *service) escrowKept(rec *cofferv1.KeyRecord, n int, now time.Time, e *cofferv1.AuditEntry, d escrowDeletion) (time.Time, error) {
 	pol, err := s.barrier.VerifiedPolicy(rec.GetPolicy())
 	if err != nil {
 		return time.Time{}, err
 	}
-	if d := time.Duration(pol.GetEscrowRetentionNanos()); d > 0 {
-		return now.Add(d), nil
+	keep := time.Duration(pol.GetEscrowRetentionNanos())
+	if keep <= 0 {
+		return time.Time{}, fmt.Errorf("%w: %s has %d escrow copies, the last way to recover it, and policy %s keeps none%s (no escrow retention); %s destroys them too: ask again with destroy_escrow (%s --destroy-escrow)",
+			ErrPrecondition, d.material, n, rec.GetPolicy(), d.after, d.deleting, d.command)
 	}
-	return time.Time{}, nil
+	until := now.Add(keep)
+	e.Reason = clip(e.GetReason()+fmt.Sprintf("; %d escrow copies kept until %s (escrow retention of policy %s)", n, until.UTC().Format(time.RFC3339), rec.GetPolicy()), maxStateReason+128)
+	return until, nil
 }
 
 // keptCopies is what stays of escrow copies whose material is deleted: the

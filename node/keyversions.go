@@ -21,7 +21,7 @@ import (
 // and seals the next record, and proposes it with the request's audit
 // entry; Apply checks that only the versions changed (fsm/keyversions.go).
 // The leader also rotates keys on its own when their use policy says so, or
-// before their newest version nears the random-nonce bound (rotateDue).
+// before their newest version nears the random-nonce bound (maintainKeys).
 
 func validateRotateKey(req *cofferv1.RotateKeyRequest) error {
 	if err := validateGKID(req.GetGkid()); err != nil {
@@ -144,17 +144,14 @@ func (s *service) retireKeyVersion(ctx context.Context, r *request, req *cofferv
 		return &cofferv1.RetireKeyVersionResponse{Key: s.describe(cur)}, nil
 	}
 	e.Reason = "version " + strconv.FormatUint(uint64(v), 10) + " retired" + reasonSuffix(req.GetReason())
+	e.Reason = clip(e.GetReason(), maxStateReason+64)
 	var keep time.Time // escrow copies kept until then (zero: not kept)
 	if n := len(old.GetEscrow()); n > 0 && !req.GetDestroyEscrow() {
-		if keep, err = s.escrowKeptUntil(cur, now); err != nil {
+		what := escrowDeletion{material: fmt.Sprintf("version %d of key %s", v, id), deleting: "retiring it", command: "coffer key retire"}
+		if keep, err = s.escrowKept(cur, n, now, e, what); err != nil {
 			return nil, err
 		}
-		if keep.IsZero() {
-			return nil, fmt.Errorf("%w: version %d of key %s has %d escrow copies, the last way to recover it, and policy %s keeps none (no escrow retention); retiring it destroys them too: ask again with destroy_escrow (coffer key retire --destroy-escrow)", ErrPrecondition, v, id, n, cur.GetPolicy())
-		}
-		e.Reason += fmt.Sprintf("; %d escrow copies kept until %s (escrow retention of policy %s)", n, keep.UTC().Format(time.RFC3339), cur.GetPolicy())
 	}
-	e.Reason = clip(e.GetReason(), maxStateReason+128)
 	next := proto.CloneOf(cur)
 	next.Revision = cur.GetRevision() + 1
 	for _, x := range next.GetVersions() {
@@ -183,14 +180,14 @@ const (
 	maxRotationsPerScan = 100
 )
 
-// rotateDue rotates, on the leader, every active key whose use policy's
+// maintainKeys rotates, on the leader, every active key whose use policy's
 // rotation period or count has come, or whose newest version nears the
 // random-nonce bound (authz.RotationDue), and deletes escrow copies whose
 // retention ended (purgeEscrow). Each rotation is a write with its
 // own audit entry, whose caller is this node. It returns how many keys it
 // rotated, at most maxRotationsPerScan; a key that fails to rotate is logged
 // and left to the next scan.
-func (s *service) rotateDue(ctx context.Context) (int, error) {
+func (s *service) maintainKeys(ctx context.Context) (int, error) {
 	done, token := 0, ""
 	for {
 		recs, next, err := s.fsm.ListKeys(fsm.ListFilter{}, token, rotationPage)

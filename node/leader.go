@@ -44,7 +44,7 @@ func (n *Node) leaderLoop() {
 			if err := n.maybeCheckpoint(); err != nil {
 				n.logger.Warn("audit checkpoint failed; will retry", "err", err)
 			}
-			n.maybeRotateKeys()
+			n.maybeMaintainKeys()
 		}
 		select {
 		case <-n.stopCh:
@@ -58,9 +58,10 @@ func (n *Node) leaderLoop() {
 // defaultKeyRotationCheck is Config.KeyRotationCheck's default.
 const defaultKeyRotationCheck = 30 * time.Second
 
-// maybeRotateKeys runs the automatic rotation scan (service.rotateDue) once
+// maybeMaintainKeys runs the key scan (service.maintainKeys: automatic
+// rotations, escrow purges) once
 // KeyRotationCheck has passed since the last one.
-func (n *Node) maybeRotateKeys() {
+func (n *Node) maybeMaintainKeys() {
 	every := n.cfg.KeyRotationCheck.Std()
 	if every <= 0 {
 		every = defaultKeyRotationCheck
@@ -74,7 +75,7 @@ func (n *Node) maybeRotateKeys() {
 	}
 	ctx, cancel := n.stopContext(context.Background())
 	defer cancel()
-	if k, err := n.svc.rotateDue(ctx); err != nil && ctx.Err() == nil {
+	if k, err := n.svc.maintainKeys(ctx); err != nil && ctx.Err() == nil {
 		n.logger.Warn("automatic key rotation scan failed; will retry", "rotated", k, "err", err)
 	} else if k > 0 {
 		n.logger.Info("keys rotated automatically", "count", k)

@@ -57,6 +57,18 @@ var (
 		Namespace: "coffer", Name: "sealed_releases_total",
 		Help: "Key material released sealed to the caller's HPKE key (get, datakey), by operation.",
 	}, []string{"op"})
+	metricShredPasses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "shred_passes_total",
+		Help: "Shred passes after key material was removed (a destroy): Pebble compaction, a new snapshot, older snapshots removed; by outcome (ok, failed: retried, including passes put off while a read from before the removal is open).",
+	}, []string{"outcome"})
+	metricShredSeconds = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "coffer", Name: "shred_last_seconds",
+		Help: "Duration of the last successful shred pass.",
+	})
+	metricRaftLogCompactSeconds = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "coffer", Name: "raft_log_compact_seconds",
+		Help: "Duration of the copy of the Raft log into a fresh file when the node started.",
+	})
 	metricKeyRotations = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "key_rotations_total",
 		Help: "Key rotations this node proposed as leader and saw committed, asked for or automatic.",

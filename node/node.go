@@ -61,7 +61,7 @@ type Node struct {
 	// svc is the service layer the gRPC doors hand requests to.
 	svc *service
 	// lastRotationScan is when leaderLoop last looked for keys due for
-	// rotation (maybeRotateKeys; that goroutine only).
+	// rotation (maybeMaintainKeys; that goroutine only).
 	lastRotationScan time.Time
 	grpcServer       *grpc.Server
 	apiLis           net.Listener

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
 
 	"github.com/coffer-kms/coffer/fsm"
@@ -51,21 +50,6 @@ const shredMarker = "shred-pending"
 // is refused while a configuration change is being applied, or when
 // nothing was applied since the node started).
 const shredRetry = 2 * time.Second
-
-var (
-	metricShredPasses = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "coffer", Name: "shred_passes_total",
-		Help: "Shred passes after key material was removed (a destroy): Pebble compaction, a new snapshot, older snapshots removed; by outcome (ok, failed: retried, including passes put off while a read from before the removal is open).",
-	}, []string{"outcome"})
-	metricShredSeconds = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: "coffer", Name: "shred_last_seconds",
-		Help: "Duration of the last successful shred pass.",
-	})
-	metricRaftLogCompactSeconds = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: "coffer", Name: "raft_log_compact_seconds",
-		Help: "Duration of the copy of the Raft log into a fresh file when the node started.",
-	})
-)
 
 // shredQuietFor is how long a pass may wait for a reason that clears by
 // itself (a read from before the removal still open, nothing applied to
