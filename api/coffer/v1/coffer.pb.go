@@ -4679,6 +4679,915 @@ func (x *CheckResponse) GetExplanation() string {
 	return ""
 }
 
+// ClientCachePolicy is what a client library may keep in its key cache,
+// set by a security officer for one client or as the cluster default and
+// returned by GetCachePolicy. The library applies it on top of each key's
+// own KeyCachePolicy: a key is cached only if both allow it, for the
+// shorter TTL and within the smaller entry count.
+type ClientCachePolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Longest time a key stays cached; zero: nothing may be cached.
+	Ttl *durationpb.Duration `protobuf:"bytes,1,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Most keys cached at once.
+	MaxEntries uint32 `protobuf:"varint,2,opt,name=max_entries,json=maxEntries,proto3" json:"max_entries,omitempty"`
+	// Most uses of one cached key served from the cache before it must be
+	// fetched again (0: no limit but the TTL).
+	MaxUses uint32 `protobuf:"varint,3,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	// Calls a cached key may serve: "get" (GetKey), "encrypt" and "decrypt"
+	// (local encryption with a cached key while no node is reachable).
+	AllowedOperations []string `protobuf:"bytes,4,rep,name=allowed_operations,json=allowedOperations,proto3" json:"allowed_operations,omitempty"`
+	// The cache may be kept in an encrypted file across process restarts.
+	Persist bool `protobuf:"varint,5,opt,name=persist,proto3" json:"persist,omitempty"`
+	// Where the policy in force comes from: "client" (set for this client)
+	// or "default" (the cluster default). Set by the server.
+	Source string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	// The cluster's cache generation, raised by FlushCaches: a client drops
+	// every key it cached under an older generation. Set by the server.
+	Generation uint64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	// Revision of the policy record (0: the built-in default). Set by the
+	// server.
+	Revision      uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientCachePolicy) Reset() {
+	*x = ClientCachePolicy{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientCachePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientCachePolicy) ProtoMessage() {}
+
+func (x *ClientCachePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientCachePolicy.ProtoReflect.Descriptor instead.
+func (*ClientCachePolicy) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *ClientCachePolicy) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *ClientCachePolicy) GetMaxEntries() uint32 {
+	if x != nil {
+		return x.MaxEntries
+	}
+	return 0
+}
+
+func (x *ClientCachePolicy) GetMaxUses() uint32 {
+	if x != nil {
+		return x.MaxUses
+	}
+	return 0
+}
+
+func (x *ClientCachePolicy) GetAllowedOperations() []string {
+	if x != nil {
+		return x.AllowedOperations
+	}
+	return nil
+}
+
+func (x *ClientCachePolicy) GetPersist() bool {
+	if x != nil {
+		return x.Persist
+	}
+	return false
+}
+
+func (x *ClientCachePolicy) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ClientCachePolicy) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *ClientCachePolicy) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type GetCachePolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consistency   Consistency            `protobuf:"varint,1,opt,name=consistency,proto3,enum=coffer.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCachePolicyRequest) Reset() {
+	*x = GetCachePolicyRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCachePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCachePolicyRequest) ProtoMessage() {}
+
+func (x *GetCachePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCachePolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetCachePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *GetCachePolicyRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+type GetCachePolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The calling client's policy in force.
+	Policy *ClientCachePolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// The calling client's name.
+	Client        string `protobuf:"bytes,2,opt,name=client,proto3" json:"client,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCachePolicyResponse) Reset() {
+	*x = GetCachePolicyResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCachePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCachePolicyResponse) ProtoMessage() {}
+
+func (x *GetCachePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCachePolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetCachePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *GetCachePolicyResponse) GetPolicy() *ClientCachePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *GetCachePolicyResponse) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+type SetCachePolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client whose policy is set; empty sets the cluster default.
+	Client string `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// The policy; server-set fields (source, generation, revision) must be
+	// zero.
+	Policy *ClientCachePolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Remove the client's own policy so that the default applies again
+	// (policy must then be unset).
+	Clear         bool `protobuf:"varint,3,opt,name=clear,proto3" json:"clear,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetCachePolicyRequest) Reset() {
+	*x = SetCachePolicyRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCachePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCachePolicyRequest) ProtoMessage() {}
+
+func (x *SetCachePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCachePolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetCachePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *SetCachePolicyRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *SetCachePolicyRequest) GetPolicy() *ClientCachePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *SetCachePolicyRequest) GetClear() bool {
+	if x != nil {
+		return x.Clear
+	}
+	return false
+}
+
+type SetCachePolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *ClientCachePolicy     `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetCachePolicyResponse) Reset() {
+	*x = SetCachePolicyResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCachePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCachePolicyResponse) ProtoMessage() {}
+
+func (x *SetCachePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCachePolicyResponse.ProtoReflect.Descriptor instead.
+func (*SetCachePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *SetCachePolicyResponse) GetPolicy() *ClientCachePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type FlushCachesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why (recorded in the audit entry).
+	Reason        string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlushCachesRequest) Reset() {
+	*x = FlushCachesRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlushCachesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlushCachesRequest) ProtoMessage() {}
+
+func (x *FlushCachesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlushCachesRequest.ProtoReflect.Descriptor instead.
+func (*FlushCachesRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *FlushCachesRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type FlushCachesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new cache generation.
+	Generation    uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlushCachesResponse) Reset() {
+	*x = FlushCachesResponse{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlushCachesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlushCachesResponse) ProtoMessage() {}
+
+func (x *FlushCachesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlushCachesResponse.ProtoReflect.Descriptor instead.
+func (*FlushCachesResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *FlushCachesResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type WatchCacheRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The highest audit sequence number the client has seen events up to
+	// (0: from now on). Events after it are sent again on reconnection.
+	AfterSeq      uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCacheRequest) Reset() {
+	*x = WatchCacheRequest{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCacheRequest) ProtoMessage() {}
+
+func (x *WatchCacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCacheRequest.ProtoReflect.Descriptor instead.
+func (*WatchCacheRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *WatchCacheRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+// CacheEvent tells a client to drop cached keys it may no longer use.
+type CacheEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Audit sequence number of the change behind the event.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*CacheEvent_DropKey
+	//	*CacheEvent_DropAll
+	//	*CacheEvent_Policy
+	Event         isCacheEvent_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheEvent) Reset() {
+	*x = CacheEvent{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheEvent) ProtoMessage() {}
+
+func (x *CacheEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheEvent.ProtoReflect.Descriptor instead.
+func (*CacheEvent) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *CacheEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *CacheEvent) GetEvent() isCacheEvent_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *CacheEvent) GetDropKey() string {
+	if x != nil {
+		if x, ok := x.Event.(*CacheEvent_DropKey); ok {
+			return x.DropKey
+		}
+	}
+	return ""
+}
+
+func (x *CacheEvent) GetDropAll() bool {
+	if x != nil {
+		if x, ok := x.Event.(*CacheEvent_DropAll); ok {
+			return x.DropAll
+		}
+	}
+	return false
+}
+
+func (x *CacheEvent) GetPolicy() *ClientCachePolicy {
+	if x != nil {
+		if x, ok := x.Event.(*CacheEvent_Policy); ok {
+			return x.Policy
+		}
+	}
+	return nil
+}
+
+type isCacheEvent_Event interface {
+	isCacheEvent_Event()
+}
+
+type CacheEvent_DropKey struct {
+	// A key was deactivated, compromised, destroyed, rotated or had its
+	// policy changed: drop it.
+	DropKey string `protobuf:"bytes,2,opt,name=drop_key,json=dropKey,proto3,oneof"`
+}
+
+type CacheEvent_DropAll struct {
+	// Drop everything: the client was deactivated or a security officer
+	// ordered every client to drop its cache.
+	DropAll bool `protobuf:"varint,3,opt,name=drop_all,json=dropAll,proto3,oneof"`
+}
+
+type CacheEvent_Policy struct {
+	// The caller's cache policy changed: apply this one (drop what it no
+	// longer allows).
+	Policy *ClientCachePolicy `protobuf:"bytes,4,opt,name=policy,proto3,oneof"`
+}
+
+func (*CacheEvent_DropKey) isCacheEvent_Event() {}
+
+func (*CacheEvent_DropAll) isCacheEvent_Event() {}
+
+func (*CacheEvent_Policy) isCacheEvent_Event() {}
+
+// RequestStatement is what a client signs for a request that releases key
+// material or changes state. It travels, encoded, in the
+// coffer-request-signature-bin header inside a RequestSignature; the
+// signature covers the encoded bytes as sent.
+type RequestStatement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "coffer-request-v1".
+	Context string `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
+	// Full gRPC method, e.g. "/coffer.v1.KeyService/GetKey".
+	Method       string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	RequestId    string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	TimeUnixNano int64  `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// SHA-256 of the request message's deterministic encoding.
+	BodySha256 []byte `protobuf:"bytes,5,opt,name=body_sha256,json=bodySha256,proto3" json:"body_sha256,omitempty"`
+	// The request's gkid and resource fields, when it has them.
+	Gkid     string `protobuf:"bytes,6,opt,name=gkid,proto3" json:"gkid,omitempty"`
+	Resource string `protobuf:"bytes,7,opt,name=resource,proto3" json:"resource,omitempty"`
+	// SHA-256 of the request's seal_to public key, when it has one.
+	SealToSha256 []byte `protobuf:"bytes,8,opt,name=seal_to_sha256,json=sealToSha256,proto3" json:"seal_to_sha256,omitempty"`
+	// SHA-256 of the signer's certificate (DER).
+	CertificateSha256 []byte `protobuf:"bytes,9,opt,name=certificate_sha256,json=certificateSha256,proto3" json:"certificate_sha256,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RequestStatement) Reset() {
+	*x = RequestStatement{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestStatement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestStatement) ProtoMessage() {}
+
+func (x *RequestStatement) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestStatement.ProtoReflect.Descriptor instead.
+func (*RequestStatement) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *RequestStatement) GetContext() string {
+	if x != nil {
+		return x.Context
+	}
+	return ""
+}
+
+func (x *RequestStatement) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RequestStatement) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RequestStatement) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *RequestStatement) GetBodySha256() []byte {
+	if x != nil {
+		return x.BodySha256
+	}
+	return nil
+}
+
+func (x *RequestStatement) GetGkid() string {
+	if x != nil {
+		return x.Gkid
+	}
+	return ""
+}
+
+func (x *RequestStatement) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *RequestStatement) GetSealToSha256() []byte {
+	if x != nil {
+		return x.SealToSha256
+	}
+	return nil
+}
+
+func (x *RequestStatement) GetCertificateSha256() []byte {
+	if x != nil {
+		return x.CertificateSha256
+	}
+	return nil
+}
+
+type RequestSignature struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An encoded RequestStatement.
+	Statement []byte `protobuf:"bytes,1,opt,name=statement,proto3" json:"statement,omitempty"`
+	// The signature of statement by the certificate's key.
+	Signature     []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestSignature) Reset() {
+	*x = RequestSignature{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestSignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestSignature) ProtoMessage() {}
+
+func (x *RequestSignature) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestSignature.ProtoReflect.Descriptor instead.
+func (*RequestSignature) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *RequestSignature) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *RequestSignature) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+// ResponseStatement is what a node signs for a response that carries key
+// material or a decision; it travels in the coffer-response-signature-bin
+// trailer inside a ResponseSignature.
+type ResponseStatement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "coffer-response-v1".
+	Context      string `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
+	Method       string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	RequestId    string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	TimeUnixNano int64  `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// SHA-256 of the response message's deterministic encoding.
+	BodySha256 []byte `protobuf:"bytes,5,opt,name=body_sha256,json=bodySha256,proto3" json:"body_sha256,omitempty"`
+	// SHA-256 of the request's encoded RequestStatement (empty for an
+	// unsigned request).
+	RequestStatementSha256 []byte `protobuf:"bytes,6,opt,name=request_statement_sha256,json=requestStatementSha256,proto3" json:"request_statement_sha256,omitempty"`
+	// The node's identity, as its certificate names it.
+	Node          string `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseStatement) Reset() {
+	*x = ResponseStatement{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseStatement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseStatement) ProtoMessage() {}
+
+func (x *ResponseStatement) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseStatement.ProtoReflect.Descriptor instead.
+func (*ResponseStatement) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *ResponseStatement) GetContext() string {
+	if x != nil {
+		return x.Context
+	}
+	return ""
+}
+
+func (x *ResponseStatement) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ResponseStatement) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *ResponseStatement) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *ResponseStatement) GetBodySha256() []byte {
+	if x != nil {
+		return x.BodySha256
+	}
+	return nil
+}
+
+func (x *ResponseStatement) GetRequestStatementSha256() []byte {
+	if x != nil {
+		return x.RequestStatementSha256
+	}
+	return nil
+}
+
+func (x *ResponseStatement) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type ResponseSignature struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An encoded ResponseStatement.
+	Statement []byte `protobuf:"bytes,1,opt,name=statement,proto3" json:"statement,omitempty"`
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The node's certificate (DER), which chains to the cluster CA.
+	Certificate   []byte `protobuf:"bytes,3,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseSignature) Reset() {
+	*x = ResponseSignature{}
+	mi := &file_coffer_v1_coffer_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseSignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseSignature) ProtoMessage() {}
+
+func (x *ResponseSignature) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_coffer_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseSignature.ProtoReflect.Descriptor instead.
+func (*ResponseSignature) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_coffer_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *ResponseSignature) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *ResponseSignature) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *ResponseSignature) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 var File_coffer_v1_coffer_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_coffer_proto_rawDesc = "" +
@@ -5021,7 +5930,74 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
 	"\x04rule\x18\x03 \x01(\tR\x04rule\x12 \n" +
-	"\vexplanation\x18\x04 \x01(\tR\vexplanation*\x86\x01\n" +
+	"\vexplanation\x18\x04 \x01(\tR\vexplanation\"\x99\x02\n" +
+	"\x11ClientCachePolicy\x12+\n" +
+	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x1f\n" +
+	"\vmax_entries\x18\x02 \x01(\rR\n" +
+	"maxEntries\x12\x19\n" +
+	"\bmax_uses\x18\x03 \x01(\rR\amaxUses\x12-\n" +
+	"\x12allowed_operations\x18\x04 \x03(\tR\x11allowedOperations\x12\x18\n" +
+	"\apersist\x18\x05 \x01(\bR\apersist\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\x12\x1e\n" +
+	"\n" +
+	"generation\x18\a \x01(\x04R\n" +
+	"generation\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\"Q\n" +
+	"\x15GetCachePolicyRequest\x128\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\"f\n" +
+	"\x16GetCachePolicyResponse\x124\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1c.coffer.v1.ClientCachePolicyR\x06policy\x12\x16\n" +
+	"\x06client\x18\x02 \x01(\tR\x06client\"{\n" +
+	"\x15SetCachePolicyRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x124\n" +
+	"\x06policy\x18\x02 \x01(\v2\x1c.coffer.v1.ClientCachePolicyR\x06policy\x12\x14\n" +
+	"\x05clear\x18\x03 \x01(\bR\x05clear\"N\n" +
+	"\x16SetCachePolicyResponse\x124\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1c.coffer.v1.ClientCachePolicyR\x06policy\",\n" +
+	"\x12FlushCachesRequest\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"5\n" +
+	"\x13FlushCachesResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\"0\n" +
+	"\x11WatchCacheRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\x99\x01\n" +
+	"\n" +
+	"CacheEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1b\n" +
+	"\bdrop_key\x18\x02 \x01(\tH\x00R\adropKey\x12\x1b\n" +
+	"\bdrop_all\x18\x03 \x01(\bH\x00R\adropAll\x126\n" +
+	"\x06policy\x18\x04 \x01(\v2\x1c.coffer.v1.ClientCachePolicyH\x00R\x06policyB\a\n" +
+	"\x05event\"\xaf\x02\n" +
+	"\x10RequestStatement\x12\x18\n" +
+	"\acontext\x18\x01 \x01(\tR\acontext\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\x12$\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x12\x1f\n" +
+	"\vbody_sha256\x18\x05 \x01(\fR\n" +
+	"bodySha256\x12\x12\n" +
+	"\x04gkid\x18\x06 \x01(\tR\x04gkid\x12\x1a\n" +
+	"\bresource\x18\a \x01(\tR\bresource\x12$\n" +
+	"\x0eseal_to_sha256\x18\b \x01(\fR\fsealToSha256\x12-\n" +
+	"\x12certificate_sha256\x18\t \x01(\fR\x11certificateSha256\"N\n" +
+	"\x10RequestSignature\x12\x1c\n" +
+	"\tstatement\x18\x01 \x01(\fR\tstatement\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xf9\x01\n" +
+	"\x11ResponseStatement\x12\x18\n" +
+	"\acontext\x18\x01 \x01(\tR\acontext\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\x12$\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x12\x1f\n" +
+	"\vbody_sha256\x18\x05 \x01(\fR\n" +
+	"bodySha256\x128\n" +
+	"\x18request_statement_sha256\x18\x06 \x01(\fR\x16requestStatementSha256\x12\x12\n" +
+	"\x04node\x18\a \x01(\tR\x04node\"q\n" +
+	"\x11ResponseSignature\x12\x1c\n" +
+	"\tstatement\x18\x01 \x01(\fR\tstatement\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12 \n" +
+	"\vcertificate\x18\x03 \x01(\fR\vcertificate*\x86\x01\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ALGORITHM_AES_128\x10\x01\x12\x15\n" +
@@ -5082,7 +6058,12 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\vRevokeGrant\x12\x1d.coffer.v1.RevokeGrantRequest\x1a\x1e.coffer.v1.RevokeGrantResponse\x12I\n" +
 	"\n" +
 	"ListGrants\x12\x1c.coffer.v1.ListGrantsRequest\x1a\x1d.coffer.v1.ListGrantsResponse\x12:\n" +
-	"\x05Check\x12\x17.coffer.v1.CheckRequest\x1a\x18.coffer.v1.CheckResponseB5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
+	"\x05Check\x12\x17.coffer.v1.CheckRequest\x1a\x18.coffer.v1.CheckResponse2\xca\x02\n" +
+	"\fCacheService\x12U\n" +
+	"\x0eGetCachePolicy\x12 .coffer.v1.GetCachePolicyRequest\x1a!.coffer.v1.GetCachePolicyResponse\x12U\n" +
+	"\x0eSetCachePolicy\x12 .coffer.v1.SetCachePolicyRequest\x1a!.coffer.v1.SetCachePolicyResponse\x12L\n" +
+	"\vFlushCaches\x12\x1d.coffer.v1.FlushCachesRequest\x1a\x1e.coffer.v1.FlushCachesResponse\x12>\n" +
+	"\x05Watch\x12\x1c.coffer.v1.WatchCacheRequest\x1a\x15.coffer.v1.CacheEvent0\x01B5Z3github.com/coffer-kms/coffer/api/coffer/v1;cofferv1b\x06proto3"
 
 var (
 	file_coffer_v1_coffer_proto_rawDescOnce sync.Once
@@ -5097,7 +6078,7 @@ func file_coffer_v1_coffer_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_coffer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
+var file_coffer_v1_coffer_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_coffer_v1_coffer_proto_goTypes = []any{
 	(Algorithm)(0),                     // 0: coffer.v1.Algorithm
 	(KeyState)(0),                      // 1: coffer.v1.KeyState
@@ -5170,31 +6151,44 @@ var file_coffer_v1_coffer_proto_goTypes = []any{
 	(*ListGrantsResponse)(nil),         // 68: coffer.v1.ListGrantsResponse
 	(*CheckRequest)(nil),               // 69: coffer.v1.CheckRequest
 	(*CheckResponse)(nil),              // 70: coffer.v1.CheckResponse
-	(*timestamppb.Timestamp)(nil),      // 71: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 72: google.protobuf.Duration
+	(*ClientCachePolicy)(nil),          // 71: coffer.v1.ClientCachePolicy
+	(*GetCachePolicyRequest)(nil),      // 72: coffer.v1.GetCachePolicyRequest
+	(*GetCachePolicyResponse)(nil),     // 73: coffer.v1.GetCachePolicyResponse
+	(*SetCachePolicyRequest)(nil),      // 74: coffer.v1.SetCachePolicyRequest
+	(*SetCachePolicyResponse)(nil),     // 75: coffer.v1.SetCachePolicyResponse
+	(*FlushCachesRequest)(nil),         // 76: coffer.v1.FlushCachesRequest
+	(*FlushCachesResponse)(nil),        // 77: coffer.v1.FlushCachesResponse
+	(*WatchCacheRequest)(nil),          // 78: coffer.v1.WatchCacheRequest
+	(*CacheEvent)(nil),                 // 79: coffer.v1.CacheEvent
+	(*RequestStatement)(nil),           // 80: coffer.v1.RequestStatement
+	(*RequestSignature)(nil),           // 81: coffer.v1.RequestSignature
+	(*ResponseStatement)(nil),          // 82: coffer.v1.ResponseStatement
+	(*ResponseSignature)(nil),          // 83: coffer.v1.ResponseSignature
+	(*timestamppb.Timestamp)(nil),      // 84: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 85: google.protobuf.Duration
 }
 var file_coffer_v1_coffer_proto_depIdxs = []int32{
-	71,  // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
-	71,  // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
-	72,  // 2: coffer.v1.KeyUsePolicy.rotation_period:type_name -> google.protobuf.Duration
-	72,  // 3: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
+	84,  // 0: coffer.v1.KeyUsePolicy.not_before:type_name -> google.protobuf.Timestamp
+	84,  // 1: coffer.v1.KeyUsePolicy.not_after:type_name -> google.protobuf.Timestamp
+	85,  // 2: coffer.v1.KeyUsePolicy.rotation_period:type_name -> google.protobuf.Duration
+	85,  // 3: coffer.v1.KeyCachePolicy.ttl:type_name -> google.protobuf.Duration
 	0,   // 4: coffer.v1.KeyMetadata.algorithm:type_name -> coffer.v1.Algorithm
 	1,   // 5: coffer.v1.KeyMetadata.state:type_name -> coffer.v1.KeyState
-	71,  // 6: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	84,  // 6: coffer.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
 	4,   // 7: coffer.v1.KeyMetadata.use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,   // 8: coffer.v1.KeyMetadata.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	71,  // 9: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
-	71,  // 10: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
+	84,  // 9: coffer.v1.KeyMetadata.activate_at:type_name -> google.protobuf.Timestamp
+	84,  // 10: coffer.v1.KeyMetadata.state_changed_at:type_name -> google.protobuf.Timestamp
 	7,   // 11: coffer.v1.KeyMetadata.versions:type_name -> coffer.v1.KeyVersionInfo
-	71,  // 12: coffer.v1.KeyMetadata.escrow_purge_at:type_name -> google.protobuf.Timestamp
-	71,  // 13: coffer.v1.KeyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
-	71,  // 14: coffer.v1.KeyVersionInfo.retired_at:type_name -> google.protobuf.Timestamp
-	71,  // 15: coffer.v1.KeyVersionInfo.escrow_purge_at:type_name -> google.protobuf.Timestamp
+	84,  // 12: coffer.v1.KeyMetadata.escrow_purge_at:type_name -> google.protobuf.Timestamp
+	84,  // 13: coffer.v1.KeyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	84,  // 14: coffer.v1.KeyVersionInfo.retired_at:type_name -> google.protobuf.Timestamp
+	84,  // 15: coffer.v1.KeyVersionInfo.escrow_purge_at:type_name -> google.protobuf.Timestamp
 	0,   // 16: coffer.v1.GenerateKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	71,  // 17: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	84,  // 17: coffer.v1.GenerateKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
 	6,   // 18: coffer.v1.GenerateKeyResponse.key:type_name -> coffer.v1.KeyMetadata
 	0,   // 19: coffer.v1.PutKeyRequest.algorithm:type_name -> coffer.v1.Algorithm
-	71,  // 20: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
+	84,  // 20: coffer.v1.PutKeyRequest.activate_at:type_name -> google.protobuf.Timestamp
 	6,   // 21: coffer.v1.PutKeyResponse.key:type_name -> coffer.v1.KeyMetadata
 	2,   // 22: coffer.v1.GetKeyRequest.consistency:type_name -> coffer.v1.Consistency
 	12,  // 23: coffer.v1.GetKeyRequest.seal_to:type_name -> coffer.v1.SealTo
@@ -5216,21 +6210,21 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	32,  // 39: coffer.v1.Policy.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	4,   // 40: coffer.v1.Policy.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
 	5,   // 41: coffer.v1.Policy.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	71,  // 42: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
-	72,  // 43: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
-	72,  // 44: coffer.v1.Policy.escrow_retention:type_name -> google.protobuf.Duration
+	84,  // 42: coffer.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	85,  // 43: coffer.v1.Policy.max_lifetime:type_name -> google.protobuf.Duration
+	85,  // 44: coffer.v1.Policy.escrow_retention:type_name -> google.protobuf.Duration
 	0,   // 45: coffer.v1.CreatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
 	32,  // 46: coffer.v1.CreatePolicyRequest.escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
 	4,   // 47: coffer.v1.CreatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	72,  // 48: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	85,  // 48: coffer.v1.CreatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
 	5,   // 49: coffer.v1.CreatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	72,  // 50: coffer.v1.CreatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
+	85,  // 50: coffer.v1.CreatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
 	0,   // 51: coffer.v1.UpdatePolicyRequest.allowed_algorithms:type_name -> coffer.v1.Algorithm
 	4,   // 52: coffer.v1.UpdatePolicyRequest.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	72,  // 53: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
+	85,  // 53: coffer.v1.UpdatePolicyRequest.max_lifetime:type_name -> google.protobuf.Duration
 	5,   // 54: coffer.v1.UpdatePolicyRequest.cache_policy:type_name -> coffer.v1.KeyCachePolicy
 	32,  // 55: coffer.v1.UpdatePolicyRequest.add_escrow_keys:type_name -> coffer.v1.EscrowKeyInfo
-	72,  // 56: coffer.v1.UpdatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
+	85,  // 56: coffer.v1.UpdatePolicyRequest.escrow_retention:type_name -> google.protobuf.Duration
 	33,  // 57: coffer.v1.UpdatePolicyResponse.policy:type_name -> coffer.v1.Policy
 	33,  // 58: coffer.v1.CreatePolicyResponse.policy:type_name -> coffer.v1.Policy
 	2,   // 59: coffer.v1.GetPolicyRequest.consistency:type_name -> coffer.v1.Consistency
@@ -5239,79 +6233,93 @@ var file_coffer_v1_coffer_proto_depIdxs = []int32{
 	33,  // 62: coffer.v1.ListPoliciesResponse.policies:type_name -> coffer.v1.Policy
 	44,  // 63: coffer.v1.SnapshotChunk.seal:type_name -> coffer.v1.SnapshotSeal
 	44,  // 64: coffer.v1.RestoreChunk.seal:type_name -> coffer.v1.SnapshotSeal
-	71,  // 65: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
+	84,  // 65: coffer.v1.ClientInfo.created_at:type_name -> google.protobuf.Timestamp
 	2,   // 66: coffer.v1.GetClientRequest.consistency:type_name -> coffer.v1.Consistency
 	2,   // 67: coffer.v1.ListClientsRequest.consistency:type_name -> coffer.v1.Consistency
 	55,  // 68: coffer.v1.ListClientsResponse.clients:type_name -> coffer.v1.ClientInfo
-	71,  // 69: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
+	84,  // 69: coffer.v1.AclRuleInfo.created_at:type_name -> google.protobuf.Timestamp
 	2,   // 70: coffer.v1.ListGrantsRequest.consistency:type_name -> coffer.v1.Consistency
 	63,  // 71: coffer.v1.ListGrantsResponse.rules:type_name -> coffer.v1.AclRuleInfo
 	2,   // 72: coffer.v1.CheckRequest.consistency:type_name -> coffer.v1.Consistency
-	8,   // 73: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
-	10,  // 74: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
-	13,  // 75: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
-	15,  // 76: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
-	17,  // 77: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
-	19,  // 78: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
-	21,  // 79: coffer.v1.KeyService.RotateKey:input_type -> coffer.v1.RotateKeyRequest
-	23,  // 80: coffer.v1.KeyService.RetireKeyVersion:input_type -> coffer.v1.RetireKeyVersionRequest
-	25,  // 81: coffer.v1.KeyService.AmendKeyUsePolicy:input_type -> coffer.v1.AmendKeyUsePolicyRequest
-	34,  // 82: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
-	35,  // 83: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
-	38,  // 84: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
-	40,  // 85: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
-	42,  // 86: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
-	45,  // 87: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
-	29,  // 88: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
-	31,  // 89: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
-	53,  // 90: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
-	47,  // 91: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
-	49,  // 92: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
-	51,  // 93: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
-	56,  // 94: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
-	57,  // 95: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
-	58,  // 96: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
-	59,  // 97: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
-	61,  // 98: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
-	64,  // 99: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
-	65,  // 100: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
-	67,  // 101: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
-	69,  // 102: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
-	9,   // 103: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
-	11,  // 104: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
-	14,  // 105: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
-	16,  // 106: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
-	18,  // 107: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
-	20,  // 108: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
-	22,  // 109: coffer.v1.KeyService.RotateKey:output_type -> coffer.v1.RotateKeyResponse
-	24,  // 110: coffer.v1.KeyService.RetireKeyVersion:output_type -> coffer.v1.RetireKeyVersionResponse
-	26,  // 111: coffer.v1.KeyService.AmendKeyUsePolicy:output_type -> coffer.v1.AmendKeyUsePolicyResponse
-	37,  // 112: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
-	36,  // 113: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
-	39,  // 114: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
-	41,  // 115: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
-	43,  // 116: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
-	46,  // 117: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
-	30,  // 118: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
-	27,  // 119: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
-	54,  // 120: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
-	48,  // 121: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
-	50,  // 122: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
-	52,  // 123: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
-	55,  // 124: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
-	55,  // 125: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
-	55,  // 126: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
-	60,  // 127: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
-	62,  // 128: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
-	63,  // 129: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
-	66,  // 130: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
-	68,  // 131: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
-	70,  // 132: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
-	103, // [103:133] is the sub-list for method output_type
-	73,  // [73:103] is the sub-list for method input_type
-	73,  // [73:73] is the sub-list for extension type_name
-	73,  // [73:73] is the sub-list for extension extendee
-	0,   // [0:73] is the sub-list for field type_name
+	85,  // 73: coffer.v1.ClientCachePolicy.ttl:type_name -> google.protobuf.Duration
+	2,   // 74: coffer.v1.GetCachePolicyRequest.consistency:type_name -> coffer.v1.Consistency
+	71,  // 75: coffer.v1.GetCachePolicyResponse.policy:type_name -> coffer.v1.ClientCachePolicy
+	71,  // 76: coffer.v1.SetCachePolicyRequest.policy:type_name -> coffer.v1.ClientCachePolicy
+	71,  // 77: coffer.v1.SetCachePolicyResponse.policy:type_name -> coffer.v1.ClientCachePolicy
+	71,  // 78: coffer.v1.CacheEvent.policy:type_name -> coffer.v1.ClientCachePolicy
+	8,   // 79: coffer.v1.KeyService.GenerateKey:input_type -> coffer.v1.GenerateKeyRequest
+	10,  // 80: coffer.v1.KeyService.PutKey:input_type -> coffer.v1.PutKeyRequest
+	13,  // 81: coffer.v1.KeyService.GetKey:input_type -> coffer.v1.GetKeyRequest
+	15,  // 82: coffer.v1.KeyService.DescribeKey:input_type -> coffer.v1.DescribeKeyRequest
+	17,  // 83: coffer.v1.KeyService.ListKeys:input_type -> coffer.v1.ListKeysRequest
+	19,  // 84: coffer.v1.KeyService.SetKeyState:input_type -> coffer.v1.SetKeyStateRequest
+	21,  // 85: coffer.v1.KeyService.RotateKey:input_type -> coffer.v1.RotateKeyRequest
+	23,  // 86: coffer.v1.KeyService.RetireKeyVersion:input_type -> coffer.v1.RetireKeyVersionRequest
+	25,  // 87: coffer.v1.KeyService.AmendKeyUsePolicy:input_type -> coffer.v1.AmendKeyUsePolicyRequest
+	34,  // 88: coffer.v1.PolicyService.CreatePolicy:input_type -> coffer.v1.CreatePolicyRequest
+	35,  // 89: coffer.v1.PolicyService.UpdatePolicy:input_type -> coffer.v1.UpdatePolicyRequest
+	38,  // 90: coffer.v1.PolicyService.GetPolicy:input_type -> coffer.v1.GetPolicyRequest
+	40,  // 91: coffer.v1.PolicyService.ListPolicies:input_type -> coffer.v1.ListPoliciesRequest
+	42,  // 92: coffer.v1.ClusterService.Snapshot:input_type -> coffer.v1.SnapshotRequest
+	45,  // 93: coffer.v1.ClusterService.Restore:input_type -> coffer.v1.RestoreChunk
+	29,  // 94: coffer.v1.ClusterService.Status:input_type -> coffer.v1.ClusterStatusRequest
+	31,  // 95: coffer.v1.ClusterService.LocalStatus:input_type -> coffer.v1.NodeStatusRequest
+	53,  // 96: coffer.v1.ClusterService.PinNode:input_type -> coffer.v1.PinNodeRequest
+	47,  // 97: coffer.v1.ClusterService.RemoveNode:input_type -> coffer.v1.RemoveNodeRequest
+	49,  // 98: coffer.v1.ClusterService.TransferLeadership:input_type -> coffer.v1.TransferLeadershipRequest
+	51,  // 99: coffer.v1.ClusterService.DrainNode:input_type -> coffer.v1.DrainNodeRequest
+	56,  // 100: coffer.v1.AccessService.RegisterClient:input_type -> coffer.v1.RegisterClientRequest
+	57,  // 101: coffer.v1.AccessService.SetClientActive:input_type -> coffer.v1.SetClientActiveRequest
+	58,  // 102: coffer.v1.AccessService.GetClient:input_type -> coffer.v1.GetClientRequest
+	59,  // 103: coffer.v1.AccessService.ListClients:input_type -> coffer.v1.ListClientsRequest
+	61,  // 104: coffer.v1.AccessService.RevokeCertificate:input_type -> coffer.v1.RevokeCertificateRequest
+	64,  // 105: coffer.v1.AccessService.Grant:input_type -> coffer.v1.GrantRequest
+	65,  // 106: coffer.v1.AccessService.RevokeGrant:input_type -> coffer.v1.RevokeGrantRequest
+	67,  // 107: coffer.v1.AccessService.ListGrants:input_type -> coffer.v1.ListGrantsRequest
+	69,  // 108: coffer.v1.AccessService.Check:input_type -> coffer.v1.CheckRequest
+	72,  // 109: coffer.v1.CacheService.GetCachePolicy:input_type -> coffer.v1.GetCachePolicyRequest
+	74,  // 110: coffer.v1.CacheService.SetCachePolicy:input_type -> coffer.v1.SetCachePolicyRequest
+	76,  // 111: coffer.v1.CacheService.FlushCaches:input_type -> coffer.v1.FlushCachesRequest
+	78,  // 112: coffer.v1.CacheService.Watch:input_type -> coffer.v1.WatchCacheRequest
+	9,   // 113: coffer.v1.KeyService.GenerateKey:output_type -> coffer.v1.GenerateKeyResponse
+	11,  // 114: coffer.v1.KeyService.PutKey:output_type -> coffer.v1.PutKeyResponse
+	14,  // 115: coffer.v1.KeyService.GetKey:output_type -> coffer.v1.GetKeyResponse
+	16,  // 116: coffer.v1.KeyService.DescribeKey:output_type -> coffer.v1.DescribeKeyResponse
+	18,  // 117: coffer.v1.KeyService.ListKeys:output_type -> coffer.v1.ListKeysResponse
+	20,  // 118: coffer.v1.KeyService.SetKeyState:output_type -> coffer.v1.SetKeyStateResponse
+	22,  // 119: coffer.v1.KeyService.RotateKey:output_type -> coffer.v1.RotateKeyResponse
+	24,  // 120: coffer.v1.KeyService.RetireKeyVersion:output_type -> coffer.v1.RetireKeyVersionResponse
+	26,  // 121: coffer.v1.KeyService.AmendKeyUsePolicy:output_type -> coffer.v1.AmendKeyUsePolicyResponse
+	37,  // 122: coffer.v1.PolicyService.CreatePolicy:output_type -> coffer.v1.CreatePolicyResponse
+	36,  // 123: coffer.v1.PolicyService.UpdatePolicy:output_type -> coffer.v1.UpdatePolicyResponse
+	39,  // 124: coffer.v1.PolicyService.GetPolicy:output_type -> coffer.v1.GetPolicyResponse
+	41,  // 125: coffer.v1.PolicyService.ListPolicies:output_type -> coffer.v1.ListPoliciesResponse
+	43,  // 126: coffer.v1.ClusterService.Snapshot:output_type -> coffer.v1.SnapshotChunk
+	46,  // 127: coffer.v1.ClusterService.Restore:output_type -> coffer.v1.RestoreResponse
+	30,  // 128: coffer.v1.ClusterService.Status:output_type -> coffer.v1.ClusterStatusResponse
+	27,  // 129: coffer.v1.ClusterService.LocalStatus:output_type -> coffer.v1.NodeStatus
+	54,  // 130: coffer.v1.ClusterService.PinNode:output_type -> coffer.v1.PinNodeResponse
+	48,  // 131: coffer.v1.ClusterService.RemoveNode:output_type -> coffer.v1.RemoveNodeResponse
+	50,  // 132: coffer.v1.ClusterService.TransferLeadership:output_type -> coffer.v1.TransferLeadershipResponse
+	52,  // 133: coffer.v1.ClusterService.DrainNode:output_type -> coffer.v1.DrainNodeResponse
+	55,  // 134: coffer.v1.AccessService.RegisterClient:output_type -> coffer.v1.ClientInfo
+	55,  // 135: coffer.v1.AccessService.SetClientActive:output_type -> coffer.v1.ClientInfo
+	55,  // 136: coffer.v1.AccessService.GetClient:output_type -> coffer.v1.ClientInfo
+	60,  // 137: coffer.v1.AccessService.ListClients:output_type -> coffer.v1.ListClientsResponse
+	62,  // 138: coffer.v1.AccessService.RevokeCertificate:output_type -> coffer.v1.RevokeCertificateResponse
+	63,  // 139: coffer.v1.AccessService.Grant:output_type -> coffer.v1.AclRuleInfo
+	66,  // 140: coffer.v1.AccessService.RevokeGrant:output_type -> coffer.v1.RevokeGrantResponse
+	68,  // 141: coffer.v1.AccessService.ListGrants:output_type -> coffer.v1.ListGrantsResponse
+	70,  // 142: coffer.v1.AccessService.Check:output_type -> coffer.v1.CheckResponse
+	73,  // 143: coffer.v1.CacheService.GetCachePolicy:output_type -> coffer.v1.GetCachePolicyResponse
+	75,  // 144: coffer.v1.CacheService.SetCachePolicy:output_type -> coffer.v1.SetCachePolicyResponse
+	77,  // 145: coffer.v1.CacheService.FlushCaches:output_type -> coffer.v1.FlushCachesResponse
+	79,  // 146: coffer.v1.CacheService.Watch:output_type -> coffer.v1.CacheEvent
+	113, // [113:147] is the sub-list for method output_type
+	79,  // [79:113] is the sub-list for method input_type
+	79,  // [79:79] is the sub-list for extension type_name
+	79,  // [79:79] is the sub-list for extension extendee
+	0,   // [0:79] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_coffer_proto_init() }
@@ -5319,15 +6327,20 @@ func file_coffer_v1_coffer_proto_init() {
 	if File_coffer_v1_coffer_proto != nil {
 		return
 	}
+	file_coffer_v1_coffer_proto_msgTypes[75].OneofWrappers = []any{
+		(*CacheEvent_DropKey)(nil),
+		(*CacheEvent_DropAll)(nil),
+		(*CacheEvent_Policy)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_coffer_proto_rawDesc), len(file_coffer_v1_coffer_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   67,
+			NumMessages:   80,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_coffer_v1_coffer_proto_goTypes,
 		DependencyIndexes: file_coffer_v1_coffer_proto_depIdxs,

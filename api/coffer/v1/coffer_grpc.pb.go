@@ -1510,3 +1510,239 @@ var AccessService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "coffer/v1/coffer.proto",
 }
+
+const (
+	CacheService_GetCachePolicy_FullMethodName = "/coffer.v1.CacheService/GetCachePolicy"
+	CacheService_SetCachePolicy_FullMethodName = "/coffer.v1.CacheService/SetCachePolicy"
+	CacheService_FlushCaches_FullMethodName    = "/coffer.v1.CacheService/FlushCaches"
+	CacheService_Watch_FullMethodName          = "/coffer.v1.CacheService/Watch"
+)
+
+// CacheServiceClient is the client API for CacheService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// CacheService governs client key caches: the policy a client applies, a
+// stream of invalidations, and the security officer's order to drop every
+// cache.
+type CacheServiceClient interface {
+	// The calling client's cache policy in force.
+	GetCachePolicy(ctx context.Context, in *GetCachePolicyRequest, opts ...grpc.CallOption) (*GetCachePolicyResponse, error)
+	// Set one client's cache policy or the cluster default (security officer).
+	SetCachePolicy(ctx context.Context, in *SetCachePolicyRequest, opts ...grpc.CallOption) (*SetCachePolicyResponse, error)
+	// Order every client to drop its cache (security officer).
+	FlushCaches(ctx context.Context, in *FlushCachesRequest, opts ...grpc.CallOption) (*FlushCachesResponse, error)
+	// Invalidations for the calling client, until it goes away.
+	Watch(ctx context.Context, in *WatchCacheRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CacheEvent], error)
+}
+
+type cacheServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewCacheServiceClient(cc grpc.ClientConnInterface) CacheServiceClient {
+	return &cacheServiceClient{cc}
+}
+
+func (c *cacheServiceClient) GetCachePolicy(ctx context.Context, in *GetCachePolicyRequest, opts ...grpc.CallOption) (*GetCachePolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetCachePolicyResponse)
+	err := c.cc.Invoke(ctx, CacheService_GetCachePolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cacheServiceClient) SetCachePolicy(ctx context.Context, in *SetCachePolicyRequest, opts ...grpc.CallOption) (*SetCachePolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetCachePolicyResponse)
+	err := c.cc.Invoke(ctx, CacheService_SetCachePolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cacheServiceClient) FlushCaches(ctx context.Context, in *FlushCachesRequest, opts ...grpc.CallOption) (*FlushCachesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FlushCachesResponse)
+	err := c.cc.Invoke(ctx, CacheService_FlushCaches_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cacheServiceClient) Watch(ctx context.Context, in *WatchCacheRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CacheEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CacheService_ServiceDesc.Streams[0], CacheService_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchCacheRequest, CacheEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CacheService_WatchClient = grpc.ServerStreamingClient[CacheEvent]
+
+// CacheServiceServer is the server API for CacheService service.
+// All implementations must embed UnimplementedCacheServiceServer
+// for forward compatibility.
+//
+// CacheService governs client key caches: the policy a client applies, a
+// stream of invalidations, and the security officer's order to drop every
+// cache.
+type CacheServiceServer interface {
+	// The calling client's cache policy in force.
+	GetCachePolicy(context.Context, *GetCachePolicyRequest) (*GetCachePolicyResponse, error)
+	// Set one client's cache policy or the cluster default (security officer).
+	SetCachePolicy(context.Context, *SetCachePolicyRequest) (*SetCachePolicyResponse, error)
+	// Order every client to drop its cache (security officer).
+	FlushCaches(context.Context, *FlushCachesRequest) (*FlushCachesResponse, error)
+	// Invalidations for the calling client, until it goes away.
+	Watch(*WatchCacheRequest, grpc.ServerStreamingServer[CacheEvent]) error
+	mustEmbedUnimplementedCacheServiceServer()
+}
+
+// UnimplementedCacheServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedCacheServiceServer struct{}
+
+func (UnimplementedCacheServiceServer) GetCachePolicy(context.Context, *GetCachePolicyRequest) (*GetCachePolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCachePolicy not implemented")
+}
+func (UnimplementedCacheServiceServer) SetCachePolicy(context.Context, *SetCachePolicyRequest) (*SetCachePolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetCachePolicy not implemented")
+}
+func (UnimplementedCacheServiceServer) FlushCaches(context.Context, *FlushCachesRequest) (*FlushCachesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FlushCaches not implemented")
+}
+func (UnimplementedCacheServiceServer) Watch(*WatchCacheRequest, grpc.ServerStreamingServer[CacheEvent]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedCacheServiceServer) mustEmbedUnimplementedCacheServiceServer() {}
+func (UnimplementedCacheServiceServer) testEmbeddedByValue()                      {}
+
+// UnsafeCacheServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to CacheServiceServer will
+// result in compilation errors.
+type UnsafeCacheServiceServer interface {
+	mustEmbedUnimplementedCacheServiceServer()
+}
+
+func RegisterCacheServiceServer(s grpc.ServiceRegistrar, srv CacheServiceServer) {
+	// If the following call panics, it indicates UnimplementedCacheServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&CacheService_ServiceDesc, srv)
+}
+
+func _CacheService_GetCachePolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCachePolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServiceServer).GetCachePolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CacheService_GetCachePolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServiceServer).GetCachePolicy(ctx, req.(*GetCachePolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CacheService_SetCachePolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetCachePolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServiceServer).SetCachePolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CacheService_SetCachePolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServiceServer).SetCachePolicy(ctx, req.(*SetCachePolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CacheService_FlushCaches_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FlushCachesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServiceServer).FlushCaches(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CacheService_FlushCaches_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServiceServer).FlushCaches(ctx, req.(*FlushCachesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CacheService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchCacheRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CacheServiceServer).Watch(m, &grpc.GenericServerStream[WatchCacheRequest, CacheEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CacheService_WatchServer = grpc.ServerStreamingServer[CacheEvent]
+
+// CacheService_ServiceDesc is the grpc.ServiceDesc for CacheService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var CacheService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "coffer.v1.CacheService",
+	HandlerType: (*CacheServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetCachePolicy",
+			Handler:    _CacheService_GetCachePolicy_Handler,
+		},
+		{
+			MethodName: "SetCachePolicy",
+			Handler:    _CacheService_SetCachePolicy_Handler,
+		},
+		{
+			MethodName: "FlushCaches",
+			Handler:    _CacheService_FlushCaches_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _CacheService_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "coffer/v1/coffer.proto",
+}

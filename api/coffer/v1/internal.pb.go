@@ -44,6 +44,8 @@ const (
 	CommandType_COMMAND_TYPE_PIN_NODE           CommandType = 12
 	CommandType_COMMAND_TYPE_SET_KEY_STATE      CommandType = 13
 	CommandType_COMMAND_TYPE_CHANGE_KEY         CommandType = 14
+	CommandType_COMMAND_TYPE_SET_CACHE_POLICY   CommandType = 15
+	CommandType_COMMAND_TYPE_FLUSH_CACHES       CommandType = 16
 )
 
 // Enum value maps for CommandType.
@@ -64,6 +66,8 @@ var (
 		12: "COMMAND_TYPE_PIN_NODE",
 		13: "COMMAND_TYPE_SET_KEY_STATE",
 		14: "COMMAND_TYPE_CHANGE_KEY",
+		15: "COMMAND_TYPE_SET_CACHE_POLICY",
+		16: "COMMAND_TYPE_FLUSH_CACHES",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -81,6 +85,8 @@ var (
 		"COMMAND_TYPE_PIN_NODE":           12,
 		"COMMAND_TYPE_SET_KEY_STATE":      13,
 		"COMMAND_TYPE_CHANGE_KEY":         14,
+		"COMMAND_TYPE_SET_CACHE_POLICY":   15,
+		"COMMAND_TYPE_FLUSH_CACHES":       16,
 	}
 )
 
@@ -335,7 +341,14 @@ type ForwardRequest struct {
 	//	*ForwardRequest_RotateKey
 	//	*ForwardRequest_RetireKeyVersion
 	//	*ForwardRequest_AmendKeyUsePolicy
+	//	*ForwardRequest_SetCachePolicy
+	//	*ForwardRequest_FlushCaches
 	Op isForwardRequest_Op `protobuf_oneof:"op"`
+	// The client's signature of the request, and the certificate the
+	// accepting node authenticated it with (DER): the leader checks the
+	// signature itself, so that no node can act as a client it is not.
+	RequestSignature  *RequestSignature `protobuf:"bytes,25,opt,name=request_signature,json=requestSignature,proto3" json:"request_signature,omitempty"`
+	ClientCertificate []byte            `protobuf:"bytes,26,opt,name=client_certificate,json=clientCertificate,proto3" json:"client_certificate,omitempty"`
 	// Time of the accepting node's audit entry for the request. The leader
 	// gives its entry the same time, so that an entry the accepting node
 	// records after a failed forward names the same request (see
@@ -566,6 +579,38 @@ func (x *ForwardRequest) GetAmendKeyUsePolicy() *AmendKeyUsePolicyRequest {
 	return nil
 }
 
+func (x *ForwardRequest) GetSetCachePolicy() *SetCachePolicyRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_SetCachePolicy); ok {
+			return x.SetCachePolicy
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetFlushCaches() *FlushCachesRequest {
+	if x != nil {
+		if x, ok := x.Op.(*ForwardRequest_FlushCaches); ok {
+			return x.FlushCaches
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetRequestSignature() *RequestSignature {
+	if x != nil {
+		return x.RequestSignature
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetClientCertificate() []byte {
+	if x != nil {
+		return x.ClientCertificate
+	}
+	return nil
+}
+
 func (x *ForwardRequest) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
@@ -660,6 +705,14 @@ type ForwardRequest_AmendKeyUsePolicy struct {
 	AmendKeyUsePolicy *AmendKeyUsePolicyRequest `protobuf:"bytes,22,opt,name=amend_key_use_policy,json=amendKeyUsePolicy,proto3,oneof"`
 }
 
+type ForwardRequest_SetCachePolicy struct {
+	SetCachePolicy *SetCachePolicyRequest `protobuf:"bytes,23,opt,name=set_cache_policy,json=setCachePolicy,proto3,oneof"`
+}
+
+type ForwardRequest_FlushCaches struct {
+	FlushCaches *FlushCachesRequest `protobuf:"bytes,24,opt,name=flush_caches,json=flushCaches,proto3,oneof"`
+}
+
 func (*ForwardRequest_GenerateKey) isForwardRequest_Op() {}
 
 func (*ForwardRequest_PutKey) isForwardRequest_Op() {}
@@ -697,6 +750,10 @@ func (*ForwardRequest_RotateKey) isForwardRequest_Op() {}
 func (*ForwardRequest_RetireKeyVersion) isForwardRequest_Op() {}
 
 func (*ForwardRequest_AmendKeyUsePolicy) isForwardRequest_Op() {}
+
+func (*ForwardRequest_SetCachePolicy) isForwardRequest_Op() {}
+
+func (*ForwardRequest_FlushCaches) isForwardRequest_Op() {}
 
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3156,6 +3213,131 @@ func (x *PinNodeCommand) GetExpectedSha256() []byte {
 	return nil
 }
 
+// SetCachePolicyCommand sets one client's key cache policy (client set)
+// or the cluster default (client empty); clear removes the client's own
+// policy so that the default applies.
+type SetCachePolicyCommand struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Client           string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Policy           *ClientCachePolicy     `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Clear            bool                   `protobuf:"varint,3,opt,name=clear,proto3" json:"clear,omitempty"`
+	ExpectedRevision uint64                 `protobuf:"varint,4,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	Audit            *AuditEntry            `protobuf:"bytes,5,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetCachePolicyCommand) Reset() {
+	*x = SetCachePolicyCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCachePolicyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCachePolicyCommand) ProtoMessage() {}
+
+func (x *SetCachePolicyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCachePolicyCommand.ProtoReflect.Descriptor instead.
+func (*SetCachePolicyCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *SetCachePolicyCommand) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *SetCachePolicyCommand) GetPolicy() *ClientCachePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *SetCachePolicyCommand) GetClear() bool {
+	if x != nil {
+		return x.Clear
+	}
+	return false
+}
+
+func (x *SetCachePolicyCommand) GetExpectedRevision() uint64 {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return 0
+}
+
+func (x *SetCachePolicyCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
+// FlushCachesCommand raises the cluster's cache generation: every client
+// drops what it cached under an older one.
+type FlushCachesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Audit         *AuditEntry            `protobuf:"bytes,1,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlushCachesCommand) Reset() {
+	*x = FlushCachesCommand{}
+	mi := &file_coffer_v1_internal_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlushCachesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlushCachesCommand) ProtoMessage() {}
+
+func (x *FlushCachesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_internal_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlushCachesCommand.ProtoReflect.Descriptor instead.
+func (*FlushCachesCommand) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *FlushCachesCommand) GetAudit() *AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
 var File_coffer_v1_internal_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_internal_proto_rawDesc = "" +
@@ -3165,7 +3347,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\xb7\v\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xc2\r\n" +
 	"\x0eForwardRequest\x12)\n" +
 	"\x06caller\x18\x01 \x01(\v2\x11.coffer.v1.CallerR\x06caller\x12B\n" +
 	"\fgenerate_key\x18\x02 \x01(\v2\x1d.coffer.v1.GenerateKeyRequestH\x00R\vgenerateKey\x123\n" +
@@ -3192,7 +3374,11 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\n" +
 	"rotate_key\x18\x14 \x01(\v2\x1b.coffer.v1.RotateKeyRequestH\x00R\trotateKey\x12R\n" +
 	"\x12retire_key_version\x18\x15 \x01(\v2\".coffer.v1.RetireKeyVersionRequestH\x00R\x10retireKeyVersion\x12V\n" +
-	"\x14amend_key_use_policy\x18\x16 \x01(\v2#.coffer.v1.AmendKeyUsePolicyRequestH\x00R\x11amendKeyUsePolicy\x12$\n" +
+	"\x14amend_key_use_policy\x18\x16 \x01(\v2#.coffer.v1.AmendKeyUsePolicyRequestH\x00R\x11amendKeyUsePolicy\x12L\n" +
+	"\x10set_cache_policy\x18\x17 \x01(\v2 .coffer.v1.SetCachePolicyRequestH\x00R\x0esetCachePolicy\x12B\n" +
+	"\fflush_caches\x18\x18 \x01(\v2\x1d.coffer.v1.FlushCachesRequestH\x00R\vflushCaches\x12H\n" +
+	"\x11request_signature\x18\x19 \x01(\v2\x1b.coffer.v1.RequestSignatureR\x10requestSignature\x12-\n" +
+	"\x12client_certificate\x18\x1a \x01(\fR\x11clientCertificate\x12$\n" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x11 \x01(\tR\trequestIdB\x04\n" +
@@ -3399,7 +3585,15 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x15.coffer.v1.NodeRecordR\x04node\x12$\n" +
 	"\x0eonly_if_absent\x18\x02 \x01(\bR\fonlyIfAbsent\x12+\n" +
 	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\x12'\n" +
-	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256*\xe1\x03\n" +
+	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256\"\xd5\x01\n" +
+	"\x15SetCachePolicyCommand\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x124\n" +
+	"\x06policy\x18\x02 \x01(\v2\x1c.coffer.v1.ClientCachePolicyR\x06policy\x12\x14\n" +
+	"\x05clear\x18\x03 \x01(\bR\x05clear\x12+\n" +
+	"\x11expected_revision\x18\x04 \x01(\x04R\x10expectedRevision\x12+\n" +
+	"\x05audit\x18\x05 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"A\n" +
+	"\x12FlushCachesCommand\x12+\n" +
+	"\x05audit\x18\x01 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit*\xa3\x04\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1b\n" +
@@ -3416,7 +3610,9 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_UPDATE_POLICY\x10\v\x12\x19\n" +
 	"\x15COMMAND_TYPE_PIN_NODE\x10\f\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_SET_KEY_STATE\x10\r\x12\x1b\n" +
-	"\x17COMMAND_TYPE_CHANGE_KEY\x10\x0e*\xd9\x02\n" +
+	"\x17COMMAND_TYPE_CHANGE_KEY\x10\x0e\x12!\n" +
+	"\x1dCOMMAND_TYPE_SET_CACHE_POLICY\x10\x0f\x12\x1d\n" +
+	"\x19COMMAND_TYPE_FLUSH_CACHES\x10\x10*\xd9\x02\n" +
 	"\vReadRefusal\x12\x1c\n" +
 	"\x18READ_REFUSAL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16READ_REFUSAL_NOT_FOUND\x10\x01\x12\x18\n" +
@@ -3448,7 +3644,7 @@ func file_coffer_v1_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_coffer_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_coffer_v1_internal_proto_goTypes = []any{
 	(CommandType)(0),                   // 0: coffer.v1.CommandType
 	(ReadRefusal)(0),                   // 1: coffer.v1.ReadRefusal
@@ -3485,148 +3681,160 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*UpdatePolicyCommand)(nil),        // 32: coffer.v1.UpdatePolicyCommand
 	(*NodeRecord)(nil),                 // 33: coffer.v1.NodeRecord
 	(*PinNodeCommand)(nil),             // 34: coffer.v1.PinNodeCommand
-	(*GenerateKeyRequest)(nil),         // 35: coffer.v1.GenerateKeyRequest
-	(*PutKeyRequest)(nil),              // 36: coffer.v1.PutKeyRequest
-	(*CreatePolicyRequest)(nil),        // 37: coffer.v1.CreatePolicyRequest
-	(*RegisterClientRequest)(nil),      // 38: coffer.v1.RegisterClientRequest
-	(*SetClientActiveRequest)(nil),     // 39: coffer.v1.SetClientActiveRequest
-	(*RevokeCertificateRequest)(nil),   // 40: coffer.v1.RevokeCertificateRequest
-	(*GrantRequest)(nil),               // 41: coffer.v1.GrantRequest
-	(*RevokeGrantRequest)(nil),         // 42: coffer.v1.RevokeGrantRequest
-	(*UpdatePolicyRequest)(nil),        // 43: coffer.v1.UpdatePolicyRequest
-	(*AuditPruneRequest)(nil),          // 44: coffer.v1.AuditPruneRequest
-	(*PinNodeRequest)(nil),             // 45: coffer.v1.PinNodeRequest
-	(*RemoveNodeRequest)(nil),          // 46: coffer.v1.RemoveNodeRequest
-	(*TransferLeadershipRequest)(nil),  // 47: coffer.v1.TransferLeadershipRequest
-	(*DrainNodeRequest)(nil),           // 48: coffer.v1.DrainNodeRequest
-	(*SetKeyStateRequest)(nil),         // 49: coffer.v1.SetKeyStateRequest
-	(*EncryptNewRequest)(nil),          // 50: coffer.v1.EncryptNewRequest
-	(*RotateKeyRequest)(nil),           // 51: coffer.v1.RotateKeyRequest
-	(*RetireKeyVersionRequest)(nil),    // 52: coffer.v1.RetireKeyVersionRequest
-	(*AmendKeyUsePolicyRequest)(nil),   // 53: coffer.v1.AmendKeyUsePolicyRequest
-	(*GenerateKeyResponse)(nil),        // 54: coffer.v1.GenerateKeyResponse
-	(*PutKeyResponse)(nil),             // 55: coffer.v1.PutKeyResponse
-	(*CreatePolicyResponse)(nil),       // 56: coffer.v1.CreatePolicyResponse
-	(*ClientInfo)(nil),                 // 57: coffer.v1.ClientInfo
-	(*RevokeCertificateResponse)(nil),  // 58: coffer.v1.RevokeCertificateResponse
-	(*AclRuleInfo)(nil),                // 59: coffer.v1.AclRuleInfo
-	(*RevokeGrantResponse)(nil),        // 60: coffer.v1.RevokeGrantResponse
-	(*UpdatePolicyResponse)(nil),       // 61: coffer.v1.UpdatePolicyResponse
-	(*AuditPruneResponse)(nil),         // 62: coffer.v1.AuditPruneResponse
-	(*PinNodeResponse)(nil),            // 63: coffer.v1.PinNodeResponse
-	(*RemoveNodeResponse)(nil),         // 64: coffer.v1.RemoveNodeResponse
-	(*TransferLeadershipResponse)(nil), // 65: coffer.v1.TransferLeadershipResponse
-	(*DrainNodeResponse)(nil),          // 66: coffer.v1.DrainNodeResponse
-	(*SetKeyStateResponse)(nil),        // 67: coffer.v1.SetKeyStateResponse
-	(*EncryptNewResponse)(nil),         // 68: coffer.v1.EncryptNewResponse
-	(*RotateKeyResponse)(nil),          // 69: coffer.v1.RotateKeyResponse
-	(*RetireKeyVersionResponse)(nil),   // 70: coffer.v1.RetireKeyVersionResponse
-	(*AmendKeyUsePolicyResponse)(nil),  // 71: coffer.v1.AmendKeyUsePolicyResponse
-	(Algorithm)(0),                     // 72: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),               // 73: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),             // 74: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                      // 75: coffer.v1.KeyState
-	(*ClientRecord)(nil),               // 76: coffer.v1.ClientRecord
-	(*AclRule)(nil),                    // 77: coffer.v1.AclRule
-	(*AuditEntry)(nil),                 // 78: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),         // 79: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),            // 80: coffer.v1.AuditCheckpoint
+	(*SetCachePolicyCommand)(nil),      // 35: coffer.v1.SetCachePolicyCommand
+	(*FlushCachesCommand)(nil),         // 36: coffer.v1.FlushCachesCommand
+	(*GenerateKeyRequest)(nil),         // 37: coffer.v1.GenerateKeyRequest
+	(*PutKeyRequest)(nil),              // 38: coffer.v1.PutKeyRequest
+	(*CreatePolicyRequest)(nil),        // 39: coffer.v1.CreatePolicyRequest
+	(*RegisterClientRequest)(nil),      // 40: coffer.v1.RegisterClientRequest
+	(*SetClientActiveRequest)(nil),     // 41: coffer.v1.SetClientActiveRequest
+	(*RevokeCertificateRequest)(nil),   // 42: coffer.v1.RevokeCertificateRequest
+	(*GrantRequest)(nil),               // 43: coffer.v1.GrantRequest
+	(*RevokeGrantRequest)(nil),         // 44: coffer.v1.RevokeGrantRequest
+	(*UpdatePolicyRequest)(nil),        // 45: coffer.v1.UpdatePolicyRequest
+	(*AuditPruneRequest)(nil),          // 46: coffer.v1.AuditPruneRequest
+	(*PinNodeRequest)(nil),             // 47: coffer.v1.PinNodeRequest
+	(*RemoveNodeRequest)(nil),          // 48: coffer.v1.RemoveNodeRequest
+	(*TransferLeadershipRequest)(nil),  // 49: coffer.v1.TransferLeadershipRequest
+	(*DrainNodeRequest)(nil),           // 50: coffer.v1.DrainNodeRequest
+	(*SetKeyStateRequest)(nil),         // 51: coffer.v1.SetKeyStateRequest
+	(*EncryptNewRequest)(nil),          // 52: coffer.v1.EncryptNewRequest
+	(*RotateKeyRequest)(nil),           // 53: coffer.v1.RotateKeyRequest
+	(*RetireKeyVersionRequest)(nil),    // 54: coffer.v1.RetireKeyVersionRequest
+	(*AmendKeyUsePolicyRequest)(nil),   // 55: coffer.v1.AmendKeyUsePolicyRequest
+	(*SetCachePolicyRequest)(nil),      // 56: coffer.v1.SetCachePolicyRequest
+	(*FlushCachesRequest)(nil),         // 57: coffer.v1.FlushCachesRequest
+	(*RequestSignature)(nil),           // 58: coffer.v1.RequestSignature
+	(*GenerateKeyResponse)(nil),        // 59: coffer.v1.GenerateKeyResponse
+	(*PutKeyResponse)(nil),             // 60: coffer.v1.PutKeyResponse
+	(*CreatePolicyResponse)(nil),       // 61: coffer.v1.CreatePolicyResponse
+	(*ClientInfo)(nil),                 // 62: coffer.v1.ClientInfo
+	(*RevokeCertificateResponse)(nil),  // 63: coffer.v1.RevokeCertificateResponse
+	(*AclRuleInfo)(nil),                // 64: coffer.v1.AclRuleInfo
+	(*RevokeGrantResponse)(nil),        // 65: coffer.v1.RevokeGrantResponse
+	(*UpdatePolicyResponse)(nil),       // 66: coffer.v1.UpdatePolicyResponse
+	(*AuditPruneResponse)(nil),         // 67: coffer.v1.AuditPruneResponse
+	(*PinNodeResponse)(nil),            // 68: coffer.v1.PinNodeResponse
+	(*RemoveNodeResponse)(nil),         // 69: coffer.v1.RemoveNodeResponse
+	(*TransferLeadershipResponse)(nil), // 70: coffer.v1.TransferLeadershipResponse
+	(*DrainNodeResponse)(nil),          // 71: coffer.v1.DrainNodeResponse
+	(*SetKeyStateResponse)(nil),        // 72: coffer.v1.SetKeyStateResponse
+	(*EncryptNewResponse)(nil),         // 73: coffer.v1.EncryptNewResponse
+	(*RotateKeyResponse)(nil),          // 74: coffer.v1.RotateKeyResponse
+	(*RetireKeyVersionResponse)(nil),   // 75: coffer.v1.RetireKeyVersionResponse
+	(*AmendKeyUsePolicyResponse)(nil),  // 76: coffer.v1.AmendKeyUsePolicyResponse
+	(Algorithm)(0),                     // 77: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),               // 78: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),             // 79: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                      // 80: coffer.v1.KeyState
+	(*ClientRecord)(nil),               // 81: coffer.v1.ClientRecord
+	(*AclRule)(nil),                    // 82: coffer.v1.AclRule
+	(*AuditEntry)(nil),                 // 83: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),         // 84: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),            // 85: coffer.v1.AuditCheckpoint
+	(*ClientCachePolicy)(nil),          // 86: coffer.v1.ClientCachePolicy
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	3,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
-	35, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
-	36, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
-	37, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
-	38, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
-	39, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
-	40, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
-	41, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
-	42, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
-	43, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
-	44, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
-	45, // 11: coffer.v1.ForwardRequest.pin_node:type_name -> coffer.v1.PinNodeRequest
-	46, // 12: coffer.v1.ForwardRequest.remove_node:type_name -> coffer.v1.RemoveNodeRequest
-	47, // 13: coffer.v1.ForwardRequest.transfer_leadership:type_name -> coffer.v1.TransferLeadershipRequest
-	48, // 14: coffer.v1.ForwardRequest.drain_node:type_name -> coffer.v1.DrainNodeRequest
-	49, // 15: coffer.v1.ForwardRequest.set_key_state:type_name -> coffer.v1.SetKeyStateRequest
-	50, // 16: coffer.v1.ForwardRequest.encrypt_new:type_name -> coffer.v1.EncryptNewRequest
-	51, // 17: coffer.v1.ForwardRequest.rotate_key:type_name -> coffer.v1.RotateKeyRequest
-	52, // 18: coffer.v1.ForwardRequest.retire_key_version:type_name -> coffer.v1.RetireKeyVersionRequest
-	53, // 19: coffer.v1.ForwardRequest.amend_key_use_policy:type_name -> coffer.v1.AmendKeyUsePolicyRequest
-	54, // 20: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
-	55, // 21: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
-	56, // 22: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
-	57, // 23: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
-	58, // 24: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
-	59, // 25: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
-	60, // 26: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
-	61, // 27: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
-	62, // 28: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
-	63, // 29: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
-	64, // 30: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
-	65, // 31: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
-	66, // 32: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
-	67, // 33: coffer.v1.ForwardResponse.set_key_state:type_name -> coffer.v1.SetKeyStateResponse
-	68, // 34: coffer.v1.ForwardResponse.encrypt_new:type_name -> coffer.v1.EncryptNewResponse
-	69, // 35: coffer.v1.ForwardResponse.rotate_key:type_name -> coffer.v1.RotateKeyResponse
-	70, // 36: coffer.v1.ForwardResponse.retire_key_version:type_name -> coffer.v1.RetireKeyVersionResponse
-	71, // 37: coffer.v1.ForwardResponse.amend_key_use_policy:type_name -> coffer.v1.AmendKeyUsePolicyResponse
-	0,  // 38: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	9,  // 39: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	72, // 40: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	73, // 41: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	74, // 42: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	13, // 43: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	72, // 44: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	75, // 45: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	73, // 46: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	74, // 47: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	14, // 48: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	12, // 49: coffer.v1.KeyRecord.versions:type_name -> coffer.v1.KeyVersionRecord
-	14, // 50: coffer.v1.KeyVersionRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	15, // 51: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	10, // 52: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	76, // 53: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	77, // 54: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	76, // 55: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	78, // 56: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	77, // 57: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	78, // 58: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	78, // 59: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	79, // 60: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	78, // 61: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	11, // 62: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	78, // 63: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	11, // 64: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
-	78, // 65: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
-	11, // 66: coffer.v1.ChangeKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	78, // 67: coffer.v1.ChangeKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	2,  // 68: coffer.v1.ChangeKeyCommand.change:type_name -> coffer.v1.ChangeKeyCommand.Change
-	10, // 69: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	78, // 70: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	78, // 71: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	26, // 72: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
-	78, // 73: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	26, // 74: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
-	29, // 75: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
-	1,  // 76: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
-	80, // 77: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	78, // 78: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 79: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	78, // 80: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	33, // 81: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
-	78, // 82: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
-	4,  // 83: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	6,  // 84: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	27, // 85: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	5,  // 86: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	7,  // 87: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	28, // 88: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	86, // [86:89] is the sub-list for method output_type
-	83, // [83:86] is the sub-list for method input_type
-	83, // [83:83] is the sub-list for extension type_name
-	83, // [83:83] is the sub-list for extension extendee
-	0,  // [0:83] is the sub-list for field type_name
+	37, // 1: coffer.v1.ForwardRequest.generate_key:type_name -> coffer.v1.GenerateKeyRequest
+	38, // 2: coffer.v1.ForwardRequest.put_key:type_name -> coffer.v1.PutKeyRequest
+	39, // 3: coffer.v1.ForwardRequest.create_policy:type_name -> coffer.v1.CreatePolicyRequest
+	40, // 4: coffer.v1.ForwardRequest.register_client:type_name -> coffer.v1.RegisterClientRequest
+	41, // 5: coffer.v1.ForwardRequest.set_client_active:type_name -> coffer.v1.SetClientActiveRequest
+	42, // 6: coffer.v1.ForwardRequest.revoke_certificate:type_name -> coffer.v1.RevokeCertificateRequest
+	43, // 7: coffer.v1.ForwardRequest.grant:type_name -> coffer.v1.GrantRequest
+	44, // 8: coffer.v1.ForwardRequest.revoke_grant:type_name -> coffer.v1.RevokeGrantRequest
+	45, // 9: coffer.v1.ForwardRequest.update_policy:type_name -> coffer.v1.UpdatePolicyRequest
+	46, // 10: coffer.v1.ForwardRequest.audit_prune:type_name -> coffer.v1.AuditPruneRequest
+	47, // 11: coffer.v1.ForwardRequest.pin_node:type_name -> coffer.v1.PinNodeRequest
+	48, // 12: coffer.v1.ForwardRequest.remove_node:type_name -> coffer.v1.RemoveNodeRequest
+	49, // 13: coffer.v1.ForwardRequest.transfer_leadership:type_name -> coffer.v1.TransferLeadershipRequest
+	50, // 14: coffer.v1.ForwardRequest.drain_node:type_name -> coffer.v1.DrainNodeRequest
+	51, // 15: coffer.v1.ForwardRequest.set_key_state:type_name -> coffer.v1.SetKeyStateRequest
+	52, // 16: coffer.v1.ForwardRequest.encrypt_new:type_name -> coffer.v1.EncryptNewRequest
+	53, // 17: coffer.v1.ForwardRequest.rotate_key:type_name -> coffer.v1.RotateKeyRequest
+	54, // 18: coffer.v1.ForwardRequest.retire_key_version:type_name -> coffer.v1.RetireKeyVersionRequest
+	55, // 19: coffer.v1.ForwardRequest.amend_key_use_policy:type_name -> coffer.v1.AmendKeyUsePolicyRequest
+	56, // 20: coffer.v1.ForwardRequest.set_cache_policy:type_name -> coffer.v1.SetCachePolicyRequest
+	57, // 21: coffer.v1.ForwardRequest.flush_caches:type_name -> coffer.v1.FlushCachesRequest
+	58, // 22: coffer.v1.ForwardRequest.request_signature:type_name -> coffer.v1.RequestSignature
+	59, // 23: coffer.v1.ForwardResponse.generate_key:type_name -> coffer.v1.GenerateKeyResponse
+	60, // 24: coffer.v1.ForwardResponse.put_key:type_name -> coffer.v1.PutKeyResponse
+	61, // 25: coffer.v1.ForwardResponse.create_policy:type_name -> coffer.v1.CreatePolicyResponse
+	62, // 26: coffer.v1.ForwardResponse.client:type_name -> coffer.v1.ClientInfo
+	63, // 27: coffer.v1.ForwardResponse.revoke_certificate:type_name -> coffer.v1.RevokeCertificateResponse
+	64, // 28: coffer.v1.ForwardResponse.rule:type_name -> coffer.v1.AclRuleInfo
+	65, // 29: coffer.v1.ForwardResponse.revoke_grant:type_name -> coffer.v1.RevokeGrantResponse
+	66, // 30: coffer.v1.ForwardResponse.update_policy:type_name -> coffer.v1.UpdatePolicyResponse
+	67, // 31: coffer.v1.ForwardResponse.audit_prune:type_name -> coffer.v1.AuditPruneResponse
+	68, // 32: coffer.v1.ForwardResponse.pin_node:type_name -> coffer.v1.PinNodeResponse
+	69, // 33: coffer.v1.ForwardResponse.remove_node:type_name -> coffer.v1.RemoveNodeResponse
+	70, // 34: coffer.v1.ForwardResponse.transfer_leadership:type_name -> coffer.v1.TransferLeadershipResponse
+	71, // 35: coffer.v1.ForwardResponse.drain_node:type_name -> coffer.v1.DrainNodeResponse
+	72, // 36: coffer.v1.ForwardResponse.set_key_state:type_name -> coffer.v1.SetKeyStateResponse
+	73, // 37: coffer.v1.ForwardResponse.encrypt_new:type_name -> coffer.v1.EncryptNewResponse
+	74, // 38: coffer.v1.ForwardResponse.rotate_key:type_name -> coffer.v1.RotateKeyResponse
+	75, // 39: coffer.v1.ForwardResponse.retire_key_version:type_name -> coffer.v1.RetireKeyVersionResponse
+	76, // 40: coffer.v1.ForwardResponse.amend_key_use_policy:type_name -> coffer.v1.AmendKeyUsePolicyResponse
+	0,  // 41: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	9,  // 42: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	77, // 43: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	78, // 44: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	79, // 45: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	13, // 46: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	77, // 47: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	80, // 48: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	78, // 49: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	79, // 50: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	14, // 51: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	12, // 52: coffer.v1.KeyRecord.versions:type_name -> coffer.v1.KeyVersionRecord
+	14, // 53: coffer.v1.KeyVersionRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	15, // 54: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	10, // 55: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	81, // 56: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	82, // 57: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	81, // 58: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	83, // 59: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	82, // 60: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	83, // 61: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	83, // 62: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	84, // 63: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	83, // 64: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 65: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	83, // 66: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 67: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
+	83, // 68: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 69: coffer.v1.ChangeKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	83, // 70: coffer.v1.ChangeKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	2,  // 71: coffer.v1.ChangeKeyCommand.change:type_name -> coffer.v1.ChangeKeyCommand.Change
+	10, // 72: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	83, // 73: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	83, // 74: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	26, // 75: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	83, // 76: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	26, // 77: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	29, // 78: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 79: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	85, // 80: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	83, // 81: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 82: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	83, // 83: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	33, // 84: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
+	83, // 85: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
+	86, // 86: coffer.v1.SetCachePolicyCommand.policy:type_name -> coffer.v1.ClientCachePolicy
+	83, // 87: coffer.v1.SetCachePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	83, // 88: coffer.v1.FlushCachesCommand.audit:type_name -> coffer.v1.AuditEntry
+	4,  // 89: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	6,  // 90: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	27, // 91: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	5,  // 92: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	7,  // 93: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	28, // 94: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	92, // [92:95] is the sub-list for method output_type
+	89, // [89:92] is the sub-list for method input_type
+	89, // [89:89] is the sub-list for extension type_name
+	89, // [89:89] is the sub-list for extension extendee
+	0,  // [0:89] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -3658,6 +3866,8 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardRequest_RotateKey)(nil),
 		(*ForwardRequest_RetireKeyVersion)(nil),
 		(*ForwardRequest_AmendKeyUsePolicy)(nil),
+		(*ForwardRequest_SetCachePolicy)(nil),
+		(*ForwardRequest_FlushCaches)(nil),
 	}
 	file_coffer_v1_internal_proto_msgTypes[2].OneofWrappers = []any{
 		(*ForwardResponse_GenerateKey)(nil),
@@ -3685,7 +3895,7 @@ func file_coffer_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_internal_proto_rawDesc), len(file_coffer_v1_internal_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

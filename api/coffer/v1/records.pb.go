@@ -89,7 +89,9 @@ type ClientRecord struct {
 	CreatedUnixNano int64    `protobuf:"varint,5,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	Revision        uint64   `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Integrity tag over the record and its path.
-	IntegrityTag  []byte `protobuf:"bytes,7,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
+	IntegrityTag []byte `protobuf:"bytes,7,opt,name=integrity_tag,json=integrityTag,proto3" json:"integrity_tag,omitempty"`
+	// The client's own key cache policy (unset: the cluster default).
+	CachePolicy   *ClientCachePolicy `protobuf:"bytes,8,opt,name=cache_policy,json=cachePolicy,proto3" json:"cache_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -169,6 +171,13 @@ func (x *ClientRecord) GetRevision() uint64 {
 func (x *ClientRecord) GetIntegrityTag() []byte {
 	if x != nil {
 		return x.IntegrityTag
+	}
+	return nil
+}
+
+func (x *ClientRecord) GetCachePolicy() *ClientCachePolicy {
+	if x != nil {
+		return x.CachePolicy
 	}
 	return nil
 }
@@ -359,9 +368,14 @@ type AuditEntry struct {
 	DetailHmac []byte `protobuf:"bytes,16,opt,name=detail_hmac,json=detailHmac,proto3" json:"detail_hmac,omitempty"`
 	// The version of the key's material a use named or used (0: not a use of
 	// a key's material, or an entry from before key versions).
-	KeyVersion    uint32 `protobuf:"varint,17,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KeyVersion uint32 `protobuf:"varint,17,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// The client's signed statement of the request (an encoded
+	// RequestStatement) and its signature, when the request was signed:
+	// with the client's certificate they show offline who asked.
+	RequestStatement []byte `protobuf:"bytes,18,opt,name=request_statement,json=requestStatement,proto3" json:"request_statement,omitempty"`
+	RequestSignature []byte `protobuf:"bytes,19,opt,name=request_signature,json=requestSignature,proto3" json:"request_signature,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AuditEntry) Reset() {
@@ -511,6 +525,20 @@ func (x *AuditEntry) GetKeyVersion() uint32 {
 		return x.KeyVersion
 	}
 	return 0
+}
+
+func (x *AuditEntry) GetRequestStatement() []byte {
+	if x != nil {
+		return x.RequestStatement
+	}
+	return nil
+}
+
+func (x *AuditEntry) GetRequestSignature() []byte {
+	if x != nil {
+		return x.RequestSignature
+	}
+	return nil
 }
 
 // AuditCheckpoint signs the chain head at seq.
@@ -668,7 +696,7 @@ var File_coffer_v1_records_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_records_proto_rawDesc = "" +
 	"\n" +
-	"\x17coffer/v1/records.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\"\xd5\x01\n" +
+	"\x17coffer/v1/records.proto\x12\tcoffer.v1\x1a\x16coffer/v1/coffer.proto\"\x96\x02\n" +
 	"\fClientRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06active\x18\x02 \x01(\bR\x06active\x12\x16\n" +
@@ -676,7 +704,8 @@ const file_coffer_v1_records_proto_rawDesc = "" +
 	"\x05roles\x18\x04 \x03(\tR\x05roles\x12*\n" +
 	"\x11created_unix_nano\x18\x05 \x01(\x03R\x0fcreatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\x06 \x01(\x04R\brevision\x12#\n" +
-	"\rintegrity_tag\x18\a \x01(\fR\fintegrityTag\"\xee\x01\n" +
+	"\rintegrity_tag\x18\a \x01(\fR\fintegrityTag\x12?\n" +
+	"\fcache_policy\x18\b \x01(\v2\x1c.coffer.v1.ClientCachePolicyR\vcachePolicy\"\xee\x01\n" +
 	"\aAclRule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1e\n" +
@@ -691,7 +720,7 @@ const file_coffer_v1_records_proto_rawDesc = "" +
 	"\x12RevokedCertificate\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano\"\x85\x04\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano\"\xdf\x04\n" +
 	"\n" +
 	"AuditEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
@@ -714,7 +743,9 @@ const file_coffer_v1_records_proto_rawDesc = "" +
 	"\vdetail_hmac\x18\x10 \x01(\fR\n" +
 	"detailHmac\x12\x1f\n" +
 	"\vkey_version\x18\x11 \x01(\rR\n" +
-	"keyVersion\"\xb2\x01\n" +
+	"keyVersion\x12+\n" +
+	"\x11request_statement\x18\x12 \x01(\fR\x10requestStatement\x12+\n" +
+	"\x11request_signature\x18\x13 \x01(\fR\x10requestSignature\"\xb2\x01\n" +
 	"\x0fAuditCheckpoint\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04head\x18\x02 \x01(\fR\x04head\x12$\n" +
@@ -757,17 +788,19 @@ var file_coffer_v1_records_proto_goTypes = []any{
 	(*AuditEntry)(nil),         // 4: coffer.v1.AuditEntry
 	(*AuditCheckpoint)(nil),    // 5: coffer.v1.AuditCheckpoint
 	(*AuditPruneMarker)(nil),   // 6: coffer.v1.AuditPruneMarker
-	(Consistency)(0),           // 7: coffer.v1.Consistency
+	(*ClientCachePolicy)(nil),  // 7: coffer.v1.ClientCachePolicy
+	(Consistency)(0),           // 8: coffer.v1.Consistency
 }
 var file_coffer_v1_records_proto_depIdxs = []int32{
-	0, // 0: coffer.v1.AuditEntry.outcome:type_name -> coffer.v1.AuditOutcome
-	7, // 1: coffer.v1.AuditEntry.consistency:type_name -> coffer.v1.Consistency
-	5, // 2: coffer.v1.AuditPruneMarker.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	7, // 0: coffer.v1.ClientRecord.cache_policy:type_name -> coffer.v1.ClientCachePolicy
+	0, // 1: coffer.v1.AuditEntry.outcome:type_name -> coffer.v1.AuditOutcome
+	8, // 2: coffer.v1.AuditEntry.consistency:type_name -> coffer.v1.Consistency
+	5, // 3: coffer.v1.AuditPruneMarker.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_records_proto_init() }
