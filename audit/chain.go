@@ -45,6 +45,16 @@ const (
 	tagPrevHash    = 14
 	tagDetailHMAC  = 16
 	tagKeyVersion  = 17
+	tagStatement   = 18
+	tagSignature   = 19
+)
+
+// MaxRequestStatementLen and MaxRequestSignatureLen bound the client's
+// signed statement of a request and its signature kept in an entry
+// (msgsig's bounds).
+const (
+	MaxRequestStatementLen = 4096
+	MaxRequestSignatureLen = 1024
 )
 
 // fixedEntryLen is the size of EntryDigestInput with every variable-length
@@ -63,7 +73,8 @@ const fixedEntryLen = 2*(1+8) + 2*(1+4) + 11*(1+4)
 // outcome(10), reason(11), request_id(12), consistency(13), prev_hash(14),
 // detail_hmac(16), then key_version(17) as tag(1) || 4-byte big-endian, only
 // when it is not zero (entries written before key versions had none, and
-// keep their hashes). The encoding is injective: two entries that differ in any
+// keep their hashes), then request_statement(18) and request_signature(19)
+// as bytes, only when either is set (a signed request). The encoding is injective: two entries that differ in any
 // field other than hash have different encodings. It is not protobuf, whose
 // wire form is not canonical across implementations. DESIGN.md has a worked
 // example.
@@ -75,6 +86,9 @@ func entryInputLen(e *cofferv1.AuditEntry) int {
 	n := 0
 	if e.GetKeyVersion() != 0 {
 		n = 1 + 4
+	}
+	if len(e.GetRequestStatement()) != 0 || len(e.GetRequestSignature()) != 0 {
+		n += 2*(1+4) + len(e.GetRequestStatement()) + len(e.GetRequestSignature())
 	}
 	return n + fixedEntryLen + len(e.GetNode()) + len(e.GetCaller()) + len(e.GetOperation()) +
 		len(e.GetGkid()) + len(e.GetResource()) + len(e.GetPolicy()) + len(e.GetClient()) +
@@ -99,6 +113,10 @@ func appendEntryDigestInput(b []byte, e *cofferv1.AuditEntry) []byte {
 	b = appendBytes(b, tagDetailHMAC, e.GetDetailHmac())
 	if v := e.GetKeyVersion(); v != 0 {
 		b = appendU32(b, tagKeyVersion, v)
+	}
+	if len(e.GetRequestStatement()) != 0 || len(e.GetRequestSignature()) != 0 {
+		b = appendBytes(b, tagStatement, e.GetRequestStatement())
+		b = appendBytes(b, tagSignature, e.GetRequestSignature())
 	}
 	return b
 }
@@ -131,9 +149,9 @@ func ChainHash(e *cofferv1.AuditEntry) []byte {
 }
 
 func chainSum(e *cofferv1.AuditEntry) [HashLen]byte {
-	// A stack buffer covers every ordinary entry; a larger one spills to the
-	// heap inside append.
-	var buf [512]byte
+	// A stack buffer covers every ordinary entry, a signed request's
+	// statement included; a larger one spills to the heap inside append.
+	var buf [1024]byte
 	b := append(buf[:0], EntryDomain...)
 	b = appendEntryDigestInput(b, e)
 	return sha256.Sum256(b)
@@ -165,7 +183,9 @@ func Link(prev []byte, seq uint64, e *cofferv1.AuditEntry) {
 //   - caller and operation are non-empty;
 //   - every string is valid UTF-8 and at most MaxFieldLen bytes;
 //   - detail_hmac is empty or exactly HashLen bytes (an HMAC-SHA256, see
-//     DetailHMAC).
+//     DetailHMAC);
+//   - request_statement and request_signature are both set or both empty,
+//     within their bounds.
 //
 // Errors wrap ErrInvalidEntry and name the field.
 func Validate(e *cofferv1.AuditEntry) error {
@@ -204,6 +224,10 @@ func Validate(e *cofferv1.AuditEntry) error {
 	}
 	if n := len(e.GetDetailHmac()); n != 0 && n != HashLen {
 		return fmt.Errorf("%w: detail_hmac is %d bytes, want 0 or %d", ErrInvalidEntry, n, HashLen)
+	}
+	st, sig := len(e.GetRequestStatement()), len(e.GetRequestSignature())
+	if st > MaxRequestStatementLen || sig > MaxRequestSignatureLen || (st == 0) != (sig == 0) {
+		return fmt.Errorf("%w: request statement of %d bytes and signature of %d bytes: both or neither, at most %d and %d", ErrInvalidEntry, st, sig, MaxRequestStatementLen, MaxRequestSignatureLen)
 	}
 	return nil
 }

@@ -84,6 +84,10 @@ type jsonEntry struct {
 	DetailHMAC   string `json:"detail_hmac"`
 	// KeyVersion is written only when set, as the chain encodes it.
 	KeyVersion uint32 `json:"key_version,omitempty"`
+	// RequestStatement and RequestSignature (base64) are written only
+	// when set, as the chain encodes them.
+	RequestStatement []byte `json:"request_statement,omitempty"`
+	RequestSignature []byte `json:"request_signature,omitempty"`
 }
 
 type jsonCheckpoint struct {
@@ -112,7 +116,7 @@ type jsonMarker struct {
 var (
 	entryKeys = keySet("type", "seq", "time", "time_unix_nano", "node", "caller", "operation", "gkid",
 		"resource", "policy", "client", "outcome", "reason", "request_id", "consistency",
-		"prev_hash", "hash", "detail_hmac", "key_version")
+		"prev_hash", "hash", "detail_hmac", "key_version", "request_statement", "request_signature")
 	checkpointKeys     = keySet("type", "seq", "head", "time", "time_unix_nano", "signer", "signature", "public_key")
 	nestedCheckpointKs = keySet("seq", "head", "time", "time_unix_nano", "signer", "signature", "public_key")
 	markerKeys         = keySet("type", "first_seq", "prev_hash", "checkpoint")
@@ -242,6 +246,9 @@ func (w *Writer) WriteEntry(e *cofferv1.AuditEntry) error {
 		Hash:         hex.EncodeToString(e.GetHash()),
 		DetailHMAC:   hex.EncodeToString(e.GetDetailHmac()),
 		KeyVersion:   e.GetKeyVersion(),
+
+		RequestStatement: e.GetRequestStatement(),
+		RequestSignature: e.GetRequestSignature(),
 	})
 }
 
@@ -434,6 +441,9 @@ func fromJSONEntry(j *jsonEntry) (*cofferv1.AuditEntry, error) {
 		Reason:     j.Reason,
 		RequestId:  j.RequestID,
 		KeyVersion: j.KeyVersion,
+
+		RequestStatement: j.RequestStatement,
+		RequestSignature: j.RequestSignature,
 	}
 	var err error
 	if e.TimeUnixNano, err = parseTime("time_unix_nano", j.Time, j.TimeUnixNano); err != nil {

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sort"
@@ -116,6 +117,11 @@ type VerifyOptions struct {
 	// were kept. This is what stops a rewrite of history signed with a
 	// stolen key (see DESIGN.md). At most MaxPinned.
 	Pinned []*cofferv1.AuditCheckpoint
+	// ClientCerts are client certificates the auditor holds: every entry
+	// that keeps a client's signed request statement made with one of
+	// them must verify (KindBadRequest), which shows, without the
+	// cluster, that the client asked for what the entry records.
+	ClientCerts []*x509.Certificate
 }
 
 // DefaultVerifyOptions returns the defaults: StrictTail off, DefaultWindow,
@@ -184,6 +190,11 @@ type Report struct {
 	// Signers lists the fingerprints (KeyFingerprint) of the keys that
 	// signed verified checkpoints, sorted.
 	Signers []string
+	// RequestsVerified is how many entries keep a signed request
+	// statement that verified against VerifyOptions.ClientCerts;
+	// RequestsUnchecked how many keep one made with a certificate not
+	// given.
+	RequestsVerified, RequestsUnchecked uint64
 }
 
 // Verifier checks an exported audit log, item by item, in the order the
@@ -247,6 +258,7 @@ type Verifier struct {
 	checkpoints int
 	covered     uint64
 	signers     map[string]struct{}
+	requests    requestChecks
 
 	pinned    map[uint64][HashLen]byte
 	maxPinned uint64
@@ -265,6 +277,7 @@ func NewVerifier(trusted TrustedKeys, opts VerifyOptions) (*Verifier, error) {
 		signers: make(map[string]struct{}),
 		pinned:  make(map[uint64][HashLen]byte, len(opts.Pinned)),
 	}
+	v.requests = newRequestChecks(opts.ClientCerts)
 	for _, cp := range opts.Pinned {
 		var h [HashLen]byte
 		copy(h[:], cp.GetHead())
@@ -373,6 +386,9 @@ func (v *Verifier) AddEntry(e *cofferv1.AuditEntry) error {
 		return v.fail(seq, KindBadHash, "hash %x, recomputed %x: the entry was altered", e.GetHash(), sum[:])
 	}
 	if err := v.checkPinned(seq, sum); err != nil {
+		return err
+	}
+	if err := v.checkRequest(e); err != nil {
 		return err
 	}
 	v.remember(seq, sum)
@@ -506,6 +522,9 @@ func (v *Verifier) report() Report {
 		Head:        bytes.Clone(v.lastHash[:]),
 		Checkpoints: v.checkpoints,
 		CoveredSeq:  v.covered,
+
+		RequestsVerified:  v.requests.verified,
+		RequestsUnchecked: v.requests.unchecked,
 	}
 	if v.entries > 0 {
 		r.FirstSeq = v.firstSeq

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -45,7 +46,7 @@ func mustAccessServer(t *testing.T, p *testPKI, name string) *accessServer {
 		t.Fatalf("listen: %v", err)
 	}
 	s := &accessServer{name: name, addr: lis.Addr().String()}
-	gs := grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
+	gs := grpc.NewServer(testenv.ServerOptions(t, serverTLS)...)
 	cofferv1.RegisterAccessServiceServer(gs, s)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -56,7 +57,7 @@ func mustAuditServer(t *testing.T, p *testPKI, name string, chunks ...string) *a
 	for _, c := range chunks {
 		s.chunks = append(s.chunks, []byte(c))
 	}
-	gs := grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
+	gs := grpc.NewServer(testenv.ServerOptions(t, serverTLS)...)
 	cofferv1.RegisterAuditServiceServer(gs, s)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)

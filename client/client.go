@@ -59,6 +59,10 @@ type Client struct {
 	id     string
 	idErr  error
 
+	// signing signs the requests that need it and verifies the
+	// responses that must be signed (msgsig).
+	signing grpc.UnaryClientInterceptor
+
 	// envKeys maps policy and resource to the GKID envelopes wrap their
 	// data keys under (envkeys.go); envMu serialises looking one up.
 	envKeys sync.Map
@@ -95,6 +99,11 @@ func New(cfg Config) (*Client, error) {
 		}
 		c.cache = cache
 	}
+	signing, err := newSigning(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	c.signing = signing
 	eps := make([]*endpoint, 0, len(cfg.Endpoints))
 	for _, addr := range cfg.Endpoints {
 		ep, err := c.dial(addr)
@@ -110,7 +119,7 @@ func New(cfg Config) (*Client, error) {
 
 // dial creates the connection to one node.
 func (c *Client) dial(addr string) (*endpoint, error) {
-	opts := append([]grpc.DialOption{grpc.WithConnectParams(reconnectBackoff)}, c.cfg.DialOptions...)
+	opts := append([]grpc.DialOption{grpc.WithConnectParams(reconnectBackoff), grpc.WithChainUnaryInterceptor(c.signing)}, c.cfg.DialOptions...)
 	conn, err := transport.Dial(addr, c.cfg.TLS, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: dial %s: %w", addr, err)

@@ -85,7 +85,7 @@ func mustCryptoServers(t *testing.T, p *testPKI, n int) ([]*cryptoServer, []stri
 			t.Fatalf("listen: %v", err)
 		}
 		s := &cryptoServer{name: name, addr: lis.Addr().String(), vault: vault}
-		gs := grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
+		gs := grpc.NewServer(testenv.ServerOptions(t, serverTLS)...)
 		cofferv1.RegisterCryptoServiceServer(gs, s)
 		go func() { _ = gs.Serve(lis) }()
 		t.Cleanup(gs.Stop)

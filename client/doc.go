@@ -49,6 +49,20 @@
 //	...
 //	card, err = c.Open(ctx, blob)
 //
+// # Signed requests and responses
+//
+// Every request that releases key material or changes state is signed
+// with the key of the client certificate in Config.TLS (a file key or a
+// crypto.Signer in a token), over the method, the request id, the time, a
+// commitment to the arguments and the HPKE key material is sealed to; the
+// node that decides checks it and keeps it in the audit entry. Every
+// response that carries key material or a decision must be signed by a
+// node of the cluster (a certificate from Config.TLS.RootCAs naming a
+// node) for the request as sent; a response that is not is discarded and
+// the call fails with an error matching msgsig.ErrUnsigned,
+// msgsig.ErrBadSignature or msgsig.ErrMismatch (errors.Is), not retried.
+// Neither can be turned off. msgsig/FORMAT.md specifies both.
+//
 // The CryptoService calls are reads for the retry policy below (any node
 // serves them); retrying them is safe, though each attempt that reaches a
 // node is audited.

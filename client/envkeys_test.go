@@ -47,7 +47,7 @@ func mustEnvServer(t *testing.T, p *testPKI) (*envServer, string) {
 		t.Fatalf("listen: %v", err)
 	}
 	s := &envServer{keys: map[string]*cofferv1.KeyMetadata{}, material: map[string][]byte{}}
-	gs := grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
+	gs := grpc.NewServer(testenv.ServerOptions(t, serverTLS)...)
 	cofferv1.RegisterKeyServiceServer(gs, s)
 	cofferv1.RegisterCryptoServiceServer(gs, s)
 	go func() { _ = gs.Serve(lis) }()

@@ -120,7 +120,8 @@ func (e *Error) GRPCStatus() *status.Status {
 func (e *Error) Code() codes.Code { return status.Code(e.Err) }
 
 // toStatusErr makes sure err carries a gRPC status: context errors become
-// Canceled or DeadlineExceeded, anything else without a status Unknown.
+// Canceled or DeadlineExceeded, anything else without a status Unknown
+// (still unwrapping to err).
 func toStatusErr(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
@@ -128,5 +129,16 @@ func toStatusErr(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return status.FromContextError(err).Err()
 	}
-	return status.Error(codes.Unknown, err.Error())
+	return &localError{err: err}
 }
+
+// localError is a failure of the client's own making (a response signature
+// that does not verify, a request it could not sign) given the gRPC status
+// Unknown, which still unwraps to the cause for errors.Is.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+
+func (e *localError) Unwrap() error { return e.err }
+
+func (e *localError) GRPCStatus() *status.Status { return status.New(codes.Unknown, e.err.Error()) }

@@ -112,8 +112,15 @@ type fakeServer struct {
 	cachePolicy *cofferv1.KeyCachePolicy
 }
 
-// mustServer starts a fake node on a loopback port with mTLS.
+// mustServer starts a fake node on a loopback port with mTLS, signing its
+// responses as a node does.
 func mustServer(t testing.TB, p *testPKI, name string) *fakeServer {
+	return mustServerWith(t, p, name, testenv.ServerOptions)
+}
+
+// mustServerWith is mustServer with the server options opts returns for the
+// node's TLS configuration.
+func mustServerWith(t testing.TB, p *testPKI, name string, opts func(testing.TB, *tls.Config) []grpc.ServerOption) *fakeServer {
 	t.Helper()
 	conf := p.issue(t, transport.Identity{Kind: transport.KindNode, Name: name})
 	serverTLS, err := conf.ServerTLS()
@@ -125,7 +132,7 @@ func mustServer(t testing.TB, p *testPKI, name string) *fakeServer {
 		t.Fatalf("listen: %v", err)
 	}
 	f := &fakeServer{name: name, addr: lis.Addr().String()}
-	f.srv = grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
+	f.srv = grpc.NewServer(opts(t, serverTLS)...)
 	cofferv1.RegisterKeyServiceServer(f.srv, f)
 	cofferv1.RegisterClusterServiceServer(f.srv, f)
 	go func() { _ = f.srv.Serve(lis) }()

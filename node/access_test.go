@@ -15,6 +15,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -51,7 +52,7 @@ func (tc *testCluster) identityFrom(conf transport.TLSConfig, tlsConf *tls.Confi
 	}
 	id := &identity{serial: authz.FormatSerial(cert.SerialNumber)}
 	for _, c := range tc.cfgs {
-		conn, err := transport.Dial(c.APIAddr, tlsConf)
+		conn, err := transport.Dial(c.APIAddr, tlsConf, testenv.Signing(tc.t, tlsConf))
 		if err != nil {
 			tc.t.Fatal(err)
 		}

@@ -174,6 +174,9 @@ func (s *service) auditInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if err == nil {
 		err = malformed
 	}
+	if err == nil {
+		err = s.checkRequestSignature(ctx, info.FullMethod, r, req)
+	}
 	if err == nil && s.fsm.Restoring() && path.Dir(info.FullMethod) != "/"+cofferv1.ClusterService_ServiceDesc.ServiceName {
 		// The store holds part of the old state and part of the new one:
 		// nothing read from it may be served (cluster status may).

@@ -22,6 +22,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/hsmwrap"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -280,7 +281,7 @@ func (tc *testCluster) conn(i int) *grpc.ClientConn {
 	c, ok := tc.conns[addr]
 	if !ok {
 		var err error
-		if c, err = transport.Dial(addr, tc.clientTLS); err != nil {
+		if c, err = transport.Dial(addr, tc.clientTLS, testenv.Signing(tc.t, tc.clientTLS)); err != nil {
 			tc.t.Fatal(err)
 		}
 		tc.conns[addr] = c

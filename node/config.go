@@ -207,6 +207,11 @@ type Config struct {
 	Membership cluster.Settings `json:"membership"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
+	// AllowUnsignedRequests accepts requests that release key material
+	// or change state without the caller's signature (msgsig/FORMAT.md);
+	// they are refused by default. Their audit entries then hold no
+	// statement, so nothing shows offline that the client asked.
+	AllowUnsignedRequests bool `json:"allow_unsigned_requests,omitempty"`
 }
 
 // DefaultConfig returns a Config with every optional field set.

@@ -47,11 +47,18 @@ func (s *service) internalForward(ctx context.Context, req *cofferv1.ForwardRequ
 	}
 	requestTarget(r.entry, msg)
 	var resp *cofferv1.ForwardResponse
-	if !s.replica.IsLeader() {
+	if w != nil {
+		// The leader decides the write, so it checks the caller's
+		// signature itself rather than trust the forwarding member's.
+		err = s.checkForwardedSignature(req, r, msg, r.entry.GetRequestId())
+	}
+	switch {
+	case err != nil:
+	case !s.replica.IsLeader():
 		// Leadership moved while the request was in flight; the client
 		// retries (writes carry request ids, so a retry is safe).
 		err = s.replica.notLeader(fmt.Errorf("forwarded write reached a follower"))
-	} else {
+	default:
 		resp, err = s.execute(ctx, r, req)
 	}
 	if ferr := s.finishRequest(ctx, r, false, err); ferr != nil {

@@ -20,6 +20,7 @@ import (
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -30,7 +31,7 @@ func (tc *testCluster) dialAs(conf transport.TLSConfig, i int) *grpc.ClientConn 
 	if err != nil {
 		tc.t.Fatal(err)
 	}
-	conn, err := transport.Dial(tc.cfgs[i].APIAddr, tlsConf)
+	conn, err := transport.Dial(tc.cfgs[i].APIAddr, tlsConf, testenv.Signing(tc.t, tlsConf))
 	if err != nil {
 		tc.t.Fatal(err)
 	}
@@ -119,7 +120,10 @@ func (tc *testCluster) waitDenied(l int, op memberDoor, caller, reason string) {
 // the client CA cannot pose as a node; and an operator's re-pin moves trust
 // to a member's renewed certificate.
 func TestNode_OnlyMembersAreNodes(t *testing.T) {
-	tc := mustCluster(t, 3, nil)
+	// The doors are knocked on with a made-up client's write, which no
+	// client signed (signatures_test.go checks that the leader refuses
+	// those by default).
+	tc := mustCluster(t, 3, func(c *Config) { c.AllowUnsignedRequests = true })
 	ctx := ctxT(t)
 	l := tc.waitLeader()
 	f := (l + 1) % 3

@@ -14,6 +14,7 @@ import (
 	"github.com/coffer-kms/coffer/cluster"
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/hsmwrap"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -116,7 +117,7 @@ func TestNode_JoinOverGossip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := transport.Dial(n4.APIAddr(), tlsConf)
+	conn, err := transport.Dial(n4.APIAddr(), tlsConf, testenv.Signing(t, tlsConf))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,10 @@ import (
 )
 
 var (
+	metricRequestSignatures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "request_signatures_total",
+		Help: "Checks of request signatures by the deciding node: verified, refused (bad signature), unsigned_refused, unsigned_allowed.",
+	}, []string{"result"})
 	metricDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "authz_denied_total",
 		Help: "Requests refused by authorisation, by operation.",
@@ -127,7 +131,7 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricDenied, metricAuditFailures,
 		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures, metricKeyRotations, metricSealed,
-		metricShredPasses, metricShredSeconds, metricRaftLogCompactSeconds,
+		metricShredPasses, metricShredSeconds, metricRaftLogCompactSeconds, metricRequestSignatures,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)
 	reg.MustRegister(custody.Collectors()...)

@@ -33,6 +33,7 @@ import (
 	"github.com/coffer-kms/coffer/fsm"
 	"github.com/coffer-kms/coffer/hsmwrap"
 	"github.com/coffer-kms/coffer/internal/hclogslog"
+	"github.com/coffer-kms/coffer/msgsig"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -296,8 +297,15 @@ func (n *Node) startAPI() error {
 	}
 	n.apiLis = lis
 	opts := transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())
+	signResponses, err := msgsig.ResponseSigner(serverTLS.Certificates[0])
+	if err != nil {
+		return fmt.Errorf("node: response signatures: %w", err)
+	}
+	if n.svc.callers, err = n.cfg.TLS.CallerVerifier(); err != nil {
+		return fmt.Errorf("node: client certificate verifier: %w", err)
+	}
 	opts = append(opts, grpc.ForceServerCodecV2(n.svc.codec),
-		grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, n.svc.auditInterceptor),
+		grpc.ChainUnaryInterceptor(n.metricsInterceptor, statusInterceptor, signResponses, n.svc.auditInterceptor),
 		grpc.ChainStreamInterceptor(streamMetricsInterceptor, n.svc.malformedStreamInterceptor))
 	s := grpc.NewServer(opts...)
 	cofferv1.RegisterKeyServiceServer(s, &keyService{svc: n.svc})

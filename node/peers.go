@@ -126,6 +126,7 @@ func (n *Node) forward(ctx context.Context, r *request, req *cofferv1.ForwardReq
 	req.Caller.Node = n.cfg.ID
 	req.TimeUnixNano = r.entry.GetTimeUnixNano()
 	req.RequestId = r.entry.GetRequestId()
+	req.RequestSignature, req.ClientCertificate = r.signature, r.cert
 	r.carry()
 	// A leader that hangs (stopped, a stalled disk) must hold the write up
 	// only until another is elected: the forward is abandoned as soon as

@@ -33,6 +33,11 @@ type request struct {
 	// finishRequest then records is a fallback: Apply links it only if the
 	// change's own entry was not linked (AuditBatchCommand.fallback).
 	attempted bool
+	// signature is the caller's verified signature of the request and
+	// cert the certificate (DER) it verified under, which a forward
+	// carries to the leader (signatures.go); nil for an unsigned request.
+	signature *cofferv1.RequestSignature
+	cert      []byte
 }
 
 // carry marks the entry as riding in a proposal or forward about to be

@@ -34,6 +34,9 @@ type service struct {
 	replica replica
 	// stop is closed when the node stops (ends audit follow streams).
 	stop <-chan struct{}
+	// callers verifies the client certificates forwarded with signed
+	// writes (signatures.go).
+	callers *transport.CallerVerifier
 }
 
 // replica is what the service layer needs of the Raft node it serves on:

@@ -4,7 +4,10 @@
 # default HEAD~1), built from a temporary git worktree.
 #
 # For each of ROUNDS rounds it starts a fresh local 3-node cluster of each
-# build in turn and runs `coffer bench --op OP` at each concurrency in CONC.
+# build in turn and runs that build's own `coffer bench --op OP` at each
+# concurrency in CONC: a build's client is part of it (what it seals,
+# signs and verifies), and a client only talks to nodes that speak its
+# protocol.
 # The builds alternate because runs of one build minutes apart can differ by
 # 20% on a shared machine. It prints every run, then the mean per build and
 # the ratio new / base.
@@ -55,9 +58,8 @@ trap cleanup EXIT
 
 base_rev=$(git rev-parse --verify "$BASE^{commit}")
 git worktree add --detach "$work/src" "$base_rev" >/dev/null
-(cd "$work/src" && $GO build -o "$work/base/cofferd" ./cmd/cofferd)
-$GO build -o "$work/new/cofferd" ./cmd/cofferd
-$GO build -o "$work/coffer" ./cmd/coffer
+(cd "$work/src" && $GO build -o "$work/base/" ./cmd/cofferd ./cmd/coffer)
+$GO build -o "$work/new/" ./cmd/cofferd ./cmd/coffer
 echo "base: $BASE ($base_rev); new: the working tree; op: $OP"
 
 # node_cpu PID...: the CPU time the processes have used, in clock ticks.
@@ -81,7 +83,7 @@ run() {
 	for _ in $(seq 300); do
 		if [ -f "$dir/env" ] && (
 			# shellcheck disable=SC1091
-			. "$dir/env" && "$work/coffer" cluster status >/dev/null 2>&1
+			. "$dir/env" && "$work/$build/coffer" cluster status >/dev/null 2>&1
 		); then
 			ready=1
 			break
@@ -104,7 +106,7 @@ run() {
 		(
 			# shellcheck disable=SC1091
 			. "$dir/env" &&
-				exec "$work/coffer" bench --op "$OP" --concurrency "$c" --duration "$DURATION" --keys "$KEYS" \
+				exec "$work/$build/coffer" bench --op "$OP" --concurrency "$c" --duration "$DURATION" --keys "$KEYS" \
 					>"$dir.bench" 2>"$dir.bench-err"
 		) &
 		bench_pid=$!

@@ -308,3 +308,56 @@ func chainVerify(first, second func(tls.ConnectionState) error) func(tls.Connect
 		return second(cs)
 	}
 }
+
+// CallerVerifier checks a caller's certificate outside a handshake (the
+// certificate a node forwards with a client's signed request) as a node's
+// handshake does: it must carry a Coffer identity and chain, directly or
+// through the node CA for a node identity, to the CA of its kind.
+type CallerVerifier struct{ nodes, clients *x509.CertPool }
+
+// CallerVerifier returns the verifier of this node's CAs.
+func (c TLSConfig) CallerVerifier() (*CallerVerifier, error) {
+	nodes, _, err := c.loadNode()
+	if err != nil {
+		return nil, err
+	}
+	clients, err := loadPool(c.ClientCAFile)
+	if err != nil {
+		return nil, err
+	}
+	return &CallerVerifier{nodes: certPool(nodes), clients: certPool(clients)}, nil
+}
+
+// Verify returns the identity leaf carries once it verified against the
+// CA of that identity's kind, now, for client authentication.
+func (v *CallerVerifier) Verify(leaf *x509.Certificate) (Identity, error) {
+	id, err := IdentityFromCert(leaf)
+	if err != nil {
+		return Identity{}, err
+	}
+	roots := v.nodes
+	if id.Kind == KindClient {
+		roots = v.clients
+	}
+	if err := verifyLeaf(leaf, nil, roots, x509.ExtKeyUsageClientAuth); err != nil {
+		return Identity{}, fmt.Errorf("%w: %s must be issued by the %s CA: %w", ErrWrongCA, id, id.Kind, err)
+	}
+	return id, nil
+}
+
+// VerifyNodeCert checks a node's certificate outside a handshake (the
+// certificate of a signed response): it must chain to roots (the node CA)
+// for server authentication, now, and carry a node identity.
+func VerifyNodeCert(leaf *x509.Certificate, roots *x509.CertPool) (Identity, error) {
+	id, err := IdentityFromCert(leaf)
+	if err != nil {
+		return Identity{}, err
+	}
+	if id.Kind != KindNode {
+		return Identity{}, fmt.Errorf("%w: %s", ErrNotNode, id)
+	}
+	if err := verifyLeaf(leaf, nil, roots, x509.ExtKeyUsageServerAuth); err != nil {
+		return Identity{}, fmt.Errorf("%w: %s must be issued by the node CA: %w", ErrWrongCA, id, err)
+	}
+	return id, nil
+}

@@ -30,6 +30,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/authz"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -62,7 +63,7 @@ func mustAccessNode(t *testing.T) (*accessNode, envMap, string) {
 		t.Fatal(err)
 	}
 	n := &accessNode{clients: map[string]*cofferv1.ClientInfo{}}
-	gs := grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
+	gs := grpc.NewServer(testenv.ServerOptions(t, serverTLS)...)
 	cofferv1.RegisterAccessServiceServer(gs, n)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)

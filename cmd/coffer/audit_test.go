@@ -21,6 +21,7 @@ import (
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 	"github.com/coffer-kms/coffer/audit"
+	"github.com/coffer-kms/coffer/internal/testenv"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -466,7 +467,7 @@ func mustAuditNode(t *testing.T, n uint64, cpAt ...uint64) (*auditLog, envMap) {
 	}
 	l := &auditLog{key: testAuditKey(1), cps: map[uint64]*cofferv1.AuditCheckpoint{}}
 	l.add(n, cpAt...)
-	gs := grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
+	gs := grpc.NewServer(testenv.ServerOptions(t, serverTLS)...)
 	cofferv1.RegisterAuditServiceServer(gs, l)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)

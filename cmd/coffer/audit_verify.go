@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -19,10 +21,10 @@ import (
 
 func (a *app) auditVerifyCmd() *cobra.Command {
 	var file, dataDir string
-	var keys, pinned []string
+	var keys, pinned, clientCerts []string
 	var strict bool
 	cmd := &cobra.Command{
-		Use:   "verify (--file EXPORT | --data-dir DIR) --trusted-key PEM... [--strict] [--pinned FILE]...",
+		Use:   "verify (--file EXPORT | --data-dir DIR) --trusted-key PEM... [--strict] [--pinned FILE]... [--client-cert PEM]...",
 		Short: "Verify an audit export offline with the nodes' public keys (no cluster needed)",
 		Long: `Verify the audit chain offline: consecutive sequence numbers, every hash and
 link, and every checkpoint's head and signature against the trusted keys.
@@ -39,6 +41,14 @@ Entries after the last checkpoint are hash-linked but not signed; --strict
 refuses them. --pinned names an earlier export or a file of checkpoint lines
 you kept: the chain must reproduce every kept checkpoint, which catches a
 rewrite of history even by someone holding a node key.
+
+--client-cert names a PEM file of client CERTIFICATE blocks. Every entry
+that keeps a client's signed request (a release of key material or a
+change) made with one of them must verify: the signature is the
+certificate's, the certificate names the entry's caller, the statement
+names the entry's request id and key. That shows, without the cluster,
+that the client asked for what the entry records. Entries signed with
+certificates not given are counted.
 
 Exit status 0 when the chain verifies, 1 when it does not (the first bad
 sequence number is named), 2 for usage errors.`,
@@ -64,7 +74,10 @@ sequence number is named), 2 for usage errors.`,
 			if opts.Pinned, err = loadPinned(pinned); err != nil {
 				return err
 			}
-			v := verifyRun{source: file, trustedKeys: trusted.Len(), strict: strict}
+			if opts.ClientCerts, err = loadClientCerts(clientCerts); err != nil {
+				return err
+			}
+			v := verifyRun{source: file, trustedKeys: trusted.Len(), strict: strict, clientCerts: len(opts.ClientCerts)}
 			for _, cp := range opts.Pinned {
 				v.pinnedSeqs = append(v.pinnedSeqs, cp.GetSeq())
 			}
@@ -97,7 +110,40 @@ sequence number is named), 2 for usage errors.`,
 	f.StringArrayVar(&keys, "trusted-key", nil, "PEM file of a node's audit signing public key (required); repeatable")
 	f.BoolVar(&strict, "strict", false, "fail when entries follow the last checkpoint (an unsigned tail)")
 	f.StringArrayVar(&pinned, "pinned", nil, "earlier export or checkpoints file whose checkpoints the chain must reproduce; repeatable")
+	f.StringArrayVar(&clientCerts, "client-cert", nil, "PEM file of client certificates whose signed requests the entries must verify against; repeatable")
 	return cmd
+}
+
+// loadClientCerts reads the CERTIFICATE blocks of the given PEM files.
+func loadClientCerts(paths []string) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("--client-cert: %w", err)
+		}
+		n := 0
+		for {
+			var block *pem.Block
+			block, data = pem.Decode(data)
+			if block == nil {
+				break
+			}
+			if block.Type != "CERTIFICATE" {
+				continue
+			}
+			c, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("--client-cert %s: %w", p, err)
+			}
+			out = append(out, c)
+			n++
+		}
+		if n == 0 {
+			return nil, usagef("--client-cert %s holds no CERTIFICATE block", p)
+		}
+	}
+	return out, nil
 }
 
 // loadPinned reads the checkpoints (and prune markers' checkpoints) of the
@@ -192,6 +238,7 @@ type verifyRun struct {
 	trustedKeys int
 	strict      bool
 	pinnedSeqs  []uint64
+	clientCerts int
 	report      audit.Report
 	err         error
 }
@@ -207,6 +254,10 @@ type verifyReportJSON struct {
 	CoveredSeq   uint64   `json:"covered_seq"`
 	Uncovered    uint64   `json:"uncovered"`
 	Signers      []string `json:"signers"`
+	// Entries keeping a signed request that verified against the
+	// --client-cert certificates, and those signed with others.
+	RequestsVerified  uint64 `json:"requests_verified"`
+	RequestsUnchecked uint64 `json:"requests_unchecked"`
 }
 
 // verifyErrorJSON is the failure in `audit verify -o json`: a
@@ -249,7 +300,7 @@ func (a *app) printVerify(v verifyRun) error {
 		out := verifyJSON{OK: v.err == nil, Source: v.source, TrustedKeys: v.trustedKeys, Strict: v.strict, Pinned: len(v.pinnedSeqs),
 			Report: verifyReportJSON{Entries: r.Entries, FirstSeq: r.FirstSeq, LastSeq: r.LastSeq, Head: hex.EncodeToString(r.Head),
 				PrunedBefore: r.PrunedBefore, Checkpoints: r.Checkpoints, CoveredSeq: r.CoveredSeq, Uncovered: r.Uncovered,
-				Signers: append([]string{}, r.Signers...)}}
+				Signers: append([]string{}, r.Signers...), RequestsVerified: r.RequestsVerified, RequestsUnchecked: r.RequestsUnchecked}}
 		if v.err != nil {
 			var ve *audit.VerifyError
 			if errors.As(v.err, &ve) {
@@ -292,6 +343,10 @@ func (a *app) printVerify(v verifyRun) error {
 			countEntries(r.Uncovered), r.CoveredSeq)
 	} else {
 		fmt.Fprintf(tw, "uncovered tail:\tnone\n")
+	}
+	if v.clientCerts > 0 || r.RequestsUnchecked > 0 {
+		fmt.Fprintf(tw, "signed requests:\t%d verified against %d client certificate(s); %d signed with certificates not given\n",
+			r.RequestsVerified, v.clientCerts, r.RequestsUnchecked)
 	}
 	if len(v.pinnedSeqs) > 0 {
 		// Kept checkpoints before a prune marker cannot be checked.

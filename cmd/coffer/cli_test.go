@@ -126,7 +126,7 @@ func mustMemCluster(t *testing.T, n int) (*memStore, envMap) {
 			t.Fatal(err)
 		}
 		addrs = append(addrs, lis.Addr().String())
-		gs := grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
+		gs := grpc.NewServer(testenv.ServerOptions(t, serverTLS)...)
 		h := &memHandler{memStore: shared, name: name}
 		cofferv1.RegisterKeyServiceServer(gs, h)
 		cofferv1.RegisterClusterServiceServer(gs, h)

@@ -5266,8 +5266,11 @@ type RequestStatement struct {
 	Method       string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
 	RequestId    string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	TimeUnixNano int64  `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
-	// SHA-256 of the request message's deterministic encoding.
-	BodySha256 []byte `protobuf:"bytes,5,opt,name=body_sha256,json=bodySha256,proto3" json:"body_sha256,omitempty"`
+	// HMAC-SHA256, keyed by the RequestSignature's body_nonce, of the
+	// request message's deterministic encoding: a commitment to the
+	// arguments that reveals nothing of them (a put's key material, an
+	// encrypt's plaintext) to whoever reads the audit entry that keeps it.
+	BodyHmac []byte `protobuf:"bytes,5,opt,name=body_hmac,json=bodyHmac,proto3" json:"body_hmac,omitempty"`
 	// The request's gkid and resource fields, when it has them.
 	Gkid     string `protobuf:"bytes,6,opt,name=gkid,proto3" json:"gkid,omitempty"`
 	Resource string `protobuf:"bytes,7,opt,name=resource,proto3" json:"resource,omitempty"`
@@ -5337,9 +5340,9 @@ func (x *RequestStatement) GetTimeUnixNano() int64 {
 	return 0
 }
 
-func (x *RequestStatement) GetBodySha256() []byte {
+func (x *RequestStatement) GetBodyHmac() []byte {
 	if x != nil {
-		return x.BodySha256
+		return x.BodyHmac
 	}
 	return nil
 }
@@ -5377,7 +5380,11 @@ type RequestSignature struct {
 	// An encoded RequestStatement.
 	Statement []byte `protobuf:"bytes,1,opt,name=statement,proto3" json:"statement,omitempty"`
 	// The signature of statement by the certificate's key.
-	Signature     []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The 32 random bytes that key the statement's body_hmac. The node that
+	// decides the request checks the commitment with them and keeps them
+	// nowhere.
+	BodyNonce     []byte `protobuf:"bytes,3,opt,name=body_nonce,json=bodyNonce,proto3" json:"body_nonce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5422,6 +5429,13 @@ func (x *RequestSignature) GetStatement() []byte {
 func (x *RequestSignature) GetSignature() []byte {
 	if x != nil {
 		return x.Signature
+	}
+	return nil
+}
+
+func (x *RequestSignature) GetBodyNonce() []byte {
+	if x != nil {
+		return x.BodyNonce
 	}
 	return nil
 }
@@ -5968,22 +5982,23 @@ const file_coffer_v1_coffer_proto_rawDesc = "" +
 	"\bdrop_key\x18\x02 \x01(\tH\x00R\adropKey\x12\x1b\n" +
 	"\bdrop_all\x18\x03 \x01(\bH\x00R\adropAll\x126\n" +
 	"\x06policy\x18\x04 \x01(\v2\x1c.coffer.v1.ClientCachePolicyH\x00R\x06policyB\a\n" +
-	"\x05event\"\xaf\x02\n" +
+	"\x05event\"\xab\x02\n" +
 	"\x10RequestStatement\x12\x18\n" +
 	"\acontext\x18\x01 \x01(\tR\acontext\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\x12$\n" +
-	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x12\x1f\n" +
-	"\vbody_sha256\x18\x05 \x01(\fR\n" +
-	"bodySha256\x12\x12\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x12\x1b\n" +
+	"\tbody_hmac\x18\x05 \x01(\fR\bbodyHmac\x12\x12\n" +
 	"\x04gkid\x18\x06 \x01(\tR\x04gkid\x12\x1a\n" +
 	"\bresource\x18\a \x01(\tR\bresource\x12$\n" +
 	"\x0eseal_to_sha256\x18\b \x01(\fR\fsealToSha256\x12-\n" +
-	"\x12certificate_sha256\x18\t \x01(\fR\x11certificateSha256\"N\n" +
+	"\x12certificate_sha256\x18\t \x01(\fR\x11certificateSha256\"m\n" +
 	"\x10RequestSignature\x12\x1c\n" +
 	"\tstatement\x18\x01 \x01(\fR\tstatement\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xf9\x01\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x1d\n" +
+	"\n" +
+	"body_nonce\x18\x03 \x01(\fR\tbodyNonce\"\xf9\x01\n" +
 	"\x11ResponseStatement\x12\x18\n" +
 	"\acontext\x18\x01 \x01(\tR\acontext\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x1d\n" +
