@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -28,6 +29,10 @@ const (
 	// MaxCacheEntries bounds ClientCachePolicy.max_entries.
 	MaxCacheEntries = 100000
 )
+
+// ErrBadCachePolicy refuses a client cache policy whose settings are out of
+// bounds (CheckCachePolicy). Apply wraps it in ErrInvalidCommand.
+var ErrBadCachePolicy = errors.New("invalid client cache policy")
 
 // Cache operations a client cache policy may allow.
 const (
@@ -62,29 +67,29 @@ func BuiltinCachePolicy() *cofferv1.ClientCachePolicy {
 // decrypt without repeats. It does not look at the server-set fields.
 func CheckCachePolicy(p *cofferv1.ClientCachePolicy) error {
 	if p == nil {
-		return fmt.Errorf("%w: policy is required", ErrInvalidCommand)
+		return fmt.Errorf("%w: policy is required", ErrBadCachePolicy)
 	}
 	if d := p.GetTtl(); d != nil {
 		if err := d.CheckValid(); err != nil {
-			return fmt.Errorf("%w: policy.ttl: %v", ErrInvalidCommand, err)
+			return fmt.Errorf("%w: policy.ttl: %v", ErrBadCachePolicy, err)
 		}
 		if t := d.AsDuration(); t < 0 || t > MaxCacheTTL {
-			return fmt.Errorf("%w: policy.ttl is %s, must be between 0 and %s", ErrInvalidCommand, t, MaxCacheTTL)
+			return fmt.Errorf("%w: policy.ttl is %s, must be between 0 and %s", ErrBadCachePolicy, t, MaxCacheTTL)
 		}
 	}
 	if p.GetMaxEntries() > MaxCacheEntries {
-		return fmt.Errorf("%w: policy.max_entries is %d, at most %d", ErrInvalidCommand, p.GetMaxEntries(), MaxCacheEntries)
+		return fmt.Errorf("%w: policy.max_entries is %d, at most %d", ErrBadCachePolicy, p.GetMaxEntries(), MaxCacheEntries)
 	}
 	ops := p.GetAllowedOperations()
 	for i, op := range ops {
 		switch op {
 		case CacheOpGet, CacheOpEncrypt, CacheOpDecrypt:
 		default:
-			return fmt.Errorf("%w: policy.allowed_operations: %q is not one of get, encrypt, decrypt", ErrInvalidCommand, clipDisplay(op))
+			return fmt.Errorf("%w: policy.allowed_operations: %q is not one of get, encrypt, decrypt", ErrBadCachePolicy, clipDisplay(op))
 		}
 		for _, o := range ops[:i] {
 			if o == op {
-				return fmt.Errorf("%w: policy.allowed_operations lists %q twice", ErrInvalidCommand, op)
+				return fmt.Errorf("%w: policy.allowed_operations lists %q twice", ErrBadCachePolicy, op)
 			}
 		}
 	}
@@ -234,7 +239,7 @@ func applySetCachePolicy(a *applyCtx, payload []byte, index uint64) Result {
 	}
 	p := c.GetPolicy()
 	if err := CheckCachePolicy(p); err != nil {
-		return Result{Err: err}
+		return Result{Err: fmt.Errorf("%w: %w", ErrInvalidCommand, err)}
 	}
 	if p.GetSource() != "" || p.GetGeneration() != 0 {
 		return Result{Err: fmt.Errorf("%w: a stored cache policy has no source or generation", ErrInvalidCommand)}

@@ -341,7 +341,7 @@ func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
 	}
 	if p := cl.GetCachePolicy(); p != nil {
 		if err := CheckCachePolicy(p); err != nil {
-			return Result{Err: fmt.Errorf("client %q: %w", cl.GetName(), err)}
+			return Result{Err: fmt.Errorf("%w: client %q: %w", ErrInvalidCommand, cl.GetName(), err)}
 		}
 	}
 	var cur cofferv1.ClientRecord
