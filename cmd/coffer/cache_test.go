@@ -29,6 +29,9 @@ type cacheNode struct {
 	flushes []*cofferv1.FlushCachesRequest
 	watches []*cofferv1.WatchCacheRequest
 	events  []*cofferv1.CacheEvent
+	// dropOnce ends the next stream with Unavailable after its first
+	// event.
+	dropOnce bool
 }
 
 var testPolicy = &cofferv1.ClientCachePolicy{Ttl: durationpb.New(5 * time.Minute), MaxEntries: 1000, AllowedOperations: []string{"get"},
@@ -63,7 +66,8 @@ func (n *cacheNode) FlushCaches(_ context.Context, req *cofferv1.FlushCachesRequ
 func (n *cacheNode) Watch(req *cofferv1.WatchCacheRequest, stream cofferv1.CacheService_WatchServer) error {
 	n.mu.Lock()
 	n.watches = append(n.watches, req)
-	events := n.events
+	events, drop := n.events, n.dropOnce
+	n.dropOnce = false
 	n.mu.Unlock()
 	for _, ev := range events {
 		if ev.GetSeq() <= req.GetAfterSeq() {
@@ -71,6 +75,9 @@ func (n *cacheNode) Watch(req *cofferv1.WatchCacheRequest, stream cofferv1.Cache
 		}
 		if err := stream.Send(ev); err != nil {
 			return err
+		}
+		if drop {
+			return status.Error(codes.Unavailable, "node going away")
 		}
 	}
 	<-stream.Context().Done()
@@ -214,8 +221,21 @@ func TestCLI_CacheWatch(t *testing.T) {
 		t.Fatalf("watch -o json --after 6:\n%s", out)
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if len(n.watches) != 2 || n.watches[1].GetAfterSeq() != 6 {
 		t.Fatalf("watch requests %v", n.watches)
+	}
+	// A stream that ends after one event is resumed after it: every event
+	// once, in order.
+	n.dropOnce = true
+	n.mu.Unlock()
+	out = watchCLI(t, env, []string{"-o", "json", "cache", "watch"}, `"drop_all":true`)
+	lines = strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], `{"seq":"5",`) || !strings.HasPrefix(lines[1], `{"seq":"7",`) {
+		t.Fatalf("resumed watch printed:\n%s", out)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.watches) != 4 || n.watches[3].GetAfterSeq() != 5 {
+		t.Fatalf("resumed watch requests %v", n.watches)
 	}
 }
