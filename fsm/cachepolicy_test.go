@@ -163,4 +163,9 @@ func TestFSM_CachePolicySnapshotRestore(t *testing.T) {
 	if c := commandOf(t, more[0]); c.GetVersion() != CacheVersion {
 		t.Errorf("flush written as version %d, want %d", c.GetVersion(), CacheVersion)
 	}
+	withPolicy := cacheCmd(t, cofferv1.CommandType_COMMAND_TYPE_PUT_CLIENT, &cofferv1.PutClientCommand{
+		Client: &cofferv1.ClientRecord{Name: "a", Revision: 1, CachePolicy: cachePol(time.Minute, 0)}, Audit: &cofferv1.AuditEntry{Operation: "cache.manage"}})
+	if c := commandOf(t, withPolicy); c.GetVersion() != CacheVersion {
+		t.Errorf("client record with a cache policy written as version %d, want %d", c.GetVersion(), CacheVersion)
+	}
 }

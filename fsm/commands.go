@@ -129,6 +129,12 @@ func commandVersion(payload proto.Message) uint32 {
 		return CryptoVersion
 	case *cofferv1.SetCachePolicyCommand, *cofferv1.FlushCachesCommand:
 		return CacheVersion
+	case *cofferv1.PutClientCommand:
+		if payload.(*cofferv1.PutClientCommand).GetClient().GetCachePolicy() != nil {
+			// Apply checks the policy from version 7 on: an older replica
+			// would store one that a newer one refuses.
+			return CacheVersion
+		}
 	}
 	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok {
 		v := batchVersion(c.GetEntries(), c.GetDecide())
@@ -339,7 +345,7 @@ func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
 	if err := authz.ValidateClient(cl); err != nil {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
 	}
-	if p := cl.GetCachePolicy(); p != nil {
+	if p := cl.GetCachePolicy(); p != nil && a.version >= CacheVersion {
 		if err := CheckCachePolicy(p); err != nil {
 			return Result{Err: fmt.Errorf("%w: client %q: %w", ErrInvalidCommand, cl.GetName(), err)}
 		}
