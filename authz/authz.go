@@ -281,7 +281,8 @@ func compileRule(r *cofferv1.AclRule) (*compiledRule, error) {
 //     operations × its resources), so one rule granting get on db/** and
 //     another granting generate on payments/** do not together grant get
 //     on payments/eu. Roles never grant key operations;
-//  7. administrative operations: a role of the client grants the
+//  7. administrative operations: a self operation (SelfOps) is granted to
+//     every client that got this far; otherwise a role of the client grants the
 //     operation, or a rule of the client or its groups names it (or "*")
 //     on the pattern "**". Either source is enough. Resource is ignored;
 //  8. anything else is denied (deny by default).
@@ -313,6 +314,9 @@ func (c *clientEntry) decide(req Request) Decision {
 		}
 		return deny(PermissionDenied, c.keyDenyReason(req.Op, req.Resource))
 	}
+	if bit&selfOpSet != 0 {
+		return Decision{Allowed: true, Code: OK, Reason: selfAllow, Rule: SelfRule}
+	}
 	if c.roleSet&bit != 0 {
 		for _, role := range c.roles {
 			if roleOpSets[role]&bit != 0 {
@@ -329,6 +333,13 @@ func (c *clientEntry) decide(req Request) Decision {
 	}
 	return deny(PermissionDenied, c.adminDenyReason(req.Op))
 }
+
+// SelfRule is the Decision.Rule of a self operation (SelfOps), granted to
+// every registered, active client; selfAllow is its reason.
+const (
+	SelfRule  = "self:client"
+	selfAllow = "granted to every active client: it concerns the caller only"
+)
 
 // caller returns the client an identity names, or nil and the refusal:
 // steps 1 to 5 of Decide, which depend on who calls, not on what they ask.

@@ -146,6 +146,9 @@ func (s *Snapshot) Explain(req Request) Explanation {
 		lists = []*ruleList{l}
 	}
 	grant := Step{Name: "grant"}
+	if known && bit&selfOpSet != 0 {
+		grant.Passed, grant.Detail = true, selfAllow
+	}
 	if known && bit&adminOpSet != 0 {
 		for _, rc := range e.Roles {
 			if rc.Grants && grant.Detail == "" {

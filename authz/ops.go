@@ -49,6 +49,14 @@ const (
 	OpSnapshotSave  Op = "snapshot.save"
 	// OpSnapshotRestore replaces a fresh cluster's state with a backup.
 	OpSnapshotRestore Op = "snapshot.restore"
+	// OpCacheManage sets a client's key cache policy or the cluster
+	// default; OpCacheFlush orders every client to drop its key cache.
+	OpCacheManage Op = "cache.manage"
+	OpCacheFlush  Op = "cache.flush"
+	// OpCacheRead reads the caller's own key cache policy and watches its
+	// invalidations. It concerns the caller only, so every registered,
+	// active client holds it (a self operation, see SelfOps).
+	OpCacheRead Op = "cache.read"
 )
 
 // UsesMaterial reports whether op uses a key's material: releases it (get)
@@ -92,7 +100,13 @@ var adminOps = [...]Op{
 	OpAuditRead, OpAuditExport, OpAuditPrune,
 	OpClusterRead, OpClusterManage,
 	OpSnapshotSave, OpSnapshotRestore,
+	OpCacheManage, OpCacheFlush, OpCacheRead,
 }
+
+// selfOps are the administrative operations that concern only the caller
+// itself: Decide grants them to every registered, active client, without a
+// role or rule.
+var selfOps = [...]Op{OpCacheRead}
 
 // opSet is a set of catalogue operations, one bit per operation, in the
 // order of allOps.
@@ -103,6 +117,7 @@ var (
 	opBits     = indexOps(allOps)
 	keyOpSet   = opBits.setOf(keyOps[:])
 	adminOpSet = opBits.setOf(adminOps[:])
+	selfOpSet  = opBits.setOf(selfOps[:])
 )
 
 type opIndex map[Op]opSet
@@ -153,6 +168,13 @@ func KeyOps() []Op { return append([]Op(nil), keyOps[:]...) }
 
 // AdminOps returns the administrative operations in a fixed order.
 func AdminOps() []Op { return append([]Op(nil), adminOps[:]...) }
+
+// SelfOps returns the operations every registered, active client holds
+// because they concern only itself.
+func SelfOps() []Op { return append([]Op(nil), selfOps[:]...) }
+
+// IsSelf reports whether o is a self operation (SelfOps).
+func (o Op) IsSelf() bool { return selfOpSet.has(opBits[o]) }
 
 // String returns the operation name.
 func (o Op) String() string { return string(o) }

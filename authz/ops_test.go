@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
 )
 
 func TestOps_Catalogue(t *testing.T) {
@@ -98,7 +100,7 @@ func TestRoles(t *testing.T) {
 	}
 	want := map[Role][]Op{
 		RoleSecurityOfficer: {OpPolicyCreate, OpPolicyUpdate, OpPolicyRead, OpACLManage, OpACLRead,
-			OpClientManage, OpClientRead, OpEscrowRecover, OpAuditRead, OpAuditExport, OpAuditPrune},
+			OpClientManage, OpClientRead, OpEscrowRecover, OpAuditRead, OpAuditExport, OpAuditPrune, OpCacheManage, OpCacheFlush},
 		RoleOperator:    {OpPolicyRead, OpClientRead, OpAuditRead, OpClusterRead, OpClusterManage, OpSnapshotSave, OpSnapshotRestore},
 		RoleApplication: nil,
 	}
@@ -109,7 +111,7 @@ func TestRoles(t *testing.T) {
 	}
 	// Separation of duties: the operator can neither change access nor
 	// recover keys; the security officer cannot run the cluster.
-	for _, op := range []Op{OpACLManage, OpClientManage, OpPolicyCreate, OpEscrowRecover} {
+	for _, op := range []Op{OpACLManage, OpClientManage, OpPolicyCreate, OpEscrowRecover, OpCacheManage, OpCacheFlush} {
 		if RoleOperator.Grants(op) {
 			t.Errorf("operator grants %s", op)
 		}
@@ -126,5 +128,51 @@ func TestRoles(t *testing.T) {
 	}
 	if r, err := ParseRole("operator"); err != nil || r != RoleOperator {
 		t.Errorf("ParseRole(operator) = %v, %v", r, err)
+	}
+}
+
+// TestDecide_SelfOps grants cache.read to every registered, active client
+// without a role or rule, and to no one else; cache.manage and cache.flush
+// stay the security officer's.
+func TestDecide_SelfOps(t *testing.T) {
+	snap, err := NewSnapshot([]*cofferv1.ClientRecord{
+		{Name: "app", Active: true, Roles: []string{"application"}},
+		{Name: "off", Active: false},
+		{Name: "so", Active: true, Roles: []string{"security-officer"}},
+	}, nil, []*cofferv1.RevokedCertificate{{Serial: "bad"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := SelfOps(); len(got) != 1 || got[0] != OpCacheRead || !OpCacheRead.IsSelf() || !OpCacheRead.IsAdmin() || OpCacheManage.IsSelf() {
+		t.Fatalf("self ops %v", got)
+	}
+	cases := []struct {
+		who, serial string
+		op          Op
+		allowed     bool
+	}{
+		{"client:app", "1", OpCacheRead, true},
+		{"client:so", "1", OpCacheRead, true},
+		{"client:off", "1", OpCacheRead, false},
+		{"client:ghost", "1", OpCacheRead, false},
+		{"client:app", "bad", OpCacheRead, false},
+		{"node:n1", "1", OpCacheRead, false},
+		{"client:app", "1", OpCacheManage, false},
+		{"client:app", "1", OpCacheFlush, false},
+		{"client:so", "1", OpCacheManage, true},
+		{"client:so", "1", OpCacheFlush, true},
+	}
+	for _, c := range cases {
+		d := snap.Decide(Request{Identity: c.who, CertSerial: c.serial, Op: c.op})
+		if d.Allowed != c.allowed {
+			t.Errorf("%s %s: %+v, want allowed=%v", c.who, c.op, d, c.allowed)
+		}
+		if c.allowed && c.op == OpCacheRead && d.Rule != SelfRule {
+			t.Errorf("%s %s: rule %q", c.who, c.op, d.Rule)
+		}
+		e := snap.Explain(Request{Identity: c.who, CertSerial: c.serial, Op: c.op})
+		if e.Decision.Allowed != c.allowed {
+			t.Errorf("explain %s %s: %+v", c.who, c.op, e.Decision)
+		}
 	}
 }

@@ -14,9 +14,10 @@ type Role string
 // Roles of the catalogue.
 const (
 	// RoleSecurityOfficer manages custody policies, ACL rules and clients,
-	// recovers escrowed keys and reads, exports and prunes the audit trail:
-	// policy.*, acl.*, client.*, escrow.recover, audit.read, audit.export,
-	// audit.prune.
+	// recovers escrowed keys, reads, exports and prunes the audit trail,
+	// and governs client key caches: policy.*, acl.*, client.*,
+	// escrow.recover, audit.read, audit.export, audit.prune, cache.manage,
+	// cache.flush.
 	RoleSecurityOfficer Role = "security-officer"
 	// RoleOperator runs the cluster: cluster.*, snapshot.save and restore, audit.read,
 	// policy.read, client.read. It can neither change who may do what nor
@@ -36,6 +37,7 @@ var roleOpSets = map[Role]opSet{
 		OpClientManage, OpClientRead,
 		OpEscrowRecover,
 		OpAuditRead, OpAuditExport, OpAuditPrune,
+		OpCacheManage, OpCacheFlush,
 	),
 	RoleOperator: setOf(
 		OpClusterRead, OpClusterManage,

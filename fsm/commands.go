@@ -100,6 +100,8 @@ var handlers = map[cofferv1.CommandType]handler{
 	cofferv1.CommandType_COMMAND_TYPE_AUDIT_CHECKPOINT:   applyAuditCheckpoint,
 	cofferv1.CommandType_COMMAND_TYPE_AUDIT_PRUNE:        applyAuditPrune,
 	cofferv1.CommandType_COMMAND_TYPE_PIN_NODE:           applyPinNode,
+	cofferv1.CommandType_COMMAND_TYPE_SET_CACHE_POLICY:   applySetCachePolicy,
+	cofferv1.CommandType_COMMAND_TYPE_FLUSH_CACHES:       applyFlushCaches,
 }
 
 // Encode builds the Raft entry for a command. The payload is marshalled
@@ -125,6 +127,14 @@ func commandVersion(payload proto.Message) uint32 {
 	switch payload.(type) {
 	case *cofferv1.SetKeyStateCommand, *cofferv1.ChangeKeyCommand:
 		return CryptoVersion
+	case *cofferv1.SetCachePolicyCommand, *cofferv1.FlushCachesCommand:
+		return CacheVersion
+	case *cofferv1.PutClientCommand:
+		if payload.(*cofferv1.PutClientCommand).GetClient().GetCachePolicy() != nil {
+			// Apply checks the policy from version 7 on: an older replica
+			// would store one that a newer one refuses.
+			return CacheVersion
+		}
 	}
 	if c, ok := payload.(*cofferv1.AuditBatchCommand); ok {
 		v := batchVersion(c.GetEntries(), c.GetDecide())
@@ -334,6 +344,11 @@ func applyPutClient(a *applyCtx, payload []byte, index uint64) Result {
 	cl := c.GetClient()
 	if err := authz.ValidateClient(cl); err != nil {
 		return Result{Err: fmt.Errorf("%w: %v", ErrInvalidCommand, err)}
+	}
+	if p := cl.GetCachePolicy(); p != nil && a.version >= CacheVersion {
+		if err := CheckCachePolicy(p); err != nil {
+			return Result{Err: fmt.Errorf("%w: client %q: %w", ErrInvalidCommand, cl.GetName(), err)}
+		}
 	}
 	var cur cofferv1.ClientRecord
 	switch err := getProto(a.b, clientKey(cl.GetName()), &cur); {

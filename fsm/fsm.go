@@ -30,10 +30,11 @@ import (
 // the builds that wrote them did. Version 4 is an AUDIT_CHECKPOINT that
 // starts the audit time index (timeindex.go). Version 5 is PIN_NODE
 // (nodes.go). Version 6 is an AUDIT_BATCH deciding a use of a key by the
-// data encryption service (CryptoVersion, reads.go). Other commands are still
-// written as version 1, so older replicas keep applying them during a
-// rolling upgrade.
-const CommandVersion = CryptoVersion
+// data encryption service (CryptoVersion, reads.go). Version 7 is
+// SET_CACHE_POLICY and FLUSH_CACHES (CacheVersion, cachepolicy.go). Other
+// commands are still written as version 1, so older replicas keep applying
+// them during a rolling upgrade.
+const CommandVersion = CacheVersion
 
 // Config configures the state machine.
 type Config struct {
@@ -92,6 +93,11 @@ type Result struct {
 	Pruned uint64
 	Client *cofferv1.ClientRecord
 	Rule   *cofferv1.AclRule
+	// CachePolicy is the default cache policy in force after a
+	// SET_CACHE_POLICY (PolicyInForce); CacheGeneration the generation a
+	// FLUSH_CACHES raised the cluster's to.
+	CachePolicy     *cofferv1.ClientCachePolicy
+	CacheGeneration uint64
 	// Reads are the decisions on an audit batch's decided reads, in the
 	// order of its decide list.
 	Reads []ReadResult

@@ -30,6 +30,8 @@ import (
 //	w/<8-byte time>/<16 bytes>   empty: a change's audit entry was linked (see changeKey)
 //	m/audit_time                 time index state: first indexed seq || running max time || last key's time || earliest time since that key
 //	t/<8-byte time>/<8-byte seq> earliest time since the key before: entries from the first indexed seq up to seq-1 are no later than time
+//	m/cache_policy               ClientCachePolicy: the cluster default for client key caches (cachepolicy.go)
+//	m/cache_generation           8-byte big-endian cache generation, raised by FLUSH_CACHES
 var (
 	keyApplied   = []byte("m/applied")
 	keyCluster   = []byte("m/cluster")
@@ -53,6 +55,9 @@ var (
 	keyDiverged       = []byte("m/diverged")
 	keyAuditTime      = []byte("m/audit_time")
 	prefixAuditTime   = []byte("t/")
+
+	keyCachePolicy     = []byte("m/cache_policy")
+	keyCacheGeneration = []byte("m/cache_generation")
 )
 
 func auditKey(seq uint64) []byte {

@@ -121,6 +121,7 @@ func (s *service) registerClient(ctx context.Context, r *request, req *cofferv1.
 			return nil, fmt.Errorf("%w: %q (use update to change its groups and roles)", fsm.ErrClientExists, req.GetName())
 		}
 		rec.Active, rec.CreatedUnixNano = cur.GetActive(), cur.GetCreatedUnixNano()
+		rec.CachePolicy = cur.GetCachePolicy() // an update of roles and groups keeps it
 		expected, rec.Revision = cur.GetRevision(), cur.GetRevision()+1
 	}
 	r.describe(rec.GetName(), clientRegistered(cur, rec))

@@ -63,6 +63,7 @@ var opNames = map[string]string{
 	"Query": "audit.read", "Export": "audit.export", "Match": "audit.read", "Head": "audit.read",
 	"Prune": "audit.prune", "Follow": "audit.read",
 	"PinNode": "cluster.manage", "RemoveNode": "cluster.manage", "TransferLeadership": "cluster.manage", "DrainNode": "cluster.manage",
+	"GetCachePolicy": "cache.read", "SetCachePolicy": "cache.manage", "FlushCaches": "cache.flush", "Watch": "cache.read",
 }
 
 // RequestIDKey is the gRPC metadata header in which a caller may name any

@@ -156,7 +156,7 @@ func TestNode_AuditLog(t *testing.T) {
 // its bare method name.
 func TestAuditOpNames(t *testing.T) {
 	for _, sd := range []grpc.ServiceDesc{cofferv1.KeyService_ServiceDesc, cofferv1.PolicyService_ServiceDesc,
-		cofferv1.ClusterService_ServiceDesc, cofferv1.AccessService_ServiceDesc, cofferv1.AuditService_ServiceDesc} {
+		cofferv1.ClusterService_ServiceDesc, cofferv1.AccessService_ServiceDesc, cofferv1.AuditService_ServiceDesc, cofferv1.CacheService_ServiceDesc} {
 		var names []string
 		for _, m := range sd.Methods {
 			names = append(names, m.MethodName)

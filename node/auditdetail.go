@@ -33,6 +33,10 @@ import (
 //	created policy p: allowed_algorithms any; default_use_policy.operations any; ...
 //	updated policy p for keys created from now on: cache_policy.ttl 0s -> 1h0m0s
 //	amended use policy of key k1-…: use_policy.operations any -> [decrypt]
+//	set cache policy of client app1: ttl 5m0s; max_entries 100; max_uses none; allowed_operations [get]; persist false
+//	set cache policy of the cluster default: ttl 5m0s -> 1m0s
+//	cleared cache policy of client app1: the cluster default applies
+//	ordered every client to drop its key cache: incident 42
 //
 // A list of settings or changes is "name value" or "name old -> new" items
 // joined by "; "; lists of values are "[a,b]". An entry never holds a secret:
@@ -194,6 +198,41 @@ func useSettings(prefix string, u *cofferv1.KeyUsePolicy) []setting {
 // to next: the settings it changes, old -> new, or "unchanged".
 func keyUseAmended(gkid string, cur, next *cofferv1.KeyUsePolicy) string {
 	return "amended use policy of key " + gkid + ": " + changeList(changes(useSettings("use_policy", cur), useSettings("use_policy", next)))
+}
+
+// cacheSettings is what a client cache policy decides, in a fixed order.
+func cacheSettings(p *cofferv1.ClientCachePolicy) []setting {
+	uses := "none"
+	if n := p.GetMaxUses(); n > 0 {
+		uses = strconv.FormatUint(uint64(n), 10)
+	}
+	return []setting{
+		{"ttl", p.GetTtl().AsDuration().String()},
+		{"max_entries", strconv.FormatUint(uint64(p.GetMaxEntries()), 10)},
+		{"max_uses", uses},
+		{"allowed_operations", bracketed(p.GetAllowedOperations())},
+		{"persist", strconv.FormatBool(p.GetPersist())},
+	}
+}
+
+// cachePolicyChanged describes SetCachePolicy for whose ("client NAME" or
+// "the cluster default"): a new policy with its settings, a change with the
+// settings it changes, or a clear (next nil).
+func cachePolicyChanged(whose string, cur, next *cofferv1.ClientCachePolicy) string {
+	switch {
+	case next == nil && whose == "the cluster default":
+		return "cleared cache policy of the cluster default: the built-in default applies"
+	case next == nil:
+		return "cleared cache policy of " + whose + ": the cluster default applies"
+	case cur == nil:
+		return "set cache policy of " + whose + ": " + listed(cacheSettings(next))
+	}
+	return "set cache policy of " + whose + ": " + changeList(changes(cacheSettings(cur), cacheSettings(next)))
+}
+
+// cachesFlushed describes FlushCaches with the caller's reason.
+func cachesFlushed(reason string) string {
+	return "ordered every client to drop its key cache" + reasonSuffix(reason)
 }
 
 // durationOrNone shows a duration where 0 means none.

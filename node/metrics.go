@@ -35,6 +35,14 @@ var (
 		Namespace: "coffer", Name: "audit_follow_entries_total",
 		Help: "Audit entries sent to Follow streams.",
 	})
+	metricCacheWatchStreams = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "coffer", Name: "cache_watch_streams",
+		Help: "CacheService.Watch streams open on this node (client key cache invalidations).",
+	})
+	metricCacheEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "coffer", Name: "cache_events_total",
+		Help: "Cache events sent to Watch streams, by event (drop_key, drop_all, policy).",
+	}, []string{"event"})
 	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "coffer", Name: "requests_total",
 		Help: "gRPC requests served, by method and status code.",
@@ -130,7 +138,7 @@ func (c auditCollector) Collect(ch chan<- prometheus.Metric) {
 
 func registerMetrics(reg *prometheus.Registry) {
 	reg.MustRegister(metricRequests, metricLatency, metricStage, metricRoundEntries, metricDenied, metricAuditFailures,
-		metricFollowStreams, metricFollowEntries, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures, metricKeyRotations, metricSealed,
+		metricFollowStreams, metricFollowEntries, metricCacheWatchStreams, metricCacheEvents, metricMemberRefusals, metricRefusalsUnaudited, metricCryptoBytes, metricDecryptFailures, metricKeyRotations, metricSealed,
 		metricShredPasses, metricShredSeconds, metricRaftLogCompactSeconds, metricRequestSignatures,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(fsm.Collectors()...)

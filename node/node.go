@@ -314,6 +314,7 @@ func (n *Node) startAPI() error {
 	cofferv1.RegisterPolicyServiceServer(s, &policyService{svc: n.svc})
 	cofferv1.RegisterAccessServiceServer(s, &accessService{svc: n.svc})
 	cofferv1.RegisterAuditServiceServer(s, &auditService{svc: n.svc})
+	cofferv1.RegisterCacheServiceServer(s, &cacheService{svc: n.svc})
 	cofferv1.RegisterInternalServiceServer(s, &internalService{n: n, svc: n.svc})
 	reflection.Register(s)
 	n.grpcServer = s

@@ -357,6 +357,7 @@ var writeOps = []writeOp{
 	writeGenerate, writePut, writeSetKeyState, writeRotateKey, writeRetireKeyVersion, writeAmendKeyUsePolicy, writeEncryptNew, writeCreatePolicy, writeUpdatePolicy,
 	writeRegisterClient, writeSetClientActive, writeRevokeCertificate, writeGrant, writeRevokeGrant,
 	writePrune, writePinNode, writeRemoveNode, writeTransferLeadership, writeDrainNode,
+	writeSetCachePolicy, writeFlushCaches, // cachesvc.go
 }
 
 func clientResult(p *cofferv1.ClientInfo) *cofferv1.ForwardResponse {

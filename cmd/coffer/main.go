@@ -165,7 +165,7 @@ func (a *app) rootCmd() *cobra.Command {
 	f.StringVar(&a.seal, "seal", "", "how released key material travels: x25519 (sealed with HPKE, the default), mlkem768x25519 (hybrid post-quantum) or none (in the clear inside TLS, for nodes that predate sealing) (env "+envSeal+")")
 	a.flags = f
 
-	root.AddCommand(a.keyCmd(), a.encryptCmd(), a.decryptCmd(), a.reencryptCmd(), a.datakeyCmd(), a.policyCmd(), a.clusterCmd(), a.snapshotCmd(), a.escrowCmd(), a.benchCmd(), a.caCmd(), a.clientCmd(), a.aclCmd(), a.auditCmd())
+	root.AddCommand(a.keyCmd(), a.encryptCmd(), a.decryptCmd(), a.reencryptCmd(), a.datakeyCmd(), a.policyCmd(), a.clusterCmd(), a.snapshotCmd(), a.escrowCmd(), a.benchCmd(), a.caCmd(), a.clientCmd(), a.aclCmd(), a.auditCmd(), a.cacheCmd())
 	return root
 }
 

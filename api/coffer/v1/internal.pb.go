@@ -777,6 +777,8 @@ type ForwardResponse struct {
 	//	*ForwardResponse_RotateKey
 	//	*ForwardResponse_RetireKeyVersion
 	//	*ForwardResponse_AmendKeyUsePolicy
+	//	*ForwardResponse_SetCachePolicy
+	//	*ForwardResponse_FlushCaches
 	Result        isForwardResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -981,6 +983,24 @@ func (x *ForwardResponse) GetAmendKeyUsePolicy() *AmendKeyUsePolicyResponse {
 	return nil
 }
 
+func (x *ForwardResponse) GetSetCachePolicy() *SetCachePolicyResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_SetCachePolicy); ok {
+			return x.SetCachePolicy
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResponse) GetFlushCaches() *FlushCachesResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResponse_FlushCaches); ok {
+			return x.FlushCaches
+		}
+	}
+	return nil
+}
+
 type isForwardResponse_Result interface {
 	isForwardResponse_Result()
 }
@@ -1057,6 +1077,14 @@ type ForwardResponse_AmendKeyUsePolicy struct {
 	AmendKeyUsePolicy *AmendKeyUsePolicyResponse `protobuf:"bytes,18,opt,name=amend_key_use_policy,json=amendKeyUsePolicy,proto3,oneof"`
 }
 
+type ForwardResponse_SetCachePolicy struct {
+	SetCachePolicy *SetCachePolicyResponse `protobuf:"bytes,19,opt,name=set_cache_policy,json=setCachePolicy,proto3,oneof"`
+}
+
+type ForwardResponse_FlushCaches struct {
+	FlushCaches *FlushCachesResponse `protobuf:"bytes,20,opt,name=flush_caches,json=flushCaches,proto3,oneof"`
+}
+
 func (*ForwardResponse_GenerateKey) isForwardResponse_Result() {}
 
 func (*ForwardResponse_PutKey) isForwardResponse_Result() {}
@@ -1092,6 +1120,10 @@ func (*ForwardResponse_RotateKey) isForwardResponse_Result() {}
 func (*ForwardResponse_RetireKeyVersion) isForwardResponse_Result() {}
 
 func (*ForwardResponse_AmendKeyUsePolicy) isForwardResponse_Result() {}
+
+func (*ForwardResponse_SetCachePolicy) isForwardResponse_Result() {}
+
+func (*ForwardResponse_FlushCaches) isForwardResponse_Result() {}
 
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3213,12 +3245,12 @@ func (x *PinNodeCommand) GetExpectedSha256() []byte {
 	return nil
 }
 
-// SetCachePolicyCommand sets one client's key cache policy (client set)
-// or the cluster default (client empty); clear removes the client's own
-// policy so that the default applies.
+// SetCachePolicyCommand sets the cluster's default key cache policy, or
+// removes it (clear) so that the built-in default applies. A client's own
+// policy lives in its ClientRecord, which the leader re-tags and writes with
+// PUT_CLIENT.
 type SetCachePolicyCommand struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
-	Client           string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
 	Policy           *ClientCachePolicy     `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
 	Clear            bool                   `protobuf:"varint,3,opt,name=clear,proto3" json:"clear,omitempty"`
 	ExpectedRevision uint64                 `protobuf:"varint,4,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
@@ -3255,13 +3287,6 @@ func (x *SetCachePolicyCommand) ProtoReflect() protoreflect.Message {
 // Deprecated: Use SetCachePolicyCommand.ProtoReflect.Descriptor instead.
 func (*SetCachePolicyCommand) Descriptor() ([]byte, []int) {
 	return file_coffer_v1_internal_proto_rawDescGZIP(), []int{32}
-}
-
-func (x *SetCachePolicyCommand) GetClient() string {
-	if x != nil {
-		return x.Client
-	}
-	return ""
 }
 
 func (x *SetCachePolicyCommand) GetPolicy() *ClientCachePolicy {
@@ -3382,7 +3407,7 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x11 \x01(\tR\trequestIdB\x04\n" +
-	"\x02op\"\xec\t\n" +
+	"\x02op\"\x80\v\n" +
 	"\x0fForwardResponse\x12C\n" +
 	"\fgenerate_key\x18\x01 \x01(\v2\x1e.coffer.v1.GenerateKeyResponseH\x00R\vgenerateKey\x124\n" +
 	"\aput_key\x18\x02 \x01(\v2\x19.coffer.v1.PutKeyResponseH\x00R\x06putKey\x12F\n" +
@@ -3407,7 +3432,9 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\n" +
 	"rotate_key\x18\x10 \x01(\v2\x1c.coffer.v1.RotateKeyResponseH\x00R\trotateKey\x12S\n" +
 	"\x12retire_key_version\x18\x11 \x01(\v2#.coffer.v1.RetireKeyVersionResponseH\x00R\x10retireKeyVersion\x12W\n" +
-	"\x14amend_key_use_policy\x18\x12 \x01(\v2$.coffer.v1.AmendKeyUsePolicyResponseH\x00R\x11amendKeyUsePolicyB\b\n" +
+	"\x14amend_key_use_policy\x18\x12 \x01(\v2$.coffer.v1.AmendKeyUsePolicyResponseH\x00R\x11amendKeyUsePolicy\x12M\n" +
+	"\x10set_cache_policy\x18\x13 \x01(\v2!.coffer.v1.SetCachePolicyResponseH\x00R\x0esetCachePolicy\x12C\n" +
+	"\fflush_caches\x18\x14 \x01(\v2\x1e.coffer.v1.FlushCachesResponseH\x00R\vflushCachesB\b\n" +
 	"\x06result\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
@@ -3585,13 +3612,12 @@ const file_coffer_v1_internal_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x15.coffer.v1.NodeRecordR\x04node\x12$\n" +
 	"\x0eonly_if_absent\x18\x02 \x01(\bR\fonlyIfAbsent\x12+\n" +
 	"\x05audit\x18\x03 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\x12'\n" +
-	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256\"\xd5\x01\n" +
-	"\x15SetCachePolicyCommand\x12\x16\n" +
-	"\x06client\x18\x01 \x01(\tR\x06client\x124\n" +
+	"\x0fexpected_sha256\x18\x04 \x01(\fR\x0eexpectedSha256\"\xc3\x01\n" +
+	"\x15SetCachePolicyCommand\x124\n" +
 	"\x06policy\x18\x02 \x01(\v2\x1c.coffer.v1.ClientCachePolicyR\x06policy\x12\x14\n" +
 	"\x05clear\x18\x03 \x01(\bR\x05clear\x12+\n" +
 	"\x11expected_revision\x18\x04 \x01(\x04R\x10expectedRevision\x12+\n" +
-	"\x05audit\x18\x05 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit\"A\n" +
+	"\x05audit\x18\x05 \x01(\v2\x15.coffer.v1.AuditEntryR\x05auditJ\x04\b\x01\x10\x02\"A\n" +
 	"\x12FlushCachesCommand\x12+\n" +
 	"\x05audit\x18\x01 \x01(\v2\x15.coffer.v1.AuditEntryR\x05audit*\xa3\x04\n" +
 	"\vCommandType\x12\x1c\n" +
@@ -3723,16 +3749,18 @@ var file_coffer_v1_internal_proto_goTypes = []any{
 	(*RotateKeyResponse)(nil),          // 74: coffer.v1.RotateKeyResponse
 	(*RetireKeyVersionResponse)(nil),   // 75: coffer.v1.RetireKeyVersionResponse
 	(*AmendKeyUsePolicyResponse)(nil),  // 76: coffer.v1.AmendKeyUsePolicyResponse
-	(Algorithm)(0),                     // 77: coffer.v1.Algorithm
-	(*KeyUsePolicy)(nil),               // 78: coffer.v1.KeyUsePolicy
-	(*KeyCachePolicy)(nil),             // 79: coffer.v1.KeyCachePolicy
-	(KeyState)(0),                      // 80: coffer.v1.KeyState
-	(*ClientRecord)(nil),               // 81: coffer.v1.ClientRecord
-	(*AclRule)(nil),                    // 82: coffer.v1.AclRule
-	(*AuditEntry)(nil),                 // 83: coffer.v1.AuditEntry
-	(*RevokedCertificate)(nil),         // 84: coffer.v1.RevokedCertificate
-	(*AuditCheckpoint)(nil),            // 85: coffer.v1.AuditCheckpoint
-	(*ClientCachePolicy)(nil),          // 86: coffer.v1.ClientCachePolicy
+	(*SetCachePolicyResponse)(nil),     // 77: coffer.v1.SetCachePolicyResponse
+	(*FlushCachesResponse)(nil),        // 78: coffer.v1.FlushCachesResponse
+	(Algorithm)(0),                     // 79: coffer.v1.Algorithm
+	(*KeyUsePolicy)(nil),               // 80: coffer.v1.KeyUsePolicy
+	(*KeyCachePolicy)(nil),             // 81: coffer.v1.KeyCachePolicy
+	(KeyState)(0),                      // 82: coffer.v1.KeyState
+	(*ClientRecord)(nil),               // 83: coffer.v1.ClientRecord
+	(*AclRule)(nil),                    // 84: coffer.v1.AclRule
+	(*AuditEntry)(nil),                 // 85: coffer.v1.AuditEntry
+	(*RevokedCertificate)(nil),         // 86: coffer.v1.RevokedCertificate
+	(*AuditCheckpoint)(nil),            // 87: coffer.v1.AuditCheckpoint
+	(*ClientCachePolicy)(nil),          // 88: coffer.v1.ClientCachePolicy
 }
 var file_coffer_v1_internal_proto_depIdxs = []int32{
 	3,  // 0: coffer.v1.ForwardRequest.caller:type_name -> coffer.v1.Caller
@@ -3776,65 +3804,67 @@ var file_coffer_v1_internal_proto_depIdxs = []int32{
 	74, // 38: coffer.v1.ForwardResponse.rotate_key:type_name -> coffer.v1.RotateKeyResponse
 	75, // 39: coffer.v1.ForwardResponse.retire_key_version:type_name -> coffer.v1.RetireKeyVersionResponse
 	76, // 40: coffer.v1.ForwardResponse.amend_key_use_policy:type_name -> coffer.v1.AmendKeyUsePolicyResponse
-	0,  // 41: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
-	9,  // 42: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
-	77, // 43: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
-	78, // 44: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
-	79, // 45: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	13, // 46: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
-	77, // 47: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
-	80, // 48: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
-	78, // 49: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
-	79, // 50: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
-	14, // 51: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	12, // 52: coffer.v1.KeyRecord.versions:type_name -> coffer.v1.KeyVersionRecord
-	14, // 53: coffer.v1.KeyVersionRecord.escrow:type_name -> coffer.v1.EscrowCopy
-	15, // 54: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
-	10, // 55: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
-	81, // 56: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
-	82, // 57: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
-	81, // 58: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
-	83, // 59: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
-	82, // 60: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
-	83, // 61: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	83, // 62: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
-	84, // 63: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
-	83, // 64: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
-	11, // 65: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	83, // 66: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	11, // 67: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
-	83, // 68: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
-	11, // 69: coffer.v1.ChangeKeyCommand.key:type_name -> coffer.v1.KeyRecord
-	83, // 70: coffer.v1.ChangeKeyCommand.audit:type_name -> coffer.v1.AuditEntry
-	2,  // 71: coffer.v1.ChangeKeyCommand.change:type_name -> coffer.v1.ChangeKeyCommand.Change
-	10, // 72: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	83, // 73: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	83, // 74: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
-	26, // 75: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
-	83, // 76: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
-	26, // 77: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
-	29, // 78: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
-	1,  // 79: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
-	85, // 80: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
-	83, // 81: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
-	10, // 82: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
-	83, // 83: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	33, // 84: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
-	83, // 85: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
-	86, // 86: coffer.v1.SetCachePolicyCommand.policy:type_name -> coffer.v1.ClientCachePolicy
-	83, // 87: coffer.v1.SetCachePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
-	83, // 88: coffer.v1.FlushCachesCommand.audit:type_name -> coffer.v1.AuditEntry
-	4,  // 89: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
-	6,  // 90: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
-	27, // 91: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
-	5,  // 92: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
-	7,  // 93: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
-	28, // 94: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
-	92, // [92:95] is the sub-list for method output_type
-	89, // [89:92] is the sub-list for method input_type
-	89, // [89:89] is the sub-list for extension type_name
-	89, // [89:89] is the sub-list for extension extendee
-	0,  // [0:89] is the sub-list for field type_name
+	77, // 41: coffer.v1.ForwardResponse.set_cache_policy:type_name -> coffer.v1.SetCachePolicyResponse
+	78, // 42: coffer.v1.ForwardResponse.flush_caches:type_name -> coffer.v1.FlushCachesResponse
+	0,  // 43: coffer.v1.Command.type:type_name -> coffer.v1.CommandType
+	9,  // 44: coffer.v1.PolicyRecord.keks:type_name -> coffer.v1.WrappedKEK
+	79, // 45: coffer.v1.PolicyRecord.allowed_algorithms:type_name -> coffer.v1.Algorithm
+	80, // 46: coffer.v1.PolicyRecord.default_use_policy:type_name -> coffer.v1.KeyUsePolicy
+	81, // 47: coffer.v1.PolicyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	13, // 48: coffer.v1.PolicyRecord.escrow_keys:type_name -> coffer.v1.EscrowKey
+	79, // 49: coffer.v1.KeyRecord.algorithm:type_name -> coffer.v1.Algorithm
+	82, // 50: coffer.v1.KeyRecord.state:type_name -> coffer.v1.KeyState
+	80, // 51: coffer.v1.KeyRecord.use_policy:type_name -> coffer.v1.KeyUsePolicy
+	81, // 52: coffer.v1.KeyRecord.cache_policy:type_name -> coffer.v1.KeyCachePolicy
+	14, // 53: coffer.v1.KeyRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	12, // 54: coffer.v1.KeyRecord.versions:type_name -> coffer.v1.KeyVersionRecord
+	14, // 55: coffer.v1.KeyVersionRecord.escrow:type_name -> coffer.v1.EscrowCopy
+	15, // 56: coffer.v1.InitClusterCommand.info:type_name -> coffer.v1.ClusterInfo
+	10, // 57: coffer.v1.InitClusterCommand.default_policy:type_name -> coffer.v1.PolicyRecord
+	83, // 58: coffer.v1.InitClusterCommand.bootstrap_clients:type_name -> coffer.v1.ClientRecord
+	84, // 59: coffer.v1.InitClusterCommand.bootstrap_rules:type_name -> coffer.v1.AclRule
+	83, // 60: coffer.v1.PutClientCommand.client:type_name -> coffer.v1.ClientRecord
+	85, // 61: coffer.v1.PutClientCommand.audit:type_name -> coffer.v1.AuditEntry
+	84, // 62: coffer.v1.PutAclRuleCommand.rule:type_name -> coffer.v1.AclRule
+	85, // 63: coffer.v1.PutAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	85, // 64: coffer.v1.DeleteAclRuleCommand.audit:type_name -> coffer.v1.AuditEntry
+	86, // 65: coffer.v1.RevokeCertificateCommand.certificate:type_name -> coffer.v1.RevokedCertificate
+	85, // 66: coffer.v1.RevokeCertificateCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 67: coffer.v1.CreateKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	85, // 68: coffer.v1.CreateKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 69: coffer.v1.SetKeyStateCommand.key:type_name -> coffer.v1.KeyRecord
+	85, // 70: coffer.v1.SetKeyStateCommand.audit:type_name -> coffer.v1.AuditEntry
+	11, // 71: coffer.v1.ChangeKeyCommand.key:type_name -> coffer.v1.KeyRecord
+	85, // 72: coffer.v1.ChangeKeyCommand.audit:type_name -> coffer.v1.AuditEntry
+	2,  // 73: coffer.v1.ChangeKeyCommand.change:type_name -> coffer.v1.ChangeKeyCommand.Change
+	10, // 74: coffer.v1.CreatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	85, // 75: coffer.v1.CreatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	85, // 76: coffer.v1.AuditBatchCommand.entries:type_name -> coffer.v1.AuditEntry
+	26, // 77: coffer.v1.AuditBatchCommand.decide:type_name -> coffer.v1.ReadDecision
+	85, // 78: coffer.v1.AppendAuditRequest.entries:type_name -> coffer.v1.AuditEntry
+	26, // 79: coffer.v1.AppendAuditRequest.decide:type_name -> coffer.v1.ReadDecision
+	29, // 80: coffer.v1.AppendAuditResponse.reads:type_name -> coffer.v1.ReadOutcome
+	1,  // 81: coffer.v1.ReadOutcome.refusal:type_name -> coffer.v1.ReadRefusal
+	87, // 82: coffer.v1.AuditCheckpointCommand.checkpoint:type_name -> coffer.v1.AuditCheckpoint
+	85, // 83: coffer.v1.AuditPruneCommand.audit:type_name -> coffer.v1.AuditEntry
+	10, // 84: coffer.v1.UpdatePolicyCommand.policy:type_name -> coffer.v1.PolicyRecord
+	85, // 85: coffer.v1.UpdatePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	33, // 86: coffer.v1.PinNodeCommand.node:type_name -> coffer.v1.NodeRecord
+	85, // 87: coffer.v1.PinNodeCommand.audit:type_name -> coffer.v1.AuditEntry
+	88, // 88: coffer.v1.SetCachePolicyCommand.policy:type_name -> coffer.v1.ClientCachePolicy
+	85, // 89: coffer.v1.SetCachePolicyCommand.audit:type_name -> coffer.v1.AuditEntry
+	85, // 90: coffer.v1.FlushCachesCommand.audit:type_name -> coffer.v1.AuditEntry
+	4,  // 91: coffer.v1.InternalService.Forward:input_type -> coffer.v1.ForwardRequest
+	6,  // 92: coffer.v1.InternalService.ReadIndex:input_type -> coffer.v1.ReadIndexRequest
+	27, // 93: coffer.v1.InternalService.AppendAudit:input_type -> coffer.v1.AppendAuditRequest
+	5,  // 94: coffer.v1.InternalService.Forward:output_type -> coffer.v1.ForwardResponse
+	7,  // 95: coffer.v1.InternalService.ReadIndex:output_type -> coffer.v1.ReadIndexResponse
+	28, // 96: coffer.v1.InternalService.AppendAudit:output_type -> coffer.v1.AppendAuditResponse
+	94, // [94:97] is the sub-list for method output_type
+	91, // [91:94] is the sub-list for method input_type
+	91, // [91:91] is the sub-list for extension type_name
+	91, // [91:91] is the sub-list for extension extendee
+	0,  // [0:91] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_internal_proto_init() }
@@ -3888,6 +3918,8 @@ func file_coffer_v1_internal_proto_init() {
 		(*ForwardResponse_RotateKey)(nil),
 		(*ForwardResponse_RetireKeyVersion)(nil),
 		(*ForwardResponse_AmendKeyUsePolicy)(nil),
+		(*ForwardResponse_SetCachePolicy)(nil),
+		(*ForwardResponse_FlushCaches)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
