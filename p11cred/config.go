@@ -111,19 +111,20 @@ func (c Config) Validate() error {
 	case c.Sessions < 1 || c.Sessions > MaxSessions:
 		return fmt.Errorf("%w: sessions must be 1-%d, got %d", ErrInvalidConfig, MaxSessions, c.Sessions)
 	}
-	for _, l := range []struct{ what, v string }{{"key label", c.KeyLabel}, {"cache key label", c.cacheKeyLabel()}} {
+	for _, l := range []struct{ what, v string }{{"key label", c.KeyLabel}, {"cache key label", c.ResolvedCacheKeyLabel()}} {
 		if l.v == "" || len(l.v) > MaxLabelLen || !utf8.ValidString(l.v) {
 			return fmt.Errorf("%w: %s must be 1-%d bytes of UTF-8", ErrInvalidConfig, l.what, MaxLabelLen)
 		}
 	}
-	if c.cacheKeyLabel() == c.KeyLabel {
+	if c.ResolvedCacheKeyLabel() == c.KeyLabel {
 		return fmt.Errorf("%w: the cache key label must differ from the key label", ErrInvalidConfig)
 	}
 	return nil
 }
 
-// cacheKeyLabel is CacheKeyLabel or its default.
-func (c Config) cacheKeyLabel() string {
+// ResolvedCacheKeyLabel is CacheKeyLabel, or its default: KeyLabel +
+// CacheKeyLabelSuffix.
+func (c Config) ResolvedCacheKeyLabel() string {
 	if c.CacheKeyLabel != "" {
 		return c.CacheKeyLabel
 	}

@@ -132,7 +132,7 @@ func (c *Credential) establish() (state, keyInfo, error) {
 	if st.priv, info, err = findPrivateKey(c.ctx, s, c.cfg.KeyLabel); err != nil {
 		return st, info, err
 	}
-	if st.secret, err = findCacheSecret(c.ctx, s, c.cfg.cacheKeyLabel()); err != nil && !errors.Is(err, ErrNotFound) {
+	if st.secret, err = findCacheSecret(c.ctx, s, c.cfg.ResolvedCacheKeyLabel()); err != nil && !errors.Is(err, ErrNotFound) {
 		return st, info, err
 	}
 	ok = true
@@ -429,6 +429,14 @@ func (c *Credential) Signer() crypto.Signer { return c.key }
 // Public returns the key's public key: *ecdsa.PublicKey or *rsa.PublicKey.
 func (c *Credential) Public() crypto.PublicKey { return c.key.pub }
 
+// HasCacheSecret reports whether the token held the cache secret when the
+// credential last logged in, that is whether DeriveKey can work.
+func (c *Credential) HasCacheSecret() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.st.secret != 0
+}
+
 // DeriveKey returns a DerivedKeyLen-byte key for info, computed inside the
 // token as HMAC-SHA256 under the cache secret (a generic secret that never
 // leaves the token) over "coffer-client-cache-key-v1" ‖ 0x00 ‖ info. The
@@ -446,7 +454,7 @@ func (c *Credential) DeriveKey(info []byte) ([]byte, error) {
 	var out []byte
 	err := c.run(func(s pkcs11.SessionHandle, st *state) error {
 		if st.secret == 0 {
-			return fmt.Errorf("%w: no cache secret labelled %q (`coffer pkcs11 keygen` creates it)", ErrNotFound, c.cfg.cacheKeyLabel())
+			return fmt.Errorf("%w: no cache secret labelled %q (`coffer pkcs11 keygen` creates it)", ErrNotFound, c.cfg.ResolvedCacheKeyLabel())
 		}
 		if err := c.ctx.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, st.secret); err != nil {
 			return hsmwrap.PKCS11Error("C_SignInit(CKM_SHA256_HMAC)", err)

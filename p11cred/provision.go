@@ -54,7 +54,7 @@ func GenerateKey(cfg Config) (crypto.PublicKey, error) {
 	for _, l := range []struct {
 		class uint
 		label string
-	}{{pkcs11.CKO_PRIVATE_KEY, cfg.KeyLabel}, {pkcs11.CKO_SECRET_KEY, cfg.cacheKeyLabel()}, {pkcs11.CKO_SECRET_KEY, cfg.KeyLabel}, {pkcs11.CKO_PRIVATE_KEY, cfg.cacheKeyLabel()}} {
+	}{{pkcs11.CKO_PRIVATE_KEY, cfg.KeyLabel}, {pkcs11.CKO_SECRET_KEY, cfg.ResolvedCacheKeyLabel()}, {pkcs11.CKO_SECRET_KEY, cfg.KeyLabel}, {pkcs11.CKO_PRIVATE_KEY, cfg.ResolvedCacheKeyLabel()}} {
 		hs, err := hsmwrap.FindObjects(ctx, s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, l.class),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, l.label),
@@ -75,7 +75,7 @@ func GenerateKey(cfg Config) (crypto.PublicKey, error) {
 	if err != nil {
 		return nil, wrapP11("generating the key pair", hsmwrap.PKCS11Error("C_GenerateKeyPair(CKM_EC_KEY_PAIR_GEN)", err))
 	}
-	_, err = ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, cacheSecretTemplate(cfg.cacheKeyLabel(), id))
+	_, err = ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, cacheSecretTemplate(cfg.ResolvedCacheKeyLabel(), id))
 	if err != nil {
 		ctx.DestroyObject(s, priv)
 		ctx.DestroyObject(s, pub)
