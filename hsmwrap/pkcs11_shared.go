@@ -2,7 +2,6 @@ package hsmwrap
 
 import (
 	"crypto/ecdsa"
-	"errors"
 	"fmt"
 	"sync"
 
@@ -76,12 +75,6 @@ func PKCS11Error(op string, err error) error { return mapRV(op, callPlain, err) 
 func SessionLost(err error) bool {
 	c, ok := errClassOf(err)
 	return ok && c == classLost
-}
-
-// IsPKCS11Error reports whether err carries return value rv.
-func IsPKCS11Error(err error, rv uint) bool {
-	var pe *p11Error
-	return errors.As(err, &pe) && pe.rv == rv
 }
 
 // FindObjects returns the handles of at most limit objects matching

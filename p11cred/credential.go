@@ -47,9 +47,8 @@ type Credential struct {
 	gen    uint64 // incremented by every re-establishment
 	st     state
 
-	certOnce sync.Once
-	cert     tls.Certificate
-	certErr  error
+	certMu sync.Mutex
+	cert   *tls.Certificate // read once successfully, then kept
 }
 
 // state is one established login: the slot, the session that holds the
@@ -93,7 +92,7 @@ func Open(cfg Config) (*Credential, error) {
 	// wrongly, fails here rather than in a handshake.
 	if err := c.key.check(info.pub); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w: key %q: %w", ErrMismatch, cfg.KeyLabel, err)
+		return nil, err
 	}
 	return c, nil
 }
@@ -477,12 +476,22 @@ func (c *Credential) DeriveKey(info []byte) ([]byte, error) {
 
 // Certificate returns the client's TLS certificate: the chain from
 // Config.CertFile, or else the leaf from the token's certificate object
-// (label KeyLabel, the key's CKA_ID), with PrivateKey set to Signer() and
-// Leaf parsed. The leaf's public key must be the token key's
-// (ErrMismatch). The result is read once and then returned again.
+// (label KeyLabel), with PrivateKey set to Signer() and Leaf parsed. The
+// leaf's public key must be the token key's (ErrMismatch). Once read, the
+// same certificate is returned again; a failure is not kept, so a later
+// call tries again.
 func (c *Credential) Certificate() (tls.Certificate, error) {
-	c.certOnce.Do(func() { c.cert, c.certErr = c.loadCertificate() })
-	return c.cert, c.certErr
+	c.certMu.Lock()
+	defer c.certMu.Unlock()
+	if c.cert != nil {
+		return *c.cert, nil
+	}
+	pair, err := c.loadCertificate()
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	c.cert = &pair
+	return pair, nil
 }
 
 func (c *Credential) loadCertificate() (tls.Certificate, error) {
@@ -712,9 +721,12 @@ func (k *tokenKey) check(pub crypto.PublicKey) error {
 	}
 	sig, err := k.Sign(nil, digest[:], opts)
 	if err != nil {
-		return err
+		return fmt.Errorf("a test signature with key %q: %w", k.c.cfg.KeyLabel, err)
 	}
-	return verify(pub, digest[:], sig, opts)
+	if err := verify(pub, digest[:], sig, opts); err != nil {
+		return fmt.Errorf("%w: key %q: its signature does not verify under the public key beside it: %w", ErrMismatch, k.c.cfg.KeyLabel, err)
+	}
+	return nil
 }
 
 // verify checks sig over digest with pub.

@@ -67,8 +67,11 @@ func GenerateKey(cfg Config) (crypto.PublicKey, error) {
 		}
 	}
 	id, err := ctx.GenerateRandom(s, keyIDLen)
-	if err != nil || len(id) != keyIDLen {
+	if err != nil {
 		return nil, wrapP11("token "+cfg.TokenLabel, hsmwrap.PKCS11Error("C_GenerateRandom", err))
+	}
+	if len(id) != keyIDLen {
+		return nil, fmt.Errorf("%w: C_GenerateRandom returned %d bytes, want %d", ErrUnavailable, len(id), keyIDLen)
 	}
 	pubT, privT := hsmwrap.ECSigningKeyTemplates(cfg.KeyLabel, id)
 	pub, priv, err := ctx.GenerateKeyPair(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pubT, privT)

@@ -94,6 +94,7 @@ type app struct {
 	timeout time.Duration
 	seal    string
 	p11     pkcs11Flags
+	pkcs11State
 
 	// closers release what a command opened (a PKCS#11 token); run calls
 	// them when the command ends.

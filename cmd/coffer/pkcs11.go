@@ -48,6 +48,12 @@ type pkcs11Flags struct {
 	module, token, keyLabel, pinFile string
 }
 
+// pkcs11State is the token credential an invocation opened.
+type pkcs11State struct {
+	p11cred *p11cred.Credential
+	p11cfg  p11cred.Config
+}
+
 func (a *app) addPKCS11Flags(f *pflag.FlagSet) {
 	f.StringVar(&a.p11.module, "pkcs11-module", "", "PKCS#11 library of the token holding the client key, used instead of --key (env "+envPKCS11Module+")")
 	f.StringVar(&a.p11.token, "pkcs11-token", "", "label of the token holding the client key (env "+envPKCS11Token+")")
@@ -99,14 +105,19 @@ func (a *app) resolvePKCS11(certFile string) (*p11cred.Config, error) {
 	return &cfg, nil
 }
 
-// openPKCS11 opens the token credential; the app closes it when the
-// command ends.
+// openPKCS11 opens the token credential, once per invocation (commands
+// that make several clients share it); the app closes it when the command
+// ends.
 func (a *app) openPKCS11(cfg p11cred.Config) (*p11cred.Credential, error) {
+	if a.p11cred != nil && a.p11cfg == cfg {
+		return a.p11cred, nil
+	}
 	cred, err := p11cred.Open(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open the client key in the PKCS#11 token: %w", err)
 	}
 	a.closers = append(a.closers, func() { cred.Close() })
+	a.p11cred, a.p11cfg = cred, cfg
 	return cred, nil
 }
 
