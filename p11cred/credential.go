@@ -46,6 +46,9 @@ type Credential struct {
 	closed bool
 	gen    uint64 // incremented by every re-establishment
 	st     state
+	// pinRefused, once set, is returned instead of logging in again: the
+	// token refused the PIN, and trying again would lock it.
+	pinRefused error
 
 	certMu sync.Mutex
 	cert   *tls.Certificate // read once successfully, then kept
@@ -375,11 +378,18 @@ func (c *Credential) reestablish(gen uint64) error {
 	if c.gen != gen {
 		return nil
 	}
+	if c.pinRefused != nil {
+		return c.pinRefused
+	}
 	c.teardown()
 	c.gen++
 	st, info, err := c.establish()
 	if err != nil {
-		return fmt.Errorf("logging in to the token again: %w", err)
+		err = fmt.Errorf("logging in to the token again: %w", err)
+		if errors.Is(err, ErrPIN) {
+			c.pinRefused = err
+		}
+		return err
 	}
 	if !publicEqual(info.pub, c.key.pub) {
 		c.ctx.CloseSession(st.login)

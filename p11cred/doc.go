@@ -37,7 +37,10 @@
 //     re-inserted) is repaired once per operation: the credential opens a
 //     new session, logs in again with the PIN source, finds its objects
 //     again and retries; a key that is no longer the one opened is refused
-//     (ErrMismatch). Close closes every session and releases the module.
+//     (ErrMismatch), and a PIN the token now refuses is reported (ErrPIN)
+//     to every later operation without another login attempt, so a changed
+//     PIN file cannot lock the token. Close closes every session and
+//     releases the module.
 //   - Errors wrap one of the package's sentinels (ErrPIN, ErrNotFound,
 //     ErrUnavailable, …) and, for a failed PKCS#11 call, also hsmwrap's
 //     error naming the call and its return value. They never carry the PIN.

@@ -501,6 +501,46 @@ func TestCredential_RecoversLostSessions(t *testing.T) {
 	}
 }
 
+func TestCredential_RefusedPINIsNotRetried(t *testing.T) {
+	cfg := mustConfig(t)
+	mustProvision(t, cfg)
+	pinFile := filepath.Join(t.TempDir(), "pin")
+	if err := os.WriteFile(pinFile, []byte(mustReadPIN(t, cfg.PINFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.PINFile = pinFile
+	c := mustOpen(t, cfg)
+	// The PIN file changes under the running credential, then the login
+	// is lost.
+	if err := os.WriteFile(pinFile, []byte("wrong-pin"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mod, err := hsmwrap.OpenModule(cfg.Module)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mod.Close()
+	slot, err := mod.FindToken(cfg.TokenLabel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mod.Ctx().CloseAllSessions(slot); err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("x"))
+	for i := range 3 {
+		if _, err := c.Signer().Sign(nil, d[:], crypto.SHA256); !errors.Is(err, ErrPIN) {
+			t.Fatalf("Sign %d after the PIN changed = %v, want ErrPIN", i, err)
+		}
+	}
+	c.mu.RLock()
+	gen := c.gen
+	c.mu.RUnlock()
+	if gen != 1 {
+		t.Fatalf("tried to log in %d times with a refused PIN, want once", gen)
+	}
+}
+
 func mustReadPIN(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)

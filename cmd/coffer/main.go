@@ -291,7 +291,7 @@ func (a *app) resolveConn() (connSettings, error) {
 		{cs.tls.KeyFile, "key", envKey, "client key"},
 	} {
 		if m.val == "" && (cs.p11 == nil || m.flag == "ca") {
-			return cs, usagef("no %s: set --%s or %s", m.what, m.flag, m.env)
+			return cs, usagef("no %s: set --%s or %s%s", m.what, m.flag, m.env, pkcs11Hint(m.flag))
 		}
 	}
 	return cs, nil

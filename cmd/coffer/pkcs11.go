@@ -105,6 +105,15 @@ func (a *app) resolvePKCS11(certFile string) (*p11cred.Config, error) {
 	return &cfg, nil
 }
 
+// pkcs11Hint completes the error about a missing --key or --cert with the
+// token alternative.
+func pkcs11Hint(flag string) string {
+	if flag == "key" || flag == "cert" {
+		return ", or use a key in a PKCS#11 token (--pkcs11-module, --pkcs11-token, --pkcs11-key-label)"
+	}
+	return ""
+}
+
 // openPKCS11 opens the token credential, once per invocation (commands
 // that make several clients share it); the app closes it when the command
 // ends.
