@@ -15,8 +15,9 @@ import (
 // setup, as they cannot import this package). SoftHSM2 reads SOFTHSM2_CONF
 // once, when the library is initialised, and a library is initialised once
 // per process, so StartSoftHSM must run in TestMain before anything loads
-// the module; it makes every token up front with softhsm2-util, and each
-// test takes tokens of its own with Token.
+// the module; it makes every token up front with softhsm2-util (none in a
+// fuzzing worker process, which runs TestMain too), and each test takes
+// tokens of its own with Token.
 type SoftHSM struct {
 	// Module is the SoftHSM2 library: SOFTHSM2_MODULE, or the Debian path.
 	Module string
@@ -83,6 +84,9 @@ func StartSoftHSM(prefix string, n int) (*SoftHSM, error) {
 		h.Close()
 		return nil, err
 	}
+	if fuzzWorker() {
+		n = 0 // fuzzing workers run TestMain too, and need no token
+	}
 	for i := range n {
 		tok := Token{
 			Label:   fmt.Sprintf("%s-%02d", prefix, i),
@@ -101,6 +105,16 @@ func StartSoftHSM(prefix string, n int) (*SoftHSM, error) {
 		h.tokens = append(h.tokens, tok)
 	}
 	return h, nil
+}
+
+// fuzzWorker reports whether this process is a worker of `go test -fuzz`.
+func fuzzWorker() bool {
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.fuzzworker") {
+			return true
+		}
+	}
+	return false
 }
 
 // Token skips t when SoftHSM2 is missing, and otherwise hands out a token
