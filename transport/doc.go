@@ -52,7 +52,9 @@
 //	    membership and grants.
 //	gRPC client (ClientTLS + Dial)
 //	    TLS 1.3; the server must chain to the node CA, match the dialled
-//	    name and present a node identity.
+//	    name and present a node identity. ClientTLSWithCertificate is the
+//	    same for a key pair whose private key is not a file (a crypto.Signer
+//	    in a PKCS#11 token, package p11cred), with the same checks.
 //	Raft port (PeerServerTLS, NewRaftTransport), both directions
 //	    TLS 1.3 with the RaftALPN application protocol; the peer must chain
 //	    to the node CA and present a node identity, and then pass

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -276,5 +277,45 @@ func TestGRPC_NodeIdentityFromClientCARefused(t *testing.T) {
 	}
 	if got := rec.calls(); len(got) != 1 || got[0] != "client:x" {
 		t.Fatalf("server saw %q; want only client:x", got)
+	}
+}
+
+// signerOnly hides a private key's type, as a key in a token is only a
+// crypto.Signer.
+type signerOnly struct{ crypto.Signer }
+
+func TestClientTLSWithCertificate(t *testing.T) {
+	pki := mustPKI(t, "ca")
+	rec := &identityRecorder{}
+	addr := startHealthServer(t, mustServerTLS(t, pki.mustIssue(t, Identity{KindNode, "n1"}, loopback)), rec)
+	pair := mustKeyPair(t, pki.mustIssue(t, Identity{KindClient, "tok"}))
+	pair.PrivateKey = signerOnly{pair.PrivateKey.(crypto.Signer)}
+
+	conf, err := TLSConfig{CAFile: pki.caFile, ClientCAFile: pki.clientCAFile}.ClientTLSWithCertificate(pair)
+	if err != nil {
+		t.Fatalf("ClientTLSWithCertificate: %v", err)
+	}
+	if conf.MinVersion != tls.VersionTLS13 || conf.Certificates[0].Leaf == nil {
+		t.Fatalf("config: min version %x, leaf %v", conf.MinVersion, conf.Certificates[0].Leaf)
+	}
+	if err := healthCheck(t, addr, conf); err != nil {
+		t.Fatalf("health check with a signer-only key: %v", err)
+	}
+	if got := rec.calls(); len(got) != 1 || got[0] != "client:tok" {
+		t.Fatalf("server saw %q; want [client:tok]", got)
+	}
+
+	// The same checks as a loaded pair: a certificate from another client
+	// CA, a missing CA file, a missing certificate.
+	other := mustPKI(t, "other")
+	foreign := mustKeyPair(t, other.mustIssue(t, Identity{KindClient, "tok"}))
+	if _, err := (TLSConfig{CAFile: pki.caFile, ClientCAFile: pki.clientCAFile}).ClientTLSWithCertificate(foreign); !errors.Is(err, ErrUntrusted) {
+		t.Fatalf("foreign certificate: %v, want ErrUntrusted", err)
+	}
+	if _, err := (TLSConfig{}).ClientTLSWithCertificate(pair); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("no CA file: %v, want ErrInvalidConfig", err)
+	}
+	if _, err := (TLSConfig{CAFile: pki.caFile}).ClientTLSWithCertificate(tls.Certificate{}); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("no certificate: %v, want ErrInvalidConfig", err)
 	}
 }

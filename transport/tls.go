@@ -142,6 +142,36 @@ func (c TLSConfig) ClientTLS() (*tls.Config, error) {
 	}, nil
 }
 
+// ClientTLSWithCertificate is ClientTLS presenting pair instead of the
+// key pair in CertFile and KeyFile, which are ignored: for a private key
+// that lives elsewhere, such as a PKCS#11 token (package p11cred), whose
+// pair.PrivateKey is a crypto.Signer backed by the token. Only CAFile is
+// required. The pair gets the same checks as a loaded one: its leaf must
+// carry a valid identity and, when ClientCAFile is set and it is a client
+// identity, chain to that CA for client authentication. A leaf that cannot
+// be parsed is ErrBadPEM; a missing certificate ErrInvalidConfig.
+func (c TLSConfig) ClientTLSWithCertificate(pair tls.Certificate) (*tls.Config, error) {
+	if c.CAFile == "" {
+		return nil, fmt.Errorf("%w: tls: node CA file (ca_file) not set", ErrInvalidConfig)
+	}
+	if len(pair.Certificate) == 0 || pair.PrivateKey == nil {
+		return nil, fmt.Errorf("%w: tls: the client certificate or its private key is missing", ErrInvalidConfig)
+	}
+	cas, err := loadPool(c.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.checkPair(cas, &pair, x509.ExtKeyUsageClientAuth, "the client certificate"); err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{pair},
+		RootCAs:          certPool(cas),
+		VerifyConnection: verifyPeerIdentity(true),
+	}, nil
+}
+
 // loadPool reads the CA certificates of a PEM file.
 func loadPool(path string) ([]*x509.Certificate, error) {
 	data, err := readPEMFile(path)
@@ -197,32 +227,45 @@ func (c TLSConfig) load(usage x509.ExtKeyUsage) ([]*x509.Certificate, tls.Certif
 	if err != nil {
 		return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%w: %s, %s: %w", ErrBadPEM, c.CertFile, c.KeyFile, err)
 	}
+	id, err := c.checkPair(cas, &pair, usage, c.CertFile)
+	if err != nil {
+		return nil, tls.Certificate{}, Identity{}, err
+	}
+	return cas, pair, id, nil
+}
+
+// checkPair parses pair's leaf (setting pair.Leaf) and checks that it
+// carries a valid identity and chains to the CA of its kind for usage: the
+// node CA (cas), or for a client the client CA, checked only when
+// ClientCAFile is set. what names the certificate in errors.
+func (c TLSConfig) checkPair(cas []*x509.Certificate, pair *tls.Certificate, usage x509.ExtKeyUsage, what string) (Identity, error) {
 	leaf := pair.Leaf
 	if leaf == nil {
+		var err error
 		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%w: %s: %w", ErrBadPEM, c.CertFile, err)
+			return Identity{}, fmt.Errorf("%w: %s: %w", ErrBadPEM, what, err)
 		}
 		pair.Leaf = leaf
 	}
 	id, err := IdentityFromCert(leaf)
 	if err != nil {
-		return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%s: %w", c.CertFile, err)
+		return Identity{}, fmt.Errorf("%s: %w", what, err)
 	}
 	anchors := cas
 	if id.Kind == KindClient {
 		// A client certificate chains to the client CA, which a client
 		// need not hold; its own file is checked when ClientCAFile is set.
 		if c.ClientCAFile == "" {
-			return cas, pair, id, nil
+			return id, nil
 		}
 		if anchors, err = loadPool(c.ClientCAFile); err != nil {
-			return nil, tls.Certificate{}, Identity{}, err
+			return Identity{}, err
 		}
 	}
 	if err := verifyLeaf(leaf, pair.Certificate[1:], certPool(anchors), usage); err != nil {
-		return nil, tls.Certificate{}, Identity{}, fmt.Errorf("%w: %s: %w", ErrUntrusted, c.CertFile, err)
+		return Identity{}, fmt.Errorf("%w: %s: %w", ErrUntrusted, what, err)
 	}
-	return cas, pair, id, nil
+	return id, nil
 }
 
 // verifyLeaf verifies leaf, with the intermediates sent beside it, against

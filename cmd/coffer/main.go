@@ -7,6 +7,10 @@
 //	--ca       COFFER_CA       CA certificate (PEM)
 //	--cert     COFFER_CERT     client certificate (PEM)
 //	--key      COFFER_KEY      client private key (PEM)
+//	--pkcs11-module, --pkcs11-token, --pkcs11-key-label, --pkcs11-pin-file
+//	           COFFER_PKCS11_MODULE, _TOKEN, _KEY_LABEL, _PIN_FILE (the PIN
+//	           itself: COFFER_PKCS11_PIN): the client key in a PKCS#11
+//	           token instead of --key (pkcs11.go)
 //	--output   COFFER_OUTPUT   text or json
 //	--timeout  COFFER_TIMEOUT  bound on each command's requests, retries included
 //	--seal     COFFER_SEAL     how released key material travels: x25519 (default), mlkem768x25519 or none
@@ -37,6 +41,7 @@ import (
 
 	"github.com/coffer-kms/coffer/client"
 	"github.com/coffer-kms/coffer/keyseal"
+	"github.com/coffer-kms/coffer/p11cred"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -88,6 +93,12 @@ type app struct {
 	output  string
 	timeout time.Duration
 	seal    string
+	p11     pkcs11Flags
+	pkcs11State
+
+	// closers release what a command opened (a PKCS#11 token); run calls
+	// them when the command ends.
+	closers []func()
 
 	// Resolved in the root's PersistentPreRunE.
 	format outputFormat
@@ -111,6 +122,7 @@ func usagef(format string, args ...any) error {
 // run executes one command line and returns the exit status.
 func run(ctx context.Context, args []string, s streams, getenv func(string) string) int {
 	a := &app{streams: s, getenv: getenv}
+	defer a.closeAll()
 	root := a.rootCmd()
 	root.SetArgs(args)
 	root.SetIn(s.in)
@@ -163,9 +175,10 @@ func (a *app) rootCmd() *cobra.Command {
 	f.StringVarP(&a.output, "output", "o", string(formatText), "output format: text or json (env "+envOutput+")")
 	f.DurationVar(&a.timeout, "timeout", defaultTimeout, "bound on each command's requests, retries included (env "+envTimeout+")")
 	f.StringVar(&a.seal, "seal", "", "how released key material travels: x25519 (sealed with HPKE, the default), mlkem768x25519 (hybrid post-quantum) or none (in the clear inside TLS, for nodes that predate sealing) (env "+envSeal+")")
+	a.addPKCS11Flags(f)
 	a.flags = f
 
-	root.AddCommand(a.keyCmd(), a.encryptCmd(), a.decryptCmd(), a.reencryptCmd(), a.datakeyCmd(), a.policyCmd(), a.clusterCmd(), a.snapshotCmd(), a.escrowCmd(), a.benchCmd(), a.caCmd(), a.clientCmd(), a.aclCmd(), a.auditCmd(), a.cacheCmd())
+	root.AddCommand(a.keyCmd(), a.encryptCmd(), a.decryptCmd(), a.reencryptCmd(), a.datakeyCmd(), a.policyCmd(), a.clusterCmd(), a.snapshotCmd(), a.escrowCmd(), a.benchCmd(), a.caCmd(), a.clientCmd(), a.aclCmd(), a.auditCmd(), a.cacheCmd(), a.pkcs11Cmd())
 	return root
 }
 
@@ -246,6 +259,9 @@ func (a *app) resolveCommon() error {
 type connSettings struct {
 	addrs []string
 	tls   transport.TLSConfig
+	// p11, when set, holds the client key (and perhaps the certificate)
+	// instead of tls.KeyFile.
+	p11 *p11cred.Config
 }
 
 // resolveConn resolves the connection settings, naming the flag and the
@@ -266,13 +282,16 @@ func (a *app) resolveConn() (connSettings, error) {
 		CertFile: a.setting("cert", envCert),
 		KeyFile:  a.setting("key", envKey),
 	}
+	if cs.p11, err = a.resolvePKCS11(cs.tls.CertFile); err != nil {
+		return cs, err
+	}
 	for _, m := range []struct{ val, flag, env, what string }{
 		{cs.tls.CAFile, "ca", envCA, "CA certificate"},
 		{cs.tls.CertFile, "cert", envCert, "client certificate"},
 		{cs.tls.KeyFile, "key", envKey, "client key"},
 	} {
-		if m.val == "" {
-			return cs, usagef("no %s: set --%s or %s", m.what, m.flag, m.env)
+		if m.val == "" && (cs.p11 == nil || m.flag == "ca") {
+			return cs, usagef("no %s: set --%s or %s%s", m.what, m.flag, m.env, pkcs11Hint(m.flag))
 		}
 	}
 	return cs, nil
@@ -314,7 +333,7 @@ func (a *app) newClient() (*client.Client, error) {
 
 // newClientFor is newClient with the connection settings given.
 func (a *app) newClientFor(cs connSettings) (*client.Client, error) {
-	tlsConf, err := cs.tls.ClientTLS()
+	tlsConf, err := a.clientTLS(cs)
 	if err != nil {
 		return nil, fmt.Errorf("load TLS credentials: %w", err)
 	}
