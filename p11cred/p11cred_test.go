@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+
 	"github.com/miekg/pkcs11"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -28,6 +30,7 @@ import (
 
 	"github.com/coffer-kms/coffer/hsmwrap"
 	"github.com/coffer-kms/coffer/hsmwrap/hsmtest"
+	"github.com/coffer-kms/coffer/msgsig"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -269,6 +272,20 @@ func TestSigner_SignaturesVerifyWithCertificateKey(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+	// The client library signs its requests with this key (msgsig): a
+	// statement made in the token verifies as a node checks it.
+	ms, err := msgsig.NewSigner(pair)
+	if err != nil {
+		t.Fatalf("msgsig.NewSigner: %v", err)
+	}
+	req := &cofferv1.GetKeyRequest{Gkid: "k1-token"}
+	rs, err := ms.SignRequest(cofferv1.KeyService_GetKey_FullMethodName, "req-token", time.Now(), req)
+	if err != nil {
+		t.Fatalf("SignRequest: %v", err)
+	}
+	if _, err := msgsig.VerifyRequest(rs, pair.Leaf, cofferv1.KeyService_GetKey_FullMethodName, "req-token", req, time.Now()); err != nil {
+		t.Fatalf("a request signed in the token: %v", err)
 	}
 	if _, err := signer.Sign(nil, []byte("short"), crypto.SHA256); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("Sign of a short digest = %v, want ErrInvalidArgument", err)
