@@ -100,7 +100,7 @@ func (c *Client) generateDataKey(ctx context.Context, req *cofferv1.GenerateData
 func (c *Client) EncryptBytes(ctx context.Context, gkid string, plaintext []byte, encryptionContext map[string]string) ([]byte, error) {
 	resp, err := c.Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: gkid, Plaintext: plaintext, Context: encryptionContext})
 	if err != nil {
-		return nil, err
+		return c.encryptOffline(ctx, gkid, plaintext, encryptionContext, err)
 	}
 	return resp.GetCiphertext(), nil
 }
@@ -111,7 +111,7 @@ func (c *Client) EncryptBytes(ctx context.Context, gkid string, plaintext []byte
 func (c *Client) DecryptBytes(ctx context.Context, ciphertext []byte, encryptionContext map[string]string) ([]byte, error) {
 	resp, err := c.Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: ciphertext, Context: encryptionContext})
 	if err != nil {
-		return nil, err
+		return c.decryptOffline(ctx, ciphertext, encryptionContext, err)
 	}
 	return resp.GetPlaintext(), nil
 }

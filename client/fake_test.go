@@ -110,6 +110,8 @@ type fakeServer struct {
 	sealFor  func(ctx context.Context) context.Context
 	// cachePolicy is the cache policy keys are returned with.
 	cachePolicy *cofferv1.KeyCachePolicy
+	// cacheSvc serves CacheService (cache_fake_test.go).
+	cacheSvc *fakeCacheService
 }
 
 // mustServer starts a fake node on a loopback port with mTLS.
@@ -128,6 +130,7 @@ func mustServer(t testing.TB, p *testPKI, name string) *fakeServer {
 	f.srv = grpc.NewServer(transport.ServerOptions(serverTLS, transport.DefaultGRPCLimits())...)
 	cofferv1.RegisterKeyServiceServer(f.srv, f)
 	cofferv1.RegisterClusterServiceServer(f.srv, f)
+	registerCacheFakes(f)
 	go func() { _ = f.srv.Serve(lis) }()
 	t.Cleanup(f.srv.Stop)
 	return f

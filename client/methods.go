@@ -97,9 +97,12 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	// The cache holds the version a plain get returned; a get of a given
 	// version goes to a node.
 	cached := c.cache != nil && req.GetVersion() == 0
+	why := ""
 	if cached {
-		// A damaged entry has been dropped: fetch the key again.
-		if resp, err := c.cache.get(req.GetGkid()); err == nil && resp != nil {
+		// A damaged, expired or exhausted entry is not served: fetch the
+		// key again (why says why, for the error if that fails too).
+		var resp *cofferv1.GetKeyResponse
+		if resp, why = c.cacheGet(req.GetGkid(), cacheOpGet); resp != nil {
 			return resp, nil
 		}
 	}
@@ -111,10 +114,16 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	} else {
 		resp, err = c.getSealed(ctx, req)
 	}
-	if err == nil && cached && len(resp.GetMaterial()) != 0 {
-		c.cache.put(resp)
+	if err != nil {
+		if cached {
+			err = c.missError(ctx, req.GetGkid(), err, why)
+		}
+		return nil, err
 	}
-	return resp, err
+	if cached && len(resp.GetMaterial()) != 0 {
+		c.cachePut(ctx, resp)
+	}
+	return resp, nil
 }
 
 func (c *Client) getKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
