@@ -20,10 +20,19 @@ import (
 const (
 	// MaxCacheEntries bounds the keys cached at once.
 	MaxCacheEntries = 1 << 16
-	// cacheReserveBlock is how many uses of an entry with a max_uses bound
-	// a persisted cache reserves in its file at a time (see reserve).
-	cacheReserveBlock = 64
+	// A persisted cache reserves the uses of an entry with a max_uses
+	// bound in its file in blocks (reserveBlock): an eighth of max_uses,
+	// at least cacheReserveMin and at most cacheReserveMax.
+	cacheReserveMin = 16
+	cacheReserveMax = 4096
 )
+
+// reserveBlock is how many uses of an entry bounded by maxUses are
+// reserved in the cache file at a time: one file write per block of hits,
+// and at most a block lost when the process ends.
+func reserveBlock(maxUses uint32) uint32 {
+	return min(max(maxUses/8, cacheReserveMin), cacheReserveMax)
+}
 
 // Operations a ClientCachePolicy allows a cached key to serve.
 const (
@@ -293,7 +302,7 @@ func (c *keyCache) get(gkid, op string) (*cofferv1.GetKeyResponse, cacheMiss) {
 	}
 	if e.maxUses > 0 && c.persisting() && e.uses >= e.durable {
 		if e.reserved <= e.uses {
-			e.reserved = min(e.maxUses, e.uses+cacheReserveBlock)
+			e.reserved = e.uses + min(e.maxUses-e.uses, reserveBlock(e.maxUses))
 		}
 		c.mu.Unlock()
 		return nil, cacheMiss{why: fmt.Sprintf("cached key %s: uses not reserved in the cache file", gkid), reserve: true}

@@ -319,14 +319,18 @@ func (c *keyCache) snapshotLocked() (*fileBody, []reservation) {
 
 // flush writes the cache to its file, when it persists; then the uses it
 // wrote count as reserved. It returns the error wrapping ErrCacheFile.
-func (c *keyCache) flush() error {
+func (c *keyCache) flush() error { return c.flushUnless(nil) }
+
+// flushUnless is flush, skipped when skip (called with mu held) says the
+// write is not needed.
+func (c *keyCache) flushUnless(skip func() bool) error {
 	if c.file == nil {
 		return nil
 	}
 	c.fileMu.Lock()
 	defer c.fileMu.Unlock()
 	c.mu.Lock()
-	if !c.persisting() {
+	if !c.persisting() || (skip != nil && skip()) {
 		c.mu.Unlock()
 		return nil
 	}
@@ -341,6 +345,15 @@ func (c *keyCache) flush() error {
 	}
 	c.mu.Unlock()
 	return nil
+}
+
+// flushReservation writes the file for a reservation of gkid's uses,
+// unless a write since the reservation already covers it.
+func (c *keyCache) flushReservation(gkid string) error {
+	return c.flushUnless(func() bool {
+		el, ok := c.entries[gkid]
+		return !ok || el.Value.(*cacheEntry).uses < el.Value.(*cacheEntry).durable
+	})
 }
 
 // removeFile deletes the file (persisting was turned off).

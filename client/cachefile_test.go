@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -288,8 +290,8 @@ func TestCacheFile_OfflineAcrossRestart(t *testing.T) {
 			break
 		}
 	}
-	// a served 10 and reserved a block of 64: b has the 36 left.
-	if served != 100-cacheReserveBlock || !errors.Is(err, ErrCacheMiss) || !strings.Contains(err.Error(), "max_uses") {
+	// a served 10 and reserved a block of 16: b has the 84 left.
+	if served != 100-int(reserveBlock(100)) || !errors.Is(err, ErrCacheMiss) || !strings.Contains(err.Error(), "max_uses") {
 		t.Fatalf("b served %d uses, then %v", served, err)
 	}
 	_ = b.Close()
@@ -309,5 +311,38 @@ func TestCacheFile_OfflineAcrossRestart(t *testing.T) {
 	d.now = clk.Now
 	if _, err := d.GetKey(testCtx(t), &cofferv1.GetKeyRequest{Gkid: "g2"}); !errors.Is(err, ErrCacheMiss) {
 		t.Fatalf("expired key served after a restart: %v", err)
+	}
+}
+
+// TestCacheFile_ConcurrentUses: hits from many goroutines on a persisted
+// entry with max_uses serve exactly max_uses, reservations included.
+func TestCacheFile_ConcurrentUses(t *testing.T) {
+	p := mustPKI(t)
+	const maxUses = 1000
+	srv := mustCacheServer(t, p, "n1", persistPolicy(func(p *cofferv1.ClientCachePolicy) { p.MaxUses = maxUses }))
+	path := filepath.Join(t.TempDir(), "cache")
+	c := mustClient(t, p, withCacheFile(path, nil), srv.addr)
+	mustGetKey(t, c, "g1")
+	srv.srv.Stop()
+
+	var served atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				if _, err := c.GetKey(testCtx(t), &cofferv1.GetKeyRequest{Gkid: "g1"}); err == nil {
+					served.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if served.Load() != maxUses {
+		t.Fatalf("served %d uses, max_uses %d", served.Load(), maxUses)
+	}
+	if err := c.CacheFileError(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -153,7 +153,7 @@ func (c *Client) cacheGet(gkid, op string) (*cofferv1.GetKeyResponse, string) {
 		if resp != nil || !miss.reserve {
 			return resp, miss.why
 		}
-		if err := c.cache.flush(); err != nil {
+		if err := c.cache.flushReservation(gkid); err != nil {
 			c.noteFileErr(err)
 			why := fmt.Sprintf("cached key %s: its uses could not be reserved in the cache file: %v", gkid, err)
 			c.cache.kill(gkid, why)
