@@ -346,3 +346,17 @@ func TestCacheFile_ConcurrentUses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestCacheFile_Config(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Endpoints, cfg.TLS = []string{"a:1"}, mustPKI(t).clientTLS
+	cfg.CacheFile, cfg.DisableKeyCache = "x", true
+	if err := cfg.Validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("CacheFile with DisableKeyCache: %v", err)
+	}
+	cfg.DisableKeyCache = false
+	cfg.TLS = &tls.Config{}
+	if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("CacheFile without a client certificate: %v", err)
+	}
+}

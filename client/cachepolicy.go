@@ -145,6 +145,9 @@ func (c *Client) cachePut(ctx context.Context, resp *cofferv1.GetKeyResponse) {
 // entry needs more uses reserved, they are written to the file first; if
 // that fails the entry is given up.
 func (c *Client) cacheGet(gkid, op string) (*cofferv1.GetKeyResponse, string) {
+	if c.closed.Load() {
+		return nil, "" // the call fails with ErrClosed
+	}
 	if !c.gov.started.Load() && c.cache.currentPolicy() != nil {
 		c.startCacheGovernor()
 	}

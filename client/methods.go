@@ -87,9 +87,10 @@ func (c *Client) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*coff
 // GetKey fetches a key's material and metadata, sealed to a fresh key of
 // this call's and opened here (sealed.go; unless Config.PlainKeys, or req
 // names its own SealTo, whose sealed_material the caller opens). A key whose cache policy
-// (returned with it) allows caching is kept, encrypted, for the policy's TTL
-// and served from the cache until then without asking a node; see keyCache.
-// Config.DisableKeyCache turns this off.
+// (returned with it) and the client cache policy allow caching is kept,
+// encrypted, and served from the cache within both without asking a node,
+// also while no node is reachable; see keyCache and the package
+// documentation. Config.DisableKeyCache turns this off.
 func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
 	if req == nil {
 		return nil, nilRequest("GetKey")
