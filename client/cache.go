@@ -72,6 +72,9 @@ type keyCache struct {
 	// watchSeq is the last cache event seq applied (persisted, so that a
 	// restarted client resumes its Watch after it).
 	watchSeq uint64
+	// epoch counts drops and policy changes: a key fetched before one is
+	// not cached after it (its answer may predate the drop).
+	epoch uint64
 
 	// file is the cache file, nil without Config.CacheFile.
 	file *cacheFile
@@ -174,8 +177,11 @@ func (c *keyCache) limit() int {
 }
 
 // put caches a key if its own cache policy and the client policy allow it,
-// and reports whether it did (so the caller writes the file).
-func (c *keyCache) put(resp *cofferv1.GetKeyResponse) bool {
+// and reports whether the file must be written (it did, and persists). epoch is the
+// cache's epoch when the fetch began (cacheMiss.epoch): when a key was
+// dropped or the policy changed since, the answer may predate it and is
+// not cached.
+func (c *keyCache) put(resp *cofferv1.GetKeyResponse, epoch uint64) bool {
 	md := resp.GetKey()
 	cp := md.GetCachePolicy()
 	if !cp.GetCacheable() || cp.GetTtl().AsDuration() <= 0 || cp.GetMaxKeys() == 0 || md.GetGkid() == "" || len(resp.GetMaterial()) == 0 {
@@ -199,7 +205,7 @@ func (c *keyCache) put(resp *cofferv1.GetKeyResponse) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	pol := c.policy
-	if pol == nil || !(c.allowGet || c.allowEncrypt || c.allowDecrypt) {
+	if c.epoch != epoch || pol == nil || !(c.allowGet || c.allowEncrypt || c.allowDecrypt) {
 		return false
 	}
 	ttl := min(cp.GetTtl().AsDuration(), pol.GetTtl().AsDuration())
@@ -256,11 +262,14 @@ func killLocked(e *cacheEntry, why string) {
 	e.sealed, e.fileSealed, e.dead = nil, nil, why
 }
 
-// cacheMiss says why the cache could not serve a key; persist is set when
-// the file must be written before the answer is acted on (a reservation).
+// cacheMiss says why the cache could not serve a key; reserve is set when
+// the file must be written before the entry serves (a reservation). epoch
+// is the cache's epoch at the lookup: a key fetched after it is cached
+// only if nothing was dropped meanwhile (see put).
 type cacheMiss struct {
 	why     string
 	reserve bool
+	epoch   uint64
 }
 
 // get returns a cached key for op, or nil and why the cache could not
@@ -270,42 +279,43 @@ type cacheMiss struct {
 // the file (flush) and asks again.
 func (c *keyCache) get(gkid, op string) (*cofferv1.GetKeyResponse, cacheMiss) {
 	c.mu.Lock()
+	epoch := c.epoch
 	if c.policy == nil {
 		c.mu.Unlock()
-		return nil, cacheMiss{why: "the cluster's cache policy for this client is unknown, so nothing is cached"}
+		return nil, cacheMiss{epoch: epoch, why: "the cluster's cache policy for this client is unknown, so nothing is cached"}
 	}
 	el, ok := c.entries[gkid]
 	if !ok {
 		c.mu.Unlock()
-		return nil, cacheMiss{}
+		return nil, cacheMiss{epoch: epoch}
 	}
 	e := el.Value.(*cacheEntry)
 	if e.dead != "" {
 		c.mu.Unlock()
-		return nil, cacheMiss{why: e.dead}
+		return nil, cacheMiss{epoch: epoch, why: e.dead}
 	}
 	if !c.allows(op) {
 		c.mu.Unlock()
-		return nil, cacheMiss{why: fmt.Sprintf("the client cache policy does not allow cached keys for %q (allowed: %v)", op, c.policy.GetAllowedOperations())}
+		return nil, cacheMiss{epoch: epoch, why: fmt.Sprintf("the client cache policy does not allow cached keys for %q (allowed: %v)", op, c.policy.GetAllowedOperations())}
 	}
 	if now := c.now(); !now.Before(e.expires) {
 		why := fmt.Sprintf("cached key %s expired at %s", gkid, e.expires.UTC().Format(time.RFC3339))
 		killLocked(e, why)
 		c.mu.Unlock()
-		return nil, cacheMiss{why: why}
+		return nil, cacheMiss{epoch: epoch, why: why}
 	}
 	if e.maxUses > 0 && e.uses >= e.maxUses {
 		why := fmt.Sprintf("cached key %s has served its %d uses (max_uses)", gkid, e.maxUses)
 		killLocked(e, why)
 		c.mu.Unlock()
-		return nil, cacheMiss{why: why}
+		return nil, cacheMiss{epoch: epoch, why: why}
 	}
 	if e.maxUses > 0 && c.persisting() && e.uses >= e.durable {
 		if e.reserved <= e.uses {
 			e.reserved = e.uses + min(e.maxUses-e.uses, reserveBlock(e.maxUses))
 		}
 		c.mu.Unlock()
-		return nil, cacheMiss{why: fmt.Sprintf("cached key %s: uses not reserved in the cache file", gkid), reserve: true}
+		return nil, cacheMiss{epoch: epoch, why: fmt.Sprintf("cached key %s: uses not reserved in the cache file", gkid), reserve: true}
 	}
 	e.uses++
 	c.lru.MoveToFront(el)
@@ -315,13 +325,13 @@ func (c *keyCache) get(gkid, op string) (*cofferv1.GetKeyResponse, cacheMiss) {
 	material, err := openWith(c.aead, sealed, cacheAAD(gkid, version, mdBytes))
 	if err != nil {
 		c.drop(gkid)
-		return nil, cacheMiss{why: fmt.Sprintf("cached key %s failed its integrity check and was dropped", gkid)}
+		return nil, cacheMiss{epoch: epoch, why: fmt.Sprintf("cached key %s failed its integrity check and was dropped", gkid)}
 	}
 	var md cofferv1.KeyMetadata
 	if err := proto.Unmarshal(mdBytes, &md); err != nil {
 		clear(material)
 		c.drop(gkid)
-		return nil, cacheMiss{why: fmt.Sprintf("cached key %s is damaged and was dropped", gkid)}
+		return nil, cacheMiss{epoch: epoch, why: fmt.Sprintf("cached key %s is damaged and was dropped", gkid)}
 	}
 	return &cofferv1.GetKeyResponse{Key: &md, Material: material, Version: version}, cacheMiss{}
 }
@@ -342,6 +352,7 @@ func (c *keyCache) drop(gkid string) bool {
 	defer c.mu.Unlock()
 	_, ok := c.entries[gkid]
 	c.removeLocked(gkid)
+	c.epoch++
 	return ok && c.persisting()
 }
 
@@ -351,6 +362,7 @@ func (c *keyCache) dropAll() {
 	defer c.mu.Unlock()
 	c.entries = map[string]*list.Element{}
 	c.lru.Init()
+	c.epoch++
 }
 
 // setPolicy makes p the policy in force and drops what it no longer allows:
@@ -367,6 +379,9 @@ func (c *keyCache) setPolicy(p *cofferv1.ClientCachePolicy) (write, remove bool)
 	wasPersisting := c.persisting()
 	if c.policy != nil && proto.Equal(c.policy, p) {
 		return false, false
+	}
+	if c.policy != nil {
+		c.epoch++
 	}
 	c.policy = p
 	ops := p.GetAllowedOperations()

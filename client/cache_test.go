@@ -40,13 +40,13 @@ func TestKeyCache(t *testing.T) {
 	m := bytes.Repeat([]byte{7}, 32)
 
 	// Not cacheable: never kept.
-	c.put(cachedKey("a", m, &cofferv1.KeyCachePolicy{Cacheable: false, Ttl: durationpb.New(time.Minute), MaxKeys: 9}, nil))
-	c.put(cachedKey("b", m, nil, nil))
+	putNow(c, cachedKey("a", m, &cofferv1.KeyCachePolicy{Cacheable: false, Ttl: durationpb.New(time.Minute), MaxKeys: 9}, nil))
+	putNow(c, cachedKey("b", m, nil, nil))
 	if hit(c, "a") || hit(c, "b") {
 		t.Fatal("non-cacheable key cached")
 	}
 
-	c.put(cachedKey("k1", m, pol, nil))
+	putNow(c, cachedKey("k1", m, pol, nil))
 	r, miss := c.get("k1", cacheOpGet)
 	if r == nil || !bytes.Equal(r.GetMaterial(), m) || r.GetKey().GetGkid() != "k1" || r.GetVersion() != 1 {
 		t.Fatalf("cached key: %v %v", r, miss)
@@ -65,16 +65,16 @@ func TestKeyCache(t *testing.T) {
 		t.Fatal("tampered entry kept")
 	}
 	// An entry moved to another GKID does not open.
-	c.put(cachedKey("k2", m, pol, nil))
+	putNow(c, cachedKey("k2", m, pol, nil))
 	c.entries["k3"] = c.entries["k2"]
 	if r, miss := c.get("k3", cacheOpGet); r != nil || miss.why == "" {
 		t.Fatal("entry moved to another gkid served")
 	}
 
 	// max_keys bounds the cache (oldest out first).
-	c.put(cachedKey("x", m, pol, nil))
-	c.put(cachedKey("y", m, pol, nil))
-	c.put(cachedKey("z", m, pol, nil))
+	putNow(c, cachedKey("x", m, pol, nil))
+	putNow(c, cachedKey("y", m, pol, nil))
+	putNow(c, cachedKey("z", m, pol, nil))
 	if hit(c, "x") {
 		t.Fatal("cache grew past max_keys")
 	}
@@ -82,7 +82,7 @@ func TestKeyCache(t *testing.T) {
 		t.Fatal("newest key evicted")
 	}
 	// TTL, and the use policy's not_after when it comes first.
-	c.put(cachedKey("short", m, pol, &cofferv1.KeyUsePolicy{NotAfter: timestamppb.New(now.Add(10 * time.Second))}))
+	putNow(c, cachedKey("short", m, pol, &cofferv1.KeyUsePolicy{NotAfter: timestamppb.New(now.Add(10 * time.Second))}))
 	now = now.Add(20 * time.Second)
 	if r, miss := c.get("short", cacheOpGet); r != nil || miss.why == "" {
 		t.Fatal("key served past its not_after")
@@ -105,7 +105,7 @@ func TestKeyCache_ClientPolicy(t *testing.T) {
 
 	// Unknown client policy: nothing cached.
 	c := mustKeyCache(t, &now, nil)
-	c.put(cachedKey("k", m, long, nil))
+	putNow(c, cachedKey("k", m, long, nil))
 	if _, miss := c.get("k", cacheOpGet); miss.why == "" {
 		t.Fatal("cached without a client policy")
 	}
@@ -114,7 +114,7 @@ func TestKeyCache_ClientPolicy(t *testing.T) {
 	p := permissivePolicy()
 	p.Ttl = durationpb.New(0)
 	c = mustKeyCache(t, &now, p)
-	c.put(cachedKey("k", m, long, nil))
+	putNow(c, cachedKey("k", m, long, nil))
 	if hit(c, "k") {
 		t.Fatal("cached under a client TTL of 0")
 	}
@@ -123,7 +123,7 @@ func TestKeyCache_ClientPolicy(t *testing.T) {
 	p = permissivePolicy()
 	p.Ttl = durationpb.New(time.Minute)
 	c = mustKeyCache(t, &now, p)
-	c.put(cachedKey("k", m, long, nil))
+	putNow(c, cachedKey("k", m, long, nil))
 	if !hit(c, "k") {
 		t.Fatal("not cached")
 	}
@@ -137,7 +137,7 @@ func TestKeyCache_ClientPolicy(t *testing.T) {
 	p.MaxEntries = 2
 	c = mustKeyCache(t, &now, p)
 	for _, g := range []string{"a", "b", "c"} {
-		c.put(cachedKey(g, m, long, nil))
+		putNow(c, cachedKey(g, m, long, nil))
 	}
 	if hit(c, "a") || !hit(c, "b") || !hit(c, "c") || c.lru.Len() != 2 {
 		t.Fatalf("max_entries 2: %d entries", c.lru.Len())
@@ -147,7 +147,7 @@ func TestKeyCache_ClientPolicy(t *testing.T) {
 	p = permissivePolicy()
 	p.MaxUses = 3
 	c = mustKeyCache(t, &now, p)
-	c.put(cachedKey("k", m, long, nil))
+	putNow(c, cachedKey("k", m, long, nil))
 	for i := range 3 {
 		if !hit(c, "k") {
 			t.Fatalf("use %d refused", i+1)
@@ -161,7 +161,7 @@ func TestKeyCache_ClientPolicy(t *testing.T) {
 	p = permissivePolicy()
 	p.AllowedOperations = []string{"encrypt"}
 	c = mustKeyCache(t, &now, p)
-	c.put(cachedKey("k", m, long, nil))
+	putNow(c, cachedKey("k", m, long, nil))
 	if hit(c, "k") {
 		t.Fatal("get served though the policy does not allow it")
 	}
@@ -174,7 +174,7 @@ func TestKeyCache_ClientPolicy(t *testing.T) {
 	p = permissivePolicy()
 	c = mustKeyCache(t, &now, p)
 	for _, g := range []string{"a", "b", "c"} {
-		c.put(cachedKey(g, m, long, nil))
+		putNow(c, cachedKey(g, m, long, nil))
 	}
 	now = now.Add(10 * time.Minute)
 	strict := permissivePolicy()
@@ -184,12 +184,39 @@ func TestKeyCache_ClientPolicy(t *testing.T) {
 	if c.lru.Len() != 0 {
 		t.Fatalf("entries older than the new TTL kept: %d", c.lru.Len())
 	}
-	c.put(cachedKey("a", m, long, nil))
-	c.put(cachedKey("b", m, long, nil))
+	putNow(c, cachedKey("a", m, long, nil))
+	putNow(c, cachedKey("b", m, long, nil))
 	flushed := proto.CloneOf(strict)
 	flushed.Generation = 2
 	c.setPolicy(flushed)
 	if c.lru.Len() != 0 {
 		t.Fatal("entries of an older generation kept")
+	}
+}
+
+func putNow(c *keyCache, r *cofferv1.GetKeyResponse) {
+	c.mu.Lock()
+	e := c.epoch
+	c.mu.Unlock()
+	c.put(r, e)
+}
+
+// TestKeyCache_StaleAnswerNotCached: a key fetched before a drop (or a
+// policy change) is not cached after it: its answer may predate it.
+func TestKeyCache_StaleAnswerNotCached(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	c := mustKeyCache(t, &now, permissivePolicy())
+	long := &cofferv1.KeyCachePolicy{Cacheable: true, Ttl: durationpb.New(time.Hour), MaxKeys: 100}
+	m := bytes.Repeat([]byte{7}, 32)
+	_, miss := c.get("k", cacheOpGet) // the lookup before the fetch
+	c.drop("k")                       // drop_key arrives while the fetch is in flight
+	c.put(cachedKey("k", m, long, nil), miss.epoch)
+	if hit(c, "k") {
+		t.Fatal("an answer from before drop_key was cached")
+	}
+	_, miss = c.get("k", cacheOpGet)
+	c.put(cachedKey("k", m, long, nil), miss.epoch)
+	if !hit(c, "k") {
+		t.Fatal("a fresh answer was not cached")
 	}
 }

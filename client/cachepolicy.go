@@ -82,7 +82,9 @@ func (c *Client) ensureCachePolicy(ctx context.Context) *cofferv1.ClientCachePol
 	defer cancel()
 	p, err := c.getCachePolicy(ctx)
 	if err != nil {
-		g.retryAt = time.Now().Add(g.interval)
+		if ctx.Err() == nil || status.Code(err) == codes.Unimplemented {
+			g.retryAt = time.Now().Add(g.interval)
+		}
 		return nil
 	}
 	c.applyCachePolicy(p)
@@ -127,7 +129,7 @@ func (c *Client) CacheFileError() error {
 
 // cachePut caches a key GetKey fetched, when its own cache policy and the
 // client policy allow it, and writes the cache file if it persists.
-func (c *Client) cachePut(ctx context.Context, resp *cofferv1.GetKeyResponse) {
+func (c *Client) cachePut(ctx context.Context, resp *cofferv1.GetKeyResponse, lookup cacheMiss) {
 	cp := resp.GetKey().GetCachePolicy()
 	if !cp.GetCacheable() || cp.GetTtl().AsDuration() <= 0 || cp.GetMaxKeys() == 0 {
 		return
@@ -135,18 +137,18 @@ func (c *Client) cachePut(ctx context.Context, resp *cofferv1.GetKeyResponse) {
 	if c.ensureCachePolicy(ctx) == nil {
 		return
 	}
-	if c.cache.put(resp) {
+	if c.cache.put(resp, lookup.epoch) {
 		c.noteFileErr(c.cache.flush())
 	}
 }
 
 // cacheGet returns the cached key gkid for op, or nil and why the cache
-// could not serve it ("" when it does not know the key). When a persisted
+// could not serve it (why "" when it does not know the key). When a persisted
 // entry needs more uses reserved, they are written to the file first; if
 // that fails the entry is given up.
-func (c *Client) cacheGet(gkid, op string) (*cofferv1.GetKeyResponse, string) {
+func (c *Client) cacheGet(gkid, op string) (*cofferv1.GetKeyResponse, cacheMiss) {
 	if c.closed.Load() {
-		return nil, "" // the call fails with ErrClosed
+		return nil, cacheMiss{} // the call fails with ErrClosed
 	}
 	if !c.gov.started.Load() && c.cache.currentPolicy() != nil {
 		c.startCacheGovernor()
@@ -154,16 +156,16 @@ func (c *Client) cacheGet(gkid, op string) (*cofferv1.GetKeyResponse, string) {
 	for range 3 {
 		resp, miss := c.cache.get(gkid, op)
 		if resp != nil || !miss.reserve {
-			return resp, miss.why
+			return resp, miss
 		}
 		if err := c.cache.flushReservation(gkid); err != nil {
 			c.noteFileErr(err)
-			why := fmt.Sprintf("cached key %s: its uses could not be reserved in the cache file: %v", gkid, err)
-			c.cache.kill(gkid, why)
-			return nil, why
+			miss.why = fmt.Sprintf("cached key %s: its uses could not be reserved in the cache file: %v", gkid, err)
+			c.cache.kill(gkid, miss.why)
+			return nil, miss
 		}
 	}
-	return nil, fmt.Sprintf("cached key %s: its uses could not be reserved in the cache file", gkid)
+	return nil, cacheMiss{why: fmt.Sprintf("cached key %s: its uses could not be reserved in the cache file", gkid)}
 }
 
 // unreachable reports whether a failed call's error says no node could be
@@ -195,9 +197,9 @@ func (c *Client) encryptOffline(ctx context.Context, gkid string, plaintext []by
 	if c.cache == nil || !unreachable(ctx, callErr) {
 		return nil, callErr
 	}
-	resp, why := c.cacheGet(gkid, cacheOpEncrypt)
+	resp, miss := c.cacheGet(gkid, cacheOpEncrypt)
 	if resp == nil {
-		return nil, c.missError(ctx, gkid, callErr, why)
+		return nil, c.missError(ctx, gkid, callErr, miss.why)
 	}
 	defer clear(resp.Material)
 	md := resp.GetKey()
@@ -226,9 +228,9 @@ func (c *Client) decryptOffline(ctx context.Context, ct []byte, encCtx map[strin
 	if err != nil {
 		return nil, callErr
 	}
-	resp, why := c.cacheGet(h.GKID, cacheOpDecrypt)
+	resp, miss := c.cacheGet(h.GKID, cacheOpDecrypt)
 	if resp == nil {
-		return nil, c.missError(ctx, h.GKID, callErr, why)
+		return nil, c.missError(ctx, h.GKID, callErr, miss.why)
 	}
 	defer clear(resp.Material)
 	md := resp.GetKey()

@@ -98,12 +98,12 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	// The cache holds the version a plain get returned; a get of a given
 	// version goes to a node.
 	cached := c.cache != nil && req.GetVersion() == 0
-	why := ""
+	var miss cacheMiss
 	if cached {
 		// A damaged, expired or exhausted entry is not served: fetch the
-		// key again (why says why, for the error if that fails too).
+		// key again (miss says why, for the error if that fails too).
 		var resp *cofferv1.GetKeyResponse
-		if resp, why = c.cacheGet(req.GetGkid(), cacheOpGet); resp != nil {
+		if resp, miss = c.cacheGet(req.GetGkid(), cacheOpGet); resp != nil {
 			return resp, nil
 		}
 	}
@@ -117,12 +117,12 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	}
 	if err != nil {
 		if cached {
-			err = c.missError(ctx, req.GetGkid(), err, why)
+			err = c.missError(ctx, req.GetGkid(), err, miss.why)
 		}
 		return nil, err
 	}
 	if cached && len(resp.GetMaterial()) != 0 {
-		c.cachePut(ctx, resp)
+		c.cachePut(ctx, resp, miss)
 	}
 	return resp, nil
 }
