@@ -170,6 +170,13 @@ func (c *keyCache) allows(op string) bool {
 	return false
 }
 
+// allowed reports whether the policy in force lets a cached key serve op.
+func (c *keyCache) allowed(op string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.allows(op)
+}
+
 // limit is the most entries the cache holds under the client policy.
 // Callers hold mu.
 func (c *keyCache) limit() int {
@@ -282,7 +289,7 @@ func (c *keyCache) get(gkid, op string) (*cofferv1.GetKeyResponse, cacheMiss) {
 	epoch := c.epoch
 	if c.policy == nil {
 		c.mu.Unlock()
-		return nil, cacheMiss{epoch: epoch, why: "the cluster's cache policy for this client is unknown, so nothing is cached"}
+		return nil, cacheMiss{epoch: epoch}
 	}
 	el, ok := c.entries[gkid]
 	if !ok {

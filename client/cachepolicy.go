@@ -174,11 +174,12 @@ func unreachable(ctx context.Context, err error) bool {
 	return ctx.Err() == nil && status.Code(err) == codes.Unavailable
 }
 
-// missError is a call's error when no node could be reached and the cache
-// could not serve the key either: it says both, and matches ErrCacheMiss
-// as well as everything err matches. Any other error is returned as is.
+// missError is a call's error when no node could be reached and the cache,
+// in use (its policy known), could not serve the key either: it says both,
+// and matches ErrCacheMiss as well as everything err matches. Any other
+// error is returned as is.
 func (c *Client) missError(ctx context.Context, gkid string, err error, why string) error {
-	if c.cache == nil || !unreachable(ctx, err) {
+	if c.cache == nil || !unreachable(ctx, err) || c.cache.currentPolicy() == nil {
 		return err
 	}
 	if why == "" {
@@ -191,10 +192,14 @@ func (c *Client) missError(ctx context.Context, gkid string, err error, why stri
 // failed with callErr could reach no node, the client policy allows
 // "encrypt", the key is active and its use policy allows encrypting. The
 // ciphertext is the service's format (package ciphertext) with the key's
-// resource and encCtx as associated data, so any node decrypts it. Otherwise
-// it returns callErr (explained by missError).
+// resource and encCtx as associated data, so any node decrypts it.
+// Otherwise it returns callErr: as is when the policy does not allow local
+// encryption, explained by missError when the cache could not serve.
 func (c *Client) encryptOffline(ctx context.Context, gkid string, plaintext []byte, encCtx map[string]string, callErr error) ([]byte, error) {
 	if c.cache == nil || !unreachable(ctx, callErr) {
+		return nil, callErr
+	}
+	if !c.cache.allowed(cacheOpEncrypt) {
 		return nil, callErr
 	}
 	resp, miss := c.cacheGet(gkid, cacheOpEncrypt)
@@ -225,7 +230,7 @@ func (c *Client) decryptOffline(ctx context.Context, ct []byte, encCtx map[strin
 		return nil, callErr
 	}
 	h, err := ciphertext.ParseHeader(ct)
-	if err != nil {
+	if err != nil || !c.cache.allowed(cacheOpDecrypt) {
 		return nil, callErr
 	}
 	resp, miss := c.cacheGet(h.GKID, cacheOpDecrypt)

@@ -108,7 +108,7 @@ func TestCache_NoPolicyNoCache(t *testing.T) {
 	p := mustPKI(t)
 	srv := mustCacheServer(t, p, "n1", nil)
 	srv.cacheSvc.setPolicy(nil)
-	c := mustClient(t, p, nil, srv.addr)
+	c := mustClient(t, p, offlineClient(nil), srv.addr)
 	if n := getN(t, c, srv, "g1", 3); n != 3 {
 		t.Fatalf("%d fetches for 3 gets, want 3 (nothing cached)", n)
 	}
@@ -117,6 +117,13 @@ func TestCache_NoPolicyNoCache(t *testing.T) {
 	}
 	if n := srv.cacheSvc.getCount(); n != 1 {
 		t.Fatalf("GetCachePolicy asked %d times, want once per refresh interval", n)
+	}
+	// Offline, the error is the call's alone: there is no cache in use.
+	srv.setFail(unavailable)
+	ctx := testCtx(t)
+	_, err := c.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: "g1"})
+	if errors.Is(err, ErrCacheMiss) || status.Code(err) != codes.Unavailable {
+		t.Fatalf("offline without a cache in use: %v", err)
 	}
 }
 
@@ -255,7 +262,7 @@ func TestCache_OfflineEncryptDecrypt(t *testing.T) {
 }
 
 // TestCache_OfflineEncryptNotAllowed: without "encrypt" in the policy a
-// cached key does not encrypt offline.
+// cached key does not encrypt offline, and the error is the call's.
 func TestCache_OfflineEncryptNotAllowed(t *testing.T) {
 	p := mustPKI(t)
 	srv := mustCacheServer(t, p, "n1", nil)
@@ -263,7 +270,8 @@ func TestCache_OfflineEncryptNotAllowed(t *testing.T) {
 	mustGetKey(t, c, "g1")
 	srv.setFail(unavailable)
 	_, err := c.EncryptBytes(testCtx(t), "g1", []byte("x"), nil)
-	if !errors.Is(err, ErrCacheMiss) || !strings.Contains(err.Error(), `"encrypt"`) {
+	var ce *Error
+	if errors.Is(err, ErrCacheMiss) || !errors.As(err, &ce) || status.Code(err) != codes.Unavailable {
 		t.Fatalf("offline encrypt without \"encrypt\" allowed: %v", err)
 	}
 	// Other failures are not the cache's business.
