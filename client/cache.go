@@ -331,13 +331,13 @@ func (c *keyCache) get(gkid, op string) (*cofferv1.GetKeyResponse, cacheMiss) {
 
 	material, err := openWith(c.aead, sealed, cacheAAD(gkid, version, mdBytes))
 	if err != nil {
-		c.drop(gkid)
+		c.discard(gkid, el)
 		return nil, cacheMiss{epoch: epoch, why: fmt.Sprintf("cached key %s failed its integrity check and was dropped", gkid)}
 	}
 	var md cofferv1.KeyMetadata
 	if err := proto.Unmarshal(mdBytes, &md); err != nil {
 		clear(material)
-		c.drop(gkid)
+		c.discard(gkid, el)
 		return nil, cacheMiss{epoch: epoch, why: fmt.Sprintf("cached key %s is damaged and was dropped", gkid)}
 	}
 	return &cofferv1.GetKeyResponse{Key: &md, Material: material, Version: version}, cacheMiss{}
@@ -353,7 +353,17 @@ func (c *keyCache) kill(gkid, why string) {
 	}
 }
 
-// drop removes gkid's entry and reports whether the file needs writing.
+// discard removes a damaged entry, el, if it is still gkid's (unlike drop,
+// a fetch in flight may cache the key again).
+func (c *keyCache) discard(gkid string, el *list.Element) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[gkid] == el {
+		c.removeLocked(gkid)
+	}
+}
+
+// drop removes gkid's entry (the cluster said so) and reports whether the file needs writing.
 func (c *keyCache) drop(gkid string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

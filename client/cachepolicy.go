@@ -153,7 +153,10 @@ func (c *Client) cacheGet(gkid, op string) (*cofferv1.GetKeyResponse, cacheMiss)
 	if !c.gov.started.Load() && c.cache.currentPolicy() != nil {
 		c.startCacheGovernor()
 	}
-	for range 3 {
+	// Each round either serves, or writes a reservation (or finds one
+	// written); rounds run out only when many goroutines race for one
+	// entry's uses.
+	for range 64 {
 		resp, miss := c.cache.get(gkid, op)
 		if resp != nil || !miss.reserve {
 			return resp, miss
