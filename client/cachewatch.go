@@ -94,15 +94,15 @@ func (c *Client) refreshInterval() time.Duration {
 // refresh interval.
 func (c *Client) watchCacheLoop(ctx context.Context) {
 	var prev *endpoint
-	failures, connected := 0, false
+	failures := 0
 	for ctx.Err() == nil {
 		ep := c.pick(prev, "")
+		again := prev != nil
 		prev = ep
-		progressed, err := c.watchCacheFrom(ctx, ep, connected)
+		progressed, err := c.watchCacheFrom(ctx, ep, again)
 		if ctx.Err() != nil {
 			return
 		}
-		connected = connected || progressed
 		if progressed {
 			failures = 0
 		}
@@ -127,9 +127,10 @@ func watchBackoff(failures int) time.Duration {
 }
 
 // watchCacheFrom runs one Watch stream against ep until it fails; it
-// reports whether any event arrived. A stream opened after an earlier one
-// asks the refresh loop for the policy at once, in case a change was not
-// delivered in between. A stream the node ends is Unavailable.
+// reports whether any event arrived. A stream opened after an earlier
+// attempt (again) asks the refresh loop for the policy at once, in case a
+// change was not delivered in between. A stream the node ends is
+// Unavailable.
 func (c *Client) watchCacheFrom(ctx context.Context, ep *endpoint, again bool) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
