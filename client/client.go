@@ -50,8 +50,10 @@ type Client struct {
 	leader atomic.Pointer[string]
 	// now is the clock, replaceable in tests.
 	now func() time.Time
-	// cache holds keys whose cache policy allows caching (nil: disabled).
+	// cache holds keys whose cache policy allows caching (nil: disabled);
+	// gov keeps it governed by the cluster (cachepolicy.go, cachewatch.go).
 	cache *keyCache
+	gov   cacheGovernor
 
 	// id is this client's identity from its certificate, found once
 	// (identity; sealed.go).
@@ -92,12 +94,16 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.Endpoints = slices.Clone(cfg.Endpoints)
 	c := &Client{cfg: cfg, now: time.Now}
+	c.gov.interval = cachePolicyRefresh
 	if !cfg.DisableKeyCache {
 		cache, err := newKeyCache(func() time.Time { return c.now() })
 		if err != nil {
 			return nil, fmt.Errorf("client: key cache: %w", err)
 		}
 		c.cache = cache
+		if err := c.openCacheFile(); err != nil {
+			return nil, err
+		}
 	}
 	signing, err := newSigning(cfg.TLS)
 	if err != nil {
@@ -139,6 +145,8 @@ func (c *Client) dial(addr string) (*endpoint, error) {
 // Close closes every connection. Calls made after Close fail with ErrClosed;
 // calls in flight fail with Canceled.
 func (c *Client) Close() error {
+	// Before mu: the governor's calls may need it (endpointFor).
+	c.stopCacheGovernor()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed.Load() {

@@ -57,7 +57,24 @@ type Config struct {
 	DialOptions []grpc.DialOption
 	// DisableKeyCache turns off caching of keys whose cache policy allows
 	// it (see GetKey).
-	DisableKeyCache bool // SealKEM is the HPKE KEM the material GetKey and GenerateDataKey
+	DisableKeyCache bool
+	// CacheFile, when set, is the file the key cache is kept in across
+	// restarts, provided the cluster's client cache policy allows it
+	// (persist): encrypted and authenticated with AES-256-GCM under a key
+	// derived from this client's credentials (see CacheFileKey; DESIGN.md
+	// specifies the format). It needs the client certificate in
+	// TLS.Certificates. A file that does not authenticate is ignored and
+	// overwritten; CacheFileError reports it.
+	CacheFile string
+	// CacheFileKey, when set, derives the secret the cache file key is
+	// derived from (at least 32 bytes, for example an HMAC computed by a
+	// token), given the HKDF info that names the file format and this
+	// client (identity and certificate). Without it the secret is the
+	// PKCS#8 encoding of the client certificate's private key, which must
+	// then be exportable (not held in a token), or New fails with
+	// ErrInvalidConfig.
+	CacheFileKey func(info []byte) ([]byte, error)
+	// SealKEM is the HPKE KEM the material GetKey and GenerateDataKey
 	// release is sealed with: keyseal.KEMX25519 (0, the default) or
 	// keyseal.KEMMLKEM768X25519 (post-quantum hybrid).
 	SealKEM uint16
@@ -120,6 +137,9 @@ func (c Config) Validate() error {
 	}
 	if c.Backoff == 0 && c.MaxAttempts == 0 {
 		return fmt.Errorf("%w: Backoff 0 needs a positive MaxAttempts: retrying at once until the deadline would flood the nodes", ErrInvalidConfig)
+	}
+	if c.CacheFile != "" && c.DisableKeyCache {
+		return fmt.Errorf("%w: CacheFile is set but DisableKeyCache turns the cache off", ErrInvalidConfig)
 	}
 	if c.Cooldown < 0 {
 		return fmt.Errorf("%w: negative Cooldown %v", ErrInvalidConfig, c.Cooldown)

@@ -96,22 +96,27 @@ func (c *Client) generateDataKey(ctx context.Context, req *cofferv1.GenerateData
 // EncryptBytes encrypts plaintext (at most MaxEncryptPlaintext bytes) under
 // the AES key gkid with encryptionContext bound (nil: none), with
 // linearizable consistency, and returns the ciphertext. Neither plaintext
-// nor encryptionContext is modified or kept.
+// nor encryptionContext is modified or kept. When the call fails with
+// Unavailable (no node reachable) and the client cache policy allows
+// "encrypt", a cached key of gkid encrypts locally instead, in the same
+// format (see "Key cache" in DESIGN.md).
 func (c *Client) EncryptBytes(ctx context.Context, gkid string, plaintext []byte, encryptionContext map[string]string) ([]byte, error) {
 	resp, err := c.Encrypt(ctx, &cofferv1.EncryptRequest{Gkid: gkid, Plaintext: plaintext, Context: encryptionContext})
 	if err != nil {
-		return nil, err
+		return c.encryptOffline(ctx, gkid, plaintext, encryptionContext, err)
 	}
 	return resp.GetCiphertext(), nil
 }
 
 // DecryptBytes decrypts ciphertext, given the context it was encrypted with
 // (nil: none), with linearizable consistency, and returns the plaintext,
-// which the caller owns and should clear when done.
+// which the caller owns and should clear when done. When the call fails
+// with Unavailable and the client cache policy allows "decrypt", a cached
+// key decrypts locally instead, if it is the version the ciphertext names.
 func (c *Client) DecryptBytes(ctx context.Context, ciphertext []byte, encryptionContext map[string]string) ([]byte, error) {
 	resp, err := c.Decrypt(ctx, &cofferv1.DecryptRequest{Ciphertext: ciphertext, Context: encryptionContext})
 	if err != nil {
-		return nil, err
+		return c.decryptOffline(ctx, ciphertext, encryptionContext, err)
 	}
 	return resp.GetPlaintext(), nil
 }

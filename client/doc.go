@@ -173,15 +173,46 @@
 //
 // # Key cache and use policies
 //
-// Every key comes with its cache policy and use policy. GetKey keeps a key
-// whose cache policy allows it, for the policy's TTL (or until the key's
-// not_after, if sooner), up to the policy's max_keys, and serves it from
-// memory until then: encrypted under a per-process random AES-256-GCM key,
-// with the GKID and metadata as associated data, so a tampered or moved
-// entry is dropped and fetched again. Keys are not cached unless their
-// policy says so (the default policy does not); Config.DisableKeyCache
-// turns caching off, and Forget empties the cache. Get and CheckUse enforce
-// the use policy locally.
+// Every key comes with its cache policy and use policy, and the cluster
+// gives every client a client cache policy (CacheService.GetCachePolicy;
+// [Client.CachePolicy] returns the one in force). GetKey keeps a key only
+// when both allow it: for the shorter of the two TTLs (and never past the
+// key's not_after), within the smaller of the key's max_keys and the
+// client's max_entries, for at most the client's max_uses hits (a hit is a
+// use; then the key is fetched again), and serves it from the cache only if
+// the client policy allows "get". The client asks for its policy before it
+// first caches a key; while it cannot get one (a node that predates
+// CacheService, or none reachable at that moment) nothing is cached, and it
+// asks again after a minute. Entries are encrypted under a per-process
+// random AES-256-GCM key, with the GKID, version and metadata as
+// associated data, so a tampered or moved entry is dropped and fetched
+// again. Keys are not cached unless their policy says so (the default
+// policy does not); Config.DisableKeyCache turns caching off, and Forget
+// empties the cache (and removes its file).
+//
+// The cluster governs the cache: once a cache is in use, the client keeps a
+// Watch stream open to some node (reconnecting with backoff, resuming after
+// the last event it applied) and drops a key, or everything, when told to,
+// and applies a new policy at once; it also asks for its policy every
+// minute (or every TTL, when shorter). A stricter policy drops what it no
+// longer allows; a higher generation (FlushCaches) drops everything.
+//
+// With Config.CacheFile, and a policy that allows persisting, the cache is
+// kept in a file encrypted and authenticated under a key derived from the
+// client's credentials (Config.CacheFileKey for keys a token holds); a file
+// that does not authenticate is refused, left for the next write to
+// replace, and reported by [Client.CacheFileError]. Expiry and max_uses
+// hold across restarts: uses are reserved in the file, in blocks, before
+// they are served.
+//
+// While no node answers, GetKey goes on serving cached keys within their
+// policy; when the cache cannot serve either, the error says why and
+// matches [ErrCacheMiss] as well as the call's Unavailable error. When the
+// client policy allows "encrypt" or "decrypt", EncryptBytes and
+// DecryptBytes use a cached key locally, in the service's ciphertext
+// format, but only after the call to the cluster failed with Unavailable.
+// DESIGN.md explains the choices and the file format. Get and CheckUse
+// enforce the use policy locally.
 //
 // # Concurrency
 //

@@ -22,6 +22,17 @@ var (
 	// Config.MaxAttempts attempts were made.
 	ErrRetriesExhausted = errors.New("client: retries exhausted")
 
+	// ErrCacheFile: the key cache file could not be read or written, or was
+	// refused: altered, written by another client or with another
+	// certificate, not a cache file, or beyond its bounds (see
+	// Client.CacheFileError).
+	ErrCacheFile = errors.New("client: key cache file")
+	// ErrCacheMiss is matched, together with the call's own error, by the
+	// error of a GetKey, EncryptBytes or DecryptBytes that could reach no
+	// node when the key cache could not serve the key either; the message
+	// says why (not cached, expired, out of uses, not allowed).
+	ErrCacheMiss = errors.New("the key cache could not serve it")
+
 	// ErrEnvelopeMalformed: bytes that are not a well-formed envelope of a
 	// supported version (no magic, a truncated header or record, a wrapped
 	// data key that is not a Coffer ciphertext, an unknown kind, a bad

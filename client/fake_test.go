@@ -110,6 +110,8 @@ type fakeServer struct {
 	sealFor  func(ctx context.Context) context.Context
 	// cachePolicy is the cache policy keys are returned with.
 	cachePolicy *cofferv1.KeyCachePolicy
+	// cacheSvc serves CacheService (cache_fake_test.go).
+	cacheSvc *fakeCacheService
 }
 
 // mustServer starts a fake node on a loopback port with mTLS, signing its
@@ -135,6 +137,7 @@ func mustServerWith(t testing.TB, p *testPKI, name string, opts func(testing.TB,
 	f.srv = grpc.NewServer(opts(t, serverTLS)...)
 	cofferv1.RegisterKeyServiceServer(f.srv, f)
 	cofferv1.RegisterClusterServiceServer(f.srv, f)
+	registerCacheFakes(f)
 	go func() { _ = f.srv.Serve(lis) }()
 	t.Cleanup(f.srv.Stop)
 	return f

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -45,5 +46,40 @@ func BenchmarkGetKey(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkGetKeyCacheFile measures cache hits when the cache is kept in a
+// file (Config.CacheFile, a persisting policy): without max_uses a hit
+// writes nothing; with it, one hit per reserveBlock(max_uses) writes (and syncs)
+// the file to reserve the next block of uses before serving.
+func BenchmarkGetKeyCacheFile(b *testing.B) {
+	p := mustPKI(b)
+	srv := mustCacheServer(b, p, "n1", nil)
+	ctx := context.Background()
+	for _, c := range []struct {
+		name    string
+		maxUses uint32
+	}{
+		{"hit", 0},
+		{"hit-max-uses", 1<<32 - 1},
+	} {
+		srv.cacheSvc.setPolicy(persistPolicy(func(p *cofferv1.ClientCachePolicy) { p.MaxUses = c.maxUses }))
+		cl := mustClient(b, p, func(cfg *Config) { cfg.CacheFile = filepath.Join(b.TempDir(), "cache") }, srv.addr)
+		if _, err := cl.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: "g"}); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := cl.GetKey(ctx, &cofferv1.GetKeyRequest{Gkid: "g"})
+				if err != nil || len(resp.GetMaterial()) != 32 {
+					b.Fatal(err)
+				}
+			}
+		})
+		if err := cl.CacheFileError(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -87,9 +87,10 @@ func (c *Client) PutKey(ctx context.Context, req *cofferv1.PutKeyRequest) (*coff
 // GetKey fetches a key's material and metadata, sealed to a fresh key of
 // this call's and opened here (sealed.go; unless Config.PlainKeys, or req
 // names its own SealTo, whose sealed_material the caller opens). A key whose cache policy
-// (returned with it) allows caching is kept, encrypted, for the policy's TTL
-// and served from the cache until then without asking a node; see keyCache.
-// Config.DisableKeyCache turns this off.
+// (returned with it) and the client cache policy allow caching is kept,
+// encrypted, and served from the cache within both without asking a node,
+// also while no node is reachable; see keyCache and the package
+// documentation. Config.DisableKeyCache turns this off.
 func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
 	if req == nil {
 		return nil, nilRequest("GetKey")
@@ -97,9 +98,12 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	// The cache holds the version a plain get returned; a get of a given
 	// version goes to a node.
 	cached := c.cache != nil && req.GetVersion() == 0
+	var miss cacheMiss
 	if cached {
-		// A damaged entry has been dropped: fetch the key again.
-		if resp, err := c.cache.get(req.GetGkid()); err == nil && resp != nil {
+		// A damaged, expired or exhausted entry is not served: fetch the
+		// key again (miss says why, for the error if that fails too).
+		var resp *cofferv1.GetKeyResponse
+		if resp, miss = c.cacheGet(req.GetGkid(), cacheOpGet); resp != nil {
 			return resp, nil
 		}
 	}
@@ -111,10 +115,16 @@ func (c *Client) GetKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*coff
 	} else {
 		resp, err = c.getSealed(ctx, req)
 	}
-	if err == nil && cached && len(resp.GetMaterial()) != 0 {
-		c.cache.put(resp)
+	if err != nil {
+		if cached {
+			err = c.missError(ctx, req.GetGkid(), err, miss.why)
+		}
+		return nil, err
 	}
-	return resp, err
+	if cached && len(resp.GetMaterial()) != 0 {
+		c.cachePut(ctx, resp, miss)
+	}
+	return resp, nil
 }
 
 func (c *Client) getKey(ctx context.Context, req *cofferv1.GetKeyRequest) (*cofferv1.GetKeyResponse, error) {
