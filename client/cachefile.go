@@ -347,6 +347,21 @@ func (c *keyCache) flushUnless(skip func() bool) error {
 	return nil
 }
 
+// release writes the file with the uses actually served (at Close): the
+// uses reserved but not served are given back, so a clean exit loses none.
+func (c *keyCache) release() error {
+	if c.file == nil {
+		return nil
+	}
+	c.mu.Lock()
+	for el := c.lru.Front(); el != nil; el = el.Next() {
+		e := el.Value.(*cacheEntry)
+		e.reserved = e.uses
+	}
+	c.mu.Unlock()
+	return c.flush()
+}
+
 // flushReservation writes the file for a reservation of gkid's uses,
 // unless a write since the reservation already covers it.
 func (c *keyCache) flushReservation(gkid string) error {

@@ -275,26 +275,43 @@ func TestCacheFile_OfflineAcrossRestart(t *testing.T) {
 	if n := getN(t, a, srv, "g1", 10); n != 0 {
 		t.Fatal("not cached")
 	}
-	_ = a.Close() // or a crash: the reservation is in the file already
-	srv.srv.Stop()
-
-	b := mustClient(t, p, withCacheFile(path, nil), srv.addr)
-	b.now = clk.Now
-	if err := b.CacheFileError(); err != nil {
+	// What a crash would leave: the file as it is while a runs, with a
+	// block of uses reserved.
+	crashed := filepath.Join(t.TempDir(), "crashed")
+	data, err := os.ReadFile(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	served := 0
-	var err error
-	for ; served < 200; served++ {
-		if _, err = b.GetKey(testCtx(t), &cofferv1.GetKeyRequest{Gkid: "g1"}); err != nil {
-			break
+	if err := os.WriteFile(crashed, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Close() // writes the uses served, giving back the rest of the block
+	srv.srv.Stop()
+
+	serve := func(file string) (int, error) {
+		b := mustClient(t, p, withCacheFile(file, nil), srv.addr)
+		b.now = clk.Now
+		defer b.Close()
+		if err := b.CacheFileError(); err != nil {
+			t.Fatal(err)
 		}
+		served := 0
+		var err error
+		for ; served < 200; served++ {
+			if _, err = b.GetKey(testCtx(t), &cofferv1.GetKeyRequest{Gkid: "g1"}); err != nil {
+				break
+			}
+		}
+		return served, err
 	}
-	// a served 10 and reserved a block of 16: b has the 84 left.
-	if served != 100-int(reserveBlock(100)) || !errors.Is(err, ErrCacheMiss) || !strings.Contains(err.Error(), "max_uses") {
-		t.Fatalf("b served %d uses, then %v", served, err)
+	// a crashed after 10 uses with a block of 16 reserved: 84 left.
+	if served, err := serve(crashed); served != 100-int(reserveBlock(100)) || !errors.Is(err, ErrCacheMiss) || !strings.Contains(err.Error(), "max_uses") {
+		t.Fatalf("after a crash: served %d uses, then %v", served, err)
 	}
-	_ = b.Close()
+	// a closed after 10 uses: 90 left.
+	if served, err := serve(path); served != 90 || !errors.Is(err, ErrCacheMiss) || !strings.Contains(err.Error(), "max_uses") {
+		t.Fatalf("after Close: served %d uses, then %v", served, err)
+	}
 
 	c := mustClient(t, p, withCacheFile(path, nil), srv.addr)
 	c.now = clk.Now

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -49,9 +48,7 @@ type cacheGovernor struct {
 // getCachePolicy is CacheService.GetCachePolicy with the client's retry
 // policy.
 func (c *Client) getCachePolicy(ctx context.Context) (*cofferv1.ClientCachePolicy, error) {
-	resp, err := invoke(ctx, c, "GetCachePolicy", read, func(ctx context.Context, ep *endpoint, opts ...grpc.CallOption) (*cofferv1.GetCachePolicyResponse, error) {
-		return cofferv1.NewCacheServiceClient(ep.conn).GetCachePolicy(ctx, &cofferv1.GetCachePolicyRequest{}, opts...)
-	})
+	resp, err := c.GetCachePolicy(ctx, &cofferv1.GetCachePolicyRequest{})
 	if err != nil {
 		return nil, err
 	}

@@ -2,8 +2,6 @@ package client
 
 import (
 	"context"
-	"errors"
-	"io"
 	"math/rand/v2"
 	"time"
 
@@ -99,7 +97,7 @@ func (c *Client) watchCacheLoop(ctx context.Context) {
 		ep := c.pick(prev, "")
 		again := prev != nil
 		prev = ep
-		progressed, err := c.watchCacheFrom(ctx, ep, again)
+		progressed, err := c.watchGoverned(ctx, ep, again)
 		if ctx.Err() != nil {
 			return
 		}
@@ -126,35 +124,22 @@ func watchBackoff(failures int) time.Duration {
 	return b + time.Duration(rand.Int64N(int64(b)/5*2+1)) - b/5
 }
 
-// watchCacheFrom runs one Watch stream against ep until it fails; it
-// reports whether any event arrived. A stream opened after an earlier
-// attempt (again) asks the refresh loop for the policy at once, in case a
-// change was not delivered in between. A stream the node ends is
+// watchGoverned runs one Watch stream against ep until it fails, applying
+// each event; it reports whether any event arrived. A stream opened after
+// an earlier attempt (again) asks the refresh loop for the policy at once,
+// in case a change was not delivered in between. A stream the node ends is
 // Unavailable.
-func (c *Client) watchCacheFrom(ctx context.Context, ep *endpoint, again bool) (progressed bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := cofferv1.NewCacheServiceClient(ep.conn).Watch(ctx, &cofferv1.WatchCacheRequest{AfterSeq: c.cache.seq()})
-	if err != nil {
-		return false, err
-	}
+func (c *Client) watchGoverned(ctx context.Context, ep *endpoint, again bool) (progressed bool, err error) {
 	if again {
 		select {
 		case c.gov.refresh <- struct{}{}:
 		default:
 		}
 	}
-	for {
-		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return progressed, status.Error(codes.Unavailable, "the node ended the cache watch stream")
-		}
-		if err != nil {
-			return progressed, err
-		}
-		progressed = true
+	return watchCacheFrom(ctx, ep, &cofferv1.WatchCacheRequest{AfterSeq: c.cache.seq()}, func(ev *cofferv1.CacheEvent) error {
 		c.applyCacheEvent(ev)
-	}
+		return nil
+	})
 }
 
 // applyCacheEvent applies one cache event, once (an event at or below the

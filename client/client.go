@@ -142,7 +142,9 @@ func (c *Client) dial(addr string) (*endpoint, error) {
 	}, nil
 }
 
-// Close closes every connection. Calls made after Close fail with ErrClosed;
+// Close closes every connection and writes the key cache file, if any,
+// with the uses served (giving back those reserved). Calls made after
+// Close fail with ErrClosed;
 // calls in flight fail with Canceled.
 func (c *Client) Close() error {
 	// Before mu: the governor's calls may need it (endpointFor).
@@ -153,7 +155,11 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed.Store(true)
-	return closeAll(*c.eps.Load())
+	var ferr error
+	if c.cache != nil {
+		ferr = c.cache.release()
+	}
+	return errors.Join(ferr, closeAll(*c.eps.Load()))
 }
 
 func closeAll(eps []*endpoint) error {

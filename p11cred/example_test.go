@@ -33,7 +33,8 @@ func Example() {
 	ccfg := client.DefaultConfig()
 	ccfg.Endpoints = []string{"127.0.0.1:7101"}
 	ccfg.TLS = tlsConf
-	// ccfg.CacheFileKey = cred.DeriveKey
+	ccfg.CacheFile = "/var/lib/app/coffer-cache" // kept only if the server's policy says persist
+	ccfg.CacheFileKey = cred.DeriveKey
 	c, err := client.New(ccfg)
 	if err != nil {
 		log.Fatal(err)

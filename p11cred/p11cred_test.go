@@ -22,6 +22,7 @@ import (
 	"time"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/client"
 
 	"github.com/miekg/pkcs11"
 	"google.golang.org/grpc"
@@ -422,7 +423,8 @@ func TestDeriveKey_StablePerSecretAndInfo(t *testing.T) {
 		t.Fatalf("DeriveKey without a cache secret = %v, want ErrNotFound", err)
 	}
 	// The function has the shape client.Config.CacheFileKey takes.
-	var _ func([]byte) ([]byte, error) = c.DeriveKey
+	var ccfg client.Config
+	ccfg.CacheFileKey = c.DeriveKey
 }
 
 func TestOpen_Errors(t *testing.T) {
