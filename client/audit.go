@@ -155,35 +155,9 @@ func (c *Client) AuditFollow(ctx context.Context, req *cofferv1.AuditFollowReque
 	}
 	// Resumed streams start after the last entry fn was given.
 	req = proto.Clone(req).(*cofferv1.AuditFollowRequest)
-	r := c.newRetry(ctx, "AuditFollow")
-	var prev *endpoint
-	for {
-		ep := c.pick(prev, "")
-		prev = ep
-		progressed, err := auditFollowFrom(ctx, ep, req, fn)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var cbErr callbackError
-		if errors.As(err, &cbErr) {
-			return cbErr.err
-		}
-		err = toStatusErr(err)
-		if progressed {
-			// A stream that delivered entries ended: an outage starts
-			// here, with the whole retry budget.
-			r = c.newRetry(ctx, "AuditFollow")
-		}
-		if retryable(status.Code(err)) {
-			c.markDown(ep)
-		}
-		if e := r.next(ep, err, false); e != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return e
-		}
-	}
+	return c.resumeStream(ctx, "AuditFollow", func(ctx context.Context, ep *endpoint, _ bool) (bool, error) {
+		return auditFollowFrom(ctx, ep, req, fn)
+	})
 }
 
 // callbackError carries an error returned by AuditFollow's callback.
@@ -220,6 +194,45 @@ func auditFollowFrom(ctx context.Context, ep *endpoint, req *cofferv1.AuditFollo
 		}
 		if last := es[len(es)-1].GetSeq(); req.GetFromNewest() || last > req.GetAfterSeq() {
 			req.AfterSeq, req.FromNewest, req.Newest = last, false, 0
+		}
+	}
+}
+
+// resumeStream runs a stream that resumes where it stopped (AuditFollow,
+// WatchCache): attempt opens it on ep and reads it until it fails, saying
+// whether anything arrived (again is set for every attempt after the
+// first). A node that fails is left for another; the retry budget covers
+// failures in a row, and a stream that delivered something starts the next
+// outage with the whole budget. It returns when ctx ends (ctx's error),
+// when the callback fails (callbackError: that error), on a failure that is
+// not retryable, or when the budget is spent.
+func (c *Client) resumeStream(ctx context.Context, method string, attempt func(ctx context.Context, ep *endpoint, again bool) (bool, error)) error {
+	r := c.newRetry(ctx, method)
+	var prev *endpoint
+	for {
+		ep := c.pick(prev, "")
+		again := prev != nil
+		prev = ep
+		progressed, err := attempt(ctx, ep, again)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var cbErr callbackError
+		if errors.As(err, &cbErr) {
+			return cbErr.err
+		}
+		err = toStatusErr(err)
+		if progressed {
+			r = c.newRetry(ctx, method)
+		}
+		if retryable(status.Code(err)) {
+			c.markDown(ep)
+		}
+		if e := r.next(ep, err, false); e != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return e
 		}
 	}
 }

@@ -78,38 +78,14 @@ func (c *Client) WatchCache(ctx context.Context, req *cofferv1.WatchCacheRequest
 	}
 	// Resumed streams start after the last event fn was given.
 	req = proto.CloneOf(req)
-	r := c.newRetry(ctx, "WatchCache")
-	var prev *endpoint
-	for {
-		if prev != nil && req.GetAfterSeq() == 0 {
+	return c.resumeStream(ctx, "WatchCache", func(ctx context.Context, ep *endpoint, again bool) (bool, error) {
+		if again && req.GetAfterSeq() == 0 {
 			if err := fn(&cofferv1.CacheEvent{Event: &cofferv1.CacheEvent_DropAll{DropAll: true}}); err != nil {
-				return err
+				return false, callbackError{err}
 			}
 		}
-		ep := c.pick(prev, "")
-		prev = ep
-		progressed, err := watchCacheFrom(ctx, ep, req, fn)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var cbErr callbackError
-		if errors.As(err, &cbErr) {
-			return cbErr.err
-		}
-		err = toStatusErr(err)
-		if progressed {
-			r = c.newRetry(ctx, "WatchCache")
-		}
-		if retryable(status.Code(err)) {
-			c.markDown(ep)
-		}
-		if e := r.next(ep, err, false); e != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return e
-		}
-	}
+		return watchCacheFrom(ctx, ep, req, fn)
+	})
 }
 
 // watchCacheFrom runs one Watch stream against ep. Once an event has been

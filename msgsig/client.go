@@ -2,6 +2,7 @@ package msgsig
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -92,9 +93,11 @@ func ClientInterceptor(s *Signer, verifyCert CertVerifier) grpc.UnaryClientInter
 // NodeCertVerifier returns a CertVerifier that accepts node certificates
 // chaining to roots (the cluster's node CA) for server authentication,
 // and returns the node identity they name. It remembers up to 64
-// certificates it verified, until they expire.
+// certificates it verified, until they expire, so that a response from a
+// node it knows costs no parsing and no chain verification.
 func NodeCertVerifier(roots *x509.CertPool) CertVerifier {
 	type verified struct {
+		pub      crypto.PublicKey
 		node     string
 		notAfter time.Time
 	}
@@ -102,25 +105,29 @@ func NodeCertVerifier(roots *x509.CertPool) CertVerifier {
 		mu   sync.Mutex
 		seen = map[[sha256.Size]byte]verified{}
 	)
-	return func(cert *x509.Certificate) (string, error) {
-		h := sha256.Sum256(cert.Raw)
+	return func(der []byte) (crypto.PublicKey, string, error) {
+		h := sha256.Sum256(der)
 		now := time.Now()
 		mu.Lock()
 		v, ok := seen[h]
 		mu.Unlock()
 		if ok && now.Before(v.notAfter) {
-			return v.node, nil
+			return v.pub, v.node, nil
+		}
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: the node certificate does not parse: %v", ErrMalformed, err)
 		}
 		id, err := transport.VerifyNodeCert(cert, roots)
 		if err != nil {
-			return "", err
+			return nil, "", err
 		}
 		mu.Lock()
 		defer mu.Unlock()
 		if len(seen) >= 64 {
 			clear(seen)
 		}
-		seen[h] = verified{node: id.String(), notAfter: cert.NotAfter}
-		return id.String(), nil
+		seen[h] = verified{pub: cert.PublicKey, node: id.String(), notAfter: cert.NotAfter}
+		return cert.PublicKey, id.String(), nil
 	}
 }

@@ -235,9 +235,9 @@ func (s *Signer) SignResponse(node, method, requestID string, reqStatement []byt
 	return &cofferv1.ResponseSignature{Statement: enc, Signature: sig, Certificate: s.cert}, nil
 }
 
-// CertVerifier checks a node certificate (chain and identity) and returns
-// the node identity it names.
-type CertVerifier func(*x509.Certificate) (string, error)
+// CertVerifier checks a node certificate (DER: chain and identity) and
+// returns its public key and the node identity it names.
+type CertVerifier func(der []byte) (crypto.PublicKey, string, error)
 
 // VerifyResponse checks a response's signature as a client does: the
 // certificate passes verifyCert, the statement verifies under it, names the
@@ -250,11 +250,7 @@ func VerifyResponse(sig *cofferv1.ResponseSignature, verifyCert CertVerifier, me
 	if len(sig.GetStatement()) > MaxStatementLen || len(sig.GetSignature()) > MaxSignatureLen || len(sig.GetCertificate()) > MaxCertificateLen {
 		return nil, fmt.Errorf("%w: response signature fields too long", ErrMalformed)
 	}
-	cert, err := x509.ParseCertificate(sig.GetCertificate())
-	if err != nil {
-		return nil, fmt.Errorf("%w: the node certificate does not parse: %v", ErrMalformed, err)
-	}
-	node, err := verifyCert(cert)
+	pub, node, err := verifyCert(sig.GetCertificate())
 	if err != nil {
 		return nil, fmt.Errorf("%w: the node certificate: %w", ErrBadSignature, err)
 	}
@@ -265,7 +261,7 @@ func VerifyResponse(sig *cofferv1.ResponseSignature, verifyCert CertVerifier, me
 	if st.GetContext() != ResponseContext {
 		return nil, fmt.Errorf("%w: statement context %q, want %q", ErrMalformed, st.GetContext(), ResponseContext)
 	}
-	if err := verify(cert.PublicKey, sig.GetStatement(), sig.GetSignature()); err != nil {
+	if err := verify(pub, sig.GetStatement(), sig.GetSignature()); err != nil {
 		return nil, err
 	}
 	if st.GetNode() != node {

@@ -171,19 +171,31 @@ func (s *service) auditFollow(ctx context.Context, req *cofferv1.AuditFollowRequ
 			after = last
 			continue // there may be more pages
 		}
-		if s.fsm.Diverged() {
-			return errReplicaDiverged()
+		if err := s.awaitAudit(ctx, after, followPace); err != nil {
+			return err
 		}
-		if err := s.fsm.WaitAudit(ctx, after); err != nil {
-			return s.auditFollowEnded(err)
-		}
-		t := time.NewTimer(followPace)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return s.auditFollowEnded(ctx.Err())
-		}
+	}
+}
+
+// awaitAudit is what a reader of the log that caught up (Follow, the cache
+// Watch) does between scans: it waits until an entry after seq after is
+// committed, then for pace, so that on a busy log one scan covers many
+// rounds. A replica that diverged, the node stopping or the caller going
+// away end the wait (auditFollowEnded).
+func (s *service) awaitAudit(ctx context.Context, after uint64, pace time.Duration) error {
+	if s.fsm.Diverged() {
+		return errReplicaDiverged()
+	}
+	if err := s.fsm.WaitAudit(ctx, after); err != nil {
+		return s.auditFollowEnded(err)
+	}
+	t := time.NewTimer(pace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return s.auditFollowEnded(ctx.Err())
 	}
 }
 

@@ -109,18 +109,8 @@ func (s *service) cacheWatch(ctx context.Context, req *cofferv1.WatchCacheReques
 			after = last
 			continue // there may be more pages
 		}
-		if s.fsm.Diverged() {
-			return errReplicaDiverged()
-		}
-		if err := s.fsm.WaitAudit(ctx, after); err != nil {
-			return s.auditFollowEnded(err)
-		}
-		t := time.NewTimer(cacheWatchPace)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return s.auditFollowEnded(ctx.Err())
+		if err := s.awaitAudit(ctx, after, cacheWatchPace); err != nil {
+			return err
 		}
 	}
 }

@@ -325,10 +325,10 @@ the pattern matches. A key operation is allowed only when one rule grants
 both the operation and the resource.
 
 Operations: generate, put, get, describe, list, encrypt, decrypt, datakey,
-state, destroy (key operations); policy.create, policy.update, policy.read,
-acl.manage, acl.read, client.manage, client.read, escrow.recover,
-audit.read, audit.export, audit.prune, cluster.read, cluster.manage,
-snapshot.save, snapshot.restore
+state, destroy, rotate (key operations); policy.create, policy.update,
+policy.read, acl.manage, acl.read, client.manage, client.read,
+escrow.recover, audit.read, audit.export, audit.prune, cluster.read,
+cluster.manage, snapshot.save, snapshot.restore, cache.manage, cache.flush
 (administrative, only on the pattern **); * for every operation.
 
 Patterns are '/'-separated paths; a segment * matches one segment and **

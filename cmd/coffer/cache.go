@@ -74,16 +74,7 @@ each key's own cache policy: a key is cached only if both allow it.
 					p.AllowedOperations = append(p.AllowedOperations, op)
 				}
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.SetCachePolicy(ctx, &cofferv1.SetCachePolicyRequest{Client: name, Policy: p})
-				if err != nil {
-					return err
-				}
-				if a.format == formatJSON {
-					return writeProto(a.out, resp)
-				}
-				return a.printCachePolicy(name, resp.GetPolicy())
-			})
+			return a.setCachePolicy(cmd, &cofferv1.SetCachePolicyRequest{Client: name, Policy: p})
 		},
 	}
 	f := cmd.Flags()
@@ -94,6 +85,20 @@ each key's own cache policy: a key is cached only if both allow it.
 	f.StringSliceVar(&allow, "allow", []string{"get"}, "calls a cached key may serve: get, encrypt, decrypt")
 	f.BoolVar(&persist, "persist", false, "the cache may be kept in an encrypted file across restarts")
 	return cmd
+}
+
+// setCachePolicy sends req and prints the policy in force after it.
+func (a *app) setCachePolicy(cmd *cobra.Command, req *cofferv1.SetCachePolicyRequest) error {
+	return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+		resp, err := c.SetCachePolicy(ctx, req)
+		if err != nil {
+			return err
+		}
+		if a.format == formatJSON {
+			return writeProto(a.out, resp)
+		}
+		return a.printCachePolicy(req.GetClient(), resp.GetPolicy())
+	})
 }
 
 func (a *app) cachePolicyClearCmd() *cobra.Command {
@@ -110,16 +115,7 @@ the built-in one applies (TTL 5m, 1000 keys, get only, not persisted).`,
 			if (name == "") == !def {
 				return usagef("give exactly one of --client NAME and --default")
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				resp, err := c.SetCachePolicy(ctx, &cofferv1.SetCachePolicyRequest{Client: name, Clear: true})
-				if err != nil {
-					return err
-				}
-				if a.format == formatJSON {
-					return writeProto(a.out, resp)
-				}
-				return a.printCachePolicy(name, resp.GetPolicy())
-			})
+			return a.setCachePolicy(cmd, &cofferv1.SetCachePolicyRequest{Client: name, Clear: true})
 		},
 	}
 	f := cmd.Flags()

@@ -195,13 +195,7 @@ Refuses if the token already holds a key under either label.`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			if err := (transport.Identity{Kind: transport.KindClient, Name: name}).Validate(); err != nil {
-				return usageError{err}
-			}
-			if csrOut == "" {
-				return usagef("--csr is required")
-			}
-			if err := refuseExisting(csrOut); err != nil {
+			if err := checkCSRTarget(name, csrOut); err != nil {
 				return err
 			}
 			cfg, err := a.requirePKCS11()
@@ -223,6 +217,18 @@ Refuses if the token already holds a key under either label.`,
 	return cmd
 }
 
+// checkCSRTarget checks the client name a request is made for and the
+// file it goes to (--csr, which must not exist).
+func checkCSRTarget(name, csrOut string) error {
+	if err := (transport.Identity{Kind: transport.KindClient, Name: name}).Validate(); err != nil {
+		return usageError{err}
+	}
+	if csrOut == "" {
+		return usagef("--csr is required")
+	}
+	return refuseExisting(csrOut)
+}
+
 func (a *app) pkcs11CSRCmd() *cobra.Command {
 	var csrOut string
 	cmd := &cobra.Command{
@@ -230,13 +236,7 @@ func (a *app) pkcs11CSRCmd() *cobra.Command {
 		Short: "Write a certificate request for the token's existing key (to renew its certificate)",
 		Args:  exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := (transport.Identity{Kind: transport.KindClient, Name: args[0]}).Validate(); err != nil {
-				return usageError{err}
-			}
-			if csrOut == "" {
-				return usagef("--csr is required")
-			}
-			if err := refuseExisting(csrOut); err != nil {
+			if err := checkCSRTarget(args[0], csrOut); err != nil {
 				return err
 			}
 			cfg, err := a.requirePKCS11()
