@@ -3,9 +3,12 @@ package chaos
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -579,10 +582,21 @@ func (r *Runner) checkAudit(ctx context.Context, rep *Report, ops []Op) {
 		}
 	}
 	r.mu.Unlock()
-	vr, err := audit.VerifyJSONL(bytes.NewReader(export.Bytes()), trusted, audit.DefaultVerifyOptions())
+	opts := audit.DefaultVerifyOptions()
+	// Every signed request must be the signature of the client the entry
+	// names: the workload's certificates are all in the lab's directory.
+	if opts.ClientCerts, err = r.clientCerts(); err != nil {
+		r.violate(rep, "audit", err.Error())
+		return
+	}
+	vr, err := audit.VerifyJSONL(bytes.NewReader(export.Bytes()), trusted, opts)
 	rep.Audit.Entries, rep.Audit.Checkpoints = vr.Entries, vr.Checkpoints
+	rep.Audit.SignedRequests = vr.RequestsVerified
 	if err != nil {
 		r.violate(rep, "audit", "the exported chain does not verify: "+err.Error())
+	}
+	if vr.RequestsUnchecked > 0 {
+		r.violate(rep, "audit", fmt.Sprintf("%d entries keep a request signed with a certificate the lab did not issue", vr.RequestsUnchecked))
 	}
 	count := map[string]int{}
 	rd := audit.NewReader(bytes.NewReader(export.Bytes()))
@@ -613,4 +627,33 @@ func (r *Runner) checkAudit(ctx context.Context, rep *Report, ops []Op) {
 	if bad > 20 {
 		r.violate(rep, "audit", fmt.Sprintf("... and %d more requests without exactly one entry", bad-20))
 	}
+}
+
+// clientCerts reads the certificates of every client the lab issued (the
+// admin's and the workload's, in the cluster directory's client/).
+func (r *Runner) clientCerts() ([]*x509.Certificate, error) {
+	files, err := filepath.Glob(filepath.Join(r.c.cfg.Dir, "client", "*.pem"))
+	if err != nil {
+		return nil, err
+	}
+	var certs []*x509.Certificate
+	for _, f := range files {
+		if strings.HasSuffix(f, "-key.pem") {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		b, _ := pem.Decode(data)
+		if b == nil || b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("client certificate %s: no CERTIFICATE block", f)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate %s: %w", f, err)
+		}
+		certs = append(certs, c)
+	}
+	return certs, nil
 }

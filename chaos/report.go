@@ -49,6 +49,9 @@ type Report struct {
 		Entries     uint64 `json:"entries_verified"`
 		Checkpoints int    `json:"checkpoints"`
 		Requests    int    `json:"requests_matched"`
+		// Entries whose signed request verified against the client's
+		// certificate.
+		SignedRequests uint64 `json:"signed_requests_verified"`
 	} `json:"audit"`
 	Violations []Violation `json:"violations"`
 	// Invalid is set when the run cannot be judged (too little throughput).
@@ -183,7 +186,8 @@ func (rep *Report) Summary(w io.Writer) {
 	fmt.Fprintf(w, "acknowledged keys read back from every node: %d (%d deactivated and %d destroyed, refused as such; %d with a ciphertext decrypted, or refused once destroyed)\n",
 		rep.KeysReadBack, rep.KeysDeactivated, rep.KeysDestroyed, rep.KeysSealed)
 	fmt.Fprintf(w, "converged: %d nodes at applied index %d, state digest %s\n", rep.Converged.Nodes, rep.Converged.Index, short(rep.Converged.Digest))
-	fmt.Fprintf(w, "audit: %d entries and %d checkpoints verified; %d requests matched to their entries\n", rep.Audit.Entries, rep.Audit.Checkpoints, rep.Audit.Requests)
+	fmt.Fprintf(w, "audit: %d entries and %d checkpoints verified; %d requests matched to their entries; %d signed requests verified against the clients' certificates\n",
+		rep.Audit.Entries, rep.Audit.Checkpoints, rep.Audit.Requests, rep.Audit.SignedRequests)
 	if len(rep.Violations) == 0 {
 		fmt.Fprintln(w, "violations: none")
 		return
