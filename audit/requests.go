@@ -3,6 +3,7 @@ package audit
 import (
 	"crypto/sha256"
 	"crypto/x509"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -35,7 +36,8 @@ func newRequestChecks(certs []*x509.Certificate) requestChecks {
 // checkRequest verifies the signed request statement e keeps, if any,
 // against the client certificates given: the signature verifies under the
 // certificate the statement names, the certificate names the entry's
-// caller, and the statement names the entry's request id and key. A
+// caller, and the statement names the entry's request id and key and was
+// made within msgsig.MaxSkew (and a minute) of the entry's time. A
 // statement whose certificate was not given is counted, not judged.
 func (v *Verifier) checkRequest(e *cofferv1.AuditEntry) error {
 	if len(e.GetRequestStatement()) == 0 {
@@ -67,7 +69,24 @@ func (v *Verifier) checkRequest(e *cofferv1.AuditEntry) error {
 		return v.fail(seq, KindBadRequest, "signed for request %q, recorded as request %q", st.GetRequestId(), e.GetRequestId())
 	case st.GetGkid() != "" && st.GetGkid() != e.GetGkid():
 		return v.fail(seq, KindBadRequest, "signed for key %s, recorded for key %s", st.GetGkid(), e.GetGkid())
+	case skew(st.GetTimeUnixNano(), e.GetTimeUnixNano()) > statementSlack:
+		return v.fail(seq, KindBadRequest, "signed at %s, recorded at %s: further apart than a node accepts (%s)",
+			time.Unix(0, st.GetTimeUnixNano()).UTC().Format(time.RFC3339), time.Unix(0, e.GetTimeUnixNano()).UTC().Format(time.RFC3339), msgsig.MaxSkew)
 	}
 	v.requests.verified++
 	return nil
+}
+
+// statementSlack is how far a statement's time may be from its entry's:
+// the skew a node accepts between the statement and its clock when it
+// checks, plus a minute for the time between the entry's start and that
+// check.
+const statementSlack = msgsig.MaxSkew + time.Minute
+
+// skew is the distance between two times in Unix nanoseconds.
+func skew(a, b int64) time.Duration {
+	if a > b {
+		return time.Duration(a - b)
+	}
+	return time.Duration(b - a)
 }

@@ -87,6 +87,7 @@ func TestVerifier_RequestSignatures(t *testing.T) {
 		"recorded as another request": func(e *cofferv1.AuditEntry) { e.RequestId = "r2" },
 		"recorded for another key":    func(e *cofferv1.AuditEntry) { e.Gkid = "k2" },
 		"signature altered":           func(e *cofferv1.AuditEntry) { e.RequestSignature = flipped },
+		"recorded long after signing": func(e *cofferv1.AuditEntry) { e.TimeUnixNano += int64(msgsig.MaxSkew + 2*time.Minute) },
 	} {
 		_, err := verify(entry(f), app)
 		var ve *VerifyError

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -42,7 +43,8 @@ refuses them. --pinned names an earlier export or a file of checkpoint lines
 you kept: the chain must reproduce every kept checkpoint, which catches a
 rewrite of history even by someone holding a node key.
 
---client-cert names a PEM file of client CERTIFICATE blocks. Every entry
+--client-cert names a PEM file of client CERTIFICATE blocks, or a directory
+of such files. Every entry
 that keeps a client's signed request (a release of key material or a
 change) made with one of them must verify: the signature is the
 certificate's, the certificate names the entry's caller, the statement
@@ -110,14 +112,40 @@ sequence number is named), 2 for usage errors.`,
 	f.StringArrayVar(&keys, "trusted-key", nil, "PEM file of a node's audit signing public key (required); repeatable")
 	f.BoolVar(&strict, "strict", false, "fail when entries follow the last checkpoint (an unsigned tail)")
 	f.StringArrayVar(&pinned, "pinned", nil, "earlier export or checkpoints file whose checkpoints the chain must reproduce; repeatable")
-	f.StringArrayVar(&clientCerts, "client-cert", nil, "PEM file of client certificates whose signed requests the entries must verify against; repeatable")
+	f.StringArrayVar(&clientCerts, "client-cert", nil, "PEM file of client certificates (or a directory of them) whose signed requests the entries must verify against; repeatable")
 	return cmd
 }
 
-// loadClientCerts reads the CERTIFICATE blocks of the given PEM files.
+// loadClientCerts reads the CERTIFICATE blocks of the given PEM files; a
+// directory stands for its *.pem files (keys among them are skipped).
 func loadClientCerts(paths []string) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
+	var files []string
 	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("--client-cert: %w", err)
+		}
+		if !st.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		found, err := filepath.Glob(filepath.Join(p, "*.pem"))
+		if err != nil {
+			return nil, fmt.Errorf("--client-cert: %w", err)
+		}
+		n := 0
+		for _, f := range found {
+			if b, err := os.ReadFile(f); err == nil && bytes.Contains(b, []byte("-----BEGIN CERTIFICATE-----")) {
+				files = append(files, f)
+				n++
+			}
+		}
+		if n == 0 {
+			return nil, usagef("--client-cert %s: the directory holds no certificate (*.pem)", p)
+		}
+	}
+	var out []*x509.Certificate
+	for _, p := range files {
 		data, err := os.ReadFile(p)
 		if err != nil {
 			return nil, fmt.Errorf("--client-cert: %w", err)
