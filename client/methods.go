@@ -2,8 +2,6 @@ package client
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -12,23 +10,16 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cofferv1 "github.com/coffer-kms/coffer/api/coffer/v1"
+	"github.com/coffer-kms/coffer/msgsig"
 )
 
-// requestIDBytes is the entropy of a generated request id; its URL-safe
-// base64 form is 32 characters, within the API's 64.
-const requestIDBytes = 24
-
 // NewRequestID returns a random request id: 24 bytes from crypto/rand,
-// URL-safe base64 without padding (32 characters).
-func NewRequestID() string {
-	b := make([]byte, requestIDBytes)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails
-	return base64.RawURLEncoding.EncodeToString(b)
-}
+// URL-safe base64 without padding (32 characters, within the API's 64).
+func NewRequestID() string { return msgsig.NewRequestID() }
 
 // RequestIDKey is the gRPC metadata header that carries a caller-chosen
 // request id on any call (see [WithRequestID]).
-const RequestIDKey = "coffer-request-id"
+const RequestIDKey = msgsig.RequestIDHeader
 
 // WithRequestID returns a copy of ctx whose calls carry id in the
 // [RequestIDKey] header, replacing any id set before; an empty id removes

@@ -65,9 +65,6 @@ func NewSigner(cert tls.Certificate) (*Signer, error) {
 	return &Signer{key: key, cert: cert.Certificate[0], certHash: sha256.Sum256(cert.Certificate[0])}, nil
 }
 
-// Certificate returns the signer's certificate (DER).
-func (s *Signer) Certificate() []byte { return s.cert }
-
 // BodyDigest is the SHA-256 of m's deterministic protobuf encoding: fields
 // in field-number order, map entries sorted by key.
 func BodyDigest(m proto.Message) ([]byte, error) {

@@ -19,6 +19,7 @@ import (
 	"github.com/coffer-kms/coffer/audit"
 	"github.com/coffer-kms/coffer/authz"
 	"github.com/coffer-kms/coffer/fsm"
+	"github.com/coffer-kms/coffer/msgsig"
 	"github.com/coffer-kms/coffer/transport"
 )
 
@@ -71,7 +72,7 @@ var opNames = map[string]string{
 // the request's audit entry when the message carries no request_id of its
 // own; a message's own request_id wins. It is for correlation only: unlike
 // GenerateKeyRequest.request_id it deduplicates nothing.
-const RequestIDKey = "coffer-request-id"
+const RequestIDKey = msgsig.RequestIDHeader
 
 // headerRequestID returns the request id the caller sent in the
 // RequestIDKey header (its first value), fit for an audit entry: control

@@ -42,7 +42,7 @@ func (s *service) checkRequestSignature(ctx context.Context, fullMethod string, 
 	}
 	sig, err := msgsig.RequestSignatureFrom(ctx)
 	if err != nil {
-		return s.badSignature(r, err)
+		return s.badSignature(err)
 	}
 	if sig == nil {
 		return s.unsigned(r, fullMethod)
@@ -56,7 +56,7 @@ func (s *service) checkRequestSignature(ctx context.Context, fullMethod string, 
 		return fmt.Errorf("%w: request %T is not a protobuf message", ErrInternal, req)
 	}
 	if _, err := msgsig.VerifyRequest(sig, leaf, fullMethod, msgsig.RequestID(ctx, req), m, time.Now()); err != nil {
-		return s.badSignature(r, err)
+		return s.badSignature(err)
 	}
 	r.signed(sig, leaf.Raw)
 	metricRequestSignatures.WithLabelValues("verified").Inc()
@@ -72,34 +72,34 @@ func (s *service) checkForwardedSignature(fw *cofferv1.ForwardRequest, r *reques
 		return s.unsigned(r, "forwarded "+r.entry.GetOperation())
 	}
 	if len(fw.GetClientCertificate()) == 0 || len(fw.GetClientCertificate()) > msgsig.MaxCertificateLen {
-		return s.badSignature(r, fmt.Errorf("%w: the forward carries %d bytes of client certificate", msgsig.ErrMalformed, len(fw.GetClientCertificate())))
+		return s.badSignature(fmt.Errorf("%w: the forward carries %d bytes of client certificate", msgsig.ErrMalformed, len(fw.GetClientCertificate())))
 	}
 	cert, err := x509.ParseCertificate(fw.GetClientCertificate())
 	if err != nil {
-		return s.badSignature(r, fmt.Errorf("%w: the forwarded client certificate does not parse: %v", msgsig.ErrMalformed, err))
+		return s.badSignature(fmt.Errorf("%w: the forwarded client certificate does not parse: %v", msgsig.ErrMalformed, err))
 	}
 	id, err := s.callers.Verify(cert)
 	if err != nil {
-		return s.badSignature(r, err)
+		return s.badSignature(err)
 	}
 	if id.String() != r.caller.String() {
-		return s.badSignature(r, fmt.Errorf("%w: the forwarded certificate names %s, the forward %s", msgsig.ErrMismatch, id, r.caller))
+		return s.badSignature(fmt.Errorf("%w: the forwarded certificate names %s, the forward %s", msgsig.ErrMismatch, id, r.caller))
 	}
 	if serial := authz.FormatSerial(cert.SerialNumber); serial != r.caller.serial {
-		return s.badSignature(r, fmt.Errorf("%w: the forwarded certificate's serial is %s, the forward's %s", msgsig.ErrMismatch, serial, r.caller.serial))
+		return s.badSignature(fmt.Errorf("%w: the forwarded certificate's serial is %s, the forward's %s", msgsig.ErrMismatch, serial, r.caller.serial))
 	}
 	if snap := s.fsm.Authz(); snap != nil && snap.Revoked(r.caller.serial) {
 		return fmt.Errorf("%w: certificate revoked", ErrUnauthenticated)
 	}
 	var st cofferv1.RequestStatement
 	if err := proto.Unmarshal(sig.GetStatement(), &st); err != nil {
-		return s.badSignature(r, fmt.Errorf("%w: the request statement does not decode: %v", msgsig.ErrMalformed, err))
+		return s.badSignature(fmt.Errorf("%w: the request statement does not decode: %v", msgsig.ErrMalformed, err))
 	}
 	if !methodTakes(st.GetMethod(), msg) {
-		return s.badSignature(r, fmt.Errorf("%w: signed for %s, which does not take a %s", msgsig.ErrMismatch, st.GetMethod(), msg.ProtoReflect().Descriptor().FullName()))
+		return s.badSignature(fmt.Errorf("%w: signed for %s, which does not take a %s", msgsig.ErrMismatch, st.GetMethod(), msg.ProtoReflect().Descriptor().FullName()))
 	}
 	if _, err := msgsig.VerifyRequest(sig, cert, st.GetMethod(), reqID, msg, time.Now()); err != nil {
-		return s.badSignature(r, err)
+		return s.badSignature(err)
 	}
 	r.signed(sig, cert.Raw)
 	metricRequestSignatures.WithLabelValues("verified").Inc()
@@ -137,7 +137,7 @@ func (s *service) unsigned(r *request, what string) error {
 		ErrUnauthenticated, what, msgsig.RequestHeader)
 }
 
-func (s *service) badSignature(_ *request, err error) error {
+func (s *service) badSignature(err error) error {
 	metricRequestSignatures.WithLabelValues("refused").Inc()
 	return fmt.Errorf("%w: request signature: %w", ErrUnauthenticated, err)
 }
